@@ -1,0 +1,1 @@
+"""The Bikeguard backend: MQTT ingest, storage, registry, alarms, HTTP API and pages."""

@@ -1,0 +1,167 @@
+"""Alarms: raised from sightings and alerts, one open alarm per (kind, subject), announced by NOTIFY."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from protocol.messages import format_tag
+
+NOTIFY_CHANNEL = "bikeguard_alarms"
+
+
+class AlarmError(Exception):
+    """Base of alarm errors."""
+
+
+class AlarmNotFound(AlarmError):
+    """No alarm with that id."""
+
+
+class AlarmStateError(AlarmError):
+    """The transition is not allowed from the alarm's current state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A stolen tag seen at a station between two times."""
+
+    tag_id: int
+    station_id: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+
+
+def stolen_tags(cur: psycopg.Cursor[Any]) -> dict[int, datetime]:
+    """Chips of bikes with an open theft report, with the time each was stolen."""
+    rows = cur.execute(
+        "SELECT c.tag_id, t.stolen_at FROM theft_reports t JOIN chips c USING (bike_id)"
+        " WHERE t.recovered_at IS NULL"
+    ).fetchall()
+    return {int(r[0]): r[1] for r in rows}
+
+
+def raise_stolen_chip_seen(cur: psycopg.Cursor[Any], hits: list[Evidence]) -> list[int]:
+    """Raise or update one 'stolen chip seen' alarm per tag; NOTIFY each at commit. Returns alarm ids."""
+    rows = cur.execute(
+        """
+        WITH e AS (
+            SELECT * FROM unnest(%s::int8[], %s::text[], %s::timestamptz[], %s::timestamptz[])
+                AS e(tag_id, station_id, first_seen_at, last_seen_at)
+        ), per_tag AS (
+            SELECT tag_id, min(first_seen_at) AS first_seen_at, max(last_seen_at) AS last_seen_at,
+                   (array_agg(station_id ORDER BY last_seen_at DESC))[1] AS station_id, count(*) AS n
+            FROM e GROUP BY tag_id
+        )
+        INSERT INTO alarms AS a (kind, severity, subject, tag_id, bike_id, station_id,
+                                 first_seen_at, last_seen_at, sightings)
+        SELECT 'stolen_chip_seen', 'critical', 'tag:' || lpad(upper(to_hex(p.tag_id)), 8, '0'), p.tag_id,
+               c.bike_id, p.station_id, p.first_seen_at, p.last_seen_at, p.n
+        FROM per_tag p LEFT JOIN chips c USING (tag_id)
+        ORDER BY p.tag_id
+        ON CONFLICT (kind, subject) WHERE state <> 'cleared' DO UPDATE SET
+            station_id = CASE WHEN excluded.last_seen_at >= a.last_seen_at
+                              THEN excluded.station_id ELSE a.station_id END,
+            first_seen_at = least(a.first_seen_at, excluded.first_seen_at),
+            last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
+            sightings = a.sightings + excluded.sightings,
+            updated_at = now()
+        RETURNING alarm_id
+        """,
+        (
+            [h.tag_id for h in hits], [h.station_id for h in hits],
+            [h.first_seen_at for h in hits], [h.last_seen_at for h in hits],
+        ),
+    ).fetchall()
+    ids = [int(r[0]) for r in rows]
+    for alarm_id in ids:
+        cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(alarm_id)))
+    return ids
+
+
+_ALARM_SELECT = """
+    SELECT a.alarm_id AS id, a.kind, a.severity, a.state, a.tag_id, b.plate, a.station_id,
+           s.name AS station_name, s.lat, s.lon, a.first_seen_at, a.last_seen_at, a.sightings,
+           a.raised_at, a.updated_at, a.assignee, a.acknowledged_by, a.acknowledged_at,
+           a.cleared_by, a.cleared_at
+    FROM alarms a
+    LEFT JOIN bikes b USING (bike_id)
+    LEFT JOIN stations s ON s.station_id = a.station_id
+"""
+
+
+async def _trail(conn: psycopg.AsyncConnection[Any], alarm: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """The alarm's tag's passages since the alarm began, oldest first, with station positions."""
+    if alarm["tag_id"] is None:
+        return []
+    cur = await conn.execute(
+        "SELECT * FROM (SELECT x.station_id, st.lat, st.lon, x.first_seen_at AS seen_at"
+        " FROM sightings x JOIN stations st USING (station_id)"
+        " WHERE x.tag_id = %s AND x.first_seen_at >= %s - interval '1 minute'"
+        " ORDER BY x.first_seen_at DESC LIMIT %s) t ORDER BY seen_at",
+        (alarm["tag_id"], alarm["first_seen_at"], limit),
+    )
+    trail = [dict(zip(("station_id", "lat", "lon", "seen_at"), r, strict=True)) for r in await cur.fetchall()]
+    # The hot-list alert may be newer than any closed passage: end the trail where it was last seen.
+    if alarm["lat"] is not None and (not trail or trail[-1]["station_id"] != alarm["station_id"]):
+        trail.append({"station_id": alarm["station_id"], "lat": alarm["lat"], "lon": alarm["lon"],
+                      "seen_at": alarm["last_seen_at"]})
+    return trail
+
+
+def _public(alarm: dict[str, Any]) -> dict[str, Any]:
+    alarm = dict(alarm)
+    if alarm["tag_id"] is not None:
+        alarm["tag_id"] = format_tag(alarm["tag_id"])
+    return alarm
+
+
+async def get_alarm(conn: psycopg.AsyncConnection[Any], alarm_id: int, trail_limit: int = 50) -> dict[str, Any]:
+    """One alarm with its trail; raises AlarmNotFound."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_ALARM_SELECT + " WHERE a.alarm_id = %s", (alarm_id,))
+        row = await cur.fetchone()
+    if row is None:
+        raise AlarmNotFound(f"no alarm {alarm_id}")
+    trail = await _trail(conn, row, trail_limit)
+    return {**_public(row), "trail": trail}
+
+
+async def list_alarms(
+    conn: psycopg.AsyncConnection[Any], states: tuple[str, ...] = ("active", "acknowledged"), limit: int = 200
+) -> list[dict[str, Any]]:
+    """Alarms in the given states, most recently seen first, each with its trail."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _ALARM_SELECT + " WHERE a.state = ANY(%s) ORDER BY a.last_seen_at DESC LIMIT %s", (list(states), limit)
+        )
+        rows = await cur.fetchall()
+    return [{**_public(r), "trail": await _trail(conn, r, 50)} for r in rows]
+
+
+_TRANSITIONS = {
+    "acknowledge": ("acknowledged", ("active",), "acknowledged_by", "acknowledged_at"),
+    "clear": ("cleared", ("active", "acknowledged"), "cleared_by", "cleared_at"),
+}
+
+
+async def transition(conn: psycopg.AsyncConnection[Any], alarm_id: int, action: str, who: str) -> None:
+    """Acknowledge or clear an alarm, recording who and when; NOTIFY the change."""
+    new_state, allowed, by_col, at_col = _TRANSITIONS[action]
+    async with conn.transaction():
+        cur = await conn.execute("SELECT state FROM alarms WHERE alarm_id = %s FOR UPDATE", (alarm_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise AlarmNotFound(f"no alarm {alarm_id}")
+        if row[0] not in allowed:
+            raise AlarmStateError(f"alarm {alarm_id} is {row[0]}; cannot {action} it")
+        await conn.execute(
+            f"UPDATE alarms SET state = %s, {by_col} = %s, {at_col} = now(), updated_at = now()"
+            " WHERE alarm_id = %s",
+            (new_state, who, alarm_id),
+        )
+        await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(alarm_id)))

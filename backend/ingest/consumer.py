@@ -1,0 +1,263 @@
+"""MQTT ingest: takes station messages from the broker and writes them in batched transactions.
+
+The paho network thread only queues what arrives. One writer thread validates, writes a whole
+flush (many batches) in one transaction and only then acknowledges the messages (manual PUBACK),
+so a crash before commit means the broker redelivers, and the batch ids make that harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+import psycopg
+
+from backend.ingest import writer
+from backend.settings import BackendSettings
+from bikeguard.services import mqtt_address
+from protocol import topics
+from protocol.messages import Alert, MessageError, SightingBatch, StationStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One MQTT message as it arrived."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+@dataclass
+class IngestCounters:
+    """What the ingest has done since it started; read by /api/metrics and the benchmarks."""
+
+    messages: int = 0
+    batches_new: int = 0
+    batches_repeated: int = 0
+    sightings: int = 0
+    alerts: int = 0
+    statuses: int = 0
+    flushes: int = 0
+    db_retries: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Flush:
+    batches: list[SightingBatch] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    statuses: list[StationStatus] = field(default_factory=list)
+    rejects: list[tuple[str, str, bytes]] = field(default_factory=list)
+    messages: list[Incoming] = field(default_factory=list)
+    rows: int = 0
+    result: writer.WriteResult = field(default_factory=writer.WriteResult)
+
+
+def classify(item: Incoming, flush: _Flush) -> None:
+    """Validate one message into the flush, or add it to the rejects with the reason."""
+    try:
+        where = topics.parse_station_topic(item.topic)
+        if where.kind == "sightings":
+            msg: SightingBatch | Alert | StationStatus = SightingBatch.parse(item.payload)
+        elif where.kind == "alerts":
+            msg = Alert.parse(item.payload)
+        else:
+            msg = StationStatus.parse(item.payload)
+        if msg.station_id != where.station_id:
+            raise MessageError(
+                f"station_id {msg.station_id!r} in payload does not match topic station {where.station_id!r}",
+                item.payload,
+            )
+    except (MessageError, topics.TopicError) as exc:
+        reason = exc.reason if isinstance(exc, MessageError) else str(exc)
+        flush.rejects.append((item.topic, reason, item.payload))
+        return
+    if isinstance(msg, SightingBatch):
+        flush.batches.append(msg)
+        flush.rows += len(msg.sightings)
+    elif isinstance(msg, Alert):
+        flush.alerts.append(msg)
+    else:
+        flush.statuses.append(msg)
+
+
+class Ingest:
+    """The MQTT→PostgreSQL ingest worker; several may run at once against one shared subscription."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
+        self.counters = IngestCounters()
+        self._queue: queue.Queue[Incoming] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        host, port, user, password = mqtt_address(settings.mqtt_url)
+        self._address = (host, port)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=settings.mqtt_client_id,
+            clean_session=False,  # the broker keeps our QoS 1 messages while we are away
+            manual_ack=True,
+        )
+        if user:
+            client.username_pw_set(user, password)
+        client.reconnect_delay_set(0.5, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+
+    # MQTT side (paho's network thread)
+
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("broker refused the ingest connection: %s", reason)
+            return
+        group = self.settings.mqtt_shared_group or None
+        client.subscribe([(topics.station_filter(kind, group), 1) for kind in topics.STATION_KINDS])
+        self._connected.set()
+        log.info("ingest connected to %s:%d (shared group %s)", *self._address, group)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("ingest lost the broker (%s); paho reconnects", reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        self._queue.put(Incoming(msg.topic, msg.payload, msg.mid, msg.qos))
+
+    # life cycle
+
+    def start(self, wait_s: float = 10.0) -> None:
+        """Connect to the broker and start writing; waits until subscribed (or wait_s passes)."""
+        self.client.connect_async(*self._address, keepalive=30)
+        self.client.loop_start()
+        self._thread.start()
+        if not self._connected.wait(wait_s):
+            log.warning("ingest not connected to the broker after %.0f s; still trying", wait_s)
+
+    def stop(self) -> None:
+        """Finish the current flush, then disconnect."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # database side (the writer thread)
+
+    def _collect(self) -> _Flush:
+        flush = _Flush()
+        deadline: float | None = None
+        while not self._stop.is_set():
+            timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                if deadline is not None:
+                    break
+                continue
+            flush.messages.append(item)
+            classify(item, flush)
+            if deadline is None:
+                deadline = time.monotonic() + self.settings.ingest_flush_interval_s
+            # Alerts are urgent; statuses and rejects ride along with whatever comes next.
+            if flush.alerts or flush.rows >= self.settings.ingest_flush_rows:
+                break
+        # Drain what is already queued without waiting, up to the flush size.
+        while flush.rows < self.settings.ingest_flush_rows:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            flush.messages.append(item)
+            classify(item, flush)
+        return flush
+
+    def _write_loop(self) -> None:
+        conn: psycopg.Connection | None = None
+        backoff = 0.5
+        flush = _Flush()
+        while True:
+            if not flush.messages:
+                if self._stop.is_set() and self._queue.empty():
+                    break
+                flush = self._collect()
+                if not flush.messages:
+                    continue
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.settings.database_url)
+                self._write(conn, flush)
+            except psycopg.OperationalError as exc:
+                # The database went away: keep the flush (nothing is acknowledged yet) and retry.
+                log.error("database unavailable, retrying in %.1f s: %s", backoff, exc)
+                self.counters.db_retries += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 0.5
+            for item in flush.messages:
+                if item.qos > 0:
+                    self.client.ack(item.mid, item.qos)
+            flush = _Flush()
+        if conn is not None:
+            conn.close()
+
+    def _write(self, conn: psycopg.Connection, flush: _Flush) -> None:
+        try:
+            with conn.transaction():
+                self._write_all(conn, flush)
+            self._count(flush)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            # One bad message must not cost the others: write them one by one, reject the ones refused.
+            log.warning("flush of %d messages refused (%s); writing them one by one", len(flush.messages), exc)
+            for item in flush.messages:
+                single = _Flush()
+                classify(item, single)
+                try:
+                    with conn.transaction():
+                        self._write_all(conn, single)
+                    self._count(single)
+                except psycopg.OperationalError:
+                    raise
+                except psycopg.Error as one_exc:
+                    reason = f"database refused the message: {type(one_exc).__name__}: {one_exc}".strip()
+                    with conn.transaction():
+                        writer.write_rejects(conn, [(item.topic, reason[:500], item.payload)])
+                    self.counters.rejected["database"] += 1
+        self.counters.messages += len(flush.messages)
+        self.counters.flushes += 1
+
+    def _write_all(self, conn: psycopg.Connection, flush: _Flush) -> None:
+        flush.result = writer.write_alerts(conn, flush.alerts)
+        flush.result.add(writer.write_batches(conn, flush.batches))
+        received_at = utcnow()
+        for status in flush.statuses:
+            writer.write_status(conn, status, received_at)
+        writer.write_rejects(conn, flush.rejects)
+
+    def _count(self, flush: _Flush) -> None:
+        """Count a committed flush."""
+        c, result = self.counters, flush.result
+        c.batches_new += result.batches_new
+        c.batches_repeated += result.batches_repeated
+        c.sightings += result.sightings
+        c.alerts += result.alerts_new
+        c.statuses += len(flush.statuses)
+        for topic, reason, raw in flush.rejects:
+            c.rejected[reason.split(":", 1)[0]] += 1
+            log.warning("rejected message on %s: %s; raw %r", topic, reason, raw[:200])

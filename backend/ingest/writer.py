@@ -1,0 +1,139 @@
+"""Writes what stations send into PostgreSQL: batches by COPY, once per (station_id, batch_seq)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from backend import alarms
+from protocol.messages import Alert, SightingBatch, StationStatus, parse_tag
+
+_SIGHTING_COLUMNS = (
+    "first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna, flags, batch_seq"
+)
+_SIGHTING_TYPES = [
+    "timestamptz", "timestamptz", "text", "int8", "int4", "int2", "int2", "int2", "int8",
+]
+
+
+@dataclass
+class WriteResult:
+    """What one write did: new and repeated batches, sightings stored, alarms raised or updated."""
+
+    batches_new: int = 0
+    batches_repeated: int = 0
+    sightings: int = 0
+    alerts_new: int = 0
+    alarm_ids: list[int] = field(default_factory=list)
+
+    def add(self, other: WriteResult) -> None:
+        """Fold another result into this one."""
+        self.batches_new += other.batches_new
+        self.batches_repeated += other.batches_repeated
+        self.sightings += other.sightings
+        self.alerts_new += other.alerts_new
+        self.alarm_ids.extend(other.alarm_ids)
+
+
+def write_batches(conn: psycopg.Connection, batches: Iterable[SightingBatch]) -> WriteResult:
+    """Store sighting batches in the current transaction; a batch seen before changes nothing.
+
+    The batch ids go in first with ON CONFLICT DO NOTHING; only the sightings of batches that
+    were really new are then COPYed, so several workers and MQTT redeliveries stay exact.
+    """
+    unique: dict[tuple[str, int], SightingBatch] = {}
+    received = 0
+    for b in batches:
+        unique.setdefault((b.station_id, b.batch_seq), b)
+        received += 1
+    result = WriteResult()
+    if not unique:
+        return result
+    with conn.cursor() as cur:
+        rows = cur.execute(
+            "INSERT INTO ingested_batches (station_id, batch_seq, sent_at, sightings)"
+            " SELECT * FROM unnest(%s::text[], %s::int8[], %s::timestamptz[], %s::int4[])"
+            " ON CONFLICT DO NOTHING RETURNING station_id, batch_seq",
+            (
+                [k[0] for k in unique],
+                [k[1] for k in unique],
+                [b.sent_at for b in unique.values()],
+                [len(b.sightings) for b in unique.values()],
+            ),
+        ).fetchall()
+        new = [unique[(r[0], r[1])] for r in rows]
+        result.batches_new = len(new)
+        result.batches_repeated = received - len(new)
+        stolen = alarms.stolen_tags(cur)
+        hits: list[alarms.Evidence] = []
+        with cur.copy(f"COPY sightings ({_SIGHTING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_SIGHTING_TYPES)
+            for b in new:
+                station, seq = b.station_id, b.batch_seq
+                for s in b.sightings:
+                    tag = parse_tag(s.tag_id)
+                    copy.write_row((
+                        s.first_seen_at, s.last_seen_at, station, tag, s.beacons,
+                        s.peak_rssi_dbm, s.antenna, s.flags, seq,
+                    ))
+                    stolen_at = stolen.get(tag)
+                    if stolen_at is not None and s.last_seen_at >= stolen_at:
+                        hits.append(alarms.Evidence(tag, station, s.first_seen_at, s.last_seen_at))
+                result.sightings += len(b.sightings)
+        if hits:
+            result.alarm_ids = alarms.raise_stolen_chip_seen(cur, hits)
+    return result
+
+
+def write_alerts(conn: psycopg.Connection, alerts: Iterable[Alert]) -> WriteResult:
+    """Store station alerts (idempotent) and turn a stolen chip's hot-list hit into an alarm."""
+    result = WriteResult()
+    items = list(alerts)
+    if not items:
+        return result
+    with conn.cursor() as cur:
+        rows = cur.execute(
+            "INSERT INTO station_alerts (station_id, kind, tag_id, seen_at, rssi_dbm, antenna)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::timestamptz[], %s::int2[], %s::int2[])"
+            " ON CONFLICT DO NOTHING RETURNING station_id, kind, tag_id, seen_at",
+            (
+                [a.station_id for a in items], [a.kind for a in items], [parse_tag(a.tag_id) for a in items],
+                [a.seen_at for a in items], [a.rssi_dbm for a in items], [a.antenna for a in items],
+            ),
+        ).fetchall()
+        result.alerts_new = len(rows)
+        stolen = alarms.stolen_tags(cur)
+        hits = [
+            alarms.Evidence(tag, station, seen_at, seen_at)
+            for station, kind, tag, seen_at in rows
+            if kind == "hotlist_hit" and tag in stolen and seen_at >= stolen[tag]
+        ]
+        if hits:
+            result.alarm_ids = alarms.raise_stolen_chip_seen(cur, hits)
+    return result
+
+
+def write_status(conn: psycopg.Connection, status: StationStatus, received_at: datetime) -> None:
+    """Keep the latest status a station published (an older one never overwrites a newer one)."""
+    conn.execute(
+        "INSERT INTO station_status (station_id, state, reported_at, received_at, payload)"
+        " VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (station_id) DO UPDATE SET state = excluded.state, reported_at = excluded.reported_at,"
+        " received_at = excluded.received_at, payload = excluded.payload"
+        " WHERE station_status.reported_at IS NULL OR excluded.reported_at IS NULL"
+        "    OR excluded.reported_at >= station_status.reported_at",
+        (status.station_id, status.state, status.sent_at, received_at, Jsonb(status.model_dump(mode="json"))),
+    )
+
+
+def write_rejects(conn: psycopg.Connection, rejects: Iterable[tuple[str, str, bytes]]) -> int:
+    """Keep messages that failed validation: (topic, reason, raw bytes)."""
+    items = list(rejects)
+    if items:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO rejected_messages (topic, reason, raw) VALUES (%s, %s, %s)", items)
+    return len(items)

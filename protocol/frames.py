@@ -1,0 +1,230 @@
+"""Reader serial frames: the bytes our radio module writes on its serial port.
+
+Layout (see hardware/reader-protocol.md):
+
+    AA 55 | LEN | TYPE | PAYLOAD (LEN-1 bytes) | CRC16 (big-endian)
+
+LEN counts TYPE and PAYLOAD. The CRC is CRC-16/CCITT-FALSE over LEN, TYPE and PAYLOAD.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter, deque
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+
+SYNC = b"\xaa\x55"
+MAX_LEN = 64
+BAUD_RATE = 115200
+
+
+class FrameType(IntEnum):
+    """The frame types a radio module sends."""
+
+    BEACON = 0x01
+    MODULE_STATUS = 0x02
+
+
+class TagFlags(IntFlag):
+    """Status bits a tag sends in every beacon."""
+
+    LOW_BATTERY = 0x01
+    TAMPER = 0x02
+    MOTION = 0x04
+
+
+_BEACON = struct.Struct(">IHBbB")  # tag_id, counter, flags, rssi_dbm, antenna
+_STATUS = struct.Struct(">bHI")  # noise_floor_dbm, firmware, uptime_s
+
+
+@dataclass(frozen=True, slots=True)
+class Beacon:
+    """One tag transmission heard by the radio module."""
+
+    tag_id: int
+    counter: int
+    flags: TagFlags
+    rssi_dbm: int
+    antenna: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleStatus:
+    """The radio module's periodic report about itself."""
+
+    noise_floor_dbm: int
+    firmware: int
+    uptime_s: int
+
+
+Frame = Beacon | ModuleStatus
+
+
+class FrameError(Exception):
+    """A run of bytes that is not a valid frame; carries the bytes and why."""
+
+    reason = "frame"
+
+    def __init__(self, message: str, raw: bytes) -> None:
+        super().__init__(f"{message}: {raw.hex(' ')}")
+        self.raw = raw
+
+
+class GarbageError(FrameError):
+    """Bytes before a sync pattern that belong to no frame."""
+
+    reason = "garbage"
+
+
+class BadLengthError(FrameError):
+    """A length byte outside what any frame type allows."""
+
+    reason = "bad_length"
+
+
+class CrcError(FrameError):
+    """A frame whose CRC does not match its bytes."""
+
+    reason = "crc"
+
+
+class UnknownTypeError(FrameError):
+    """A frame with a valid CRC but a type this decoder does not know."""
+
+    reason = "unknown_type"
+
+
+class PayloadError(FrameError):
+    """A frame of a known type whose payload has the wrong size."""
+
+    reason = "bad_payload"
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no xor-out)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = _CRC_TABLE[((crc >> 8) ^ byte) & 0xFF] ^ ((crc << 8) & 0xFFFF)
+    return crc
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for i in range(256):
+        crc = i << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def encode(frame: Frame) -> bytes:
+    """Encode one frame to the bytes the radio module writes."""
+    if isinstance(frame, Beacon):
+        body = bytes([FrameType.BEACON]) + _BEACON.pack(
+            frame.tag_id, frame.counter, int(frame.flags), frame.rssi_dbm, frame.antenna
+        )
+    else:
+        body = bytes([FrameType.MODULE_STATUS]) + _STATUS.pack(
+            frame.noise_floor_dbm, frame.firmware, frame.uptime_s
+        )
+    head = bytes([len(body)]) + body
+    return SYNC + head + crc16(head).to_bytes(2, "big")
+
+
+def _parse(raw: bytes) -> Frame:
+    """Turn one CRC-checked frame (sync to CRC) into a Frame, or raise."""
+    ftype, payload = raw[3], raw[4:-2]
+    if ftype == FrameType.BEACON:
+        if len(payload) != _BEACON.size:
+            raise PayloadError(f"beacon payload is {len(payload)} bytes, expected {_BEACON.size}", raw)
+        tag_id, counter, flags, rssi, antenna = _BEACON.unpack(payload)
+        return Beacon(tag_id, counter, TagFlags(flags & 0x07), rssi, antenna)
+    if ftype == FrameType.MODULE_STATUS:
+        if len(payload) != _STATUS.size:
+            raise PayloadError(f"status payload is {len(payload)} bytes, expected {_STATUS.size}", raw)
+        return ModuleStatus(*_STATUS.unpack(payload))
+    raise UnknownTypeError(f"unknown frame type 0x{ftype:02x}", raw)
+
+
+class FrameDecoder:
+    """Streaming decoder: feed it bytes as they arrive, get whole frames back.
+
+    A partial frame waits for more bytes. Garbage, bad lengths and CRC errors are counted
+    by reason in `rejected`, kept (with their bytes) in `recent_errors`, and skipped:
+    decoding resumes at the next sync pattern. `feed` never raises.
+    """
+
+    def __init__(self, keep_errors: int = 100) -> None:
+        self._buf = bytearray()
+        self._resyncing = False
+        self.frames = 0
+        self.skipped_bytes = 0
+        self.rejected: Counter[str] = Counter()
+        self.recent_errors: deque[FrameError] = deque(maxlen=keep_errors)
+
+    def _reject(self, error: FrameError) -> None:
+        self.rejected[error.reason] += 1
+        self.recent_errors.append(error)
+
+    def _skip(self, n: int) -> None:
+        """Drop n bytes that belong to no frame; report them unless they trail a rejected frame."""
+        if not self._resyncing:
+            self._reject(GarbageError("bytes outside any frame", bytes(self._buf[:n])))
+        self.skipped_bytes += n
+        del self._buf[:n]
+
+    def _resync(self) -> None:
+        """Skip the sync of a rejected frame; the real frame may start inside its bytes."""
+        self._resyncing = True
+        self.skipped_bytes += 1
+        del self._buf[:1]
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add bytes from the port; return the frames they complete."""
+        buf = self._buf
+        buf += data
+        out: list[Frame] = []
+        while True:
+            start = buf.find(SYNC)
+            if start < 0:
+                # Keep a trailing 0xAA: it may be the first half of a sync split across reads.
+                keep = 1 if buf.endswith(SYNC[:1]) else 0
+                if len(buf) > keep:
+                    self._skip(len(buf) - keep)
+                break
+            if start > 0:
+                self._skip(start)
+            if len(buf) < 3:
+                break
+            length = buf[2]
+            if length < 1 or length > MAX_LEN:
+                self._reject(BadLengthError(f"length byte {length} outside 1..{MAX_LEN}", bytes(buf[:3])))
+                self._resync()
+                continue
+            total = 2 + 1 + length + 2
+            if len(buf) < total:
+                break
+            raw = bytes(buf[:total])
+            if crc16(raw[2:-2]) != int.from_bytes(raw[-2:], "big"):
+                self._reject(CrcError("CRC mismatch", raw))
+                self._resync()
+                continue
+            del buf[:total]
+            self._resyncing = False
+            try:
+                out.append(_parse(raw))
+            except FrameError as exc:
+                self._reject(exc)
+                continue
+            self.frames += 1
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back waiting for the rest of a frame."""
+        return len(self._buf)

@@ -1,0 +1,138 @@
+"""MQTT payloads (contract v1): compact JSON, validated where they enter the backend.
+
+Every message carries `v`; a receiver refuses versions it does not know. Times are
+timezone-aware UTC in ISO 8601; tag ids are 8 upper-case hex digits (the chip's 32-bit id).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+VERSION = 1
+
+__all__ = [
+    "VERSION", "Alert", "Hotlist", "MessageError", "Sighting", "SightingBatch", "StationStatus",
+    "dumps", "format_tag", "parse_tag", "utcnow",
+]
+
+
+class MessageError(ValueError):
+    """A payload that does not match the contract; carries the raw bytes and the reason."""
+
+    def __init__(self, reason: str, raw: bytes) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def format_tag(tag_id: int) -> str:
+    """A chip's 32-bit id as the 8 hex digits printed on it and sent on the wire."""
+    return f"{tag_id:08X}"
+
+
+def parse_tag(text: str) -> int:
+    """The 32-bit id from 8 hex digits; raises ValueError otherwise."""
+    if len(text) != 8:
+        raise ValueError(f"tag id {text!r} must be 8 hex digits")
+    return int(text, 16)
+
+
+def _tag(text: str) -> str:
+    parse_tag(text)
+    return text.upper()
+
+
+TagId = Annotated[str, AfterValidator(_tag)]
+StationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1] = VERSION
+
+    @classmethod
+    def parse(cls, raw: bytes):  # type: ignore[no-untyped-def]
+        """Validate a payload; raise MessageError with the reason and the raw bytes."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise MessageError(f"{where}: {first['msg']} ({exc.error_count()} errors)", raw) from exc
+
+    def to_json(self) -> bytes:
+        """The compact JSON payload."""
+        return dumps(self.model_dump(mode="json"))
+
+
+class Sighting(BaseModel):
+    """One passage of one tag at one station: what the gateway aggregates from its beacons."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    tag_id: TagId
+    first_seen_at: AwareDatetime
+    last_seen_at: AwareDatetime
+    beacons: int = Field(ge=1, le=1_000_000)
+    peak_rssi_dbm: int = Field(ge=-128, le=127)
+    antenna: int = Field(ge=0, le=255)
+    flags: int = Field(ge=0, le=0xFF, description="TagFlags bits: 1 low battery, 2 tamper, 4 motion")
+
+
+class SightingBatch(_Message):
+    """A gateway's batch of closed sightings; (station_id, batch_seq) identifies it."""
+
+    station_id: StationId
+    batch_seq: int = Field(ge=0)
+    sent_at: AwareDatetime
+    sightings: list[Sighting] = Field(max_length=10_000)
+
+
+class Alert(_Message):
+    """Something a station reports at once, not when the passage closes."""
+
+    station_id: StationId
+    kind: Literal["hotlist_hit", "tamper"]
+    tag_id: TagId
+    seen_at: AwareDatetime
+    rssi_dbm: int = Field(ge=-128, le=127)
+    antenna: int = Field(ge=0, le=255)
+    hotlist_version: int | None = None
+
+
+class StationStatus(_Message):
+    """A gateway's retained status; the last will is the same with state 'offline'."""
+
+    station_id: StationId
+    state: Literal["online", "offline"]
+    sent_at: AwareDatetime | None = None
+    firmware: str | None = None
+    uptime_s: float | None = None
+    beacons_total: int | None = None
+    frames_rejected: int | None = None
+    sightings_published: int | None = None
+    spool_depth: int | None = None
+    noise_floor_dbm: int | None = None
+
+
+class Hotlist(_Message):
+    """The stolen-chip list the backend pushes to every gateway (retained)."""
+
+    version: int = Field(ge=0)
+    issued_at: AwareDatetime
+    tags: list[TagId]
+
+
+def dumps(obj: object) -> bytes:
+    """Compact JSON bytes (orjson: UTC datetimes as ISO 8601)."""
+    return orjson.dumps(obj)
