@@ -1,0 +1,93 @@
+"""The live feed: alarm changes from PostgreSQL NOTIFY, fanned out to every connected viewer.
+
+NOTIFY is sent in the same transaction that changes an alarm, so every API process sees every
+change from every ingest worker, and never one that was rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from backend import alarms
+
+log = logging.getLogger(__name__)
+
+
+class LiveFeed:
+    """Listens for alarm changes and hands each subscriber the full alarm as JSON."""
+
+    def __init__(self, database_url: str, pool: AsyncConnectionPool, queue_size: int = 1000) -> None:
+        self._url = database_url
+        self._pool = pool
+        self._subscribers: set[asyncio.Queue[bytes]] = set()
+        self._queue_size = queue_size
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        self.dropped = 0
+
+    def start(self) -> None:
+        """Start listening in the background."""
+        self._task = asyncio.create_task(self._listen(), name="live-feed")
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _listen(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {alarms.NOTIFY_CHANNEL}")
+                    self.ready.set()
+                    backoff = 0.5
+                    async for note in conn.notifies():
+                        await self._publish(int(note.payload))
+            except psycopg.OperationalError as exc:
+                self.ready.clear()
+                log.error("live feed lost the database, retrying in %.1f s: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30)
+
+    async def _publish(self, alarm_id: int) -> None:
+        async with self._pool.connection() as conn:
+            try:
+                alarm = await alarms.get_alarm(conn, alarm_id)
+            except alarms.AlarmNotFound:
+                return
+        event = b"event: alarm\ndata: " + orjson.dumps(alarm) + b"\n\n"
+        for q in list(self._subscribers):
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:
+                # A viewer that stopped reading loses events rather than holding up the others.
+                self.dropped += 1
+
+    async def events(self, keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
+        """Server-sent events for one viewer: alarm changes, and a comment line as keep-alive."""
+        q: asyncio.Queue[bytes] = asyncio.Queue(self._queue_size)
+        self._subscribers.add(q)
+        try:
+            yield b": connected\n\n"
+            while True:
+                try:
+                    yield await asyncio.wait_for(q.get(), keepalive_s)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+        finally:
+            self._subscribers.discard(q)
+
+    @property
+    def viewers(self) -> int:
+        """How many viewers are connected."""
+        return len(self._subscribers)
+

@@ -1,0 +1,92 @@
+"""The `bikeguard` command: demo, backend, gateway, sim, db migrate, map."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _backend(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backend.api.app import create_app
+    from backend.settings import BackendSettings
+
+    settings = BackendSettings()
+    app = create_app(settings, run_ingest=not args.no_ingest)
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from backend.db.migrate import migrate
+    from backend.settings import BackendSettings
+
+    settings = BackendSettings()
+    applied = migrate(settings.database_url, settings.partition_days_ahead)
+    print(f"applied {len(applied)} migrations: {', '.join(applied) or 'none needed'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bikeguard.demo import run_demo
+
+    return run_demo(args)
+
+
+def _gateway(argv: list[str]) -> int:
+    from gateway.station import main
+
+    return main(argv) or 0
+
+
+def _sim(argv: list[str]) -> int:
+    from firmware_sim.runner import main
+
+    return main(argv) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `bikeguard` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    # gateway and sim parse their own arguments.
+    if argv[:1] == ["gateway"]:
+        return _gateway(argv[1:])
+    if argv[:1] == ["sim"]:
+        return _sim(argv[1:])
+    if argv[:1] == ["map"]:
+        from maps.cli import main as map_main
+
+        return map_main(argv[1:]) or 0
+
+    parser = argparse.ArgumentParser(prog="bikeguard", description="Bikeguard e-bike anti-theft tracking")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run a simulated town end to end and open the live map")
+    demo.add_argument("--stations", type=int, default=20)
+    demo.add_argument("--bikes", type=int, default=200)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--steal-after", type=float, default=60.0, help="seconds until one bike is stolen")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.set_defaults(func=_demo)
+    backend = sub.add_parser("backend", help="run the backend (API, pages, ingest) from BIKEGUARD_* settings")
+    backend.add_argument("--no-ingest", action="store_true", help="serve the API only")
+    backend.set_defaults(func=_backend)
+    sub.add_parser("gateway", help="run a station gateway (see bikeguard gateway --help)")
+    sub.add_parser("sim", help="run a simulated town on ptys (see bikeguard sim --help)")
+    sub.add_parser("map", help="write a standalone map (see bikeguard map --help)")
+    db = sub.add_parser("db", help="database tasks")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("migrate", help="apply the schema migrations").set_defaults(func=_migrate)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
