@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+
 import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool

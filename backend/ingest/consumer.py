@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -21,7 +22,7 @@ from backend.ingest import writer
 from backend.settings import BackendSettings
 from bikeguard.services import mqtt_address
 from protocol import topics
-from protocol.messages import Alert, MessageError, SightingBatch, StationStatus, utcnow
+from protocol.messages import Alert, MessageError, StationStatus, parse_batch_rows, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class IngestCounters:
 
 @dataclass
 class _Flush:
-    batches: list[SightingBatch] = field(default_factory=list)
+    batches: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     statuses: list[StationStatus] = field(default_factory=list)
     rejects: list[tuple[str, str, bytes]] = field(default_factory=list)
@@ -66,24 +67,25 @@ def classify(item: Incoming, flush: _Flush) -> None:
     """Validate one message into the flush, or add it to the rejects with the reason."""
     try:
         where = topics.parse_station_topic(item.topic)
+        msg: dict[str, Any] | Alert | StationStatus
         if where.kind == "sightings":
-            msg: SightingBatch | Alert | StationStatus = SightingBatch.parse(item.payload)
-        elif where.kind == "alerts":
-            msg = Alert.parse(item.payload)
+            msg = parse_batch_rows(item.payload)
+            claimed = msg["station_id"]
         else:
-            msg = StationStatus.parse(item.payload)
-        if msg.station_id != where.station_id:
+            msg = (Alert if where.kind == "alerts" else StationStatus).parse(item.payload)
+            claimed = msg.station_id
+        if claimed != where.station_id:
             raise MessageError(
-                f"station_id {msg.station_id!r} in payload does not match topic station {where.station_id!r}",
+                f"station_id {claimed!r} in payload does not match topic station {where.station_id!r}",
                 item.payload,
             )
     except (MessageError, topics.TopicError) as exc:
         reason = exc.reason if isinstance(exc, MessageError) else str(exc)
         flush.rejects.append((item.topic, reason, item.payload))
         return
-    if isinstance(msg, SightingBatch):
+    if isinstance(msg, dict):
         flush.batches.append(msg)
-        flush.rows += len(msg.sightings)
+        flush.rows += len(msg["sightings"])
     elif isinstance(msg, Alert):
         flush.alerts.append(msg)
     else:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from backend import alarms
-from protocol.messages import Alert, SightingBatch, StationStatus, parse_tag
+from protocol.messages import Alert, StationStatus, parse_tag
 
 _SIGHTING_COLUMNS = (
     "first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna, flags, batch_seq"
@@ -39,16 +40,18 @@ class WriteResult:
         self.alarm_ids.extend(other.alarm_ids)
 
 
-def write_batches(conn: psycopg.Connection, batches: Iterable[SightingBatch]) -> WriteResult:
-    """Store sighting batches in the current transaction; a batch seen before changes nothing.
+def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -> WriteResult:
+    """Store sighting batches (as parse_batch_rows gives them) in the current transaction.
+
+    A batch seen before changes nothing.
 
     The batch ids go in first with ON CONFLICT DO NOTHING; only the sightings of batches that
     were really new are then COPYed, so several workers and MQTT redeliveries stay exact.
     """
-    unique: dict[tuple[str, int], SightingBatch] = {}
+    unique: dict[tuple[str, int], dict[str, Any]] = {}
     received = 0
     for b in batches:
-        unique.setdefault((b.station_id, b.batch_seq), b)
+        unique.setdefault((b["station_id"], b["batch_seq"]), b)
         received += 1
     result = WriteResult()
     if not unique:
@@ -61,8 +64,8 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[SightingBatch]) ->
             (
                 [k[0] for k in unique],
                 [k[1] for k in unique],
-                [b.sent_at for b in unique.values()],
-                [len(b.sightings) for b in unique.values()],
+                [b["sent_at"] for b in unique.values()],
+                [len(b["sightings"]) for b in unique.values()],
             ),
         ).fetchall()
         new = [unique[(r[0], r[1])] for r in rows]
@@ -73,17 +76,17 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[SightingBatch]) ->
         with cur.copy(f"COPY sightings ({_SIGHTING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_SIGHTING_TYPES)
             for b in new:
-                station, seq = b.station_id, b.batch_seq
-                for s in b.sightings:
-                    tag = parse_tag(s.tag_id)
+                station, seq = b["station_id"], b["batch_seq"]
+                for s in b["sightings"]:
+                    tag = int(s["tag_id"], 16)
                     copy.write_row((
-                        s.first_seen_at, s.last_seen_at, station, tag, s.beacons,
-                        s.peak_rssi_dbm, s.antenna, s.flags, seq,
+                        s["first_seen_at"], s["last_seen_at"], station, tag, s["beacons"],
+                        s["peak_rssi_dbm"], s["antenna"], s["flags"], seq,
                     ))
                     stolen_at = stolen.get(tag)
-                    if stolen_at is not None and s.last_seen_at >= stolen_at:
-                        hits.append(alarms.Evidence(tag, station, s.first_seen_at, s.last_seen_at))
-                result.sightings += len(b.sightings)
+                    if stolen_at is not None and s["last_seen_at"] >= stolen_at:
+                        hits.append(alarms.Evidence(tag, station, s["first_seen_at"], s["last_seen_at"]))
+                result.sightings += len(b["sightings"])
         if hits:
             result.alarm_ids = alarms.raise_stolen_chip_seen(cur, hits)
     return result

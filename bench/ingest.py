@@ -1,0 +1,167 @@
+"""Ingest benchmark: sightings committed per second through a real broker, beside raw COPY.
+
+Pre-builds realistic batches, publishes them from a separate process through a real broker
+(Mosquitto when installed, else the embedded one), and measures how fast the backend ingest
+commits them. In the same run it measures the machine's limit: a raw binary COPY of the same rows
+into the same table. Last line:
+
+    ingest: <N> sightings/s (COPY limit <M> rows/s, ratio <R>)
+
+Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--broker auto|mosquitto|amqtt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import random
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import paho.mqtt.client as mqtt
+import psycopg
+
+from backend.db.migrate import migrate
+from backend.ingest.consumer import Ingest
+from backend.ingest.writer import _SIGHTING_COLUMNS, _SIGHTING_TYPES
+from backend.settings import BackendSettings
+from bikeguard.services import start_broker, start_postgres
+from protocol import topics
+from protocol.messages import Sighting, SightingBatch, format_tag, parse_tag
+
+
+def build_batches(total: int, per_batch: int, stations: int, seed: int = 1) -> list[SightingBatch]:
+    """Realistic batches: stations around a town, tags passing at plausible times and signal levels."""
+    rng = random.Random(seed)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    tags = [rng.randrange(1, 2**32) for _ in range(50_000)]
+    batches: list[SightingBatch] = []
+    seq = {f"st-{i:03d}": 0 for i in range(stations)}
+    made = 0
+    while made < total:
+        station = f"st-{rng.randrange(stations):03d}"
+        seq[station] += 1
+        n = min(per_batch, total - made)
+        at = start + timedelta(seconds=made / 20_000)
+        sightings = []
+        for _ in range(n):
+            first = at - timedelta(seconds=rng.uniform(5, 60))
+            sightings.append(Sighting(
+                tag_id=format_tag(rng.choice(tags)), first_seen_at=first,
+                last_seen_at=first + timedelta(seconds=rng.uniform(0, 20)), beacons=rng.randint(1, 12),
+                peak_rssi_dbm=rng.randint(-95, -40), antenna=rng.randint(0, 1), flags=rng.choice((0, 0, 0, 4, 1)),
+            ))
+        batches.append(SightingBatch(station_id=station, batch_seq=seq[station], sent_at=at, sightings=sightings))
+        made += n
+    return batches
+
+
+def publisher(host: str, port: int, payloads: list[tuple[str, bytes]], ready: mp.Event, go: mp.Event) -> None:
+    """A separate process: publish every payload with QoS 1 as fast as the broker takes them."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(host, port)
+    client.loop_start()
+    ready.set()
+    go.wait()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in payloads]
+    for info in infos:
+        info.wait_for_publish(120)
+    client.disconnect()
+    client.loop_stop()
+
+
+def copy_limit(url: str, batches: list[SightingBatch], chunk: int) -> float:
+    """Rows/s of a plain binary COPY of the same rows into the same table, in chunks like the ingest."""
+    rows = [
+        (s.first_seen_at, s.last_seen_at, b.station_id, parse_tag(s.tag_id), s.beacons, s.peak_rssi_dbm,
+         s.antenna, s.flags, b.batch_seq)
+        for b in batches for s in b.sightings
+    ]
+    with psycopg.connect(url) as conn:
+        conn.execute("TRUNCATE sightings")
+        conn.commit()
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), chunk):
+            with conn.cursor() as cur, cur.copy(
+                f"COPY sightings ({_SIGHTING_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(_SIGHTING_TYPES)
+                for row in rows[i:i + chunk]:
+                    copy.write_row(row)
+            conn.commit()
+        return len(rows) / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    """Run the benchmark and print its figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sightings", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=250, help="sightings per MQTT message")
+    parser.add_argument("--stations", type=int, default=200)
+    parser.add_argument("--broker", default="auto", choices=("auto", "mosquitto", "amqtt"))
+    parser.add_argument("--database-url", default=None, help="a server to use instead of an embedded one")
+    args = parser.parse_args()
+
+    pg = None if args.database_url else start_postgres()
+    server = args.database_url or pg.url  # type: ignore[union-attr]
+    broker = start_broker(args.broker)
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(server, dbname=name)
+    try:
+        migrate(url)
+        t = time.perf_counter()
+        batches = build_batches(args.sightings, args.batch, args.stations)
+        payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
+        print(f"built {len(batches)} batches of {args.batch} ({args.sightings} sightings, "
+              f"{sum(len(p) for _, p in payloads) / len(payloads):.0f} B/message) in {time.perf_counter() - t:.1f} s")
+
+        settings = BackendSettings(
+            database_url=url, mqtt_url=broker.url, mqtt_client_id=f"bench-ingest-{name}",
+            mqtt_shared_group="bench" if broker.supports_shared_subscriptions else None,
+        )
+        ingest = Ingest(settings)
+        ingest.start()
+        ctx = mp.get_context("spawn")
+        ready, go = ctx.Event(), ctx.Event()
+        proc = ctx.Process(target=publisher, args=(broker.host, broker.port, payloads, ready, go))
+        proc.start()
+        ready.wait(30)
+        t0 = time.perf_counter()
+        go.set()
+        last_report = t0
+        while ingest.counters.sightings < args.sightings:
+            time.sleep(0.02)
+            now = time.perf_counter()
+            if now - last_report > 5:
+                print(f"  {ingest.counters.sightings} sightings committed after {now - t0:.0f} s", flush=True)
+                last_report = now
+            if now - t0 > 600:
+                print("gave up after 600 s", file=sys.stderr)
+                return 1
+        elapsed = time.perf_counter() - t0
+        rate = ingest.counters.sightings / elapsed
+        proc.join(30)
+        ingest.stop()
+        with psycopg.connect(url) as conn:
+            stored = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]  # type: ignore[index]
+        assert stored == args.sightings, f"stored {stored}, expected {args.sightings}"
+        print(f"broker: {broker.kind}; {ingest.counters.flushes} flushes; {elapsed:.2f} s; all {stored} stored once")
+        limit = copy_limit(url, batches, settings.ingest_flush_rows)
+        print(f"ingest: {rate:,.0f} sightings/s (COPY limit {limit:,.0f} rows/s, ratio {rate / limit:.2f})")
+        return 0
+    finally:
+        broker.stop()
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if pg:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
