@@ -1,0 +1,1 @@
+"""Map builders: live map, trajectory, stations; Leaflet served locally."""

@@ -1,0 +1,306 @@
+/* Bikeguard live map: alarms from the live feed (SSE), station activity polling, the alarm panel.
+ * Plain JavaScript on top of Leaflet only. Called once by the page that maps/live.py builds:
+ *   bikeguardLiveMap(config, leafletMap, {station_id: [circleMarker, labelMarker]}, alarmLayer)
+ */
+function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
+  "use strict";
+
+  var TRAIL_LABELS = 10;          // time labels on the newest trail points only, so a long trail stays readable
+  var RETRY_MAX_MS = 30000;
+
+  var $ = function (id) { return document.getElementById(id); };
+  var header = $("bg-header");
+  var list = $("bg-alarm-list");
+  var alarms = {};                // id -> {data, marker, trail, dots, item}
+  var stations = {};              // station_id -> {info, passages, circle, label}
+
+  function esc(value) {
+    return String(value === null || value === undefined ? "" : value)
+      .replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+      .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+  }
+  function parseTime(iso) { var t = Date.parse(iso); return isNaN(t) ? null : t; }
+  function clock(iso) {
+    var t = parseTime(iso);
+    return t === null ? esc(iso) : new Date(t).toLocaleTimeString([], { hour12: false });
+  }
+  function ago(iso) {
+    var t = parseTime(iso);
+    if (t === null) { return ""; }
+    var s = Math.max(0, Math.round((Date.now() - t) / 1000));
+    if (s < 120) { return s + " s ago"; }
+    if (s < 7200) { return Math.round(s / 60) + " min ago"; }
+    return Math.round(s / 3600) + " h ago";
+  }
+  function kindLabel(kind) {
+    var k = String(kind || "alarm").replace(/_/g, " ");
+    return cfg.kindLabels[kind] || (k.charAt(0).toUpperCase() + k.slice(1));
+  }
+  function severity(a) { return ["critical", "warning", "info"].indexOf(a.severity) >= 0 ? a.severity : "critical"; }
+
+  /* ---- stations ---- */
+
+  function stationRadius(passages) {  // same as maps.stations.station_radius
+    return Math.round((6 + Math.min(12, 1.6 * Math.sqrt(Math.max(0, passages)))) * 10) / 10;
+  }
+  function stationTooltip(st) {
+    var state = st.info.state || "unknown";
+    return "<b>" + esc(st.info.name) + "</b><br>" + esc(st.info.station_id) + " · " +
+      esc(cfg.stateLabels[state] || state) + "<br>" + st.passages + " passage" +
+      (st.passages === 1 ? "" : "s") + " in the last 10 min";
+  }
+  function stationLabel(st) {
+    var offline = st.info.state === "offline";
+    var cls = "bg-station-label" + (offline ? " offline" : st.passages === 0 ? " idle" : "");
+    return L.divIcon({
+      className: "bg-station-icon", iconSize: [0, 0],
+      html: '<div class="' + cls + '" style="--r: ' + stationRadius(st.passages) + 'px">' +
+        (offline ? "offline" : st.passages) + "</div>"
+    });
+  }
+  function drawStation(st) {
+    st.circle.setRadius(stationRadius(st.passages));
+    st.circle.setStyle({ fillColor: cfg.stateColours[st.info.state] || cfg.stateColours.unknown });
+    st.circle.setTooltipContent(stationTooltip(st));
+    st.label.setIcon(stationLabel(st));
+  }
+  function updateStationStats() {
+    var total = 0, online = 0, all = 0;
+    Object.keys(stations).forEach(function (sid) {
+      all += 1; total += stations[sid].passages;
+      if (stations[sid].info.state === "online") { online += 1; }
+    });
+    $("bg-online-count").textContent = online + "/" + all;
+    $("bg-passage-count").textContent = total;
+  }
+  function applyActivity(activity) {
+    var counts = {}, states = {};
+    (activity || []).forEach(function (a) {
+      counts[a.station_id] = Number(a.passages) || 0;
+      if (a.state) { states[a.station_id] = a.state; }
+    });
+    Object.keys(stations).forEach(function (sid) {
+      var st = stations[sid];
+      st.passages = counts[sid] || 0;
+      if (states[sid]) { st.info.state = states[sid]; }
+      drawStation(st);
+    });
+    updateStationStats();
+  }
+  function pollActivity() {
+    fetch(cfg.activityUrl, { cache: "no-store", headers: { Accept: "application/json" } })
+      .then(function (r) {
+        if (!r.ok) { throw new Error("HTTP " + r.status); }
+        return r.json();
+      })
+      .then(function (activity) {
+        applyActivity(activity);
+        $("bg-activity-status").textContent = "Station activity updated " +
+          new Date().toLocaleTimeString([], { hour12: false });
+      })
+      .catch(function (err) {
+        $("bg-activity-status").textContent = "Station activity: update failed (" + err.message + ")";
+      });
+  }
+
+  /* ---- alarms ---- */
+
+  function trailKey(p) { return p.station_id + "@" + p.seen_at; }
+  function mergeTrail(old, a) {
+    var seen = {}, out = [];
+    (old || []).concat(a.trail || []).forEach(function (p) {
+      if (p && typeof p.lat === "number" && typeof p.lon === "number" && !seen[trailKey(p)]) {
+        seen[trailKey(p)] = true; out.push(p);
+      }
+    });
+    out.sort(function (p, q) { return (parseTime(p.seen_at) || 0) - (parseTime(q.seen_at) || 0); });
+    var last = out[out.length - 1];
+    if (typeof a.lat === "number" && (!last || last.station_id !== a.station_id)) {
+      out.push({ station_id: a.station_id, lat: a.lat, lon: a.lon, seen_at: a.last_seen_at });
+    }
+    return out;
+  }
+  function popupHtml(a) {
+    var plate = a.plate ? '<span class="plate">' + esc(a.plate) + "</span>" : "<i>no plate on record</i>";
+    return '<div class="bg-popup" style="--sev: ' + cfg.severityColours[severity(a)] + '">' +
+      '<div class="head"><span>' + esc(severity(a).toUpperCase()) + "</span>" + esc(kindLabel(a.kind)) + "</div>" +
+      "<table>" +
+      "<tr><th>Plate</th><td>" + plate + "</td></tr>" +
+      "<tr><th>Tag</th><td>" + esc(a.tag_id) + "</td></tr>" +
+      "<tr><th>Station</th><td>" + esc(a.station_name) + " (" + esc(a.station_id) + ")</td></tr>" +
+      "<tr><th>Last seen</th><td>" + clock(a.last_seen_at) + " · " + ago(a.last_seen_at) + "</td></tr>" +
+      "<tr><th>First seen</th><td>" + clock(a.first_seen_at) + "</td></tr>" +
+      "<tr><th>Sightings</th><td>" + esc(a.sightings) + "</td></tr>" +
+      "<tr><th>State</th><td>" + esc(a.state) + " · alarm #" + esc(a.id) + "</td></tr>" +
+      "</table></div>";
+  }
+  function alarmIcon(a) {
+    return L.divIcon({
+      className: "bg-alarm-icon sev-" + severity(a) + (a.state === "acknowledged" ? " acknowledged" : ""),
+      html: '<span class="ring"></span><span class="ring r2"></span><span class="core"></span>',
+      iconSize: [40, 40], iconAnchor: [20, 20], popupAnchor: [0, -14]
+    });
+  }
+  function itemHtml(a) {
+    var plate = a.plate ? '<div class="bg-plate">' + esc(a.plate) + "</div>"
+      : '<div class="bg-plate none">no plate on record</div>';
+    return '<div class="bg-alarm-top"><span class="bg-sev">' + esc(severity(a).toUpperCase()) + "</span>" +
+      '<span class="bg-kind">' + esc(kindLabel(a.kind)) + "</span>" +
+      (a.state === "acknowledged" ? '<span class="bg-ack">ACK</span>' : "") +
+      '<span class="bg-ago" data-seen="' + esc(a.last_seen_at) + '">' + ago(a.last_seen_at) + "</span></div>" +
+      plate +
+      '<div class="bg-where">at ' + esc(a.station_name) + " <span class=\"bg-meta\">(" + esc(a.station_id) + ")</span></div>" +
+      '<div class="bg-meta">Tag ' + esc(a.tag_id) + " · " + esc(a.sightings) + " sighting" +
+      (a.sightings === 1 ? "" : "s") + " · since " + clock(a.first_seen_at) + "</div>";
+  }
+  function drawTrail(entry) {
+    var pts = entry.trail;
+    entry.line.setLatLngs(pts.map(function (p) { return [p.lat, p.lon]; }));
+    entry.dots.clearLayers();
+    pts.forEach(function (p, i) {
+      var dot = L.circleMarker([p.lat, p.lon], {
+        radius: 4.5, color: "#b91c1c", weight: 2, fillColor: "#ffffff", fillOpacity: 1, className: "bg-trail-dot"
+      });
+      if (i >= pts.length - TRAIL_LABELS && i < pts.length - 1) {
+        dot.bindTooltip(clock(p.seen_at), {
+          permanent: true, direction: "left", offset: [-6, 0], className: "bg-trail-time", interactive: false
+        });
+      }
+      entry.dots.addLayer(dot);
+    });
+  }
+  function acked(id) { return alarms[id].data.state === "acknowledged" ? 1 : 0; }
+  function sortPanel() {           // active before acknowledged, each newest sighting first
+    var ids = Object.keys(alarms).sort(function (x, y) {
+      return acked(x) - acked(y) ||
+        (parseTime(alarms[y].data.last_seen_at) || 0) - (parseTime(alarms[x].data.last_seen_at) || 0);
+    });
+    ids.forEach(function (id) { list.appendChild(alarms[id].item); });
+    var active = ids.filter(function (id) { return !acked(id); }).length;
+    $("bg-panel-count").textContent = active;
+    $("bg-panel-count").classList.toggle("hot", active > 0);
+    $("bg-panel-acked").textContent = ids.length > active ? (ids.length - active) + " acknowledged" : "";
+    $("bg-alarm-count").textContent = active;
+    $("bg-alarm-stat").classList.toggle("hot", active > 0);
+    $("bg-no-alarms").style.display = ids.length ? "none" : "";
+  }
+  function flash(el, cls) {
+    el.classList.remove(cls);
+    void el.offsetWidth;          // restart the CSS animation
+    el.classList.add(cls);
+  }
+  function removeAlarm(id) {
+    var entry = alarms[id];
+    if (!entry) { return; }
+    alarmLayer.removeLayer(entry.marker);
+    alarmLayer.removeLayer(entry.line);
+    alarmLayer.removeLayer(entry.dots);
+    entry.item.remove();
+    delete alarms[id];
+    sortPanel();
+  }
+  function upsertAlarm(a, quiet) {
+    if (!a || a.id === undefined || a.id === null) { return; }
+    var id = String(a.id);
+    if (a.state === "cleared") { removeAlarm(id); return; }
+    var entry = alarms[id];
+    if (!entry) {
+      entry = {
+        data: a, trail: [],
+        line: L.polyline([], {     // smoothFactor 0: keep every station, even on a straight street
+          color: "#dc2626", weight: 4, opacity: 0.85, dashArray: "10 6", smoothFactor: 0, className: "bg-trail"
+        }),
+        dots: L.layerGroup(),
+        marker: L.marker([a.lat, a.lon], { icon: alarmIcon(a), zIndexOffset: 1000, riseOnHover: true }),
+        item: document.createElement("li")
+      };
+      entry.marker.bindPopup("", { maxWidth: 340 });
+      entry.marker.on("popupopen", function () { entry.marker.setPopupContent(popupHtml(entry.data)); });
+      entry.marker.bindTooltip("", { permanent: true, direction: "top", offset: [0, -18], className: "bg-alarm-label" });
+      entry.label = entry.marker.getTooltip();
+      entry.item.className = "bg-alarm";
+      entry.item.dataset.alarmId = id;
+      entry.item.addEventListener("click", function () {
+        map.flyTo(entry.marker.getLatLng(), Math.max(map.getZoom(), 16), { duration: 0.8 });
+        entry.marker.openPopup();
+      });
+      alarmLayer.addLayer(entry.line);
+      alarmLayer.addLayer(entry.dots);
+      alarmLayer.addLayer(entry.marker);
+      alarms[id] = entry;
+      if (!quiet) { flash(header, "flash"); flash(entry.item, "fresh"); }
+    } else {
+      if (!quiet) { flash(entry.item, "fresh"); }
+    }
+    entry.data = a;
+    entry.trail = mergeTrail(entry.trail, a);
+    entry.marker.setLatLng([a.lat, a.lon]);
+    entry.marker.setIcon(alarmIcon(a));
+    entry.marker.setTooltipContent(esc(a.plate || a.tag_id));
+    entry.label.options.className = "bg-alarm-label sev-" + severity(a);
+    var labelEl = entry.label.getElement();
+    if (labelEl) { labelEl.className = labelEl.className.replace(/\bsev-\w+/g, "") + " sev-" + severity(a); }
+    entry.marker.setPopupContent(popupHtml(a));
+    entry.item.className = "bg-alarm sev-" + severity(a) + (a.state === "acknowledged" ? " acknowledged" : "") +
+      (entry.item.classList.contains("fresh") ? " fresh" : "");
+    entry.item.innerHTML = itemHtml(a);
+    drawTrail(entry);
+    sortPanel();
+  }
+
+  /* ---- live feed ---- */
+
+  var retryMs = 1000;
+  function setLive(state, text) {
+    var el = $("bg-live-status");
+    el.className = state;
+    el.querySelector("span").textContent = "Live feed: " + text;
+  }
+  function connect() {
+    setLive("connecting", "connecting…");
+    var source = new EventSource(cfg.liveUrl);
+    source.onopen = function () { retryMs = 1000; setLive("connected", "connected"); };
+    source.onerror = function () {
+      if (source.readyState === EventSource.CLOSED) {   // the browser gave up (e.g. HTTP error): retry ourselves
+        source.close();
+        setLive("reconnecting", "reconnecting in " + Math.round(retryMs / 1000) + " s…");
+        setTimeout(connect, retryMs);
+        retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+      } else {
+        setLive("reconnecting", "reconnecting…");
+      }
+    };
+    source.addEventListener("alarm", function (ev) {
+      var a;
+      try { a = JSON.parse(ev.data); } catch (err) { console.warn("bikeguard: unreadable alarm event", ev.data); return; }
+      upsertAlarm(a, false);
+    });
+  }
+
+  function tick() {
+    $("bg-clock").textContent = new Date().toLocaleTimeString([], { hour12: false });
+    var items = list.querySelectorAll(".bg-ago");
+    for (var i = 0; i < items.length; i++) {
+      var seen = parseTime(items[i].dataset.seen);
+      items[i].textContent = ago(items[i].dataset.seen);
+      items[i].classList.toggle("recent", seen !== null && Date.now() - seen < 60000);
+    }
+  }
+
+  /* ---- start ---- */
+
+  cfg.stations.forEach(function (info) {
+    var refs = stationRefs[info.station_id];
+    if (refs) { stations[info.station_id] = { info: info, passages: 0, circle: refs[0], label: refs[1] }; }
+  });
+  applyActivity(cfg.activity);
+  cfg.alarms.forEach(function (a) { upsertAlarm(a, true); });
+  sortPanel();
+  tick();
+  setInterval(tick, 1000);
+  connect();
+  pollActivity();
+  setInterval(pollActivity, cfg.activityIntervalMs);
+
+  return { upsertAlarm: upsertAlarm, applyActivity: applyActivity, alarms: alarms };
+}

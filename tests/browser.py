@@ -1,0 +1,89 @@
+"""Headless Chromium for tests: Debian's chromium driven by playwright (no browser download needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ConsoleMessage, Page
+
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/lib/chromium/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+_console_errors: weakref.WeakKeyDictionary[Page, list[str]] = weakref.WeakKeyDictionary()
+
+
+def chromium_path() -> str | None:
+    """Path of an installed Chromium, or None when there is none."""
+    for candidate in CHROMIUM_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("chromium")
+
+
+def require_chromium() -> str:
+    """Chromium's path; skips the test when it is missing, except under CI, where that is a failure."""
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser tests: chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
+    return path
+
+
+def console_errors(page: Page) -> list[str]:
+    """Console errors and uncaught exceptions the page has produced so far (live list)."""
+    return _console_errors.setdefault(page, [])
+
+
+@contextmanager
+def browser_page(width: int = 1400, height: int = 900) -> Iterator[Page]:
+    """A playwright Page in headless Chromium whose console errors are collected (see console_errors)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = require_chromium()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1)
+            page = context.new_page()
+            errors = console_errors(page)
+
+            def on_console(msg: ConsoleMessage) -> None:
+                if msg.type == "error":
+                    errors.append(f"console: {msg.text} ({msg.location.get('url', '')})")
+
+            page.on("console", on_console)
+            page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+            yield page
+        finally:
+            browser.close()
+
+
+def screenshot(
+    url: str, path: Path, *, width: int = 1400, height: int = 900, wait_for: str | None = None
+) -> list[str]:
+    """Save a PNG of `url` (after `wait_for`, a CSS selector, appears); returns the page's console errors."""
+    with browser_page(width, height) as page:
+        page.goto(url, wait_until="load")
+        if wait_for:
+            page.wait_for_selector(wait_for)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(path))
+        return list(console_errors(page))

@@ -1,0 +1,116 @@
+"""The live map in headless Chromium: alarms arrive over SSE, trails are drawn, activity refreshes labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from maps.live import build_live_map
+from tests.browser import browser_page, console_errors, require_chromium
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "live-map.png"
+TRAIL = "path.bg-trail.leaflet-interactive"
+TRAIL_DOT = "path.bg-trail-dot.leaflet-interactive"
+HEADER_ANIMATING = (
+    "document.getAnimations().some(a => a.effect && a.effect.target && a.effect.target.id === 'bg-header')"
+)
+
+
+def _polled_activity(town: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the activity endpoint answers: the built page's numbers, with S-001 now at 99."""
+    return [a | {"passages": 99} if a["station_id"] == "S-001" else a for a in town["activity"]]
+
+
+def _segments(path_d: str) -> int:
+    return path_d.count("L") + 1
+
+
+def test_alarm_from_live_feed_appears_in_panel_with_its_trail(
+    town: dict[str, Any],
+    alarm_factory: Callable[..., dict[str, Any]],
+    tamper_alarm_factory: Callable[..., dict[str, Any]],
+    map_server_factory: Callable[..., Any],
+) -> None:
+    require_chromium()
+    html = build_live_map(town["stations"], town["roads"], town["activity"], [tamper_alarm_factory(town)])
+    server = map_server_factory(html, _polled_activity(town))
+    alarm = alarm_factory(town)
+
+    with browser_page() as page:
+        page.goto(f"{server.url}/")
+        page.wait_for_selector("#bg-live-status.connected")
+        page.wait_for_selector(".bg-station-label >> text=99")  # the first activity poll has landed
+        trails_before = page.locator(TRAIL).count()
+        dots_before = page.locator(TRAIL_DOT).count()
+
+        server.send("alarm", alarm)
+        item = page.locator(".bg-alarm[data-alarm-id='41']")
+        item.wait_for()
+
+        assert page.locator("#bg-alarm-list > li").first.get_attribute("data-alarm-id") == "41"
+        text = item.inner_text()
+        assert alarm["plate"] in text
+        assert alarm["station_name"] in text
+        assert "s ago" in text
+        assert page.locator("#bg-alarm-count").inner_text() == "1"  # the tamper alarm is acknowledged
+        assert page.locator(TRAIL).count() == trails_before + 1
+        assert _segments(page.locator(TRAIL).last.get_attribute("d") or "") == 4
+        assert page.locator(TRAIL_DOT).count() == dots_before + 4
+        assert page.locator(".bg-alarm-icon.sev-critical").count() == 1
+        assert page.locator(".bg-alarm-label", has_text=alarm["plate"]).count() == 1
+
+        page.wait_for_function(f"!({HEADER_ANIMATING})", timeout=10_000)
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+        assert console_errors(page) == []
+
+    assert "/api/stations/activity" in server.requests
+    assert not [p for p in server.requests if not p.startswith(("/assets/leaflet/", "/api/")) and p != "/"]
+
+
+def test_alarm_update_moves_the_marker_and_extends_the_trail_and_clearing_removes_it(
+    town: dict[str, Any],
+    alarm_factory: Callable[..., dict[str, Any]],
+    map_server_factory: Callable[..., Any],
+) -> None:
+    require_chromium()
+    server = map_server_factory(build_live_map(town["stations"], town["roads"], town["activity"], []), [])
+    alarm = alarm_factory(town)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    east = next(s for s in town["stations"] if s["station_id"] == "S-012")
+    moved = alarm | {
+        "station_id": east["station_id"],
+        "station_name": east["name"],
+        "lat": east["lat"],
+        "lon": east["lon"],
+        "sightings": 5,
+        "trail": [{"station_id": east["station_id"], "lat": east["lat"], "lon": east["lon"], "seen_at": now}],
+        "last_seen_at": now,
+    }
+
+    with browser_page() as page:
+        page.goto(f"{server.url}/")
+        page.wait_for_selector("#bg-live-status.connected")
+        assert page.locator("#bg-no-alarms").is_visible()
+
+        server.send("alarm", alarm)
+        item = page.locator(".bg-alarm[data-alarm-id='41']")
+        item.wait_for()
+        server.send("alarm", moved)
+        page.wait_for_function("document.querySelector(\"[data-alarm-id='41']\").innerText.includes('S-012')")
+
+        assert page.locator("#bg-alarm-list > li").count() == 1
+        assert "5 sightings" in item.inner_text()
+        assert _segments(page.locator(TRAIL).get_attribute("d") or "") == 5
+        assert page.locator(TRAIL_DOT).count() == 5
+
+        server.send("alarm", moved | {"state": "cleared"})
+        item.wait_for(state="detached")
+
+        assert page.locator(TRAIL).count() == 0
+        assert page.locator(".bg-alarm-icon").count() == 0
+        assert page.locator("#bg-no-alarms").is_visible()
+        assert page.locator("#bg-alarm-count").inner_text() == "0"
+        assert console_errors(page) == []
