@@ -123,7 +123,14 @@ _CRC_TABLE = _crc_table()
 
 
 def encode(frame: Frame) -> bytes:
-    """Encode one frame to the bytes the radio module writes."""
+    """Encode one frame to the bytes the radio module writes; ValueError if a field is out of range."""
+    try:
+        return _encode(frame)
+    except struct.error as exc:
+        raise ValueError(f"{type(frame).__name__} field out of range: {exc}") from exc
+
+
+def _encode(frame: Frame) -> bytes:
     if isinstance(frame, Beacon):
         body = bytes([FrameType.BEACON]) + _BEACON.pack(
             frame.tag_id, frame.counter, int(frame.flags), frame.rssi_dbm, frame.antenna

@@ -6,6 +6,7 @@ timezone-aware UTC in ISO 8601; tag ids are 8 upper-case hex digits (the chip's 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -40,9 +41,12 @@ def format_tag(tag_id: int) -> str:
     return f"{tag_id:08X}"
 
 
+_HEX8 = re.compile(r"[0-9A-Fa-f]{8}")
+
+
 def parse_tag(text: str) -> int:
     """The 32-bit id from 8 hex digits; raises ValueError otherwise."""
-    if len(text) != 8:
+    if not _HEX8.fullmatch(text):
         raise ValueError(f"tag id {text!r} must be 8 hex digits")
     return int(text, 16)
 
@@ -68,9 +72,12 @@ class _Message(BaseModel):
     def parse(cls, raw: bytes):  # type: ignore[no-untyped-def]
         """Validate a payload; raise MessageError with the reason and the raw bytes."""
         try:
-            return cls.model_validate_json(raw)
+            message = cls.model_validate_json(raw)
         except ValidationError as exc:
             raise _message_error(exc, raw) from exc
+        if "v" not in message.model_fields_set:
+            raise MessageError("v: Field required (every message carries its version)", raw)
+        return message
 
     def to_json(self) -> bytes:
         """The compact JSON payload."""
@@ -124,6 +131,8 @@ class StationStatus(_Message):
     frames_rejected: int | None = None
     sightings_published: int | None = None
     spool_depth: int | None = None
+    spool_dropped: int | None = None
+    hotlist_version: int | None = None
     noise_floor_dbm: int | None = None
 
 

@@ -9,8 +9,8 @@ ROOT = "bikeguard/v1"
 HOTLIST = f"{ROOT}/hotlist"
 STATION_KINDS = ("sightings", "alerts", "status")
 
-_STATION_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_STATION_TOPIC = re.compile(rf"^{ROOT}/stations/([^/]+)/(sightings|alerts|status)$")
+_STATION_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_STATION_TOPIC = re.compile(rf"{ROOT}/stations/([^/]+)/(sightings|alerts|status)")
 
 
 class TopicError(ValueError):
@@ -19,7 +19,7 @@ class TopicError(ValueError):
 
 def check_station_id(station_id: str) -> str:
     """Return the station id if it is lower-case letters, digits, '-' or '_' (1-64 chars)."""
-    if not _STATION_ID.match(station_id):
+    if not _STATION_ID.fullmatch(station_id):
         raise TopicError(f"invalid station id {station_id!r}: use 1-64 of a-z 0-9 - _")
     return station_id
 
@@ -54,7 +54,7 @@ class StationTopic:
 
 def parse_station_topic(topic: str) -> StationTopic:
     """Parse a station topic into its station id and kind, or raise TopicError."""
-    m = _STATION_TOPIC.match(topic)
+    m = _STATION_TOPIC.fullmatch(topic)
     if not m:
         raise TopicError(f"not a station topic: {topic!r}")
     return StationTopic(check_station_id(m.group(1)), m.group(2))

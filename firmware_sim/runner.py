@@ -1,0 +1,217 @@
+"""Run a town in real time: one simulated radio module (a pty) per station, on one background thread.
+
+A thread rather than asyncio: the gateway and the demo may run their own event loops in the
+same process, and the work per tick is a few hundred microseconds, so one plain thread keeps
+the simulator independent of whichever loop (or none) the caller uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from types import FrameType, TracebackType
+
+from firmware_sim.radio import RadioClosedError, RadioError, RadioModule, RadioStats
+from firmware_sim.town import Bike, Town
+from protocol.messages import format_tag
+
+log = logging.getLogger(__name__)
+
+
+class SimRunner:
+    """Drives `town` at `speedup` times real time and writes what each station hears to its pty.
+
+    Every `step_s` of wall time the town advances `step_s * speedup` seconds and the beacons
+    heard go to the stations' radio modules; every `tick_s` each module releases what its
+    115200 baud line has carried by then. The ptys exist from construction, so `ports` can be
+    handed to gateways before `start`.
+    """
+
+    def __init__(
+        self,
+        town: Town,
+        speedup: float = 1.0,
+        *,
+        step_s: float = 0.05,
+        tick_s: float = 0.01,
+        garbage_rate: float = 0.0,
+        corrupt_rate: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if speedup <= 0:
+            raise ValueError(f"speedup must be positive, not {speedup}")
+        self.town = town
+        self.speedup = speedup
+        self.step_s = step_s
+        self.tick_s = tick_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.radios: dict[str, RadioModule] = {}
+        try:
+            for station in town.stations:
+                self.radios[station.station_id] = RadioModule(
+                    garbage_rate=garbage_rate, corrupt_rate=corrupt_rate, clock=clock
+                )
+        except OSError:
+            self._close_radios()
+            raise
+        self.ports: dict[str, str] = {sid: radio.port for sid, radio in self.radios.items()}
+        self.beacons_heard = 0
+
+    def __enter__(self) -> SimRunner:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the simulation thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the simulation thread; a stopped runner cannot start again (its ptys are closed)."""
+        if self._stop.is_set():
+            raise RadioClosedError("this runner was stopped and its ptys are closed; make a new one")
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="firmware-sim", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and close every pty (gateways reading them see end of file)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._close_radios()
+
+    def steal(self, bike_no: int, *, tamper: bool = False) -> Bike:
+        """Trigger a theft: the bike rides off fast (and its tag reports tamper if asked)."""
+        with self._lock:
+            return self.town.theft(bike_no, tamper=tamper)
+
+    def stats(self) -> dict[str, RadioStats]:
+        """Each station's radio module counters."""
+        return {sid: radio.stats for sid, radio in self.radios.items()}
+
+    def _close_radios(self) -> None:
+        for radio in self.radios.values():
+            radio.close()
+
+    def _run(self) -> None:
+        last = self._clock()
+        next_step = last + self.step_s
+        radios = list(self.radios.items())
+        try:
+            while not self._stop.wait(self.tick_s):
+                now = self._clock()
+                if now >= next_step:
+                    with self._lock:
+                        heard = self.town.step((now - last) * self.speedup)
+                    last = now
+                    # After a stall, do not try to catch up with a burst of short steps.
+                    next_step = max(next_step + self.step_s, now)
+                    for station_id, beacons in heard.items():
+                        radio = self.radios[station_id]
+                        for beacon in beacons:
+                            radio.hear(beacon)
+                        self.beacons_heard += len(beacons)
+                for _, radio in radios:
+                    radio.pump()
+        except RadioError:
+            if not self._stop.is_set():
+                log.exception("simulated radio failed; the simulation stops")
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m firmware_sim",
+        description="Simulate a town's stations on ptys. The first stdout line is JSON: "
+        '{"event": "ports", "ports": {station_id: pty path}, ...}.',
+    )
+    parser.add_argument("--seed", type=int, default=1, help="town seed (same seed, same town)")
+    parser.add_argument("--stations", type=int, default=20)
+    parser.add_argument("--bikes", type=int, default=200)
+    parser.add_argument("--speedup", type=float, default=1.0, help="simulated seconds per wall-clock second")
+    parser.add_argument(
+        "--steal-after",
+        type=float,
+        metavar="SECONDS",
+        help="steal one parked bike after this many seconds and print a JSON line about it",
+    )
+    parser.add_argument(
+        "--garbage-rate",
+        type=float,
+        default=0.0,
+        help="fraction of frames preceded by random bytes (exercises decoders)",
+    )
+    parser.add_argument(
+        "--corrupt-rate", type=float, default=0.0, help="fraction of frames with one bit flipped (exercises decoders)"
+    )
+    parser.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop after this long (default: run until killed)"
+    )
+    return parser.parse_args(argv)
+
+
+def _emit(event: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a simulated town until killed; print the station→pty map, then one line per theft."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    town = Town.generate(args.seed, stations=args.stations, bikes=args.bikes)
+    runner = SimRunner(town, args.speedup, garbage_rate=args.garbage_rate, corrupt_rate=args.corrupt_rate)
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    previous = signal.signal(signal.SIGTERM, _on_signal)
+    started = time.monotonic()
+    try:
+        _emit({"event": "ports", "seed": args.seed, "ports": runner.ports})
+        runner.start()
+        stolen = args.steal_after is None
+        while not done.is_set():
+            elapsed = time.monotonic() - started
+            if args.duration is not None and elapsed >= args.duration:
+                break
+            if not stolen and elapsed >= args.steal_after:
+                stolen = True
+                bike = runner.steal(town.bike_to_steal().bike_no)
+                _emit(
+                    {
+                        "event": "theft",
+                        "at": datetime.now(UTC).isoformat(),
+                        "bike_no": bike.bike_no,
+                        "plate": bike.plate,
+                        "tag_id": format_tag(bike.tag_id),
+                        "owner": bike.owner,
+                        "lat": round(bike.lat, 6),
+                        "lon": round(bike.lon, 6),
+                    }
+                )
+            done.wait(0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        runner.stop()
+    log.info("stopped after %.0f s; %d beacons heard", time.monotonic() - started, runner.beacons_heard)
+    return 0

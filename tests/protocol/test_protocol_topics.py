@@ -1,0 +1,120 @@
+"""protocol/topics.py: the only place MQTT topic names are built and parsed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.topics import (
+    HOTLIST,
+    STATION_KINDS,
+    StationTopic,
+    TopicError,
+    check_station_id,
+    command_topic,
+    parse_station_topic,
+    station_filter,
+    station_topic,
+)
+
+station_ids = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}", fullmatch=True)
+
+INVALID_IDS = [
+    "",
+    "ST-001",
+    "st 001",
+    "st/001",
+    "st+",
+    "st#",
+    "-st",
+    "_st",
+    "st.001",
+    "站-001",
+    "a" * 65,
+    "$share",
+]
+
+
+@pytest.mark.parametrize("kind", STATION_KINDS)
+def test_station_topic_follows_the_contract(kind: str) -> None:
+    assert station_topic("st-001", kind) == f"bikeguard/v1/stations/st-001/{kind}"
+
+
+def test_command_topic_follows_the_contract() -> None:
+    assert command_topic("st-001", "self-test") == "bikeguard/v1/stations/st-001/commands/self-test"
+
+
+def test_hotlist_topic_follows_the_contract() -> None:
+    assert HOTLIST == "bikeguard/v1/hotlist"
+
+
+def test_unknown_station_topic_kind_is_refused() -> None:
+    with pytest.raises(TopicError, match="kind"):
+        station_topic("st-001", "commands")
+    with pytest.raises(TopicError, match="kind"):
+        station_filter("everything")
+
+
+@pytest.mark.parametrize("station_id", INVALID_IDS)
+def test_invalid_station_id_is_rejected_everywhere(station_id: str) -> None:
+    with pytest.raises(TopicError, match="invalid station id"):
+        check_station_id(station_id)
+    with pytest.raises(TopicError):
+        station_topic(station_id, "status")
+    with pytest.raises(TopicError):
+        command_topic(station_id, "self-test")
+
+
+def test_station_id_with_trailing_newline_is_rejected() -> None:
+    with pytest.raises(TopicError):
+        check_station_id("st-001\n")
+
+
+def test_topic_error_is_a_value_error() -> None:
+    assert issubclass(TopicError, ValueError)
+
+
+@settings(max_examples=200, deadline=None)
+@given(station_ids, st.sampled_from(STATION_KINDS))
+def test_station_topic_parses_back_to_its_station_and_kind(station_id: str, kind: str) -> None:
+    assert parse_station_topic(station_topic(station_id, kind)) == StationTopic(station_id, kind)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "bikeguard/v1/hotlist",
+        "bikeguard/v1/stations/st-001",
+        "bikeguard/v1/stations/st-001/commands/self-test",
+        "bikeguard/v1/stations/st-001/sightings/extra",
+        "bikeguard/v2/stations/st-001/sightings",
+        "/bikeguard/v1/stations/st-001/sightings",
+        "bikeguard/v1/stations/+/sightings",
+        "bikeguard/v1/stations/ST-001/sightings",
+        "bikeguard/v1/stations//status",
+        "$share/bikeguard-ingest/bikeguard/v1/stations/st-001/sightings",
+    ],
+)
+def test_non_station_topics_are_refused_by_the_parser(topic: str) -> None:
+    with pytest.raises(TopicError):
+        parse_station_topic(topic)
+
+
+@pytest.mark.parametrize("kind", STATION_KINDS)
+def test_station_filter_matches_every_station(kind: str) -> None:
+    assert station_filter(kind) == f"bikeguard/v1/stations/+/{kind}"
+
+
+def test_shared_filter_spreads_one_kind_over_a_worker_group() -> None:
+    assert station_filter("sightings", "bikeguard-ingest") == (
+        "$share/bikeguard-ingest/bikeguard/v1/stations/+/sightings"
+    )
+
+
+@pytest.mark.parametrize("kind", STATION_KINDS)
+def test_filter_without_its_share_prefix_matches_built_topics(kind: str) -> None:
+    pattern = station_filter(kind, "g").removeprefix("$share/g/").split("/")
+    topic = station_topic("st-042", kind).split("/")
+    assert len(pattern) == len(topic)
+    assert all(p in ("+", t) for p, t in zip(pattern, topic, strict=True))
