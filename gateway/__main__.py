@@ -1,0 +1,7 @@
+"""`python -m gateway`: the same as `bikeguard gateway`."""
+
+import sys
+
+from gateway.station import main
+
+sys.exit(main())

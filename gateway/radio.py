@@ -1,0 +1,184 @@
+"""The radio side: reads the module's serial port in a thread and hands frames to asyncio.
+
+pyserial blocks, so one thread per port reads and decodes; decoded frames cross into the event
+loop with `call_soon_threadsafe`. A port that fails (unplugged USB adapter, a pty whose other end
+closed, a dropped socket://) is logged and reopened with backoff; the radio never raises out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import serial
+
+from protocol.frames import Frame, FrameDecoder, FrameError
+from protocol.messages import utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reception:
+    """One decoded frame and when its bytes came off the port."""
+
+    received_at: datetime
+    frame: Frame
+
+
+class RadioError(Exception):
+    """The radio side cannot go on (its reader thread died of a bug, not of a port error)."""
+
+
+class RejectLog:
+    """Logs rejected byte runs with their hex, at most `limit` per `window_s`, then a summary."""
+
+    def __init__(self, source: str, limit: int = 10, window_s: float = 10.0) -> None:
+        self.source = source
+        self.limit = limit
+        self.window_s = window_s
+        self._window_start = 0.0
+        self._logged = 0
+        self._suppressed = 0
+
+    def __call__(self, error: FrameError) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.window_s:
+            if self._suppressed:
+                log.warning("%s: %d more rejected runs not logged", self.source, self._suppressed)
+            self._window_start, self._logged, self._suppressed = now, 0, 0
+        if self._logged < self.limit:
+            self._logged += 1
+            log.warning("%s: rejected %s: %s", self.source, error.reason, error)
+        else:
+            self._suppressed += 1
+
+
+class Radio:
+    """One radio module on one serial port: `await run()` to read, `await get()` for frames."""
+
+    def __init__(
+        self,
+        url: str,
+        baud_rate: int,
+        *,
+        read_timeout_s: float = 0.2,
+        reopen_min_s: float = 0.25,
+        reopen_max_s: float = 10.0,
+        queue_max: int = 10_000,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.url = url
+        self.baud_rate = baud_rate
+        self.read_timeout_s = read_timeout_s
+        self.reopen_min_s = reopen_min_s
+        self.reopen_max_s = reopen_max_s
+        self.clock = clock
+        self.decoder = FrameDecoder()
+        self.opened = 0
+        self.port_errors = 0
+        self.dropped = 0
+        self._queue: asyncio.Queue[Reception] = asyncio.Queue(maxsize=queue_max)
+        self._stop = threading.Event()
+        self._reject_log = RejectLog(url)
+        self._crash: BaseException | None = None
+
+    @property
+    def frames(self) -> int:
+        """Valid frames decoded since start."""
+        return self.decoder.frames
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Rejected byte runs by reason (garbage, crc, bad_length, …)."""
+        return self.decoder.rejected
+
+    @property
+    def rejected_total(self) -> int:
+        """All rejected byte runs."""
+        return sum(self.decoder.rejected.values())
+
+    async def get(self) -> Reception:
+        """The next decoded frame."""
+        return await self._queue.get()
+
+    async def run(self) -> None:
+        """Read the port until cancelled; reopens it whenever it fails."""
+        loop = asyncio.get_running_loop()
+        self._stop.clear()
+        self._crash = None
+        # A thread of our own, not the default executor: with many stations in one process the
+        # executor's few workers would all be stuck in blocking reads.
+        thread = threading.Thread(target=self._thread_main, args=(loop,), name=f"radio {self.url}", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                await asyncio.sleep(0.5)
+            raise RadioError(f"{self.url}: reader thread died") from self._crash
+        finally:
+            self._stop.set()
+            while thread.is_alive():
+                await asyncio.sleep(0.02)
+
+    def _thread_main(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self._read_forever(loop)
+        except BaseException as exc:
+            # A bug, not a port problem (those are handled below): hand it to run() to raise.
+            self._crash = exc
+            raise
+
+    def _read_forever(self, loop: asyncio.AbstractEventLoop) -> None:
+        delay = self.reopen_min_s
+        while not self._stop.is_set():
+            try:
+                port = serial.serial_for_url(self.url, baudrate=self.baud_rate, timeout=self.read_timeout_s)
+            except (OSError, ValueError) as exc:  # SerialException is an OSError
+                log.warning("%s: cannot open serial port (%s); retry in %.1f s", self.url, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.reopen_max_s)
+                continue
+            self.opened += 1
+            delay = self.reopen_min_s
+            log.info("%s: serial port open at %d baud", self.url, self.baud_rate)
+            try:
+                self._read_port(port, loop)
+                # A clean return means stop was asked for.
+            except OSError as exc:
+                self.port_errors += 1
+                log.warning("%s: serial port failed (%s); reopening", self.url, exc)
+                self._stop.wait(delay)
+            finally:
+                port.close()
+
+    def _read_port(self, port: serial.SerialBase, loop: asyncio.AbstractEventLoop) -> None:
+        decoder = self.decoder
+        while not self._stop.is_set():
+            # read(1) returns as soon as one byte is there (or at the timeout); then take the rest.
+            data = port.read(max(1, port.in_waiting))
+            if not data:
+                continue
+            received_at = self.clock()
+            before = self.rejected_total
+            frames = decoder.feed(data)
+            new_rejects = self.rejected_total - before
+            if new_rejects:
+                errors = list(decoder.recent_errors)[-new_rejects:]
+                for error in errors:
+                    self._reject_log(error)
+            if frames:
+                loop.call_soon_threadsafe(self._deliver, [Reception(received_at, f) for f in frames])
+
+    def _deliver(self, receptions: list[Reception]) -> None:
+        for reception in receptions:
+            try:
+                self._queue.put_nowait(reception)
+            except asyncio.QueueFull:
+                # The loop is not keeping up; count it rather than grow without bound.
+                self.dropped += 1

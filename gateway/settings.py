@@ -1,0 +1,90 @@
+"""The gateway's settings: one object, built in the entry point and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bikeguard.services import mqtt_address
+from protocol.frames import BAUD_RATE
+from protocol.topics import TopicError, check_station_id
+
+
+def _default_firmware() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"bikeguard-gateway/{version('bikeguard')}"
+    except PackageNotFoundError:
+        return "bikeguard-gateway/dev"
+
+
+class GatewaySettings(BaseSettings):
+    """Everything one station's gateway needs; env vars are `BIKEGUARD_GATEWAY_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="BIKEGUARD_GATEWAY_", extra="ignore", frozen=True)
+
+    station_id: str
+    serial_url: str = Field(description="anything serial.serial_for_url takes: /dev/ttyUSB0, a pty, socket://")
+    baud_rate: int = BAUD_RATE
+    mqtt_url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
+    spool_path: Path | None = Field(default=None, description="SQLite file; default ./gateway-<id>.spool")
+    spool_max_rows: int | None = Field(default=None, ge=1, description="None: unbounded")
+
+    passage_gap_s: float = Field(default=8.0, gt=0)
+    passage_max_s: float = Field(default=60.0, gt=0)
+    batch_max: int = Field(default=500, ge=1, le=10_000)
+    batch_interval_s: float = Field(default=1.0, gt=0)
+    status_interval_s: float = Field(default=30.0, gt=0)
+    firmware: str = Field(default_factory=_default_firmware)
+
+    serial_read_timeout_s: float = Field(default=0.2, gt=0)
+    serial_reopen_min_s: float = Field(default=0.25, gt=0)
+    serial_reopen_max_s: float = Field(default=10.0, gt=0)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    publish_timeout_s: float = Field(default=10.0, gt=0)
+    inflight_max: int = Field(default=16, ge=1, le=20, description="QoS 1 publishes awaiting PUBACK at once")
+    mqtt_keepalive_s: int = Field(default=30, ge=5)
+
+    @field_validator("station_id")
+    @classmethod
+    def _station_id(cls, value: str) -> str:
+        try:
+            return check_station_id(value)
+        except TopicError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, value: SecretStr) -> SecretStr:
+        mqtt_address(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Self:
+        if self.spool_path is None:
+            object.__setattr__(self, "spool_path", Path(f"gateway-{self.station_id}.spool"))
+        if self.passage_max_s < self.passage_gap_s:
+            raise ValueError("passage_max_s must not be shorter than passage_gap_s")
+        return self
+
+    @property
+    def spool_file(self) -> Path:
+        """The spool's SQLite file (spool_path, defaulted from the station id)."""
+        assert self.spool_path is not None  # filled in by the validator
+        return self.spool_path
+
+    @property
+    def mqtt_address(self) -> tuple[str, int, str | None, str | None]:
+        """host, port, username, password from mqtt_url."""
+        return mqtt_address(self.mqtt_url.get_secret_value())
+
+    @property
+    def mqtt_endpoint(self) -> str:
+        """host:port, safe to log (no credentials)."""
+        host, port, _, _ = self.mqtt_address
+        return f"{host}:{port}"

@@ -1,0 +1,236 @@
+"""The wiring: radio -> aggregator -> spool -> uplink for one station, and the CLI entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gateway.aggregator import Aggregator
+from gateway.hotlist import HotList
+from gateway.radio import Radio
+from gateway.settings import GatewaySettings
+from gateway.spool import Spool
+from gateway.uplink import Uplink
+from protocol.frames import Beacon, ModuleStatus
+from protocol.messages import Alert, Sighting, SightingBatch, StationStatus, utcnow
+from protocol.topics import station_topic
+
+log = logging.getLogger(__name__)
+
+
+class Station:
+    """One station's gateway: `await run()` until cancelled."""
+
+    def __init__(self, settings: GatewaySettings, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.sightings_topic = station_topic(settings.station_id, "sightings")
+        self.alerts_topic = station_topic(settings.station_id, "alerts")
+        self.hotlist = HotList()
+        self.aggregator = Aggregator(
+            settings.station_id,
+            self.hotlist,
+            passage_gap_s=settings.passage_gap_s,
+            passage_max_s=settings.passage_max_s,
+            clock=clock,
+        )
+        self.noise_floor_dbm: int | None = None
+        self.spool: Spool | None = None
+        self.radio: Radio | None = None
+        self.uplink: Uplink | None = None
+        self._started = time.monotonic()
+
+    async def run(self) -> None:
+        """Run until cancelled; then spool the open passages and say offline."""
+        s = self.settings
+        # A new spool file starts its batch numbers at the clock in milliseconds, so a station whose
+        # spool was lost or replaced never reuses a (station_id, batch_seq) the backend has seen.
+        first_seq = int(self.clock().timestamp() * 1000)
+        self.spool = spool = Spool(s.spool_file, max_rows=s.spool_max_rows, first_batch_seq=first_seq)
+        saved = spool.load_hotlist()
+        if saved is not None:
+            self.hotlist.offer(*saved)
+        self.radio = Radio(
+            s.serial_url,
+            s.baud_rate,
+            read_timeout_s=s.serial_read_timeout_s,
+            reopen_min_s=s.serial_reopen_min_s,
+            reopen_max_s=s.serial_reopen_max_s,
+            clock=self.clock,
+        )
+        self.uplink = Uplink(s, spool, self.hotlist, self.status)
+        self._started = time.monotonic()
+        log.info(
+            "station %s: serial %s, broker %s, spool %s (%d waiting), hot list v%d",
+            s.station_id,
+            s.serial_url,
+            s.mqtt_endpoint,
+            s.spool_file,
+            spool.depth,
+            self.hotlist.version,
+        )
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.radio.run())
+                tasks.create_task(self._consume(self.radio))
+                tasks.create_task(self._batch_every_interval())
+                tasks.create_task(self.uplink.run())
+        finally:
+            # Whatever is still open goes to the spool and leaves with the next connection.
+            self._spool_sightings(self.aggregator.close_all())
+            spool.close()
+            log.info("station %s: stopped", s.station_id)
+
+    def status(self) -> StationStatus:
+        """The status this station publishes (retained) now."""
+        radio, spool, uplink = self.radio, self.spool, self.uplink
+        return StationStatus(
+            station_id=self.settings.station_id,
+            state="online",
+            sent_at=self.clock(),
+            firmware=self.settings.firmware,
+            uptime_s=round(time.monotonic() - self._started, 3),
+            beacons_total=self.aggregator.beacons_total,
+            frames_rejected=radio.rejected_total if radio else 0,
+            sightings_published=uplink.sightings_published if uplink else 0,
+            spool_depth=spool.depth if spool else 0,
+            spool_dropped=spool.dropped if spool else 0,
+            hotlist_version=self.hotlist.version if self.hotlist else None,
+            noise_floor_dbm=self.noise_floor_dbm,
+        )
+
+    async def _consume(self, radio: Radio) -> None:
+        while True:
+            reception = await radio.get()
+            frame = reception.frame
+            if isinstance(frame, Beacon):
+                for alert in self.aggregator.add(frame, reception.received_at):
+                    self._spool_alert(alert)
+                if self.aggregator.closed_count >= self.settings.batch_max:
+                    self._spool_sightings(self.aggregator.take_closed())
+            elif isinstance(frame, ModuleStatus):
+                self.noise_floor_dbm = frame.noise_floor_dbm
+
+    async def _batch_every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.batch_interval_s)
+            self._spool_sightings(self.aggregator.close_due())
+
+    def _spool_alert(self, alert: Alert) -> None:
+        assert self.spool is not None and self.uplink is not None
+        self.spool.put_alert(self.alerts_topic, alert.to_json())
+        self.uplink.notify()
+        log.info("station %s: alert %s for tag %s", self.settings.station_id, alert.kind, alert.tag_id)
+
+    def _spool_sightings(self, sightings: list[Sighting]) -> None:
+        assert self.spool is not None
+        step = self.settings.batch_max
+        for start in range(0, len(sightings), step):
+            chunk = sightings[start : start + step]
+
+            def build(seq: int, chunk: list[Sighting] = chunk) -> bytes:
+                batch = SightingBatch(
+                    station_id=self.settings.station_id, batch_seq=seq, sent_at=self.clock(), sightings=chunk
+                )
+                return batch.to_json()
+
+            self.spool.put_sightings(self.sightings_topic, build, len(chunk))
+        if sightings and self.uplink is not None:
+            self.uplink.notify()
+
+
+class _SignalStop:
+    """SIGTERM/SIGINT cancel the current task, so shutdown takes the normal cancellation path."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Install the handlers (main thread only) for the duration of the block."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, self._stop, sig, task)
+        try:
+            yield
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    def _stop(self, sig: signal.Signals, task: asyncio.Task[object]) -> None:
+        log.info("%s: stopping", sig.name)
+        self.signal = sig
+        task.cancel()
+
+
+async def run_gateway(settings: GatewaySettings) -> None:
+    """Run one station until cancelled or SIGTERM/SIGINT."""
+    await run_fleet([settings])
+
+
+async def run_fleet(settings: Sequence[GatewaySettings]) -> None:
+    """Run several stations in one event loop (each its own port, connection and spool)."""
+    ids = [s.station_id for s in settings]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"station ids must be unique: {ids}")
+    spools = [s.spool_file.resolve() for s in settings]
+    if len(set(spools)) != len(spools):
+        raise ValueError("each station needs a spool file of its own")
+    stop = _SignalStop()
+    with stop.installed():
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for s in settings:
+                    tasks.create_task(Station(s).run(), name=f"station {s.station_id}")
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            # A signal is a normal way to stop; a caller's cancellation must still propagate.
+            if stop.signal is None or task is None:
+                raise
+            task.uncancel()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bikeguard gateway",
+        description="Station gateway: serial frames in, MQTT out. Arguments override "
+        "BIKEGUARD_GATEWAY_* environment variables.",
+    )
+    parser.add_argument("--station-id", dest="station_id")
+    parser.add_argument("--serial", dest="serial_url", help="/dev/ttyUSB0, a pty path or socket://host:port")
+    parser.add_argument("--mqtt", dest="mqtt_url", help="mqtt://user:pass@host:port")
+    parser.add_argument("--spool", dest="spool_path", type=Path, help="SQLite spool file")
+    parser.add_argument("--baud", dest="baud_rate", type=int)
+    parser.add_argument("--firmware")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`bikeguard gateway`: build the settings from env and arguments and run one station."""
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in args.items() if v is not None}
+    try:
+        settings = GatewaySettings(**overrides)
+    except ValidationError as exc:
+        parser.error(f"invalid settings:\n{exc}")
+    asyncio.run(run_gateway(settings))
+    return 0

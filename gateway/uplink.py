@@ -1,0 +1,200 @@
+"""The MQTT side: status and last will, hot list and commands in, the spool drained out.
+
+One aiomqtt connection per attempt. Everything outgoing except the status is already in the
+spool, so a dropped connection only means reconnecting (with jittered exponential backoff)
+and sending again whatever had no PUBACK yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import aiomqtt
+
+from gateway.hotlist import HotList
+from gateway.settings import GatewaySettings
+from gateway.spool import Entry, Spool
+from protocol.messages import Hotlist, MessageError, StationStatus, utcnow
+from protocol.topics import HOTLIST, command_topic, station_topic
+
+log = logging.getLogger(__name__)
+
+_STABLE_S = 10.0
+
+
+class Uplink:
+    """Keeps one station connected to the broker and its spool drained."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        spool: Spool,
+        hotlist: HotList,
+        status: Callable[[], StationStatus],
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.hotlist = hotlist
+        self.status = status
+        self.status_topic = station_topic(settings.station_id, "status")
+        self.connected = False
+        self.connects = 0
+        self.messages_published = 0
+        self.sightings_published = 0
+        self.hotlist_rejected = 0
+        self._spooled = asyncio.Event()
+
+    def notify(self) -> None:
+        """Tell the drain something new is in the spool."""
+        self._spooled.set()
+
+    def _client(self) -> aiomqtt.Client:
+        host, port, username, password = self.settings.mqtt_address
+        offline = StationStatus(station_id=self.settings.station_id, state="offline")
+        return aiomqtt.Client(
+            host,
+            port,
+            username=username,
+            password=password,
+            identifier=f"gateway-{self.settings.station_id}",
+            will=aiomqtt.Will(self.status_topic, offline.to_json(), qos=1, retain=True),
+            # A persistent session: hot-list updates and commands sent while we are away wait for us.
+            clean_session=False,
+            keepalive=self.settings.mqtt_keepalive_s,
+            timeout=self.settings.publish_timeout_s,
+        )
+
+    async def run(self) -> None:
+        """Stay connected until cancelled; on cancellation say offline and disconnect cleanly."""
+        backoff = self.settings.reconnect_min_s
+        connected_at = 0.0
+        while True:
+            try:
+                async with self._client() as client:
+                    self.connected = True
+                    self.connects += 1
+                    connected_at = time.monotonic()
+                    log.info("%s: connected to %s", self.settings.station_id, self.settings.mqtt_endpoint)
+                    try:
+                        await self._session(client)
+                    except asyncio.CancelledError:
+                        await self._say_offline(client)
+                        raise
+            except* aiomqtt.MqttError as group:
+                log.warning(
+                    "%s: MQTT %s: %s",
+                    self.settings.station_id,
+                    self.settings.mqtt_endpoint,
+                    "; ".join(str(e) for e in group.exceptions),
+                )
+            finally:
+                # Only a connection that held for a while resets the backoff: one the broker drops at
+                # once (say, a second gateway with our client id) must not turn into a tight loop.
+                if self.connected and time.monotonic() - connected_at >= _STABLE_S:
+                    backoff = self.settings.reconnect_min_s
+                self.connected = False
+            # Jitter keeps a fleet that lost the broker together from reconnecting in lockstep.
+            delay = random.uniform(backoff / 2, backoff)
+            log.info("%s: reconnecting in %.1f s", self.settings.station_id, delay)
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, self.settings.reconnect_max_s)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await self._publish_status(client)
+        await client.subscribe(HOTLIST, qos=1)
+        await client.subscribe(command_topic(self.settings.station_id, "+"), qos=1)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._receive(client))
+            tasks.create_task(self._drain(client))
+            tasks.create_task(self._heartbeat(client))
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        offline = StationStatus(station_id=self.settings.station_id, state="offline", sent_at=utcnow())
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await client.publish(self.status_topic, offline.to_json(), qos=1, retain=True)
+                log.info("%s: offline", self.settings.station_id)
+
+    async def _publish_status(self, client: aiomqtt.Client) -> None:
+        await client.publish(self.status_topic, self.status().to_json(), qos=1, retain=True)
+
+    async def _heartbeat(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_interval_s)
+            await self._publish_status(client)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        while True:
+            entries = self.spool.peek(self.settings.inflight_max)
+            if not entries:
+                # No await between peek and clear, so no put can slip in unseen.
+                self._spooled.clear()
+                await self._spooled.wait()
+                continue
+            await self._send(client, entries)
+
+    async def _send(self, client: aiomqtt.Client, entries: list[Entry]) -> None:
+        """Publish a window of entries at once; delete each from the spool once it has its PUBACK."""
+        acked: list[Entry] = []
+
+        async def one(entry: Entry) -> None:
+            await client.publish(entry.topic, entry.payload, qos=1)
+            acked.append(entry)
+
+        try:
+            # paho sends in call order, and the broker keeps order per client and topic.
+            async with asyncio.TaskGroup() as tasks:
+                for entry in entries:
+                    tasks.create_task(one(entry))
+        finally:
+            self.spool.ack(e.id for e in acked)
+            self.messages_published += len(acked)
+            self.sightings_published += sum(e.sightings for e in acked)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        commands = command_topic(self.settings.station_id, "+")
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if message.topic.matches(HOTLIST):
+                self._take_hotlist(payload)
+            elif message.topic.matches(commands):
+                log.info("%s: command %s: %r", self.settings.station_id, message.topic, payload[:200])
+            else:
+                # amqtt 0.12 sends a connecting client retained messages of other clients' subscriptions.
+                log.debug("%s: ignoring message on %s", self.settings.station_id, message.topic)
+
+    def _take_hotlist(self, payload: bytes) -> None:
+        if not payload:
+            # An empty retained message only clears the broker's copy; keep what we know.
+            log.info(
+                "%s: hot list cleared on the broker; keeping version %d",
+                self.settings.station_id,
+                self.hotlist.version,
+            )
+            return
+        try:
+            message = Hotlist.parse(payload)
+        except MessageError as exc:
+            self.hotlist_rejected += 1
+            log.warning("%s: bad hot list (%s): %r", self.settings.station_id, exc.reason, payload[:200])
+            return
+        if self.hotlist.offer_message(message):
+            self.spool.save_hotlist(self.hotlist.version, self.hotlist.tags)
+            log.info(
+                "%s: hot list version %d, %d tags",
+                self.settings.station_id,
+                message.version,
+                len(self.hotlist.tags),
+            )
+        else:
+            log.debug(
+                "%s: hot list version %d not newer than %d",
+                self.settings.station_id,
+                message.version,
+                self.hotlist.version,
+            )

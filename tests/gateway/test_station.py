@@ -1,0 +1,227 @@
+"""A whole station against a real broker and a pty: what the backend receives, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from bikeguard.services import Broker, free_port
+from gateway.spool import Spool
+from gateway.station import Station
+from protocol.frames import ModuleStatus, TagFlags, encode
+from protocol.messages import Alert, Hotlist, SightingBatch, StationStatus, format_tag, utcnow
+from protocol.topics import HOTLIST, station_topic
+from tests.gateway.harness import (
+    FakeModule,
+    TcpHop,
+    beacon,
+    eventually,
+    fast_settings,
+    mqtt_client,
+    retained,
+    running,
+    watching,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_beacons_of_one_tag_become_one_sighting_and_status_is_online(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / "s.spool", passage_gap_s=0.3)
+    async with watching(broker, topic_prefix) as watcher, running(Station(settings)) as station:
+        module.send(ModuleStatus(noise_floor_dbm=-104, firmware=1, uptime_s=5))
+        for rssi, antenna, flags in [(-80, 0, TagFlags.MOTION), (-55, 1, 0), (-70, 0, TagFlags.LOW_BATTERY)]:
+            module.send(beacon(0x1234ABCD, rssi_dbm=rssi, antenna=antenna, flags=flags))
+            await asyncio.sleep(0.05)
+
+        [raw] = await watcher.wait("sightings")
+        batch = SightingBatch.parse(raw)
+        assert batch.station_id == topic_prefix
+        [sighting] = batch.sightings
+        assert sighting.tag_id == "1234ABCD"
+        assert sighting.beacons == 3
+        assert (sighting.peak_rssi_dbm, sighting.antenna) == (-55, 1)
+        assert sighting.flags == TagFlags.MOTION | TagFlags.LOW_BATTERY
+        assert sighting.first_seen_at < sighting.last_seen_at
+
+        status = StationStatus.parse(await retained(broker, station_topic(topic_prefix, "status")))
+        assert status.state == "online"
+        assert status.firmware == settings.firmware
+        await eventually(lambda: station.status().sightings_published == 1)
+        now = station.status()
+        assert (now.beacons_total, now.noise_floor_dbm) == (3, -104)
+        assert (now.spool_depth, now.frames_rejected) == (0, 0)
+
+
+async def test_hot_listed_tag_alerts_at_its_first_beacon_long_before_the_passage_closes(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    stolen = 0x00C0FFEE
+    version = time.time_ns()  # newer than any list another test left retained on this broker
+    settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / "s.spool", passage_gap_s=10)
+    async with mqtt_client(broker) as backend:
+        hotlist = Hotlist(version=version, issued_at=utcnow(), tags=[format_tag(stolen)])
+        await backend.publish(HOTLIST, hotlist.to_json(), qos=1, retain=True)
+        try:
+            async with watching(broker, topic_prefix) as watcher, running(Station(settings)) as station:
+                await eventually(lambda: station.hotlist.version == version, what="the hot list")
+                sent = time.monotonic()
+                module.send(beacon(stolen, rssi_dbm=-60, antenna=1))
+
+                [raw] = await watcher.wait("alerts")
+                latency = time.monotonic() - sent
+                alert = Alert.parse(raw)
+                assert (alert.kind, alert.tag_id) == ("hotlist_hit", "00C0FFEE")
+                assert alert.hotlist_version == version
+                assert (alert.rssi_dbm, alert.antenna, alert.station_id) == (-60, 1, topic_prefix)
+                assert latency < 1.0
+                assert station.aggregator.open_count == 1  # the passage is still open
+                assert watcher.of("sightings") == []
+                assert station.spool is not None
+                assert station.spool.load_hotlist() == (version, [stolen])
+        finally:
+            await backend.publish(HOTLIST, b"", qos=1, retain=True)
+
+
+async def test_batch_seq_increases_and_survives_a_restart(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "s.spool"
+    settings = fast_settings(topic_prefix, module.path, broker.url, spool, passage_gap_s=0.2)
+    async with watching(broker, topic_prefix) as watcher:
+        async with running(Station(settings)):
+            module.send(beacon(1))
+            await watcher.wait("sightings", 1)
+            module.send(beacon(2))
+            await watcher.wait("sightings", 2)
+        async with running(Station(settings)):
+            module.send(beacon(3))
+            batches = [SightingBatch.parse(p) for p in await watcher.wait("sightings", 3)]
+
+    seqs = [b.batch_seq for b in batches]
+    assert seqs[1:] == [seqs[0] + 1, seqs[0] + 2]
+    assert [b.sightings[0].tag_id for b in batches] == ["00000001", "00000002", "00000003"]
+
+
+async def test_a_lost_spool_never_reuses_a_batch_seq(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / "a.spool", passage_gap_s=0.2)
+    replaced = fast_settings(topic_prefix, module.path, broker.url, tmp_path / "new.spool", passage_gap_s=0.2)
+    async with watching(broker, topic_prefix) as watcher:
+        async with running(Station(settings)):
+            for tag in (1, 2, 3):
+                module.send(beacon(tag))
+                await watcher.wait("sightings", tag)
+        async with running(Station(replaced)):  # the old spool file is gone: a new one starts
+            module.send(beacon(4))
+            batches = [SightingBatch.parse(p) for p in await watcher.wait("sightings", 4)]
+
+    assert batches[3].batch_seq > batches[2].batch_seq
+
+
+async def test_messages_spooled_while_the_broker_is_unreachable_arrive_later_in_order_alerts_first(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path, hop: TcpHop
+) -> None:
+    stolen = 0xBADB1CE
+    spool_path = tmp_path / "s.spool"
+    # A hot list from an earlier run: the station flags the stolen chip without any broker.
+    seed = Spool(spool_path)
+    seed.save_hotlist(1, [stolen])
+    seed.close()
+    settings = fast_settings(topic_prefix, module.path, hop.url, spool_path, passage_gap_s=0.2)
+    async with watching(broker, topic_prefix) as watcher, running(Station(settings)) as station:
+        module.send(beacon(1))
+        await eventually(lambda: station.status().spool_depth == 1, what="a spooled batch")
+        module.send(beacon(2))
+        await eventually(lambda: station.status().spool_depth == 2, what="a second batch")
+        module.send(beacon(stolen, flags=TagFlags.TAMPER))
+        await eventually(lambda: station.status().spool_depth == 5, what="two alerts and a third batch")
+        assert watcher.messages == []
+        assert station.uplink is not None and not station.uplink.connected
+
+        await hop.open()
+
+        await watcher.wait("sightings", 3)
+        delivered = [(k, p) for k, p in watcher.messages if k != "status"]
+        kinds = [k for k, _ in delivered]
+        assert kinds == ["alerts", "alerts", sightings := "sightings", sightings, sightings]
+        assert [Alert.parse(p).kind for k, p in delivered if k == "alerts"] == ["hotlist_hit", "tamper"]
+        batches = [SightingBatch.parse(p) for k, p in delivered if k == "sightings"]
+        assert [b.batch_seq for b in batches] == [0, 1, 2]
+        assert [b.sightings[0].tag_id for b in batches] == ["00000001", "00000002", format_tag(stolen)]
+        await eventually(lambda: station.status().spool_depth == 0, what="an empty spool")
+
+
+async def test_last_will_says_offline_when_the_connection_dies_uncleanly(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path, hop: TcpHop
+) -> None:
+    status_topic = station_topic(topic_prefix, "status")
+    settings = fast_settings(topic_prefix, module.path, hop.url, tmp_path / "s.spool")
+    await hop.open()
+    async with watching(broker, topic_prefix) as watcher, running(Station(settings)) as station:
+        await watcher.wait("status")
+        assert StationStatus.parse(await retained(broker, status_topic)).state == "online"
+
+        await hop.cut()  # no DISCONNECT reaches the broker
+
+        [_, will] = await watcher.wait("status", 2)
+        assert StationStatus.parse(will).state == "offline"
+        assert StationStatus.parse(await retained(broker, status_topic)).state == "offline"
+
+        await hop.open()
+        await watcher.wait("status", 3)
+        assert StationStatus.parse(await retained(broker, status_topic)).state == "online"
+        assert station.uplink is not None and station.uplink.connects == 2
+
+    # A clean shutdown says offline itself.
+    final = StationStatus.parse(await retained(broker, status_topic))
+    assert final.state == "offline" and final.sent_at is not None
+
+
+async def test_garbage_on_the_serial_line_is_counted_and_the_frames_around_it_become_sightings(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / "s.spool", passage_gap_s=0.3)
+    truncated = encode(beacon(0x77))[:7]
+    async with watching(broker, topic_prefix) as watcher, running(Station(settings)) as station:
+        module.send_raw(
+            b"\x00\xffnoise"
+            + encode(beacon(0x55, rssi_dbm=-60))
+            + truncated
+            + encode(beacon(0x55, rssi_dbm=-50))
+            + b"\xaa\x55\xff"
+            + encode(beacon(0x66))
+        )
+        [raw] = await watcher.wait("sightings")
+        sightings = {s.tag_id: s for s in SightingBatch.parse(raw).sightings}
+
+        assert set(sightings) == {"00000055", "00000066"}
+        assert sightings["00000055"].beacons == 2
+        assert sightings["00000055"].peak_rssi_dbm == -50
+        assert station.radio is not None
+        assert station.radio.rejected_total >= 3
+        assert station.status().frames_rejected == station.radio.rejected_total
+
+
+async def test_shutdown_spools_open_passages_for_the_next_connection(
+    module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    nobody = f"mqtt://127.0.0.1:{free_port()}"
+    settings = fast_settings(topic_prefix, module.path, nobody, tmp_path / "s.spool", passage_gap_s=30)
+    async with running(Station(settings)) as station:
+        module.send(beacon(0x42), beacon(0x43))
+        await eventually(lambda: station.status().beacons_total == 2)
+        await asyncio.sleep(0.3)  # a few failed connection attempts; the station keeps going
+        assert station.status().spool_depth == 0
+
+    spool = Spool(tmp_path / "s.spool")
+    [entry] = spool.peek(10)
+    batch = SightingBatch.parse(entry.payload)
+    assert entry.topic == station_topic(topic_prefix, "sightings")
+    assert sorted(s.tag_id for s in batch.sightings) == ["00000042", "00000043"]
