@@ -1,4 +1,4 @@
-"""The `bikeguard` command: demo, backend, gateway, sim, db migrate, map."""
+"""The `bikeguard` command: demo, backend, gateway, sim, db migrate."""
 
 from __future__ import annotations
 
@@ -55,10 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         return _gateway(argv[1:])
     if argv[:1] == ["sim"]:
         return _sim(argv[1:])
-    if argv[:1] == ["map"]:
-        from maps.cli import main as map_main
-
-        return map_main(argv[1:]) or 0
 
     parser = argparse.ArgumentParser(prog="bikeguard", description="Bikeguard e-bike anti-theft tracking")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -76,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     backend.set_defaults(func=_backend)
     sub.add_parser("gateway", help="run a station gateway (see bikeguard gateway --help)")
     sub.add_parser("sim", help="run a simulated town on ptys (see bikeguard sim --help)")
-    sub.add_parser("map", help="write a standalone map (see bikeguard map --help)")
     db = sub.add_parser("db", help="database tasks")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("migrate", help="apply the schema migrations").set_defaults(func=_migrate)

@@ -77,13 +77,20 @@ def browser_page(width: int = 1400, height: int = 900) -> Iterator[Page]:
 
 
 def screenshot(
-    url: str, path: Path, *, width: int = 1400, height: int = 900, wait_for: str | None = None
+    url: str, path: Path | str, *, width: int = 1400, height: int = 900, wait_for: str | None = None,
+    settle_ms: int = 1000,
 ) -> list[str]:
-    """Save a PNG of `url` (after `wait_for`, a CSS selector, appears); returns the page's console errors."""
+    """Save a PNG of `url` (after `wait_for`, a CSS selector, appears); returns the page's console errors.
+
+    settle_ms lets Leaflet finish its zoom animation: a picture taken mid-animation shows vector layers
+    at the old scale.
+    """
+    path = Path(path)
     with browser_page(width, height) as page:
         page.goto(url, wait_until="load")
         if wait_for:
             page.wait_for_selector(wait_for)
+        page.wait_for_timeout(settle_ms)
         path.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(path))
         return list(console_errors(page))

@@ -1,0 +1,122 @@
+"""The whole path on real parts: simulated radio modules → ptys → gateways → broker → backend → PostgreSQL
+→ alarm on the live feed."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from backend.api.app import create_app
+from backend.settings import BackendSettings
+from bikeguard.demo import GatewayFleet, seed_backend
+from bikeguard.services import Broker, free_port
+from firmware_sim.runner import SimRunner
+from firmware_sim.town import Town
+from gateway.settings import GatewaySettings
+from protocol.messages import format_tag
+from tests.backend.test_ingest import wait_until
+
+
+@pytest.fixture
+def backend_url(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[str]:
+    """The backend served by uvicorn on a free port, with its ingest on the test's broker."""
+    port = free_port()
+    settings = BackendSettings(
+        database_url=database_url, mqtt_url=broker.url, mqtt_client_id=f"e2e-{topic_prefix}",
+        mqtt_shared_group=f"e2e-{topic_prefix}" if broker.supports_shared_subscriptions else None,
+        http_port=port,
+    )
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout_s=30)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=15)
+
+
+class LiveFeedReader:
+    """Reads the backend's server-sent events on a thread and keeps the alarm events."""
+
+    def __init__(self, url: str) -> None:
+        self.alarms: list[dict[str, Any]] = []
+        self.connected = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
+        self._thread.start()
+
+    def _read(self, url: str) -> None:
+        with httpx.stream("GET", url, timeout=httpx.Timeout(5, read=None)) as r:
+            event = None
+            for line in r.iter_lines():
+                if self._stop:
+                    return
+                if line.startswith(": connected"):
+                    self.connected.set()
+                elif line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "alarm":
+                    self.alarms.append({**json.loads(line[6:]), "_received": time.monotonic()})
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+def test_stolen_bike_passing_a_station_raises_an_alarm_on_the_live_feed(
+    backend_url: str, broker: Broker, database_url: str, tmp_path: Path, topic_prefix: str
+) -> None:
+    town = Town.generate(5, stations=6, bikes=40)
+    with httpx.Client(base_url=backend_url, timeout=30) as api:
+        seed_backend(api, town)
+    runner = SimRunner(town)
+    fleet = GatewayFleet([
+        GatewaySettings(station_id=sid, serial_url=port, mqtt_url=broker.url, spool_path=tmp_path / f"{sid}.spool",
+                        passage_gap_s=1.0, batch_interval_s=0.2, status_interval_s=5)
+        for sid, port in runner.ports.items()
+    ])
+    feed = LiveFeedReader(f"{backend_url}/api/live")
+    runner.start()
+    fleet.start()
+    try:
+        assert feed.connected.wait(10)
+        # Ordinary traffic first: passages of unstolen bikes are stored and raise nothing.
+        wait_until(lambda: _count(database_url, "SELECT count(*) FROM sightings") > 0, timeout_s=30)
+        assert feed.alarms == []
+
+        bike = runner.steal(town.bike_to_steal().bike_no)
+        reported = time.monotonic()
+        r = httpx.post(f"{backend_url}/api/bikes/{bike.plate}/theft", json={"place": "test"}, timeout=10)
+        assert r.status_code == 201, r.text
+
+        tag = format_tag(bike.tag_id)
+        wait_until(lambda: any(a["tag_id"] == tag for a in feed.alarms), timeout_s=60)
+        alarm = next(a for a in feed.alarms if a["tag_id"] == tag)
+        assert alarm["kind"] == "stolen_chip_seen" and alarm["plate"] == bike.plate
+        assert alarm["station_id"] in runner.ports and alarm["trail"]
+        print(f"alarm on the live feed {alarm['_received'] - reported:.2f} s after the theft report")
+
+        # The stolen bike's passages land in the database too, and nothing was refused on the way.
+        wait_until(lambda: _count(database_url, "SELECT count(*) FROM sightings WHERE tag_id = %s",
+                                  bike.tag_id) > 0, timeout_s=60)
+        assert _count(database_url, "SELECT count(*) FROM rejected_messages") == 0
+        assert _count(database_url, "SELECT count(*) FROM alarms") == 1
+        stations = httpx.get(f"{backend_url}/api/stations").json()
+        assert {s["state"] for s in stations} == {"online"}
+    finally:
+        feed.stop()
+        fleet.stop()
+        runner.stop()
+
+
+def _count(url: str, sql: str, *args: object) -> int:
+    with psycopg.connect(url) as conn:
+        return int(conn.execute(sql, args).fetchone()[0])  # type: ignore[index]
