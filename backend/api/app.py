@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from backend import alarms, hotlist, registry
 from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import bikes, live, pages, sightings, stations
-from backend.db.migrate import migrate
+from backend.db.migrate import maintain, migrate
 from backend.ingest.consumer import Ingest
 from backend.live import LiveFeed
 from backend.settings import BackendSettings
@@ -31,6 +31,21 @@ _ERRORS: dict[type[Exception], int] = {
     alarms.AlarmNotFound: 404,
     alarms.AlarmStateError: 409,
 }
+
+
+async def _maintain_storage(settings: BackendSettings, every_s: float = 3600.0) -> None:
+    """Hourly: partitions for the days ahead, retention by dropping whole days."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            created, dropped = await asyncio.to_thread(
+                maintain, settings.database_url, settings.partition_days_ahead, settings.retention_days
+            )
+        except Exception:  # noqa: BLE001 - any failure is retried next hour; the ingest must go on
+            log.exception("storage maintenance failed; will retry in %.0f s", every_s)
+            continue
+        if created or dropped:
+            log.info("storage maintenance: %d partitions created, %d days dropped", created, dropped)
 
 
 def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
@@ -61,9 +76,11 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         app.state.ingest = worker
         app.state.publish_hotlist = publish_hotlist
         await publish_hotlist()
+        maintenance = asyncio.create_task(_maintain_storage(settings), name="storage-maintenance")
         try:
             yield
         finally:
+            maintenance.cancel()
             await feed.stop()
             if worker:
                 await asyncio.to_thread(worker.stop)

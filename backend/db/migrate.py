@@ -55,6 +55,17 @@ def ensure_partitions(conn: psycopg.Connection, days_ahead: int) -> int:
     return int(row[0]) if row else 0
 
 
+def maintain(database_url: str, days_ahead: int, retention_days: int | None) -> tuple[int, int]:
+    """Create the coming days' partitions and drop days past retention: (created, dropped)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        created = ensure_partitions(conn, days_ahead)
+        dropped = 0
+        if retention_days is not None:
+            row = conn.execute("SELECT bikeguard_drop_old_sightings(%s)", (retention_days,)).fetchone()
+            dropped = int(row[0]) if row else 0
+    return created, dropped
+
+
 def uses_timescaledb(conn: psycopg.Connection) -> bool:
     """True when sightings is a TimescaleDB hypertable."""
     row = conn.execute("SELECT to_regclass('timescaledb_information.hypertables') IS NOT NULL").fetchone()

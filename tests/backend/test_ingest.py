@@ -104,3 +104,22 @@ def test_stolen_chip_seen_raises_one_alarm_that_later_sightings_update(
     with psycopg.connect(database_url) as conn:
         alarms = conn.execute("SELECT kind, tag_id, sightings, state FROM alarms").fetchall()
     assert alarms == [("stolen_chip_seen", 0xBEEF01, 2, "active")]
+
+
+def test_maintenance_creates_days_ahead_and_retention_drops_whole_old_days(database_url):
+    from datetime import timedelta
+
+    from backend.db.migrate import maintain
+    from protocol.messages import utcnow
+
+    with psycopg.connect(database_url) as conn:
+        if conn.execute("SELECT to_regclass('sightings_default')").fetchone()[0] is None:
+            pytest.skip("TimescaleDB: chunks are made and dropped by TimescaleDB itself")
+        old = utcnow() - timedelta(days=40)
+        conn.execute("SELECT bikeguard_ensure_partitions(%s::date, %s::date)", (old.date(), old.date()))
+        conn.execute(
+            "INSERT INTO sightings VALUES (%s, %s, 'st-old', 1, 1, -60, 0, 0, 1)", (old, old)
+        )
+    created, dropped = maintain(database_url, days_ahead=10, retention_days=30)
+    assert created == 3 and dropped == 1  # days 8-10 ahead were missing; the 40-day-old day goes
+    assert count(database_url, "SELECT count(*) FROM sightings WHERE station_id = 'st-old'") == 0
