@@ -116,6 +116,7 @@ class Ingest:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self.client = client
 
     # MQTT side (paho's network thread)
@@ -126,8 +127,15 @@ class Ingest:
             return
         group = self.settings.mqtt_shared_group or None
         client.subscribe([(topics.station_filter(kind, group), 1) for kind in topics.STATION_KINDS])
-        self._connected.set()
         log.info("ingest connected to %s:%d (shared group %s)", *self._address, group)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[Any], _p: object) -> None:
+        failed = [r for r in reasons if getattr(r, "is_failure", False)]
+        if failed:
+            log.error("broker refused the ingest subscriptions: %s", failed)
+            return
+        # Only now does the broker route station messages to us.
+        self._connected.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         self._connected.clear()
@@ -140,7 +148,7 @@ class Ingest:
     # life cycle
 
     def start(self, wait_s: float = 10.0) -> None:
-        """Connect to the broker and start writing; waits until subscribed (or wait_s passes)."""
+        """Connect to the broker and start writing; waits until the subscriptions are acknowledged."""
         self.client.connect_async(*self._address, keepalive=30)
         self.client.loop_start()
         self._thread.start()
