@@ -1,0 +1,168 @@
+"""Trajectories: a tag's passages as an ordered path of stops, with dwell, direction and speed between them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from xml.sax.saxutils import escape
+
+import psycopg
+
+from protocol.messages import format_tag
+
+_EARTH_RADIUS_M = 6_371_000.0
+_COMPASS = ("N", "NE", "E", "SE", "S", "SW", "W", "NW")
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """A stay within range of one station: consecutive passages there merged."""
+
+    station_id: str
+    station_name: str
+    lat: float
+    lon: float
+    arrived_at: datetime
+    left_at: datetime
+    passages: int
+
+    @property
+    def dwell_s(self) -> float:
+        """How long the tag stayed in range."""
+        return (self.left_at - self.arrived_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """The way from one stop to the next."""
+
+    from_station: str
+    to_station: str
+    distance_m: float
+    duration_s: float
+    heading: str
+
+    @property
+    def speed_kmh(self) -> float | None:
+        """Straight-line speed; None when the stops overlap in time."""
+        return self.distance_m / self.duration_s * 3.6 if self.duration_s > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class Trajectory:
+    """A tag's stops in time order and the legs between them."""
+
+    tag_id: int
+    stops: list[Stop]
+    legs: list[Leg]
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * _EARTH_RADIUS_M * math.asin(math.sqrt(a))
+
+
+def heading(lat1: float, lon1: float, lat2: float, lon2: float) -> str:
+    """Compass direction (8 points) from the first point to the second."""
+    p1, p2, dl = math.radians(lat1), math.radians(lat2), math.radians(lon2 - lon1)
+    y = math.sin(dl) * math.cos(p2)
+    x = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
+    bearing = (math.degrees(math.atan2(y, x)) + 360) % 360
+    return _COMPASS[int((bearing + 22.5) // 45) % 8]
+
+
+def build(tag_id: int, passages: list[tuple[str, str, float, float, datetime, datetime]]) -> Trajectory:
+    """Stops and legs from passages (station_id, name, lat, lon, first_seen_at, last_seen_at) in time order."""
+    stops: list[Stop] = []
+    for station_id, name, lat, lon, first, last in passages:
+        if stops and stops[-1].station_id == station_id:
+            prev = stops[-1]
+            stops[-1] = Stop(station_id, name, lat, lon, prev.arrived_at, max(prev.left_at, last), prev.passages + 1)
+        else:
+            stops.append(Stop(station_id, name, lat, lon, first, last, 1))
+    legs = [
+        Leg(a.station_id, b.station_id, distance_m(a.lat, a.lon, b.lat, b.lon),
+            (b.arrived_at - a.left_at).total_seconds(), heading(a.lat, a.lon, b.lat, b.lon))
+        for a, b in zip(stops, stops[1:], strict=False)
+    ]
+    return Trajectory(tag_id, stops, legs)
+
+
+async def trajectory(
+    conn: psycopg.AsyncConnection[Any], tag_id: int, since: datetime, until: datetime, limit: int = 20_000
+) -> Trajectory:
+    """A tag's trajectory over [since, until) from its passages (one index range scan)."""
+    cur = await conn.execute(
+        "SELECT x.station_id, s.name, s.lat, s.lon, x.first_seen_at, x.last_seen_at"
+        " FROM sightings x JOIN stations s USING (station_id)"
+        " WHERE x.tag_id = %s AND x.first_seen_at >= %s AND x.first_seen_at < %s"
+        " ORDER BY x.first_seen_at LIMIT %s",
+        (tag_id, since, until, limit),
+    )
+    return build(tag_id, await cur.fetchall())
+
+
+def to_geojson(t: Trajectory) -> dict[str, Any]:
+    """The path as a LineString plus one Point per stop, with times and dwell."""
+    line = {
+        "type": "Feature",
+        "properties": {"tag_id": format_tag(t.tag_id), "stops": len(t.stops)},
+        "geometry": {"type": "LineString", "coordinates": [[s.lon, s.lat] for s in t.stops]},
+    }
+    points = [
+        {"type": "Feature",
+         "properties": {"station_id": s.station_id, "name": s.station_name, "arrived_at": s.arrived_at.isoformat(),
+                        "left_at": s.left_at.isoformat(), "dwell_s": s.dwell_s, "passages": s.passages},
+         "geometry": {"type": "Point", "coordinates": [s.lon, s.lat]}}
+        for s in t.stops
+    ]
+    return {"type": "FeatureCollection", "features": [line, *points]}
+
+
+def to_csv(t: Trajectory) -> str:
+    """One row per stop, with the leg that led to it."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["tag_id", "station_id", "station_name", "lat", "lon", "arrived_at", "left_at", "dwell_s",
+                "from_station", "distance_m", "speed_kmh", "heading"])
+    for i, s in enumerate(t.stops):
+        leg = t.legs[i - 1] if i else None
+        speed = leg.speed_kmh if leg else None
+        w.writerow([
+            format_tag(t.tag_id), s.station_id, s.station_name, f"{s.lat:.6f}", f"{s.lon:.6f}",
+            s.arrived_at.isoformat(), s.left_at.isoformat(), f"{s.dwell_s:.0f}",
+            leg.from_station if leg else "", f"{leg.distance_m:.0f}" if leg else "",
+            f"{speed:.1f}" if speed is not None else "", leg.heading if leg else "",
+        ])
+    return out.getvalue()
+
+
+def to_gpx(t: Trajectory) -> str:
+    """GPX 1.1: one track through the stops (arrival times) and a waypoint per stop."""
+    name = f"Bikeguard tag {format_tag(t.tag_id)}"
+    wpts = "".join(
+        f'  <wpt lat="{s.lat:.6f}" lon="{s.lon:.6f}"><time>{_gpx_time(s.arrived_at)}</time>'
+        f"<name>{escape(s.station_name)}</name><desc>{escape(s.station_id)}, {s.dwell_s:.0f} s</desc></wpt>\n"
+        for s in t.stops
+    )
+    trkpts = "".join(
+        f'      <trkpt lat="{s.lat:.6f}" lon="{s.lon:.6f}"><time>{_gpx_time(s.arrived_at)}</time></trkpt>\n'
+        for s in t.stops
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<gpx version="1.1" creator="Bikeguard" xmlns="http://www.topografix.com/GPX/1/1">\n'
+        f"  <metadata><name>{escape(name)}</name></metadata>\n{wpts}"
+        f"  <trk><name>{escape(name)}</name>\n    <trkseg>\n{trkpts}    </trkseg>\n  </trk>\n</gpx>\n"
+    )
+
+
+def _gpx_time(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

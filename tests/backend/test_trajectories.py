@@ -1,0 +1,77 @@
+"""Trajectories from passages: stops, dwell, legs with speed and heading, and the exports."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from datetime import timedelta
+
+import gpxpy
+import psycopg
+
+from backend import trajectories
+from protocol.messages import utcnow
+from tests import factories
+
+T0 = utcnow().replace(microsecond=0) - timedelta(hours=1)
+
+
+def _passage(station: str, lat: float, lon: float, at_s: float, stay_s: float):
+    return (station, f"Gate {station}", lat, lon, T0 + timedelta(seconds=at_s), T0 + timedelta(seconds=at_s + stay_s))
+
+
+def test_consecutive_passages_at_one_station_become_one_stop_with_its_dwell():
+    t = trajectories.build(1, [
+        _passage("a", 30.270, 120.150, 0, 60), _passage("a", 30.270, 120.150, 60, 30),
+        _passage("b", 30.275, 120.150, 200, 10),
+    ])
+    assert [(s.station_id, s.passages, s.dwell_s) for s in t.stops] == [("a", 2, 90.0), ("b", 1, 10.0)]
+
+
+def test_a_leg_has_distance_speed_and_heading():
+    t = trajectories.build(1, [_passage("a", 30.270, 120.150, 0, 10), _passage("b", 30.279, 120.150, 110, 5)])
+    (leg,) = t.legs
+    assert 990 < leg.distance_m < 1010  # 0.009° of latitude
+    assert leg.duration_s == 100 and 35 < leg.speed_kmh < 37
+    assert leg.heading == "N"
+    back = trajectories.build(1, [_passage("b", 30.279, 120.160, 0, 1), _passage("a", 30.270, 120.150, 50, 1)])
+    assert back.legs[0].heading == "SW"
+
+
+def test_trajectory_reads_one_tags_passages_in_order_within_the_window(database_url):
+    with psycopg.connect(database_url) as conn:
+        for i, sid in enumerate(("st-a", "st-b", "st-c")):
+            factories.station(conn, sid, lat=30.27 + i / 1000)
+        conn.execute(
+            "INSERT INTO sightings SELECT %s + make_interval(secs => s * 100), %s + make_interval(secs => s * 100 + 5),"
+            " 'st-' || chr(97 + s %% 3), t, 2, -60, 0, 0, 1"
+            " FROM generate_series(0, 8) s, unnest(ARRAY[7, 8]) t",
+            (T0, T0),
+        )
+
+    async def read():
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            return await trajectories.trajectory(conn, 7, T0 + timedelta(seconds=150), T0 + timedelta(seconds=650))
+
+    t = asyncio.run(read())
+    assert [s.station_id for s in t.stops] == ["st-c", "st-a", "st-b", "st-c", "st-a"]
+    assert all(leg.speed_kmh is not None for leg in t.legs)
+
+
+def test_exports_are_readable_by_their_own_parsers():
+    t = trajectories.build(0xABCDEF01, [
+        _passage("a", 30.270, 120.150, 0, 10), _passage("b", 30.279, 120.150, 110, 5),
+        _passage("c", 30.279, 120.160, 300, 20),
+    ])
+    gpx = gpxpy.parse(trajectories.to_gpx(t))
+    points = gpx.tracks[0].segments[0].points
+    assert [(round(p.latitude, 3), round(p.longitude, 3)) for p in points] == [
+        (30.27, 120.15), (30.279, 120.15), (30.279, 120.16)]
+    assert points[1].time == t.stops[1].arrived_at
+    assert len(gpx.waypoints) == 3
+    rows = list(csv.DictReader(io.StringIO(trajectories.to_csv(t))))
+    assert [r["station_id"] for r in rows] == ["a", "b", "c"] and rows[1]["heading"] == "N"
+    geo = trajectories.to_geojson(t)
+    assert geo["features"][0]["geometry"]["coordinates"][0] == [120.15, 30.27]
+    assert len(geo["features"]) == 4
