@@ -1,0 +1,233 @@
+"""Alarm latency: from a stolen chip's first frame on the serial line to the alarm on the live feed.
+
+Real parts in separate processes: PostgreSQL, a broker (Mosquitto when installed), the backend
+(`bikeguard backend`), a gateway reading a pty, and a load publisher sending ordinary sightings batches
+at a steady rate through the same broker. This process writes a stolen chip's beacon frame into the pty
+and waits for that chip's alarm on /api/live (server-sent events). Beside it, the machine's floor in the
+same run: the time for an MQTT QoS 1 message to go publisher → broker → subscriber.
+
+Last line:  alarm latency: p50 <X> ms, p99 <Y> ms at <Z> sightings/s background
+
+Run: python bench/alarm_latency.py [--trials 200] [--background 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+from ingest import build_batches  # bench/ingest.py, beside this script
+
+from bikeguard.services import free_port, start_broker, start_postgres, stop_process
+from protocol import topics
+from protocol.frames import Beacon, TagFlags, encode
+from protocol.messages import format_tag
+
+STOLEN_BASE = 0x5A000000
+
+
+def load_publisher(
+    host: str, port: int, rate: int, per_batch: int, seconds: int, ready: mp.Event, stop: mp.Event, sent: mp.Value
+) -> None:
+    """A separate process: ordinary sightings at `rate` per second, in batches, paced every 50 ms."""
+    batches = build_batches(rate * seconds, per_batch, 200, seed=3)
+    payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"load-{uuid.uuid4().hex[:6]}")
+    client.max_inflight_messages_set(1000)
+    client.connect(host, port)
+    client.loop_start()
+    ready.set()
+    per_tick = rate / per_batch / 20
+    started, ticks, i, owed = time.perf_counter(), 0, 0, 0.0
+    while not stop.is_set() and i < len(payloads):
+        owed += per_tick
+        while owed >= 1 and i < len(payloads):
+            client.publish(*payloads[i], qos=1)
+            i += 1
+            owed -= 1
+            sent.value += per_batch
+        ticks += 1
+        time.sleep(max(0.0, started + ticks * 0.05 - time.perf_counter()))
+    client.disconnect()
+    client.loop_stop()
+
+
+def mqtt_floor(host: str, port: int, n: int = 200) -> list[float]:
+    """Milliseconds for a QoS 1 message from one client through the broker to another."""
+    got = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"floor-sub-{uuid.uuid4().hex[:6]}")
+    sub.on_message = lambda *_: got.set()
+    sub.connect(host, port)
+    sub.subscribe("bench/floor", qos=1)
+    sub.loop_start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"floor-pub-{uuid.uuid4().hex[:6]}")
+    pub.connect(host, port)
+    pub.loop_start()
+    time.sleep(0.5)
+    out = []
+    for _ in range(n):
+        got.clear()
+        t = time.perf_counter()
+        pub.publish("bench/floor", b"x", qos=1)
+        if got.wait(5):
+            out.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.005)
+    for c in (pub, sub):
+        c.disconnect()
+        c.loop_stop()
+    return out
+
+
+class AlarmWatcher(threading.Thread):
+    """Reads /api/live and records when each tag's alarm first arrives."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.url, self.headers = url, headers
+        self.arrived: dict[str, float] = {}
+        self.ready = threading.Event()
+        self.cond = threading.Condition()
+
+    def run(self) -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the backend goes away at the end of the run
+            self._read()
+
+    def _read(self) -> None:
+        with httpx.stream("GET", self.url, headers=self.headers, timeout=httpx.Timeout(5, read=None)) as r:
+            for line in r.iter_lines():
+                if line.startswith(": connected"):
+                    self.ready.set()
+                if line.startswith("data: "):
+                    tag = json.loads(line[6:]).get("tag_id")
+                    with self.cond:
+                        self.arrived.setdefault(tag, time.perf_counter())
+                        self.cond.notify_all()
+
+    def wait_for(self, tag: str, timeout_s: float) -> float | None:
+        """When the tag's alarm arrived (perf_counter), or None after timeout_s."""
+        deadline = time.perf_counter() + timeout_s
+        with self.cond:
+            while tag not in self.arrived:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+            return self.arrived[tag]
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+def main() -> int:
+    """Run the benchmark and print its figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--background", type=int, default=20_000, help="sightings/s of ordinary load")
+    parser.add_argument("--broker", default="auto", choices=("auto", "mosquitto", "amqtt"))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bikeguard-bench-"))
+    pg = start_postgres()
+    broker = start_broker(args.broker)
+    port = free_port()
+    env = {**os.environ, "BIKEGUARD_DATABASE_URL": pg.url, "BIKEGUARD_MQTT_URL": broker.url,
+           "BIKEGUARD_MQTT_SHARED_GROUP": "bench" if broker.supports_shared_subscriptions else "",
+           "BIKEGUARD_MQTT_CLIENT_ID": "bench-backend", "BIKEGUARD_HTTP_PORT": str(port)}
+    procs: list[subprocess.Popen[bytes]] = []
+    stop = mp.get_context("spawn").Event()
+    try:
+        backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env,
+                                   start_new_session=True)
+        procs.append(backend)
+        base = f"http://127.0.0.1:{port}"
+        from bikeguard.demo import wait_for_http
+        wait_for_http(f"{base}/api/health", process=backend)
+        api = httpx.Client(base_url=base, timeout=30)
+        headers = bench_login(api)
+        api.put("/api/stations", json=[{"station_id": "st-bench", "name": "Bench gate", "lat": 30.27,
+                                         "lon": 120.15}]).raise_for_status()
+        tags = [STOLEN_BASE + i for i in range(args.trials)]
+        for i, tag in enumerate(tags):
+            plate = f"BENCH-{i:05d}"
+            api.post("/api/bikes", json={"owner_name": "Bench Owner", "plate": plate,
+                                         "tag_id": format_tag(tag)}).raise_for_status()
+            api.post(f"/api/bikes/{plate}/theft", json={}).raise_for_status()
+
+        master, slave = os.openpty()
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--station-id", "st-bench", "--serial", os.ttyname(slave),
+             "--mqtt", broker.url, "--spool", str(work / "bench.spool"), "--log-level", "WARNING"],
+            start_new_session=True,
+        )
+        procs.append(gateway)
+        watcher = AlarmWatcher(f"{base}/api/live", headers)
+        watcher.start()
+        watcher.ready.wait(10)
+        time.sleep(3)  # the gateway connects and receives the retained hot list
+
+        ctx = mp.get_context("spawn")
+        sent, loader_ready = ctx.Value("q", 0), ctx.Event()
+        seconds = int(args.trials * 0.2) + 20
+        loader = ctx.Process(target=load_publisher, args=(
+            broker.host, broker.port, args.background, 250, seconds, loader_ready, stop, sent))
+        loader.start()
+        print(f"building {args.background * seconds:,} background sightings …", flush=True)
+        loader_ready.wait(300)
+        time.sleep(3)  # let the background load settle
+        load_started, load_sent = time.perf_counter(), sent.value
+
+        latencies: list[float] = []
+        for i, tag in enumerate(tags):
+            frame = encode(Beacon(tag, i, TagFlags.MOTION, -60, 0))
+            t0 = time.perf_counter()
+            os.write(master, frame)
+            arrived = watcher.wait_for(format_tag(tag), timeout_s=10)
+            if arrived is not None:
+                latencies.append((arrived - t0) * 1000)
+            time.sleep(0.1)
+        background = (sent.value - load_sent) / (time.perf_counter() - load_started)
+        stop.set()
+        loader.join(30)
+        floor = mqtt_floor(broker.host, broker.port)
+        health = api.get("/api/health").json()["ingest"]
+        print(f"{len(latencies)}/{len(tags)} alarms arrived; ingest stored {health['sightings']:,} background "
+              f"sightings; broker {broker.kind}")
+        print(f"machine floor: MQTT QoS 1 hop p50 {statistics.median(floor):.2f} ms, "
+              f"p99 {percentile(floor, 99):.2f} ms")
+        if not latencies:
+            print("no alarm arrived", file=sys.stderr)
+            return 1
+        print(f"alarm latency: p50 {statistics.median(latencies):.0f} ms, p99 {percentile(latencies, 99):.0f} ms "
+              f"at {background:,.0f} sightings/s background")
+        return 0 if len(latencies) == len(tags) else 1
+    finally:
+        stop.set()
+        for p in reversed(procs):
+            stop_process(p)
+        broker.stop()
+        pg.stop()
+
+
+def bench_login(api: httpx.Client) -> dict[str, str]:
+    """Headers for an authorised client (none needed while the API has no accounts)."""
+    return {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
