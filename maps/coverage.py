@@ -1,0 +1,86 @@
+"""Station coverage over the road network: heard roads, missed roads, and where to put the next stations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import folium
+
+from backend.coverage import Coverage
+from maps.assets import DEFAULT_BASE
+from maps.basemap import add_to_head, base_map, fit_to
+from maps.roads import add_roads, road_points
+from maps.stations import add_stations
+
+AREA_COLOUR, GAP_COLOUR, SITE_COLOUR = "#2563eb", "#dc2626", "#f59e0b"
+
+COVERAGE_CSS = """
+<style>
+.bg-site-icon { background: none; border: none; }
+.bg-site {
+  position: absolute; left: -13px; top: -13px; width: 26px; height: 26px; box-sizing: border-box;
+  border-radius: 4px; transform: rotate(45deg); border: 2px solid #fff; background: #f59e0b;
+  box-shadow: 0 1px 4px rgba(0,0,0,.45);
+}
+.bg-site span { display: block; transform: rotate(-45deg); color: #fff;
+  font: 700 12px/22px system-ui, "DejaVu Sans", sans-serif; text-align: center; }
+.bg-coverage-summary {
+  position: absolute; z-index: 1000; bottom: 24px; right: 12px; background: rgba(15, 23, 42, .92); color: #e2e8f0;
+  padding: 12px 16px; border-radius: 8px; font: 14px/1.5 system-ui, "DejaVu Sans", sans-serif;
+  box-shadow: 0 2px 10px rgba(0,0,0,.3); max-width: 320px;
+}
+.bg-coverage-summary b { font-size: 22px; color: #fff; }
+.bg-coverage-summary .k { display: inline-block; width: 14px; height: 4px; margin-right: 6px; vertical-align: middle; }
+</style>
+"""
+
+
+def build_coverage_map(
+    coverage: Coverage,
+    stations: list[dict[str, Any]],
+    roads: dict[str, Any] | None,
+    *,
+    assets_base: str = DEFAULT_BASE,
+    tile_url: str | None = None,
+    tile_attribution: str | None = None,
+) -> folium.Map:
+    """Station read areas (blue), uncovered road (red), suggested sites (numbered orange diamonds), a summary."""
+    m = base_map(assets_base=assets_base, tile_url=tile_url, tile_attribution=tile_attribution)
+    add_to_head(m, "bikeguard_coverage_css", COVERAGE_CSS)
+    areas = folium.FeatureGroup(name="Read range")
+    for ring in coverage.station_areas:
+        folium.Polygon(ring, color=AREA_COLOUR, weight=1, fill=True, fill_opacity=0.15, interactive=False).add_to(areas)
+    areas.add_to(m)
+    add_roads(m, roads)
+    gaps = folium.FeatureGroup(name="Uncovered road")
+    for line in coverage.uncovered:
+        folium.PolyLine(line, color=GAP_COLOUR, weight=5, opacity=0.85,
+                        tooltip="Not heard by any station").add_to(gaps)
+    gaps.add_to(m)
+    station_layer = folium.FeatureGroup(name="Stations")
+    station_layer.add_to(m)
+    add_stations(station_layer, stations)
+    sites = folium.FeatureGroup(name="Suggested sites")
+    for i, s in enumerate(coverage.suggestions, start=1):
+        folium.Marker(
+            location=(s.lat, s.lon),
+            icon=folium.DivIcon(html=f'<div class="bg-site"><span>{i}</span></div>', icon_size=(0, 0),
+                                class_name="bg-site-icon"),
+            tooltip=f"Suggested site {i}: covers {s.gain_m:.0f} m more road ({s.lat:.5f}, {s.lon:.5f})",
+        ).add_to(sites)
+    sites.add_to(m)
+    gain = sum(s.gain_m for s in coverage.suggestions)
+    after = (coverage.covered_m + gain) / coverage.road_m if coverage.road_m else 0.0
+    m.get_root().html.add_child(folium.Element(
+        '<div class="bg-coverage-summary">'
+        f"<div>Road covered</div><b>{coverage.share:.0%}</b> of {coverage.road_m / 1000:.1f} km"
+        f"<div>{(coverage.road_m - coverage.covered_m) / 1000:.1f} km not heard by any station</div>"
+        + (f"<div>With the {len(coverage.suggestions)} suggested sites: <b style='font-size:16px'>{after:.0%}</b></div>"
+           if coverage.suggestions else "")
+        + f'<div><span class="k" style="background:{GAP_COLOUR}"></span>uncovered road'
+        f'<br><span class="k" style="background:{AREA_COLOUR}"></span>read range'
+        f'<br><span class="k" style="background:{SITE_COLOUR}"></span>suggested site</div></div>'
+    ))
+    fit_to(m, [(s["lat"], s["lon"]) for s in stations] or list(road_points(roads)))
+    folium.LayerControl(collapsed=True).add_to(m)
+    return m
