@@ -117,8 +117,10 @@ def start_broker(kind: str = "auto", port: int | None = None, extra_conf: str = 
         raise ServiceError("mosquitto is not installed: apt-get install mosquitto")
     if kind in ("auto", "mosquitto") and exe is not None:
         conf = workdir / "mosquitto.conf"
+        # As root Mosquitto would switch to its own user and could not read files in our temp dirs.
+        as_user = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {port} 127.0.0.1\n{as_user}allow_anonymous true\npersistence false\n"
             f"max_queued_messages 100000\nmax_inflight_messages 1000\n{extra_conf}"
         )
         cmd = [exe, "-c", str(conf)]

@@ -1,0 +1,92 @@
+"""Station credentials against a real Mosquitto: a station publishes only as itself."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from backend import provisioning
+from bikeguard.services import mosquitto_path, start_broker
+from protocol import topics
+from tests.backend.test_ingest import wait_until
+
+
+def test_password_hash_is_what_mosquitto_passwd_writes():
+    salt = base64.b64decode("u4cGZCc0FVaOhSqo")
+    expected = ("$7$101$u4cGZCc0FVaOhSqo$604t74ZxefOjOX9Gx94w57v5XNy/pVGJ58xt5BfdGVhAsuOYRSUq3pp7IMi5Zueba8kp"
+                "AW0EXlxY5PorThHztA==")  # mosquitto_passwd -b pw st-001 secret, with this salt
+    assert provisioning.password_hash("secret", salt, iterations=101) == expected
+
+
+def test_acl_refuses_invalid_station_ids():
+    with pytest.raises(topics.TopicError):
+        provisioning.acl_file(["st-001", "../etc"])
+
+
+def _client(port: int, user: str, password: str) -> tuple[mqtt.Client, threading.Event, list[int]]:
+    connected, codes = threading.Event(), []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-{uuid.uuid4().hex[:6]}")
+    c.username_pw_set(user, password)
+
+    def on_connect(_c, _u, _f, reason, _p):
+        codes.append(reason.value)
+        connected.set()
+
+    c.on_connect = on_connect
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    connected.wait(5)
+    return c, connected, codes
+
+
+@pytest.mark.mosquitto
+def test_with_generated_files_a_station_cannot_publish_as_another(tmp_path: Path):
+    if mosquitto_path() is None:
+        pytest.skip("mosquitto is not installed here (apt-get install mosquitto); CI installs it")
+    passwords = {u: provisioning.new_password() for u in ("st-a", "st-b", "bikeguard-backend")}
+    (tmp_path / "passwd").write_text(provisioning.password_file(
+        {u: provisioning.password_hash(p) for u, p in passwords.items()}))
+    (tmp_path / "acl").write_text(provisioning.acl_file(["st-a", "st-b"]))
+    broker = start_broker("mosquitto", extra_conf=(
+        f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"))
+    try:
+        received: list[str] = []
+        backend, _, codes = _client(broker.port, "bikeguard-backend", passwords["bikeguard-backend"])
+        assert codes == [0]
+        backend.on_message = lambda _c, _u, m: received.append(m.topic)
+        backend.subscribe(topics.station_filter("sightings"), qos=1)
+        time.sleep(0.3)
+
+        station_a, _, codes = _client(broker.port, "st-a", passwords["st-a"])
+        assert codes == [0]
+        station_a.publish(topics.station_topic("st-b", "sightings"), b"{}", qos=1).wait_for_publish(5)
+        station_a.publish(topics.station_topic("st-a", "sightings"), b"{}", qos=1).wait_for_publish(5)
+        wait_until(lambda: topics.station_topic("st-a", "sightings") in received)
+        time.sleep(0.3)
+        assert received == [topics.station_topic("st-a", "sightings")]  # st-a could not speak for st-b
+
+        _, _, codes = _client(broker.port, "st-a", "wrong password")
+        assert codes and codes[0] != 0
+        for c in (backend, station_a):
+            c.disconnect()
+            c.loop_stop()
+    finally:
+        broker.stop()
+
+
+def test_mosquitto_passwd_tool_agrees_when_installed(tmp_path: Path):
+    tool = "/usr/bin/mosquitto_passwd"
+    if not Path(tool).exists():
+        pytest.skip("mosquitto_passwd is not installed here (apt-get install mosquitto); CI installs it")
+    pw = tmp_path / "pw"
+    subprocess.run([tool, "-c", "-b", str(pw), "st-001", "s3cret"], check=True)
+    stored = pw.read_text().strip().split(":", 1)[1]
+    _, _, iterations, salt, _ = stored.split("$")
+    assert provisioning.password_hash("s3cret", base64.b64decode(salt), int(iterations)) == stored
