@@ -1,0 +1,61 @@
+"""Where a moving bike goes next: the likeliest next stations from historical moves, with arrival times.
+
+A first-order model over station_transitions (refreshed from recent passages): from the station where the
+bike was last seen, each next station's share of the moves is its probability; the station it just came
+from is left out (a bike being ridden away rarely turns straight back), and the rest renormalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+
+@dataclass(frozen=True, slots=True)
+class Interception:
+    """A station where the bike may be met, how likely, and when."""
+
+    station_id: str
+    name: str
+    lat: float
+    lon: float
+    probability: float
+    eta_at: datetime
+    eta_latest_at: datetime
+    moves: int
+
+
+async def refresh(conn: psycopg.AsyncConnection[Any], days: int = 14, max_gap_min: int = 30) -> int:
+    """Rebuild the transition counts from the last `days` of passages; returns the number of pairs."""
+    cur = await conn.execute(
+        "SELECT bikeguard_refresh_transitions(%s, make_interval(mins => %s))", (days, max_gap_min)
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def next_stations(
+    conn: psycopg.AsyncConnection[Any], at_station: str, left_at: datetime,
+    came_from: str | None = None, limit: int = 3, min_moves: int = 3,
+) -> list[Interception]:
+    """The likeliest next stations after `at_station` (left at `left_at`), most likely first."""
+    cur = await conn.execute(
+        "SELECT t.to_station, s.name, s.lat, s.lon, t.moves, t.median_travel_s, t.p90_travel_s"
+        " FROM station_transitions t JOIN stations s ON s.station_id = t.to_station"
+        " WHERE t.from_station = %s AND t.to_station IS DISTINCT FROM %s AND t.moves >= %s",
+        (at_station, came_from, min_moves),
+    )
+    rows = await cur.fetchall()
+    total = sum(r[4] for r in rows)
+    if not total:
+        return []
+    out = [
+        Interception(sid, name, lat, lon, moves / total, left_at + timedelta(seconds=median_s),
+                     left_at + timedelta(seconds=p90_s), moves)
+        for sid, name, lat, lon, moves, median_s, p90_s in rows
+    ]
+    out.sort(key=lambda i: (-i.probability, i.eta_at))
+    return out[:limit]
