@@ -169,6 +169,28 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       entry.dots.addLayer(dot);
     });
   }
+  function drawNext(entry) {      // interception points: where the bike is likely to pass next, and when
+    entry.next.clearLayers();
+    var from = [entry.data.lat, entry.data.lon];
+    (entry.data.next_stations || []).forEach(function (n) {
+      var pct = Math.round(n.probability * 100);
+      entry.next.addLayer(L.polyline([from, [n.lat, n.lon]], {
+        color: "#d97706", weight: 2, opacity: 0.8, dashArray: "2 6", interactive: false, className: "bg-next-line"
+      }));
+      entry.next.addLayer(L.circleMarker([n.lat, n.lon], {
+        radius: 10 + 14 * n.probability, color: "#d97706", weight: 3, dashArray: "4 4",
+        fillColor: "#fbbf24", fillOpacity: 0.25, className: "bg-next"
+      }).bindTooltip(pct + "% · ~" + clock(n.eta_at), {
+        permanent: true, direction: "right", offset: [12, 0], className: "bg-next-label", interactive: false
+      }));
+    });
+  }
+  function nextHtml(a) {
+    var n = (a.next_stations || [])[0];
+    if (!n) { return ""; }
+    return '<div class="bg-next-text">Next: ' + esc(n.name || n.station_id) + " · " +
+      Math.round(n.probability * 100) + "% · ~" + clock(n.eta_at) + "</div>";
+  }
   function acked(id) { return alarms[id].data.state === "acknowledged" ? 1 : 0; }
   function sortPanel() {           // active before acknowledged, each newest sighting first
     var ids = Object.keys(alarms).sort(function (x, y) {
@@ -195,6 +217,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     alarmLayer.removeLayer(entry.marker);
     alarmLayer.removeLayer(entry.line);
     alarmLayer.removeLayer(entry.dots);
+    alarmLayer.removeLayer(entry.next);
     entry.item.remove();
     delete alarms[id];
     sortPanel();
@@ -211,6 +234,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
           color: "#dc2626", weight: 4, opacity: 0.85, dashArray: "10 6", smoothFactor: 0, className: "bg-trail"
         }),
         dots: L.layerGroup(),
+        next: L.layerGroup(),
         marker: L.marker([a.lat, a.lon], { icon: alarmIcon(a), zIndexOffset: 1000, riseOnHover: true }),
         item: document.createElement("li")
       };
@@ -226,6 +250,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       });
       alarmLayer.addLayer(entry.line);
       alarmLayer.addLayer(entry.dots);
+      alarmLayer.addLayer(entry.next);
       alarmLayer.addLayer(entry.marker);
       alarms[id] = entry;
       if (!quiet) { flash(header, "flash"); flash(entry.item, "fresh"); }
@@ -243,8 +268,9 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     entry.marker.setPopupContent(popupHtml(a));
     entry.item.className = "bg-alarm sev-" + severity(a) + (a.state === "acknowledged" ? " acknowledged" : "") +
       (entry.item.classList.contains("fresh") ? " fresh" : "");
-    entry.item.innerHTML = itemHtml(a);
+    entry.item.innerHTML = itemHtml(a) + nextHtml(a);
     drawTrail(entry);
+    drawNext(entry);
     sortPanel();
   }
 

@@ -97,6 +97,7 @@ def _legend() -> str:
         '<li><span class="bg-key-alarm"></span>Alarm (latest station)</li>'
         '<li><span class="bg-key-line" style="background:repeating-linear-gradient(90deg,#dc2626 0 8px,'
         'transparent 8px 12px)"></span>Alarm trail</li>'
+        '<li><span class="bg-key-next"></span>Likely next station (chance, arrival)</li>'
         f'<li><span class="bg-key-line" style="background:{ROAD_COLOUR}"></span>Road</li>'
         "</ul></section>"
     )

@@ -90,6 +90,11 @@ def make_alarm(town: dict[str, Any], *, alarm_id: int = 41, now: datetime | None
         "last_seen_at": trail[-1]["seen_at"],
         "sightings": 4,
         "trail": trail,
+        "next_stations": [
+            {"station_id": sid, "name": by_id[sid]["name"], "lat": by_id[sid]["lat"], "lon": by_id[sid]["lon"],
+             "probability": p, "eta_at": _iso(now + timedelta(seconds=eta))}
+            for sid, p, eta in (("S-012", 0.62, 70), ("S-017", 0.23, 95))
+        ],
     }
 
 

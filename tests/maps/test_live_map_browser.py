@@ -60,6 +60,10 @@ def test_alarm_from_live_feed_appears_in_panel_with_its_trail(
         assert page.locator(TRAIL_DOT).count() == dots_before + 4
         assert page.locator(".bg-alarm-icon.sev-critical").count() == 1
         assert page.locator(".bg-alarm-label", has_text=alarm["plate"]).count() == 1
+        # Interception points: the likely next stations with their chance and expected arrival.
+        assert page.locator("path.bg-next").count() == 2
+        assert page.locator(".bg-next-label", has_text="62%").count() == 1
+        assert "Next: " in text and "62%" in text
 
         page.wait_for_function(f"!({HEADER_ANIMATING})", timeout=10_000)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
