@@ -69,6 +69,11 @@ class Aggregator:
         return len(self._open)
 
     @property
+    def open_passages(self) -> dict[int, Passage]:
+        """The open passages by tag id (a live view: read, do not change)."""
+        return self._open
+
+    @property
     def closed_count(self) -> int:
         """Sightings closed and waiting for `take_closed`."""
         return len(self._closed)
@@ -142,6 +147,11 @@ class Aggregator:
         for passage in list(self._open.values()):
             self._close(passage)
         return self.take_closed()
+
+    def restore(self, passages: list[Passage]) -> None:
+        """Take back passages checkpointed before a restart; they go on or close as if never interrupted."""
+        for passage in passages:
+            self._open[passage.tag_id] = passage
 
     def take_closed(self) -> list[Sighting]:
         """Hand over the sightings closed so far, oldest first."""

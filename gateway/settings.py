@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bikeguard.services import mqtt_address
+from gateway.spool import DEFAULT_MAX_BYTES, MIB
 from protocol.frames import BAUD_RATE
 from protocol.topics import TopicError, check_station_id
 
@@ -32,10 +33,20 @@ class GatewaySettings(BaseSettings):
     baud_rate: int = BAUD_RATE
     mqtt_url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
     spool_path: Path | None = Field(default=None, description="SQLite file; default ./gateway-<id>.spool")
-    spool_max_rows: int | None = Field(default=None, ge=1, description="None: unbounded")
+    spool_max_bytes: int = Field(
+        default=DEFAULT_MAX_BYTES,
+        ge=MIB,
+        description="payload bytes the spool may hold; when full the oldest sightings go (docs/spool.md)",
+    )
+    spool_drop_log_interval_s: float = Field(default=60.0, gt=0, description="at most one drop warning per interval")
 
     passage_gap_s: float = Field(default=8.0, gt=0)
     passage_max_s: float = Field(default=60.0, gt=0)
+    passage_checkpoint_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how often the open passages' counts are rewritten to the spool (new ones go at once)",
+    )
     batch_max: int = Field(default=500, ge=1, le=10_000)
     batch_interval_s: float = Field(default=1.0, gt=0)
     status_interval_s: float = Field(default=30.0, gt=0)

@@ -4,6 +4,13 @@ SQLite in WAL mode. A message is deleted only once the broker has acknowledged i
 a power cut or a dead uplink loses nothing; a message may be sent twice, which the contract
 allows because `(station_id, batch_seq)` makes redelivery harmless. Alerts leave before
 sightings whatever their age: they are the urgent ones.
+
+The spool is bounded by the bytes of the payloads it holds (docs/spool.md). When a new message
+does not fit, the oldest sightings batches are dropped first; alerts only make room for newer
+alerts, never for sightings. Every drop is counted on disk and logged (rate-limited).
+
+The same file checkpoints the aggregator's open passages, in the same transactions that spool
+the sightings they close into, so a SIGKILL or a power cut loses no passage either.
 """
 
 from __future__ import annotations
@@ -11,12 +18,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
 
+from gateway.aggregator import Passage
+from protocol.frames import TagFlags
+
 log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# About four days of a busy station (500 tags in range, bench/spool.py) and a few percent of
+# an 8 GB SD card; docs/spool.md has the figures.
+DEFAULT_MAX_BYTES = 512 * MIB
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -33,7 +50,24 @@ CREATE TABLE IF NOT EXISTS hotlist (
     version INTEGER NOT NULL,
     tags TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS open_passages (
+    tag_id INTEGER PRIMARY KEY,
+    first_seen_at TEXT NOT NULL,
+    last_seen_at TEXT NOT NULL,
+    beacons INTEGER NOT NULL,
+    peak_rssi_dbm INTEGER NOT NULL,
+    antenna INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    hotlist_alerted INTEGER NOT NULL,
+    tamper_alerted INTEGER NOT NULL
+);
 """
+
+_COUNTERS = ("next_batch_seq", "bytes", "dropped_batches", "dropped_sightings", "dropped_alerts")
+
+
+def _size(n: int) -> str:
+    return f"{n / MIB:.1f} MiB" if n >= MIB else f"{n} B"
 
 
 class Priority(IntEnum):
@@ -62,12 +96,65 @@ class Entry:
     sightings: int
 
 
-class Spool:
-    """The on-disk outbox of one station, plus its batch counter and last hot list."""
+class DropLog:
+    """Warns about drops at once, then at most once per `interval_s` with the counts in between."""
 
-    def __init__(self, path: Path, *, max_rows: int | None = None, first_batch_seq: int = 0) -> None:
+    def __init__(self, path: Path, interval_s: float = 60.0) -> None:
         self.path = path
-        self.max_rows = max_rows
+        self.interval_s = interval_s
+        self._logged_at = -float("inf")
+        self._batches = self._sightings = self._alerts = 0
+
+    def add(self, batches: int, sightings: int, alerts: int, spool: Spool) -> None:
+        """Count one drop; log if the last warning is old enough."""
+        self._batches += batches
+        self._sightings += sightings
+        self._alerts += alerts
+        self.report(spool)
+
+    def report(self, spool: Spool, *, force: bool = False) -> None:
+        """Log the drops not yet logged, if any and if due (or forced)."""
+        if not (self._batches or self._alerts):
+            return
+        now = time.monotonic()
+        if not force and now - self._logged_at < self.interval_s:
+            return
+        since = "" if self._logged_at == -float("inf") else f" in the last {now - self._logged_at:.0f} s"
+        log.warning(
+            "spool %s full (%s of %s): dropped %d sightings batches (%d sightings) and %d alerts%s;"
+            " %d sightings and %d alerts dropped in all",
+            self.path,
+            _size(spool.size_bytes),
+            _size(spool.max_bytes),
+            self._batches,
+            self._sightings,
+            self._alerts,
+            since,
+            spool.dropped_sightings,
+            spool.dropped_alerts,
+        )
+        self._logged_at = now
+        self._batches = self._sightings = self._alerts = 0
+
+
+class Spool:
+    """The on-disk outbox of one station, plus its batch counter, open passages and last hot list."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        first_batch_seq: int = 0,
+        drop_log_interval_s: float = 60.0,
+    ) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        self.path = path
+        self.max_bytes = max_bytes
+        self._drop_log = DropLog(path, drop_log_interval_s)
+        self._depth = 0
+        self._counters: dict[str, int] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we open transactions ourselves, so each put is one commit.
@@ -76,16 +163,29 @@ class Spool:
             # FULL: a commit survives a power cut too, which is when a station loses data otherwise.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('next_batch_seq', ?), ('dropped', 0)",
-                (first_batch_seq,),
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('next_batch_seq', ?),"
+                    " ('dropped_batches', 0), ('dropped_sightings', 0), ('dropped_alerts', 0)",
+                    (first_batch_seq,),
+                )
+                # The byte count is kept up to date on disk: summing a full spool would read all of it.
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value)"
+                    " SELECT 'bytes', coalesce(sum(length(payload)), 0) FROM outbox"
+                )
+            self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            self._counters = dict(
+                self._db.execute(
+                    f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(_COUNTERS))})", _COUNTERS
+                ).fetchall()
             )
-            self._depth: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open spool ({exc})", path) from exc
 
     def close(self) -> None:
-        """Close the database file."""
+        """Log any drops not yet logged and close the database file."""
+        self._drop_log.report(self, force=True)
         self._db.close()
 
     @property
@@ -94,49 +194,105 @@ class Spool:
         return self._depth
 
     @property
+    def size_bytes(self) -> int:
+        """Payload bytes waiting to be acknowledged (what max_bytes bounds)."""
+        return self._counters["bytes"]
+
+    @property
     def dropped(self) -> int:
-        """Messages thrown away because the spool was full (kept across restarts)."""
-        return self._meta("dropped")
+        """Sightings and alerts thrown away because the spool was full (kept across restarts)."""
+        return self.dropped_sightings + self.dropped_alerts
+
+    @property
+    def dropped_batches(self) -> int:
+        """Sightings batches thrown away because the spool was full."""
+        return self._counters["dropped_batches"]
+
+    @property
+    def dropped_sightings(self) -> int:
+        """Sightings in the batches thrown away."""
+        return self._counters["dropped_sightings"]
+
+    @property
+    def dropped_alerts(self) -> int:
+        """Alerts thrown away (only ever to make room for newer alerts)."""
+        return self._counters["dropped_alerts"]
 
     @property
     def next_batch_seq(self) -> int:
         """The batch_seq the next sightings batch will get."""
-        return self._meta("next_batch_seq")
+        return self._counters["next_batch_seq"]
 
-    def _meta(self, key: str) -> int:
-        return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+    def _bump(self, key: str, by: int) -> None:
+        self._db.execute("UPDATE meta SET value = value + ? WHERE key = ?", (by, key))
+        self._counters[key] += by
 
     def put_alert(self, topic: str, payload: bytes) -> None:
         """Spool one alert."""
         with self._transaction():
             self._insert(Priority.ALERT, topic, payload, 0)
 
-    def put_sightings(self, topic: str, build: Callable[[int], bytes], count: int) -> int:
-        """Spool one sightings batch: `build(batch_seq)` makes its payload; return the batch_seq."""
+    def put_sightings(self, topic: str, build: Callable[[int], bytes], count: int) -> int | None:
+        """Spool one sightings batch: `build(batch_seq)` makes its payload; return the batch_seq.
+
+        None means the batch itself was dropped: the spool is full of alerts.
+        """
         # The counter moves in the same transaction as the insert: a crash between the two can
         # neither reuse a batch_seq nor leave a gap.
         with self._transaction():
-            seq = self._meta("next_batch_seq")
-            self._insert(Priority.SIGHTINGS, topic, build(seq), count)
-            self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_batch_seq'", (seq + 1,))
+            seq = self.next_batch_seq
+            if not self._insert(Priority.SIGHTINGS, topic, build(seq), count):
+                return None
+            self._bump("next_batch_seq", 1)
         return seq
 
-    def _insert(self, priority: Priority, topic: str, payload: bytes, sightings: int) -> None:
-        if self.max_rows is not None and self._depth >= self.max_rows:
-            self._drop_oldest()
+    def _insert(self, priority: Priority, topic: str, payload: bytes, sightings: int) -> bool:
+        if not self._make_room(len(payload), priority):
+            self._count_drop(priority, sightings)
+            return False
         self._db.execute(
             "INSERT INTO outbox (priority, topic, payload, sightings) VALUES (?, ?, ?, ?)",
             (int(priority), topic, payload, sightings),
         )
         self._depth += 1
+        self._bump("bytes", len(payload))
+        return True
 
-    def _drop_oldest(self) -> None:
-        # Full: the oldest sightings go first; alerts only when nothing else is left.
-        row = self._db.execute("SELECT id, topic FROM outbox ORDER BY priority DESC, id LIMIT 1").fetchone()
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
-        self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'dropped'")
-        self._depth -= 1
-        log.warning("spool %s full (%d rows): dropped message %d for %s", self.path, self.max_rows, *row)
+    def _make_room(self, size: int, priority: Priority) -> bool:
+        """Drop the oldest sightings, then (for a new alert only) the oldest alerts, until `size` fits."""
+        if size > self.max_bytes:
+            return False  # it would not fit in an empty spool: keep what is there
+        victims = (Priority.SIGHTINGS,) if priority == Priority.SIGHTINGS else (Priority.SIGHTINGS, Priority.ALERT)
+        for victim in victims:
+            while self.size_bytes + size > self.max_bytes:
+                # One priority at a time, so the (priority, id) index serves the scan.
+                rows = self._db.execute(
+                    "SELECT id, length(payload), sightings FROM outbox WHERE priority = ? ORDER BY id LIMIT 64",
+                    (int(victim),),
+                ).fetchall()
+                if not rows:
+                    break
+                for entry_id, entry_size, entry_sightings in rows:
+                    if self.size_bytes + size <= self.max_bytes:
+                        break
+                    self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+                    self._depth -= 1
+                    self._bump("bytes", -entry_size)
+                    self._count_drop(victim, entry_sightings)
+        return self.size_bytes + size <= self.max_bytes
+
+    def _count_drop(self, priority: Priority, sightings: int) -> None:
+        if priority == Priority.ALERT:
+            self._bump("dropped_alerts", 1)
+            self._drop_log.add(0, 0, 1, self)
+        else:
+            self._bump("dropped_batches", 1)
+            self._bump("dropped_sightings", sightings)
+            self._drop_log.add(1, sightings, 0, self)
+
+    def report_drops(self) -> None:
+        """Log the drops since the last warning, if the warning interval has passed."""
+        self._drop_log.report(self)
 
     def peek(self, limit: int) -> list[Entry]:
         """The next messages to send, in send order, without removing them."""
@@ -147,15 +303,55 @@ class Spool:
         return [Entry(r[0], Priority(r[1]), r[2], bytes(r[3]), r[4]) for r in rows]
 
     def ack(self, ids: Iterable[int]) -> None:
-        """Remove messages the broker has acknowledged."""
+        """Remove messages the broker has acknowledged (ids already gone are ignored)."""
         ids = list(ids)
         if not ids:
             return
         with self._transaction():
-            deleted = 0
-            for entry_id in ids:
-                deleted += self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount
-        self._depth -= deleted
+            sizes = self._db.execute(
+                f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(ids))}) RETURNING length(payload)", ids
+            ).fetchall()
+            self._depth -= len(sizes)
+            self._bump("bytes", -sum(s for (s,) in sizes))
+
+    def save_passages(self, upsert: Iterable[Passage], delete: Iterable[int]) -> None:
+        """Checkpoint open passages: write (replace) some, forget others by tag id."""
+        self._db.executemany("DELETE FROM open_passages WHERE tag_id = ?", ((t,) for t in delete))
+        self._db.executemany(
+            "INSERT OR REPLACE INTO open_passages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    p.tag_id,
+                    p.first_seen_at.isoformat(),
+                    p.last_seen_at.isoformat(),
+                    p.beacons,
+                    p.peak_rssi_dbm,
+                    p.antenna,
+                    int(p.flags),
+                    p.hotlist_alerted,
+                    p.tamper_alerted,
+                )
+                for p in upsert
+            ),
+        )
+
+    def load_passages(self) -> list[Passage]:
+        """The open passages as last checkpointed."""
+        rows = self._db.execute("SELECT * FROM open_passages ORDER BY first_seen_at").fetchall()
+        return [
+            Passage(
+                tag_id=r[0],
+                first_seen_at=datetime.fromisoformat(r[1]),
+                last_seen_at=datetime.fromisoformat(r[2]),
+                beacons=r[3],
+                peak_rssi_dbm=r[4],
+                antenna=r[5],
+                flags=TagFlags(r[6]),
+                hotlist_alerted=bool(r[7]),
+                tamper_alerted=bool(r[8]),
+            )
+            for r in rows
+        ]
 
     def save_hotlist(self, version: int, tags: Iterable[int]) -> None:
         """Keep the hot list so a restarted station flags stolen chips before it reaches the broker."""
@@ -175,9 +371,21 @@ class Spool:
         return int(row[0]), [int(t) for t in row[1].split(",") if t]
 
     @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Group several writes (puts, passage checkpoints) into one transaction: all or none."""
+        with self._transaction():
+            yield
+
+    @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE … COMMIT; on any error ROLLBACK, and SQLite errors become SpoolError."""
-        depth = self._depth
+        """BEGIN IMMEDIATE … COMMIT; on any error ROLLBACK, and SQLite errors become SpoolError.
+
+        Inside an open transaction it only joins it: the outermost one commits or rolls back.
+        """
+        if self._db.in_transaction:
+            yield
+            return
+        depth, counters = self._depth, dict(self._counters)
         try:
             self._db.execute("BEGIN IMMEDIATE")
             yield
@@ -185,7 +393,7 @@ class Spool:
         except BaseException as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            self._depth = depth
+            self._depth, self._counters = depth, counters
             if isinstance(exc, sqlite3.Error):
                 raise SpoolError(f"cannot write spool ({exc})", self.path) from exc
             raise

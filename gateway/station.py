@@ -49,6 +49,9 @@ class Station:
         self.radio: Radio | None = None
         self.uplink: Uplink | None = None
         self._started = time.monotonic()
+        # What the spool's open-passage checkpoint holds: tag id -> first_seen_at of that passage.
+        self._checkpointed: dict[int, datetime] = {}
+        self._checkpoint_refreshed = time.monotonic()
 
     async def run(self) -> None:
         """Run until cancelled; then spool the open passages and say offline."""
@@ -56,10 +59,20 @@ class Station:
         # A new spool file starts its batch numbers at the clock in milliseconds, so a station whose
         # spool was lost or replaced never reuses a (station_id, batch_seq) the backend has seen.
         first_seq = int(self.clock().timestamp() * 1000)
-        self.spool = spool = Spool(s.spool_file, max_rows=s.spool_max_rows, first_batch_seq=first_seq)
+        self.spool = spool = Spool(
+            s.spool_file,
+            max_bytes=s.spool_max_bytes,
+            first_batch_seq=first_seq,
+            drop_log_interval_s=s.spool_drop_log_interval_s,
+        )
         saved = spool.load_hotlist()
         if saved is not None:
             self.hotlist.offer(*saved)
+        # Passages open when the last run died (SIGKILL, power cut) go on where they were.
+        restored = spool.load_passages()
+        self.aggregator.restore(restored)
+        self._checkpointed = {p.tag_id: p.first_seen_at for p in restored}
+        self._checkpoint_refreshed = time.monotonic()
         self.radio = Radio(
             s.serial_url,
             s.baud_rate,
@@ -71,12 +84,13 @@ class Station:
         self.uplink = Uplink(s, spool, self.hotlist, self.status)
         self._started = time.monotonic()
         log.info(
-            "station %s: serial %s, broker %s, spool %s (%d waiting), hot list v%d",
+            "station %s: serial %s, broker %s, spool %s (%d waiting, %d open passages restored), hot list v%d",
             s.station_id,
             s.serial_url,
             s.mqtt_endpoint,
             s.spool_file,
             spool.depth,
+            len(restored),
             self.hotlist.version,
         )
         try:
@@ -122,9 +136,12 @@ class Station:
                 self.noise_floor_dbm = frame.noise_floor_dbm
 
     async def _batch_every_interval(self) -> None:
+        assert self.spool is not None
         while True:
             await asyncio.sleep(self.settings.batch_interval_s)
-            self._spool_sightings(self.aggregator.close_due())
+            refresh = time.monotonic() - self._checkpoint_refreshed >= self.settings.passage_checkpoint_s
+            self._spool_sightings(self.aggregator.close_due(), refresh=refresh)
+            self.spool.report_drops()
 
     def _spool_alert(self, alert: Alert) -> None:
         assert self.spool is not None and self.uplink is not None
@@ -132,19 +149,40 @@ class Station:
         self.uplink.notify()
         log.info("station %s: alert %s for tag %s", self.settings.station_id, alert.kind, alert.tag_id)
 
-    def _spool_sightings(self, sightings: list[Sighting]) -> None:
+    def _spool_sightings(self, sightings: list[Sighting], *, refresh: bool = False) -> None:
+        """Spool closed sightings and checkpoint the open passages, in one transaction.
+
+        New passages are checkpointed at once and closed ones forgotten in the transaction that
+        spools their sighting, so after a crash every passage is either open in the checkpoint or
+        in the outbox, never both and never neither. Counts of passages already checkpointed are
+        rewritten only when `refresh` is set (every passage_checkpoint_s): rewriting 500 rows a
+        second would wear an SD card for little.
+        """
         assert self.spool is not None
+        open_now = self.aggregator.open_passages
+        checkpointed = self._checkpointed
+        gone = [tag for tag in checkpointed if tag not in open_now]
+        changed = [p for p in open_now.values() if refresh or checkpointed.get(p.tag_id) != p.first_seen_at]
+        if not (sightings or gone or changed):
+            return
         step = self.settings.batch_max
-        for start in range(0, len(sightings), step):
-            chunk = sightings[start : start + step]
+        with self.spool.atomic():
+            for start in range(0, len(sightings), step):
+                chunk = sightings[start : start + step]
 
-            def build(seq: int, chunk: list[Sighting] = chunk) -> bytes:
-                batch = SightingBatch(
-                    station_id=self.settings.station_id, batch_seq=seq, sent_at=self.clock(), sightings=chunk
-                )
-                return batch.to_json()
+                def build(seq: int, chunk: list[Sighting] = chunk) -> bytes:
+                    batch = SightingBatch(
+                        station_id=self.settings.station_id, batch_seq=seq, sent_at=self.clock(), sightings=chunk
+                    )
+                    return batch.to_json()
 
-            self.spool.put_sightings(self.sightings_topic, build, len(chunk))
+                self.spool.put_sightings(self.sightings_topic, build, len(chunk))
+            self.spool.save_passages(changed, gone)
+        for tag in gone:
+            del checkpointed[tag]
+        checkpointed.update((p.tag_id, p.first_seen_at) for p in changed)
+        if refresh:
+            self._checkpoint_refreshed = time.monotonic()
         if sightings and self.uplink is not None:
             self.uplink.notify()
 

@@ -8,11 +8,13 @@ and sending again whatever had no PUBACK yet.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiomqtt
 
@@ -25,6 +27,7 @@ from protocol.topics import HOTLIST, command_topic, station_topic
 log = logging.getLogger(__name__)
 
 _STABLE_S = 10.0
+_READ_AHEAD = 4  # windows of messages read from the spool at once while draining
 
 
 class Uplink:
@@ -56,7 +59,7 @@ class Uplink:
     def _client(self) -> aiomqtt.Client:
         host, port, username, password = self.settings.mqtt_address
         offline = StationStatus(station_id=self.settings.station_id, state="offline")
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             host,
             port,
             username=username,
@@ -68,6 +71,9 @@ class Uplink:
             keepalive=self.settings.mqtt_keepalive_s,
             timeout=self.settings.publish_timeout_s,
         )
+        # A full window of publishes awaiting PUBACK is normal here, not worth a warning each.
+        client.pending_calls_threshold = self.settings.inflight_max + 10
+        return client
 
     async def run(self) -> None:
         """Stay connected until cancelled; on cancellation say offline and disconnect cleanly."""
@@ -129,32 +135,73 @@ class Uplink:
             await self._publish_status(client)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        while True:
-            entries = self.spool.peek(self.settings.inflight_max)
-            if not entries:
-                # No await between peek and clear, so no put can slip in unseen.
-                self._spooled.clear()
-                await self._spooled.wait()
-                continue
-            await self._send(client, entries)
+        """Publish the spool in send order, up to inflight_max awaiting PUBACK; delete what is acknowledged.
 
-    async def _send(self, client: aiomqtt.Client, entries: list[Entry]) -> None:
-        """Publish a window of entries at once; delete each from the spool once it has its PUBACK."""
+        A sliding window: each PUBACK lets the next message go at once. Waiting for a whole window
+        to be acknowledged stalls on brokers that delay small writes (Mosquitto's default, no
+        TCP_NODELAY): their PUBACKs then wait for a TCP ACK that our next PUBLISH would carry.
+        Acknowledged messages are deleted from the spool in groups: one commit per message would
+        cost an SD card more than the network.
+        """
+        window = self.settings.inflight_max
+        flying: dict[asyncio.Task[None], Entry] = {}
         acked: list[Entry] = []
-
-        async def one(entry: Entry) -> None:
-            await client.publish(entry.topic, entry.payload, qos=1)
-            acked.append(entry)
-
+        ahead: collections.deque[Entry] = collections.deque()  # read from the spool, not yet sent
+        wake: asyncio.Task[bool] | None = None
         try:
-            # paho sends in call order, and the broker keeps order per client and topic.
-            async with asyncio.TaskGroup() as tasks:
-                for entry in entries:
-                    tasks.create_task(one(entry))
+            while True:
+                if len(flying) < window:
+                    if self._spooled.is_set() or not ahead:
+                        # Read again: something new (an alert goes first) or nothing left read ahead.
+                        # No await between clear and peek: a put after the peek sets the event again.
+                        self._spooled.clear()
+                        busy = {e.id for e in flying.values()} | {e.id for e in acked}
+                        ahead = collections.deque(
+                            e for e in self.spool.peek(_READ_AHEAD * window + len(busy)) if e.id not in busy
+                        )
+                    while ahead and len(flying) < window:
+                        entry = ahead.popleft()
+                        task = asyncio.create_task(client.publish(entry.topic, entry.payload, qos=1))
+                        flying[task] = entry
+                if acked and (len(acked) >= window // 2 or not flying):
+                    self._ack(acked)
+                    acked = []
+                if wake is None or wake.done():
+                    wake = asyncio.create_task(self._spooled.wait())
+                if not flying:
+                    await wake
+                    continue
+                waits: list[asyncio.Future[Any]] = list(flying)
+                if len(flying) < window:
+                    waits.append(wake)  # something new may fill the window meanwhile
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                failed: BaseException | None = None
+                # Send order, so the spool deletes (and counts) them in order too.
+                for task in [t for t in flying if t in done]:
+                    entry = flying.pop(task)
+                    if task.exception() is None:
+                        acked.append(entry)
+                    else:
+                        failed = failed or task.exception()
+                if failed is not None:
+                    raise failed
         finally:
-            self.spool.ack(e.id for e in acked)
-            self.messages_published += len(acked)
-            self.sightings_published += sum(e.sightings for e in acked)
+            for task in flying:
+                task.cancel()
+            if flying:
+                await asyncio.gather(*flying, return_exceptions=True)
+            acked += [e for t, e in flying.items() if not t.cancelled() and t.exception() is None]
+            self._ack(acked)
+            if wake is not None:
+                wake.cancel()
+
+    def _ack(self, entries: list[Entry]) -> None:
+        """Delete acknowledged messages from the spool and count them."""
+        if not entries:
+            return
+        self.spool.ack(e.id for e in entries)
+        self.messages_published += len(entries)
+        self.sightings_published += sum(e.sightings for e in entries)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         commands = command_topic(self.settings.station_id, "+")

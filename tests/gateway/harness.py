@@ -77,7 +77,9 @@ def fast_settings(
     return GatewaySettings(**values)
 
 
-async def eventually(check: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition") -> Any:
+async def eventually(
+    check: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition", interval_s: float = 0.02
+) -> Any:
     """Poll check until it returns something truthy; return it, or fail after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -86,7 +88,7 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 5.0, what: str
             return result
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval_s)
 
 
 @contextlib.asynccontextmanager

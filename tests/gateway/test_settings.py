@@ -21,6 +21,7 @@ def test_settings_come_from_env_with_the_gateway_prefix(monkeypatch: pytest.Monk
     assert (settings.baud_rate, settings.passage_max_s, settings.batch_max) == (115200, 60, 500)
     assert (settings.batch_interval_s, settings.status_interval_s) == (1.0, 30)
     assert settings.spool_file == Path("gateway-s-7.spool")
+    assert (settings.spool_max_bytes, settings.passage_checkpoint_s) == (512 * 1024 * 1024, 10)
     assert settings.mqtt_endpoint == "127.0.0.1:1883"
 
 
@@ -44,6 +45,8 @@ def test_mqtt_credentials_stay_out_of_reprs_and_logs() -> None:
         {"mqtt_url": "http://broker"},
         {"passage_gap_s": 10, "passage_max_s": 5},
         {"batch_max": 0},
+        {"spool_max_bytes": 64 * 1024},  # under 1 MiB: not even a few full batches
+        {"passage_checkpoint_s": 0},
     ],
 )
 def test_settings_that_cannot_work_are_refused(bad: dict[str, object]) -> None:

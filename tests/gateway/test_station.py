@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from bikeguard.services import Broker, free_port
 from gateway.spool import Spool
 from gateway.station import Station
 from protocol.frames import ModuleStatus, TagFlags, encode
-from protocol.messages import Alert, Hotlist, SightingBatch, StationStatus, format_tag, utcnow
+from protocol.messages import Alert, Hotlist, Sighting, SightingBatch, StationStatus, format_tag, utcnow
 from protocol.topics import HOTLIST, station_topic
 from tests.gateway.harness import (
     FakeModule,
@@ -225,3 +227,95 @@ async def test_shutdown_spools_open_passages_for_the_next_connection(
     batch = SightingBatch.parse(entry.payload)
     assert entry.topic == station_topic(topic_prefix, "sightings")
     assert sorted(s.tag_id for s in batch.sightings) == ["00000042", "00000043"]
+
+
+def checkpoint(spool_path: Path) -> dict[int, int]:
+    """The open passages checkpointed in a spool file, as another process reads it: tag id -> beacons."""
+    with contextlib.closing(sqlite3.connect(spool_path)) as db:
+        return dict(db.execute("SELECT tag_id, beacons FROM open_passages").fetchall())
+
+
+async def test_passages_open_at_a_crash_come_back_from_the_checkpoint_and_are_reported_once(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    spool_path, crashed = tmp_path / "s.spool", tmp_path / "crashed.spool"
+    nobody = f"mqtt://127.0.0.1:{free_port()}"
+    settings = fast_settings(topic_prefix, module.path, nobody, spool_path, passage_gap_s=30, passage_checkpoint_s=0.2)
+    async with running(Station(settings)) as station:
+        module.send(beacon(1, rssi_dbm=-80), beacon(2))
+        await eventually(lambda: checkpoint(spool_path) == {1: 1, 2: 1}, what="new passages checkpointed")
+        module.send(beacon(1, rssi_dbm=-60, antenna=1))
+        await eventually(lambda: checkpoint(spool_path) == {1: 2, 2: 1}, what="the checkpoint refreshed")
+        # What a SIGKILL or a power cut leaves: the file's committed state.
+        with contextlib.closing(sqlite3.connect(spool_path)) as src, contextlib.closing(sqlite3.connect(crashed)) as to:
+            src.backup(to)
+        assert station.spool is not None and station.spool.depth == 0
+
+    restarted = fast_settings(topic_prefix, module.path, broker.url, crashed, passage_gap_s=0.3)
+    async with watching(broker, topic_prefix) as watcher, running(Station(restarted)) as station:
+        assert station.aggregator.open_count == 2
+        module.send(beacon(3))
+
+        def all_sent() -> bool:
+            return station.aggregator.open_count == 0 and station.status().spool_depth == 0
+
+        await eventually(all_sent, what="restored and new passages closed and sent")
+        sightings = [s for p in watcher.of("sightings") for s in SightingBatch.parse(p).sightings]
+
+    assert sorted(s.tag_id for s in sightings) == ["00000001", "00000002", "00000003"]
+    one = next(s for s in sightings if s.tag_id == "00000001")
+    assert (one.beacons, one.peak_rssi_dbm, one.antenna) == (2, -60, 1)
+    assert checkpoint(crashed) == {}
+
+
+async def test_drops_are_counted_in_the_retained_status_across_restarts(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    spool_path = tmp_path / "s.spool"
+    full = Spool(spool_path, max_bytes=100)
+    for _ in range(3):
+        full.put_sightings("elsewhere", lambda seq: b"x" * 60, 5)
+    full.ack(e.id for e in full.peek(10))
+    full.close()
+
+    settings = fast_settings(topic_prefix, module.path, broker.url, spool_path)
+    async with watching(broker, topic_prefix) as watcher, running(Station(settings)):
+        [raw] = await watcher.wait("status")
+
+    status = StationStatus.parse(raw)
+    assert (status.state, status.spool_dropped, status.spool_depth) == ("online", 10, 0)
+
+
+async def test_a_backlog_many_windows_long_drains_in_order_with_new_messages_spooled_meanwhile(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    spool_path = tmp_path / "s.spool"
+    seed = Spool(spool_path)
+    sightings_topic = station_topic(topic_prefix, "sightings")
+    for tag in range(1, 201):
+        sighting = Sighting(
+            tag_id=format_tag(tag),
+            first_seen_at=utcnow(),
+            last_seen_at=utcnow(),
+            beacons=1,
+            peak_rssi_dbm=-70,
+            antenna=0,
+            flags=0,
+        )
+
+        def build(seq: int, s: Sighting = sighting) -> bytes:
+            return SightingBatch(station_id=topic_prefix, batch_seq=seq, sent_at=utcnow(), sightings=[s]).to_json()
+
+        seed.put_sightings(sightings_topic, build, 1)
+    seed.close()
+
+    settings = fast_settings(topic_prefix, module.path, broker.url, spool_path, inflight_max=8)
+    async with watching(broker, topic_prefix) as watcher, running(Station(settings)) as station:
+        module.send(beacon(0xBAD, flags=TagFlags.TAMPER))  # an alert spooled while the backlog drains
+        batches = [SightingBatch.parse(p) for p in await watcher.wait("sightings", 201, timeout_s=20)]
+        await eventually(lambda: station.status().spool_depth == 0, what="an empty spool")
+
+    assert [b.batch_seq for b in batches[:200]] == list(range(200))
+    assert batches[200].sightings[0].tag_id == format_tag(0xBAD)
+    [alert] = watcher.of("alerts")
+    assert Alert.parse(alert).kind == "tamper"
