@@ -121,7 +121,7 @@ def start_broker(kind: str = "auto", port: int | None = None, extra_conf: str = 
         as_user = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
             f"listener {port} 127.0.0.1\n{as_user}allow_anonymous true\npersistence false\n"
-            f"max_queued_messages 100000\nmax_inflight_messages 1000\n{extra_conf}"
+            f"max_queued_messages 100000\nmax_inflight_messages 1000\nset_tcp_nodelay true\n{extra_conf}"
         )
         cmd = [exe, "-c", str(conf)]
         kind = "mosquitto"
