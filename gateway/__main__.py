@@ -1,4 +1,4 @@
-"""`python -m gateway`: the same as `bikeguard gateway`."""
+"""`python -m gateway [selftest]`: the same as `bikeguard gateway [selftest]`."""
 
 import sys
 

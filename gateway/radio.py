@@ -138,7 +138,8 @@ class Radio:
         delay = self.reopen_min_s
         while not self._stop.is_set():
             try:
-                port = serial.serial_for_url(self.url, baudrate=self.baud_rate, timeout=self.read_timeout_s)
+                port = serial.serial_for_url(self.url, baudrate=self.baud_rate, timeout=self.read_timeout_s,
+                                               exclusive=True)  # a second reader would steal frames
             except (OSError, ValueError) as exc:  # SerialException is an OSError
                 log.warning("%s: cannot open serial port (%s); retry in %.1f s", self.url, exc, delay)
                 self._stop.wait(delay)

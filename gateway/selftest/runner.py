@@ -1,0 +1,195 @@
+"""The self-test's order of steps and what depends on what; `bikeguard gateway selftest`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import logging
+import sys
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
+
+import serial
+from pydantic import ValidationError
+
+from gateway.selftest.clock import NtpStatus, check_clock, probe_ntp
+from gateway.selftest.radio_side import RadioSide
+from gateway.selftest.report import (
+    Report,
+    StepResult,
+    format_prompt,
+    format_step,
+    format_summary,
+    skipped,
+    timed,
+)
+from gateway.selftest.settings import SelfTestSettings
+from gateway.selftest.uplink_side import UplinkSide
+from gateway.settings import GatewaySettings
+from protocol.messages import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class SelfTest:
+    """The commissioning self-test of one station: `async for result in steps()` or `await run()`.
+
+    clock, ntp and open_serial are there for tests (a board in 1970, chrony's answers, a port we may not open).
+    prompt receives instructions for the installer (hold the test tag…) when a step needs them.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        options: SelfTestSettings | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        ntp: Callable[[], Awaitable[NtpStatus | None]] = probe_ntp,
+        open_serial: Callable[..., serial.SerialBase] = serial.serial_for_url,
+        prompt: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options or SelfTestSettings()
+        self.clock = clock
+        self.ntp = ntp
+        self.open_serial = open_serial
+        self.prompt = prompt or (lambda text: log.info("%s", text))
+
+    async def run(self, on_result: Callable[[StepResult], object] | None = None) -> Report:
+        """Run every step; call on_result (a function or coroutine function) with each as it completes."""
+        started_at = self.clock()
+        results = []
+        async with contextlib.aclosing(self.steps()) as steps:
+            async for result in steps:
+                results.append(result)
+                if on_result is not None:
+                    outcome = on_result(result)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+        return Report(self.settings.station_id, started_at, self.clock(), results)
+
+    async def steps(self) -> AsyncGenerator[StepResult, None]:
+        """Yield each step's result as it completes (wrap in contextlib.aclosing if you may stop early).
+
+        A step whose input failed is skipped with the reason: no serial port skips the radio steps, but the
+        uplink is still tested; no broker skips the heartbeat.
+        """
+        radio = RadioSide(self.settings, self.options, clock=self.clock, open_serial=self.open_serial,
+                          prompt=self.prompt)
+        async with contextlib.AsyncExitStack() as stack:
+            uplink = UplinkSide(self.settings, self.options, stack, clock=self.clock)
+            started = time.monotonic()
+            opened, listener = await radio.open_port()
+            yield replace(opened, elapsed_s=time.monotonic() - started)
+            if listener is None:
+                for name in ("module", "noise", "test_tag"):
+                    yield skipped(name, "the serial port did not open")
+            else:
+                try:
+                    module = await timed(radio.module(listener))
+                    yield module
+                    if module.ok:
+                        yield await timed(radio.noise(listener))
+                        yield await timed(radio.test_tag(listener))
+                    else:
+                        for name in ("noise", "test_tag"):
+                            yield skipped(name, "the radio module did not answer")
+                finally:
+                    await listener.stop()
+            yield await timed(self._clock(uplink))
+            broker = await timed(uplink.broker())
+            yield broker
+            if not broker.ok:
+                yield skipped("heartbeat", "the broker step failed")
+                yield skipped("backend", "the broker step failed")
+                return
+            noise = radio.module_status.noise_floor_dbm if radio.module_status else None
+            heartbeat = await timed(uplink.heartbeat(noise))
+            yield heartbeat
+            if self.options.backend_url is None:
+                yield skipped("backend", "no --backend given")
+            elif not heartbeat.ok:
+                yield skipped("backend", "the heartbeat did not come back from the broker")
+            else:
+                yield await timed(uplink.backend())
+
+    async def _clock(self, uplink: UplinkSide) -> StepResult:
+        now = self.clock()
+        ntp = await self.ntp()
+        backend = await uplink.backend_clock() if self.options.backend_url is not None else None
+        session = await uplink.session()
+        return check_clock(
+            now,
+            max_skew_s=self.options.clock_max_skew_s,
+            ntp=ntp,
+            backend=backend,
+            hotlist=session.hotlist,
+            broker_connected=session.client is not None,
+        )
+
+
+async def run_selftest(settings: GatewaySettings, options: SelfTestSettings, *, as_json: bool = False) -> Report:
+    """Run the self-test, printing each step as it completes (or, as_json, the report at the end)."""
+    out = sys.stderr if as_json else sys.stdout
+    done = 0
+
+    def show(result: StepResult) -> None:
+        nonlocal done
+        done += 1
+        if not as_json:
+            print(format_step(result, done), flush=True)
+
+    if not as_json:
+        print(f"Bikeguard self-test of station {settings.station_id} ({settings.serial_url}, "
+              f"broker {settings.mqtt_endpoint})", flush=True)
+    test = SelfTest(settings, options, prompt=lambda text: print(format_prompt(text), file=out, flush=True))
+    report = await test.run(show)
+    if as_json:
+        sys.stdout.buffer.write(report.to_json() + b"\n")
+        sys.stdout.flush()
+    else:
+        print(format_summary(report), flush=True)
+    return report
+
+
+def _parser() -> argparse.ArgumentParser:
+    from gateway.station import add_station_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="bikeguard gateway selftest",
+        description="Commissioning self-test of one station: serial port, radio module, noise floor, a test "
+        "tag, clock, broker, heartbeat (and the backend with --backend). Exit code 0 when every step passes. "
+        "Station flags override BIKEGUARD_GATEWAY_* variables, the others BIKEGUARD_SELFTEST_* ones.",
+    )
+    add_station_arguments(parser, log_level="WARNING")
+    parser.add_argument("--test-tag", dest="test_tag", help="id of the test tag (8 hex digits); default: any tag")
+    parser.add_argument("--tag-timeout", dest="tag_timeout_s", type=float, help="seconds to wait for it (30)")
+    parser.add_argument("--module-timeout", dest="module_timeout_s", type=float,
+                        help="seconds to wait for the module's status frame (12)")
+    parser.add_argument("--backend", dest="backend_url", help="http(s)://backend: also check it shows the station")
+    parser.add_argument("--token", dest="backend_token",
+                        help="installer's API token for --backend (better: BIKEGUARD_SELFTEST_BACKEND_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`bikeguard gateway selftest`: 0 when every step passes, 1 otherwise."""
+    from gateway.station import build_settings
+
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    as_json = bool(args.pop("json"))
+    overrides = {k: args.pop(k) for k in list(args) if k in SelfTestSettings.model_fields}
+    settings = build_settings(parser, args)
+    try:
+        options = SelfTestSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        parser.error(f"invalid self-test settings:\n{exc}")
+    return asyncio.run(run_selftest(settings, options, as_json=as_json)).exit_code
+
