@@ -32,3 +32,22 @@ def use_local_assets(m: folium.Map, base: str = DEFAULT_BASE) -> folium.Map:
 def external_references(html: str) -> list[str]:
     """Every URL on another host that the page refers to (src or href, CSS url(), @import)."""
     return _EXTERNAL.findall(html)
+
+_INLINE_BASE = "bikeguard-inline:/"
+
+
+def standalone_html(m: folium.Map) -> str:
+    """The map as one self-contained HTML file: Leaflet's script, style and images inlined, no server needed."""
+    import base64
+
+    use_local_assets(m, _INLINE_BASE)
+    html = m.get_root().render()
+    js = (LEAFLET_DIR / "leaflet.js").read_text(encoding="utf-8")
+    css = (LEAFLET_DIR / "leaflet.css").read_text(encoding="utf-8")
+    for image in sorted((LEAFLET_DIR / "images").glob("*.png")):
+        data = base64.b64encode(image.read_bytes()).decode()
+        css = css.replace(f"images/{image.name}", f"data:image/png;base64,{data}")
+    html = re.sub(rf'<script src="{re.escape(_INLINE_BASE)}leaflet\.js"></script>',
+                  lambda _m: f"<script>{js}</script>", html)
+    return re.sub(rf'<link rel="stylesheet" href="{re.escape(_INLINE_BASE)}leaflet\.css"\s*/?>',
+                  lambda _m: f"<style>{css}</style>", html)
