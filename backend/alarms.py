@@ -36,6 +36,27 @@ class Evidence:
     last_seen_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """Why the ingest watches a chip: its bike is stolen (since when), or armed by its owner."""
+
+    stolen_at: datetime | None
+    armed: bool
+
+
+def watched_tags(cur: psycopg.Cursor[Any]) -> dict[int, Watch]:
+    """Chips of bikes with an open theft report or armed by their owner: one query per flush."""
+    # Two small index scans (open theft reports; armed bikes), never a pass over every chip.
+    rows = cur.execute(
+        "SELECT c.tag_id, t.stolen_at, false FROM theft_reports t JOIN chips c USING (bike_id)"
+        " WHERE t.recovered_at IS NULL"
+        " UNION ALL"
+        " SELECT c.tag_id, NULL, true FROM bikes b JOIN chips c USING (bike_id) WHERE b.armed"
+        " AND NOT EXISTS (SELECT 1 FROM theft_reports t WHERE t.bike_id = b.bike_id AND t.recovered_at IS NULL)"
+    ).fetchall()
+    return {int(r[0]): Watch(r[1], bool(r[2])) for r in rows}
+
+
 def stolen_tags(cur: psycopg.Cursor[Any]) -> dict[int, datetime]:
     """Chips of bikes with an open theft report, with the time each was stolen."""
     rows = cur.execute(
@@ -47,6 +68,15 @@ def stolen_tags(cur: psycopg.Cursor[Any]) -> dict[int, datetime]:
 
 def raise_stolen_chip_seen(cur: psycopg.Cursor[Any], hits: list[Evidence]) -> list[int]:
     """Raise or update one 'stolen chip seen' alarm per tag; NOTIFY each at commit. Returns alarm ids."""
+    return _raise(cur, "stolen_chip_seen", "critical", hits)
+
+
+def raise_armed_bike_moving(cur: psycopg.Cursor[Any], hits: list[Evidence]) -> list[int]:
+    """Raise or update one 'armed bike moving' alarm per tag (for its owner); NOTIFY each at commit."""
+    return _raise(cur, "armed_bike_moving", "warning", hits)
+
+
+def _raise(cur: psycopg.Cursor[Any], kind: str, severity: str, hits: list[Evidence]) -> list[int]:
     rows = cur.execute(
         """
         WITH e AS (
@@ -59,7 +89,7 @@ def raise_stolen_chip_seen(cur: psycopg.Cursor[Any], hits: list[Evidence]) -> li
         )
         INSERT INTO alarms AS a (kind, severity, subject, tag_id, bike_id, station_id,
                                  first_seen_at, last_seen_at, sightings)
-        SELECT 'stolen_chip_seen', 'critical', 'tag:' || lpad(upper(to_hex(p.tag_id)), 8, '0'), p.tag_id,
+        SELECT %s, %s, 'tag:' || lpad(upper(to_hex(p.tag_id)), 8, '0'), p.tag_id,
                c.bike_id, p.station_id, p.first_seen_at, p.last_seen_at, p.n
         FROM per_tag p LEFT JOIN chips c USING (tag_id)
         ORDER BY p.tag_id
@@ -74,7 +104,7 @@ def raise_stolen_chip_seen(cur: psycopg.Cursor[Any], hits: list[Evidence]) -> li
         """,
         (
             [h.tag_id for h in hits], [h.station_id for h in hits],
-            [h.first_seen_at for h in hits], [h.last_seen_at for h in hits],
+            [h.first_seen_at for h in hits], [h.last_seen_at for h in hits], kind, severity,
         ),
     ).fetchall()
     ids = [int(r[0]) for r in rows]
@@ -120,10 +150,40 @@ def _public(alarm: dict[str, Any]) -> dict[str, Any]:
     return alarm
 
 
-async def get_alarm(conn: psycopg.AsyncConnection[Any], alarm_id: int, trail_limit: int = 50) -> dict[str, Any]:
-    """One alarm with its trail; raises AlarmNotFound."""
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which alarms a viewer may see: one owner's bikes (since they own them), or every kind but some."""
+
+    owner_id: int | None = None
+    hidden_kinds: tuple[str, ...] = ()
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """A WHERE fragment (starting with AND) and its parameters."""
+        where, params = "", list[Any]()
+        if self.hidden_kinds:
+            where += " AND NOT (a.kind = ANY(%s))"
+            params.append(list(self.hidden_kinds))
+        if self.owner_id is not None:
+            where += (
+                " AND EXISTS (SELECT 1 FROM bike_bindings ob WHERE ob.bike_id = a.bike_id AND ob.kind = 'owner'"
+                " AND ob.valid_to IS NULL AND ob.owner_id = %s AND a.raised_at >= ob.valid_from)"
+            )
+            params.append(self.owner_id)
+        return where, params
+
+
+EVERYTHING = Scope()
+# An armed bike moving is its owner's business: it shows where a bike that is not stolen is.
+OWNER_ONLY_KINDS = ("armed_bike_moving",)
+
+
+async def get_alarm(
+    conn: psycopg.AsyncConnection[Any], alarm_id: int, trail_limit: int = 50, scope: Scope = EVERYTHING
+) -> dict[str, Any]:
+    """One alarm with its trail; raises AlarmNotFound (also when the scope does not allow it)."""
+    where, params = scope.sql()
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_ALARM_SELECT + " WHERE a.alarm_id = %s", (alarm_id,))
+        await cur.execute(_ALARM_SELECT + " WHERE a.alarm_id = %s" + where, (alarm_id, *params))
         row = await cur.fetchone()
     if row is None:
         raise AlarmNotFound(f"no alarm {alarm_id}")
@@ -132,12 +192,15 @@ async def get_alarm(conn: psycopg.AsyncConnection[Any], alarm_id: int, trail_lim
 
 
 async def list_alarms(
-    conn: psycopg.AsyncConnection[Any], states: tuple[str, ...] = ("active", "acknowledged"), limit: int = 200
+    conn: psycopg.AsyncConnection[Any], states: tuple[str, ...] = ("active", "acknowledged"), limit: int = 200,
+    scope: Scope = EVERYTHING,
 ) -> list[dict[str, Any]]:
-    """Alarms in the given states, most recently seen first, each with its trail."""
+    """Alarms in the given states the scope allows, most recently seen first, each with its trail."""
+    where, params = scope.sql()
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            _ALARM_SELECT + " WHERE a.state = ANY(%s) ORDER BY a.last_seen_at DESC LIMIT %s", (list(states), limit)
+            _ALARM_SELECT + " WHERE a.state = ANY(%s)" + where + " ORDER BY a.last_seen_at DESC LIMIT %s",
+            (list(states), *params, limit),
         )
         rows = await cur.fetchall()
     return [{**_public(r), "trail": await _trail(conn, r, 50)} for r in rows]

@@ -26,7 +26,8 @@ class LiveFeed:
     def __init__(self, database_url: str, pool: AsyncConnectionPool, queue_size: int = 1000) -> None:
         self._url = database_url
         self._pool = pool
-        self._subscribers: set[asyncio.Queue[bytes]] = set()
+        # Each viewer's queue, with the alarm kinds it may not see.
+        self._subscribers: dict[asyncio.Queue[bytes], tuple[str, ...]] = {}
         self._queue_size = queue_size
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -66,17 +67,19 @@ class LiveFeed:
             except alarms.AlarmNotFound:
                 return
         event = b"event: alarm\ndata: " + orjson.dumps(alarm) + b"\n\n"
-        for q in list(self._subscribers):
+        for q, hidden in list(self._subscribers.items()):
+            if alarm["kind"] in hidden:
+                continue
             try:
                 q.put_nowait(event)
             except asyncio.QueueFull:
                 # A viewer that stopped reading loses events rather than holding up the others.
                 self.dropped += 1
 
-    async def events(self, keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
-        """Server-sent events for one viewer: alarm changes, and a comment line as keep-alive."""
+    async def events(self, keepalive_s: float = 15.0, hidden_kinds: tuple[str, ...] = ()) -> AsyncIterator[bytes]:
+        """Server-sent events for one viewer: alarm changes (but of hidden kinds), and a keep-alive comment."""
         q: asyncio.Queue[bytes] = asyncio.Queue(self._queue_size)
-        self._subscribers.add(q)
+        self._subscribers[q] = hidden_kinds
         try:
             yield b": connected\n\n"
             while True:
@@ -85,7 +88,7 @@ class LiveFeed:
                 except TimeoutError:
                     yield b": keep-alive\n\n"
         finally:
-            self._subscribers.discard(q)
+            self._subscribers.pop(q, None)
 
     @property
     def viewers(self) -> int:

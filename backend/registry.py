@@ -1,93 +1,574 @@
-"""The registry (minimal for now): owners, bikes, chips, theft reports."""
+"""The registry: owners, bikes, chips and their one-to-one bindings, the bike's life cycle, theft reports.
+
+The database holds the rules (unique plate, chip, frame and motor number; one current owner; history
+written by triggers); this module asks it, checks the per-owner policy under a lock on the owner, and
+turns a refusal into a message that says what already holds the value, naming a bike by its plate
+but never a person.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import dict_row
 
+from backend import certificates
+from backend.identity import IdentityError, mask_id_number, mask_mobile, mask_name, normalise_plate
+from backend.settings import BackendSettings
+from backend.vault import Vault, VaultError
 from protocol.messages import format_tag, utcnow
+
+Field = Literal["plate", "tag_id", "frame_number", "motor_number", "id_number", "owner", "bike"]
 
 
 class RegistryError(Exception):
-    """Base of registry errors."""
+    """Base of registry errors; `field` names the input the message is about, when there is one."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotFound(RegistryError):
-    """No such bike."""
+    """No such bike or owner (or not one the caller may see)."""
 
 
 class Conflict(RegistryError):
-    """A one-to-one rule would be broken; the message says what already holds the value."""
+    """A one-to-one rule would be broken, or the bike's state forbids the change; says what holds the value."""
 
 
-async def register_bike(
-    conn: psycopg.AsyncConnection[Any], owner_name: str, plate: str, tag_id: int,
-    brand: str | None = None, colour: str | None = None,
-) -> dict[str, Any]:
-    """A new owner with one bike and its chip, all or nothing."""
-    try:
-        async with conn.transaction():
-            cur = await conn.execute("INSERT INTO owners (name) VALUES (%s) RETURNING owner_id", (owner_name,))
-            owner_id = (await cur.fetchone())[0]  # type: ignore[index]
-            cur = await conn.execute(
-                "INSERT INTO bikes (plate, owner_id, brand, colour) VALUES (%s, %s, %s, %s) RETURNING bike_id",
-                (plate, owner_id, brand, colour),
-            )
-            bike_id = (await cur.fetchone())[0]  # type: ignore[index]
-            await conn.execute("INSERT INTO chips (tag_id, bike_id) VALUES (%s, %s)", (tag_id, bike_id))
-    except psycopg.errors.UniqueViolation as exc:
-        what = "plate" if "bikes_plate" in str(exc) else "chip"
-        value = plate if what == "plate" else format_tag(tag_id)
-        raise Conflict(f"{what} {value} is already registered to another bike") from exc
-    return await get_bike(conn, plate)
+class LimitReached(RegistryError):
+    """The owner already holds as many active bikes as the policy allows."""
 
 
-async def get_bike(conn: psycopg.AsyncConnection[Any], plate: str) -> dict[str, Any]:
-    """A bike by plate with its chip and theft state; raises NotFound."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT b.bike_id, b.plate, b.brand, b.colour, b.armed, c.tag_id,"
-            " t.report_id IS NOT NULL AS stolen, t.stolen_at"
-            " FROM bikes b LEFT JOIN chips c USING (bike_id)"
-            " LEFT JOIN theft_reports t ON t.bike_id = b.bike_id AND t.recovered_at IS NULL"
-            " WHERE b.plate = %s",
-            (plate,),
-        )
-        row = await cur.fetchone()
-    if row is None:
-        raise NotFound(f"no bike with plate {plate}")
+class ConsentRequired(RegistryError):
+    """A transfer without the current owner's valid consent."""
+
+
+class InvalidValue(RegistryError):
+    """A value the local rules refuse (e.g. a plate not in the local pattern)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BikeDetails:
+    """What identifies and describes a bike."""
+
+    plate: str
+    frame_number: str
+    motor_number: str
+    brand: str | None = None
+    model: str | None = None
+    colour: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerDetails:
+    """Who a new owner is (values already validated and normalised)."""
+
+    name: str
+    id_number: str
+    mobile: str
+    address: str
+
+
+_BIKE_SELECT = """
+    SELECT b.bike_id, b.plate, b.frame_number, b.motor_number, b.brand, b.model, b.colour, b.status, b.armed,
+           b.owner_id, b.created_at AS registered_at, b.deregistered_at, c.tag_id,
+           t.report_id IS NOT NULL AS stolen, t.stolen_at, t.place AS theft_place,
+           t.circumstances AS theft_circumstances, t.police_report, t.reported_at AS theft_reported_at,
+           coalesce((SELECT array_agg(p.photo_id ORDER BY p.photo_id) FROM bike_photos p
+                     WHERE p.bike_id = b.bike_id), '{}') AS photo_ids
+    FROM bikes b
+    LEFT JOIN chips c ON c.bike_id = b.bike_id
+    LEFT JOIN theft_reports t ON t.bike_id = b.bike_id AND t.recovered_at IS NULL
+"""
+
+
+def _bike_out(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
     if row["tag_id"] is not None:
         row["tag_id"] = format_tag(row["tag_id"])
+    row["theft"] = None
+    if row.pop("stolen"):
+        row["theft"] = {
+            "stolen_at": row["stolen_at"], "place": row["theft_place"], "circumstances": row["theft_circumstances"],
+            "police_report": row["police_report"], "reported_at": row["theft_reported_at"],
+        }
+    row["stolen"] = row["theft"] is not None
+    for k in ("theft_place", "theft_circumstances", "police_report", "theft_reported_at"):
+        row.pop(k)
     return row
 
 
-async def report_stolen(
-    conn: psycopg.AsyncConnection[Any], plate: str, stolen_at: datetime | None = None,
-    place: str | None = None, circumstances: str | None = None, police_report: str | None = None,
-) -> dict[str, Any]:
-    """Open a theft report for the bike; refused if one is already open."""
-    bike = await get_bike(conn, plate)
-    try:
-        await conn.execute(
-            "INSERT INTO theft_reports (bike_id, stolen_at, place, circumstances, police_report)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (bike["bike_id"], stolen_at or utcnow(), place, circumstances, police_report),
-        )
-    except psycopg.errors.UniqueViolation as exc:
-        raise Conflict(f"bike {plate} is already reported stolen") from exc
-    return await get_bike(conn, plate)
-
-
-async def mark_recovered(conn: psycopg.AsyncConnection[Any], plate: str) -> dict[str, Any]:
-    """Close the bike's open theft report; refused if it is not reported stolen."""
-    bike = await get_bike(conn, plate)
-    cur = await conn.execute(
-        "UPDATE theft_reports SET recovered_at = now() WHERE bike_id = %s AND recovered_at IS NULL",
-        (bike["bike_id"],),
+async def _act_as(conn: psycopg.AsyncConnection[Any], actor: str, reason: str | None) -> None:
+    """Name who makes the changes in this transaction, and why, for the history triggers."""
+    await conn.execute(
+        "SELECT set_config('bikeguard.actor', %s, true), set_config('bikeguard.reason', %s, true)",
+        (actor, reason or ""),
     )
-    if cur.rowcount == 0:
-        raise Conflict(f"bike {plate} is not reported stolen")
-    return await get_bike(conn, plate)
+
+
+def _code_hash(code: str) -> bytes:
+    return hashlib.sha256(code.strip().upper().encode()).digest()
+
+
+class Registry:
+    """Registry operations under the settings' policy (plate pattern, bikes per owner) and keys."""
+
+    def __init__(self, settings: BackendSettings, vault: Vault) -> None:
+        self.settings = settings
+        self.vault = vault
+
+    # ---- values ----
+
+    def plate(self, value: str) -> str:
+        """The plate in canonical form; raises InvalidValue when it does not match the local pattern."""
+        try:
+            return normalise_plate(value, self.settings.plate_pattern, self.settings.plate_example)
+        except IdentityError as exc:
+            raise InvalidValue(str(exc), "plate") from None
+
+    async def _holder(self, conn: psycopg.AsyncConnection[Any], field: str, value: Any,
+                      except_bike: int | None = None) -> str | None:
+        """A message naming what already holds a plate, chip, frame or motor number, or None if it is free."""
+        if field == "tag_id":
+            cur = await conn.execute(
+                "SELECT c.retired_at, b.plate, b.bike_id FROM chips c LEFT JOIN bikes b ON b.bike_id = c.bike_id"
+                " WHERE c.tag_id = %s",
+                (value,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            retired_at, plate, bike_id = row
+            if retired_at is not None:
+                return f"chip {format_tag(value)} was retired on {retired_at:%Y-%m-%d} and cannot be fitted again"
+            if bike_id is not None and bike_id != except_bike:
+                return f"chip {format_tag(value)} is already fitted to bike {plate}"
+            return None
+        column = {"plate": "plate", "frame_number": "frame_number", "motor_number": "motor_number"}[field]
+        cur = await conn.execute(
+            f"SELECT bike_id, plate FROM bikes WHERE {column} = %s AND status = 'active'"
+            " AND bike_id IS DISTINCT FROM %s",
+            (value, except_bike),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        label = {"plate": "plate", "frame_number": "frame number", "motor_number": "motor number"}[field]
+        if field == "plate":
+            return f"plate {value} is already registered to another bike (#{row[0]})"
+        return f"{label} {value} is already registered to bike {row[1]}"
+
+    async def availability(self, conn: psycopg.AsyncConnection[Any], values: dict[str, Any]) -> dict[str, str]:
+        """For each given field (plate, tag_id, frame_number, motor_number), what holds it; free fields omitted."""
+        out: dict[str, str] = {}
+        for field, value in values.items():
+            if value is None:
+                continue
+            message = await self._holder(conn, field, value)
+            if message:
+                out[field] = message
+        return out
+
+    async def _refuse_taken(self, conn: psycopg.AsyncConnection[Any], values: dict[str, Any],
+                            except_bike: int | None = None) -> None:
+        for field, value in values.items():
+            message = await self._holder(conn, field, value, except_bike)
+            if message:
+                raise Conflict(message, field)
+
+    async def _explain(self, conn: psycopg.AsyncConnection[Any], exc: psycopg.errors.UniqueViolation,
+                       values: dict[str, Any]) -> Conflict:
+        """The Conflict for a unique violation the database raised (a race the pre-check did not see)."""
+        name = exc.diag.constraint_name or ""
+        for field, marker in (("plate", "plate"), ("tag_id", "chip"), ("frame_number", "frame"),
+                              ("motor_number", "motor"), ("id_number", "id_number")):
+            if marker in name and field in values:
+                message = await self._holder(conn, field, values[field]) if field != "id_number" else None
+                return Conflict(message or f"{field.replace('_', ' ')} is already registered", field)
+        return Conflict("the registry refused the change: a one-to-one rule would be broken")
+
+    # ---- owners ----
+
+    async def find_owner(self, conn: psycopg.AsyncConnection[Any], id_number: str) -> int | None:
+        """The owner with this (normalised) resident ID number, found by its keyed hash."""
+        cur = await conn.execute("SELECT owner_id FROM owners WHERE id_number_hash = %s",
+                                 (self.vault.lookup_hash(id_number),))
+        row = await cur.fetchone()
+        return int(row[0]) if row else None
+
+    async def create_owner(self, conn: psycopg.AsyncConnection[Any], actor: str, owner: OwnerDetails) -> int:
+        """A new owner; raises Conflict when one with this resident ID number exists."""
+        existing = await self.find_owner(conn, owner.id_number)
+        if existing is not None:
+            raise Conflict(
+                f"an owner with this resident ID number is already registered (owner #{existing}):"
+                " use the existing record", "id_number",
+            )
+        try:
+            async with conn.transaction():
+                cur = await conn.execute(
+                    "INSERT INTO owners (name, id_number_hash, id_number_enc, mobile, address, created_by)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) RETURNING owner_id",
+                    (owner.name, self.vault.lookup_hash(owner.id_number), self.vault.encrypt(owner.id_number),
+                     owner.mobile, owner.address, actor),
+                )
+                return int((await cur.fetchone())[0])  # type: ignore[index]
+        except psycopg.errors.UniqueViolation as exc:
+            raise Conflict("an owner with this resident ID number is already registered", "id_number") from exc
+
+    def masked_id_number(self, blob: bytes | None) -> str | None:
+        """The masked resident ID number from its encrypted form."""
+        if blob is None:
+            return None
+        try:
+            return mask_id_number(self.vault.decrypt(blob))
+        except VaultError:
+            return "(cannot be decrypted with the configured key)"
+
+    async def get_owner(self, conn: psycopg.AsyncConnection[Any], owner_id: int) -> dict[str, Any]:
+        """An owner with the resident ID number masked, and their active bikes' plates; raises NotFound."""
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT o.owner_id, o.name, o.id_number_enc, o.mobile, o.address, o.created_at AS registered_at,"
+                " a.username AS login,"
+                " coalesce((SELECT array_agg(b.plate ORDER BY b.bike_id) FROM bikes b"
+                "           WHERE b.owner_id = o.owner_id AND b.status = 'active'), '{}') AS plates"
+                " FROM owners o LEFT JOIN accounts a ON a.owner_id = o.owner_id WHERE o.owner_id = %s",
+                (owner_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no owner {owner_id}", "owner")
+        row["id_number_masked"] = self.masked_id_number(row.pop("id_number_enc"))
+        row["max_bikes"] = self.settings.max_bikes_per_owner
+        return row
+
+    async def owner_summary(self, conn: psycopg.AsyncConnection[Any], owner_id: int) -> dict[str, Any]:
+        """An owner as shown beside a bike: masked name, ID and mobile."""
+        owner = await self.get_owner(conn, owner_id)
+        return {
+            "owner_id": owner_id, "name_masked": mask_name(owner["name"]),
+            "id_number_masked": owner["id_number_masked"],
+            "mobile_masked": mask_mobile(owner["mobile"]) if owner["mobile"] else None,
+        }
+
+    async def _lock_owner_within_limit(self, conn: psycopg.AsyncConnection[Any], owner_id: int) -> None:
+        """Lock the owner (so two counters cannot both add the last allowed bike) and check the limit."""
+        cur = await conn.execute("SELECT 1 FROM owners WHERE owner_id = %s FOR UPDATE", (owner_id,))
+        if await cur.fetchone() is None:
+            raise NotFound(f"no owner {owner_id}", "owner")
+        cur = await conn.execute(
+            "SELECT plate FROM bikes WHERE owner_id = %s AND status = 'active' ORDER BY bike_id", (owner_id,)
+        )
+        plates = [r[0] for r in await cur.fetchall()]
+        limit = self.settings.max_bikes_per_owner
+        if len(plates) >= limit:
+            raise LimitReached(
+                f"this owner already holds {len(plates)} active bike{'s' if len(plates) != 1 else ''}"
+                f" ({', '.join(plates)}); the limit is {limit} per person", "owner",
+            )
+
+    # ---- bikes ----
+
+    async def register_bike(
+        self, conn: psycopg.AsyncConnection[Any], actor: str, owner_id: int, bike: BikeDetails, tag_id: int
+    ) -> int:
+        """Register a bike to an owner with its chip fitted and a certificate issued; all or nothing."""
+        plate = self.plate(bike.plate)
+        values = {"plate": plate, "frame_number": bike.frame_number, "motor_number": bike.motor_number,
+                  "tag_id": tag_id}
+        try:
+            async with conn.transaction():
+                await _act_as(conn, actor, "registration")
+                await self._lock_owner_within_limit(conn, owner_id)
+                await self._refuse_taken(conn, values)
+                cur = await conn.execute(
+                    "INSERT INTO bikes (plate, owner_id, frame_number, motor_number, brand, model, colour, created_by)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING bike_id",
+                    (plate, owner_id, bike.frame_number, bike.motor_number, bike.brand, bike.model, bike.colour,
+                     actor),
+                )
+                bike_id = int((await cur.fetchone())[0])  # type: ignore[index]
+                await self._fit_chip(conn, bike_id, tag_id)
+                await certificates.issue(conn, bike_id, actor)
+        except psycopg.errors.UniqueViolation as exc:
+            raise await self._explain(conn, exc, values) from exc
+        return bike_id
+
+    async def _fit_chip(self, conn: psycopg.AsyncConnection[Any], bike_id: int, tag_id: int) -> None:
+        cur = await conn.execute(
+            "INSERT INTO chips (tag_id, bike_id) VALUES (%s, %s)"
+            " ON CONFLICT (tag_id) DO UPDATE SET bike_id = excluded.bike_id, fitted_at = now()"
+            " WHERE chips.bike_id IS NULL AND chips.retired_at IS NULL RETURNING tag_id",
+            (tag_id, bike_id),
+        )
+        if await cur.fetchone() is None:
+            raise Conflict(await self._holder(conn, "tag_id", tag_id) or f"chip {format_tag(tag_id)} is taken",
+                           "tag_id")
+
+    async def get_bike(self, conn: psycopg.AsyncConnection[Any], bike_id: int, owner_id: int | None = None,
+                       active_only: bool = False) -> dict[str, Any]:
+        """A bike with its chip, photos and theft state; with owner_id, only if it is that owner's. NotFound."""
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                _BIKE_SELECT + " WHERE b.bike_id = %s AND (%s::int8 IS NULL OR (b.owner_id = %s"
+                " AND b.status = 'active')) AND (NOT %s OR b.status = 'active')",
+                (bike_id, owner_id, owner_id, active_only),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no bike {bike_id}", "bike")
+        return _bike_out(row)
+
+    async def find_bikes(
+        self, conn: psycopg.AsyncConnection[Any], *, plate: str | None = None, tag_id: int | None = None,
+        frame_number: str | None = None, owner_id: int | None = None, limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Active bikes matching every given criterion exactly."""
+        if plate is not None:
+            try:
+                plate = self.plate(plate)
+            except InvalidValue:
+                return []
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                _BIKE_SELECT + " WHERE b.status = 'active' AND (%s::text IS NULL OR b.plate = %s)"
+                " AND (%s::int8 IS NULL OR c.tag_id = %s) AND (%s::text IS NULL OR b.frame_number = %s)"
+                " AND (%s::int8 IS NULL OR b.owner_id = %s) ORDER BY b.bike_id LIMIT %s",
+                (plate, plate, tag_id, tag_id, frame_number, frame_number, owner_id, owner_id, limit),
+            )
+            return [_bike_out(r) for r in await cur.fetchall()]
+
+    async def _active_bike(self, conn: psycopg.AsyncConnection[Any], bike_id: int,
+                           allow_stolen: bool = False) -> dict[str, Any]:
+        """Lock an active bike for a life-cycle change; refuse a stolen one unless allowed."""
+        cur = await conn.execute("SELECT 1 FROM bikes WHERE bike_id = %s AND status = 'active' FOR UPDATE",
+                                 (bike_id,))
+        if await cur.fetchone() is None:
+            raise NotFound(f"no active bike {bike_id}", "bike")
+        bike = await self.get_bike(conn, bike_id)
+        if bike["stolen"] and not allow_stolen:
+            raise Conflict(f"bike {bike['plate']} is reported stolen: mark it recovered first", "bike")
+        return bike
+
+    async def history(self, conn: psycopg.AsyncConnection[Any], bike_id: int) -> list[dict[str, Any]]:
+        """Every binding of the bike (owner, plate, chip) and its theft reports, oldest first, with who and when."""
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT x.kind, x.owner_id, o.name AS owner_name, x.plate, x.tag_id, x.valid_from, x.valid_to,"
+                " x.bound_by, x.reason, x.unbound_by, x.end_reason"
+                " FROM bike_bindings x LEFT JOIN owners o USING (owner_id) WHERE x.bike_id = %s"
+                " UNION ALL"
+                " SELECT 'theft', NULL, NULL, NULL, NULL, t.stolen_at, t.recovered_at, coalesce(t.reported_by, ''),"
+                " 'reported stolen', t.recovered_by, CASE WHEN t.recovered_at IS NOT NULL THEN 'recovered' END"
+                " FROM theft_reports t WHERE t.bike_id = %s"
+                " ORDER BY valid_from, kind",
+                (bike_id, bike_id),
+            )
+            rows = await cur.fetchall()
+        for r in rows:
+            if r["tag_id"] is not None:
+                r["tag_id"] = format_tag(r["tag_id"])
+        return rows
+
+    async def transfer(
+        self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, new_owner_id: int, *,
+        consent_code: str | None = None, old_owner_id_number: str | None = None,
+    ) -> None:
+        """Hand the bike to a new owner with the current owner's consent; the old certificate is superseded.
+
+        Consent is either the code the owner made in the portal, or the owner at the counter with their
+        resident ID card (the clerk types its number, which must match the current owner's).
+        """
+        async with conn.transaction():
+            await _act_as(conn, actor, "transfer")
+            bike = await self._active_bike(conn, bike_id)
+            old_owner = int(bike["owner_id"])
+            if new_owner_id == old_owner:
+                raise Conflict("the bike already belongs to this owner", "owner")
+            await self._check_consent(conn, bike_id, old_owner, consent_code, old_owner_id_number)
+            await self._lock_owner_within_limit(conn, new_owner_id)
+            await conn.execute("UPDATE bikes SET owner_id = %s, armed = false WHERE bike_id = %s",
+                               (new_owner_id, bike_id))
+            await conn.execute("UPDATE transfer_consents SET used_at = now() WHERE bike_id = %s AND used_at IS NULL",
+                               (bike_id,))
+            await certificates.issue(conn, bike_id, actor)
+
+    async def _check_consent(self, conn: psycopg.AsyncConnection[Any], bike_id: int, owner_id: int,
+                             code: str | None, id_number: str | None) -> None:
+        if id_number:
+            cur = await conn.execute("SELECT id_number_hash FROM owners WHERE owner_id = %s", (owner_id,))
+            row = await cur.fetchone()
+            if row and row[0] is not None and secrets.compare_digest(bytes(row[0]), self.vault.lookup_hash(id_number)):
+                return
+            raise ConsentRequired("the resident ID number given is not the current owner's", "old_owner_id_number")
+        if code:
+            cur = await conn.execute(
+                "SELECT 1 FROM transfer_consents WHERE code_hash = %s AND bike_id = %s AND owner_id = %s"
+                " AND used_at IS NULL AND expires_at > now()",
+                (_code_hash(code), bike_id, owner_id),
+            )
+            if await cur.fetchone():
+                return
+            raise ConsentRequired("the consent code is wrong, used or expired", "consent_code")
+        raise ConsentRequired(
+            "the current owner must consent: a consent code from the owner portal, or the owner's resident ID"
+            " number checked at the counter", "consent_code",
+        )
+
+    async def consent_to_transfer(self, conn: psycopg.AsyncConnection[Any], owner_id: int,
+                                  bike_id: int) -> tuple[str, datetime]:
+        """A one-time code with which the owner consents to hand this bike over, and when it expires."""
+        await self.get_bike(conn, bike_id, owner_id=owner_id)
+        code = "".join(secrets.choice("ACDEFGHJKLMNPQRTUVWXY346789") for _ in range(8))
+        expires_at = utcnow() + timedelta(seconds=self.settings.transfer_consent_ttl_s)
+        await conn.execute(
+            "INSERT INTO transfer_consents (code_hash, bike_id, owner_id, expires_at) VALUES (%s, %s, %s, %s)",
+            (_code_hash(code), bike_id, owner_id, expires_at),
+        )
+        return code, expires_at
+
+    async def replace_chip(self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, tag_id: int,
+                           reason: str | None = None) -> None:
+        """Fit a new chip: the old one is retired (never to be fitted again); a new certificate is issued."""
+        try:
+            async with conn.transaction():
+                await _act_as(conn, actor, reason or "chip replacement")
+                bike = await self._active_bike(conn, bike_id)
+                if bike["tag_id"] is not None and int(bike["tag_id"], 16) == tag_id:
+                    raise Conflict(f"chip {format_tag(tag_id)} is already this bike's chip", "tag_id")
+                await self._refuse_taken(conn, {"tag_id": tag_id})
+                await conn.execute(
+                    "UPDATE chips SET bike_id = NULL, retired_at = now(), retired_reason = %s WHERE bike_id = %s",
+                    (reason or "replaced", bike_id),
+                )
+                await self._fit_chip(conn, bike_id, tag_id)
+                await certificates.issue(conn, bike_id, actor)
+        except psycopg.errors.UniqueViolation as exc:
+            raise await self._explain(conn, exc, {"tag_id": tag_id}) from exc
+
+    async def change_plate(self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, plate: str,
+                           reason: str | None = None) -> None:
+        """Give the bike a new plate (the old one is released); a new certificate is issued."""
+        plate = self.plate(plate)
+        try:
+            async with conn.transaction():
+                await _act_as(conn, actor, reason or "plate change")
+                bike = await self._active_bike(conn, bike_id)
+                if bike["plate"] == plate:
+                    raise Conflict(f"plate {plate} is already this bike's plate", "plate")
+                await self._refuse_taken(conn, {"plate": plate})
+                await conn.execute("UPDATE bikes SET plate = %s WHERE bike_id = %s", (plate, bike_id))
+                await certificates.issue(conn, bike_id, actor)
+        except psycopg.errors.UniqueViolation as exc:
+            raise await self._explain(conn, exc, {"plate": plate}) from exc
+
+    async def deregister(self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int,
+                         status: Literal["scrapped", "exported"], note: str | None = None) -> None:
+        """Take the bike off the registry: plate released, chip retired, certificate no longer current."""
+        async with conn.transaction():
+            await _act_as(conn, actor, f"deregistered: {status}" + (f" ({note})" if note else ""))
+            await self._active_bike(conn, bike_id)
+            await conn.execute(
+                "UPDATE chips SET bike_id = NULL, retired_at = now(), retired_reason = %s WHERE bike_id = %s",
+                (f"bike {status}", bike_id),
+            )
+            await conn.execute(
+                "UPDATE bikes SET status = %s, plate = NULL, armed = false, deregistered_at = now()"
+                " WHERE bike_id = %s",
+                (status, bike_id),
+            )
+            await conn.execute("UPDATE transfer_consents SET used_at = now() WHERE bike_id = %s AND used_at IS NULL",
+                               (bike_id,))
+            await certificates.supersede(conn, bike_id)
+
+    async def set_armed(self, conn: psycopg.AsyncConnection[Any], owner_id: int, bike_id: int,
+                        armed: bool) -> dict[str, Any]:
+        """Arm or disarm the owner's bike (an armed bike seen moving raises an alarm for the owner)."""
+        await self.get_bike(conn, bike_id, owner_id=owner_id)
+        await conn.execute("UPDATE bikes SET armed = %s WHERE bike_id = %s", (armed, bike_id))
+        return await self.get_bike(conn, bike_id)
+
+    # ---- theft ----
+
+    async def report_stolen(
+        self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, stolen_at: datetime | None = None,
+        place: str | None = None, circumstances: str | None = None, police_report: str | None = None,
+    ) -> dict[str, Any]:
+        """Open a theft report (the chip goes on the hot list); refused if one is already open."""
+        bike = await self.get_bike(conn, bike_id, active_only=True)
+        when = stolen_at or utcnow()
+        if when > utcnow() + timedelta(minutes=5):
+            raise InvalidValue("the time of the theft is in the future", "stolen_at")
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO theft_reports (bike_id, stolen_at, place, circumstances, police_report, reported_by)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    (bike_id, when, place, circumstances, police_report, actor),
+                )
+        except psycopg.errors.UniqueViolation as exc:
+            raise Conflict(f"bike {bike['plate']} is already reported stolen", "bike") from exc
+        return await self.get_bike(conn, bike_id)
+
+    async def mark_recovered(self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int) -> dict[str, Any]:
+        """Close the bike's open theft report (its chip leaves the hot list)."""
+        bike = await self.get_bike(conn, bike_id)
+        cur = await conn.execute(
+            "UPDATE theft_reports SET recovered_at = now(), recovered_by = %s"
+            " WHERE bike_id = %s AND recovered_at IS NULL",
+            (actor, bike_id),
+        )
+        if cur.rowcount == 0:
+            raise Conflict(f"bike {bike['plate']} is not reported stolen", "bike")
+        return await self.get_bike(conn, bike_id)
+
+    # ---- photos ----
+
+    async def add_photo(self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, content_type: str,
+                        data: bytes) -> int:
+        """Keep a photo of the bike; refused past the per-bike count."""
+        await self.get_bike(conn, bike_id, active_only=True)
+        cur = await conn.execute("SELECT count(*) FROM bike_photos WHERE bike_id = %s", (bike_id,))
+        if int((await cur.fetchone())[0]) >= self.settings.photos_per_bike:  # type: ignore[index]
+            raise Conflict(f"a bike has at most {self.settings.photos_per_bike} photos", "photo")
+        cur = await conn.execute(
+            "INSERT INTO bike_photos (bike_id, content_type, data, uploaded_by) VALUES (%s, %s, %s, %s)"
+            " RETURNING photo_id",
+            (bike_id, content_type, data, actor),
+        )
+        return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def photo(self, conn: psycopg.AsyncConnection[Any], bike_id: int, photo_id: int) -> tuple[str, bytes]:
+        """(content type, bytes) of one photo of the bike; raises NotFound."""
+        cur = await conn.execute(
+            "SELECT content_type, data FROM bike_photos WHERE bike_id = %s AND photo_id = %s", (bike_id, photo_id)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no photo {photo_id} of bike {bike_id}", "photo")
+        return row[0], bytes(row[1])
+
+    async def is_stolen_tag(self, conn: psycopg.AsyncConnection[Any], tag_id: int) -> bool:
+        """Whether the chip is on a bike with an open theft report."""
+        cur = await conn.execute(
+            "SELECT 1 FROM chips c JOIN theft_reports t USING (bike_id) WHERE c.tag_id = %s AND t.recovered_at IS NULL",
+            (tag_id,),
+        )
+        return await cur.fetchone() is not None
+
+    async def owns_tag(self, conn: psycopg.AsyncConnection[Any], owner_id: int, tag_id: int) -> bool:
+        """Whether the chip is on an active bike of this owner now."""
+        cur = await conn.execute(
+            "SELECT 1 FROM chips c JOIN bikes b USING (bike_id) WHERE c.tag_id = %s AND b.owner_id = %s"
+            " AND b.status = 'active'",
+            (tag_id, owner_id),
+        )
+        return await cur.fetchone() is not None

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Placeholders that work on a developer's machine and are refused anywhere else.
+DEFAULT_SECRET = "changethis"
+_SECRET_FIELDS = ("id_encryption_key", "id_lookup_key", "certificate_signing_key")
+_MIN_SECRET_CHARS = 32
 
 
 class BackendSettings(BaseSettings):
@@ -13,6 +21,8 @@ class BackendSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BIKEGUARD_", extra="ignore")
 
+    # "development" accepts the placeholder secrets below; "production" refuses to start with them.
+    environment: Literal["development", "production"] = "development"
     database_url: str = Field(description="PostgreSQL/TimescaleDB conninfo or URL")
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_client_id: str = Field(default_factory=lambda: f"bikeguard-backend-{os.getpid()}")
@@ -27,3 +37,69 @@ class BackendSettings(BaseSettings):
     retention_days: int | None = Field(default=None, ge=1)
     tile_url: str | None = None
     tile_attribution: str | None = None
+
+    # Privacy: the resident ID number is encrypted with one key and looked up by an HMAC under another.
+    id_encryption_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    id_lookup_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    # Signs the token in a registration certificate's QR code.
+    certificate_signing_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    # Where the QR code points (e.g. https://bikes.example.gov); the request's own address when unset.
+    public_base_url: str | None = None
+
+    # Accounts and sessions.
+    session_ttl_s: int = Field(default=8 * 3600, ge=60)
+    session_cookie_secure: bool | None = Field(default=None, description="HTTPS-only cookie; on in production")
+    login_max_failures: int = Field(default=5, ge=1, description="failed logins per account per window")
+    login_max_failures_per_address: int = Field(default=50, ge=1)
+    login_window_s: int = Field(default=900, ge=1)
+    password_min_length: int = Field(default=10, ge=8)
+    # argon2id cost (OWASP's minimum recommendation by default); hashes carry their own parameters.
+    password_time_cost: int = Field(default=2, ge=1)
+    password_memory_kib: int = Field(default=19_456, ge=1024)
+    password_parallelism: int = Field(default=1, ge=1)
+
+    # Registry policy.
+    max_bikes_per_owner: int = Field(default=1, ge=1, description="active bikes one person may hold")
+    plate_pattern: str = r"^(?:[A-Z]{2}-[0-9]{5}|[\u4e00-\u9fff][A-Z]·[0-9]{5})$"
+    plate_example: str = "HZ-12345"
+    photo_max_bytes: int = Field(default=2_000_000, ge=1024)
+    photos_per_bike: int = Field(default=6, ge=0)
+    transfer_consent_ttl_s: int = Field(default=7 * 86400, ge=60)
+
+    @field_validator("plate_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        re.compile(value)
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Self:
+        if self.environment == "development":
+            return self
+        for name in _SECRET_FIELDS:
+            value = getattr(self, name).get_secret_value()
+            if value == DEFAULT_SECRET or len(value) < _MIN_SECRET_CHARS:
+                raise ValueError(
+                    f"BIKEGUARD_{name.upper()} must be set to a random string of at least {_MIN_SECRET_CHARS}"
+                    f" characters outside development (environment is {self.environment!r})"
+                )
+        if len({getattr(self, n).get_secret_value() for n in _SECRET_FIELDS}) != len(_SECRET_FIELDS):
+            raise ValueError("the ID encryption, ID lookup and certificate signing keys must all differ")
+        return self
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Whether the session cookie is sent over HTTPS only."""
+        if self.session_cookie_secure is not None:
+            return self.session_cookie_secure
+        return self.environment == "production"
+
+
+def random_secrets() -> dict[str, str]:
+    """Fresh random values for every secret setting (for the demo and tests), as BIKEGUARD_* variables."""
+    return {f"BIKEGUARD_{name.upper()}": secrets.token_urlsafe(32) for name in _SECRET_FIELDS}
+
+
+def random_secret_settings() -> dict[str, SecretStr]:
+    """Fresh random values for every secret setting, as keyword arguments of BackendSettings."""
+    return {name: SecretStr(secrets.token_urlsafe(32)) for name in _SECRET_FIELDS}

@@ -11,6 +11,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import psycopg
+from psycopg.rows import dict_row
 
 from protocol.messages import format_tag
 
@@ -166,3 +167,54 @@ def to_gpx(t: Trajectory) -> str:
 
 def _gpx_time(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# Registry-aware windows: which passages belong to a bike, and to whom they may be shown.
+
+
+async def of_bike(
+    conn: psycopg.AsyncConnection[Any], bike_id: int, since: datetime, until: datetime, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """The bike's passages in [since, until), oldest first: each chip counts only while it was the bike's."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT x.station_id, s.lat, s.lon, x.first_seen_at, x.last_seen_at, x.tag_id"
+            " FROM bike_bindings cb"
+            " JOIN sightings x ON x.tag_id = cb.tag_id"
+            "  AND x.first_seen_at >= greatest(cb.valid_from, %s)"
+            "  AND x.first_seen_at < least(coalesce(cb.valid_to, 'infinity'), %s)"
+            " JOIN stations s ON s.station_id = x.station_id"
+            " WHERE cb.bike_id = %s AND cb.kind = 'chip'"
+            " ORDER BY x.first_seen_at LIMIT %s",
+            (since, until, bike_id, limit),
+        )
+        rows = await cur.fetchall()
+    for r in rows:
+        r["tag_id"] = format_tag(r["tag_id"])
+    return rows
+
+
+async def owner_since(conn: psycopg.AsyncConnection[Any], owner_id: int, bike_id: int) -> datetime | None:
+    """Since when the owner has held the bike (None if it is not theirs now): they see nothing from before."""
+    cur = await conn.execute(
+        "SELECT valid_from FROM bike_bindings WHERE bike_id = %s AND kind = 'owner' AND valid_to IS NULL"
+        " AND owner_id = %s",
+        (bike_id, owner_id),
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def tag_window(conn: psycopg.AsyncConnection[Any], tag_id: int) -> dict[str, Any] | None:
+    """The chip's current bike, its owner, since when each binding holds, and since when it is stolen (or None)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT c.bike_id, b.owner_id, cb.valid_from AS chip_since, ob.valid_from AS owner_since,"
+            " t.stolen_at FROM chips c JOIN bikes b USING (bike_id)"
+            " JOIN bike_bindings cb ON cb.bike_id = c.bike_id AND cb.kind = 'chip' AND cb.valid_to IS NULL"
+            " JOIN bike_bindings ob ON ob.bike_id = c.bike_id AND ob.kind = 'owner' AND ob.valid_to IS NULL"
+            " LEFT JOIN theft_reports t ON t.bike_id = c.bike_id AND t.recovered_at IS NULL"
+            " WHERE c.tag_id = %s",
+            (tag_id,),
+        )
+        return await cur.fetchone()

@@ -31,12 +31,12 @@ import httpx
 import paho.mqtt.client as mqtt
 from ingest import build_batches  # bench/ingest.py, beside this script
 
+from bikeguard.demo import bootstrap_admin, seed_backend, sign_in, wait_for_http
 from bikeguard.services import free_port, start_broker, start_postgres, stop_process
+from firmware_sim.town import Town
 from protocol import topics
 from protocol.frames import Beacon, TagFlags, encode
 from protocol.messages import format_tag
-
-STOLEN_BASE = 0x5A000000
 
 
 def load_publisher(
@@ -156,22 +156,21 @@ def main() -> int:
                                    start_new_session=True)
         procs.append(backend)
         base = f"http://127.0.0.1:{port}"
-        from bikeguard.demo import wait_for_http
         wait_for_http(f"{base}/api/health", process=backend)
-        api = httpx.Client(base_url=base, timeout=30)
-        headers = bench_login(api)
-        api.put("/api/stations", json=[{"station_id": "st-bench", "name": "Bench gate", "lat": 30.27,
-                                         "lon": 120.15}]).raise_for_status()
-        tags = [STOLEN_BASE + i for i in range(args.trials)]
-        for i, tag in enumerate(tags):
-            plate = f"BENCH-{i:05d}"
-            api.post("/api/bikes", json={"owner_name": "Bench Owner", "plate": plate,
-                                         "tag_id": format_tag(tag)}).raise_for_status()
-            api.post(f"/api/bikes/{plate}/theft", json={}).raise_for_status()
+        # Stations and bikes registered through the API as installers and clerks do; then police report
+        # every bench bike stolen, so each trial is a fresh chip on the hot list.
+        town = Town.generate(11, stations=5, bikes=args.trials)
+        staff = seed_backend(base, town, bootstrap_admin(pg.url))
+        police = sign_in(base, staff.police)
+        for bike_id, _first_login in staff.owners.values():
+            police.post(f"/api/bikes/{bike_id}/theft", json={"place": "bench"}).raise_for_status()
+        tags = [b.tag_id for b in town.bikes]
+        headers = dict(police.headers)
+        station_id = town.stations[0].station_id
 
         master, slave = os.openpty()
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--station-id", "st-bench", "--serial", os.ttyname(slave),
+            [sys.executable, "-m", "gateway", "--station-id", station_id, "--serial", os.ttyname(slave),
              "--mqtt", broker.url, "--spool", str(work / "bench.spool"), "--log-level", "WARNING"],
             start_new_session=True,
         )
@@ -205,7 +204,7 @@ def main() -> int:
         stop.set()
         loader.join(30)
         floor = mqtt_floor(broker.host, broker.port)
-        health = api.get("/api/health").json()["ingest"]
+        health = police.get("/api/health").json()["ingest"]
         print(f"{len(latencies)}/{len(tags)} alarms arrived; ingest stored {health['sightings']:,} background "
               f"sightings; broker {broker.kind}")
         print(f"machine floor: MQTT QoS 1 hop p50 {statistics.median(floor):.2f} ms, "
@@ -222,11 +221,6 @@ def main() -> int:
             stop_process(p)
         broker.stop()
         pg.stop()
-
-
-def bench_login(api: httpx.Client) -> dict[str, str]:
-    """Headers for an authorised client (none needed while the API has no accounts)."""
-    return {}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `bikeguard` command: demo, backend, gateway, sim, db migrate."""
+"""The `bikeguard` command: demo, backend, gateway, sim, map, db migrate, account create."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def _backend(args: argparse.Namespace) -> int:
     from backend.api.app import create_app
     from backend.settings import BackendSettings
 
-    settings = BackendSettings()
+    settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
     app = create_app(settings, run_ingest=not args.no_ingest)
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
     return 0
@@ -23,9 +23,27 @@ def _migrate(_args: argparse.Namespace) -> int:
     from backend.db.migrate import migrate
     from backend.settings import BackendSettings
 
-    settings = BackendSettings()
+    settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
     applied = migrate(settings.database_url, settings.partition_days_ahead)
     print(f"applied {len(applied)} migrations: {', '.join(applied) or 'none needed'}")
+    return 0
+
+
+def _account(args: argparse.Namespace) -> int:
+    import getpass
+    import os
+
+    from backend.accounts import AccountError, bootstrap
+    from backend.settings import BackendSettings
+
+    password = os.environ.get("BIKEGUARD_NEW_PASSWORD") or getpass.getpass(f"password for {args.username}: ")
+    try:
+        bootstrap(BackendSettings(), args.username, password, args.role, args.display_name,  # type: ignore[call-arg]
+                  must_change_password=args.must_change_password)
+    except AccountError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.role} account {args.username!r} created")
     return 0
 
 
@@ -55,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return _gateway(argv[1:])
     if argv[:1] == ["sim"]:
         return _sim(argv[1:])
+    if argv[:1] == ["map"]:
+        from bikeguard.map_command import main as map_main
+
+        return map_main(argv[1:])
 
     parser = argparse.ArgumentParser(prog="bikeguard", description="Bikeguard e-bike anti-theft tracking")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -72,9 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     backend.set_defaults(func=_backend)
     sub.add_parser("gateway", help="run a station gateway (see bikeguard gateway --help)")
     sub.add_parser("sim", help="run a simulated town on ptys (see bikeguard sim --help)")
+    sub.add_parser("map", help="write a standalone coverage or trajectory map (see bikeguard map --help)")
     db = sub.add_parser("db", help="database tasks")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("migrate", help="apply the schema migrations").set_defaults(func=_migrate)
+    account = sub.add_parser("account", help="accounts made from the command line (the first admin)")
+    account_sub = account.add_subparsers(dest="account_command", required=True)
+    create = account_sub.add_parser(
+        "create", help="create an account (password from BIKEGUARD_NEW_PASSWORD or asked for)"
+    )
+    create.add_argument("--username", required=True)
+    create.add_argument("--role", default="admin", choices=("admin", "clerk", "police", "installer"))
+    create.add_argument("--display-name", default=None)
+    create.add_argument("--must-change-password", action="store_true", help="ask for a new password at first login")
+    create.set_defaults(func=_account)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

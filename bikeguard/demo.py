@@ -14,17 +14,23 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from backend import accounts
+from backend.identity import check_character
+from backend.settings import BackendSettings, random_secrets
 from bikeguard.services import Broker, Postgres, ServiceError, start_broker, start_postgres, stop_process
 from firmware_sim.town import Town
 from gateway.settings import GatewaySettings
@@ -50,16 +56,86 @@ def town_roads_geojson(town: Town) -> dict[str, Any]:
     }
 
 
-def seed_backend(api: httpx.Client, town: Town) -> None:
-    """Register the town's stations, roads and bikes through the API, as installers and clerks would."""
+@dataclass(frozen=True)
+class Login:
+    """A username and password the demo made."""
+
+    username: str
+    password: str
+
+
+@dataclass
+class DemoAccounts:
+    """Who the demo signed up: staff, and each bike's owner with the password on their counter slip."""
+
+    admin: Login
+    installer: Login
+    clerk: Login
+    police: Login
+    owners: dict[str, tuple[int, Login]] = field(default_factory=dict)  # plate -> (bike id, first login)
+
+
+def _password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def sign_in(base_url: str, login: Login) -> httpx.Client:
+    """An HTTP client signed in as this account (Bearer token)."""
+    r = httpx.post(f"{base_url}/api/auth/login", json={"username": login.username, "password": login.password},
+                   timeout=30)
+    if r.status_code != 200:
+        raise ServiceError(f"signing in as {login.username} failed: {r.status_code} {r.text}")
+    return httpx.Client(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {r.json()['token']}"})
+
+
+def bootstrap_admin(database_url: str) -> Login:
+    """The first admin, made straight in the database as `bikeguard account create` does."""
+    admin = Login("admin", _password())
+    accounts.bootstrap(BackendSettings(database_url=database_url), admin.username, admin.password, "admin",
+                       "Demo admin")
+    return admin
+
+
+def demo_owner(bike_no: int, name: str) -> dict[str, Any]:
+    """A made-up but valid identity for a demo bike's owner."""
+    born = f"1985{1 + bike_no % 12:02d}{1 + bike_no % 28:02d}"
+    first17 = f"{330100 + bike_no // 1000 % 100:06d}{born}{bike_no % 1000:03d}"
+    return {"name": name, "id_number": first17 + check_character(first17), "mobile": f"139{bike_no:08d}",
+            "address": f"{bike_no} Demo Street, West Lake District", "create_account": True}
+
+
+def seed_backend(base_url: str, town: Town, admin: Login, workers: int = 4) -> DemoAccounts:
+    """Sign up staff as an admin would, register stations and roads as an installer, and every bike with
+    its owner and chip at the counter as a clerk would."""
+    staff = DemoAccounts(admin, Login("installer", _password()), Login("clerk", _password()),
+                         Login("police", _password()))
+    with sign_in(base_url, admin) as api:
+        for role, login, name in (("installer", staff.installer, "Demo installer"),
+                                  ("clerk", staff.clerk, "Demo clerk"), ("police", staff.police, "Officer on duty")):
+            r = api.post("/api/accounts", json={"username": login.username, "display_name": name, "role": role,
+                                                "password": login.password, "must_change_password": False})
+            if r.status_code != 201:
+                raise ServiceError(f"creating the {role} account failed: {r.status_code} {r.text}")
     stations = [{"station_id": s.station_id, "name": s.name, "lat": s.lat, "lon": s.lon} for s in town.stations]
-    api.put("/api/stations", json=stations).raise_for_status()
-    api.put("/api/roads", json=town_roads_geojson(town)).raise_for_status()
-    for bike in town.bikes:
-        r = api.post("/api/bikes", json={"owner_name": bike.owner, "plate": bike.plate,
-                                         "tag_id": format_tag(bike.tag_id)})
+    with sign_in(base_url, staff.installer) as api:
+        api.put("/api/stations", json=stations).raise_for_status()
+        api.put("/api/roads", json=town_roads_geojson(town)).raise_for_status()
+
+    def register(clerk: httpx.Client, bike: Any) -> None:
+        r = clerk.post("/api/bikes", json={
+            "owner": demo_owner(bike.bike_no, bike.owner), "plate": bike.plate,
+            "frame_number": f"DEMO{bike.bike_no:06d}F", "motor_number": f"DEMO{bike.bike_no:06d}M",
+            "brand": "Yadea", "model": "DE-1", "colour": ("blue", "red", "white", "black")[bike.bike_no % 4],
+            "tag_id": format_tag(bike.tag_id),
+        })
         if r.status_code != 201:
             raise ServiceError(f"registering {bike.plate} failed: {r.status_code} {r.text}")
+        slip = r.json()["owner_login"]
+        staff.owners[bike.plate] = (r.json()["bike"]["bike_id"], Login(slip["username"], slip["initial_password"]))
+
+    with sign_in(base_url, staff.clerk) as clerk, ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda b: register(clerk, b), town.bikes))
+    return staff
 
 
 def wait_for_http(url: str, timeout_s: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -132,18 +208,19 @@ def run_demo(args: argparse.Namespace) -> int:
             _say(f"MQTT broker ({broker.kind}) on {broker.url}")
 
         base = f"http://127.0.0.1:{args.port}"
+        # Fresh random keys for this run: the demo's database is thrown away with them.
         env = {**os.environ, "BIKEGUARD_DATABASE_URL": database_url, "BIKEGUARD_MQTT_URL": mqtt_url,
                "BIKEGUARD_MQTT_SHARED_GROUP": shared, "BIKEGUARD_HTTP_PORT": str(args.port),
-               "BIKEGUARD_MQTT_CLIENT_ID": "bikeguard-demo-backend"}
+               "BIKEGUARD_MQTT_CLIENT_ID": "bikeguard-demo-backend", **random_secrets()}
         backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env,
                                    start_new_session=True)
         wait_for_http(f"{base}/api/health", process=backend)
         _say("backend up")
 
         town = Town.generate(args.seed, stations=args.stations, bikes=args.bikes)
-        with httpx.Client(base_url=base, timeout=30) as api:
-            seed_backend(api, town)
-        _say(f"town registered: {len(town.stations)} stations, {len(town.bikes)} bikes, {len(town.roads)} roads")
+        staff = seed_backend(base, town, bootstrap_admin(database_url))
+        _say(f"town registered: {len(town.stations)} stations, {len(town.bikes)} bikes and their owners,"
+             f" {len(town.roads)} roads")
 
         sim = subprocess.Popen(
             [sys.executable, "-m", "firmware_sim", "--seed", str(args.seed), "--stations", str(args.stations),
@@ -160,9 +237,11 @@ def run_demo(args: argparse.Namespace) -> int:
         fleet.start()
         _say(f"{len(ports)} radio modules on ptys, one gateway each")
         _say(f"open {base}/  — the live map (one bike will be stolen in about {args.steal_after:.0f} s)")
+        _say(f"  sign in as police: username {staff.police.username}  password {staff.police.password}")
+        _say(f"  the counter: {base}/counter  username {staff.clerk.username}  password {staff.clerk.password}")
 
         started = time.monotonic()
-        theft_thread = threading.Thread(target=_report_thefts, args=(events, base), daemon=True)
+        theft_thread = threading.Thread(target=_report_thefts, args=(events, base, staff), daemon=True)
         theft_thread.start()
         while args.duration is None or time.monotonic() - started < args.duration:
             if sim.poll() is not None or backend.poll() is not None:
@@ -189,13 +268,28 @@ def run_demo(args: argparse.Namespace) -> int:
         _say("stopped; nothing left running")
 
 
-def _report_thefts(events: Iterator[dict[str, Any]], base: str) -> None:
-    """The owner notices the theft and reports it: the chip goes on the hot list."""
+def _report_thefts(events: Iterator[dict[str, Any]], base: str, staff: DemoAccounts) -> None:
+    """The owner notices the theft, signs in to the portal and reports it: the chip goes on the hot list."""
     for event in events:
         if event.get("event") != "theft":
             continue
         time.sleep(3)  # the owner takes a moment to notice
-        r = httpx.post(f"{base}/api/bikes/{event['plate']}/theft",
-                       json={"stolen_at": event["at"], "place": "where it was parked",
-                             "circumstances": "lock cut (simulated)"}, timeout=10)
-        _say(f"bike {event['plate']} (chip {event['tag_id']}) reported stolen: HTTP {r.status_code}")
+        try:
+            r = report_theft_as_owner(base, staff, event["plate"], event["at"])
+            _say(f"bike {event['plate']} (chip {event['tag_id']}) reported stolen by its owner: HTTP {r.status_code}")
+        except (httpx.HTTPError, ServiceError, KeyError) as exc:
+            _say(f"the owner of {event['plate']} could not report the theft: {exc}")
+
+
+def report_theft_as_owner(base: str, staff: DemoAccounts, plate: str, stolen_at: str | None = None) -> httpx.Response:
+    """The owner's first sign-in with the slip's password, a password of their own, then the theft report."""
+    bike_id, first = staff.owners[plate]
+    with sign_in(base, first) as owner:
+        mine = Login(first.username, _password())
+        owner.post("/api/auth/password", json={"current_password": first.password,
+                                               "new_password": mine.password}).raise_for_status()
+        staff.owners[plate] = (bike_id, mine)
+        body = {"place": "where it was parked", "circumstances": "lock cut (simulated)"}
+        if stolen_at:
+            body["stolen_at"] = stolen_at
+        return owner.post(f"/api/bikes/{bike_id}/theft", json=body)

@@ -8,44 +8,73 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 
-from backend import alarms, hotlist, registry
+from backend import accounts, alarms, audit, certificates, hotlist, registry
+from backend.api.deps import public
+from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
-from backend.api.routes import bikes, live, pages, sightings, stations
+from backend.api.routes import audit as audit_routes
+from backend.api.routes import auth, bikes, live, owners, pages, sightings, stations
+from backend.api.routes import certificates as certificate_routes
 from backend.db.migrate import maintain, migrate
 from backend.ingest.consumer import Ingest
 from backend.live import LiveFeed
-from backend.settings import BackendSettings
+from backend.settings import DEFAULT_SECRET, BackendSettings
+from backend.vault import Vault
+from backend.web import STATIC_DIR
 from maps.assets import LEAFLET_DIR
 from protocol import topics
 
 log = logging.getLogger(__name__)
 
+# Domain errors and the HTTP status each becomes; the body is {"detail": message[, "field": input]}.
 _ERRORS: dict[type[Exception], int] = {
     registry.NotFound: 404,
     registry.Conflict: 409,
+    registry.LimitReached: 409,
+    registry.ConsentRequired: 403,
+    registry.InvalidValue: 422,
     alarms.AlarmNotFound: 404,
     alarms.AlarmStateError: 409,
+    accounts.LoginFailed: 401,
+    accounts.LoginThrottled: 429,
+    accounts.AccountConflict: 409,
+    accounts.AccountNotFound: 404,
+    accounts.PasswordRejected: 422,
+    audit.CaseNumberRequired: 403,
+    certificates.CertificateNotFound: 404,
+    # Input PostgreSQL cannot store (a NUL character, a number out of range) is the caller's error.
+    psycopg.errors.DataError: 422,
 }
 
 
-async def _maintain_storage(settings: BackendSettings, every_s: float = 3600.0) -> None:
-    """Hourly: partitions for the days ahead, retention by dropping whole days."""
+async def _maintain_storage(settings: BackendSettings, pool: AsyncConnectionPool, every_s: float = 3600.0) -> None:
+    """Hourly: partitions for the days ahead, retention by dropping whole days, old logins and sessions."""
     while True:
         await asyncio.sleep(every_s)
         try:
             created, dropped = await asyncio.to_thread(
                 maintain, settings.database_url, settings.partition_days_ahead, settings.retention_days
             )
+            async with pool.connection() as conn:
+                await accounts.prune(conn, settings)
         except Exception:  # noqa: BLE001 - any failure is retried next hour; the ingest must go on
             log.exception("storage maintenance failed; will retry in %.0f s", every_s)
             continue
         if created or dropped:
             log.info("storage maintenance: %d partitions created, %d days dropped", created, dropped)
+
+
+def _status_of(exc: Exception) -> int:
+    for cls in type(exc).__mro__:
+        if cls in _ERRORS:
+            return _ERRORS[cls]
+    raise exc
 
 
 def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
@@ -72,11 +101,12 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
 
         app.state.settings = settings
         app.state.pool = pool
+        app.state.passwords = await asyncio.to_thread(accounts.Passwords, settings)
         app.state.live = feed
         app.state.ingest = worker
         app.state.publish_hotlist = publish_hotlist
         await publish_hotlist()
-        maintenance = asyncio.create_task(_maintain_storage(settings), name="storage-maintenance")
+        maintenance = asyncio.create_task(_maintain_storage(settings, pool), name="storage-maintenance")
         try:
             yield
         finally:
@@ -86,20 +116,41 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
                 await asyncio.to_thread(worker.stop)
             await pool.close()
 
+    if settings.environment == "development" and any(
+        s.get_secret_value() == DEFAULT_SECRET
+        for s in (settings.id_encryption_key, settings.id_lookup_key, settings.certificate_signing_key)
+    ):
+        log.warning("development settings: placeholder secrets in use; never run like this with real data")
+
     app = FastAPI(title="Bikeguard", version="0.1.0", lifespan=lifespan)
-    for router in (stations.router, sightings.router, alarm_routes.router, bikes.router, live.router, pages.router):
+    # Needed before the lifespan runs (routes and pages are built with them); they hold no connections.
+    app.state.settings = settings
+    app.state.registry = registry.Registry(settings, Vault.from_settings(settings))
+    app.state.signer = certificates.Signer(settings.certificate_signing_key.get_secret_value())
+    for router in (auth.router, account_routes.router, audit_routes.router, owners.router, bikes.router,
+                   certificate_routes.router, stations.router, sightings.router, alarm_routes.router, live.router,
+                   pages.router):
         app.include_router(router)
     app.mount("/assets/leaflet", StaticFiles(directory=LEAFLET_DIR), name="leaflet")
+    app.mount("/assets/web", StaticFiles(directory=STATIC_DIR), name="web")
 
     async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=_ERRORS[type(exc)])
+        body: dict[str, Any] = {"detail": str(exc)}
+        if isinstance(exc, psycopg.errors.DataError):
+            body = {"detail": f"a value could not be stored: {exc.diag.message_primary or 'invalid data'}"}
+        if getattr(exc, "field", None):
+            body["field"] = exc.field  # type: ignore[attr-defined]
+        headers = {}
+        if isinstance(exc, accounts.LoginThrottled):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        return JSONResponse(body, status_code=_status_of(exc), headers=headers)
 
     for exc_type in _ERRORS:
         app.add_exception_handler(exc_type, domain_error)
 
-    @app.get("/api/health", tags=["health"])
+    @app.get("/api/health", tags=["health"], dependencies=[public()])
     async def health() -> dict[str, Any]:
-        """Liveness plus the ingest counters."""
+        """Anyone: liveness plus the ingest counters (no personal data)."""
         c = app.state.ingest.counters if app.state.ingest else None
         return {
             "status": "ok",

@@ -1,14 +1,28 @@
-"""Typed dependencies shared by the routes."""
+"""Typed dependencies shared by the routes: connection, settings, domain services, and who is calling.
+
+Every API route declares who may call it with `allow(...)` (roles), `signed_in()` (any account, even one
+that must still change its password) or `public()`; tests check that none is left without.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
+from backend import accounts
+from backend.accounts import Passwords, Role, User
+from backend.certificates import Signer
+from backend.registry import Registry
 from backend.settings import BackendSettings
+
+SESSION_COOKIE = "bikeguard_session"
+_bearer = HTTPBearer(auto_error=False, description="the token from POST /api/auth/login")
+_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, description="set by POST /api/auth/login")
 
 
 async def _connection(request: Request) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -20,5 +34,84 @@ def _settings(request: Request) -> BackendSettings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-Conn = Annotated[psycopg.AsyncConnection[Any], Depends(_connection)]
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def _passwords(request: Request) -> Passwords:
+    return request.app.state.passwords  # type: ignore[no-any-return]
+
+
+def _signer(request: Request) -> Signer:
+    return request.app.state.signer  # type: ignore[no-any-return]
+
+
+# Function scope: the transaction commits before the response is sent, so a client that acts on a response
+# (e.g. signs in again after changing its password) always sees what that request wrote.
+Conn = Annotated[psycopg.AsyncConnection[Any], Depends(_connection, scope="function")]
 Settings = Annotated[BackendSettings, Depends(_settings)]
+RegistryDep = Annotated[Registry, Depends(_registry)]
+PasswordsDep = Annotated[Passwords, Depends(_passwords)]
+SignerDep = Annotated[Signer, Depends(_signer)]
+
+
+def session_token(
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    cookie: Annotated[str | None, Depends(_cookie)],
+) -> str | None:
+    """The session token of the request: Authorization: Bearer, else the session cookie."""
+    if bearer is not None and bearer.credentials:
+        return bearer.credentials
+    return cookie or None
+
+
+Token = Annotated[str | None, Depends(session_token)]
+
+
+async def optional_user(conn: Conn, token: Token) -> User | None:
+    """The signed-in user, or None (no token, or an expired, revoked or unknown one)."""
+    if not token:
+        return None
+    return await accounts.session_user(conn, token)
+
+
+OptionalUser = Annotated[User | None, Depends(optional_user)]
+
+
+def _unauthorised(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+@dataclass(frozen=True)
+class Allow:
+    """A route's access rule: the roles that may call it (empty with public=True: anyone)."""
+
+    roles: tuple[Role, ...]
+    public: bool = False
+    pending_ok: bool = False
+
+    async def __call__(self, user: OptionalUser, token: Token) -> User | None:
+        if self.public:
+            return user
+        if user is None:
+            raise _unauthorised("sign in first" if not token else "the session has expired or is not valid")
+        if user.must_change_password and not self.pending_ok:
+            raise HTTPException(403, "change your password first (POST /api/auth/password)")
+        if self.roles and user.role not in self.roles:
+            raise HTTPException(403, f"a {user.role} may not do this")
+        return user
+
+
+def allow(*roles: Role) -> Any:
+    """Only these roles (with their password already changed)."""
+    return Depends(Allow(roles))
+
+
+def signed_in() -> Any:
+    """Any signed-in account, even one that must still change its password."""
+    return Depends(Allow((), pending_ok=True))
+
+
+def public() -> Any:
+    """Anyone, signed in or not."""
+    return Depends(Allow((), public=True))

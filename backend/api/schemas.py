@@ -2,21 +2,96 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 
+from backend import identity
 from protocol.messages import TagId
+
+DbId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+def _checked(check: Callable[[str], str]) -> AfterValidator:
+    """A validator whose message is the domain's own (no "Value error," prefix)."""
+
+    def run(value: str) -> str:
+        try:
+            return check(value)
+        except identity.IdentityError as exc:
+            raise PydanticCustomError("invalid", str(exc)) from None
+
+    return AfterValidator(run)
+
+
+def _plain_text(value: str) -> str:
+    text = value.strip()
+    if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in text):
+        raise PydanticCustomError("invalid", "control characters are not allowed")
+    if not text:
+        raise PydanticCustomError("invalid", "this field cannot be blank")
+    return text
+
+
+# Free text: trimmed, not blank, no control characters, at most N characters.
+_Plain = AfterValidator(_plain_text)
+Text30 = Annotated[str, Field(min_length=1, max_length=30), _Plain]
+Text50 = Annotated[str, Field(min_length=1, max_length=50), _Plain]
+Text100 = Annotated[str, Field(min_length=1, max_length=100), _Plain]
+Text200 = Annotated[str, Field(min_length=1, max_length=200), _Plain]
+Text300 = Annotated[str, Field(min_length=1, max_length=300), _Plain]
+Text2000 = Annotated[str, Field(min_length=1, max_length=2000), _Plain]
+
+
+IdNumber = Annotated[str, Field(min_length=1, max_length=24, examples=["11010519491231002X"]),
+                     _checked(identity.normalise_id_number)]
+Mobile = Annotated[str, Field(min_length=1, max_length=24, examples=["13800138000"]),
+                   _checked(identity.normalise_mobile)]
+FrameNumber = Annotated[str, Field(min_length=1, max_length=40, examples=["LZX2024A0001"]),
+                        _checked(lambda v: identity.normalise_serial(v, "frame number"))]
+MotorNumber = Annotated[str, Field(min_length=1, max_length=40, examples=["MT48V-000123"]),
+                        _checked(lambda v: identity.normalise_serial(v, "motor number"))]
+Plate = Annotated[str, Field(min_length=1, max_length=20, examples=["HZ-12345"]), AfterValidator(_plain_text)]
+Login = Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{3,64}$")]
+
+
+# ---- stations, sightings, alarms ----
 
 
 class StationCreate(BaseModel):
     """A station to create or update."""
 
     station_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    name: str = Field(min_length=1, max_length=200)
+    name: Text200
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
+
+
+class RoadGeometry(BaseModel):
+    """A road's centre line: [lon, lat] points."""
+
+    type: Literal["LineString"]
+    coordinates: list[tuple[Annotated[float, Field(ge=-180, le=180)], Annotated[float, Field(ge=-90, le=90)]]] = (
+        Field(min_length=2, max_length=10_000)
+    )
+
+
+class RoadFeature(BaseModel):
+    """One road."""
+
+    type: Literal["Feature"] = "Feature"
+    properties: dict[str, Any] | None = None
+    geometry: RoadGeometry
+
+
+class RoadsCreate(BaseModel):
+    """The road network as a GeoJSON FeatureCollection of LineStrings."""
+
+    type: Literal["FeatureCollection"] = "FeatureCollection"
+    features: list[RoadFeature] = Field(max_length=100_000)
 
 
 class StationPublic(BaseModel):
@@ -51,6 +126,17 @@ class SightingPublic(BaseModel):
     flags: int
 
 
+class TrajectoryPoint(BaseModel):
+    """Where a bike was seen: one passage with its station's position."""
+
+    station_id: str
+    lat: float
+    lon: float
+    first_seen_at: datetime
+    last_seen_at: datetime
+    tag_id: str
+
+
 class TrailPoint(BaseModel):
     """Where an alarm's tag was seen."""
 
@@ -61,7 +147,7 @@ class TrailPoint(BaseModel):
 
 
 class AlarmPublic(BaseModel):
-    """An alarm with its trail, as shown to police."""
+    """An alarm with its trail, as shown to police (and to the owner of the bike)."""
 
     id: int
     kind: str
@@ -86,39 +172,313 @@ class AlarmPublic(BaseModel):
     trail: list[TrailPoint]
 
 
-class AlarmAction(BaseModel):
-    """Who acknowledges or clears an alarm."""
+# ---- accounts ----
 
-    by: str = Field(min_length=1, max_length=100)
+
+class LoginCreate(BaseModel):
+    """A username and password."""
+
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class AccountPublic(BaseModel):
+    """An account, without its password."""
+
+    account_id: int
+    username: str
+    role: str
+    display_name: str
+    owner_id: int | None
+    must_change_password: bool
+
+
+class AccountDetail(AccountPublic):
+    """An account as an admin sees it."""
+
+    created_at: datetime
+    created_by: str
+    disabled_at: datetime | None
+
+
+class SessionPublic(BaseModel):
+    """A new session: the token for Authorization: Bearer (also set as an HttpOnly cookie)."""
+
+    token: str
+    expires_at: datetime
+    account: AccountPublic
+
+
+class PasswordChange(BaseModel):
+    """The current password and a new one."""
+
+    current_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=1, max_length=256)
+
+
+class AccountCreate(BaseModel):
+    """A staff account made by an admin; without a password, one is generated and returned once."""
+
+    username: Login
+    display_name: Text100
+    role: Literal["clerk", "police", "installer", "admin"]
+    password: str | None = Field(default=None, min_length=1, max_length=256)
+    must_change_password: bool = True
+
+
+class AccountCreated(BaseModel):
+    """The new account, and its first password when it was generated."""
+
+    account: AccountDetail
+    initial_password: str | None
+
+
+class OwnerLogin(BaseModel):
+    """An owner's login as printed on the slip handed over at the counter."""
+
+    username: str
+    initial_password: str
+
+
+# ---- owners ----
+
+
+class OwnerCreate(BaseModel):
+    """A new owner, identified at the counter with their resident ID card."""
+
+    name: Text100
+    id_number: IdNumber
+    mobile: Mobile
+    address: Text300
+    create_account: bool = True
+    login: Login | None = Field(default=None, description="the owner's username; the mobile number if not given")
+
+
+class OwnerLookup(BaseModel):
+    """Find an owner by resident ID number (sent in the body so it never lands in a URL log)."""
+
+    id_number: IdNumber
+
+
+class OwnerPublic(BaseModel):
+    """An owner as the counter sees them: the resident ID number masked."""
+
+    owner_id: int
+    name: str
+    id_number_masked: str | None
+    mobile: str | None
+    address: str | None
+    registered_at: datetime
+    login: str | None
+    plates: list[str]
+    max_bikes: int
+
+
+class OwnerMatch(BaseModel):
+    """The result of a lookup: the owner, or null when nobody has that resident ID number."""
+
+    owner: OwnerPublic | None
+
+
+class OwnerSummary(BaseModel):
+    """The owner beside a bike: everything masked."""
+
+    owner_id: int
+    name_masked: str
+    id_number_masked: str | None
+    mobile_masked: str | None
+
+
+class OwnerCreated(BaseModel):
+    """A new owner and, when an account was made, the slip to hand over."""
+
+    owner: OwnerPublic
+    owner_login: OwnerLogin | None
+
+
+# ---- bikes ----
 
 
 class BikeCreate(BaseModel):
-    """A bike registered with its owner and chip."""
+    """A bike registered to an existing owner (owner_id) or a new one (owner), with its chip fitted."""
 
-    owner_name: str = Field(min_length=1, max_length=100)
-    plate: str = Field(min_length=1, max_length=20)
+    owner_id: DbId | None = None
+    owner: OwnerCreate | None = None
+    plate: Plate
+    frame_number: FrameNumber
+    motor_number: MotorNumber
+    brand: Text50 | None = None
+    model: Text50 | None = None
+    colour: Text30 | None = None
     tag_id: TagId
-    brand: str | None = Field(default=None, max_length=50)
-    colour: str | None = Field(default=None, max_length=30)
+
+    @model_validator(mode="after")
+    def _one_owner(self) -> Self:
+        if (self.owner_id is None) == (self.owner is None):
+            raise ValueError("give either owner_id (an owner already registered) or owner (a new one)")
+        return self
+
+
+class TheftPublic(BaseModel):
+    """An open theft report."""
+
+    stolen_at: datetime
+    place: str | None
+    circumstances: str | None
+    police_report: str | None
+    reported_at: datetime
 
 
 class BikePublic(BaseModel):
-    """A bike with its chip and theft state."""
+    """A bike with its chip and theft state (and its owner, masked, for those who may see it)."""
 
     bike_id: int
-    plate: str
+    plate: str | None
+    frame_number: str | None
+    motor_number: str | None
     brand: str | None
+    model: str | None
     colour: str | None
+    status: Literal["active", "scrapped", "exported"]
     armed: bool
     tag_id: str | None
     stolen: bool
     stolen_at: datetime | None
+    theft: TheftPublic | None
+    registered_at: datetime
+    deregistered_at: datetime | None
+    photo_ids: list[int]
+    owner: OwnerSummary | None = None
+
+
+class CertificatePublic(BaseModel):
+    """The bike's current certificate: its number and the signed token its QR code carries."""
+
+    certificate_id: int
+    bike_id: int
+    issued_at: datetime
+    token: str
+    verify_url: str
+    page_url: str
+    pdf_url: str
+
+
+class RegistrationPublic(BaseModel):
+    """What the counter hands over: the bike, its owner, the certificate, and the owner's login slip."""
+
+    bike: BikePublic
+    owner: OwnerPublic
+    certificate: CertificatePublic
+    owner_login: OwnerLogin | None
+
+
+class TransferCreate(BaseModel):
+    """A change of owner: the new owner (existing or new) and the current owner's consent."""
+
+    new_owner_id: DbId | None = None
+    new_owner: OwnerCreate | None = None
+    consent_code: str | None = Field(default=None, min_length=1, max_length=20,
+                                     description="made by the current owner in the portal")
+    old_owner_id_number: IdNumber | None = Field(
+        default=None, description="the current owner at the counter: their resident ID number, as on the card"
+    )
+
+    @model_validator(mode="after")
+    def _one_new_owner(self) -> Self:
+        if (self.new_owner_id is None) == (self.new_owner is None):
+            raise ValueError("give either new_owner_id (an owner already registered) or new_owner (a new one)")
+        return self
+
+
+class TransferPublic(BaseModel):
+    """The bike under its new owner, the new certificate, and the new owner's slip if an account was made."""
+
+    bike: BikePublic
+    certificate: CertificatePublic
+    owner_login: OwnerLogin | None
+
+
+class TransferConsentPublic(BaseModel):
+    """The code the owner gives the counter to consent to a transfer."""
+
+    code: str
+    expires_at: datetime
+
+
+class ChipReplacement(BaseModel):
+    """A new chip for the bike; the old one is retired."""
+
+    tag_id: TagId
+    reason: Text200 | None = None
+
+
+class PlateChange(BaseModel):
+    """A new plate for the bike."""
+
+    plate: Plate
+    reason: Text200 | None = None
+
+
+class Deregistration(BaseModel):
+    """The bike leaves the registry."""
+
+    status: Literal["scrapped", "exported"]
+    note: Text200 | None = None
+
+
+class ArmCreate(BaseModel):
+    """Arm or disarm."""
+
+    armed: bool
+
+
+class HistoryEntry(BaseModel):
+    """One binding (owner, plate, chip) or theft report in a bike's history."""
+
+    kind: Literal["owner", "plate", "chip", "theft"]
+    value: str | None
+    valid_from: datetime
+    valid_to: datetime | None
+    bound_by: str
+    reason: str | None
+    unbound_by: str | None
+    end_reason: str | None
 
 
 class TheftReportCreate(BaseModel):
     """A theft report."""
 
     stolen_at: AwareDatetime | None = None
-    place: str | None = Field(default=None, max_length=200)
-    circumstances: str | None = Field(default=None, max_length=2000)
-    police_report: str | None = Field(default=None, max_length=50)
+    place: Text200 | None = None
+    circumstances: Text2000 | None = None
+    police_report: Text50 | None = None
+
+
+class AvailabilityQuery(BaseModel):
+    """Values to check before registering; each is optional."""
+
+    plate: Plate | None = None
+    tag_id: TagId | None = None
+    frame_number: FrameNumber | None = None
+    motor_number: MotorNumber | None = None
+
+
+class VerificationPublic(BaseModel):
+    """Whether a certificate is genuine and current, and nothing more."""
+
+    genuine: bool
+    current: bool
+
+
+class AuditEntry(BaseModel):
+    """One audit record."""
+
+    audit_id: int
+    at: datetime
+    account_id: int | None
+    actor: str
+    role: str
+    action: str
+    subject: str | None
+    case_number: str | None
+    detail: dict[str, Any]

@@ -16,6 +16,8 @@ from protocol.messages import Alert, StationStatus, parse_tag
 _SIGHTING_COLUMNS = (
     "first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna, flags, batch_seq"
 )
+# TagFlags.MOTION in a sighting's flags: the tag felt the bike move.
+MOTION_FLAG = 4
 _SIGHTING_TYPES = [
     "timestamptz", "timestamptz", "text", "int8", "int4", "int2", "int2", "int2", "int8",
 ]
@@ -71,8 +73,10 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
         new = [unique[(r[0], r[1])] for r in rows]
         result.batches_new = len(new)
         result.batches_repeated = received - len(new)
-        stolen = alarms.stolen_tags(cur)
+        # One query per flush: chips of stolen or armed bikes. Per row only one dict lookup, as before.
+        watched = alarms.watched_tags(cur)
         hits: list[alarms.Evidence] = []
+        moving: list[alarms.Evidence] = []
         with cur.copy(f"COPY sightings ({_SIGHTING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_SIGHTING_TYPES)
             for b in new:
@@ -83,12 +87,18 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
                         s["first_seen_at"], s["last_seen_at"], station, tag, s["beacons"],
                         s["peak_rssi_dbm"], s["antenna"], s["flags"], seq,
                     ))
-                    stolen_at = stolen.get(tag)
-                    if stolen_at is not None and s["last_seen_at"] >= stolen_at:
-                        hits.append(alarms.Evidence(tag, station, s["first_seen_at"], s["last_seen_at"]))
+                    watch = watched.get(tag)
+                    if watch is not None:
+                        if watch.stolen_at is not None:
+                            if s["last_seen_at"] >= watch.stolen_at:
+                                hits.append(alarms.Evidence(tag, station, s["first_seen_at"], s["last_seen_at"]))
+                        elif watch.armed and s["flags"] & MOTION_FLAG:
+                            moving.append(alarms.Evidence(tag, station, s["first_seen_at"], s["last_seen_at"]))
                 result.sightings += len(b["sightings"])
         if hits:
             result.alarm_ids = alarms.raise_stolen_chip_seen(cur, hits)
+        if moving:
+            result.alarm_ids += alarms.raise_armed_bike_moving(cur, moving)
     return result
 
 

@@ -1,4 +1,4 @@
-"""The HTTP API on a real database and broker: registry, theft report → hot list, alarms life cycle."""
+"""The HTTP API on a real database and broker: theft report → hot list, alarm life cycle, armed bike moving."""
 
 from __future__ import annotations
 
@@ -11,23 +11,29 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.api.app import create_app
-from backend.settings import BackendSettings
 from bikeguard.services import Broker
 from protocol import topics
 from protocol.messages import Hotlist
 from tests import factories
+from tests.backend.conftest import Staff
 from tests.backend.test_ingest import wait_until
 
 
 @pytest.fixture
 def client(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[TestClient]:
     """The app with its ingest running against the test's database and broker."""
-    settings = BackendSettings(
-        database_url=database_url, mqtt_url=broker.url, mqtt_client_id=f"api-{topic_prefix}",
+    settings = factories.settings(
+        database_url, mqtt_url=broker.url, mqtt_client_id=f"api-{topic_prefix}",
         mqtt_shared_group=f"api-{topic_prefix}" if broker.supports_shared_subscriptions else None,
     )
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+@pytest.fixture
+def people(client: TestClient, database_url: str) -> Staff:
+    """Signed-in staff on the app with its ingest."""
+    return Staff(client, database_url)
 
 
 class HotlistWatcher:
@@ -55,58 +61,80 @@ class HotlistWatcher:
         self.client.loop_stop()
 
 
-def test_theft_report_puts_chip_on_hot_list_and_recovery_takes_it_off(client, broker):
+def test_theft_report_puts_chip_on_hot_list_and_recovery_takes_it_off(people: Staff, broker: Broker) -> None:
     watcher = HotlistWatcher(broker)
     try:
-        r = client.post("/api/bikes", json={"owner_name": "Wang Fang", "plate": "HZ-00001", "tag_id": "00C0FFEE"})
+        done = people.register(tag_id="00C0FFEE")
+        owner = people.owner_of(done)
+        bike_id = done["bike"]["bike_id"]
+        report = {"place": "West Lake", "circumstances": "lock cut", "police_report": "HZ-110-42"}
+        r = owner.post(f"/api/bikes/{bike_id}/theft", json=report)
         assert r.status_code == 201, r.text
-        assert client.post("/api/bikes/HZ-00001/theft", json={"place": "West Lake"}).status_code == 201
+        assert r.json()["theft"]["police_report"] == "HZ-110-42"
         wait_until(lambda: (h := watcher.latest()) is not None and "00C0FFEE" in h.tags)
         stolen_version = watcher.latest().version  # type: ignore[union-attr]
-        assert client.post("/api/bikes/HZ-00001/recovered").status_code == 200
+        assert owner.post(f"/api/bikes/{bike_id}/theft", json={}).status_code == 409
+        assert owner.post(f"/api/bikes/{bike_id}/recovered").status_code == 200
         wait_until(lambda: watcher.latest().version > stolen_version)  # type: ignore[union-attr]
         assert "00C0FFEE" not in watcher.latest().tags  # type: ignore[union-attr]
     finally:
         watcher.close()
 
 
-def test_registry_refuses_a_chip_or_plate_already_bound(client):
-    body = {"owner_name": "Zhao Lei", "plate": "HZ-00002", "tag_id": "0000ABCD"}
-    assert client.post("/api/bikes", json=body).status_code == 201
-    again = client.post("/api/bikes", json={**body, "plate": "HZ-00003"})
-    assert again.status_code == 409 and "chip 0000ABCD" in again.json()["detail"]
-    assert client.post("/api/bikes", json={**body, "tag_id": "0000ABCE"}).status_code == 409
-    assert client.get("/api/bikes/HZ-99999").status_code == 404
-
-
-def test_alarm_appears_with_trail_and_goes_through_its_life_cycle(client, broker, topic_prefix):
-    stations = [
-        {"station_id": f"{topic_prefix}-{i}", "name": f"Gate {i}", "lat": 30.27 + i / 1000, "lon": 120.15}
-        for i in range(3)
-    ]
-    assert client.put("/api/stations", json=stations).status_code == 200
-    client.post("/api/bikes", json={"owner_name": "Chen Jie", "plate": "HZ-00004", "tag_id": "0BADCAFE"})
-    client.post("/api/bikes/HZ-00004/theft", json={})
+def _publish(broker: Broker, batches: list[tuple[str, bytes]]) -> None:
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.connect(broker.host, broker.port)
     pub.loop_start()
-    for i, s in enumerate(stations):
-        batch = factories.batch(s["station_id"], 1, [0x0BADCAFE])
-        pub.publish(topics.station_topic(s["station_id"], "sightings"), batch.to_json(), qos=1).wait_for_publish()
+    for i, (station_id, payload) in enumerate(batches):
+        pub.publish(topics.station_topic(station_id, "sightings"), payload, qos=1).wait_for_publish()
         time.sleep(0.05 * (i + 1))
     pub.disconnect()
     pub.loop_stop()
 
+
+def test_alarm_appears_with_trail_and_goes_through_its_life_cycle(people: Staff, broker: Broker,
+                                                                  topic_prefix: str) -> None:
+    stations = [
+        {"station_id": f"{topic_prefix}-{i}", "name": f"Gate {i}", "lat": 30.27 + i / 1000, "lon": 120.15}
+        for i in range(3)
+    ]
+    assert people.installer.put("/api/stations", json=stations).status_code == 200
+    bike_id = people.register(plate="HZ-00004", tag_id="0BADCAFE")["bike"]["bike_id"]
+    assert people.police.post(f"/api/bikes/{bike_id}/theft", json={}).status_code == 201
+    _publish(broker, [(s["station_id"], factories.batch(s["station_id"], 1, [0x0BADCAFE]).to_json()) for s in stations])
+
     def trail_complete() -> bool:
-        alarms = client.get("/api/alarms").json()
+        alarms = people.police.get("/api/alarms").json()
         return len(alarms) == 1 and len(alarms[0]["trail"]) == 3
 
     wait_until(trail_complete)
-    alarm = client.get("/api/alarms").json()[0]
+    alarm = people.police.get("/api/alarms").json()[0]
     assert alarm["kind"] == "stolen_chip_seen" and alarm["plate"] == "HZ-00004" and alarm["sightings"] == 3
-    ack = client.post(f"/api/alarms/{alarm['id']}/acknowledge", json={"by": "officer 1024"})
-    assert ack.json()["state"] == "acknowledged" and ack.json()["acknowledged_by"] == "officer 1024"
-    assert client.post(f"/api/alarms/{alarm['id']}/acknowledge", json={"by": "x"}).status_code == 409
-    assert client.post(f"/api/alarms/{alarm['id']}/clear", json={"by": "officer 1024"}).json()["state"] == "cleared"
-    assert client.get("/api/alarms").json() == []
-    assert client.get("/api/alarms/999999").status_code == 404
+    assert people.clerk.get("/api/alarms").status_code == 403
+    ack = people.police.post(f"/api/alarms/{alarm['id']}/acknowledge")
+    name = people.police.get("/api/auth/me").json()["display_name"]
+    assert ack.json()["state"] == "acknowledged" and ack.json()["acknowledged_by"] == name
+    assert people.police.post(f"/api/alarms/{alarm['id']}/acknowledge").status_code == 409
+    assert people.police.post(f"/api/alarms/{alarm['id']}/clear").json()["state"] == "cleared"
+    assert people.police.get("/api/alarms").json() == []
+    assert people.police.get("/api/alarms/999999").status_code == 404
+
+
+def test_armed_bike_seen_moving_raises_an_alarm_for_its_owner_only(people: Staff, broker: Broker,
+                                                                  topic_prefix: str) -> None:
+    station = f"{topic_prefix}-arm"
+    people.installer.put("/api/stations", json=[{"station_id": station, "name": "Gate", "lat": 30.2, "lon": 120.1}])
+    armed, idle = people.register(tag_id="0A4A4A4A"), people.register(tag_id="0B4B4B4B")
+    owner = people.owner_of(armed)
+    assert owner.post(f"/api/bikes/{armed['bike']['bike_id']}/arm", json={"armed": True}).json()["armed"] is True
+    _publish(broker, [
+        (station, factories.batch(station, 1, [0x0A4A4A4A, 0x0B4B4B4B], flags=0).to_json()),  # parked: no motion
+        (station, factories.batch(station, 2, [0x0A4A4A4A, 0x0B4B4B4B], flags=4).to_json()),  # both moving
+    ])
+    wait_until(lambda: len(owner.get("/api/alarms").json()) == 1)
+    alarm = owner.get("/api/alarms").json()[0]
+    assert alarm["kind"] == "armed_bike_moving" and alarm["plate"] == armed["bike"]["plate"]
+    assert alarm["sightings"] == 1 and alarm["station_id"] == station
+    assert people.owner_of(idle).get("/api/alarms").json() == []
+    assert people.police.get("/api/alarms").json() == []
+    assert owner.post(f"/api/alarms/{alarm['id']}/clear").json()["state"] == "cleared"

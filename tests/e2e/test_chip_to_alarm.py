@@ -16,13 +16,13 @@ import pytest
 import uvicorn
 
 from backend.api.app import create_app
-from backend.settings import BackendSettings
-from bikeguard.demo import GatewayFleet, seed_backend
+from bikeguard.demo import GatewayFleet, bootstrap_admin, report_theft_as_owner, seed_backend, sign_in
 from bikeguard.services import Broker, free_port
 from firmware_sim.runner import SimRunner
 from firmware_sim.town import Town
 from gateway.settings import GatewaySettings
 from protocol.messages import format_tag
+from tests import factories
 from tests.backend.test_ingest import wait_until
 
 
@@ -30,8 +30,8 @@ from tests.backend.test_ingest import wait_until
 def backend_url(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[str]:
     """The backend served by uvicorn on a free port, with its ingest on the test's broker."""
     port = free_port()
-    settings = BackendSettings(
-        database_url=database_url, mqtt_url=broker.url, mqtt_client_id=f"e2e-{topic_prefix}",
+    settings = factories.settings(
+        database_url, mqtt_url=broker.url, mqtt_client_id=f"e2e-{topic_prefix}",
         mqtt_shared_group=f"e2e-{topic_prefix}" if broker.supports_shared_subscriptions else None,
         http_port=port,
     )
@@ -47,15 +47,15 @@ def backend_url(database_url: str, broker: Broker, topic_prefix: str) -> Iterato
 class LiveFeedReader:
     """Reads the backend's server-sent events on a thread and keeps the alarm events."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.alarms: list[dict[str, Any]] = []
         self.connected = threading.Event()
         self._stop = False
-        self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
+        self._thread = threading.Thread(target=self._read, args=(url, headers), daemon=True)
         self._thread.start()
 
-    def _read(self, url: str) -> None:
-        with httpx.stream("GET", url, timeout=httpx.Timeout(5, read=None)) as r:
+    def _read(self, url: str, headers: dict[str, str]) -> None:
+        with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(5, read=None)) as r:
             event = None
             for line in r.iter_lines():
                 if self._stop:
@@ -75,15 +75,16 @@ def test_stolen_bike_passing_a_station_raises_an_alarm_on_the_live_feed(
     backend_url: str, broker: Broker, database_url: str, tmp_path: Path, topic_prefix: str
 ) -> None:
     town = Town.generate(5, stations=6, bikes=40)
-    with httpx.Client(base_url=backend_url, timeout=30) as api:
-        seed_backend(api, town)
+    staff = seed_backend(backend_url, town, bootstrap_admin(database_url))
+    police = sign_in(backend_url, staff.police)
+    assert httpx.get(f"{backend_url}/api/live", timeout=5).status_code == 401  # the feed is for the police
     runner = SimRunner(town)
     fleet = GatewayFleet([
         GatewaySettings(station_id=sid, serial_url=port, mqtt_url=broker.url, spool_path=tmp_path / f"{sid}.spool",
                         passage_gap_s=1.0, batch_interval_s=0.2, status_interval_s=5)
         for sid, port in runner.ports.items()
     ])
-    feed = LiveFeedReader(f"{backend_url}/api/live")
+    feed = LiveFeedReader(f"{backend_url}/api/live", dict(police.headers))
     runner.start()
     fleet.start()
     try:
@@ -94,7 +95,7 @@ def test_stolen_bike_passing_a_station_raises_an_alarm_on_the_live_feed(
 
         bike = runner.steal(town.bike_to_steal().bike_no)
         reported = time.monotonic()
-        r = httpx.post(f"{backend_url}/api/bikes/{bike.plate}/theft", json={"place": "test"}, timeout=10)
+        r = report_theft_as_owner(backend_url, staff, bike.plate)
         assert r.status_code == 201, r.text
 
         tag = format_tag(bike.tag_id)
@@ -109,12 +110,13 @@ def test_stolen_bike_passing_a_station_raises_an_alarm_on_the_live_feed(
                                   bike.tag_id) > 0, timeout_s=60)
         assert _count(database_url, "SELECT count(*) FROM rejected_messages") == 0
         assert _count(database_url, "SELECT count(*) FROM alarms") == 1
-        stations = httpx.get(f"{backend_url}/api/stations").json()
+        stations = police.get("/api/stations").json()
         assert {s["state"] for s in stations} == {"online"}
     finally:
         feed.stop()
         fleet.stop()
         runner.stop()
+        police.close()
 
 
 def _count(url: str, sql: str, *args: object) -> int:

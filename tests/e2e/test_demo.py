@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import psutil
 
 from bikeguard.services import free_port
 from tests.backend.test_ingest import wait_until
-from tests.browser import chromium_path, screenshot
+from tests.browser import browser_page, chromium_path, console_errors
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "demo.png"
 
@@ -31,23 +32,37 @@ def test_demo_shows_the_stolen_bike_on_the_map_and_ctrl_c_stops_everything(tmp_p
         assert demo.stdout is not None
         for line in demo.stdout:
             output.append(line)
-            if "open http" in line:
+            if "sign in as police" in line:
                 break
         else:
             raise AssertionError("demo ended before it was ready:\n" + "".join(output))
+        police = re.search(r"username (\S+)\s+password (\S+)", output[-1])
+        assert police, output[-1]
         children = psutil.Process(demo.pid).children(recursive=True)
         assert len(children) >= 3  # broker, backend, simulator (and PostgreSQL)
         base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/api/alarms").status_code == 401
+        login = {"username": police[1], "password": police[2]}
+        token = httpx.post(f"{base}/api/auth/login", json=login).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
         started = time.monotonic()
-        wait_until(lambda: len(httpx.get(f"{base}/api/alarms").json()) == 1, timeout_s=120)
+        wait_until(lambda: len(httpx.get(f"{base}/api/alarms", headers=headers).json()) == 1, timeout_s=120)
         took = time.monotonic() - started
-        alarm = httpx.get(f"{base}/api/alarms").json()[0]
+        alarm = httpx.get(f"{base}/api/alarms", headers=headers).json()[0]
         assert alarm["kind"] == "stolen_chip_seen" and alarm["plate"]
         print(f"alarm {took:.0f} s after the demo was ready")
         if chromium_path() or os.environ.get("CI"):
             time.sleep(20)  # let the stolen bike pass a station or two, so the trail shows
-            errors = screenshot(f"{base}/", SCREENSHOT, width=1400, height=900, wait_for=".bg-alarm")
-            assert errors == []
+            with browser_page(1400, 900) as page:
+                page.goto(f"{base}/", wait_until="load")
+                page.wait_for_selector("#login-form")  # the map is for the police: sign in first
+                page.fill("#username", police[1])
+                page.fill("#password", police[2])
+                page.click("#login-submit")
+                page.wait_for_selector(".bg-alarm")
+                page.wait_for_timeout(1000)  # Leaflet's zoom animation
+                page.screenshot(path=str(SCREENSHOT))
+                assert console_errors(page) == []
         demo.send_signal(signal.SIGINT)  # what Ctrl-C does
         demo.wait(timeout=60)
     finally:

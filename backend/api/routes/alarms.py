@@ -1,45 +1,66 @@
-"""Alarms: the queue, one alarm, acknowledge and clear."""
+"""Alarms: the queue, one alarm, acknowledge and clear.
+
+Police and admins see every alarm except an armed bike moving (that shows where a bike that is not
+stolen is); an owner sees the alarms of their own bikes raised since they hold them.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 
 from backend import alarms
-from backend.api.deps import Conn
-from backend.api.schemas import AlarmAction, AlarmPublic
+from backend.accounts import User
+from backend.api.deps import Conn, allow
+from backend.api.schemas import AlarmPublic
 
 router = APIRouter(prefix="/api/alarms", tags=["alarms"])
+AlarmId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+Handler = Annotated[User, allow("police", "admin", "owner")]
 
 _STATES = {"open": ("active", "acknowledged"), "active": ("active",), "acknowledged": ("acknowledged",),
            "cleared": ("cleared",)}
 
 
+def scope_of(user: User) -> alarms.Scope:
+    """The alarms this user may see."""
+    if user.role == "owner":
+        return alarms.Scope(owner_id=user.owner_id or 0)
+    return alarms.Scope(hidden_kinds=alarms.OWNER_ONLY_KINDS)
+
+
 @router.get("", response_model=list[AlarmPublic])
 async def list_alarms(
-    conn: Conn, state: Literal["open", "active", "acknowledged", "cleared"] = "open",
-    limit: int = Query(200, ge=1, le=1000),
+    conn: Conn, user: Annotated[User, allow("police", "admin", "owner")],
+    state: Literal["open", "active", "acknowledged", "cleared"] = "open", limit: int = Query(200, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
-    """Alarms in a state (default: not yet cleared), most recently seen first."""
-    return await alarms.list_alarms(conn, _STATES[state], limit)
+    """Police, admin: alarms in a state (default: not yet cleared), latest first. Owner: those of their bikes."""
+    return await alarms.list_alarms(conn, _STATES[state], limit, scope_of(user))
 
 
 @router.get("/{alarm_id}", response_model=AlarmPublic)
-async def get_alarm(alarm_id: int, conn: Conn) -> dict[str, Any]:
-    """One alarm with its trail."""
+async def get_alarm(alarm_id: AlarmId, conn: Conn,
+                    user: Annotated[User, allow("police", "admin", "owner")]) -> dict[str, Any]:
+    """Police, admin: one alarm with its trail. Owner: one of their bikes' alarms."""
+    return await alarms.get_alarm(conn, alarm_id, scope=scope_of(user))
+
+
+async def _transition(conn: Conn, user: User, alarm_id: int, action: str) -> dict[str, Any]:
+    alarm = await alarms.get_alarm(conn, alarm_id, scope=scope_of(user))
+    if user.role == "owner" and alarm["kind"] not in alarms.OWNER_ONLY_KINDS:
+        raise HTTPException(403, "only the police deal with this alarm")
+    await alarms.transition(conn, alarm_id, action, user.display_name or user.username)
     return await alarms.get_alarm(conn, alarm_id)
 
 
 @router.post("/{alarm_id}/acknowledge", response_model=AlarmPublic)
-async def acknowledge(alarm_id: int, body: AlarmAction, conn: Conn) -> dict[str, Any]:
-    """An officer takes the alarm."""
-    await alarms.transition(conn, alarm_id, "acknowledge", body.by)
-    return await alarms.get_alarm(conn, alarm_id)
+async def acknowledge(alarm_id: AlarmId, conn: Conn, user: Handler) -> dict[str, Any]:
+    """Police, admin: take the alarm (recorded under the signed-in name). Owner: their armed-bike alarm."""
+    return await _transition(conn, user, alarm_id, "acknowledge")
 
 
 @router.post("/{alarm_id}/clear", response_model=AlarmPublic)
-async def clear(alarm_id: int, body: AlarmAction, conn: Conn) -> dict[str, Any]:
-    """The alarm is dealt with."""
-    await alarms.transition(conn, alarm_id, "clear", body.by)
-    return await alarms.get_alarm(conn, alarm_id)
+async def clear(alarm_id: AlarmId, conn: Conn, user: Handler) -> dict[str, Any]:
+    """Police, admin: the alarm is dealt with. Owner: their armed-bike alarm ("it was me")."""
+    return await _transition(conn, user, alarm_id, "clear")

@@ -1,48 +1,305 @@
-"""Bikes (minimal registry): register, look up, report stolen, mark recovered."""
+"""Bikes: registration at the counter, life cycle, the owner's own bikes, theft reports, certificates, photos.
+
+Owners reach only their own bikes: anyone else's is a 404, exactly as a bike that does not exist.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, File, Path, Query, Request, UploadFile
+from fastapi.responses import Response
+from pydantic import AwareDatetime
 
-from backend import registry
-from backend.api.deps import Conn
-from backend.api.schemas import BikeCreate, BikePublic, TheftReportCreate
-from protocol.messages import parse_tag
+from backend import accounts, audit, certificates, trajectories
+from backend.accounts import User
+from backend.api.deps import Conn, PasswordsDep, RegistryDep, Settings, SignerDep, allow
+from backend.api.routes.owners import create_owner
+from backend.api.schemas import (
+    ArmCreate,
+    BikeCreate,
+    BikePublic,
+    CertificatePublic,
+    ChipReplacement,
+    Deregistration,
+    HistoryEntry,
+    OwnerPublic,
+    PlateChange,
+    RegistrationPublic,
+    TheftReportCreate,
+    TrajectoryPoint,
+    TransferConsentPublic,
+    TransferCreate,
+    TransferPublic,
+)
+from backend.identity import mask_name
+from backend.registry import BikeDetails, InvalidValue, NotFound, Registry
+from protocol.messages import parse_tag, utcnow
 
 router = APIRouter(prefix="/api/bikes", tags=["bikes"])
+BikeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+Counter = Annotated[User, allow("clerk", "admin")]
+_IMAGE_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"))
 
 
-@router.post("", response_model=BikePublic, status_code=201)
-async def register_bike(body: BikeCreate, conn: Conn) -> dict[str, Any]:
-    """Register an owner's bike with its chip."""
-    return await registry.register_bike(
-        conn, body.owner_name, body.plate, parse_tag(body.tag_id), body.brand, body.colour
-    )
-
-
-@router.get("/{plate}", response_model=BikePublic)
-async def get_bike(plate: str, conn: Conn) -> dict[str, Any]:
-    """A bike by plate."""
-    return await registry.get_bike(conn, plate)
-
-
-@router.post("/{plate}/theft", response_model=BikePublic, status_code=201)
-async def report_stolen(plate: str, body: TheftReportCreate, conn: Conn, request: Request) -> dict[str, Any]:
-    """Report the bike stolen: its chip goes on the hot list at once."""
-    bike = await registry.report_stolen(
-        conn, plate, body.stolen_at, body.place, body.circumstances, body.police_report
-    )
-    await conn.commit()
-    await request.app.state.publish_hotlist()
+async def _bike(conn: Conn, registry: Registry, user: User, bike_id: int) -> dict[str, Any]:
+    """The bike as this user may see it: an owner only their own (else NotFound); clerks see its owner masked."""
+    bike = await registry.get_bike(conn, bike_id, owner_id=user.owner_id if user.role == "owner" else None)
+    if user.role in ("clerk", "admin", "owner"):
+        bike["owner"] = await registry.owner_summary(conn, bike["owner_id"])
     return bike
 
 
-@router.post("/{plate}/recovered", response_model=BikePublic)
-async def mark_recovered(plate: str, conn: Conn, request: Request) -> dict[str, Any]:
-    """The bike is back: its chip leaves the hot list."""
-    bike = await registry.mark_recovered(conn, plate)
+async def _certificate(conn: Conn, bike_id: int, signer: SignerDep, settings: Settings,
+                       request: Request) -> dict[str, Any]:
+    return certificates.public(await certificates.current(conn, bike_id), signer,
+                               settings.public_base_url or str(request.base_url))
+
+
+async def _publish_hotlist(conn: Conn, request: Request) -> None:
     await conn.commit()
     await request.app.state.publish_hotlist()
-    return bike
+
+
+@router.post("", response_model=RegistrationPublic, status_code=201)
+async def register_bike(body: BikeCreate, request: Request, conn: Conn, registry: RegistryDep,
+                        passwords: PasswordsDep, signer: SignerDep, settings: Settings,
+                        user: Counter) -> dict[str, Any]:
+    """Clerk, admin: register a bike to an owner (new or existing), fit its chip, issue its certificate."""
+    slip = None
+    owner_id = body.owner_id
+    if body.owner is not None:
+        owner_id, slip = await create_owner(conn, registry, passwords, user, body.owner)
+    assert owner_id is not None
+    details = BikeDetails(body.plate, body.frame_number, body.motor_number, body.brand, body.model, body.colour)
+    bike_id = await registry.register_bike(conn, user.actor, owner_id, details, parse_tag(body.tag_id))
+    return {
+        "bike": await _bike(conn, registry, user, bike_id), "owner": await registry.get_owner(conn, owner_id),
+        "certificate": await _certificate(conn, bike_id, signer, settings, request), "owner_login": slip,
+    }
+
+
+@router.get("", response_model=list[BikePublic])
+async def list_bikes(
+    conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner", "clerk", "admin", "police")],
+    plate: str | None = Query(None, max_length=20), tag_id: str | None = Query(None, pattern=r"^[0-9A-Fa-f]{8}$"),
+    frame_number: str | None = Query(None, max_length=40),
+) -> list[dict[str, Any]]:
+    """Owner: their bikes. Clerk, admin, police: bikes matching a plate, chip or frame number (one is needed)."""
+    if user.role == "owner":
+        found = await registry.find_bikes(conn, owner_id=user.owner_id)
+    else:
+        if plate is None and tag_id is None and frame_number is None:
+            raise InvalidValue("give plate, tag_id or frame_number", "plate")
+        found = await registry.find_bikes(conn, plate=plate, tag_id=parse_tag(tag_id) if tag_id else None,
+                                          frame_number=frame_number.strip().upper() if frame_number else None)
+    if user.role in ("clerk", "admin", "owner"):
+        for bike in found:
+            bike["owner"] = await registry.owner_summary(conn, bike["owner_id"])
+    return found
+
+
+@router.get("/availability", response_model=dict[str, str])
+async def availability(
+    conn: Conn, registry: RegistryDep, _user: Counter,
+    plate: str | None = Query(None, max_length=20), tag_id: str | None = Query(None, pattern=r"^[0-9A-Fa-f]{8}$"),
+    frame_number: str | None = Query(None, max_length=40), motor_number: str | None = Query(None, max_length=40),
+) -> dict[str, str]:
+    """Clerk, admin: for each value given, what already holds it (free values are left out), as the clerk types."""
+    values: dict[str, Any] = {
+        "frame_number": frame_number.strip().upper() if frame_number else None,
+        "motor_number": motor_number.strip().upper() if motor_number else None,
+        "tag_id": parse_tag(tag_id) if tag_id else None,
+    }
+    out: dict[str, str] = {}
+    if plate:
+        try:
+            values["plate"] = registry.plate(plate)
+        except InvalidValue as exc:
+            out["plate"] = str(exc)
+    return {**await registry.availability(conn, values), **out}
+
+
+@router.get("/{bike_id}", response_model=BikePublic)
+async def get_bike(bike_id: BikeId, conn: Conn, registry: RegistryDep,
+                   user: Annotated[User, allow("owner", "clerk", "admin", "police")]) -> dict[str, Any]:
+    """Owner: their own bike. Clerk, admin: any bike with its owner masked. Police: any bike, no owner data."""
+    return await _bike(conn, registry, user, bike_id)
+
+
+@router.get("/{bike_id}/history", response_model=list[HistoryEntry])
+async def history(bike_id: BikeId, conn: Conn, registry: RegistryDep,
+                  user: Annotated[User, allow("owner", "clerk", "admin")]) -> list[dict[str, Any]]:
+    """Owner (own bike), clerk, admin: every binding of owner, plate and chip, and theft reports, with who and when.
+
+    Other owners are never named to an owner; a clerk sees them masked.
+    """
+    await _bike(conn, registry, user, bike_id)
+    out = []
+    for row in await registry.history(conn, bike_id):
+        value = row["plate"] or row["tag_id"]
+        if row["kind"] == "owner":
+            if user.role == "owner":
+                value = "you" if row["owner_id"] == user.owner_id else "another owner"
+            else:
+                value = f"#{row['owner_id']} {mask_name(row['owner_name'] or '')}"
+        out.append({**row, "value": value})
+    return out
+
+
+@router.get("/{bike_id}/owner", response_model=OwnerPublic, responses={403: {"description": "case number needed"}})
+async def bike_owner(
+    bike_id: BikeId, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("police", "clerk", "admin")],
+    case_number: str | None = Query(None, max_length=40),
+) -> dict[str, Any]:
+    """Police (with a case number), clerk, admin: the bike's owner (ID number masked). Audited."""
+    if user.role == "police":
+        case_number = audit.require_case_number(case_number, "a bike's owner")
+    bike = await registry.get_bike(conn, bike_id)
+    owner = await registry.get_owner(conn, bike["owner_id"])
+    await audit.record(conn, user, "owner.view", f"owner:{bike['owner_id']}", case_number, bike_id=bike_id)
+    return owner
+
+
+@router.get("/{bike_id}/trajectory", response_model=list[TrajectoryPoint],
+            responses={403: {"description": "case number needed"}})
+async def trajectory(
+    bike_id: BikeId, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner", "police")],
+    since: AwareDatetime | None = None, until: AwareDatetime | None = None,
+    case_number: str | None = Query(None, max_length=40), limit: int = Query(1000, ge=1, le=10_000),
+) -> list[dict[str, Any]]:
+    """Owner: their bike since they own it. Police: a stolen bike since the theft; otherwise a case number
+    is needed, and the access is audited."""
+    until_at: datetime = until or utcnow()
+    since_at: datetime = since or until_at - timedelta(hours=24)
+    bike = await _bike(conn, registry, user, bike_id)
+    if user.role == "owner":
+        held_since = await trajectories.owner_since(conn, user.owner_id or 0, bike_id)
+        if held_since is None:
+            raise NotFound(f"no bike {bike_id}", "bike")
+        since_at = max(since_at, held_since)
+    elif case_number is None and bike["stolen"]:
+        since_at = max(since_at, bike["stolen_at"])
+        await audit.record(conn, user, "bike.trajectory", f"bike:{bike_id}", None, stolen=True)
+    else:
+        case = audit.require_case_number(case_number, "the trajectory of a bike that is not reported stolen")
+        await audit.record(conn, user, "bike.trajectory", f"bike:{bike_id}", case,
+                           since=since_at.isoformat(), until=until_at.isoformat())
+    return await trajectories.of_bike(conn, bike_id, since_at, until_at, limit)
+
+
+@router.get("/{bike_id}/certificate", response_model=CertificatePublic)
+async def certificate(bike_id: BikeId, request: Request, conn: Conn, registry: RegistryDep, signer: SignerDep,
+                      settings: Settings,
+                      user: Annotated[User, allow("owner", "clerk", "admin")]) -> dict[str, Any]:
+    """Owner (own bike), clerk, admin: the current certificate with its signed token and links."""
+    await _bike(conn, registry, user, bike_id)
+    return await _certificate(conn, bike_id, signer, settings, request)
+
+
+@router.post("/{bike_id}/photos", status_code=201, response_model=dict[str, int])
+async def add_photo(bike_id: BikeId, conn: Conn, registry: RegistryDep, settings: Settings, user: Counter,
+                    photo: Annotated[UploadFile, File(description="JPEG or PNG")]) -> dict[str, int]:
+    """Clerk, admin: add a photo of the bike (JPEG or PNG, size limited by the settings)."""
+    data = await photo.read(settings.photo_max_bytes + 1)
+    if len(data) > settings.photo_max_bytes:
+        raise InvalidValue(f"a photo may have at most {settings.photo_max_bytes} bytes", "photo")
+    kind = next((t for magic, t in _IMAGE_MAGIC if data.startswith(magic)), None)
+    if kind is None:
+        raise InvalidValue("a photo must be a JPEG or PNG image", "photo")
+    return {"photo_id": await registry.add_photo(conn, user.actor, bike_id, kind, data)}
+
+
+@router.get("/{bike_id}/photos/{photo_id}", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
+async def get_photo(bike_id: BikeId, photo_id: Annotated[int, Path(ge=1, le=2**63 - 1)], conn: Conn,
+                    registry: RegistryDep,
+                    user: Annotated[User, allow("owner", "clerk", "admin", "police")]) -> Response:
+    """Owner (own bike), clerk, admin, police: one photo of the bike."""
+    await _bike(conn, registry, user, bike_id)
+    content_type, data = await registry.photo(conn, bike_id, photo_id)
+    return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post("/{bike_id}/arm", response_model=BikePublic)
+async def arm(bike_id: BikeId, body: ArmCreate, conn: Conn, registry: RegistryDep,
+              user: Annotated[User, allow("owner")]) -> dict[str, Any]:
+    """Owner: arm or disarm their bike (armed and seen moving raises an alarm for them)."""
+    await registry.set_armed(conn, user.owner_id or 0, bike_id, body.armed)
+    return await _bike(conn, registry, user, bike_id)
+
+
+@router.post("/{bike_id}/theft", response_model=BikePublic, status_code=201)
+async def report_stolen(bike_id: BikeId, body: TheftReportCreate, request: Request, conn: Conn,
+                        registry: RegistryDep,
+                        user: Annotated[User, allow("owner", "clerk", "police", "admin")]) -> dict[str, Any]:
+    """Owner (own bike), clerk, police, admin: report the bike stolen; its chip goes on the hot list at once."""
+    await _bike(conn, registry, user, bike_id)
+    await registry.report_stolen(conn, user.actor, bike_id, body.stolen_at, body.place, body.circumstances,
+                                 body.police_report)
+    await _publish_hotlist(conn, request)
+    return await _bike(conn, registry, user, bike_id)
+
+
+@router.post("/{bike_id}/recovered", response_model=BikePublic)
+async def mark_recovered(bike_id: BikeId, request: Request, conn: Conn, registry: RegistryDep,
+                         user: Annotated[User, allow("owner", "clerk", "police", "admin")]) -> dict[str, Any]:
+    """Owner (own bike), clerk, police, admin: the bike is back; its chip leaves the hot list."""
+    await _bike(conn, registry, user, bike_id)
+    await registry.mark_recovered(conn, user.actor, bike_id)
+    await _publish_hotlist(conn, request)
+    return await _bike(conn, registry, user, bike_id)
+
+
+@router.post("/{bike_id}/transfer-consent", response_model=TransferConsentPublic, status_code=201)
+async def consent_to_transfer(bike_id: BikeId, conn: Conn, registry: RegistryDep,
+                              user: Annotated[User, allow("owner")]) -> dict[str, Any]:
+    """Owner: a one-time code that lets the counter hand this bike to someone else."""
+    code, expires_at = await registry.consent_to_transfer(conn, user.owner_id or 0, bike_id)
+    return {"code": code, "expires_at": expires_at}
+
+
+@router.post("/{bike_id}/transfer", response_model=TransferPublic)
+async def transfer(bike_id: BikeId, body: TransferCreate, request: Request, conn: Conn, registry: RegistryDep,
+                   passwords: PasswordsDep, signer: SignerDep, settings: Settings, user: Counter) -> dict[str, Any]:
+    """Clerk, admin: hand the bike to a new owner, with the current owner's consent; history is kept."""
+    slip = None
+    new_owner_id = body.new_owner_id
+    if body.new_owner is not None:
+        new_owner_id, slip = await create_owner(conn, registry, passwords, user, body.new_owner)
+    assert new_owner_id is not None
+    await registry.transfer(conn, user.actor, bike_id, new_owner_id, consent_code=body.consent_code,
+                            old_owner_id_number=body.old_owner_id_number)
+    if slip is None and body.new_owner_id is not None:
+        owner = await registry.get_owner(conn, new_owner_id)
+        if owner["login"] is None:
+            slip = await accounts.issue_owner_login(conn, passwords, new_owner_id,
+                                                    owner["mobile"] or f"owner{new_owner_id}", owner["name"],
+                                                    user.actor)
+    return {"bike": await _bike(conn, registry, user, bike_id),
+            "certificate": await _certificate(conn, bike_id, signer, settings, request), "owner_login": slip}
+
+
+@router.post("/{bike_id}/chip", response_model=BikePublic)
+async def replace_chip(bike_id: BikeId, body: ChipReplacement, conn: Conn, registry: RegistryDep,
+                       user: Counter) -> dict[str, Any]:
+    """Clerk, admin: fit a new chip; the old one is retired for good; a new certificate is issued."""
+    await registry.replace_chip(conn, user.actor, bike_id, parse_tag(body.tag_id), body.reason)
+    return await _bike(conn, registry, user, bike_id)
+
+
+@router.post("/{bike_id}/plate", response_model=BikePublic)
+async def change_plate(bike_id: BikeId, body: PlateChange, conn: Conn, registry: RegistryDep,
+                       user: Counter) -> dict[str, Any]:
+    """Clerk, admin: a new plate (the old one is released); a new certificate is issued."""
+    await registry.change_plate(conn, user.actor, bike_id, body.plate, body.reason)
+    return await _bike(conn, registry, user, bike_id)
+
+
+@router.post("/{bike_id}/deregister", response_model=BikePublic)
+async def deregister(bike_id: BikeId, body: Deregistration, conn: Conn, registry: RegistryDep,
+                     user: Counter) -> dict[str, Any]:
+    """Clerk, admin: the bike is scrapped or exported: plate released, chip retired, certificate void."""
+    await registry.deregister(conn, user.actor, bike_id, body.status, body.note)
+    return await _bike(conn, registry, user, bike_id)

@@ -1,26 +1,228 @@
-"""The web pages."""
+"""The web pages: sign-in, the live map (police), the counter (clerks), the owner portal, certificates.
+
+A page needing a sign-in sends the browser to /login (and back afterwards); a signed-in account of the
+wrong role gets a 403 page saying whose page it is; a bike that is not the owner's is a 404.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.encoders import jsonable_encoder
-from fastapi.responses import HTMLResponse
+import asyncio
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import quote
 
-from backend import alarms, stations
-from backend.api.deps import Conn, Settings
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from backend import alarms, certificates, stations
+from backend.accounts import Role, User
+from backend.api.deps import Conn, OptionalUser, RegistryDep, Settings, SignerDep
+from backend.identity import mask_mobile, mask_name
+from backend.web import LANG_COOKIE, choose_language, render
+from backend.web.translations import MESSAGES
 from maps.live import build_live_map
 
-router = APIRouter(tags=["pages"])
+router = APIRouter(tags=["pages"], include_in_schema=False)
+BikeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+_HOME: dict[str, str] = {
+    "police": "/", "admin": "/", "clerk": "/counter", "owner": "/portal", "installer": "/installer",
+}
+
+
+def _lang(request: Request, lang: str | None) -> str:
+    return choose_language(lang, request.cookies.get(LANG_COOKIE), request.headers.get("accept-language"))
+
+
+def _page(html: str, lang: str, status: int = 200) -> HTMLResponse:
+    response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="lax", path="/")
+    return response
+
+
+def _gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: str) -> Response | None:
+    """None if the user may see the page; else where to go instead (sign in, change password, or a 403)."""
+    here = quote(request.url.path)
+    if user is None:
+        return RedirectResponse(f"/login?next={here}", status_code=303)
+    if user.must_change_password:
+        return RedirectResponse(f"/password?next={here}", status_code=303)
+    if user.role not in roles:
+        t = MESSAGES[lang]
+        text = t["forbidden_text"].format(role=t[f"role_{user.role}"], roles=", ".join(t[f"role_{r}"] for r in roles))
+        html = render("message.html", lang, user=user, config={}, title=t["forbidden_title"], text=text,
+                      home=_HOME[user.role])
+        return _page(html, lang, 403)
+    return None
+
+
+_ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><circle cx="16" cy="16" r="14" fill="#1d4ed8"/>'
+    '<circle cx="12" cy="12" r="5" fill="#93c5fd"/></svg>'
+)
+
+
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    """Anyone: the tab icon."""
+    return Response(_ICON, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/", response_class=HTMLResponse)
-async def live_map(conn: Conn, settings: Settings) -> str:
-    """The live map: stations, recent passages, active alarms with their trails."""
-    return build_live_map(
+async def live_map(request: Request, conn: Conn, settings: Settings, user: OptionalUser,
+                   lang: str | None = None) -> Response:
+    """Police, admin: the live map: stations, recent passages, active alarms with their trails."""
+    chosen = _lang(request, lang)
+    if refused := _gate(request, user, ("police", "admin"), chosen):
+        return refused
+    html = build_live_map(
         jsonable_encoder(await stations.list_stations(conn)),
         await stations.roads_geojson(conn),
         jsonable_encoder(await stations.activity(conn, 10)),
-        jsonable_encoder(await alarms.list_alarms(conn)),
+        jsonable_encoder(await alarms.list_alarms(conn, scope=alarms.Scope(hidden_kinds=alarms.OWNER_ONLY_KINDS))),
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
     )
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, user: OptionalUser, lang: str | None = None,
+                     next: str = Query("/home", max_length=200)) -> Response:  # noqa: A002 - the usual name
+    """Anyone: the sign-in form (a signed-in user goes straight on)."""
+    chosen = _lang(request, lang)
+    target = next if next.startswith("/") and not next.startswith("//") else "/home"
+    if user is not None and not user.must_change_password:
+        return RedirectResponse(target if target != "/login" else "/home", status_code=303)
+    return _page(render("login.html", chosen, user=None, config={"next": target}), chosen)
+
+
+@router.get("/password", response_class=HTMLResponse)
+async def password_page(request: Request, user: OptionalUser, settings: Settings, lang: str | None = None,
+                        next: str = Query("/home", max_length=200)) -> Response:  # noqa: A002
+    """Any signed-in account: choose a new password (forced after a first sign-in with a one-time one)."""
+    chosen = _lang(request, lang)
+    if user is None:
+        return RedirectResponse("/login?next=/password", status_code=303)
+    target = next if next.startswith("/") and not next.startswith("//") else "/home"
+    return _page(render("password.html", chosen, user=user,
+                        config={"next": target, "min_length": settings.password_min_length}), chosen)
+
+
+@router.get("/home")
+async def home(user: OptionalUser) -> Response:
+    """Anyone: on to the page for the signed-in role, or to sign in."""
+    if user is None:
+        return RedirectResponse("/login", status_code=303)
+    if user.must_change_password:
+        return RedirectResponse("/password", status_code=303)
+    return RedirectResponse(_HOME[user.role], status_code=303)
+
+
+@router.get("/installer", response_class=HTMLResponse)
+async def installer(request: Request, user: OptionalUser, lang: str | None = None) -> Response:
+    """Installer: where their tools are."""
+    chosen = _lang(request, lang)
+    if refused := _gate(request, user, ("installer",), chosen):
+        return refused
+    t = MESSAGES[chosen]
+    return _page(render("message.html", chosen, user=user, config={}, title=t["role_installer"],
+                        text=t["installer_text"], home=None), chosen)
+
+
+@router.get("/counter", response_class=HTMLResponse)
+async def counter(request: Request, user: OptionalUser, settings: Settings, lang: str | None = None) -> Response:
+    """Clerk, admin: the registration counter."""
+    chosen = _lang(request, lang)
+    if refused := _gate(request, user, ("clerk", "admin"), chosen):
+        return refused
+    config = {"plate_pattern": settings.plate_pattern, "plate_example": settings.plate_example,
+              "max_bikes": settings.max_bikes_per_owner}
+    return _page(render("counter.html", chosen, user=user, config=config), chosen)
+
+
+@router.get("/portal", response_class=HTMLResponse)
+async def portal(request: Request, user: OptionalUser, lang: str | None = None) -> Response:
+    """Owner: my bikes and alerts."""
+    chosen = _lang(request, lang)
+    if refused := _gate(request, user, ("owner",), chosen):
+        return refused
+    return _page(render("portal.html", chosen, user=user, config={}), chosen)
+
+
+@dataclass(frozen=True)
+class _CertificateView:
+    """What a certificate shows: its record, the rows (owner data masked) and where its QR code points."""
+
+    cert: dict[str, Any]
+    rows: list[tuple[str, str | None]]
+    verify_url: str
+
+
+async def _certificate_view(conn: Conn, registry: RegistryDep, user: User, bike_id: int, lang: str,
+                            signer: SignerDep, base_url: str) -> _CertificateView:
+    await registry.get_bike(conn, bike_id, owner_id=user.owner_id if user.role == "owner" else None)
+    cert = await certificates.current(conn, bike_id)
+    t = MESSAGES[lang]
+    rows = [
+        (t["plate"], cert["plate"]),
+        (f"{t['brand']} / {t['model']} / {t['colour']}",
+         " · ".join(v for v in (cert["brand"], cert["model"], cert["colour"]) if v)),
+        (t["frame"], cert["frame_number"]),
+        (t["motor"], cert["motor_number"]),
+        (t["chip"], cert["tag_id"]),
+        (t["owner_name"], mask_name(cert["owner_name"])),
+        (t["owner_id"], registry.masked_id_number(cert["id_number_enc"])),
+        (t["owner_mobile"], mask_mobile(cert["mobile"]) if cert["mobile"] else None),
+        (t["registered_on"], cert["registered_at"].strftime("%Y-%m-%d")),
+    ]
+    return _CertificateView(cert, rows, certificates.verify_url(base_url, signer.token(cert["certificate_id"])))
+
+
+@router.get("/bikes/{bike_id}/certificate", response_class=HTMLResponse)
+async def certificate_page(bike_id: BikeId, request: Request, conn: Conn, registry: RegistryDep,
+                           signer: SignerDep, settings: Settings, user: OptionalUser,
+                           lang: str | None = None) -> Response:
+    """Owner (own bike), clerk, admin: the printable certificate with masked owner data and its QR code."""
+    chosen = _lang(request, lang)
+    if refused := _gate(request, user, ("owner", "clerk", "admin"), chosen):
+        return refused
+    assert user is not None
+    view = await _certificate_view(conn, registry, user, bike_id, chosen, signer,
+                                   settings.public_base_url or str(request.base_url))
+    html = render("certificate.html", chosen, user=user, config={}, qr_svg=certificates.qr_svg(view.verify_url),
+                  cert=view.cert, rows=view.rows, verify_url=view.verify_url)
+    return _page(html, chosen)
+
+
+@router.get("/bikes/{bike_id}/certificate.pdf")
+async def certificate_pdf(bike_id: BikeId, request: Request, conn: Conn, registry: RegistryDep,
+                          signer: SignerDep, settings: Settings, user: OptionalUser,
+                          lang: str | None = None) -> Response:
+    """Owner (own bike), clerk, admin: the certificate as a one-page PDF."""
+    chosen = _lang(request, lang)
+    if refused := _gate(request, user, ("owner", "clerk", "admin"), chosen):
+        return refused
+    assert user is not None
+    view = await _certificate_view(conn, registry, user, bike_id, chosen, signer,
+                                   settings.public_base_url or str(request.base_url))
+    t = MESSAGES[chosen]
+    labels = {"title": t["cert_title"], "number": t["cert_number"], "issued": t["cert_issued"], "scan": t["cert_scan"]}
+    number = view.cert["certificate_id"]
+    pdf = await asyncio.to_thread(
+        certificates.render_pdf, {"certificate_id": number, "issued_at": view.cert["issued_at"], "rows": view.rows},
+        labels, view.verify_url,
+    )
+    return Response(pdf, media_type="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="certificate-{number}.pdf"',
+                             "Cache-Control": "no-store"})
+
+
+@router.get("/verify", response_class=HTMLResponse)
+async def verify_page(request: Request, conn: Conn, signer: SignerDep, user: OptionalUser,
+                      token: str = Query("", max_length=100), lang: str | None = None) -> Response:
+    """Anyone: is this certificate genuine and current (what its QR code opens)."""
+    chosen = _lang(request, lang)
+    result = await certificates.verify(conn, signer, token) if token else {"genuine": False, "current": False}
+    return _page(render("verify.html", chosen, user=user, config={}, result=result), chosen)
+

@@ -1,0 +1,134 @@
+/* The owner portal: my bikes (arm/disarm, report stolen, recovered, certificate, history, consent to a
+ * transfer) and the alerts about them, refreshed every few seconds. */
+(function () {
+  "use strict";
+  var $ = function (id) { return document.getElementById(id); };
+  var t = BG.t, esc = BG.esc;
+  var open = {};            // bike id -> which <details> are open, kept across refreshes
+
+  function localNow() {
+    var d = new Date();
+    d.setMinutes(d.getMinutes() - d.getTimezoneOffset());
+    return d.toISOString().slice(0, 16);
+  }
+  function fact(label, value) { return "<dt>" + esc(label) + "</dt><dd>" + esc(value || "—") + "</dd>"; }
+
+  function card(bike) {
+    var el = document.createElement("article");
+    el.className = "bg-card bg-bike" + (bike.stolen ? " stolen" : bike.armed ? " armed" : "");
+    el.dataset.bikeId = bike.bike_id;
+    var status = bike.stolen
+      ? "<p class='bg-banner bad'>" + esc(t("stolen_since", { t: BG.time(bike.stolen_at) })) + "</p>"
+      : "<p class='bg-banner " + (bike.armed ? "armed" : "") + "'><b>" + esc(bike.armed ? t("armed") : t("disarmed")) +
+        "</b> · " + esc(t("arm_hint")) + "</p>";
+    el.innerHTML =
+      "<header><span class='bg-plate'>" + esc(bike.plate) + "</span>" +
+      (bike.stolen ? "<span class='bg-badge bad'>" + esc(t("stolen")) + "</span>" : "") + "</header>" + status +
+      "<dl class='bg-facts'>" +
+      fact(t("brand") + " / " + t("model") + " / " + t("colour"), [bike.brand, bike.model, bike.colour].filter(Boolean).join(" · ")) +
+      fact(t("frame"), bike.frame_number) + fact(t("chip"), bike.tag_id) + fact(t("registered"), BG.time(bike.registered_at)) +
+      "</dl>" +
+      "<div class='bg-actions'>" +
+      (bike.stolen
+        ? "<button class='bg-primary' data-act='recovered'>" + esc(t("mark_recovered")) + "</button>"
+        : "<button class='" + (bike.armed ? "bg-button" : "bg-primary") + "' data-act='arm'>" +
+          esc(bike.armed ? t("disarm") : t("arm")) + "</button>") +
+      "<a class='bg-button' href='/bikes/" + bike.bike_id + "/certificate' target='_blank' rel='noopener'>" + esc(t("certificate")) + "</a>" +
+      "<button class='bg-button' data-act='consent'>" + esc(t("consent")) + "</button></div>" +
+      "<p class='bg-notice' data-role='consent' hidden></p>" +
+      (bike.stolen ? "" :
+        "<details data-key='theft'><summary class='bg-danger-text'>" + esc(t("report_stolen")) + "</summary>" +
+        "<form class='bg-op' data-act='theft' novalidate>" +
+        "<label class='bg-field'><span>" + esc(t("stolen_at")) + "</span><input type='datetime-local' name='stolen_at' value='" + localNow() + "'></label>" +
+        "<label class='bg-field'><span>" + esc(t("place")) + "</span><input name='place' maxlength='200'></label>" +
+        "<label class='bg-field'><span>" + esc(t("circumstances")) + "</span><textarea name='circumstances' maxlength='2000' rows='3'></textarea></label>" +
+        "<label class='bg-field'><span>" + esc(t("police_report")) + "</span><input name='police_report' maxlength='50'></label>" +
+        "<button class='bg-danger'>" + esc(t("send_report")) + "</button></form></details>") +
+      "<details data-key='history'><summary>" + esc(t("history")) + "</summary><div class='bg-history-table'></div></details>" +
+      "<p class='bg-error' role='alert' hidden></p>";
+    var error = el.querySelector(".bg-error");
+    function done(r) {
+      if (!r.ok) { error.textContent = r.message; error.hidden = false; return; }
+      refresh();
+    }
+    el.querySelectorAll("button[data-act]").forEach(function (b) {
+      b.addEventListener("click", function () {
+        error.hidden = true;
+        var act = b.dataset.act, url = "/api/bikes/" + bike.bike_id;
+        if (act === "arm") { BG.api("POST", url + "/arm", { armed: !bike.armed }).then(done); }
+        else if (act === "recovered") { BG.api("POST", url + "/recovered").then(done); }
+        else if (act === "consent") {
+          BG.api("POST", url + "/transfer-consent").then(function (r) {
+            if (!r.ok) { done(r); return; }
+            var p = el.querySelector("[data-role=consent]");
+            p.innerHTML = esc(t("consent_code_is", { code: "\u0000", t: BG.time(r.data.expires_at) }))
+              .replace("\u0000", "<b class='bg-mono bg-code'>" + esc(r.data.code) + "</b>");
+            p.hidden = false;
+          });
+        }
+      });
+    });
+    var form = el.querySelector("form[data-act=theft]");
+    if (form) {
+      form.addEventListener("submit", function (ev) {
+        ev.preventDefault();
+        var when = form.stolen_at.value ? new Date(form.stolen_at.value).toISOString() : null;
+        var v = function (n) { return form[n].value.trim() || null; };
+        BG.api("POST", "/api/bikes/" + bike.bike_id + "/theft",
+          { stolen_at: when, place: v("place"), circumstances: v("circumstances"), police_report: v("police_report") })
+          .then(done);
+      });
+    }
+    el.querySelectorAll("details").forEach(function (d) {
+      var key = bike.bike_id + ":" + d.dataset.key;
+      d.open = !!open[key];
+      d.addEventListener("toggle", function () {
+        open[key] = d.open;
+        if (d.open && d.dataset.key === "history") { history(bike.bike_id, d.querySelector(".bg-history-table")); }
+      });
+      if (d.open && d.dataset.key === "history") { history(bike.bike_id, d.querySelector(".bg-history-table")); }
+    });
+    return el;
+  }
+  function history(bikeId, box) {
+    BG.api("GET", "/api/bikes/" + bikeId + "/history").then(function (r) {
+      if (!r.ok) { box.textContent = r.message; return; }
+      box.innerHTML = "<table><tbody>" + r.data.map(function (h) {
+        return "<tr><td>" + esc(t("h_" + h.kind)) + "</td><td class='bg-mono'>" + esc(h.value) + "</td><td>" +
+          esc(BG.time(h.valid_from)) + " – " + (h.valid_to ? esc(BG.time(h.valid_to)) : "<i>" + esc(t("h_current")) + "</i>") +
+          "</td></tr>";
+      }).join("") + "</tbody></table>";
+    });
+  }
+
+  function alarms() {
+    BG.api("GET", "/api/alarms").then(function (r) {
+      if (!r.ok) { return; }
+      var list = $("alarms");
+      list.innerHTML = "";
+      $("no-alarms").hidden = r.data.length > 0;
+      r.data.forEach(function (a) {
+        var li = document.createElement("li");
+        li.className = "bg-alert sev-" + esc(a.severity);
+        li.innerHTML = "<b>" + esc(t("alarm_" + a.kind)) + "</b> · <span class='bg-plate small'>" + esc(a.plate) + "</span><br>" +
+          esc(t("seen_at", { station: a.station_name || a.station_id, t: BG.time(a.last_seen_at) })) +
+          (a.kind === "armed_bike_moving" ? " <button class='bg-button'>" + esc(t("it_was_me")) + "</button>" : "");
+        var b = li.querySelector("button");
+        if (b) { b.addEventListener("click", function () { BG.api("POST", "/api/alarms/" + a.id + "/clear").then(alarms); }); }
+        list.appendChild(li);
+      });
+    });
+  }
+
+  function refresh() {
+    BG.api("GET", "/api/bikes").then(function (r) {
+      if (!r.ok) { return; }
+      var box = $("bikes");
+      box.innerHTML = r.data.length ? "" : "<p class='bg-card bg-muted'>" + esc(t("no_bikes")) + "</p>";
+      r.data.forEach(function (bike) { box.appendChild(card(bike)); });
+    });
+    alarms();
+  }
+  refresh();
+  setInterval(alarms, 10000);
+})();

@@ -1,0 +1,90 @@
+"""Schemathesis fuzzes the OpenAPI schema of the running backend as each role: no request may get a 5xx.
+
+Run it alone with `pytest tests/backend/test_fuzz.py` (BIKEGUARD_FUZZ_EXAMPLES=200 for a longer run);
+docs/counter.md shows the same `schemathesis run` command against any backend.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from backend.api.app import create_app
+from bikeguard.services import free_port
+from tests import factories
+from tests.backend.test_ingest import wait_until
+
+# Signing out or disabling oneself would only end the run's own session early; the live feed is an
+# endless stream (every request would wait for the timeout).
+EXCLUDED = ("/api/auth/logout", "/api/accounts/{account_id}/disable", "/api/live")
+# Clerks reissue owners' passwords and admins everyone's, which ends those sessions: they go last.
+ORDER = ("owner", "police", "installer", "clerk", "admin")
+
+
+@pytest.fixture
+def backend(database_url: str) -> Iterator[str]:
+    """The backend (no ingest) on a free port, with a few registered bikes for the fuzzer to find."""
+    port = free_port()
+    app = create_app(factories.settings(database_url, http_port=port, login_max_failures_per_address=10_000),
+                     run_ingest=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout_s=30)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=15)
+
+
+def _token(base: str, username: str, password: str = factories.PASSWORD) -> str:
+    r = httpx.post(f"{base}/api/auth/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return str(r.json()["token"])
+
+
+def _schemathesis() -> list[str]:
+    found = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
+    if found is None:
+        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
+    return [found]
+
+
+def test_no_request_to_the_api_gets_a_server_error(backend: str, database_url: str, tmp_path: Path) -> None:
+    with psycopg.connect(database_url) as conn:
+        names = {role: factories.account(conn, role) for role in ("admin", "clerk", "police", "installer")}
+    clerk = _token(backend, names["clerk"])
+    slips = []
+    for _ in range(3):
+        r = httpx.post(f"{backend}/api/bikes", json=factories.registration(),
+                       headers={"Authorization": f"Bearer {clerk}"})
+        assert r.status_code == 201, r.text
+        slips.append(r.json()["owner_login"])
+    owner = _token(backend, slips[0]["username"], slips[0]["initial_password"])
+    httpx.post(f"{backend}/api/auth/password", headers={"Authorization": f"Bearer {owner}"},
+               json={"current_password": slips[0]["initial_password"], "new_password": factories.PASSWORD})
+    tokens = {role: _token(backend, name) for role, name in names.items()} | {"owner": owner}
+
+    examples = os.environ.get("BIKEGUARD_FUZZ_EXAMPLES", "15")
+    failures = []
+    for role in ORDER:
+        token = tokens[role]
+        cmd = [
+            *_schemathesis(), "run", f"{backend}/openapi.json", "--checks", "not_a_server_error",
+            "--header", f"Authorization: Bearer {token}", "--max-examples", examples, "--seed", "1",
+            "--workers", "2", "--generation-database", "none", "--no-color", "--phases", "examples,coverage,fuzzing",
+            *[a for path in EXCLUDED for a in ("--exclude-path", path)],
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        if done.returncode != 0:
+            failures.append(f"--- as {role} (exit {done.returncode}):\n{done.stdout[-6000:]}\n{done.stderr[-2000:]}")
+    assert failures == [], "\n".join(failures)

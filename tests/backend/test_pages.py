@@ -1,0 +1,54 @@
+"""The pages without a browser: language choice, both catalogues complete, sign-in redirects, photos."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from backend.web import choose_language
+from backend.web.translations import MESSAGES
+from tests.backend.conftest import Staff
+
+
+def test_both_languages_have_every_message() -> None:
+    assert set(MESSAGES["en"]) == set(MESSAGES["zh"])
+    for lang, words in MESSAGES.items():
+        assert all(text.strip() for text in words.values()), lang
+
+
+def test_language_comes_from_the_query_then_the_cookie_then_the_browser() -> None:
+    assert choose_language("zh", "en", "en-GB") == "zh"
+    assert choose_language(None, "zh", "en-GB") == "zh"
+    assert choose_language(None, None, "zh-CN,zh;q=0.9,en;q=0.8") == "zh"
+    assert choose_language("fr", None, "de-DE") == "en"
+
+
+def test_signed_in_user_goes_to_the_page_of_their_role(staff: Staff) -> None:
+    for caller, home in ((staff.clerk, "/counter"), (staff.police, "/"), (staff.installer, "/installer")):
+        r = caller.get("/home", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == home
+    assert staff.anonymous.get("/home", follow_redirects=False).headers["location"] == "/login"
+    page = staff.clerk.get("/counter?lang=zh")
+    assert page.status_code == 200 and "登记窗口" in page.text and page.cookies.get("bikeguard_lang") == "zh"
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (4, 3), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_bike_photos_are_images_kept_with_the_bike_and_shown_to_its_owner_only(staff: Staff) -> None:
+    mine, theirs = staff.register(), staff.register()
+    bike_id = mine["bike"]["bike_id"]
+    r = staff.clerk.post(f"/api/bikes/{bike_id}/photos", files={"photo": ("bike.png", _png(), "image/png")})
+    assert r.status_code == 201, r.text
+    photo_id = r.json()["photo_id"]
+    fake = staff.clerk.post(f"/api/bikes/{bike_id}/photos", files={"photo": ("x.png", b"not an image", "image/png")})
+    assert fake.status_code == 422 and fake.json()["field"] == "photo"
+    owner = staff.owner_of(mine)
+    assert owner.get(f"/api/bikes/{bike_id}").json()["photo_ids"] == [photo_id]
+    shown = owner.get(f"/api/bikes/{bike_id}/photos/{photo_id}")
+    assert shown.status_code == 200 and shown.headers["content-type"] == "image/png" and shown.content == _png()
+    assert staff.owner_of(theirs).get(f"/api/bikes/{bike_id}/photos/{photo_id}").status_code == 404

@@ -1,0 +1,239 @@
+"""The counter and the owner portal in headless Chromium, as a clerk and an owner use them; the pictures
+taken here are the ones in docs/counter.md and docs/owner.md."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from backend.api.app import create_app
+from bikeguard.services import free_port
+from tests import factories
+from tests.backend.test_ingest import wait_until
+from tests.browser import browser_page, console_errors, require_chromium
+
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[str]:
+    """The backend (API and pages, no ingest) served by uvicorn on a free port."""
+    require_chromium()
+    port = free_port()
+    app = create_app(factories.settings(database_url, http_port=port), run_ingest=False)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    wait_until(lambda: srv.started, timeout_s=30)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=15)
+
+
+def _clerk(database_url: str) -> str:
+    with psycopg.connect(database_url) as conn:
+        return factories.account(conn, "clerk", "zhang.min")
+
+
+def _api_as(base: str, username: str, password: str = factories.PASSWORD) -> httpx.Client:
+    token = httpx.post(f"{base}/api/auth/login", json={"username": username, "password": password}).json()["token"]
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _sign_in(page, username: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    page.wait_for_selector("#login-form")
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("#login-submit")
+
+
+def _message(page, field: str) -> str:  # type: ignore[no-untyped-def]
+    return page.inner_text(f'.bg-msg[data-for="{field}"]')
+
+
+def test_clerk_registers_owner_bike_and_chip_with_messages_as_they_type(server: str, database_url: str) -> None:
+    clerk = _clerk(database_url)
+    with _api_as(server, clerk) as api:
+        taken = api.post("/api/bikes", json=factories.registration(plate="HZ-20001")).json()["bike"]
+    body = factories.registration(plate="HZ-20002", frame_number="LZXE2024A0815", motor_number="MT48V-22093",
+                                  tag_id="5EC0FFEE")
+    owner = body["owner"]
+    with browser_page(1400, 1000) as page:
+        page.goto(f"{server}/counter?lang=en")
+        _sign_in(page, clerk, factories.PASSWORD)
+        page.wait_for_selector("#register-form")
+
+        number = owner["id_number"]
+        wrong = number[:17] + ("0" if number[17] != "0" else "1")
+        page.type("#id_number", number[:9])
+        assert _message(page, "id_number") == "9 of 18 characters"
+        page.fill("#id_number", "")
+        page.type("#id_number", wrong)
+        assert "check digit does not match" in _message(page, "id_number")
+        page.fill("#id_number", number)
+        page.wait_for_selector("#owner-new:not([hidden])")
+        assert _message(page, "id_number") == "Valid ID number"
+
+        page.type("#name", owner["name"])
+        page.type("#mobile", "1380013")
+        assert "11 digits" in _message(page, "mobile")
+        page.fill("#mobile", owner["mobile"])
+        page.type("#address", owner["address"])
+
+        page.type("#plate", "HZ-2000")
+        assert "local pattern" in _message(page, "plate")
+        page.type("#plate", "1")  # HZ-20001: the format is right, but it is taken
+        page.wait_for_function("document.querySelector('[data-for=plate]').textContent.includes('already')")
+        assert _message(page, "plate") == f"plate HZ-20001 is already registered to another bike (#{taken['bike_id']})"
+        page.fill("#plate", "")
+        page.type("#plate", "hz-20002")
+        page.wait_for_function("document.querySelector('[data-for=plate]').textContent === 'Available'")
+
+        page.type("#frame_number", body["frame_number"])
+        page.type("#motor_number", body["motor_number"])
+        page.fill("#brand", "Yadea")
+        page.fill("#model", "G5")
+        page.fill("#colour", "blue")
+        page.type("#tag_id", taken["tag_id"])
+        page.wait_for_function("document.querySelector('[data-for=tag_id]').textContent.includes('already fitted')")
+        assert _message(page, "tag_id") == f"chip {taken['tag_id']} is already fitted to bike HZ-20001"
+        page.screenshot(path=str(SHOTS / "counter-validation.png"))
+        page.fill("#tag_id", "")
+        page.type("#tag_id", body["tag_id"])
+        page.wait_for_function("document.querySelector('[data-for=tag_id]').textContent === 'Available'")
+        page.screenshot(path=str(SHOTS / "counter-register.png"))
+
+        page.click("#register-submit")
+        page.wait_for_selector("#register-done:not([hidden])")
+        assert page.inner_text("#done-plate") == "HZ-20002"
+        assert page.inner_text("#slip-user") == owner["mobile"]
+        assert len(page.inner_text("#slip-password")) == 10
+        page.screenshot(path=str(SHOTS / "counter-done.png"))
+
+        bike_href = page.get_attribute("#done-print", "href")
+        page.goto(f"{server}{bike_href}?lang=en")
+        page.wait_for_selector("#certificate svg")
+        assert "HZ-20002" in page.inner_text("#certificate") and "W*** F***" in page.inner_text("#certificate")
+        page.screenshot(path=str(SHOTS / "certificate.png"), full_page=True)
+        assert console_errors(page) == []
+
+
+def test_counter_speaks_chinese_with_the_same_checks(server: str, database_url: str) -> None:
+    clerk = _clerk(database_url)
+    with browser_page(1400, 900) as page:
+        page.goto(f"{server}/login?lang=zh&next=/counter")
+        assert page.inner_text("h1") == "登录"
+        _sign_in(page, clerk, factories.PASSWORD)
+        page.wait_for_selector("#register-form")
+        assert page.inner_text("h1") == "登记窗口"
+        number = factories.id_number()
+        page.type("#id_number", number[:17] + ("0" if number[17] != "0" else "1"))
+        assert _message(page, "id_number") == "校验码不符：有字符输错了。"
+        page.type("#plate", "AB")
+        assert _message(page, "plate") == "不符合本地号牌格式（例如 HZ-12345）。"
+        page.screenshot(path=str(SHOTS / "counter-zh.png"))
+        assert console_errors(page) == []
+
+
+def test_clerk_finds_a_bike_replaces_its_chip_and_sees_the_history(server: str, database_url: str) -> None:
+    clerk = _clerk(database_url)
+    with _api_as(server, clerk) as api:
+        bike = api.post("/api/bikes", json=factories.registration(plate="HZ-30003")).json()["bike"]
+    with browser_page(1400, 1000) as page:
+        page.goto(f"{server}/counter?lang=en")
+        _sign_in(page, clerk, factories.PASSWORD)
+        page.click("[data-tab=services]")
+        page.fill("#find", "hz-30003")
+        page.click("#find-form button")
+        page.wait_for_selector(".bg-bike")
+        page.click(".bg-bike details:has(form[data-op=chip]) summary")
+        page.fill("form[data-op=chip] [name=tag_id]", "6A6A6A6A")
+        page.fill("form[data-op=chip] [name=reason]", "chip damaged")
+        page.click("form[data-op=chip] button")
+        page.wait_for_function("document.querySelector('.bg-bike .bg-facts').textContent.includes('6A6A6A6A')")
+        page.click(".bg-bike details.bg-history summary")
+        page.wait_for_selector(".bg-history-table table")
+        history = page.inner_text(".bg-history-table")
+        assert bike["tag_id"] in history and "6A6A6A6A" in history and "chip damaged" in history
+        page.screenshot(path=str(SHOTS / "counter-services.png"))
+        assert console_errors(page) == []
+
+
+def test_owner_signs_in_with_the_slip_arms_and_reports_the_bike_stolen(server: str, database_url: str) -> None:
+    clerk = _clerk(database_url)
+    with _api_as(server, clerk) as api:
+        done = api.post("/api/bikes", json=factories.registration(plate="HZ-40004")).json()
+    slip = done["owner_login"]
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, "st-gate", 30.27, 120.15)
+        conn.execute(
+            "INSERT INTO alarms (kind, severity, subject, tag_id, bike_id, station_id, first_seen_at, last_seen_at)"
+            " VALUES ('armed_bike_moving', 'warning', 'tag:x', %s, %s, 'st-gate', now(), now())",
+            (int(done["bike"]["tag_id"], 16), done["bike"]["bike_id"]),
+        )
+    with browser_page(1300, 950) as page:
+        page.goto(f"{server}/portal?lang=en")
+        _sign_in(page, slip["username"], slip["initial_password"])
+        page.wait_for_selector("#password-form")  # a one-time password must be replaced first
+        page.screenshot(path=str(SHOTS / "owner-first-login.png"))
+        page.fill("#current", slip["initial_password"])
+        page.fill("#new", "my own secret 42")
+        page.fill("#repeat", "my own secret 4")
+        assert _message(page, "repeat") == "The two new passwords differ."
+        page.fill("#repeat", "my own secret 42")
+        page.click("#password-form button")
+        page.wait_for_selector(".bg-bike")
+        assert "HZ-40004" in page.inner_text(".bg-bike")
+        page.wait_for_selector("#alarms li")
+        assert "Your armed bike is moving" in page.inner_text("#alarms")
+
+        page.click(".bg-bike button[data-act=arm]")
+        page.wait_for_selector(".bg-bike.armed")
+        page.screenshot(path=str(SHOTS / "owner-portal.png"))
+
+        page.click(".bg-bike details[data-key=theft] summary")
+        page.fill("[name=place]", "Wulin Square bike park")
+        page.fill("[name=circumstances]", "Lock cut while I was shopping")
+        page.fill("[name=police_report]", "HZ-110-2024-0815")
+        page.screenshot(path=str(SHOTS / "owner-report.png"))
+        page.click("form[data-act=theft] button")
+        page.wait_for_selector(".bg-bike.stolen")
+        assert "Reported stolen" in page.inner_text(".bg-bike")
+        page.screenshot(path=str(SHOTS / "owner-stolen.png"))
+        assert console_errors(page) == []
+
+    with _api_as(server, slip["username"], "my own secret 42") as owner:
+        assert owner.get(f"/api/bikes/{done['bike']['bike_id']}").json()["theft"]["police_report"] == "HZ-110-2024-0815"
+
+
+def test_pages_send_strangers_to_sign_in_and_others_to_a_403(server: str, database_url: str) -> None:
+    clerk = _clerk(database_url)
+    for path in ("/", "/counter", "/portal"):
+        r = httpx.get(f"{server}{path}", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == f"/login?next={path}"
+    with _api_as(server, clerk) as api:
+        token = api.headers["Authorization"].removeprefix("Bearer ")
+        assert httpx.get(f"{server}/", cookies={"bikeguard_session": token}).status_code == 403
+    with browser_page() as page:
+        page.goto(f"{server}/")
+        _sign_in(page, clerk, factories.PASSWORD)
+        page.wait_for_selector(".bg-card")
+        assert "this page is for: police, admin" in page.inner_text(".bg-card")
+
+
+def test_verify_page_shows_the_answer_to_anyone(server: str, database_url: str) -> None:
+    clerk = _clerk(database_url)
+    with _api_as(server, clerk) as api:
+        token = api.post("/api/bikes", json=factories.registration()).json()["certificate"]["token"]
+    with browser_page(900, 600) as page:
+        page.goto(f"{server}/verify?token={token}&lang=en")
+        assert page.get_attribute("#verify-result", "data-state") == "ok"
+        page.screenshot(path=str(SHOTS / "verify.png"))
+        page.goto(f"{server}/verify?token=BG1.AAAAAAAAAAE.forged&lang=en")
+        assert page.get_attribute("#verify-result", "data-state") == "bad"
