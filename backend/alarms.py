@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from backend import prediction
 from protocol.messages import format_tag
 
 NOTIFY_CHANNEL = "bikeguard_alarms"
@@ -188,7 +189,20 @@ async def get_alarm(
     if row is None:
         raise AlarmNotFound(f"no alarm {alarm_id}")
     trail = await _trail(conn, row, trail_limit)
-    return {**_public(row), "trail": trail}
+    return {**_public(row), "trail": trail, "next_stations": await _next_stations(conn, row, trail)}
+
+
+async def _next_stations(
+    conn: psycopg.AsyncConnection[Any], alarm: dict[str, Any], trail: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Interception points for a stolen bike on the move: its likeliest next stations and when."""
+    if alarm["kind"] != "stolen_chip_seen" or alarm["state"] == "cleared" or alarm["station_id"] is None:
+        return []
+    came_from = next((p["station_id"] for p in reversed(trail) if p["station_id"] != alarm["station_id"]), None)
+    found = await prediction.next_stations(conn, alarm["station_id"], alarm["last_seen_at"], came_from)
+    return [{"station_id": n.station_id, "name": n.name, "lat": n.lat, "lon": n.lon,
+             "probability": round(n.probability, 3), "eta_at": n.eta_at, "eta_latest_at": n.eta_latest_at}
+            for n in found]
 
 
 async def list_alarms(
@@ -203,7 +217,11 @@ async def list_alarms(
             (list(states), *params, limit),
         )
         rows = await cur.fetchall()
-    return [{**_public(r), "trail": await _trail(conn, r, 50)} for r in rows]
+    out = []
+    for r in rows:
+        trail = await _trail(conn, r, 50)
+        out.append({**_public(r), "trail": trail, "next_stations": await _next_stations(conn, r, trail)})
+    return out
 
 
 _TRANSITIONS = {

@@ -35,6 +35,7 @@ class BackendSettings(BaseSettings):
     ingest_flush_interval_s: float = Field(default=0.05, gt=0)
     partition_days_ahead: int = Field(default=7, ge=1)
     retention_days: int | None = Field(default=None, ge=1)
+    maintenance_interval_s: float = Field(default=3600.0, gt=0, description="partitions, retention, transitions")
     tile_url: str | None = None
     tile_attribution: str | None = None
 

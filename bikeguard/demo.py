@@ -211,7 +211,9 @@ def run_demo(args: argparse.Namespace) -> int:
         # Fresh random keys for this run: the demo's database is thrown away with them.
         env = {**os.environ, "BIKEGUARD_DATABASE_URL": database_url, "BIKEGUARD_MQTT_URL": mqtt_url,
                "BIKEGUARD_MQTT_SHARED_GROUP": shared, "BIKEGUARD_HTTP_PORT": str(args.port),
-               "BIKEGUARD_MQTT_CLIENT_ID": "bikeguard-demo-backend", **random_secrets()}
+               "BIKEGUARD_MQTT_CLIENT_ID": "bikeguard-demo-backend",
+               # A young town has little history: learn where bikes go next every minute, not every hour.
+               "BIKEGUARD_MAINTENANCE_INTERVAL_S": "60", **random_secrets()}
         backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env,
                                    start_new_session=True)
         wait_for_http(f"{base}/api/health", process=backend)

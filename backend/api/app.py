@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 
-from backend import accounts, alarms, audit, certificates, hotlist, registry
+from backend import accounts, alarms, audit, certificates, hotlist, prediction, registry
 from backend.api.deps import public
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
@@ -53,21 +53,24 @@ _ERRORS: dict[type[Exception], int] = {
 }
 
 
-async def _maintain_storage(settings: BackendSettings, pool: AsyncConnectionPool, every_s: float = 3600.0) -> None:
-    """Hourly: partitions for the days ahead, retention by dropping whole days, old logins and sessions."""
+async def _maintain_storage(settings: BackendSettings, pool: AsyncConnectionPool) -> None:
+    """Now and then every maintenance_interval_s: partitions ahead, retention by whole days, old logins and
+    sessions, and the station transitions behind the interception points."""
+    every_s = settings.maintenance_interval_s
     while True:
-        await asyncio.sleep(every_s)
         try:
             created, dropped = await asyncio.to_thread(
                 maintain, settings.database_url, settings.partition_days_ahead, settings.retention_days
             )
             async with pool.connection() as conn:
                 await accounts.prune(conn, settings)
-        except Exception:  # noqa: BLE001 - any failure is retried next hour; the ingest must go on
+                await prediction.refresh(conn)
+        except Exception:  # noqa: BLE001 - any failure is retried next time; the ingest must go on
             log.exception("storage maintenance failed; will retry in %.0f s", every_s)
-            continue
-        if created or dropped:
-            log.info("storage maintenance: %d partitions created, %d days dropped", created, dropped)
+        else:
+            if created or dropped:
+                log.info("storage maintenance: %d partitions created, %d days dropped", created, dropped)
+        await asyncio.sleep(every_s)
 
 
 def _status_of(exc: Exception) -> int:

@@ -146,6 +146,18 @@ class TrailPoint(BaseModel):
     seen_at: datetime
 
 
+class NextStation(BaseModel):
+    """An interception point: a station a stolen bike is likely to pass next, how likely, and when."""
+
+    station_id: str
+    name: str
+    lat: float
+    lon: float
+    probability: float
+    eta_at: datetime
+    eta_latest_at: datetime
+
+
 class AlarmPublic(BaseModel):
     """An alarm with its trail, as shown to police (and to the owner of the bike)."""
 
@@ -170,6 +182,7 @@ class AlarmPublic(BaseModel):
     cleared_by: str | None
     cleared_at: datetime | None
     trail: list[TrailPoint]
+    next_stations: list[NextStation] = []
 
 
 # ---- accounts ----

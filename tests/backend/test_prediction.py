@@ -58,3 +58,25 @@ def test_the_station_the_bike_came_from_is_not_predicted(town_history: str):
             return await prediction.next_stations(conn, "st-a", utcnow(), came_from="st-b")
 
     assert asyncio.run(run()) == []  # the only move out of st-a went to st-b, where it came from
+
+
+def test_a_stolen_bikes_alarm_carries_its_interception_points(town_history: str):
+    from backend import alarms
+
+    with psycopg.connect(town_history) as conn:
+        bike = factories.bike(conn, 0xFEED01)
+        conn.execute(
+            "INSERT INTO alarms (kind, severity, subject, tag_id, bike_id, station_id, first_seen_at, last_seen_at)"
+            " VALUES ('stolen_chip_seen', 'critical', 'tag:00FEED01', %s, %s, 'st-b', now(), now())",
+            (0xFEED01, bike),
+        )
+
+    async def run():
+        async with await psycopg.AsyncConnection.connect(town_history, autocommit=True) as conn:
+            await prediction.refresh(conn)
+            (alarm,) = await alarms.list_alarms(conn)
+            return alarm
+
+    alarm = asyncio.run(run())
+    assert [n["station_id"] for n in alarm["next_stations"]][:1] == ["st-c"]
+    assert alarm["next_stations"][0]["probability"] > 0.5
