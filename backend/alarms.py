@@ -67,32 +67,29 @@ def stolen_tags(cur: psycopg.Cursor[Any]) -> dict[int, datetime]:
     return {int(r[0]): r[1] for r in rows}
 
 
-def raise_stolen_chip_seen(cur: psycopg.Cursor[Any], hits: list[Evidence]) -> list[int]:
-    """Raise or update one 'stolen chip seen' alarm per tag; NOTIFY each at commit. Returns alarm ids."""
-    return _raise(cur, "stolen_chip_seen", "critical", hits)
+# Severity of each kind the ingest raises about a tag.
+SEVERITY: dict[str, str] = {
+    "stolen_chip_seen": "critical",
+    "chip_cloned": "critical",
+    "armed_bike_moving": "warning",
+    "tamper": "warning",
+    "low_battery": "info",
+}
 
-
-def raise_armed_bike_moving(cur: psycopg.Cursor[Any], hits: list[Evidence]) -> list[int]:
-    """Raise or update one 'armed bike moving' alarm per tag (for its owner); NOTIFY each at commit."""
-    return _raise(cur, "armed_bike_moving", "warning", hits)
-
-
-def _raise(cur: psycopg.Cursor[Any], kind: str, severity: str, hits: list[Evidence]) -> list[int]:
-    rows = cur.execute(
-        """
-        WITH e AS (
-            SELECT * FROM unnest(%s::int8[], %s::text[], %s::timestamptz[], %s::timestamptz[])
-                AS e(tag_id, station_id, first_seen_at, last_seen_at)
-        ), per_tag AS (
-            SELECT tag_id, min(first_seen_at) AS first_seen_at, max(last_seen_at) AS last_seen_at,
-                   (array_agg(station_id ORDER BY last_seen_at DESC))[1] AS station_id, count(*) AS n
-            FROM e GROUP BY tag_id
-        )
+# Raise or update one open alarm per tag from evidence rows e(tag_id, station_id, first_seen_at, last_seen_at);
+# only chips bound to a bike count. {evidence} is a SELECT producing those columns.
+_UPSERT = """
+    WITH e AS ({evidence}), per_tag AS (
+        SELECT tag_id, min(first_seen_at) AS first_seen_at, max(last_seen_at) AS last_seen_at,
+               (array_agg(station_id ORDER BY last_seen_at DESC))[1] AS station_id, count(*) AS n
+        FROM e GROUP BY tag_id
+    ), raised AS (
         INSERT INTO alarms AS a (kind, severity, subject, tag_id, bike_id, station_id,
                                  first_seen_at, last_seen_at, sightings)
-        SELECT %s, %s, 'tag:' || lpad(upper(to_hex(p.tag_id)), 8, '0'), p.tag_id,
+        SELECT %(kind)s, %(severity)s, 'tag:' || lpad(upper(to_hex(p.tag_id)), 8, '0'), p.tag_id,
                c.bike_id, p.station_id, p.first_seen_at, p.last_seen_at, p.n
-        FROM per_tag p LEFT JOIN chips c USING (tag_id)
+        FROM per_tag p JOIN chips c USING (tag_id)
+        WHERE c.bike_id IS NOT NULL
         ORDER BY p.tag_id
         ON CONFLICT (kind, subject) WHERE state <> 'cleared' DO UPDATE SET
             station_id = CASE WHEN excluded.last_seen_at >= a.last_seen_at
@@ -102,22 +99,83 @@ def _raise(cur: psycopg.Cursor[Any], kind: str, severity: str, hits: list[Eviden
             sightings = a.sightings + excluded.sightings,
             updated_at = now()
         RETURNING alarm_id
-        """,
-        (
-            [h.tag_id for h in hits], [h.station_id for h in hits],
-            [h.first_seen_at for h in hits], [h.last_seen_at for h in hits], kind, severity,
-        ),
+    )
+    SELECT alarm_id, pg_notify(%(channel)s, alarm_id::text) FROM raised
+"""
+_EVIDENCE_ROWS = (
+    "SELECT * FROM unnest(%(tags)s::int8[], %(stations)s::text[], %(firsts)s::timestamptz[],"
+    " %(lasts)s::timestamptz[]) AS e(tag_id, station_id, first_seen_at, last_seen_at)"
+)
+_EARTH_RADIUS_M = 6_371_000
+# How many of a chip's latest sightings are compared pairwise: a chip seen at up to three stations in one flush.
+_CLONE_DEPTH = 4
+# Pairs of consecutive sightings of a registered chip (the later one in this flush's batches) at two stations
+# further apart than a bike could ride in the time between them. One index lookup per tag, of its few latest
+# sightings in the last 10 minutes only.
+_CLONED_EVIDENCE = f"""
+    SELECT p.tag_id, p.station_id, least(p.prev_last_seen_at, p.first_seen_at) AS first_seen_at,
+           greatest(p.prev_last_seen_at, p.first_seen_at) AS last_seen_at
+    FROM (SELECT DISTINCT t.tag_id FROM unnest(%(tags)s::int8[]) AS t(tag_id)) f
+    JOIN chips c ON c.tag_id = f.tag_id AND c.bike_id IS NOT NULL
+    CROSS JOIN LATERAL (
+        SELECT y.tag_id, y.station_id, y.batch_seq, y.first_seen_at, st.lat, st.lon,
+               lag(y.station_id) OVER w AS prev_station_id, lag(y.last_seen_at) OVER w AS prev_last_seen_at,
+               lag(st.lat) OVER w AS prev_lat, lag(st.lon) OVER w AS prev_lon
+        FROM (SELECT x.tag_id, x.station_id, x.batch_seq, x.first_seen_at, x.last_seen_at FROM sightings x
+              WHERE x.tag_id = f.tag_id AND x.first_seen_at >= now() - interval '10 minutes'
+              ORDER BY x.first_seen_at DESC LIMIT {_CLONE_DEPTH}) y
+        JOIN stations st USING (station_id)
+        WINDOW w AS (ORDER BY y.first_seen_at, y.last_seen_at)
+    ) p
+    WHERE p.prev_station_id IS NOT NULL AND p.prev_station_id <> p.station_id
+      AND (p.station_id, p.batch_seq) IN (SELECT * FROM unnest(%(stations)s::text[], %(seqs)s::int8[]))
+      AND 2 * {_EARTH_RADIUS_M} * asin(sqrt(
+              power(sin(radians(p.lat - p.prev_lat) / 2), 2)
+              + cos(radians(p.prev_lat)) * cos(radians(p.lat)) * power(sin(radians(p.lon - p.prev_lon) / 2), 2)))
+          > %(slack_m)s + %(max_speed_mps)s
+              * greatest(extract(epoch FROM p.first_seen_at - p.prev_last_seen_at)::float8, 0)
+"""
+
+
+def raise_alarms(cur: psycopg.Cursor[Any], kind: str, severity: str, hits: list[Evidence]) -> list[int]:
+    """Raise or update one open alarm of this kind per tag bound to a bike; NOTIFY each at commit.
+
+    One query whatever the number of hits; returns the alarm ids.
+    """
+    if not hits:
+        return []
+    return _upsert(cur, _EVIDENCE_ROWS, kind, severity, {
+        "tags": [h.tag_id for h in hits], "stations": [h.station_id for h in hits],
+        "firsts": [h.first_seen_at for h in hits], "lasts": [h.last_seen_at for h in hits],
+    })
+
+
+def raise_chips_cloned(
+    cur: psycopg.Cursor[Any], tag_ids: list[int], batches: list[tuple[str, int]], max_speed_kmh: float,
+    slack_m: float,
+) -> list[int]:
+    """Raise 'chip cloned' for chips seen in these (station_id, batch_seq) batches at a station they could not
+    have reached since their previous sighting (at max_speed_kmh, give or take slack_m); one query."""
+    if not tag_ids:
+        return []
+    return _upsert(cur, _CLONED_EVIDENCE, "chip_cloned", SEVERITY["chip_cloned"], {
+        "tags": tag_ids, "stations": [b[0] for b in batches], "seqs": [b[1] for b in batches],
+        "slack_m": slack_m, "max_speed_mps": max_speed_kmh / 3.6,
+    })
+
+
+def _upsert(cur: psycopg.Cursor[Any], evidence: str, kind: str, severity: str, params: dict[str, Any]) -> list[int]:
+    rows = cur.execute(
+        _UPSERT.replace("{evidence}", evidence),
+        {**params, "kind": kind, "severity": severity, "channel": NOTIFY_CHANNEL},
     ).fetchall()
-    ids = [int(r[0]) for r in rows]
-    for alarm_id in ids:
-        cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(alarm_id)))
-    return ids
+    return [int(r[0]) for r in rows]
 
 
 _ALARM_SELECT = """
     SELECT a.alarm_id AS id, a.kind, a.severity, a.state, a.tag_id, b.plate, a.station_id,
            s.name AS station_name, s.lat, s.lon, a.first_seen_at, a.last_seen_at, a.sightings,
-           a.raised_at, a.updated_at, a.assignee, a.acknowledged_by, a.acknowledged_at,
+           a.raised_at, a.updated_at, a.assignee, a.assigned_by, a.assigned_at, a.acknowledged_by, a.acknowledged_at,
            a.cleared_by, a.cleared_at
     FROM alarms a
     LEFT JOIN bikes b USING (bike_id)
@@ -244,5 +302,22 @@ async def transition(conn: psycopg.AsyncConnection[Any], alarm_id: int, action: 
             f"UPDATE alarms SET state = %s, {by_col} = %s, {at_col} = now(), updated_at = now()"
             " WHERE alarm_id = %s",
             (new_state, who, alarm_id),
+        )
+        await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(alarm_id)))
+
+
+async def assign(conn: psycopg.AsyncConnection[Any], alarm_id: int, assignee: str, who: str) -> None:
+    """Hand an open alarm to someone, recording who did and when; NOTIFY the change."""
+    async with conn.transaction():
+        cur = await conn.execute("SELECT state FROM alarms WHERE alarm_id = %s FOR UPDATE", (alarm_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise AlarmNotFound(f"no alarm {alarm_id}")
+        if row[0] == "cleared":
+            raise AlarmStateError(f"alarm {alarm_id} is cleared; cannot assign it")
+        await conn.execute(
+            "UPDATE alarms SET assignee = %s, assigned_by = %s, assigned_at = now(), updated_at = now()"
+            " WHERE alarm_id = %s",
+            (assignee, who, alarm_id),
         )
         await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(alarm_id)))

@@ -33,6 +33,10 @@ class BackendSettings(BaseSettings):
     http_port: int = 8000
     ingest_flush_rows: int = Field(default=20_000, ge=1)
     ingest_flush_interval_s: float = Field(default=0.05, gt=0)
+    # How long the ingest trusts its cached list of registered stations before reading it again.
+    ingest_station_refresh_s: float = Field(default=5.0, gt=0)
+    # A chip seen at two stations faster than an e-bike can ride between them is a clone.
+    clone_max_speed_kmh: float = Field(default=60.0, gt=0)
     partition_days_ahead: int = Field(default=7, ge=1)
     retention_days: int | None = Field(default=None, ge=1)
     maintenance_interval_s: float = Field(default=3600.0, gt=0, description="partitions, retention, transitions")

@@ -1,4 +1,4 @@
-"""Stations as the backend knows them: position, latest status, recent passages; and the road map."""
+"""Stations as the backend knows them: registry and life cycle, latest status, recent passages; the road map."""
 
 from __future__ import annotations
 
@@ -8,23 +8,166 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+# The life cycle, in order; a station moves one step forward at a time, or to decommissioned from anywhere.
+LIFECYCLE: tuple[str, ...] = ("planned", "installed", "commissioned", "active", "decommissioned")
+_REGISTRY_FIELDS = ("name", "lat", "lon", "address", "mount_height_m", "antenna_bearing_deg", "radio_settings",
+                    "heartbeat_interval_s")
+_COLUMNS = (
+    "s.station_id, s.name, s.lat, s.lon, s.address, s.mount_height_m, s.antenna_bearing_deg, s.radio_settings,"
+    " s.heartbeat_interval_s, s.lifecycle, s.lifecycle_changed_at"
+)
 
-async def upsert_stations(conn: psycopg.AsyncConnection[Any], stations: list[dict[str, Any]]) -> int:
-    """Create or update stations by id (name and position)."""
-    async with conn.cursor() as cur:
+
+class StationError(Exception):
+    """Base of the station registry's errors."""
+
+
+class StationNotFound(StationError):
+    """No station has this id."""
+
+    def __init__(self, station_id: str) -> None:
+        super().__init__(f"no station {station_id}")
+        self.station_id = station_id
+
+
+class StationExists(StationError):
+    """A station with this id is already registered."""
+
+    def __init__(self, station_id: str) -> None:
+        super().__init__(f"station {station_id} is already registered")
+        self.station_id = station_id
+
+
+class LifecycleError(StationError):
+    """A life-cycle step that is not allowed from the station's current state."""
+
+    def __init__(self, station_id: str, current: str, target: str) -> None:
+        allowed = next_states(current)
+        super().__init__(
+            f"station {station_id} is {current}: it cannot become {target}"
+            + (f" (allowed: {', '.join(allowed)})" if allowed else " (decommissioned is final)")
+        )
+        self.station_id, self.current, self.target = station_id, current, target
+
+
+def next_states(current: str) -> tuple[str, ...]:
+    """The states a station in `current` may move to: the next step, or decommissioned."""
+    if current == "decommissioned":
+        return ()
+    step = LIFECYCLE[LIFECYCLE.index(current) + 1]
+    return (step,) if step == "decommissioned" else (step, "decommissioned")
+
+
+async def upsert_stations(conn: psycopg.AsyncConnection[Any], stations: list[dict[str, Any]],
+                          actor: str = "api") -> int:
+    """Create or update stations by id (name and position); new ones are registered as active (in service)."""
+    async with conn.transaction(), conn.cursor() as cur:
         await cur.executemany(
-            "INSERT INTO stations (station_id, name, lat, lon) VALUES (%(station_id)s, %(name)s, %(lat)s, %(lon)s)"
+            "INSERT INTO stations (station_id, name, lat, lon, lifecycle)"
+            " VALUES (%(station_id)s, %(name)s, %(lat)s, %(lon)s, 'active')"
             " ON CONFLICT (station_id) DO UPDATE SET name = excluded.name, lat = excluded.lat, lon = excluded.lon",
             stations,
+        )
+        await cur.execute(
+            "INSERT INTO station_lifecycle_history (station_id, from_state, to_state, changed_by, note)"
+            " SELECT s.station_id, NULL, s.lifecycle, %s, 'registered in bulk' FROM stations s"
+            " WHERE s.station_id = ANY(%s) AND NOT EXISTS"
+            "  (SELECT 1 FROM station_lifecycle_history h WHERE h.station_id = s.station_id)",
+            (actor, [st["station_id"] for st in stations]),
         )
     return len(stations)
 
 
-async def list_stations(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
-    """Every station with its state: online/offline from its retained status, unknown if never heard."""
+async def register_station(conn: psycopg.AsyncConnection[Any], station: dict[str, Any], actor: str) -> dict[str, Any]:
+    """Register a new station as planned, with its mounting and radio settings."""
+    values = {k: station.get(k) for k in _REGISTRY_FIELDS}
+    values["radio_settings"] = Jsonb(values["radio_settings"] or {})
+    values["heartbeat_interval_s"] = values["heartbeat_interval_s"] or 30
+    async with conn.transaction():
+        cur = await conn.execute(
+            "INSERT INTO stations (station_id, " + ", ".join(_REGISTRY_FIELDS) + ", lifecycle)"
+            " VALUES (%(station_id)s, " + ", ".join(f"%({k})s" for k in _REGISTRY_FIELDS) + ", 'planned')"
+            " ON CONFLICT (station_id) DO NOTHING RETURNING station_id",
+            {**values, "station_id": station["station_id"]},
+        )
+        if await cur.fetchone() is None:
+            raise StationExists(station["station_id"])
+        await conn.execute(
+            "INSERT INTO station_lifecycle_history (station_id, from_state, to_state, changed_by)"
+            " VALUES (%s, NULL, 'planned', %s)",
+            (station["station_id"], actor),
+        )
+    return await get_station(conn, station["station_id"])
+
+
+async def update_station(conn: psycopg.AsyncConnection[Any], station_id: str,
+                         changes: dict[str, Any]) -> dict[str, Any]:
+    """Change a station's registry fields (only those given); its life cycle changes by change_lifecycle."""
+    required = ("name", "lat", "lon", "heartbeat_interval_s")
+    values = {k: v for k, v in changes.items() if k in _REGISTRY_FIELDS and not (v is None and k in required)}
+    if "radio_settings" in values:
+        values["radio_settings"] = Jsonb(values["radio_settings"] or {})
+    if values:
+        cur = await conn.execute(
+            "UPDATE stations SET " + ", ".join(f"{k} = %({k})s" for k in values)
+            + " WHERE station_id = %(station_id)s RETURNING station_id",
+            {**values, "station_id": station_id},
+        )
+        if await cur.fetchone() is None:
+            raise StationNotFound(station_id)
+    return await get_station(conn, station_id)
+
+
+async def change_lifecycle(conn: psycopg.AsyncConnection[Any], station_id: str, target: str, actor: str,
+                           note: str | None = None) -> dict[str, Any]:
+    """Move a station one step forward in its life cycle (or to decommissioned), recording who and when."""
+    async with conn.transaction():
+        cur = await conn.execute("SELECT lifecycle FROM stations WHERE station_id = %s FOR UPDATE", (station_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise StationNotFound(station_id)
+        current = row[0]
+        if target not in next_states(current):
+            raise LifecycleError(station_id, current, target)
+        await conn.execute(
+            "UPDATE stations SET lifecycle = %s, lifecycle_changed_at = now() WHERE station_id = %s",
+            (target, station_id),
+        )
+        await conn.execute(
+            "INSERT INTO station_lifecycle_history (station_id, from_state, to_state, changed_by, note)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (station_id, current, target, actor, note),
+        )
+    return await get_station(conn, station_id)
+
+
+async def get_station(conn: psycopg.AsyncConnection[Any], station_id: str) -> dict[str, Any]:
+    """One station's registry record, its latest status and its life-cycle history (oldest first)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT s.station_id, s.name, s.lat, s.lon, coalesce(st.state, 'unknown') AS state,"
+            f"SELECT {_COLUMNS}, coalesce(st.state, 'unknown') AS state, st.received_at AS last_status_at,"
+            " st.payload AS status FROM stations s LEFT JOIN station_status st USING (station_id)"
+            " WHERE s.station_id = %s",
+            (station_id,),
+        )
+        station = await cur.fetchone()
+        if station is None:
+            raise StationNotFound(station_id)
+        await cur.execute(
+            "SELECT from_state, to_state, changed_by, changed_at, note FROM station_lifecycle_history"
+            " WHERE station_id = %s ORDER BY changed_at, history_id",
+            (station_id,),
+        )
+        station["history"] = await cur.fetchall()
+    return station
+
+
+async def list_stations(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """Every station with its registry record and state: online/offline from its retained status, unknown if never
+    heard."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS}, coalesce(st.state, 'unknown') AS state,"
             " st.received_at AS last_status_at, st.payload AS status"
             " FROM stations s LEFT JOIN station_status st USING (station_id) ORDER BY s.station_id"
         )

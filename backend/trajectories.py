@@ -218,3 +218,17 @@ async def tag_window(conn: psycopg.AsyncConnection[Any], tag_id: int) -> dict[st
             (tag_id,),
         )
         return await cur.fetchone()
+
+
+async def last_seen(conn: psycopg.AsyncConnection[Any], tag_id: int, since: datetime | None) -> dict[str, Any] | None:
+    """The chip's latest passage (still going on at or after since, if given) with its station, or None."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT x.station_id, st.name AS station_name, st.lat, st.lon, x.last_seen_at AS seen_at"
+            " FROM sightings x JOIN stations st USING (station_id)"
+            " WHERE x.tag_id = %s AND (%s::timestamptz IS NULL"
+            "   OR (x.last_seen_at >= %s::timestamptz AND x.first_seen_at >= %s::timestamptz - interval '1 hour'))"
+            " ORDER BY x.first_seen_at DESC LIMIT 1",
+            (tag_id, since, since, since),
+        )
+        return await cur.fetchone()

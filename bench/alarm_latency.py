@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
-from ingest import build_batches  # bench/ingest.py, beside this script
+from ingest import build_batches, register_stations  # bench/ingest.py, beside this script
 
 from bikeguard.demo import bootstrap_admin, seed_backend, sign_in, wait_for_http
 from bikeguard.services import free_port, start_broker, start_postgres, stop_process
@@ -161,6 +161,7 @@ def main() -> int:
         # every bench bike stolen, so each trial is a fresh chip on the hot list.
         town = Town.generate(11, stations=5, bikes=args.trials)
         staff = seed_backend(base, town, bootstrap_admin(pg.url))
+        register_stations(pg.url, 200)  # the stations of the background load
         police = sign_in(base, staff.police)
         for bike_id, _first_login in staff.owners.values():
             police.post(f"/api/bikes/{bike_id}/theft", json={"place": "bench"}).raise_for_status()

@@ -32,6 +32,16 @@ from protocol import topics
 from protocol.messages import Sighting, SightingBatch, format_tag, parse_tag
 
 
+def register_stations(url: str, stations: int) -> None:
+    """The bench stations st-000 … as registered rows: the ingest refuses stations it does not know."""
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO stations (station_id, name, lat, lon, lifecycle) VALUES (%s, %s, %s, %s, 'active')"
+            " ON CONFLICT (station_id) DO NOTHING",
+            [(f"st-{i:03d}", f"Bench station {i}", 30.2 + i / 10_000, 120.1 + i / 10_000) for i in range(stations)],
+        )
+
+
 def build_batches(total: int, per_batch: int, stations: int, seed: int = 1) -> list[SightingBatch]:
     """Realistic batches: stations around a town, tags passing at plausible times and signal levels."""
     rng = random.Random(seed)
@@ -115,6 +125,7 @@ def main() -> int:
     url = psycopg.conninfo.make_conninfo(server, dbname=name)
     try:
         migrate(url)
+        register_stations(url, args.stations)
         t = time.perf_counter()
         batches = build_batches(args.sightings, args.batch, args.stations)
         payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]

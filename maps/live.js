@@ -132,7 +132,17 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       "<tr><th>First seen</th><td>" + clock(a.first_seen_at) + "</td></tr>" +
       "<tr><th>Sightings</th><td>" + esc(a.sightings) + "</td></tr>" +
       "<tr><th>State</th><td>" + esc(a.state) + " · alarm #" + esc(a.id) + "</td></tr>" +
-      "</table></div>";
+      (a.assignee ? "<tr><th>Assigned</th><td>" + esc(a.assignee) + "</td></tr>" : "") +
+      "</table>" + actionsHtml(a) + "</div>";
+  }
+  function actionsHtml(a) {       // what the signed-in officer can do with the alarm; answered by act()
+    var b = function (action, label, enabled) {
+      return '<button type="button" class="bg-act bg-act-' + action + '" data-act="' + action + '" data-alarm-id="' +
+        esc(a.id) + '"' + (enabled ? "" : " disabled") + ">" + label + "</button>";
+    };
+    return '<div class="bg-actions">' + b("acknowledge", "Acknowledge", a.state === "active") +
+      b("clear", "Clear", true) +
+      (cfg.me ? b("assign", "Assign to me", a.assignee !== cfg.me) : "") + "</div>";
   }
   function alarmIcon(a) {
     return L.divIcon({
@@ -151,7 +161,8 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       plate +
       '<div class="bg-where">at ' + esc(a.station_name) + " <span class=\"bg-meta\">(" + esc(a.station_id) + ")</span></div>" +
       '<div class="bg-meta">Tag ' + esc(a.tag_id) + " · " + esc(a.sightings) + " sighting" +
-      (a.sightings === 1 ? "" : "s") + " · since " + clock(a.first_seen_at) + "</div>";
+      (a.sightings === 1 ? "" : "s") + " · since " + clock(a.first_seen_at) + "</div>" +
+      (a.assignee ? '<div class="bg-meta bg-assignee">Assigned to ' + esc(a.assignee) + "</div>" : "");
   }
   function drawTrail(entry) {
     var pts = entry.trail;
@@ -244,7 +255,8 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       entry.label = entry.marker.getTooltip();
       entry.item.className = "bg-alarm";
       entry.item.dataset.alarmId = id;
-      entry.item.addEventListener("click", function () {
+      entry.item.addEventListener("click", function (ev) {
+        if (ev.target.closest("button")) { return; }
         map.flyTo(entry.marker.getLatLng(), Math.max(map.getZoom(), 16), { duration: 0.8 });
         entry.marker.openPopup();
       });
@@ -268,11 +280,84 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     entry.marker.setPopupContent(popupHtml(a));
     entry.item.className = "bg-alarm sev-" + severity(a) + (a.state === "acknowledged" ? " acknowledged" : "") +
       (entry.item.classList.contains("fresh") ? " fresh" : "");
-    entry.item.innerHTML = itemHtml(a) + nextHtml(a);
+    entry.item.innerHTML = itemHtml(a) + nextHtml(a) + actionsHtml(a);
     drawTrail(entry);
     drawNext(entry);
     sortPanel();
   }
+
+  /* ---- actions: the API with the page's session cookie ---- */
+
+  function api(method, url, body) {
+    var init = { method: method, credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } };
+    if (body !== undefined) { init.headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
+    return fetch(url, init).then(function (r) {
+      if (r.status === 401) { window.location.href = "/login?next=" + encodeURIComponent(window.location.pathname); }
+      var json = (r.headers.get("Content-Type") || "").indexOf("json") >= 0 ? r.json() : Promise.resolve(null);
+      return json.then(function (data) {
+        if (!r.ok) {
+          throw new Error(data && typeof data.detail === "string" ? data.detail : "HTTP " + r.status);
+        }
+        return data;
+      });
+    });
+  }
+  function say(el, text, bad) {
+    el.textContent = text;
+    el.classList.toggle("bad", !!bad);
+  }
+  function act(button) {
+    var id = button.dataset.alarmId, action = button.dataset.act;
+    var body = action === "assign" ? { assignee: cfg.me } : undefined;
+    button.disabled = true;
+    api("POST", cfg.alarmsUrl + "/" + encodeURIComponent(id) + "/" + action, body)
+      .then(function (a) {
+        say($("bg-action-status"), "Alarm #" + id + ": " + (action === "assign" ? "assigned to " + a.assignee : a.state));
+        upsertAlarm(a, true);
+        if (a.state === "cleared") { map.closePopup(); }
+      })
+      .catch(function (err) {
+        button.disabled = false;
+        say($("bg-action-status"), "Alarm #" + id + ": " + action + " failed (" + err.message + ")", true);
+      });
+  }
+  document.addEventListener("click", function (ev) {
+    var button = ev.target.closest && ev.target.closest("button[data-act]");
+    if (button) { ev.preventDefault(); ev.stopPropagation(); act(button); }
+  });
+
+  var found = L.layerGroup().addTo(map);
+  function searchResult(r) {
+    var b = r.bike, where = r.last_seen;
+    var owner = r.owner ? " · owner " + esc(r.owner.name) + (r.owner.mobile ? " " + esc(r.owner.mobile) : "") : "";
+    return '<li><span class="plate">' + esc(b.plate || "no plate") + "</span> " + esc(b.brand || "") + " " +
+      esc(b.colour || "") + (b.stolen ? ' <b class="stolen">STOLEN</b>' : "") + owner + "<br>" +
+      (where ? "last seen at " + esc(where.station_name) + " · " + clock(where.seen_at) + " · " + ago(where.seen_at)
+        : "<i>" + (b.stolen ? "not seen since the theft" : "whereabouts only with a case number") + "</i>") + "</li>";
+  }
+  $("bg-search").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var q = $("bg-search-q").value.trim(), caseNo = $("bg-search-case").value.trim();
+    var out = $("bg-search-result");
+    if (!q) { return; }
+    say(out, "Searching…");
+    api("GET", cfg.searchUrl + "?q=" + encodeURIComponent(q) + (caseNo ? "&case_number=" + encodeURIComponent(caseNo) : ""))
+      .then(function (results) {
+        found.clearLayers();
+        if (!results.length) { say(out, "No bike with plate, frame number or chip " + q); return; }
+        out.classList.remove("bad");
+        out.innerHTML = "<ol>" + results.map(searchResult).join("") + "</ol>";
+        var where = results[0].last_seen;
+        if (where) {
+          L.circleMarker([where.lat, where.lon], {
+            radius: 16, color: "#38bdf8", weight: 3, fillColor: "#38bdf8", fillOpacity: 0.25, className: "bg-found"
+          }).bindTooltip(esc(results[0].bike.plate || q), { permanent: true, direction: "top", className: "bg-found-label" })
+            .addTo(found);
+          map.flyTo([where.lat, where.lon], Math.max(map.getZoom(), 16), { duration: 0.8 });
+        }
+      })
+      .catch(function (err) { say(out, "Search failed: " + err.message, true); });
+  });
 
   /* ---- live feed ---- */
 

@@ -120,6 +120,13 @@ def _chrome() -> str:
         '<div id="bg-clock"></div>'
         "</header>"
         '<aside id="bg-panel">'
+        '<form id="bg-search" autocomplete="off">'
+        '<input id="bg-search-q" name="q" maxlength="40" required placeholder="Plate, frame number or chip id">'
+        '<input id="bg-search-case" name="case_number" maxlength="40" placeholder="Case no. (owner)">'
+        '<button type="submit">Find</button>'
+        '<div id="bg-search-result" role="status"></div>'
+        "</form>"
+        '<div id="bg-action-status" role="status"></div>'
         '<h2>Active alarms <span id="bg-panel-count">0</span><small id="bg-panel-acked"></small></h2>'
         '<p id="bg-no-alarms">No active alarms</p>'
         '<ol id="bg-alarm-list"></ol>'
@@ -137,10 +144,17 @@ def build_live_map(
     assets_base: str = DEFAULT_BASE,
     live_url: str = "/api/live",
     activity_url: str = "/api/stations/activity",
+    alarms_url: str = "/api/alarms",
+    search_url: str = "/api/bikes/search",
+    user_name: str | None = None,
     tile_url: str | None = None,
     tile_attribution: str | None = None,
 ) -> str:
-    """The full HTML of the live map page; it loads Leaflet from `assets_base` and nothing from elsewhere."""
+    """The full HTML of the live map page; it loads Leaflet from `assets_base` and nothing from elsewhere.
+
+    Its alarm buttons and bike search call the API at alarms_url and search_url with the page's session cookie;
+    "Assign to me" assigns to user_name.
+    """
     m = base_map(assets_base=assets_base, tile_url=tile_url, tile_attribution=tile_attribution)
     add_roads(m, roads)
     station_layer = folium.FeatureGroup(name="Stations")
@@ -154,6 +168,9 @@ def build_live_map(
         "liveUrl": live_url,
         "activityUrl": activity_url,
         "activityIntervalMs": ACTIVITY_INTERVAL_S * 1000,
+        "alarmsUrl": alarms_url,
+        "searchUrl": search_url,
+        "me": user_name,
         "stations": [
             {k: s.get(k) for k in ("station_id", "name", "lat", "lon", "state")} for s in stations
         ],

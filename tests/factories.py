@@ -86,9 +86,9 @@ def registration(**overrides: Any) -> dict[str, Any]:
 
 
 def station(conn: psycopg.Connection, station_id: str, lat: float = 30.27, lon: float = 120.15) -> str:
-    """A station at a position."""
+    """A station at a position, registered as planned (so the ingest accepts what it sends); no-op if it exists."""
     conn.execute(
-        "INSERT INTO stations (station_id, name, lat, lon) VALUES (%s, %s, %s, %s)",
+        "INSERT INTO stations (station_id, name, lat, lon) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
         (station_id, f"Station {station_id}", lat, lon),
     )
     return station_id

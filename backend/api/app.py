@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 
 from backend import accounts, alarms, audit, certificates, hotlist, prediction, registry
+from backend import stations as station_registry
 from backend.api.deps import public
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
@@ -48,6 +49,9 @@ _ERRORS: dict[type[Exception], int] = {
     accounts.PasswordRejected: 422,
     audit.CaseNumberRequired: 403,
     certificates.CertificateNotFound: 404,
+    station_registry.StationNotFound: 404,
+    station_registry.StationExists: 409,
+    station_registry.LifecycleError: 409,
     # Input PostgreSQL cannot store (a NUL character, a number out of range) is the caller's error.
     psycopg.errors.DataError: 422,
 }

@@ -70,6 +70,49 @@ class StationCreate(BaseModel):
     lon: float = Field(ge=-180, le=180)
 
 
+StationLifecycle = Literal["planned", "installed", "commissioned", "active", "decommissioned"]
+
+
+class StationRegister(StationCreate):
+    """A new station to register (as planned), with how it is mounted and its radio settings."""
+
+    address: Text200 | None = None
+    mount_height_m: float | None = Field(default=None, gt=0, le=100)
+    antenna_bearing_deg: float | None = Field(default=None, ge=0, lt=360)
+    radio_settings: dict[str, Any] = Field(default_factory=dict)
+    heartbeat_interval_s: int = Field(default=30, ge=1, le=86400)
+
+
+class StationUpdate(BaseModel):
+    """Registry fields of a station to change; those left out stay as they are."""
+
+    name: Text200 | None = None
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    address: Text200 | None = None
+    mount_height_m: float | None = Field(default=None, gt=0, le=100)
+    antenna_bearing_deg: float | None = Field(default=None, ge=0, lt=360)
+    radio_settings: dict[str, Any] | None = None
+    heartbeat_interval_s: int | None = Field(default=None, ge=1, le=86400)
+
+
+class StationLifecycleChange(BaseModel):
+    """A life-cycle step: the state the station moves to, and why."""
+
+    state: StationLifecycle
+    note: Text200 | None = None
+
+
+class StationHistoryEntry(BaseModel):
+    """One life-cycle step of a station: from, to, who and when."""
+
+    from_state: StationLifecycle | None
+    to_state: StationLifecycle
+    changed_by: str
+    changed_at: datetime
+    note: str | None
+
+
 class RoadGeometry(BaseModel):
     """A road's centre line: [lon, lat] points."""
 
@@ -104,6 +147,39 @@ class StationPublic(BaseModel):
     state: Literal["online", "offline", "unknown"]
     last_status_at: datetime | None
     status: dict[str, Any] | None
+    lifecycle: StationLifecycle = "active"
+    address: str | None = None
+    mount_height_m: float | None = None
+    antenna_bearing_deg: float | None = None
+    heartbeat_interval_s: int = 30
+
+
+class StationDetail(StationPublic):
+    """A station's registry record, state and life-cycle history."""
+
+    radio_settings: dict[str, Any]
+    lifecycle_changed_at: datetime
+    history: list[StationHistoryEntry]
+
+
+class StationHealth(BaseModel):
+    """A station's health: online, offline or degraded (with why), and what its status reports."""
+
+    station_id: str
+    name: str
+    lat: float
+    lon: float
+    lifecycle: StationLifecycle
+    health: Literal["online", "offline", "degraded"]
+    reasons: list[str]
+    last_heartbeat_at: datetime | None
+    heartbeat_interval_s: int
+    passages_last_hour: int
+    usual_passages: float | None
+    spool_depth: int | None
+    spool_dropped: int | None
+    noise_floor_dbm: int | None
+    firmware: str | None
 
 
 class StationActivity(BaseModel):
@@ -158,6 +234,12 @@ class NextStation(BaseModel):
     eta_latest_at: datetime
 
 
+class AlarmAssign(BaseModel):
+    """Who is to deal with an alarm (a name as the police know it)."""
+
+    assignee: str = Field(min_length=1, max_length=100, pattern=r"\S")
+
+
 class AlarmPublic(BaseModel):
     """An alarm with its trail, as shown to police (and to the owner of the bike)."""
 
@@ -177,6 +259,8 @@ class AlarmPublic(BaseModel):
     raised_at: datetime
     updated_at: datetime
     assignee: str | None
+    assigned_by: str | None = None
+    assigned_at: datetime | None = None
     acknowledged_by: str | None
     acknowledged_at: datetime | None
     cleared_by: str | None
@@ -362,6 +446,24 @@ class BikePublic(BaseModel):
     deregistered_at: datetime | None
     photo_ids: list[int]
     owner: OwnerSummary | None = None
+
+
+class LastSeenPublic(BaseModel):
+    """Where a bike's chip last passed a station."""
+
+    station_id: str
+    station_name: str
+    lat: float
+    lon: float
+    seen_at: datetime
+
+
+class BikeSearchResult(BaseModel):
+    """A bike found by plate, frame number or chip, where it was last seen, and its owner only with a case."""
+
+    bike: BikePublic
+    last_seen: LastSeenPublic | None
+    owner: OwnerPublic | None = None
 
 
 class CertificatePublic(BaseModel):

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from backend.ingest import writer
+from backend.ingest.stations import UNKNOWN_REASON, KnownStations
 from backend.settings import BackendSettings
 from bikeguard.services import mqtt_address
 from protocol import topics
@@ -59,6 +60,8 @@ class _Flush:
     statuses: list[StationStatus] = field(default_factory=list)
     rejects: list[tuple[str, str, bytes]] = field(default_factory=list)
     messages: list[Incoming] = field(default_factory=list)
+    # Each valid message with the station it comes from, until screened against the registered stations.
+    origins: list[tuple[Incoming, str]] = field(default_factory=list)
     rows: int = 0
     result: writer.WriteResult = field(default_factory=writer.WriteResult)
 
@@ -83,6 +86,7 @@ def classify(item: Incoming, flush: _Flush) -> None:
         reason = exc.reason if isinstance(exc, MessageError) else str(exc)
         flush.rejects.append((item.topic, reason, item.payload))
         return
+    flush.origins.append((item, where.station_id))
     if isinstance(msg, dict):
         flush.batches.append(msg)
         flush.rows += len(msg["sightings"])
@@ -92,16 +96,39 @@ def classify(item: Incoming, flush: _Flush) -> None:
         flush.statuses.append(msg)
 
 
+def screen(conn: psycopg.Connection, flush: _Flush, known: KnownStations) -> None:
+    """Move the messages of stations that are not registered (or decommissioned) to the rejects."""
+    refused = known.refused(conn, {sid for _, sid in flush.origins})
+    if not refused:
+        return
+    flush.batches = [b for b in flush.batches if b["station_id"] not in refused]
+    flush.alerts = [a for a in flush.alerts if a.station_id not in refused]
+    flush.statuses = [s for s in flush.statuses if s.station_id not in refused]
+    flush.rows = sum(len(b["sightings"]) for b in flush.batches)
+    for item, sid in flush.origins:
+        if sid in refused:
+            flush.rejects.append((item.topic, known.reason(sid), item.payload))
+    flush.origins = [(item, sid) for item, sid in flush.origins if sid not in refused]
+
+
 class Ingest:
     """The MQTT→PostgreSQL ingest worker; several may run at once against one shared subscription."""
 
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
         self.counters = IngestCounters()
+        self.known = KnownStations(settings.ingest_station_refresh_s)
         self._queue: queue.Queue[Incoming] = queue.Queue()
+        # Alerts (a stolen chip's first beacon) have a lane, a thread and a connection of their own, so
+        # they never wait behind a backlog of sightings batches.
+        self._alerts: queue.Queue[Incoming] = queue.Queue()
+        self._count_lock = threading.Lock()
         self._stop = threading.Event()
         self._connected = threading.Event()
-        self._thread = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._write_loop, args=(self._queue,), name="ingest-writer", daemon=True),
+            threading.Thread(target=self._write_loop, args=(self._alerts,), name="ingest-alerts", daemon=True),
+        ]
         host, port, user, password = mqtt_address(settings.mqtt_url)
         self._address = (host, port)
         client = mqtt.Client(
@@ -143,7 +170,8 @@ class Ingest:
             log.warning("ingest lost the broker (%s); paho reconnects", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self._queue.put(Incoming(msg.topic, msg.payload, msg.mid, msg.qos))
+        lane = self._alerts if msg.topic.endswith("/alerts") else self._queue
+        lane.put(Incoming(msg.topic, msg.payload, msg.mid, msg.qos))
 
     # life cycle
 
@@ -151,26 +179,28 @@ class Ingest:
         """Connect to the broker and start writing; waits until the subscriptions are acknowledged."""
         self.client.connect_async(*self._address, keepalive=30)
         self.client.loop_start()
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         if not self._connected.wait(wait_s):
             log.warning("ingest not connected to the broker after %.0f s; still trying", wait_s)
 
     def stop(self) -> None:
         """Finish the current flush, then disconnect."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
         self.client.disconnect()
         self.client.loop_stop()
 
     # database side (the writer thread)
 
-    def _collect(self) -> _Flush:
+    def _collect(self, lane: queue.Queue[Incoming]) -> _Flush:
         flush = _Flush()
         deadline: float | None = None
         while not self._stop.is_set():
             timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                item = self._queue.get(timeout=timeout)
+                item = lane.get(timeout=timeout)
             except queue.Empty:
                 if deadline is not None:
                     break
@@ -185,22 +215,22 @@ class Ingest:
         # Drain what is already queued without waiting, up to the flush size.
         while flush.rows < self.settings.ingest_flush_rows:
             try:
-                item = self._queue.get_nowait()
+                item = lane.get_nowait()
             except queue.Empty:
                 break
             flush.messages.append(item)
             classify(item, flush)
         return flush
 
-    def _write_loop(self) -> None:
+    def _write_loop(self, lane: queue.Queue[Incoming]) -> None:
         conn: psycopg.Connection | None = None
         backoff = 0.5
         flush = _Flush()
         while True:
             if not flush.messages:
-                if self._stop.is_set() and self._queue.empty():
+                if self._stop.is_set() and lane.empty():
                     break
-                flush = self._collect()
+                flush = self._collect(lane)
                 if not flush.messages:
                     continue
             try:
@@ -249,12 +279,14 @@ class Ingest:
                     with conn.transaction():
                         writer.write_rejects(conn, [(item.topic, reason[:500], item.payload)])
                     self.counters.rejected["database"] += 1
-        self.counters.messages += len(flush.messages)
-        self.counters.flushes += 1
+        with self._count_lock:
+            self.counters.messages += len(flush.messages)
+            self.counters.flushes += 1
 
     def _write_all(self, conn: psycopg.Connection, flush: _Flush) -> None:
+        screen(conn, flush, self.known)
         flush.result = writer.write_alerts(conn, flush.alerts)
-        flush.result.add(writer.write_batches(conn, flush.batches))
+        flush.result.add(writer.write_batches(conn, flush.batches, self.settings.clone_max_speed_kmh))
         received_at = utcnow()
         for status in flush.statuses:
             writer.write_status(conn, status, received_at)
@@ -262,6 +294,10 @@ class Ingest:
 
     def _count(self, flush: _Flush) -> None:
         """Count a committed flush."""
+        with self._count_lock:
+            self._count_locked(flush)
+
+    def _count_locked(self, flush: _Flush) -> None:
         c, result = self.counters, flush.result
         c.batches_new += result.batches_new
         c.batches_repeated += result.batches_repeated
@@ -269,5 +305,10 @@ class Ingest:
         c.alerts += result.alerts_new
         c.statuses += len(flush.statuses)
         for topic, reason, raw in flush.rejects:
+            if reason.startswith(UNKNOWN_REASON + " "):
+                # A station publishing before it is registered sends all the time: say so once a minute.
+                c.rejected[UNKNOWN_REASON] += 1
+                self.known.warn(reason.removeprefix(UNKNOWN_REASON + " "), topic)
+                continue
             c.rejected[reason.split(":", 1)[0]] += 1
             log.warning("rejected message on %s: %s; raw %r", topic, reason, raw[:200])

@@ -16,8 +16,13 @@ from protocol.messages import Alert, StationStatus, parse_tag
 _SIGHTING_COLUMNS = (
     "first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna, flags, batch_seq"
 )
-# TagFlags.MOTION in a sighting's flags: the tag felt the bike move.
+# TagFlags in a sighting's flags: battery low, case opened, the tag felt the bike move.
+LOW_BATTERY_FLAG = 1
+TAMPER_FLAG = 2
 MOTION_FLAG = 4
+# A chip seen at two stations further apart than this plus what a bike rides in between is a clone; the slack
+# covers the reading range of both stations.
+CLONE_SLACK_M = 200.0
 _SIGHTING_TYPES = [
     "timestamptz", "timestamptz", "text", "int8", "int4", "int2", "int2", "int2", "int8",
 ]
@@ -42,10 +47,13 @@ class WriteResult:
         self.alarm_ids.extend(other.alarm_ids)
 
 
-def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -> WriteResult:
+def write_batches(
+    conn: psycopg.Connection, batches: Iterable[dict[str, Any]], max_speed_kmh: float = 60.0
+) -> WriteResult:
     """Store sighting batches (as parse_batch_rows gives them) in the current transaction.
 
-    A batch seen before changes nothing.
+    A batch seen before changes nothing. Alarms: stolen chip seen, armed bike moving, tamper, low battery,
+    and chip cloned (a chip at two stations faster than max_speed_kmh) - one query per kind per flush.
 
     The batch ids go in first with ON CONFLICT DO NOTHING; only the sightings of batches that
     were really new are then COPYed, so several workers and MQTT redeliveries stay exact.
@@ -77,6 +85,9 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
         watched = alarms.watched_tags(cur)
         hits: list[alarms.Evidence] = []
         moving: list[alarms.Evidence] = []
+        tampered: list[alarms.Evidence] = []
+        low_battery: list[alarms.Evidence] = []
+        tags: list[int] = []
         with cur.copy(f"COPY sightings ({_SIGHTING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_SIGHTING_TYPES)
             for b in new:
@@ -87,6 +98,11 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
                         s["first_seen_at"], s["last_seen_at"], station, tag, s["beacons"],
                         s["peak_rssi_dbm"], s["antenna"], s["flags"], seq,
                     ))
+                    tags.append(tag)
+                    if s["flags"] & TAMPER_FLAG:
+                        tampered.append(alarms.Evidence(tag, station, s["first_seen_at"], s["last_seen_at"]))
+                    if s["flags"] & LOW_BATTERY_FLAG:
+                        low_battery.append(alarms.Evidence(tag, station, s["first_seen_at"], s["last_seen_at"]))
                     watch = watched.get(tag)
                     if watch is not None:
                         if watch.stolen_at is not None:
@@ -95,15 +111,18 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
                         elif watch.armed and s["flags"] & MOTION_FLAG:
                             moving.append(alarms.Evidence(tag, station, s["first_seen_at"], s["last_seen_at"]))
                 result.sightings += len(b["sightings"])
-        if hits:
-            result.alarm_ids = alarms.raise_stolen_chip_seen(cur, hits)
-        if moving:
-            result.alarm_ids += alarms.raise_armed_bike_moving(cur, moving)
+        # Only chips bound to a bike raise alarms: the queries below filter the evidence by the chips table.
+        for kind, evidence in (("stolen_chip_seen", hits), ("armed_bike_moving", moving), ("tamper", tampered),
+                               ("low_battery", low_battery)):
+            result.alarm_ids += alarms.raise_alarms(cur, kind, alarms.SEVERITY[kind], evidence)
+        result.alarm_ids += alarms.raise_chips_cloned(
+            cur, tags, [(b["station_id"], b["batch_seq"]) for b in new], max_speed_kmh, CLONE_SLACK_M
+        )
     return result
 
 
 def write_alerts(conn: psycopg.Connection, alerts: Iterable[Alert]) -> WriteResult:
-    """Store station alerts (idempotent) and turn a stolen chip's hot-list hit into an alarm."""
+    """Store station alerts (idempotent); a stolen chip's hot-list hit and a tamper alert become alarms."""
     result = WriteResult()
     items = list(alerts)
     if not items:
@@ -125,8 +144,10 @@ def write_alerts(conn: psycopg.Connection, alerts: Iterable[Alert]) -> WriteResu
             for station, kind, tag, seen_at in rows
             if kind == "hotlist_hit" and tag in stolen and seen_at >= stolen[tag]
         ]
-        if hits:
-            result.alarm_ids = alarms.raise_stolen_chip_seen(cur, hits)
+        tampered = [alarms.Evidence(tag, station, seen_at, seen_at)
+                    for station, kind, tag, seen_at in rows if kind == "tamper"]
+        result.alarm_ids = alarms.raise_alarms(cur, "stolen_chip_seen", alarms.SEVERITY["stolen_chip_seen"], hits)
+        result.alarm_ids += alarms.raise_alarms(cur, "tamper", alarms.SEVERITY["tamper"], tampered)
     return result
 
 

@@ -28,6 +28,7 @@ from backend.settings import BackendSettings
 from bikeguard.services import Broker, free_port, mosquitto_path, start_broker, stop_process
 from gateway.station import Station
 from protocol.messages import SightingBatch, parse_tag
+from tests import factories
 from tests.gateway.harness import FakeModule, TcpHop, beacon, eventually, fast_settings, running
 
 pytestmark = pytest.mark.anyio
@@ -127,7 +128,10 @@ def assert_exactly_once(rows: Counter[int], expected: set[int], may: set[int] | 
 
 @contextlib.asynccontextmanager
 async def ingesting(database_url: str, broker: Broker, name: str, *, shared: bool = True) -> AsyncIterator[Ingest]:
-    """The backend ingest on the test's database and broker, like tests/backend/test_ingest.py runs it."""
+    """The backend ingest on the test's database and broker, like tests/backend/test_ingest.py runs it; the
+    station `name` is registered first (the ingest refuses stations it does not know)."""
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, name)
     settings = BackendSettings(
         database_url=database_url,
         mqtt_url=broker.url,

@@ -149,6 +149,9 @@ class MapServer:
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.live_clients = 0
         self.requests: list[str] = []
+        # Answers to API calls the page makes on its own ((method, path) -> JSON), and the calls it made.
+        self.api_replies: dict[tuple[str, str], Any] = {}
+        self.api_calls: list[tuple[str, str, Any]] = []
         self._stop = threading.Event()
         self._httpd = ThreadingHTTPServer((HOST, 0), self._handler())
         self._httpd.daemon_threads = True
@@ -197,6 +200,9 @@ class MapServer:
                     self._reply(200, json.dumps(server.activity).encode(), "application/json")
                 elif path == "/api/live":
                     self._live()
+                elif ("GET", path) in server.api_replies:
+                    server.api_calls.append(("GET", self.path, None))
+                    self._reply(200, json.dumps(server.api_replies[("GET", path)]).encode(), "application/json")
                 elif path.startswith("/assets/leaflet/"):
                     target = (server.assets_dir / path.removeprefix("/assets/leaflet/")).resolve()
                     if target.is_file() and target.is_relative_to(server.assets_dir):
@@ -206,6 +212,16 @@ class MapServer:
                         self._reply(404, b"not found", "text/plain")
                 else:
                     self._reply(404, b"not found", "text/plain")
+
+            def do_POST(self) -> None:
+                path = self.path.split("?", 1)[0]
+                server.requests.append(path)
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.api_calls.append(("POST", path, json.loads(raw) if raw else None))
+                if ("POST", path) in server.api_replies:
+                    self._reply(200, json.dumps(server.api_replies[("POST", path)]).encode(), "application/json")
+                else:
+                    self._reply(404, b'{"detail": "not found"}', "application/json")
 
             def _live(self) -> None:
                 self.send_response(200)

@@ -118,3 +118,61 @@ def test_alarm_update_moves_the_marker_and_extends_the_trail_and_clearing_remove
         assert page.locator("#bg-no-alarms").is_visible()
         assert page.locator("#bg-alarm-count").inner_text() == "0"
         assert console_errors(page) == []
+
+
+ACTIONS_SCREENSHOT = SCREENSHOT.with_name("live-map-actions.png")
+
+
+def test_officer_acknowledges_assigns_and_finds_a_bike_from_the_map(
+    town: dict[str, Any],
+    alarm_factory: Callable[..., dict[str, Any]],
+    map_server_factory: Callable[..., Any],
+) -> None:
+    require_chromium()
+    alarm = alarm_factory(town)
+    html = build_live_map(town["stations"], town["roads"], town["activity"], [alarm], user_name="Officer Chen")
+    server = map_server_factory(html, town["activity"])
+    where = town["stations"][3]
+    server.api_replies = {
+        ("POST", "/api/alarms/41/acknowledge"): alarm | {"state": "acknowledged", "acknowledged_by": "Officer Chen"},
+        ("POST", "/api/alarms/41/assign"): alarm | {"state": "acknowledged", "assignee": "Officer Chen"},
+        ("GET", "/api/bikes/search"): [{
+            "bike": {"bike_id": 7, "plate": "HZ-77777", "brand": "Yadea", "colour": "red", "stolen": True},
+            "last_seen": {"station_id": where["station_id"], "station_name": where["name"], "lat": where["lat"],
+                          "lon": where["lon"], "seen_at": datetime.now(UTC).isoformat()},
+            "owner": None,
+        }],
+    }
+
+    with browser_page() as page:
+        page.goto(f"{server.url}/")
+        page.wait_for_selector("#bg-live-status.connected")
+        card = page.locator(".bg-alarm[data-alarm-id='41']")
+        assert float(card.evaluate("el => getComputedStyle(el).opacity")) == 1
+
+        card.locator("button[data-act='acknowledge']").click()
+        page.wait_for_selector(".bg-alarm.acknowledged[data-alarm-id='41']")
+        assert float(card.evaluate("el => getComputedStyle(el).opacity")) < 0.7  # dimmed
+        assert card.locator("button[data-act='acknowledge']").is_disabled()
+        assert page.locator("#bg-alarm-count").inner_text() == "0"
+
+        page.locator(".bg-alarm-icon").first.click()  # the popup carries the same buttons
+        page.locator(".bg-popup button[data-act='assign']").click()
+        page.wait_for_selector(".bg-alarm[data-alarm-id='41'] .bg-assignee")
+        assert "Officer Chen" in card.inner_text()
+
+        page.fill("#bg-search-q", "hz-77777")
+        page.click("#bg-search button")
+        page.wait_for_selector(".bg-found-label")
+        assert "HZ-77777" in page.locator("#bg-search-result").inner_text()
+        assert where["name"] in page.locator("#bg-search-result").inner_text()
+        page.wait_for_timeout(1200)  # the fly to the last station
+        ACTIONS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ACTIONS_SCREENSHOT))
+        assert console_errors(page) == []
+
+    assert [(m, p, b) for m, p, b in server.api_calls if m == "POST"] == [
+        ("POST", "/api/alarms/41/acknowledge", None),
+        ("POST", "/api/alarms/41/assign", {"assignee": "Officer Chen"}),
+    ]
+    assert ("GET", "/api/bikes/search?q=hz-77777", None) in server.api_calls

@@ -1,4 +1,4 @@
-"""Alarms: the queue, one alarm, acknowledge and clear.
+"""Alarms: the queue, one alarm, acknowledge, assign and clear.
 
 Police and admins see every alarm except an armed bike moving (that shows where a bike that is not
 stolen is); an owner sees the alarms of their own bikes raised since they hold them.
@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from backend import alarms
 from backend.accounts import User
 from backend.api.deps import Conn, allow
-from backend.api.schemas import AlarmPublic
+from backend.api.schemas import AlarmAssign, AlarmPublic
 
 router = APIRouter(prefix="/api/alarms", tags=["alarms"])
 AlarmId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -64,3 +64,12 @@ async def acknowledge(alarm_id: AlarmId, conn: Conn, user: Handler) -> dict[str,
 async def clear(alarm_id: AlarmId, conn: Conn, user: Handler) -> dict[str, Any]:
     """Police, admin: the alarm is dealt with. Owner: their armed-bike alarm ("it was me")."""
     return await _transition(conn, user, alarm_id, "clear")
+
+
+@router.post("/{alarm_id}/assign", response_model=AlarmPublic)
+async def assign(alarm_id: AlarmId, body: AlarmAssign, conn: Conn,
+                 user: Annotated[User, allow("police", "admin")]) -> dict[str, Any]:
+    """Police, admin: hand an open alarm to someone (recorded with who did it and when)."""
+    await alarms.get_alarm(conn, alarm_id, scope=scope_of(user))
+    await alarms.assign(conn, alarm_id, body.assignee.strip(), user.display_name or user.username)
+    return await alarms.get_alarm(conn, alarm_id)

@@ -5,6 +5,7 @@ Owners reach only their own bikes: anyone else's is a 404, exactly as a bike tha
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from backend.api.schemas import (
     ArmCreate,
     BikeCreate,
     BikePublic,
+    BikeSearchResult,
     CertificatePublic,
     ChipReplacement,
     Deregistration,
@@ -119,6 +121,36 @@ async def availability(
         except InvalidValue as exc:
             out["plate"] = str(exc)
     return {**await registry.availability(conn, values), **out}
+
+
+@router.get("/search", response_model=list[BikeSearchResult],
+            responses={403: {"description": "case number malformed"}})
+async def search(
+    conn: Conn, registry: RegistryDep, user: Annotated[User, allow("police", "admin")],
+    q: str = Query(min_length=1, max_length=40), case_number: str | None = Query(None, max_length=40),
+) -> list[dict[str, Any]]:
+    """Police, admin: bikes whose plate, frame number or chip is q. Where a bike was last seen: a stolen one
+    since the theft; any other, and every owner, only with a case number (audited)."""
+    text = q.strip()
+    case = audit.require_case_number(case_number, "a bike's owner") if case_number else None
+    found: dict[int, dict[str, Any]] = {}
+    tag = parse_tag(text) if re.fullmatch(r"[0-9A-Fa-f]{8}", text) else None
+    for criteria in ({"plate": text}, {"frame_number": text.upper()}, {"tag_id": tag} if tag is not None else None):
+        if criteria:
+            for bike in await registry.find_bikes(conn, **criteria):
+                found.setdefault(bike["bike_id"], bike)
+    out = []
+    for bike in found.values():
+        owner, seen = None, None
+        if case is not None:
+            owner = await registry.get_owner(conn, bike["owner_id"])
+            await audit.record(conn, user, "owner.view", f"owner:{bike['owner_id']}", case, bike_id=bike["bike_id"],
+                               search=text)
+        if bike["tag_id"] is not None and (case is not None or bike["stolen"]):
+            seen = await trajectories.last_seen(conn, parse_tag(bike["tag_id"]),
+                                                None if case is not None else bike["stolen_at"])
+        out.append({"bike": bike, "last_seen": seen, "owner": owner})
+    return out
 
 
 @router.get("/{bike_id}", response_model=BikePublic)

@@ -15,13 +15,17 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from backend import alarms, certificates, stations
+from backend import alarms, certificates, coverage, station_health, stations
 from backend.accounts import Role, User
 from backend.api.deps import Conn, OptionalUser, RegistryDep, Settings, SignerDep
 from backend.identity import mask_mobile, mask_name
+from backend.settings import BackendSettings
 from backend.web import LANG_COOKIE, choose_language, render
 from backend.web.translations import MESSAGES
+from maps.coverage import build_coverage_map
 from maps.live import build_live_map
+from maps.stations import build_station_map
+from protocol.messages import utcnow
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 BikeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -82,6 +86,7 @@ async def live_map(request: Request, conn: Conn, settings: Settings, user: Optio
         jsonable_encoder(await alarms.list_alarms(conn, scope=alarms.Scope(hidden_kinds=alarms.OWNER_ONLY_KINDS))),
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
+        user_name=user.display_name or user.username if user else None,
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
@@ -120,14 +125,50 @@ async def home(user: OptionalUser) -> Response:
 
 
 @router.get("/installer", response_class=HTMLResponse)
-async def installer(request: Request, user: OptionalUser, lang: str | None = None) -> Response:
-    """Installer: where their tools are."""
+async def installer(request: Request, conn: Conn, user: OptionalUser, lang: str | None = None) -> Response:
+    """Installer, admin: stations on a map coloured by health, their table, and the road coverage."""
     chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("installer",), chosen):
+    if refused := _gate(request, user, ("installer", "admin"), chosen):
         return refused
-    t = MESSAGES[chosen]
-    return _page(render("message.html", chosen, user=user, config={}, title=t["role_installer"],
-                        text=t["installer_text"], home=None), chosen)
+    health = await station_health.station_health(conn, utcnow())
+    return _page(render("installer.html", chosen, user=user, config={}, stations=health), chosen)
+
+
+@router.get("/installer/map", response_class=HTMLResponse)
+async def installer_map(request: Request, conn: Conn, settings: Settings, user: OptionalUser,
+                        lang: str | None = None) -> Response:
+    """Installer, admin: the station map, each station coloured by its health (shown inside /installer)."""
+    chosen = _lang(request, lang)
+    if refused := _gate(request, user, ("installer", "admin"), chosen):
+        return refused
+    health = await station_health.station_health(conn, utcnow())
+    drawn = [{**h, "state": h["health"]} for h in jsonable_encoder(health)]
+    activity = [{"station_id": h["station_id"], "passages": h["passages_last_hour"]} for h in health]
+    m = build_station_map(drawn, await stations.roads_geojson(conn), activity=activity,
+                          tile_url=settings.tile_url, tile_attribution=settings.tile_attribution)
+    return HTMLResponse(m.get_root().render(), headers={"Cache-Control": "no-store"})
+
+
+def _coverage_html(sts: list[dict[str, Any]], roads: dict[str, Any], settings: BackendSettings) -> str:
+    sites = [coverage.StationSite(
+        s["station_id"], s["lat"], s["lon"],
+        antennas=() if s.get("antenna_bearing_deg") is None else (coverage.Antenna(s["antenna_bearing_deg"]),),
+    ) for s in sts]
+    cov = coverage.compute(sites, coverage.roads_from_geojson(roads))
+    m = build_coverage_map(cov, sts, roads, tile_url=settings.tile_url, tile_attribution=settings.tile_attribution)
+    return str(m.get_root().render())
+
+
+@router.get("/installer/coverage", response_class=HTMLResponse)
+async def installer_coverage(request: Request, conn: Conn, settings: Settings, user: OptionalUser,
+                             lang: str | None = None) -> Response:
+    """Installer, admin: road coverage of the stations in service, with suggested next sites."""
+    chosen = _lang(request, lang)
+    if refused := _gate(request, user, ("installer", "admin"), chosen):
+        return refused
+    sts = [s for s in jsonable_encoder(await stations.list_stations(conn)) if s["lifecycle"] != "decommissioned"]
+    html = await asyncio.to_thread(_coverage_html, sts, await stations.roads_geojson(conn), settings)
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/counter", response_class=HTMLResponse)

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
-from backend import stations
+from backend import station_health, stations
 from backend.accounts import User
 from backend.api.deps import Conn, allow
-from backend.api.schemas import RoadsCreate, StationActivity, StationCreate, StationPublic
+from backend.api.schemas import (
+    RoadsCreate,
+    StationActivity,
+    StationCreate,
+    StationDetail,
+    StationHealth,
+    StationLifecycleChange,
+    StationPublic,
+    StationRegister,
+    StationUpdate,
+)
+from protocol.messages import utcnow
 
 router = APIRouter(prefix="/api", tags=["stations"])
 Viewer = Annotated[User, allow("police", "installer", "admin")]
 Installer = Annotated[User, allow("installer", "admin")]
+StationId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 
 
 @router.get("/stations", response_model=list[StationPublic])
@@ -24,14 +36,45 @@ async def list_stations(conn: Conn, _user: Viewer) -> list[dict[str, Any]]:
 
 @router.put("/stations", status_code=200)
 async def upsert_stations(body: list[StationCreate], conn: Conn, _user: Installer) -> dict[str, int]:
-    """Installer, admin: create or update stations."""
-    return {"stations": await stations.upsert_stations(conn, [s.model_dump() for s in body])}
+    """Installer, admin: create or update stations (name and position); new ones are registered as active."""
+    return {"stations": await stations.upsert_stations(conn, [s.model_dump() for s in body], _user.actor)}
+
+
+@router.post("/stations", status_code=201, response_model=StationDetail)
+async def register_station(body: StationRegister, conn: Conn, user: Installer) -> dict[str, Any]:
+    """Installer, admin: register a new station as planned, with its mounting and radio settings."""
+    return await stations.register_station(conn, body.model_dump(), user.actor)
 
 
 @router.get("/stations/activity", response_model=list[StationActivity])
 async def station_activity(conn: Conn, _user: Viewer, minutes: int = Query(10, ge=1, le=1440)) -> list[dict[str, Any]]:
     """Police, installer, admin: passages per station in the last N minutes."""
     return await stations.activity(conn, minutes)
+
+
+@router.get("/stations/health", response_model=list[StationHealth])
+async def health(conn: Conn, _user: Viewer) -> list[dict[str, Any]]:
+    """Police, installer, admin: every station in service: online, offline or degraded, spool and noise floor."""
+    return await station_health.station_health(conn, utcnow())
+
+
+@router.get("/stations/{station_id}", response_model=StationDetail)
+async def get_station(station_id: StationId, conn: Conn, _user: Viewer) -> dict[str, Any]:
+    """Police, installer, admin: one station's registry record, state and life-cycle history."""
+    return await stations.get_station(conn, station_id)
+
+
+@router.patch("/stations/{station_id}", response_model=StationDetail)
+async def update_station(station_id: StationId, body: StationUpdate, conn: Conn, _user: Installer) -> dict[str, Any]:
+    """Installer, admin: change a station's address, mounting, radio settings or heartbeat interval."""
+    return await stations.update_station(conn, station_id, body.model_dump(exclude_unset=True))
+
+
+@router.post("/stations/{station_id}/lifecycle", response_model=StationDetail)
+async def change_lifecycle(station_id: StationId, body: StationLifecycleChange, conn: Conn,
+                           user: Installer) -> dict[str, Any]:
+    """Installer, admin: move a station one step forward in its life cycle, or decommission it (409 otherwise)."""
+    return await stations.change_lifecycle(conn, station_id, body.state, user.actor, body.note)
 
 
 @router.get("/roads")

@@ -1,0 +1,93 @@
+"""Station health: online or offline from its status and heartbeats, degraded when it hears far fewer
+passages than it usually does at this time of day; plus the spool and radio figures its status reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRules:
+    """When a station counts as offline or degraded."""
+
+    # Offline after this many expected heartbeat intervals without a status.
+    missed_heartbeats: float = 2.0
+    # Degraded below this share of the station's usual passages for the same hour ...
+    degraded_share: float = 0.25
+    # ... where "usual" is the median of the same hour on each of the last `history_days` days,
+    history_days: int = 7
+    # and only counts when it is at least this (a quiet station's dips are noise).
+    min_usual_passages: float = 20.0
+
+
+_QUERY = """
+WITH base AS (
+    SELECT s.station_id, s.name, s.lat, s.lon, s.lifecycle, s.heartbeat_interval_s,
+           st.state AS status_state, st.received_at AS last_heartbeat_at, st.payload
+    FROM stations s LEFT JOIN station_status st USING (station_id)
+    WHERE s.lifecycle <> 'decommissioned'
+), recent AS (
+    SELECT b.station_id,
+           (SELECT count(*) FROM sightings x WHERE x.station_id = b.station_id
+              AND x.first_seen_at >= %(now)s - interval '1 hour' AND x.first_seen_at < %(now)s) AS passages
+    FROM base b
+), usual AS (
+    SELECT b.station_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY (
+        SELECT count(*) FROM sightings x WHERE x.station_id = b.station_id
+          AND x.first_seen_at >= %(now)s - make_interval(days => d) - interval '1 hour'
+          AND x.first_seen_at < %(now)s - make_interval(days => d))) AS passages
+    FROM base b CROSS JOIN generate_series(1, %(days)s) AS d
+    GROUP BY b.station_id
+)
+SELECT b.*, r.passages AS passages_last_hour, u.passages AS usual_passages
+FROM base b JOIN recent r USING (station_id) JOIN usual u USING (station_id)
+ORDER BY b.station_id
+"""
+
+
+def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, Any]:
+    """One station's health from its registry row, latest status and passage counts."""
+    payload = row.get("payload") or {}
+    reasons: list[str] = []
+    last = row.get("last_heartbeat_at")
+    limit_s = rules.missed_heartbeats * row["heartbeat_interval_s"]
+    if last is None:
+        health = "offline"
+        reasons.append("never heard from")
+    elif row.get("status_state") == "offline":
+        health = "offline"
+        reasons.append("its last status says offline (the gateway lost its connection)")
+    elif (now - last).total_seconds() > limit_s:
+        health = "offline"
+        reasons.append(f"no heartbeat for {(now - last).total_seconds():.0f} s (expected every "
+                       f"{row['heartbeat_interval_s']} s)")
+    else:
+        health = "online"
+    usual = row.get("usual_passages")
+    usual = float(usual) if usual is not None else None
+    recent = int(row.get("passages_last_hour") or 0)
+    if health == "online" and usual is not None and usual >= rules.min_usual_passages \
+            and recent < rules.degraded_share * usual:
+        health = "degraded"
+        reasons.append(f"{recent} passages in the last hour, usually {usual:.0f} at this time")
+    return {
+        "station_id": row["station_id"], "name": row["name"], "lat": row["lat"], "lon": row["lon"],
+        "lifecycle": row["lifecycle"], "health": health, "reasons": reasons, "last_heartbeat_at": last,
+        "heartbeat_interval_s": row["heartbeat_interval_s"], "passages_last_hour": recent,
+        "usual_passages": usual, "spool_depth": payload.get("spool_depth"),
+        "spool_dropped": payload.get("spool_dropped"), "noise_floor_dbm": payload.get("noise_floor_dbm"),
+        "firmware": payload.get("firmware"),
+    }
+
+
+async def station_health(conn: psycopg.AsyncConnection[Any], now: datetime,
+                         rules: HealthRules = HealthRules()) -> list[dict[str, Any]]:
+    """Every station in service (not decommissioned) with its health at `now`."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_QUERY, {"now": now, "days": rules.history_days})
+        return [assess(row, now, rules) for row in await cur.fetchall()]

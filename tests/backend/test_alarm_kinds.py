@@ -1,0 +1,129 @@
+"""Alarms the ingest raises from what it writes: tamper, low battery, chip cloned; one open alarm per (kind, tag)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from backend.ingest import writer
+from backend.ingest.consumer import Ingest
+from protocol import topics
+from protocol.messages import Alert, format_tag, parse_batch_rows, utcnow
+from tests import factories
+from tests.backend.test_ingest import ingest, publish, wait_until  # noqa: F401 - fixtures
+
+LOW_BATTERY, TAMPER = 1, 2
+
+
+def _write(conn: psycopg.Connection, *batches: object, max_speed_kmh: float = 60.0) -> writer.WriteResult:
+    """Write batches as the ingest does: validated from their JSON, in one transaction."""
+    with conn.transaction():
+        return writer.write_batches(conn, [parse_batch_rows(b.to_json()) for b in batches],  # type: ignore[attr-defined]
+                                    max_speed_kmh)
+
+
+def _alarms(conn: psycopg.Connection) -> list[tuple[object, ...]]:
+    return conn.execute(
+        "SELECT kind, severity, tag_id, station_id, sightings, state FROM alarms ORDER BY kind, tag_id"
+    ).fetchall()
+
+
+@pytest.fixture
+def conn(database_url: str):
+    with psycopg.connect(database_url, autocommit=True) as c:
+        yield c
+
+
+def test_tamper_and_low_battery_flags_raise_one_alarm_each_for_registered_chips_only(conn):
+    factories.station(conn, "st-1")
+    factories.bike(conn, 0xA1)
+    factories.bike(conn, 0xA2)
+    # 0xA3 is nobody's chip: its flags raise nothing.
+    _write(conn, factories.batch("st-1", 1, [0xA1, 0xA3], flags=TAMPER | LOW_BATTERY),
+           factories.batch("st-1", 2, [0xA2], flags=LOW_BATTERY))
+    assert _alarms(conn) == [
+        ("low_battery", "info", 0xA1, "st-1", 1, "active"),
+        ("low_battery", "info", 0xA2, "st-1", 1, "active"),
+        ("tamper", "warning", 0xA1, "st-1", 1, "active"),
+    ]
+
+
+def test_later_flagged_sightings_update_the_open_alarm_and_a_cleared_one_is_raised_anew(conn):
+    factories.station(conn, "st-1")
+    factories.bike(conn, 0xB1)
+    result = _write(conn, factories.batch("st-1", 1, [0xB1], flags=TAMPER))
+    _write(conn, factories.batch("st-1", 2, [0xB1], flags=TAMPER), factories.batch("st-1", 3, [0xB1], flags=TAMPER))
+    _write(conn, factories.batch("st-1", 3, [0xB1], flags=TAMPER))  # redelivered: changes nothing
+    _write(conn, factories.batch("st-1", 4, [0xB1], flags=0))  # no flag: no evidence
+    assert _alarms(conn) == [("tamper", "warning", 0xB1, "st-1", 3, "active")]
+    conn.execute("UPDATE alarms SET state = 'cleared' WHERE alarm_id = %s", (result.alarm_ids[0],))
+    again = _write(conn, factories.batch("st-1", 5, [0xB1], flags=TAMPER))
+    assert again.alarm_ids and again.alarm_ids != result.alarm_ids
+    assert conn.execute("SELECT count(*) FROM alarms WHERE state <> 'cleared'").fetchone() == (1,)
+
+
+def test_tamper_alert_from_a_station_raises_the_same_tamper_alarm(conn):
+    factories.station(conn, "st-1")
+    factories.bike(conn, 0xC1)
+    at = utcnow()
+    alerts = [Alert(station_id="st-1", kind="tamper", tag_id=format_tag(t), seen_at=at, rssi_dbm=-50, antenna=0)
+              for t in (0xC1, 0xC2)]
+    with conn.transaction():
+        writer.write_alerts(conn, alerts)
+    with conn.transaction():
+        writer.write_alerts(conn, alerts)  # redelivered: stored once, the alarm not counted twice
+    _write(conn, factories.batch("st-1", 1, [0xC1], flags=TAMPER))
+    assert _alarms(conn) == [("tamper", "warning", 0xC1, "st-1", 2, "active")]
+
+
+def test_chip_at_two_far_stations_within_one_flush_is_cloned(conn):
+    factories.station(conn, "st-west", lat=30.25, lon=120.10)
+    factories.station(conn, "st-east", lat=30.25, lon=120.20)  # ~9.6 km apart
+    factories.bike(conn, 0xD1)
+    factories.bike(conn, 0xD2)
+    at = utcnow()
+    result = _write(conn, factories.batch("st-west", 1, [0xD1, 0xD2], at=at),
+                    factories.batch("st-east", 1, [0xD1], at=at + timedelta(minutes=2)))
+    assert _alarms(conn) == [("chip_cloned", "critical", 0xD1, "st-east", 1, "active")]
+    assert len(result.alarm_ids) == 1
+
+
+def test_chip_seen_against_its_previous_sighting_too_fast_is_cloned_once(conn):
+    factories.station(conn, "st-west", lat=30.25, lon=120.10)
+    factories.station(conn, "st-east", lat=30.25, lon=120.20)
+    factories.bike(conn, 0xE1)
+    at = utcnow() - timedelta(minutes=6)
+    _write(conn, factories.batch("st-west", 1, [0xE1], at=at))
+    _write(conn, factories.batch("st-east", 1, [0xE1], at=at + timedelta(minutes=3)))  # 9.6 km in 3 min
+    _write(conn, factories.batch("st-west", 2, [0xE1], at=at + timedelta(minutes=4)))  # and back in 1 min
+    _write(conn, factories.batch("st-west", 3, [0xE1], at=at + timedelta(minutes=5)))  # same station: fine
+    assert _alarms(conn) == [("chip_cloned", "critical", 0xE1, "st-west", 2, "active")]
+
+
+def test_ride_a_bike_can_make_and_unregistered_chips_are_not_clones(conn):
+    factories.station(conn, "st-a", lat=30.250, lon=120.10)
+    factories.station(conn, "st-b", lat=30.259, lon=120.10)  # 1 km north
+    factories.station(conn, "st-c", lat=30.26, lon=120.20)
+    factories.bike(conn, 0xF1)
+    at = utcnow() - timedelta(minutes=5)
+    _write(conn, factories.batch("st-a", 1, [0xF1, 0xF9], at=at))
+    _write(conn, factories.batch("st-b", 1, [0xF1], at=at + timedelta(minutes=2)))  # 30 km/h
+    _write(conn, factories.batch("st-c", 1, [0xF9], at=at + timedelta(minutes=2)))  # too fast, but nobody's chip
+    assert _alarms(conn) == []
+    # The same ride is too fast for a lower limit.
+    _write(conn, factories.batch("st-a", 2, [0xF1], at=at + timedelta(minutes=3)), max_speed_kmh=10)
+    assert [a[0] for a in _alarms(conn)] == ["chip_cloned"]
+
+
+def test_tampered_chip_published_to_the_broker_raises_an_alarm(ingest: Ingest, publish, database_url,  # noqa: F811
+                                                             topic_prefix):
+    station = f"{topic_prefix}-t"
+    with psycopg.connect(database_url) as c:
+        factories.station(c, station)
+        factories.bike(c, 0x7A7A01)
+    publish(topics.station_topic(station, "sightings"), factories.batch(station, 1, [0x7A7A01], flags=TAMPER).to_json())
+    wait_until(lambda: ingest.counters.messages >= 1)
+    with psycopg.connect(database_url) as c:
+        assert _alarms(c) == [("tamper", "warning", 0x7A7A01, station, 1, "active")]
