@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
 
 from bikeguard.services import Broker, mosquitto_path, start_broker, start_postgres
+from tests.gateway.harness import FakeModule, TcpHop
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +82,28 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
 def topic_prefix() -> str:
     """A station id unique to this test, so tests on one broker never see each other's messages."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+# Stations' radio side and uplink, for the gateway tests and the end-to-end fault tests.
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The gateway is asyncio code."""
+    return "asyncio"
+
+
+@pytest.fixture
+def module() -> Iterator[FakeModule]:
+    """A fake radio module on a fresh pty."""
+    m = FakeModule()
+    yield m
+    m.close()
+
+
+@pytest.fixture
+async def hop(broker: Broker) -> AsyncIterator[TcpHop]:
+    """A TCP hop between a station and the test broker, closed at the end."""
+    h = TcpHop(broker)
+    yield h
+    await h.cut()

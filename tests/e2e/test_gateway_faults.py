@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -34,26 +34,6 @@ from tests.gateway.harness import FakeModule, TcpHop, beacon, eventually, fast_s
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """The gateway is asyncio code."""
-    return "asyncio"
-
-
-@pytest.fixture
-def module() -> Iterator[FakeModule]:
-    """A fake radio module on a fresh pty."""
-    m = FakeModule()
-    yield m
-    m.close()
-
-
-@pytest.fixture
-async def hop(broker: Broker) -> AsyncIterator[TcpHop]:
-    """A TCP hop between the station and the test broker, closed at the end."""
-    h = TcpHop(broker)
-    yield h
-    await h.cut()
 
 
 class Feeder:
