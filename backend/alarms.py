@@ -74,7 +74,12 @@ SEVERITY: dict[str, str] = {
     "armed_bike_moving": "warning",
     "tamper": "warning",
     "low_battery": "info",
+    "station_offline": "warning",
 }
+# Kinds about a station rather than a chip: no personal data, so installers see them too.
+STATION_KINDS = ("station_offline",)
+# Who clears a station's alarm when it reports again (or leaves service).
+STATION_BACK = "bikeguard (no longer offline)"
 
 # Raise or update one open alarm per tag from evidence rows e(tag_id, station_id, first_seen_at, last_seen_at);
 # only chips bound to a bike count. {evidence} is a SELECT producing those columns.
@@ -172,6 +177,40 @@ def _upsert(cur: psycopg.Cursor[Any], evidence: str, kind: str, severity: str, p
     return [int(r[0]) for r in rows]
 
 
+async def sync_station_offline(conn: psycopg.AsyncConnection[Any], offline: dict[str, tuple[datetime, str]]) -> None:
+    """Raise one 'station offline' alarm per outage of a station in `offline` (id → since when, why), and clear
+    the open ones of stations that reported since (or left service); NOTIFY each change. An outage whose alarm
+    someone cleared by hand is not raised again; a new outage (a later `since`) is. Safe with several workers."""
+    ids, sinces = list(offline), [offline[s][0] for s in offline]
+    async with conn.transaction():
+        await conn.execute(
+            "WITH raised AS ("
+            " INSERT INTO alarms AS a (kind, severity, subject, station_id, first_seen_at, last_seen_at, sightings)"
+            " SELECT 'station_offline', %(severity)s, 'station:' || o.station_id, o.station_id, o.since, o.since, 0"
+            " FROM unnest(%(ids)s::text[], %(sinces)s::timestamptz[]) AS o(station_id, since)"
+            " WHERE NOT EXISTS (SELECT 1 FROM alarms x WHERE x.kind = 'station_offline'"
+            "  AND x.subject = 'station:' || o.station_id AND x.first_seen_at >= o.since)"
+            " ORDER BY o.station_id"
+            " ON CONFLICT (kind, subject) WHERE state <> 'cleared' DO NOTHING RETURNING alarm_id)"
+            " SELECT pg_notify(%(channel)s, alarm_id::text) FROM raised",
+            {"severity": SEVERITY["station_offline"], "ids": ids, "sinces": sinces, "channel": NOTIFY_CHANNEL},
+        )
+        await conn.execute(
+            "WITH back AS ("
+            " UPDATE alarms a SET state = 'cleared', cleared_by = %(who)s, cleared_at = now(), updated_at = now()"
+            " FROM stations s LEFT JOIN station_status st USING (station_id)"
+            " WHERE a.kind = 'station_offline' AND a.state <> 'cleared' AND s.station_id = a.station_id"
+            "  AND NOT (a.station_id = ANY(%(ids)s))"
+            # It reported since the outage began, or it is no longer in service: evidence, not just our view
+            # (a worker that has only just started does not yet count silence).
+            "  AND ((st.state = 'online' AND st.received_at > a.first_seen_at)"
+            "       OR s.lifecycle NOT IN ('commissioned', 'active'))"
+            " RETURNING a.alarm_id)"
+            " SELECT pg_notify(%(channel)s, alarm_id::text) FROM back",
+            {"who": STATION_BACK, "ids": ids, "channel": NOTIFY_CHANNEL},
+        )
+
+
 _ALARM_SELECT = """
     SELECT a.alarm_id AS id, a.kind, a.severity, a.state, a.tag_id, b.plate, a.station_id,
            s.name AS station_name, s.lat, s.lon, a.first_seen_at, a.last_seen_at, a.sightings,
@@ -211,10 +250,15 @@ def _public(alarm: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Which alarms a viewer may see: one owner's bikes (since they own them), or every kind but some."""
+    """Which alarms a viewer may see: one owner's bikes (since they own them), only some kinds, or all but some."""
 
     owner_id: int | None = None
     hidden_kinds: tuple[str, ...] = ()
+    only_kinds: tuple[str, ...] | None = None
+
+    def allows(self, kind: str) -> bool:
+        """Whether alarms of this kind are in scope (the owner rule aside)."""
+        return kind not in self.hidden_kinds and (self.only_kinds is None or kind in self.only_kinds)
 
     def sql(self) -> tuple[str, list[Any]]:
         """A WHERE fragment (starting with AND) and its parameters."""
@@ -222,6 +266,9 @@ class Scope:
         if self.hidden_kinds:
             where += " AND NOT (a.kind = ANY(%s))"
             params.append(list(self.hidden_kinds))
+        if self.only_kinds is not None:
+            where += " AND a.kind = ANY(%s)"
+            params.append(list(self.only_kinds))
         if self.owner_id is not None:
             where += (
                 " AND EXISTS (SELECT 1 FROM bike_bindings ob WHERE ob.bike_id = a.bike_id AND ob.kind = 'owner'"
@@ -234,6 +281,8 @@ class Scope:
 EVERYTHING = Scope()
 # An armed bike moving is its owner's business: it shows where a bike that is not stolen is.
 OWNER_ONLY_KINDS = ("armed_bike_moving",)
+POLICE = Scope(hidden_kinds=OWNER_ONLY_KINDS)
+INSTALLERS = Scope(only_kinds=STATION_KINDS)
 
 
 async def get_alarm(

@@ -26,8 +26,8 @@ class LiveFeed:
     def __init__(self, database_url: str, pool: AsyncConnectionPool, queue_size: int = 1000) -> None:
         self._url = database_url
         self._pool = pool
-        # Each viewer's queue, with the alarm kinds it may not see.
-        self._subscribers: dict[asyncio.Queue[bytes], tuple[str, ...]] = {}
+        # Each viewer's queue, with the alarms it may see.
+        self._subscribers: dict[asyncio.Queue[bytes], alarms.Scope] = {}
         self._queue_size = queue_size
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -67,8 +67,8 @@ class LiveFeed:
             except alarms.AlarmNotFound:
                 return
         event = b"event: alarm\ndata: " + orjson.dumps(alarm) + b"\n\n"
-        for q, hidden in list(self._subscribers.items()):
-            if alarm["kind"] in hidden:
+        for q, scope in list(self._subscribers.items()):
+            if not scope.allows(alarm["kind"]):
                 continue
             try:
                 q.put_nowait(event)
@@ -76,10 +76,14 @@ class LiveFeed:
                 # A viewer that stopped reading loses events rather than holding up the others.
                 self.dropped += 1
 
-    async def events(self, keepalive_s: float = 15.0, hidden_kinds: tuple[str, ...] = ()) -> AsyncIterator[bytes]:
-        """Server-sent events for one viewer: alarm changes (but of hidden kinds), and a keep-alive comment."""
+    async def events(self, scope: alarms.Scope, keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
+        """Server-sent events for one viewer: changes of the alarms of the kinds in scope, and a keep-alive comment.
+
+        Owner scopes are not supported here (the feed filters by kind only)."""
+        if scope.owner_id is not None:
+            raise ValueError("the live feed does not filter by owner")
         q: asyncio.Queue[bytes] = asyncio.Queue(self._queue_size)
-        self._subscribers[q] = hidden_kinds
+        self._subscribers[q] = scope
         try:
             yield b": connected\n\n"
             while True:

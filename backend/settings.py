@@ -40,6 +40,8 @@ class BackendSettings(BaseSettings):
     partition_days_ahead: int = Field(default=7, ge=1)
     retention_days: int | None = Field(default=None, ge=1)
     maintenance_interval_s: float = Field(default=3600.0, gt=0, description="partitions, retention, transitions")
+    # How often stations are checked for missed heartbeats (a station is offline after two missed intervals).
+    station_watch_interval_s: float = Field(default=10.0, gt=0)
     tile_url: str | None = None
     tile_attribution: str | None = None
 

@@ -50,24 +50,29 @@ ORDER BY b.station_id
 """
 
 
+def liveness(row: dict[str, Any], now: datetime, rules: HealthRules,
+             heard_since: datetime | None = None) -> tuple[bool, str | None]:
+    """(online, why not) from a station's latest status; heard_since, when given, is when we began listening
+    (a backend just started, a station just put in service): silence before it does not count."""
+    last = row.get("last_heartbeat_at")
+    interval = row["heartbeat_interval_s"]
+    if row.get("status_state") == "offline" and last is not None:
+        return False, "its last status says offline (the gateway lost its connection)"
+    since = max((t for t in (last, heard_since) if t is not None), default=None)
+    if since is not None and (now - since).total_seconds() <= rules.missed_heartbeats * interval:
+        return True, None
+    if last is None:
+        return False, "never heard from"
+    return False, f"no heartbeat for {(now - last).total_seconds():.0f} s (expected every {interval} s)"
+
+
 def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, Any]:
     """One station's health from its registry row, latest status and passage counts."""
     payload = row.get("payload") or {}
-    reasons: list[str] = []
     last = row.get("last_heartbeat_at")
-    limit_s = rules.missed_heartbeats * row["heartbeat_interval_s"]
-    if last is None:
-        health = "offline"
-        reasons.append("never heard from")
-    elif row.get("status_state") == "offline":
-        health = "offline"
-        reasons.append("its last status says offline (the gateway lost its connection)")
-    elif (now - last).total_seconds() > limit_s:
-        health = "offline"
-        reasons.append(f"no heartbeat for {(now - last).total_seconds():.0f} s (expected every "
-                       f"{row['heartbeat_interval_s']} s)")
-    else:
-        health = "online"
+    online, why = liveness(row, now, rules)
+    health = "online" if online else "offline"
+    reasons = [why] if why else []
     usual = row.get("usual_passages")
     usual = float(usual) if usual is not None else None
     recent = int(row.get("passages_last_hour") or 0)
@@ -91,3 +96,31 @@ async def station_health(conn: psycopg.AsyncConnection[Any], now: datetime,
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_QUERY, {"now": now, "days": rules.history_days})
         return [assess(row, now, rules) for row in await cur.fetchall()]
+
+
+# Stations expected to report: those not yet installed, or decommissioned, are never "offline".
+_WATCHED = """
+SELECT s.station_id, s.heartbeat_interval_s, s.lifecycle_changed_at, st.state AS status_state,
+       st.received_at AS last_heartbeat_at
+FROM stations s LEFT JOIN station_status st USING (station_id)
+WHERE s.lifecycle IN ('commissioned', 'active')
+"""
+
+
+async def offline_stations(conn: psycopg.AsyncConnection[Any], now: datetime, listening_since: datetime,
+                           rules: HealthRules = HealthRules()) -> dict[str, tuple[datetime, str]]:
+    """Stations in service that are offline at `now`: id → (since when, why). One small query, no passages.
+
+    Silence before listening_since (when the backend began receiving statuses) or before the station entered its
+    current life-cycle state does not count, so a restart of the backend does not report every station offline.
+    """
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_WATCHED)
+        rows = await cur.fetchall()
+    offline = {}
+    for row in rows:
+        heard_since = max(listening_since, row["lifecycle_changed_at"])
+        online, why = liveness(row, now, rules, heard_since)
+        if not online:
+            offline[row["station_id"]] = (row["last_heartbeat_at"] or heard_since, why or "offline")
+    return offline

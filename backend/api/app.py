@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 
-from backend import accounts, alarms, audit, certificates, hotlist, prediction, registry
+from backend import accounts, alarms, audit, certificates, hotlist, prediction, registry, station_health
 from backend import stations as station_registry
 from backend.api.deps import public
 from backend.api.routes import accounts as account_routes
@@ -77,6 +78,21 @@ async def _maintain_storage(settings: BackendSettings, pool: AsyncConnectionPool
         await asyncio.sleep(every_s)
 
 
+async def _watch_stations(settings: BackendSettings, pool: AsyncConnectionPool) -> None:
+    """Every station_watch_interval_s: raise a station-offline alarm for each station in service that missed two
+    heartbeats (or whose last will came), and clear it when the station reports again."""
+    every_s = settings.station_watch_interval_s
+    listening_since = datetime.now(UTC)
+    while True:
+        try:
+            async with pool.connection() as conn:
+                offline = await station_health.offline_stations(conn, datetime.now(UTC), listening_since)
+                await alarms.sync_station_offline(conn, offline)
+        except Exception:  # noqa: BLE001 - retried next time; the API must go on
+            log.exception("station watch failed; will retry in %.0f s", every_s)
+        await asyncio.sleep(every_s)
+
+
 def _status_of(exc: Exception) -> int:
     for cls in type(exc).__mro__:
         if cls in _ERRORS:
@@ -114,10 +130,12 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         app.state.publish_hotlist = publish_hotlist
         await publish_hotlist()
         maintenance = asyncio.create_task(_maintain_storage(settings, pool), name="storage-maintenance")
+        watch = asyncio.create_task(_watch_stations(settings, pool), name="station-watch")
         try:
             yield
         finally:
             maintenance.cancel()
+            watch.cancel()
             await feed.stop()
             if worker:
                 await asyncio.to_thread(worker.stop)
@@ -135,8 +153,8 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
     app.state.registry = registry.Registry(settings, Vault.from_settings(settings))
     app.state.signer = certificates.Signer(settings.certificate_signing_key.get_secret_value())
     for router in (auth.router, account_routes.router, audit_routes.router, owners.router, bikes.router,
-                   certificate_routes.router, stations.router, sightings.router, alarm_routes.router, live.router,
-                   pages.router):
+                   certificate_routes.router, stations.router, sightings.router,
+                   alarm_routes.router, live.router, pages.router):
         app.include_router(router)
     app.mount("/assets/leaflet", StaticFiles(directory=LEAFLET_DIR), name="leaflet")
     app.mount("/assets/web", StaticFiles(directory=STATIC_DIR), name="web")

@@ -1,7 +1,8 @@
 """Alarms: the queue, one alarm, acknowledge, assign and clear.
 
 Police and admins see every alarm except an armed bike moving (that shows where a bike that is not
-stolen is); an owner sees the alarms of their own bikes raised since they hold them.
+stolen is); an owner sees the alarms of their own bikes raised since they hold them; an installer sees
+the alarms about stations (no personal data).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from backend.api.schemas import AlarmAssign, AlarmPublic
 
 router = APIRouter(prefix="/api/alarms", tags=["alarms"])
 AlarmId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-Handler = Annotated[User, allow("police", "admin", "owner")]
+Viewer = Annotated[User, allow("police", "admin", "owner", "installer")]
 
 _STATES = {"open": ("active", "acknowledged"), "active": ("active",), "acknowledged": ("acknowledged",),
            "cleared": ("cleared",)}
@@ -27,22 +28,24 @@ def scope_of(user: User) -> alarms.Scope:
     """The alarms this user may see."""
     if user.role == "owner":
         return alarms.Scope(owner_id=user.owner_id or 0)
-    return alarms.Scope(hidden_kinds=alarms.OWNER_ONLY_KINDS)
+    if user.role == "installer":
+        return alarms.INSTALLERS
+    return alarms.POLICE
 
 
 @router.get("", response_model=list[AlarmPublic])
 async def list_alarms(
-    conn: Conn, user: Annotated[User, allow("police", "admin", "owner")],
+    conn: Conn, user: Viewer,
     state: Literal["open", "active", "acknowledged", "cleared"] = "open", limit: int = Query(200, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
-    """Police, admin: alarms in a state (default: not yet cleared), latest first. Owner: those of their bikes."""
+    """Police, admin: alarms in a state (default: not yet cleared), latest first. Owner: those of their bikes.
+    Installer: those about stations."""
     return await alarms.list_alarms(conn, _STATES[state], limit, scope_of(user))
 
 
 @router.get("/{alarm_id}", response_model=AlarmPublic)
-async def get_alarm(alarm_id: AlarmId, conn: Conn,
-                    user: Annotated[User, allow("police", "admin", "owner")]) -> dict[str, Any]:
-    """Police, admin: one alarm with its trail. Owner: one of their bikes' alarms."""
+async def get_alarm(alarm_id: AlarmId, conn: Conn, user: Viewer) -> dict[str, Any]:
+    """Police, admin: one alarm with its trail. Owner: one of their bikes' alarms. Installer: a station's."""
     return await alarms.get_alarm(conn, alarm_id, scope=scope_of(user))
 
 
@@ -55,14 +58,16 @@ async def _transition(conn: Conn, user: User, alarm_id: int, action: str) -> dic
 
 
 @router.post("/{alarm_id}/acknowledge", response_model=AlarmPublic)
-async def acknowledge(alarm_id: AlarmId, conn: Conn, user: Handler) -> dict[str, Any]:
-    """Police, admin: take the alarm (recorded under the signed-in name). Owner: their armed-bike alarm."""
+async def acknowledge(alarm_id: AlarmId, conn: Conn, user: Viewer) -> dict[str, Any]:
+    """Police, admin: take the alarm (recorded under the signed-in name). Owner: their armed-bike alarm.
+    Installer: a station's alarm."""
     return await _transition(conn, user, alarm_id, "acknowledge")
 
 
 @router.post("/{alarm_id}/clear", response_model=AlarmPublic)
-async def clear(alarm_id: AlarmId, conn: Conn, user: Handler) -> dict[str, Any]:
-    """Police, admin: the alarm is dealt with. Owner: their armed-bike alarm ("it was me")."""
+async def clear(alarm_id: AlarmId, conn: Conn, user: Viewer) -> dict[str, Any]:
+    """Police, admin: the alarm is dealt with. Owner: their armed-bike alarm ("it was me"). Installer: a
+    station's alarm (a station still offline is not alarmed again for the same outage)."""
     return await _transition(conn, user, alarm_id, "clear")
 
 

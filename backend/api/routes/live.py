@@ -15,10 +15,12 @@ router = APIRouter(prefix="/api", tags=["live"])
 
 
 @router.get("/live")
-async def live(request: Request, _user: Annotated[User, allow("police", "admin")]) -> StreamingResponse:
-    """Police, admin: alarm changes as they happen (`event: alarm`, data: the alarm as in /api/alarms/{id})."""
+async def live(request: Request, user: Annotated[User, allow("police", "admin", "installer")]) -> StreamingResponse:
+    """Police, admin: alarm changes as they happen (`event: alarm`, data: the alarm as in /api/alarms/{id}).
+    Installer: those of alarms about stations."""
+    scope = alarms.INSTALLERS if user.role == "installer" else alarms.POLICE
     return StreamingResponse(
-        request.app.state.live.events(hidden_kinds=alarms.OWNER_ONLY_KINDS),
+        request.app.state.live.events(scope),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
