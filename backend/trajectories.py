@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 from xml.sax.saxutils import escape
 
 import psycopg
@@ -55,11 +56,12 @@ class Leg:
 
 @dataclass(frozen=True, slots=True)
 class Trajectory:
-    """A tag's stops in time order and the legs between them."""
+    """A tag's (or a bike's) stops in time order and the legs between them."""
 
-    tag_id: int
+    tag_id: int | None
     stops: list[Stop]
     legs: list[Leg]
+    bike_id: int | None = None
 
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -79,7 +81,9 @@ def heading(lat1: float, lon1: float, lat2: float, lon2: float) -> str:
     return _COMPASS[int((bearing + 22.5) // 45) % 8]
 
 
-def build(tag_id: int, passages: list[tuple[str, str, float, float, datetime, datetime]]) -> Trajectory:
+def build(
+    tag_id: int | None, passages: list[tuple[str, str, float, float, datetime, datetime]], bike_id: int | None = None
+) -> Trajectory:
     """Stops and legs from passages (station_id, name, lat, lon, first_seen_at, last_seen_at) in time order."""
     stops: list[Stop] = []
     for station_id, name, lat, lon, first, last in passages:
@@ -93,7 +97,7 @@ def build(tag_id: int, passages: list[tuple[str, str, float, float, datetime, da
             (b.arrived_at - a.left_at).total_seconds(), heading(a.lat, a.lon, b.lat, b.lon))
         for a, b in zip(stops, stops[1:], strict=False)
     ]
-    return Trajectory(tag_id, stops, legs)
+    return Trajectory(tag_id, stops, legs, bike_id)
 
 
 async def trajectory(
@@ -110,11 +114,41 @@ async def trajectory(
     return build(tag_id, await cur.fetchall())
 
 
+def _tag(t: Trajectory) -> str:
+    return format_tag(t.tag_id) if t.tag_id is not None else ""
+
+
+def _name(t: Trajectory) -> str:
+    if t.bike_id is None:
+        return f"Bikeguard tag {_tag(t)}"
+    return f"Bikeguard bike {t.bike_id}" + (f" (chip {_tag(t)})" if t.tag_id is not None else "")
+
+
+def to_summary(t: Trajectory) -> dict[str, Any]:
+    """Stops with their dwell and legs with distance, speed and heading, as JSON-ready values (times in ISO 8601)."""
+    return {
+        "bike_id": t.bike_id,
+        "tag_id": _tag(t) or None,
+        "stops": [
+            {"station_id": s.station_id, "station_name": s.station_name, "lat": s.lat, "lon": s.lon,
+             "arrived_at": s.arrived_at.isoformat(), "left_at": s.left_at.isoformat(), "dwell_s": s.dwell_s,
+             "passages": s.passages}
+            for s in t.stops
+        ],
+        "legs": [
+            {"from_station": leg.from_station, "to_station": leg.to_station, "distance_m": round(leg.distance_m, 1),
+             "duration_s": leg.duration_s, "speed_kmh": None if leg.speed_kmh is None else round(leg.speed_kmh, 1),
+             "heading": leg.heading}
+            for leg in t.legs
+        ],
+    }
+
+
 def to_geojson(t: Trajectory) -> dict[str, Any]:
     """The path as a LineString plus one Point per stop, with times and dwell."""
     line = {
         "type": "Feature",
-        "properties": {"tag_id": format_tag(t.tag_id), "stops": len(t.stops)},
+        "properties": {"bike_id": t.bike_id, "tag_id": _tag(t), "stops": len(t.stops)},
         "geometry": {"type": "LineString", "coordinates": [[s.lon, s.lat] for s in t.stops]},
     }
     points = [
@@ -137,7 +171,7 @@ def to_csv(t: Trajectory) -> str:
         leg = t.legs[i - 1] if i else None
         speed = leg.speed_kmh if leg else None
         w.writerow([
-            format_tag(t.tag_id), s.station_id, s.station_name, f"{s.lat:.6f}", f"{s.lon:.6f}",
+            _tag(t), s.station_id, s.station_name, f"{s.lat:.6f}", f"{s.lon:.6f}",
             s.arrived_at.isoformat(), s.left_at.isoformat(), f"{s.dwell_s:.0f}",
             leg.from_station if leg else "", f"{leg.distance_m:.0f}" if leg else "",
             f"{speed:.1f}" if speed is not None else "", leg.heading if leg else "",
@@ -147,7 +181,7 @@ def to_csv(t: Trajectory) -> str:
 
 def to_gpx(t: Trajectory) -> str:
     """GPX 1.1: one track through the stops (arrival times) and a waypoint per stop."""
-    name = f"Bikeguard tag {format_tag(t.tag_id)}"
+    name = _name(t)
     wpts = "".join(
         f'  <wpt lat="{s.lat:.6f}" lon="{s.lon:.6f}"><time>{_gpx_time(s.arrived_at)}</time>'
         f"<name>{escape(s.station_name)}</name><desc>{escape(s.station_id)}, {s.dwell_s:.0f} s</desc></wpt>\n"
@@ -169,16 +203,40 @@ def _gpx_time(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+ExportFormat = Literal["gpx", "geojson", "csv"]
+EXPORT_MEDIA_TYPES: dict[ExportFormat, str] = {
+    "gpx": "application/gpx+xml", "geojson": "application/geo+json", "csv": "text/csv; charset=utf-8",
+}
+"""The formats a trajectory can be exported in, with their media types."""
+
+
+def export(t: Trajectory, fmt: ExportFormat) -> str:
+    """The trajectory as a GPX, GeoJSON or CSV document."""
+    if fmt == "gpx":
+        return to_gpx(t)
+    if fmt == "geojson":
+        return json.dumps(to_geojson(t), ensure_ascii=False)
+    if fmt == "csv":
+        return to_csv(t)
+    raise ValueError(f"no export format {fmt!r}")
+
+
+def export_filename(bike_id: int, since: datetime, until: datetime, fmt: str) -> str:
+    """A file name for a bike's export: bike-123-2026-11-22.gpx, or with both days when the window spans several."""
+    first, last = since.astimezone(UTC).date(), (until - timedelta(microseconds=1)).astimezone(UTC).date()
+    days = first.isoformat() if last <= first else f"{first.isoformat()}_{last.isoformat()}"
+    return f"bike-{bike_id}-{days}.{fmt}"
+
+
 # Registry-aware windows: which passages belong to a bike, and to whom they may be shown.
 
 
-async def of_bike(
-    conn: psycopg.AsyncConnection[Any], bike_id: int, since: datetime, until: datetime, limit: int = 1000
+async def _bike_passages(
+    conn: psycopg.AsyncConnection[Any], bike_id: int, since: datetime, until: datetime, limit: int
 ) -> list[dict[str, Any]]:
-    """The bike's passages in [since, until), oldest first: each chip counts only while it was the bike's."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT x.station_id, s.lat, s.lon, x.first_seen_at, x.last_seen_at, x.tag_id"
+            "SELECT x.station_id, s.name AS station_name, s.lat, s.lon, x.first_seen_at, x.last_seen_at, x.tag_id"
             " FROM bike_bindings cb"
             " JOIN sightings x ON x.tag_id = cb.tag_id"
             "  AND x.first_seen_at >= greatest(cb.valid_from, %s)"
@@ -188,10 +246,27 @@ async def of_bike(
             " ORDER BY x.first_seen_at LIMIT %s",
             (since, until, bike_id, limit),
         )
-        rows = await cur.fetchall()
+        return await cur.fetchall()
+
+
+async def of_bike(
+    conn: psycopg.AsyncConnection[Any], bike_id: int, since: datetime, until: datetime, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """The bike's passages in [since, until), oldest first: each chip counts only while it was the bike's."""
+    rows = await _bike_passages(conn, bike_id, since, until, limit)
     for r in rows:
         r["tag_id"] = format_tag(r["tag_id"])
     return rows
+
+
+async def bike_trajectory(
+    conn: psycopg.AsyncConnection[Any], bike_id: int, since: datetime, until: datetime, limit: int = 20_000
+) -> Trajectory:
+    """The bike's trajectory over [since, until), from the passages of_bike counts; labelled by its latest chip."""
+    rows = await _bike_passages(conn, bike_id, since, until, limit)
+    passages = [(r["station_id"], r["station_name"], r["lat"], r["lon"], r["first_seen_at"], r["last_seen_at"])
+                for r in rows]
+    return build(rows[-1]["tag_id"] if rows else None, passages, bike_id)
 
 
 async def owner_since(conn: psycopg.AsyncConnection[Any], owner_id: int, bike_id: int) -> datetime | None:

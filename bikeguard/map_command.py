@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     cov.add_argument("--range-m", type=float, default=coverage.DEFAULT_RANGE_M, help="read range of a station")
     cov.add_argument("--suggest", type=int, default=5, help="how many next sites to suggest")
     cov.add_argument("--town-seed", type=int, help="use a simulated town instead of the database")
-    traj = sub.add_parser("trajectory", help="one chip's passages over a time range, numbered in order")
+    traj = sub.add_parser("trajectory", help="one chip's passages over a time range, numbered and replayable")
     traj.add_argument("--tag", required=True, help="the chip id, 8 hex digits")
     traj.add_argument("--since", help="ISO 8601 with a zone (default: 24 h before --until)")
     traj.add_argument("--until", help="ISO 8601 with a zone (default: now)")
@@ -84,10 +84,9 @@ def _trajectory(args: argparse.Namespace, url: str | None) -> str:
                     await stations.list_stations(conn), await stations.roads_geojson(conn))
 
     traj, sts, roads = asyncio.run(load())
-    points = [{"station_id": s.station_id, "lat": s.lat, "lon": s.lon, "seen_at": s.arrived_at.isoformat()}
-              for s in traj.stops]
+    summary = trajectories.to_summary(traj)
     out = args.out or Path(f"trajectory-{args.tag.upper()}.html")
-    out.write_text(standalone_html(build_trajectory_map(points, roads, stations=sts, tile_url=args.tile_url)),
+    out.write_text(standalone_html(build_trajectory_map(summary, roads, stations=sts, tile_url=args.tile_url)),
                    encoding="utf-8")
     args.out = out
     return f"{len(traj.stops)} stops, {sum(s.passages for s in traj.stops)} passages from {since} to {until}"

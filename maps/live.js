@@ -1,4 +1,5 @@
-/* Bikeguard live map: alarms from the live feed (SSE), station activity polling, the alarm panel.
+/* Bikeguard live map: alarms from the live feed (SSE), station activity polling, the alarm panel, bike search
+ * and trajectory replay (with replay.js, which the page loads first).
  * Plain JavaScript on top of Leaflet only. Called once by the page that maps/live.py builds:
  *   bikeguardLiveMap(config, leafletMap, {station_id: [circleMarker, labelMarker]}, alarmLayer)
  */
@@ -140,9 +141,12 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       return '<button type="button" class="bg-act bg-act-' + action + '" data-act="' + action + '" data-alarm-id="' +
         esc(a.id) + '"' + (enabled ? "" : " disabled") + ">" + label + "</button>";
     };
+    var replayable = a.kind === "stolen_chip_seen" && a.tag_id;
     return '<div class="bg-actions">' + b("acknowledge", "Acknowledge", a.state === "active") +
       b("clear", "Clear", true) +
-      (cfg.me ? b("assign", "Assign to me", a.assignee !== cfg.me) : "") + "</div>";
+      (cfg.me ? b("assign", "Assign to me", a.assignee !== cfg.me) : "") +
+      (replayable ? '<button type="button" class="bg-act bg-act-replay" data-replay-alarm="' + esc(a.id) +
+        '" title="Play back where the bike went">Replay</button>' : "") + "</div>";
   }
   function alarmIcon(a) {
     return L.divIcon({
@@ -323,15 +327,88 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   }
   document.addEventListener("click", function (ev) {
     var button = ev.target.closest && ev.target.closest("button[data-act]");
-    if (button) { ev.preventDefault(); ev.stopPropagation(); act(button); }
+    if (button) { ev.preventDefault(); ev.stopPropagation(); act(button); return; }
+    var replayButton = ev.target.closest && ev.target.closest("button[data-replay-alarm], button[data-replay-result]");
+    if (replayButton) {
+      ev.preventDefault(); ev.stopPropagation();
+      if (replayButton.dataset.replayAlarm) { replayAlarm(replayButton.dataset.replayAlarm); }
+      else { replayFound(Number(replayButton.dataset.replayResult)); }
+    }
   });
 
+  /* ---- trajectory replay: the bike's stops and legs from the API, drawn and played by replay.js ---- */
+
+  var replay = bikeguardReplay(map);
+  var replaying = null;             // what the bar shows or is loading: {bikeId, label, caseNo, hours, stolen}
+  var EXPORTS = [["gpx", "GPX", "GPS tools"], ["geojson", "GeoJSON", "GIS"], ["csv", "CSV", "spreadsheet"]];
+
+  function windowLabel(h) { return "Last " + (h < 48 ? h + " h" : Math.round(h / 24) + " days"); }
+  function trajectoryQuery(target, since, until) {
+    return "since=" + encodeURIComponent(since) + "&until=" + encodeURIComponent(until) +
+      (target.caseNo ? "&case_number=" + encodeURIComponent(target.caseNo) : "");
+  }
+  function startReplay(target) {
+    replaying = target;
+    var until = new Date(), since = new Date(until.getTime() - target.hours * 3600000);
+    var base = cfg.bikesUrl + "/" + encodeURIComponent(target.bikeId) + "/trajectory";
+    var o = {
+      title: target.label,
+      windows: cfg.replayWindowsH.map(function (h) {
+        return { value: h, label: windowLabel(h), selected: h === target.hours };
+      }),
+      onWindow: function (h) { startReplay(Object.assign({}, target, { hours: Number(h) })); },
+      empty: "Not seen at any station " + (target.stolen && !target.caseNo ? "since the theft, " : "") +
+        "in the " + windowLabel(target.hours).toLowerCase() + "."
+    };
+    replay.notice(target.label, "Loading the trajectory…", false, o);
+    api("GET", base + "/summary?" + trajectoryQuery(target, since.toISOString(), until.toISOString()))
+      .then(function (summary) {
+        if (replaying !== target) { return; }   // another replay was asked for meanwhile
+        var q = trajectoryQuery(target, summary.since, summary.until);   // the window shown, so files match it
+        o.exports = EXPORTS.map(function (x) {
+          return { format: x[0], label: x[1], hint: x[2], href: base + "." + x[0] + "?" + q };
+        });
+        replay.load(summary, o);
+      })
+      .catch(function (err) {
+        if (replaying === target) { replay.notice(target.label, "Replay failed: " + err.message, true, o); }
+      });
+  }
+  function replayAlarm(id) {        // the alarm's bike: found by its chip, replayed since the theft
+    var a = alarms[id] && alarms[id].data;
+    if (!a) { return; }
+    var target = { label: a.plate || a.tag_id, hours: cfg.replayWindowsH[1], stolen: true, caseNo: null };
+    if (a.bike_id) { startReplay(Object.assign(target, { bikeId: a.bike_id })); return; }
+    replaying = target;
+    replay.notice(target.label, "Finding the bike…");
+    api("GET", cfg.searchUrl + "?q=" + encodeURIComponent(a.tag_id))
+      .then(function (results) {
+        var hit = results.filter(function (r) { return r.bike.tag_id === a.tag_id; })[0];
+        if (!hit) { throw new Error("no bike carries chip " + a.tag_id); }
+        if (replaying === target) { startReplay(Object.assign(target, { bikeId: hit.bike.bike_id })); }
+      })
+      .catch(function (err) {
+        if (replaying === target) { replay.notice(target.label, "Replay failed: " + err.message, true); }
+      });
+  }
+
   var found = L.layerGroup().addTo(map);
-  function searchResult(r) {
+  var foundBikes = [], foundCase = "";   // the last search's results, and the case number it was made with
+  function replayFound(i) {
+    var b = foundBikes[i] && foundBikes[i].bike;
+    if (!b) { return; }
+    startReplay({ bikeId: b.bike_id, label: b.plate || b.tag_id || "bike " + b.bike_id, hours: cfg.replayWindowsH[1],
+                  stolen: !!b.stolen, caseNo: foundCase || null });
+  }
+  function searchResult(r, i) {
     var b = r.bike, where = r.last_seen;
     var owner = r.owner ? " · owner " + esc(r.owner.name) + (r.owner.mobile ? " " + esc(r.owner.mobile) : "") : "";
+    var allowed = b.stolen || foundCase;
     return '<li><span class="plate">' + esc(b.plate || "no plate") + "</span> " + esc(b.brand || "") + " " +
-      esc(b.colour || "") + (b.stolen ? ' <b class="stolen">STOLEN</b>' : "") + owner + "<br>" +
+      esc(b.colour || "") + (b.stolen ? ' <b class="stolen">STOLEN</b>' : "") + owner +
+      '<button type="button" class="bg-act bg-act-replay" data-replay-result="' + i + '"' +
+      (allowed ? ' title="Play back where the bike went"' : ' disabled title="Give a case number to replay a bike that is not stolen"') +
+      ">Replay</button><br>" +
       (where ? "last seen at " + esc(where.station_name) + " · " + clock(where.seen_at) + " · " + ago(where.seen_at)
         : "<i>" + (b.stolen ? "not seen since the theft" : "whereabouts only with a case number") + "</i>") + "</li>";
   }
@@ -343,6 +420,8 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     say(out, "Searching…");
     api("GET", cfg.searchUrl + "?q=" + encodeURIComponent(q) + (caseNo ? "&case_number=" + encodeURIComponent(caseNo) : ""))
       .then(function (results) {
+        foundBikes = results;
+        foundCase = caseNo;
         found.clearLayers();
         if (!results.length) { say(out, "No bike with plate, frame number or chip " + q); return; }
         out.classList.remove("bad");
@@ -413,5 +492,5 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   pollActivity();
   setInterval(pollActivity, cfg.activityIntervalMs);
 
-  return { upsertAlarm: upsertAlarm, applyActivity: applyActivity, alarms: alarms };
+  return { upsertAlarm: upsertAlarm, applyActivity: applyActivity, alarms: alarms, replay: replay };
 }

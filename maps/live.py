@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
 import folium
 from branca.element import MacroElement
 from folium.template import Template
 
-from maps import markup
+from maps import markup, replay
 from maps.assets import DEFAULT_BASE
 from maps.basemap import base_map, fit_to
 from maps.roads import ROAD_COLOUR, add_roads, road_points
@@ -17,6 +16,8 @@ from maps.stations import STATE_COLOURS, STATE_LABELS, StationMarker, add_statio
 
 TITLE = "Bikeguard — live map"
 ACTIVITY_INTERVAL_S = 10
+REPLAY_WINDOWS_H = (6, 24, 72, 168)
+"""Time windows the replay offers (hours back from now); the second is the default."""
 SEVERITY_COLOURS: dict[str, str] = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#3b82f6"}
 KIND_LABELS: dict[str, str] = {
     "stolen_chip_seen": "Stolen chip seen",
@@ -29,12 +30,8 @@ KIND_LABELS: dict[str, str] = {
 }
 
 
-def _asset(name: str) -> str:
-    return resources.files("maps").joinpath(name).read_text(encoding="utf-8")
-
-
 class LiveFeed(MacroElement):
-    """Page chrome (header, alarm panel, legend) and the script that keeps the map live."""
+    """Page chrome (header, alarm panel, legend) and the script that keeps the map live and replays trajectories."""
 
     _template = Template(
         """
@@ -69,8 +66,8 @@ class LiveFeed(MacroElement):
         super().__init__()
         self._name = "LiveFeed"
         self.title = markup.text(TITLE)
-        self.css = _asset("live.css")
-        self.code = _asset("live.js")
+        self.css = replay.style() + replay.source("live.css")
+        self.code = replay.script() + replay.source("live.js")
         self.chrome = _chrome()
         self.config = markup.script_json(config)
         self.map_name = m.get_name()
@@ -98,6 +95,7 @@ def _legend() -> str:
         '<li><span class="bg-key-line" style="background:repeating-linear-gradient(90deg,#dc2626 0 8px,'
         'transparent 8px 12px)"></span>Alarm trail</li>'
         '<li><span class="bg-key-next"></span>Likely next station (chance, arrival)</li>'
+        '<li><span class="bg-key-step">1</span>Replay: stops in order</li>'
         f'<li><span class="bg-key-line" style="background:{ROAD_COLOUR}"></span>Road</li>'
         "</ul></section>"
     )
@@ -146,14 +144,15 @@ def build_live_map(
     activity_url: str = "/api/stations/activity",
     alarms_url: str = "/api/alarms",
     search_url: str = "/api/bikes/search",
+    bikes_url: str = "/api/bikes",
     user_name: str | None = None,
     tile_url: str | None = None,
     tile_attribution: str | None = None,
 ) -> str:
     """The full HTML of the live map page; it loads Leaflet from `assets_base` and nothing from elsewhere.
 
-    Its alarm buttons and bike search call the API at alarms_url and search_url with the page's session cookie;
-    "Assign to me" assigns to user_name.
+    Its alarm buttons, bike search and trajectory replay call the API at alarms_url, search_url and bikes_url
+    with the page's session cookie; "Assign to me" assigns to user_name.
     """
     m = base_map(assets_base=assets_base, tile_url=tile_url, tile_attribution=tile_attribution)
     add_roads(m, roads)
@@ -170,6 +169,8 @@ def build_live_map(
         "activityIntervalMs": ACTIVITY_INTERVAL_S * 1000,
         "alarmsUrl": alarms_url,
         "searchUrl": search_url,
+        "bikesUrl": bikes_url,
+        "replayWindowsH": list(REPLAY_WINDOWS_H),
         "me": user_name,
         "stations": [
             {k: s.get(k) for k in ("station_id", "name", "lat", "lon", "state")} for s in stations

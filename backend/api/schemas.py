@@ -213,6 +213,41 @@ class TrajectoryPoint(BaseModel):
     tag_id: str
 
 
+class TrajectoryStop(BaseModel):
+    """A stay within range of one station: consecutive passages there merged, with the dwell."""
+
+    station_id: str
+    station_name: str
+    lat: float
+    lon: float
+    arrived_at: datetime
+    left_at: datetime
+    dwell_s: float
+    passages: int
+
+
+class TrajectoryLeg(BaseModel):
+    """The way from one stop to the next: straight-line distance, time, speed (None if the stops overlap), heading."""
+
+    from_station: str
+    to_station: str
+    distance_m: float
+    duration_s: float
+    speed_kmh: float | None
+    heading: str
+
+
+class TrajectorySummary(BaseModel):
+    """A bike's trajectory over the window the caller may see: stops in time order and the legs between them."""
+
+    bike_id: int
+    tag_id: str | None = Field(description="the chip of the latest passage in the window")
+    since: datetime
+    until: datetime
+    stops: list[TrajectoryStop]
+    legs: list[TrajectoryLeg]
+
+
 class TrailPoint(BaseModel):
     """Where an alarm's tag was seen."""
 

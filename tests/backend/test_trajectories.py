@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from datetime import timedelta
+import json
+from datetime import UTC, datetime, timedelta
 
 import gpxpy
 import psycopg
@@ -75,3 +76,30 @@ def test_exports_are_readable_by_their_own_parsers():
     geo = trajectories.to_geojson(t)
     assert geo["features"][0]["geometry"]["coordinates"][0] == [120.15, 30.27]
     assert len(geo["features"]) == 4
+
+
+def test_summary_is_json_ready_with_each_stops_dwell_and_each_legs_speed():
+    t = trajectories.build(0xABCDEF01, [_passage("a", 30.270, 120.150, 0, 10), _passage("b", 30.279, 120.150, 110, 5)],
+                           bike_id=12)
+    summary = json.loads(json.dumps(trajectories.to_summary(t)))
+    assert summary["bike_id"] == 12 and summary["tag_id"] == "ABCDEF01"
+    assert [s["dwell_s"] for s in summary["stops"]] == [10.0, 5.0]
+    assert summary["stops"][1]["arrived_at"] == (T0 + timedelta(seconds=110)).isoformat()
+    (leg,) = summary["legs"]
+    assert (leg["from_station"], leg["to_station"], leg["heading"], leg["duration_s"]) == ("a", "b", "N", 100.0)
+    assert leg["speed_kmh"] == round(t.legs[0].speed_kmh, 1)
+
+
+def test_a_bike_seen_nowhere_exports_empty_but_valid_documents():
+    t = trajectories.build(None, [], bike_id=3)
+    assert gpxpy.parse(trajectories.export(t, "gpx")).tracks[0].name == "Bikeguard bike 3"
+    assert json.loads(trajectories.export(t, "geojson"))["features"][0]["geometry"]["coordinates"] == []
+    assert len(list(csv.reader(io.StringIO(trajectories.export(t, "csv"))))) == 1
+    assert trajectories.to_summary(t) == {"bike_id": 3, "tag_id": None, "stops": [], "legs": []}
+
+
+def test_export_file_names_carry_the_bike_and_the_days():
+    day = datetime(2026, 11, 22, tzinfo=UTC)
+    assert trajectories.export_filename(123, day, day + timedelta(days=1), "gpx") == "bike-123-2026-11-22.gpx"
+    assert trajectories.export_filename(
+        123, day - timedelta(hours=2), day + timedelta(hours=6), "csv") == "bike-123-2026-11-21_2026-11-22.csv"

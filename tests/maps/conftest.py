@@ -98,6 +98,23 @@ def make_alarm(town: dict[str, Any], *, alarm_id: int = 41, now: datetime | None
     }
 
 
+def make_trajectory(town: dict[str, Any], *, bike_id: int = 7, now: datetime | None = None) -> dict[str, Any]:
+    """A bike's trajectory summary as the API answers it: parked at S-001, then the stolen alarm's route."""
+    from backend import trajectories
+
+    now = now or datetime.now(UTC)
+    by_id = {s["station_id"]: s for s in town["stations"]}
+    # (station, seconds ago it arrived, seconds it stayed in range)
+    visits = [("S-001", 420, 60), ("S-002", 290, 15), ("S-009", 200, 45), ("S-010", 110, 10), ("S-011", 20, 12)]
+    passages = [
+        (sid, by_id[sid]["name"], by_id[sid]["lat"], by_id[sid]["lon"], now - timedelta(seconds=ago),
+         now - timedelta(seconds=ago - stay))
+        for sid, ago, stay in visits
+    ]
+    summary = trajectories.to_summary(trajectories.build(0x0A1B2C3D, passages, bike_id))
+    return summary | {"since": _iso(now - timedelta(hours=24)), "until": _iso(now)}
+
+
 def make_tamper_alarm(town: dict[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
     """An acknowledged tamper warning at one station, already on the page when it is built."""
     now = now or datetime.now(UTC)
@@ -131,6 +148,12 @@ def town() -> dict[str, Any]:
 def alarm_factory() -> Callable[..., dict[str, Any]]:
     """Builds stolen-chip alarms with a 4-point trail for a town."""
     return make_alarm
+
+
+@pytest.fixture
+def trajectory_factory() -> Callable[..., dict[str, Any]]:
+    """Builds a bike's trajectory summary (stops and legs) through a town."""
+    return make_trajectory
 
 
 @pytest.fixture

@@ -99,3 +99,12 @@ def test_live_map_without_stations_still_builds(town: dict[str, Any]) -> None:
 def test_tiles_appear_only_when_configured(town: dict[str, Any]) -> None:
     assert "L.tileLayer" not in _page(town)
     assert "/tiles/{z}/{x}/{y}.png" in _page(town, tile_url="/tiles/{z}/{x}/{y}.png", tile_attribution="GIS")
+
+
+def test_live_map_carries_the_replay_and_where_to_load_trajectories(town: dict[str, Any]) -> None:
+    html = _page(town, bikes_url="/police/api/bikes")
+
+    assert '"bikesUrl": "/police/api/bikes"' in html
+    assert '"replayWindowsH": [6, 24, 72, 168]' in html
+    assert "function bikeguardReplay(map, options)" in html and ".bg-replay-play" in html
+    assert html.index("function bikeguardReplay(") < html.index("bikeguardLiveMap(\n")

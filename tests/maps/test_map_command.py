@@ -11,7 +11,7 @@ import psycopg
 from bikeguard.map_command import main
 from protocol.messages import utcnow
 from tests import factories
-from tests.browser import chromium_path, screenshot
+from tests.browser import browser_page, chromium_path, console_errors, screenshot
 
 
 def _loads_nothing_from_elsewhere(html: str) -> bool:
@@ -42,4 +42,11 @@ def test_trajectory_map_from_the_database(database_url: str, tmp_path: Path, cap
     assert main(["--database-url", database_url, "trajectory", "--tag", "0000beef", "--out", str(out)]) == 0
     assert "3 stops, 3 passages" in capsys.readouterr().out
     html = out.read_text()
-    assert _loads_nothing_from_elsewhere(html) and html.count('bg-step\\"') == 3  # JSON-escaped in the icon html
+    assert _loads_nothing_from_elsewhere(html) and html.count('"station_name": "Station st-') == 3
+    if chromium_path():  # the replay draws the numbered stops from the file alone
+        with browser_page() as page:
+            page.goto(out.as_uri())
+            page.wait_for_selector(".bg-replay .bg-replay-slider")
+            assert page.locator(".bg-step").all_inner_texts() == ["1", "2", "3"]
+            assert "3 stops" in page.locator(".bg-replay-meta").inner_text()
+            assert console_errors(page) == []

@@ -1,33 +1,59 @@
-"""A tag's passages as a numbered line."""
+"""A bike's trajectory on its own map: the summary handed to the replay script, no CDN, a view around it."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from maps.assets import external_references
 from maps.trajectory import build_trajectory_map
 
+LOAD = re.compile(r"\breplay_\w+\.load\(")
 
-def test_trajectory_is_one_line_with_a_numbered_marker_per_passage(
-    town: dict[str, Any], alarm_factory: Callable[..., Any]
+
+def _loaded(html: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The summary and options the page hands to the replay."""
+    (call,) = LOAD.finditer(html)
+    decoder = json.JSONDecoder()
+    summary, end = decoder.raw_decode(html, call.end())
+    assert html[end:end + 2] == ", "
+    options, _ = decoder.raw_decode(html, end + 2)
+    return summary, options
+
+
+def test_trajectory_map_hands_the_summary_to_the_shared_replay(
+    town: dict[str, Any], trajectory_factory: Callable[..., Any]
 ) -> None:
-    points = alarm_factory(town)["trail"]
+    summary = trajectory_factory(town)
 
-    html = build_trajectory_map(points, town["roads"]).get_root().render()
+    html = build_trajectory_map(summary, town["roads"], stations=town["stations"]).get_root().render()
 
     assert external_references(html) == []
-    assert html.count("L.polyline(") == 1
-    for number in range(1, len(points) + 1):
-        assert f"\\u003e{number}\\u003c/div\\u003e" in html  # the DivIcon's HTML, JSON-encoded
-    assert points[0]["station_id"] in html
-
-
-def test_single_passage_has_no_line_but_a_view_around_it() -> None:
-    point = {"station_id": "S-1", "lat": 30.27, "lon": 120.15, "seen_at": "2025-01-01T08:00:00Z"}
-
-    html = build_trajectory_map([point]).get_root().render()
-
-    assert "L.polyline(" not in html
+    assert "function bikeguardReplay(map, options)" in html and ".bg-replay-play" in html
+    loaded, options = _loaded(html)
+    assert loaded == json.loads(json.dumps(summary))
+    assert options == {"title": "Bike 7"}
+    assert "<title>Bikeguard — trajectory</title>" in html
     assert "fitBounds" in html
-    assert "08:00:00" in html
+
+
+def test_a_chips_trajectory_is_titled_by_the_chip_and_names_cannot_break_out(town: dict[str, Any]) -> None:
+    stop = {"station_id": "S-1", "station_name": "</script><script>alert(1)</script>", "lat": 30.27, "lon": 120.15,
+            "arrived_at": "2025-01-01T08:00:00+00:00", "left_at": "2025-01-01T08:01:00+00:00", "dwell_s": 60.0,
+            "passages": 1}
+    summary = {"bike_id": None, "tag_id": "0000BEEF", "stops": [stop], "legs": []}
+
+    html = build_trajectory_map(summary).get_root().render()
+
+    assert "<script>alert(1)" not in html
+    assert _loaded(html)[1] == {"title": "Chip 0000BEEF"}
+    assert _loaded(html)[0]["stops"][0]["station_name"] == stop["station_name"]
+
+
+def test_an_empty_trajectory_still_builds_around_the_stations(town: dict[str, Any]) -> None:
+    html = build_trajectory_map({"stops": [], "legs": []}, town["roads"], stations=town["stations"]).get_root().render()
+
+    assert _loaded(html)[0] == {"stops": [], "legs": []}
+    assert "fitBounds" in html

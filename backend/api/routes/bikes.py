@@ -31,6 +31,7 @@ from backend.api.schemas import (
     RegistrationPublic,
     TheftReportCreate,
     TrajectoryPoint,
+    TrajectorySummary,
     TransferConsentPublic,
     TransferCreate,
     TransferPublic,
@@ -194,17 +195,24 @@ async def bike_owner(
     return owner
 
 
-@router.get("/{bike_id}/trajectory", response_model=list[TrajectoryPoint],
-            responses={403: {"description": "case number needed"}})
-async def trajectory(
-    bike_id: BikeId, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner", "police")],
-    since: AwareDatetime | None = None, until: AwareDatetime | None = None,
-    case_number: str | None = Query(None, max_length=40), limit: int = Query(1000, ge=1, le=10_000),
-) -> list[dict[str, Any]]:
-    """Owner: their bike since they own it. Police: a stolen bike since the theft; otherwise a case number
-    is needed, and the access is audited."""
+_CASE_NEEDED: dict[int | str, dict[str, Any]] = {403: {"description": "case number needed"}}
+_WINDOW_H = 24
+
+
+async def _trajectory_window(
+    conn: Conn, registry: Registry, user: User, bike_id: int, since: datetime | None, until: datetime | None,
+    case_number: str | None, **detail: str,
+) -> tuple[datetime, datetime]:
+    """The part of [since, until) of the bike's trajectory this user may see (default: the last 24 h).
+
+    Owner: their bike since they hold it (another's is a 404). Police: a stolen bike since the theft;
+    otherwise a case number is needed. Every police access is audited, with `detail` (what was read).
+    """
     until_at: datetime = until or utcnow()
-    since_at: datetime = since or until_at - timedelta(hours=24)
+    try:
+        since_at: datetime = since or until_at - timedelta(hours=_WINDOW_H)
+    except OverflowError:  # an `until` in the first day of year 1
+        since_at = until_at
     bike = await _bike(conn, registry, user, bike_id)
     if user.role == "owner":
         held_since = await trajectories.owner_since(conn, user.owner_id or 0, bike_id)
@@ -213,12 +221,58 @@ async def trajectory(
         since_at = max(since_at, held_since)
     elif case_number is None and bike["stolen"]:
         since_at = max(since_at, bike["stolen_at"])
-        await audit.record(conn, user, "bike.trajectory", f"bike:{bike_id}", None, stolen=True)
+        await audit.record(conn, user, "bike.trajectory", f"bike:{bike_id}", None, stolen=True, **detail)
     else:
         case = audit.require_case_number(case_number, "the trajectory of a bike that is not reported stolen")
         await audit.record(conn, user, "bike.trajectory", f"bike:{bike_id}", case,
-                           since=since_at.isoformat(), until=until_at.isoformat())
+                           since=since_at.isoformat(), until=until_at.isoformat(), **detail)
+    return since_at, until_at
+
+
+@router.get("/{bike_id}/trajectory", response_model=list[TrajectoryPoint], responses=_CASE_NEEDED)
+async def trajectory(
+    bike_id: BikeId, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner", "police")],
+    since: AwareDatetime | None = None, until: AwareDatetime | None = None,
+    case_number: str | None = Query(None, max_length=40), limit: int = Query(1000, ge=1, le=10_000),
+) -> list[dict[str, Any]]:
+    """Owner: their bike since they own it. Police: a stolen bike since the theft; otherwise a case number
+    is needed, and the access is audited."""
+    since_at, until_at = await _trajectory_window(conn, registry, user, bike_id, since, until, case_number)
     return await trajectories.of_bike(conn, bike_id, since_at, until_at, limit)
+
+
+@router.get("/{bike_id}/trajectory/summary", response_model=TrajectorySummary, responses=_CASE_NEEDED)
+async def trajectory_summary(
+    bike_id: BikeId, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner", "police")],
+    since: AwareDatetime | None = None, until: AwareDatetime | None = None,
+    case_number: str | None = Query(None, max_length=40),
+) -> dict[str, Any]:
+    """Owner, police (as for the trajectory): its stops with their dwell and the legs between them with
+    distance, speed and heading, over the window actually shown; what the police console replays."""
+    since_at, until_at = await _trajectory_window(conn, registry, user, bike_id, since, until, case_number,
+                                                  view="summary")
+    found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
+    return {**trajectories.to_summary(found), "since": since_at, "until": until_at}
+
+
+@router.get(
+    "/{bike_id}/trajectory.{fmt}", response_class=Response,
+    responses={200: {"content": {media.split(";")[0]: {} for media in trajectories.EXPORT_MEDIA_TYPES.values()},
+                     "description": "a download: GPX, GeoJSON or CSV"}, **_CASE_NEEDED},
+)
+async def trajectory_export(
+    bike_id: BikeId, fmt: Annotated[trajectories.ExportFormat, Path(description="gpx, geojson or csv")], conn: Conn,
+    registry: RegistryDep, user: Annotated[User, allow("owner", "police")],
+    since: AwareDatetime | None = None, until: AwareDatetime | None = None,
+    case_number: str | None = Query(None, max_length=40),
+) -> Response:
+    """Owner, police (as for the trajectory): the trajectory as a GPX, GeoJSON or CSV file to download."""
+    since_at, until_at = await _trajectory_window(conn, registry, user, bike_id, since, until, case_number,
+                                                  view=fmt)
+    found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
+    name = trajectories.export_filename(bike_id, since_at, until_at, fmt)
+    return Response(trajectories.export(found, fmt), media_type=trajectories.EXPORT_MEDIA_TYPES[fmt],
+                    headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
 
 @router.get("/{bike_id}/certificate", response_model=CertificatePublic)
