@@ -38,6 +38,16 @@ class Evidence:
 
 
 @dataclass(frozen=True, slots=True)
+class Passages:
+    """Many passages column by column (the ingest's hot path makes no object per row)."""
+
+    tag_ids: list[int]
+    station_ids: list[str]
+    first_seen_at: list[datetime]
+    last_seen_at: list[datetime]
+
+
+@dataclass(frozen=True, slots=True)
 class Watch:
     """Why the ingest watches a chip: its bike is stolen (since when), or armed by its owner."""
 
@@ -112,33 +122,51 @@ _EVIDENCE_ROWS = (
     " %(lasts)s::timestamptz[]) AS e(tag_id, station_id, first_seen_at, last_seen_at)"
 )
 _EARTH_RADIUS_M = 6_371_000
-# How many of a chip's latest sightings are compared pairwise: a chip seen at up to three stations in one flush.
-_CLONE_DEPTH = 4
-# Pairs of consecutive sightings of a registered chip (the later one in this flush's batches) at two stations
-# further apart than a bike could ride in the time between them. One index lookup per tag, of its few latest
-# sightings in the last 10 minutes only.
+# This flush's passages, copied in for the cloned-chip check: COPY is ten times cheaper than array parameters.
+_FLUSH_PASSAGES = (
+    "CREATE TEMP TABLE IF NOT EXISTS flush_passages (tag_id int8 NOT NULL, station_id text NOT NULL,"
+    " first_seen_at timestamptz NOT NULL, last_seen_at timestamptz NOT NULL) ON COMMIT DELETE ROWS"
+)
+_FLUSH_PASSAGE_TYPES = ["int8", "text", "timestamptz", "timestamptz"]
+# This flush's passages of registered chips.
+_REGISTERED_SIGHTINGS = """
+    SELECT f.tag_id, f.station_id, f.first_seen_at, f.last_seen_at
+    FROM flush_passages f JOIN chips c ON c.tag_id = f.tag_id AND c.bike_id IS NOT NULL
+"""
+# Consecutive passages of a registered chip - its position before this flush (chip_positions) and this flush's
+# sightings, in time order - at two stations further apart than a bike could ride in the time between them.
+# Only a passage of this flush is judged; one primary-key lookup per chip, whatever the size of `sightings`.
 _CLONED_EVIDENCE = f"""
     SELECT p.tag_id, p.station_id, least(p.prev_last_seen_at, p.first_seen_at) AS first_seen_at,
            greatest(p.prev_last_seen_at, p.first_seen_at) AS last_seen_at
-    FROM (SELECT DISTINCT t.tag_id FROM unnest(%(tags)s::int8[]) AS t(tag_id)) f
-    JOIN chips c ON c.tag_id = f.tag_id AND c.bike_id IS NOT NULL
-    CROSS JOIN LATERAL (
-        SELECT y.tag_id, y.station_id, y.batch_seq, y.first_seen_at, st.lat, st.lon,
-               lag(y.station_id) OVER w AS prev_station_id, lag(y.last_seen_at) OVER w AS prev_last_seen_at,
-               lag(st.lat) OVER w AS prev_lat, lag(st.lon) OVER w AS prev_lon
-        FROM (SELECT x.tag_id, x.station_id, x.batch_seq, x.first_seen_at, x.last_seen_at FROM sightings x
-              WHERE x.tag_id = f.tag_id AND x.first_seen_at >= now() - interval '10 minutes'
-              ORDER BY x.first_seen_at DESC LIMIT {_CLONE_DEPTH}) y
-        JOIN stations st USING (station_id)
-        WINDOW w AS (ORDER BY y.first_seen_at, y.last_seen_at)
+    FROM (
+        SELECT q.*, lag(q.station_id) OVER w AS prev_station_id, lag(q.last_seen_at) OVER w AS prev_last_seen_at
+        FROM (
+            SELECT r.*, true AS new FROM ({_REGISTERED_SIGHTINGS}) r
+            UNION ALL
+            SELECT cp.tag_id, cp.station_id, cp.first_seen_at, cp.last_seen_at, false FROM chip_positions cp
+            WHERE cp.tag_id IN (SELECT tag_id FROM flush_passages)
+        ) q
+        WINDOW w AS (PARTITION BY q.tag_id ORDER BY q.first_seen_at, q.last_seen_at)
     ) p
-    WHERE p.prev_station_id IS NOT NULL AND p.prev_station_id <> p.station_id
-      AND (p.station_id, p.batch_seq) IN (SELECT * FROM unnest(%(stations)s::text[], %(seqs)s::int8[]))
+    JOIN stations a ON a.station_id = p.station_id
+    JOIN stations b ON b.station_id = p.prev_station_id
+    WHERE p.new AND p.prev_station_id <> p.station_id
       AND 2 * {_EARTH_RADIUS_M} * asin(sqrt(
-              power(sin(radians(p.lat - p.prev_lat) / 2), 2)
-              + cos(radians(p.prev_lat)) * cos(radians(p.lat)) * power(sin(radians(p.lon - p.prev_lon) / 2), 2)))
+              power(sin(radians(a.lat - b.lat) / 2), 2)
+              + cos(radians(b.lat)) * cos(radians(a.lat)) * power(sin(radians(a.lon - b.lon) / 2), 2)))
           > %(slack_m)s + %(max_speed_mps)s
               * greatest(extract(epoch FROM p.first_seen_at - p.prev_last_seen_at)::float8, 0)
+"""
+# Each chip's latest passage of this flush becomes its position (a late, older one never replaces a newer one).
+_MOVE_CHIPS = f"""
+    INSERT INTO chip_positions AS cp (tag_id, station_id, first_seen_at, last_seen_at)
+    SELECT DISTINCT ON (r.tag_id) r.tag_id, r.station_id, r.first_seen_at, r.last_seen_at
+    FROM ({_REGISTERED_SIGHTINGS}) r
+    ORDER BY r.tag_id, r.first_seen_at DESC, r.last_seen_at DESC
+    ON CONFLICT (tag_id) DO UPDATE SET station_id = excluded.station_id, first_seen_at = excluded.first_seen_at,
+        last_seen_at = excluded.last_seen_at
+    WHERE excluded.first_seen_at >= cp.first_seen_at
 """
 
 
@@ -155,18 +183,29 @@ def raise_alarms(cur: psycopg.Cursor[Any], kind: str, severity: str, hits: list[
     })
 
 
-def raise_chips_cloned(
-    cur: psycopg.Cursor[Any], tag_ids: list[int], batches: list[tuple[str, int]], max_speed_kmh: float,
-    slack_m: float,
-) -> list[int]:
-    """Raise 'chip cloned' for chips seen in these (station_id, batch_seq) batches at a station they could not
-    have reached since their previous sighting (at max_speed_kmh, give or take slack_m); one query."""
-    if not tag_ids:
+def raise_chips_cloned(cur: psycopg.Cursor[Any], passages: Passages, max_speed_kmh: float,
+                       slack_m: float) -> list[int]:
+    """Raise 'chip cloned' for registered chips in these passages (this flush's, any order) seen at a station
+    they could not have reached since their previous passage (at max_speed_kmh, give or take slack_m), then
+    remember each chip's latest passage; one COPY and three small statements.
+
+    With several ingest workers, two passages of one chip written at the same instant by two workers may not be
+    compared with each other; the clone's next passage is.
+    """
+    if not passages.tag_ids:
         return []
-    return _upsert(cur, _CLONED_EVIDENCE, "chip_cloned", SEVERITY["chip_cloned"], {
-        "tags": tag_ids, "stations": [b[0] for b in batches], "seqs": [b[1] for b in batches],
-        "slack_m": slack_m, "max_speed_mps": max_speed_kmh / 3.6,
-    })
+    with cur.connection.transaction():  # the temporary rows live until this commits (or the outer transaction)
+        cur.execute(_FLUSH_PASSAGES)
+        cur.execute("DELETE FROM flush_passages")  # empty unless called twice in one transaction
+        with cur.copy("COPY flush_passages FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_FLUSH_PASSAGE_TYPES)
+            for row in zip(passages.tag_ids, passages.station_ids, passages.first_seen_at, passages.last_seen_at,
+                           strict=True):
+                copy.write_row(row)
+        raised = _upsert(cur, _CLONED_EVIDENCE, "chip_cloned", SEVERITY["chip_cloned"],
+                         {"slack_m": slack_m, "max_speed_mps": max_speed_kmh / 3.6})
+        cur.execute(_MOVE_CHIPS)
+    return raised
 
 
 def _upsert(cur: psycopg.Cursor[Any], evidence: str, kind: str, severity: str, params: dict[str, Any]) -> list[int]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
-from ingest import build_batches, register_stations  # bench/ingest.py, beside this script
+from ingest import bench_tags, build_batches, register_stations  # bench/ingest.py, beside this script
 
 from bikeguard.demo import bootstrap_admin, seed_backend, sign_in, wait_for_http
 from bikeguard.services import free_port, start_broker, start_postgres, stop_process
@@ -43,7 +43,7 @@ def load_publisher(
     host: str, port: int, rate: int, per_batch: int, seconds: int, ready: mp.Event, stop: mp.Event, sent: mp.Value
 ) -> None:
     """A separate process: ordinary sightings at `rate` per second, in batches, paced every 50 ms."""
-    batches = build_batches(rate * seconds, per_batch, 200, seed=3)
+    batches = build_batches(rate * seconds, per_batch, 200, bench_tags(seed=3), seed=3)
     payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"load-{uuid.uuid4().hex[:6]}")
     client.max_inflight_messages_set(1000)

@@ -7,7 +7,10 @@ into the same table. Last line:
 
     ingest: <N> sightings/s (COPY limit <M> rows/s, ratio <R>)
 
-Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--broker auto|mosquitto|amqtt]
+Every chip is fitted to a registered bike (as in a real county), so the alarm engine's per-chip checks (cloned
+chip) are part of the figure; --unregistered leaves them out.
+
+Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--broker auto|mosquitto|amqtt] [--unregistered]
 """
 
 from __future__ import annotations
@@ -42,11 +45,35 @@ def register_stations(url: str, stations: int) -> None:
         )
 
 
-def build_batches(total: int, per_batch: int, stations: int, seed: int = 1) -> list[SightingBatch]:
+def bench_tags(count: int = 50_000, seed: int = 1) -> list[int]:
+    """The chips of the bench's town."""
+    rng = random.Random(seed)
+    return list({rng.randrange(1, 2**32): None for _ in range(count)})
+
+
+def register_chips(url: str, tags: list[int]) -> None:
+    """Every bench chip fitted to a registered bike of its own owner, as in a real county: the alarm engine looks
+    at each registered chip it sees."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO owners (name, id_number_hash, id_number_enc, mobile, address)"
+            " SELECT 'Bench owner ' || i, sha256(('id' || i)::bytea), sha256(('enc' || i)::bytea),"
+            "  '138' || lpad(i::text, 8, '0'), 'Bench street' FROM generate_series(1, %s) i", (len(tags),))
+        conn.execute(
+            "INSERT INTO bikes (plate, owner_id, frame_number, motor_number)"
+            " SELECT 'BENCH-' || owner_id, owner_id, 'FR' || owner_id, 'MT' || owner_id FROM owners"
+            " WHERE name LIKE 'Bench owner %%'")
+        conn.execute(
+            "INSERT INTO chips (tag_id, bike_id) SELECT t.tag_id, b.bike_id"
+            " FROM unnest(%s::int8[]) WITH ORDINALITY AS t(tag_id, n)"
+            " JOIN (SELECT bike_id, row_number() OVER (ORDER BY bike_id) AS n FROM bikes"
+            "       WHERE plate LIKE 'BENCH-%%') b USING (n)", (tags,))
+
+
+def build_batches(total: int, per_batch: int, stations: int, tags: list[int], seed: int = 1) -> list[SightingBatch]:
     """Realistic batches: stations around a town, tags passing at plausible times and signal levels."""
     rng = random.Random(seed)
     start = datetime.now(UTC) - timedelta(hours=1)
-    tags = [rng.randrange(1, 2**32) for _ in range(50_000)]
     batches: list[SightingBatch] = []
     seq = {f"st-{i:03d}": 0 for i in range(stations)}
     made = 0
@@ -114,6 +141,8 @@ def main() -> int:
     parser.add_argument("--stations", type=int, default=200)
     parser.add_argument("--broker", default="auto", choices=("auto", "mosquitto", "amqtt"))
     parser.add_argument("--database-url", default=None, help="a server to use instead of an embedded one")
+    parser.add_argument("--unregistered", action="store_true",
+                        help="leave the chips unregistered (skips the per-chip alarm checks)")
     args = parser.parse_args()
 
     pg = None if args.database_url else start_postgres()
@@ -126,8 +155,11 @@ def main() -> int:
     try:
         migrate(url)
         register_stations(url, args.stations)
+        tags = bench_tags()
+        if not args.unregistered:
+            register_chips(url, tags)
         t = time.perf_counter()
-        batches = build_batches(args.sightings, args.batch, args.stations)
+        batches = build_batches(args.sightings, args.batch, args.stations, tags)
         payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
         print(f"built {len(batches)} batches of {args.batch} ({args.sightings} sightings, "
               f"{sum(len(p) for _, p in payloads) / len(payloads):.0f} B/message) in {time.perf_counter() - t:.1f} s")
@@ -162,7 +194,9 @@ def main() -> int:
         with psycopg.connect(url) as conn:
             stored = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]  # type: ignore[index]
         assert stored == args.sightings, f"stored {stored}, expected {args.sightings}"
-        print(f"broker: {broker.kind}; {ingest.counters.flushes} flushes; {elapsed:.2f} s; all {stored} stored once")
+        chips = "unregistered chips" if args.unregistered else f"{len(tags)} registered chips"
+        print(f"broker: {broker.kind}; {chips}; {ingest.counters.flushes} flushes; {elapsed:.2f} s;"
+              f" all {stored} stored once")
         limit = copy_limit(url, batches, settings.ingest_flush_rows)
         print(f"ingest: {rate:,.0f} sightings/s (COPY limit {limit:,.0f} rows/s, ratio {rate / limit:.2f})")
         return 0

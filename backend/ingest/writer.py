@@ -87,7 +87,11 @@ def write_batches(
         moving: list[alarms.Evidence] = []
         tampered: list[alarms.Evidence] = []
         low_battery: list[alarms.Evidence] = []
+        # This flush's passages, column by column (no object per row): the cloned-chip check's input.
         tags: list[int] = []
+        stations: list[str] = []
+        firsts: list[datetime] = []
+        lasts: list[datetime] = []
         with cur.copy(f"COPY sightings ({_SIGHTING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_SIGHTING_TYPES)
             for b in new:
@@ -99,6 +103,9 @@ def write_batches(
                         s["peak_rssi_dbm"], s["antenna"], s["flags"], seq,
                     ))
                     tags.append(tag)
+                    stations.append(station)
+                    firsts.append(s["first_seen_at"])
+                    lasts.append(s["last_seen_at"])
                     if s["flags"] & TAMPER_FLAG:
                         tampered.append(alarms.Evidence(tag, station, s["first_seen_at"], s["last_seen_at"]))
                     if s["flags"] & LOW_BATTERY_FLAG:
@@ -116,7 +123,7 @@ def write_batches(
                                ("low_battery", low_battery)):
             result.alarm_ids += alarms.raise_alarms(cur, kind, alarms.SEVERITY[kind], evidence)
         result.alarm_ids += alarms.raise_chips_cloned(
-            cur, tags, [(b["station_id"], b["batch_seq"]) for b in new], max_speed_kmh, CLONE_SLACK_M
+            cur, alarms.Passages(tags, stations, firsts, lasts), max_speed_kmh, CLONE_SLACK_M
         )
     return result
 

@@ -127,3 +127,15 @@ def test_tampered_chip_published_to_the_broker_raises_an_alarm(ingest: Ingest, p
     wait_until(lambda: ingest.counters.messages >= 1)
     with psycopg.connect(database_url) as c:
         assert _alarms(c) == [("tamper", "warning", 0x7A7A01, station, 1, "active")]
+
+
+def test_a_late_batch_from_a_spool_does_not_move_the_chip_back(conn):
+    factories.station(conn, "st-west", lat=30.25, lon=120.10)
+    factories.station(conn, "st-east", lat=30.25, lon=120.20)
+    factories.bike(conn, 0xF2)
+    at = utcnow()
+    _write(conn, factories.batch("st-west", 1, [0xF2], at=at))
+    _write(conn, factories.batch("st-east", 1, [0xF2], at=at - timedelta(hours=2)))  # drained after an outage
+    assert conn.execute("SELECT station_id, last_seen_at FROM chip_positions WHERE tag_id = %s",
+                        (0xF2,)).fetchone() == ("st-west", at)
+    assert _alarms(conn) == []
