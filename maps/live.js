@@ -121,17 +121,21 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     }
     return out;
   }
+  function aboutStation(a) { return !a.tag_id; }   // e.g. a station offline: no bike, no chip
   function popupHtml(a) {
     var plate = a.plate ? '<span class="plate">' + esc(a.plate) + "</span>" : "<i>no plate on record</i>";
+    var rows = aboutStation(a)
+      ? "<tr><th>Station</th><td>" + esc(a.station_name) + " (" + esc(a.station_id) + ")</td></tr>" +
+        "<tr><th>Last heard</th><td>" + clock(a.first_seen_at) + " · " + ago(a.first_seen_at) + "</td></tr>"
+      : "<tr><th>Plate</th><td>" + plate + "</td></tr>" +
+        "<tr><th>Tag</th><td>" + esc(a.tag_id) + "</td></tr>" +
+        "<tr><th>Station</th><td>" + esc(a.station_name) + " (" + esc(a.station_id) + ")</td></tr>" +
+        "<tr><th>Last seen</th><td>" + clock(a.last_seen_at) + " · " + ago(a.last_seen_at) + "</td></tr>" +
+        "<tr><th>First seen</th><td>" + clock(a.first_seen_at) + "</td></tr>" +
+        "<tr><th>Sightings</th><td>" + esc(a.sightings) + "</td></tr>";
     return '<div class="bg-popup" style="--sev: ' + cfg.severityColours[severity(a)] + '">' +
       '<div class="head"><span>' + esc(severity(a).toUpperCase()) + "</span>" + esc(kindLabel(a.kind)) + "</div>" +
-      "<table>" +
-      "<tr><th>Plate</th><td>" + plate + "</td></tr>" +
-      "<tr><th>Tag</th><td>" + esc(a.tag_id) + "</td></tr>" +
-      "<tr><th>Station</th><td>" + esc(a.station_name) + " (" + esc(a.station_id) + ")</td></tr>" +
-      "<tr><th>Last seen</th><td>" + clock(a.last_seen_at) + " · " + ago(a.last_seen_at) + "</td></tr>" +
-      "<tr><th>First seen</th><td>" + clock(a.first_seen_at) + "</td></tr>" +
-      "<tr><th>Sightings</th><td>" + esc(a.sightings) + "</td></tr>" +
+      "<table>" + rows +
       "<tr><th>State</th><td>" + esc(a.state) + " · alarm #" + esc(a.id) + "</td></tr>" +
       (a.assignee ? "<tr><th>Assigned</th><td>" + esc(a.assignee) + "</td></tr>" : "") +
       "</table>" + actionsHtml(a) + "</div>";
@@ -156,13 +160,18 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     });
   }
   function itemHtml(a) {
-    var plate = a.plate ? '<div class="bg-plate">' + esc(a.plate) + "</div>"
-      : '<div class="bg-plate none">no plate on record</div>';
-    return '<div class="bg-alarm-top"><span class="bg-sev">' + esc(severity(a).toUpperCase()) + "</span>" +
+    var top = '<div class="bg-alarm-top"><span class="bg-sev">' + esc(severity(a).toUpperCase()) + "</span>" +
       '<span class="bg-kind">' + esc(kindLabel(a.kind)) + "</span>" +
       (a.state === "acknowledged" ? '<span class="bg-ack">ACK</span>' : "") +
-      '<span class="bg-ago" data-seen="' + esc(a.last_seen_at) + '">' + ago(a.last_seen_at) + "</span></div>" +
-      plate +
+      '<span class="bg-ago" data-seen="' + esc(a.last_seen_at) + '">' + ago(a.last_seen_at) + "</span></div>";
+    if (aboutStation(a)) {
+      return top + '<div class="bg-plate bg-station-name">' + esc(a.station_name || a.station_id) + "</div>" +
+        '<div class="bg-meta">Station ' + esc(a.station_id) + " · last heard " + clock(a.first_seen_at) + "</div>" +
+        (a.assignee ? '<div class="bg-meta bg-assignee">Assigned to ' + esc(a.assignee) + "</div>" : "");
+    }
+    var plate = a.plate ? '<div class="bg-plate">' + esc(a.plate) + "</div>"
+      : '<div class="bg-plate none">no plate on record</div>';
+    return top + plate +
       '<div class="bg-where">at ' + esc(a.station_name) + " <span class=\"bg-meta\">(" + esc(a.station_id) + ")</span></div>" +
       '<div class="bg-meta">Tag ' + esc(a.tag_id) + " · " + esc(a.sightings) + " sighting" +
       (a.sightings === 1 ? "" : "s") + " · since " + clock(a.first_seen_at) + "</div>" +
@@ -277,7 +286,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     entry.trail = mergeTrail(entry.trail, a);
     entry.marker.setLatLng([a.lat, a.lon]);
     entry.marker.setIcon(alarmIcon(a));
-    entry.marker.setTooltipContent(esc(a.plate || a.tag_id));
+    entry.marker.setTooltipContent(esc(a.plate || a.tag_id || a.station_name || a.station_id));
     entry.label.options.className = "bg-alarm-label sev-" + severity(a);
     var labelEl = entry.label.getElement();
     if (labelEl) { labelEl.className = labelEl.className.replace(/\bsev-\w+/g, "") + " sev-" + severity(a); }

@@ -176,3 +176,29 @@ def test_officer_acknowledges_assigns_and_finds_a_bike_from_the_map(
         ("POST", "/api/alarms/41/assign", {"assignee": "Officer Chen"}),
     ]
     assert ("GET", "/api/bikes/search?q=hz-77777", None) in server.api_calls
+
+
+def test_station_offline_alarm_names_the_station_and_no_bike(
+    town: dict[str, Any], alarm_factory: Callable[..., dict[str, Any]], map_server_factory: Callable[..., Any],
+) -> None:
+    require_chromium()
+    server = map_server_factory(build_live_map(town["stations"], town["roads"], town["activity"], []), [])
+    station = town["stations"][0]
+    since = datetime.now(UTC).isoformat(timespec="seconds")
+    offline = alarm_factory(town) | {
+        "id": 77, "kind": "station_offline", "severity": "warning", "tag_id": None, "plate": None,
+        "station_id": station["station_id"], "station_name": station["name"], "lat": station["lat"],
+        "lon": station["lon"], "first_seen_at": since, "last_seen_at": since, "sightings": 0, "trail": [],
+        "next_stations": [],
+    }
+    with browser_page() as page:
+        page.goto(f"{server.url}/")
+        page.wait_for_selector("#bg-live-status.connected")
+        server.send("alarm", offline)
+        item = page.locator(".bg-alarm[data-alarm-id='77']")
+        item.wait_for()
+        text = item.inner_text()
+        assert "Station offline" in text and station["name"] in text and "last heard" in text
+        assert "Tag" not in text and "no plate" not in text and "Replay" not in text
+        assert page.locator(".bg-alarm-label", has_text=station["name"]).count() == 1
+        assert console_errors(page) == []
