@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from typing_extensions import TypedDict
 
 VERSION = 1
 
 __all__ = [
-    "VERSION", "Alert", "Hotlist", "MessageError", "Sighting", "SightingBatch", "StationStatus",
-    "dumps", "format_tag", "parse_batch_rows", "parse_tag", "utcnow",
+    "VERSION", "Alert", "Hotlist", "MessageError", "SelfTestStep", "SelfTestSummary", "Sighting", "SightingBatch",
+    "StationStatus", "dumps", "format_tag", "parse_batch_rows", "parse_selftest", "parse_tag", "utcnow",
 ]
 
 
@@ -142,6 +142,65 @@ class Hotlist(_Message):
     version: int = Field(ge=0)
     issued_at: AwareDatetime
     tags: list[TagId]
+
+
+RunId = Annotated[str, Field(pattern=r"^[0-9a-f]{8,32}$", description="random per self-test run, lower-case hex")]
+
+
+class SelfTestStep(_Message):
+    """One completed step of a station's commissioning self-test; (station_id, run_id, seq) identifies it."""
+
+    kind: Literal["step"] = "step"
+    station_id: StationId
+    run_id: RunId
+    seq: int = Field(ge=1, le=99, description="the step's number in the run, from 1")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="e.g. serial, noise, test_tag, broker")
+    title: str = Field(default="", max_length=200, description="what the step checks, in English")
+    status: Literal["pass", "warn", "fail", "skip"] = Field(description="warn: passed, but read the advice")
+    message: str = Field(max_length=2000, description="what the step found")
+    advice: str = Field(default="", max_length=2000, description="what to check when it failed or warned")
+    rssi_dbm: int | None = Field(default=None, ge=-128, le=127, description="the test tag's signal")
+    noise_floor_dbm: int | None = Field(default=None, ge=-128, le=127)
+    elapsed_s: float = Field(default=0.0, ge=0)
+    at: AwareDatetime
+
+
+class SelfTestSummary(_Message):
+    """The end of a self-test run: passed when no step failed. Its seq follows the last step's."""
+
+    kind: Literal["summary"] = "summary"
+    station_id: StationId
+    run_id: RunId
+    seq: int = Field(ge=2, le=100)
+    result: Literal["passed", "failed"]
+    steps: int = Field(ge=1, le=99, description="how many steps the run had (seq 1 to steps)")
+    counts: dict[Literal["pass", "warn", "fail", "skip"], Annotated[int, Field(ge=0, le=99)]]
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> SelfTestSummary:
+        if self.seq != self.steps + 1:
+            raise ValueError(f"seq {self.seq} must follow the last step's ({self.steps})")
+        if sum(self.counts.values()) != self.steps:
+            raise ValueError(f"counts add up to {sum(self.counts.values())}, not to the {self.steps} steps")
+        return self
+
+
+_SELFTEST: TypeAdapter[SelfTestStep | SelfTestSummary] = TypeAdapter(
+    Annotated[SelfTestStep | SelfTestSummary, Field(discriminator="kind")]
+)
+
+
+def parse_selftest(raw: bytes) -> SelfTestStep | SelfTestSummary:
+    """Validate a payload of the selftest topic (a step or the run's summary, by its `kind`)."""
+    try:
+        message = _SELFTEST.validate_json(raw)
+    except ValidationError as exc:
+        raise _message_error(exc, raw) from exc
+    if "v" not in message.model_fields_set:
+        raise MessageError("v: Field required (every message carries its version)", raw)
+    return message
 
 
 def _rows_of(model: type[BaseModel], name: str, **override: Any) -> Any:

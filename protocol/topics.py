@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 ROOT = "bikeguard/v1"
 HOTLIST = f"{ROOT}/hotlist"
-STATION_KINDS = ("sightings", "alerts", "status")
+SELFTEST = "selftest"  # each step of a commissioning self-test, as it completes (gateway → backend)
+STATION_KINDS = ("sightings", "alerts", "status", SELFTEST)
 
 _STATION_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_STATION_TOPIC = re.compile(rf"{ROOT}/stations/([^/]+)/(sightings|alerts|status)")
+_STATION_TOPIC = re.compile(rf"{ROOT}/stations/([^/]+)/({'|'.join(STATION_KINDS)})")
 
 
 class TopicError(ValueError):
@@ -25,7 +26,7 @@ def check_station_id(station_id: str) -> str:
 
 
 def station_topic(station_id: str, kind: str) -> str:
-    """`bikeguard/v1/stations/{id}/{kind}` for kind in sightings, alerts, status."""
+    """`bikeguard/v1/stations/{id}/{kind}` for kind in sightings, alerts, status, selftest."""
     if kind not in STATION_KINDS:
         raise TopicError(f"unknown station topic kind {kind!r}")
     return f"{ROOT}/stations/{check_station_id(station_id)}/{kind}"

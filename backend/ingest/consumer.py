@@ -3,6 +3,8 @@
 The paho network thread only queues what arrives. One writer thread validates, writes a whole
 flush (many batches) in one transaction and only then acknowledges the messages (manual PUBACK),
 so a crash before commit means the broker redelivers, and the batch ids make that harmless.
+Self-test steps are stored the same way (backend.selftests); after the commit, a passing run
+commissions its station if it is installed.
 """
 
 from __future__ import annotations
@@ -18,12 +20,22 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 
+from backend import selftests
 from backend.ingest import writer
 from backend.ingest.stations import UNKNOWN_REASON, KnownStations
 from backend.settings import BackendSettings
 from bikeguard.services import mqtt_address
 from protocol import topics
-from protocol.messages import Alert, MessageError, StationStatus, parse_batch_rows, utcnow
+from protocol.messages import (
+    Alert,
+    MessageError,
+    SelfTestStep,
+    SelfTestSummary,
+    StationStatus,
+    parse_batch_rows,
+    parse_selftest,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +60,8 @@ class IngestCounters:
     sightings: int = 0
     alerts: int = 0
     statuses: int = 0
+    selftest_steps: int = 0
+    stations_commissioned: int = 0
     flushes: int = 0
     db_retries: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -58,22 +72,27 @@ class _Flush:
     batches: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     statuses: list[StationStatus] = field(default_factory=list)
+    selftest_messages: list[SelfTestStep | SelfTestSummary] = field(default_factory=list)
     rejects: list[tuple[str, str, bytes]] = field(default_factory=list)
     messages: list[Incoming] = field(default_factory=list)
     # Each valid message with the station it comes from, until screened against the registered stations.
     origins: list[tuple[Incoming, str]] = field(default_factory=list)
     rows: int = 0
     result: writer.WriteResult = field(default_factory=writer.WriteResult)
+    stored: selftests.Stored = field(default_factory=selftests.Stored)
 
 
 def classify(item: Incoming, flush: _Flush) -> None:
     """Validate one message into the flush, or add it to the rejects with the reason."""
     try:
         where = topics.parse_station_topic(item.topic)
-        msg: dict[str, Any] | Alert | StationStatus
+        msg: dict[str, Any] | Alert | StationStatus | SelfTestStep | SelfTestSummary
         if where.kind == "sightings":
             msg = parse_batch_rows(item.payload)
             claimed = msg["station_id"]
+        elif where.kind == topics.SELFTEST:
+            msg = parse_selftest(item.payload)
+            claimed = msg.station_id
         else:
             msg = (Alert if where.kind == "alerts" else StationStatus).parse(item.payload)
             claimed = msg.station_id
@@ -92,8 +111,10 @@ def classify(item: Incoming, flush: _Flush) -> None:
         flush.rows += len(msg["sightings"])
     elif isinstance(msg, Alert):
         flush.alerts.append(msg)
-    else:
+    elif isinstance(msg, StationStatus):
         flush.statuses.append(msg)
+    else:
+        flush.selftest_messages.append(msg)
 
 
 def screen(conn: psycopg.Connection, flush: _Flush, known: KnownStations) -> None:
@@ -104,6 +125,7 @@ def screen(conn: psycopg.Connection, flush: _Flush, known: KnownStations) -> Non
     flush.batches = [b for b in flush.batches if b["station_id"] not in refused]
     flush.alerts = [a for a in flush.alerts if a.station_id not in refused]
     flush.statuses = [s for s in flush.statuses if s.station_id not in refused]
+    flush.selftest_messages = [m for m in flush.selftest_messages if m.station_id not in refused]
     flush.rows = sum(len(b["sightings"]) for b in flush.batches)
     for item, sid in flush.origins:
         if sid in refused:
@@ -256,6 +278,7 @@ class Ingest:
             conn.close()
 
     def _write(self, conn: psycopg.Connection, flush: _Flush) -> None:
+        written = [flush]
         try:
             with conn.transaction():
                 self._write_all(conn, flush)
@@ -265,6 +288,7 @@ class Ingest:
         except psycopg.Error as exc:
             # One bad message must not cost the others: write them one by one, reject the ones refused.
             log.warning("flush of %d messages refused (%s); writing them one by one", len(flush.messages), exc)
+            written = []
             for item in flush.messages:
                 single = _Flush()
                 classify(item, single)
@@ -272,6 +296,7 @@ class Ingest:
                     with conn.transaction():
                         self._write_all(conn, single)
                     self._count(single)
+                    written.append(single)
                 except psycopg.OperationalError:
                     raise
                 except psycopg.Error as one_exc:
@@ -279,6 +304,8 @@ class Ingest:
                     with conn.transaction():
                         writer.write_rejects(conn, [(item.topic, reason[:500], item.payload)])
                     self.counters.rejected["database"] += 1
+        for done in written:
+            self._commission(done)
         with self._count_lock:
             self.counters.messages += len(flush.messages)
             self.counters.flushes += 1
@@ -290,7 +317,27 @@ class Ingest:
         received_at = utcnow()
         for status in flush.statuses:
             writer.write_status(conn, status, received_at)
+        flush.stored = selftests.write(conn, flush.selftest_messages)
         writer.write_rejects(conn, flush.rejects)
+
+    def _commission(self, flush: _Flush) -> None:
+        """After the commit: an installed station whose self-test passed becomes commissioned.
+
+        A lost database raises (the flush is retried, and passes again); any other refusal is logged and the
+        station stays as it is.
+        """
+        for station_id, run_id in flush.stored.passed:
+            try:
+                moved = selftests.commission_run(self.settings.database_url, station_id, run_id)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error:
+                log.exception("station %s could not be commissioned after self-test run %s", station_id, run_id)
+                continue
+            if moved:
+                log.info("station %s commissioned: its self-test run %s passed", station_id, run_id)
+                with self._count_lock:
+                    self.counters.stations_commissioned += 1
 
     def _count(self, flush: _Flush) -> None:
         """Count a committed flush."""
@@ -304,6 +351,7 @@ class Ingest:
         c.sightings += result.sightings
         c.alerts += result.alerts_new
         c.statuses += len(flush.statuses)
+        c.selftest_steps += flush.stored.steps_new
         for topic, reason, raw in flush.rejects:
             if reason.startswith(UNKNOWN_REASON + " "):
                 # A station publishing before it is registered sends all the time: say so once a minute.

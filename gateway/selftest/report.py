@@ -76,12 +76,13 @@ async def timed(step: Awaitable[StepResult]) -> StepResult:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """A whole run: the station, when, and every step in order."""
+    """A whole run: the station, when, every step in order, and the run's id on the selftest topic."""
 
     station_id: str
     started_at: datetime
     finished_at: datetime
     steps: list[StepResult]
+    run_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -102,6 +103,7 @@ class Report:
         return orjson.dumps(
             {
                 "station_id": self.station_id,
+                "run_id": self.run_id,
                 "started_at": self.started_at,
                 "finished_at": self.finished_at,
                 "ok": self.ok,

@@ -17,6 +17,7 @@ import serial
 from pydantic import ValidationError
 
 from gateway.selftest.clock import NtpStatus, check_clock, probe_ntp
+from gateway.selftest.publisher import StepPublisher, new_run_id
 from gateway.selftest.radio_side import RadioSide
 from gateway.selftest.report import (
     Report,
@@ -58,64 +59,80 @@ class SelfTest:
         self.ntp = ntp
         self.open_serial = open_serial
         self.prompt = prompt or (lambda text: log.info("%s", text))
+        self.run_id: str | None = None
+        self.report: Report | None = None
 
     async def run(self, on_result: Callable[[StepResult], object] | None = None) -> Report:
         """Run every step; call on_result (a function or coroutine function) with each as it completes."""
-        started_at = self.clock()
-        results = []
         async with contextlib.aclosing(self.steps()) as steps:
             async for result in steps:
-                results.append(result)
                 if on_result is not None:
                     outcome = on_result(result)
                     if inspect.isawaitable(outcome):
                         await outcome
-        return Report(self.settings.station_id, started_at, self.clock(), results)
+        assert self.report is not None
+        return self.report
 
     async def steps(self) -> AsyncGenerator[StepResult, None]:
         """Yield each step's result as it completes (wrap in contextlib.aclosing if you may stop early).
 
         A step whose input failed is skipped with the reason: no serial port skips the radio steps, but the
-        uplink is still tested; no broker skips the heartbeat.
+        uplink is still tested; no broker skips the heartbeat. Each step is also published on the station's
+        selftest topic under a new `run_id`, and `report` holds the whole run once the last step is done.
         """
+        self.run_id, self.report = new_run_id(), None
+        started_at = self.clock()
+        results: list[StepResult] = []
         radio = RadioSide(self.settings, self.options, clock=self.clock, open_serial=self.open_serial,
                           prompt=self.prompt)
         async with contextlib.AsyncExitStack() as stack:
             uplink = UplinkSide(self.settings, self.options, stack, clock=self.clock)
-            started = time.monotonic()
-            opened, listener = await radio.open_port()
-            yield replace(opened, elapsed_s=time.monotonic() - started)
-            if listener is None:
-                for name in ("module", "noise", "test_tag"):
-                    yield skipped(name, "the serial port did not open")
-            else:
-                try:
-                    module = await timed(radio.module(listener))
-                    yield module
-                    if module.ok:
-                        yield await timed(radio.noise(listener))
-                        yield await timed(radio.test_tag(listener))
-                    else:
-                        for name in ("noise", "test_tag"):
-                            yield skipped(name, "the radio module did not answer")
-                finally:
-                    await listener.stop()
-            yield await timed(self._clock(uplink))
-            broker = await timed(uplink.broker())
-            yield broker
-            if not broker.ok:
-                yield skipped("heartbeat", "the broker step failed")
-                yield skipped("backend", "the broker step failed")
-                return
-            noise = radio.module_status.noise_floor_dbm if radio.module_status else None
-            heartbeat = await timed(uplink.heartbeat(noise))
-            yield heartbeat
-            if self.options.backend_url is None:
-                yield skipped("backend", "no --backend given")
-            elif not heartbeat.ok:
-                yield skipped("backend", "the heartbeat did not come back from the broker")
-            else:
-                yield await timed(uplink.backend())
+            publisher = StepPublisher(self.settings.station_id, self.run_id, lambda: uplink.client,
+                                      clock=self.clock, timeout_s=self.options.connect_timeout_s)
+            async with contextlib.aclosing(self._checks(radio, uplink)) as checks:
+                async for result in checks:
+                    results.append(result)
+                    await publisher.step(result)
+                    yield result
+            self.report = Report(self.settings.station_id, started_at, self.clock(), results, self.run_id)
+            await publisher.summary(self.report)
+
+    async def _checks(self, radio: RadioSide, uplink: UplinkSide) -> AsyncGenerator[StepResult, None]:
+        """The steps in order, each skipped with the reason when what it needs failed."""
+        started = time.monotonic()
+        opened, listener = await radio.open_port()
+        yield replace(opened, elapsed_s=time.monotonic() - started)
+        if listener is None:
+            for name in ("module", "noise", "test_tag"):
+                yield skipped(name, "the serial port did not open")
+        else:
+            try:
+                module = await timed(radio.module(listener))
+                yield module
+                if module.ok:
+                    yield await timed(radio.noise(listener))
+                    yield await timed(radio.test_tag(listener))
+                else:
+                    for name in ("noise", "test_tag"):
+                        yield skipped(name, "the radio module did not answer")
+            finally:
+                await listener.stop()
+        yield await timed(self._clock(uplink))
+        broker = await timed(uplink.broker())
+        yield broker
+        if not broker.ok:
+            yield skipped("heartbeat", "the broker step failed")
+            yield skipped("backend", "the broker step failed")
+            return
+        noise = radio.module_status.noise_floor_dbm if radio.module_status else None
+        heartbeat = await timed(uplink.heartbeat(noise))
+        yield heartbeat
+        if self.options.backend_url is None:
+            yield skipped("backend", "no --backend given")
+        elif not heartbeat.ok:
+            yield skipped("backend", "the heartbeat did not come back from the broker")
+        else:
+            yield await timed(uplink.backend())
 
     async def _clock(self, uplink: UplinkSide) -> StepResult:
         now = self.clock()

@@ -60,6 +60,11 @@ class UplinkSide:
         self._session: BrokerSession | None = None
         self._heartbeat: StationStatus | None = None
 
+    @property
+    def client(self) -> aiomqtt.Client | None:
+        """The connected MQTT client; None before the clock or broker step connected it, or if it could not."""
+        return self._session.client if self._session is not None else None
+
     async def backend_clock(self) -> Skew | str:
         """Our clock against the backend's HTTP Date header, or why it could not be read."""
         sent_at = self.clock()

@@ -24,9 +24,10 @@ from bikeguard.services import free_port
 from tests import factories
 from tests.backend.test_ingest import wait_until
 
-# Signing out or disabling oneself would only end the run's own session early; the live feed is an
-# endless stream (every request would wait for the timeout).
-EXCLUDED = ("/api/auth/logout", "/api/accounts/{account_id}/disable", "/api/live")
+# Signing out or disabling oneself would only end the run's own session early; the live feeds are
+# endless streams (every request would wait for the timeout).
+EXCLUDED = ("/api/auth/logout", "/api/accounts/{account_id}/disable", "/api/live",
+            "/api/stations/{station_id}/selftests/live")
 # Clerks reissue owners' passwords and admins everyone's, which ends those sessions: they go last.
 ORDER = ("owner", "police", "installer", "clerk", "admin")
 

@@ -1,18 +1,29 @@
-"""The installer page in headless Chromium; the picture taken here is the one in docs/installer.md."""
+"""The installer page in headless Chromium; the pictures taken here are the ones in docs/installer.md."""
 
 from __future__ import annotations
 
+import secrets
+import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import psycopg
+import pytest
+import uvicorn
 from psycopg.types.json import Jsonb
 
+from backend.api.app import create_app
 from bikeguard.demo import town_roads_geojson
+from bikeguard.services import Broker, free_port
 from firmware_sim.town import Town
-from protocol.messages import utcnow
+from gateway.selftest import Report, StepResult
+from gateway.selftest.publisher import step_message, summary_message
+from protocol.messages import SelfTestStep, SelfTestSummary, utcnow
+from protocol.topics import SELFTEST, station_topic
 from tests import factories
+from tests.backend.test_ingest import publish, wait_until  # noqa: F401 - the fixture
 from tests.backend.test_pages_browser import SHOTS, _sign_in, server  # noqa: F401 - the fixture
-from tests.browser import browser_page, console_errors
+from tests.browser import browser_page, console_errors, require_chromium
 
 
 def _town(database_url: str) -> None:
@@ -75,3 +86,160 @@ def test_installer_sees_station_health_on_map_and_table_then_coverage(server: st
         page.wait_for_selector("#station-table")
         assert "基站与状态" in page.inner_text(".bg-tabs")
         assert console_errors(page) == []
+
+
+# The self-test view: steps published into the broker appear while the page is open.
+
+
+@pytest.fixture
+def server_with_ingest(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[str]:
+    """The backend with its MQTT ingest on the test broker, served by uvicorn on a free port."""
+    require_chromium()
+    port = free_port()
+    settings = factories.settings(
+        database_url, http_port=port, mqtt_url=broker.url, mqtt_client_id=f"ingest-{topic_prefix}",
+        mqtt_shared_group=f"ingest-{topic_prefix}" if broker.supports_shared_subscriptions else None,
+    )
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    wait_until(lambda: srv.started, timeout_s=30)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=15)
+
+
+SID = "st-008"
+NOISE_ADVICE = (
+    "interference: move the antenna away from other transmitters and switching electronics on the pole (the LTE "
+    "router and its antenna, LED street-light drivers, the traffic-signal controller, power supplies), keep its coax "
+    "away from mains cables, check that connectors are tight and the cable shield is grounded; then run the "
+    "self-test again"
+)
+WEAK_ADVICE = (
+    "weak signal: -81 dBm at arm's length is below -75 dBm, which means a bad antenna connection: check the coax "
+    "connector on antenna port 0, the cable for kinks or water, and the surge arrester"
+)
+
+
+def _run(results: list[StepResult]) -> list[SelfTestStep | SelfTestSummary]:
+    """What a gateway publishes for these results: each step as the gateway words it, then the summary."""
+    run_id, started = secrets.token_hex(8), utcnow()
+    messages: list[SelfTestStep | SelfTestSummary] = [
+        step_message(SID, run_id, i + 1, r, started + timedelta(seconds=2 * i)) for i, r in enumerate(results)
+    ]
+    report = Report(SID, started, started + timedelta(seconds=2 * len(results)), results, run_id)
+    return [*messages, summary_message(report)]
+
+
+def _first_visit() -> list[StepResult]:
+    """The first visit: interference on the pole, a weak test tag, and no --backend."""
+    return [
+        StepResult("serial", True, "/dev/ttyUSB0 open at 115200 baud 8N1"),
+        StepResult("module", True, "firmware 1.2, up 0 h 03 min (first status after 4.1 s; 3 frames, rejected: none)",
+                   elapsed_s=4.1),
+        StepResult("noise", False, "-62 dBm, above the -85 dBm limit", NOISE_ADVICE, {"noise_floor_dbm": -62}),
+        StepResult("test_tag", True, "0A1B2C3D at -81 dBm on antenna 0 after 3.1 s (2 beacons)", WEAK_ADVICE,
+                   {"rssi_dbm": -81}, elapsed_s=3.1),
+        StepResult("clock", True, "NTP synchronised (chrony, offset +0.002 s); hot list issued 2 h 41 min earlier"),
+        StepResult("broker", True, "connected to broker.example:1883 as user 'st-008' in 44 ms; hot list version "
+                                   "118, 37 tags (0.5 kB)"),
+        StepResult("heartbeat", True, "online status on bikeguard/v1/stations/st-008/status read back from the "
+                                      "broker in 39 ms"),
+        StepResult("backend", None, "skipped: no --backend given"),
+    ]
+
+
+def _after_the_fix() -> list[StepResult]:
+    """Back on the pole with the antenna moved and the connector redone: every step passes."""
+    return [
+        StepResult("serial", True, "/dev/ttyUSB0 open at 115200 baud 8N1"),
+        StepResult("module", True, "firmware 1.2, up 0 h 41 min (first status after 6.2 s; 4 frames, rejected: none)",
+                   elapsed_s=6.2),
+        StepResult("noise", True, "-97 dBm (limit -85 dBm)", data={"noise_floor_dbm": -97}),
+        StepResult("test_tag", True, "0A1B2C3D at -58 dBm on antenna 1 after 2.4 s (1 beacon)",
+                   data={"rssi_dbm": -58}, elapsed_s=2.4),
+        StepResult("clock", True, "NTP synchronised (chrony, offset +0.001 s); the backend's clock agrees to 0.3 s"),
+        StepResult("broker", True, "connected to broker.example:1883 as user 'st-008' in 41 ms; hot list version "
+                                   "118, 37 tags (0.5 kB)"),
+        StepResult("heartbeat", True, "online status on bikeguard/v1/stations/st-008/status read back from the "
+                                      "broker in 38 ms"),
+        StepResult("backend", True, "the backend shows st-008 online with our heartbeat (received 0.2 s after we sent "
+                                    "it, by its clock)", elapsed_s=1.2),
+    ]
+
+
+def _lifecycle(database_url: str) -> str:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT lifecycle FROM stations WHERE station_id = %s", (SID,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_installer_watches_a_self_test_step_by_step_and_the_station_become_commissioned(
+    server_with_ingest: str, database_url: str, publish: Callable[[str, bytes], None]  # noqa: F811
+) -> None:
+    _town(database_url)
+    with psycopg.connect(database_url) as conn:
+        installer = factories.account(conn, "installer", "chen.jie")
+        conn.execute("UPDATE stations SET lifecycle = 'active' WHERE station_id <> %s", (SID,))
+        conn.execute("UPDATE stations SET lifecycle = 'installed' WHERE station_id = %s", (SID,))
+    topic = station_topic(SID, SELFTEST)
+    first = _run(_first_visit())
+    for m in first:
+        publish(topic, m.to_json())
+    wait_until(lambda: _count(database_url, first[0].run_id) == 8)
+    second = _run(_after_the_fix())
+
+    with browser_page(1400, 1100) as page:
+        page.goto(f"{server_with_ingest}/installer?lang=en")
+        _sign_in(page, installer, factories.PASSWORD)
+        page.wait_for_selector("#station-table")
+        page.click(f"#station-table tr[data-station='{SID}'] .bg-selftest-link")
+        page.wait_for_selector("#selftest-live.on")
+        page.wait_for_selector(f".bg-run[data-run='{first[0].run_id}'] .bg-step-fail")
+        assert page.inner_text("#selftest-lifecycle") == "installed"
+        assert page.inner_text(".bg-run .bg-run-badge") == "FAILED"
+        noise = page.locator(".bg-run .bg-step[data-seq='3']")
+        assert "noise floor -62 dBm" in noise.inner_text() and "What to check: interference" in noise.inner_text()
+        assert "test tag -81 dBm" in page.inner_text(".bg-run .bg-step[data-seq='4']")
+        assert "The station stays installed" in page.inner_text(".bg-run .bg-banner")
+
+        for i, m in enumerate(second[:-1]):  # the steps, one at a time, while the page is open
+            publish(topic, m.to_json())
+            page.wait_for_selector(f".bg-run[data-run='{second[0].run_id}'] .bg-step[data-seq='{i + 1}']"
+                                   f"[data-status='pass']")
+            if i == 3:
+                assert page.inner_text(".bg-run .bg-run-badge") == "RUNNING…"
+                assert page.inner_text(".bg-run .bg-step-next") == "5. Clock is in sync\nrunning…"
+                assert page.locator(".bg-run .bg-step-wait").count() == 4
+                assert page.inner_text(".bg-run-counts") == "4 of 8 steps"
+                page.screenshot(path=str(SHOTS / "installer-selftest-running.png"))
+        assert _lifecycle(database_url) == "installed"  # no summary yet
+        publish(topic, second[-1].to_json())
+        page.wait_for_selector("#selftest-lifecycle.bg-lc-commissioned")
+        page.wait_for_selector(".bg-run .bg-run-commissioned")
+        assert _lifecycle(database_url) == "commissioned"
+        assert page.inner_text(".bg-run .bg-run-badge") == "PASSED"
+        assert page.inner_text(".bg-run-counts") == "8 passed"
+        assert page.inner_text(".bg-run .bg-run-commissioned") == (
+            "✓ The station is commissioned: this self-test passed (installed → commissioned).")
+        assert page.text_content(f"#station-table tr[data-station='{SID}'] .bg-lifecycle") == "commissioned"
+        assert page.locator(".bg-runs-earlier details").count() == 1
+        page.click(".bg-runs-earlier summary")
+        page.wait_for_timeout(1600)  # the arrival highlights fade
+        page.screenshot(path=str(SHOTS / "installer-selftest.png"), full_page=True)
+
+        page.goto(f"{server_with_ingest}/installer?lang=zh&station={SID}#selftest")
+        page.wait_for_selector("#selftest-live.on")
+        page.wait_for_selector(".bg-run .bg-step[data-seq='8']")
+        assert page.inner_text(".bg-tab[data-tab='selftest']") == "自检"
+        assert page.inner_text(".bg-run .bg-step[data-seq='4'] b") == "4. 读到测试标签"
+        assert page.inner_text("#selftest-lifecycle") == "已调试"
+        assert console_errors(page) == []
+
+
+def _count(database_url: str, run_id: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM station_selftest_steps WHERE run_id = %s", (run_id,)).fetchone()
+    return int(row[0]) if row else 0

@@ -28,9 +28,9 @@ from backend.provisioning import acl_file, password_file, password_hash
 from bikeguard.services import Broker, free_port, mosquitto_path, start_broker
 from gateway.selftest import STEPS, NtpStatus, Report, SelfTest, SelfTestSettings, StepResult, parse_chronyc_tracking
 from protocol.frames import ModuleStatus
-from protocol.messages import Hotlist, StationStatus, utcnow
+from protocol.messages import Hotlist, SelfTestStep, SelfTestSummary, StationStatus, parse_selftest, utcnow
 from protocol.topics import HOTLIST, station_topic
-from tests.gateway.harness import FakeModule, beacon, fast_settings, mqtt_client, retained, watching
+from tests.gateway.harness import FakeModule, TcpHop, beacon, fast_settings, mqtt_client, retained, watching
 
 pytestmark = pytest.mark.anyio
 
@@ -277,6 +277,79 @@ def test_chronyc_tracking_output_gives_sync_state_and_signed_offset() -> None:
     unsynced = text.replace("slow", "fast").replace("Normal", "Not synchronised")
     assert parse_chronyc_tracking(unsynced) == NtpStatus("chrony", False, 0.000123456)
     assert parse_chronyc_tracking("506 Cannot talk to daemon\n") is None
+
+
+# Every step on the station's selftest topic, for the installer's web page.
+
+
+async def test_each_step_is_published_as_it_completes_then_the_runs_summary(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    test = selftest(topic_prefix, module.path, broker.url, tmp_path)
+    live: dict[str, int] = {}
+    async with hotlist_on(broker), watching(broker, topic_prefix) as watcher:
+
+        async def on_result(result: StepResult) -> None:
+            if result.name == "serial":
+                module.send(STATUS, beacon(TEST_TAG, rssi_dbm=-58, antenna=1))
+            if result.name == "heartbeat":
+                # Steps 1-4 came before the broker connection; they left, in order, once it was there.
+                live["before_the_end"] = len(await watcher.wait("selftest", 7))
+
+        report = await test.run(on_result)
+        payloads = await watcher.wait("selftest", 9)
+
+    assert live["before_the_end"] >= 7
+    messages = [parse_selftest(p) for p in payloads]
+    steps, summary = [m for m in messages[:8] if isinstance(m, SelfTestStep)], messages[8]
+    assert len(steps) == 8 and isinstance(summary, SelfTestSummary)
+    assert {m.run_id for m in messages} == {report.run_id} and len(report.run_id) == 16
+    assert [(m.seq, m.name, m.status) for m in steps] == [(i + 1, s.name, s.status) for i, s in enumerate(report.steps)]
+    by_name = {m.name: m for m in steps}
+    assert (by_name["noise"].noise_floor_dbm, by_name["test_tag"].rssi_dbm) == (-97, -58)
+    assert by_name["serial"].message == report.steps[0].value and by_name["serial"].title == "serial port opens"
+    assert (summary.seq, summary.result, summary.steps, summary.counts) == (9, "passed", 8, {"pass": 7, "skip": 1})
+    assert json.loads(report.to_json())["run_id"] == report.run_id
+
+
+async def test_failed_step_carries_its_advice_and_a_failed_run_says_so(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    async with hotlist_on(broker), watching(broker, topic_prefix) as watcher:
+        report, _ = await run(selftest(topic_prefix, str(tmp_path / "ttyUSB9"), broker.url, tmp_path))
+        messages = [parse_selftest(p) for p in await watcher.wait("selftest", 9)]
+    serial_step, summary = messages[0], messages[-1]
+    assert isinstance(serial_step, SelfTestStep) and isinstance(summary, SelfTestSummary)
+    assert (serial_step.status, serial_step.message) == ("fail", f"no such device {tmp_path / 'ttyUSB9'}")
+    assert serial_step.advice == report.steps[0].advice != ""
+    assert [m.status for m in messages[1:4] if isinstance(m, SelfTestStep)] == ["skip"] * 3
+    assert (summary.result, summary.counts["fail"]) == ("failed", 1)
+
+
+async def test_a_lost_uplink_stops_the_publishing_but_never_the_self_test(
+    broker: Broker, hop: TcpHop, topic_prefix: str, tmp_path: Path
+) -> None:
+    await hop.open()
+
+    async def on_result(result: StepResult) -> None:
+        if result.name == "broker":
+            await hop.cut()
+
+    async with hotlist_on(broker), watching(broker, topic_prefix) as watcher:
+        test = selftest(topic_prefix, str(tmp_path / "none"), hop.url, tmp_path)
+        report = await test.run(on_result)
+        await watcher.wait("selftest", 6)
+        await asyncio.sleep(0.3)
+        published = [parse_selftest(p) for p in watcher.of("selftest")]
+    assert [s.name for s in report.steps] == list(STEPS)
+    assert report.steps[5].status == "pass" and report.steps[6].status == "fail"  # the heartbeat
+    assert [m.seq for m in published] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_no_broker_means_nothing_published_and_the_same_report(topic_prefix: str, tmp_path: Path) -> None:
+    report, steps = await run(selftest(topic_prefix, str(tmp_path / "none"), dead_broker_url(), tmp_path))
+    assert steps["broker"].data["refusal"] == "unreachable"
+    assert report.run_id and report.exit_code == 1
 
 
 # A Mosquitto with station credentials and the ACL backend.provisioning writes.

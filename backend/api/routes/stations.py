@@ -1,12 +1,15 @@
-"""Stations: list, create/update, recent activity; the road map."""
+"""Stations: list, create/update, recent activity, commissioning self-tests (also live); the road map."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
-from backend import station_health, stations
+from backend import selftests, station_health, stations
 from backend.accounts import User
 from backend.api.deps import Conn, allow
 from backend.api.schemas import (
@@ -26,6 +29,36 @@ router = APIRouter(prefix="/api", tags=["stations"])
 Viewer = Annotated[User, allow("police", "installer", "admin")]
 Installer = Annotated[User, allow("installer", "admin")]
 StationId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+
+
+class SelfTestStepPublic(BaseModel):
+    """One step of a self-test run as the station reported it; warn passed, but has advice."""
+
+    seq: int
+    name: str
+    title: str
+    status: Literal["pass", "warn", "fail", "skip"]
+    message: str
+    advice: str
+    rssi_dbm: int | None
+    noise_floor_dbm: int | None
+    elapsed_s: float
+    at: datetime
+    received_at: datetime
+
+
+class SelfTestRunPublic(BaseModel):
+    """A self-test run: its steps so far and, once its summary came, the result (passed when no step failed)."""
+
+    station_id: str
+    run_id: str
+    started_at: datetime
+    received_at: datetime
+    result: Literal["passed", "failed"] | None
+    finished_at: datetime | None
+    steps_total: int | None
+    counts: dict[str, int] | None
+    steps: list[SelfTestStepPublic]
 
 
 @router.get("/stations", response_model=list[StationPublic])
@@ -75,6 +108,27 @@ async def change_lifecycle(station_id: StationId, body: StationLifecycleChange, 
                            user: Installer) -> dict[str, Any]:
     """Installer, admin: move a station one step forward in its life cycle, or decommission it (409 otherwise)."""
     return await stations.change_lifecycle(conn, station_id, body.state, user.actor, body.note)
+
+
+@router.get("/stations/{station_id}/selftests", response_model=list[SelfTestRunPublic])
+async def selftest_runs(station_id: StationId, conn: Conn, _user: Installer,
+                        limit: int = Query(5, ge=1, le=50)) -> list[dict[str, Any]]:
+    """Installer, admin: the station's latest commissioning self-test runs, newest first, with their steps."""
+    return await selftests.latest_runs(conn, station_id, limit)
+
+
+@router.get("/stations/{station_id}/selftests/live")
+async def selftest_live(station_id: StationId, request: Request, conn: Conn, _user: Installer) -> StreamingResponse:
+    """Installer, admin: the station's self-tests as they run, as server-sent events: `ready` (listening: load
+    the runs so far now), `step` and `run` (as in /selftests), `station` (its record, when its life cycle
+    changed)."""
+    await stations.get_station(conn, station_id)  # 404 for a station that does not exist
+    state = request.app.state
+    return StreamingResponse(
+        selftests.live_events(state.settings.database_url, state.pool, station_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get("/roads")

@@ -1,12 +1,240 @@
-/* The installer page: tabs; the coverage map is computed only when its tab is first opened. */
+/* The installer page: tabs (a map is drawn only when its tab is first shown: Leaflet cannot size a hidden one),
+   and the self-test view: a station's latest runs, new steps appearing as the gateway reports them
+   (server-sent events). */
 (function () {
   "use strict";
+  var BG = window.BG, t = BG.t, esc = BG.esc;
+
+  var select = document.getElementById("selftest-station");
+  var view = null;
+
+  function showTab(name) {
+    document.querySelectorAll(".bg-tab").forEach(function (x) { x.classList.toggle("current", x.dataset.tab === name); });
+    document.querySelectorAll(".bg-tab-panel").forEach(function (p) { p.hidden = p.id !== "tab-" + name; });
+    var frame = document.querySelector("#tab-" + name + " iframe[data-src]");
+    if (frame && !frame.getAttribute("src")) { frame.setAttribute("src", frame.dataset.src); }
+    // The self-test view listens only while it is shown (each listener holds a database connection).
+    if (select && name === "selftest" && !view) { follow(select.value); }
+    if (select && name !== "selftest" && view) { view.source.close(); view = null; }
+  }
   document.querySelectorAll(".bg-tab").forEach(function (tab) {
-    tab.addEventListener("click", function () {
-      document.querySelectorAll(".bg-tab").forEach(function (x) { x.classList.toggle("current", x === tab); });
-      document.querySelectorAll(".bg-tab-panel").forEach(function (p) { p.hidden = p.id !== "tab-" + tab.dataset.tab; });
-      var frame = document.querySelector("#tab-" + tab.dataset.tab + " iframe[data-src]");
-      if (frame && !frame.getAttribute("src")) { frame.setAttribute("src", frame.dataset.src); }
+    tab.addEventListener("click", function () { showTab(tab.dataset.tab); });
+  });
+  var wanted = BG.config.selftest_station;
+  if (!select || !(wanted || window.location.hash === "#selftest")) { showTab("stations"); }
+
+  // The gateway's steps in order: those not reported yet show as waiting while a run goes on.
+  var STEP_NAMES = ["serial", "module", "noise", "test_tag", "clock", "broker", "heartbeat", "backend"];
+  var MARKS = { pass: "✓", warn: "!", fail: "✗", skip: "–", wait: "" };
+  // A run without a summary whose last step came longer ago than this did not finish (the gateway was stopped).
+  var QUIET_MS = 120000;
+  if (!select) { return; }
+
+  function stationUrl(id) { return "/api/stations/" + encodeURIComponent(id); }
+
+  function follow(id) {
+    if (view && view.source) { view.source.close(); }
+    view = { station: id, runs: [], lifecycle: null, from: null, commissionedBy: null, fresh: {} };
+    select.value = id;
+    document.getElementById("selftest-command").textContent = "bikeguard gateway selftest --station-id " + id + " …";
+    var option = select.options[select.selectedIndex];
+    view.lifecycle = option ? option.dataset.lifecycle : null;
+    render();
+    var mine = view;
+    var source = new EventSource(stationUrl(id) + "/selftests/live");
+    mine.source = source;
+    // "ready" comes once the server listens: loading now misses nothing (and after a reconnect, catches up).
+    source.addEventListener("ready", function () { live(true); load(mine); });
+    source.addEventListener("step", function (ev) {
+      var step = JSON.parse(ev.data);
+      mine.fresh[step.run_id + "/" + step.seq] = true;
+      merge(mine, { run_id: step.run_id, station_id: step.station_id, received_at: step.received_at, steps: [step] });
+      if (mine === view) { render(); }
+    });
+    source.addEventListener("run", function (ev) { merge(mine, JSON.parse(ev.data)); if (mine === view) { render(); } });
+    source.addEventListener("station", function (ev) {
+      lifecycleFrom(mine, JSON.parse(ev.data));
+      if (mine === view) { render(); }
+    });
+    source.onerror = function () { if (mine === view) { live(false); } };
+  }
+
+  function load(mine) {
+    Promise.all([
+      BG.api("GET", stationUrl(mine.station) + "/selftests?limit=5"),
+      BG.api("GET", stationUrl(mine.station))
+    ]).then(function (replies) {
+      if (replies[0].ok) { replies[0].data.forEach(function (run) { merge(mine, run); }); }
+      if (replies[1].ok) { lifecycleFrom(mine, replies[1].data); }
+      if (mine === view) { render(); }
+    });
+  }
+
+  function live(on) {
+    var badge = document.getElementById("selftest-live");
+    badge.classList.toggle("on", on);
+    badge.textContent = on ? t("st_live") : t("st_reconnecting");
+  }
+
+  /* Fold a run (or part of one) into the view: runs by run_id, steps by seq, newest run first. */
+  function merge(v, run) {
+    var known = v.runs.filter(function (r) { return r.run_id === run.run_id; })[0];
+    if (!known) {
+      known = { run_id: run.run_id, station_id: run.station_id, received_at: run.received_at, steps: [] };
+      v.runs.push(known);
+    }
+    ["started_at", "result", "finished_at", "steps_total", "counts"].forEach(function (k) {
+      if (run[k] !== undefined && run[k] !== null) { known[k] = run[k]; }
+    });
+    if (run.received_at && (!known.received_at || ms(run.received_at) < ms(known.received_at))) {
+      known.received_at = run.received_at;
+    }
+    (run.steps || []).forEach(function (step) {
+      known.steps = known.steps.filter(function (s) { return s.seq !== step.seq; }).concat([step]);
+    });
+    known.steps.sort(function (a, b) { return a.seq - b.seq; });
+    v.runs.sort(function (a, b) { return ms(b.received_at) - ms(a.received_at); });
+  }
+
+  function ms(iso) { return new Date(iso).getTime(); }
+
+  /* The station's life cycle, and which run commissioned it (its history says "self-test <run_id>"). */
+  function lifecycleFrom(v, station) {
+    v.lifecycle = station.lifecycle;
+    (station.history || []).forEach(function (h) {
+      if (h.to_state === "commissioned" && /^self-test /.test(h.changed_by || "")) {
+        v.commissionedBy = h.changed_by.slice("self-test ".length);
+        v.from = h.from_state;
+      }
+    });
+    var option = select.querySelector('option[value="' + v.station + '"]');
+    if (option) { option.dataset.lifecycle = station.lifecycle; }
+    var cell = document.querySelector('#station-table tr[data-station="' + v.station + '"] .bg-lifecycle');
+    if (cell) { cell.textContent = t("lc_" + station.lifecycle); }
+  }
+
+  function stepTitle(step) {
+    var key = "st_step_" + step.name;
+    return t(key) !== key ? t(key) : (step.title || step.name);
+  }
+
+  function counts(run) {
+    return ["pass", "warn", "fail", "skip"].filter(function (k) { return run.counts && run.counts[k]; })
+      .map(function (k) { return t("st_n_" + k, { n: run.counts[k] }); }).join(" · ");
+  }
+
+  function stepRow(step, fresh) {
+    var chips = "";
+    if (step.rssi_dbm !== null && step.rssi_dbm !== undefined) {
+      chips += '<span class="bg-chip">' + esc(t("st_rssi", { v: step.rssi_dbm })) + "</span>";
+    }
+    if (step.noise_floor_dbm !== null && step.noise_floor_dbm !== undefined) {
+      chips += '<span class="bg-chip">' + esc(t("st_noise", { v: step.noise_floor_dbm })) + "</span>";
+    }
+    var advice = step.advice && step.status !== "pass"
+      ? '<div class="bg-step-advice"><b>' + esc(t("st_advice")) + "</b> " + esc(step.advice) + "</div>" : "";
+    return '<li class="bg-step bg-step-' + step.status + (fresh ? " bg-step-new" : "") + '" data-seq="' + step.seq +
+      '" data-status="' + step.status + '">' +
+      '<span class="bg-step-mark" aria-hidden="true">' + MARKS[step.status] + "</span>" +
+      '<div class="bg-step-body"><div class="bg-step-line"><b>' + step.seq + ". " + esc(stepTitle(step)) + "</b>" +
+      '<span class="bg-step-status">' + esc(t("st_status_" + step.status)) + "</span>" + chips +
+      (step.elapsed_s >= 0.1 ? '<span class="bg-step-time">' + step.elapsed_s.toFixed(1) + " s</span>" : "") +
+      "</div>" + '<div class="bg-step-msg">' + esc(step.message) + "</div>" + advice + "</div></li>";
+  }
+
+  function waitingRow(seq, name, next) {
+    return '<li class="bg-step bg-step-wait' + (next ? " bg-step-next" : "") + '">' +
+      '<span class="bg-step-mark" aria-hidden="true"></span><div class="bg-step-body"><div class="bg-step-line"><b>' +
+      seq + ". " + esc(t("st_step_" + name)) + '</b><span class="bg-step-status">' +
+      esc(next ? t("st_running") : t("st_waiting")) + "</span></div></div></li>";
+  }
+
+  function runState(run, latest) {
+    if (run.result) { return run.result; }
+    var last = run.steps.length ? run.steps[run.steps.length - 1].received_at : run.received_at;
+    return latest && Date.now() - ms(last) < QUIET_MS ? "running" : "unfinished";
+  }
+
+  function outcome(v, run, state) {
+    if (v.commissionedBy === run.run_id) {
+      return '<p class="bg-banner bg-run-commissioned">✓ ' + esc(t("st_commissioned", {
+        from: t("lc_" + (v.from || "installed")), to: t("lc_commissioned") })) + "</p>";
+    }
+    if (state === "failed" && v.lifecycle === "installed") {
+      return '<p class="bg-banner bad">' + esc(t("st_not_commissioned", { lc: t("lc_installed") })) + "</p>";
+    }
+    if (state === "passed" && v.lifecycle && v.lifecycle !== "installed") {
+      return '<p class="bg-banner">' + esc(t("st_not_installed", { lc: t("lc_" + v.lifecycle) })) + "</p>";
+    }
+    return "";
+  }
+
+  function runCard(v, run, latest) {
+    var state = runState(run, latest);
+    var total = run.steps_total || Math.max(STEP_NAMES.length, run.steps.length);
+    var rows = run.steps.map(function (s) { return stepRow(s, v.fresh[run.run_id + "/" + s.seq]); });
+    if (state === "running") {
+      var seen = run.steps.map(function (s) { return s.name; });
+      STEP_NAMES.filter(function (n) { return seen.indexOf(n) < 0; }).forEach(function (name, i) {
+        rows.push(waitingRow(run.steps.length + i + 1, name, i === 0));
+      });
+    }
+    var started = run.started_at || (run.steps[0] && run.steps[0].at);
+    var done = Math.min(run.steps.length, total);
+    return '<article class="bg-card bg-run bg-run-' + state + '" data-run="' + esc(run.run_id) + '">' +
+      '<header class="bg-run-head"><h2>' + esc(t("st_run")) + ' <span class="bg-mono bg-muted">' +
+      esc(run.run_id.slice(0, 8)) + "</span></h2>" +
+      '<span class="bg-run-badge">' + esc(t("st_" + state)) + "</span>" +
+      '<span class="bg-muted">' + esc(started ? t("st_started", { t: BG.time(started) }) : "") + "</span>" +
+      '<span class="bg-run-counts">' + esc(run.result ? counts(run) : t("st_steps_done", { n: done, total: total })) +
+      "</span></header>" +
+      '<div class="bg-progress"><span style="width:' + Math.round(100 * done / total) + '%"></span></div>' +
+      outcome(v, run, state) + '<ol class="bg-steps">' + rows.join("") + "</ol></article>";
+  }
+
+  function earlierRun(v, run) {
+    var state = runState(run, false);
+    return '<details class="bg-run-earlier bg-run-' + state + '" data-run="' + esc(run.run_id) + '"><summary><span class="bg-run-badge">' +
+      esc(t("st_" + state)) + "</span> " + esc(BG.time(run.started_at || run.received_at)) +
+      ' <span class="bg-mono bg-muted">' + esc(run.run_id.slice(0, 8)) + '</span> <span class="bg-muted">' +
+      esc(counts(run)) + "</span></summary>" + outcome(v, run, state) + '<ol class="bg-steps">' +
+      run.steps.map(function (s) { return stepRow(s, false); }).join("") + "</ol></details>";
+  }
+
+  function render() {
+    var v = view;
+    var badge = document.getElementById("selftest-lifecycle");
+    badge.textContent = v.lifecycle ? t("lc_" + v.lifecycle) : "";
+    badge.className = "bg-lc bg-lc-" + (v.lifecycle || "unknown");
+    var open = {};
+    document.querySelectorAll("#selftest-runs details[open]").forEach(function (d) { open[d.dataset.run] = true; });
+    var html = v.runs.length ? runCard(v, v.runs[0], true) : "";
+    if (v.runs.length > 1) {
+      html += '<section class="bg-card bg-runs-earlier"><h3>' + esc(t("st_earlier")) + "</h3>" +
+        v.runs.slice(1).map(function (r) { return earlierRun(v, r); }).join("") + "</section>";
+    }
+    var box = document.getElementById("selftest-runs");
+    box.innerHTML = html;
+    box.querySelectorAll("details.bg-run-earlier").forEach(function (d) { d.open = !!open[d.dataset.run]; });
+    document.getElementById("selftest-empty").hidden = v.runs.length > 0;
+    v.fresh = {};
+  }
+
+  select.addEventListener("change", function () { follow(select.value); });
+  document.querySelectorAll(".bg-selftest-link").forEach(function (a) {
+    a.addEventListener("click", function (ev) {
+      ev.preventDefault();
+      select.value = a.dataset.station;
+      if (view) { follow(a.dataset.station); } else { showTab("selftest"); }
+      history.replaceState(null, "", "?station=" + encodeURIComponent(a.dataset.station) + "#selftest");
     });
   });
+  // A running self-test turns "did not finish" after a quiet while: look again now and then.
+  setInterval(function () { if (view && view.runs.length && !view.runs[0].result) { render(); } }, 15000);
+
+  var options = Array.prototype.slice.call(select.options);
+  var first = options.filter(function (o) { return o.value === wanted; })[0] ||
+    options.filter(function (o) { return o.dataset.lifecycle === "installed"; })[0] || options[0];
+  select.value = first.value;
+  if (wanted || window.location.hash === "#selftest") { showTab("selftest"); }
 })();
