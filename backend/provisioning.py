@@ -2,21 +2,52 @@
 
 Each station gets its own MQTT user (its station id) and may publish only under
 `bikeguard/v1/stations/<its id>/` and read only the hot list and its own commands; the backend's user
-reads every station topic and writes the hot list and commands.
+reads every station topic and writes the hot list and commands. Passwords are issued per station and
+kept in the database as hashes (`station_credentials`); the broker's files are generated from there.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
+import psycopg
+from psycopg.rows import dict_row
+
+from backend.stations import StationNotFound
 from protocol import topics
 
 # Mosquitto 2's "$7$" format: PBKDF2-HMAC-SHA512 with the iteration count in the hash.
 _ITERATIONS = 1000
 _SALT_BYTES = 12
+_HASH = re.compile(r"\$7\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+")
+_MQTT_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+
+
+class ProvisioningError(Exception):
+    """Base of the station credential errors."""
+
+
+class StationDecommissioned(ProvisioningError):
+    """A decommissioned station gets no broker credentials."""
+
+    def __init__(self, station_id: str) -> None:
+        super().__init__(f"station {station_id} is decommissioned: it gets no MQTT credentials")
+        self.station_id = station_id
+
+
+class BackendUserClash(ProvisioningError):
+    """The backend's MQTT user has the same name as a station."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(f"the backend MQTT user {user!r} is also a station id with credentials: choose another")
+        self.user = user
 
 
 def new_password() -> str:
@@ -48,6 +79,7 @@ def acl_file(station_ids: Iterable[str], backend_user: str = "bikeguard-backend"
         f"topic read {root}/stations/+/sightings",
         f"topic read {root}/stations/+/alerts",
         f"topic read {root}/stations/+/status",
+        f"topic read {root}/stations/+/{topics.SELFTEST}",
         f"topic write {root}/stations/+/commands/#",
         f"topic readwrite {topics.HOTLIST}",
         "",
@@ -59,8 +91,79 @@ def acl_file(station_ids: Iterable[str], backend_user: str = "bikeguard-backend"
             f"topic write {topics.station_topic(sid, 'sightings')}",
             f"topic write {topics.station_topic(sid, 'alerts')}",
             f"topic readwrite {topics.station_topic(sid, 'status')}",
+            f"topic write {topics.station_topic(sid, topics.SELFTEST)}",
             f"topic read {topics.command_topic(sid, '#')}",
             f"topic read {topics.HOTLIST}",
             "",
         ]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCredentials:
+    """A station's new MQTT user and password: the password exists only here, shown once."""
+
+    station_id: str
+    password: str = field(repr=False)
+    issued_at: datetime
+
+    @property
+    def username(self) -> str:
+        """The station's MQTT user is its station id."""
+        return self.station_id
+
+
+async def issue_credentials(conn: psycopg.AsyncConnection[Any], station_id: str, actor: str) -> IssuedCredentials:
+    """A new MQTT password for a station (only its hash is stored); the station's previous one is revoked."""
+    password = new_password()
+    async with conn.transaction():
+        cur = await conn.execute("SELECT lifecycle FROM stations WHERE station_id = %s FOR UPDATE", (station_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise StationNotFound(station_id)
+        if row[0] == "decommissioned":
+            raise StationDecommissioned(station_id)
+        await conn.execute(
+            "UPDATE station_credentials SET revoked_at = now(), revoked_by = %s"
+            " WHERE station_id = %s AND revoked_at IS NULL",
+            (actor, station_id),
+        )
+        cur = await conn.execute(
+            "INSERT INTO station_credentials (station_id, password_hash, issued_by) VALUES (%s, %s, %s)"
+            " RETURNING issued_at",
+            (station_id, password_hash(password), actor),
+        )
+        issued = await cur.fetchone()
+    assert issued is not None
+    return IssuedCredentials(station_id, password, issued[0])
+
+
+async def credential_history(conn: psycopg.AsyncConnection[Any], station_id: str) -> list[dict[str, Any]]:
+    """Who issued and revoked a station's passwords, and when (newest first; never the hashes)."""
+    cur = await conn.execute("SELECT 1 FROM stations WHERE station_id = %s", (station_id,))
+    if await cur.fetchone() is None:
+        raise StationNotFound(station_id)
+    async with conn.cursor(row_factory=dict_row) as rows:
+        await rows.execute(
+            "SELECT issued_by, issued_at, revoked_by, revoked_at FROM station_credentials WHERE station_id = %s"
+            " ORDER BY credential_id DESC",
+            (station_id,),
+        )
+        return await rows.fetchall()
+
+
+async def broker_files(conn: psycopg.AsyncConnection[Any], backend_user: str,
+                       backend_password_hash: str) -> tuple[str, str]:
+    """(password_file, acl_file) for the backend and every station not decommissioned that has a password."""
+    if not _MQTT_USER.fullmatch(backend_user):
+        raise ValueError(f"invalid MQTT user name {backend_user!r}")
+    if not _HASH.fullmatch(backend_password_hash):
+        raise ValueError("the backend's password hash must be a Mosquitto $7$ hash (mosquitto_passwd writes one)")
+    cur = await conn.execute(
+        "SELECT c.station_id, c.password_hash FROM station_credentials c JOIN stations s USING (station_id)"
+        " WHERE c.revoked_at IS NULL AND s.lifecycle <> 'decommissioned'"
+    )
+    hashes: dict[str, str] = dict(await cur.fetchall())
+    if backend_user in hashes:
+        raise BackendUserClash(backend_user)
+    return password_file({**hashes, backend_user: backend_password_hash}), acl_file(hashes, backend_user)

@@ -1,4 +1,5 @@
-"""The `bikeguard` command: demo, backend, gateway, sim, map, db migrate, account create."""
+"""The `bikeguard` command: demo, backend, gateway, sim, map, db migrate, account create, broker files,
+station credentials."""
 
 from __future__ import annotations
 
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         from bikeguard.map_command import main as map_main
 
         return map_main(argv[1:])
+    if argv[:1] in (["broker"], ["station"]):
+        from bikeguard.broker_command import main as broker_main
+
+        return broker_main(argv)
 
     parser = argparse.ArgumentParser(prog="bikeguard", description="Bikeguard e-bike anti-theft tracking")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("gateway", help="run a station gateway (see bikeguard gateway --help)")
     sub.add_parser("sim", help="run a simulated town on ptys (see bikeguard sim --help)")
     sub.add_parser("map", help="write a standalone coverage or trajectory map (see bikeguard map --help)")
+    sub.add_parser("broker", help="Mosquitto's passwd and acl from the stations table (see bikeguard broker --help)")
+    sub.add_parser("station", help="issue a station's MQTT password (see bikeguard station --help)")
     db = sub.add_parser("db", help="database tasks")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("migrate", help="apply the schema migrations").set_defaults(func=_migrate)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 
-from backend import accounts, alarms, audit, certificates, hotlist, prediction, registry, station_health
+from backend import accounts, alarms, audit, certificates, hotlist, prediction, provisioning, registry, station_health
 from backend import stations as station_registry
 from backend.api.deps import public
 from backend.api.routes import accounts as account_routes
@@ -23,6 +23,7 @@ from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import audit as audit_routes
 from backend.api.routes import auth, bikes, live, owners, pages, sightings, stations
 from backend.api.routes import certificates as certificate_routes
+from backend.api.routes import provisioning as provisioning_routes
 from backend.db.migrate import maintain, migrate
 from backend.ingest.consumer import Ingest
 from backend.live import LiveFeed
@@ -53,6 +54,7 @@ _ERRORS: dict[type[Exception], int] = {
     station_registry.StationNotFound: 404,
     station_registry.StationExists: 409,
     station_registry.LifecycleError: 409,
+    provisioning.StationDecommissioned: 409,
     # Input PostgreSQL cannot store (a NUL character, a number out of range) is the caller's error.
     psycopg.errors.DataError: 422,
 }
@@ -153,7 +155,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
     app.state.registry = registry.Registry(settings, Vault.from_settings(settings))
     app.state.signer = certificates.Signer(settings.certificate_signing_key.get_secret_value())
     for router in (auth.router, account_routes.router, audit_routes.router, owners.router, bikes.router,
-                   certificate_routes.router, stations.router, sightings.router,
+                   certificate_routes.router, stations.router, provisioning_routes.router, sightings.router,
                    alarm_routes.router, live.router, pages.router):
         app.include_router(router)
     app.mount("/assets/leaflet", StaticFiles(directory=LEAFLET_DIR), name="leaflet")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import threading
 import time
@@ -18,6 +19,15 @@ from protocol import topics
 from tests.backend.test_ingest import wait_until
 
 
+def require_mosquitto(tool: str | None = None) -> None:
+    """Skip when Mosquitto (or one of its tools) is not installed here; under CI, fail instead."""
+    installed = Path(tool).exists() if tool else mosquitto_path() is not None
+    if not installed:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test against Mosquitto: .ci/run installs it")
+        pytest.skip("mosquitto is not installed here (apt-get install mosquitto); CI installs it")
+
+
 def test_password_hash_is_what_mosquitto_passwd_writes():
     salt = base64.b64decode("u4cGZCc0FVaOhSqo")
     expected = ("$7$101$u4cGZCc0FVaOhSqo$604t74ZxefOjOX9Gx94w57v5XNy/pVGJ58xt5BfdGVhAsuOYRSUq3pp7IMi5Zueba8kp"
@@ -28,6 +38,13 @@ def test_password_hash_is_what_mosquitto_passwd_writes():
 def test_acl_refuses_invalid_station_ids():
     with pytest.raises(topics.TopicError):
         provisioning.acl_file(["st-001", "../etc"])
+
+
+def test_acl_lets_each_station_write_only_its_own_selftest():
+    acl = provisioning.acl_file(["st-a"], "bikeguard-backend").splitlines()
+    backend, station = acl[acl.index("user bikeguard-backend"):], acl[acl.index("user st-a"):]
+    assert f"topic read {topics.ROOT}/stations/+/selftest" in backend[:backend.index("")]
+    assert f"topic write {topics.station_topic('st-a', topics.SELFTEST)}" in station
 
 
 def _client(port: int, user: str, password: str) -> tuple[mqtt.Client, threading.Event, list[int]]:
@@ -48,8 +65,7 @@ def _client(port: int, user: str, password: str) -> tuple[mqtt.Client, threading
 
 @pytest.mark.mosquitto
 def test_with_generated_files_a_station_cannot_publish_as_another(tmp_path: Path):
-    if mosquitto_path() is None:
-        pytest.skip("mosquitto is not installed here (apt-get install mosquitto); CI installs it")
+    require_mosquitto()
     passwords = {u: provisioning.new_password() for u in ("st-a", "st-b", "bikeguard-backend")}
     (tmp_path / "passwd").write_text(provisioning.password_file(
         {u: provisioning.password_hash(p) for u, p in passwords.items()}))
@@ -83,8 +99,7 @@ def test_with_generated_files_a_station_cannot_publish_as_another(tmp_path: Path
 
 def test_mosquitto_passwd_tool_agrees_when_installed(tmp_path: Path):
     tool = "/usr/bin/mosquitto_passwd"
-    if not Path(tool).exists():
-        pytest.skip("mosquitto_passwd is not installed here (apt-get install mosquitto); CI installs it")
+    require_mosquitto(tool)
     pw = tmp_path / "pw"
     subprocess.run([tool, "-c", "-b", str(pw), "st-001", "s3cret"], check=True)
     stored = pw.read_text().strip().split(":", 1)[1]
