@@ -92,9 +92,10 @@ STATION_KINDS = ("station_offline",)
 STATION_BACK = "bikeguard (no longer offline)"
 
 # Raise or update one open alarm per tag from evidence rows e(tag_id, station_id, first_seen_at, last_seen_at);
-# only chips bound to a bike count. {evidence} is a SELECT producing those columns.
+# only chips bound to a bike count. {evidence} is a SELECT producing those columns; {before} may define CTEs
+# it uses (ending with a comma).
 _UPSERT = """
-    WITH e AS ({evidence}), per_tag AS (
+    WITH {before} e AS ({evidence}), per_tag AS (
         SELECT tag_id, min(first_seen_at) AS first_seen_at, max(last_seen_at) AS last_seen_at,
                (array_agg(station_id ORDER BY last_seen_at DESC))[1] AS station_id, count(*) AS n
         FROM e GROUP BY tag_id
@@ -128,13 +129,24 @@ _FLUSH_PASSAGES = (
     " first_seen_at timestamptz NOT NULL, last_seen_at timestamptz NOT NULL) ON COMMIT DELETE ROWS"
 )
 _FLUSH_PASSAGE_TYPES = ["int8", "text", "timestamptz", "timestamptz"]
-# This flush's passages of registered chips.
-_REGISTERED_SIGHTINGS = """
-    SELECT f.tag_id, f.station_id, f.first_seen_at, f.last_seen_at
-    FROM flush_passages f JOIN chips c ON c.tag_id = f.tag_id AND c.bike_id IS NOT NULL
+# This flush's passages of registered chips (reg), and each such chip's latest one made its position (moved);
+# what the evidence reads of chip_positions is from before the move, as in any statement with a WITH ... INSERT.
+_REGISTERED_AND_MOVED = """
+    reg AS MATERIALIZED (
+        SELECT f.tag_id, f.station_id, f.first_seen_at, f.last_seen_at
+        FROM flush_passages f JOIN chips c ON c.tag_id = f.tag_id AND c.bike_id IS NOT NULL
+    ), moved AS (
+        INSERT INTO chip_positions AS cp (tag_id, station_id, first_seen_at, last_seen_at)
+        SELECT DISTINCT ON (r.tag_id) r.tag_id, r.station_id, r.first_seen_at, r.last_seen_at
+        FROM reg r
+        ORDER BY r.tag_id, r.first_seen_at DESC, r.last_seen_at DESC
+        ON CONFLICT (tag_id) DO UPDATE SET station_id = excluded.station_id,
+            first_seen_at = excluded.first_seen_at, last_seen_at = excluded.last_seen_at
+        WHERE excluded.first_seen_at >= cp.first_seen_at
+    ),
 """
 # Consecutive passages of a registered chip - its position before this flush (chip_positions) and this flush's
-# sightings, in time order - at two stations further apart than a bike could ride in the time between them.
+# passages, in time order - at two stations further apart than a bike could ride in the time between them.
 # Only a passage of this flush is judged; one primary-key lookup per chip, whatever the size of `sightings`.
 _CLONED_EVIDENCE = f"""
     SELECT p.tag_id, p.station_id, least(p.prev_last_seen_at, p.first_seen_at) AS first_seen_at,
@@ -142,10 +154,10 @@ _CLONED_EVIDENCE = f"""
     FROM (
         SELECT q.*, lag(q.station_id) OVER w AS prev_station_id, lag(q.last_seen_at) OVER w AS prev_last_seen_at
         FROM (
-            SELECT r.*, true AS new FROM ({_REGISTERED_SIGHTINGS}) r
+            SELECT r.*, true AS new FROM reg r
             UNION ALL
             SELECT cp.tag_id, cp.station_id, cp.first_seen_at, cp.last_seen_at, false FROM chip_positions cp
-            WHERE cp.tag_id IN (SELECT tag_id FROM flush_passages)
+            WHERE cp.tag_id IN (SELECT tag_id FROM reg)
         ) q
         WINDOW w AS (PARTITION BY q.tag_id ORDER BY q.first_seen_at, q.last_seen_at)
     ) p
@@ -157,16 +169,6 @@ _CLONED_EVIDENCE = f"""
               + cos(radians(b.lat)) * cos(radians(a.lat)) * power(sin(radians(a.lon - b.lon) / 2), 2)))
           > %(slack_m)s + %(max_speed_mps)s
               * greatest(extract(epoch FROM p.first_seen_at - p.prev_last_seen_at)::float8, 0)
-"""
-# Each chip's latest passage of this flush becomes its position (a late, older one never replaces a newer one).
-_MOVE_CHIPS = f"""
-    INSERT INTO chip_positions AS cp (tag_id, station_id, first_seen_at, last_seen_at)
-    SELECT DISTINCT ON (r.tag_id) r.tag_id, r.station_id, r.first_seen_at, r.last_seen_at
-    FROM ({_REGISTERED_SIGHTINGS}) r
-    ORDER BY r.tag_id, r.first_seen_at DESC, r.last_seen_at DESC
-    ON CONFLICT (tag_id) DO UPDATE SET station_id = excluded.station_id, first_seen_at = excluded.first_seen_at,
-        last_seen_at = excluded.last_seen_at
-    WHERE excluded.first_seen_at >= cp.first_seen_at
 """
 
 
@@ -187,7 +189,7 @@ def raise_chips_cloned(cur: psycopg.Cursor[Any], passages: Passages, max_speed_k
                        slack_m: float) -> list[int]:
     """Raise 'chip cloned' for registered chips in these passages (this flush's, any order) seen at a station
     they could not have reached since their previous passage (at max_speed_kmh, give or take slack_m), then
-    remember each chip's latest passage; one COPY and three small statements.
+    remember each chip's latest passage; one COPY and one query.
 
     With several ingest workers, two passages of one chip written at the same instant by two workers may not be
     compared with each other; the clone's next passage is.
@@ -202,15 +204,14 @@ def raise_chips_cloned(cur: psycopg.Cursor[Any], passages: Passages, max_speed_k
             for row in zip(passages.tag_ids, passages.station_ids, passages.first_seen_at, passages.last_seen_at,
                            strict=True):
                 copy.write_row(row)
-        raised = _upsert(cur, _CLONED_EVIDENCE, "chip_cloned", SEVERITY["chip_cloned"],
-                         {"slack_m": slack_m, "max_speed_mps": max_speed_kmh / 3.6})
-        cur.execute(_MOVE_CHIPS)
-    return raised
+        return _upsert(cur, _CLONED_EVIDENCE, "chip_cloned", SEVERITY["chip_cloned"],
+                       {"slack_m": slack_m, "max_speed_mps": max_speed_kmh / 3.6}, before=_REGISTERED_AND_MOVED)
 
 
-def _upsert(cur: psycopg.Cursor[Any], evidence: str, kind: str, severity: str, params: dict[str, Any]) -> list[int]:
+def _upsert(cur: psycopg.Cursor[Any], evidence: str, kind: str, severity: str, params: dict[str, Any],
+            before: str = "") -> list[int]:
     rows = cur.execute(
-        _UPSERT.replace("{evidence}", evidence),
+        _UPSERT.replace("{before}", before).replace("{evidence}", evidence),
         {**params, "kind": kind, "severity": severity, "channel": NOTIFY_CHANNEL},
     ).fetchall()
     return [int(r[0]) for r in rows]

@@ -71,24 +71,28 @@ def register_chips(url: str, tags: list[int]) -> None:
 
 
 def build_batches(total: int, per_batch: int, stations: int, tags: list[int], seed: int = 1) -> list[SightingBatch]:
-    """Realistic batches: stations around a town, tags passing at plausible times and signal levels."""
+    """Ordinary traffic: each chip passes its own station (so no chip looks cloned), at plausible times and signal
+    levels; a third of the sightings felt the bike move and one in a hundred reports a low battery."""
     rng = random.Random(seed)
     start = datetime.now(UTC) - timedelta(hours=1)
+    local = [tags[i::stations] for i in range(stations)]
     batches: list[SightingBatch] = []
     seq = {f"st-{i:03d}": 0 for i in range(stations)}
     made = 0
     while made < total:
-        station = f"st-{rng.randrange(stations):03d}"
+        home = rng.randrange(stations)
+        station = f"st-{home:03d}"
         seq[station] += 1
         n = min(per_batch, total - made)
         at = start + timedelta(seconds=made / 20_000)
         sightings = []
         for _ in range(n):
             first = at - timedelta(seconds=rng.uniform(5, 60))
+            flags = (4 if rng.random() < 0.33 else 0) | (1 if rng.random() < 0.01 else 0)
             sightings.append(Sighting(
-                tag_id=format_tag(rng.choice(tags)), first_seen_at=first,
+                tag_id=format_tag(rng.choice(local[home])), first_seen_at=first,
                 last_seen_at=first + timedelta(seconds=rng.uniform(0, 20)), beacons=rng.randint(1, 12),
-                peak_rssi_dbm=rng.randint(-95, -40), antenna=rng.randint(0, 1), flags=rng.choice((0, 0, 0, 4, 1)),
+                peak_rssi_dbm=rng.randint(-95, -40), antenna=rng.randint(0, 1), flags=flags,
             ))
         batches.append(SightingBatch(station_id=station, batch_seq=seq[station], sent_at=at, sightings=sightings))
         made += n

@@ -40,14 +40,42 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 
+Message = dict[str, Any] | Alert | StationStatus | SelfTestStep | SelfTestSummary
+
+
+def validate(topic: str, payload: bytes) -> tuple[str, Message] | str:
+    """(the station it comes from, the message) or why it is refused. Runs on paho's network thread, so that
+    validating the next messages overlaps with the writer waiting on the database."""
+    try:
+        where = topics.parse_station_topic(topic)
+        msg: Message
+        if where.kind == "sightings":
+            msg = parse_batch_rows(payload)
+            claimed = msg["station_id"]
+        elif where.kind == topics.SELFTEST:
+            msg = parse_selftest(payload)
+            claimed = msg.station_id
+        else:
+            msg = (Alert if where.kind == "alerts" else StationStatus).parse(payload)
+            claimed = msg.station_id
+        if claimed != where.station_id:
+            raise MessageError(
+                f"station_id {claimed!r} in payload does not match topic station {where.station_id!r}", payload
+            )
+    except (MessageError, topics.TopicError) as exc:
+        return exc.reason if isinstance(exc, MessageError) else str(exc)
+    return where.station_id, msg
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """One MQTT message as it arrived."""
+    """One MQTT message as it arrived, with what validate() made of it."""
 
     topic: str
     payload: bytes
     mid: int
     qos: int
+    checked: tuple[str, Message] | str | None = None
 
 
 @dataclass
@@ -83,29 +111,13 @@ class _Flush:
 
 
 def classify(item: Incoming, flush: _Flush) -> None:
-    """Validate one message into the flush, or add it to the rejects with the reason."""
-    try:
-        where = topics.parse_station_topic(item.topic)
-        msg: dict[str, Any] | Alert | StationStatus | SelfTestStep | SelfTestSummary
-        if where.kind == "sightings":
-            msg = parse_batch_rows(item.payload)
-            claimed = msg["station_id"]
-        elif where.kind == topics.SELFTEST:
-            msg = parse_selftest(item.payload)
-            claimed = msg.station_id
-        else:
-            msg = (Alert if where.kind == "alerts" else StationStatus).parse(item.payload)
-            claimed = msg.station_id
-        if claimed != where.station_id:
-            raise MessageError(
-                f"station_id {claimed!r} in payload does not match topic station {where.station_id!r}",
-                item.payload,
-            )
-    except (MessageError, topics.TopicError) as exc:
-        reason = exc.reason if isinstance(exc, MessageError) else str(exc)
-        flush.rejects.append((item.topic, reason, item.payload))
+    """Add one validated message to the flush, or to the rejects with the reason."""
+    checked = item.checked if item.checked is not None else validate(item.topic, item.payload)
+    if isinstance(checked, str):
+        flush.rejects.append((item.topic, checked, item.payload))
         return
-    flush.origins.append((item, where.station_id))
+    station_id, msg = checked
+    flush.origins.append((item, station_id))
     if isinstance(msg, dict):
         flush.batches.append(msg)
         flush.rows += len(msg["sightings"])
@@ -193,7 +205,7 @@ class Ingest:
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         lane = self._alerts if msg.topic.endswith("/alerts") else self._queue
-        lane.put(Incoming(msg.topic, msg.payload, msg.mid, msg.qos))
+        lane.put(Incoming(msg.topic, msg.payload, msg.mid, msg.qos, validate(msg.topic, msg.payload)))
 
     # life cycle
 
