@@ -223,7 +223,8 @@ def test_pages_send_strangers_to_sign_in_and_others_to_a_403(server: str, databa
     with browser_page() as page:
         page.goto(f"{server}/")
         _sign_in(page, clerk, factories.PASSWORD)
-        page.wait_for_selector(".bg-card")
+        # The sign-in card is a .bg-card too: wait for the answer, not for any card.
+        page.wait_for_selector(".bg-card >> text=this page is for")
         assert "this page is for: police, admin" in page.inner_text(".bg-card")
 
 
