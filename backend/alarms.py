@@ -46,6 +46,18 @@ class Passages:
     first_seen_at: list[datetime]
     last_seen_at: list[datetime]
 
+    @classmethod
+    def empty(cls) -> Passages:
+        """No passages yet."""
+        return cls([], [], [], [])
+
+    def extend(self, other: Passages) -> None:
+        """Append another's passages."""
+        self.tag_ids.extend(other.tag_ids)
+        self.station_ids.extend(other.station_ids)
+        self.first_seen_at.extend(other.first_seen_at)
+        self.last_seen_at.extend(other.last_seen_at)
+
 
 @dataclass(frozen=True, slots=True)
 class Watch:
@@ -86,6 +98,8 @@ SEVERITY: dict[str, str] = {
     "low_battery": "info",
     "station_offline": "warning",
 }
+# Kinds whose alarm carries the chip's trail of passages: a bike on the move.
+TRAIL_KINDS = ("stolen_chip_seen", "chip_cloned", "armed_bike_moving")
 # Kinds about a station rather than a chip: no personal data, so installers see them too.
 STATION_KINDS = ("station_offline",)
 # Who clears a station's alarm when it reports again (or leaves service).
@@ -204,6 +218,8 @@ def raise_chips_cloned(cur: psycopg.Cursor[Any], passages: Passages, max_speed_k
             for row in zip(passages.tag_ids, passages.station_ids, passages.first_seen_at, passages.last_seen_at,
                            strict=True):
                 copy.write_row(row)
+        # Its real size, so that a small flush looks its chips up by key instead of hashing every chip.
+        cur.execute("ANALYZE flush_passages")
         return _upsert(cur, _CLONED_EVIDENCE, "chip_cloned", SEVERITY["chip_cloned"],
                        {"slack_m": slack_m, "max_speed_mps": max_speed_kmh / 3.6}, before=_REGISTERED_AND_MOVED)
 
@@ -263,8 +279,9 @@ _ALARM_SELECT = """
 
 
 async def _trail(conn: psycopg.AsyncConnection[Any], alarm: dict[str, Any], limit: int) -> list[dict[str, Any]]:
-    """The alarm's tag's passages since the alarm began, oldest first, with station positions."""
-    if alarm["tag_id"] is None:
+    """The alarm's tag's passages since the alarm began, oldest first, with station positions; only for the kinds
+    about a bike on the move (a low battery or a tamper has no trail to follow)."""
+    if alarm["tag_id"] is None or alarm["kind"] not in TRAIL_KINDS:
         return []
     cur = await conn.execute(
         "SELECT * FROM (SELECT x.station_id, st.lat, st.lon, x.first_seen_at AS seen_at"
@@ -337,6 +354,23 @@ async def get_alarm(
         raise AlarmNotFound(f"no alarm {alarm_id}")
     trail = await _trail(conn, row, trail_limit)
     return {**_public(row), "trail": trail, "next_stations": await _next_stations(conn, row, trail)}
+
+
+_SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+
+async def get_alarms(conn: psycopg.AsyncConnection[Any], alarm_ids: list[int]) -> list[dict[str, Any]]:
+    """Several alarms (those that exist), each as get_alarm gives it, the most severe first: one query for all,
+    then a trail only for those that have one."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_ALARM_SELECT + " WHERE a.alarm_id = ANY(%s)", (alarm_ids,))
+        rows = await cur.fetchall()
+    rows.sort(key=lambda r: (_SEVERITY_ORDER.get(r["severity"], 3), alarm_ids.index(r["id"])))
+    out = []
+    for row in rows:
+        trail = await _trail(conn, row, 50)
+        out.append({**_public(row), "trail": trail, "next_stations": await _next_stations(conn, row, trail)})
+    return out
 
 
 async def _next_stations(

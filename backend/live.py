@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import psycopg
@@ -46,26 +47,44 @@ class LiveFeed:
 
     async def _listen(self) -> None:
         backoff = 0.5
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {alarms.NOTIFY_CHANNEL}")
-                    self.ready.set()
-                    backoff = 0.5
-                    async for note in conn.notifies():
-                        await self._publish(int(note.payload))
-            except psycopg.OperationalError as exc:
-                self.ready.clear()
-                log.error("live feed lost the database, retrying in %.1f s: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30)
+        pending: asyncio.Queue[int] = asyncio.Queue()
+        publisher = asyncio.create_task(self._publish_from(pending), name="live-feed-publish")
+        try:
+            while True:
+                try:
+                    async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+                        await conn.execute(f"LISTEN {alarms.NOTIFY_CHANNEL}")
+                        self.ready.set()
+                        backoff = 0.5
+                        async for note in conn.notifies():
+                            pending.put_nowait(int(note.payload))
+                except psycopg.OperationalError as exc:
+                    self.ready.clear()
+                    log.error("live feed lost the database, retrying in %.1f s: %s", backoff, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30)
+        finally:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
 
-    async def _publish(self, alarm_id: int) -> None:
-        async with self._pool.connection() as conn:
+    async def _publish_from(self, pending: asyncio.Queue[int]) -> None:
+        """Send alarm changes in rounds: everything notified meanwhile, each alarm once, the most severe first -
+        so a stream of low-battery updates never holds a stolen chip's alarm back."""
+        while True:
+            ids = [await pending.get()]
+            while not pending.empty() and len(ids) < 500:
+                ids.append(pending.get_nowait())
             try:
-                alarm = await alarms.get_alarm(conn, alarm_id)
-            except alarms.AlarmNotFound:
-                return
+                async with self._pool.connection() as conn:
+                    changed = await alarms.get_alarms(conn, list(dict.fromkeys(ids)))
+            except psycopg.Error:
+                log.exception("live feed could not read %d changed alarms; they are not sent", len(ids))
+                continue
+            for alarm in changed:
+                self._send(alarm)
+
+    def _send(self, alarm: dict[str, Any]) -> None:
         event = b"event: alarm\ndata: " + orjson.dumps(alarm) + b"\n\n"
         for q, scope in list(self._subscribers.items()):
             if not scope.allows(alarm["kind"]):

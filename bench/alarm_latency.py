@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
-from ingest import bench_tags, build_batches, register_stations  # bench/ingest.py, beside this script
+from ingest import bench_tags, build_batches, register_chips, register_stations  # bench/ingest.py, beside this
 
 from bikeguard.demo import bootstrap_admin, seed_backend, sign_in, wait_for_http
 from bikeguard.services import free_port, start_broker, start_postgres, stop_process
@@ -140,6 +140,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--background", type=int, default=20_000, help="sightings/s of ordinary load")
     parser.add_argument("--broker", default="auto", choices=("auto", "mosquitto", "amqtt"))
+    parser.add_argument("--unregistered", action="store_true", help="leave the background's chips unregistered")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bikeguard-bench-"))
@@ -162,6 +163,8 @@ def main() -> int:
         town = Town.generate(11, stations=5, bikes=args.trials)
         staff = seed_backend(base, town, bootstrap_admin(pg.url))
         register_stations(pg.url, 200)  # the stations of the background load
+        if not args.unregistered:
+            register_chips(pg.url, bench_tags(seed=3))  # and its chips, registered bikes as in a real county
         police = sign_in(base, staff.police)
         for bike_id, _first_login in staff.owners.values():
             police.post(f"/api/bikes/{bike_id}/theft", json={"place": "bench"}).raise_for_status()

@@ -20,7 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 
-from backend import selftests
+from backend import alarms, selftests
 from backend.ingest import writer
 from backend.ingest.stations import UNKNOWN_REASON, KnownStations
 from backend.settings import BackendSettings
@@ -228,15 +228,17 @@ class Ingest:
 
     # database side (the writer thread)
 
-    def _collect(self, lane: queue.Queue[Incoming]) -> _Flush:
+    def _collect(self, lane: queue.Queue[Incoming], idle_s: float | None = None) -> _Flush:
+        """The next flush; an empty one after idle_s without a message (None: wait for one)."""
         flush = _Flush()
         deadline: float | None = None
+        idle_until = None if idle_s is None else time.monotonic() + idle_s
         while not self._stop.is_set():
             timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 item = lane.get(timeout=timeout)
             except queue.Empty:
-                if deadline is not None:
+                if deadline is not None or (idle_until is not None and time.monotonic() >= idle_until):
                     break
                 continue
             flush.messages.append(item)
@@ -260,12 +262,15 @@ class Ingest:
         conn: psycopg.Connection | None = None
         backoff = 0.5
         flush = _Flush()
+        clones = writer.CloneCheck(self.settings.clone_max_speed_kmh, max_rows=self.settings.ingest_flush_rows)
         while True:
             if not flush.messages:
                 if self._stop.is_set() and lane.empty():
                     break
-                flush = self._collect(lane)
+                flush = self._collect(lane, clones.interval_s if clones.pending.tag_ids else None)
                 if not flush.messages:
+                    if conn is not None and not conn.closed:
+                        self._check_clones(conn, clones)  # traffic stopped: judge what is left
                     continue
             try:
                 if conn is None or conn.closed:
@@ -285,9 +290,24 @@ class Ingest:
             for item in flush.messages:
                 if item.qos > 0:
                     self.client.ack(item.mid, item.qos)
+            clones.add(flush.result.passages)
             flush = _Flush()
+            if clones.due() or (self._stop.is_set() and lane.empty()):
+                self._check_clones(conn, clones)
         if conn is not None:
             conn.close()
+
+    def _check_clones(self, conn: psycopg.Connection, clones: writer.CloneCheck) -> None:
+        """Run the cloned-chip check on what is pending; on failure keep it (lost database) or drop it."""
+        if not clones.pending.tag_ids:
+            return
+        try:
+            clones.run(conn)
+        except psycopg.OperationalError as exc:
+            log.error("cloned-chip check postponed, the database is unavailable: %s", exc)
+        except psycopg.Error:
+            log.exception("cloned-chip check of %d passages failed; they are not judged", len(clones.pending.tag_ids))
+            clones.pending = alarms.Passages.empty()
 
     def _write(self, conn: psycopg.Connection, flush: _Flush) -> None:
         written = [flush]
@@ -301,6 +321,7 @@ class Ingest:
             # One bad message must not cost the others: write them one by one, reject the ones refused.
             log.warning("flush of %d messages refused (%s); writing them one by one", len(flush.messages), exc)
             written = []
+            flush.result = writer.WriteResult()  # what the refused transaction wrote is gone
             for item in flush.messages:
                 single = _Flush()
                 classify(item, single)
@@ -308,6 +329,7 @@ class Ingest:
                     with conn.transaction():
                         self._write_all(conn, single)
                     self._count(single)
+                    flush.result.passages.extend(single.result.passages)
                     written.append(single)
                 except psycopg.OperationalError:
                     raise
@@ -325,7 +347,8 @@ class Ingest:
     def _write_all(self, conn: psycopg.Connection, flush: _Flush) -> None:
         screen(conn, flush, self.known)
         flush.result = writer.write_alerts(conn, flush.alerts)
-        flush.result.add(writer.write_batches(conn, flush.batches, self.settings.clone_max_speed_kmh))
+        flush.result.add(writer.write_batches(conn, flush.batches, self.settings.clone_max_speed_kmh,
+                                              check_clones=False))
         received_at = utcnow()
         for status in flush.statuses:
             writer.write_status(conn, status, received_at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,8 @@ class WriteResult:
     sightings: int = 0
     alerts_new: int = 0
     alarm_ids: list[int] = field(default_factory=list)
+    # The new passages, for a cloned-chip check made later (write_batches with check_clones=False).
+    passages: alarms.Passages = field(default_factory=alarms.Passages.empty)
 
     def add(self, other: WriteResult) -> None:
         """Fold another result into this one."""
@@ -45,15 +48,18 @@ class WriteResult:
         self.sightings += other.sightings
         self.alerts_new += other.alerts_new
         self.alarm_ids.extend(other.alarm_ids)
+        self.passages.extend(other.passages)
 
 
 def write_batches(
-    conn: psycopg.Connection, batches: Iterable[dict[str, Any]], max_speed_kmh: float = 60.0
+    conn: psycopg.Connection, batches: Iterable[dict[str, Any]], max_speed_kmh: float = 60.0,
+    check_clones: bool = True,
 ) -> WriteResult:
     """Store sighting batches (as parse_batch_rows gives them) in the current transaction.
 
     A batch seen before changes nothing. Alarms: stolen chip seen, armed bike moving, tamper, low battery,
-    and chip cloned (a chip at two stations faster than max_speed_kmh) - one query per kind per flush.
+    and chip cloned (a chip at two stations faster than max_speed_kmh) - one query per kind per flush. With
+    check_clones=False the new passages are handed back in the result instead, for a CloneCheck to judge later.
 
     The batch ids go in first with ON CONFLICT DO NOTHING; only the sightings of batches that
     were really new are then COPYed, so several workers and MQTT redeliveries stay exact.
@@ -122,9 +128,11 @@ def write_batches(
         for kind, evidence in (("stolen_chip_seen", hits), ("armed_bike_moving", moving), ("tamper", tampered),
                                ("low_battery", low_battery)):
             result.alarm_ids += alarms.raise_alarms(cur, kind, alarms.SEVERITY[kind], evidence)
-        result.alarm_ids += alarms.raise_chips_cloned(
-            cur, alarms.Passages(tags, stations, firsts, lasts), max_speed_kmh, CLONE_SLACK_M
-        )
+        passages = alarms.Passages(tags, stations, firsts, lasts)
+        if check_clones:
+            result.alarm_ids += alarms.raise_chips_cloned(cur, passages, max_speed_kmh, CLONE_SLACK_M)
+        else:
+            result.passages = passages
     return result
 
 
@@ -178,3 +186,36 @@ def write_rejects(conn: psycopg.Connection, rejects: Iterable[tuple[str, str, by
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO rejected_messages (topic, reason, raw) VALUES (%s, %s, %s)", items)
     return len(items)
+
+
+class CloneCheck:
+    """The cloned-chip check of one ingest worker, made every `interval_s` or `max_rows` passages rather than on
+    every flush: its cost is mostly per query, and a clone's alarm may take a second where a stolen chip's may not.
+
+    Passages are added after their flush committed; a check that fails on a lost database keeps them for the
+    next try. If the worker stops between the two, those passages are not judged (the clone's next ones are).
+    """
+
+    def __init__(self, max_speed_kmh: float, interval_s: float = 1.0, max_rows: int = 20_000) -> None:
+        self.max_speed_kmh = max_speed_kmh
+        self.interval_s = interval_s
+        self.max_rows = max_rows
+        self.pending = alarms.Passages.empty()
+        self._last = time.monotonic()
+
+    def add(self, passages: alarms.Passages) -> None:
+        """Passages of a committed flush."""
+        self.pending.extend(passages)
+
+    def due(self) -> bool:
+        """Whether the pending passages should be judged now."""
+        return bool(self.pending.tag_ids) and (
+            len(self.pending.tag_ids) >= self.max_rows or time.monotonic() - self._last >= self.interval_s)
+
+    def run(self, conn: psycopg.Connection) -> list[int]:
+        """Judge the pending passages in a transaction of their own; the ids of the alarms raised or updated."""
+        with conn.transaction(), conn.cursor() as cur:
+            ids = alarms.raise_chips_cloned(cur, self.pending, self.max_speed_kmh, CLONE_SLACK_M)
+        self.pending = alarms.Passages.empty()
+        self._last = time.monotonic()
+        return ids

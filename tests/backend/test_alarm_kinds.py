@@ -139,3 +139,25 @@ def test_a_late_batch_from_a_spool_does_not_move_the_chip_back(conn):
     assert conn.execute("SELECT station_id, last_seen_at FROM chip_positions WHERE tag_id = %s",
                         (0xF2,)).fetchone() == ("st-west", at)
     assert _alarms(conn) == []
+
+
+def test_the_ingest_judges_clones_within_a_second_or_two_after_traffic_stops(ingest: Ingest, publish,  # noqa: F811
+                                                                             database_url, topic_prefix):
+    west, east = f"{topic_prefix}-w", f"{topic_prefix}-e"
+    with psycopg.connect(database_url) as c:
+        factories.station(c, west, lat=30.25, lon=120.10)
+        factories.station(c, east, lat=30.25, lon=120.20)  # ~9.6 km apart
+        factories.bike(c, 0x7A7A02)
+    at = utcnow()
+    publish(topics.station_topic(west, "sightings"), factories.batch(west, 1, [0x7A7A02], at=at).to_json())
+    publish(topics.station_topic(east, "sightings"),
+            factories.batch(east, 1, [0x7A7A02], at=at + timedelta(minutes=1)).to_json())
+    # The check runs about once a second, also when nothing more arrives.
+    wait_until(lambda: _count_cloned(database_url) == 1, timeout_s=10)
+    with psycopg.connect(database_url) as c:
+        assert _alarms(c) == [("chip_cloned", "critical", 0x7A7A02, east, 1, "active")]
+
+
+def _count_cloned(database_url: str) -> int:
+    with psycopg.connect(database_url) as c:
+        return c.execute("SELECT count(*) FROM alarms WHERE kind = 'chip_cloned'").fetchone()[0]  # type: ignore[index]
