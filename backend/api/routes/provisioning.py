@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from backend import audit, provisioning
-from backend.accounts import User
-from backend.api.deps import Conn, allow
+from backend.api.deps import Conn
+from backend.api.routes.stations import Installer, StationId
 
 router = APIRouter(prefix="/api/stations", tags=["stations"])
-Installer = Annotated[User, allow("installer", "admin")]
-StationId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 
 
 class StationCredentialsPublic(BaseModel):
