@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -12,7 +13,9 @@ import pytest
 import uvicorn
 from psycopg.types.json import Jsonb
 
+from backend import alarms
 from backend.api.app import create_app
+from backend.station_health import offline_stations
 from bikeguard.demo import town_roads_geojson
 from bikeguard.services import Broker, free_port
 from firmware_sim.town import Town
@@ -86,6 +89,39 @@ def test_installer_sees_station_health_on_map_and_table_then_coverage(server: st
         page.wait_for_selector("#station-table")
         assert "基站与状态" in page.inner_text(".bg-tabs")
         assert console_errors(page) == []
+
+
+def test_installer_acknowledges_and_clears_a_station_offline_alarm(server: str, database_url: str) -> None:  # noqa: F811
+    _town(database_url)
+    with psycopg.connect(database_url) as conn:
+        installer = factories.account(conn, "installer", "wang.lei")
+        # The station whose gateway sent its last will is in service: it raises the alarm.
+        dark = conn.execute("SELECT station_id, name FROM station_status JOIN stations USING (station_id)"
+                            " WHERE state = 'offline'").fetchone()
+        conn.execute("UPDATE stations SET lifecycle = 'active' WHERE station_id = %s", (dark[0],))
+
+    async def watch() -> None:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await alarms.sync_station_offline(conn, await offline_stations(conn, utcnow(), utcnow()))
+
+    asyncio.run(watch())
+    with browser_page(1400, 1100) as page:
+        page.goto(f"{server}/installer?lang=en")
+        _sign_in(page, installer, factories.PASSWORD)
+        page.wait_for_selector("#station-alarms")
+        item = page.locator(".bg-station-alarm")
+        assert item.count() == 1 and dark[1] in item.inner_text() and "offline" in item.inner_text()
+        page.click("[data-alarm-act='acknowledge']")
+        page.wait_for_selector(".bg-station-alarm.acknowledged")
+        assert "acknowledged by Installer wang.lei" in page.inner_text(".bg-station-alarm")
+        page.screenshot(path=str(SHOTS / "installer-alarm.png"))
+        page.click("[data-alarm-act='clear']")
+        page.wait_for_selector("#station-table")
+        page.wait_for_function("!document.getElementById('station-alarms')")
+        assert console_errors(page) == []
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT state, cleared_by FROM alarms WHERE kind = 'station_offline'").fetchall() == [
+            ("cleared", "Installer wang.lei")]
 
 
 # The self-test view: steps published into the broker appear while the page is open.

@@ -127,14 +127,15 @@ async def home(user: OptionalUser) -> Response:
 @router.get("/installer", response_class=HTMLResponse)
 async def installer(request: Request, conn: Conn, user: OptionalUser, lang: str | None = None,
                     station: str | None = Query(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")) -> Response:
-    """Installer, admin: stations on a map coloured by health, their table, a station's self-test as it runs
-    (`?station=st-017#selftest`), and the road coverage."""
+    """Installer, admin: the open station alarms, stations on a map coloured by health, their table, a station's
+    self-test as it runs (`?station=st-017#selftest`), and the road coverage."""
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("installer", "admin"), chosen):
         return refused
     health = await station_health.station_health(conn, utcnow())
-    return _page(render("installer.html", chosen, user=user, config={"selftest_station": station}, stations=health),
-                 chosen)
+    open_alarms = await alarms.list_alarms(conn, scope=alarms.INSTALLERS)
+    return _page(render("installer.html", chosen, user=user, config={"selftest_station": station}, stations=health,
+                        alarms=open_alarms), chosen)
 
 
 @router.get("/installer/map", response_class=HTMLResponse)

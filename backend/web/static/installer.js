@@ -238,3 +238,18 @@
   select.value = first.value;
   if (wanted || window.location.hash === "#selftest") { showTab("selftest"); }
 })();
+
+// Open station alarms: acknowledge or clear, then show the page again.
+(function () {
+  document.querySelectorAll("[data-alarm-act]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var item = button.closest("[data-alarm-id]");
+      button.disabled = true;
+      BG.api("POST", "/api/alarms/" + item.dataset.alarmId + "/" + button.dataset.alarmAct).then(function (r) {
+        if (r.ok) { window.location.reload(); return; }
+        button.disabled = false;
+        document.getElementById("station-alarms-note").textContent = r.message;
+      });
+    });
+  });
+})();
