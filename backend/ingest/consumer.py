@@ -163,6 +163,10 @@ class Ingest:
             threading.Thread(target=self._write_loop, args=(self._queue,), name="ingest-writer", daemon=True),
             threading.Thread(target=self._write_loop, args=(self._alerts,), name="ingest-alerts", daemon=True),
         ]
+        # The cloned-chip check has a thread and a connection of its own too: the sightings writer hands it the
+        # passages of each committed flush and goes on with the next.
+        self._clone_lane: queue.Queue[alarms.Passages] = queue.Queue()
+        self._clone_thread = threading.Thread(target=self._clone_loop, name="ingest-clones", daemon=True)
         host, port, user, password = mqtt_address(settings.mqtt_url)
         self._address = (host, port)
         client = mqtt.Client(
@@ -215,6 +219,7 @@ class Ingest:
         self.client.loop_start()
         for thread in self._threads:
             thread.start()
+        self._clone_thread.start()
         if not self._connected.wait(wait_s):
             log.warning("ingest not connected to the broker after %.0f s; still trying", wait_s)
 
@@ -223,22 +228,21 @@ class Ingest:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
+        self._clone_thread.join(timeout=30)  # after the writers: it judges what they handed it last
         self.client.disconnect()
         self.client.loop_stop()
 
     # database side (the writer thread)
 
-    def _collect(self, lane: queue.Queue[Incoming], idle_s: float | None = None) -> _Flush:
-        """The next flush; an empty one after idle_s without a message (None: wait for one)."""
+    def _collect(self, lane: queue.Queue[Incoming]) -> _Flush:
         flush = _Flush()
         deadline: float | None = None
-        idle_until = None if idle_s is None else time.monotonic() + idle_s
         while not self._stop.is_set():
             timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 item = lane.get(timeout=timeout)
             except queue.Empty:
-                if deadline is not None or (idle_until is not None and time.monotonic() >= idle_until):
+                if deadline is not None:
                     break
                 continue
             flush.messages.append(item)
@@ -262,15 +266,12 @@ class Ingest:
         conn: psycopg.Connection | None = None
         backoff = 0.5
         flush = _Flush()
-        clones = writer.CloneCheck(self.settings.clone_max_speed_kmh, max_rows=self.settings.ingest_flush_rows)
         while True:
             if not flush.messages:
                 if self._stop.is_set() and lane.empty():
                     break
-                flush = self._collect(lane, clones.interval_s if clones.pending.tag_ids else None)
+                flush = self._collect(lane)
                 if not flush.messages:
-                    if conn is not None and not conn.closed:
-                        self._check_clones(conn, clones)  # traffic stopped: judge what is left
                     continue
             try:
                 if conn is None or conn.closed:
@@ -290,24 +291,46 @@ class Ingest:
             for item in flush.messages:
                 if item.qos > 0:
                     self.client.ack(item.mid, item.qos)
-            clones.add(flush.result.passages)
+            if flush.result.passages.tag_ids:
+                self._clone_lane.put(flush.result.passages)
             flush = _Flush()
-            if clones.due() or (self._stop.is_set() and lane.empty()):
-                self._check_clones(conn, clones)
         if conn is not None:
             conn.close()
 
-    def _check_clones(self, conn: psycopg.Connection, clones: writer.CloneCheck) -> None:
-        """Run the cloned-chip check on what is pending; on failure keep it (lost database) or drop it."""
-        if not clones.pending.tag_ids:
-            return
-        try:
-            clones.run(conn)
-        except psycopg.OperationalError as exc:
-            log.error("cloned-chip check postponed, the database is unavailable: %s", exc)
-        except psycopg.Error:
-            log.exception("cloned-chip check of %d passages failed; they are not judged", len(clones.pending.tag_ids))
-            clones.pending = alarms.Passages.empty()
+    def _clone_loop(self) -> None:
+        """Judge the committed passages for cloned chips about once a second (writer.CloneCheck)."""
+        clones = writer.CloneCheck(self.settings.clone_max_speed_kmh, max_rows=self.settings.ingest_flush_rows)
+        conn: psycopg.Connection | None = None
+        while True:
+            writers_done = not any(t.is_alive() for t in self._threads) and self._stop.is_set()
+            try:
+                clones.add(self._clone_lane.get(timeout=0.2))
+                while not self._clone_lane.empty():
+                    clones.add(self._clone_lane.get_nowait())
+            except queue.Empty:
+                pass
+            if not (clones.due() or (writers_done and clones.pending.tag_ids)):
+                if writers_done and self._clone_lane.empty():
+                    break
+                continue
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.settings.database_url)
+                clones.run(conn)
+            except psycopg.OperationalError as exc:
+                log.error("cloned-chip check postponed, the database is unavailable: %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                if writers_done:
+                    break
+                time.sleep(1.0)
+            except psycopg.Error:
+                log.exception("cloned-chip check of %d passages failed; they are not judged",
+                              len(clones.pending.tag_ids))
+                clones.pending = alarms.Passages.empty()
+        if conn is not None:
+            conn.close()
 
     def _write(self, conn: psycopg.Connection, flush: _Flush) -> None:
         written = [flush]
