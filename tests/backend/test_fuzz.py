@@ -10,19 +10,17 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 
 from backend.api.app import create_app
 from bikeguard.services import free_port
 from tests import factories
-from tests.backend.test_ingest import wait_until
+from tests.serving import served
 
 # Signing out or disabling oneself would only end the run's own session early; the live feeds are
 # endless streams (every request would wait for the timeout).
@@ -38,13 +36,8 @@ def backend(database_url: str) -> Iterator[str]:
     port = free_port()
     app = create_app(factories.settings(database_url, http_port=port, login_max_failures_per_address=10_000),
                      run_ingest=False)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout_s=30)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=15)
+    with served(app, port) as url:
+        yield url
 
 
 def _token(base: str, username: str, password: str = factories.PASSWORD) -> str:

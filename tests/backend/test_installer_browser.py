@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import psycopg
 import pytest
-import uvicorn
 from psycopg.types.json import Jsonb
 
 from backend import alarms
@@ -27,6 +25,7 @@ from tests import factories
 from tests.backend.test_ingest import publish, wait_until  # noqa: F401 - the fixture
 from tests.backend.test_pages_browser import SHOTS, _sign_in, server  # noqa: F401 - the fixture
 from tests.browser import browser_page, console_errors, require_chromium
+from tests.serving import served
 
 
 def _town(database_url: str) -> None:
@@ -136,13 +135,8 @@ def server_with_ingest(database_url: str, broker: Broker, topic_prefix: str) -> 
         database_url, http_port=port, mqtt_url=broker.url, mqtt_client_id=f"ingest-{topic_prefix}",
         mqtt_shared_group=f"ingest-{topic_prefix}" if broker.supports_shared_subscriptions else None,
     )
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    wait_until(lambda: srv.started, timeout_s=30)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=15)
+    with served(create_app(settings), port) as url:
+        yield url
 
 
 SID = "st-008"

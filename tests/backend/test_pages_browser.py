@@ -3,20 +3,18 @@ taken here are the ones in docs/counter.md and docs/owner.md."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 
 from backend.api.app import create_app
 from bikeguard.services import free_port
 from tests import factories
-from tests.backend.test_ingest import wait_until
 from tests.browser import browser_page, console_errors, require_chromium
+from tests.serving import served
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
@@ -26,14 +24,8 @@ def server(database_url: str) -> Iterator[str]:
     """The backend (API and pages, no ingest) served by uvicorn on a free port."""
     require_chromium()
     port = free_port()
-    app = create_app(factories.settings(database_url, http_port=port), run_ingest=False)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    wait_until(lambda: srv.started, timeout_s=30)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=15)
+    with served(create_app(factories.settings(database_url, http_port=port), run_ingest=False), port) as url:
+        yield url
 
 
 def _clerk(database_url: str) -> str:

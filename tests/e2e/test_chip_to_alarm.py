@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
 
 from backend.api.app import create_app
 from bikeguard.demo import GatewayFleet, bootstrap_admin, report_theft_as_owner, seed_backend, sign_in
@@ -24,6 +23,7 @@ from gateway.settings import GatewaySettings
 from protocol.messages import format_tag
 from tests import factories
 from tests.backend.test_ingest import wait_until
+from tests.serving import served
 
 
 @pytest.fixture
@@ -35,13 +35,8 @@ def backend_url(database_url: str, broker: Broker, topic_prefix: str) -> Iterato
         mqtt_shared_group=f"e2e-{topic_prefix}" if broker.supports_shared_subscriptions else None,
         http_port=port,
     )
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout_s=30)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=15)
+    with served(create_app(settings), port) as url:
+        yield url
 
 
 class LiveFeedReader:
