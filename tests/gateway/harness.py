@@ -78,7 +78,7 @@ def fast_settings(
 
 
 async def eventually(
-    check: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition", interval_s: float = 0.02
+    check: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition", interval_s: float = 0.02
 ) -> Any:
     """Poll check until it returns something truthy; return it, or fail after timeout_s."""
     deadline = time.monotonic() + timeout_s
@@ -124,7 +124,7 @@ class Watcher:
         """Payloads received on one station topic kind (sightings, alerts, status)."""
         return [p for k, p in self.messages if k == kind]
 
-    async def wait(self, kind: str, count: int = 1, timeout_s: float = 5.0) -> list[bytes]:
+    async def wait(self, kind: str, count: int = 1, timeout_s: float = 15.0) -> list[bytes]:
         """Wait until `count` messages of a kind have arrived; return them all."""
         return await eventually(
             lambda: len(self.of(kind)) >= count and self.of(kind), timeout_s, f"{count} {kind} message(s)"
