@@ -103,7 +103,9 @@ def test_stolen_bike_passing_a_station_raises_an_alarm_on_the_live_feed(
         # The stolen bike's passages land in the database too, and nothing was refused on the way.
         wait_until(lambda: _count(database_url, "SELECT count(*) FROM sightings WHERE tag_id = %s",
                                   bike.tag_id) > 0, timeout_s=60)
-        assert _count(database_url, "SELECT count(*) FROM rejected_messages") == 0
+        # (Only the town's topics: the shared broker also hands the backend other tests' retained statuses.)
+        refused = "SELECT count(*) FROM rejected_messages WHERE split_part(topic, '/', 4) = ANY(%s)"
+        assert _count(database_url, refused, list(runner.ports)) == 0
         assert _count(database_url, "SELECT count(*) FROM alarms") == 1
         stations = police.get("/api/stations").json()
         assert {s["state"] for s in stations} == {"online"}
