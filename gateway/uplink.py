@@ -80,8 +80,9 @@ class Uplink:
         backoff = self.settings.reconnect_min_s
         connected_at = 0.0
         while True:
+            client = self._client()
             try:
-                async with self._client() as client:
+                async with client:
                     self.connected = True
                     self.connects += 1
                     connected_at = time.monotonic()
@@ -104,6 +105,11 @@ class Uplink:
                 if self.connected and time.monotonic() - connected_at >= _STABLE_S:
                     backoff = self.settings.reconnect_min_s
                 self.connected = False
+                _forget_disconnect_error(client)
+            # Told to stop while a failing connection was being closed: stop, do not reconnect.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             # Jitter keeps a fleet that lost the broker together from reconnecting in lockstep.
             delay = random.uniform(backoff / 2, backoff)
             log.info("%s: reconnecting in %.1f s", self.settings.station_id, delay)
@@ -114,10 +120,22 @@ class Uplink:
         await self._publish_status(client)
         await client.subscribe(HOTLIST, qos=1)
         await client.subscribe(command_topic(self.settings.station_id, "+"), qos=1)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._receive(client))
-            tasks.create_task(self._drain(client))
-            tasks.create_task(self._heartbeat(client))
+        # Not a TaskGroup: on Python 3.11 one whose task fails leaves our task marked as cancelled, and one
+        # cancelled from outside just as a task fails reports the failure and drops the cancellation.
+        parts = [
+            asyncio.create_task(self._receive(client)),
+            asyncio.create_task(self._drain(client)),
+            asyncio.create_task(self._heartbeat(client)),
+        ]
+        try:
+            await asyncio.wait(parts, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for part in parts:
+                part.cancel()
+            await asyncio.wait(parts)
+        errors = [e for part in parts if not part.cancelled() and (e := part.exception()) is not None]
+        if errors:
+            raise errors[0]
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         offline = StationStatus(station_id=self.settings.station_id, state="offline", sent_at=utcnow())
@@ -245,3 +263,14 @@ class Uplink:
                 message.version,
                 self.hotlist.version,
             )
+
+
+def _forget_disconnect_error(client: aiomqtt.Client) -> None:
+    """Read the reason a lost connection ended with (already logged by whoever noticed first).
+
+    aiomqtt keeps it in a future that only its message iterator reads; when a failed publish noticed the
+    loss first, nobody does, and asyncio reports "Future exception was never retrieved" at error level.
+    """
+    disconnected = getattr(client, "_disconnected", None)
+    if isinstance(disconnected, asyncio.Future) and disconnected.done() and not disconnected.cancelled():
+        disconnected.exception()

@@ -186,6 +186,39 @@ async def test_last_will_says_offline_when_the_connection_dies_uncleanly(
     assert final.state == "offline" and final.sent_at is not None
 
 
+async def test_a_station_stops_when_told_to_even_when_the_broker_no_longer_answers(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path, hop: TcpHop
+) -> None:
+    settings = fast_settings(topic_prefix, module.path, hop.url, tmp_path / "s.spool", publish_timeout_s=1)
+    await hop.open()
+    station = Station(settings)
+    task = asyncio.create_task(station.run())
+    await eventually(lambda: station.uplink is not None and station.uplink.connected, what="connected")
+    await hop.freeze()  # the goodbye and the DISCONNECT both go unanswered
+
+    task.cancel()
+    await asyncio.wait({task}, timeout=10)
+
+    assert task.cancelled()  # stopped, not back to reconnecting after the failed goodbye
+
+
+async def test_a_station_told_to_stop_just_as_its_connection_drops_stops(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path, hop: TcpHop
+) -> None:
+    # A race (it used to be lost about one time in 25): the failed session must not swallow the stop.
+    for attempt in range(24):
+        settings = fast_settings(topic_prefix, module.path, hop.url, tmp_path / f"{attempt}.spool")
+        await hop.open()
+        station = Station(settings)
+        task = asyncio.create_task(station.run())
+        await eventually(lambda s=station: s.uplink is not None and s.uplink.connected, what="connected")
+        await hop.cut()
+        await asyncio.sleep(attempt % 3 / 1000)
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)
+        assert task.cancelled(), f"attempt {attempt}: still running"
+
+
 async def test_garbage_on_the_serial_line_is_counted_and_the_frames_around_it_become_sightings(
     broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
 ) -> None:
