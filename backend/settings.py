@@ -55,6 +55,8 @@ class BackendSettings(BaseSettings):
 
     # Accounts and sessions.
     session_ttl_s: int = Field(default=8 * 3600, ge=60)
+    # Live streams send a keep-alive comment this often when idle, and check their session is still valid.
+    live_keepalive_s: float = Field(default=15.0, gt=0)
     session_cookie_secure: bool | None = Field(default=None, description="HTTPS-only cookie; on in production")
     login_max_failures: int = Field(default=5, ge=1, description="failed logins per account per window")
     login_max_failures_per_address: int = Field(default=50, ge=1)

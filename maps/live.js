@@ -469,6 +469,16 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
         setLive("reconnecting", "reconnecting…");
       }
     };
+    // The session ended (signed out elsewhere, expired, account disabled): no more events, ask to sign in.
+    source.addEventListener("signed-out", function () {
+      source.close();
+      setLive("signed-out", "signed out");
+      var status = $("bg-live-status");
+      var again = document.createElement("a");
+      again.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+      again.textContent = "Sign in again";
+      status.appendChild(again);
+    });
     source.addEventListener("alarm", function (ev) {
       var a;
       try { a = JSON.parse(ev.data); } catch (err) { console.warn("bikeguard: unreadable alarm event", ev.data); return; }

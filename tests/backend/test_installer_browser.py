@@ -134,6 +134,7 @@ def server_with_ingest(database_url: str, broker: Broker, topic_prefix: str) -> 
     settings = factories.settings(
         database_url, http_port=port, mqtt_url=broker.url, mqtt_client_id=f"ingest-{topic_prefix}",
         mqtt_shared_group=f"ingest-{topic_prefix}" if broker.supports_shared_subscriptions else None,
+        live_keepalive_s=0.5,
     )
     with served(create_app(settings), port) as url:
         yield url
@@ -266,6 +267,11 @@ def test_installer_watches_a_self_test_step_by_step_and_the_station_become_commi
         assert page.inner_text(".bg-tab[data-tab='selftest']") == "自检"
         assert page.inner_text(".bg-run .bg-step[data-seq='4'] b") == "4. 读到测试标签"
         assert page.inner_text("#selftest-lifecycle") == "已调试"
+
+        with psycopg.connect(database_url) as conn:  # signed out on another device: the stream ends too
+            conn.execute("UPDATE sessions SET revoked_at = now()")
+        page.wait_for_selector("#selftest-live a[href='/login?next=%2Finstaller%23selftest']")
+        assert page.inner_text("#selftest-live") == "已退出登录：请重新登录"
         assert console_errors(page) == []
 
 

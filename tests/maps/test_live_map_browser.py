@@ -202,3 +202,25 @@ def test_station_offline_alarm_names_the_station_and_no_bike(
         assert "Tag" not in text and "no plate" not in text and "Replay" not in text
         assert page.locator(".bg-alarm-label", has_text=station["name"]).count() == 1
         assert console_errors(page) == []
+
+
+def test_a_feed_that_says_signed_out_stops_and_offers_to_sign_in_again(
+    town: dict[str, Any], map_server_factory: Callable[..., Any]
+) -> None:
+    require_chromium()
+    server = map_server_factory(build_live_map(town["stations"], town["roads"], town["activity"], []), town["activity"])
+
+    with browser_page() as page:
+        page.goto(f"{server.url}/")
+        page.wait_for_selector("#bg-live-status.connected")
+        server.send("signed-out", {})
+
+        page.wait_for_selector("#bg-live-status.signed-out")
+        assert page.locator("#bg-live-status span").inner_text() == "Live feed: signed out"
+        again = page.locator("#bg-live-status a")
+        assert again.inner_text() == "Sign in again"
+        assert again.get_attribute("href") == "/login?next=%2F"
+        page.wait_for_timeout(1500)  # no reconnecting: the page does not retry a session that ended
+        assert page.locator("#bg-live-status.signed-out").count() == 1
+        assert server.requests.count("/api/live") == 1
+        assert console_errors(page) == []

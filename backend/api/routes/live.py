@@ -9,18 +9,18 @@ from fastapi.responses import StreamingResponse
 
 from backend import alarms
 from backend.accounts import User
-from backend.api.deps import allow
+from backend.api.deps import Token, allow
+from backend.api.streams import event_stream
 
 router = APIRouter(prefix="/api", tags=["live"])
 
 
 @router.get("/live")
-async def live(request: Request, user: Annotated[User, allow("police", "admin", "installer")]) -> StreamingResponse:
+async def live(
+    request: Request, token: Token, user: Annotated[User, allow("police", "admin", "installer")]
+) -> StreamingResponse:
     """Police, admin: alarm changes as they happen (`event: alarm`, data: the alarm as in /api/alarms/{id}).
-    Installer: those of alarms about stations."""
+    Installer: those of alarms about stations. Ends with `event: signed-out` when the session does."""
     scope = alarms.INSTALLERS if user.role == "installer" else alarms.POLICE
-    return StreamingResponse(
-        request.app.state.live.events(scope),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    keepalive_s = request.app.state.settings.live_keepalive_s
+    return event_stream(request, request.app.state.live.events(scope, keepalive_s), token)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from backend import selftests, station_health, stations
 from backend.accounts import User
-from backend.api.deps import Conn, allow
+from backend.api.deps import Conn, Token, allow
 from backend.api.schemas import (
     RoadsCreate,
     StationActivity,
@@ -23,6 +23,7 @@ from backend.api.schemas import (
     StationRegister,
     StationUpdate,
 )
+from backend.api.streams import event_stream
 from protocol.messages import utcnow
 
 router = APIRouter(prefix="/api", tags=["stations"])
@@ -118,17 +119,16 @@ async def selftest_runs(station_id: StationId, conn: Conn, _user: Installer,
 
 
 @router.get("/stations/{station_id}/selftests/live")
-async def selftest_live(station_id: StationId, request: Request, conn: Conn, _user: Installer) -> StreamingResponse:
+async def selftest_live(
+    station_id: StationId, request: Request, conn: Conn, token: Token, _user: Installer
+) -> StreamingResponse:
     """Installer, admin: the station's self-tests as they run, as server-sent events: `ready` (listening: load
     the runs so far now), `step` and `run` (as in /selftests), `station` (its record, when its life cycle
-    changed)."""
+    changed); `signed-out` when the session ends."""
     await stations.get_station(conn, station_id)  # 404 for a station that does not exist
-    state = request.app.state
-    return StreamingResponse(
-        selftests.live_events(state.settings.database_url, state.pool, station_id),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    settings = request.app.state.settings
+    events = selftests.live_events(settings.database_url, request.app.state.pool, station_id, settings.live_keepalive_s)
+    return event_stream(request, events, token)
 
 
 @router.get("/roads")

@@ -56,6 +56,13 @@
       lifecycleFrom(mine, JSON.parse(ev.data));
       if (mine === view) { render(); }
     });
+    source.addEventListener("signed-out", function () {
+      source.close();
+      var badge = document.getElementById("selftest-live");
+      badge.classList.remove("on");
+      badge.innerHTML = '<a href="/login?next=' + encodeURIComponent("/installer#selftest") + '">' +
+        esc(t("st_signed_out")) + "</a>";
+    });
     source.onerror = function () { if (mine === view) { live(false); } };
   }
 
