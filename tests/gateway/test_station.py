@@ -186,22 +186,6 @@ async def test_last_will_says_offline_when_the_connection_dies_uncleanly(
     assert final.state == "offline" and final.sent_at is not None
 
 
-async def test_a_station_stops_when_told_to_even_when_the_broker_no_longer_answers(
-    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path, hop: TcpHop
-) -> None:
-    settings = fast_settings(topic_prefix, module.path, hop.url, tmp_path / "s.spool", publish_timeout_s=1)
-    await hop.open()
-    station = Station(settings)
-    task = asyncio.create_task(station.run())
-    await eventually(lambda: station.uplink is not None and station.uplink.connected, what="connected")
-    await hop.freeze()  # the goodbye and the DISCONNECT both go unanswered
-
-    task.cancel()
-    await asyncio.wait({task}, timeout=10)
-
-    assert task.cancelled()  # stopped, not back to reconnecting after the failed goodbye
-
-
 async def test_a_station_told_to_stop_just_as_its_connection_drops_stops(
     broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path, hop: TcpHop
 ) -> None:
