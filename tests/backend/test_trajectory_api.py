@@ -82,8 +82,10 @@ def test_gpx_download_reads_back_with_the_stops_in_order(ride: dict[str, Any]) -
 
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/gpx+xml"
-    day = ride["start"].date().isoformat()
-    assert r.headers["content-disposition"] == f'attachment; filename="bike-{ride["bike_id"]}-{day}.gpx"'
+    # Named after the window's days: one day, or first_last when the hour asked for runs past midnight UTC.
+    first, last = ride["start"].date(), datetime.fromisoformat(ride["window"]["until"]).date()
+    days = first.isoformat() if first == last else f"{first}_{last}"
+    assert r.headers["content-disposition"] == f'attachment; filename="bike-{ride["bike_id"]}-{days}.gpx"'
     assert r.headers["cache-control"] == "no-store"
     gpx = gpxpy.parse(r.text)
     points = gpx.tracks[0].segments[0].points
