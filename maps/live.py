@@ -120,7 +120,9 @@ def _chrome() -> str:
         '<aside id="bg-panel">'
         '<form id="bg-search" autocomplete="off">'
         '<input id="bg-search-q" name="q" maxlength="40" required placeholder="Plate, frame number or chip id">'
-        '<input id="bg-search-case" name="case_number" maxlength="40" placeholder="Case no. (owner)">'
+        '<input id="bg-search-case" name="case_number" maxlength="40" placeholder="Case no. (owner, replay)"'
+        ' title="A case number unlocks the details of the owner and the replay of a bike not reported stolen;'
+        ' both are recorded in the audit log">'
         '<button type="submit">Find</button>'
         '<div id="bg-search-result" role="status"></div>'
         "</form>"
