@@ -25,7 +25,7 @@ def test_police_assign_an_alarm_and_who_did_it_is_recorded_and_announced(staff: 
         listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
         r = staff.police.post(f"/api/alarms/{alarm_id}/assign", json={"assignee": "Officer Chen"})
         assert r.status_code == 200, r.text
-        heard = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+        heard = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
     body = r.json()
     me = staff.police.get("/api/auth/me").json()["display_name"]
     assert body["assignee"] == "Officer Chen" and body["assigned_by"] == me and body["assigned_at"]

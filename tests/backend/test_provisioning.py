@@ -59,7 +59,7 @@ def _client(port: int, user: str, password: str) -> tuple[mqtt.Client, threading
     c.on_connect = on_connect
     c.connect("127.0.0.1", port)
     c.loop_start()
-    connected.wait(5)
+    connected.wait(15)
     return c, connected, codes
 
 

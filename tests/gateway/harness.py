@@ -156,7 +156,7 @@ async def watching(broker: Broker, station_id: str) -> AsyncIterator[Watcher]:
                 await task
 
 
-async def retained(broker: Broker, topic: str, timeout_s: float = 3.0) -> bytes | None:
+async def retained(broker: Broker, topic: str, timeout_s: float = 10.0) -> bytes | None:
     """The retained message on a topic, as a newly connecting subscriber sees it."""
     async with mqtt_client(broker) as client:
         await client.subscribe(topic, qos=1)

@@ -67,7 +67,7 @@ async def test_arguments_override_env_and_sigterm_spools_open_passages_and_says_
             module.send(beacon(0x5151))
             return any(StationStatus.parse(p).beacons_total for p in watcher.of("status"))
 
-        await eventually(counted, timeout_s=5, what="a status counting beacons")
+        await eventually(counted, timeout_s=15, what="a status counting beacons")
 
         proc.send_signal(signal.SIGTERM)
         await eventually(lambda: proc.poll() is not None, timeout_s=10, what="the gateway to exit")
