@@ -60,7 +60,7 @@ async def test_arguments_override_env_and_sigterm_spools_open_passages_and_says_
     }
     async with watching(broker, topic_prefix) as watcher:
         proc = start_gateway(station_args(topic_prefix, module, broker, spool), env)
-        await watcher.wait("status", timeout_s=10)
+        await watcher.wait("status", timeout_s=30)
 
         def counted() -> bool:
             # Beacons written before the gateway opened the port are flushed by pyserial: resend.
@@ -70,7 +70,7 @@ async def test_arguments_override_env_and_sigterm_spools_open_passages_and_says_
         await eventually(counted, timeout_s=15, what="a status counting beacons")
 
         proc.send_signal(signal.SIGTERM)
-        await eventually(lambda: proc.poll() is not None, timeout_s=10, what="the gateway to exit")
+        await eventually(lambda: proc.poll() is not None, timeout_s=30, what="the gateway to exit")
         assert proc.returncode == 0
 
         def offline() -> StationStatus | None:
@@ -90,7 +90,7 @@ async def test_a_killed_gateway_is_reported_offline_by_its_last_will(
 ) -> None:
     async with watching(broker, topic_prefix) as watcher:
         proc = start_gateway(station_args(topic_prefix, module, broker, tmp_path / "s.spool"), {})
-        [online] = await watcher.wait("status", timeout_s=10)
+        [online] = await watcher.wait("status", timeout_s=30)
         assert StationStatus.parse(online).state == "online"
 
         proc.kill()
