@@ -11,10 +11,11 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import random
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiomqtt
 
@@ -26,6 +27,7 @@ from protocol.topics import HOTLIST, command_topic, station_topic
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _STABLE_S = 10.0
 _READ_AHEAD = 4  # windows of messages read from the spool at once while draining
 
@@ -83,6 +85,7 @@ class Uplink:
             client = self._client()
             try:
                 async with client:
+                    _stop_if_told()
                     self.connected = True
                     self.connects += 1
                     connected_at = time.monotonic()
@@ -106,10 +109,7 @@ class Uplink:
                     backoff = self.settings.reconnect_min_s
                 self.connected = False
                 _forget_disconnect_error(client)
-            # Told to stop while a failing connection was being closed: stop, do not reconnect.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
+            _stop_if_told()  # while a failing connection was being closed: stop, do not reconnect
             # Jitter keeps a fleet that lost the broker together from reconnecting in lockstep.
             delay = random.uniform(backoff / 2, backoff)
             log.info("%s: reconnecting in %.1f s", self.settings.station_id, delay)
@@ -118,8 +118,8 @@ class Uplink:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         await self._publish_status(client)
-        await client.subscribe(HOTLIST, qos=1)
-        await client.subscribe(command_topic(self.settings.station_id, "+"), qos=1)
+        await self._answered(client.subscribe(HOTLIST, qos=1, timeout=math.inf))
+        await self._answered(client.subscribe(command_topic(self.settings.station_id, "+"), qos=1, timeout=math.inf))
         # Not a TaskGroup: on Python 3.11 one whose task fails leaves our task marked as cancelled, and one
         # cancelled from outside just as a task fails reports the failure and drops the cancellation.
         parts = [
@@ -141,11 +141,24 @@ class Uplink:
         offline = StationStatus(station_id=self.settings.station_id, state="offline", sent_at=utcnow())
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
             async with asyncio.timeout(2.0):
-                await client.publish(self.status_topic, offline.to_json(), qos=1, retain=True)
+                await client.publish(self.status_topic, offline.to_json(), qos=1, retain=True, timeout=math.inf)
                 log.info("%s: offline", self.settings.station_id)
 
     async def _publish_status(self, client: aiomqtt.Client) -> None:
-        await client.publish(self.status_topic, self.status().to_json(), qos=1, retain=True)
+        await self._answered(client.publish(self.status_topic, self.status().to_json(), qos=1, retain=True,
+                                            timeout=math.inf))
+
+    async def _answered(self, call: Awaitable[T]) -> T:
+        """Await an aiomqtt publish or subscribe made with timeout=math.inf, under our own publish timeout.
+
+        aiomqtt's own timeout is asyncio.wait_for, which on Python 3.11 drops a cancellation that arrives just
+        as the broker answers: a busy gateway told to stop would have gone on running.
+        """
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                return await call
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
 
     async def _heartbeat(self, client: aiomqtt.Client) -> None:
         while True:
@@ -179,7 +192,9 @@ class Uplink:
                         )
                     while ahead and len(flying) < window:
                         entry = ahead.popleft()
-                        task = asyncio.create_task(client.publish(entry.topic, entry.payload, qos=1))
+                        task = asyncio.create_task(
+                            self._answered(client.publish(entry.topic, entry.payload, qos=1, timeout=math.inf))
+                        )
                         flying[task] = entry
                 if acked and (len(acked) >= window // 2 or not flying):
                     self._ack(acked)
@@ -263,6 +278,14 @@ class Uplink:
                 message.version,
                 self.hotlist.version,
             )
+
+
+def _stop_if_told() -> None:
+    """Raise the cancellation of this task if one was requested but dropped on the way (see Uplink._answered):
+    told to stop, we stop rather than go on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _forget_disconnect_error(client: aiomqtt.Client) -> None:

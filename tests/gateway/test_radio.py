@@ -16,7 +16,7 @@ from tests.gateway.harness import FakeModule, beacon, eventually
 pytestmark = pytest.mark.anyio
 
 
-async def receive(radio: Radio, count: int, timeout_s: float = 3.0) -> list[Reception]:
+async def receive(radio: Radio, count: int, timeout_s: float = 15.0) -> list[Reception]:
     """The next `count` frames from the radio."""
     async with asyncio.timeout(timeout_s):
         return [await radio.get() for _ in range(count)]

@@ -203,6 +203,23 @@ async def test_a_station_told_to_stop_just_as_its_connection_drops_stops(
         assert task.cancelled(), f"attempt {attempt}: still running"
 
 
+async def test_a_busy_station_told_to_stop_stops(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    # A status every 2 ms keeps PUBACKs arriving: a stop that lands just as one does used to be dropped
+    # (about one time in 20), and the gateway went on running.
+    for attempt in range(30):
+        settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / f"{attempt}.spool",
+                                 status_interval_s=0.002)
+        station = Station(settings)
+        task = asyncio.create_task(station.run())
+        await eventually(lambda s=station: s.uplink is not None and s.uplink.connected, what="connected")
+        await asyncio.sleep(0.05 + attempt % 7 * 0.003)
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)
+        assert task.done(), f"attempt {attempt}: still running"
+
+
 async def test_garbage_on_the_serial_line_is_counted_and_the_frames_around_it_become_sightings(
     broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
 ) -> None:
