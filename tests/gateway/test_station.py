@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bikeguard.services import Broker, free_port
+from gateway.settings import GatewaySettings
 from gateway.spool import Spool
 from gateway.station import Station
 from protocol.frames import ModuleStatus, TagFlags, encode
@@ -186,6 +189,17 @@ async def test_last_will_says_offline_when_the_connection_dies_uncleanly(
     assert final.state == "offline" and final.sent_at is not None
 
 
+async def connect_then_stop(settings: GatewaySettings, meanwhile: Callable[[], Awaitable[Any]]) -> asyncio.Task[None]:
+    """Run a station until it is connected, await `meanwhile()`, tell it to stop; its task, at most 10 s later."""
+    station = Station(settings)
+    task = asyncio.create_task(station.run())
+    await eventually(lambda: station.uplink is not None and station.uplink.connected, what="connected")
+    await meanwhile()
+    task.cancel()
+    await asyncio.wait({task}, timeout=10)
+    return task
+
+
 async def test_a_station_told_to_stop_just_as_its_connection_drops_stops(
     broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path, hop: TcpHop
 ) -> None:
@@ -193,13 +207,12 @@ async def test_a_station_told_to_stop_just_as_its_connection_drops_stops(
     for attempt in range(24):
         settings = fast_settings(topic_prefix, module.path, hop.url, tmp_path / f"{attempt}.spool")
         await hop.open()
-        station = Station(settings)
-        task = asyncio.create_task(station.run())
-        await eventually(lambda s=station: s.uplink is not None and s.uplink.connected, what="connected")
-        await hop.cut()
-        await asyncio.sleep(attempt % 3 / 1000)
-        task.cancel()
-        await asyncio.wait({task}, timeout=10)
+
+        async def cut(delay_s: float = attempt % 3 / 1000) -> None:
+            await hop.cut()
+            await asyncio.sleep(delay_s)
+
+        task = await connect_then_stop(settings, cut)
         assert task.cancelled(), f"attempt {attempt}: still running"
 
 
@@ -211,12 +224,7 @@ async def test_a_busy_station_told_to_stop_stops(
     for attempt in range(30):
         settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / f"{attempt}.spool",
                                  status_interval_s=0.002)
-        station = Station(settings)
-        task = asyncio.create_task(station.run())
-        await eventually(lambda s=station: s.uplink is not None and s.uplink.connected, what="connected")
-        await asyncio.sleep(0.05 + attempt % 7 * 0.003)
-        task.cancel()
-        await asyncio.wait({task}, timeout=10)
+        task = await connect_then_stop(settings, lambda a=attempt: asyncio.sleep(0.05 + a % 7 * 0.003))
         assert task.done(), f"attempt {attempt}: still running"
 
 
