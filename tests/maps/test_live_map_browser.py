@@ -103,7 +103,7 @@ def test_alarm_update_moves_the_marker_and_extends_the_trail_and_clearing_remove
         item = page.locator(".bg-alarm[data-alarm-id='41']")
         item.wait_for()
         server.send("alarm", moved)
-        page.wait_for_function("document.querySelector(\"[data-alarm-id='41']\").innerText.includes('S-012')")
+        page.wait_for_function("document.querySelector(\"[data-alarm-id='41']\")?.innerText.includes('S-012')")
 
         assert page.locator("#bg-alarm-list > li").count() == 1
         assert "5 sightings" in item.inner_text()

@@ -128,7 +128,7 @@ def test_a_searched_bike_not_stolen_is_replayed_only_with_a_case_number_and_clos
         page.fill("#bg-search-case", "HZ-2026-1122")
         page.click("#bg-search button[type=submit]")
         page.wait_for_function(
-            "!document.querySelector(\"#bg-search-result button[data-replay-result='0']\").disabled")
+            "document.querySelector(\"#bg-search-result button[data-replay-result='0']\")?.disabled === false")
         page.locator("#bg-search-result button[data-replay-result='0']").click()
         page.wait_for_selector(f"{BAR} .bg-replay-slider")
         href = page.locator(".bg-replay-menu a[data-format='csv']").get_attribute("href") or ""
@@ -180,6 +180,7 @@ def test_the_standalone_trajectory_map_plays_with_the_same_replay(
         before = page.locator(".bg-replay-time b").inner_text()
         page.locator(".bg-replay-speeds button[data-speed='600']").click()
         page.locator(".bg-replay-play").click()
-        page.wait_for_function("document.querySelector('.bg-replay-time b').textContent !== " + repr(before))
+        page.wait_for_function(
+            "(t => t != null && t !== " + repr(before) + ")(document.querySelector('.bg-replay-time b')?.textContent)")
         page.screenshot(path=str(tmp_path / "trajectory.png"))
         assert console_errors(page) == []
