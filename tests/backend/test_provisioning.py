@@ -63,6 +63,14 @@ def _client(port: int, user: str, password: str) -> tuple[mqtt.Client, threading
     return c, connected, codes
 
 
+def subscribe_and_wait(client: mqtt.Client, subscriptions: list[tuple[str, int]]) -> None:
+    """Subscribe and return once the broker has acknowledged (SUBACK), so nothing published after is missed."""
+    acknowledged = threading.Event()
+    client.on_subscribe = lambda *_a: acknowledged.set()
+    client.subscribe(subscriptions)
+    assert acknowledged.wait(15), f"the broker did not acknowledge the subscription to {subscriptions}"
+
+
 @pytest.mark.mosquitto
 def test_with_generated_files_a_station_cannot_publish_as_another(tmp_path: Path):
     require_mosquitto()
@@ -77,8 +85,7 @@ def test_with_generated_files_a_station_cannot_publish_as_another(tmp_path: Path
         backend, _, codes = _client(broker.port, "bikeguard-backend", passwords["bikeguard-backend"])
         assert codes == [0]
         backend.on_message = lambda _c, _u, m: received.append(m.topic)
-        backend.subscribe(topics.station_filter("sightings"), qos=1)
-        time.sleep(0.3)
+        subscribe_and_wait(backend, [(topics.station_filter("sightings"), 1)])
 
         station_a, _, codes = _client(broker.port, "st-a", passwords["st-a"])
         assert codes == [0]

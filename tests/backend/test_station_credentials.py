@@ -23,7 +23,7 @@ from protocol import topics
 from tests import factories
 from tests.backend.conftest import Staff
 from tests.backend.test_ingest import wait_until
-from tests.backend.test_provisioning import require_mosquitto
+from tests.backend.test_provisioning import require_mosquitto, subscribe_and_wait
 from tests.backend.test_station_registry import new_station
 
 BACKEND_PASSWORD = "backend secret for the broker"
@@ -175,7 +175,7 @@ class _Station:
         self.client.on_message = lambda _c, _u, m: self.received.append(m.topic)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        wait_until(lambda: bool(self.codes), 5)
+        wait_until(lambda: bool(self.codes), 15)
 
     @property
     def accepted(self) -> bool:
@@ -210,9 +210,8 @@ def test_mosquitto_with_files_from_the_database_follows_rotation_and_decommissio
     try:
         backend = _Station(broker.port, "bikeguard-backend", BACKEND_PASSWORD)
         assert backend.accepted
-        backend.client.subscribe([(topics.station_filter("sightings"), 1),
-                                   (topics.station_topic(a, topics.SELFTEST), 1)])
-        time.sleep(0.3)
+        subscribe_and_wait(backend.client, [(topics.station_filter("sightings"), 1),
+                                            (topics.station_topic(a, topics.SELFTEST), 1)])
         station_a = _Station(broker.port, a, password_a)
         assert station_a.accepted and not _accepted(broker.port, a, password_b)
         for topic in (topics.station_topic(b, "sightings"), topics.station_topic(a, "sightings"),
