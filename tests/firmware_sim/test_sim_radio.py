@@ -150,7 +150,7 @@ def test_unread_pty_never_blocks_the_writer_and_drops_are_counted() -> None:
         start = time.monotonic()
         radio.pump()
         radio.pump()
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 5.0  # a blocking write would hang here for good
     assert radio.stats.bytes_dropped > 0
     assert radio.stats.bytes_written + radio.stats.bytes_dropped == 15 * 4000
 

@@ -75,16 +75,15 @@ async def test_hot_listed_tag_alerts_at_its_first_beacon_long_before_the_passage
         try:
             async with watching(broker, topic_prefix) as watcher, running(Station(settings)) as station:
                 await eventually(lambda: station.hotlist.version == version, what="the hot list")
-                sent = time.monotonic()
                 module.send(beacon(stolen, rssi_dbm=-60, antenna=1))
 
                 [raw] = await watcher.wait("alerts")
-                latency = time.monotonic() - sent
                 alert = Alert.parse(raw)
                 assert (alert.kind, alert.tag_id) == ("hotlist_hit", "00C0FFEE")
                 assert alert.hotlist_version == version
                 assert (alert.rssi_dbm, alert.antenna, alert.station_id) == (-60, 1, topic_prefix)
-                assert latency < 1.0
+                # How fast is bench/alarm_latency.py's business; here: at the first beacon, not at the
+                # passage's end.
                 assert station.aggregator.open_count == 1  # the passage is still open
                 assert watcher.of("sightings") == []
                 assert station.spool is not None
