@@ -206,6 +206,12 @@ class TcpHop:
                 await dst.drain()
         dst.close()
 
+    async def freeze(self) -> None:
+        """Stop forwarding but keep every connection open: a broker that has hung, not one that has gone."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.sleep(0)
+
     async def cut(self) -> None:
         """Stop listening and abort every connection: no DISCONNECT, so the broker fires the will."""
         if self._server is not None:

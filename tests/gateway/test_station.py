@@ -227,6 +227,25 @@ async def test_a_busy_station_told_to_stop_stops(
         assert task.done(), f"attempt {attempt}: still running"
 
 
+async def test_a_station_told_to_stop_while_its_broker_hangs_stops(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path, hop: TcpHop
+) -> None:
+    # The link stays open but nothing comes back: the goodbye (offline status) gets its 2 s, then the station
+    # stops; it used to stall now and then inside a publish under load.
+    for attempt in range(3):
+        settings = fast_settings(topic_prefix, module.path, hop.url, tmp_path / f"{attempt}.spool",
+                                 status_interval_s=0.01)
+        await hop.open()
+
+        async def hang(delay_s: float = 0.05 + attempt * 0.2) -> None:
+            await hop.freeze()
+            await asyncio.sleep(delay_s)
+
+        task = await connect_then_stop(settings, hang)
+        assert task.cancelled(), f"attempt {attempt}: still running"
+        await hop.cut()
+
+
 async def test_garbage_on_the_serial_line_is_counted_and_the_frames_around_it_become_sightings(
     broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
 ) -> None:
