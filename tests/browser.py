@@ -76,6 +76,18 @@ def browser_page(width: int = 1400, height: int = 900) -> Iterator[Page]:
             browser.close()
 
 
+def screenshot_path(name: str) -> Path:
+    """Where a test keeps the picture of a page a person would see: build/screenshots/ (look at them after a run).
+
+    BIKEGUARD_SCREENSHOTS=docs/screenshots refreshes the guides' pictures instead; a plain test run leaves the
+    repository untouched.
+    """
+    default = Path(__file__).resolve().parents[1] / "build" / "screenshots"
+    folder = Path(os.environ.get("BIKEGUARD_SCREENSHOTS") or default)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
 def screenshot(
     url: str, path: Path | str, *, width: int = 1400, height: int = 900, wait_for: str | None = None,
     settle_ms: int = 1000,

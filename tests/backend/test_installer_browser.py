@@ -23,8 +23,8 @@ from protocol.messages import SelfTestStep, SelfTestSummary, utcnow
 from protocol.topics import SELFTEST, station_topic
 from tests import factories
 from tests.backend.test_ingest import publish, wait_until  # noqa: F401 - the fixture
-from tests.backend.test_pages_browser import SHOTS, _sign_in, server  # noqa: F401 - the fixture
-from tests.browser import browser_page, console_errors, require_chromium
+from tests.backend.test_pages_browser import _sign_in, server  # noqa: F401 - the fixture
+from tests.browser import browser_page, console_errors, require_chromium, screenshot_path
 from tests.serving import served
 
 
@@ -79,11 +79,11 @@ def test_installer_sees_station_health_on_map_and_table_then_coverage(server: st
         frame.locator("path.leaflet-interactive").first.wait_for()
         assert frame.locator("path.leaflet-interactive[fill='#ca8a04']").count() == 1  # the degraded one
         page.wait_for_timeout(300)
-        page.screenshot(path=str(SHOTS / "installer.png"))
+        page.screenshot(path=str(screenshot_path("installer.png")))
         page.click(".bg-tab[data-tab='coverage']")
         page.frame_locator("#coverage-map").locator(".bg-coverage-summary").wait_for()
         assert "Road covered" in page.frame_locator("#coverage-map").locator(".bg-coverage-summary").inner_text()
-        page.screenshot(path=str(SHOTS / "installer-coverage.png"))
+        page.screenshot(path=str(screenshot_path("installer-coverage.png")))
         page.click(".bg-lang[data-lang='zh']")
         page.wait_for_selector("#station-table")
         assert "基站与状态" in page.inner_text(".bg-tabs")
@@ -113,7 +113,7 @@ def test_installer_acknowledges_and_clears_a_station_offline_alarm(server: str, 
         page.click("[data-alarm-act='acknowledge']")
         page.wait_for_selector(".bg-station-alarm.acknowledged")
         assert "acknowledged by Installer wang.lei" in page.inner_text(".bg-station-alarm")
-        page.screenshot(path=str(SHOTS / "installer-alarm.png"))
+        page.screenshot(path=str(screenshot_path("installer-alarm.png")))
         page.click("[data-alarm-act='clear']")
         page.wait_for_selector("#station-table")
         page.wait_for_function("!document.getElementById('station-alarms')")
@@ -245,7 +245,7 @@ def test_installer_watches_a_self_test_step_by_step_and_the_station_become_commi
                 assert page.inner_text(".bg-run .bg-step-next") == "5. Clock is in sync\nrunning…"
                 assert page.locator(".bg-run .bg-step-wait").count() == 4
                 assert page.inner_text(".bg-run-counts") == "4 of 8 steps"
-                page.screenshot(path=str(SHOTS / "installer-selftest-running.png"))
+                page.screenshot(path=str(screenshot_path("installer-selftest-running.png")))
         assert _lifecycle(database_url) == "installed"  # no summary yet
         publish(topic, second[-1].to_json())
         page.wait_for_selector("#selftest-lifecycle.bg-lc-commissioned")
@@ -259,7 +259,7 @@ def test_installer_watches_a_self_test_step_by_step_and_the_station_become_commi
         assert page.locator(".bg-runs-earlier details").count() == 1
         page.click(".bg-runs-earlier summary")
         page.wait_for_timeout(1600)  # the arrival highlights fade
-        page.screenshot(path=str(SHOTS / "installer-selftest.png"), full_page=True)
+        page.screenshot(path=str(screenshot_path("installer-selftest.png")), full_page=True)
 
         page.goto(f"{server_with_ingest}/installer?lang=zh&station={SID}#selftest")
         page.wait_for_selector("#selftest-live.on")

@@ -4,7 +4,6 @@ taken here are the ones in docs/counter.md and docs/owner.md."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -13,10 +12,8 @@ import pytest
 from backend.api.app import create_app
 from bikeguard.services import free_port
 from tests import factories
-from tests.browser import browser_page, console_errors, require_chromium
+from tests.browser import browser_page, console_errors, require_chromium, screenshot_path
 from tests.serving import served
-
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture
@@ -95,24 +92,24 @@ def test_clerk_registers_owner_bike_and_chip_with_messages_as_they_type(server: 
         page.type("#tag_id", taken["tag_id"])
         page.wait_for_function("document.querySelector('[data-for=tag_id]')?.textContent.includes('already fitted')")
         assert _message(page, "tag_id") == f"chip {taken['tag_id']} is already fitted to bike HZ-20001"
-        page.screenshot(path=str(SHOTS / "counter-validation.png"))
+        page.screenshot(path=str(screenshot_path("counter-validation.png")))
         page.fill("#tag_id", "")
         page.type("#tag_id", body["tag_id"])
         page.wait_for_function("document.querySelector('[data-for=tag_id]')?.textContent === 'Available'")
-        page.screenshot(path=str(SHOTS / "counter-register.png"))
+        page.screenshot(path=str(screenshot_path("counter-register.png")))
 
         page.click("#register-submit")
         page.wait_for_selector("#register-done:not([hidden])")
         assert page.inner_text("#done-plate") == "HZ-20002"
         assert page.inner_text("#slip-user") == owner["mobile"]
         assert len(page.inner_text("#slip-password")) == 10
-        page.screenshot(path=str(SHOTS / "counter-done.png"))
+        page.screenshot(path=str(screenshot_path("counter-done.png")))
 
         bike_href = page.get_attribute("#done-print", "href")
         page.goto(f"{server}{bike_href}?lang=en")
         page.wait_for_selector("#certificate svg")
         assert "HZ-20002" in page.inner_text("#certificate") and "W*** F***" in page.inner_text("#certificate")
-        page.screenshot(path=str(SHOTS / "certificate.png"), full_page=True)
+        page.screenshot(path=str(screenshot_path("certificate.png")), full_page=True)
         assert console_errors(page) == []
 
 
@@ -129,7 +126,7 @@ def test_counter_speaks_chinese_with_the_same_checks(server: str, database_url: 
         assert _message(page, "id_number") == "校验码不符：有字符输错了。"
         page.type("#plate", "AB")
         assert _message(page, "plate") == "不符合本地号牌格式（例如 HZ-12345）。"
-        page.screenshot(path=str(SHOTS / "counter-zh.png"))
+        page.screenshot(path=str(screenshot_path("counter-zh.png")))
         assert console_errors(page) == []
 
 
@@ -153,7 +150,7 @@ def test_clerk_finds_a_bike_replaces_its_chip_and_sees_the_history(server: str, 
         page.wait_for_selector(".bg-history-table table")
         history = page.inner_text(".bg-history-table")
         assert bike["tag_id"] in history and "6A6A6A6A" in history and "chip damaged" in history
-        page.screenshot(path=str(SHOTS / "counter-services.png"))
+        page.screenshot(path=str(screenshot_path("counter-services.png")))
         assert console_errors(page) == []
 
 
@@ -173,7 +170,7 @@ def test_owner_signs_in_with_the_slip_arms_and_reports_the_bike_stolen(server: s
         page.goto(f"{server}/portal?lang=en")
         _sign_in(page, slip["username"], slip["initial_password"])
         page.wait_for_selector("#password-form")  # a one-time password must be replaced first
-        page.screenshot(path=str(SHOTS / "owner-first-login.png"))
+        page.screenshot(path=str(screenshot_path("owner-first-login.png")))
         page.fill("#current", slip["initial_password"])
         page.fill("#new", "my own secret 42")
         page.fill("#repeat", "my own secret 4")
@@ -187,17 +184,17 @@ def test_owner_signs_in_with_the_slip_arms_and_reports_the_bike_stolen(server: s
 
         page.click(".bg-bike button[data-act=arm]")
         page.wait_for_selector(".bg-bike.armed")
-        page.screenshot(path=str(SHOTS / "owner-portal.png"))
+        page.screenshot(path=str(screenshot_path("owner-portal.png")))
 
         page.click(".bg-bike details[data-key=theft] summary")
         page.fill("[name=place]", "Wulin Square bike park")
         page.fill("[name=circumstances]", "Lock cut while I was shopping")
         page.fill("[name=police_report]", "HZ-110-2024-0815")
-        page.screenshot(path=str(SHOTS / "owner-report.png"))
+        page.screenshot(path=str(screenshot_path("owner-report.png")))
         page.click("form[data-act=theft] button")
         page.wait_for_selector(".bg-bike.stolen")
         assert "Reported stolen" in page.inner_text(".bg-bike")
-        page.screenshot(path=str(SHOTS / "owner-stolen.png"))
+        page.screenshot(path=str(screenshot_path("owner-stolen.png")))
         assert console_errors(page) == []
 
     with _api_as(server, slip["username"], "my own secret 42") as owner:
@@ -227,6 +224,6 @@ def test_verify_page_shows_the_answer_to_anyone(server: str, database_url: str) 
     with browser_page(900, 600) as page:
         page.goto(f"{server}/verify?token={token}&lang=en")
         assert page.get_attribute("#verify-result", "data-state") == "ok"
-        page.screenshot(path=str(SHOTS / "verify.png"))
+        page.screenshot(path=str(screenshot_path("verify.png")))
         page.goto(f"{server}/verify?token=BG1.AAAAAAAAAAE.forged&lang=en")
         assert page.get_attribute("#verify-result", "data-state") == "bad"

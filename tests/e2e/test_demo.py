@@ -16,9 +16,7 @@ import psutil
 
 from bikeguard.services import free_port
 from tests.backend.test_ingest import wait_until
-from tests.browser import browser_page, chromium_path, console_errors
-
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "demo.png"
+from tests.browser import browser_page, chromium_path, console_errors, screenshot_path
 
 
 def test_demo_shows_the_stolen_bike_on_the_map_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -99,6 +97,6 @@ def watch_the_theft_on_the_police_console(base: str, username: str, password: st
         page.wait_for_selector(f".bg-alarm.sev-critical >> text={alarm['station_name']}")
         assert page.locator("path.bg-trail").count() >= 1
         page.wait_for_timeout(1000)  # Leaflet's zoom animation
-        page.screenshot(path=str(SCREENSHOT))
+        page.screenshot(path=str(screenshot_path("demo.png")))
         assert console_errors(page) == []
     return took

@@ -9,7 +9,7 @@ from bikeguard.demo import town_roads_geojson
 from firmware_sim.town import Town
 from maps.assets import external_references
 from maps.coverage import build_coverage_map
-from tests.browser import screenshot
+from tests.browser import screenshot, screenshot_path
 
 
 def _town_coverage() -> tuple[object, list[dict], dict]:
@@ -32,6 +32,5 @@ def test_coverage_map_shows_gaps_and_suggested_sites_without_external_assets():
 def test_coverage_map_renders_in_a_browser(tmp_path: Path, map_server_factory):
     cov, stations, roads = _town_coverage()
     server = map_server_factory(build_coverage_map(cov, stations, roads).get_root().render(), [])
-    shot = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "coverage.png"
-    errors = screenshot(f"{server.url}/", shot, wait_for=".bg-site")
+    errors = screenshot(f"{server.url}/", screenshot_path("coverage.png"), wait_for=".bg-site")
     assert errors == []

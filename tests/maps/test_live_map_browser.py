@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from maps.live import build_live_map
-from tests.browser import browser_page, console_errors, require_chromium
+from tests.browser import browser_page, console_errors, require_chromium, screenshot_path
 
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "live-map.png"
 TRAIL = "path.bg-trail.leaflet-interactive"
 TRAIL_DOT = "path.bg-trail-dot.leaflet-interactive"
 HEADER_ANIMATING = (
@@ -66,8 +64,7 @@ def test_alarm_from_live_feed_appears_in_panel_with_its_trail(
         assert "Next: " in text and "62%" in text
 
         page.wait_for_function(f"!({HEADER_ANIMATING})", timeout=10_000)
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
+        page.screenshot(path=str(screenshot_path("live-map.png")))
         assert console_errors(page) == []
 
     assert "/api/stations/activity" in server.requests
@@ -120,7 +117,6 @@ def test_alarm_update_moves_the_marker_and_extends_the_trail_and_clearing_remove
         assert console_errors(page) == []
 
 
-ACTIONS_SCREENSHOT = SCREENSHOT.with_name("live-map-actions.png")
 
 
 def test_officer_acknowledges_assigns_and_finds_a_bike_from_the_map(
@@ -167,8 +163,7 @@ def test_officer_acknowledges_assigns_and_finds_a_bike_from_the_map(
         assert "HZ-77777" in page.locator("#bg-search-result").inner_text()
         assert where["name"] in page.locator("#bg-search-result").inner_text()
         page.wait_for_timeout(1200)  # the fly to the last station
-        ACTIONS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ACTIONS_SCREENSHOT))
+        page.screenshot(path=str(screenshot_path("live-map-actions.png")))
         assert console_errors(page) == []
 
     assert [(m, p, b) for m, p, b in server.api_calls if m == "POST"] == [

@@ -9,9 +9,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from maps.live import build_live_map
 from maps.trajectory import build_trajectory_map
-from tests.browser import browser_page, console_errors, require_chromium
+from tests.browser import browser_page, console_errors, require_chromium, screenshot_path
 
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "replay.png"
 BAR = ".bg-replay:not([hidden])"
 STATE = "bikeguard_live.replay.state()"
 
@@ -86,8 +85,7 @@ def test_replaying_a_stolen_bikes_alarm_animates_its_route_and_offers_the_export
         assert parse_qs(gpx.query) == {"since": [summary["since"]], "until": [summary["until"]]}
         page.locator(".bg-replay-export summary").click()
         page.wait_for_timeout(900)  # the map's fly to the route
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
+        page.screenshot(path=str(screenshot_path("replay.png")))
         assert console_errors(page) == []
 
     (call,) = [c for c in server.api_calls if c[1].startswith("/api/bikes/7/trajectory/summary")]
