@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import math
 import random
@@ -30,6 +31,34 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STABLE_S = 10.0
 _READ_AHEAD = 4  # windows of messages read from the spool at once while draining
+
+
+def tolerate_closed_socket_callbacks(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep a known aiomqtt race out of the error log; every other loop error goes where it went before.
+
+    aiomqtt has the loop call `add_writer(fd, …)` (call_soon_threadsafe) whenever paho wants to write. When the
+    connection drops in the same loop iteration, paho has closed the socket by the time that runs, and asyncio
+    reports "Exception in callback …add_writer(…)" with OSError EBADF. Nothing is lost: the connection is gone
+    and the uplink reconnects, resending whatever had no PUBACK. So it is a debug line, not an error.
+    """
+    previous = loop.get_exception_handler()
+    if getattr(previous, "tolerates_closed_sockets", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = str(context.get("message", ""))
+        if (isinstance(exc, OSError) and exc.errno == errno.EBADF
+                and ("add_writer(" in message or "add_reader(" in message)):
+            log.debug("socket closed before the loop watched it (connection already lost): %s", message)
+            return
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
+    handler.tolerates_closed_sockets = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
 
 
 class Uplink:
@@ -79,6 +108,7 @@ class Uplink:
 
     async def run(self) -> None:
         """Stay connected until cancelled; on cancellation say offline and disconnect cleanly."""
+        tolerate_closed_socket_callbacks(asyncio.get_running_loop())
         backoff = self.settings.reconnect_min_s
         connected_at = 0.0
         while True:

@@ -24,6 +24,7 @@ from gateway.selftest.clock import Skew, skew_from_date_header
 from gateway.selftest.report import StepResult
 from gateway.selftest.settings import SelfTestSettings
 from gateway.settings import GatewaySettings
+from gateway.uplink import tolerate_closed_socket_callbacks
 from protocol.messages import Hotlist, MessageError, StationStatus
 from protocol.topics import HOTLIST, station_topic
 
@@ -96,6 +97,7 @@ class UplinkSide:
         if unreachable is not None:
             return BrokerSession(unreachable)
 
+        tolerate_closed_socket_callbacks(asyncio.get_running_loop())
         offline = StationStatus(station_id=s.station_id, state="offline")
         client = aiomqtt.Client(
             host,

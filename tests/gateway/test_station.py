@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
+import socket
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +18,7 @@ from bikeguard.services import Broker, free_port
 from gateway.settings import GatewaySettings
 from gateway.spool import Spool
 from gateway.station import Station
+from gateway.uplink import tolerate_closed_socket_callbacks
 from protocol.frames import ModuleStatus, TagFlags, encode
 from protocol.messages import Alert, Hotlist, Sighting, SightingBatch, StationStatus, format_tag, utcnow
 from protocol.topics import HOTLIST, station_topic
@@ -225,6 +228,28 @@ async def test_a_busy_station_told_to_stop_stops(
                                  status_interval_s=0.002)
         task = await connect_then_stop(settings, lambda a=attempt: asyncio.sleep(0.05 + a % 7 * 0.003))
         assert task.done(), f"attempt {attempt}: still running"
+
+
+async def test_a_socket_closed_before_the_loop_watches_it_is_no_error_and_other_errors_still_are() -> None:
+    # The aiomqtt race behind "Exception in callback …add_writer(…)" when a connection drops: paho asks the loop
+    # to watch its socket for writing, and the socket is closed before the loop gets to it.
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    ours, theirs = socket.socketpair()
+    try:
+        tolerate_closed_socket_callbacks(loop)
+        tolerate_closed_socket_callbacks(loop)  # once per loop, however many uplinks run on it
+        fd = ours.fileno()
+        ours.close()
+        loop.call_soon(loop.add_writer, fd, lambda: None)
+        loop.call_soon(operator.truediv, 1, 0)
+        await asyncio.sleep(0.05)
+    finally:
+        loop.set_exception_handler(before)
+        theirs.close()
+    assert [type(c.get("exception")) for c in reported] == [ZeroDivisionError]
 
 
 async def test_a_station_told_to_stop_while_its_broker_hangs_stops(
