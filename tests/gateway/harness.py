@@ -220,6 +220,4 @@ class TcpHop:
         for w in self._writers:
             w.transport.abort()
         self._writers.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.sleep(0)
+        await self.freeze()
