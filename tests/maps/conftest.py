@@ -200,73 +200,76 @@ class MapServer:
         self._thread.join(timeout=5)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+        return type("Handler", (_MapHandler,), {"map_server": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-                pass
 
-            def _reply(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
+class _MapHandler(BaseHTTPRequestHandler):
+    """Serves one MapServer's page, fake API answers, live events and Leaflet assets."""
 
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                server.requests.append(path)
-                if path == "/":
-                    self._reply(200, server.page_html, "text/html; charset=utf-8")
-                elif path == "/api/stations/activity":
-                    self._reply(200, json.dumps(server.activity).encode(), "application/json")
-                elif path == "/api/live":
-                    self._live()
-                elif ("GET", path) in server.api_replies:
-                    server.api_calls.append(("GET", self.path, None))
-                    self._reply(200, json.dumps(server.api_replies[("GET", path)]).encode(), "application/json")
-                elif path.startswith("/assets/leaflet/"):
-                    target = (server.assets_dir / path.removeprefix("/assets/leaflet/")).resolve()
-                    if target.is_file() and target.is_relative_to(server.assets_dir):
-                        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-                        self._reply(200, target.read_bytes(), kind)
-                    else:
-                        self._reply(404, b"not found", "text/plain")
-                else:
-                    self._reply(404, b"not found", "text/plain")
+    map_server: MapServer
 
-            def do_POST(self) -> None:
-                path = self.path.split("?", 1)[0]
-                server.requests.append(path)
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                server.api_calls.append(("POST", path, json.loads(raw) if raw else None))
-                if ("POST", path) in server.api_replies:
-                    self._reply(200, json.dumps(server.api_replies[("POST", path)]).encode(), "application/json")
-                else:
-                    self._reply(404, b'{"detail": "not found"}', "application/json")
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
 
-            def _live(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                server.live_clients += 1
+    def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        self.map_server.requests.append(path)
+        if path == "/":
+            self._reply(200, self.map_server.page_html, "text/html; charset=utf-8")
+        elif path == "/api/stations/activity":
+            self._reply(200, json.dumps(self.map_server.activity).encode(), "application/json")
+        elif path == "/api/live":
+            self._live()
+        elif ("GET", path) in self.map_server.api_replies:
+            self.map_server.api_calls.append(("GET", self.path, None))
+            self._reply(200, json.dumps(self.map_server.api_replies[("GET", path)]).encode(), "application/json")
+        elif path.startswith("/assets/leaflet/"):
+            target = (self.map_server.assets_dir / path.removeprefix("/assets/leaflet/")).resolve()
+            if target.is_file() and target.is_relative_to(self.map_server.assets_dir):
+                kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+                self._reply(200, target.read_bytes(), kind)
+            else:
+                self._reply(404, b"not found", "text/plain")
+        else:
+            self._reply(404, b"not found", "text/plain")
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        self.map_server.requests.append(path)
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.map_server.api_calls.append(("POST", path, json.loads(raw) if raw else None))
+        if ("POST", path) in self.map_server.api_replies:
+            self._reply(200, json.dumps(self.map_server.api_replies[("POST", path)]).encode(), "application/json")
+        else:
+            self._reply(404, b'{"detail": "not found"}', "application/json")
+
+    def _live(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.map_server.live_clients += 1
+        try:
+            self.wfile.write(b"retry: 1000\n\n")
+            self.wfile.flush()
+            while not self.map_server._stop.is_set():
                 try:
-                    self.wfile.write(b"retry: 1000\n\n")
-                    self.wfile.flush()
-                    while not server._stop.is_set():
-                        try:
-                            event, data = server.events.get(timeout=0.25)
-                        except queue.Empty:
-                            self.wfile.write(b": keep-alive\n\n")
-                        else:
-                            self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
-                        self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        return Handler
+                    event, data = self.map_server.events.get(timeout=0.25)
+                except queue.Empty:
+                    self.wfile.write(b": keep-alive\n\n")
+                else:
+                    self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
 
 @pytest.fixture
