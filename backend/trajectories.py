@@ -228,7 +228,7 @@ def export_filename(bike_id: int, since: datetime, until: datetime, fmt: str) ->
     return f"bike-{bike_id}-{days}.{fmt}"
 
 
-# Registry-aware windows: which passages belong to a bike, and to whom they may be shown.
+# Registry-aware passages: which passages belong to a bike (to whom they may be shown is backend.access's).
 
 
 async def _bike_passages(
@@ -269,30 +269,23 @@ async def bike_trajectory(
     return build(rows[-1]["tag_id"] if rows else None, passages, bike_id)
 
 
-async def owner_since(conn: psycopg.AsyncConnection[Any], owner_id: int, bike_id: int) -> datetime | None:
-    """Since when the owner has held the bike (None if it is not theirs now): they see nothing from before."""
-    cur = await conn.execute(
-        "SELECT valid_from FROM bike_bindings WHERE bike_id = %s AND kind = 'owner' AND valid_to IS NULL"
-        " AND owner_id = %s",
-        (bike_id, owner_id),
-    )
-    row = await cur.fetchone()
-    return row[0] if row else None
-
-
-async def tag_window(conn: psycopg.AsyncConnection[Any], tag_id: int) -> dict[str, Any] | None:
-    """The chip's current bike, its owner, since when each binding holds, and since when it is stolen (or None)."""
+async def passages(
+    conn: psycopg.AsyncConnection[Any], since: datetime, until: datetime, *, tag_id: int | None = None,
+    station_id: str | None = None, limit: int = 500,
+) -> list[dict[str, Any]]:
+    """Passages in [since, until) of one chip, at one station or both, newest first; their tag_id in hex."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT c.bike_id, b.owner_id, cb.valid_from AS chip_since, ob.valid_from AS owner_since,"
-            " t.stolen_at FROM chips c JOIN bikes b USING (bike_id)"
-            " JOIN bike_bindings cb ON cb.bike_id = c.bike_id AND cb.kind = 'chip' AND cb.valid_to IS NULL"
-            " JOIN bike_bindings ob ON ob.bike_id = c.bike_id AND ob.kind = 'owner' AND ob.valid_to IS NULL"
-            " LEFT JOIN theft_reports t ON t.bike_id = c.bike_id AND t.recovered_at IS NULL"
-            " WHERE c.tag_id = %s",
-            (tag_id,),
+            "SELECT station_id, tag_id, first_seen_at, last_seen_at, beacons, peak_rssi_dbm, antenna, flags"
+            " FROM sightings WHERE first_seen_at >= %s AND first_seen_at < %s"
+            " AND (%s::int8 IS NULL OR tag_id = %s) AND (%s::text IS NULL OR station_id = %s)"
+            " ORDER BY first_seen_at DESC LIMIT %s",
+            (since, until, tag_id, tag_id, station_id, station_id, limit),
         )
-        return await cur.fetchone()
+        rows = await cur.fetchall()
+    for r in rows:
+        r["tag_id"] = format_tag(r["tag_id"])
+    return rows
 
 
 async def last_seen(conn: psycopg.AsyncConnection[Any], tag_id: int, since: datetime | None) -> dict[str, Any] | None:

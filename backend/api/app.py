@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 
-from backend import accounts, alarms, audit, certificates, hotlist, prediction, provisioning, registry, station_health
+from backend import access, accounts, alarms, certificates, hotlist, prediction, provisioning, registry, station_health
 from backend import stations as station_registry
 from backend.api.deps import public
 from backend.api.routes import accounts as account_routes
@@ -49,7 +49,7 @@ _ERRORS: dict[type[Exception], int] = {
     accounts.AccountConflict: 409,
     accounts.AccountNotFound: 404,
     accounts.PasswordRejected: 422,
-    audit.CaseNumberRequired: 403,
+    access.Refused: 403,
     certificates.CertificateNotFound: 404,
     station_registry.StationNotFound: 404,
     station_registry.StationExists: 409,

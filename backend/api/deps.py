@@ -1,7 +1,8 @@
 """Typed dependencies shared by the routes: connection, settings, domain services, and who is calling.
 
 Every API route declares who may call it with `allow(...)` (roles), `signed_in()` (any account, even one
-that must still change its password) or `public()`; tests check that none is left without.
+that must still change its password) or `public()`; tests check that none is left without. Whether a caller
+passes is backend.access's rule (the pages ask it too); what they may see past the door is asked of its Viewer.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import psycopg
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
-from backend import accounts
+from backend import access, accounts
 from backend.accounts import Passwords, Role, User
 from backend.certificates import Signer
 from backend.registry import Registry
@@ -93,11 +94,12 @@ class Allow:
     async def __call__(self, user: OptionalUser, token: Token) -> User | None:
         if self.public:
             return user
-        if user is None:
+        refusal = access.admission(user, self.roles, pending_ok=self.pending_ok)
+        if refusal == "sign in" or user is None:
             raise _unauthorised("sign in first" if not token else "the session has expired or is not valid")
-        if user.must_change_password and not self.pending_ok:
+        if refusal == "change password":
             raise HTTPException(403, "change your password first (POST /api/auth/password)")
-        if self.roles and user.role not in self.roles:
+        if refusal == "wrong role":
             raise HTTPException(403, f"a {user.role} may not do this")
         return user
 

@@ -1,6 +1,7 @@
 """Bikes: registration at the counter, life cycle, the owner's own bikes, theft reports, certificates, photos.
 
-Owners reach only their own bikes: anyone else's is a 404, exactly as a bike that does not exist.
+Owners reach only their own bikes: anyone else's is a 404, exactly as a bike that does not exist. What each
+caller may see of a bike, its owner and its trajectory is backend.access's to say.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from fastapi import APIRouter, File, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import AwareDatetime
 
-from backend import accounts, audit, certificates, trajectories
+from backend import accounts, certificates, trajectories
+from backend.access import require_case_number, viewer_of
 from backend.accounts import User
 from backend.api.deps import Conn, PasswordsDep, RegistryDep, Settings, SignerDep, allow
 from backend.api.routes.owners import create_owner
@@ -36,8 +38,7 @@ from backend.api.schemas import (
     TransferCreate,
     TransferPublic,
 )
-from backend.identity import mask_name
-from backend.registry import BikeDetails, InvalidValue, NotFound, Registry
+from backend.registry import BikeDetails, InvalidValue, Registry
 from protocol.messages import parse_tag, utcnow
 
 router = APIRouter(prefix="/api/bikes", tags=["bikes"])
@@ -48,10 +49,7 @@ _IMAGE_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/p
 
 async def _bike(conn: Conn, registry: Registry, user: User, bike_id: int) -> dict[str, Any]:
     """The bike as this user may see it: an owner only their own (else NotFound); clerks see its owner masked."""
-    bike = await registry.get_bike(conn, bike_id, owner_id=user.owner_id if user.role == "owner" else None)
-    if user.role in ("clerk", "admin", "owner"):
-        bike["owner"] = await registry.owner_summary(conn, bike["owner_id"])
-    return bike
+    return await viewer_of(user).bike(conn, registry, bike_id)
 
 
 async def _certificate(conn: Conn, bike_id: int, signer: SignerDep, settings: Settings,
@@ -90,17 +88,15 @@ async def list_bikes(
     frame_number: str | None = Query(None, max_length=40),
 ) -> list[dict[str, Any]]:
     """Owner: their bikes. Clerk, admin, police: bikes matching a plate, chip or frame number (one is needed)."""
-    if user.role == "owner":
-        found = await registry.find_bikes(conn, owner_id=user.owner_id)
+    viewer = viewer_of(user)
+    if viewer.bike_owner is not None:
+        found = await registry.find_bikes(conn, owner_id=viewer.bike_owner)
     else:
         if plate is None and tag_id is None and frame_number is None:
             raise InvalidValue("give plate, tag_id or frame_number", "plate")
         found = await registry.find_bikes(conn, plate=plate, tag_id=parse_tag(tag_id) if tag_id else None,
                                           frame_number=frame_number.strip().upper() if frame_number else None)
-    if user.role in ("clerk", "admin", "owner"):
-        for bike in found:
-            bike["owner"] = await registry.owner_summary(conn, bike["owner_id"])
-    return found
+    return await viewer.with_owners(conn, registry, found)
 
 
 @router.get("/availability", response_model=dict[str, str])
@@ -133,25 +129,15 @@ async def search(
     """Police, admin: bikes whose plate, frame number or chip is q. Where a bike was last seen: a stolen one
     since the theft; any other, and every owner, only with a case number (audited)."""
     text = q.strip()
-    case = audit.require_case_number(case_number, "a bike's owner") if case_number else None
+    case = require_case_number(case_number, "a bike's owner") if case_number else None
     found: dict[int, dict[str, Any]] = {}
     tag = parse_tag(text) if re.fullmatch(r"[0-9A-Fa-f]{8}", text) else None
     for criteria in ({"plate": text}, {"frame_number": text.upper()}, {"tag_id": tag} if tag is not None else None):
         if criteria:
             for bike in await registry.find_bikes(conn, **criteria):
                 found.setdefault(bike["bike_id"], bike)
-    out = []
-    for bike in found.values():
-        owner, seen = None, None
-        if case is not None:
-            owner = await registry.get_owner(conn, bike["owner_id"])
-            await audit.record(conn, user, "owner.view", f"owner:{bike['owner_id']}", case, bike_id=bike["bike_id"],
-                               search=text)
-        if bike["tag_id"] is not None and (case is not None or bike["stolen"]):
-            seen = await trajectories.last_seen(conn, parse_tag(bike["tag_id"]),
-                                                None if case is not None else bike["stolen_at"])
-        out.append({"bike": bike, "last_seen": seen, "owner": owner})
-    return out
+    viewer = viewer_of(user)
+    return [await viewer.search_result(conn, registry, bike, case, text) for bike in found.values()]
 
 
 @router.get("/{bike_id}", response_model=BikePublic)
@@ -168,15 +154,13 @@ async def history(bike_id: BikeId, conn: Conn, registry: RegistryDep,
 
     Other owners are never named to an owner; a clerk sees them masked.
     """
-    await _bike(conn, registry, user, bike_id)
+    viewer = viewer_of(user)
+    await viewer.check_bike(conn, registry, bike_id)
     out = []
     for row in await registry.history(conn, bike_id):
         value = row["plate"] or row["tag_id"]
         if row["kind"] == "owner":
-            if user.role == "owner":
-                value = "you" if row["owner_id"] == user.owner_id else "another owner"
-            else:
-                value = f"#{row['owner_id']} {mask_name(row['owner_name'] or '')}"
+            value = viewer.owner_named(row["owner_id"], row["owner_name"])
         out.append({**row, "value": value})
     return out
 
@@ -187,12 +171,10 @@ async def bike_owner(
     case_number: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
     """Police (with a case number), clerk, admin: the bike's owner (ID number masked). Audited."""
-    if user.role == "police":
-        case_number = audit.require_case_number(case_number, "a bike's owner")
-    bike = await registry.get_bike(conn, bike_id)
-    owner = await registry.get_owner(conn, bike["owner_id"])
-    await audit.record(conn, user, "owner.view", f"owner:{bike['owner_id']}", case_number, bike_id=bike_id)
-    return owner
+    viewer = viewer_of(user)
+    case = viewer.case_for_person(case_number)
+    bike = await viewer.check_bike(conn, registry, bike_id)
+    return await viewer.read_owner(conn, registry, bike["owner_id"], case, bike_id=bike_id)
 
 
 _CASE_NEEDED: dict[int | str, dict[str, Any]] = {403: {"description": "case number needed"}}
@@ -203,30 +185,16 @@ async def _trajectory_window(
     conn: Conn, registry: Registry, user: User, bike_id: int, since: datetime | None, until: datetime | None,
     case_number: str | None, **detail: str,
 ) -> tuple[datetime, datetime]:
-    """The part of [since, until) of the bike's trajectory this user may see (default: the last 24 h).
-
-    Owner: their bike since they hold it (another's is a 404). Police: a stolen bike since the theft;
-    otherwise a case number is needed. Every police access is audited, with `detail` (what was read).
-    """
+    """The part of [since, until) of the bike's trajectory this user may see (default: the last 24 h), as
+    access.Viewer.bike_window says (another owner's bike is a 404; police access is audited, with `detail`)."""
     until_at: datetime = until or utcnow()
     try:
         since_at: datetime = since or until_at - timedelta(hours=_WINDOW_H)
     except OverflowError:  # an `until` in the first day of year 1
         since_at = until_at
-    bike = await _bike(conn, registry, user, bike_id)
-    if user.role == "owner":
-        held_since = await trajectories.owner_since(conn, user.owner_id or 0, bike_id)
-        if held_since is None:
-            raise NotFound(f"no bike {bike_id}", "bike")
-        since_at = max(since_at, held_since)
-    elif case_number is None and bike["stolen"]:
-        since_at = max(since_at, bike["stolen_at"])
-        await audit.record(conn, user, "bike.trajectory", f"bike:{bike_id}", None, stolen=True, **detail)
-    else:
-        case = audit.require_case_number(case_number, "the trajectory of a bike that is not reported stolen")
-        await audit.record(conn, user, "bike.trajectory", f"bike:{bike_id}", case,
-                           since=since_at.isoformat(), until=until_at.isoformat(), **detail)
-    return since_at, until_at
+    viewer = viewer_of(user)
+    bike = await viewer.check_bike(conn, registry, bike_id)
+    return await viewer.bike_window(conn, bike, since_at, until_at, case_number, **detail)
 
 
 @router.get("/{bike_id}/trajectory", response_model=list[TrajectoryPoint], responses=_CASE_NEEDED)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 
 from backend import accounts, audit
+from backend.access import viewer_of
 from backend.accounts import User
 from backend.api.deps import Conn, PasswordsDep, RegistryDep, allow
 from backend.api.schemas import OwnerCreate, OwnerCreated, OwnerLogin, OwnerLookup, OwnerMatch, OwnerPublic
@@ -51,9 +52,7 @@ async def lookup_owner(body: OwnerLookup, conn: Conn, registry: RegistryDep, use
 @router.get("/{owner_id}", response_model=OwnerPublic)
 async def get_owner(owner_id: OwnerId, conn: Conn, registry: RegistryDep, user: Counter) -> dict[str, Any]:
     """Clerk, admin: one owner (resident ID number masked); audited."""
-    owner = await registry.get_owner(conn, owner_id)
-    await audit.record(conn, user, "owner.view", f"owner:{owner_id}")
-    return owner
+    return await viewer_of(user).read_owner(conn, registry, owner_id, None)
 
 
 @router.post("/{owner_id}/login", response_model=OwnerLogin)

@@ -1,7 +1,8 @@
 """The web pages: sign-in, the live map (police), the counter (clerks), the owner portal, certificates.
 
 A page needing a sign-in sends the browser to /login (and back afterwards); a signed-in account of the
-wrong role gets a 403 page saying whose page it is; a bike that is not the owner's is a 404.
+wrong role gets a 403 page saying whose page it is; a bike that is not the owner's is a 404. Who passes and
+what they see (bikes, alarms) is backend.access's to say, as for the API.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from backend import alarms, certificates, coverage, station_health, stations
+from backend import access, alarms, certificates, coverage, station_health, stations
 from backend.accounts import Role, User
 from backend.api.deps import Conn, OptionalUser, RegistryDep, Settings, SignerDep
 from backend.identity import mask_mobile, mask_name
@@ -47,11 +48,12 @@ def _page(html: str, lang: str, status: int = 200) -> HTMLResponse:
 def _gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: str) -> Response | None:
     """None if the user may see the page; else where to go instead (sign in, change password, or a 403)."""
     here = quote(request.url.path)
-    if user is None:
+    refusal = access.admission(user, roles)
+    if refusal == "sign in" or user is None:
         return RedirectResponse(f"/login?next={here}", status_code=303)
-    if user.must_change_password:
+    if refusal == "change password":
         return RedirectResponse(f"/password?next={here}", status_code=303)
-    if user.role not in roles:
+    if refusal == "wrong role":
         t = MESSAGES[lang]
         text = t["forbidden_text"].format(role=t[f"role_{user.role}"], roles=", ".join(t[f"role_{r}"] for r in roles))
         html = render("message.html", lang, user=user, config={}, title=t["forbidden_title"], text=text,
@@ -79,14 +81,15 @@ async def live_map(request: Request, conn: Conn, settings: Settings, user: Optio
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("police", "admin"), chosen):
         return refused
+    assert user is not None
     html = build_live_map(
         jsonable_encoder(await stations.list_stations(conn)),
         await stations.roads_geojson(conn),
         jsonable_encoder(await stations.activity(conn, 10)),
-        jsonable_encoder(await alarms.list_alarms(conn, scope=alarms.Scope(hidden_kinds=alarms.OWNER_ONLY_KINDS))),
+        jsonable_encoder(await alarms.list_alarms(conn, scope=access.alarm_scope(user))),
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
-        user_name=user.display_name or user.username if user else None,
+        user_name=user.display_name or user.username,
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
@@ -97,7 +100,7 @@ async def login_page(request: Request, user: OptionalUser, lang: str | None = No
     """Anyone: the sign-in form (a signed-in user goes straight on)."""
     chosen = _lang(request, lang)
     target = next if next.startswith("/") and not next.startswith("//") else "/home"
-    if user is not None and not user.must_change_password:
+    if user is not None and access.admission(user, ()) is None:
         return RedirectResponse(target if target != "/login" else "/home", status_code=303)
     return _page(render("login.html", chosen, user=None, config={"next": target}), chosen)
 
@@ -117,9 +120,10 @@ async def password_page(request: Request, user: OptionalUser, settings: Settings
 @router.get("/home")
 async def home(user: OptionalUser) -> Response:
     """Anyone: on to the page for the signed-in role, or to sign in."""
-    if user is None:
+    refusal = access.admission(user, ())
+    if refusal == "sign in" or user is None:
         return RedirectResponse("/login", status_code=303)
-    if user.must_change_password:
+    if refusal == "change password":
         return RedirectResponse("/password", status_code=303)
     return RedirectResponse(_HOME[user.role], status_code=303)
 
@@ -132,8 +136,9 @@ async def installer(request: Request, conn: Conn, user: OptionalUser, lang: str 
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("installer", "admin"), chosen):
         return refused
+    assert user is not None
     health = await station_health.station_health(conn, utcnow())
-    open_alarms = await alarms.list_alarms(conn, scope=alarms.INSTALLERS)
+    open_alarms = await alarms.list_alarms(conn, scope=access.alarm_scope(user, only_kinds=alarms.STATION_KINDS))
     return _page(render("installer.html", chosen, user=user, config={"selftest_station": station}, stations=health,
                         alarms=open_alarms), chosen)
 
@@ -206,7 +211,7 @@ class _CertificateView:
 
 async def _certificate_view(conn: Conn, registry: RegistryDep, user: User, bike_id: int, lang: str,
                             signer: SignerDep, base_url: str) -> _CertificateView:
-    await registry.get_bike(conn, bike_id, owner_id=user.owner_id if user.role == "owner" else None)
+    await access.viewer_of(user).check_bike(conn, registry, bike_id)
     cert = await certificates.current(conn, bike_id)
     t = MESSAGES[lang]
     rows = [

@@ -2,6 +2,7 @@
 
 Police see a stolen bike's passages since the theft; anything else (another tag, a station's traffic)
 needs a case number and is audited. An owner sees their own chip's passages since they hold the bike.
+backend.access decides which part of the time range the caller may see.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from psycopg.rows import dict_row
 from pydantic import AwareDatetime
 
-from backend import audit, trajectories
+from backend import trajectories
+from backend.access import viewer_of
 from backend.accounts import User
 from backend.api.deps import Conn, allow
 from backend.api.schemas import SightingPublic
-from backend.registry import NotFound
-from protocol.messages import format_tag, parse_tag, utcnow
+from protocol.messages import parse_tag, utcnow
 
 router = APIRouter(prefix="/api", tags=["sightings"])
 
@@ -38,34 +38,9 @@ async def list_sightings(
     """Police, owner: passages of one tag or at one station, newest first (default: the last hour)."""
     if tag_id is None and station_id is None:
         raise HTTPException(422, "give tag_id or station_id")
-    tag = parse_tag(tag_id) if tag_id is not None else None
     until_at: datetime = until or utcnow()
     since_at: datetime = since or until_at - timedelta(hours=1)
-    window = await trajectories.tag_window(conn, tag) if tag is not None else None
-    if user.role == "owner":
-        if tag is None:
-            raise HTTPException(403, "an owner can look up only their own chip")
-        if window is None or window["owner_id"] != user.owner_id:
-            raise NotFound(f"no chip {tag_id} among your bikes", "tag_id")
-        since_at = max(since_at, window["chip_since"], window["owner_since"])
-    elif case_number is None and station_id is None and window is not None and window["stolen_at"] is not None:
-        since_at = max(since_at, window["stolen_at"], window["chip_since"])
-        await audit.record(conn, user, "sightings.view", f"tag:{format_tag(tag or 0)}", None, stolen=True)
-    else:
-        case = audit.require_case_number(case_number, "passages of a chip that is not reported stolen, or a"
-                                         " station's traffic")
-        subject = f"tag:{format_tag(tag)}" if tag is not None else f"station:{station_id}"
-        await audit.record(conn, user, "sightings.view", subject, case, station_id=station_id,
-                           since=since_at.isoformat(), until=until_at.isoformat())
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT station_id, tag_id, first_seen_at, last_seen_at, beacons, peak_rssi_dbm, antenna, flags"
-            " FROM sightings WHERE first_seen_at >= %s AND first_seen_at < %s"
-            " AND (%s::int8 IS NULL OR tag_id = %s) AND (%s::text IS NULL OR station_id = %s)"
-            " ORDER BY first_seen_at DESC LIMIT %s",
-            (since_at, until_at, tag, tag, station_id, station_id, limit),
-        )
-        rows = await cur.fetchall()
-    for r in rows:
-        r["tag_id"] = format_tag(r["tag_id"])
-    return rows
+    since_at, until_at = await viewer_of(user).passages_window(conn, tag_id, station_id, since_at, until_at,
+                                                                case_number)
+    tag = parse_tag(tag_id) if tag_id is not None else None
+    return await trajectories.passages(conn, since_at, until_at, tag_id=tag, station_id=station_id, limit=limit)

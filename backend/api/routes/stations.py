@@ -27,7 +27,7 @@ from backend.api.streams import event_stream
 from protocol.messages import utcnow
 
 router = APIRouter(prefix="/api", tags=["stations"])
-Viewer = Annotated[User, allow("police", "installer", "admin")]
+Staff = Annotated[User, allow("police", "installer", "admin")]
 Installer = Annotated[User, allow("installer", "admin")]
 StationId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 
@@ -63,7 +63,7 @@ class SelfTestRunPublic(BaseModel):
 
 
 @router.get("/stations", response_model=list[StationPublic])
-async def list_stations(conn: Conn, _user: Viewer) -> list[dict[str, Any]]:
+async def list_stations(conn: Conn, _user: Staff) -> list[dict[str, Any]]:
     """Police, installer, admin: every station with its online/offline state."""
     return await stations.list_stations(conn)
 
@@ -81,19 +81,19 @@ async def register_station(body: StationRegister, conn: Conn, user: Installer) -
 
 
 @router.get("/stations/activity", response_model=list[StationActivity])
-async def station_activity(conn: Conn, _user: Viewer, minutes: int = Query(10, ge=1, le=1440)) -> list[dict[str, Any]]:
+async def station_activity(conn: Conn, _user: Staff, minutes: int = Query(10, ge=1, le=1440)) -> list[dict[str, Any]]:
     """Police, installer, admin: passages per station in the last N minutes."""
     return await stations.activity(conn, minutes)
 
 
 @router.get("/stations/health", response_model=list[StationHealth])
-async def health(conn: Conn, _user: Viewer) -> list[dict[str, Any]]:
+async def health(conn: Conn, _user: Staff) -> list[dict[str, Any]]:
     """Police, installer, admin: every station in service: online, offline or degraded, spool and noise floor."""
     return await station_health.station_health(conn, utcnow())
 
 
 @router.get("/stations/{station_id}", response_model=StationDetail)
-async def get_station(station_id: StationId, conn: Conn, _user: Viewer) -> dict[str, Any]:
+async def get_station(station_id: StationId, conn: Conn, _user: Staff) -> dict[str, Any]:
     """Police, installer, admin: one station's registry record, state and life-cycle history."""
     return await stations.get_station(conn, station_id)
 
@@ -132,7 +132,7 @@ async def selftest_live(
 
 
 @router.get("/roads")
-async def get_roads(conn: Conn, _user: Viewer) -> dict[str, Any]:
+async def get_roads(conn: Conn, _user: Staff) -> dict[str, Any]:
     """Police, installer, admin: the road network as GeoJSON."""
     return await stations.roads_geojson(conn)
 

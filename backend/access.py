@@ -1,0 +1,243 @@
+"""Who may see what: the one viewer policy that routes, pages and the live feed ask.
+
+An owner sees only their own bikes, and a bike's passages and alarms only since they hold it. Police see
+alarms and stolen bikes (a stolen bike's passages since the theft); a person, or the passages of a bike that is
+not stolen, needs a case number, and each such access leaves an audit record. Installers see stations and the
+alarms about them, no personal data. Clerks register bikes and see owners masked. Admins see what police and
+clerks see. Which roles may open a route or a page at all is said where the route is declared; `admission`
+is the one rule that checks it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+
+from backend import alarms, audit, trajectories
+from backend.accounts import Role, User
+from backend.identity import mask_name
+from backend.registry import NotFound, Registry
+from protocol.messages import format_tag, parse_tag
+
+_CASE_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.-]{3,39}")
+# Those who see a bike's owner (masked) with the bike: the owner themself and the counter.
+_SEE_OWNER_WITH_BIKE: frozenset[Role] = frozenset({"owner", "clerk", "admin"})
+# Police must give a case number to see a person; the counter (clerks, admins) works with owners anyway.
+_CASE_FOR_PERSON: frozenset[Role] = frozenset({"police"})
+
+
+class AccessError(Exception):
+    """Base of access refusals."""
+
+
+class Refused(AccessError):
+    """The viewer may not see this at all."""
+
+
+class CaseNumberRequired(Refused):
+    """Police access to personal data, or to a bike that is not stolen, needs a case number."""
+
+
+def require_case_number(case_number: str | None, what: str) -> str:
+    """The case number, checked for shape; raises CaseNumberRequired when it is missing or malformed."""
+    if case_number is None or not case_number.strip():
+        raise CaseNumberRequired(f"a case number is required to see {what}")
+    text = case_number.strip()
+    if not _CASE_NUMBER.fullmatch(text):
+        raise CaseNumberRequired("a case number has 4-40 letters, digits, '/', '_', '.' or '-'")
+    return text
+
+
+Admission = Literal["sign in", "change password", "wrong role"]
+
+
+def admission(user: User | None, roles: tuple[Role, ...], *, pending_ok: bool = False) -> Admission | None:
+    """Why this user may not pass a door open to these roles (no roles: any account), or None if they may.
+
+    An account that must still change its password passes only doors marked pending_ok."""
+    if user is None:
+        return "sign in"
+    if user.must_change_password and not pending_ok:
+        return "change password"
+    if roles and user.role not in roles:
+        return "wrong role"
+    return None
+
+
+async def owner_since(conn: psycopg.AsyncConnection[Any], owner_id: int, bike_id: int) -> datetime | None:
+    """Since when the owner has held the bike (None if it is not theirs now): they see nothing from before."""
+    cur = await conn.execute(
+        "SELECT valid_from FROM bike_bindings WHERE bike_id = %s AND kind = 'owner' AND valid_to IS NULL"
+        " AND owner_id = %s",
+        (bike_id, owner_id),
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def tag_binding(conn: psycopg.AsyncConnection[Any], tag_id: int) -> dict[str, Any] | None:
+    """The chip's current bike, its owner, since when each binding holds, and since when it is stolen (or None)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT c.bike_id, b.owner_id, cb.valid_from AS chip_since, ob.valid_from AS owner_since,"
+            " t.stolen_at FROM chips c JOIN bikes b USING (bike_id)"
+            " JOIN bike_bindings cb ON cb.bike_id = c.bike_id AND cb.kind = 'chip' AND cb.valid_to IS NULL"
+            " JOIN bike_bindings ob ON ob.bike_id = c.bike_id AND ob.kind = 'owner' AND ob.valid_to IS NULL"
+            " LEFT JOIN theft_reports t ON t.bike_id = c.bike_id AND t.recovered_at IS NULL"
+            " WHERE c.tag_id = %s",
+            (tag_id,),
+        )
+        return await cur.fetchone()
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """What one signed-in account may see: which bikes, chips, time windows, people and alarms."""
+
+    user: User
+
+    @property
+    def bike_owner(self) -> int | None:
+        """The owner whose bikes alone this viewer may see (a filter for registry queries); None: any bike."""
+        return (self.user.owner_id or 0) if self.user.role == "owner" else None
+
+    async def check_bike(self, conn: psycopg.AsyncConnection[Any], registry: Registry, bike_id: int) -> dict[str, Any]:
+        """The bike if this viewer may see it; another owner's is NotFound, exactly as one that does not exist."""
+        return await registry.get_bike(conn, bike_id, owner_id=self.bike_owner)
+
+    async def bike(self, conn: psycopg.AsyncConnection[Any], registry: Registry, bike_id: int) -> dict[str, Any]:
+        """The bike as this viewer may see it: with its owner masked for the owner and the counter, else none."""
+        return (await self.with_owners(conn, registry, [await self.check_bike(conn, registry, bike_id)]))[0]
+
+    async def with_owners(self, conn: psycopg.AsyncConnection[Any], registry: Registry,
+                          bikes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The bikes, each with its owner's masked summary where this viewer may see it."""
+        if self.user.role in _SEE_OWNER_WITH_BIKE:
+            for bike in bikes:
+                bike["owner"] = await registry.owner_summary(conn, bike["owner_id"])
+        return bikes
+
+    def owner_named(self, owner_id: int, owner_name: str | None) -> str:
+        """How a (past or present) owner of a bike is named to this viewer: never by name to another owner."""
+        if self.user.role == "owner":
+            return "you" if owner_id == self.user.owner_id else "another owner"
+        return f"#{owner_id} {mask_name(owner_name or '')}"
+
+    def case_for_person(self, case_number: str | None) -> str | None:
+        """The case number under which this viewer sees a person: police must give one (CaseNumberRequired)."""
+        if self.user.role in _CASE_FOR_PERSON:
+            return require_case_number(case_number, "a bike's owner")
+        return case_number
+
+    async def read_owner(self, conn: psycopg.AsyncConnection[Any], registry: Registry, owner_id: int,
+                         case_number: str | None, **detail: Any) -> dict[str, Any]:
+        """The owner's record (ID number masked); the reading is audited, under the case number if any."""
+        owner = await registry.get_owner(conn, owner_id)
+        await audit.record(conn, self.user, "owner.view", f"owner:{owner_id}", case_number, **detail)
+        return owner
+
+    async def search_result(self, conn: psycopg.AsyncConnection[Any], registry: Registry, bike: dict[str, Any],
+                            case_number: str | None, search: str) -> dict[str, Any]:
+        """A bike found by a police search: its owner only under a case number (audited); where it was last seen
+        with a case number, or since the theft for a stolen bike; else neither."""
+        owner, seen = None, None
+        if case_number is not None:
+            owner = await self.read_owner(conn, registry, bike["owner_id"], case_number, bike_id=bike["bike_id"],
+                                          search=search)
+        if bike["tag_id"] is not None and (case_number is not None or bike["stolen"]):
+            seen = await trajectories.last_seen(conn, parse_tag(bike["tag_id"]),
+                                                None if case_number is not None else bike["stolen_at"])
+        return {"bike": bike, "last_seen": seen, "owner": owner}
+
+    async def bike_window(
+        self, conn: psycopg.AsyncConnection[Any], bike: dict[str, Any], since: datetime, until: datetime,
+        case_number: str | None, **detail: str,
+    ) -> tuple[datetime, datetime]:
+        """The part of [since, until) of the bike's passages this viewer may see.
+
+        Owner: since they hold the bike (NotFound if they do not). Police: a stolen bike since the theft;
+        otherwise a case number is needed. Every police access is audited, with `detail` (what was read).
+        """
+        bike_id = bike["bike_id"]
+        if self.user.role == "owner":
+            held_since = await owner_since(conn, self.user.owner_id or 0, bike_id)
+            if held_since is None:
+                raise NotFound(f"no bike {bike_id}", "bike")
+            return max(since, held_since), until
+        self._police_only("a bike's passages")
+        if case_number is None and bike["stolen"]:
+            await audit.record(conn, self.user, "bike.trajectory", f"bike:{bike_id}", None, stolen=True, **detail)
+            return max(since, bike["stolen_at"]), until
+        case = require_case_number(case_number, "the trajectory of a bike that is not reported stolen")
+        await audit.record(conn, self.user, "bike.trajectory", f"bike:{bike_id}", case,
+                           since=since.isoformat(), until=until.isoformat(), **detail)
+        return since, until
+
+    async def passages_window(
+        self, conn: psycopg.AsyncConnection[Any], tag_id: str | None, station_id: str | None, since: datetime,
+        until: datetime, case_number: str | None,
+    ) -> tuple[datetime, datetime]:
+        """The part of [since, until) of one chip's (tag_id, hex) or one station's passages this viewer may see.
+
+        Owner: only their own chip (another's is NotFound), since the chip and the bike are theirs; never a
+        station's traffic. Police: a stolen chip since the theft; any other chip, or a station, with a case
+        number. Every police access is audited.
+        """
+        tag = parse_tag(tag_id) if tag_id is not None else None
+        binding = await tag_binding(conn, tag) if tag is not None else None
+        if self.user.role == "owner":
+            if tag is None:
+                raise Refused("an owner can look up only their own chip")
+            if binding is None or binding["owner_id"] != self.user.owner_id:
+                raise NotFound(f"no chip {tag_id} among your bikes", "tag_id")
+            return max(since, binding["chip_since"], binding["owner_since"]), until
+        self._police_only("passages")
+        if case_number is None and station_id is None and binding is not None and binding["stolen_at"] is not None:
+            await audit.record(conn, self.user, "sightings.view", f"tag:{format_tag(tag or 0)}", None, stolen=True)
+            return max(since, binding["stolen_at"], binding["chip_since"]), until
+        case = require_case_number(case_number, "passages of a chip that is not reported stolen, or a"
+                                   " station's traffic")
+        subject = f"tag:{format_tag(tag)}" if tag is not None else f"station:{station_id}"
+        await audit.record(conn, self.user, "sightings.view", subject, case, station_id=station_id,
+                           since=since.isoformat(), until=until.isoformat())
+        return since, until
+
+    def _police_only(self, what: str) -> None:
+        # Routes admit only owners and police here; this keeps any other role out should a route widen.
+        if self.user.role not in ("police", "admin"):
+            raise Refused(f"a {self.user.role} may not see {what}")
+
+    def alarm_scope(self, only_kinds: tuple[str, ...] | None = None) -> alarms.Scope:
+        """The alarms this viewer may see (narrowed to only_kinds when given, e.g. the station kinds of a desk).
+
+        Owner: their own bikes' alarms since they hold them. Installer: alarms about stations. Police, admin:
+        every alarm but an armed bike moving (that shows where a bike that is not stolen is)."""
+        if self.user.role == "owner":
+            scope = alarms.Scope(owner_id=self.user.owner_id or 0)
+        elif self.user.role == "installer":
+            scope = alarms.INSTALLERS
+        else:
+            scope = alarms.POLICE
+        if only_kinds is None:
+            return scope
+        narrowed = only_kinds if scope.only_kinds is None else tuple(k for k in scope.only_kinds if k in only_kinds)
+        return alarms.Scope(scope.owner_id, scope.hidden_kinds, narrowed)
+
+    def may_handle_alarm(self, kind: str) -> bool:
+        """Whether this viewer may acknowledge or clear an alarm of this kind it sees: an owner only their own."""
+        return self.user.role != "owner" or kind in alarms.OWNER_ONLY_KINDS
+
+
+def viewer_of(user: User) -> Viewer:
+    """The viewer policy of the signed-in user."""
+    return Viewer(user)
+
+
+def alarm_scope(user: User, only_kinds: tuple[str, ...] | None = None) -> alarms.Scope:
+    """The alarms this user may see (what the alarm routes, the pages and the live feed filter by)."""
+    return viewer_of(user).alarm_scope(only_kinds)
