@@ -21,7 +21,7 @@ from backend import certificates
 from backend.identity import IdentityError, mask_id_number, mask_mobile, mask_name, normalise_plate
 from backend.settings import BackendSettings
 from backend.vault import Vault, VaultError
-from protocol.messages import format_tag, utcnow
+from protocol.messages import format_tag, parse_tag, utcnow
 
 Field = Literal["plate", "tag_id", "frame_number", "motor_number", "id_number", "owner", "bike"]
 
@@ -442,7 +442,7 @@ class Registry:
             async with conn.transaction():
                 await _act_as(conn, actor, reason or "chip replacement")
                 bike = await self._active_bike(conn, bike_id)
-                if bike["tag_id"] is not None and int(bike["tag_id"], 16) == tag_id:
+                if bike["tag_id"] is not None and parse_tag(bike["tag_id"]) == tag_id:
                     raise Conflict(f"chip {format_tag(tag_id)} is already this bike's chip", "tag_id")
                 await self._refuse_taken(conn, {"tag_id": tag_id})
                 await conn.execute(
