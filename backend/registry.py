@@ -555,20 +555,3 @@ class Registry:
         if row is None:
             raise NotFound(f"no photo {photo_id} of bike {bike_id}", "photo")
         return row[0], bytes(row[1])
-
-    async def is_stolen_tag(self, conn: psycopg.AsyncConnection[Any], tag_id: int) -> bool:
-        """Whether the chip is on a bike with an open theft report."""
-        cur = await conn.execute(
-            "SELECT 1 FROM chips c JOIN theft_reports t USING (bike_id) WHERE c.tag_id = %s AND t.recovered_at IS NULL",
-            (tag_id,),
-        )
-        return await cur.fetchone() is not None
-
-    async def owns_tag(self, conn: psycopg.AsyncConnection[Any], owner_id: int, tag_id: int) -> bool:
-        """Whether the chip is on an active bike of this owner now."""
-        cur = await conn.execute(
-            "SELECT 1 FROM chips c JOIN bikes b USING (bike_id) WHERE c.tag_id = %s AND b.owner_id = %s"
-            " AND b.status = 'active'",
-            (tag_id, owner_id),
-        )
-        return await cur.fetchone() is not None

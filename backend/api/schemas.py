@@ -605,15 +605,6 @@ class TheftReportCreate(BaseModel):
     police_report: Text50 | None = None
 
 
-class AvailabilityQuery(BaseModel):
-    """Values to check before registering; each is optional."""
-
-    plate: Plate | None = None
-    tag_id: TagId | None = None
-    frame_number: FrameNumber | None = None
-    motor_number: MotorNumber | None = None
-
-
 class VerificationPublic(BaseModel):
     """Whether a certificate is genuine and current, and nothing more."""
 
