@@ -50,8 +50,10 @@ def _coverage(args: argparse.Namespace, url: str | None) -> str:
         from firmware_sim.town import Town
 
         town = Town.generate(args.town_seed)
-        sts = [{"station_id": s.station_id, "name": s.name, "lat": s.lat, "lon": s.lon, "state": "online"}
-               for s in town.stations]
+        sts: list[dict[str, Any]] = [
+            {"station_id": s.station_id, "name": s.name, "lat": s.lat, "lon": s.lon, "state": "online"}
+            for s in town.stations
+        ]
         roads = town_roads_geojson(town)
     else:
         if not url:
