@@ -14,7 +14,8 @@ from pydantic import AwareDatetime, TypeAdapter
 
 from backend import coverage, stations, trajectories
 from maps.assets import standalone_html
-from protocol.messages import parse_tag, utcnow
+from protocol.ids import parse_tag
+from protocol.messages import utcnow
 
 _WHEN = TypeAdapter(AwareDatetime)
 

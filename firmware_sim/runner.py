@@ -20,7 +20,7 @@ from types import FrameType, TracebackType
 
 from firmware_sim.radio import RadioClosedError, RadioError, RadioModule
 from firmware_sim.town import Bike, Town
-from protocol.messages import format_tag
+from protocol.ids import format_tag
 
 log = logging.getLogger(__name__)
 
