@@ -85,7 +85,6 @@ def acl_file(station_ids: Iterable[str], backend_user: str = "bikeguard-backend"
         "",
     ]
     for sid in sorted(set(station_ids)):
-        topics.check_station_id(sid)
         lines += [
             f"user {sid}",
             f"topic write {topics.station_topic(sid, 'sightings')}",

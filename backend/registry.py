@@ -21,7 +21,7 @@ from backend import certificates
 from backend.identity import IdentityError, mask_id_number, mask_mobile, mask_name, normalise_plate
 from backend.settings import BackendSettings
 from backend.vault import Vault, VaultError
-from protocol.messages import format_tag, utcnow
+from protocol.messages import format_tag, parse_tag, utcnow
 
 Field = Literal["plate", "tag_id", "frame_number", "motor_number", "id_number", "owner", "bike"]
 
@@ -442,7 +442,7 @@ class Registry:
             async with conn.transaction():
                 await _act_as(conn, actor, reason or "chip replacement")
                 bike = await self._active_bike(conn, bike_id)
-                if bike["tag_id"] is not None and int(bike["tag_id"], 16) == tag_id:
+                if bike["tag_id"] is not None and parse_tag(bike["tag_id"]) == tag_id:
                     raise Conflict(f"chip {format_tag(tag_id)} is already this bike's chip", "tag_id")
                 await self._refuse_taken(conn, {"tag_id": tag_id})
                 await conn.execute(
@@ -555,20 +555,3 @@ class Registry:
         if row is None:
             raise NotFound(f"no photo {photo_id} of bike {bike_id}", "photo")
         return row[0], bytes(row[1])
-
-    async def is_stolen_tag(self, conn: psycopg.AsyncConnection[Any], tag_id: int) -> bool:
-        """Whether the chip is on a bike with an open theft report."""
-        cur = await conn.execute(
-            "SELECT 1 FROM chips c JOIN theft_reports t USING (bike_id) WHERE c.tag_id = %s AND t.recovered_at IS NULL",
-            (tag_id,),
-        )
-        return await cur.fetchone() is not None
-
-    async def owns_tag(self, conn: psycopg.AsyncConnection[Any], owner_id: int, tag_id: int) -> bool:
-        """Whether the chip is on an active bike of this owner now."""
-        cur = await conn.execute(
-            "SELECT 1 FROM chips c JOIN bikes b USING (bike_id) WHERE c.tag_id = %s AND b.owner_id = %s"
-            " AND b.status = 'active'",
-            (tag_id, owner_id),
-        )
-        return await cur.fetchone() is not None

@@ -14,7 +14,8 @@ from pydantic import AwareDatetime, TypeAdapter
 
 from backend import coverage, stations, trajectories
 from maps.assets import standalone_html
-from protocol.messages import parse_tag, utcnow
+from protocol.ids import parse_tag
+from protocol.messages import utcnow
 
 _WHEN = TypeAdapter(AwareDatetime)
 
@@ -50,8 +51,10 @@ def _coverage(args: argparse.Namespace, url: str | None) -> str:
         from firmware_sim.town import Town
 
         town = Town.generate(args.town_seed)
-        sts = [{"station_id": s.station_id, "name": s.name, "lat": s.lat, "lon": s.lon, "state": "online"}
-               for s in town.stations]
+        sts: list[dict[str, Any]] = [
+            {"station_id": s.station_id, "name": s.name, "lat": s.lat, "lon": s.lon, "state": "online"}
+            for s in town.stations
+        ]
         roads = town_roads_geojson(town)
     else:
         if not url:

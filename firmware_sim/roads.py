@@ -68,11 +68,6 @@ class Projection:
         lon = self.lon0 + x_m / (METRES_PER_DEGREE * math.cos(math.radians(self.lat0)))
         return (lat, lon)
 
-    def to_xy(self, lat: float, lon: float) -> Point:
-        """Metres east and north of the centre for a (lat, lon)."""
-        x = (lon - self.lon0) * METRES_PER_DEGREE * math.cos(math.radians(self.lat0))
-        return (x, (lat - self.lat0) * METRES_PER_DEGREE)
-
 
 @dataclass(frozen=True, slots=True)
 class Street:

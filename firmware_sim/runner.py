@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
 
-from firmware_sim.radio import RadioClosedError, RadioError, RadioModule, RadioStats
+from firmware_sim.radio import RadioClosedError, RadioError, RadioModule
 from firmware_sim.town import Bike, Town
-from protocol.messages import format_tag
+from protocol.ids import format_tag
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,6 @@ class SimRunner:
         """Trigger a theft: the bike rides off fast (and its tag reports tamper if asked)."""
         with self._lock:
             return self.town.theft(bike_no, tamper=tamper)
-
-    def stats(self) -> dict[str, RadioStats]:
-        """Each station's radio module counters."""
-        return {sid: radio.stats for sid, radio in self.radios.items()}
 
     def _close_radios(self) -> None:
         for radio in self.radios.values():

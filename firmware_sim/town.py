@@ -389,9 +389,9 @@ class Town:
                     best = (cost, points)
         assert best is not None
         route = [best[1][0]]
-        for p in best[1][1:]:
-            if math.dist(p, route[-1]) > 1e-6:
-                route.append(p)
+        for point in best[1][1:]:
+            if math.dist(point, route[-1]) > 1e-6:
+                route.append(point)
         if len(route) < 2:
             route.append(route[0])
         bike._route, bike._route_leg, bike._leg_done_m = route, 0, 0.0

@@ -8,10 +8,10 @@ from typing import Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bikeguard.services import mqtt_address
 from gateway.spool import DEFAULT_MAX_BYTES, MIB
 from protocol.frames import BAUD_RATE
-from protocol.topics import TopicError, check_station_id
+from protocol.ids import IdError, check_station_id
+from protocol.mqtt_address import mqtt_address
 
 
 def _default_firmware() -> str:
@@ -66,7 +66,7 @@ class GatewaySettings(BaseSettings):
     def _station_id(cls, value: str) -> str:
         try:
             return check_station_id(value)
-        except TopicError as exc:
+        except IdError as exc:
             raise ValueError(str(exc)) from exc
 
     @field_validator("mqtt_url")

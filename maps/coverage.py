@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import folium
+from branca.element import Figure
 
-from backend.coverage import Coverage
 from maps.assets import DEFAULT_BASE
 from maps.basemap import add_to_head, base_map, fit_to
 from maps.roads import add_roads, road_points
@@ -34,9 +35,46 @@ COVERAGE_CSS = """
 </style>
 """
 
+LatLon = tuple[float, float]
+
+
+class SuggestedSite(Protocol):
+    """A proposed station site and the uncovered road length it would add."""
+
+    @property
+    def lat(self) -> float: ...
+
+    @property
+    def lon(self) -> float: ...
+
+    @property
+    def gain_m(self) -> float: ...
+
+
+class CoverageLayers(Protocol):
+    """What the coverage map draws, computed by its caller (backend.coverage.compute's Coverage is one)."""
+
+    @property
+    def road_m(self) -> float: ...
+
+    @property
+    def covered_m(self) -> float: ...
+
+    @property
+    def share(self) -> float: ...
+
+    @property
+    def station_areas(self) -> Sequence[Sequence[LatLon]]: ...
+
+    @property
+    def uncovered(self) -> Sequence[Sequence[LatLon]]: ...
+
+    @property
+    def suggestions(self) -> Sequence[SuggestedSite]: ...
+
 
 def build_coverage_map(
-    coverage: Coverage,
+    coverage: CoverageLayers,
     stations: list[dict[str, Any]],
     roads: dict[str, Any] | None,
     *,
@@ -54,7 +92,8 @@ def build_coverage_map(
     add_roads(m, roads)
     gaps = folium.FeatureGroup(name="Uncovered road")
     for line in coverage.uncovered:
-        folium.PolyLine(line, color=GAP_COLOUR, weight=5, opacity=0.85,
+        # folium's PolyLine has no annotations.
+        folium.PolyLine(line, color=GAP_COLOUR, weight=5, opacity=0.85,  # type: ignore[no-untyped-call]
                         tooltip="Not heard by any station").add_to(gaps)
     gaps.add_to(m)
     station_layer = folium.FeatureGroup(name="Stations")
@@ -71,7 +110,9 @@ def build_coverage_map(
     sites.add_to(m)
     gain = sum(s.gain_m for s in coverage.suggestions)
     after = (coverage.covered_m + gain) / coverage.road_m if coverage.road_m else 0.0
-    m.get_root().html.add_child(folium.Element(
+    figure = m.get_root()
+    assert isinstance(figure, Figure)  # a folium map's root is always its Figure
+    figure.html.add_child(folium.Element(
         '<div class="bg-coverage-summary">'
         f"<div>Road covered</div><b>{coverage.share:.0%}</b> of {coverage.road_m / 1000:.1f} km"
         f"<div>{(coverage.road_m - coverage.covered_m) / 1000:.1f} km not heard by any station</div>"

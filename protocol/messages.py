@@ -6,16 +6,18 @@ timezone-aware UTC in ISO 8601; tag ids are 8 upper-case hex digits (the chip's 
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from typing_extensions import TypedDict
 
-VERSION = 1
+from protocol.ids import STATION_ID_PATTERN, TAG_ID_PATTERN, format_tag, parse_tag
 
+VERSION: Final = 1
+
+# format_tag and parse_tag live in protocol.ids; they stay importable from here with the messages they fill.
 __all__ = [
     "VERSION", "Alert", "Hotlist", "MessageError", "SelfTestStep", "SelfTestSummary", "Sighting", "SightingBatch",
     "StationStatus", "dumps", "format_tag", "parse_batch_rows", "parse_selftest", "parse_tag", "utcnow",
@@ -36,25 +38,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def format_tag(tag_id: int) -> str:
-    """A chip's 32-bit id as the 8 hex digits printed on it and sent on the wire."""
-    return f"{tag_id:08X}"
-
-
-_HEX8 = re.compile(r"[0-9A-Fa-f]{8}")
-
-
-def parse_tag(text: str) -> int:
-    """The 32-bit id from 8 hex digits; raises ValueError otherwise."""
-    if not _HEX8.fullmatch(text):
-        raise ValueError(f"tag id {text!r} must be 8 hex digits")
-    return int(text, 16)
-
-
 # A pattern (checked in pydantic's Rust core) rather than a Python validator: ingest parses
 # tens of thousands of these a second.
-TagId = Annotated[str, Field(pattern=r"^[0-9A-F]{8}$", description="8 upper-case hex digits")]
-StationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+TagId = Annotated[str, Field(pattern=TAG_ID_PATTERN, description="8 upper-case hex digits")]
+StationId = Annotated[str, Field(pattern=STATION_ID_PATTERN)]
 
 
 def _message_error(exc: ValidationError, raw: bytes) -> MessageError:
@@ -206,7 +193,7 @@ def parse_selftest(raw: bytes) -> SelfTestStep | SelfTestSummary:
 def _rows_of(model: type[BaseModel], name: str, **override: Any) -> Any:
     """The same fields and constraints as `model`, as a TypedDict: validated without building objects."""
     fields: dict[str, Any] = {
-        n: Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation  # type: ignore[valid-type]
+        n: Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
         for n, f in model.model_fields.items()
     }
     fields.update(override)
@@ -215,7 +202,9 @@ def _rows_of(model: type[BaseModel], name: str, **override: Any) -> Any:
 
 SightingRow = _rows_of(Sighting, "SightingRow")
 SightingBatchRows = _rows_of(
-    SightingBatch, "SightingBatchRows", sightings=Annotated[list[SightingRow], Field(max_length=10_000)]
+    SightingBatch,
+    "SightingBatchRows",
+    sightings=Annotated[list[SightingRow], Field(max_length=10_000)],  # type: ignore[valid-type]  # built at runtime
 )
 _BATCH_ROWS: TypeAdapter[Any] = TypeAdapter(SightingBatchRows)
 

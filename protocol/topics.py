@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from protocol.ids import IdError, check_station_id
+
 ROOT = "bikeguard/v1"
 HOTLIST = f"{ROOT}/hotlist"
 SELFTEST = "selftest"  # each step of a commissioning self-test, as it completes (gateway → backend)
 STATION_KINDS = ("sightings", "alerts", "status", SELFTEST)
 
-_STATION_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _STATION_TOPIC = re.compile(rf"{ROOT}/stations/([^/]+)/({'|'.join(STATION_KINDS)})")
 
 
@@ -18,23 +19,24 @@ class TopicError(ValueError):
     """A topic or station id that does not follow the contract."""
 
 
-def check_station_id(station_id: str) -> str:
-    """Return the station id if it is lower-case letters, digits, '-' or '_' (1-64 chars)."""
-    if not _STATION_ID.fullmatch(station_id):
-        raise TopicError(f"invalid station id {station_id!r}: use 1-64 of a-z 0-9 - _")
-    return station_id
+def _station(station_id: str) -> str:
+    """The station id as a topic level; an invalid one is a TopicError, with protocol.ids' reason."""
+    try:
+        return check_station_id(station_id)
+    except IdError as exc:
+        raise TopicError(str(exc)) from exc
 
 
 def station_topic(station_id: str, kind: str) -> str:
     """`bikeguard/v1/stations/{id}/{kind}` for kind in sightings, alerts, status, selftest."""
     if kind not in STATION_KINDS:
         raise TopicError(f"unknown station topic kind {kind!r}")
-    return f"{ROOT}/stations/{check_station_id(station_id)}/{kind}"
+    return f"{ROOT}/stations/{_station(station_id)}/{kind}"
 
 
 def command_topic(station_id: str, name: str) -> str:
     """`bikeguard/v1/stations/{id}/commands/{name}`: backend to one gateway."""
-    return f"{ROOT}/stations/{check_station_id(station_id)}/commands/{name}"
+    return f"{ROOT}/stations/{_station(station_id)}/commands/{name}"
 
 
 def station_filter(kind: str, shared_group: str | None = None) -> str:
@@ -58,4 +60,4 @@ def parse_station_topic(topic: str) -> StationTopic:
     m = _STATION_TOPIC.fullmatch(topic)
     if not m:
         raise TopicError(f"not a station topic: {topic!r}")
-    return StationTopic(check_station_id(m.group(1)), m.group(2))
+    return StationTopic(_station(m.group(1)), m.group(2))

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_vali
 from pydantic_core import PydanticCustomError
 
 from backend import identity
+from protocol.ids import STATION_ID_PATTERN
 from protocol.messages import TagId
 
 DbId = Annotated[int, Field(ge=1, le=2**63 - 1)]
@@ -64,7 +65,7 @@ Login = Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{3,64}$")]
 class StationCreate(BaseModel):
     """A station to create or update."""
 
-    station_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    station_id: str = Field(pattern=STATION_ID_PATTERN)
     name: Text200
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
@@ -602,15 +603,6 @@ class TheftReportCreate(BaseModel):
     place: Text200 | None = None
     circumstances: Text2000 | None = None
     police_report: Text50 | None = None
-
-
-class AvailabilityQuery(BaseModel):
-    """Values to check before registering; each is optional."""
-
-    plate: Plate | None = None
-    tag_id: TagId | None = None
-    frame_number: FrameNumber | None = None
-    motor_number: MotorNumber | None = None
 
 
 class VerificationPublic(BaseModel):

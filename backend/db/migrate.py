@@ -64,14 +64,3 @@ def maintain(database_url: str, days_ahead: int, retention_days: int | None) -> 
             row = conn.execute("SELECT bikeguard_drop_old_sightings(%s)", (retention_days,)).fetchone()
             dropped = int(row[0]) if row else 0
     return created, dropped
-
-
-def uses_timescaledb(conn: psycopg.Connection) -> bool:
-    """True when sightings is a TimescaleDB hypertable."""
-    row = conn.execute("SELECT to_regclass('timescaledb_information.hypertables') IS NOT NULL").fetchone()
-    if not row or not row[0]:
-        return False
-    row = conn.execute(
-        "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'sightings'"
-    ).fetchone()
-    return bool(row and row[0])

@@ -24,7 +24,6 @@ from backend import alarms, selftests
 from backend.ingest import writer
 from backend.ingest.stations import UNKNOWN_REASON, KnownStations
 from backend.settings import BackendSettings
-from bikeguard.services import mqtt_address
 from protocol import topics
 from protocol.messages import (
     Alert,
@@ -36,6 +35,7 @@ from protocol.messages import (
     parse_selftest,
     utcnow,
 )
+from protocol.mqtt_address import mqtt_address
 
 log = logging.getLogger(__name__)
 

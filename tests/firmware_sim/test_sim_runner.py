@@ -17,7 +17,7 @@ from firmware_sim.radio import RadioClosedError
 from firmware_sim.runner import SimRunner, main
 from firmware_sim.town import Town
 from protocol.frames import BAUD_RATE, Beacon, FrameDecoder, ModuleStatus
-from protocol.messages import format_tag
+from protocol.ids import format_tag
 
 
 def test_every_station_port_carries_its_beacons_and_status() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.coverage import StationSite, compute
@@ -34,3 +35,34 @@ def test_coverage_map_renders_in_a_browser(tmp_path: Path, map_server_factory):
     server = map_server_factory(build_coverage_map(cov, stations, roads).get_root().render(), [])
     errors = screenshot(f"{server.url}/", screenshot_path("coverage.png"), wait_for=".bg-site")
     assert errors == []
+
+
+@dataclass(frozen=True)
+class PlainSite:
+    lat: float
+    lon: float
+    gain_m: float
+
+
+@dataclass(frozen=True)
+class PlainCoverage:
+    road_m: float
+    covered_m: float
+    share: float
+    station_areas: list[list[tuple[float, float]]] = field(default_factory=list)
+    uncovered: list[list[tuple[float, float]]] = field(default_factory=list)
+    suggestions: list[PlainSite] = field(default_factory=list)
+
+
+def test_coverage_map_draws_plain_data_computed_elsewhere():
+    square = [(30.270, 120.150), (30.270, 120.151), (30.271, 120.151), (30.271, 120.150), (30.270, 120.150)]
+    layers = PlainCoverage(
+        road_m=2000.0, covered_m=500.0, share=0.25, station_areas=[square],
+        uncovered=[[(30.272, 120.150), (30.274, 120.150)]], suggestions=[PlainSite(30.273, 120.150, 300.0)],
+    )
+    station = {"station_id": "st-001", "name": "Gate", "lat": 30.2705, "lon": 120.1505, "state": "online"}
+    html = build_coverage_map(layers, [station], None).get_root().render()
+    assert "<b>25%</b> of 2.0 km" in html and "1.5 km not heard by any station" in html
+    assert "Suggested site 1: covers 300 m more road (30.27300, 120.15000)" in html
+    assert "With the 1 suggested sites: <b style='font-size:16px'>40%</b>" in html
+    assert "Not heard by any station" in html and external_references(html) == []

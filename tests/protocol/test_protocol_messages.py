@@ -6,8 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from protocol.messages import (
     VERSION,
@@ -18,7 +16,6 @@ from protocol.messages import (
     SightingBatch,
     StationStatus,
     dumps,
-    format_tag,
     parse_tag,
     utcnow,
 )
@@ -166,31 +163,6 @@ def test_sighting_rssi_outside_an_i8_is_refused() -> None:
         Sighting(
             tag_id="0A1B2C3D", first_seen_at=NOW, last_seen_at=NOW, beacons=1, peak_rssi_dbm=-129, antenna=0, flags=0
         )
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.integers(0, 0xFFFFFFFF))
-def test_tag_id_formats_to_eight_hex_digits_and_back(tag_id: int) -> None:
-    text = format_tag(tag_id)
-    assert len(text) == 8 and text == text.upper()
-    assert parse_tag(text) == tag_id
-
-
-def test_tag_id_extremes_format_as_printed_on_the_chip() -> None:
-    assert format_tag(0) == "00000000"
-    assert format_tag(0xFFFFFFFF) == "FFFFFFFF"
-
-
-@pytest.mark.parametrize("text", ["1234567", "123456789", "GGGGGGGG"])
-def test_parse_tag_refuses_what_is_not_eight_hex_digits(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_tag(text)
-
-
-@pytest.mark.parametrize("text", ["-0000001", "+1234567", "0x123456", "1_234567", " 1234567", "٣٣٣٣٣٣٣٣"])
-def test_parse_tag_refuses_int_literal_tricks(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_tag(text)
 
 
 def test_utcnow_is_timezone_aware_utc() -> None:

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.ids import IdError, check_station_id
 from protocol.topics import (
     HOTLIST,
     STATION_KINDS,
     StationTopic,
     TopicError,
-    check_station_id,
     command_topic,
     parse_station_topic,
     station_filter,
@@ -58,17 +58,19 @@ def test_unknown_station_topic_kind_is_refused() -> None:
 
 @pytest.mark.parametrize("station_id", INVALID_IDS)
 def test_invalid_station_id_is_rejected_everywhere(station_id: str) -> None:
-    with pytest.raises(TopicError, match="invalid station id"):
+    with pytest.raises(IdError, match="invalid station id"):
         check_station_id(station_id)
-    with pytest.raises(TopicError):
+    with pytest.raises(TopicError, match="invalid station id"):
         station_topic(station_id, "status")
-    with pytest.raises(TopicError):
+    with pytest.raises(TopicError, match="invalid station id"):
         command_topic(station_id, "self-test")
 
 
 def test_station_id_with_trailing_newline_is_rejected() -> None:
-    with pytest.raises(TopicError):
+    with pytest.raises(IdError):
         check_station_id("st-001\n")
+    with pytest.raises(TopicError):
+        station_topic("st-001\n", "status")
 
 
 def test_topic_error_is_a_value_error() -> None:

@@ -6,7 +6,6 @@ caller may see of a bike, its owner and its trajectory is backend.access's to sa
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -39,6 +38,7 @@ from backend.api.schemas import (
     TransferPublic,
 )
 from backend.registry import BikeDetails, InvalidValue, Registry
+from protocol.ids import TAG_ID_ANY_CASE_PATTERN, is_tag_text
 from protocol.messages import parse_tag, utcnow
 
 router = APIRouter(prefix="/api/bikes", tags=["bikes"])
@@ -84,7 +84,7 @@ async def register_bike(body: BikeCreate, request: Request, conn: Conn, registry
 @router.get("", response_model=list[BikePublic])
 async def list_bikes(
     conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner", "clerk", "admin", "police")],
-    plate: str | None = Query(None, max_length=20), tag_id: str | None = Query(None, pattern=r"^[0-9A-Fa-f]{8}$"),
+    plate: str | None = Query(None, max_length=20), tag_id: str | None = Query(None, pattern=TAG_ID_ANY_CASE_PATTERN),
     frame_number: str | None = Query(None, max_length=40),
 ) -> list[dict[str, Any]]:
     """Owner: their bikes. Clerk, admin, police: bikes matching a plate, chip or frame number (one is needed)."""
@@ -102,7 +102,7 @@ async def list_bikes(
 @router.get("/availability", response_model=dict[str, str])
 async def availability(
     conn: Conn, registry: RegistryDep, _user: Counter,
-    plate: str | None = Query(None, max_length=20), tag_id: str | None = Query(None, pattern=r"^[0-9A-Fa-f]{8}$"),
+    plate: str | None = Query(None, max_length=20), tag_id: str | None = Query(None, pattern=TAG_ID_ANY_CASE_PATTERN),
     frame_number: str | None = Query(None, max_length=40), motor_number: str | None = Query(None, max_length=40),
 ) -> dict[str, str]:
     """Clerk, admin: for each value given, what already holds it (free values are left out), as the clerk types."""
@@ -131,7 +131,7 @@ async def search(
     text = q.strip()
     case = require_case_number(case_number, "a bike's owner") if case_number else None
     found: dict[int, dict[str, Any]] = {}
-    tag = parse_tag(text) if re.fullmatch(r"[0-9A-Fa-f]{8}", text) else None
+    tag = parse_tag(text) if is_tag_text(text) else None
     for criteria in ({"plate": text}, {"frame_number": text.upper()}, {"tag_id": tag} if tag is not None else None):
         if criteria:
             for bike in await registry.find_bikes(conn, **criteria):

@@ -26,6 +26,7 @@ from backend.web.translations import MESSAGES
 from maps.coverage import build_coverage_map
 from maps.live import build_live_map
 from maps.stations import build_station_map
+from protocol.ids import STATION_ID_PATTERN
 from protocol.messages import utcnow
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -130,7 +131,7 @@ async def home(user: OptionalUser) -> Response:
 
 @router.get("/installer", response_class=HTMLResponse)
 async def installer(request: Request, conn: Conn, user: OptionalUser, lang: str | None = None,
-                    station: str | None = Query(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")) -> Response:
+                    station: str | None = Query(None, pattern=STATION_ID_PATTERN)) -> Response:
     """Installer, admin: the open station alarms, stations on a map coloured by health, their table, a station's
     self-test as it runs (`?station=st-017#selftest`), and the road coverage."""
     chosen = _lang(request, lang)

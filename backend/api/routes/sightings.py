@@ -18,6 +18,7 @@ from backend.access import viewer_of
 from backend.accounts import User
 from backend.api.deps import Conn, allow
 from backend.api.schemas import SightingPublic
+from protocol.ids import TAG_ID_ANY_CASE_PATTERN
 from protocol.messages import parse_tag, utcnow
 
 router = APIRouter(prefix="/api", tags=["sightings"])
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/api", tags=["sightings"])
 async def list_sightings(
     conn: Conn,
     user: Annotated[User, allow("police", "owner")],
-    tag_id: str | None = Query(None, description="8 hex digits", pattern=r"^[0-9A-Fa-f]{8}$"),
+    tag_id: str | None = Query(None, description="8 hex digits", pattern=TAG_ID_ANY_CASE_PATTERN),
     station_id: str | None = Query(None, max_length=64),
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,

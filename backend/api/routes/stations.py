@@ -24,12 +24,13 @@ from backend.api.schemas import (
     StationUpdate,
 )
 from backend.api.streams import event_stream
+from protocol.ids import STATION_ID_PATTERN
 from protocol.messages import utcnow
 
 router = APIRouter(prefix="/api", tags=["stations"])
 Staff = Annotated[User, allow("police", "installer", "admin")]
 Installer = Annotated[User, allow("installer", "admin")]
-StationId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+StationId = Annotated[str, Path(pattern=STATION_ID_PATTERN)]
 
 
 class SelfTestStepPublic(BaseModel):

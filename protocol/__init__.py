@@ -1,0 +1,8 @@
+"""The wire formats, the only code more than one component imports (DESIGN §2).
+
+- `ids`: station and tag ids, their patterns, checks, format and parse
+- `frames`: the radio module's serial frames (streaming decoder with resync) and the tag's status flags
+- `topics`: MQTT topic names and subscription filters, built and parsed
+- `messages`: the MQTT payloads (contract v1), validated at the backend's edge
+- `mqtt_address`: a broker's host, port and credentials from its URL
+"""

@@ -1,0 +1,35 @@
+"""protocol/mqtt_address.py: a broker's host, port and credentials from its URL."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol.mqtt_address import MqttAddress, MqttUrlError, mqtt_address
+
+
+def test_url_with_credentials_gives_all_four_parts() -> None:
+    assert mqtt_address("mqtt://gw:hunter2@broker:8883") == MqttAddress("broker", 8883, "gw", "hunter2")
+
+
+def test_bare_url_defaults_to_the_standard_port_without_credentials() -> None:
+    host, port, username, password = mqtt_address("mqtt://broker")
+    assert (host, port, username, password) == ("broker", 1883, None, None)
+
+
+def test_tcp_scheme_is_taken_too() -> None:
+    assert mqtt_address("tcp://10.0.0.5:1884") == ("10.0.0.5", 1884, None, None)
+
+
+def test_missing_host_means_this_machine() -> None:
+    assert mqtt_address("mqtt://:1885").host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("url", ["http://broker", "broker:1883", "mqtts://broker", ""])
+def test_other_schemes_are_refused(url: str) -> None:
+    with pytest.raises(MqttUrlError, match="MQTT URL must start with mqtt://"):
+        mqtt_address(url)
+
+
+def test_url_error_is_a_value_error() -> None:
+    # pydantic turns a ValueError from a settings validator into a validation error.
+    assert issubclass(MqttUrlError, ValueError)
