@@ -3,7 +3,7 @@
 PostgreSQL (embedded) and an MQTT broker (Mosquitto if installed, else embedded amqtt), the backend
 on 127.0.0.1, a town of stations and bikes whose radio modules write real frames into ptys, one
 gateway per station reading them, and one bike stolen after a while and reported by its owner.
-Ctrl-C stops everything; nothing is left running.
+Ctrl-C, SIGTERM (a service manager) and SIGHUP (a closed terminal) stop everything; nothing is left running.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,9 +25,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from backend import accounts
 from backend.identity import check_character
@@ -41,7 +44,47 @@ log = logging.getLogger("bikeguard.demo")
 
 
 def _say(text: str) -> None:
-    print(f"[demo] {text}", flush=True)
+    try:
+        print(f"[demo] {text}", flush=True)
+    except OSError:
+        # The terminal is gone (a hangup, a closed pipe): say nothing more (print to None does nothing), and stop
+        # all the same.
+        sys.stdout = None
+
+
+class Stopped(BaseException):
+    """A signal asked the demo to stop.
+
+    A BaseException like KeyboardInterrupt, so that no `except Exception` on the way catches it before the clean-up.
+    """
+
+
+class StopSignals:
+    """Ctrl-C, SIGTERM and SIGHUP all stop the demo the same way: the first raises Stopped in the main thread, so the
+    clean-up runs; later ones are ignored, so they cannot cut the clean-up short."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.SIGNALS:
+            # A signal ignored when we started stays ignored (nohup ignores hangups, a background job Ctrl-C).
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                self._previous[signum] = signal.signal(signum, self._stop)
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        raise Stopped(signal.Signals(signum).name)
 
 
 def town_roads_geojson(town: Town) -> dict[str, Any]:
@@ -185,7 +228,13 @@ def _lines(proc: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo until Ctrl-C (or --duration)."""
+    """Run the demo until Ctrl-C, SIGTERM or SIGHUP (or --duration); whichever way it stops, it stops all it
+    started."""
+    with StopSignals() as stop_signals:
+        return _run(args, stop_signals)
+
+
+def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="bikeguard-demo-"))
     pg: Postgres | None = None
@@ -232,7 +281,7 @@ def run_demo(args: argparse.Namespace) -> int:
         events = _lines(sim)
         ports = next(e for e in events if e.get("event") == "ports")["ports"]
         fleet = GatewayFleet([
-            GatewaySettings(station_id=sid, serial_url=path, mqtt_url=mqtt_url,
+            GatewaySettings(station_id=sid, serial_url=path, mqtt_url=SecretStr(mqtt_url),
                             spool_path=workdir / f"gateway-{sid}.spool", status_interval_s=10)
             for sid, path in ports.items()
         ])
@@ -251,12 +300,13 @@ def run_demo(args: argparse.Namespace) -> int:
                 return 1
             time.sleep(0.5)
         return 0
-    except KeyboardInterrupt:
+    except Stopped:
         return 0
     except ServiceError as exc:
         _say(f"could not start: {exc}")
         return 1
     finally:
+        stop_signals.stopping = True  # however we got here, a signal now must not cut the clean-up short
         _say("stopping")
         if fleet:
             fleet.stop()
