@@ -67,6 +67,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.stopping = False
+        self._held: str | None = None  # "" while a part starts, then the name of a signal that came meanwhile
         self._previous: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -80,8 +81,23 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold a stop signal while a part starts, so that the part is in hand to be stopped when the signal acts."""
+        self._held = ""
+        try:
+            yield
+        finally:
+            name, self._held = self._held, None
+        if name and not self.stopping:
+            self.stopping = True
+            raise Stopped(name)
+
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping:
+            return
+        if self._held is not None:
+            self._held = self._held or signal.Signals(signum).name
             return
         self.stopping = True
         raise Stopped(signal.Signals(signum).name)
@@ -245,13 +261,15 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
     try:
         database_url = os.environ.get("BIKEGUARD_DATABASE_URL")
         if not database_url:
-            pg = start_postgres(workdir / "pgdata")
+            with stop_signals.held():
+                pg = start_postgres(workdir / "pgdata")
             database_url = pg.url
             _say("PostgreSQL (embedded) started")
         mqtt_url = os.environ.get("BIKEGUARD_MQTT_URL")
         shared = os.environ.get("BIKEGUARD_MQTT_SHARED_GROUP", "bikeguard-ingest")
         if not mqtt_url:
-            broker = start_broker("auto")
+            with stop_signals.held():
+                broker = start_broker("auto")
             mqtt_url = broker.url
             shared = shared if broker.supports_shared_subscriptions else ""
             _say(f"MQTT broker ({broker.kind}) on {broker.url}")
@@ -263,8 +281,9 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
                "BIKEGUARD_MQTT_CLIENT_ID": "bikeguard-demo-backend",
                # A young town has little history: learn where bikes go next every minute, not every hour.
                "BIKEGUARD_MAINTENANCE_INTERVAL_S": "60", **random_secrets()}
-        backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env,
-                                   start_new_session=True)
+        with stop_signals.held():
+            backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env,
+                                       start_new_session=True)
         wait_for_http(f"{base}/api/health", process=backend)
         _say("backend up")
 
@@ -273,19 +292,22 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         _say(f"town registered: {len(town.stations)} stations, {len(town.bikes)} bikes and their owners,"
              f" {len(town.roads)} roads")
 
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "firmware_sim", "--seed", str(args.seed), "--stations", str(args.stations),
-             "--bikes", str(args.bikes), "--steal-after", str(args.steal_after)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True,
-        )
+        with stop_signals.held():
+            sim = subprocess.Popen(
+                [sys.executable, "-m", "firmware_sim", "--seed", str(args.seed), "--stations", str(args.stations),
+                 "--bikes", str(args.bikes), "--steal-after", str(args.steal_after)],
+                stdout=subprocess.PIPE, text=True, start_new_session=True,
+            )
         events = _lines(sim)
         ports = next(e for e in events if e.get("event") == "ports")["ports"]
-        fleet = GatewayFleet([
+        gateways = [
             GatewaySettings(station_id=sid, serial_url=path, mqtt_url=SecretStr(mqtt_url),
                             spool_path=workdir / f"gateway-{sid}.spool", status_interval_s=10)
             for sid, path in ports.items()
-        ])
-        fleet.start()
+        ]
+        with stop_signals.held():
+            fleet = GatewayFleet(gateways)
+            fleet.start()
         _say(f"{len(ports)} radio modules on ptys, one gateway each")
         _say(f"open {base}/  — the live map (one bike will be stolen in about {args.steal_after:.0f} s)")
         _say(f"  sign in as police: username {staff.police.username}  password {staff.police.password}")

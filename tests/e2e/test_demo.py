@@ -28,44 +28,55 @@ from tests.browser import browser_page, chromium_path, console_errors, screensho
 
 @dataclass
 class DemoRun:
-    """A `bikeguard demo` process and, once it is ready, everything it started."""
+    """A `bikeguard demo` process whose TMPDIR is tmp, and what it had started when last looked at."""
 
     process: subprocess.Popen[str]
     port: int
     tmp: Path
     started: list[psutil.Process] = field(default_factory=list)
 
-    def wait_until_ready(self) -> list[str]:
-        """The demo's output up to the police login line; then note what it started."""
+    def wait_for(self, text: str) -> list[str]:
+        """The demo's output up to the line with text; then note what it has started."""
         output: list[str] = []
         assert self.process.stdout is not None
         for line in self.process.stdout:
             output.append(line)
-            if "sign in as police" in line:
+            if text in line:
                 self.started = self._processes()
-                assert len(self.started) >= 4, self.started  # broker, backend, simulator, PostgreSQL
-                assert any(p.name() == "postgres" for p in self.started), self.started
                 return output
-        raise AssertionError("demo ended before it was ready:\n" + "".join(output))
+        raise AssertionError(f"demo ended before it said {text!r}:\n" + "".join(output))
+
+    def wait_until_ready(self) -> list[str]:
+        """The demo's output up to the police login line, when every part runs."""
+        output = self.wait_for("sign in as police")
+        assert len(self.started) >= 4, self.started  # broker, backend, simulator, PostgreSQL
+        assert any(p.name() == "postgres" for p in self.started), self.started
+        return output
 
     def _processes(self) -> list[psutil.Process]:
-        # Its children, and PostgreSQL with its workers: pg_ctl starts it detached, so it is found by the data
-        # directory on its command line, which lies in the demo's own TMPDIR.
-        found = {p.pid: p for p in psutil.Process(self.process.pid).children(recursive=True)}
+        # Its children, and anything else of its own: PostgreSQL, which pg_ctl starts detached, or a part orphaned
+        # by a demo that died, is known by the demo's TMPDIR in its environment or on its command line.
+        found: dict[int, psutil.Process] = {}
+        with contextlib.suppress(psutil.Error):  # the demo may have ended
+            found |= {p.pid: p for p in psutil.Process(self.process.pid).children(recursive=True)}
         for process in psutil.process_iter():
             with contextlib.suppress(psutil.Error):
-                if process.pid != self.process.pid and any(str(self.tmp) in arg for arg in process.cmdline()):
+                if process.pid != self.process.pid and self._marked(process):
                     found |= {p.pid: p for p in [process, *process.children(recursive=True)]}
         return list(found.values())
 
+    def _marked(self, process: psutil.Process) -> bool:
+        tmp = str(self.tmp)
+        return any(tmp in arg for arg in process.cmdline()) or process.environ().get("TMPDIR") == tmp
+
     def still_running(self) -> list[psutil.Process]:
-        """What the demo started and has not ended (a zombie has)."""
-        alive = []
-        for process in self.started:
+        """What the demo started (as noted before, and as found now) that has not ended (a zombie has)."""
+        alive: dict[int, psutil.Process] = {}
+        for process in [*self.started, *self._processes()]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(process)
-        return alive
+                    alive[process.pid] = process
+        return list(alive.values())
 
 
 @contextlib.contextmanager
@@ -111,10 +122,15 @@ def test_demo_shows_the_stolen_bike_on_the_map_and_ctrl_c_stops_everything() -> 
     assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_demo_stopped_by_a_service_manager_or_a_closed_terminal_leaves_nothing_running(signum: int) -> None:
+@pytest.mark.parametrize(("signum", "when"), [
+    (signal.SIGTERM, "sign in as police"),  # a service manager stops it
+    (signal.SIGHUP, "sign in as police"),  # its terminal is closed
+    (signal.SIGTERM, "PostgreSQL (embedded) started"),  # while it starts the rest
+], ids=["SIGTERM", "SIGHUP", "SIGTERM-while-starting"])
+def test_demo_stopped_by_a_service_manager_or_a_closed_terminal_leaves_nothing_running(signum: int, when: str) -> None:
     with demo_run("--stations", "3", "--bikes", "6", "--steal-after", "3600") as demo:
-        demo.wait_until_ready()
+        demo.wait_for(when)
+        assert any(p.name() == "postgres" for p in demo.started), demo.started
         if signum == signal.SIGHUP:
             assert demo.process.stdout is not None
             demo.process.stdout.close()  # the terminal is gone: what the demo says from now on goes nowhere
