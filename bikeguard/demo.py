@@ -61,7 +61,7 @@ class Stopped(BaseException):
 
 class StopSignals:
     """Ctrl-C, SIGTERM and SIGHUP all stop the demo the same way: the first raises Stopped in the main thread, so the
-    clean-up runs; later ones are ignored, so they cannot cut the clean-up short."""
+    clean-up runs; once it runs, later ones are ignored, so they cannot cut it short."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -96,11 +96,12 @@ class StopSignals:
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping:
             return
-        if self._held is not None:
-            self._held = self._held or signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self._held == "":
+            self._held = name  # acted on when the part has started; a second signal does not wait (a start may hang)
             return
         self.stopping = True
-        raise Stopped(signal.Signals(signum).name)
+        raise Stopped(name)
 
 
 def town_roads_geojson(town: Town) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from bikeguard.demo import Stopped, StopSignals
 from bikeguard.services import free_port
 from tests.backend.test_ingest import wait_until
 from tests.browser import browser_page, chromium_path, console_errors, screenshot_path
@@ -142,6 +143,24 @@ def test_demo_stopped_by_a_service_manager_or_a_closed_terminal_leaves_nothing_r
         leftovers = demo.still_running()
     assert leftovers == [], f"still running 15 s after {signal.Signals(signum).name}: {leftovers}"
     assert demo.process.returncode == 0
+
+
+def test_a_stop_signal_waits_for_a_starting_part_and_a_second_one_does_not() -> None:
+    def signalled(signum: int) -> None:
+        os.kill(os.getpid(), signum)
+        time.sleep(0.1)  # the handler runs in the main thread at the next bytecode; give it the chance
+
+    with StopSignals() as stop_signals:
+        reached = []
+        with pytest.raises(Stopped, match="SIGTERM"), stop_signals.held():
+            signalled(signal.SIGTERM)
+            reached.append("the part started")  # a part whose start was interrupted would be left unstoppable
+        assert reached == ["the part started"] and stop_signals.stopping
+        signalled(signal.SIGHUP)  # the clean-up runs now: nothing may cut it short
+    with StopSignals() as stop_signals, pytest.raises(Stopped, match="SIGINT"), stop_signals.held():
+        signalled(signal.SIGTERM)
+        signalled(signal.SIGINT)  # a start that hangs must not make the demo unstoppable
+        raise AssertionError("the second signal did not stop it")
 
 
 def wait_for_the_alarm(base: str, username: str, password: str) -> float:
