@@ -13,6 +13,7 @@ import io
 import struct
 from datetime import datetime
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,13 @@ from protocol.messages import format_tag
 
 _TOKEN_PREFIX = "BG1"
 _MAC_BYTES = 16
-# Fonts for the PDF: a CJK font when installed (Debian fonts-noto-cjk), else DejaVu, else the PDF core font.
-_FONTS = (
-    ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", 2),  # index 2: Simplified Chinese
-    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 0),
-)
+# The PDF's font comes with our install (the pip package noto-cjk-sans-otc, Noto Sans CJK under the SIL OFL 1.1),
+# never from the system: a county prints Chinese certificates on any machine. Face 2 of the collection is Simplified
+# Chinese; its Latin letters serve the English certificate.
+_FONT_PACKAGE = "noto_cjk_sans_otc"
+_FONT_FILE = "NotoSansCJK-Regular.ttc"
+_FONT_FACE = 2
+_LINE_BREAKS = "\n\r"  # multi_cell breaks lines there; they need no glyph
 
 
 class CertificateError(Exception):
@@ -37,6 +40,19 @@ class CertificateError(Exception):
 
 class CertificateNotFound(CertificateError):
     """The bike has no current certificate."""
+
+
+class CertificateFontMissing(CertificateError):
+    """The certificate font package is not installed."""
+
+
+class GlyphMissing(CertificateError):
+    """The certificate font has no glyph for a character of the text: the PDF would show an empty box instead."""
+
+    def __init__(self, character: str, text: str) -> None:
+        super().__init__(f"the certificate font has no glyph for {character!r} (U+{ord(character):04X}) in {text!r}")
+        self.character = character
+        self.text = text
 
 
 def _b64(data: bytes) -> str:
@@ -147,30 +163,40 @@ def qr_svg(data: str) -> str:
 
 
 @cache
-def _font() -> tuple[str, int] | None:
-    for path, index in _FONTS:
-        if Path(path).exists():
-            return path, index
-    return None
+def font_path() -> Path:
+    """The certificate font (a font collection; face _FONT_FACE is Simplified Chinese), from its installed package."""
+    try:
+        path = Path(str(files(_FONT_PACKAGE) / _FONT_FILE))
+    except ModuleNotFoundError as exc:
+        raise CertificateFontMissing("the certificate font is not installed: pip install 'bikeguard[backend]'") from exc
+    if not path.is_file():
+        raise CertificateFontMissing(f"the certificate font {path} is missing: reinstall noto-cjk-sans-otc")
+    return path
 
 
 def render_pdf(view: dict[str, Any], labels: dict[str, str], url: str) -> bytes:
-    """A one-page A5 PDF of the certificate: title, fields (already masked) and the QR code."""
+    """A one-page A5 PDF of the certificate: title, fields (already masked) and the QR code.
+
+    Raises GlyphMissing when the font cannot show a character of the text (fpdf2 would only log a warning).
+    """
     from fpdf import FPDF
+    from fpdf.fonts import TTFFont
 
     pdf = FPDF(orientation="L", unit="mm", format=(148, 210))  # A5
     pdf.set_auto_page_break(False)
     pdf.add_page()
-    font = _font()
-    family = "Helvetica"
-    if font:
-        pdf.add_font("cert", fname=font[0], collection_font_number=font[1])
-        family = "cert"
+    family = "cert"
+    pdf.add_font(family, fname=font_path(), collection_font_number=_FONT_FACE)
+    font = pdf.fonts[family]
+    assert isinstance(font, TTFFont)  # add_font with a file always makes one
+    glyphs = font.cmap
 
     def text(value: object) -> str:
         s = "" if value is None else str(value)
-        # The core font only speaks Latin-1: keep what it can show rather than failing.
-        return s if family != "Helvetica" else s.encode("latin-1", "replace").decode("latin-1")
+        for character in s:
+            if ord(character) not in glyphs and character not in _LINE_BREAKS:
+                raise GlyphMissing(character, s)
+        return s
 
     pdf.set_draw_color(30, 64, 175)
     pdf.set_line_width(0.8)

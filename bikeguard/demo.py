@@ -3,7 +3,7 @@
 PostgreSQL (embedded) and an MQTT broker (Mosquitto if installed, else embedded amqtt), the backend
 on 127.0.0.1, a town of stations and bikes whose radio modules write real frames into ptys, one
 gateway per station reading them, and one bike stolen after a while and reported by its owner.
-Ctrl-C stops everything; nothing is left running.
+Ctrl-C, SIGTERM (a service manager) and SIGHUP (a closed terminal) stop everything; nothing is left running.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,9 +25,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from backend import accounts
 from backend.identity import check_character
@@ -41,7 +44,64 @@ log = logging.getLogger("bikeguard.demo")
 
 
 def _say(text: str) -> None:
-    print(f"[demo] {text}", flush=True)
+    try:
+        print(f"[demo] {text}", flush=True)
+    except OSError:
+        # The terminal is gone (a hangup, a closed pipe): say nothing more (print to None does nothing), and stop
+        # all the same.
+        sys.stdout = None
+
+
+class Stopped(BaseException):
+    """A signal asked the demo to stop.
+
+    A BaseException like KeyboardInterrupt, so that no `except Exception` on the way catches it before the clean-up.
+    """
+
+
+class StopSignals:
+    """Ctrl-C, SIGTERM and SIGHUP all stop the demo the same way: the first raises Stopped in the main thread, so the
+    clean-up runs; once it runs, later ones are ignored, so they cannot cut it short."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._held: str | None = None  # "" while a part starts, then the name of a signal that came meanwhile
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.SIGNALS:
+            # A signal ignored when we started stays ignored (nohup ignores hangups, a background job Ctrl-C).
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                self._previous[signum] = signal.signal(signum, self._stop)
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold a stop signal while a part starts, so that the part is in hand to be stopped when the signal acts."""
+        self._held = ""
+        try:
+            yield
+        finally:
+            name, self._held = self._held, None
+        if name and not self.stopping:
+            self.stopping = True
+            raise Stopped(name)
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        name = signal.Signals(signum).name
+        if self._held == "":
+            self._held = name  # acted on when the part has started; a second signal does not wait (a start may hang)
+            return
+        self.stopping = True
+        raise Stopped(name)
 
 
 def town_roads_geojson(town: Town) -> dict[str, Any]:
@@ -185,7 +245,13 @@ def _lines(proc: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo until Ctrl-C (or --duration)."""
+    """Run the demo until Ctrl-C, SIGTERM or SIGHUP (or --duration); whichever way it stops, it stops all it
+    started."""
+    with StopSignals() as stop_signals:
+        return _run(args, stop_signals)
+
+
+def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="bikeguard-demo-"))
     pg: Postgres | None = None
@@ -196,13 +262,15 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         database_url = os.environ.get("BIKEGUARD_DATABASE_URL")
         if not database_url:
-            pg = start_postgres(workdir / "pgdata")
+            with stop_signals.held():
+                pg = start_postgres(workdir / "pgdata")
             database_url = pg.url
             _say("PostgreSQL (embedded) started")
         mqtt_url = os.environ.get("BIKEGUARD_MQTT_URL")
         shared = os.environ.get("BIKEGUARD_MQTT_SHARED_GROUP", "bikeguard-ingest")
         if not mqtt_url:
-            broker = start_broker("auto")
+            with stop_signals.held():
+                broker = start_broker("auto")
             mqtt_url = broker.url
             shared = shared if broker.supports_shared_subscriptions else ""
             _say(f"MQTT broker ({broker.kind}) on {broker.url}")
@@ -214,8 +282,9 @@ def run_demo(args: argparse.Namespace) -> int:
                "BIKEGUARD_MQTT_CLIENT_ID": "bikeguard-demo-backend",
                # A young town has little history: learn where bikes go next every minute, not every hour.
                "BIKEGUARD_MAINTENANCE_INTERVAL_S": "60", **random_secrets()}
-        backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env,
-                                   start_new_session=True)
+        with stop_signals.held():
+            backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env,
+                                       start_new_session=True)
         wait_for_http(f"{base}/api/health", process=backend)
         _say("backend up")
 
@@ -224,19 +293,22 @@ def run_demo(args: argparse.Namespace) -> int:
         _say(f"town registered: {len(town.stations)} stations, {len(town.bikes)} bikes and their owners,"
              f" {len(town.roads)} roads")
 
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "firmware_sim", "--seed", str(args.seed), "--stations", str(args.stations),
-             "--bikes", str(args.bikes), "--steal-after", str(args.steal_after)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True,
-        )
+        with stop_signals.held():
+            sim = subprocess.Popen(
+                [sys.executable, "-m", "firmware_sim", "--seed", str(args.seed), "--stations", str(args.stations),
+                 "--bikes", str(args.bikes), "--steal-after", str(args.steal_after)],
+                stdout=subprocess.PIPE, text=True, start_new_session=True,
+            )
         events = _lines(sim)
         ports = next(e for e in events if e.get("event") == "ports")["ports"]
-        fleet = GatewayFleet([
-            GatewaySettings(station_id=sid, serial_url=path, mqtt_url=mqtt_url,
+        gateways = [
+            GatewaySettings(station_id=sid, serial_url=path, mqtt_url=SecretStr(mqtt_url),
                             spool_path=workdir / f"gateway-{sid}.spool", status_interval_s=10)
             for sid, path in ports.items()
-        ])
-        fleet.start()
+        ]
+        with stop_signals.held():
+            fleet = GatewayFleet(gateways)
+            fleet.start()
         _say(f"{len(ports)} radio modules on ptys, one gateway each")
         _say(f"open {base}/  — the live map (one bike will be stolen in about {args.steal_after:.0f} s)")
         _say(f"  sign in as police: username {staff.police.username}  password {staff.police.password}")
@@ -251,12 +323,13 @@ def run_demo(args: argparse.Namespace) -> int:
                 return 1
             time.sleep(0.5)
         return 0
-    except KeyboardInterrupt:
+    except Stopped:
         return 0
     except ServiceError as exc:
         _say(f"could not start: {exc}")
         return 1
     finally:
+        stop_signals.stopping = True  # however we got here, a signal now must not cut the clean-up short
         _say("stopping")
         if fleet:
             fleet.stop()

@@ -1,58 +1,166 @@
-"""`bikeguard demo` as a user runs it: the stolen bike's alarm shows on the map, Ctrl-C leaves nothing behind."""
+"""`bikeguard demo` as a user runs it: the stolen bike's alarm shows on the map; Ctrl-C, SIGTERM and SIGHUP leave
+nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
+import pytest
 
+from bikeguard.demo import Stopped, StopSignals
 from bikeguard.services import free_port
 from tests.backend.test_ingest import wait_until
 from tests.browser import browser_page, chromium_path, console_errors, screenshot_path
 
 
-def test_demo_shows_the_stolen_bike_on_the_map_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BIKEGUARD_")}
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "bikeguard.cli", "demo", "--port", str(port), "--steal-after", "15"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-    )
-    output: list[str] = []
-    try:
-        assert demo.stdout is not None
-        for line in demo.stdout:
+@dataclass
+class DemoRun:
+    """A `bikeguard demo` process whose TMPDIR is tmp, and what it had started when last looked at."""
+
+    process: subprocess.Popen[str]
+    port: int
+    tmp: Path
+    started: list[psutil.Process] = field(default_factory=list)
+
+    def wait_for(self, text: str) -> list[str]:
+        """The demo's output up to the line with text; then note what it has started."""
+        output: list[str] = []
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
             output.append(line)
-            if "sign in as police" in line:
-                break
-        else:
-            raise AssertionError("demo ended before it was ready:\n" + "".join(output))
+            if text in line:
+                self.started = self._processes()
+                return output
+        raise AssertionError(f"demo ended before it said {text!r}:\n" + "".join(output))
+
+    def wait_until_ready(self) -> list[str]:
+        """The demo's output up to the police login line, when every part runs."""
+        output = self.wait_for("sign in as police")
+        assert len(self.started) >= 4, self.started  # broker, backend, simulator, PostgreSQL
+        assert any(p.name() == "postgres" for p in self.started), self.started
+        return output
+
+    def _processes(self) -> list[psutil.Process]:
+        # Its children, and anything else of its own: PostgreSQL, which pg_ctl starts detached, or a part orphaned
+        # by a demo that died, is known by the demo's TMPDIR in its environment or on its command line.
+        found: dict[int, psutil.Process] = {}
+        with contextlib.suppress(psutil.Error):  # the demo may have ended
+            found |= {p.pid: p for p in psutil.Process(self.process.pid).children(recursive=True)}
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.pid != self.process.pid and self._marked(process):
+                    found |= {p.pid: p for p in [process, *process.children(recursive=True)]}
+        return list(found.values())
+
+    def _marked(self, process: psutil.Process) -> bool:
+        tmp = str(self.tmp)
+        return any(tmp in arg for arg in process.cmdline()) or process.environ().get("TMPDIR") == tmp
+
+    def still_running(self) -> list[psutil.Process]:
+        """What the demo started (as noted before, and as found now) that has not ended (a zombie has)."""
+        alive: dict[int, psutil.Process] = {}
+        for process in [*self.started, *self._processes()]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    alive[process.pid] = process
+        return list(alive.values())
+
+
+@contextlib.contextmanager
+def demo_run(*options: str) -> Iterator[DemoRun]:
+    """`bikeguard demo` in a session of its own with a TMPDIR of its own; whatever is left on the way out is killed
+    (the test has looked for it before)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bikeguard-demo-test-"))
+    tmp.chmod(0o755)  # as root the embedded PostgreSQL runs as a user of its own, who must reach its data there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIKEGUARD_")}
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bikeguard.cli", "demo", "--port", str(port), *options],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**env, "TMPDIR": str(tmp)},
+        start_new_session=True,
+    )
+    run = DemoRun(process, port, tmp)
+    try:
+        yield run
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for leftover in run.still_running():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_demo_shows_the_stolen_bike_on_the_map_and_ctrl_c_stops_everything() -> None:
+    with demo_run("--steal-after", "15") as demo:
+        output = demo.wait_until_ready()
         police = re.search(r"username (\S+)\s+password (\S+)", output[-1])
         assert police, output[-1]
-        children = psutil.Process(demo.pid).children(recursive=True)
-        assert len(children) >= 3  # broker, backend, simulator (and PostgreSQL)
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{demo.port}"
         assert httpx.get(f"{base}/api/alarms").status_code == 401
         if chromium_path() or os.environ.get("CI"):
             took = watch_the_theft_on_the_police_console(base, police[1], police[2])
         else:
             took = wait_for_the_alarm(base, police[1], police[2])
         print(f"alarm {took:.0f} s after the demo was ready")
-        demo.send_signal(signal.SIGINT)  # what Ctrl-C does
-        demo.wait(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-    leftovers = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        demo.process.send_signal(signal.SIGINT)  # what Ctrl-C does
+        demo.process.wait(timeout=60)
+        leftovers = demo.still_running()
     assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
+
+
+@pytest.mark.parametrize(("signum", "when"), [
+    (signal.SIGTERM, "sign in as police"),  # a service manager stops it
+    (signal.SIGHUP, "sign in as police"),  # its terminal is closed
+    (signal.SIGTERM, "PostgreSQL (embedded) started"),  # while it starts the rest
+], ids=["SIGTERM", "SIGHUP", "SIGTERM-while-starting"])
+def test_demo_stopped_by_a_service_manager_or_a_closed_terminal_leaves_nothing_running(signum: int, when: str) -> None:
+    with demo_run("--stations", "3", "--bikes", "6", "--steal-after", "3600") as demo:
+        demo.wait_for(when)
+        assert any(p.name() == "postgres" for p in demo.started), demo.started
+        if signum == signal.SIGHUP:
+            assert demo.process.stdout is not None
+            demo.process.stdout.close()  # the terminal is gone: what the demo says from now on goes nowhere
+        demo.process.send_signal(signum)
+        deadline = time.monotonic() + 15
+        demo.process.wait(timeout=15)
+        with contextlib.suppress(AssertionError):  # the assertion below names what is left
+            wait_until(lambda: demo.still_running() == [], timeout_s=max(0.0, deadline - time.monotonic()))
+        leftovers = demo.still_running()
+    assert leftovers == [], f"still running 15 s after {signal.Signals(signum).name}: {leftovers}"
+    assert demo.process.returncode == 0
+
+
+def test_a_stop_signal_waits_for_a_starting_part_and_a_second_one_does_not() -> None:
+    def signalled(signum: int) -> None:
+        os.kill(os.getpid(), signum)
+        time.sleep(0.1)  # the handler runs in the main thread at the next bytecode; give it the chance
+
+    with StopSignals() as stop_signals:
+        reached = []
+        with pytest.raises(Stopped, match="SIGTERM"), stop_signals.held():
+            signalled(signal.SIGTERM)
+            reached.append("the part started")  # a part whose start was interrupted would be left unstoppable
+        assert reached == ["the part started"] and stop_signals.stopping
+        signalled(signal.SIGHUP)  # the clean-up runs now: nothing may cut it short
+    with StopSignals() as stop_signals, pytest.raises(Stopped, match="SIGINT"), stop_signals.held():
+        signalled(signal.SIGTERM)
+        signalled(signal.SIGINT)  # a start that hangs must not make the demo unstoppable
+        raise AssertionError("the second signal did not stop it")
 
 
 def wait_for_the_alarm(base: str, username: str, password: str) -> float:
