@@ -362,7 +362,7 @@ class Ingest:
                         writer.write_rejects(conn, [(item.topic, reason[:500], item.payload)])
                     self.counters.rejected["database"] += 1
         for done in written:
-            self._commission(done)
+            self._commission(conn, done)
         with self._count_lock:
             self.counters.messages += len(flush.messages)
             self.counters.flushes += 1
@@ -378,7 +378,7 @@ class Ingest:
         flush.stored = selftests.write(conn, flush.selftest_messages)
         writer.write_rejects(conn, flush.rejects)
 
-    def _commission(self, flush: _Flush) -> None:
+    def _commission(self, conn: psycopg.Connection, flush: _Flush) -> None:
         """After the commit: an installed station whose self-test passed becomes commissioned.
 
         A lost database raises (the flush is retried, and passes again); any other refusal is logged and the
@@ -386,7 +386,7 @@ class Ingest:
         """
         for station_id, run_id in flush.stored.passed:
             try:
-                moved = selftests.commission_run(self.settings.database_url, station_id, run_id)
+                moved = selftests.commission(conn, station_id, run_id)
             except psycopg.OperationalError:
                 raise
             except psycopg.Error:
