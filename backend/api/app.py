@@ -1,4 +1,5 @@
-"""The FastAPI application: pool, ingest and live feed opened in the lifespan; errors mapped in one place."""
+"""The FastAPI application: pool, ingest, live feed and station watch opened in the lifespan; errors mapped in one
+place."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 
-from backend import accounts, alarms, audit, certificates, hotlist, prediction, provisioning, registry, station_health
+from backend import accounts, audit, certificates, hotlist, prediction, provisioning, registry
 from backend import stations as station_registry
+from backend.alarms import station_watch, store
 from backend.api.deps import public
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
@@ -42,8 +43,8 @@ _ERRORS: dict[type[Exception], int] = {
     registry.LimitReached: 409,
     registry.ConsentRequired: 403,
     registry.InvalidValue: 422,
-    alarms.AlarmNotFound: 404,
-    alarms.AlarmStateError: 409,
+    store.AlarmNotFound: 404,
+    store.AlarmStateError: 409,
     accounts.LoginFailed: 401,
     accounts.LoginThrottled: 429,
     accounts.AccountConflict: 409,
@@ -77,21 +78,6 @@ async def _maintain_storage(settings: BackendSettings, pool: AsyncConnectionPool
         else:
             if created or dropped:
                 log.info("storage maintenance: %d partitions created, %d days dropped", created, dropped)
-        await asyncio.sleep(every_s)
-
-
-async def _watch_stations(settings: BackendSettings, pool: AsyncConnectionPool) -> None:
-    """Every station_watch_interval_s: raise a station-offline alarm for each station in service that missed two
-    heartbeats (or whose last will came), and clear it when the station reports again."""
-    every_s = settings.station_watch_interval_s
-    listening_since = datetime.now(UTC)
-    while True:
-        try:
-            async with pool.connection() as conn:
-                offline = await station_health.offline_stations(conn, datetime.now(UTC), listening_since)
-                await alarms.sync_station_offline(conn, offline)
-        except Exception:  # noqa: BLE001 - retried next time; the API must go on
-            log.exception("station watch failed; will retry in %.0f s", every_s)
         await asyncio.sleep(every_s)
 
 
@@ -132,7 +118,8 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         app.state.publish_hotlist = publish_hotlist
         await publish_hotlist()
         maintenance = asyncio.create_task(_maintain_storage(settings, pool), name="storage-maintenance")
-        watch = asyncio.create_task(_watch_stations(settings, pool), name="station-watch")
+        watch = asyncio.create_task(station_watch.watch_stations(pool, settings.station_watch_interval_s),
+                                    name="station-watch")
         try:
             yield
         finally:

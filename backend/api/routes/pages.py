@@ -15,8 +15,9 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from backend import alarms, certificates, coverage, station_health, stations
+from backend import certificates, coverage, station_health, stations
 from backend.accounts import Role, User
+from backend.alarms import queries as alarms
 from backend.api.deps import Conn, OptionalUser, RegistryDep, Settings, SignerDep
 from backend.identity import mask_mobile, mask_name
 from backend.settings import BackendSettings
@@ -83,7 +84,7 @@ async def live_map(request: Request, conn: Conn, settings: Settings, user: Optio
         jsonable_encoder(await stations.list_stations(conn)),
         await stations.roads_geojson(conn),
         jsonable_encoder(await stations.activity(conn, 10)),
-        jsonable_encoder(await alarms.list_alarms(conn, scope=alarms.Scope(hidden_kinds=alarms.OWNER_ONLY_KINDS))),
+        jsonable_encoder(await alarms.list_alarms(conn, scope=alarms.POLICE)),
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
         user_name=user.display_name or user.username if user else None,
