@@ -1,5 +1,5 @@
-"""The FastAPI application: pool, ingest, live feed and station watch opened in the lifespan; errors mapped in one
-place."""
+"""The FastAPI application: pool, ingest, live feed, station watch and hot-list publisher opened in the lifespan;
+errors mapped in one place."""
 
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ from backend.settings import DEFAULT_SECRET, BackendSettings
 from backend.vault import Vault
 from backend.web import STATIC_DIR
 from maps.assets import LEAFLET_DIR
-from protocol import topics
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +98,10 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         await pool.open(wait=True)
         feed = LiveFeed(settings.database_url, pool)
         feed.start()
+        # The hot list is the API's to publish (a theft report changes it), with a client of its own: a process
+        # that does not ingest publishes it all the same.
+        publisher = hotlist.HotlistPublisher(settings)
+        publisher.start()
         worker = Ingest(settings) if run_ingest else None
         if worker:
             await asyncio.to_thread(worker.start)
@@ -106,8 +109,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         async def publish_hotlist() -> None:
             async with pool.connection() as conn:
                 message = await hotlist.issue_hotlist(conn)
-            if worker:
-                worker.client.publish(topics.HOTLIST, message.to_json(), qos=1, retain=True)
+            publisher.publish(message)
             log.info("hot list version %d: %d chips", message.version, len(message.tags))
 
         app.state.settings = settings
@@ -128,6 +130,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
             await feed.stop()
             if worker:
                 await asyncio.to_thread(worker.stop)
+            await asyncio.to_thread(publisher.stop)
             await pool.close()
 
     if settings.environment == "development" and any(
