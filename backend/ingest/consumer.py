@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool
 
 from backend import selftests
 from backend.alarms import engine
+from backend.alarms.evidence import Committed
 from backend.ingest import writer
 from backend.ingest.lanes import DeferredPassages, Lane
 from backend.ingest.stations import UNKNOWN_REASON, KnownStations
@@ -299,7 +300,8 @@ class Ingest:
         for item in flush.messages:
             if item.qos > 0:
                 self.client.ack(item.mid, item.qos)
-        self._deferred.add(flush.result.committed)
+        # Only the passages: no deferred detector reads alerts, and a round without passages costs nothing.
+        self._deferred.add(Committed(flush.result.committed.passages))
 
     def _deferred_loop(self) -> None:
         """Judge the committed passages with the deferred detectors (cloned chips) as they fall due."""
