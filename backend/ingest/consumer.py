@@ -292,6 +292,10 @@ class Ingest:
                     self._write(conn, flush)
                 break
             except psycopg.OperationalError as exc:
+                if self._pool.closed:
+                    # stop() gave up waiting for us: unacknowledged, the messages are the broker's to redeliver.
+                    log.error("ingest stopped with a flush of %d messages unwritten: %s", len(flush.messages), exc)
+                    return
                 # The database went away: keep the flush (nothing is acknowledged yet) and retry.
                 log.error("database unavailable, retrying in %.1f s: %s", backoff, exc)
                 self.counters.db_retries += 1
@@ -311,7 +315,7 @@ class Ingest:
                 with self._pool.connection() as conn:
                     engine.raise_alarms(conn, due, detectors)
             except psycopg.OperationalError as exc:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or self._pool.closed:
                     log.error("cloned-chip check of %d passages dropped, the database is unavailable: %s",
                               len(due), exc)
                     continue
