@@ -18,8 +18,9 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import dict_row
 
-from backend import alarms, audit, trajectories
+from backend import audit, trajectories
 from backend.accounts import Role, User
+from backend.alarms.kinds import HIDDEN_FROM_POLICE, INSTALLER_KINDS, OWNER_ONLY_KINDS
 from backend.identity import mask_name
 from backend.registry import NotFound, Registry
 from protocol.messages import format_tag, parse_tag
@@ -51,6 +52,41 @@ def require_case_number(case_number: str | None, what: str) -> str:
     if not _CASE_NUMBER.fullmatch(text):
         raise CaseNumberRequired("a case number has 4-40 letters, digits, '/', '_', '.' or '-'")
     return text
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which alarms a viewer may see: one owner's bikes (since they own them), only some kinds, or all but some."""
+
+    owner_id: int | None = None
+    hidden_kinds: tuple[str, ...] = ()
+    only_kinds: tuple[str, ...] | None = None
+
+    def allows(self, kind: str) -> bool:
+        """Whether alarms of this kind are in scope (the owner rule aside)."""
+        return kind not in self.hidden_kinds and (self.only_kinds is None or kind in self.only_kinds)
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """A WHERE fragment (starting with AND) and its parameters."""
+        where, params = "", list[Any]()
+        if self.hidden_kinds:
+            where += " AND NOT (a.kind = ANY(%s))"
+            params.append(list(self.hidden_kinds))
+        if self.only_kinds is not None:
+            where += " AND a.kind = ANY(%s)"
+            params.append(list(self.only_kinds))
+        if self.owner_id is not None:
+            where += (
+                " AND EXISTS (SELECT 1 FROM bike_bindings ob WHERE ob.bike_id = a.bike_id AND ob.kind = 'owner'"
+                " AND ob.valid_to IS NULL AND ob.owner_id = %s AND a.raised_at >= ob.valid_from)"
+            )
+            params.append(self.owner_id)
+        return where, params
+
+
+EVERYTHING = Scope()
+POLICE = Scope(hidden_kinds=HIDDEN_FROM_POLICE)
+INSTALLERS = Scope(only_kinds=INSTALLER_KINDS)
 
 
 Admission = Literal["sign in", "change password", "wrong role"]
@@ -212,25 +248,25 @@ class Viewer:
         if self.user.role not in ("police", "admin"):
             raise Refused(f"a {self.user.role} may not see {what}")
 
-    def alarm_scope(self, only_kinds: tuple[str, ...] | None = None) -> alarms.Scope:
+    def alarm_scope(self, only_kinds: tuple[str, ...] | None = None) -> Scope:
         """The alarms this viewer may see (narrowed to only_kinds when given, e.g. the station kinds of a desk).
 
         Owner: their own bikes' alarms since they hold them. Installer: alarms about stations. Police, admin:
         every alarm but an armed bike moving (that shows where a bike that is not stolen is)."""
         if self.user.role == "owner":
-            scope = alarms.Scope(owner_id=self.user.owner_id or 0)
+            scope = Scope(owner_id=self.user.owner_id or 0)
         elif self.user.role == "installer":
-            scope = alarms.INSTALLERS
+            scope = INSTALLERS
         else:
-            scope = alarms.POLICE
+            scope = POLICE
         if only_kinds is None:
             return scope
         narrowed = only_kinds if scope.only_kinds is None else tuple(k for k in scope.only_kinds if k in only_kinds)
-        return alarms.Scope(scope.owner_id, scope.hidden_kinds, narrowed)
+        return Scope(scope.owner_id, scope.hidden_kinds, narrowed)
 
     def may_handle_alarm(self, kind: str) -> bool:
         """Whether this viewer may acknowledge or clear an alarm of this kind it sees: an owner only their own."""
-        return self.user.role != "owner" or kind in alarms.OWNER_ONLY_KINDS
+        return self.user.role != "owner" or kind in OWNER_ONLY_KINDS
 
 
 def viewer_of(user: User) -> Viewer:
@@ -238,6 +274,6 @@ def viewer_of(user: User) -> Viewer:
     return Viewer(user)
 
 
-def alarm_scope(user: User, only_kinds: tuple[str, ...] | None = None) -> alarms.Scope:
+def alarm_scope(user: User, only_kinds: tuple[str, ...] | None = None) -> Scope:
     """The alarms this user may see (what the alarm routes, the pages and the live feed filter by)."""
     return viewer_of(user).alarm_scope(only_kinds)

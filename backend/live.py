@@ -16,7 +16,8 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from backend import alarms
+from backend import access
+from backend.alarms import queries, store
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class LiveFeed:
         self._url = database_url
         self._pool = pool
         # Each viewer's queue, with the alarms it may see.
-        self._subscribers: dict[asyncio.Queue[bytes], alarms.Scope] = {}
+        self._subscribers: dict[asyncio.Queue[bytes], access.Scope] = {}
         self._queue_size = queue_size
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -53,7 +54,7 @@ class LiveFeed:
             while True:
                 try:
                     async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
-                        await conn.execute(f"LISTEN {alarms.NOTIFY_CHANNEL}")
+                        await conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
                         self.ready.set()
                         backoff = 0.5
                         async for note in conn.notifies():
@@ -77,7 +78,7 @@ class LiveFeed:
                 ids.append(pending.get_nowait())
             try:
                 async with self._pool.connection() as conn:
-                    changed = await alarms.get_alarms(conn, list(dict.fromkeys(ids)))
+                    changed = await queries.get_alarms(conn, list(dict.fromkeys(ids)))
             except psycopg.Error:
                 log.exception("live feed could not read %d changed alarms; they are not sent", len(ids))
                 continue
@@ -95,7 +96,7 @@ class LiveFeed:
                 # A viewer that stopped reading loses events rather than holding up the others.
                 self.dropped += 1
 
-    async def events(self, scope: alarms.Scope, keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
+    async def events(self, scope: access.Scope, keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
         """Server-sent events for one viewer: changes of the alarms of the kinds in scope, and a keep-alive comment.
 
         Owner scopes are not supported here (the feed filters by kind only)."""

@@ -37,21 +37,49 @@ async def refresh(conn: psycopg.AsyncConnection[Any], days: int = 14, max_gap_mi
     return int(row[0]) if row else 0
 
 
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A bike that left `at_station` at `left_at`, having come from `came_from` (if known)."""
+
+    at_station: str
+    left_at: datetime
+    came_from: str | None = None
+
+
 async def next_stations(
     conn: psycopg.AsyncConnection[Any], at_station: str, left_at: datetime,
     came_from: str | None = None, limit: int = 3, min_moves: int = 3,
 ) -> list[Interception]:
     """The likeliest next stations after `at_station` (left at `left_at`), most likely first."""
+    (found,) = await next_stations_of(conn, [Departure(at_station, left_at, came_from)], limit, min_moves)
+    return found
+
+
+async def next_stations_of(
+    conn: psycopg.AsyncConnection[Any], departures: list[Departure], limit: int = 3, min_moves: int = 3,
+) -> list[list[Interception]]:
+    """next_stations for each departure, in one query whatever their number."""
+    if not departures:
+        return []
     cur = await conn.execute(
-        "SELECT t.to_station, s.name, s.lat, s.lon, t.moves, t.median_travel_s, t.p90_travel_s"
-        " FROM station_transitions t JOIN stations s ON s.station_id = t.to_station"
-        " WHERE t.from_station = %s AND t.to_station IS DISTINCT FROM %s AND t.moves >= %s",
-        (at_station, came_from, min_moves),
+        "SELECT r.i, t.to_station, s.name, s.lat, s.lon, t.moves, t.median_travel_s, t.p90_travel_s"
+        " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS r(at_station, came_from, i)"
+        " JOIN station_transitions t ON t.from_station = r.at_station"
+        "  AND t.to_station IS DISTINCT FROM r.came_from AND t.moves >= %s"
+        " JOIN stations s ON s.station_id = t.to_station",
+        ([d.at_station for d in departures], [d.came_from for d in departures], min_moves),
     )
-    rows = await cur.fetchall()
+    rows: list[list[tuple[Any, ...]]] = [[] for _ in departures]
+    for row in await cur.fetchall():
+        rows[int(row[0]) - 1].append(row[1:])
+    return [_likeliest(d, found, limit) for d, found in zip(departures, rows, strict=True)]
+
+
+def _likeliest(departure: Departure, rows: list[tuple[Any, ...]], limit: int) -> list[Interception]:
     total = sum(r[4] for r in rows)
     if not total:
         return []
+    left_at = departure.left_at
     out = [
         Interception(sid, name, lat, lon, moves / total, left_at + timedelta(seconds=median_s),
                      left_at + timedelta(seconds=p90_s), moves)

@@ -1,13 +1,12 @@
 """Commissioning self-tests as stations report them: their steps stored once, announced by NOTIFY, shown live.
 
 The ingest stores each step and summary from `stations/{id}/selftest` (`write`, in its transaction) and, after
-the commit, commissions an installed station whose run passed (`commission_run`). The installer page reads the
+the commit, commissions an installed station whose run passed (`commission`). The installer page reads the
 latest runs (`latest_runs`) and follows new steps as server-sent events (`live_events`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
@@ -105,27 +104,30 @@ def write(conn: psycopg.Connection, messages: Iterable[SelfTestStep | SelfTestSu
     return stored
 
 
-async def commission(conn: psycopg.AsyncConnection[Any], station_id: str, run_id: str) -> dict[str, Any] | None:
-    """Move an installed station to commissioned for its passing run; None (nothing changed) in any other state."""
-    async with conn.transaction():
-        cur = await conn.execute("SELECT lifecycle FROM stations WHERE station_id = %s FOR UPDATE", (station_id,))
-        row = await cur.fetchone()
-        if row is None or row[0] != "installed":
-            return None
-        station = await stations.change_lifecycle(conn, station_id, "commissioned", f"self-test {run_id}",
-                                                  "the commissioning self-test passed")
-        await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, _note("station", station_id, run_id)))
-    return station
+# installed -> commissioned, as stations.change_lifecycle records a move (the row, then its history), and only from
+# installed: a station in any other state stays as it is.
+_COMMISSION = """
+    WITH moved AS (
+        UPDATE stations SET lifecycle = 'commissioned', lifecycle_changed_at = now()
+        WHERE station_id = %(station_id)s AND lifecycle = 'installed'
+        RETURNING station_id
+    ), history AS (
+        INSERT INTO station_lifecycle_history (station_id, from_state, to_state, changed_by, note)
+        SELECT station_id, 'installed', 'commissioned', %(actor)s, %(note)s FROM moved
+    )
+    SELECT pg_notify(%(channel)s, %(event)s) FROM moved
+"""
 
 
-def commission_run(database_url: str, station_id: str, run_id: str) -> bool:
-    """commission() from a thread without an event loop (the ingest's writer); True if the station moved."""
-
-    async def once() -> bool:
-        async with await psycopg.AsyncConnection.connect(database_url) as conn:
-            return await commission(conn, station_id, run_id) is not None
-
-    return asyncio.run(once())
+def commission(conn: psycopg.Connection, station_id: str, run_id: str) -> bool:
+    """Move an installed station to commissioned for its passing run, in a transaction of its own; False (nothing
+    changed) in any other state. For the ingest's writer, after the run's steps are committed."""
+    with conn.transaction():
+        moved = conn.execute(_COMMISSION, {
+            "station_id": station_id, "actor": f"self-test {run_id}", "note": "the commissioning self-test passed",
+            "channel": NOTIFY_CHANNEL, "event": _note("station", station_id, run_id),
+        }).fetchone()
+    return moved is not None
 
 
 async def _steps_of(conn: psycopg.AsyncConnection[Any], station_id: str, run_ids: list[str]) -> list[dict[str, Any]]:
@@ -177,7 +179,7 @@ async def _event(pool: AsyncConnectionPool, payload: str, station_id: str) -> by
             return None
     if data is None:
         return None
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    return b"event: " + str(kind).encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 async def live_events(database_url: str, pool: AsyncConnectionPool, station_id: str,

@@ -96,31 +96,3 @@ async def station_health(conn: psycopg.AsyncConnection[Any], now: datetime,
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_QUERY, {"now": now, "days": rules.history_days})
         return [assess(row, now, rules) for row in await cur.fetchall()]
-
-
-# Stations expected to report: those not yet installed, or decommissioned, are never "offline".
-_WATCHED = """
-SELECT s.station_id, s.heartbeat_interval_s, s.lifecycle_changed_at, st.state AS status_state,
-       st.received_at AS last_heartbeat_at
-FROM stations s LEFT JOIN station_status st USING (station_id)
-WHERE s.lifecycle IN ('commissioned', 'active')
-"""
-
-
-async def offline_stations(conn: psycopg.AsyncConnection[Any], now: datetime, listening_since: datetime,
-                           rules: HealthRules = HealthRules()) -> dict[str, tuple[datetime, str]]:
-    """Stations in service that are offline at `now`: id → (since when, why). One small query, no passages.
-
-    Silence before listening_since (when the backend began receiving statuses) or before the station entered its
-    current life-cycle state does not count, so a restart of the backend does not report every station offline.
-    """
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_WATCHED)
-        rows = await cur.fetchall()
-    offline = {}
-    for row in rows:
-        heard_since = max(listening_since, row["lifecycle_changed_at"])
-        online, why = liveness(row, now, rules, heard_since)
-        if not online:
-            offline[row["station_id"]] = (row["last_heartbeat_at"] or heard_since, why or "offline")
-    return offline

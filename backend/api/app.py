@@ -1,4 +1,5 @@
-"""The FastAPI application: pool, ingest and live feed opened in the lifespan; errors mapped in one place."""
+"""The FastAPI application: pool, ingest, live feed, station watch and hot-list publisher opened in the lifespan;
+errors mapped in one place."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 
-from backend import access, accounts, alarms, certificates, hotlist, prediction, provisioning, registry, station_health
+from backend import access, accounts, certificates, hotlist, prediction, provisioning, registry
 from backend import stations as station_registry
+from backend.alarms import station_watch, store
 from backend.api.deps import public
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
@@ -31,7 +32,6 @@ from backend.settings import DEFAULT_SECRET, BackendSettings
 from backend.vault import Vault
 from backend.web import STATIC_DIR
 from maps.assets import LEAFLET_DIR
-from protocol import topics
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ _ERRORS: dict[type[Exception], int] = {
     registry.LimitReached: 409,
     registry.ConsentRequired: 403,
     registry.InvalidValue: 422,
-    alarms.AlarmNotFound: 404,
-    alarms.AlarmStateError: 409,
+    store.AlarmNotFound: 404,
+    store.AlarmStateError: 409,
     accounts.LoginFailed: 401,
     accounts.LoginThrottled: 429,
     accounts.AccountConflict: 409,
@@ -51,6 +51,7 @@ _ERRORS: dict[type[Exception], int] = {
     accounts.PasswordRejected: 422,
     access.Refused: 403,
     certificates.CertificateNotFound: 404,
+    certificates.GlyphMissing: 422,  # a name the certificate font cannot print: said, not a blank box
     station_registry.StationNotFound: 404,
     station_registry.StationExists: 409,
     station_registry.LifecycleError: 409,
@@ -80,21 +81,6 @@ async def _maintain_storage(settings: BackendSettings, pool: AsyncConnectionPool
         await asyncio.sleep(every_s)
 
 
-async def _watch_stations(settings: BackendSettings, pool: AsyncConnectionPool) -> None:
-    """Every station_watch_interval_s: raise a station-offline alarm for each station in service that missed two
-    heartbeats (or whose last will came), and clear it when the station reports again."""
-    every_s = settings.station_watch_interval_s
-    listening_since = datetime.now(UTC)
-    while True:
-        try:
-            async with pool.connection() as conn:
-                offline = await station_health.offline_stations(conn, datetime.now(UTC), listening_since)
-                await alarms.sync_station_offline(conn, offline)
-        except Exception:  # noqa: BLE001 - retried next time; the API must go on
-            log.exception("station watch failed; will retry in %.0f s", every_s)
-        await asyncio.sleep(every_s)
-
-
 def _status_of(exc: Exception) -> int:
     for cls in type(exc).__mro__:
         if cls in _ERRORS:
@@ -113,6 +99,10 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         await pool.open(wait=True)
         feed = LiveFeed(settings.database_url, pool)
         feed.start()
+        # The hot list is the API's to publish (a theft report changes it), with a client of its own: a process
+        # that does not ingest publishes it all the same.
+        publisher = hotlist.HotlistPublisher(settings)
+        publisher.start()
         worker = Ingest(settings) if run_ingest else None
         if worker:
             await asyncio.to_thread(worker.start)
@@ -120,8 +110,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         async def publish_hotlist() -> None:
             async with pool.connection() as conn:
                 message = await hotlist.issue_hotlist(conn)
-            if worker:
-                worker.client.publish(topics.HOTLIST, message.to_json(), qos=1, retain=True)
+            publisher.publish(message)
             log.info("hot list version %d: %d chips", message.version, len(message.tags))
 
         app.state.settings = settings
@@ -132,7 +121,8 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         app.state.publish_hotlist = publish_hotlist
         await publish_hotlist()
         maintenance = asyncio.create_task(_maintain_storage(settings, pool), name="storage-maintenance")
-        watch = asyncio.create_task(_watch_stations(settings, pool), name="station-watch")
+        watch = asyncio.create_task(station_watch.watch_stations(pool, settings.station_watch_interval_s),
+                                    name="station-watch")
         try:
             yield
         finally:
@@ -141,6 +131,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
             await feed.stop()
             if worker:
                 await asyncio.to_thread(worker.stop)
+            await asyncio.to_thread(publisher.stop)
             await pool.close()
 
     if settings.environment == "development" and any(

@@ -1,16 +1,17 @@
 """MQTT ingest: takes station messages from the broker and writes them in batched transactions.
 
-The paho network thread only queues what arrives. One writer thread validates, writes a whole
-flush (many batches) in one transaction and only then acknowledges the messages (manual PUBACK),
-so a crash before commit means the broker redelivers, and the batch ids make that harmless.
-Self-test steps are stored the same way (backend.selftests); after the commit, a passing run
-commissions its station if it is installed.
+One worker: paho's network thread validates what arrives and puts it in a lane (alerts have their own, so a
+stolen chip never waits behind sightings); a writer thread per lane sleeps until messages come, writes a whole
+flush (many batches) in one transaction with a connection from the worker's pool, in which the alarm engine
+judges what was new, and only then acknowledges the messages (manual PUBACK), so a crash before commit means the
+broker redelivers, and the batch ids make that harmless. Self-test steps are stored the same way
+(backend.selftests); after the commit, a passing run commissions its station if it is installed. The detectors
+whose cost is per query (cloned chips) judge the committed passages on a thread of their own, about once a second.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter
@@ -19,9 +20,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from psycopg_pool import ConnectionPool
 
-from backend import alarms, selftests
+from backend import selftests
+from backend.alarms import engine
+from backend.alarms.evidence import Committed
 from backend.ingest import writer
+from backend.ingest.lanes import DeferredPassages, Lane
 from backend.ingest.stations import UNKNOWN_REASON, KnownStations
 from backend.settings import BackendSettings
 from protocol import topics
@@ -50,14 +56,14 @@ def validate(topic: str, payload: bytes) -> tuple[str, Message] | str:
         where = topics.parse_station_topic(topic)
         msg: Message
         if where.kind == "sightings":
-            msg = parse_batch_rows(payload)
-            claimed = msg["station_id"]
+            batch = parse_batch_rows(payload)
+            msg, claimed = batch, batch["station_id"]
         elif where.kind == topics.SELFTEST:
-            msg = parse_selftest(payload)
-            claimed = msg.station_id
+            selftest = parse_selftest(payload)
+            msg, claimed = selftest, selftest.station_id
         else:
-            msg = (Alert if where.kind == "alerts" else StationStatus).parse(payload)
-            claimed = msg.station_id
+            report = (Alert if where.kind == "alerts" else StationStatus).parse(payload)
+            msg, claimed = report, report.station_id
         if claimed != where.station_id:
             raise MessageError(
                 f"station_id {claimed!r} in payload does not match topic station {where.station_id!r}", payload
@@ -108,6 +114,10 @@ class _Flush:
     rows: int = 0
     result: writer.WriteResult = field(default_factory=writer.WriteResult)
     stored: selftests.Stored = field(default_factory=selftests.Stored)
+    # How far it got, so that a retry after a lost database does only what is left: written (committed), the
+    # parts written (themselves, or one by one) with their self-tests.
+    written: bool = False
+    parts: list[_Flush] = field(default_factory=list)
 
 
 def classify(item: Incoming, flush: _Flush) -> None:
@@ -152,32 +162,34 @@ class Ingest:
         self.settings = settings
         self.counters = IngestCounters()
         self.known = KnownStations(settings.ingest_station_refresh_s)
-        self._queue: queue.Queue[Incoming] = queue.Queue()
+        # One connection per writer thread and one for the deferred detectors, kept open; opened in start().
+        self._pool = ConnectionPool(settings.database_url, min_size=3, max_size=4, open=False, name="ingest")
+        self._sightings: Lane[Incoming] = Lane()
         # Alerts (a stolen chip's first beacon) have a lane, a thread and a connection of their own, so
         # they never wait behind a backlog of sightings batches.
-        self._alerts: queue.Queue[Incoming] = queue.Queue()
+        self._alerts: Lane[Incoming] = Lane()
         self._count_lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._connected = threading.Event()
         self._threads = [
-            threading.Thread(target=self._write_loop, args=(self._queue,), name="ingest-writer", daemon=True),
+            threading.Thread(target=self._write_loop, args=(self._sightings,), name="ingest-writer", daemon=True),
             threading.Thread(target=self._write_loop, args=(self._alerts,), name="ingest-alerts", daemon=True),
         ]
-        # The cloned-chip check has a thread and a connection of its own too: the sightings writer hands it the
-        # passages of each committed flush and goes on with the next.
-        self._clone_lane: queue.Queue[alarms.Passages] = queue.Queue()
-        self._clone_thread = threading.Thread(target=self._clone_loop, name="ingest-clones", daemon=True)
+        # The detectors whose cost is mostly per query (cloned chips) judge many flushes' passages at once, on a
+        # thread of their own: a clone's alarm may take a second where a stolen chip's may not.
+        self._deferred = DeferredPassages(interval_s=1.0, max_rows=settings.ingest_flush_rows)
+        self._deferred_thread = threading.Thread(target=self._deferred_loop, name="ingest-deferred", daemon=True)
         host, port, user, password = mqtt_address(settings.mqtt_url)
         self._address = (host, port)
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=settings.mqtt_client_id,
             clean_session=False,  # the broker keeps our QoS 1 messages while we are away
             manual_ack=True,
         )
         if user:
             client.username_pw_set(user, password)
-        client.reconnect_delay_set(0.5, 30)
+        client.reconnect_delay_set(0.5, 30)  # type: ignore[arg-type]  # paho waits float seconds; its hint says int
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -204,136 +216,124 @@ class Ingest:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         self._connected.clear()
-        if not self._stop.is_set():
+        if not self._stopping.is_set():
             log.warning("ingest lost the broker (%s); paho reconnects", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        lane = self._alerts if msg.topic.endswith("/alerts") else self._queue
-        lane.put(Incoming(msg.topic, msg.payload, msg.mid, msg.qos, validate(msg.topic, msg.payload)))
+        lane = self._alerts if msg.topic.endswith("/alerts") else self._sightings
+        payload = bytes(msg.payload)
+        lane.put(Incoming(msg.topic, payload, msg.mid, msg.qos, validate(msg.topic, payload)))
 
     # life cycle
 
     def start(self, wait_s: float = 10.0) -> None:
         """Connect to the broker and start writing; waits until the subscriptions are acknowledged."""
+        self._pool.open(wait=False)  # connects in the background; a database that is down is retried
         self.client.connect_async(*self._address, keepalive=30)
         self.client.loop_start()
         for thread in self._threads:
             thread.start()
-        self._clone_thread.start()
+        self._deferred_thread.start()
         if not self._connected.wait(wait_s):
             log.warning("ingest not connected to the broker after %.0f s; still trying", wait_s)
 
     def stop(self) -> None:
-        """Finish the current flush, then disconnect."""
-        self._stop.set()
+        """Finish what is queued, then disconnect."""
+        self._stopping.set()
+        self._sightings.close()
+        self._alerts.close()
         for thread in self._threads:
             thread.join(timeout=30)
-        self._clone_thread.join(timeout=30)  # after the writers: it judges what they handed it last
+        self._deferred.close()  # after the writers: it judges what they handed it last
+        self._deferred_thread.join(timeout=30)
         self.client.disconnect()
         self.client.loop_stop()
+        self._pool.close()
 
-    # database side (the writer thread)
+    # database side (the writer threads)
 
-    def _collect(self, lane: queue.Queue[Incoming]) -> _Flush:
+    def _collect(self, lane: Lane[Incoming]) -> _Flush:
+        """The next flush: sleeps until a message comes, then gathers for up to the flush interval (an alert, or a
+        full flush, ends it at once) and whatever else is already queued. Empty once the lane is closed."""
         flush = _Flush()
-        deadline: float | None = None
-        while not self._stop.is_set():
-            timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                item = lane.get(timeout=timeout)
-            except queue.Empty:
-                if deadline is not None:
-                    break
-                continue
+        until: float | None = None
+        while flush.rows < self.settings.ingest_flush_rows and not flush.alerts:
+            item = lane.take(until)
+            if item is None:
+                break
             flush.messages.append(item)
             classify(item, flush)
-            if deadline is None:
-                deadline = time.monotonic() + self.settings.ingest_flush_interval_s
-            # Alerts are urgent; statuses and rejects ride along with whatever comes next.
-            if flush.alerts or flush.rows >= self.settings.ingest_flush_rows:
-                break
-        # Drain what is already queued without waiting, up to the flush size.
+            if until is None:
+                until = time.monotonic() + self.settings.ingest_flush_interval_s
+        # Take what is already queued without waiting, up to the flush size.
         while flush.rows < self.settings.ingest_flush_rows:
-            try:
-                item = lane.get_nowait()
-            except queue.Empty:
+            item = lane.take_now()
+            if item is None:
                 break
             flush.messages.append(item)
             classify(item, flush)
         return flush
 
-    def _write_loop(self, lane: queue.Queue[Incoming]) -> None:
-        conn: psycopg.Connection | None = None
-        backoff = 0.5
-        flush = _Flush()
+    def _write_loop(self, lane: Lane[Incoming]) -> None:
         while True:
+            flush = self._collect(lane)
             if not flush.messages:
-                if self._stop.is_set() and lane.empty():
-                    break
-                flush = self._collect(lane)
-                if not flush.messages:
-                    continue
+                return  # closed, and nothing left
+            self._settle(flush)
+
+    def _settle(self, flush: _Flush) -> None:
+        """Write the flush (its alarms with it) and commission what passed; retried while the database is away (only
+        the steps not yet done); then acknowledge its messages."""
+        backoff = 0.5
+        while True:
             try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.settings.database_url)
-                self._write(conn, flush)
+                with self._pool.connection() as conn:
+                    self._write(conn, flush)
+                break
             except psycopg.OperationalError as exc:
+                if self._pool.closed:
+                    # stop() gave up waiting for us: unacknowledged, the messages are the broker's to redeliver.
+                    log.error("ingest stopped with a flush of %d messages unwritten: %s", len(flush.messages), exc)
+                    return
                 # The database went away: keep the flush (nothing is acknowledged yet) and retry.
                 log.error("database unavailable, retrying in %.1f s: %s", backoff, exc)
                 self.counters.db_retries += 1
-                if conn is not None:
-                    conn.close()
-                conn = None
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
-                continue
-            backoff = 0.5
-            for item in flush.messages:
-                if item.qos > 0:
-                    self.client.ack(item.mid, item.qos)
-            if flush.result.passages.tag_ids:
-                self._clone_lane.put(flush.result.passages)
-            flush = _Flush()
-        if conn is not None:
-            conn.close()
+        for item in flush.messages:
+            if item.qos > 0:
+                self.client.ack(item.mid, item.qos)
+        # Only the passages: no deferred detector reads alerts, and a round without passages costs nothing.
+        self._deferred.add(Committed(flush.result.committed.passages))
 
-    def _clone_loop(self) -> None:
-        """Judge the committed passages for cloned chips about once a second (writer.CloneCheck)."""
-        clones = writer.CloneCheck(self.settings.clone_max_speed_kmh, max_rows=self.settings.ingest_flush_rows)
-        conn: psycopg.Connection | None = None
-        while True:
-            writers_done = not any(t.is_alive() for t in self._threads) and self._stop.is_set()
+    def _deferred_loop(self) -> None:
+        """Judge the committed passages with the deferred detectors (cloned chips) as they fall due."""
+        detectors = engine.deferred(self.settings.clone_max_speed_kmh)
+        while (due := self._deferred.take()) is not None:
             try:
-                clones.add(self._clone_lane.get(timeout=0.2))
-                while not self._clone_lane.empty():
-                    clones.add(self._clone_lane.get_nowait())
-            except queue.Empty:
-                pass
-            if not (clones.due() or (writers_done and clones.pending.tag_ids)):
-                if writers_done and self._clone_lane.empty():
-                    break
-                continue
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.settings.database_url)
-                clones.run(conn)
+                with self._pool.connection() as conn:
+                    engine.raise_alarms(conn, due, detectors)
             except psycopg.OperationalError as exc:
+                if self._stopping.is_set() or self._pool.closed:
+                    log.error("cloned-chip check of %d passages dropped, the database is unavailable: %s",
+                              len(due), exc)
+                    continue
                 log.error("cloned-chip check postponed, the database is unavailable: %s", exc)
-                if conn is not None:
-                    conn.close()
-                conn = None
-                if writers_done:
-                    break
+                self._deferred.add(due)
                 time.sleep(1.0)
             except psycopg.Error:
-                log.exception("cloned-chip check of %d passages failed; they are not judged",
-                              len(clones.pending.tag_ids))
-                clones.pending = alarms.Passages.empty()
-        if conn is not None:
-            conn.close()
+                log.exception("cloned-chip check of %d passages failed; they are not judged", len(due))
 
     def _write(self, conn: psycopg.Connection, flush: _Flush) -> None:
-        written = [flush]
+        if not flush.written:
+            self._store(conn, flush)
+            flush.written = True
+        for part in flush.parts:
+            self._commission(conn, part)
+
+    def _store(self, conn: psycopg.Connection, flush: _Flush) -> None:
+        """Write the flush in one transaction; if the database refuses it, its messages one by one."""
+        flush.parts = [flush]
         try:
             with conn.transaction():
                 self._write_all(conn, flush)
@@ -343,7 +343,7 @@ class Ingest:
         except psycopg.Error as exc:
             # One bad message must not cost the others: write them one by one, reject the ones refused.
             log.warning("flush of %d messages refused (%s); writing them one by one", len(flush.messages), exc)
-            written = []
+            flush.parts = []
             flush.result = writer.WriteResult()  # what the refused transaction wrote is gone
             for item in flush.messages:
                 single = _Flush()
@@ -352,8 +352,8 @@ class Ingest:
                     with conn.transaction():
                         self._write_all(conn, single)
                     self._count(single)
-                    flush.result.passages.extend(single.result.passages)
-                    written.append(single)
+                    flush.result.committed.extend(single.result.committed)
+                    flush.parts.append(single)
                 except psycopg.OperationalError:
                     raise
                 except psycopg.Error as one_exc:
@@ -361,8 +361,6 @@ class Ingest:
                     with conn.transaction():
                         writer.write_rejects(conn, [(item.topic, reason[:500], item.payload)])
                     self.counters.rejected["database"] += 1
-        for done in written:
-            self._commission(done)
         with self._count_lock:
             self.counters.messages += len(flush.messages)
             self.counters.flushes += 1
@@ -370,23 +368,24 @@ class Ingest:
     def _write_all(self, conn: psycopg.Connection, flush: _Flush) -> None:
         screen(conn, flush, self.known)
         flush.result = writer.write_alerts(conn, flush.alerts)
-        flush.result.add(writer.write_batches(conn, flush.batches, self.settings.clone_max_speed_kmh,
-                                              check_clones=False))
+        flush.result.add(writer.write_batches(conn, flush.batches))
         received_at = utcnow()
         for status in flush.statuses:
             writer.write_status(conn, status, received_at)
         flush.stored = selftests.write(conn, flush.selftest_messages)
         writer.write_rejects(conn, flush.rejects)
+        # In the same transaction as the write: a committed passage of a stolen chip has its alarm, crash or not.
+        engine.raise_alarms(conn, flush.result.committed, engine.ON_COMMIT)
 
-    def _commission(self, flush: _Flush) -> None:
+    def _commission(self, conn: psycopg.Connection, flush: _Flush) -> None:
         """After the commit: an installed station whose self-test passed becomes commissioned.
 
-        A lost database raises (the flush is retried, and passes again); any other refusal is logged and the
-        station stays as it is.
+        A lost database raises (retried, and passes again); any other refusal is logged and the station stays as
+        it is.
         """
         for station_id, run_id in flush.stored.passed:
             try:
-                moved = selftests.commission_run(self.settings.database_url, station_id, run_id)
+                moved = selftests.commission(conn, station_id, run_id)
             except psycopg.OperationalError:
                 raise
             except psycopg.Error:

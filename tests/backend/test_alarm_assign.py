@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from backend.alarms import NOTIFY_CHANNEL
+from backend.alarms import engine
+from backend.alarms.store import NOTIFY_CHANNEL
 from backend.ingest import writer
 from protocol.messages import parse_batch_rows
 from tests import factories
@@ -15,8 +16,10 @@ def _tamper_alarm(database_url: str) -> int:
     with psycopg.connect(database_url) as conn:
         factories.station(conn, "st-1")
         factories.bike(conn, 0x5A5A01)
-        return writer.write_batches(conn, [parse_batch_rows(factories.batch("st-1", 1, [0x5A5A01], flags=2).to_json())]
-                                    ).alarm_ids[0]
+        with conn.transaction():
+            result = writer.write_batches(
+                conn, [parse_batch_rows(factories.batch("st-1", 1, [0x5A5A01], flags=2).to_json())])
+        return engine.raise_alarms(conn, result.committed, engine.ON_COMMIT)[0]
 
 
 def test_police_assign_an_alarm_and_who_did_it_is_recorded_and_announced(staff: Staff, database_url: str) -> None:

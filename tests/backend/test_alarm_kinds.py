@@ -7,6 +7,15 @@ from datetime import timedelta
 import psycopg
 import pytest
 
+from backend.alarms import engine
+from backend.alarms.kinds import (
+    HIDDEN_FROM_POLICE,
+    INSTALLER_KINDS,
+    OWNER_ONLY_KINDS,
+    STATION_KINDS,
+    TRAIL_KINDS,
+    AlarmKind,
+)
 from backend.ingest import writer
 from backend.ingest.consumer import Ingest
 from protocol import topics
@@ -17,11 +26,12 @@ from tests.backend.test_ingest import ingest, publish, wait_until  # noqa: F401 
 LOW_BATTERY, TAMPER = 1, 2
 
 
-def _write(conn: psycopg.Connection, *batches: object, max_speed_kmh: float = 60.0) -> writer.WriteResult:
-    """Write batches as the ingest does: validated from their JSON, in one transaction."""
+def _write(conn: psycopg.Connection, *batches: object, max_speed_kmh: float = 60.0) -> list[int]:
+    """Write batches as the ingest does: validated from their JSON, in one transaction; then have every detector
+    judge what was new. The ids of the alarms raised or updated."""
     with conn.transaction():
-        return writer.write_batches(conn, [parse_batch_rows(b.to_json()) for b in batches],  # type: ignore[attr-defined]
-                                    max_speed_kmh)
+        result = writer.write_batches(conn, [parse_batch_rows(b.to_json()) for b in batches])  # type: ignore[attr-defined]
+    return engine.raise_alarms(conn, result.committed, engine.ON_COMMIT + engine.deferred(max_speed_kmh))
 
 
 def _alarms(conn: psycopg.Connection) -> list[tuple[object, ...]]:
@@ -34,6 +44,20 @@ def _alarms(conn: psycopg.Connection) -> list[tuple[object, ...]]:
 def conn(database_url: str):
     with psycopg.connect(database_url, autocommit=True) as c:
         yield c
+
+
+def test_each_kind_has_its_stored_name_severity_and_audience(conn):
+    allowed = conn.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'alarms'::regclass"
+        " AND pg_get_constraintdef(oid) LIKE '%%kind%%'").fetchone()[0]
+    assert all(f"'{kind}'" in allowed for kind in AlarmKind)  # what the database accepts, unchanged
+    assert {k: k.severity for k in AlarmKind} == {
+        "stolen_chip_seen": "critical", "chip_cloned": "critical", "armed_bike_moving": "warning",
+        "tamper": "warning", "low_battery": "info", "station_offline": "warning",
+    }
+    assert TRAIL_KINDS == ("stolen_chip_seen", "chip_cloned", "armed_bike_moving")
+    assert STATION_KINDS == INSTALLER_KINDS == ("station_offline",)
+    assert OWNER_ONLY_KINDS == HIDDEN_FROM_POLICE == ("armed_bike_moving",)
 
 
 def test_tamper_and_low_battery_flags_raise_one_alarm_each_for_registered_chips_only(conn):
@@ -53,14 +77,14 @@ def test_tamper_and_low_battery_flags_raise_one_alarm_each_for_registered_chips_
 def test_later_flagged_sightings_update_the_open_alarm_and_a_cleared_one_is_raised_anew(conn):
     factories.station(conn, "st-1")
     factories.bike(conn, 0xB1)
-    result = _write(conn, factories.batch("st-1", 1, [0xB1], flags=TAMPER))
+    alarm_ids = _write(conn, factories.batch("st-1", 1, [0xB1], flags=TAMPER))
     _write(conn, factories.batch("st-1", 2, [0xB1], flags=TAMPER), factories.batch("st-1", 3, [0xB1], flags=TAMPER))
     _write(conn, factories.batch("st-1", 3, [0xB1], flags=TAMPER))  # redelivered: changes nothing
     _write(conn, factories.batch("st-1", 4, [0xB1], flags=0))  # no flag: no evidence
     assert _alarms(conn) == [("tamper", "warning", 0xB1, "st-1", 3, "active")]
-    conn.execute("UPDATE alarms SET state = 'cleared' WHERE alarm_id = %s", (result.alarm_ids[0],))
+    conn.execute("UPDATE alarms SET state = 'cleared' WHERE alarm_id = %s", (alarm_ids[0],))
     again = _write(conn, factories.batch("st-1", 5, [0xB1], flags=TAMPER))
-    assert again.alarm_ids and again.alarm_ids != result.alarm_ids
+    assert again and again != alarm_ids
     assert conn.execute("SELECT count(*) FROM alarms WHERE state <> 'cleared'").fetchone() == (1,)
 
 
@@ -70,10 +94,10 @@ def test_tamper_alert_from_a_station_raises_the_same_tamper_alarm(conn):
     at = utcnow()
     alerts = [Alert(station_id="st-1", kind="tamper", tag_id=format_tag(t), seen_at=at, rssi_dbm=-50, antenna=0)
               for t in (0xC1, 0xC2)]
-    with conn.transaction():
-        writer.write_alerts(conn, alerts)
-    with conn.transaction():
-        writer.write_alerts(conn, alerts)  # redelivered: stored once, the alarm not counted twice
+    for _ in range(2):  # redelivered: stored once, the alarm not counted twice
+        with conn.transaction():
+            result = writer.write_alerts(conn, alerts)
+        engine.raise_alarms(conn, result.committed, engine.ON_COMMIT)
     _write(conn, factories.batch("st-1", 1, [0xC1], flags=TAMPER))
     assert _alarms(conn) == [("tamper", "warning", 0xC1, "st-1", 2, "active")]
 
@@ -84,10 +108,10 @@ def test_chip_at_two_far_stations_within_one_flush_is_cloned(conn):
     factories.bike(conn, 0xD1)
     factories.bike(conn, 0xD2)
     at = utcnow()
-    result = _write(conn, factories.batch("st-west", 1, [0xD1, 0xD2], at=at),
-                    factories.batch("st-east", 1, [0xD1], at=at + timedelta(minutes=2)))
+    alarm_ids = _write(conn, factories.batch("st-west", 1, [0xD1, 0xD2], at=at),
+                       factories.batch("st-east", 1, [0xD1], at=at + timedelta(minutes=2)))
     assert _alarms(conn) == [("chip_cloned", "critical", 0xD1, "st-east", 1, "active")]
-    assert len(result.alarm_ids) == 1
+    assert len(alarm_ids) == 1
 
 
 def test_chip_seen_against_its_previous_sighting_too_fast_is_cloned_once(conn):

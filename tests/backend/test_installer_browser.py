@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from backend import alarms
+from backend.alarms import store
+from backend.alarms.station_watch import offline_stations
 from backend.api.app import create_app
-from backend.station_health import offline_stations
 from bikeguard.demo import town_roads_geojson
 from bikeguard.services import Broker, free_port
 from firmware_sim.town import Town
@@ -101,7 +101,7 @@ def test_installer_acknowledges_and_clears_a_station_offline_alarm(server: str, 
 
     async def watch() -> None:
         async with await psycopg.AsyncConnection.connect(database_url) as conn:
-            await alarms.sync_station_offline(conn, await offline_stations(conn, utcnow(), utcnow()))
+            await store.sync_station_offline(conn, await offline_stations(conn, utcnow(), utcnow()))
 
     asyncio.run(watch())
     with browser_page(1400, 1100) as page:

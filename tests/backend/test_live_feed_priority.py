@@ -9,7 +9,8 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from backend import alarms
+from backend import access
+from backend.alarms import store
 from backend.live import LiveFeed
 from tests import factories
 
@@ -28,7 +29,7 @@ def test_a_critical_alarm_jumps_the_queue_of_low_battery_updates(database_url):
             kinds: list[str] = []
 
             async def follow() -> None:
-                async for event in feed.events(alarms.POLICE):
+                async for event in feed.events(access.POLICE):
                     if event.startswith(b"event: alarm"):
                         kinds.append(orjson.loads(event.split(b"data: ", 1)[1])["kind"])
 
@@ -42,7 +43,7 @@ def test_a_critical_alarm_jumps_the_queue_of_low_battery_updates(database_url):
                         "INSERT INTO alarms (kind, severity, subject, tag_id, bike_id, station_id, first_seen_at,"
                         " last_seen_at) VALUES (%s, %s, %s, %s, %s, 'st-feed', now(), now())"
                         " RETURNING pg_notify(%s, alarm_id::text)",
-                        (kind, severity, f"tag:{tag:08X}", tag, bike_id, alarms.NOTIFY_CHANNEL))
+                        (kind, severity, f"tag:{tag:08X}", tag, bike_id, store.NOTIFY_CHANNEL))
             for _ in range(1000):
                 if len(kinds) == burst + 1:
                     break

@@ -61,7 +61,7 @@ def test_the_station_the_bike_came_from_is_not_predicted(town_history: str):
 
 
 def test_a_stolen_bikes_alarm_carries_its_interception_points(town_history: str):
-    from backend import alarms
+    from backend.alarms import queries as alarms
 
     with psycopg.connect(town_history) as conn:
         bike = factories.bike(conn, 0xFEED01)

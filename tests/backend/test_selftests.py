@@ -157,6 +157,11 @@ def test_unknown_station_and_invalid_payloads_are_kept_in_rejected_messages(
     assert count(database_url, "SELECT count(*) FROM station_selftest_steps") == 0
 
 
+def _commission(database_url: str, station_id: str, run_id: str) -> bool:
+    with psycopg.connect(database_url) as conn:
+        return selftests.commission(conn, station_id, run_id)
+
+
 def _store(database_url: str, messages: list[SelfTestStep | SelfTestSummary]) -> selftests.Stored:
     with psycopg.connect(database_url) as conn, conn.transaction():
         return selftests.write(conn, messages)
@@ -199,7 +204,7 @@ async def test_live_events_follow_one_stations_steps_summary_and_commissioning(d
         await asyncio.to_thread(_store, database_url, run_messages(other)[:2])
         stored = await asyncio.to_thread(_store, database_url, messages)
         assert stored.passed == [(sid, messages[0].run_id)]
-        assert await asyncio.to_thread(selftests.commission_run, database_url, sid, messages[0].run_id)
+        assert await asyncio.to_thread(_commission, database_url, sid, messages[0].run_id)
 
         seen: list[tuple[str, dict[str, object]]] = []
         while len(seen) < 10:

@@ -12,9 +12,10 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from backend import alarms
+from backend import access
+from backend.alarms import store
+from backend.alarms.station_watch import offline_stations
 from backend.live import LiveFeed
-from backend.station_health import offline_stations
 from tests import factories
 from tests.backend.test_station_health import status
 
@@ -34,7 +35,7 @@ def watch(database_url: str, now: datetime = NOW, listening_since: datetime = LO
     async def run() -> dict[str, Any]:
         async with await psycopg.AsyncConnection.connect(database_url) as conn:
             offline = await offline_stations(conn, now, listening_since)
-            await alarms.sync_station_offline(conn, offline)
+            await store.sync_station_offline(conn, offline)
             return offline
 
     return asyncio.run(run())
@@ -74,7 +75,7 @@ def test_last_will_raises_at_once_and_a_heartbeat_clears_it(database_url):
         status(conn, "st-will", "online", NOW + timedelta(seconds=20))
     watch(database_url, NOW + timedelta(seconds=25))
     (alarm,) = station_alarms(database_url, "st-will")
-    assert alarm["state"] == "cleared" and alarm["cleared_by"] == alarms.STATION_BACK
+    assert alarm["state"] == "cleared" and alarm["cleared_by"] == store.STATION_BACK
     # The next outage is a new alarm.
     with psycopg.connect(database_url) as conn:
         status(conn, "st-will", "offline", NOW + timedelta(seconds=30))
@@ -91,7 +92,7 @@ def test_an_outage_cleared_by_hand_is_not_raised_again(database_url):
 
     async def clear() -> None:
         async with await psycopg.AsyncConnection.connect(database_url) as conn:
-            await alarms.transition(conn, alarm["id"], "clear", "Installer Wang")
+            await store.transition(conn, alarm["id"], "clear", "Installer Wang")
 
     asyncio.run(clear())
     watch(database_url, NOW + timedelta(seconds=10))
@@ -170,21 +171,21 @@ def test_the_live_feed_gives_installers_station_alarms_only(database_url):
             await asyncio.wait_for(feed.ready.wait(), 10)
             seen: dict[str, list[dict[str, Any]]] = {"installer": [], "police": []}
 
-            async def follow(who: str, scope: alarms.Scope) -> None:
+            async def follow(who: str, scope: access.Scope) -> None:
                 async for event in feed.events(scope):
                     if event.startswith(b"event: alarm"):
                         seen[who].append(orjson.loads(event.split(b"data: ", 1)[1]))
 
-            tasks = [asyncio.create_task(follow("installer", alarms.INSTALLERS)),
-                     asyncio.create_task(follow("police", alarms.POLICE))]
+            tasks = [asyncio.create_task(follow("installer", access.INSTALLERS)),
+                     asyncio.create_task(follow("police", access.POLICE))]
             while feed.viewers < 2:
                 await asyncio.sleep(0.01)
             async with pool.connection() as conn:
-                await alarms.sync_station_offline(conn, await offline_stations(conn, NOW, LONG_AGO))
+                await store.sync_station_offline(conn, await offline_stations(conn, NOW, LONG_AGO))
                 await conn.execute(
                     "INSERT INTO alarms (kind, severity, subject, tag_id, bike_id, first_seen_at, last_seen_at)"
                     " VALUES ('tamper', 'warning', 'tag:5A5A0002', %s, %s, now(), now())"
-                    " RETURNING pg_notify(%s, alarm_id::text)", (0x5A5A0002, bike_id, alarms.NOTIFY_CHANNEL))
+                    " RETURNING pg_notify(%s, alarm_id::text)", (0x5A5A0002, bike_id, store.NOTIFY_CHANNEL))
             for _ in range(500):
                 if len(seen["police"]) == 2:
                     break

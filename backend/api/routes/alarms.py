@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from backend import alarms
+from backend.access import alarm_scope, viewer_of
 from backend.accounts import User
+from backend.alarms import queries, store
 from backend.api.deps import Conn, allow
 from backend.api.schemas import AlarmAssign, AlarmPublic
 
@@ -24,15 +25,6 @@ _STATES = {"open": ("active", "acknowledged"), "active": ("active",), "acknowled
            "cleared": ("cleared",)}
 
 
-def scope_of(user: User) -> alarms.Scope:
-    """The alarms this user may see."""
-    if user.role == "owner":
-        return alarms.Scope(owner_id=user.owner_id or 0)
-    if user.role == "installer":
-        return alarms.INSTALLERS
-    return alarms.POLICE
-
-
 @router.get("", response_model=list[AlarmPublic])
 async def list_alarms(
     conn: Conn, user: Viewer,
@@ -40,21 +32,21 @@ async def list_alarms(
 ) -> list[dict[str, Any]]:
     """Police, admin: alarms in a state (default: not yet cleared), latest first. Owner: those of their bikes.
     Installer: those about stations."""
-    return await alarms.list_alarms(conn, _STATES[state], limit, scope_of(user))
+    return await queries.list_alarms(conn, _STATES[state], limit, alarm_scope(user))
 
 
 @router.get("/{alarm_id}", response_model=AlarmPublic)
 async def get_alarm(alarm_id: AlarmId, conn: Conn, user: Viewer) -> dict[str, Any]:
     """Police, admin: one alarm with its trail. Owner: one of their bikes' alarms. Installer: a station's."""
-    return await alarms.get_alarm(conn, alarm_id, scope=scope_of(user))
+    return await queries.get_alarm(conn, alarm_id, scope=alarm_scope(user))
 
 
 async def _transition(conn: Conn, user: User, alarm_id: int, action: str) -> dict[str, Any]:
-    alarm = await alarms.get_alarm(conn, alarm_id, scope=scope_of(user))
-    if user.role == "owner" and alarm["kind"] not in alarms.OWNER_ONLY_KINDS:
+    alarm = await queries.get_alarm(conn, alarm_id, scope=alarm_scope(user))
+    if not viewer_of(user).may_handle_alarm(alarm["kind"]):
         raise HTTPException(403, "only the police deal with this alarm")
-    await alarms.transition(conn, alarm_id, action, user.display_name or user.username)
-    return await alarms.get_alarm(conn, alarm_id)
+    await store.transition(conn, alarm_id, action, user.display_name or user.username)
+    return await queries.get_alarm(conn, alarm_id)
 
 
 @router.post("/{alarm_id}/acknowledge", response_model=AlarmPublic)
@@ -75,6 +67,6 @@ async def clear(alarm_id: AlarmId, conn: Conn, user: Viewer) -> dict[str, Any]:
 async def assign(alarm_id: AlarmId, body: AlarmAssign, conn: Conn,
                  user: Annotated[User, allow("police", "admin")]) -> dict[str, Any]:
     """Police, admin: hand an open alarm to someone (recorded with who did it and when)."""
-    await alarms.get_alarm(conn, alarm_id, scope=scope_of(user))
-    await alarms.assign(conn, alarm_id, body.assignee.strip(), user.display_name or user.username)
-    return await alarms.get_alarm(conn, alarm_id)
+    await queries.get_alarm(conn, alarm_id, scope=alarm_scope(user))
+    await store.assign(conn, alarm_id, body.assignee.strip(), user.display_name or user.username)
+    return await queries.get_alarm(conn, alarm_id)

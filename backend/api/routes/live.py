@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from backend import alarms
+from backend.access import alarm_scope
 from backend.accounts import User
 from backend.api.deps import Token, allow
 from backend.api.streams import event_stream
@@ -21,6 +21,6 @@ async def live(
 ) -> StreamingResponse:
     """Police, admin: alarm changes as they happen (`event: alarm`, data: the alarm as in /api/alarms/{id}).
     Installer: those of alarms about stations. Ends with `event: signed-out` when the session does."""
-    scope = alarms.INSTALLERS if user.role == "installer" else alarms.POLICE
+    scope = alarm_scope(user)
     keepalive_s = request.app.state.settings.live_keepalive_s
     return event_stream(request, request.app.state.live.events(scope, keepalive_s), token)

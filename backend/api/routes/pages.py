@@ -16,8 +16,10 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from backend import access, alarms, certificates, coverage, station_health, stations
+from backend import access, certificates, coverage, station_health, stations
 from backend.accounts import Role, User
+from backend.alarms import queries as alarms
+from backend.alarms.kinds import STATION_KINDS
 from backend.api.deps import Conn, OptionalUser, RegistryDep, Settings, SignerDep
 from backend.identity import mask_mobile, mask_name
 from backend.settings import BackendSettings
@@ -139,7 +141,7 @@ async def installer(request: Request, conn: Conn, user: OptionalUser, lang: str 
         return refused
     assert user is not None
     health = await station_health.station_health(conn, utcnow())
-    open_alarms = await alarms.list_alarms(conn, scope=access.alarm_scope(user, only_kinds=alarms.STATION_KINDS))
+    open_alarms = await alarms.list_alarms(conn, scope=access.alarm_scope(user, only_kinds=STATION_KINDS))
     return _page(render("installer.html", chosen, user=user, config={"selftest_station": station}, stations=health,
                         alarms=open_alarms), chosen)
 

@@ -1,0 +1,95 @@
+"""Chip cloned: a registered chip seen at a station it could not have reached since its previous passage.
+
+Judged against each chip's last known position (chip_positions), which this detector also moves forward: one
+COPY and one query per round, one primary-key lookup per chip whatever the size of `sightings`. It needs the
+database, so the ingest runs it off the hot path (about once a second per worker).
+
+With several ingest workers, two passages of one chip written at the same instant by two workers may not be
+compared with each other; the clone's next passage is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from backend.alarms.detector import Detector
+from backend.alarms.evidence import Committed, Evidence
+from backend.alarms.kinds import AlarmKind
+from backend.alarms.watch_list import WatchList
+
+KIND = AlarmKind.CHIP_CLONED
+# A chip seen at two stations further apart than this plus what a bike rides in between is a clone; the slack
+# covers the reading range of both stations.
+SLACK_M = 200.0
+_EARTH_RADIUS_M = 6_371_000
+# The round's passages, copied in: COPY is ten times cheaper than array parameters.
+_ROUND_PASSAGES = (
+    "CREATE TEMP TABLE IF NOT EXISTS flush_passages (tag_id int8 NOT NULL, station_id text NOT NULL,"
+    " first_seen_at timestamptz NOT NULL, last_seen_at timestamptz NOT NULL) ON COMMIT DELETE ROWS"
+)
+_ROUND_PASSAGE_TYPES = ["int8", "text", "timestamptz", "timestamptz"]
+# The round's passages of registered chips (reg), and each such chip's latest one made its position (moved);
+# what the evidence reads of chip_positions is from before the move, as in any statement with a WITH ... INSERT.
+# Then consecutive passages of a registered chip - its position before this round and this round's passages, in
+# time order - at two stations further apart than a bike could ride in the time between them. Only a passage of
+# this round is judged.
+_EVIDENCE = f"""
+    WITH reg AS MATERIALIZED (
+        SELECT f.tag_id, f.station_id, f.first_seen_at, f.last_seen_at
+        FROM flush_passages f JOIN chips c ON c.tag_id = f.tag_id AND c.bike_id IS NOT NULL
+    ), moved AS (
+        INSERT INTO chip_positions AS cp (tag_id, station_id, first_seen_at, last_seen_at)
+        SELECT DISTINCT ON (r.tag_id) r.tag_id, r.station_id, r.first_seen_at, r.last_seen_at
+        FROM reg r
+        ORDER BY r.tag_id, r.first_seen_at DESC, r.last_seen_at DESC
+        ON CONFLICT (tag_id) DO UPDATE SET station_id = excluded.station_id,
+            first_seen_at = excluded.first_seen_at, last_seen_at = excluded.last_seen_at
+        WHERE excluded.first_seen_at >= cp.first_seen_at
+    )
+    SELECT p.tag_id, p.station_id, least(p.prev_last_seen_at, p.first_seen_at) AS first_seen_at,
+           greatest(p.prev_last_seen_at, p.first_seen_at) AS last_seen_at
+    FROM (
+        SELECT q.*, lag(q.station_id) OVER w AS prev_station_id, lag(q.last_seen_at) OVER w AS prev_last_seen_at
+        FROM (
+            SELECT r.*, true AS new FROM reg r
+            UNION ALL
+            SELECT cp.tag_id, cp.station_id, cp.first_seen_at, cp.last_seen_at, false FROM chip_positions cp
+            WHERE cp.tag_id IN (SELECT tag_id FROM reg)
+        ) q
+        WINDOW w AS (PARTITION BY q.tag_id ORDER BY q.first_seen_at, q.last_seen_at)
+    ) p
+    JOIN stations a ON a.station_id = p.station_id
+    JOIN stations b ON b.station_id = p.prev_station_id
+    WHERE p.new AND p.prev_station_id <> p.station_id
+      AND 2 * {_EARTH_RADIUS_M} * asin(sqrt(
+              power(sin(radians(a.lat - b.lat) / 2), 2)
+              + cos(radians(b.lat)) * cos(radians(a.lat)) * power(sin(radians(a.lon - b.lon) / 2), 2)))
+          > %(slack_m)s + %(max_speed_mps)s
+              * greatest(extract(epoch FROM p.first_seen_at - p.prev_last_seen_at)::float8, 0)
+"""
+
+
+def detector(max_speed_kmh: float, slack_m: float = SLACK_M) -> Detector:
+    """The cloned-chip detector for bikes no faster than max_speed_kmh, give or take slack_m."""
+
+    def detect(cur: psycopg.Cursor[Any], committed: Committed, _watch: WatchList) -> list[Evidence]:
+        """Passages (any order) of registered chips at a station they could not have reached since their previous
+        passage; moves each chip's position to its latest passage."""
+        p = committed.passages
+        if not p.tag_ids:
+            return []
+        with cur.connection.transaction():  # the temporary rows live until this commits (or the outer transaction)
+            cur.execute(_ROUND_PASSAGES)
+            cur.execute("DELETE FROM flush_passages")  # empty unless called twice in one transaction
+            with cur.copy("COPY flush_passages FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_ROUND_PASSAGE_TYPES)
+                for row in zip(p.tag_ids, p.station_ids, p.first_seen_at, p.last_seen_at, strict=True):
+                    copy.write_row(row)
+            # Its real size, so that a small round looks its chips up by key instead of hashing every chip.
+            cur.execute("ANALYZE flush_passages")
+            rows = cur.execute(_EVIDENCE, {"slack_m": slack_m, "max_speed_mps": max_speed_kmh / 3.6}).fetchall()
+        return [Evidence(KIND, int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    return Detector(KIND, detect)

@@ -1,0 +1,36 @@
+"""The alarm engine: runs detectors on what a flush wrote and raises their evidence, in the write's transaction.
+
+Adding an alarm kind raised from passages is adding one module to detectors/ and its Detector here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+from backend.alarms import store, watch_list
+from backend.alarms.detector import Detector
+from backend.alarms.detectors import armed_bike_moving, chip_cloned, low_battery, stolen_chip_seen, tamper
+from backend.alarms.evidence import Committed
+
+# Judged in memory in each flush's own transaction: a stolen chip's alarm must not wait, nor be lost to a crash.
+ON_COMMIT: tuple[Detector, ...] = (
+    stolen_chip_seen.DETECTOR, armed_bike_moving.DETECTOR, tamper.DETECTOR, low_battery.DETECTOR,
+)
+
+
+def deferred(max_speed_kmh: float) -> tuple[Detector, ...]:
+    """Detectors whose cost is mostly per query, run on many flushes' passages at once (about once a second)."""
+    return (chip_cloned.detector(max_speed_kmh),)
+
+
+def raise_alarms(conn: psycopg.Connection, committed: Committed, detectors: Sequence[Detector]) -> list[int]:
+    """Run the detectors on written passages and raise or update their alarms (in the caller's transaction when
+    there is one); the ids of the alarms raised or updated. Nothing written costs no query."""
+    if not len(committed):
+        return []
+    with conn.transaction(), conn.cursor() as cur:
+        watched = watch_list.load(cur) if any(d.watches for d in detectors) else {}
+        evidence = [e for d in detectors for e in d.detect(cur, committed, watched)]
+        return store.raise_evidence(cur, evidence)
