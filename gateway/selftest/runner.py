@@ -81,7 +81,7 @@ class SelfTest:
         async with contextlib.AsyncExitStack() as stack:
             uplink = UplinkSide(self.settings, self.options, stack, clock=self.clock)
             publisher = StepPublisher(self.settings.station_id, self.run_id, lambda: uplink.client,
-                                      clock=self.clock, timeout_s=self.options.connect_timeout_s)
+                                      clock=self.clock)
             async with contextlib.aclosing(self._checks(radio, uplink)) as checks:
                 async for result in checks:
                     results.append(result)
