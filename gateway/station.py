@@ -69,14 +69,7 @@ class Station:
         self.aggregator.restore(restored)
         self._checkpointed = {p.tag_id: p.first_seen_at for p in restored}
         self._checkpoint_refreshed = time.monotonic()
-        self.radio = Radio(
-            s.serial_url,
-            s.baud_rate,
-            read_timeout_s=s.serial_read_timeout_s,
-            reopen_min_s=s.serial_reopen_min_s,
-            reopen_max_s=s.serial_reopen_max_s,
-            clock=self.clock,
-        )
+        self.radio = Radio.of_station(s, clock=self.clock)
         self.uplink = Uplink(s, spool, self.hotlist, self.status)
         self._started = time.monotonic()
         log.info(

@@ -93,23 +93,23 @@ class SelfTest:
     async def _checks(self, radio: RadioSide, uplink: UplinkSide) -> AsyncGenerator[StepResult, None]:
         """The steps in order, each skipped with the reason when what it needs failed."""
         started = time.monotonic()
-        opened, listener = await radio.open_port()
+        opened, heard = await radio.open_port()
         yield replace(opened, elapsed_s=time.monotonic() - started)
-        if listener is None:
+        if heard is None:
             for name in ("module", "noise", "test_tag"):
                 yield skipped(name, "the serial port did not open")
         else:
             try:
-                module = await timed(radio.module(listener))
+                module = await timed(radio.module(heard))
                 yield module
                 if module.ok:
-                    yield await timed(radio.noise(listener))
-                    yield await timed(radio.test_tag(listener))
+                    yield await timed(radio.noise(heard))
+                    yield await timed(radio.test_tag(heard))
                 else:
                     for name in ("noise", "test_tag"):
                         yield skipped(name, "the radio module did not answer")
             finally:
-                await listener.stop()
+                await heard.stop()
         yield await timed(self._clock(uplink))
         broker = await timed(uplink.broker())
         yield broker
