@@ -166,19 +166,24 @@ class Uplink:
                 if window.has_room:
                     waits.append(wake)  # something new may fill the window meanwhile
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                self._settle(sending, done)
+                failed = self._settle(sending, done)
+                if failed is not None:
+                    raise failed
         finally:
             for task in sending:
                 task.cancel()
             if sending:
                 await asyncio.wait(sending)
-            self._settle(sending, {*sending})
+            self._settle(sending, {*sending})  # what was acknowledged meanwhile; failures are the session's end
             self._ack(window.take_acknowledged(all_now=True))
             if wake is not None:
                 wake.cancel()
 
-    def _settle(self, sending: dict[asyncio.Task[None], Entry], done: set[asyncio.Future[Any]]) -> None:
-        """Take the finished publishes out of `sending`, in send order; raise the first failure."""
+    def _settle(
+        self, sending: dict[asyncio.Task[None], Entry], done: set[asyncio.Future[Any]]
+    ) -> BaseException | None:
+        """Take the finished publishes out of `sending` in send order (so the spool deletes and counts them in
+        order too); return the first failure."""
         failed: BaseException | None = None
         for task in [t for t in sending if t in done]:
             entry = sending.pop(task)
@@ -188,9 +193,7 @@ class Uplink:
                 self._window.acknowledge(entry)
             else:
                 failed = failed or task.exception()
-        if failed is not None:
-            raise failed
-
+        return failed
 
     def _ack(self, entries: list[Entry]) -> None:
         """Delete acknowledged messages from the spool and count them."""
