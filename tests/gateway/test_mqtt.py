@@ -34,8 +34,10 @@ async def test_a_publish_returns_at_its_puback_and_a_subscriber_receives_it(brok
         await mqtt.publish(topic, b"hello", qos=1)
         async with asyncio.timeout(10):
             async for message in mqtt.messages():
-                received.append(message)
-                break
+                # amqtt 0.12 also hands a new client retained messages matching other clients' filters.
+                if message.topic == topic:
+                    received.append(message)
+                    break
     [message] = received
     assert message == Message(topic, b"hello", retain=False)
     assert message.matches(everything_of(topic_prefix)) and not message.matches(everything_of("other"))
