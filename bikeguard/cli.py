@@ -55,7 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _gateway(argv: list[str]) -> int:
-    from gateway.station import main
+    from gateway.cli import main
 
     return main(argv) or 0
 

@@ -3,11 +3,14 @@
 pyserial blocks, so one thread per port reads and decodes; decoded frames cross into the event
 loop with `call_soon_threadsafe`. A port that fails (unplugged USB adapter, a pty whose other end
 closed, a dropped socket://) is logged and reopened with backoff; the radio never raises out.
+The station consumes its frames (`get`); the self-test observes the same radio (`take`, `wait_for`,
+and what the port did: `opened`, `open_error`, `port_error`, `bytes_total`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -15,13 +18,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar, cast
 
 import serial
 
+from gateway.settings import GatewaySettings
 from protocol.frames import Frame, FrameDecoder, FrameError
 from protocol.messages import utcnow
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,7 @@ class Radio:
         reopen_max_s: float = 10.0,
         queue_max: int = 10_000,
         clock: Callable[[], datetime] = utcnow,
+        open_port: Callable[..., serial.SerialBase] = serial.serial_for_url,
     ) -> None:
         self.url = url
         self.baud_rate = baud_rate
@@ -80,11 +88,16 @@ class Radio:
         self.reopen_min_s = reopen_min_s
         self.reopen_max_s = reopen_max_s
         self.clock = clock
+        self.open_port = open_port
         self.decoder = FrameDecoder()
         self.opened = 0
         self.port_errors = 0
         self.dropped = 0
+        self.bytes_total = 0
+        self.open_error: OSError | ValueError | None = None  # why the port last failed to open
+        self.port_error: OSError | None = None  # why an open port last failed
         self._queue: asyncio.Queue[Reception] = asyncio.Queue(maxsize=queue_max)
+        self._news = asyncio.Event()  # set in the loop whenever frames arrive or the port opens or fails
         self._stop = threading.Event()
         self._reject_log = RejectLog(url)
         self._crash: BaseException | None = None
@@ -104,9 +117,51 @@ class Radio:
         """All rejected byte runs."""
         return sum(self.decoder.rejected.values())
 
+    @classmethod
+    def of_station(
+        cls,
+        settings: GatewaySettings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        open_port: Callable[..., serial.SerialBase] = serial.serial_for_url,
+    ) -> Radio:
+        """The radio of the station these settings describe (for the gateway and its self-test alike)."""
+        return cls(
+            settings.serial_url,
+            settings.baud_rate,
+            read_timeout_s=settings.serial_read_timeout_s,
+            reopen_min_s=settings.serial_reopen_min_s,
+            reopen_max_s=settings.serial_reopen_max_s,
+            clock=clock,
+            open_port=open_port,
+        )
+
     async def get(self) -> Reception:
         """The next decoded frame."""
         return await self._queue.get()
+
+    def take(self) -> list[Reception]:
+        """Every decoded frame waiting now, without waiting."""
+        taken: list[Reception] = []
+        while not self._queue.empty():
+            taken.append(self._queue.get_nowait())
+        return taken
+
+    async def wait_for(self, found: Callable[[], T | None], timeout_s: float | None) -> T | None:
+        """Wait until found() gives something (returned) or timeout_s pass (None; None waits as long as it takes).
+
+        found() is asked at once and again whenever frames arrive or the port opens or fails.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            self._news.clear()  # before asking: news that comes while found() runs wakes the wait below
+            result = found()
+            if result is not None or (deadline is not None and loop.time() >= deadline):
+                return result
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._news.wait()
 
     async def run(self) -> None:
         """Read the port until cancelled; reopens it whenever it fails."""
@@ -138,14 +193,17 @@ class Radio:
         delay = self.reopen_min_s
         while not self._stop.is_set():
             try:
-                port = serial.serial_for_url(self.url, baudrate=self.baud_rate, timeout=self.read_timeout_s,
-                                               exclusive=True)  # a second reader would steal frames
+                port = self.open_port(self.url, baudrate=self.baud_rate, timeout=self.read_timeout_s,
+                                      exclusive=True)  # a second reader would steal frames
             except (OSError, ValueError) as exc:  # SerialException is an OSError
+                self.open_error = exc
+                loop.call_soon_threadsafe(self._news.set)
                 log.warning("%s: cannot open serial port (%s); retry in %.1f s", self.url, exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.reopen_max_s)
                 continue
             self.opened += 1
+            loop.call_soon_threadsafe(self._news.set)
             delay = self.reopen_min_s
             log.info("%s: serial port open at %d baud", self.url, self.baud_rate)
             try:
@@ -153,6 +211,8 @@ class Radio:
                 # A clean return means stop was asked for.
             except OSError as exc:
                 self.port_errors += 1
+                self.port_error = exc
+                loop.call_soon_threadsafe(self._news.set)
                 log.warning("%s: serial port failed (%s); reopening", self.url, exc)
                 self._stop.wait(delay)
             finally:
@@ -161,10 +221,12 @@ class Radio:
     def _read_port(self, port: serial.SerialBase, loop: asyncio.AbstractEventLoop) -> None:
         decoder = self.decoder
         while not self._stop.is_set():
-            # read(1) returns as soon as one byte is there (or at the timeout); then take the rest.
-            data = port.read(max(1, port.in_waiting))
+            # read(1) returns as soon as one byte is there (or at the timeout); then take the rest. Every pyserial
+            # port class has in_waiting, though their base class does not declare it.
+            data = port.read(max(1, cast(serial.Serial, port).in_waiting))
             if not data:
                 continue
+            self.bytes_total += len(data)
             received_at = self.clock()
             before = self.rejected_total
             frames = decoder.feed(data)
@@ -177,6 +239,7 @@ class Radio:
                 loop.call_soon_threadsafe(self._deliver, [Reception(received_at, f) for f in frames])
 
     def _deliver(self, receptions: list[Reception]) -> None:
+        self._news.set()
         for reception in receptions:
             try:
                 self._queue.put_nowait(reception)

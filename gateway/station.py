@@ -1,21 +1,15 @@
-"""The wiring: radio -> aggregator -> spool -> uplink for one station, and the CLI entry point."""
+"""The wiring: radio -> aggregator -> spool -> uplink for one station; several stations in one event loop."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
 
 from gateway.aggregator import Aggregator
 from gateway.hotlist import HotList
@@ -75,14 +69,7 @@ class Station:
         self.aggregator.restore(restored)
         self._checkpointed = {p.tag_id: p.first_seen_at for p in restored}
         self._checkpoint_refreshed = time.monotonic()
-        self.radio = Radio(
-            s.serial_url,
-            s.baud_rate,
-            read_timeout_s=s.serial_read_timeout_s,
-            reopen_min_s=s.serial_reopen_min_s,
-            reopen_max_s=s.serial_reopen_max_s,
-            clock=self.clock,
-        )
+        self.radio = Radio.of_station(s, clock=self.clock)
         self.uplink = Uplink(s, spool, self.hotlist, self.status)
         self._started = time.monotonic()
         log.info(
@@ -244,49 +231,3 @@ async def run_fleet(settings: Sequence[GatewaySettings]) -> None:
             if stop.signal is None or task is None:
                 raise
             task.uncancel()
-
-
-def add_station_arguments(parser: argparse.ArgumentParser, log_level: str = "INFO") -> None:
-    """The flags that build GatewaySettings (shared by the gateway and its self-test)."""
-    parser.add_argument("--station-id", dest="station_id")
-    parser.add_argument("--serial", dest="serial_url", help="/dev/ttyUSB0, a pty path or socket://host:port")
-    parser.add_argument("--mqtt", dest="mqtt_url", help="mqtt://user:pass@host:port")
-    parser.add_argument("--spool", dest="spool_path", type=Path, help="SQLite spool file")
-    parser.add_argument("--baud", dest="baud_rate", type=int)
-    parser.add_argument("--firmware")
-    parser.add_argument("--log-level", default=log_level)
-
-
-def build_settings(parser: argparse.ArgumentParser, args: dict[str, Any]) -> GatewaySettings:
-    """GatewaySettings from the environment, overridden by the arguments given; a usage error if invalid."""
-    overrides = {k: v for k, v in args.items() if v is not None}
-    try:
-        return GatewaySettings(**overrides)
-    except ValidationError as exc:
-        parser.error(f"invalid settings:\n{exc}")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bikeguard gateway",
-        description="Station gateway: serial frames in, MQTT out. Arguments override "
-        "BIKEGUARD_GATEWAY_* environment variables.",
-        epilog="`bikeguard gateway selftest --help`: the commissioning self-test (docs/installer.md).",
-    )
-    add_station_arguments(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`bikeguard gateway`: run one station from env and arguments (`bikeguard gateway selftest …`: its self-test)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["selftest"]:
-        from gateway.selftest import main as selftest_main
-
-        return selftest_main(argv[1:])
-    parser = _parser()
-    args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = build_settings(parser, args)
-    asyncio.run(run_gateway(settings))
-    return 0

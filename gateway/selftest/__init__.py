@@ -1,7 +1,7 @@
 """The commissioning self-test: checks one station on its pole, step by step, with advice for the installer.
 
-`bikeguard gateway selftest` runs it from the command line; `SelfTest.steps()` yields each StepResult as it
-completes and publishes it for the backend (the installer's web page shows them live), `SelfTest.run()`
+`bikeguard gateway selftest` (gateway/cli.py) runs it from the command line; `SelfTest.steps()` yields each
+StepResult as it completes and publishes it for the backend (the installer's web page shows them live), `SelfTest.run()`
 returns the whole Report. Every step says what it measured and, when it fails, what to check; a step whose
 input failed is skipped with the reason, never silently passed. hardware/commissioning.md and docs/installer.md
 are the installer's side.
@@ -10,12 +10,12 @@ are the installer's side.
 - `clock`: 5 clock is in sync
 - `uplink_side`: 6 broker accepts the station, 7 heartbeat comes back, 8 backend shows it online
 - `publisher`: each step, then the run's summary, on `stations/{id}/selftest` over the uplink's connection
-- `runner`: the order and dependencies of the steps, the command line
+- `runner`: the order and dependencies of the steps
 """
 
 from gateway.selftest.clock import NtpStatus, parse_chronyc_tracking, probe_ntp
 from gateway.selftest.report import STEPS, Report, StepResult, format_step, format_summary
-from gateway.selftest.runner import SelfTest, main, run_selftest
+from gateway.selftest.runner import SelfTest
 from gateway.selftest.settings import SelfTestSettings
 
 __all__ = [
@@ -27,8 +27,6 @@ __all__ = [
     "StepResult",
     "format_step",
     "format_summary",
-    "main",
     "parse_chronyc_tracking",
     "probe_ntp",
-    "run_selftest",
 ]

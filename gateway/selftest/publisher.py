@@ -13,8 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-import aiomqtt
-
+from gateway.mqtt import Connection, MqttError
 from gateway.selftest.report import Report, StepResult
 from protocol.messages import SelfTestStep, SelfTestSummary
 from protocol.topics import SELFTEST, station_topic
@@ -74,17 +73,15 @@ class StepPublisher:
         self,
         station_id: str,
         run_id: str,
-        client: Callable[[], aiomqtt.Client | None],
+        client: Callable[[], Connection | None],
         *,
         clock: Callable[[], datetime],
-        timeout_s: float,
     ) -> None:
         self.station_id = station_id
         self.run_id = run_id
         self.topic = station_topic(station_id, SELFTEST)
         self._client = client
         self._clock = clock
-        self._timeout_s = timeout_s
         self._pending: list[bytes] = []
         self._seq = 0
         self.published = 0
@@ -107,8 +104,8 @@ class StepPublisher:
             return
         while self._pending:
             try:
-                await client.publish(self.topic, self._pending[0], qos=1, timeout=self._timeout_s)
-            except aiomqtt.MqttError as exc:
+                await client.publish(self.topic, self._pending[0], qos=1)  # within the connection's timeout
+            except MqttError as exc:
                 self.gave_up = str(exc) or type(exc).__name__
                 log.warning("self-test steps are no longer sent to %s (the self-test goes on): %s",
                             self.topic, self.gave_up)

@@ -1,13 +1,15 @@
-"""Self-test steps 1-4, the radio side: the serial port opens, the module answers, its noise floor, a test tag."""
+"""Self-test steps 1-4, the radio side: the serial port opens, the module answers, its noise floor, a test tag.
+
+The steps observe the station's own `Radio` (gateway/radio.py), built from the same settings, port and decoder.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import grp
+import logging
 import os
-import threading
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -15,86 +17,65 @@ from typing import Any, TypeVar
 
 import serial
 
+from gateway.radio import Radio, RadioError
 from gateway.selftest.report import StepResult, format_duration
 from gateway.selftest.settings import SelfTestSettings
 from gateway.settings import GatewaySettings
-from protocol.frames import Beacon, FrameDecoder, ModuleStatus
+from protocol.frames import Beacon, ModuleStatus
 from protocol.messages import format_tag, parse_tag
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
 
-class PortListener:
-    """Reads an open serial port in a thread; counts bytes and decodes frames in the event loop."""
+class Heard:
+    """What the self-test heard on the station's radio: module statuses and beacons by tag, each with its time."""
 
-    def __init__(self, port: serial.SerialBase, clock: Callable[[], datetime]) -> None:
-        self.port = port
-        self.clock = clock
-        self.decoder = FrameDecoder()
-        self.bytes_total = 0
+    def __init__(self, radio: Radio, running: asyncio.Task[None]) -> None:
+        self.radio = radio
         self.statuses: list[tuple[datetime, ModuleStatus]] = []
         self.beacons: dict[int, list[tuple[datetime, Beacon]]] = {}
-        self.error: OSError | None = None
-        self._changed = asyncio.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._running = running
 
     @property
     def beacons_total(self) -> int:
         """Beacons decoded so far, all tags."""
         return sum(len(b) for b in self.beacons.values())
 
-    def start(self) -> None:
-        """Start reading."""
-        loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._read, args=(loop,), name="selftest serial", daemon=True)
-        self._thread.start()
-
-    async def stop(self) -> None:
-        """Stop reading and close the port."""
-        self._stop.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-        self.port.close()
-
-    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            while not self._stop.is_set():
-                data = self.port.read(max(1, self.port.in_waiting))
-                if data:
-                    loop.call_soon_threadsafe(self._take, data, self.clock())
-        except OSError as exc:  # SerialException is an OSError: the device went away
-            loop.call_soon_threadsafe(self._fail, exc)
-
-    def _take(self, data: bytes, received_at: datetime) -> None:
-        # Decoded here, in the loop's thread, so the steps read the counters without locks.
-        self.bytes_total += len(data)
-        for frame in self.decoder.feed(data):
-            if isinstance(frame, ModuleStatus):
-                self.statuses.append((received_at, frame))
-            else:
-                self.beacons.setdefault(frame.tag_id, []).append((received_at, frame))
-        self._changed.set()
-
-    def _fail(self, exc: OSError) -> None:
-        self.error = exc
-        self._changed.set()
+    @property
+    def error(self) -> OSError | None:
+        """Why the open port failed (the device went away), if it did."""
+        return self.radio.port_error
 
     async def wait_for(self, found: Callable[[], _T | None], timeout_s: float) -> _T | None:
         """Wait until found() returns something (returned), the port fails or timeout_s pass (None)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            result = found()
-            if result is not None or self.error is not None:
-                return result
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._changed.wait()
+
+        def settled() -> bool | None:
+            self._take()
+            return True if found() is not None or self.error is not None else None
+
+        await self.radio.wait_for(settled, timeout_s)
+        return found()
+
+    async def stop(self) -> None:
+        """Stop the radio (its thread closes the port)."""
+        await _stop(self._running)
+
+    def _take(self) -> None:
+        for reception in self.radio.take():
+            frame = reception.frame
+            if isinstance(frame, ModuleStatus):
+                self.statuses.append((reception.received_at, frame))
+            elif isinstance(frame, Beacon):
+                self.beacons.setdefault(frame.tag_id, []).append((reception.received_at, frame))
+
+
+async def _stop(running: asyncio.Task[None]) -> None:
+    running.cancel()
+    await asyncio.wait({running})  # not `await running`: a cancellation of our own must go on
+    if not running.cancelled() and isinstance(running.exception(), RadioError):
+        log.warning("%s", running.exception())
 
 
 def _firmware(version: int) -> str:
@@ -140,21 +121,22 @@ class RadioSide:
 
     # 1. serial port
 
-    async def open_port(self) -> tuple[StepResult, PortListener | None]:
-        """Step 1: open the port; on success a listener is reading it."""
+    async def open_port(self) -> tuple[StepResult, Heard | None]:
+        """Step 1: the station's radio opens the port (exclusively, as the gateway does); on success it reads on."""
         url, baud = self.settings.serial_url, self.settings.baud_rate
-        try:
-            # exclusive: a reader that locks the port makes it busy, rather than the two of us each getting
-            # half its bytes.
-            port = await asyncio.to_thread(self.open_serial, url, baudrate=baud, timeout=0.1, exclusive=True)
-        except ValueError as exc:
-            return StepResult("serial", False, f"invalid serial port settings: {exc}",
-                              "check --serial (/dev/ttyUSB0, socket://host:port) and --baud (115200)"), None
-        except OSError as exc:
+        radio = Radio.of_station(self.settings, clock=self.clock, open_port=self.open_serial)
+        running = asyncio.create_task(radio.run(), name=f"selftest radio {url}")
+        await radio.wait_for(lambda: True if radio.opened or radio.open_error is not None else None, None)
+        if not radio.opened:
+            await _stop(running)
+            exc = radio.open_error
+            if isinstance(exc, ValueError):
+                return StepResult("serial", False, f"invalid serial port settings: {exc}",
+                                  "check --serial (/dev/ttyUSB0, socket://host:port) and --baud (115200)"), None
+            assert exc is not None
             return self._open_failure(url, exc), None
-        listener = PortListener(port, self.clock)
-        listener.start()
-        return StepResult("serial", True, f"{url} open at {baud} baud 8N1", data={"url": url, "baud": baud}), listener
+        heard = Heard(radio, running)
+        return StepResult("serial", True, f"{url} open at {baud} baud 8N1", data={"url": url, "baud": baud}), heard
 
     def _open_failure(self, url: str, exc: OSError) -> StepResult:
         code = exc.errno
@@ -187,25 +169,25 @@ class RadioSide:
 
     # 2. radio module
 
-    async def module(self, listener: PortListener) -> StepResult:
+    async def module(self, heard: Heard) -> StepResult:
         """Step 2: bytes arrive and decode to a module status frame."""
         url, baud, timeout_s = self.settings.serial_url, self.settings.baud_rate, self.options.module_timeout_s
         started = self.clock()
-        first = await listener.wait_for(lambda: listener.statuses[0] if listener.statuses else None, timeout_s)
-        decoder = listener.decoder
+        first = await heard.wait_for(lambda: heard.statuses[0] if heard.statuses else None, timeout_s)
+        decoder = heard.radio.decoder
         rejected = decoder.rejected
         data: dict[str, Any] = {
-            "bytes": listener.bytes_total,
+            "bytes": heard.radio.bytes_total,
             "frames": decoder.frames,
             "rejected": dict(rejected),
             "rejected_samples": [e.raw.hex(" ") for e in list(decoder.recent_errors)[-3:]],
         }
-        if first is None and listener.error is not None:
+        if first is None and heard.error is not None:
             return StepResult(
-                "module", False, f"{url} failed while reading: {listener.error}",
+                "module", False, f"{url} failed while reading: {heard.error}",
                 "the device went away: check the USB cable and its connector; `dmesg | tail`", data)
         if first is None:
-            if listener.bytes_total == 0:
+            if heard.radio.bytes_total == 0:
                 return StepResult(
                     "module", False, f"no bytes at all on {url} at {baud} baud in {timeout_s:g} s",
                     "check the radio module's power LED and the USB cable; "
@@ -213,14 +195,14 @@ class RadioSide:
             if decoder.frames == 0:
                 return StepResult(
                     "module", False,
-                    f"{listener.bytes_total} bytes but no valid frame in {timeout_s:g} s "
+                    f"{heard.radio.bytes_total} bytes but no valid frame in {timeout_s:g} s "
                     f"(rejected: {_rejected_text(rejected)})",
                     f"wrong baud rate or wiring: the module talks 115200 baud 8N1 (this test used {baud}); "
                     "check --baud, that TX goes to RX and RX to TX with a common GND, and that no console or "
                     "other device shares the line", data)
             return StepResult(
                 "module", False,
-                f"{listener.beacons_total} beacons but no module status frame in {timeout_s:g} s",
+                f"{heard.beacons_total} beacons but no module status frame in {timeout_s:g} s",
                 "the module must send a status frame every 10 s (hardware/reader-protocol.md): power-cycle it; "
                 "if it still sends none, update its firmware", data)
         received_at, status = first
@@ -240,9 +222,9 @@ class RadioSide:
 
     # 3. noise floor
 
-    async def noise(self, listener: PortListener) -> StepResult:
+    async def noise(self, heard: Heard) -> StepResult:
         """Step 3: the noise floor the module reports (the worst of its statuses so far)."""
-        noise = max(status.noise_floor_dbm for _, status in listener.statuses)
+        noise = max(status.noise_floor_dbm for _, status in heard.statuses)
         limit = self.options.noise_max_dbm
         data = {"noise_floor_dbm": noise, "limit_dbm": limit}
         if noise > limit:
@@ -256,7 +238,7 @@ class RadioSide:
 
     # 4. test tag
 
-    async def test_tag(self, listener: PortListener) -> StepResult:
+    async def test_tag(self, heard: Heard) -> StepResult:
         """Step 4: the installer holds the test tag (or any tag) near the antenna; it is heard, strongly enough."""
         tag, timeout_s = self.options.test_tag, self.options.tag_timeout_s
         wanted = parse_tag(tag) if tag else None
@@ -264,17 +246,17 @@ class RadioSide:
                     f"(waiting up to {timeout_s:g} s)")
         started = self.clock()
 
-        def heard() -> list[tuple[datetime, Beacon]] | None:
+        def test_tag_beacons() -> list[tuple[datetime, Beacon]] | None:
             if wanted is not None:
-                return listener.beacons.get(wanted)
-            return next(iter(listener.beacons.values()), None)
+                return heard.beacons.get(wanted)
+            return next(iter(heard.beacons.values()), None)
 
-        beacons = await listener.wait_for(heard, timeout_s)
-        others = sorted(format_tag(t) for t in listener.beacons if t != wanted)
+        beacons = await heard.wait_for(test_tag_beacons, timeout_s)
+        others = sorted(format_tag(t) for t in heard.beacons if t != wanted)
         if not beacons:
             value = f"test tag {tag} not heard in {timeout_s:g} s" if tag else f"no tag heard in {timeout_s:g} s"
-            if listener.error is not None:
-                value += f" ({self.settings.serial_url} failed: {listener.error})"
+            if heard.error is not None:
+                value += f" ({self.settings.serial_url} failed: {heard.error})"
             if others:
                 value += f" (heard {len(others)} other tag{'s' if len(others) != 1 else ''}: {', '.join(others[:5])})"
                 advice = ("the radio hears tags, just not this one: check the id printed on the test tag and "

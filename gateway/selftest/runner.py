@@ -1,20 +1,16 @@
-"""The self-test's order of steps and what depends on what; `bikeguard gateway selftest`."""
+"""The self-test's order of steps and what depends on what."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import inspect
 import logging
-import sys
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 
 import serial
-from pydantic import ValidationError
 
 from gateway.selftest.clock import NtpStatus, check_clock, probe_ntp
 from gateway.selftest.publisher import StepPublisher, new_run_id
@@ -22,9 +18,6 @@ from gateway.selftest.radio_side import RadioSide
 from gateway.selftest.report import (
     Report,
     StepResult,
-    format_prompt,
-    format_step,
-    format_summary,
     skipped,
     timed,
 )
@@ -88,7 +81,7 @@ class SelfTest:
         async with contextlib.AsyncExitStack() as stack:
             uplink = UplinkSide(self.settings, self.options, stack, clock=self.clock)
             publisher = StepPublisher(self.settings.station_id, self.run_id, lambda: uplink.client,
-                                      clock=self.clock, timeout_s=self.options.connect_timeout_s)
+                                      clock=self.clock)
             async with contextlib.aclosing(self._checks(radio, uplink)) as checks:
                 async for result in checks:
                     results.append(result)
@@ -100,23 +93,23 @@ class SelfTest:
     async def _checks(self, radio: RadioSide, uplink: UplinkSide) -> AsyncGenerator[StepResult, None]:
         """The steps in order, each skipped with the reason when what it needs failed."""
         started = time.monotonic()
-        opened, listener = await radio.open_port()
+        opened, heard = await radio.open_port()
         yield replace(opened, elapsed_s=time.monotonic() - started)
-        if listener is None:
+        if heard is None:
             for name in ("module", "noise", "test_tag"):
                 yield skipped(name, "the serial port did not open")
         else:
             try:
-                module = await timed(radio.module(listener))
+                module = await timed(radio.module(heard))
                 yield module
                 if module.ok:
-                    yield await timed(radio.noise(listener))
-                    yield await timed(radio.test_tag(listener))
+                    yield await timed(radio.noise(heard))
+                    yield await timed(radio.test_tag(heard))
                 else:
                     for name in ("noise", "test_tag"):
                         yield skipped(name, "the radio module did not answer")
             finally:
-                await listener.stop()
+                await heard.stop()
         yield await timed(self._clock(uplink))
         broker = await timed(uplink.broker())
         yield broker
@@ -147,66 +140,3 @@ class SelfTest:
             hotlist=session.hotlist,
             broker_connected=session.client is not None,
         )
-
-
-async def run_selftest(settings: GatewaySettings, options: SelfTestSettings, *, as_json: bool = False) -> Report:
-    """Run the self-test, printing each step as it completes (or, as_json, the report at the end)."""
-    out = sys.stderr if as_json else sys.stdout
-    done = 0
-
-    def show(result: StepResult) -> None:
-        nonlocal done
-        done += 1
-        if not as_json:
-            print(format_step(result, done), flush=True)
-
-    if not as_json:
-        print(f"Bikeguard self-test of station {settings.station_id} ({settings.serial_url}, "
-              f"broker {settings.mqtt_endpoint})", flush=True)
-    test = SelfTest(settings, options, prompt=lambda text: print(format_prompt(text), file=out, flush=True))
-    report = await test.run(show)
-    if as_json:
-        sys.stdout.buffer.write(report.to_json() + b"\n")
-        sys.stdout.flush()
-    else:
-        print(format_summary(report), flush=True)
-    return report
-
-
-def _parser() -> argparse.ArgumentParser:
-    from gateway.station import add_station_arguments
-
-    parser = argparse.ArgumentParser(
-        prog="bikeguard gateway selftest",
-        description="Commissioning self-test of one station: serial port, radio module, noise floor, a test "
-        "tag, clock, broker, heartbeat (and the backend with --backend). Exit code 0 when every step passes. "
-        "Station flags override BIKEGUARD_GATEWAY_* variables, the others BIKEGUARD_SELFTEST_* ones.",
-    )
-    add_station_arguments(parser, log_level="WARNING")
-    parser.add_argument("--test-tag", dest="test_tag", help="id of the test tag (8 hex digits); default: any tag")
-    parser.add_argument("--tag-timeout", dest="tag_timeout_s", type=float, help="seconds to wait for it (30)")
-    parser.add_argument("--module-timeout", dest="module_timeout_s", type=float,
-                        help="seconds to wait for the module's status frame (12)")
-    parser.add_argument("--backend", dest="backend_url", help="http(s)://backend: also check it shows the station")
-    parser.add_argument("--token", dest="backend_token",
-                        help="installer's API token for --backend (better: BIKEGUARD_SELFTEST_BACKEND_TOKEN)")
-    parser.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`bikeguard gateway selftest`: 0 when every step passes, 1 otherwise."""
-    from gateway.station import build_settings
-
-    parser = _parser()
-    args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    as_json = bool(args.pop("json"))
-    overrides = {k: args.pop(k) for k in list(args) if k in SelfTestSettings.model_fields}
-    settings = build_settings(parser, args)
-    try:
-        options = SelfTestSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        parser.error(f"invalid self-test settings:\n{exc}")
-    return asyncio.run(run_selftest(settings, options, as_json=as_json)).exit_code
-

@@ -17,14 +17,13 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aiomqtt
 import orjson
 
+from gateway.mqtt import Connection, ConnectRefused, MqttError, Will
 from gateway.selftest.clock import Skew, skew_from_date_header
 from gateway.selftest.report import StepResult
 from gateway.selftest.settings import SelfTestSettings
 from gateway.settings import GatewaySettings
-from gateway.uplink import tolerate_closed_socket_callbacks
 from protocol.messages import Hotlist, MessageError, StationStatus
 from protocol.topics import HOTLIST, station_topic
 
@@ -34,7 +33,7 @@ class BrokerSession:
     """The self-test's one MQTT connection (or why there is none): what step 6 found, for steps 5 and 7."""
 
     result: StepResult
-    client: aiomqtt.Client | None = None
+    client: Connection | None = None
     hotlist: Hotlist | None = None
     hotlist_bytes: int = 0
     hotlist_error: str | None = None
@@ -62,7 +61,7 @@ class UplinkSide:
         self._heartbeat: StationStatus | None = None
 
     @property
-    def client(self) -> aiomqtt.Client | None:
+    def client(self) -> Connection | None:
         """The connected MQTT client; None before the clock or broker step connected it, or if it could not."""
         return self._session.client if self._session is not None else None
 
@@ -97,26 +96,25 @@ class UplinkSide:
         if unreachable is not None:
             return BrokerSession(unreachable)
 
-        tolerate_closed_socket_callbacks(asyncio.get_running_loop())
         offline = StationStatus(station_id=s.station_id, state="offline")
-        client = aiomqtt.Client(
+        client = Connection(
             host,
             port,
             username=username,
             password=password,
             # Not the gateway's own id: taking it over would kick out a running gateway and its session.
-            identifier=f"selftest-{s.station_id}-{secrets.token_hex(3)}",
+            client_id=f"selftest-{s.station_id}-{secrets.token_hex(3)}",
             clean_session=True,
-            will=aiomqtt.Will(self.status_topic, offline.to_json(), qos=1, retain=True),
-            keepalive=max(s.mqtt_keepalive_s, 5),
-            timeout=timeout_s,
+            will=Will(self.status_topic, offline.to_json(), qos=1, retain=True),
+            keepalive_s=max(s.mqtt_keepalive_s, 5),
+            timeout_s=timeout_s,
         )
         started = time.monotonic()
         try:
             await self.stack.enter_async_context(client)
-        except aiomqtt.MqttCodeError as exc:
+        except ConnectRefused as exc:
             return BrokerSession(self._refusal(exc, username, data))
-        except aiomqtt.MqttError as exc:
+        except MqttError as exc:
             data["error"] = str(exc)
             return BrokerSession(StepResult(
                 "broker", False, f"TCP to {endpoint} works but no MQTT answer: {exc}",
@@ -128,7 +126,7 @@ class UplinkSide:
 
         async def stop_collecting() -> None:
             collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            with contextlib.suppress(asyncio.CancelledError, MqttError):
                 await collector
 
         self.stack.push_async_callback(self._say_offline, session)
@@ -137,7 +135,7 @@ class UplinkSide:
         try:
             granted = await client.subscribe(HOTLIST, qos=1)
             await client.subscribe(self.status_topic, qos=1)
-        except aiomqtt.MqttError as exc:
+        except MqttError as exc:
             session.result = StepResult("broker", False, f"connected as {who}, but subscribing failed: {exc}",
                                         "the broker dropped the connection: look at its log", data)
             return session
@@ -179,15 +177,15 @@ class UplinkSide:
 
     async def _collect(self, session: BrokerSession) -> None:
         assert session.client is not None
-        async for message in session.client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if message.topic.matches(HOTLIST) and payload and session.hotlist is None:
+        async for message in session.client.messages():
+            payload = message.payload
+            if message.matches(HOTLIST) and payload and session.hotlist is None:
                 session.hotlist_bytes = len(payload)
                 try:
                     session.hotlist = Hotlist.parse(payload)
                 except MessageError as exc:
                     session.hotlist_error = exc.reason
-            elif message.topic.matches(self.status_topic):
+            elif message.matches(self.status_topic):
                 session.status_payloads.append(payload)
             session.received.set()
 
@@ -225,10 +223,8 @@ class UplinkSide:
             "broker", False, f"unreachable: {host}:{port}: {exc.strerror or exc}",
             "no route to the broker: check the backhaul (Ethernet link, LTE modem and APN) and `ip route`", data)
 
-    def _refusal(self, exc: aiomqtt.MqttCodeError, username: str | None, data: dict[str, Any]) -> StepResult:
-        rc = getattr(exc.rc, "value", exc.rc)
-        code = {4: 134, 5: 135}.get(rc, rc) if isinstance(rc, int) else rc  # MQTT 3.1.1 codes as MQTT 5 ones
-        reason = str(exc).split("] ", 1)[-1]  # aiomqtt says "[code:135] Not authorized"
+    def _refusal(self, exc: ConnectRefused, username: str | None, data: dict[str, Any]) -> StepResult:
+        code, reason = exc.code, exc.reason  # MQTT 5 reason codes, MQTT 3.1.1 ones included (5 is 135)
         data.update(connack=code, error=str(exc))
         user = f"user '{username}'" if username else "no username"
         if code == 134 or (code == 135 and username):
@@ -257,7 +253,7 @@ class UplinkSide:
         if self._heartbeat is None or session.client is None:
             return
         offline = StationStatus(station_id=self.settings.station_id, state="offline", sent_at=self.clock())
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+        with contextlib.suppress(MqttError, TimeoutError):
             async with asyncio.timeout(2.0):
                 await session.client.publish(self.status_topic, offline.to_json(), qos=1, retain=True)
 
@@ -284,7 +280,7 @@ class UplinkSide:
         started = time.monotonic()
         try:
             await session.client.publish(self.status_topic, payload, qos=1, retain=True)
-        except aiomqtt.MqttError as exc:
+        except MqttError as exc:
             data["error"] = str(exc)
             return StepResult("heartbeat", False, f"publishing the status failed: {exc}",
                               self._acl_advice(username), data)

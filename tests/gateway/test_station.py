@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from bikeguard.services import Broker, free_port
+from gateway.mqtt import SocketWatch
 from gateway.settings import GatewaySettings
 from gateway.spool import Spool
 from gateway.station import Station
-from gateway.uplink import tolerate_closed_socket_callbacks
 from protocol.frames import ModuleStatus, TagFlags, encode
 from protocol.messages import Alert, Hotlist, Sighting, SightingBatch, StationStatus, format_tag, utcnow
 from protocol.topics import HOTLIST, station_topic
@@ -231,22 +231,26 @@ async def test_a_busy_station_told_to_stop_stops(
 
 
 async def test_a_socket_closed_before_the_loop_watches_it_is_no_error_and_other_errors_still_are() -> None:
-    # The aiomqtt race behind "Exception in callback …add_writer(…)" when a connection drops: paho asks the loop
-    # to watch its socket for writing, and the socket is closed before the loop gets to it.
+    # The race behind "Exception in callback …add_writer(…)" when a connection drops: paho asks, from the thread
+    # that connects it, for its socket to be watched for writing, and the socket is closed before the loop gets
+    # to it. An open socket asked for the same way is watched.
     loop = asyncio.get_running_loop()
     before = loop.get_exception_handler()
     reported: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     ours, theirs = socket.socketpair()
+    writable = asyncio.Event()
+    watch = SocketWatch(loop, read=lambda: None, write=writable.set)
     try:
-        tolerate_closed_socket_callbacks(loop)
-        tolerate_closed_socket_callbacks(loop)  # once per loop, however many uplinks run on it
-        fd = ours.fileno()
         ours.close()
-        loop.call_soon(loop.add_writer, fd, lambda: None)
+        await asyncio.to_thread(watch.want_write, ours)
         loop.call_soon(operator.truediv, 1, 0)
         await asyncio.sleep(0.05)
+        await asyncio.to_thread(watch.want_write, theirs)
+        async with asyncio.timeout(5):
+            await writable.wait()
     finally:
+        watch.closed(theirs)
         loop.set_exception_handler(before)
         theirs.close()
     assert [type(c.get("exception")) for c in reported] == [ZeroDivisionError]

@@ -1,0 +1,79 @@
+"""The MQTT adapter against a real broker: answers waited for, a hung broker timed out, a dropped link reported."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bikeguard.services import Broker, free_port
+from gateway.mqtt import Connection, ConnectionLost, ConnectRefused, Message, MqttError, NoAnswer
+from protocol.topics import ROOT, station_topic
+from tests.gateway.harness import TcpHop
+
+pytestmark = pytest.mark.anyio
+
+
+def everything_of(station_id: str) -> str:
+    """A filter for every topic of one station."""
+    return f"{ROOT}/stations/{station_id}/#"
+
+
+def connection(host: str, port: int, client_id: str, timeout_s: float = 10.0) -> Connection:
+    return Connection(host, port, client_id=client_id, timeout_s=timeout_s)
+
+
+async def test_a_publish_returns_at_its_puback_and_a_subscriber_receives_it(broker: Broker, topic_prefix: str) -> None:
+    topic = station_topic(topic_prefix, "status")
+    received: list[Message] = []
+    async with connection(broker.host, broker.port, f"{topic_prefix}-a") as mqtt:
+        assert mqtt.connected
+        granted = await mqtt.subscribe(everything_of(topic_prefix), qos=1)
+        assert granted == [1]
+        await mqtt.publish(topic, b"hello", qos=1)
+        async with asyncio.timeout(10):
+            async for message in mqtt.messages():
+                # amqtt 0.12 also hands a new client retained messages matching other clients' filters.
+                if message.topic == topic:
+                    received.append(message)
+                    break
+    [message] = received
+    assert message == Message(topic, b"hello", retain=False)
+    assert message.matches(everything_of(topic_prefix)) and not message.matches(everything_of("other"))
+    assert not mqtt.connected
+
+
+async def test_a_broker_that_hangs_is_no_answer_within_the_timeout(
+    broker: Broker, hop: TcpHop, topic_prefix: str
+) -> None:
+    await hop.open()
+    async with connection("127.0.0.1", hop.port, f"{topic_prefix}-h", timeout_s=0.5) as mqtt:
+        await hop.freeze()
+        started = time.monotonic()
+        with pytest.raises(NoAnswer, match="no PUBACK"):
+            await mqtt.publish(station_topic(topic_prefix, "status"), b"x", qos=1)
+        assert time.monotonic() - started < 5
+
+
+async def test_a_dropped_connection_ends_the_messages_and_fails_what_waits(
+    broker: Broker, hop: TcpHop, topic_prefix: str
+) -> None:
+    await hop.open()
+    async with connection("127.0.0.1", hop.port, f"{topic_prefix}-d") as mqtt:
+        await mqtt.subscribe(everything_of(topic_prefix), qos=1)
+        await hop.cut()
+        with pytest.raises(ConnectionLost, match="lost"):
+            async with asyncio.timeout(10):
+                async for _ in mqtt.messages():
+                    pass
+        assert not mqtt.connected
+        with pytest.raises(ConnectionLost):
+            await mqtt.publish(station_topic(topic_prefix, "status"), b"x", qos=1)
+
+
+async def test_nothing_listening_is_an_mqtt_error_not_a_refusal(topic_prefix: str) -> None:
+    with pytest.raises(MqttError) as caught:
+        async with connection("127.0.0.1", free_port(), f"{topic_prefix}-n"):
+            pass
+    assert not isinstance(caught.value, ConnectRefused)
