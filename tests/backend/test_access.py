@@ -11,8 +11,9 @@ import httpx
 import psycopg
 import pytest
 
-from backend import access, alarms
+from backend import access
 from backend.accounts import Role, User
+from backend.alarms.kinds import STATION_KINDS
 from backend.api.app import create_app
 from bikeguard.services import free_port
 from protocol.messages import utcnow
@@ -43,7 +44,7 @@ def test_each_role_sees_its_own_alarm_kinds() -> None:
     assert [k for k in ("station_offline", "stolen_chip_seen", "armed_bike_moving") if installer.allows(k)] == [
         "station_offline"]
     # The installer desk, opened by an admin: the admin's alarms, of the station kinds only.
-    desk = access.alarm_scope(_user("admin"), only_kinds=alarms.STATION_KINDS)
+    desk = access.alarm_scope(_user("admin"), only_kinds=STATION_KINDS)
     assert desk.allows("station_offline") and not desk.allows("stolen_chip_seen")
     assert not desk.allows("armed_bike_moving")
 
