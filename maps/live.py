@@ -63,7 +63,7 @@ class LiveFeed(MacroElement):
         alarm_layer: folium.FeatureGroup,
         config: dict[str, Any],
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # branca's MacroElement is untyped
         self._name = "LiveFeed"
         self.title = markup.text(TITLE)
         self.css = replay.style() + replay.source("live.css")

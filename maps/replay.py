@@ -44,7 +44,7 @@ class Replay(MacroElement):
     )
 
     def __init__(self, m: folium.Map, summary: Mapping[str, Any], title: str, **options: Any) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # branca's MacroElement is untyped
         self._name = "Replay"
         self.css = style()
         self.code = script()
