@@ -150,8 +150,9 @@ class Viewer:
         """The bike as this viewer may see it: with its owner masked for the owner and the counter, else none."""
         return (await self.with_owners(conn, registry, [await self.check_bike(conn, registry, bike_id)]))[0]
 
-    async def with_owners(self, conn: psycopg.AsyncConnection[Any], registry: Registry,
-                          bikes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def with_owners(
+        self, conn: psycopg.AsyncConnection[Any], registry: Registry, bikes: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """The bikes, each with its owner's masked summary where this viewer may see it."""
         if self.user.role in _SEE_OWNER_WITH_BIKE:
             for bike in bikes:
@@ -170,29 +171,48 @@ class Viewer:
             return require_case_number(case_number, "a bike's owner")
         return case_number
 
-    async def read_owner(self, conn: psycopg.AsyncConnection[Any], registry: Registry, owner_id: int,
-                         case_number: str | None, **detail: Any) -> dict[str, Any]:
+    async def read_owner(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        registry: Registry,
+        owner_id: int,
+        case_number: str | None,
+        **detail: Any,
+    ) -> dict[str, Any]:
         """The owner's record (ID number masked); the reading is audited, under the case number if any."""
         owner = await registry.get_owner(conn, owner_id)
         await audit.record(conn, self.user, "owner.view", f"owner:{owner_id}", case_number, **detail)
         return owner
 
-    async def search_result(self, conn: psycopg.AsyncConnection[Any], registry: Registry, bike: dict[str, Any],
-                            case_number: str | None, search: str) -> dict[str, Any]:
+    async def search_result(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        registry: Registry,
+        bike: dict[str, Any],
+        case_number: str | None,
+        search: str,
+    ) -> dict[str, Any]:
         """A bike found by a police search: its owner only under a case number (audited); where it was last seen
         with a case number, or since the theft for a stolen bike; else neither."""
         owner, seen = None, None
         if case_number is not None:
-            owner = await self.read_owner(conn, registry, bike["owner_id"], case_number, bike_id=bike["bike_id"],
-                                          search=search)
+            owner = await self.read_owner(
+                conn, registry, bike["owner_id"], case_number, bike_id=bike["bike_id"], search=search
+            )
         if bike["tag_id"] is not None and (case_number is not None or bike["stolen"]):
-            seen = await trajectories.last_seen(conn, parse_tag(bike["tag_id"]),
-                                                None if case_number is not None else bike["stolen_at"])
+            seen = await trajectories.last_seen(
+                conn, parse_tag(bike["tag_id"]), None if case_number is not None else bike["stolen_at"]
+            )
         return {"bike": bike, "last_seen": seen, "owner": owner}
 
     async def bike_window(
-        self, conn: psycopg.AsyncConnection[Any], bike: dict[str, Any], since: datetime, until: datetime,
-        case_number: str | None, **detail: str,
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        bike: dict[str, Any],
+        since: datetime,
+        until: datetime,
+        case_number: str | None,
+        **detail: str,
     ) -> tuple[datetime, datetime]:
         """The part of [since, until) of the bike's passages this viewer may see.
 
@@ -210,13 +230,26 @@ class Viewer:
             await audit.record(conn, self.user, "bike.trajectory", f"bike:{bike_id}", None, stolen=True, **detail)
             return max(since, bike["stolen_at"]), until
         case = require_case_number(case_number, "the trajectory of a bike that is not reported stolen")
-        await audit.record(conn, self.user, "bike.trajectory", f"bike:{bike_id}", case,
-                           since=since.isoformat(), until=until.isoformat(), **detail)
+        await audit.record(
+            conn,
+            self.user,
+            "bike.trajectory",
+            f"bike:{bike_id}",
+            case,
+            since=since.isoformat(),
+            until=until.isoformat(),
+            **detail,
+        )
         return since, until
 
     async def passages_window(
-        self, conn: psycopg.AsyncConnection[Any], tag_id: str | None, station_id: str | None, since: datetime,
-        until: datetime, case_number: str | None,
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        tag_id: str | None,
+        station_id: str | None,
+        since: datetime,
+        until: datetime,
+        case_number: str | None,
     ) -> tuple[datetime, datetime]:
         """The part of [since, until) of one chip's (tag_id, hex) or one station's passages this viewer may see.
 
@@ -236,11 +269,20 @@ class Viewer:
         if case_number is None and station_id is None and binding is not None and binding["stolen_at"] is not None:
             await audit.record(conn, self.user, "sightings.view", f"tag:{format_tag(tag or 0)}", None, stolen=True)
             return max(since, binding["stolen_at"], binding["chip_since"]), until
-        case = require_case_number(case_number, "passages of a chip that is not reported stolen, or a"
-                                   " station's traffic")
+        case = require_case_number(
+            case_number, "passages of a chip that is not reported stolen, or a station's traffic"
+        )
         subject = f"tag:{format_tag(tag)}" if tag is not None else f"station:{station_id}"
-        await audit.record(conn, self.user, "sightings.view", subject, case, station_id=station_id,
-                           since=since.isoformat(), until=until.isoformat())
+        await audit.record(
+            conn,
+            self.user,
+            "sightings.view",
+            subject,
+            case,
+            station_id=station_id,
+            since=since.isoformat(),
+            until=until.isoformat(),
+        )
         return since, until
 
     def _police_only(self, what: str) -> None:

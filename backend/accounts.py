@@ -75,7 +75,8 @@ class Passwords:
 
     def __init__(self, settings: BackendSettings) -> None:
         self._hasher = PasswordHasher(
-            time_cost=settings.password_time_cost, memory_cost=settings.password_memory_kib,
+            time_cost=settings.password_time_cost,
+            memory_cost=settings.password_memory_kib,
             parallelism=settings.password_parallelism,
         )
         self.min_length = settings.password_min_length
@@ -118,8 +119,16 @@ _ACCOUNT_COLUMNS = (
 
 
 async def create_account(
-    conn: psycopg.AsyncConnection[Any], passwords: Passwords, *, username: str, password: str, role: Role,
-    display_name: str, created_by: str, owner_id: int | None = None, must_change_password: bool = True,
+    conn: psycopg.AsyncConnection[Any],
+    passwords: Passwords,
+    *,
+    username: str,
+    password: str,
+    role: Role,
+    display_name: str,
+    created_by: str,
+    owner_id: int | None = None,
+    must_change_password: bool = True,
 ) -> dict[str, Any]:
     """A new account; raises AccountConflict if the username is taken, PasswordRejected on a weak password."""
     passwords.check_policy(password, username)
@@ -159,8 +168,9 @@ async def disable_account(conn: psycopg.AsyncConnection[Any], account_id: int) -
         row = await cur.fetchone()
     if row is None:
         raise AccountNotFound(f"no account {account_id}")
-    await conn.execute("UPDATE sessions SET revoked_at = now() WHERE account_id = %s AND revoked_at IS NULL",
-                       (account_id,))
+    await conn.execute(
+        "UPDATE sessions SET revoked_at = now() WHERE account_id = %s AND revoked_at IS NULL", (account_id,)
+    )
     return row
 
 
@@ -177,13 +187,15 @@ async def reset_password(
         "UPDATE accounts SET password_hash = %s, must_change_password = true WHERE account_id = %s",
         (await passwords.hash(password), account_id),
     )
-    await conn.execute("UPDATE sessions SET revoked_at = now() WHERE account_id = %s AND revoked_at IS NULL",
-                       (account_id,))
+    await conn.execute(
+        "UPDATE sessions SET revoked_at = now() WHERE account_id = %s AND revoked_at IS NULL", (account_id,)
+    )
     return str(row[0])
 
 
-async def _throttle(conn: psycopg.AsyncConnection[Any], settings: BackendSettings, username: str,
-                    address: str | None) -> None:
+async def _throttle(
+    conn: psycopg.AsyncConnection[Any], settings: BackendSettings, username: str, address: str | None
+) -> None:
     cur = await conn.execute(
         "SELECT count(*) FILTER (WHERE username = %s), count(*) FILTER (WHERE address = %s),"
         " min(attempted_at) FILTER (WHERE username = %s)"
@@ -200,8 +212,12 @@ async def _throttle(conn: psycopg.AsyncConnection[Any], settings: BackendSetting
 
 
 async def login(
-    conn: psycopg.AsyncConnection[Any], settings: BackendSettings, passwords: Passwords, username: str,
-    password: str, address: str | None,
+    conn: psycopg.AsyncConnection[Any],
+    settings: BackendSettings,
+    passwords: Passwords,
+    username: str,
+    password: str,
+    address: str | None,
 ) -> tuple[str, User]:
     """A new session token for the username and password; raises LoginThrottled or LoginFailed.
 
@@ -248,8 +264,9 @@ async def session_user(conn: psycopg.AsyncConnection[Any], token: str) -> User |
 
 async def logout(conn: psycopg.AsyncConnection[Any], token: str) -> None:
     """End the session of this token."""
-    await conn.execute("UPDATE sessions SET revoked_at = now() WHERE token_hash = %s AND revoked_at IS NULL",
-                       (_token_hash(token),))
+    await conn.execute(
+        "UPDATE sessions SET revoked_at = now() WHERE token_hash = %s AND revoked_at IS NULL", (_token_hash(token),)
+    )
 
 
 async def change_password(
@@ -276,15 +293,20 @@ async def change_password(
 
 async def prune(conn: psycopg.AsyncConnection[Any], settings: BackendSettings) -> None:
     """Forget login attempts older than the window and sessions that ended a day ago."""
-    await conn.execute("DELETE FROM login_attempts WHERE attempted_at < now() - make_interval(secs => %s)",
-                       (settings.login_window_s,))
+    await conn.execute(
+        "DELETE FROM login_attempts WHERE attempted_at < now() - make_interval(secs => %s)", (settings.login_window_s,)
+    )
     await conn.execute(
         "DELETE FROM sessions WHERE least(expires_at, coalesce(revoked_at, expires_at)) < now() - interval '1 day'"
     )
 
 
 async def issue_owner_login(
-    conn: psycopg.AsyncConnection[Any], passwords: Passwords, owner_id: int, username: str, display_name: str,
+    conn: psycopg.AsyncConnection[Any],
+    passwords: Passwords,
+    owner_id: int,
+    username: str,
+    display_name: str,
     created_by: str,
 ) -> dict[str, str]:
     """The owner's login slip: a new account, or a new one-time password for the one they have."""
@@ -294,20 +316,41 @@ async def issue_owner_login(
     if row is not None:
         username = await reset_password(conn, passwords, int(row[0]), password)
     else:
-        await create_account(conn, passwords, username=username, password=password, role="owner",
-                             display_name=display_name, created_by=created_by, owner_id=owner_id)
+        await create_account(
+            conn,
+            passwords,
+            username=username,
+            password=password,
+            role="owner",
+            display_name=display_name,
+            created_by=created_by,
+            owner_id=owner_id,
+        )
     return {"username": username, "initial_password": password}
 
 
-def bootstrap(settings: BackendSettings, username: str, password: str, role: Role = "admin",
-              display_name: str | None = None, must_change_password: bool = False) -> None:
+def bootstrap(
+    settings: BackendSettings,
+    username: str,
+    password: str,
+    role: Role = "admin",
+    display_name: str | None = None,
+    must_change_password: bool = False,
+) -> None:
     """Create an account straight in the database (the first admin, from the command line or the demo)."""
 
     async def run() -> None:
         async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-            await create_account(conn, Passwords(settings), username=username, password=password, role=role,
-                                 display_name=display_name or username, created_by="command line",
-                                 must_change_password=must_change_password)
+            await create_account(
+                conn,
+                Passwords(settings),
+                username=username,
+                password=password,
+                role=role,
+                display_name=display_name or username,
+                created_by="command line",
+                must_change_password=must_change_password,
+            )
             await conn.commit()
 
     asyncio.run(run())

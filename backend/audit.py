@@ -17,8 +17,12 @@ from backend.accounts import User
 
 
 async def record(
-    conn: psycopg.AsyncConnection[Any], user: User, action: str, subject: str | None = None,
-    case_number: str | None = None, **detail: Any,
+    conn: psycopg.AsyncConnection[Any],
+    user: User,
+    action: str,
+    subject: str | None = None,
+    case_number: str | None = None,
+    **detail: Any,
 ) -> None:
     """Append one record in the current transaction (so it exists exactly when the access happened)."""
     await conn.execute(
@@ -29,8 +33,12 @@ async def record(
 
 
 async def entries(
-    conn: psycopg.AsyncConnection[Any], *, since: datetime | None = None, actor: str | None = None,
-    case_number: str | None = None, limit: int = 200,
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    since: datetime | None = None,
+    actor: str | None = None,
+    case_number: str | None = None,
+    limit: int = 200,
 ) -> list[dict[str, Any]]:
     """Audit records, newest first, optionally filtered."""
     async with conn.cursor(row_factory=dict_row) as cur:

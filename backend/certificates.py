@@ -157,8 +157,9 @@ def verify_url(base_url: str, token: str) -> str:
 def qr_svg(data: str) -> str:
     """An inline SVG QR code (error correction M)."""
     out = io.BytesIO()
-    segno.make(data, error="m", micro=False).save(out, kind="svg", scale=4, border=2, xmldecl=False,
-                                                   svgns=True, nl=False)
+    segno.make(data, error="m", micro=False).save(
+        out, kind="svg", scale=4, border=2, xmldecl=False, svgns=True, nl=False
+    )
     return out.getvalue().decode()
 
 
@@ -206,8 +207,9 @@ def render_pdf(view: dict[str, Any], labels: dict[str, str], url: str) -> bytes:
     pdf.cell(130, 10, text(labels["title"]))
     pdf.set_font(family, size=9)
     pdf.set_xy(12, 22)
-    pdf.cell(130, 5, text(f"{labels['number']}: {view['certificate_id']}   {labels['issued']}: "
-                          f"{_date(view['issued_at'])}"))
+    pdf.cell(
+        130, 5, text(f"{labels['number']}: {view['certificate_id']}   {labels['issued']}: {_date(view['issued_at'])}")
+    )
     y = 32
     for key, value in view["rows"]:
         pdf.set_xy(12, y)
@@ -242,8 +244,11 @@ def public(certificate: dict[str, Any], signer: Signer, base_url: str) -> dict[s
     token = signer.token(certificate["certificate_id"])
     base = base_url.rstrip("/")
     return {
-        "certificate_id": certificate["certificate_id"], "bike_id": certificate["bike_id"],
-        "issued_at": certificate["issued_at"], "token": token, "verify_url": verify_url(base, token),
+        "certificate_id": certificate["certificate_id"],
+        "bike_id": certificate["bike_id"],
+        "issued_at": certificate["issued_at"],
+        "token": token,
+        "verify_url": verify_url(base, token),
         "page_url": f"{base}/bikes/{certificate['bike_id']}/certificate",
         "pdf_url": f"{base}/bikes/{certificate['bike_id']}/certificate.pdf",
     }

@@ -90,8 +90,10 @@ def station_area(site: StationSite, proj: Projection) -> BaseGeometry:
         start, end = a.bearing_deg - a.beamwidth_deg / 2, a.bearing_deg + a.beamwidth_deg / 2
         steps = max(2, int(a.beamwidth_deg / 5))
         arc = [
-            (x + a.range_m * math.sin(math.radians(start + (end - start) * i / steps)),
-             y + a.range_m * math.cos(math.radians(start + (end - start) * i / steps)))
+            (
+                x + a.range_m * math.sin(math.radians(start + (end - start) * i / steps)),
+                y + a.range_m * math.cos(math.radians(start + (end - start) * i / steps)),
+            )
             for i in range(steps + 1)
         ]
         sectors.append(Polygon([(x, y), *arc]))

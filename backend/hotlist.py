@@ -64,8 +64,12 @@ class HotlistPublisher:
                 self._client.connect(*self._address, keepalive=30)
             except OSError as exc:
                 # Once per outage: an API run without a broker must not fill its log.
-                log.log(logging.WARNING if backoff == 0.5 else logging.DEBUG,
-                        "hot-list publisher cannot reach the broker at %s:%d, retrying: %s", *self._address, exc)
+                log.log(
+                    logging.WARNING if backoff == 0.5 else logging.DEBUG,
+                    "hot-list publisher cannot reach the broker at %s:%d, retrying: %s",
+                    *self._address,
+                    exc,
+                )
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue

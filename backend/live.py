@@ -118,4 +118,3 @@ class LiveFeed:
     def viewers(self) -> int:
         """How many viewers are connected."""
         return len(self._subscribers)
-

@@ -30,9 +30,7 @@ class Interception:
 
 async def refresh(conn: psycopg.AsyncConnection[Any], days: int = 14, max_gap_min: int = 30) -> int:
     """Rebuild the transition counts from the last `days` of passages; returns the number of pairs."""
-    cur = await conn.execute(
-        "SELECT bikeguard_refresh_transitions(%s, make_interval(mins => %s))", (days, max_gap_min)
-    )
+    cur = await conn.execute("SELECT bikeguard_refresh_transitions(%s, make_interval(mins => %s))", (days, max_gap_min))
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -47,8 +45,12 @@ class Departure:
 
 
 async def next_stations(
-    conn: psycopg.AsyncConnection[Any], at_station: str, left_at: datetime,
-    came_from: str | None = None, limit: int = 3, min_moves: int = 3,
+    conn: psycopg.AsyncConnection[Any],
+    at_station: str,
+    left_at: datetime,
+    came_from: str | None = None,
+    limit: int = 3,
+    min_moves: int = 3,
 ) -> list[Interception]:
     """The likeliest next stations after `at_station` (left at `left_at`), most likely first."""
     (found,) = await next_stations_of(conn, [Departure(at_station, left_at, came_from)], limit, min_moves)
@@ -56,7 +58,10 @@ async def next_stations(
 
 
 async def next_stations_of(
-    conn: psycopg.AsyncConnection[Any], departures: list[Departure], limit: int = 3, min_moves: int = 3,
+    conn: psycopg.AsyncConnection[Any],
+    departures: list[Departure],
+    limit: int = 3,
+    min_moves: int = 3,
 ) -> list[list[Interception]]:
     """next_stations for each departure, in one query whatever their number."""
     if not departures:
@@ -81,8 +86,16 @@ def _likeliest(departure: Departure, rows: list[tuple[Any, ...]], limit: int) ->
         return []
     left_at = departure.left_at
     out = [
-        Interception(sid, name, lat, lon, moves / total, left_at + timedelta(seconds=median_s),
-                     left_at + timedelta(seconds=p90_s), moves)
+        Interception(
+            sid,
+            name,
+            lat,
+            lon,
+            moves / total,
+            left_at + timedelta(seconds=median_s),
+            left_at + timedelta(seconds=p90_s),
+            moves,
+        )
         for sid, name, lat, lon, moves, median_s, p90_s in rows
     ]
     out.sort(key=lambda i: (-i.probability, i.eta_at))

@@ -151,8 +151,9 @@ async def credential_history(conn: psycopg.AsyncConnection[Any], station_id: str
         return await rows.fetchall()
 
 
-async def broker_files(conn: psycopg.AsyncConnection[Any], backend_user: str,
-                       backend_password_hash: str) -> tuple[str, str]:
+async def broker_files(
+    conn: psycopg.AsyncConnection[Any], backend_user: str, backend_password_hash: str
+) -> tuple[str, str]:
     """(password_file, acl_file) for the backend and every station not decommissioned that has a password."""
     if not _MQTT_USER.fullmatch(backend_user):
         raise ValueError(f"invalid MQTT user name {backend_user!r}")

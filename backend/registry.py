@@ -96,8 +96,11 @@ def _bike_out(row: dict[str, Any]) -> dict[str, Any]:
     row["theft"] = None
     if row.pop("stolen"):
         row["theft"] = {
-            "stolen_at": row["stolen_at"], "place": row["theft_place"], "circumstances": row["theft_circumstances"],
-            "police_report": row["police_report"], "reported_at": row["theft_reported_at"],
+            "stolen_at": row["stolen_at"],
+            "place": row["theft_place"],
+            "circumstances": row["theft_circumstances"],
+            "police_report": row["police_report"],
+            "reported_at": row["theft_reported_at"],
         }
     row["stolen"] = row["theft"] is not None
     for k in ("theft_place", "theft_circumstances", "police_report", "theft_reported_at"):
@@ -133,8 +136,9 @@ class Registry:
         except IdentityError as exc:
             raise InvalidValue(str(exc), "plate") from None
 
-    async def _holder(self, conn: psycopg.AsyncConnection[Any], field: str, value: Any,
-                      except_bike: int | None = None) -> str | None:
+    async def _holder(
+        self, conn: psycopg.AsyncConnection[Any], field: str, value: Any, except_bike: int | None = None
+    ) -> str | None:
         """A message naming what already holds a plate, chip, frame or motor number, or None if it is free."""
         if field == "tag_id":
             cur = await conn.execute(
@@ -176,19 +180,26 @@ class Registry:
                 out[field] = message
         return out
 
-    async def _refuse_taken(self, conn: psycopg.AsyncConnection[Any], values: dict[str, Any],
-                            except_bike: int | None = None) -> None:
+    async def _refuse_taken(
+        self, conn: psycopg.AsyncConnection[Any], values: dict[str, Any], except_bike: int | None = None
+    ) -> None:
         for field, value in values.items():
             message = await self._holder(conn, field, value, except_bike)
             if message:
                 raise Conflict(message, field)
 
-    async def _explain(self, conn: psycopg.AsyncConnection[Any], exc: psycopg.errors.UniqueViolation,
-                       values: dict[str, Any]) -> Conflict:
+    async def _explain(
+        self, conn: psycopg.AsyncConnection[Any], exc: psycopg.errors.UniqueViolation, values: dict[str, Any]
+    ) -> Conflict:
         """The Conflict for a unique violation the database raised (a race the pre-check did not see)."""
         name = exc.diag.constraint_name or ""
-        for field, marker in (("plate", "plate"), ("tag_id", "chip"), ("frame_number", "frame"),
-                              ("motor_number", "motor"), ("id_number", "id_number")):
+        for field, marker in (
+            ("plate", "plate"),
+            ("tag_id", "chip"),
+            ("frame_number", "frame"),
+            ("motor_number", "motor"),
+            ("id_number", "id_number"),
+        ):
             if marker in name and field in values:
                 message = await self._holder(conn, field, values[field]) if field != "id_number" else None
                 return Conflict(message or f"{field.replace('_', ' ')} is already registered", field)
@@ -198,8 +209,9 @@ class Registry:
 
     async def find_owner(self, conn: psycopg.AsyncConnection[Any], id_number: str) -> int | None:
         """The owner with this (normalised) resident ID number, found by its keyed hash."""
-        cur = await conn.execute("SELECT owner_id FROM owners WHERE id_number_hash = %s",
-                                 (self.vault.lookup_hash(id_number),))
+        cur = await conn.execute(
+            "SELECT owner_id FROM owners WHERE id_number_hash = %s", (self.vault.lookup_hash(id_number),)
+        )
         row = await cur.fetchone()
         return int(row[0]) if row else None
 
@@ -209,15 +221,22 @@ class Registry:
         if existing is not None:
             raise Conflict(
                 f"an owner with this resident ID number is already registered (owner #{existing}):"
-                " use the existing record", "id_number",
+                " use the existing record",
+                "id_number",
             )
         try:
             async with conn.transaction():
                 cur = await conn.execute(
                     "INSERT INTO owners (name, id_number_hash, id_number_enc, mobile, address, created_by)"
                     " VALUES (%s, %s, %s, %s, %s, %s) RETURNING owner_id",
-                    (owner.name, self.vault.lookup_hash(owner.id_number), self.vault.encrypt(owner.id_number),
-                     owner.mobile, owner.address, actor),
+                    (
+                        owner.name,
+                        self.vault.lookup_hash(owner.id_number),
+                        self.vault.encrypt(owner.id_number),
+                        owner.mobile,
+                        owner.address,
+                        actor,
+                    ),
                 )
                 return int((await cur.fetchone())[0])  # type: ignore[index]
         except psycopg.errors.UniqueViolation as exc:
@@ -254,7 +273,8 @@ class Registry:
         """An owner as shown beside a bike: masked name, ID and mobile."""
         owner = await self.get_owner(conn, owner_id)
         return {
-            "owner_id": owner_id, "name_masked": mask_name(owner["name"]),
+            "owner_id": owner_id,
+            "name_masked": mask_name(owner["name"]),
             "id_number_masked": owner["id_number_masked"],
             "mobile_masked": mask_mobile(owner["mobile"]) if owner["mobile"] else None,
         }
@@ -272,7 +292,8 @@ class Registry:
         if len(plates) >= limit:
             raise LimitReached(
                 f"this owner already holds {len(plates)} active bike{'s' if len(plates) != 1 else ''}"
-                f" ({', '.join(plates)}); the limit is {limit} per person", "owner",
+                f" ({', '.join(plates)}); the limit is {limit} per person",
+                "owner",
             )
 
     # ---- bikes ----
@@ -282,8 +303,12 @@ class Registry:
     ) -> int:
         """Register a bike to an owner with its chip fitted and a certificate issued; all or nothing."""
         plate = self.plate(bike.plate)
-        values = {"plate": plate, "frame_number": bike.frame_number, "motor_number": bike.motor_number,
-                  "tag_id": tag_id}
+        values = {
+            "plate": plate,
+            "frame_number": bike.frame_number,
+            "motor_number": bike.motor_number,
+            "tag_id": tag_id,
+        }
         try:
             async with conn.transaction():
                 await _act_as(conn, actor, "registration")
@@ -292,8 +317,7 @@ class Registry:
                 cur = await conn.execute(
                     "INSERT INTO bikes (plate, owner_id, frame_number, motor_number, brand, model, colour, created_by)"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING bike_id",
-                    (plate, owner_id, bike.frame_number, bike.motor_number, bike.brand, bike.model, bike.colour,
-                     actor),
+                    (plate, owner_id, bike.frame_number, bike.motor_number, bike.brand, bike.model, bike.colour, actor),
                 )
                 bike_id = int((await cur.fetchone())[0])  # type: ignore[index]
                 await self._fit_chip(conn, bike_id, tag_id)
@@ -310,11 +334,13 @@ class Registry:
             (tag_id, bike_id),
         )
         if await cur.fetchone() is None:
-            raise Conflict(await self._holder(conn, "tag_id", tag_id) or f"chip {format_tag(tag_id)} is taken",
-                           "tag_id")
+            raise Conflict(
+                await self._holder(conn, "tag_id", tag_id) or f"chip {format_tag(tag_id)} is taken", "tag_id"
+            )
 
-    async def get_bike(self, conn: psycopg.AsyncConnection[Any], bike_id: int, owner_id: int | None = None,
-                       active_only: bool = False) -> dict[str, Any]:
+    async def get_bike(
+        self, conn: psycopg.AsyncConnection[Any], bike_id: int, owner_id: int | None = None, active_only: bool = False
+    ) -> dict[str, Any]:
         """A bike with its chip, photos and theft state; with owner_id, only if it is that owner's. NotFound."""
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
@@ -328,8 +354,14 @@ class Registry:
         return _bike_out(row)
 
     async def find_bikes(
-        self, conn: psycopg.AsyncConnection[Any], *, plate: str | None = None, tag_id: int | None = None,
-        frame_number: str | None = None, owner_id: int | None = None, limit: int = 50,
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        *,
+        plate: str | None = None,
+        tag_id: int | None = None,
+        frame_number: str | None = None,
+        owner_id: int | None = None,
+        limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Active bikes matching every given criterion exactly."""
         if plate is not None:
@@ -346,11 +378,11 @@ class Registry:
             )
             return [_bike_out(r) for r in await cur.fetchall()]
 
-    async def _active_bike(self, conn: psycopg.AsyncConnection[Any], bike_id: int,
-                           allow_stolen: bool = False) -> dict[str, Any]:
+    async def _active_bike(
+        self, conn: psycopg.AsyncConnection[Any], bike_id: int, allow_stolen: bool = False
+    ) -> dict[str, Any]:
         """Lock an active bike for a life-cycle change; refuse a stolen one unless allowed."""
-        cur = await conn.execute("SELECT 1 FROM bikes WHERE bike_id = %s AND status = 'active' FOR UPDATE",
-                                 (bike_id,))
+        cur = await conn.execute("SELECT 1 FROM bikes WHERE bike_id = %s AND status = 'active' FOR UPDATE", (bike_id,))
         if await cur.fetchone() is None:
             raise NotFound(f"no active bike {bike_id}", "bike")
         bike = await self.get_bike(conn, bike_id)
@@ -379,8 +411,14 @@ class Registry:
         return rows
 
     async def transfer(
-        self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, new_owner_id: int, *,
-        consent_code: str | None = None, old_owner_id_number: str | None = None,
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        actor: str,
+        bike_id: int,
+        new_owner_id: int,
+        *,
+        consent_code: str | None = None,
+        old_owner_id_number: str | None = None,
     ) -> None:
         """Hand the bike to a new owner with the current owner's consent; the old certificate is superseded.
 
@@ -395,14 +433,17 @@ class Registry:
                 raise Conflict("the bike already belongs to this owner", "owner")
             await self._check_consent(conn, bike_id, old_owner, consent_code, old_owner_id_number)
             await self._lock_owner_within_limit(conn, new_owner_id)
-            await conn.execute("UPDATE bikes SET owner_id = %s, armed = false WHERE bike_id = %s",
-                               (new_owner_id, bike_id))
-            await conn.execute("UPDATE transfer_consents SET used_at = now() WHERE bike_id = %s AND used_at IS NULL",
-                               (bike_id,))
+            await conn.execute(
+                "UPDATE bikes SET owner_id = %s, armed = false WHERE bike_id = %s", (new_owner_id, bike_id)
+            )
+            await conn.execute(
+                "UPDATE transfer_consents SET used_at = now() WHERE bike_id = %s AND used_at IS NULL", (bike_id,)
+            )
             await certificates.issue(conn, bike_id, actor)
 
-    async def _check_consent(self, conn: psycopg.AsyncConnection[Any], bike_id: int, owner_id: int,
-                             code: str | None, id_number: str | None) -> None:
+    async def _check_consent(
+        self, conn: psycopg.AsyncConnection[Any], bike_id: int, owner_id: int, code: str | None, id_number: str | None
+    ) -> None:
         if id_number:
             cur = await conn.execute("SELECT id_number_hash FROM owners WHERE owner_id = %s", (owner_id,))
             row = await cur.fetchone()
@@ -420,11 +461,13 @@ class Registry:
             raise ConsentRequired("the consent code is wrong, used or expired", "consent_code")
         raise ConsentRequired(
             "the current owner must consent: a consent code from the owner portal, or the owner's resident ID"
-            " number checked at the counter", "consent_code",
+            " number checked at the counter",
+            "consent_code",
         )
 
-    async def consent_to_transfer(self, conn: psycopg.AsyncConnection[Any], owner_id: int,
-                                  bike_id: int) -> tuple[str, datetime]:
+    async def consent_to_transfer(
+        self, conn: psycopg.AsyncConnection[Any], owner_id: int, bike_id: int
+    ) -> tuple[str, datetime]:
         """A one-time code with which the owner consents to hand this bike over, and when it expires."""
         await self.get_bike(conn, bike_id, owner_id=owner_id)
         code = "".join(secrets.choice("ACDEFGHJKLMNPQRTUVWXY346789") for _ in range(8))
@@ -435,8 +478,9 @@ class Registry:
         )
         return code, expires_at
 
-    async def replace_chip(self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, tag_id: int,
-                           reason: str | None = None) -> None:
+    async def replace_chip(
+        self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, tag_id: int, reason: str | None = None
+    ) -> None:
         """Fit a new chip: the old one is retired (never to be fitted again); a new certificate is issued."""
         try:
             async with conn.transaction():
@@ -454,8 +498,9 @@ class Registry:
         except psycopg.errors.UniqueViolation as exc:
             raise await self._explain(conn, exc, {"tag_id": tag_id}) from exc
 
-    async def change_plate(self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, plate: str,
-                           reason: str | None = None) -> None:
+    async def change_plate(
+        self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, plate: str, reason: str | None = None
+    ) -> None:
         """Give the bike a new plate (the old one is released); a new certificate is issued."""
         plate = self.plate(plate)
         try:
@@ -470,8 +515,14 @@ class Registry:
         except psycopg.errors.UniqueViolation as exc:
             raise await self._explain(conn, exc, {"plate": plate}) from exc
 
-    async def deregister(self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int,
-                         status: Literal["scrapped", "exported"], note: str | None = None) -> None:
+    async def deregister(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        actor: str,
+        bike_id: int,
+        status: Literal["scrapped", "exported"],
+        note: str | None = None,
+    ) -> None:
         """Take the bike off the registry: plate released, chip retired, certificate no longer current."""
         async with conn.transaction():
             await _act_as(conn, actor, f"deregistered: {status}" + (f" ({note})" if note else ""))
@@ -481,16 +532,17 @@ class Registry:
                 (f"bike {status}", bike_id),
             )
             await conn.execute(
-                "UPDATE bikes SET status = %s, plate = NULL, armed = false, deregistered_at = now()"
-                " WHERE bike_id = %s",
+                "UPDATE bikes SET status = %s, plate = NULL, armed = false, deregistered_at = now() WHERE bike_id = %s",
                 (status, bike_id),
             )
-            await conn.execute("UPDATE transfer_consents SET used_at = now() WHERE bike_id = %s AND used_at IS NULL",
-                               (bike_id,))
+            await conn.execute(
+                "UPDATE transfer_consents SET used_at = now() WHERE bike_id = %s AND used_at IS NULL", (bike_id,)
+            )
             await certificates.supersede(conn, bike_id)
 
-    async def set_armed(self, conn: psycopg.AsyncConnection[Any], owner_id: int, bike_id: int,
-                        armed: bool) -> dict[str, Any]:
+    async def set_armed(
+        self, conn: psycopg.AsyncConnection[Any], owner_id: int, bike_id: int, armed: bool
+    ) -> dict[str, Any]:
         """Arm or disarm the owner's bike (an armed bike seen moving raises an alarm for the owner)."""
         await self.get_bike(conn, bike_id, owner_id=owner_id)
         await conn.execute("UPDATE bikes SET armed = %s WHERE bike_id = %s", (armed, bike_id))
@@ -499,8 +551,14 @@ class Registry:
     # ---- theft ----
 
     async def report_stolen(
-        self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, stolen_at: datetime | None = None,
-        place: str | None = None, circumstances: str | None = None, police_report: str | None = None,
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        actor: str,
+        bike_id: int,
+        stolen_at: datetime | None = None,
+        place: str | None = None,
+        circumstances: str | None = None,
+        police_report: str | None = None,
     ) -> dict[str, Any]:
         """Open a theft report (the chip goes on the hot list); refused if one is already open."""
         bike = await self.get_bike(conn, bike_id, active_only=True)
@@ -532,8 +590,9 @@ class Registry:
 
     # ---- photos ----
 
-    async def add_photo(self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, content_type: str,
-                        data: bytes) -> int:
+    async def add_photo(
+        self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, content_type: str, data: bytes
+    ) -> int:
         """Keep a photo of the bike; refused past the per-bike count."""
         await self.get_bike(conn, bike_id, active_only=True)
         cur = await conn.execute("SELECT count(*) FROM bike_photos WHERE bike_id = %s", (bike_id,))

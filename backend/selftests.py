@@ -68,8 +68,23 @@ def write(conn: psycopg.Connection, messages: Iterable[SelfTestStep | SelfTestSu
             " SET started_at = least(station_selftest_runs.started_at, excluded.started_at)",
             ([r[0] for r in started], [r[1] for r in started], list(started.values())),
         )
-        rows = [(m.station_id, m.run_id, m.seq, m.name, m.title, m.status, m.message, m.advice, m.rssi_dbm,
-                 m.noise_floor_dbm, m.elapsed_s, m.at) for _, m in sorted(steps.items())]
+        rows = [
+            (
+                m.station_id,
+                m.run_id,
+                m.seq,
+                m.name,
+                m.title,
+                m.status,
+                m.message,
+                m.advice,
+                m.rssi_dbm,
+                m.noise_floor_dbm,
+                m.elapsed_s,
+                m.at,
+            )
+            for _, m in sorted(steps.items())
+        ]
         new_steps = cur.execute(
             f"INSERT INTO station_selftest_steps ({_STEP_FIELDS})"
             " SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::text[], %s::text[], %s::text[],"
@@ -84,23 +99,33 @@ def write(conn: psycopg.Connection, messages: Iterable[SelfTestStep | SelfTestSu
             "  AS u(station_id, run_id, result, finished_at, steps, counts)"
             " WHERE r.station_id = u.station_id AND r.run_id = u.run_id AND r.result IS NULL"
             " RETURNING r.station_id, r.run_id",
-            ([s.station_id for s in summaries.values()], [s.run_id for s in summaries.values()],
-             [s.result for s in summaries.values()], [s.finished_at for s in summaries.values()],
-             [s.steps for s in summaries.values()], [orjson.dumps(s.counts).decode() for s in summaries.values()]),
+            (
+                [s.station_id for s in summaries.values()],
+                [s.run_id for s in summaries.values()],
+                [s.result for s in summaries.values()],
+                [s.finished_at for s in summaries.values()],
+                [s.steps for s in summaries.values()],
+                [orjson.dumps(s.counts).decode() for s in summaries.values()],
+            ),
         ).fetchall()
         stored.steps_new, stored.summaries_new = len(new_steps), len(new_summaries)
-        stored.passed = [(r[0], r[1]) for r in cur.execute(
-            "SELECT r.station_id, r.run_id FROM station_selftest_runs r"
-            " JOIN unnest(%s::text[], %s::text[]) AS t(station_id, run_id) USING (station_id, run_id)"
-            " WHERE r.result = 'passed' AND r.steps_total = (SELECT count(*) FROM station_selftest_steps s"
-            "  WHERE s.station_id = r.station_id AND s.run_id = r.run_id AND s.seq <= r.steps_total"
-            "  AND s.status <> 'fail')",
-            ([r[0] for r in started], [r[1] for r in started]),
-        ).fetchall()]
+        stored.passed = [
+            (r[0], r[1])
+            for r in cur.execute(
+                "SELECT r.station_id, r.run_id FROM station_selftest_runs r"
+                " JOIN unnest(%s::text[], %s::text[]) AS t(station_id, run_id) USING (station_id, run_id)"
+                " WHERE r.result = 'passed' AND r.steps_total = (SELECT count(*) FROM station_selftest_steps s"
+                "  WHERE s.station_id = r.station_id AND s.run_id = r.run_id AND s.seq <= r.steps_total"
+                "  AND s.status <> 'fail')",
+                ([r[0] for r in started], [r[1] for r in started]),
+            ).fetchall()
+        ]
         notes = [_note("step", *row) for row in sorted(new_steps)] + [_note("run", *row) for row in new_summaries]
         if notes:
-            cur.execute("SELECT pg_notify(%s, n) FROM unnest(%s::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i",
-                        (NOTIFY_CHANNEL, notes))
+            cur.execute(
+                "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i",
+                (NOTIFY_CHANNEL, notes),
+            )
     return stored
 
 
@@ -123,10 +148,16 @@ def commission(conn: psycopg.Connection, station_id: str, run_id: str) -> bool:
     """Move an installed station to commissioned for its passing run, in a transaction of its own; False (nothing
     changed) in any other state. For the ingest's writer, after the run's steps are committed."""
     with conn.transaction():
-        moved = conn.execute(_COMMISSION, {
-            "station_id": station_id, "actor": f"self-test {run_id}", "note": "the commissioning self-test passed",
-            "channel": NOTIFY_CHANNEL, "event": _note("station", station_id, run_id),
-        }).fetchone()
+        moved = conn.execute(
+            _COMMISSION,
+            {
+                "station_id": station_id,
+                "actor": f"self-test {run_id}",
+                "note": "the commissioning self-test passed",
+                "channel": NOTIFY_CHANNEL,
+                "event": _note("station", station_id, run_id),
+            },
+        ).fetchone()
     return moved is not None
 
 
@@ -170,8 +201,10 @@ async def _event(pool: AsyncConnectionPool, payload: str, station_id: str) -> by
             data: dict[str, Any] | None = found[0] if found else None
         elif kind == "run":
             async with conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(f"SELECT {_RUN_COLUMNS} FROM station_selftest_runs"
-                                  " WHERE station_id = %s AND run_id = %s", (station_id, run_id))
+                await cur.execute(
+                    f"SELECT {_RUN_COLUMNS} FROM station_selftest_runs WHERE station_id = %s AND run_id = %s",
+                    (station_id, run_id),
+                )
                 data = await cur.fetchone()
         elif kind == "station":
             data = await stations.get_station(conn, station_id)
@@ -182,8 +215,9 @@ async def _event(pool: AsyncConnectionPool, payload: str, station_id: str) -> by
     return b"event: " + str(kind).encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def live_events(database_url: str, pool: AsyncConnectionPool, station_id: str,
-                      keepalive_s: float = 15.0) -> AsyncGenerator[bytes, None]:
+async def live_events(
+    database_url: str, pool: AsyncConnectionPool, station_id: str, keepalive_s: float = 15.0
+) -> AsyncGenerator[bytes, None]:
     """Server-sent events for one viewer of one station: `ready` once listening, then `step`, `run` (a summary
     stored) and `station` (its life cycle changed), and a keep-alive comment.
 

@@ -50,8 +50,9 @@ ORDER BY b.station_id
 """
 
 
-def liveness(row: dict[str, Any], now: datetime, rules: HealthRules,
-             heard_since: datetime | None = None) -> tuple[bool, str | None]:
+def liveness(
+    row: dict[str, Any], now: datetime, rules: HealthRules, heard_since: datetime | None = None
+) -> tuple[bool, str | None]:
     """(online, why not) from a station's latest status; heard_since, when given, is when we began listening
     (a backend just started, a station just put in service): silence before it does not count."""
     last = row.get("last_heartbeat_at")
@@ -76,22 +77,36 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
     usual = row.get("usual_passages")
     usual = float(usual) if usual is not None else None
     recent = int(row.get("passages_last_hour") or 0)
-    if health == "online" and usual is not None and usual >= rules.min_usual_passages \
-            and recent < rules.degraded_share * usual:
+    if (
+        health == "online"
+        and usual is not None
+        and usual >= rules.min_usual_passages
+        and recent < rules.degraded_share * usual
+    ):
         health = "degraded"
         reasons.append(f"{recent} passages in the last hour, usually {usual:.0f} at this time")
     return {
-        "station_id": row["station_id"], "name": row["name"], "lat": row["lat"], "lon": row["lon"],
-        "lifecycle": row["lifecycle"], "health": health, "reasons": reasons, "last_heartbeat_at": last,
-        "heartbeat_interval_s": row["heartbeat_interval_s"], "passages_last_hour": recent,
-        "usual_passages": usual, "spool_depth": payload.get("spool_depth"),
-        "spool_dropped": payload.get("spool_dropped"), "noise_floor_dbm": payload.get("noise_floor_dbm"),
+        "station_id": row["station_id"],
+        "name": row["name"],
+        "lat": row["lat"],
+        "lon": row["lon"],
+        "lifecycle": row["lifecycle"],
+        "health": health,
+        "reasons": reasons,
+        "last_heartbeat_at": last,
+        "heartbeat_interval_s": row["heartbeat_interval_s"],
+        "passages_last_hour": recent,
+        "usual_passages": usual,
+        "spool_depth": payload.get("spool_depth"),
+        "spool_dropped": payload.get("spool_dropped"),
+        "noise_floor_dbm": payload.get("noise_floor_dbm"),
         "firmware": payload.get("firmware"),
     }
 
 
-async def station_health(conn: psycopg.AsyncConnection[Any], now: datetime,
-                         rules: HealthRules = HealthRules()) -> list[dict[str, Any]]:
+async def station_health(
+    conn: psycopg.AsyncConnection[Any], now: datetime, rules: HealthRules = HealthRules()
+) -> list[dict[str, Any]]:
     """Every station in service (not decommissioned) with its health at `now`."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_QUERY, {"now": now, "days": rules.history_days})

@@ -10,8 +10,16 @@ from psycopg.types.json import Jsonb
 
 # The life cycle, in order; a station moves one step forward at a time, or to decommissioned from anywhere.
 LIFECYCLE: tuple[str, ...] = ("planned", "installed", "commissioned", "active", "decommissioned")
-_REGISTRY_FIELDS = ("name", "lat", "lon", "address", "mount_height_m", "antenna_bearing_deg", "radio_settings",
-                    "heartbeat_interval_s")
+_REGISTRY_FIELDS = (
+    "name",
+    "lat",
+    "lon",
+    "address",
+    "mount_height_m",
+    "antenna_bearing_deg",
+    "radio_settings",
+    "heartbeat_interval_s",
+)
 _COLUMNS = (
     "s.station_id, s.name, s.lat, s.lon, s.address, s.mount_height_m, s.antenna_bearing_deg, s.radio_settings,"
     " s.heartbeat_interval_s, s.lifecycle, s.lifecycle_changed_at"
@@ -58,8 +66,9 @@ def next_states(current: str) -> tuple[str, ...]:
     return (step,) if step == "decommissioned" else (step, "decommissioned")
 
 
-async def upsert_stations(conn: psycopg.AsyncConnection[Any], stations: list[dict[str, Any]],
-                          actor: str = "api") -> int:
+async def upsert_stations(
+    conn: psycopg.AsyncConnection[Any], stations: list[dict[str, Any]], actor: str = "api"
+) -> int:
     """Create or update stations by id (name and position); new ones are registered as active (in service)."""
     async with conn.transaction(), conn.cursor() as cur:
         await cur.executemany(
@@ -100,8 +109,9 @@ async def register_station(conn: psycopg.AsyncConnection[Any], station: dict[str
     return await get_station(conn, station["station_id"])
 
 
-async def update_station(conn: psycopg.AsyncConnection[Any], station_id: str,
-                         changes: dict[str, Any]) -> dict[str, Any]:
+async def update_station(
+    conn: psycopg.AsyncConnection[Any], station_id: str, changes: dict[str, Any]
+) -> dict[str, Any]:
     """Change a station's registry fields (only those given); its life cycle changes by change_lifecycle."""
     required = ("name", "lat", "lon", "heartbeat_interval_s")
     values = {k: v for k, v in changes.items() if k in _REGISTRY_FIELDS and not (v is None and k in required)}
@@ -109,7 +119,8 @@ async def update_station(conn: psycopg.AsyncConnection[Any], station_id: str,
         values["radio_settings"] = Jsonb(values["radio_settings"] or {})
     if values:
         cur = await conn.execute(
-            "UPDATE stations SET " + ", ".join(f"{k} = %({k})s" for k in values)
+            "UPDATE stations SET "
+            + ", ".join(f"{k} = %({k})s" for k in values)
             + " WHERE station_id = %(station_id)s RETURNING station_id",
             {**values, "station_id": station_id},
         )
@@ -118,8 +129,9 @@ async def update_station(conn: psycopg.AsyncConnection[Any], station_id: str,
     return await get_station(conn, station_id)
 
 
-async def change_lifecycle(conn: psycopg.AsyncConnection[Any], station_id: str, target: str, actor: str,
-                           note: str | None = None) -> dict[str, Any]:
+async def change_lifecycle(
+    conn: psycopg.AsyncConnection[Any], station_id: str, target: str, actor: str, note: str | None = None
+) -> dict[str, Any]:
     """Move a station one step forward in its life cycle (or to decommissioned), recording who and when."""
     async with conn.transaction():
         cur = await conn.execute("SELECT lifecycle FROM stations WHERE station_id = %s FOR UPDATE", (station_id,))

@@ -93,8 +93,13 @@ def build(
         else:
             stops.append(Stop(station_id, name, lat, lon, first, last, 1))
     legs = [
-        Leg(a.station_id, b.station_id, distance_m(a.lat, a.lon, b.lat, b.lon),
-            (b.arrived_at - a.left_at).total_seconds(), heading(a.lat, a.lon, b.lat, b.lon))
+        Leg(
+            a.station_id,
+            b.station_id,
+            distance_m(a.lat, a.lon, b.lat, b.lon),
+            (b.arrived_at - a.left_at).total_seconds(),
+            heading(a.lat, a.lon, b.lat, b.lon),
+        )
         for a, b in zip(stops, stops[1:], strict=False)
     ]
     return Trajectory(tag_id, stops, legs, bike_id)
@@ -130,15 +135,27 @@ def to_summary(t: Trajectory) -> dict[str, Any]:
         "bike_id": t.bike_id,
         "tag_id": _tag(t) or None,
         "stops": [
-            {"station_id": s.station_id, "station_name": s.station_name, "lat": s.lat, "lon": s.lon,
-             "arrived_at": s.arrived_at.isoformat(), "left_at": s.left_at.isoformat(), "dwell_s": s.dwell_s,
-             "passages": s.passages}
+            {
+                "station_id": s.station_id,
+                "station_name": s.station_name,
+                "lat": s.lat,
+                "lon": s.lon,
+                "arrived_at": s.arrived_at.isoformat(),
+                "left_at": s.left_at.isoformat(),
+                "dwell_s": s.dwell_s,
+                "passages": s.passages,
+            }
             for s in t.stops
         ],
         "legs": [
-            {"from_station": leg.from_station, "to_station": leg.to_station, "distance_m": round(leg.distance_m, 1),
-             "duration_s": leg.duration_s, "speed_kmh": None if leg.speed_kmh is None else round(leg.speed_kmh, 1),
-             "heading": leg.heading}
+            {
+                "from_station": leg.from_station,
+                "to_station": leg.to_station,
+                "distance_m": round(leg.distance_m, 1),
+                "duration_s": leg.duration_s,
+                "speed_kmh": None if leg.speed_kmh is None else round(leg.speed_kmh, 1),
+                "heading": leg.heading,
+            }
             for leg in t.legs
         ],
     }
@@ -152,10 +169,18 @@ def to_geojson(t: Trajectory) -> dict[str, Any]:
         "geometry": {"type": "LineString", "coordinates": [[s.lon, s.lat] for s in t.stops]},
     }
     points = [
-        {"type": "Feature",
-         "properties": {"station_id": s.station_id, "name": s.station_name, "arrived_at": s.arrived_at.isoformat(),
-                        "left_at": s.left_at.isoformat(), "dwell_s": s.dwell_s, "passages": s.passages},
-         "geometry": {"type": "Point", "coordinates": [s.lon, s.lat]}}
+        {
+            "type": "Feature",
+            "properties": {
+                "station_id": s.station_id,
+                "name": s.station_name,
+                "arrived_at": s.arrived_at.isoformat(),
+                "left_at": s.left_at.isoformat(),
+                "dwell_s": s.dwell_s,
+                "passages": s.passages,
+            },
+            "geometry": {"type": "Point", "coordinates": [s.lon, s.lat]},
+        }
         for s in t.stops
     ]
     return {"type": "FeatureCollection", "features": [line, *points]}
@@ -165,17 +190,41 @@ def to_csv(t: Trajectory) -> str:
     """One row per stop, with the leg that led to it."""
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["tag_id", "station_id", "station_name", "lat", "lon", "arrived_at", "left_at", "dwell_s",
-                "from_station", "distance_m", "speed_kmh", "heading"])
+    w.writerow(
+        [
+            "tag_id",
+            "station_id",
+            "station_name",
+            "lat",
+            "lon",
+            "arrived_at",
+            "left_at",
+            "dwell_s",
+            "from_station",
+            "distance_m",
+            "speed_kmh",
+            "heading",
+        ]
+    )
     for i, s in enumerate(t.stops):
         leg = t.legs[i - 1] if i else None
         speed = leg.speed_kmh if leg else None
-        w.writerow([
-            _tag(t), s.station_id, s.station_name, f"{s.lat:.6f}", f"{s.lon:.6f}",
-            s.arrived_at.isoformat(), s.left_at.isoformat(), f"{s.dwell_s:.0f}",
-            leg.from_station if leg else "", f"{leg.distance_m:.0f}" if leg else "",
-            f"{speed:.1f}" if speed is not None else "", leg.heading if leg else "",
-        ])
+        w.writerow(
+            [
+                _tag(t),
+                s.station_id,
+                s.station_name,
+                f"{s.lat:.6f}",
+                f"{s.lon:.6f}",
+                s.arrived_at.isoformat(),
+                s.left_at.isoformat(),
+                f"{s.dwell_s:.0f}",
+                leg.from_station if leg else "",
+                f"{leg.distance_m:.0f}" if leg else "",
+                f"{speed:.1f}" if speed is not None else "",
+                leg.heading if leg else "",
+            ]
+        )
     return out.getvalue()
 
 
@@ -205,7 +254,9 @@ def _gpx_time(at: datetime) -> str:
 
 ExportFormat = Literal["gpx", "geojson", "csv"]
 EXPORT_MEDIA_TYPES: dict[ExportFormat, str] = {
-    "gpx": "application/gpx+xml", "geojson": "application/geo+json", "csv": "text/csv; charset=utf-8",
+    "gpx": "application/gpx+xml",
+    "geojson": "application/geo+json",
+    "csv": "text/csv; charset=utf-8",
 }
 """The formats a trajectory can be exported in, with their media types."""
 
@@ -264,14 +315,20 @@ async def bike_trajectory(
 ) -> Trajectory:
     """The bike's trajectory over [since, until), from the passages of_bike counts; labelled by its latest chip."""
     rows = await _bike_passages(conn, bike_id, since, until, limit)
-    passages = [(r["station_id"], r["station_name"], r["lat"], r["lon"], r["first_seen_at"], r["last_seen_at"])
-                for r in rows]
+    passages = [
+        (r["station_id"], r["station_name"], r["lat"], r["lon"], r["first_seen_at"], r["last_seen_at"]) for r in rows
+    ]
     return build(rows[-1]["tag_id"] if rows else None, passages, bike_id)
 
 
 async def passages(
-    conn: psycopg.AsyncConnection[Any], since: datetime, until: datetime, *, tag_id: int | None = None,
-    station_id: str | None = None, limit: int = 500,
+    conn: psycopg.AsyncConnection[Any],
+    since: datetime,
+    until: datetime,
+    *,
+    tag_id: int | None = None,
+    station_id: str | None = None,
+    limit: int = 500,
 ) -> list[dict[str, Any]]:
     """Passages in [since, until) of one chip, at one station or both, newest first; their tag_id in hex."""
     async with conn.cursor(row_factory=dict_row) as cur:

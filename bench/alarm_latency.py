@@ -147,14 +147,18 @@ def main() -> int:
     pg = start_postgres()
     broker = start_broker(args.broker)
     port = free_port()
-    env = {**os.environ, "BIKEGUARD_DATABASE_URL": pg.url, "BIKEGUARD_MQTT_URL": broker.url,
-           "BIKEGUARD_MQTT_SHARED_GROUP": "bench" if broker.supports_shared_subscriptions else "",
-           "BIKEGUARD_MQTT_CLIENT_ID": "bench-backend", "BIKEGUARD_HTTP_PORT": str(port)}
+    env = {
+        **os.environ,
+        "BIKEGUARD_DATABASE_URL": pg.url,
+        "BIKEGUARD_MQTT_URL": broker.url,
+        "BIKEGUARD_MQTT_SHARED_GROUP": "bench" if broker.supports_shared_subscriptions else "",
+        "BIKEGUARD_MQTT_CLIENT_ID": "bench-backend",
+        "BIKEGUARD_HTTP_PORT": str(port),
+    }
     procs: list[subprocess.Popen[bytes]] = []
     stop = mp.get_context("spawn").Event()
     try:
-        backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env,
-                                   start_new_session=True)
+        backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env, start_new_session=True)
         procs.append(backend)
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/api/health", process=backend)
@@ -174,8 +178,21 @@ def main() -> int:
 
         master, slave = os.openpty()
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--station-id", station_id, "--serial", os.ttyname(slave),
-             "--mqtt", broker.url, "--spool", str(work / "bench.spool"), "--log-level", "WARNING"],
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--station-id",
+                station_id,
+                "--serial",
+                os.ttyname(slave),
+                "--mqtt",
+                broker.url,
+                "--spool",
+                str(work / "bench.spool"),
+                "--log-level",
+                "WARNING",
+            ],
             start_new_session=True,
         )
         procs.append(gateway)
@@ -187,8 +204,10 @@ def main() -> int:
         ctx = mp.get_context("spawn")
         sent, loader_ready = ctx.Value("q", 0), ctx.Event()
         seconds = int(args.trials * 0.2) + 20
-        loader = ctx.Process(target=load_publisher, args=(
-            broker.host, broker.port, args.background, 250, seconds, loader_ready, stop, sent))
+        loader = ctx.Process(
+            target=load_publisher,
+            args=(broker.host, broker.port, args.background, 250, seconds, loader_ready, stop, sent),
+        )
         loader.start()
         print(f"building {args.background * seconds:,} background sightings …", flush=True)
         loader_ready.wait(300)
@@ -209,15 +228,20 @@ def main() -> int:
         loader.join(30)
         floor = mqtt_floor(broker.host, broker.port)
         health = police.get("/api/health").json()["ingest"]
-        print(f"{len(latencies)}/{len(tags)} alarms arrived; ingest stored {health['sightings']:,} background "
-              f"sightings; broker {broker.kind}")
-        print(f"machine floor: MQTT QoS 1 hop p50 {statistics.median(floor):.2f} ms, "
-              f"p99 {percentile(floor, 99):.2f} ms")
+        print(
+            f"{len(latencies)}/{len(tags)} alarms arrived; ingest stored {health['sightings']:,} background "
+            f"sightings; broker {broker.kind}"
+        )
+        print(
+            f"machine floor: MQTT QoS 1 hop p50 {statistics.median(floor):.2f} ms, p99 {percentile(floor, 99):.2f} ms"
+        )
         if not latencies:
             print("no alarm arrived", file=sys.stderr)
             return 1
-        print(f"alarm latency: p50 {statistics.median(latencies):.0f} ms, p99 {percentile(latencies, 99):.0f} ms "
-              f"at {background:,.0f} sightings/s background")
+        print(
+            f"alarm latency: p50 {statistics.median(latencies):.0f} ms, p99 {percentile(latencies, 99):.0f} ms "
+            f"at {background:,.0f} sightings/s background"
+        )
         return 0 if len(latencies) == len(tags) else 1
     finally:
         stop.set()

@@ -58,16 +58,21 @@ def register_chips(url: str, tags: list[int]) -> None:
         conn.execute(
             "INSERT INTO owners (name, id_number_hash, id_number_enc, mobile, address)"
             " SELECT 'Bench owner ' || i, sha256(('id' || i)::bytea), sha256(('enc' || i)::bytea),"
-            "  '138' || lpad(i::text, 8, '0'), 'Bench street' FROM generate_series(1, %s) i", (len(tags),))
+            "  '138' || lpad(i::text, 8, '0'), 'Bench street' FROM generate_series(1, %s) i",
+            (len(tags),),
+        )
         conn.execute(
             "INSERT INTO bikes (plate, owner_id, frame_number, motor_number)"
             " SELECT 'BENCH-' || owner_id, owner_id, 'FR' || owner_id, 'MT' || owner_id FROM owners"
-            " WHERE name LIKE 'Bench owner %%'")
+            " WHERE name LIKE 'Bench owner %%'"
+        )
         conn.execute(
             "INSERT INTO chips (tag_id, bike_id) SELECT t.tag_id, b.bike_id"
             " FROM unnest(%s::int8[]) WITH ORDINALITY AS t(tag_id, n)"
             " JOIN (SELECT bike_id, row_number() OVER (ORDER BY bike_id) AS n FROM bikes"
-            "       WHERE plate LIKE 'BENCH-%%') b USING (n)", (tags,))
+            "       WHERE plate LIKE 'BENCH-%%') b USING (n)",
+            (tags,),
+        )
 
 
 def build_batches(total: int, per_batch: int, stations: int, tags: list[int], seed: int = 1) -> list[SightingBatch]:
@@ -89,11 +94,17 @@ def build_batches(total: int, per_batch: int, stations: int, tags: list[int], se
         for _ in range(n):
             first = at - timedelta(seconds=rng.uniform(5, 60))
             flags = (4 if rng.random() < 0.33 else 0) | (1 if rng.random() < 0.01 else 0)
-            sightings.append(Sighting(
-                tag_id=format_tag(rng.choice(local[home])), first_seen_at=first,
-                last_seen_at=first + timedelta(seconds=rng.uniform(0, 20)), beacons=rng.randint(1, 12),
-                peak_rssi_dbm=rng.randint(-95, -40), antenna=rng.randint(0, 1), flags=flags,
-            ))
+            sightings.append(
+                Sighting(
+                    tag_id=format_tag(rng.choice(local[home])),
+                    first_seen_at=first,
+                    last_seen_at=first + timedelta(seconds=rng.uniform(0, 20)),
+                    beacons=rng.randint(1, 12),
+                    peak_rssi_dbm=rng.randint(-95, -40),
+                    antenna=rng.randint(0, 1),
+                    flags=flags,
+                )
+            )
         batches.append(SightingBatch(station_id=station, batch_seq=seq[station], sent_at=at, sightings=sightings))
         made += n
     return batches
@@ -118,20 +129,31 @@ def publisher(host: str, port: int, payloads: list[tuple[str, bytes]], ready: mp
 def copy_limit(url: str, batches: list[SightingBatch], chunk: int) -> float:
     """Rows/s of a plain binary COPY of the same rows into the same table, in chunks like the ingest."""
     rows = [
-        (s.first_seen_at, s.last_seen_at, b.station_id, parse_tag(s.tag_id), s.beacons, s.peak_rssi_dbm,
-         s.antenna, s.flags, b.batch_seq)
-        for b in batches for s in b.sightings
+        (
+            s.first_seen_at,
+            s.last_seen_at,
+            b.station_id,
+            parse_tag(s.tag_id),
+            s.beacons,
+            s.peak_rssi_dbm,
+            s.antenna,
+            s.flags,
+            b.batch_seq,
+        )
+        for b in batches
+        for s in b.sightings
     ]
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE sightings")
         conn.commit()
         t0 = time.perf_counter()
         for i in range(0, len(rows), chunk):
-            with conn.cursor() as cur, cur.copy(
-                f"COPY sightings ({_SIGHTING_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
+            with (
+                conn.cursor() as cur,
+                cur.copy(f"COPY sightings ({_SIGHTING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
+            ):
                 copy.set_types(_SIGHTING_TYPES)
-                for row in rows[i:i + chunk]:
+                for row in rows[i : i + chunk]:
                     copy.write_row(row)
             conn.commit()
         return len(rows) / (time.perf_counter() - t0)
@@ -145,8 +167,9 @@ def main() -> int:
     parser.add_argument("--stations", type=int, default=200)
     parser.add_argument("--broker", default="auto", choices=("auto", "mosquitto", "amqtt"))
     parser.add_argument("--database-url", default=None, help="a server to use instead of an embedded one")
-    parser.add_argument("--unregistered", action="store_true",
-                        help="leave the chips unregistered (skips the per-chip alarm checks)")
+    parser.add_argument(
+        "--unregistered", action="store_true", help="leave the chips unregistered (skips the per-chip alarm checks)"
+    )
     args = parser.parse_args()
 
     pg = None if args.database_url else start_postgres()
@@ -165,11 +188,15 @@ def main() -> int:
         t = time.perf_counter()
         batches = build_batches(args.sightings, args.batch, args.stations, tags)
         payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
-        print(f"built {len(batches)} batches of {args.batch} ({args.sightings} sightings, "
-              f"{sum(len(p) for _, p in payloads) / len(payloads):.0f} B/message) in {time.perf_counter() - t:.1f} s")
+        print(
+            f"built {len(batches)} batches of {args.batch} ({args.sightings} sightings, "
+            f"{sum(len(p) for _, p in payloads) / len(payloads):.0f} B/message) in {time.perf_counter() - t:.1f} s"
+        )
 
         settings = BackendSettings(
-            database_url=url, mqtt_url=broker.url, mqtt_client_id=f"bench-ingest-{name}",
+            database_url=url,
+            mqtt_url=broker.url,
+            mqtt_client_id=f"bench-ingest-{name}",
             mqtt_shared_group="bench" if broker.supports_shared_subscriptions else None,
         )
         ingest = Ingest(settings)
@@ -199,8 +226,10 @@ def main() -> int:
             stored = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]  # type: ignore[index]
         assert stored == args.sightings, f"stored {stored}, expected {args.sightings}"
         chips = "unregistered chips" if args.unregistered else f"{len(tags)} registered chips"
-        print(f"broker: {broker.kind}; {chips}; {ingest.counters.flushes} flushes; {elapsed:.2f} s;"
-              f" all {stored} stored once")
+        print(
+            f"broker: {broker.kind}; {chips}; {ingest.counters.flushes} flushes; {elapsed:.2f} s;"
+            f" all {stored} stored once"
+        )
         limit = copy_limit(url, batches, settings.ingest_flush_rows)
         print(f"ingest: {rate:,.0f} sightings/s (COPY limit {limit:,.0f} rows/s, ratio {rate / limit:.2f})")
         return 0

@@ -43,12 +43,17 @@ def fill(url: str, rows: int, chunk: int = 5_000_000) -> None:
             print(f"sightings already holds {have:,} rows", flush=True)
             return
         conn.execute("TRUNCATE sightings")
-        conn.execute("SELECT bikeguard_ensure_partitions(%s::date, %s::date)",
-                     (START.date(), (START + timedelta(days=DAYS)).date()))
-        conn.execute("INSERT INTO stations (station_id, name, lat, lon)"
-                     " SELECT 'st-' || lpad(s::text, 3, '0'), 'Station ' || s,"
-                     "  30.20 + (s / 25) * 0.004 + random() * 0.001, 120.10 + (s %% 25) * 0.005 + random() * 0.001"
-                     " FROM generate_series(0, %s - 1) s ON CONFLICT DO NOTHING", (STATIONS,))
+        conn.execute(
+            "SELECT bikeguard_ensure_partitions(%s::date, %s::date)",
+            (START.date(), (START + timedelta(days=DAYS)).date()),
+        )
+        conn.execute(
+            "INSERT INTO stations (station_id, name, lat, lon)"
+            " SELECT 'st-' || lpad(s::text, 3, '0'), 'Station ' || s,"
+            "  30.20 + (s / 25) * 0.004 + random() * 0.001, 120.10 + (s %% 25) * 0.005 + random() * 0.001"
+            " FROM generate_series(0, %s - 1) s ON CONFLICT DO NOTHING",
+            (STATIONS,),
+        )
         conn.execute("DROP INDEX IF EXISTS sightings_tag_time, sightings_station_time")
         per_tag_step_s = DAYS * 86400 / (rows / TAGS)
         t0 = time.perf_counter()
@@ -105,7 +110,9 @@ async def measure(url: str, queries: int) -> tuple[list[float], list[float], lis
                     "EXPLAIN (ANALYZE, FORMAT JSON) SELECT x.station_id, s.name, s.lat, s.lon, x.first_seen_at,"
                     " x.last_seen_at FROM sightings x JOIN stations s USING (station_id)"
                     " WHERE x.tag_id = %s AND x.first_seen_at >= %s AND x.first_seen_at < %s"
-                    " ORDER BY x.first_seen_at", (tag, since, until))
+                    " ORDER BY x.first_seen_at",
+                    (tag, since, until),
+                )
                 plan = (await cur.fetchone())[0][0]  # type: ignore[index]
                 server.append(plan["Execution Time"])
     return client, floor, server, points // queries
@@ -130,16 +137,24 @@ def main() -> int:
         fill(url, args.rows)
         with psycopg.connect(url) as conn:
             total = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]  # type: ignore[index]
-            size = conn.execute("SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_inherits i"
-                                " JOIN pg_class c ON c.oid = i.inhrelid"
-                                " WHERE i.inhparent = 'sightings'::regclass").fetchone()[0]  # type: ignore[index]
+            size = conn.execute(
+                "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_inherits i"
+                " JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'sightings'::regclass"
+            ).fetchone()[0]  # type: ignore[index]
         client, floor, server, points = asyncio.run(measure(url, args.queries))
-        print(f"table: {total:,} sightings ({size}); {args.queries} trajectories of random tags over 7 days, "
-              f"{points} passages each on average")
-        print(f"client p50 {statistics.median(client):.2f} ms, p95 {percentile(client, 95):.2f} ms, "
-              f"p99 {percentile(client, 99):.2f} ms")
-        print(f"machine floor: round trip p50 {statistics.median(floor):.3f} ms; "
-              f"server execution p50 {statistics.median(server):.2f} ms, p95 {percentile(server, 95):.2f} ms")
+        print(
+            f"table: {total:,} sightings ({size}); {args.queries} trajectories of random tags over 7 days, "
+            f"{points} passages each on average"
+        )
+        print(
+            f"client p50 {statistics.median(client):.2f} ms, p95 {percentile(client, 95):.2f} ms, "
+            f"p99 {percentile(client, 99):.2f} ms"
+        )
+        print(
+            f"machine floor: round trip p50 {statistics.median(floor):.3f} ms; "
+            f"server execution p50 {statistics.median(server):.2f} ms, p95 {percentile(server, 95):.2f} ms"
+        )
         print(f"trajectory: p95 {percentile(client, 95):.1f} ms over {total:,} sightings")
         return 0
     finally:

@@ -26,11 +26,14 @@ def _parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", help="the MQTT broker's files")
     broker_sub = broker.add_subparsers(dest="broker_command", required=True)
     files = broker_sub.add_parser(
-        "files", help=f"write Mosquitto's passwd and acl from the stations table (backend password from "
-                      f"{BACKEND_PASSWORD_ENV}, --backend-hash, or asked for)")
+        "files",
+        help=f"write Mosquitto's passwd and acl from the stations table (backend password from "
+        f"{BACKEND_PASSWORD_ENV}, --backend-hash, or asked for)",
+    )
     files.add_argument("--out", type=Path, required=True, help="folder for passwd and acl (mode 0600)")
-    files.add_argument("--backend-user", default="bikeguard-backend",
-                       help="the user in the backend's BIKEGUARD_MQTT_URL")
+    files.add_argument(
+        "--backend-user", default="bikeguard-backend", help="the user in the backend's BIKEGUARD_MQTT_URL"
+    )
     files.add_argument("--backend-hash", help="the backend's existing $7$ hash instead of its password")
     files.add_argument("--owner", help="give the files (and a folder it creates) to this user (mosquitto); root only")
     station = sub.add_parser("station", help="station tasks")
@@ -87,10 +90,14 @@ def _files(args: argparse.Namespace) -> int:
     _write_private(out / "acl", acl, args.owner)
     stations = passwd.count("\n") - 1
     print(f"wrote {out / 'passwd'} and {out / 'acl'}: {stations} stations and {args.backend_user}")
-    print(f"mosquitto.conf needs: allow_anonymous false / password_file {(out / 'passwd').resolve()}"
-          f" / acl_file {(out / 'acl').resolve()}")
-    print("make Mosquitto read them (SIGHUP; clients no longer allowed are dropped): systemctl reload mosquitto,"
-          " or kill -HUP <mosquitto pid>")
+    print(
+        f"mosquitto.conf needs: allow_anonymous false / password_file {(out / 'passwd').resolve()}"
+        f" / acl_file {(out / 'acl').resolve()}"
+    )
+    print(
+        "make Mosquitto read them (SIGHUP; clients no longer allowed are dropped): systemctl reload mosquitto,"
+        " or kill -HUP <mosquitto pid>"
+    )
     return 0
 
 
@@ -112,14 +119,18 @@ def _credentials(args: argparse.Namespace) -> int:
     except (StationNotFound, provisioning.ProvisioningError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
-    print(f"MQTT password for station {issued.station_id}, issued {issued.issued_at:%Y-%m-%d %H:%M:%S %Z}"
-          " (shown only now; the database keeps its hash):")
+    print(
+        f"MQTT password for station {issued.station_id}, issued {issued.issued_at:%Y-%m-%d %H:%M:%S %Z}"
+        " (shown only now; the database keeps its hash):"
+    )
     print(f"  {issued.password}")
     print("on the station, set:")
     print(f"  BIKEGUARD_GATEWAY_STATION_ID={issued.station_id}")
     print(f"  BIKEGUARD_GATEWAY_MQTT_URL=mqtt://{issued.username}:{issued.password}@{args.broker}")
-    print("then regenerate the broker's files (bikeguard broker files --out DIR) and reload Mosquitto;"
-          " until then the previous password still works")
+    print(
+        "then regenerate the broker's files (bikeguard broker files --out DIR) and reload Mosquitto;"
+        " until then the previous password still works"
+    )
     return 0
 
 

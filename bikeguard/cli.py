@@ -39,8 +39,14 @@ def _account(args: argparse.Namespace) -> int:
 
     password = os.environ.get("BIKEGUARD_NEW_PASSWORD") or getpass.getpass(f"password for {args.username}: ")
     try:
-        bootstrap(BackendSettings(), args.username, password, args.role, args.display_name,  # type: ignore[call-arg]
-                  must_change_password=args.must_change_password)
+        bootstrap(
+            BackendSettings(),  # type: ignore[call-arg]  # database_url comes from the environment
+            args.username,
+            password,
+            args.role,
+            args.display_name,
+            must_change_password=args.must_change_password,
+        )
     except AccountError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1

@@ -109,8 +109,11 @@ def town_roads_geojson(town: Town) -> dict[str, Any]:
     return {
         "type": "FeatureCollection",
         "features": [
-            {"type": "Feature", "properties": {"name": None},
-             "geometry": {"type": "LineString", "coordinates": [[lon, lat] for lat, lon in road]}}
+            {
+                "type": "Feature",
+                "properties": {"name": None},
+                "geometry": {"type": "LineString", "coordinates": [[lon, lat] for lat, lon in road]},
+            }
             for road in town.roads
         ],
     }
@@ -141,8 +144,9 @@ def _password() -> str:
 
 def sign_in(base_url: str, login: Login) -> httpx.Client:
     """An HTTP client signed in as this account (Bearer token)."""
-    r = httpx.post(f"{base_url}/api/auth/login", json={"username": login.username, "password": login.password},
-                   timeout=30)
+    r = httpx.post(
+        f"{base_url}/api/auth/login", json={"username": login.username, "password": login.password}, timeout=30
+    )
     if r.status_code != 200:
         raise ServiceError(f"signing in as {login.username} failed: {r.status_code} {r.text}")
     return httpx.Client(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {r.json()['token']}"})
@@ -151,8 +155,9 @@ def sign_in(base_url: str, login: Login) -> httpx.Client:
 def bootstrap_admin(database_url: str) -> Login:
     """The first admin, made straight in the database as `bikeguard account create` does."""
     admin = Login("admin", _password())
-    accounts.bootstrap(BackendSettings(database_url=database_url), admin.username, admin.password, "admin",
-                       "Demo admin")
+    accounts.bootstrap(
+        BackendSettings(database_url=database_url), admin.username, admin.password, "admin", "Demo admin"
+    )
     return admin
 
 
@@ -160,20 +165,37 @@ def demo_owner(bike_no: int, name: str) -> dict[str, Any]:
     """A made-up but valid identity for a demo bike's owner."""
     born = f"1985{1 + bike_no % 12:02d}{1 + bike_no % 28:02d}"
     first17 = f"{330100 + bike_no // 1000 % 100:06d}{born}{bike_no % 1000:03d}"
-    return {"name": name, "id_number": first17 + check_character(first17), "mobile": f"139{bike_no:08d}",
-            "address": f"{bike_no} Demo Street, West Lake District", "create_account": True}
+    return {
+        "name": name,
+        "id_number": first17 + check_character(first17),
+        "mobile": f"139{bike_no:08d}",
+        "address": f"{bike_no} Demo Street, West Lake District",
+        "create_account": True,
+    }
 
 
 def seed_backend(base_url: str, town: Town, admin: Login, workers: int = 4) -> DemoAccounts:
     """Sign up staff as an admin would, register stations and roads as an installer, and every bike with
     its owner and chip at the counter as a clerk would."""
-    staff = DemoAccounts(admin, Login("installer", _password()), Login("clerk", _password()),
-                         Login("police", _password()))
+    staff = DemoAccounts(
+        admin, Login("installer", _password()), Login("clerk", _password()), Login("police", _password())
+    )
     with sign_in(base_url, admin) as api:
-        for role, login, name in (("installer", staff.installer, "Demo installer"),
-                                  ("clerk", staff.clerk, "Demo clerk"), ("police", staff.police, "Officer on duty")):
-            r = api.post("/api/accounts", json={"username": login.username, "display_name": name, "role": role,
-                                                "password": login.password, "must_change_password": False})
+        for role, login, name in (
+            ("installer", staff.installer, "Demo installer"),
+            ("clerk", staff.clerk, "Demo clerk"),
+            ("police", staff.police, "Officer on duty"),
+        ):
+            r = api.post(
+                "/api/accounts",
+                json={
+                    "username": login.username,
+                    "display_name": name,
+                    "role": role,
+                    "password": login.password,
+                    "must_change_password": False,
+                },
+            )
             if r.status_code != 201:
                 raise ServiceError(f"creating the {role} account failed: {r.status_code} {r.text}")
     stations = [{"station_id": s.station_id, "name": s.name, "lat": s.lat, "lon": s.lon} for s in town.stations]
@@ -182,12 +204,19 @@ def seed_backend(base_url: str, town: Town, admin: Login, workers: int = 4) -> D
         api.put("/api/roads", json=town_roads_geojson(town)).raise_for_status()
 
     def register(clerk: httpx.Client, bike: Any) -> None:
-        r = clerk.post("/api/bikes", json={
-            "owner": demo_owner(bike.bike_no, bike.owner), "plate": bike.plate,
-            "frame_number": f"DEMO{bike.bike_no:06d}F", "motor_number": f"DEMO{bike.bike_no:06d}M",
-            "brand": "Yadea", "model": "DE-1", "colour": ("blue", "red", "white", "black")[bike.bike_no % 4],
-            "tag_id": format_tag(bike.tag_id),
-        })
+        r = clerk.post(
+            "/api/bikes",
+            json={
+                "owner": demo_owner(bike.bike_no, bike.owner),
+                "plate": bike.plate,
+                "frame_number": f"DEMO{bike.bike_no:06d}F",
+                "motor_number": f"DEMO{bike.bike_no:06d}M",
+                "brand": "Yadea",
+                "model": "DE-1",
+                "colour": ("blue", "red", "white", "black")[bike.bike_no % 4],
+                "tag_id": format_tag(bike.tag_id),
+            },
+        )
         if r.status_code != 201:
             raise ServiceError(f"registering {bike.plate} failed: {r.status_code} {r.text}")
         slip = r.json()["owner_login"]
@@ -277,33 +306,60 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
 
         base = f"http://127.0.0.1:{args.port}"
         # Fresh random keys for this run: the demo's database is thrown away with them.
-        env = {**os.environ, "BIKEGUARD_DATABASE_URL": database_url, "BIKEGUARD_MQTT_URL": mqtt_url,
-               "BIKEGUARD_MQTT_SHARED_GROUP": shared, "BIKEGUARD_HTTP_PORT": str(args.port),
-               "BIKEGUARD_MQTT_CLIENT_ID": "bikeguard-demo-backend",
-               # A young town has little history: learn where bikes go next every minute, not every hour.
-               "BIKEGUARD_MAINTENANCE_INTERVAL_S": "60", **random_secrets()}
+        env = {
+            **os.environ,
+            "BIKEGUARD_DATABASE_URL": database_url,
+            "BIKEGUARD_MQTT_URL": mqtt_url,
+            "BIKEGUARD_MQTT_SHARED_GROUP": shared,
+            "BIKEGUARD_HTTP_PORT": str(args.port),
+            "BIKEGUARD_MQTT_CLIENT_ID": "bikeguard-demo-backend",
+            # A young town has little history: learn where bikes go next every minute, not every hour.
+            "BIKEGUARD_MAINTENANCE_INTERVAL_S": "60",
+            **random_secrets(),
+        }
         with stop_signals.held():
-            backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env,
-                                       start_new_session=True)
+            backend = subprocess.Popen(
+                [sys.executable, "-m", "bikeguard.cli", "backend"], env=env, start_new_session=True
+            )
         wait_for_http(f"{base}/api/health", process=backend)
         _say("backend up")
 
         town = Town.generate(args.seed, stations=args.stations, bikes=args.bikes)
         staff = seed_backend(base, town, bootstrap_admin(database_url))
-        _say(f"town registered: {len(town.stations)} stations, {len(town.bikes)} bikes and their owners,"
-             f" {len(town.roads)} roads")
+        _say(
+            f"town registered: {len(town.stations)} stations, {len(town.bikes)} bikes and their owners,"
+            f" {len(town.roads)} roads"
+        )
 
         with stop_signals.held():
             sim = subprocess.Popen(
-                [sys.executable, "-m", "firmware_sim", "--seed", str(args.seed), "--stations", str(args.stations),
-                 "--bikes", str(args.bikes), "--steal-after", str(args.steal_after)],
-                stdout=subprocess.PIPE, text=True, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "firmware_sim",
+                    "--seed",
+                    str(args.seed),
+                    "--stations",
+                    str(args.stations),
+                    "--bikes",
+                    str(args.bikes),
+                    "--steal-after",
+                    str(args.steal_after),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
             )
         events = _lines(sim)
         ports = next(e for e in events if e.get("event") == "ports")["ports"]
         gateways = [
-            GatewaySettings(station_id=sid, serial_url=path, mqtt_url=SecretStr(mqtt_url),
-                            spool_path=workdir / f"gateway-{sid}.spool", status_interval_s=10)
+            GatewaySettings(
+                station_id=sid,
+                serial_url=path,
+                mqtt_url=SecretStr(mqtt_url),
+                spool_path=workdir / f"gateway-{sid}.spool",
+                status_interval_s=10,
+            )
             for sid, path in ports.items()
         ]
         with stop_signals.held():
@@ -361,8 +417,9 @@ def report_theft_as_owner(base: str, staff: DemoAccounts, plate: str, stolen_at:
     bike_id, first = staff.owners[plate]
     with sign_in(base, first) as owner:
         mine = Login(first.username, _password())
-        owner.post("/api/auth/password", json={"current_password": first.password,
-                                               "new_password": mine.password}).raise_for_status()
+        owner.post(
+            "/api/auth/password", json={"current_password": first.password, "new_password": mine.password}
+        ).raise_for_status()
         staff.owners[plate] = (bike_id, mine)
         body = {"place": "where it was parked", "circumstances": "lock cut (simulated)"}
         if stolen_at:

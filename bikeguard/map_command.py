@@ -62,13 +62,19 @@ def _coverage(args: argparse.Namespace, url: str | None) -> str:
         sts, roads = asyncio.run(_from_database(url))
     cov = coverage.compute(
         [coverage.StationSite(s["station_id"], s["lat"], s["lon"], range_m=args.range_m) for s in sts],
-        coverage.roads_from_geojson(roads), suggest=args.suggest, new_range_m=args.range_m,
+        coverage.roads_from_geojson(roads),
+        suggest=args.suggest,
+        new_range_m=args.range_m,
     )
     args.out.write_text(standalone_html(build_coverage_map(cov, sts, roads, tile_url=args.tile_url)), encoding="utf-8")
-    lines = [f"road covered: {cov.share:.1%} of {cov.road_m / 1000:.1f} km; "
-             f"{(cov.road_m - cov.covered_m) / 1000:.1f} km not heard by any station"]
-    lines += [f"  suggested site {i}: {s.lat:.6f}, {s.lon:.6f} (+{s.gain_m:.0f} m of road)"
-              for i, s in enumerate(cov.suggestions, 1)]
+    lines = [
+        f"road covered: {cov.share:.1%} of {cov.road_m / 1000:.1f} km; "
+        f"{(cov.road_m - cov.covered_m) / 1000:.1f} km not heard by any station"
+    ]
+    lines += [
+        f"  suggested site {i}: {s.lat:.6f}, {s.lon:.6f} (+{s.gain_m:.0f} m of road)"
+        for i, s in enumerate(cov.suggestions, 1)
+    ]
     return "\n".join(lines)
 
 
@@ -83,14 +89,18 @@ def _trajectory(args: argparse.Namespace, url: str | None) -> str:
 
     async def load() -> tuple[trajectories.Trajectory, list[dict[str, Any]], dict[str, Any]]:
         async with await psycopg.AsyncConnection.connect(url) as conn:
-            return (await trajectories.trajectory(conn, tag, since, until),
-                    await stations.list_stations(conn), await stations.roads_geojson(conn))
+            return (
+                await trajectories.trajectory(conn, tag, since, until),
+                await stations.list_stations(conn),
+                await stations.roads_geojson(conn),
+            )
 
     traj, sts, roads = asyncio.run(load())
     summary = trajectories.to_summary(traj)
     out = args.out or Path(f"trajectory-{args.tag.upper()}.html")
-    out.write_text(standalone_html(build_trajectory_map(summary, roads, stations=sts, tile_url=args.tile_url)),
-                   encoding="utf-8")
+    out.write_text(
+        standalone_html(build_trajectory_map(summary, roads, stations=sts, tile_url=args.tile_url)), encoding="utf-8"
+    )
     args.out = out
     return f"{len(traj.stops)} stops, {sum(s.passages for s in traj.stops)} passages from {since} to {until}"
 

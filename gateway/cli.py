@@ -63,11 +63,18 @@ def selftest_parser() -> argparse.ArgumentParser:
     add_station_arguments(parser, log_level="WARNING")
     parser.add_argument("--test-tag", dest="test_tag", help="id of the test tag (8 hex digits); default: any tag")
     parser.add_argument("--tag-timeout", dest="tag_timeout_s", type=float, help="seconds to wait for it (30)")
-    parser.add_argument("--module-timeout", dest="module_timeout_s", type=float,
-                        help="seconds to wait for the module's status frame (12)")
+    parser.add_argument(
+        "--module-timeout",
+        dest="module_timeout_s",
+        type=float,
+        help="seconds to wait for the module's status frame (12)",
+    )
     parser.add_argument("--backend", dest="backend_url", help="http(s)://backend: also check it shows the station")
-    parser.add_argument("--token", dest="backend_token",
-                        help="installer's API token for --backend (better: BIKEGUARD_SELFTEST_BACKEND_TOKEN)")
+    parser.add_argument(
+        "--token",
+        dest="backend_token",
+        help="installer's API token for --backend (better: BIKEGUARD_SELFTEST_BACKEND_TOKEN)",
+    )
     parser.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
     return parser
 
@@ -84,8 +91,11 @@ async def run_selftest(settings: GatewaySettings, options: SelfTestSettings, *, 
             print(format_step(result, done), flush=True)
 
     if not as_json:
-        print(f"Bikeguard self-test of station {settings.station_id} ({settings.serial_url}, "
-              f"broker {settings.mqtt_endpoint})", flush=True)
+        print(
+            f"Bikeguard self-test of station {settings.station_id} ({settings.serial_url}, "
+            f"broker {settings.mqtt_endpoint})",
+            flush=True,
+        )
     test = SelfTest(settings, options, prompt=lambda text: print(format_prompt(text), file=out, flush=True))
     report = await test.run(show)
     if as_json:

@@ -193,8 +193,9 @@ class Radio:
         delay = self.reopen_min_s
         while not self._stop.is_set():
             try:
-                port = self.open_port(self.url, baudrate=self.baud_rate, timeout=self.read_timeout_s,
-                                      exclusive=True)  # a second reader would steal frames
+                port = self.open_port(
+                    self.url, baudrate=self.baud_rate, timeout=self.read_timeout_s, exclusive=True
+                )  # a second reader would steal frames
             except (OSError, ValueError) as exc:  # SerialException is an OSError
                 self.open_error = exc
                 loop.call_soon_threadsafe(self._news.set)

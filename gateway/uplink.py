@@ -179,9 +179,7 @@ class Uplink:
             if wake is not None:
                 wake.cancel()
 
-    def _settle(
-        self, sending: dict[asyncio.Task[None], Entry], done: set[asyncio.Future[Any]]
-    ) -> BaseException | None:
+    def _settle(self, sending: dict[asyncio.Task[None], Entry], done: set[asyncio.Future[Any]]) -> BaseException | None:
         """Take the finished publishes out of `sending` in send order (so the spool deletes and counts them in
         order too); return the first failure."""
         failed: BaseException | None = None

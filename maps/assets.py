@@ -33,6 +33,7 @@ def external_references(html: str) -> list[str]:
     """Every URL on another host that the page refers to (src or href, CSS url(), @import)."""
     return _EXTERNAL.findall(html)
 
+
 _INLINE_BASE = "bikeguard-inline:/"
 
 
@@ -47,7 +48,11 @@ def standalone_html(m: folium.Map) -> str:
     for image in sorted((LEAFLET_DIR / "images").glob("*.png")):
         data = base64.b64encode(image.read_bytes()).decode()
         css = css.replace(f"images/{image.name}", f"data:image/png;base64,{data}")
-    html = re.sub(rf'<script src="{re.escape(_INLINE_BASE)}leaflet\.js"></script>',
-                  lambda _m: f"<script>{js}</script>", html)
-    return re.sub(rf'<link rel="stylesheet" href="{re.escape(_INLINE_BASE)}leaflet\.css"\s*/?>',
-                  lambda _m: f"<style>{css}</style>", html)
+    html = re.sub(
+        rf'<script src="{re.escape(_INLINE_BASE)}leaflet\.js"></script>', lambda _m: f"<script>{js}</script>", html
+    )
+    return re.sub(
+        rf'<link rel="stylesheet" href="{re.escape(_INLINE_BASE)}leaflet\.css"\s*/?>',
+        lambda _m: f"<style>{css}</style>",
+        html,
+    )

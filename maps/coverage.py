@@ -93,8 +93,13 @@ def build_coverage_map(
     gaps = folium.FeatureGroup(name="Uncovered road")
     for line in coverage.uncovered:
         # folium's PolyLine has no annotations.
-        folium.PolyLine(line, color=GAP_COLOUR, weight=5, opacity=0.85,  # type: ignore[no-untyped-call]
-                        tooltip="Not heard by any station").add_to(gaps)
+        folium.PolyLine(
+            line,
+            color=GAP_COLOUR,
+            weight=5,
+            opacity=0.85,  # type: ignore[no-untyped-call]
+            tooltip="Not heard by any station",
+        ).add_to(gaps)
     gaps.add_to(m)
     station_layer = folium.FeatureGroup(name="Stations")
     station_layer.add_to(m)
@@ -103,8 +108,9 @@ def build_coverage_map(
     for i, s in enumerate(coverage.suggestions, start=1):
         folium.Marker(
             location=(s.lat, s.lon),
-            icon=folium.DivIcon(html=f'<div class="bg-site"><span>{i}</span></div>', icon_size=(0, 0),
-                                class_name="bg-site-icon"),
+            icon=folium.DivIcon(
+                html=f'<div class="bg-site"><span>{i}</span></div>', icon_size=(0, 0), class_name="bg-site-icon"
+            ),
             tooltip=f"Suggested site {i}: covers {s.gain_m:.0f} m more road ({s.lat:.5f}, {s.lon:.5f})",
         ).add_to(sites)
     sites.add_to(m)
@@ -112,16 +118,22 @@ def build_coverage_map(
     after = (coverage.covered_m + gain) / coverage.road_m if coverage.road_m else 0.0
     figure = m.get_root()
     assert isinstance(figure, Figure)  # a folium map's root is always its Figure
-    figure.html.add_child(folium.Element(
-        '<div class="bg-coverage-summary">'
-        f"<div>Road covered</div><b>{coverage.share:.0%}</b> of {coverage.road_m / 1000:.1f} km"
-        f"<div>{(coverage.road_m - coverage.covered_m) / 1000:.1f} km not heard by any station</div>"
-        + (f"<div>With the {len(coverage.suggestions)} suggested sites: <b style='font-size:16px'>{after:.0%}</b></div>"
-           if coverage.suggestions else "")
-        + f'<div><span class="k" style="background:{GAP_COLOUR}"></span>uncovered road'
-        f'<br><span class="k" style="background:{AREA_COLOUR}"></span>read range'
-        f'<br><span class="k" style="background:{SITE_COLOUR}"></span>suggested site</div></div>'
-    ))
+    figure.html.add_child(
+        folium.Element(
+            '<div class="bg-coverage-summary">'
+            f"<div>Road covered</div><b>{coverage.share:.0%}</b> of {coverage.road_m / 1000:.1f} km"
+            f"<div>{(coverage.road_m - coverage.covered_m) / 1000:.1f} km not heard by any station</div>"
+            + (
+                f"<div>With the {len(coverage.suggestions)} suggested sites: "
+                f"<b style='font-size:16px'>{after:.0%}</b></div>"
+                if coverage.suggestions
+                else ""
+            )
+            + f'<div><span class="k" style="background:{GAP_COLOUR}"></span>uncovered road'
+            f'<br><span class="k" style="background:{AREA_COLOUR}"></span>read range'
+            f'<br><span class="k" style="background:{SITE_COLOUR}"></span>suggested site</div></div>'
+        )
+    )
     fit_to(m, [(s["lat"], s["lon"]) for s in stations] or list(road_points(roads)))
     folium.LayerControl(collapsed=True).add_to(m)
     return m

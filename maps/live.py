@@ -174,9 +174,7 @@ def build_live_map(
         "bikesUrl": bikes_url,
         "replayWindowsH": list(REPLAY_WINDOWS_H),
         "me": user_name,
-        "stations": [
-            {k: s.get(k) for k in ("station_id", "name", "lat", "lon", "state")} for s in stations
-        ],
+        "stations": [{k: s.get(k) for k in ("station_id", "name", "lat", "lon", "state")} for s in stations],
         "activity": activity,
         "alarms": [a for a in alarms if a.get("state") != "cleared"],
         "stateColours": STATE_COLOURS,

@@ -14,10 +14,15 @@ from maps.basemap import add_to_head, base_map, fit_to
 from maps.roads import add_roads, road_points
 
 STATE_COLOURS: dict[str, str] = {
-    "online": "#16a34a", "offline": "#ea580c", "degraded": "#ca8a04", "unknown": "#94a3b8",
+    "online": "#16a34a",
+    "offline": "#ea580c",
+    "degraded": "#ca8a04",
+    "unknown": "#94a3b8",
 }
 STATE_LABELS: dict[str, str] = {
-    "online": "online", "offline": "offline", "degraded": "degraded: far fewer passages than usual",
+    "online": "online",
+    "offline": "offline",
+    "degraded": "degraded: far fewer passages than usual",
     "unknown": "state unknown",
 }
 

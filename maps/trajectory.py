@@ -37,8 +37,12 @@ def build_trajectory_map(
         station_layer.add_to(m)
         add_stations(station_layer, stations)
     stops = list(summary.get("stops") or [])
-    fit_to(m, [(s["lat"], s["lon"]) for s in stops] or [(s["lat"], s["lon"]) for s in stations or []]
-           or list(road_points(roads)))
+    fit_to(
+        m,
+        [(s["lat"], s["lon"]) for s in stops]
+        or [(s["lat"], s["lon"]) for s in stations or []]
+        or list(road_points(roads)),
+    )
     folium.LayerControl(collapsed=True).add_to(m)
     if title is None:
         who = f"Bike {summary['bike_id']}" if summary.get("bike_id") else None

@@ -136,9 +136,7 @@ def _encode(frame: Frame) -> bytes:
             frame.tag_id, frame.counter, int(frame.flags), frame.rssi_dbm, frame.antenna
         )
     else:
-        body = bytes([FrameType.MODULE_STATUS]) + _STATUS.pack(
-            frame.noise_floor_dbm, frame.firmware, frame.uptime_s
-        )
+        body = bytes([FrameType.MODULE_STATUS]) + _STATUS.pack(frame.noise_floor_dbm, frame.firmware, frame.uptime_s)
     head = bytes([len(body)]) + body
     return SYNC + head + crc16(head).to_bytes(2, "big")
 

@@ -19,8 +19,21 @@ VERSION: Final = 1
 
 # format_tag and parse_tag live in protocol.ids; they stay importable from here with the messages they fill.
 __all__ = [
-    "VERSION", "Alert", "Hotlist", "MessageError", "SelfTestStep", "SelfTestSummary", "Sighting", "SightingBatch",
-    "StationStatus", "dumps", "format_tag", "parse_batch_rows", "parse_selftest", "parse_tag", "utcnow",
+    "VERSION",
+    "Alert",
+    "Hotlist",
+    "MessageError",
+    "SelfTestStep",
+    "SelfTestSummary",
+    "Sighting",
+    "SightingBatch",
+    "StationStatus",
+    "dumps",
+    "format_tag",
+    "parse_batch_rows",
+    "parse_selftest",
+    "parse_tag",
+    "utcnow",
 ]
 
 
@@ -193,8 +206,7 @@ def parse_selftest(raw: bytes) -> SelfTestStep | SelfTestSummary:
 def _rows_of(model: type[BaseModel], name: str, **override: Any) -> Any:
     """The same fields and constraints as `model`, as a TypedDict: validated without building objects."""
     fields: dict[str, Any] = {
-        n: Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
-        for n, f in model.model_fields.items()
+        n: Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation for n, f in model.model_fields.items()
     }
     fields.update(override)
     return TypedDict(name, fields)  # type: ignore[operator]

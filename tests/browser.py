@@ -89,7 +89,12 @@ def screenshot_path(name: str) -> Path:
 
 
 def screenshot(
-    url: str, path: Path | str, *, width: int = 1400, height: int = 900, wait_for: str | None = None,
+    url: str,
+    path: Path | str,
+    *,
+    width: int = 1400,
+    height: int = 900,
+    wait_for: str | None = None,
     settle_ms: int = 1000,
 ) -> list[str]:
     """Save a PNG of `url` (after `wait_for`, a CSS selector, appears); returns the page's console errors.

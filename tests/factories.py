@@ -30,7 +30,10 @@ _HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 def settings(database_url: str, **overrides: Any) -> BackendSettings:
     """Backend settings for a test: random secrets, cheap password hashing, no broker unless given."""
     values: dict[str, Any] = {
-        "database_url": database_url, **SECRETS, "password_time_cost": 1, "password_memory_kib": 1024,
+        "database_url": database_url,
+        **SECRETS,
+        "password_time_cost": 1,
+        "password_memory_kib": 1024,
         "mqtt_shared_group": None,
     }
     values.update(overrides)
@@ -67,8 +70,13 @@ def tag() -> str:
 def owner_body(**overrides: Any) -> dict[str, Any]:
     """The `owner` part of a registration request, for a new person."""
     n = next(_people)
-    body = {"name": "Wang Fang", "id_number": id_number(n), "mobile": mobile(n), "address": "1 West Lake Road",
-            "create_account": True}
+    body = {
+        "name": "Wang Fang",
+        "id_number": id_number(n),
+        "mobile": mobile(n),
+        "address": "1 West Lake Road",
+        "create_account": True,
+    }
     body.update(overrides)
     return body
 
@@ -76,8 +84,14 @@ def owner_body(**overrides: Any) -> dict[str, Any]:
 def registration(**overrides: Any) -> dict[str, Any]:
     """A complete, valid POST /api/bikes body with a new owner (override owner= or owner_id= as needed)."""
     body: dict[str, Any] = {
-        "owner": owner_body(), "plate": plate(), "frame_number": serial("FR"), "motor_number": serial("MT"),
-        "brand": "Yadea", "model": "G5", "colour": "blue", "tag_id": tag(),
+        "owner": owner_body(),
+        "plate": plate(),
+        "frame_number": serial("FR"),
+        "motor_number": serial("MT"),
+        "brand": "Yadea",
+        "model": "G5",
+        "colour": "blue",
+        "tag_id": tag(),
     }
     body.update(overrides)
     if "owner_id" in overrides:
@@ -106,8 +120,13 @@ def owner(conn: psycopg.Connection, name: str = "Li Wei") -> int:
     return int(row[0])  # type: ignore[index]
 
 
-def bike(conn: psycopg.Connection, tag_id: int, plate_number: str | None = None, owner_id: int | None = None,
-         armed: bool = False) -> int:
+def bike(
+    conn: psycopg.Connection,
+    tag_id: int,
+    plate_number: str | None = None,
+    owner_id: int | None = None,
+    armed: bool = False,
+) -> int:
     """A bike carrying chip tag_id, of a new owner or an existing one; returns the bike id."""
     owner_id = owner(conn) if owner_id is None else owner_id
     bike_id = conn.execute(
@@ -127,8 +146,14 @@ def theft(conn: psycopg.Connection, bike_id: int, stolen_at: datetime | None = N
     )
 
 
-def account(conn: psycopg.Connection, role: str, username: str | None = None, password: str = PASSWORD,
-            owner_id: int | None = None, must_change_password: bool = False) -> str:
+def account(
+    conn: psycopg.Connection,
+    role: str,
+    username: str | None = None,
+    password: str = PASSWORD,
+    owner_id: int | None = None,
+    must_change_password: bool = False,
+) -> str:
     """An account of this role (an owner's needs owner_id); returns the username."""
     username = username or f"{role}{next(_people)}"
     conn.execute(
@@ -143,10 +168,19 @@ def batch(station_id: str, seq: int, tags: list[int], at: datetime | None = None
     """A batch with one sighting per tag."""
     at = at or utcnow()
     return SightingBatch(
-        station_id=station_id, batch_seq=seq, sent_at=at,
+        station_id=station_id,
+        batch_seq=seq,
+        sent_at=at,
         sightings=[
-            Sighting(tag_id=format_tag(t), first_seen_at=at - timedelta(seconds=5), last_seen_at=at,
-                     beacons=3, peak_rssi_dbm=-60, antenna=0, flags=flags)
+            Sighting(
+                tag_id=format_tag(t),
+                first_seen_at=at - timedelta(seconds=5),
+                last_seen_at=at,
+                beacons=3,
+                peak_rssi_dbm=-60,
+                antenna=0,
+                flags=flags,
+            )
             for t in tags
         ],
     )

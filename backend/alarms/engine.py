@@ -16,7 +16,10 @@ from backend.alarms.evidence import Committed
 
 # Judged in memory in each flush's own transaction: a stolen chip's alarm must not wait, nor be lost to a crash.
 ON_COMMIT: tuple[Detector, ...] = (
-    stolen_chip_seen.DETECTOR, armed_bike_moving.DETECTOR, tamper.DETECTOR, low_battery.DETECTOR,
+    stolen_chip_seen.DETECTOR,
+    armed_bike_moving.DETECTOR,
+    tamper.DETECTOR,
+    low_battery.DETECTOR,
 )
 
 

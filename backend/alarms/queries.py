@@ -41,15 +41,17 @@ def _has_trail(alarm: dict[str, Any]) -> bool:
     return alarm["tag_id"] is not None and AlarmKind(alarm["kind"]).has_trail
 
 
-async def _trails(conn: psycopg.AsyncConnection[Any], alarms: list[dict[str, Any]],
-                  limit: int) -> list[list[dict[str, Any]]]:
+async def _trails(
+    conn: psycopg.AsyncConnection[Any], alarms: list[dict[str, Any]], limit: int
+) -> list[list[dict[str, Any]]]:
     """Each alarm's chip's passages since the alarm began, oldest first, with station positions; only for the
     kinds about a bike on the move (a low battery or a tamper has no trail to follow)."""
     trails: list[list[dict[str, Any]]] = [[] for _ in alarms]
     wanted = [i for i, a in enumerate(alarms) if _has_trail(a)]
     if wanted:
         cur = await conn.execute(
-            _TRAILS, ([alarms[i]["tag_id"] for i in wanted], [alarms[i]["first_seen_at"] for i in wanted], limit))
+            _TRAILS, ([alarms[i]["tag_id"] for i in wanted], [alarms[i]["first_seen_at"] for i in wanted], limit)
+        )
         for n, station_id, lat, lon, seen_at in await cur.fetchall():
             trails[wanted[int(n) - 1]].append({"station_id": station_id, "lat": lat, "lon": lon, "seen_at": seen_at})
     for i in wanted:
@@ -57,28 +59,45 @@ async def _trails(conn: psycopg.AsyncConnection[Any], alarms: list[dict[str, Any
         trail.sort(key=lambda p: p["seen_at"])
         # The hot-list alert may be newer than any closed passage: end the trail where it was last seen.
         if alarm["lat"] is not None and (not trail or trail[-1]["station_id"] != alarm["station_id"]):
-            trail.append({"station_id": alarm["station_id"], "lat": alarm["lat"], "lon": alarm["lon"],
-                          "seen_at": alarm["last_seen_at"]})
+            trail.append(
+                {
+                    "station_id": alarm["station_id"],
+                    "lat": alarm["lat"],
+                    "lon": alarm["lon"],
+                    "seen_at": alarm["last_seen_at"],
+                }
+            )
     return trails
 
 
-async def _next_stations(conn: psycopg.AsyncConnection[Any], alarms: list[dict[str, Any]],
-                         trails: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+async def _next_stations(
+    conn: psycopg.AsyncConnection[Any], alarms: list[dict[str, Any]], trails: list[list[dict[str, Any]]]
+) -> list[list[dict[str, Any]]]:
     """Interception points for each stolen bike on the move: its likeliest next stations and when."""
     found: list[list[dict[str, Any]]] = [[] for _ in alarms]
-    wanted = [i for i, a in enumerate(alarms)
-              if AlarmKind(a["kind"]).intercepts and a["state"] != "cleared"
-              and a["station_id"] is not None]
+    wanted = [
+        i
+        for i, a in enumerate(alarms)
+        if AlarmKind(a["kind"]).intercepts and a["state"] != "cleared" and a["station_id"] is not None
+    ]
     departures = []
     for i in wanted:
         alarm = alarms[i]
-        came_from = next((p["station_id"] for p in reversed(trails[i]) if p["station_id"] != alarm["station_id"]),
-                         None)
+        came_from = next((p["station_id"] for p in reversed(trails[i]) if p["station_id"] != alarm["station_id"]), None)
         departures.append(prediction.Departure(alarm["station_id"], alarm["last_seen_at"], came_from))
     for i, interceptions in zip(wanted, await prediction.next_stations_of(conn, departures), strict=True):
-        found[i] = [{"station_id": n.station_id, "name": n.name, "lat": n.lat, "lon": n.lon,
-                     "probability": round(n.probability, 3), "eta_at": n.eta_at, "eta_latest_at": n.eta_latest_at}
-                    for n in interceptions]
+        found[i] = [
+            {
+                "station_id": n.station_id,
+                "name": n.name,
+                "lat": n.lat,
+                "lon": n.lon,
+                "probability": round(n.probability, 3),
+                "eta_at": n.eta_at,
+                "eta_latest_at": n.eta_latest_at,
+            }
+            for n in interceptions
+        ]
     return found
 
 
@@ -89,13 +108,16 @@ def _public(alarm: dict[str, Any]) -> dict[str, Any]:
     return alarm
 
 
-async def _complete(conn: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]],
-                    trail_limit: int = 50) -> list[dict[str, Any]]:
+async def _complete(
+    conn: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]], trail_limit: int = 50
+) -> list[dict[str, Any]]:
     """The rows as the API gives them, with trails and next stations: two queries for all of them."""
     trails = await _trails(conn, rows, trail_limit)
     next_stations = await _next_stations(conn, rows, trails)
-    return [{**_public(row), "trail": trail, "next_stations": nexts}
-            for row, trail, nexts in zip(rows, trails, next_stations, strict=True)]
+    return [
+        {**_public(row), "trail": trail, "next_stations": nexts}
+        for row, trail, nexts in zip(rows, trails, next_stations, strict=True)
+    ]
 
 
 async def get_alarm(
@@ -122,7 +144,9 @@ async def get_alarms(conn: psycopg.AsyncConnection[Any], alarm_ids: list[int]) -
 
 
 async def list_alarms(
-    conn: psycopg.AsyncConnection[Any], states: tuple[str, ...] = ("active", "acknowledged"), limit: int = 200,
+    conn: psycopg.AsyncConnection[Any],
+    states: tuple[str, ...] = ("active", "acknowledged"),
+    limit: int = 200,
     scope: Scope = EVERYTHING,
 ) -> list[dict[str, Any]]:
     """Alarms in the given states the scope allows, most recently seen first, each with its trail."""

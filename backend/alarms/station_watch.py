@@ -27,8 +27,9 @@ WHERE s.lifecycle IN ('commissioned', 'active')
 """
 
 
-async def offline_stations(conn: psycopg.AsyncConnection[Any], now: datetime, listening_since: datetime,
-                           rules: HealthRules = _RULES) -> dict[str, tuple[datetime, str]]:
+async def offline_stations(
+    conn: psycopg.AsyncConnection[Any], now: datetime, listening_since: datetime, rules: HealthRules = _RULES
+) -> dict[str, tuple[datetime, str]]:
     """Stations in service that are offline at `now`: id → (since when, why). One small query, no passages.
 
     Silence before listening_since (when the backend began receiving statuses) or before the station entered its

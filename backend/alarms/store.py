@@ -70,12 +70,18 @@ def raise_evidence(cur: psycopg.Cursor[Any], evidence: list[Evidence]) -> list[i
     """
     if not evidence:
         return []
-    rows = cur.execute(_RAISE, {
-        "kinds": [e.kind.value for e in evidence], "severities": [e.kind.severity.value for e in evidence],
-        "tags": [e.tag_id for e in evidence], "stations": [e.station_id for e in evidence],
-        "firsts": [e.first_seen_at for e in evidence], "lasts": [e.last_seen_at for e in evidence],
-        "channel": NOTIFY_CHANNEL,
-    }).fetchall()
+    rows = cur.execute(
+        _RAISE,
+        {
+            "kinds": [e.kind.value for e in evidence],
+            "severities": [e.kind.severity.value for e in evidence],
+            "tags": [e.tag_id for e in evidence],
+            "stations": [e.station_id for e in evidence],
+            "firsts": [e.first_seen_at for e in evidence],
+            "lasts": [e.last_seen_at for e in evidence],
+            "channel": NOTIFY_CHANNEL,
+        },
+    ).fetchall()
     return [int(r[0]) for r in rows]
 
 
@@ -96,8 +102,13 @@ async def sync_station_offline(conn: psycopg.AsyncConnection[Any], offline: dict
             " ORDER BY o.station_id"
             " ON CONFLICT (kind, subject) WHERE state <> 'cleared' DO NOTHING RETURNING alarm_id)"
             " SELECT pg_notify(%(channel)s, alarm_id::text) FROM raised",
-            {"kind": kind.value, "severity": kind.severity.value, "ids": ids, "sinces": sinces,
-             "channel": NOTIFY_CHANNEL},
+            {
+                "kind": kind.value,
+                "severity": kind.severity.value,
+                "ids": ids,
+                "sinces": sinces,
+                "channel": NOTIFY_CHANNEL,
+            },
         )
         await conn.execute(
             "WITH back AS ("
@@ -132,8 +143,7 @@ async def transition(conn: psycopg.AsyncConnection[Any], alarm_id: int, action: 
         if row[0] not in allowed:
             raise AlarmStateError(f"alarm {alarm_id} is {row[0]}; cannot {action} it")
         await conn.execute(
-            f"UPDATE alarms SET state = %s, {by_col} = %s, {at_col} = now(), updated_at = now()"
-            " WHERE alarm_id = %s",
+            f"UPDATE alarms SET state = %s, {by_col} = %s, {at_col} = now(), updated_at = now() WHERE alarm_id = %s",
             (new_state, who, alarm_id),
         )
         await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(alarm_id)))

@@ -94,8 +94,9 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(migrate, settings.database_url, settings.partition_days_ahead)
-        pool = AsyncConnectionPool(settings.database_url, min_size=2, max_size=10, open=False,
-                                   check=AsyncConnectionPool.check_connection)
+        pool = AsyncConnectionPool(
+            settings.database_url, min_size=2, max_size=10, open=False, check=AsyncConnectionPool.check_connection
+        )
         await pool.open(wait=True)
         feed = LiveFeed(settings.database_url, pool)
         feed.start()
@@ -121,8 +122,9 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         app.state.publish_hotlist = publish_hotlist
         await publish_hotlist()
         maintenance = asyncio.create_task(_maintain_storage(settings, pool), name="storage-maintenance")
-        watch = asyncio.create_task(station_watch.watch_stations(pool, settings.station_watch_interval_s),
-                                    name="station-watch")
+        watch = asyncio.create_task(
+            station_watch.watch_stations(pool, settings.station_watch_interval_s), name="station-watch"
+        )
         try:
             yield
         finally:
@@ -145,9 +147,20 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry.Registry(settings, Vault.from_settings(settings))
     app.state.signer = certificates.Signer(settings.certificate_signing_key.get_secret_value())
-    for router in (auth.router, account_routes.router, audit_routes.router, owners.router, bikes.router,
-                   certificate_routes.router, stations.router, provisioning_routes.router, sightings.router,
-                   alarm_routes.router, live.router, pages.router):
+    for router in (
+        auth.router,
+        account_routes.router,
+        audit_routes.router,
+        owners.router,
+        bikes.router,
+        certificate_routes.router,
+        stations.router,
+        provisioning_routes.router,
+        sightings.router,
+        alarm_routes.router,
+        live.router,
+        pages.router,
+    ):
         app.include_router(router)
     app.mount("/assets/leaflet", StaticFiles(directory=LEAFLET_DIR), name="leaflet")
     app.mount("/assets/web", StaticFiles(directory=STATIC_DIR), name="web")
@@ -173,9 +186,15 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         return {
             "status": "ok",
             "live_viewers": app.state.live.viewers,
-            "ingest": None if c is None else {
-                "messages": c.messages, "sightings": c.sightings, "batches_new": c.batches_new,
-                "batches_repeated": c.batches_repeated, "alerts": c.alerts, "rejected": dict(c.rejected),
+            "ingest": None
+            if c is None
+            else {
+                "messages": c.messages,
+                "sightings": c.sightings,
+                "batches_new": c.batches_new,
+                "batches_repeated": c.batches_repeated,
+                "alerts": c.alerts,
+                "rejected": dict(c.rejected),
                 "db_retries": c.db_retries,
             },
         }

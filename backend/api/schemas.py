@@ -47,14 +47,22 @@ Text300 = Annotated[str, Field(min_length=1, max_length=300), _Plain]
 Text2000 = Annotated[str, Field(min_length=1, max_length=2000), _Plain]
 
 
-IdNumber = Annotated[str, Field(min_length=1, max_length=24, examples=["11010519491231002X"]),
-                     _checked(identity.normalise_id_number)]
-Mobile = Annotated[str, Field(min_length=1, max_length=24, examples=["13800138000"]),
-                   _checked(identity.normalise_mobile)]
-FrameNumber = Annotated[str, Field(min_length=1, max_length=40, examples=["LZX2024A0001"]),
-                        _checked(lambda v: identity.normalise_serial(v, "frame number"))]
-MotorNumber = Annotated[str, Field(min_length=1, max_length=40, examples=["MT48V-000123"]),
-                        _checked(lambda v: identity.normalise_serial(v, "motor number"))]
+IdNumber = Annotated[
+    str, Field(min_length=1, max_length=24, examples=["11010519491231002X"]), _checked(identity.normalise_id_number)
+]
+Mobile = Annotated[
+    str, Field(min_length=1, max_length=24, examples=["13800138000"]), _checked(identity.normalise_mobile)
+]
+FrameNumber = Annotated[
+    str,
+    Field(min_length=1, max_length=40, examples=["LZX2024A0001"]),
+    _checked(lambda v: identity.normalise_serial(v, "frame number")),
+]
+MotorNumber = Annotated[
+    str,
+    Field(min_length=1, max_length=40, examples=["MT48V-000123"]),
+    _checked(lambda v: identity.normalise_serial(v, "motor number")),
+]
 Plate = Annotated[str, Field(min_length=1, max_length=20, examples=["HZ-12345"]), AfterValidator(_plain_text)]
 Login = Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{3,64}$")]
 
@@ -118,8 +126,8 @@ class RoadGeometry(BaseModel):
     """A road's centre line: [lon, lat] points."""
 
     type: Literal["LineString"]
-    coordinates: list[tuple[Annotated[float, Field(ge=-180, le=180)], Annotated[float, Field(ge=-90, le=90)]]] = (
-        Field(min_length=2, max_length=10_000)
+    coordinates: list[tuple[Annotated[float, Field(ge=-180, le=180)], Annotated[float, Field(ge=-90, le=90)]]] = Field(
+        min_length=2, max_length=10_000
     )
 
 
@@ -528,8 +536,9 @@ class TransferCreate(BaseModel):
 
     new_owner_id: DbId | None = None
     new_owner: OwnerCreate | None = None
-    consent_code: str | None = Field(default=None, min_length=1, max_length=20,
-                                     description="made by the current owner in the portal")
+    consent_code: str | None = Field(
+        default=None, min_length=1, max_length=20, description="made by the current owner in the portal"
+    )
     old_owner_id_number: IdNumber | None = Field(
         default=None, description="the current owner at the counter: their resident ID number, as on the card"
     )

@@ -315,8 +315,9 @@ class Ingest:
                     engine.raise_alarms(conn, due, detectors)
             except psycopg.OperationalError as exc:
                 if self._stopping.is_set() or self._pool.closed:
-                    log.error("cloned-chip check of %d passages dropped, the database is unavailable: %s",
-                              len(due), exc)
+                    log.error(
+                        "cloned-chip check of %d passages dropped, the database is unavailable: %s", len(due), exc
+                    )
                     continue
                 log.error("cloned-chip check postponed, the database is unavailable: %s", exc)
                 self._deferred.add(due)

@@ -26,8 +26,9 @@ class KnownStations:
     Shared by the ingest's writer threads (sightings and alerts lanes), hence the lock.
     """
 
-    def __init__(self, refresh_s: float = 5.0, warn_every_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, refresh_s: float = 5.0, warn_every_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.refresh_s = refresh_s
         self.warn_every_s = warn_every_s
         self._clock = clock
@@ -57,10 +58,13 @@ class KnownStations:
         if not missing:
             return set()
         self.lookups += 1
-        found = {r[0] for r in conn.execute(
-            "SELECT station_id FROM stations WHERE station_id = ANY(%s) AND lifecycle <> 'decommissioned'",
-            (sorted(missing),),
-        ).fetchall()}
+        found = {
+            r[0]
+            for r in conn.execute(
+                "SELECT station_id FROM stations WHERE station_id = ANY(%s) AND lifecycle <> 'decommissioned'",
+                (sorted(missing),),
+            ).fetchall()
+        }
         self._ids |= found
         return missing - found
 
@@ -85,5 +89,8 @@ class KnownStations:
         log.warning(
             "refusing messages from station %s (on %s): not registered, or decommissioned; register it"
             " (POST /api/stations) before its gateway publishes. Kept in rejected_messages; next warning"
-            " for it in %.0f s at the earliest", station_id, topic, self.warn_every_s,
+            " for it in %.0f s at the earliest",
+            station_id,
+            topic,
+            self.warn_every_s,
         )

@@ -17,11 +17,17 @@ from psycopg.types.json import Jsonb
 from backend.alarms.evidence import Committed, Passages, StationAlert
 from protocol.messages import Alert, StationStatus, parse_tag
 
-_SIGHTING_COLUMNS = (
-    "first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna, flags, batch_seq"
-)
+_SIGHTING_COLUMNS = "first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna, flags, batch_seq"
 _SIGHTING_TYPES = [
-    "timestamptz", "timestamptz", "text", "int8", "int4", "int2", "int2", "int2", "int8",
+    "timestamptz",
+    "timestamptz",
+    "text",
+    "int8",
+    "int4",
+    "int2",
+    "int2",
+    "int2",
+    "int8",
 ]
 
 
@@ -87,10 +93,19 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
                 station, seq = b["station_id"], b["batch_seq"]
                 for s in b["sightings"]:
                     tag = int(s["tag_id"], 16)
-                    copy.write_row((
-                        s["first_seen_at"], s["last_seen_at"], station, tag, s["beacons"],
-                        s["peak_rssi_dbm"], s["antenna"], s["flags"], seq,
-                    ))
+                    copy.write_row(
+                        (
+                            s["first_seen_at"],
+                            s["last_seen_at"],
+                            station,
+                            tag,
+                            s["beacons"],
+                            s["peak_rssi_dbm"],
+                            s["antenna"],
+                            s["flags"],
+                            seq,
+                        )
+                    )
                     tags.append(tag)
                     stations.append(station)
                     firsts.append(s["first_seen_at"])
@@ -113,13 +128,18 @@ def write_alerts(conn: psycopg.Connection, alerts: Iterable[Alert]) -> WriteResu
             " SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::timestamptz[], %s::int2[], %s::int2[])"
             " ON CONFLICT DO NOTHING RETURNING station_id, kind, tag_id, seen_at",
             (
-                [a.station_id for a in items], [a.kind for a in items], [parse_tag(a.tag_id) for a in items],
-                [a.seen_at for a in items], [a.rssi_dbm for a in items], [a.antenna for a in items],
+                [a.station_id for a in items],
+                [a.kind for a in items],
+                [parse_tag(a.tag_id) for a in items],
+                [a.seen_at for a in items],
+                [a.rssi_dbm for a in items],
+                [a.antenna for a in items],
             ),
         ).fetchall()
         result.alerts_new = len(rows)
-        result.committed.alerts = [StationAlert(station, kind, int(tag), seen_at)
-                                   for station, kind, tag, seen_at in rows]
+        result.committed.alerts = [
+            StationAlert(station, kind, int(tag), seen_at) for station, kind, tag, seen_at in rows
+        ]
     return result
 
 

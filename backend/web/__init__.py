@@ -15,8 +15,12 @@ from maps import markup
 STATIC_DIR: Path = Path(str(resources.files("backend.web").joinpath("static")))
 LANG_COOKIE = "bikeguard_lang"
 
-_env = Environment(loader=PackageLoader("backend.web", "templates"), autoescape=select_autoescape(["html"]),
-                   trim_blocks=True, lstrip_blocks=True)
+_env = Environment(
+    loader=PackageLoader("backend.web", "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 _env.filters["json"] = lambda value: Markup(markup.script_json(value))
 
 

@@ -164,7 +164,7 @@ _EN: dict[str, str] = {
     "verify_ok_text": "The registry issued this certificate and it is the bike's current one.",
     "verify_old": "Genuine, but no longer current",
     "verify_old_text": "The registry issued this certificate, but it has been replaced (new owner, chip or plate)"
-                       " or the bike was deregistered.",
+    " or the bike was deregistered.",
     "verify_bad": "Not genuine",
     "verify_bad_text": "The registry did not issue this code.",
     # other
@@ -198,8 +198,10 @@ _EN: dict[str, str] = {
     "alarm_acknowledged_by": "acknowledged by",
     "act_acknowledge": "Acknowledge",
     "act_clear": "Clear",
-    "alarms_note": ("An alarm clears by itself when the station reports again; clear it by hand and it is not "
-                    "raised again for the same outage."),
+    "alarms_note": (
+        "An alarm clears by itself when the station reports again; clear it by hand and it is not "
+        "raised again for the same outage."
+    ),
     "coverage_intro": "Road heard by the stations (blue), road no station hears (red) and suggested next sites.",
     "coverage_cli": "The same map as a file: bikeguard map coverage --out coverage.html",
     # installer: the commissioning self-test, live
@@ -207,7 +209,7 @@ _EN: dict[str, str] = {
     "st_open": "self-test ›",
     "st_station": "Station",
     "st_intro": "Run the self-test on the station's gateway: each step appears here as it completes. "
-                "When every step passes, an installed station becomes commissioned.",
+    "When every step passes, an installed station becomes commissioned.",
     "st_live": "live",
     "st_reconnecting": "reconnecting…",
     "st_signed_out": "signed out: sign in again",

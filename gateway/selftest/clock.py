@@ -100,14 +100,23 @@ def check_clock(
     """Step 5 from what was gathered: backend is a Skew, why it could not be read, or None without --backend."""
     data: dict[str, Any] = {"now": now.isoformat()}
     if now.tzinfo is None or now.utcoffset() != timedelta(0):
-        return StepResult("clock", False, f"the clock gives {now.isoformat()}, not timezone-aware UTC",
-                          "a bug: the gateway must use timezone-aware UTC times", data)
+        return StepResult(
+            "clock",
+            False,
+            f"the clock gives {now.isoformat()}, not timezone-aware UTC",
+            "a bug: the gateway must use timezone-aware UTC times",
+            data,
+        )
     if now < EARLIEST_SANE:
         return StepResult(
-            "clock", False, f"the system clock says {now:%Y-%m-%d %H:%M:%S} UTC: it was never set",
+            "clock",
+            False,
+            f"the system clock says {now:%Y-%m-%d %H:%M:%S} UTC: it was never set",
             "the board has no real-time clock (or its battery is flat) and has not reached an NTP server: "
             "check that the backhaul lets NTP (UDP port 123) through, `timedatectl set-ntp true`, and look "
-            "at `timedatectl` or `chronyc tracking`", data)
+            "at `timedatectl` or `chronyc tracking`",
+            data,
+        )
     facts = [f"{now:%Y-%m-%d %H:%M:%S} UTC"]
     failures: list[str] = []
     warnings: list[str] = []
@@ -124,8 +133,10 @@ def check_clock(
             if abs(ntp.offset_s) > max_skew_s:
                 failures.append(f"the clock is {ntp.offset_s:+.1f} s off NTP time")
         if not ntp.synchronised:
-            warnings.append("NTP is not synchronised yet: wait a minute after boot and run again; check that "
-                            "the backhaul lets NTP (UDP port 123) through")
+            warnings.append(
+                "NTP is not synchronised yet: wait a minute after boot and run again; check that "
+                "the backhaul lets NTP (UDP port 123) through"
+            )
 
     if isinstance(backend, str):
         facts.append(f"backend clock not read ({backend})")
@@ -140,8 +151,10 @@ def check_clock(
         ahead_s = (hotlist.issued_at - now).total_seconds()
         data["hotlist_issued_at"] = hotlist.issued_at.isoformat()
         if ahead_s > max_skew_s:
-            failures.append(f"the clock is at least {ahead_s:.1f} s behind: the retained hot list was issued "
-                            f"at {hotlist.issued_at:%Y-%m-%d %H:%M:%S} UTC, later than our clock says")
+            failures.append(
+                f"the clock is at least {ahead_s:.1f} s behind: the retained hot list was issued "
+                f"at {hotlist.issued_at:%Y-%m-%d %H:%M:%S} UTC, later than our clock says"
+            )
         else:
             facts.append(f"hot list issued {format_duration(max(-ahead_s, 0))} earlier (consistent)")
     elif broker_connected:
@@ -153,11 +166,17 @@ def check_clock(
     value = "; ".join(facts)
     if failures:
         return StepResult(
-            "clock", False, f"{'; '.join(failures)} ({value})",
+            "clock",
+            False,
+            f"{'; '.join(failures)} ({value})",
             f"sightings carry UTC times, so the clock must be within {max_skew_s:g} s: check NTP "
             "(`timedatectl`, `chronyc tracking`, UDP port 123 open on the backhaul) and the real-time clock's "
-            "battery", data)
+            "battery",
+            data,
+        )
     if not measured:
-        warnings.append(f"the skew could not be measured here (no NTP offset, no --backend): compare the time "
-                        f"above with a phone; it must be within {max_skew_s:g} s")
+        warnings.append(
+            f"the skew could not be measured here (no NTP offset, no --backend): compare the time "
+            f"above with a phone; it must be within {max_skew_s:g} s"
+        )
     return StepResult("clock", True, value, " ".join(warnings), data)

@@ -107,8 +107,9 @@ class StepPublisher:
                 await client.publish(self.topic, self._pending[0], qos=1)  # within the connection's timeout
             except MqttError as exc:
                 self.gave_up = str(exc) or type(exc).__name__
-                log.warning("self-test steps are no longer sent to %s (the self-test goes on): %s",
-                            self.topic, self.gave_up)
+                log.warning(
+                    "self-test steps are no longer sent to %s (the self-test goes on): %s", self.topic, self.gave_up
+                )
                 return
             self._pending.pop(0)
             self.published += 1

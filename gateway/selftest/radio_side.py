@@ -131,8 +131,12 @@ class RadioSide:
             await _stop(running)
             exc = radio.open_error
             if isinstance(exc, ValueError):
-                return StepResult("serial", False, f"invalid serial port settings: {exc}",
-                                  "check --serial (/dev/ttyUSB0, socket://host:port) and --baud (115200)"), None
+                return StepResult(
+                    "serial",
+                    False,
+                    f"invalid serial port settings: {exc}",
+                    "check --serial (/dev/ttyUSB0, socket://host:port) and --baud (115200)",
+                ), None
             assert exc is not None
             return self._open_failure(url, exc), None
         heard = Heard(radio, running)
@@ -143,29 +147,49 @@ class RadioSide:
         data = {"url": url, "errno": code, "error": str(exc)}
         if code == errno.ENOENT:
             return StepResult(
-                "serial", False, f"no such device {url}",
+                "serial",
+                False,
+                f"no such device {url}",
                 "is the radio module's USB cable plugged in (both ends)? "
                 f"{_device_list_hint(url)} lists the serial devices, and `dmesg | tail` shows what the kernel "
-                "saw when you plugged it in; then pass the right one with --serial", data)
+                "saw when you plugged it in; then pass the right one with --serial",
+                data,
+            )
         if code in (errno.EACCES, errno.EPERM):
             group = _device_group(url)
             return StepResult(
-                "serial", False, f"permission denied on {url}",
+                "serial",
+                False,
+                f"permission denied on {url}",
                 f"the device belongs to group '{group}': add the gateway's user to it "
                 f"(`sudo usermod -aG {group} $USER`), then log out and back in; `ls -l {url}` shows the owner",
-                data)
+                data,
+            )
         if code in (errno.EBUSY, errno.EAGAIN):
             return StepResult(
-                "serial", False, f"{url} is busy: another program has it open",
+                "serial",
+                False,
+                f"{url} is busy: another program has it open",
                 "most likely the gateway itself is running: stop it for the self-test; "
                 f"`fuser -v {url}` shows who holds the port (ModemManager likes to grab USB serial adapters: "
-                "disable it)", data)
+                "disable it)",
+                data,
+            )
         if code is None and "://" in url:
-            return StepResult("serial", False, f"cannot open {url}: {exc}",
-                              "check that the serial server at that address runs and is reachable", data)
+            return StepResult(
+                "serial",
+                False,
+                f"cannot open {url}: {exc}",
+                "check that the serial server at that address runs and is reachable",
+                data,
+            )
         return StepResult(
-            "serial", False, f"cannot open {url}: {exc}",
-            "unplug and re-plug the radio module's USB cable, then look at `dmesg | tail` for errors", data)
+            "serial",
+            False,
+            f"cannot open {url}: {exc}",
+            "unplug and re-plug the radio module's USB cable, then look at `dmesg | tail` for errors",
+            data,
+        )
 
     # 2. radio module
 
@@ -184,27 +208,41 @@ class RadioSide:
         }
         if first is None and heard.error is not None:
             return StepResult(
-                "module", False, f"{url} failed while reading: {heard.error}",
-                "the device went away: check the USB cable and its connector; `dmesg | tail`", data)
+                "module",
+                False,
+                f"{url} failed while reading: {heard.error}",
+                "the device went away: check the USB cable and its connector; `dmesg | tail`",
+                data,
+            )
         if first is None:
             if heard.radio.bytes_total == 0:
                 return StepResult(
-                    "module", False, f"no bytes at all on {url} at {baud} baud in {timeout_s:g} s",
+                    "module",
+                    False,
+                    f"no bytes at all on {url} at {baud} baud in {timeout_s:g} s",
                     "check the radio module's power LED and the USB cable; "
-                    f"{_device_list_hint(url)} (is {url} really the radio module?)", data)
+                    f"{_device_list_hint(url)} (is {url} really the radio module?)",
+                    data,
+                )
             if decoder.frames == 0:
                 return StepResult(
-                    "module", False,
+                    "module",
+                    False,
                     f"{heard.radio.bytes_total} bytes but no valid frame in {timeout_s:g} s "
                     f"(rejected: {_rejected_text(rejected)})",
                     f"wrong baud rate or wiring: the module talks 115200 baud 8N1 (this test used {baud}); "
                     "check --baud, that TX goes to RX and RX to TX with a common GND, and that no console or "
-                    "other device shares the line", data)
+                    "other device shares the line",
+                    data,
+                )
             return StepResult(
-                "module", False,
+                "module",
+                False,
                 f"{heard.beacons_total} beacons but no module status frame in {timeout_s:g} s",
                 "the module must send a status frame every 10 s (hardware/reader-protocol.md): power-cycle it; "
-                "if it still sends none, update its firmware", data)
+                "if it still sends none, update its firmware",
+                data,
+            )
         received_at, status = first
         self.module_status = status
         waited_s = max((received_at - started).total_seconds(), 0.0)
@@ -216,8 +254,10 @@ class RadioSide:
         advice = ""
         corrupt = rejected["crc"] + rejected["bad_length"]
         if corrupt > self.options.corrupt_frames_max:
-            advice = (f"{corrupt} corrupted frames: a loose serial connector, a long unshielded cable or "
-                      "interference on the serial line")
+            advice = (
+                f"{corrupt} corrupted frames: a loose serial connector, a long unshielded cable or "
+                "interference on the serial line"
+            )
         return StepResult("module", True, value, advice, data)
 
     # 3. noise floor
@@ -229,11 +269,15 @@ class RadioSide:
         data = {"noise_floor_dbm": noise, "limit_dbm": limit}
         if noise > limit:
             return StepResult(
-                "noise", False, f"{noise} dBm, above the {limit} dBm limit",
+                "noise",
+                False,
+                f"{noise} dBm, above the {limit} dBm limit",
                 "interference: move the antenna away from other transmitters and switching electronics on the "
                 "pole (the LTE router and its antenna, LED street-light drivers, the traffic-signal controller, "
                 "power supplies), keep its coax away from mains cables, check that connectors are tight and the "
-                "cable shield is grounded; then run the self-test again", data)
+                "cable shield is grounded; then run the self-test again",
+                data,
+            )
         return StepResult("noise", True, f"{noise} dBm (limit {limit} dBm)", data=data)
 
     # 4. test tag
@@ -242,8 +286,10 @@ class RadioSide:
         """Step 4: the installer holds the test tag (or any tag) near the antenna; it is heard, strongly enough."""
         tag, timeout_s = self.options.test_tag, self.options.tag_timeout_s
         wanted = parse_tag(tag) if tag else None
-        self.prompt(f"hold {f'test tag {tag}' if tag else 'a test tag'} at arm's length from the antenna "
-                    f"(waiting up to {timeout_s:g} s)")
+        self.prompt(
+            f"hold {f'test tag {tag}' if tag else 'a test tag'} at arm's length from the antenna "
+            f"(waiting up to {timeout_s:g} s)"
+        )
         started = self.clock()
 
         def test_tag_beacons() -> list[tuple[datetime, Beacon]] | None:
@@ -259,11 +305,15 @@ class RadioSide:
                 value += f" ({self.settings.serial_url} failed: {heard.error})"
             if others:
                 value += f" (heard {len(others)} other tag{'s' if len(others) != 1 else ''}: {', '.join(others[:5])})"
-                advice = ("the radio hears tags, just not this one: check the id printed on the test tag and "
-                          "its battery; a tag beacons every 1-3 s")
+                advice = (
+                    "the radio hears tags, just not this one: check the id printed on the test tag and "
+                    "its battery; a tag beacons every 1-3 s"
+                )
             else:
-                advice = ("hold the tag at arm's length in front of the antenna; check both antenna cables are "
-                          "screwed onto the module's antenna ports; try another test tag (a flat battery stops it)")
+                advice = (
+                    "hold the tag at arm's length in front of the antenna; check both antenna cables are "
+                    "screwed onto the module's antenna ports; try another test tag (a flat battery stops it)"
+                )
             return StepResult("test_tag", False, value, advice, {"test_tag": tag, "other_tags": others})
         best = max((b for _, b in beacons), key=lambda b: b.rssi_dbm)
         waited_s = max((beacons[0][0] - started).total_seconds(), 0.0)
@@ -276,11 +326,15 @@ class RadioSide:
             "waited_s": round(waited_s, 3),
             "other_tags": others,
         }
-        value = (f"{format_tag(best.tag_id)} at {best.rssi_dbm} dBm on antenna {best.antenna} "
-                 f"after {waited_s:.1f} s ({len(beacons)} beacon{'s' if len(beacons) != 1 else ''})")
+        value = (
+            f"{format_tag(best.tag_id)} at {best.rssi_dbm} dBm on antenna {best.antenna} "
+            f"after {waited_s:.1f} s ({len(beacons)} beacon{'s' if len(beacons) != 1 else ''})"
+        )
         advice = ""
         if best.rssi_dbm < self.options.tag_rssi_min_dbm:
-            advice = (f"weak signal: {best.rssi_dbm} dBm at arm's length is below {self.options.tag_rssi_min_dbm} "
-                      f"dBm, which means a bad antenna connection: check the coax connector on antenna port "
-                      f"{best.antenna}, the cable for kinks or water, and the surge arrester")
+            advice = (
+                f"weak signal: {best.rssi_dbm} dBm at arm's length is below {self.options.tag_rssi_min_dbm} "
+                f"dBm, which means a bad antenna connection: check the coax connector on antenna port "
+                f"{best.antenna}, the cable for kinks or water, and the surge arrester"
+            )
         return StepResult("test_tag", True, value, advice, data)

@@ -76,12 +76,12 @@ class SelfTest:
         self.run_id, self.report = new_run_id(), None
         started_at = self.clock()
         results: list[StepResult] = []
-        radio = RadioSide(self.settings, self.options, clock=self.clock, open_serial=self.open_serial,
-                          prompt=self.prompt)
+        radio = RadioSide(
+            self.settings, self.options, clock=self.clock, open_serial=self.open_serial, prompt=self.prompt
+        )
         async with contextlib.AsyncExitStack() as stack:
             uplink = UplinkSide(self.settings, self.options, stack, clock=self.clock)
-            publisher = StepPublisher(self.settings.station_id, self.run_id, lambda: uplink.client,
-                                      clock=self.clock)
+            publisher = StepPublisher(self.settings.station_id, self.run_id, lambda: uplink.client, clock=self.clock)
             async with contextlib.aclosing(self._checks(radio, uplink)) as checks:
                 async for result in checks:
                     results.append(result)

@@ -116,10 +116,16 @@ class UplinkSide:
             return BrokerSession(self._refusal(exc, username, data))
         except MqttError as exc:
             data["error"] = str(exc)
-            return BrokerSession(StepResult(
-                "broker", False, f"TCP to {endpoint} works but no MQTT answer: {exc}",
-                "is this the broker's plain MQTT port? A TLS listener (usually 8883) or another service answers "
-                "differently: check the port in --mqtt", data))
+            return BrokerSession(
+                StepResult(
+                    "broker",
+                    False,
+                    f"TCP to {endpoint} works but no MQTT answer: {exc}",
+                    "is this the broker's plain MQTT port? A TLS listener (usually 8883) or another service answers "
+                    "differently: check the port in --mqtt",
+                    data,
+                )
+            )
         data["connect_ms"] = round((time.monotonic() - started) * 1000, 1)
         session = BrokerSession(StepResult("broker", False, "connected"), client)
         collector = asyncio.create_task(self._collect(session), name="selftest mqtt")
@@ -136,13 +142,22 @@ class UplinkSide:
             granted = await client.subscribe(HOTLIST, qos=1)
             await client.subscribe(self.status_topic, qos=1)
         except MqttError as exc:
-            session.result = StepResult("broker", False, f"connected as {who}, but subscribing failed: {exc}",
-                                        "the broker dropped the connection: look at its log", data)
+            session.result = StepResult(
+                "broker",
+                False,
+                f"connected as {who}, but subscribing failed: {exc}",
+                "the broker dropped the connection: look at its log",
+                data,
+            )
             return session
         if _refused(granted):
             session.result = StepResult(
-                "broker", False, f"connected as {who}, but the broker refused the hot-list subscription",
-                f"the broker's ACL must let {who} read {HOTLIST}", data)
+                "broker",
+                False,
+                f"connected as {who}, but the broker refused the hot-list subscription",
+                f"the broker's ACL must let {who} read {HOTLIST}",
+                data,
+            )
             return session
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.options.hotlist_timeout_s):
@@ -153,26 +168,39 @@ class UplinkSide:
         if session.hotlist_error is not None:
             data["hotlist_error"] = session.hotlist_error
             session.result = StepResult(
-                "broker", False, f"{connected}, but the retained hot list is invalid: {session.hotlist_error}",
+                "broker",
+                False,
+                f"{connected}, but the retained hot list is invalid: {session.hotlist_error}",
                 "the backend published a hot list this gateway cannot read: are the backend and gateway "
-                "versions compatible?", data)
+                "versions compatible?",
+                data,
+            )
         elif session.hotlist is None:
             session.result = StepResult(
-                "broker", False,
+                "broker",
+                False,
                 f"{connected}, but no hot list came within {self.options.hotlist_timeout_s:g} s",
                 "the broker holds no retained hot list: the backend publishes it when it starts and when a theft "
                 f"is reported; is the backend running against this broker? (Mosquitto also withholds it without "
-                f"a word when its ACL does not let {who} read {HOTLIST})", data)
+                f"a word when its ACL does not let {who} read {HOTLIST})",
+                data,
+            )
         else:
             hotlist = session.hotlist
             tags = f"{len(hotlist.tags)} tag{'' if len(hotlist.tags) == 1 else 's'}"
-            data.update(hotlist_version=hotlist.version, hotlist_tags=len(hotlist.tags),
-                        hotlist_bytes=session.hotlist_bytes, hotlist_issued_at=hotlist.issued_at.isoformat())
+            data.update(
+                hotlist_version=hotlist.version,
+                hotlist_tags=len(hotlist.tags),
+                hotlist_bytes=session.hotlist_bytes,
+                hotlist_issued_at=hotlist.issued_at.isoformat(),
+            )
             session.result = StepResult(
-                "broker", True,
+                "broker",
+                True,
                 f"{connected}; hot list version {hotlist.version}, {tags} "
                 f"({session.hotlist_bytes / 1024:.1f} kB), issued {hotlist.issued_at:%Y-%m-%d %H:%M:%S} UTC",
-                data=data)
+                data=data,
+            )
         return session
 
     async def _collect(self, session: BrokerSession) -> None:
@@ -206,22 +234,37 @@ class UplinkSide:
         data.update(refusal="unreachable", error=str(exc) or type(exc).__name__)
         if isinstance(exc, TimeoutError):
             return StepResult(
-                "broker", False,
+                "broker",
+                False,
                 f"unreachable: no answer from {host}:{port} in {self.options.connect_timeout_s:g} s",
                 "the backhaul is down or a firewall/APN blocks the port: check the link LEDs or the LTE signal, "
-                f"`ping {host}`, and that the broker's address in --mqtt is right", data)
+                f"`ping {host}`, and that the broker's address in --mqtt is right",
+                data,
+            )
         if isinstance(exc, ConnectionRefusedError):
             return StepResult(
-                "broker", False, f"unreachable: nothing listens on {host}:{port} (connection refused)",
+                "broker",
+                False,
+                f"unreachable: nothing listens on {host}:{port} (connection refused)",
                 "the host answers but no broker listens on that port: check the port in --mqtt "
-                "(Mosquitto's default is 1883) and that the broker runs", data)
+                "(Mosquitto's default is 1883) and that the broker runs",
+                data,
+            )
         if isinstance(exc, socket.gaierror):
             return StepResult(
-                "broker", False, f"unreachable: cannot resolve the host name {host!r} ({exc.strerror})",
-                f"check the host name in --mqtt and DNS on the backhaul: `getent hosts {host}`", data)
+                "broker",
+                False,
+                f"unreachable: cannot resolve the host name {host!r} ({exc.strerror})",
+                f"check the host name in --mqtt and DNS on the backhaul: `getent hosts {host}`",
+                data,
+            )
         return StepResult(
-            "broker", False, f"unreachable: {host}:{port}: {exc.strerror or exc}",
-            "no route to the broker: check the backhaul (Ethernet link, LTE modem and APN) and `ip route`", data)
+            "broker",
+            False,
+            f"unreachable: {host}:{port}: {exc.strerror or exc}",
+            "no route to the broker: check the backhaul (Ethernet link, LTE modem and APN) and `ip route`",
+            data,
+        )
 
     def _refusal(self, exc: ConnectRefused, username: str | None, data: dict[str, Any]) -> StepResult:
         code, reason = exc.code, exc.reason  # MQTT 5 reason codes, MQTT 3.1.1 ones included (5 is 135)
@@ -231,22 +274,40 @@ class UplinkSide:
             # Mosquitto answers "not authorised" to a wrong password and to an unknown user alike.
             data["refusal"] = "bad_credentials"
             return StepResult(
-                "broker", False, f"refused: bad credentials for {user} (CONNACK {code}: {reason})",
+                "broker",
+                False,
+                f"refused: bad credentials for {user} (CONNACK {code}: {reason})",
                 f"the broker does not accept {user} with this password: check the user and password in --mqtt "
                 "(mqtt://STATION_ID:PASSWORD@host:port) against the ones issued for this station; if the password "
-                "is lost, have the backend issue a new one and reload the broker's password file", data)
+                "is lost, have the backend issue a new one and reload the broker's password file",
+                data,
+            )
         if code in (135, 138):
             data["refusal"] = "not_authorised"
             if code == 138:
-                return StepResult("broker", False, f"refused: not authorised, {user} is banned (CONNACK {code})",
-                                  "the broker's operator has banned this user or client: ask them", data)
+                return StepResult(
+                    "broker",
+                    False,
+                    f"refused: not authorised, {user} is banned (CONNACK {code})",
+                    "the broker's operator has banned this user or client: ask them",
+                    data,
+                )
             return StepResult(
-                "broker", False, f"refused: not authorised with {user} (CONNACK {code}: {reason})",
+                "broker",
+                False,
+                f"refused: not authorised with {user} (CONNACK {code}: {reason})",
                 "the broker does not take anonymous connections: put the station's credentials in --mqtt "
-                "(mqtt://STATION_ID:PASSWORD@host:port)", data)
+                "(mqtt://STATION_ID:PASSWORD@host:port)",
+                data,
+            )
         data["refusal"] = "other"
-        return StepResult("broker", False, f"refused by the broker: CONNACK {code}: {reason}",
-                          "look at the broker's log for why it refused this client", data)
+        return StepResult(
+            "broker",
+            False,
+            f"refused by the broker: CONNACK {code}: {reason}",
+            "look at the broker's log for why it refused this client",
+            data,
+        )
 
     async def _say_offline(self, session: BrokerSession) -> None:
         """Leave the station offline: the self-test is not the gateway, and the gateway says online itself."""
@@ -282,8 +343,9 @@ class UplinkSide:
             await session.client.publish(self.status_topic, payload, qos=1, retain=True)
         except MqttError as exc:
             data["error"] = str(exc)
-            return StepResult("heartbeat", False, f"publishing the status failed: {exc}",
-                              self._acl_advice(username), data)
+            return StepResult(
+                "heartbeat", False, f"publishing the status failed: {exc}", self._acl_advice(username), data
+            )
         self._heartbeat = status
         came_back = False
         with contextlib.suppress(TimeoutError):
@@ -293,25 +355,39 @@ class UplinkSide:
                     await session.received.wait()
         if not came_back:
             return StepResult(
-                "heartbeat", False,
+                "heartbeat",
+                False,
                 f"the broker took our online status but did not send it back within "
-                f"{self.options.heartbeat_timeout_s:g} s", self._acl_advice(username), data)
+                f"{self.options.heartbeat_timeout_s:g} s",
+                self._acl_advice(username),
+                data,
+            )
         round_trip_ms = (time.monotonic() - started) * 1000
         data["round_trip_ms"] = round(round_trip_ms, 1)
-        return StepResult("heartbeat", True, f"online status on {self.status_topic} read back from the broker in "
-                                             f"{round_trip_ms:.0f} ms", data=data)
+        return StepResult(
+            "heartbeat",
+            True,
+            f"online status on {self.status_topic} read back from the broker in {round_trip_ms:.0f} ms",
+            data=data,
+        )
 
     def _acl_advice(self, username: str | None) -> str:
         sid = self.settings.station_id
-        advice = (f"the broker's ACL or the station id is wrong: Mosquitto accepts a publish its ACL forbids and "
-                  f"drops it without a word. The ACL must let MQTT user '{username}' write and read "
-                  f"{self.status_topic}")
+        advice = (
+            f"the broker's ACL or the station id is wrong: Mosquitto accepts a publish its ACL forbids and "
+            f"drops it without a word. The ACL must let MQTT user '{username}' write and read "
+            f"{self.status_topic}"
+        )
         if username and username != sid:
-            advice += (f"; here the MQTT user '{username}' differs from --station-id '{sid}': a station may publish "
-                       "only under its own id, so use the station id its credentials were issued for")
+            advice += (
+                f"; here the MQTT user '{username}' differs from --station-id '{sid}': a station may publish "
+                "only under its own id, so use the station id its credentials were issued for"
+            )
         else:
-            advice += ("; regenerate the broker's acl_file with this station in it (backend.provisioning.acl_file) "
-                       "and reload the broker")
+            advice += (
+                "; regenerate the broker's acl_file with this station in it (backend.provisioning.acl_file) "
+                "and reload the broker"
+            )
         return advice
 
     # 8. backend
@@ -330,19 +406,39 @@ class UplinkSide:
             reply = await self._get_stations()
             data["http_status"] = reply.status
             if reply.error is not None:
-                return StepResult("backend", False, f"{url} not reachable: {reply.error}",
-                                  "check the --backend URL and that the backend runs; the station itself does "
-                                  "not need it, only this check does", data)
+                return StepResult(
+                    "backend",
+                    False,
+                    f"{url} not reachable: {reply.error}",
+                    "check the --backend URL and that the backend runs; the station itself does "
+                    "not need it, only this check does",
+                    data,
+                )
             if reply.status == 401:
-                return StepResult("backend", False, "the backend refused the token (HTTP 401)",
-                                  f"sign in again as an installer (POST {url}/api/auth/login) and pass the new "
-                                  "token with --token: tokens expire", data)
+                return StepResult(
+                    "backend",
+                    False,
+                    "the backend refused the token (HTTP 401)",
+                    f"sign in again as an installer (POST {url}/api/auth/login) and pass the new "
+                    "token with --token: tokens expire",
+                    data,
+                )
             if reply.status == 403:
-                return StepResult("backend", False, "this account may not list stations (HTTP 403)",
-                                  "use an installer's (or an admin's) account", data)
+                return StepResult(
+                    "backend",
+                    False,
+                    "this account may not list stations (HTTP 403)",
+                    "use an installer's (or an admin's) account",
+                    data,
+                )
             if reply.status != 200 or not isinstance(reply.body, list):
-                return StepResult("backend", False, f"unexpected answer from {url}/api/stations: HTTP {reply.status}",
-                                  f"look at the backend's log and GET {url}/api/health", data)
+                return StepResult(
+                    "backend",
+                    False,
+                    f"unexpected answer from {url}/api/stations: HTTP {reply.status}",
+                    f"look at the backend's log and GET {url}/api/health",
+                    data,
+                )
             entry = next((e for e in reply.body if isinstance(e, dict) and e.get("station_id") == sid), None)
             if entry is not None:
                 last = f"state '{entry.get('state')}'"
@@ -352,14 +448,22 @@ class UplinkSide:
                 break
             await asyncio.sleep(min(self.options.backend_poll_s, max(deadline - loop.time(), 0)))
         if last == "not listed":
-            return StepResult("backend", False, f"the backend does not know station {sid}",
-                              f"register the station first (PUT {url}/api/stations with its id, name and "
-                              "position), then run the self-test again", data)
+            return StepResult(
+                "backend",
+                False,
+                f"the backend does not know station {sid}",
+                f"register the station first (PUT {url}/api/stations with its id, name and "
+                "position), then run the self-test again",
+                data,
+            )
         return StepResult(
-            "backend", False,
+            "backend",
+            False,
             f"the backend did not record our heartbeat within {self.options.backend_timeout_s:g} s ({last})",
             f"the backend's MQTT ingest is not connected to this broker, or falls behind: check GET "
-            f"{url}/api/health and the backend's log", data)
+            f"{url}/api/health and the backend's log",
+            data,
+        )
 
     def _backend_passed(self, entry: dict[str, Any], sent_at: datetime, data: dict[str, Any]) -> StepResult:
         value = f"the backend shows {self.settings.station_id} online with our heartbeat"
@@ -370,8 +474,10 @@ class UplinkSide:
             data["received_after_s"] = round(delay_s, 3)
             value += f" (received {delay_s:.1f} s after we sent it, by its clock)"
             if abs(delay_s) > self.options.clock_max_skew_s:
-                advice = (f"the backend's receive time is {delay_s:+.1f} s from our send time: a clock skew (see "
-                          "the clock step) or a slow ingest")
+                advice = (
+                    f"the backend's receive time is {delay_s:+.1f} s from our send time: a clock skew (see "
+                    "the clock step) or a slow ingest"
+                )
         return StepResult("backend", True, value, advice, data)
 
     async def _get_stations(self) -> _HttpReply:
@@ -428,5 +534,3 @@ def _refused(granted: Any) -> bool:
         if isinstance(value, int) and value >= 0x80:
             return True
     return False
-
-

@@ -1,16 +1,20 @@
-"""The backend app on the test's database, and signed-in callers of each role."""
+"""The backend app on the test's database, signed-in callers of each role, and an ingest worker on the test's broker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
 from backend.api.app import create_app
+from backend.ingest.consumer import Ingest
+from backend.settings import BackendSettings
+from bikeguard.services import Broker
 from tests import factories
 
 
@@ -86,8 +90,10 @@ class Staff:
         """The registered owner, signed in with their slip password, changed to factories.PASSWORD."""
         slip = registration["owner_login"]
         first = sign_in(self.client, slip["username"], slip["initial_password"])
-        r = first.post("/api/auth/password", json={"current_password": slip["initial_password"],
-                                                   "new_password": factories.PASSWORD})
+        r = first.post(
+            "/api/auth/password",
+            json={"current_password": slip["initial_password"], "new_password": factories.PASSWORD},
+        )
         assert r.status_code == 200, r.text
         return Caller(self.client, first.headers["Authorization"].split()[1], slip["username"], factories.PASSWORD)
 
@@ -96,3 +102,33 @@ class Staff:
 def staff(app_client: TestClient, database_url: str) -> Staff:
     """Admin, clerk, police and installer accounts, signed in."""
     return Staff(app_client, database_url)
+
+
+@pytest.fixture
+def ingest(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[Ingest]:
+    """A running ingest worker on the test's database and broker."""
+    settings = BackendSettings(
+        database_url=database_url,
+        mqtt_url=broker.url,
+        mqtt_client_id=f"ingest-{topic_prefix}",
+        mqtt_shared_group=f"ingest-{topic_prefix}" if broker.supports_shared_subscriptions else None,
+    )
+    worker = Ingest(settings)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def publish(broker: Broker) -> Iterator[Callable[[str, bytes], None]]:
+    """Publish a payload with QoS 1 and wait for the broker's acknowledgement."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+
+    def send(topic: str, payload: bytes) -> None:
+        client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    yield send
+    client.disconnect()
+    client.loop_stop()

@@ -42,7 +42,8 @@ def test_each_role_sees_its_own_alarm_kinds() -> None:
         assert scope.owner_id is None and not scope.allows("armed_bike_moving") and scope.allows("stolen_chip_seen")
     installer = access.alarm_scope(_user("installer"))
     assert [k for k in ("station_offline", "stolen_chip_seen", "armed_bike_moving") if installer.allows(k)] == [
-        "station_offline"]
+        "station_offline"
+    ]
     # The installer desk, opened by an admin: the admin's alarms, of the station kinds only.
     desk = access.alarm_scope(_user("admin"), only_kinds=STATION_KINDS)
     assert desk.allows("station_offline") and not desk.allows("stolen_chip_seen")
@@ -90,8 +91,9 @@ def _as(base: str, username: str, password: str = factories.PASSWORD) -> httpx.C
 
 def _owner(base: str, slip: dict[str, str]) -> httpx.Client:
     first = _as(base, slip["username"], slip["initial_password"])
-    r = first.post("/api/auth/password", json={"current_password": slip["initial_password"],
-                                               "new_password": factories.PASSWORD})
+    r = first.post(
+        "/api/auth/password", json={"current_password": slip["initial_password"], "new_password": factories.PASSWORD}
+    )
     assert r.status_code == 200, r.text
     return first
 
@@ -157,15 +159,20 @@ def test_police_need_a_case_number_for_a_bike_not_stolen_and_leave_an_audit_reco
     assert allowed.status_code == 200 and len(allowed.json()) == 1
     [entry] = town["admin"].get("/api/audit", params={"case_number": "HZ-2026-0007"}).json()
     assert (entry["role"], entry["action"], entry["subject"]) == (
-        "police", "bike.trajectory", f"bike:{bike['bike_id']}")
+        "police",
+        "bike.trajectory",
+        f"bike:{bike['bike_id']}",
+    )
 
 
 def test_an_owner_gets_no_passage_from_before_they_held_the_bike(town: dict[str, Any], database_url: str) -> None:
     bike = town["mine"]["bike"]
     _passage(database_url, bike["tag_id"], 0)  # the first owner's ride, before the hand-over
     assert len(town["me"].get(f"/api/bikes/{bike['bike_id']}/trajectory", params=_window()).json()) == 1
-    r = town["clerk"].post(f"/api/bikes/{bike['bike_id']}/transfer",
-                           json={"new_owner": factories.owner_body(), "old_owner_id_number": town["mine"]["id_number"]})
+    r = town["clerk"].post(
+        f"/api/bikes/{bike['bike_id']}/transfer",
+        json={"new_owner": factories.owner_body(), "old_owner_id_number": town["mine"]["id_number"]},
+    )
     assert r.status_code == 200, r.text
     successor = _owner(town["base"], r.json()["owner_login"])
     _passage(database_url, bike["tag_id"], 1)  # the successor's ride
@@ -185,11 +192,17 @@ def test_an_owner_gets_no_passage_from_before_they_held_the_bike(town: dict[str,
 def test_an_installer_gets_no_personal_data(town: dict[str, Any]) -> None:
     installer, done = town["installer"], town["mine"]
     bike_id, owner_id = done["bike"]["bike_id"], done["owner"]["owner_id"]
-    for path in (f"/api/bikes/{bike_id}", f"/api/bikes?plate={done['bike']['plate']}",
-                 f"/api/bikes/{bike_id}/owner?case_number=HZ-2026-0008", f"/api/bikes/{bike_id}/history",
-                 f"/api/bikes/{bike_id}/trajectory?case_number=HZ-2026-0008",
-                 f"/api/sightings?tag_id={done['bike']['tag_id']}&case_number=HZ-2026-0008",
-                 f"/api/owners/{owner_id}", "/api/bikes/search?q=x", "/api/audit"):
+    for path in (
+        f"/api/bikes/{bike_id}",
+        f"/api/bikes?plate={done['bike']['plate']}",
+        f"/api/bikes/{bike_id}/owner?case_number=HZ-2026-0008",
+        f"/api/bikes/{bike_id}/history",
+        f"/api/bikes/{bike_id}/trajectory?case_number=HZ-2026-0008",
+        f"/api/sightings?tag_id={done['bike']['tag_id']}&case_number=HZ-2026-0008",
+        f"/api/owners/{owner_id}",
+        "/api/bikes/search?q=x",
+        "/api/audit",
+    ):
         assert installer.get(path).status_code == 403, path
     assert installer.post("/api/owners/lookup", json={"id_number": done["id_number"]}).status_code == 403
     assert installer.get(f"/bikes/{bike_id}/certificate").status_code == 403

@@ -32,13 +32,19 @@ def test_repeated_failed_logins_are_throttled_even_with_the_right_password(datab
     with TestClient(create_app(factories.settings(database_url, login_max_failures=3), run_ingest=False)) as client:
         staff = Staff(client, database_url)
         for _ in range(3):
-            assert client.post("/api/auth/login", json={"username": staff.clerk.username,
-                                                        "password": "guess"}).status_code == 401
+            assert (
+                client.post("/api/auth/login", json={"username": staff.clerk.username, "password": "guess"}).status_code
+                == 401
+            )
         r = client.post("/api/auth/login", json={"username": staff.clerk.username, "password": factories.PASSWORD})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
         # Another account is not locked out by it.
-        assert client.post("/api/auth/login", json={"username": staff.police.username,
-                                                    "password": factories.PASSWORD}).status_code == 200
+        assert (
+            client.post(
+                "/api/auth/login", json={"username": staff.police.username, "password": factories.PASSWORD}
+            ).status_code
+            == 200
+        )
 
 
 def test_expired_session_is_refused(staff: Staff) -> None:
@@ -104,8 +110,9 @@ def test_owner_account_is_made_at_the_counter_and_must_change_its_password(staff
     first = sign_in(staff.client, slip["username"], slip["initial_password"])
     assert first.get("/api/auth/me").json()["must_change_password"] is True
     assert first.get("/api/bikes").status_code == 403
-    changed = first.post("/api/auth/password", json={"current_password": slip["initial_password"],
-                                                     "new_password": factories.PASSWORD})
+    changed = first.post(
+        "/api/auth/password", json={"current_password": slip["initial_password"], "new_password": factories.PASSWORD}
+    )
     assert changed.status_code == 200
     assert [b["plate"] for b in first.get("/api/bikes").json()] == [done["bike"]["plate"]]
 

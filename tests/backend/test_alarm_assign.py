@@ -18,7 +18,8 @@ def _tamper_alarm(database_url: str) -> int:
         factories.bike(conn, 0x5A5A01)
         with conn.transaction():
             result = writer.write_batches(
-                conn, [parse_batch_rows(factories.batch("st-1", 1, [0x5A5A01], flags=2).to_json())])
+                conn, [parse_batch_rows(factories.batch("st-1", 1, [0x5A5A01], flags=2).to_json())]
+            )
         return engine.raise_alarms(conn, result.committed, engine.ON_COMMIT)[0]
 
 

@@ -21,7 +21,7 @@ from backend.ingest.consumer import Ingest
 from protocol import topics
 from protocol.messages import Alert, format_tag, parse_batch_rows, utcnow
 from tests import factories
-from tests.backend.test_ingest import ingest, publish, wait_until  # noqa: F401 - fixtures
+from tests.backend.test_ingest import wait_until
 
 LOW_BATTERY, TAMPER = 1, 2
 
@@ -49,11 +49,16 @@ def conn(database_url: str):
 def test_each_kind_has_its_stored_name_severity_and_audience(conn):
     allowed = conn.execute(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'alarms'::regclass"
-        " AND pg_get_constraintdef(oid) LIKE '%%kind%%'").fetchone()[0]
+        " AND pg_get_constraintdef(oid) LIKE '%%kind%%'"
+    ).fetchone()[0]
     assert all(f"'{kind}'" in allowed for kind in AlarmKind)  # what the database accepts, unchanged
     assert {k: k.severity for k in AlarmKind} == {
-        "stolen_chip_seen": "critical", "chip_cloned": "critical", "armed_bike_moving": "warning",
-        "tamper": "warning", "low_battery": "info", "station_offline": "warning",
+        "stolen_chip_seen": "critical",
+        "chip_cloned": "critical",
+        "armed_bike_moving": "warning",
+        "tamper": "warning",
+        "low_battery": "info",
+        "station_offline": "warning",
     }
     assert TRAIL_KINDS == ("stolen_chip_seen", "chip_cloned", "armed_bike_moving")
     assert STATION_KINDS == INSTALLER_KINDS == ("station_offline",)
@@ -65,8 +70,11 @@ def test_tamper_and_low_battery_flags_raise_one_alarm_each_for_registered_chips_
     factories.bike(conn, 0xA1)
     factories.bike(conn, 0xA2)
     # 0xA3 is nobody's chip: its flags raise nothing.
-    _write(conn, factories.batch("st-1", 1, [0xA1, 0xA3], flags=TAMPER | LOW_BATTERY),
-           factories.batch("st-1", 2, [0xA2], flags=LOW_BATTERY))
+    _write(
+        conn,
+        factories.batch("st-1", 1, [0xA1, 0xA3], flags=TAMPER | LOW_BATTERY),
+        factories.batch("st-1", 2, [0xA2], flags=LOW_BATTERY),
+    )
     assert _alarms(conn) == [
         ("low_battery", "info", 0xA1, "st-1", 1, "active"),
         ("low_battery", "info", 0xA2, "st-1", 1, "active"),
@@ -92,8 +100,10 @@ def test_tamper_alert_from_a_station_raises_the_same_tamper_alarm(conn):
     factories.station(conn, "st-1")
     factories.bike(conn, 0xC1)
     at = utcnow()
-    alerts = [Alert(station_id="st-1", kind="tamper", tag_id=format_tag(t), seen_at=at, rssi_dbm=-50, antenna=0)
-              for t in (0xC1, 0xC2)]
+    alerts = [
+        Alert(station_id="st-1", kind="tamper", tag_id=format_tag(t), seen_at=at, rssi_dbm=-50, antenna=0)
+        for t in (0xC1, 0xC2)
+    ]
     for _ in range(2):  # redelivered: stored once, the alarm not counted twice
         with conn.transaction():
             result = writer.write_alerts(conn, alerts)
@@ -108,8 +118,11 @@ def test_chip_at_two_far_stations_within_one_flush_is_cloned(conn):
     factories.bike(conn, 0xD1)
     factories.bike(conn, 0xD2)
     at = utcnow()
-    alarm_ids = _write(conn, factories.batch("st-west", 1, [0xD1, 0xD2], at=at),
-                       factories.batch("st-east", 1, [0xD1], at=at + timedelta(minutes=2)))
+    alarm_ids = _write(
+        conn,
+        factories.batch("st-west", 1, [0xD1, 0xD2], at=at),
+        factories.batch("st-east", 1, [0xD1], at=at + timedelta(minutes=2)),
+    )
     assert _alarms(conn) == [("chip_cloned", "critical", 0xD1, "st-east", 1, "active")]
     assert len(alarm_ids) == 1
 
@@ -141,8 +154,12 @@ def test_ride_a_bike_can_make_and_unregistered_chips_are_not_clones(conn):
     assert [a[0] for a in _alarms(conn)] == ["chip_cloned"]
 
 
-def test_tampered_chip_published_to_the_broker_raises_an_alarm(ingest: Ingest, publish, database_url,  # noqa: F811
-                                                             topic_prefix):
+def test_tampered_chip_published_to_the_broker_raises_an_alarm(
+    ingest: Ingest,
+    publish,
+    database_url,
+    topic_prefix,
+):
     station = f"{topic_prefix}-t"
     with psycopg.connect(database_url) as c:
         factories.station(c, station)
@@ -160,13 +177,18 @@ def test_a_late_batch_from_a_spool_does_not_move_the_chip_back(conn):
     at = utcnow()
     _write(conn, factories.batch("st-west", 1, [0xF2], at=at))
     _write(conn, factories.batch("st-east", 1, [0xF2], at=at - timedelta(hours=2)))  # drained after an outage
-    assert conn.execute("SELECT station_id, last_seen_at FROM chip_positions WHERE tag_id = %s",
-                        (0xF2,)).fetchone() == ("st-west", at)
+    assert conn.execute(
+        "SELECT station_id, last_seen_at FROM chip_positions WHERE tag_id = %s", (0xF2,)
+    ).fetchone() == ("st-west", at)
     assert _alarms(conn) == []
 
 
-def test_the_ingest_judges_clones_within_a_second_or_two_after_traffic_stops(ingest: Ingest, publish,  # noqa: F811
-                                                                             database_url, topic_prefix):
+def test_the_ingest_judges_clones_within_a_second_or_two_after_traffic_stops(
+    ingest: Ingest,
+    publish,
+    database_url,
+    topic_prefix,
+):
     west, east = f"{topic_prefix}-w", f"{topic_prefix}-e"
     with psycopg.connect(database_url) as c:
         factories.station(c, west, lat=30.25, lon=120.10)
@@ -174,8 +196,10 @@ def test_the_ingest_judges_clones_within_a_second_or_two_after_traffic_stops(ing
         factories.bike(c, 0x7A7A02)
     at = utcnow()
     publish(topics.station_topic(west, "sightings"), factories.batch(west, 1, [0x7A7A02], at=at).to_json())
-    publish(topics.station_topic(east, "sightings"),
-            factories.batch(east, 1, [0x7A7A02], at=at + timedelta(minutes=1)).to_json())
+    publish(
+        topics.station_topic(east, "sightings"),
+        factories.batch(east, 1, [0x7A7A02], at=at + timedelta(minutes=1)).to_json(),
+    )
     # The check runs about once a second, also when nothing more arrives.
     wait_until(lambda: _count_cloned(database_url) == 1, timeout_s=10)
     with psycopg.connect(database_url) as c:

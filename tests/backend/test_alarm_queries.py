@@ -44,8 +44,9 @@ def test_a_page_of_alarms_has_each_ones_trail_and_next_stations_in_three_queries
         _alarm(conn, "tamper", "warning", 101, "st-c")
 
     async def run() -> tuple[list[dict[str, Any]], int, dict[int, list[prediction.Interception]]]:
-        async with await psycopg.AsyncConnection.connect(town_history, autocommit=True,
-                                                         cursor_factory=CountingCursor) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            town_history, autocommit=True, cursor_factory=CountingCursor
+        ) as conn:
             await prediction.refresh(conn)
             CountingCursor.sent = 0
             page = await queries.list_alarms(conn)
@@ -54,10 +55,12 @@ def test_a_page_of_alarms_has_each_ones_trail_and_next_stations_in_three_queries
             one_by_one = {}
             for alarm in page:
                 if alarm["kind"] == "stolen_chip_seen":
-                    came_from = next(p["station_id"] for p in reversed(alarm["trail"])
-                                     if p["station_id"] != alarm["station_id"])
+                    came_from = next(
+                        p["station_id"] for p in reversed(alarm["trail"]) if p["station_id"] != alarm["station_id"]
+                    )
                     one_by_one[alarm["id"]] = await prediction.next_stations(
-                        conn, alarm["station_id"], alarm["last_seen_at"], came_from)
+                        conn, alarm["station_id"], alarm["last_seen_at"], came_from
+                    )
             return page, sent, one_by_one
 
     page, sent, one_by_one = asyncio.run(run())
@@ -72,5 +75,6 @@ def test_a_page_of_alarms_has_each_ones_trail_and_next_stations_in_three_queries
     for alarm in page:
         expected = one_by_one.get(alarm["id"], [])
         assert [(n["station_id"], n["probability"], n["eta_at"]) for n in alarm["next_stations"]] == [
-            (n.station_id, round(n.probability, 3), n.eta_at) for n in expected]
+            (n.station_id, round(n.probability, 3), n.eta_at) for n in expected
+        ]
     assert any(one_by_one.values())

@@ -23,7 +23,9 @@ from tests.backend.test_ingest import wait_until
 def client(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[TestClient]:
     """The app with its ingest running against the test's database and broker."""
     settings = factories.settings(
-        database_url, mqtt_url=broker.url, mqtt_client_id=f"api-{topic_prefix}",
+        database_url,
+        mqtt_url=broker.url,
+        mqtt_client_id=f"api-{topic_prefix}",
         mqtt_shared_group=f"api-{topic_prefix}" if broker.supports_shared_subscriptions else None,
     )
     with TestClient(create_app(settings)) as c:
@@ -97,8 +99,9 @@ def _publish(broker: Broker, batches: list[tuple[str, bytes]]) -> None:
     pub.loop_stop()
 
 
-def test_alarm_appears_with_trail_and_goes_through_its_life_cycle(people: Staff, broker: Broker,
-                                                                  topic_prefix: str) -> None:
+def test_alarm_appears_with_trail_and_goes_through_its_life_cycle(
+    people: Staff, broker: Broker, topic_prefix: str
+) -> None:
     stations = [
         {"station_id": f"{topic_prefix}-{i}", "name": f"Gate {i}", "lat": 30.27 + i / 1000, "lon": 120.15}
         for i in range(3)
@@ -125,17 +128,21 @@ def test_alarm_appears_with_trail_and_goes_through_its_life_cycle(people: Staff,
     assert people.police.get("/api/alarms/999999").status_code == 404
 
 
-def test_armed_bike_seen_moving_raises_an_alarm_for_its_owner_only(people: Staff, broker: Broker,
-                                                                  topic_prefix: str) -> None:
+def test_armed_bike_seen_moving_raises_an_alarm_for_its_owner_only(
+    people: Staff, broker: Broker, topic_prefix: str
+) -> None:
     station = f"{topic_prefix}-arm"
     people.installer.put("/api/stations", json=[{"station_id": station, "name": "Gate", "lat": 30.2, "lon": 120.1}])
     armed, idle = people.register(tag_id="0A4A4A4A"), people.register(tag_id="0B4B4B4B")
     owner = people.owner_of(armed)
     assert owner.post(f"/api/bikes/{armed['bike']['bike_id']}/arm", json={"armed": True}).json()["armed"] is True
-    _publish(broker, [
-        (station, factories.batch(station, 1, [0x0A4A4A4A, 0x0B4B4B4B], flags=0).to_json()),  # parked: no motion
-        (station, factories.batch(station, 2, [0x0A4A4A4A, 0x0B4B4B4B], flags=4).to_json()),  # both moving
-    ])
+    _publish(
+        broker,
+        [
+            (station, factories.batch(station, 1, [0x0A4A4A4A, 0x0B4B4B4B], flags=0).to_json()),  # parked: no motion
+            (station, factories.batch(station, 2, [0x0A4A4A4A, 0x0B4B4B4B], flags=4).to_json()),  # both moving
+        ],
+    )
     wait_until(lambda: len(owner.get("/api/alarms").json()) == 1)
     alarm = owner.get("/api/alarms").json()[0]
     assert alarm["kind"] == "armed_bike_moving" and alarm["plate"] == armed["bike"]["plate"]

@@ -38,8 +38,10 @@ def test_a_forged_or_foreign_token_is_not_genuine(staff: Staff) -> None:
 
 def test_transfer_supersedes_the_certificate(staff: Staff) -> None:
     done = staff.register()
-    r = staff.clerk.post(f"/api/bikes/{done['bike']['bike_id']}/transfer",
-                         json={"new_owner": factories.owner_body(), "old_owner_id_number": staff.id_number_of(done)})
+    r = staff.clerk.post(
+        f"/api/bikes/{done['bike']['bike_id']}/transfer",
+        json={"new_owner": factories.owner_body(), "old_owner_id_number": staff.id_number_of(done)},
+    )
     new_token = r.json()["certificate"]["token"]
     verify = lambda token: staff.anonymous.get("/api/certificates/verify", params={"token": token}).json()  # noqa: E731
     assert verify(done["certificate"]["token"]) == {"genuine": True, "current": False}

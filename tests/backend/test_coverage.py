@@ -52,6 +52,7 @@ def test_greedy_suggestions_take_the_most_uncovered_road_first():
     for s in cov.suggestions:
         x, y = PROJ.to_m(s.lat, s.lon)
         assert min(abs(x), abs(y)) < 1 and math.hypot(x, y) >= 150
-    after = compute([centre, *(StationSite(f"new-{i}", s.lat, s.lon) for i, s in enumerate(cov.suggestions))],
-                    ROADS, suggest=0)
+    after = compute(
+        [centre, *(StationSite(f"new-{i}", s.lat, s.lon) for i, s in enumerate(cov.suggestions))], ROADS, suggest=0
+    )
     assert after.covered_m == pytest.approx(400 + sum(gains), rel=2e-2)

@@ -24,8 +24,12 @@ from tests.serving import served
 
 # Signing out or disabling oneself would only end the run's own session early; the live feeds are
 # endless streams (every request would wait for the timeout).
-EXCLUDED = ("/api/auth/logout", "/api/accounts/{account_id}/disable", "/api/live",
-            "/api/stations/{station_id}/selftests/live")
+EXCLUDED = (
+    "/api/auth/logout",
+    "/api/accounts/{account_id}/disable",
+    "/api/live",
+    "/api/stations/{station_id}/selftests/live",
+)
 # Clerks reissue owners' passwords and admins everyone's, which ends those sessions: they go last.
 ORDER = ("owner", "police", "installer", "clerk", "admin")
 
@@ -34,8 +38,9 @@ ORDER = ("owner", "police", "installer", "clerk", "admin")
 def backend(database_url: str) -> Iterator[str]:
     """The backend (no ingest) on a free port, with a few registered bikes for the fuzzer to find."""
     port = free_port()
-    app = create_app(factories.settings(database_url, http_port=port, login_max_failures_per_address=10_000),
-                     run_ingest=False)
+    app = create_app(
+        factories.settings(database_url, http_port=port, login_max_failures_per_address=10_000), run_ingest=False
+    )
     with served(app, port) as url:
         yield url
 
@@ -61,13 +66,17 @@ def test_no_request_to_the_api_gets_a_server_error(backend: str, database_url: s
     clerk = _token(backend, names["clerk"])
     slips = []
     for _ in range(3):
-        r = httpx.post(f"{backend}/api/bikes", json=factories.registration(),
-                       headers={"Authorization": f"Bearer {clerk}"})
+        r = httpx.post(
+            f"{backend}/api/bikes", json=factories.registration(), headers={"Authorization": f"Bearer {clerk}"}
+        )
         assert r.status_code == 201, r.text
         slips.append(r.json()["owner_login"])
     owner = _token(backend, slips[0]["username"], slips[0]["initial_password"])
-    httpx.post(f"{backend}/api/auth/password", headers={"Authorization": f"Bearer {owner}"},
-               json={"current_password": slips[0]["initial_password"], "new_password": factories.PASSWORD})
+    httpx.post(
+        f"{backend}/api/auth/password",
+        headers={"Authorization": f"Bearer {owner}"},
+        json={"current_password": slips[0]["initial_password"], "new_password": factories.PASSWORD},
+    )
     tokens = {role: _token(backend, name) for role, name in names.items()} | {"owner": owner}
 
     examples = os.environ.get("BIKEGUARD_FUZZ_EXAMPLES", "15")
@@ -75,11 +84,26 @@ def test_no_request_to_the_api_gets_a_server_error(backend: str, database_url: s
     for role in ORDER:
         token = tokens[role]
         cmd = [
-            *_schemathesis(), "run", f"{backend}/openapi.json", "--checks", "not_a_server_error",
-            "--header", f"Authorization: Bearer {token}", "--max-examples", examples, "--seed", "1",
+            *_schemathesis(),
+            "run",
+            f"{backend}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--max-examples",
+            examples,
+            "--seed",
+            "1",
             # One worker: with two, hypothesis describing schemathesis' filter lambdas calls ast.parse from two
             # threads at once, which CPython 3.11 does not survive ("AST constructor recursion depth mismatch").
-            "--workers", "1", "--generation-database", "none", "--no-color", "--phases", "examples,coverage,fuzzing",
+            "--workers",
+            "1",
+            "--generation-database",
+            "none",
+            "--no-color",
+            "--phases",
+            "examples,coverage,fuzzing",
             *[a for path in EXCLUDED for a in ("--exclude-path", path)],
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)

@@ -31,22 +31,28 @@ def test_lower_case_x_and_spaces_are_normalised() -> None:
     assert normalise_id_number(" 110105 19491231 002x ") == "11010519491231002X"
 
 
-@pytest.mark.parametrize("number, reason", [
-    ("110105194912310021", "check digit"),        # one digit off
-    ("110105194912310020", "check digit"),        # X expected
-    ("11010519491231002", "18 characters"),
-    ("1101051949123100X2", "17 digits"),         # X only at the end
-    ("010105194912310021", "17 digits"),         # no region starts with 0
-    ("110105194902300027", "not a real date"),   # 30 February
-    ("110105290001010010", "out of range"),       # born in the future
-])
+@pytest.mark.parametrize(
+    "number, reason",
+    [
+        ("110105194912310021", "check digit"),  # one digit off
+        ("110105194912310020", "check digit"),  # X expected
+        ("11010519491231002", "18 characters"),
+        ("1101051949123100X2", "17 digits"),  # X only at the end
+        ("010105194912310021", "17 digits"),  # no region starts with 0
+        ("110105194902300027", "not a real date"),  # 30 February
+        ("110105290001010010", "out of range"),  # born in the future
+    ],
+)
 def test_invalid_id_numbers_are_refused_saying_why(number: str, reason: str) -> None:
     with pytest.raises(IdentityError, match=reason):
         normalise_id_number(number)
 
 
-@given(st.dates(min_value=__import__("datetime").date(1900, 1, 1), max_value=__import__("datetime").date(2020, 1, 1)),
-       st.integers(110000, 829999), st.integers(0, 999))
+@given(
+    st.dates(min_value=__import__("datetime").date(1900, 1, 1), max_value=__import__("datetime").date(2020, 1, 1)),
+    st.integers(110000, 829999),
+    st.integers(0, 999),
+)
 def test_check_character_makes_every_number_valid_and_any_other_character_invalid(born, region, seq) -> None:  # type: ignore[no-untyped-def]
     first17 = f"{region}{born:%Y%m%d}{seq:03d}"
     check = check_character(first17)

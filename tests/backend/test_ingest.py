@@ -4,45 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
-from backend.ingest.consumer import Ingest
-from backend.settings import BackendSettings
-from bikeguard.services import Broker
 from protocol import topics
 from tests import factories
-
-
-@pytest.fixture
-def ingest(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[Ingest]:
-    """A running ingest worker on the test's database and broker."""
-    settings = BackendSettings(
-        database_url=database_url, mqtt_url=broker.url, mqtt_client_id=f"ingest-{topic_prefix}",
-        mqtt_shared_group=f"ingest-{topic_prefix}" if broker.supports_shared_subscriptions else None,
-    )
-    worker = Ingest(settings)
-    worker.start()
-    yield worker
-    worker.stop()
-
-
-@pytest.fixture
-def publish(broker: Broker) -> Iterator[Callable[[str, bytes], None]]:
-    """Publish a payload with QoS 1 and wait for the broker's acknowledgement."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-
-    def send(topic: str, payload: bytes) -> None:
-        client.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    yield send
-    client.disconnect()
-    client.loop_stop()
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -102,9 +70,7 @@ def test_malformed_payload_is_kept_with_reason_and_valid_batches_still_land(
     assert count(database_url, "SELECT count(*) FROM sightings WHERE station_id = %s", station) == 2
 
 
-def test_stolen_chip_seen_raises_one_alarm_that_later_sightings_update(
-    ingest, publish, database_url, topic_prefix
-):
+def test_stolen_chip_seen_raises_one_alarm_that_later_sightings_update(ingest, publish, database_url, topic_prefix):
     station = f"{topic_prefix}-c"
     with psycopg.connect(database_url) as conn:
         factories.station(conn, station)
@@ -137,9 +103,12 @@ def test_unknown_and_decommissioned_stations_are_refused_with_one_warning_per_st
     wait_until(lambda: count(database_url, rejected, ours(topic_prefix)) >= 6)
     wait_until(lambda: count(database_url, "SELECT count(*) FROM sightings") >= 1)
     with psycopg.connect(database_url) as conn:
-        reasons = [r[0] for r in conn.execute(
-            "SELECT reason FROM rejected_messages WHERE topic LIKE %s ORDER BY rejected_id", (ours(topic_prefix),)
-        )]
+        reasons = [
+            r[0]
+            for r in conn.execute(
+                "SELECT reason FROM rejected_messages WHERE topic LIKE %s ORDER BY rejected_id", (ours(topic_prefix),)
+            )
+        ]
         stored = conn.execute("SELECT station_id FROM sightings").fetchall()
         [every_unknown] = conn.execute(
             "SELECT count(*) FROM rejected_messages WHERE reason LIKE 'unknown station %'"
@@ -208,9 +177,7 @@ def test_maintenance_creates_days_ahead_and_retention_drops_whole_old_days(datab
             pytest.skip("TimescaleDB: chunks are made and dropped by TimescaleDB itself")
         old = utcnow() - timedelta(days=40)
         conn.execute("SELECT bikeguard_ensure_partitions(%s::date, %s::date)", (old.date(), old.date()))
-        conn.execute(
-            "INSERT INTO sightings VALUES (%s, %s, 'st-old', 1, 1, -60, 0, 0, 1)", (old, old)
-        )
+        conn.execute("INSERT INTO sightings VALUES (%s, %s, 'st-old', 1, 1, -60, 0, 0, 1)", (old, old))
     created, dropped = maintain(database_url, days_ahead=10, retention_days=30)
     assert created == 3 and dropped == 1  # days 8-10 ahead were missing; the 40-day-old day goes
     assert count(database_url, "SELECT count(*) FROM sightings WHERE station_id = 'st-old'") == 0

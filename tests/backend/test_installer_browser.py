@@ -22,7 +22,7 @@ from gateway.selftest.publisher import step_message, summary_message
 from protocol.messages import SelfTestStep, SelfTestSummary, utcnow
 from protocol.topics import SELFTEST, station_topic
 from tests import factories
-from tests.backend.test_ingest import publish, wait_until  # noqa: F401 - the fixture
+from tests.backend.test_ingest import wait_until
 from tests.backend.test_pages_browser import _sign_in, server  # noqa: F401 - the fixture
 from tests.browser import browser_page, console_errors, require_chromium, screenshot_path
 from tests.serving import served
@@ -42,14 +42,33 @@ def _town(database_url: str) -> None:
             conn.execute(
                 "INSERT INTO station_status (station_id, state, reported_at, received_at, payload)"
                 " VALUES (%s, %s, %s, %s, %s)",
-                (st.station_id, state, now, now - timedelta(seconds=3 + i),
-                 Jsonb({"station_id": st.station_id, "state": state, "spool_depth": [0, 812, 3, 0, 0, 15, 0][i],
-                        "spool_dropped": [0, 0, 0, 0, 0, 2, 0][i], "noise_floor_dbm": -98 + i, "firmware": "1.2"})),
+                (
+                    st.station_id,
+                    state,
+                    now,
+                    now - timedelta(seconds=3 + i),
+                    Jsonb(
+                        {
+                            "station_id": st.station_id,
+                            "state": state,
+                            "spool_depth": [0, 812, 3, 0, 0, 15, 0][i],
+                            "spool_dropped": [0, 0, 0, 0, 0, 2, 0][i],
+                            "noise_floor_dbm": -98 + i,
+                            "firmware": "1.2",
+                        }
+                    ),
+                ),
             )
-        usual = [(now - timedelta(days=d, minutes=m), town.stations[2].station_id, m)
-                 for d in range(1, 8) for m in range(1, 41)]
-        usual += [(now - timedelta(minutes=m), st.station_id, m) for st in town.stations[:1] + town.stations[3:]
-                  for m in range(1, 30)]
+        usual = [
+            (now - timedelta(days=d, minutes=m), town.stations[2].station_id, m)
+            for d in range(1, 8)
+            for m in range(1, 41)
+        ]
+        usual += [
+            (now - timedelta(minutes=m), st.station_id, m)
+            for st in town.stations[:1] + town.stations[3:]
+            for m in range(1, 30)
+        ]
         usual += [(now - timedelta(minutes=m), town.stations[2].station_id, m) for m in range(1, 4)]
         with conn.cursor() as cur:
             cur.executemany(
@@ -59,8 +78,10 @@ def _town(database_url: str) -> None:
             )
         roads = town_roads_geojson(town)
         for f in roads["features"]:
-            conn.execute("INSERT INTO roads (name, geometry) VALUES (%s, %s)",
-                         ((f.get("properties") or {}).get("name"), Jsonb(f["geometry"])))
+            conn.execute(
+                "INSERT INTO roads (name, geometry) VALUES (%s, %s)",
+                ((f.get("properties") or {}).get("name"), Jsonb(f["geometry"])),
+            )
 
 
 def test_installer_sees_station_health_on_map_and_table_then_coverage(server: str, database_url: str) -> None:  # noqa: F811
@@ -95,8 +116,9 @@ def test_installer_acknowledges_and_clears_a_station_offline_alarm(server: str, 
     with psycopg.connect(database_url) as conn:
         installer = factories.account(conn, "installer", "wang.lei")
         # The station whose gateway sent its last will is in service: it raises the alarm.
-        dark = conn.execute("SELECT station_id, name FROM station_status JOIN stations USING (station_id)"
-                            " WHERE state = 'offline'").fetchone()
+        dark = conn.execute(
+            "SELECT station_id, name FROM station_status JOIN stations USING (station_id) WHERE state = 'offline'"
+        ).fetchone()
         conn.execute("UPDATE stations SET lifecycle = 'active' WHERE station_id = %s", (dark[0],))
 
     async def watch() -> None:
@@ -120,7 +142,8 @@ def test_installer_acknowledges_and_clears_a_station_offline_alarm(server: str, 
         assert console_errors(page) == []
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT state, cleared_by FROM alarms WHERE kind = 'station_offline'").fetchall() == [
-            ("cleared", "Installer wang.lei")]
+            ("cleared", "Installer wang.lei")
+        ]
 
 
 # The self-test view: steps published into the broker appear while the page is open.
@@ -132,7 +155,10 @@ def server_with_ingest(database_url: str, broker: Broker, topic_prefix: str) -> 
     require_chromium()
     port = free_port()
     settings = factories.settings(
-        database_url, http_port=port, mqtt_url=broker.url, mqtt_client_id=f"ingest-{topic_prefix}",
+        database_url,
+        http_port=port,
+        mqtt_url=broker.url,
+        mqtt_client_id=f"ingest-{topic_prefix}",
         mqtt_shared_group=f"ingest-{topic_prefix}" if broker.supports_shared_subscriptions else None,
         live_keepalive_s=0.5,
     )
@@ -167,16 +193,30 @@ def _first_visit() -> list[StepResult]:
     """The first visit: interference on the pole, a weak test tag, and no --backend."""
     return [
         StepResult("serial", True, "/dev/ttyUSB0 open at 115200 baud 8N1"),
-        StepResult("module", True, "firmware 1.2, up 0 h 03 min (first status after 4.1 s; 3 frames, rejected: none)",
-                   elapsed_s=4.1),
+        StepResult(
+            "module",
+            True,
+            "firmware 1.2, up 0 h 03 min (first status after 4.1 s; 3 frames, rejected: none)",
+            elapsed_s=4.1,
+        ),
         StepResult("noise", False, "-62 dBm, above the -85 dBm limit", NOISE_ADVICE, {"noise_floor_dbm": -62}),
-        StepResult("test_tag", True, "0A1B2C3D at -81 dBm on antenna 0 after 3.1 s (2 beacons)", WEAK_ADVICE,
-                   {"rssi_dbm": -81}, elapsed_s=3.1),
+        StepResult(
+            "test_tag",
+            True,
+            "0A1B2C3D at -81 dBm on antenna 0 after 3.1 s (2 beacons)",
+            WEAK_ADVICE,
+            {"rssi_dbm": -81},
+            elapsed_s=3.1,
+        ),
         StepResult("clock", True, "NTP synchronised (chrony, offset +0.002 s); hot list issued 2 h 41 min earlier"),
-        StepResult("broker", True, "connected to broker.example:1883 as user 'st-008' in 44 ms; hot list version "
-                                   "118, 37 tags (0.5 kB)"),
-        StepResult("heartbeat", True, "online status on bikeguard/v1/stations/st-008/status read back from the "
-                                      "broker in 39 ms"),
+        StepResult(
+            "broker",
+            True,
+            "connected to broker.example:1883 as user 'st-008' in 44 ms; hot list version 118, 37 tags (0.5 kB)",
+        ),
+        StepResult(
+            "heartbeat", True, "online status on bikeguard/v1/stations/st-008/status read back from the broker in 39 ms"
+        ),
         StepResult("backend", None, "skipped: no --backend given"),
     ]
 
@@ -185,18 +225,35 @@ def _after_the_fix() -> list[StepResult]:
     """Back on the pole with the antenna moved and the connector redone: every step passes."""
     return [
         StepResult("serial", True, "/dev/ttyUSB0 open at 115200 baud 8N1"),
-        StepResult("module", True, "firmware 1.2, up 0 h 41 min (first status after 6.2 s; 4 frames, rejected: none)",
-                   elapsed_s=6.2),
+        StepResult(
+            "module",
+            True,
+            "firmware 1.2, up 0 h 41 min (first status after 6.2 s; 4 frames, rejected: none)",
+            elapsed_s=6.2,
+        ),
         StepResult("noise", True, "-97 dBm (limit -85 dBm)", data={"noise_floor_dbm": -97}),
-        StepResult("test_tag", True, "0A1B2C3D at -58 dBm on antenna 1 after 2.4 s (1 beacon)",
-                   data={"rssi_dbm": -58}, elapsed_s=2.4),
+        StepResult(
+            "test_tag",
+            True,
+            "0A1B2C3D at -58 dBm on antenna 1 after 2.4 s (1 beacon)",
+            data={"rssi_dbm": -58},
+            elapsed_s=2.4,
+        ),
         StepResult("clock", True, "NTP synchronised (chrony, offset +0.001 s); the backend's clock agrees to 0.3 s"),
-        StepResult("broker", True, "connected to broker.example:1883 as user 'st-008' in 41 ms; hot list version "
-                                   "118, 37 tags (0.5 kB)"),
-        StepResult("heartbeat", True, "online status on bikeguard/v1/stations/st-008/status read back from the "
-                                      "broker in 38 ms"),
-        StepResult("backend", True, "the backend shows st-008 online with our heartbeat (received 0.2 s after we sent "
-                                    "it, by its clock)", elapsed_s=1.2),
+        StepResult(
+            "broker",
+            True,
+            "connected to broker.example:1883 as user 'st-008' in 41 ms; hot list version 118, 37 tags (0.5 kB)",
+        ),
+        StepResult(
+            "heartbeat", True, "online status on bikeguard/v1/stations/st-008/status read back from the broker in 38 ms"
+        ),
+        StepResult(
+            "backend",
+            True,
+            "the backend shows st-008 online with our heartbeat (received 0.2 s after we sent it, by its clock)",
+            elapsed_s=1.2,
+        ),
     ]
 
 
@@ -208,7 +265,9 @@ def _lifecycle(database_url: str) -> str:
 
 
 def test_installer_watches_a_self_test_step_by_step_and_the_station_become_commissioned(
-    server_with_ingest: str, database_url: str, publish: Callable[[str, bytes], None]  # noqa: F811
+    server_with_ingest: str,
+    database_url: str,
+    publish: Callable[[str, bytes], None],
 ) -> None:
     _town(database_url)
     with psycopg.connect(database_url) as conn:
@@ -238,8 +297,9 @@ def test_installer_watches_a_self_test_step_by_step_and_the_station_become_commi
 
         for i, m in enumerate(second[:-1]):  # the steps, one at a time, while the page is open
             publish(topic, m.to_json())
-            page.wait_for_selector(f".bg-run[data-run='{second[0].run_id}'] .bg-step[data-seq='{i + 1}']"
-                                   f"[data-status='pass']")
+            page.wait_for_selector(
+                f".bg-run[data-run='{second[0].run_id}'] .bg-step[data-seq='{i + 1}'][data-status='pass']"
+            )
             if i == 3:
                 assert page.inner_text(".bg-run .bg-run-badge") == "RUNNING…"
                 assert page.inner_text(".bg-run .bg-step-next") == "5. Clock is in sync\nrunning…"
@@ -254,7 +314,8 @@ def test_installer_watches_a_self_test_step_by_step_and_the_station_become_commi
         assert page.inner_text(".bg-run .bg-run-badge") == "PASSED"
         assert page.inner_text(".bg-run-counts") == "8 passed"
         assert page.inner_text(".bg-run .bg-run-commissioned") == (
-            "✓ The station is commissioned: this self-test passed (installed → commissioned).")
+            "✓ The station is commissioned: this self-test passed (installed → commissioned)."
+        )
         assert page.text_content(f"#station-table tr[data-station='{SID}'] .bg-lifecycle") == "commissioned"
         assert page.locator(".bg-runs-earlier details").count() == 1
         page.click(".bg-runs-earlier summary")

@@ -19,12 +19,23 @@ def _stations(database_url: str) -> None:
         conn.execute(
             "INSERT INTO station_status (station_id, state, reported_at, received_at, payload)"
             " VALUES ('st-north', 'online', now(), %s, %s)",
-            (utcnow() - timedelta(seconds=5),
-             Jsonb({"station_id": "st-north", "state": "online", "spool_depth": 4, "spool_dropped": 0,
-                    "noise_floor_dbm": -97})),
+            (
+                utcnow() - timedelta(seconds=5),
+                Jsonb(
+                    {
+                        "station_id": "st-north",
+                        "state": "online",
+                        "spool_depth": 4,
+                        "spool_dropped": 0,
+                        "noise_floor_dbm": -97,
+                    }
+                ),
+            ),
         )
-        conn.execute("INSERT INTO roads (name, geometry) VALUES ('Main', %s)",
-                     (Jsonb({"type": "LineString", "coordinates": [[120.150, 30.260], [120.150, 30.275]]}),))
+        conn.execute(
+            "INSERT INTO roads (name, geometry) VALUES ('Main', %s)",
+            (Jsonb({"type": "LineString", "coordinates": [[120.150, 30.260], [120.150, 30.275]]}),),
+        )
 
 
 def test_installer_page_lists_stations_with_health_spool_and_noise(staff: Staff, database_url: str) -> None:

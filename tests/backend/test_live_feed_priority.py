@@ -43,7 +43,8 @@ def test_a_critical_alarm_jumps_the_queue_of_low_battery_updates(database_url):
                         "INSERT INTO alarms (kind, severity, subject, tag_id, bike_id, station_id, first_seen_at,"
                         " last_seen_at) VALUES (%s, %s, %s, %s, %s, 'st-feed', now(), now())"
                         " RETURNING pg_notify(%s, alarm_id::text)",
-                        (kind, severity, f"tag:{tag:08X}", tag, bike_id, store.NOTIFY_CHANNEL))
+                        (kind, severity, f"tag:{tag:08X}", tag, bike_id, store.NOTIFY_CHANNEL),
+                    )
             for _ in range(1000):
                 if len(kinds) == burst + 1:
                     break

@@ -50,8 +50,9 @@ def test_clerk_registers_owner_bike_and_chip_with_messages_as_they_type(server: 
     clerk = _clerk(database_url)
     with _api_as(server, clerk) as api:
         taken = api.post("/api/bikes", json=factories.registration(plate="HZ-20001")).json()["bike"]
-    body = factories.registration(plate="HZ-20002", frame_number="LZXE2024A0815", motor_number="MT48V-22093",
-                                  tag_id="5EC0FFEE")
+    body = factories.registration(
+        plate="HZ-20002", frame_number="LZXE2024A0815", motor_number="MT48V-22093", tag_id="5EC0FFEE"
+    )
     owner = body["owner"]
     with browser_page(1400, 1000) as page:
         page.goto(f"{server}/counter?lang=en")

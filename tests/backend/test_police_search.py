@@ -17,8 +17,9 @@ def _seen(database_url: str, station: str, tag: int, seq: int = 1) -> None:
         writer.write_batches(conn, [parse_batch_rows(factories.batch(station, seq, [tag]).to_json())])
 
 
-def test_search_finds_a_bike_by_plate_frame_or_chip_without_owner_or_whereabouts(staff: Staff,
-                                                                                 database_url: str) -> None:
+def test_search_finds_a_bike_by_plate_frame_or_chip_without_owner_or_whereabouts(
+    staff: Staff, database_url: str
+) -> None:
     done = staff.register(plate="HZ-00777", tag_id="0C0C0C77")
     _seen(database_url, "st-s", 0x0C0C0C77)
     for q in ("HZ-00777", done["bike"]["frame_number"].lower(), "0c0c0c77"):
@@ -29,8 +30,7 @@ def test_search_finds_a_bike_by_plate_frame_or_chip_without_owner_or_whereabouts
     assert staff.clerk.get("/api/bikes/search", params={"q": "HZ-00777"}).status_code == 403
 
 
-def test_search_with_a_case_number_shows_owner_and_last_station_and_is_audited(staff: Staff,
-                                                                              database_url: str) -> None:
+def test_search_with_a_case_number_shows_owner_and_last_station_and_is_audited(staff: Staff, database_url: str) -> None:
     done = staff.register(plate="HZ-00778", tag_id="0C0C0C78")
     _seen(database_url, "st-s", 0x0C0C0C78)
     assert staff.police.get("/api/bikes/search", params={"q": "HZ-00778", "case_number": "x"}).status_code == 403
@@ -40,7 +40,8 @@ def test_search_with_a_case_number_shows_owner_and_last_station_and_is_audited(s
     assert found["last_seen"]["station_id"] == "st-s" and found["last_seen"]["lat"] == 30.3
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT action, case_number FROM audit_log WHERE action = 'owner.view'").fetchall() == [
-            ("owner.view", "HZ-2026-0042")]
+            ("owner.view", "HZ-2026-0042")
+        ]
 
 
 def test_a_stolen_bike_shows_where_it_was_last_seen_since_the_theft(staff: Staff, database_url: str) -> None:

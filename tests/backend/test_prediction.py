@@ -18,8 +18,10 @@ def _moves(conn: psycopg.Connection, tag: int, route: list[tuple[str, int]]) -> 
     at = utcnow() - timedelta(hours=2)
     for station, after_s in route:
         at += timedelta(seconds=after_s)
-        conn.execute("INSERT INTO sightings VALUES (%s, %s, %s, %s, 3, -60, 0, 4, 1)",
-                     (at, at + timedelta(seconds=10), station, tag))
+        conn.execute(
+            "INSERT INTO sightings VALUES (%s, %s, %s, %s, 3, -60, 0, 4, 1)",
+            (at, at + timedelta(seconds=10), station, tag),
+        )
         at += timedelta(seconds=10)
 
 

@@ -26,8 +26,9 @@ def test_an_owner_sees_only_their_own_bikes_and_anothers_is_a_404(staff: Staff) 
     for path, body in (("/arm", {"armed": True}), ("/theft", {}), ("/recovered", None), ("/transfer-consent", None)):
         assert me.post(f"/api/bikes/{other}{path}", json=body).status_code == 404, path
     assert me.get(f"/bikes/{other}/certificate").status_code == 404
-    assert me.get("/api/bikes", params={"plate": theirs["bike"]["plate"]}).json() == [mine["bike"] | {
-        "owner": me.get(f"/api/bikes/{mine['bike']['bike_id']}").json()["owner"]}]
+    assert me.get("/api/bikes", params={"plate": theirs["bike"]["plate"]}).json() == [
+        mine["bike"] | {"owner": me.get(f"/api/bikes/{mine['bike']['bike_id']}").json()["owner"]}
+    ]
 
 
 def test_an_owner_cannot_see_anothers_sightings_or_alarms(staff: Staff) -> None:
@@ -54,8 +55,13 @@ def test_installers_see_stations_and_no_personal_data(staff: Staff) -> None:
     assert staff.installer.get("/api/stations").status_code == 200
     station = [{"station_id": "st-inst", "name": "Gate", "lat": 30.2, "lon": 120.1}]
     assert staff.installer.put("/api/stations", json=station).status_code == 200
-    for path in (f"/api/bikes/{bike['bike_id']}", f"/api/bikes?plate={bike['plate']}",
-                 f"/api/bikes/{bike['bike_id']}/owner", "/api/owners/1", "/api/audit"):
+    for path in (
+        f"/api/bikes/{bike['bike_id']}",
+        f"/api/bikes?plate={bike['plate']}",
+        f"/api/bikes/{bike['bike_id']}/owner",
+        "/api/owners/1",
+        "/api/audit",
+    ):
         assert staff.installer.get(path).status_code == 403, path
     # Alarms about stations only (test_station_offline_alarm.py): no bike, no person.
     assert staff.installer.get("/api/alarms").json() == []
@@ -76,7 +82,8 @@ def test_police_need_a_case_number_for_an_owner_and_each_access_is_audited(staff
     assert r.json()["id_number_masked"] == done["owner"]["id_number_masked"]
     records = staff.admin.get("/api/audit", params={"case_number": "HZ-2024-0815"}).json()
     assert [(a["actor"], a["role"], a["action"], a["subject"]) for a in records] == [
-        (staff.police.username, "police", "owner.view", f"owner:{done['owner']['owner_id']}")]
+        (staff.police.username, "police", "owner.view", f"owner:{done['owner']['owner_id']}")
+    ]
 
 
 def _passages(database_url: str, station_id: str, tag_hex: str, *ats: datetime) -> None:
@@ -84,8 +91,9 @@ def _passages(database_url: str, station_id: str, tag_hex: str, *ats: datetime) 
         if conn.execute("SELECT 1 FROM stations WHERE station_id = %s", (station_id,)).fetchone() is None:
             factories.station(conn, station_id)
         for at in ats:
-            conn.execute("INSERT INTO sightings VALUES (%s, %s, %s, %s, 3, -60, 0, 0, 1)",
-                         (at, at, station_id, int(tag_hex, 16)))
+            conn.execute(
+                "INSERT INTO sightings VALUES (%s, %s, %s, %s, 3, -60, 0, 0, 1)", (at, at, station_id, int(tag_hex, 16))
+            )
 
 
 def test_police_see_a_stolen_bikes_trail_since_the_theft_but_need_a_case_number_otherwise(staff: Staff) -> None:
@@ -93,8 +101,9 @@ def test_police_see_a_stolen_bikes_trail_since_the_theft_but_need_a_case_number_
     # Passages only count once the chip is the bike's (from registration on): before and after the theft.
     base = utcnow()
     for bike in (stolen, parked):
-        _passages(staff.database_url, "st-a", bike["bike"]["tag_id"], base + timedelta(seconds=1),
-                  base + timedelta(seconds=3))
+        _passages(
+            staff.database_url, "st-a", bike["bike"]["tag_id"], base + timedelta(seconds=1), base + timedelta(seconds=3)
+        )
     window = {"since": (base - timedelta(minutes=1)).isoformat(), "until": (base + timedelta(hours=1)).isoformat()}
     theft = {"stolen_at": (base + timedelta(seconds=2)).isoformat()}
     assert staff.owner_of(stolen).post(f"/api/bikes/{stolen['bike']['bike_id']}/theft", json=theft).status_code == 201
@@ -108,8 +117,9 @@ def test_police_see_a_stolen_bikes_trail_since_the_theft_but_need_a_case_number_
     assert refused.status_code == 403 and "case number" in refused.json()["detail"]
     assert staff.police.get("/api/sightings", params={"tag_id": parked["bike"]["tag_id"]}).status_code == 403
     assert staff.police.get("/api/sightings", params={"station_id": "st-a"}).status_code == 403
-    with_case = staff.police.get(f"/api/bikes/{parked['bike']['bike_id']}/trajectory",
-                                 params={"case_number": "CASE-42", **window})
+    with_case = staff.police.get(
+        f"/api/bikes/{parked['bike']['bike_id']}/trajectory", params={"case_number": "CASE-42", **window}
+    )
     assert with_case.status_code == 200 and len(with_case.json()) == 2
     by_station = staff.police.get("/api/sightings", params={"station_id": "st-a", "case_number": "CASE-42", **window})
     assert by_station.status_code == 200 and len(by_station.json()) == 4
@@ -126,8 +136,10 @@ def test_owner_sees_their_bikes_trail_only_since_they_own_it(staff: Staff) -> No
     _passages(staff.database_url, "st-b", first["bike"]["tag_id"], base + timedelta(milliseconds=10))
     window = {"since": (base - timedelta(minutes=1)).isoformat(), "until": (base + timedelta(hours=1)).isoformat()}
     assert len(staff.owner_of(first).get(f"/api/bikes/{bike_id}/trajectory", params=window).json()) == 1
-    r = staff.clerk.post(f"/api/bikes/{bike_id}/transfer",
-                         json={"new_owner": factories.owner_body(), "old_owner_id_number": staff.id_number_of(first)})
+    r = staff.clerk.post(
+        f"/api/bikes/{bike_id}/transfer",
+        json={"new_owner": factories.owner_body(), "old_owner_id_number": staff.id_number_of(first)},
+    )
     assert r.status_code == 200
     successor = staff.owner_of({"owner_login": r.json()["owner_login"]})
     assert successor.get(f"/api/bikes/{bike_id}/trajectory", params=window).json() == []

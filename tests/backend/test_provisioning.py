@@ -30,8 +30,10 @@ def require_mosquitto(tool: str | None = None) -> None:
 
 def test_password_hash_is_what_mosquitto_passwd_writes():
     salt = base64.b64decode("u4cGZCc0FVaOhSqo")
-    expected = ("$7$101$u4cGZCc0FVaOhSqo$604t74ZxefOjOX9Gx94w57v5XNy/pVGJ58xt5BfdGVhAsuOYRSUq3pp7IMi5Zueba8kp"
-                "AW0EXlxY5PorThHztA==")  # mosquitto_passwd -b pw st-001 secret, with this salt
+    expected = (
+        "$7$101$u4cGZCc0FVaOhSqo$604t74ZxefOjOX9Gx94w57v5XNy/pVGJ58xt5BfdGVhAsuOYRSUq3pp7IMi5Zueba8kp"
+        "AW0EXlxY5PorThHztA=="
+    )  # mosquitto_passwd -b pw st-001 secret, with this salt
     assert provisioning.password_hash("secret", salt, iterations=101) == expected
 
 
@@ -42,8 +44,8 @@ def test_acl_refuses_invalid_station_ids():
 
 def test_acl_lets_each_station_write_only_its_own_selftest():
     acl = provisioning.acl_file(["st-a"], "bikeguard-backend").splitlines()
-    backend, station = acl[acl.index("user bikeguard-backend"):], acl[acl.index("user st-a"):]
-    assert f"topic read {topics.ROOT}/stations/+/selftest" in backend[:backend.index("")]
+    backend, station = acl[acl.index("user bikeguard-backend") :], acl[acl.index("user st-a") :]
+    assert f"topic read {topics.ROOT}/stations/+/selftest" in backend[: backend.index("")]
     assert f"topic write {topics.station_topic('st-a', topics.SELFTEST)}" in station
 
 
@@ -75,11 +77,14 @@ def subscribe_and_wait(client: mqtt.Client, subscriptions: list[tuple[str, int]]
 def test_with_generated_files_a_station_cannot_publish_as_another(tmp_path: Path):
     require_mosquitto()
     passwords = {u: provisioning.new_password() for u in ("st-a", "st-b", "bikeguard-backend")}
-    (tmp_path / "passwd").write_text(provisioning.password_file(
-        {u: provisioning.password_hash(p) for u, p in passwords.items()}))
+    (tmp_path / "passwd").write_text(
+        provisioning.password_file({u: provisioning.password_hash(p) for u, p in passwords.items()})
+    )
     (tmp_path / "acl").write_text(provisioning.acl_file(["st-a", "st-b"]))
-    broker = start_broker("mosquitto", extra_conf=(
-        f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"))
+    broker = start_broker(
+        "mosquitto",
+        extra_conf=(f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"),
+    )
     try:
         received: list[str] = []
         backend, _, codes = _client(broker.port, "bikeguard-backend", passwords["bikeguard-backend"])

@@ -66,8 +66,9 @@ def test_one_person_may_hold_one_bike_by_default_and_the_refusal_says_why(staff:
     first = staff.register()
     r = staff.clerk.post("/api/bikes", json=factories.registration(owner_id=first["owner"]["owner_id"]))
     assert r.status_code == 409
-    assert r.json()["detail"] == (f"this owner already holds 1 active bike ({first['bike']['plate']}); "
-                                  "the limit is 1 per person")
+    assert r.json()["detail"] == (
+        f"this owner already holds 1 active bike ({first['bike']['plate']}); the limit is 1 per person"
+    )
 
 
 def test_per_owner_limit_is_a_setting(database_url: str) -> None:
@@ -87,8 +88,10 @@ def test_plate_outside_the_local_pattern_is_refused_at_the_field(staff: Staff) -
 
 def test_availability_names_what_holds_each_value_while_the_clerk_types(staff: Staff) -> None:
     bike = staff.register()["bike"]
-    r = staff.clerk.get("/api/bikes/availability", params={"tag_id": bike["tag_id"], "plate": "HZ-99999",
-                                                           "frame_number": bike["frame_number"]})
+    r = staff.clerk.get(
+        "/api/bikes/availability",
+        params={"tag_id": bike["tag_id"], "plate": "HZ-99999", "frame_number": bike["frame_number"]},
+    )
     assert r.status_code == 200
     assert r.json() == {
         "tag_id": f"chip {bike['tag_id']} is already fitted to bike {bike['plate']}",
@@ -112,8 +115,9 @@ def test_transfer_needs_the_old_owners_consent_and_keeps_the_history(staff: Staf
     assert done.json()["owner_login"]["username"] == new_owner["mobile"]
     assert done.json()["certificate"]["certificate_id"] != first["certificate"]["certificate_id"]
     # The consent was used up, and the old owner no longer sees the bike.
-    again = staff.clerk.post(f"/api/bikes/{bike_id}/transfer", json={"new_owner_id": first["owner"]["owner_id"],
-                                                                     "consent_code": code})
+    again = staff.clerk.post(
+        f"/api/bikes/{bike_id}/transfer", json={"new_owner_id": first["owner"]["owner_id"], "consent_code": code}
+    )
     assert again.status_code == 403
     assert old.get(f"/api/bikes/{bike_id}").status_code == 404
 
@@ -132,19 +136,22 @@ def test_transfer_with_the_old_owner_present_checks_their_id_number(staff: Staff
     second = staff.register()
     bike_id = first["bike"]["bike_id"]
     body = {"new_owner": factories.owner_body()}
-    wrong = staff.clerk.post(f"/api/bikes/{bike_id}/transfer",
-                             json={**body, "old_owner_id_number": staff.id_number_of(second)})
+    wrong = staff.clerk.post(
+        f"/api/bikes/{bike_id}/transfer", json={**body, "old_owner_id_number": staff.id_number_of(second)}
+    )
     assert wrong.status_code == 403 and wrong.json()["field"] == "old_owner_id_number"
-    ok = staff.clerk.post(f"/api/bikes/{bike_id}/transfer",
-                          json={**body, "old_owner_id_number": staff.id_number_of(first)})
+    ok = staff.clerk.post(
+        f"/api/bikes/{bike_id}/transfer", json={**body, "old_owner_id_number": staff.id_number_of(first)}
+    )
     assert ok.status_code == 200, ok.text
 
 
 def test_transfer_to_an_owner_at_the_limit_is_refused(staff: Staff) -> None:
     first, second = staff.register(), staff.register()
-    r = staff.clerk.post(f"/api/bikes/{first['bike']['bike_id']}/transfer",
-                         json={"new_owner_id": second["owner"]["owner_id"],
-                               "old_owner_id_number": staff.id_number_of(first)})
+    r = staff.clerk.post(
+        f"/api/bikes/{first['bike']['bike_id']}/transfer",
+        json={"new_owner_id": second["owner"]["owner_id"], "old_owner_id_number": staff.id_number_of(first)},
+    )
     assert r.status_code == 409 and "the limit is 1" in r.json()["detail"]
 
 
@@ -181,10 +188,18 @@ def test_deregistration_releases_plate_retires_chip_and_voids_the_certificate(st
     r = staff.clerk.post(f"/api/bikes/{bike['bike_id']}/deregister", json={"status": "scrapped", "note": "crushed"})
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "scrapped" and r.json()["plate"] is None and r.json()["tag_id"] is None
-    assert staff.anonymous.get("/api/certificates/verify",
-                               params={"token": first["certificate"]["token"]}).json()["current"] is False
-    again = staff.clerk.post("/api/bikes", json=factories.registration(
-        owner_id=first["owner"]["owner_id"], plate=bike["plate"], frame_number=factories.serial("FR")))
+    assert (
+        staff.anonymous.get("/api/certificates/verify", params={"token": first["certificate"]["token"]}).json()[
+            "current"
+        ]
+        is False
+    )
+    again = staff.clerk.post(
+        "/api/bikes",
+        json=factories.registration(
+            owner_id=first["owner"]["owner_id"], plate=bike["plate"], frame_number=factories.serial("FR")
+        ),
+    )
     assert again.status_code == 201  # plate free, and the owner is under the limit again
     assert staff.clerk.post(f"/api/bikes/{bike['bike_id']}/plate", json={"plate": "HZ-55555"}).status_code == 404
 
@@ -193,17 +208,22 @@ def test_stolen_bike_cannot_change_hands_at_the_counter(staff: Staff) -> None:
     first = staff.register()
     bike_id = first["bike"]["bike_id"]
     assert staff.police.post(f"/api/bikes/{bike_id}/theft", json={}).status_code == 201
-    r = staff.clerk.post(f"/api/bikes/{bike_id}/transfer", json={"new_owner": factories.owner_body(),
-                                                                 "old_owner_id_number": staff.id_number_of(first)})
+    r = staff.clerk.post(
+        f"/api/bikes/{bike_id}/transfer",
+        json={"new_owner": factories.owner_body(), "old_owner_id_number": staff.id_number_of(first)},
+    )
     assert r.status_code == 409 and "reported stolen" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("11010519491231002", "18 characters"),
-    ("110105194912310021", "check digit"),
-    ("11010519491331002X", "not a real date"),
-    ("1101051949123100X2", "17 digits"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("11010519491231002", "18 characters"),
+        ("110105194912310021", "check digit"),
+        ("11010519491331002X", "not a real date"),
+        ("1101051949123100X2", "17 digits"),
+    ],
+)
 def test_invalid_id_numbers_are_refused_with_the_reason(staff: Staff, bad: str, message: str) -> None:
     body = factories.registration()
     body["owner"]["id_number"] = bad
@@ -218,8 +238,10 @@ def test_database_refuses_a_second_current_binding_and_rewriting_history(staff: 
     with psycopg.connect(staff.database_url) as conn:
         other_owner = factories.owner(conn)
         with pytest.raises(psycopg.errors.UniqueViolation):
-            conn.execute("INSERT INTO bike_bindings (bike_id, kind, owner_id, bound_by) VALUES (%s, 'owner', %s, 'x')",
-                         (bike["bike_id"], other_owner))
+            conn.execute(
+                "INSERT INTO bike_bindings (bike_id, kind, owner_id, bound_by) VALUES (%s, 'owner', %s, 'x')",
+                (bike["bike_id"], other_owner),
+            )
     with psycopg.connect(staff.database_url) as conn, pytest.raises(psycopg.errors.IntegrityConstraintViolation):
         conn.execute("UPDATE bike_bindings SET bound_by = 'someone else' WHERE bike_id = %s", (bike["bike_id"],))
     with psycopg.connect(staff.database_url) as conn, pytest.raises(psycopg.errors.IntegrityConstraintViolation):
@@ -234,8 +256,10 @@ def test_resident_id_number_is_stored_encrypted_with_a_keyed_hash(staff: Staff) 
     first = staff.register()
     number = staff.id_number_of(first)
     with psycopg.connect(staff.database_url) as conn:
-        row = conn.execute("SELECT id_number_hash, id_number_enc, row_to_json(o)::text FROM owners o"
-                           " WHERE owner_id = %s", (first["owner"]["owner_id"],)).fetchone()
+        row = conn.execute(
+            "SELECT id_number_hash, id_number_enc, row_to_json(o)::text FROM owners o WHERE owner_id = %s",
+            (first["owner"]["owner_id"],),
+        ).fetchone()
     assert row is not None
     assert number not in row[2] and number.encode() not in bytes(row[1])
     assert bytes(row[0]) == factories.VAULT.lookup_hash(number)

@@ -21,7 +21,7 @@ from protocol import topics
 from protocol.messages import SelfTestStep, SelfTestSummary, utcnow
 from tests import factories
 from tests.backend.conftest import Staff
-from tests.backend.test_ingest import count, ingest, publish, wait_until  # noqa: F401 - fixtures
+from tests.backend.test_ingest import count, wait_until
 
 Publish = Callable[[str, bytes], None]
 
@@ -29,8 +29,9 @@ Publish = Callable[[str, bytes], None]
 Status = Literal["pass", "warn", "fail", "skip"]
 
 
-def run_messages(station_id: str, statuses: list[Status] | None = None,
-                 run_id: str | None = None) -> list[SelfTestStep | SelfTestSummary]:
+def run_messages(
+    station_id: str, statuses: list[Status] | None = None, run_id: str | None = None
+) -> list[SelfTestStep | SelfTestSummary]:
     """One self-test run as a gateway publishes it: a step per entry of statuses (all pass by default), then the
     summary (passed when none failed)."""
     statuses = statuses or [*["pass"] * 7, "skip"]  # type: ignore[list-item]
@@ -39,23 +40,37 @@ def run_messages(station_id: str, statuses: list[Status] | None = None,
     names = list(STEPS)
     messages: list[SelfTestStep | SelfTestSummary] = [
         SelfTestStep(
-            station_id=station_id, run_id=run_id, seq=i + 1, name=names[i], title=STEPS[names[i]], status=status,
-            message=f"{names[i]}: {status}", advice="check the antenna cable" if status == "fail" else "",
-            noise_floor_dbm=-97 if names[i] == "noise" else None, rssi_dbm=-58 if names[i] == "test_tag" else None,
+            station_id=station_id,
+            run_id=run_id,
+            seq=i + 1,
+            name=names[i],
+            title=STEPS[names[i]],
+            status=status,
+            message=f"{names[i]}: {status}",
+            advice="check the antenna cable" if status == "fail" else "",
+            noise_floor_dbm=-97 if names[i] == "noise" else None,
+            rssi_dbm=-58 if names[i] == "test_tag" else None,
             at=started + timedelta(seconds=i + 1),
         )
         for i, status in enumerate(statuses)
     ]
     counts: dict[Status, int] = {s: statuses.count(s) for s in set(statuses)}
-    messages.append(SelfTestSummary(
-        station_id=station_id, run_id=run_id, seq=len(statuses) + 1,
-        result="failed" if "fail" in statuses else "passed", steps=len(statuses), counts=counts,
-        started_at=started, finished_at=started + timedelta(seconds=len(statuses) + 1),
-    ))
+    messages.append(
+        SelfTestSummary(
+            station_id=station_id,
+            run_id=run_id,
+            seq=len(statuses) + 1,
+            result="failed" if "fail" in statuses else "passed",
+            steps=len(statuses),
+            counts=counts,
+            started_at=started,
+            finished_at=started + timedelta(seconds=len(statuses) + 1),
+        )
+    )
     return messages
 
 
-def send(publish: Publish, messages: list[SelfTestStep | SelfTestSummary]) -> None:  # noqa: F811
+def send(publish: Publish, messages: list[SelfTestStep | SelfTestSummary]) -> None:
     for m in messages:
         publish(topics.station_topic(m.station_id, topics.SELFTEST), m.to_json())
 
@@ -69,20 +84,31 @@ def station(database_url: str, station_id: str, lifecycle: str) -> str:
 
 def finished(database_url: str, run_id: str) -> bool:
     """The run's summary is stored (the ingest keeps one station's messages in order: so is all before it)."""
-    return count(database_url, "SELECT count(*) FROM station_selftest_runs WHERE run_id = %s AND result IS NOT NULL",
-                 run_id) == 1
+    return (
+        count(
+            database_url, "SELECT count(*) FROM station_selftest_runs WHERE run_id = %s AND result IS NOT NULL", run_id
+        )
+        == 1
+    )
 
 
 def lifecycle_of(database_url: str, station_id: str) -> tuple[str, list[tuple[str, str, str | None]]]:
     with psycopg.connect(database_url) as conn:
         (state,) = conn.execute("SELECT lifecycle FROM stations WHERE station_id = %s", (station_id,)).fetchone()  # type: ignore[misc]
-        history = conn.execute("SELECT to_state, changed_by, note FROM station_lifecycle_history"
-                               " WHERE station_id = %s ORDER BY history_id", (station_id,)).fetchall()
+        history = conn.execute(
+            "SELECT to_state, changed_by, note FROM station_lifecycle_history"
+            " WHERE station_id = %s ORDER BY history_id",
+            (station_id,),
+        ).fetchall()
     return state, history
 
 
-def test_steps_are_stored_once_even_when_redelivered(ingest: Ingest, publish: Publish, database_url: str,  # noqa: F811
-                                                     topic_prefix: str) -> None:
+def test_steps_are_stored_once_even_when_redelivered(
+    ingest: Ingest,
+    publish: Publish,
+    database_url: str,
+    topic_prefix: str,
+) -> None:
     sid = station(database_url, f"{topic_prefix}-a", "planned")
     messages = run_messages(sid)
     send(publish, messages[:3])
@@ -92,18 +118,25 @@ def test_steps_are_stored_once_even_when_redelivered(ingest: Ingest, publish: Pu
     assert count(database_url, "SELECT count(*) FROM station_selftest_steps WHERE station_id = %s", sid) == 8
     assert ingest.counters.selftest_steps == 8
     with psycopg.connect(database_url) as conn:
-        run = conn.execute("SELECT run_id, result, steps_total, counts FROM station_selftest_runs"
-                           " WHERE station_id = %s", (sid,)).fetchall()
-        noise = conn.execute("SELECT noise_floor_dbm, status FROM station_selftest_steps"
-                             " WHERE station_id = %s AND name = 'noise'", (sid,)).fetchone()
+        run = conn.execute(
+            "SELECT run_id, result, steps_total, counts FROM station_selftest_runs WHERE station_id = %s", (sid,)
+        ).fetchall()
+        noise = conn.execute(
+            "SELECT noise_floor_dbm, status FROM station_selftest_steps WHERE station_id = %s AND name = 'noise'",
+            (sid,),
+        ).fetchone()
     assert run == [(messages[0].run_id, "passed", 8, {"pass": 7, "skip": 1})]
     assert noise == (-97, "pass")
     # A planned station is not commissioned by a passing self-test: it must be installed first.
     assert lifecycle_of(database_url, sid)[0] == "planned"
 
 
-def test_passing_run_commissions_an_installed_station(ingest: Ingest, publish: Publish,  # noqa: F811
-                                                      database_url: str, topic_prefix: str) -> None:
+def test_passing_run_commissions_an_installed_station(
+    ingest: Ingest,
+    publish: Publish,
+    database_url: str,
+    topic_prefix: str,
+) -> None:
     sid = station(database_url, f"{topic_prefix}-b", "installed")
     messages = run_messages(sid)
     send(publish, messages)
@@ -118,8 +151,12 @@ def test_passing_run_commissions_an_installed_station(ingest: Ingest, publish: P
     assert len(lifecycle_of(database_url, sid)[1]) == len(history)
 
 
-def test_failing_run_leaves_the_station_installed(ingest: Ingest, publish: Publish,  # noqa: F811
-                                                  database_url: str, topic_prefix: str) -> None:
+def test_failing_run_leaves_the_station_installed(
+    ingest: Ingest,
+    publish: Publish,
+    database_url: str,
+    topic_prefix: str,
+) -> None:
     sid = station(database_url, f"{topic_prefix}-c", "installed")
     failing = run_messages(sid, ["pass", "pass", "fail", "pass", "pass", "pass", "pass", "skip"])
     send(publish, failing)
@@ -134,7 +171,10 @@ def test_failing_run_leaves_the_station_installed(ingest: Ingest, publish: Publi
 
 
 def test_unknown_station_and_invalid_payloads_are_kept_in_rejected_messages(
-    ingest: Ingest, publish: Publish, database_url: str, topic_prefix: str  # noqa: F811
+    ingest: Ingest,
+    publish: Publish,
+    database_url: str,
+    topic_prefix: str,
 ) -> None:
     known, unknown = station(database_url, f"{topic_prefix}-k", "installed"), f"{topic_prefix}-u"
     send(publish, run_messages(unknown)[:1])
@@ -145,8 +185,12 @@ def test_unknown_station_and_invalid_payloads_are_kept_in_rejected_messages(
     def rejected() -> list[str]:
         # Only this test's: a session's broker may hold retained statuses of other tests' stations.
         with psycopg.connect(database_url) as conn:
-            return sorted(r[0] for r in conn.execute("SELECT reason FROM rejected_messages WHERE topic LIKE %s",
-                                                     (f"%/{topic_prefix}-_/selftest",)))
+            return sorted(
+                r[0]
+                for r in conn.execute(
+                    "SELECT reason FROM rejected_messages WHERE topic LIKE %s", (f"%/{topic_prefix}-_/selftest",)
+                )
+            )
 
     wait_until(lambda: len(rejected()) >= 3)
     rejects = rejected()
@@ -178,14 +222,25 @@ def test_api_lists_the_latest_runs_with_their_steps_for_installers_only(staff: S
     r = staff.installer.get(f"/api/stations/{sid}/selftests")
     assert r.status_code == 200, r.text
     latest, earlier = r.json()
-    assert (latest["run_id"], latest["result"], [s["seq"] for s in latest["steps"]]) == (second[0].run_id, None,
-                                                                                         [1, 2, 3, 4])
+    assert (latest["run_id"], latest["result"], [s["seq"] for s in latest["steps"]]) == (
+        second[0].run_id,
+        None,
+        [1, 2, 3, 4],
+    )
     assert latest["steps"][2]["noise_floor_dbm"] == -97 and latest["steps"][3]["rssi_dbm"] == -58
     assert (earlier["result"], earlier["counts"]) == ("failed", {"pass": 1, "fail": 1, "skip": 1})
     assert earlier["steps"][1] | {"at": None, "received_at": None} == {
-        "seq": 2, "name": "module", "title": "radio module answers", "status": "fail", "message": "module: fail",
-        "advice": "check the antenna cable", "rssi_dbm": None, "noise_floor_dbm": None, "elapsed_s": 0.0,
-        "at": None, "received_at": None,
+        "seq": 2,
+        "name": "module",
+        "title": "radio module answers",
+        "status": "fail",
+        "message": "module: fail",
+        "advice": "check the antenna cable",
+        "rssi_dbm": None,
+        "noise_floor_dbm": None,
+        "elapsed_s": 0.0,
+        "at": None,
+        "received_at": None,
     }
     assert staff.admin.get(f"/api/stations/{sid}/selftests?limit=1").json()[0]["run_id"] == second[0].run_id
     assert staff.police.get(f"/api/stations/{sid}/selftests").status_code == 403

@@ -110,15 +110,18 @@ def test_broker_files_hold_stations_with_a_password_and_not_decommissioned_ones(
     async def run() -> tuple[str, str]:
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
             for sid in ("st-kept", "st-gone", "st-none"):
-                await conn.execute("INSERT INTO stations (station_id, name, lat, lon) VALUES (%s, %s, 30, 120)",
-                                   (sid, sid))
+                await conn.execute(
+                    "INSERT INTO stations (station_id, name, lat, lon) VALUES (%s, %s, 30, 120)", (sid, sid)
+                )
             await provisioning.issue_credentials(conn, "st-kept", "test")
             await provisioning.issue_credentials(conn, "st-gone", "test")
             await conn.execute("UPDATE stations SET lifecycle = 'decommissioned' WHERE station_id = 'st-gone'")
             with pytest.raises(provisioning.StationDecommissioned):
                 await provisioning.issue_credentials(conn, "st-gone", "test")
-            await conn.execute("INSERT INTO stations (station_id, name, lat, lon) VALUES (%s, %s, 30, 120)",
-                               ("bikeguard-backend", "named like the backend"))
+            await conn.execute(
+                "INSERT INTO stations (station_id, name, lat, lon) VALUES (%s, %s, 30, 120)",
+                ("bikeguard-backend", "named like the backend"),
+            )
             await provisioning.issue_credentials(conn, "bikeguard-backend", "test")
             with pytest.raises(provisioning.BackendUserClash):
                 await provisioning.broker_files(conn, "bikeguard-backend", backend_hash)
@@ -142,8 +145,9 @@ def test_station_credentials_command_prints_the_password_once_with_the_gateway_s
     assert f"BIKEGUARD_GATEWAY_STATION_ID={sid}" in out
     assert f"BIKEGUARD_GATEWAY_MQTT_URL=mqtt://{sid}:{password}@broker.example:1883" in out
     with psycopg.connect(database_url) as conn:
-        (issued_by,) = conn.execute("SELECT issued_by FROM station_credentials WHERE station_id = %s",
-                                    (sid,)).fetchone() or (None,)
+        (issued_by,) = conn.execute(
+            "SELECT issued_by FROM station_credentials WHERE station_id = %s", (sid,)
+        ).fetchone() or (None,)
     assert issued_by and issued_by.startswith("command line")
     assert cli(["station", "credentials", "st-none"]) == 1
     assert "no station st-none" in capsys.readouterr().err
@@ -167,8 +171,9 @@ class _Station:
         self.codes: list[int] = []
         self.disconnected = threading.Event()
         self.received: list[str] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-{uuid.uuid4().hex[:6]}",
-                                  reconnect_on_failure=False)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-{uuid.uuid4().hex[:6]}", reconnect_on_failure=False
+        )
         self.client.username_pw_set(user, password)
         self.client.on_connect = lambda _c, _u, _f, reason, _p: self.codes.append(reason.value)
         self.client.on_disconnect = lambda *_a: self.disconnected.set()
@@ -200,8 +205,10 @@ def test_mosquitto_with_files_from_the_database_follows_rotation_and_decommissio
     a, b = _station(staff), _station(staff)
     password_a, password_b = _issue(staff, a), _issue(staff, b)
     _broker_files(staff.database_url, tmp_path, monkeypatch)
-    broker = start_broker("mosquitto", extra_conf=(
-        f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"))
+    broker = start_broker(
+        "mosquitto",
+        extra_conf=(f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"),
+    )
 
     def regenerate_and_reload() -> None:
         _broker_files(staff.database_url, tmp_path, monkeypatch)
@@ -210,17 +217,22 @@ def test_mosquitto_with_files_from_the_database_follows_rotation_and_decommissio
     try:
         backend = _Station(broker.port, "bikeguard-backend", BACKEND_PASSWORD)
         assert backend.accepted
-        subscribe_and_wait(backend.client, [(topics.station_filter("sightings"), 1),
-                                            (topics.station_topic(a, topics.SELFTEST), 1)])
+        subscribe_and_wait(
+            backend.client, [(topics.station_filter("sightings"), 1), (topics.station_topic(a, topics.SELFTEST), 1)]
+        )
         station_a = _Station(broker.port, a, password_a)
         assert station_a.accepted and not _accepted(broker.port, a, password_b)
-        for topic in (topics.station_topic(b, "sightings"), topics.station_topic(a, "sightings"),
-                      topics.station_topic(a, topics.SELFTEST)):
+        for topic in (
+            topics.station_topic(b, "sightings"),
+            topics.station_topic(a, "sightings"),
+            topics.station_topic(a, topics.SELFTEST),
+        ):
             station_a.client.publish(topic, b"{}", qos=1).wait_for_publish(5)
         wait_until(lambda: topics.station_topic(a, topics.SELFTEST) in backend.received)
         time.sleep(0.3)
-        assert sorted(backend.received) == sorted([topics.station_topic(a, "sightings"),
-                                                   topics.station_topic(a, topics.SELFTEST)])  # not as b
+        assert sorted(backend.received) == sorted(
+            [topics.station_topic(a, "sightings"), topics.station_topic(a, topics.SELFTEST)]
+        )  # not as b
 
         new_password_a = _issue(staff, a)
         assert _accepted(broker.port, a, password_a)  # the broker knows nothing until its files are regenerated

@@ -46,8 +46,9 @@ def health_at(database_url: str, now: datetime = NOW) -> dict[str, dict[str, Any
 def ensure_partitions(conn: psycopg.Connection) -> None:
     """Day partitions for the last eight days before NOW (before any row lands in the default partition)."""
     try:
-        conn.execute("SELECT bikeguard_ensure_partitions(%s::date, %s::date)",
-                     ((NOW - timedelta(days=8)).date(), NOW.date()))
+        conn.execute(
+            "SELECT bikeguard_ensure_partitions(%s::date, %s::date)", ((NOW - timedelta(days=8)).date(), NOW.date())
+        )
     except psycopg.errors.UndefinedFunction:  # TimescaleDB makes its own chunks
         conn.rollback()
 
@@ -55,8 +56,16 @@ def ensure_partitions(conn: psycopg.Connection) -> None:
 def test_station_with_fresh_heartbeat_is_online_with_its_spool_and_noise(database_url):
     with psycopg.connect(database_url) as conn:
         factories.station(conn, "st-ok")
-        status(conn, "st-ok", "online", NOW - timedelta(seconds=20), spool_depth=12, spool_dropped=3,
-               noise_floor_dbm=-96, firmware="1.2")
+        status(
+            conn,
+            "st-ok",
+            "online",
+            NOW - timedelta(seconds=20),
+            spool_depth=12,
+            spool_dropped=3,
+            noise_floor_dbm=-96,
+            firmware="1.2",
+        )
     h = health_at(database_url)["st-ok"]
     assert h["health"] == "online" and h["reasons"] == []
     assert (h["spool_depth"], h["spool_dropped"], h["noise_floor_dbm"], h["firmware"]) == (12, 3, -96, "1.2")
@@ -104,7 +113,7 @@ def test_station_hearing_far_fewer_passages_than_usual_for_the_hour_is_degraded(
             passages(conn, "st-dull", NOW - timedelta(days=day), 40)
             passages(conn, "st-busy", NOW - timedelta(days=day), 40)
             passages(conn, "st-few", NOW - timedelta(days=day), 10)  # usual 10 < 20: too few to judge
-        passages(conn, "st-dull", NOW, 9)   # 9 < 25 % of 40
+        passages(conn, "st-dull", NOW, 9)  # 9 < 25 % of 40
         passages(conn, "st-busy", NOW, 10)  # 10 = 25 %: not below
         passages(conn, "st-few", NOW, 0)
         # Passages at another time of day do not count toward the usual figure.

@@ -23,15 +23,19 @@ NOW = datetime.now(UTC)
 LONG_AGO = NOW - timedelta(hours=1)
 
 
-def in_service(conn: psycopg.Connection, station_id: str, lifecycle: str = "active",
-               since: datetime = LONG_AGO) -> None:
+def in_service(
+    conn: psycopg.Connection, station_id: str, lifecycle: str = "active", since: datetime = LONG_AGO
+) -> None:
     factories.station(conn, station_id)
-    conn.execute("UPDATE stations SET lifecycle = %s, lifecycle_changed_at = %s WHERE station_id = %s",
-                 (lifecycle, since, station_id))
+    conn.execute(
+        "UPDATE stations SET lifecycle = %s, lifecycle_changed_at = %s WHERE station_id = %s",
+        (lifecycle, since, station_id),
+    )
 
 
 def watch(database_url: str, now: datetime = NOW, listening_since: datetime = LONG_AGO) -> dict[str, Any]:
     """One pass of the station watch at `now`; returns what it found offline."""
+
     async def run() -> dict[str, Any]:
         async with await psycopg.AsyncConnection.connect(database_url) as conn:
             offline = await offline_stations(conn, now, listening_since)
@@ -45,7 +49,9 @@ def station_alarms(database_url: str, station_id: str) -> list[dict[str, Any]]:
     with psycopg.connect(database_url) as conn:
         cur = conn.execute(
             "SELECT alarm_id, state, severity, first_seen_at, cleared_by FROM alarms"
-            " WHERE kind = 'station_offline' AND station_id = %s ORDER BY alarm_id", (station_id,))
+            " WHERE kind = 'station_offline' AND station_id = %s ORDER BY alarm_id",
+            (station_id,),
+        )
         return [dict(zip(("id", "state", "severity", "since", "cleared_by"), r, strict=True)) for r in cur]
 
 
@@ -97,7 +103,8 @@ def test_an_outage_cleared_by_hand_is_not_raised_again(database_url):
     asyncio.run(clear())
     watch(database_url, NOW + timedelta(seconds=10))
     assert [(a["state"], a["cleared_by"]) for a in station_alarms(database_url, "st-down")] == [
-        ("cleared", "Installer Wang")]
+        ("cleared", "Installer Wang")
+    ]
 
 
 def test_silence_before_listening_or_before_service_does_not_count(database_url):
@@ -144,7 +151,8 @@ def test_installers_see_station_alarms_and_no_bike_alarms(database_url, staff):
         conn.execute(
             "INSERT INTO alarms (kind, severity, subject, tag_id, bike_id, station_id, first_seen_at, last_seen_at)"
             " VALUES ('stolen_chip_seen', 'critical', 'tag:5A5A0001', %s, %s, 'st-dark', now(), now())",
-            (0x5A5A0001, bike_id))
+            (0x5A5A0001, bike_id),
+        )
     watch(database_url)
     installer = {a["kind"]: a for a in staff.installer.get("/api/alarms").json()}
     police = {a["kind"]: a for a in staff.police.get("/api/alarms").json()}
@@ -176,8 +184,10 @@ def test_the_live_feed_gives_installers_station_alarms_only(database_url):
                     if event.startswith(b"event: alarm"):
                         seen[who].append(orjson.loads(event.split(b"data: ", 1)[1]))
 
-            tasks = [asyncio.create_task(follow("installer", access.INSTALLERS)),
-                     asyncio.create_task(follow("police", access.POLICE))]
+            tasks = [
+                asyncio.create_task(follow("installer", access.INSTALLERS)),
+                asyncio.create_task(follow("police", access.POLICE)),
+            ]
             while feed.viewers < 2:
                 await asyncio.sleep(0.01)
             async with pool.connection() as conn:
@@ -185,7 +195,9 @@ def test_the_live_feed_gives_installers_station_alarms_only(database_url):
                 await conn.execute(
                     "INSERT INTO alarms (kind, severity, subject, tag_id, bike_id, first_seen_at, last_seen_at)"
                     " VALUES ('tamper', 'warning', 'tag:5A5A0002', %s, %s, now(), now())"
-                    " RETURNING pg_notify(%s, alarm_id::text)", (0x5A5A0002, bike_id, store.NOTIFY_CHANNEL))
+                    " RETURNING pg_notify(%s, alarm_id::text)",
+                    (0x5A5A0002, bike_id, store.NOTIFY_CHANNEL),
+                )
             for _ in range(500):
                 if len(seen["police"]) == 2:
                     break

@@ -10,8 +10,13 @@ from tests import factories
 
 def new_station(**overrides: object) -> dict[str, object]:
     body: dict[str, object] = {
-        "station_id": f"st-{factories.tag().lower()}", "name": "West Lake Road / Baochu Road", "lat": 30.26,
-        "lon": 120.15, "address": "Pole 17, West Lake Road", "mount_height_m": 3.5, "antenna_bearing_deg": 270,
+        "station_id": f"st-{factories.tag().lower()}",
+        "name": "West Lake Road / Baochu Road",
+        "lat": 30.26,
+        "lon": 120.15,
+        "address": "Pole 17, West Lake Road",
+        "mount_height_m": 3.5,
+        "antenna_bearing_deg": 270,
         "radio_settings": {"channel": 7, "tx_power_dbm": 10},
     }
     body.update(overrides)
@@ -42,7 +47,10 @@ def test_station_goes_through_its_life_cycle_forward_recording_who_and_when(staf
     assert r.status_code == 200, r.text
     history = r.json()["history"]
     assert [(h["from_state"], h["to_state"]) for h in history] == [
-        (None, "planned"), ("planned", "installed"), ("installed", "commissioned"), ("commissioned", "active"),
+        (None, "planned"),
+        ("planned", "installed"),
+        ("installed", "commissioned"),
+        ("commissioned", "active"),
         ("active", "decommissioned"),
     ]
     assert history[-1]["changed_by"] == f"admin:{staff.admin.username}"
@@ -80,9 +88,16 @@ def test_unknown_station_is_404_and_bad_values_are_422(staff):
 
 def test_installer_updates_mounting_and_radio_settings(staff):
     sid = staff.installer.post("/api/stations", json=new_station()).json()["station_id"]
-    r = staff.installer.request("PATCH", f"/api/stations/{sid}", json={
-        "antenna_bearing_deg": None, "radio_settings": {"channel": 3}, "heartbeat_interval_s": 60, "name": None,
-    })
+    r = staff.installer.request(
+        "PATCH",
+        f"/api/stations/{sid}",
+        json={
+            "antenna_bearing_deg": None,
+            "radio_settings": {"channel": 3},
+            "heartbeat_interval_s": 60,
+            "name": None,
+        },
+    )
     assert r.status_code == 200, r.text
     station = r.json()
     assert station["antenna_bearing_deg"] is None and station["radio_settings"] == {"channel": 3}

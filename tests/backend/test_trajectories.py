@@ -23,10 +23,14 @@ def _passage(station: str, lat: float, lon: float, at_s: float, stay_s: float):
 
 
 def test_consecutive_passages_at_one_station_become_one_stop_with_its_dwell():
-    t = trajectories.build(1, [
-        _passage("a", 30.270, 120.150, 0, 60), _passage("a", 30.270, 120.150, 60, 30),
-        _passage("b", 30.275, 120.150, 200, 10),
-    ])
+    t = trajectories.build(
+        1,
+        [
+            _passage("a", 30.270, 120.150, 0, 60),
+            _passage("a", 30.270, 120.150, 60, 30),
+            _passage("b", 30.275, 120.150, 200, 10),
+        ],
+    )
     assert [(s.station_id, s.passages, s.dwell_s) for s in t.stops] == [("a", 2, 90.0), ("b", 1, 10.0)]
 
 
@@ -61,14 +65,21 @@ def test_trajectory_reads_one_tags_passages_in_order_within_the_window(database_
 
 
 def test_exports_are_readable_by_their_own_parsers():
-    t = trajectories.build(0xABCDEF01, [
-        _passage("a", 30.270, 120.150, 0, 10), _passage("b", 30.279, 120.150, 110, 5),
-        _passage("c", 30.279, 120.160, 300, 20),
-    ])
+    t = trajectories.build(
+        0xABCDEF01,
+        [
+            _passage("a", 30.270, 120.150, 0, 10),
+            _passage("b", 30.279, 120.150, 110, 5),
+            _passage("c", 30.279, 120.160, 300, 20),
+        ],
+    )
     gpx = gpxpy.parse(trajectories.to_gpx(t))
     points = gpx.tracks[0].segments[0].points
     assert [(round(p.latitude, 3), round(p.longitude, 3)) for p in points] == [
-        (30.27, 120.15), (30.279, 120.15), (30.279, 120.16)]
+        (30.27, 120.15),
+        (30.279, 120.15),
+        (30.279, 120.16),
+    ]
     assert points[1].time == t.stops[1].arrived_at
     assert len(gpx.waypoints) == 3
     rows = list(csv.DictReader(io.StringIO(trajectories.to_csv(t))))
@@ -79,8 +90,9 @@ def test_exports_are_readable_by_their_own_parsers():
 
 
 def test_summary_is_json_ready_with_each_stops_dwell_and_each_legs_speed():
-    t = trajectories.build(0xABCDEF01, [_passage("a", 30.270, 120.150, 0, 10), _passage("b", 30.279, 120.150, 110, 5)],
-                           bike_id=12)
+    t = trajectories.build(
+        0xABCDEF01, [_passage("a", 30.270, 120.150, 0, 10), _passage("b", 30.279, 120.150, 110, 5)], bike_id=12
+    )
     summary = json.loads(json.dumps(trajectories.to_summary(t)))
     assert summary["bike_id"] == 12 and summary["tag_id"] == "ABCDEF01"
     assert [s["dwell_s"] for s in summary["stops"]] == [10.0, 5.0]
@@ -101,5 +113,7 @@ def test_a_bike_seen_nowhere_exports_empty_but_valid_documents():
 def test_export_file_names_carry_the_bike_and_the_days():
     day = datetime(2026, 11, 22, tzinfo=UTC)
     assert trajectories.export_filename(123, day, day + timedelta(days=1), "gpx") == "bike-123-2026-11-22.gpx"
-    assert trajectories.export_filename(
-        123, day - timedelta(hours=2), day + timedelta(hours=6), "csv") == "bike-123-2026-11-21_2026-11-22.csv"
+    assert (
+        trajectories.export_filename(123, day - timedelta(hours=2), day + timedelta(hours=6), "csv")
+        == "bike-123-2026-11-21_2026-11-22.csv"
+    )

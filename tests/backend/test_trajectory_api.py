@@ -18,11 +18,20 @@ from tests import factories
 from tests.backend.conftest import Staff
 
 # Each form of the trajectory, and what its audit record says was read.
-VIEWS = {"trajectory": None, "trajectory/summary": "summary", "trajectory.gpx": "gpx",
-         "trajectory.geojson": "geojson", "trajectory.csv": "csv"}
+VIEWS = {
+    "trajectory": None,
+    "trajectory/summary": "summary",
+    "trajectory.gpx": "gpx",
+    "trajectory.geojson": "geojson",
+    "trajectory.csv": "csv",
+}
 # (station, lat, lon, seconds after the start, stay in range): north from a to b (twice at b), then east to c.
-ROUTE = (("st-a", 30.270, 120.150, 10, 60), ("st-b", 30.279, 120.150, 190, 10), ("st-b", 30.279, 120.150, 205, 10),
-         ("st-c", 30.279, 120.160, 400, 30))
+ROUTE = (
+    ("st-a", 30.270, 120.150, 10, 60),
+    ("st-b", 30.279, 120.150, 190, 10),
+    ("st-b", 30.279, 120.150, 205, 10),
+    ("st-c", 30.279, 120.160, 400, 30),
+)
 
 
 def _ride(database_url: str, tag_hex: str, start: datetime) -> None:
@@ -31,8 +40,10 @@ def _ride(database_url: str, tag_hex: str, start: datetime) -> None:
         for station_id, lat, lon, at_s, stay_s in ROUTE:
             factories.station(conn, station_id, lat, lon)
             first = start + timedelta(seconds=at_s)
-            conn.execute("INSERT INTO sightings VALUES (%s, %s, %s, %s, 3, -60, 0, 0, 1)",
-                         (first, first + timedelta(seconds=stay_s), station_id, int(tag_hex, 16)))
+            conn.execute(
+                "INSERT INTO sightings VALUES (%s, %s, %s, %s, 3, -60, 0, 0, 1)",
+                (first, first + timedelta(seconds=stay_s), station_id, int(tag_hex, 16)),
+            )
 
 
 def _window(start: datetime) -> dict[str, str]:
@@ -45,8 +56,13 @@ def ride(staff: Staff) -> dict[str, Any]:
     done = staff.register()
     start = utcnow()
     _ride(staff.database_url, done["bike"]["tag_id"], start)
-    return {"registration": done, "bike_id": done["bike"]["bike_id"], "owner": staff.owner_of(done),
-            "start": start, "window": _window(start)}
+    return {
+        "registration": done,
+        "bike_id": done["bike"]["bike_id"],
+        "owner": staff.owner_of(done),
+        "start": start,
+        "window": _window(start),
+    }
 
 
 def _stolen(ride: dict[str, Any], after_s: float) -> None:
@@ -55,8 +71,11 @@ def _stolen(ride: dict[str, Any], after_s: float) -> None:
 
 
 def _trajectory_audit(staff: Staff, bike_id: int) -> list[dict[str, Any]]:
-    return [a for a in staff.admin.get("/api/audit").json()
-            if a["action"] == "bike.trajectory" and a["subject"] == f"bike:{bike_id}"]
+    return [
+        a
+        for a in staff.admin.get("/api/audit").json()
+        if a["action"] == "bike.trajectory" and a["subject"] == f"bike:{bike_id}"
+    ]
 
 
 def test_summary_has_stops_with_dwell_and_legs_with_distance_speed_and_heading(ride: dict[str, Any]) -> None:
@@ -66,7 +85,10 @@ def test_summary_has_stops_with_dwell_and_legs_with_distance_speed_and_heading(r
     body = r.json()
     assert body["bike_id"] == ride["bike_id"] and body["tag_id"] == ride["registration"]["bike"]["tag_id"]
     assert [(s["station_id"], s["passages"], s["dwell_s"]) for s in body["stops"]] == [
-        ("st-a", 1, 60.0), ("st-b", 2, 25.0), ("st-c", 1, 30.0)]
+        ("st-a", 1, 60.0),
+        ("st-b", 2, 25.0),
+        ("st-c", 1, 30.0),
+    ]
     assert body["stops"][1]["station_name"] == "Station st-b"
     north, east = body["legs"]
     assert (north["from_station"], north["to_station"], north["heading"]) == ("st-a", "st-b", "N")
@@ -90,7 +112,10 @@ def test_gpx_download_reads_back_with_the_stops_in_order(ride: dict[str, Any]) -
     gpx = gpxpy.parse(r.text)
     points = gpx.tracks[0].segments[0].points
     assert [(round(p.latitude, 3), round(p.longitude, 3)) for p in points] == [
-        (30.27, 120.15), (30.279, 120.15), (30.279, 120.16)]
+        (30.27, 120.15),
+        (30.279, 120.15),
+        (30.279, 120.16),
+    ]
     assert points[0].time == ride["start"].replace(microsecond=0) + timedelta(seconds=10)
     assert [w.name for w in gpx.waypoints] == ["Station st-a", "Station st-b", "Station st-c"]
     assert gpx.tracks[0].name == f"Bikeguard bike {ride['bike_id']} (chip {ride['registration']['bike']['tag_id']})"
@@ -105,8 +130,10 @@ def test_geojson_download_is_a_line_and_a_point_per_stop(ride: dict[str, Any]) -
     geo = r.json()
     assert geo["type"] == "FeatureCollection"
     line, *points = geo["features"]
-    assert line["geometry"] == {"type": "LineString",
-                                "coordinates": [[120.15, 30.27], [120.15, 30.279], [120.16, 30.279]]}
+    assert line["geometry"] == {
+        "type": "LineString",
+        "coordinates": [[120.15, 30.27], [120.15, 30.279], [120.16, 30.279]],
+    }
     assert line["properties"]["bike_id"] == ride["bike_id"]
     assert [p["geometry"]["type"] for p in points] == ["Point"] * 3
     assert [p["properties"]["station_id"] for p in points] == ["st-a", "st-b", "st-c"]
@@ -184,7 +211,10 @@ def test_police_need_a_case_number_for_a_bike_not_stolen_and_the_access_is_audit
     assert _stations(view, r.text) == ["st-a", "st-b", "st-c"]
     (entry,) = staff.admin.get("/api/audit", params={"case_number": "HZ-2026-1122"}).json()
     assert (entry["actor"], entry["action"], entry["subject"]) == (
-        staff.police.username, "bike.trajectory", f"bike:{ride['bike_id']}")
+        staff.police.username,
+        "bike.trajectory",
+        f"bike:{ride['bike_id']}",
+    )
     assert datetime.fromisoformat(entry["detail"]["since"]) == datetime.fromisoformat(ride["window"]["since"])
 
 

@@ -31,7 +31,9 @@ def backend_url(database_url: str, broker: Broker, topic_prefix: str) -> Iterato
     """The backend served by uvicorn on a free port, with its ingest on the test's broker."""
     port = free_port()
     settings = factories.settings(
-        database_url, mqtt_url=broker.url, mqtt_client_id=f"e2e-{topic_prefix}",
+        database_url,
+        mqtt_url=broker.url,
+        mqtt_client_id=f"e2e-{topic_prefix}",
         mqtt_shared_group=f"e2e-{topic_prefix}" if broker.supports_shared_subscriptions else None,
         http_port=port,
     )
@@ -74,11 +76,20 @@ def test_stolen_bike_passing_a_station_raises_an_alarm_on_the_live_feed(
     police = sign_in(backend_url, staff.police)
     assert httpx.get(f"{backend_url}/api/live", timeout=5).status_code == 401  # the feed is for the police
     runner = SimRunner(town)
-    fleet = GatewayFleet([
-        GatewaySettings(station_id=sid, serial_url=port, mqtt_url=broker.url, spool_path=tmp_path / f"{sid}.spool",
-                        passage_gap_s=1.0, batch_interval_s=0.2, status_interval_s=5)
-        for sid, port in runner.ports.items()
-    ])
+    fleet = GatewayFleet(
+        [
+            GatewaySettings(
+                station_id=sid,
+                serial_url=port,
+                mqtt_url=broker.url,
+                spool_path=tmp_path / f"{sid}.spool",
+                passage_gap_s=1.0,
+                batch_interval_s=0.2,
+                status_interval_s=5,
+            )
+            for sid, port in runner.ports.items()
+        ]
+    )
     feed = LiveFeedReader(f"{backend_url}/api/live", dict(police.headers))
     runner.start()
     fleet.start()
@@ -101,8 +112,10 @@ def test_stolen_bike_passing_a_station_raises_an_alarm_on_the_live_feed(
         print(f"alarm on the live feed {alarm['_received'] - reported:.2f} s after the theft report")
 
         # The stolen bike's passages land in the database too, and nothing was refused on the way.
-        wait_until(lambda: _count(database_url, "SELECT count(*) FROM sightings WHERE tag_id = %s",
-                                  bike.tag_id) > 0, timeout_s=60)
+        wait_until(
+            lambda: _count(database_url, "SELECT count(*) FROM sightings WHERE tag_id = %s", bike.tag_id) > 0,
+            timeout_s=60,
+        )
         # (Only the town's topics: the shared broker also hands the backend other tests' retained statuses.)
         refused = "SELECT count(*) FROM rejected_messages WHERE split_part(topic, '/', 4) = ANY(%s)"
         assert _count(database_url, refused, list(runner.ports)) == 0

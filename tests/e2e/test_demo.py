@@ -90,7 +90,10 @@ def demo_run(*options: str) -> Iterator[DemoRun]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bikeguard.cli", "demo", "--port", str(port), *options],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**env, "TMPDIR": str(tmp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "TMPDIR": str(tmp)},
         start_new_session=True,
     )
     run = DemoRun(process, port, tmp)
@@ -123,11 +126,15 @@ def test_demo_shows_the_stolen_bike_on_the_map_and_ctrl_c_stops_everything() -> 
     assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
 
 
-@pytest.mark.parametrize(("signum", "when"), [
-    (signal.SIGTERM, "sign in as police"),  # a service manager stops it
-    (signal.SIGHUP, "sign in as police"),  # its terminal is closed
-    (signal.SIGTERM, "PostgreSQL (embedded) started"),  # while it starts the rest
-], ids=["SIGTERM", "SIGHUP", "SIGTERM-while-starting"])
+@pytest.mark.parametrize(
+    ("signum", "when"),
+    [
+        (signal.SIGTERM, "sign in as police"),  # a service manager stops it
+        (signal.SIGHUP, "sign in as police"),  # its terminal is closed
+        (signal.SIGTERM, "PostgreSQL (embedded) started"),  # while it starts the rest
+    ],
+    ids=["SIGTERM", "SIGHUP", "SIGTERM-while-starting"],
+)
 def test_demo_stopped_by_a_service_manager_or_a_closed_terminal_leaves_nothing_running(signum: int, when: str) -> None:
     with demo_run("--stations", "3", "--bikes", "6", "--steal-after", "3600") as demo:
         demo.wait_for(when)

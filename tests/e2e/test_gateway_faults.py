@@ -34,8 +34,6 @@ from tests.gateway.harness import FakeModule, TcpHop, beacon, eventually, fast_s
 pytestmark = pytest.mark.anyio
 
 
-
-
 class Feeder:
     """A radio module under traffic: one beacon for each new tag id, `rate_per_s` tags a second, on a thread."""
 

@@ -174,8 +174,9 @@ async def test_module_sending_only_garbage_means_wrong_baud_rate_or_wiring(
     step = steps["module"]
     assert step.status == "fail"
     # How many garbage runs depends on how the reads split the bytes; the CRC error does not.
-    assert re.fullmatch(rf"{len(garbage)} bytes but no valid frame in 0\.5 s \(rejected: garbage \d+, crc 1\)",
-                        step.value), step.value
+    assert re.fullmatch(
+        rf"{len(garbage)} bytes but no valid frame in 0\.5 s \(rejected: garbage \d+, crc 1\)", step.value
+    ), step.value
     assert step.advice.startswith("wrong baud rate or wiring: the module talks 115200 baud 8N1")
     assert step.data["rejected"]["crc"] == 1
     assert steps["noise"].value == steps["test_tag"].value == "skipped: the radio module did not answer"
@@ -247,8 +248,9 @@ async def test_clock_behind_the_backends_hot_list_fails(broker: Broker, topic_pr
     async with hotlist_on(broker, issued_at=utcnow() + timedelta(seconds=60)):
         _, steps = await run(selftest(topic_prefix, str(tmp_path / "none"), broker.url, tmp_path))
     assert steps["clock"].status == "fail"
-    assert re.match(r"the clock is at least (59\.\d|60\.0) s behind: the retained hot list was issued at ",
-                    steps["clock"].value)
+    assert re.match(
+        r"the clock is at least (59\.\d|60\.0) s behind: the retained hot list was issued at ", steps["clock"].value
+    )
 
 
 async def test_ntp_offset_beyond_two_seconds_fails_and_unsynchronised_ntp_warns(
@@ -337,8 +339,9 @@ async def test_a_lost_uplink_stops_the_publishing_but_never_the_self_test(
             await hop.cut()
 
     async with hotlist_on(broker), watching(broker, topic_prefix) as watcher:
-        test = selftest(topic_prefix, str(tmp_path / "none"), hop.url, tmp_path, connect_timeout_s=2,
-                        heartbeat_timeout_s=2)
+        test = selftest(
+            topic_prefix, str(tmp_path / "none"), hop.url, tmp_path, connect_timeout_s=2, heartbeat_timeout_s=2
+        )
         report = await test.run(on_result)
         await watcher.wait("selftest", 6)
         await asyncio.sleep(0.3)
@@ -388,8 +391,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBroker]
         hotlist = Hotlist(version=1, issued_at=utcnow(), tags=["00C0FFEE"])
 
         async def publish() -> None:
-            async with aiomqtt.Client(broker.host, broker.port, username="bikeguard-backend",
-                                      password="backend-secret") as backend:
+            async with aiomqtt.Client(
+                broker.host, broker.port, username="bikeguard-backend", password="backend-secret"
+            ) as backend:
                 await backend.publish(HOTLIST, hotlist.to_json(), qos=1, retain=True)
 
         asyncio.run(publish())
@@ -429,8 +433,13 @@ async def test_station_id_its_acl_does_not_cover_fails_the_heartbeat_with_acl_ad
     secured: SecuredBroker, tmp_path: Path
 ) -> None:
     other = f"{secured.station_id}-b"
-    test = selftest(other, str(tmp_path / "none"), secured.url(secured.station_id, secured.password), tmp_path,
-                    heartbeat_timeout_s=0.5)
+    test = selftest(
+        other,
+        str(tmp_path / "none"),
+        secured.url(secured.station_id, secured.password),
+        tmp_path,
+        heartbeat_timeout_s=0.5,
+    )
     _, steps = await run(test)
     assert steps["broker"].status == "pass"  # the hot list is readable: the credentials are fine
     heartbeat = steps["heartbeat"]
@@ -478,12 +487,17 @@ class FakeBackend:
     def stations(self) -> list[dict[str, Any]]:
         seen = self.statuses()
         status = json.loads(seen[-1]) if seen else None
-        return [{
-            "station_id": self.station_id, "name": "test", "lat": 0.0, "lon": 0.0,
-            "state": status["state"] if status else "unknown",
-            "last_status_at": utcnow().isoformat() if status else None,
-            "status": status,
-        }]
+        return [
+            {
+                "station_id": self.station_id,
+                "name": "test",
+                "lat": 0.0,
+                "lon": 0.0,
+                "state": status["state"] if status else "unknown",
+                "last_status_at": utcnow().isoformat() if status else None,
+                "status": status,
+            }
+        ]
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[FakeBackend]:
@@ -502,15 +516,29 @@ async def test_backend_check_passes_once_the_backend_shows_our_heartbeat_and_ref
 ) -> None:
     async with hotlist_on(broker), watching(broker, topic_prefix) as watcher:
         with FakeBackend(topic_prefix, lambda: watcher.of("status")).serving() as backend:
-            test = selftest(topic_prefix, str(tmp_path / "none"), broker.url, tmp_path, backend_url=backend.url,
-                            backend_token="good-token", backend_poll_s=0.05, backend_timeout_s=3)
+            test = selftest(
+                topic_prefix,
+                str(tmp_path / "none"),
+                broker.url,
+                tmp_path,
+                backend_url=backend.url,
+                backend_token="good-token",
+                backend_poll_s=0.05,
+                backend_timeout_s=3,
+            )
             _, steps = await run(test)
             assert steps["backend"].status == "pass", steps["backend"]
             assert steps["backend"].value.startswith(f"the backend shows {topic_prefix} online with our heartbeat")
             assert "against the backend's clock" in steps["clock"].value
 
-            test = selftest(topic_prefix, str(tmp_path / "none"), broker.url, tmp_path, backend_url=backend.url,
-                            backend_token="stale")
+            test = selftest(
+                topic_prefix,
+                str(tmp_path / "none"),
+                broker.url,
+                tmp_path,
+                backend_url=backend.url,
+                backend_token="stale",
+            )
             _, steps = await run(test)
             assert steps["backend"].value == "the backend refused the token (HTTP 401)"
             assert "--token" in steps["backend"].advice
@@ -550,9 +578,23 @@ async def test_command_line_passes_against_a_live_module(
         player = asyncio.create_task(play())
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "selftest", "--station-id", topic_prefix, "--serial", module.path,
-                "--mqtt", broker.url, "--test-tag", "0a1b2c3d", "--tag-timeout", "5", "--json",
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                sys.executable,
+                "-m",
+                "gateway",
+                "selftest",
+                "--station-id",
+                topic_prefix,
+                "--serial",
+                module.path,
+                "--mqtt",
+                broker.url,
+                "--test-tag",
+                "0a1b2c3d",
+                "--tag-timeout",
+                "5",
+                "--json",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
             out, err = await asyncio.wait_for(proc.communicate(), 60)
         finally:

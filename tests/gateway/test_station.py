@@ -224,8 +224,9 @@ async def test_a_busy_station_told_to_stop_stops(
     # A status every 2 ms keeps PUBACKs arriving: a stop that lands just as one does used to be dropped
     # (about one time in 20), and the gateway went on running.
     for attempt in range(30):
-        settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / f"{attempt}.spool",
-                                 status_interval_s=0.002)
+        settings = fast_settings(
+            topic_prefix, module.path, broker.url, tmp_path / f"{attempt}.spool", status_interval_s=0.002
+        )
         task = await connect_then_stop(settings, lambda a=attempt: asyncio.sleep(0.05 + a % 7 * 0.003))
         assert task.done(), f"attempt {attempt}: still running"
 
@@ -262,8 +263,9 @@ async def test_a_station_told_to_stop_while_its_broker_hangs_stops(
     # The link stays open but nothing comes back: the goodbye (offline status) gets its 2 s, then the station
     # stops; it used to stall now and then inside a publish under load.
     for attempt in range(3):
-        settings = fast_settings(topic_prefix, module.path, hop.url, tmp_path / f"{attempt}.spool",
-                                 status_interval_s=0.01)
+        settings = fast_settings(
+            topic_prefix, module.path, hop.url, tmp_path / f"{attempt}.spool", status_interval_s=0.01
+        )
         await hop.open()
 
         async def hang(delay_s: float = 0.05 + attempt * 0.2) -> None:

@@ -91,8 +91,14 @@ def make_alarm(town: dict[str, Any], *, alarm_id: int = 41, now: datetime | None
         "sightings": 4,
         "trail": trail,
         "next_stations": [
-            {"station_id": sid, "name": by_id[sid]["name"], "lat": by_id[sid]["lat"], "lon": by_id[sid]["lon"],
-             "probability": p, "eta_at": _iso(now + timedelta(seconds=eta))}
+            {
+                "station_id": sid,
+                "name": by_id[sid]["name"],
+                "lat": by_id[sid]["lat"],
+                "lon": by_id[sid]["lon"],
+                "probability": p,
+                "eta_at": _iso(now + timedelta(seconds=eta)),
+            }
             for sid, p, eta in (("S-012", 0.62, 70), ("S-017", 0.23, 95))
         ],
     }
@@ -107,8 +113,14 @@ def make_trajectory(town: dict[str, Any], *, bike_id: int = 7, now: datetime | N
     # (station, seconds ago it arrived, seconds it stayed in range)
     visits = [("S-001", 420, 60), ("S-002", 290, 15), ("S-009", 200, 45), ("S-010", 110, 10), ("S-011", 20, 12)]
     passages = [
-        (sid, by_id[sid]["name"], by_id[sid]["lat"], by_id[sid]["lon"], now - timedelta(seconds=ago),
-         now - timedelta(seconds=ago - stay))
+        (
+            sid,
+            by_id[sid]["name"],
+            by_id[sid]["lat"],
+            by_id[sid]["lon"],
+            now - timedelta(seconds=ago),
+            now - timedelta(seconds=ago - stay),
+        )
         for sid, ago, stay in visits
     ]
     summary = trajectories.to_summary(trajectories.build(0x0A1B2C3D, passages, bike_id))

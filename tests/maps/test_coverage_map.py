@@ -16,8 +16,10 @@ from tests.browser import screenshot, screenshot_path
 def _town_coverage() -> tuple[object, list[dict], dict]:
     town = Town.generate(7, stations=20, bikes=0)
     roads = town_roads_geojson(town)
-    stations = [{"station_id": s.station_id, "name": s.name, "lat": s.lat, "lon": s.lon, "state": "online"}
-                for s in town.stations]
+    stations = [
+        {"station_id": s.station_id, "name": s.name, "lat": s.lat, "lon": s.lon, "state": "online"}
+        for s in town.stations
+    ]
     cov = compute([StationSite(s["station_id"], s["lat"], s["lon"]) for s in stations], town.roads, suggest=5)
     return cov, stations, roads
 
@@ -57,8 +59,12 @@ class PlainCoverage:
 def test_coverage_map_draws_plain_data_computed_elsewhere():
     square = [(30.270, 120.150), (30.270, 120.151), (30.271, 120.151), (30.271, 120.150), (30.270, 120.150)]
     layers = PlainCoverage(
-        road_m=2000.0, covered_m=500.0, share=0.25, station_areas=[square],
-        uncovered=[[(30.272, 120.150), (30.274, 120.150)]], suggestions=[PlainSite(30.273, 120.150, 300.0)],
+        road_m=2000.0,
+        covered_m=500.0,
+        share=0.25,
+        station_areas=[square],
+        uncovered=[[(30.272, 120.150), (30.274, 120.150)]],
+        suggestions=[PlainSite(30.273, 120.150, 300.0)],
     )
     station = {"station_id": "st-001", "name": "Gate", "lat": 30.2705, "lon": 120.1505, "state": "online"}
     html = build_coverage_map(layers, [station], None).get_root().render()

@@ -117,8 +117,6 @@ def test_alarm_update_moves_the_marker_and_extends_the_trail_and_clearing_remove
         assert console_errors(page) == []
 
 
-
-
 def test_officer_acknowledges_assigns_and_finds_a_bike_from_the_map(
     town: dict[str, Any],
     alarm_factory: Callable[..., dict[str, Any]],
@@ -132,12 +130,19 @@ def test_officer_acknowledges_assigns_and_finds_a_bike_from_the_map(
     server.api_replies = {
         ("POST", "/api/alarms/41/acknowledge"): alarm | {"state": "acknowledged", "acknowledged_by": "Officer Chen"},
         ("POST", "/api/alarms/41/assign"): alarm | {"state": "acknowledged", "assignee": "Officer Chen"},
-        ("GET", "/api/bikes/search"): [{
-            "bike": {"bike_id": 7, "plate": "HZ-77777", "brand": "Yadea", "colour": "red", "stolen": True},
-            "last_seen": {"station_id": where["station_id"], "station_name": where["name"], "lat": where["lat"],
-                          "lon": where["lon"], "seen_at": datetime.now(UTC).isoformat()},
-            "owner": None,
-        }],
+        ("GET", "/api/bikes/search"): [
+            {
+                "bike": {"bike_id": 7, "plate": "HZ-77777", "brand": "Yadea", "colour": "red", "stolen": True},
+                "last_seen": {
+                    "station_id": where["station_id"],
+                    "station_name": where["name"],
+                    "lat": where["lat"],
+                    "lon": where["lon"],
+                    "seen_at": datetime.now(UTC).isoformat(),
+                },
+                "owner": None,
+            }
+        ],
     }
 
     with browser_page() as page:
@@ -174,16 +179,28 @@ def test_officer_acknowledges_assigns_and_finds_a_bike_from_the_map(
 
 
 def test_station_offline_alarm_names_the_station_and_no_bike(
-    town: dict[str, Any], alarm_factory: Callable[..., dict[str, Any]], map_server_factory: Callable[..., Any],
+    town: dict[str, Any],
+    alarm_factory: Callable[..., dict[str, Any]],
+    map_server_factory: Callable[..., Any],
 ) -> None:
     require_chromium()
     server = map_server_factory(build_live_map(town["stations"], town["roads"], town["activity"], []), [])
     station = town["stations"][0]
     since = datetime.now(UTC).isoformat(timespec="seconds")
     offline = alarm_factory(town) | {
-        "id": 77, "kind": "station_offline", "severity": "warning", "tag_id": None, "plate": None,
-        "station_id": station["station_id"], "station_name": station["name"], "lat": station["lat"],
-        "lon": station["lon"], "first_seen_at": since, "last_seen_at": since, "sightings": 0, "trail": [],
+        "id": 77,
+        "kind": "station_offline",
+        "severity": "warning",
+        "tag_id": None,
+        "plate": None,
+        "station_id": station["station_id"],
+        "station_name": station["name"],
+        "lat": station["lat"],
+        "lon": station["lon"],
+        "first_seen_at": since,
+        "last_seen_at": since,
+        "sightings": 0,
+        "trail": [],
         "next_stations": [],
     }
     with browser_page() as page:

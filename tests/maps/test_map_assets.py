@@ -56,9 +56,9 @@ def test_external_references_sees_scripts_styles_and_css_urls() -> None:
 
 def test_base_map_has_no_tiles_unless_a_tile_url_is_given() -> None:
     bare = base_map().get_root().render()
-    tiled = base_map(
-        tile_url="http://tiles.police.lan/{z}/{x}/{y}.png", tile_attribution="City GIS"
-    ).get_root().render()
+    tiled = (
+        base_map(tile_url="http://tiles.police.lan/{z}/{x}/{y}.png", tile_attribution="City GIS").get_root().render()
+    )
 
     assert "L.tileLayer" not in bare
     assert "L.tileLayer" in tiled

@@ -16,8 +16,10 @@ from tests.browser import browser_page, chromium_path, console_errors, screensho
 
 def _loads_nothing_from_elsewhere(html: str) -> bool:
     # Leaflet's own script carries a link to its home page in the attribution; nothing is loaded from it.
-    return not re.search(r"<(?:script|link|img)[^>]+(?:src|href)=[\"']?(?:https?:)?//", html) \
+    return (
+        not re.search(r"<(?:script|link|img)[^>]+(?:src|href)=[\"']?(?:https?:)?//", html)
         and "bikeguard-inline" not in html
+    )
 
 
 def test_coverage_map_of_a_simulated_town_is_one_self_contained_file(tmp_path: Path, capsys):
@@ -36,8 +38,10 @@ def test_trajectory_map_from_the_database(database_url: str, tmp_path: Path, cap
         for i, sid in enumerate(("st-a", "st-b", "st-c")):
             factories.station(conn, sid, lat=30.27 + i / 1000)
             at = now - timedelta(minutes=30 - i * 5)
-            conn.execute("INSERT INTO sightings VALUES (%s, %s, %s, 48879, 3, -60, 0, 4, 1)",
-                         (at, at + timedelta(seconds=20), sid))
+            conn.execute(
+                "INSERT INTO sightings VALUES (%s, %s, %s, 48879, 3, -60, 0, 4, 1)",
+                (at, at + timedelta(seconds=20), sid),
+            )
     out = tmp_path / "t.html"
     assert main(["--database-url", database_url, "trajectory", "--tag", "0000beef", "--out", str(out)]) == 0
     assert "3 stops, 3 passages" in capsys.readouterr().out

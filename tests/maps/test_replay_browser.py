@@ -77,8 +77,9 @@ def test_replaying_a_stolen_bikes_alarm_animates_its_route_and_offers_the_export
         assert f"{speed} km/h" in status and "heading E" in status
         assert page.evaluate(STATE)["leg"] == 2
 
-        exports = {a.get_attribute("data-format"): a.get_attribute("href")
-                   for a in page.locator(".bg-replay-menu a").all()}
+        exports = {
+            a.get_attribute("data-format"): a.get_attribute("href") for a in page.locator(".bg-replay-menu a").all()
+        }
         assert sorted(exports) == ["csv", "geojson", "gpx"]
         gpx = urlsplit(exports["gpx"] or "")
         assert gpx.path == "/api/bikes/7/trajectory.gpx"
@@ -126,7 +127,8 @@ def test_a_searched_bike_not_stolen_is_replayed_only_with_a_case_number_and_clos
         page.fill("#bg-search-case", "HZ-2026-1122")
         page.click("#bg-search button[type=submit]")
         page.wait_for_function(
-            "document.querySelector(\"#bg-search-result button[data-replay-result='0']\")?.disabled === false")
+            "document.querySelector(\"#bg-search-result button[data-replay-result='0']\")?.disabled === false"
+        )
         page.locator("#bg-search-result button[data-replay-result='0']").click()
         page.wait_for_selector(f"{BAR} .bg-replay-slider")
         href = page.locator(".bg-replay-menu a[data-format='csv']").get_attribute("href") or ""
@@ -179,6 +181,7 @@ def test_the_standalone_trajectory_map_plays_with_the_same_replay(
         page.locator(".bg-replay-speeds button[data-speed='600']").click()
         page.locator(".bg-replay-play").click()
         page.wait_for_function(
-            "(t => t != null && t !== " + repr(before) + ")(document.querySelector('.bg-replay-time b')?.textContent)")
+            "(t => t != null && t !== " + repr(before) + ")(document.querySelector('.bg-replay-time b')?.textContent)"
+        )
         page.screenshot(path=str(tmp_path / "trajectory.png"))
         assert console_errors(page) == []

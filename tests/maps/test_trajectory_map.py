@@ -18,7 +18,7 @@ def _loaded(html: str) -> tuple[dict[str, Any], dict[str, Any]]:
     (call,) = LOAD.finditer(html)
     decoder = json.JSONDecoder()
     summary, end = decoder.raw_decode(html, call.end())
-    assert html[end:end + 2] == ", "
+    assert html[end : end + 2] == ", "
     options, _ = decoder.raw_decode(html, end + 2)
     return summary, options
 
@@ -40,9 +40,16 @@ def test_trajectory_map_hands_the_summary_to_the_shared_replay(
 
 
 def test_a_chips_trajectory_is_titled_by_the_chip_and_names_cannot_break_out(town: dict[str, Any]) -> None:
-    stop = {"station_id": "S-1", "station_name": "</script><script>alert(1)</script>", "lat": 30.27, "lon": 120.15,
-            "arrived_at": "2025-01-01T08:00:00+00:00", "left_at": "2025-01-01T08:01:00+00:00", "dwell_s": 60.0,
-            "passages": 1}
+    stop = {
+        "station_id": "S-1",
+        "station_name": "</script><script>alert(1)</script>",
+        "lat": 30.27,
+        "lon": 120.15,
+        "arrived_at": "2025-01-01T08:00:00+00:00",
+        "left_at": "2025-01-01T08:01:00+00:00",
+        "dwell_s": 60.0,
+        "passages": 1,
+    }
     summary = {"bike_id": None, "tag_id": "0000BEEF", "stops": [stop], "legs": []}
 
     html = build_trajectory_map(summary).get_root().render()

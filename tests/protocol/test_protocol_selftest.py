@@ -88,8 +88,16 @@ def test_summary_must_follow_its_steps_and_count_them_all() -> None:
     at=st.datetimes(timezones=st.just(UTC)),
 )
 def test_any_step_round_trips(seq: int, status: str, message: str, rssi: int | None, at: datetime) -> None:
-    step = SelfTestStep(station_id="st-9", run_id="00ff00ff", seq=seq, name="noise", status=status,  # type: ignore[arg-type]
-                        message=message, rssi_dbm=rssi, at=at)
+    step = SelfTestStep(
+        station_id="st-9",
+        run_id="00ff00ff",
+        seq=seq,
+        name="noise",
+        status=status,  # type: ignore[arg-type]
+        message=message,
+        rssi_dbm=rssi,
+        at=at,
+    )
     assert parse_selftest(step.to_json()) == step
 
 

@@ -25,8 +25,9 @@ def detect(_cur: psycopg.Cursor[Any], committed: Committed, _watch: WatchList) -
         for i, flags in enumerate(p.flags)
         if flags & _TAMPER
     ]
-    found += [Evidence(KIND, a.tag_id, a.station_id, a.seen_at, a.seen_at) for a in committed.alerts
-              if a.kind == "tamper"]
+    found += [
+        Evidence(KIND, a.tag_id, a.station_id, a.seen_at, a.seen_at) for a in committed.alerts if a.kind == "tamper"
+    ]
     return found
 
 

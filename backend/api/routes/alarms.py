@@ -21,14 +21,20 @@ router = APIRouter(prefix="/api/alarms", tags=["alarms"])
 AlarmId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Viewer = Annotated[User, allow("police", "admin", "owner", "installer")]
 
-_STATES = {"open": ("active", "acknowledged"), "active": ("active",), "acknowledged": ("acknowledged",),
-           "cleared": ("cleared",)}
+_STATES = {
+    "open": ("active", "acknowledged"),
+    "active": ("active",),
+    "acknowledged": ("acknowledged",),
+    "cleared": ("cleared",),
+}
 
 
 @router.get("", response_model=list[AlarmPublic])
 async def list_alarms(
-    conn: Conn, user: Viewer,
-    state: Literal["open", "active", "acknowledged", "cleared"] = "open", limit: int = Query(200, ge=1, le=1000),
+    conn: Conn,
+    user: Viewer,
+    state: Literal["open", "active", "acknowledged", "cleared"] = "open",
+    limit: int = Query(200, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     """Police, admin: alarms in a state (default: not yet cleared), latest first. Owner: those of their bikes.
     Installer: those about stations."""
@@ -64,8 +70,9 @@ async def clear(alarm_id: AlarmId, conn: Conn, user: Viewer) -> dict[str, Any]:
 
 
 @router.post("/{alarm_id}/assign", response_model=AlarmPublic)
-async def assign(alarm_id: AlarmId, body: AlarmAssign, conn: Conn,
-                 user: Annotated[User, allow("police", "admin")]) -> dict[str, Any]:
+async def assign(
+    alarm_id: AlarmId, body: AlarmAssign, conn: Conn, user: Annotated[User, allow("police", "admin")]
+) -> dict[str, Any]:
     """Police, admin: hand an open alarm to someone (recorded with who did it and when)."""
     await queries.get_alarm(conn, alarm_id, scope=alarm_scope(user))
     await store.assign(conn, alarm_id, body.assignee.strip(), user.display_name or user.username)

@@ -17,8 +17,11 @@ router = APIRouter(prefix="/api/audit", tags=["audit"])
 
 @router.get("", response_model=list[AuditEntry])
 async def list_audit(
-    conn: Conn, _user: Annotated[User, allow("admin")], since: AwareDatetime | None = None,
-    actor: str | None = Query(None, max_length=64), case_number: str | None = Query(None, max_length=40),
+    conn: Conn,
+    _user: Annotated[User, allow("admin")],
+    since: AwareDatetime | None = None,
+    actor: str | None = Query(None, max_length=64),
+    case_number: str | None = Query(None, max_length=40),
     limit: int = Query(200, ge=1, le=5000),
 ) -> list[dict[str, Any]]:
     """Admin: audit records, newest first."""

@@ -14,16 +14,27 @@ from backend.api.schemas import AccountPublic, LoginCreate, PasswordChange, Sess
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 
-@router.post("/login", response_model=SessionPublic, dependencies=[public()],
-             responses={401: {"description": "wrong username or password"},
-                        429: {"description": "too many failed logins"}})
-async def login(body: LoginCreate, request: Request, response: Response, conn: Conn, settings: Settings,
-                passwords: PasswordsDep) -> dict[str, Any]:
+@router.post(
+    "/login",
+    response_model=SessionPublic,
+    dependencies=[public()],
+    responses={401: {"description": "wrong username or password"}, 429: {"description": "too many failed logins"}},
+)
+async def login(
+    body: LoginCreate, request: Request, response: Response, conn: Conn, settings: Settings, passwords: PasswordsDep
+) -> dict[str, Any]:
     """Anyone: a session for a username and password (token in the body and as an HttpOnly cookie)."""
     address = request.client.host if request.client else None
     token, user = await accounts.login(conn, settings, passwords, body.username, body.password, address)
-    response.set_cookie(SESSION_COOKIE, token, max_age=settings.session_ttl_s, httponly=True, samesite="strict",
-                        secure=settings.secure_cookies, path="/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_ttl_s,
+        httponly=True,
+        samesite="strict",
+        secure=settings.secure_cookies,
+        path="/",
+    )
     return {"token": token, "expires_at": user.session_expires_at, "account": user}
 
 
@@ -42,8 +53,9 @@ async def me(user: Annotated[User, signed_in()]) -> User:
 
 
 @router.post("/password", response_model=AccountPublic, responses={422: {"description": "password refused"}})
-async def change_password(body: PasswordChange, conn: Conn, token: Token, passwords: PasswordsDep,
-                          user: Annotated[User, signed_in()]) -> User:
+async def change_password(
+    body: PasswordChange, conn: Conn, token: Token, passwords: PasswordsDep, user: Annotated[User, signed_in()]
+) -> User:
     """Any signed-in account: change the password (required after the first login); other sessions end."""
     await accounts.change_password(conn, passwords, user, body.current_password, body.new_password, token or "")
     refreshed = await accounts.session_user(conn, token or "")

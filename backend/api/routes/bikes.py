@@ -52,10 +52,12 @@ async def _bike(conn: Conn, registry: Registry, user: User, bike_id: int) -> dic
     return await viewer_of(user).bike(conn, registry, bike_id)
 
 
-async def _certificate(conn: Conn, bike_id: int, signer: SignerDep, settings: Settings,
-                       request: Request) -> dict[str, Any]:
-    return certificates.public(await certificates.current(conn, bike_id), signer,
-                               settings.public_base_url or str(request.base_url))
+async def _certificate(
+    conn: Conn, bike_id: int, signer: SignerDep, settings: Settings, request: Request
+) -> dict[str, Any]:
+    return certificates.public(
+        await certificates.current(conn, bike_id), signer, settings.public_base_url or str(request.base_url)
+    )
 
 
 async def _publish_hotlist(conn: Conn, request: Request) -> None:
@@ -64,9 +66,16 @@ async def _publish_hotlist(conn: Conn, request: Request) -> None:
 
 
 @router.post("", response_model=RegistrationPublic, status_code=201)
-async def register_bike(body: BikeCreate, request: Request, conn: Conn, registry: RegistryDep,
-                        passwords: PasswordsDep, signer: SignerDep, settings: Settings,
-                        user: Counter) -> dict[str, Any]:
+async def register_bike(
+    body: BikeCreate,
+    request: Request,
+    conn: Conn,
+    registry: RegistryDep,
+    passwords: PasswordsDep,
+    signer: SignerDep,
+    settings: Settings,
+    user: Counter,
+) -> dict[str, Any]:
     """Clerk, admin: register a bike to an owner (new or existing), fit its chip, issue its certificate."""
     slip = None
     owner_id = body.owner_id
@@ -76,15 +85,20 @@ async def register_bike(body: BikeCreate, request: Request, conn: Conn, registry
     details = BikeDetails(body.plate, body.frame_number, body.motor_number, body.brand, body.model, body.colour)
     bike_id = await registry.register_bike(conn, user.actor, owner_id, details, parse_tag(body.tag_id))
     return {
-        "bike": await _bike(conn, registry, user, bike_id), "owner": await registry.get_owner(conn, owner_id),
-        "certificate": await _certificate(conn, bike_id, signer, settings, request), "owner_login": slip,
+        "bike": await _bike(conn, registry, user, bike_id),
+        "owner": await registry.get_owner(conn, owner_id),
+        "certificate": await _certificate(conn, bike_id, signer, settings, request),
+        "owner_login": slip,
     }
 
 
 @router.get("", response_model=list[BikePublic])
 async def list_bikes(
-    conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner", "clerk", "admin", "police")],
-    plate: str | None = Query(None, max_length=20), tag_id: str | None = Query(None, pattern=TAG_ID_ANY_CASE_PATTERN),
+    conn: Conn,
+    registry: RegistryDep,
+    user: Annotated[User, allow("owner", "clerk", "admin", "police")],
+    plate: str | None = Query(None, max_length=20),
+    tag_id: str | None = Query(None, pattern=TAG_ID_ANY_CASE_PATTERN),
     frame_number: str | None = Query(None, max_length=40),
 ) -> list[dict[str, Any]]:
     """Owner: their bikes. Clerk, admin, police: bikes matching a plate, chip or frame number (one is needed)."""
@@ -94,16 +108,24 @@ async def list_bikes(
     else:
         if plate is None and tag_id is None and frame_number is None:
             raise InvalidValue("give plate, tag_id or frame_number", "plate")
-        found = await registry.find_bikes(conn, plate=plate, tag_id=parse_tag(tag_id) if tag_id else None,
-                                          frame_number=frame_number.strip().upper() if frame_number else None)
+        found = await registry.find_bikes(
+            conn,
+            plate=plate,
+            tag_id=parse_tag(tag_id) if tag_id else None,
+            frame_number=frame_number.strip().upper() if frame_number else None,
+        )
     return await viewer.with_owners(conn, registry, found)
 
 
 @router.get("/availability", response_model=dict[str, str])
 async def availability(
-    conn: Conn, registry: RegistryDep, _user: Counter,
-    plate: str | None = Query(None, max_length=20), tag_id: str | None = Query(None, pattern=TAG_ID_ANY_CASE_PATTERN),
-    frame_number: str | None = Query(None, max_length=40), motor_number: str | None = Query(None, max_length=40),
+    conn: Conn,
+    registry: RegistryDep,
+    _user: Counter,
+    plate: str | None = Query(None, max_length=20),
+    tag_id: str | None = Query(None, pattern=TAG_ID_ANY_CASE_PATTERN),
+    frame_number: str | None = Query(None, max_length=40),
+    motor_number: str | None = Query(None, max_length=40),
 ) -> dict[str, str]:
     """Clerk, admin: for each value given, what already holds it (free values are left out), as the clerk types."""
     values: dict[str, Any] = {
@@ -120,11 +142,13 @@ async def availability(
     return {**await registry.availability(conn, values), **out}
 
 
-@router.get("/search", response_model=list[BikeSearchResult],
-            responses={403: {"description": "case number malformed"}})
+@router.get("/search", response_model=list[BikeSearchResult], responses={403: {"description": "case number malformed"}})
 async def search(
-    conn: Conn, registry: RegistryDep, user: Annotated[User, allow("police", "admin")],
-    q: str = Query(min_length=1, max_length=40), case_number: str | None = Query(None, max_length=40),
+    conn: Conn,
+    registry: RegistryDep,
+    user: Annotated[User, allow("police", "admin")],
+    q: str = Query(min_length=1, max_length=40),
+    case_number: str | None = Query(None, max_length=40),
 ) -> list[dict[str, Any]]:
     """Police, admin: bikes whose plate, frame number or chip is q. Where a bike was last seen: a stolen one
     since the theft; any other, and every owner, only with a case number (audited)."""
@@ -141,15 +165,20 @@ async def search(
 
 
 @router.get("/{bike_id}", response_model=BikePublic)
-async def get_bike(bike_id: BikeId, conn: Conn, registry: RegistryDep,
-                   user: Annotated[User, allow("owner", "clerk", "admin", "police")]) -> dict[str, Any]:
+async def get_bike(
+    bike_id: BikeId,
+    conn: Conn,
+    registry: RegistryDep,
+    user: Annotated[User, allow("owner", "clerk", "admin", "police")],
+) -> dict[str, Any]:
     """Owner: their own bike. Clerk, admin: any bike with its owner masked. Police: any bike, no owner data."""
     return await _bike(conn, registry, user, bike_id)
 
 
 @router.get("/{bike_id}/history", response_model=list[HistoryEntry])
-async def history(bike_id: BikeId, conn: Conn, registry: RegistryDep,
-                  user: Annotated[User, allow("owner", "clerk", "admin")]) -> list[dict[str, Any]]:
+async def history(
+    bike_id: BikeId, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner", "clerk", "admin")]
+) -> list[dict[str, Any]]:
     """Owner (own bike), clerk, admin: every binding of owner, plate and chip, and theft reports, with who and when.
 
     Other owners are never named to an owner; a clerk sees them masked.
@@ -167,7 +196,10 @@ async def history(bike_id: BikeId, conn: Conn, registry: RegistryDep,
 
 @router.get("/{bike_id}/owner", response_model=OwnerPublic, responses={403: {"description": "case number needed"}})
 async def bike_owner(
-    bike_id: BikeId, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("police", "clerk", "admin")],
+    bike_id: BikeId,
+    conn: Conn,
+    registry: RegistryDep,
+    user: Annotated[User, allow("police", "clerk", "admin")],
     case_number: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
     """Police (with a case number), clerk, admin: the bike's owner (ID number masked). Audited."""
@@ -182,8 +214,14 @@ _WINDOW_H = 24
 
 
 async def _trajectory_window(
-    conn: Conn, registry: Registry, user: User, bike_id: int, since: datetime | None, until: datetime | None,
-    case_number: str | None, **detail: str,
+    conn: Conn,
+    registry: Registry,
+    user: User,
+    bike_id: int,
+    since: datetime | None,
+    until: datetime | None,
+    case_number: str | None,
+    **detail: str,
 ) -> tuple[datetime, datetime]:
     """The part of [since, until) of the bike's trajectory this user may see (default: the last 24 h), as
     access.Viewer.bike_window says (another owner's bike is a 404; police access is audited, with `detail`)."""
@@ -199,9 +237,14 @@ async def _trajectory_window(
 
 @router.get("/{bike_id}/trajectory", response_model=list[TrajectoryPoint], responses=_CASE_NEEDED)
 async def trajectory(
-    bike_id: BikeId, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner", "police")],
-    since: AwareDatetime | None = None, until: AwareDatetime | None = None,
-    case_number: str | None = Query(None, max_length=40), limit: int = Query(1000, ge=1, le=10_000),
+    bike_id: BikeId,
+    conn: Conn,
+    registry: RegistryDep,
+    user: Annotated[User, allow("owner", "police")],
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    case_number: str | None = Query(None, max_length=40),
+    limit: int = Query(1000, ge=1, le=10_000),
 ) -> list[dict[str, Any]]:
     """Owner: their bike since they own it. Police: a stolen bike since the theft; otherwise a case number
     is needed, and the access is audited."""
@@ -211,50 +254,79 @@ async def trajectory(
 
 @router.get("/{bike_id}/trajectory/summary", response_model=TrajectorySummary, responses=_CASE_NEEDED)
 async def trajectory_summary(
-    bike_id: BikeId, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner", "police")],
-    since: AwareDatetime | None = None, until: AwareDatetime | None = None,
+    bike_id: BikeId,
+    conn: Conn,
+    registry: RegistryDep,
+    user: Annotated[User, allow("owner", "police")],
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
     case_number: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
     """Owner, police (as for the trajectory): its stops with their dwell and the legs between them with
     distance, speed and heading, over the window actually shown; what the police console replays."""
-    since_at, until_at = await _trajectory_window(conn, registry, user, bike_id, since, until, case_number,
-                                                  view="summary")
+    since_at, until_at = await _trajectory_window(
+        conn, registry, user, bike_id, since, until, case_number, view="summary"
+    )
     found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
     return {**trajectories.to_summary(found), "since": since_at, "until": until_at}
 
 
 @router.get(
-    "/{bike_id}/trajectory.{fmt}", response_class=Response,
-    responses={200: {"content": {media.split(";")[0]: {} for media in trajectories.EXPORT_MEDIA_TYPES.values()},
-                     "description": "a download: GPX, GeoJSON or CSV"}, **_CASE_NEEDED},
+    "/{bike_id}/trajectory.{fmt}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {media.split(";")[0]: {} for media in trajectories.EXPORT_MEDIA_TYPES.values()},
+            "description": "a download: GPX, GeoJSON or CSV",
+        },
+        **_CASE_NEEDED,
+    },
 )
 async def trajectory_export(
-    bike_id: BikeId, fmt: Annotated[trajectories.ExportFormat, Path(description="gpx, geojson or csv")], conn: Conn,
-    registry: RegistryDep, user: Annotated[User, allow("owner", "police")],
-    since: AwareDatetime | None = None, until: AwareDatetime | None = None,
+    bike_id: BikeId,
+    fmt: Annotated[trajectories.ExportFormat, Path(description="gpx, geojson or csv")],
+    conn: Conn,
+    registry: RegistryDep,
+    user: Annotated[User, allow("owner", "police")],
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
     case_number: str | None = Query(None, max_length=40),
 ) -> Response:
     """Owner, police (as for the trajectory): the trajectory as a GPX, GeoJSON or CSV file to download."""
-    since_at, until_at = await _trajectory_window(conn, registry, user, bike_id, since, until, case_number,
-                                                  view=fmt)
+    since_at, until_at = await _trajectory_window(conn, registry, user, bike_id, since, until, case_number, view=fmt)
     found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
     name = trajectories.export_filename(bike_id, since_at, until_at, fmt)
-    return Response(trajectories.export(found, fmt), media_type=trajectories.EXPORT_MEDIA_TYPES[fmt],
-                    headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
+    return Response(
+        trajectories.export(found, fmt),
+        media_type=trajectories.EXPORT_MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+    )
 
 
 @router.get("/{bike_id}/certificate", response_model=CertificatePublic)
-async def certificate(bike_id: BikeId, request: Request, conn: Conn, registry: RegistryDep, signer: SignerDep,
-                      settings: Settings,
-                      user: Annotated[User, allow("owner", "clerk", "admin")]) -> dict[str, Any]:
+async def certificate(
+    bike_id: BikeId,
+    request: Request,
+    conn: Conn,
+    registry: RegistryDep,
+    signer: SignerDep,
+    settings: Settings,
+    user: Annotated[User, allow("owner", "clerk", "admin")],
+) -> dict[str, Any]:
     """Owner (own bike), clerk, admin: the current certificate with its signed token and links."""
     await _bike(conn, registry, user, bike_id)
     return await _certificate(conn, bike_id, signer, settings, request)
 
 
 @router.post("/{bike_id}/photos", status_code=201, response_model=dict[str, int])
-async def add_photo(bike_id: BikeId, conn: Conn, registry: RegistryDep, settings: Settings, user: Counter,
-                    photo: Annotated[UploadFile, File(description="JPEG or PNG")]) -> dict[str, int]:
+async def add_photo(
+    bike_id: BikeId,
+    conn: Conn,
+    registry: RegistryDep,
+    settings: Settings,
+    user: Counter,
+    photo: Annotated[UploadFile, File(description="JPEG or PNG")],
+) -> dict[str, int]:
     """Clerk, admin: add a photo of the bike (JPEG or PNG, size limited by the settings)."""
     data = await photo.read(settings.photo_max_bytes + 1)
     if len(data) > settings.photo_max_bytes:
@@ -265,11 +337,18 @@ async def add_photo(bike_id: BikeId, conn: Conn, registry: RegistryDep, settings
     return {"photo_id": await registry.add_photo(conn, user.actor, bike_id, kind, data)}
 
 
-@router.get("/{bike_id}/photos/{photo_id}", response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
-async def get_photo(bike_id: BikeId, photo_id: Annotated[int, Path(ge=1, le=2**63 - 1)], conn: Conn,
-                    registry: RegistryDep,
-                    user: Annotated[User, allow("owner", "clerk", "admin", "police")]) -> Response:
+@router.get(
+    "/{bike_id}/photos/{photo_id}",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+)
+async def get_photo(
+    bike_id: BikeId,
+    photo_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    conn: Conn,
+    registry: RegistryDep,
+    user: Annotated[User, allow("owner", "clerk", "admin", "police")],
+) -> Response:
     """Owner (own bike), clerk, admin, police: one photo of the bike."""
     await _bike(conn, registry, user, bike_id)
     content_type, data = await registry.photo(conn, bike_id, photo_id)
@@ -277,28 +356,40 @@ async def get_photo(bike_id: BikeId, photo_id: Annotated[int, Path(ge=1, le=2**6
 
 
 @router.post("/{bike_id}/arm", response_model=BikePublic)
-async def arm(bike_id: BikeId, body: ArmCreate, conn: Conn, registry: RegistryDep,
-              user: Annotated[User, allow("owner")]) -> dict[str, Any]:
+async def arm(
+    bike_id: BikeId, body: ArmCreate, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner")]
+) -> dict[str, Any]:
     """Owner: arm or disarm their bike (armed and seen moving raises an alarm for them)."""
     await registry.set_armed(conn, user.owner_id or 0, bike_id, body.armed)
     return await _bike(conn, registry, user, bike_id)
 
 
 @router.post("/{bike_id}/theft", response_model=BikePublic, status_code=201)
-async def report_stolen(bike_id: BikeId, body: TheftReportCreate, request: Request, conn: Conn,
-                        registry: RegistryDep,
-                        user: Annotated[User, allow("owner", "clerk", "police", "admin")]) -> dict[str, Any]:
+async def report_stolen(
+    bike_id: BikeId,
+    body: TheftReportCreate,
+    request: Request,
+    conn: Conn,
+    registry: RegistryDep,
+    user: Annotated[User, allow("owner", "clerk", "police", "admin")],
+) -> dict[str, Any]:
     """Owner (own bike), clerk, police, admin: report the bike stolen; its chip goes on the hot list at once."""
     await _bike(conn, registry, user, bike_id)
-    await registry.report_stolen(conn, user.actor, bike_id, body.stolen_at, body.place, body.circumstances,
-                                 body.police_report)
+    await registry.report_stolen(
+        conn, user.actor, bike_id, body.stolen_at, body.place, body.circumstances, body.police_report
+    )
     await _publish_hotlist(conn, request)
     return await _bike(conn, registry, user, bike_id)
 
 
 @router.post("/{bike_id}/recovered", response_model=BikePublic)
-async def mark_recovered(bike_id: BikeId, request: Request, conn: Conn, registry: RegistryDep,
-                         user: Annotated[User, allow("owner", "clerk", "police", "admin")]) -> dict[str, Any]:
+async def mark_recovered(
+    bike_id: BikeId,
+    request: Request,
+    conn: Conn,
+    registry: RegistryDep,
+    user: Annotated[User, allow("owner", "clerk", "police", "admin")],
+) -> dict[str, Any]:
     """Owner (own bike), clerk, police, admin: the bike is back; its chip leaves the hot list."""
     await _bike(conn, registry, user, bike_id)
     await registry.mark_recovered(conn, user.actor, bike_id)
@@ -307,53 +398,75 @@ async def mark_recovered(bike_id: BikeId, request: Request, conn: Conn, registry
 
 
 @router.post("/{bike_id}/transfer-consent", response_model=TransferConsentPublic, status_code=201)
-async def consent_to_transfer(bike_id: BikeId, conn: Conn, registry: RegistryDep,
-                              user: Annotated[User, allow("owner")]) -> dict[str, Any]:
+async def consent_to_transfer(
+    bike_id: BikeId, conn: Conn, registry: RegistryDep, user: Annotated[User, allow("owner")]
+) -> dict[str, Any]:
     """Owner: a one-time code that lets the counter hand this bike to someone else."""
     code, expires_at = await registry.consent_to_transfer(conn, user.owner_id or 0, bike_id)
     return {"code": code, "expires_at": expires_at}
 
 
 @router.post("/{bike_id}/transfer", response_model=TransferPublic)
-async def transfer(bike_id: BikeId, body: TransferCreate, request: Request, conn: Conn, registry: RegistryDep,
-                   passwords: PasswordsDep, signer: SignerDep, settings: Settings, user: Counter) -> dict[str, Any]:
+async def transfer(
+    bike_id: BikeId,
+    body: TransferCreate,
+    request: Request,
+    conn: Conn,
+    registry: RegistryDep,
+    passwords: PasswordsDep,
+    signer: SignerDep,
+    settings: Settings,
+    user: Counter,
+) -> dict[str, Any]:
     """Clerk, admin: hand the bike to a new owner, with the current owner's consent; history is kept."""
     slip = None
     new_owner_id = body.new_owner_id
     if body.new_owner is not None:
         new_owner_id, slip = await create_owner(conn, registry, passwords, user, body.new_owner)
     assert new_owner_id is not None
-    await registry.transfer(conn, user.actor, bike_id, new_owner_id, consent_code=body.consent_code,
-                            old_owner_id_number=body.old_owner_id_number)
+    await registry.transfer(
+        conn,
+        user.actor,
+        bike_id,
+        new_owner_id,
+        consent_code=body.consent_code,
+        old_owner_id_number=body.old_owner_id_number,
+    )
     if slip is None and body.new_owner_id is not None:
         owner = await registry.get_owner(conn, new_owner_id)
         if owner["login"] is None:
-            slip = await accounts.issue_owner_login(conn, passwords, new_owner_id,
-                                                    owner["mobile"] or f"owner{new_owner_id}", owner["name"],
-                                                    user.actor)
-    return {"bike": await _bike(conn, registry, user, bike_id),
-            "certificate": await _certificate(conn, bike_id, signer, settings, request), "owner_login": slip}
+            slip = await accounts.issue_owner_login(
+                conn, passwords, new_owner_id, owner["mobile"] or f"owner{new_owner_id}", owner["name"], user.actor
+            )
+    return {
+        "bike": await _bike(conn, registry, user, bike_id),
+        "certificate": await _certificate(conn, bike_id, signer, settings, request),
+        "owner_login": slip,
+    }
 
 
 @router.post("/{bike_id}/chip", response_model=BikePublic)
-async def replace_chip(bike_id: BikeId, body: ChipReplacement, conn: Conn, registry: RegistryDep,
-                       user: Counter) -> dict[str, Any]:
+async def replace_chip(
+    bike_id: BikeId, body: ChipReplacement, conn: Conn, registry: RegistryDep, user: Counter
+) -> dict[str, Any]:
     """Clerk, admin: fit a new chip; the old one is retired for good; a new certificate is issued."""
     await registry.replace_chip(conn, user.actor, bike_id, parse_tag(body.tag_id), body.reason)
     return await _bike(conn, registry, user, bike_id)
 
 
 @router.post("/{bike_id}/plate", response_model=BikePublic)
-async def change_plate(bike_id: BikeId, body: PlateChange, conn: Conn, registry: RegistryDep,
-                       user: Counter) -> dict[str, Any]:
+async def change_plate(
+    bike_id: BikeId, body: PlateChange, conn: Conn, registry: RegistryDep, user: Counter
+) -> dict[str, Any]:
     """Clerk, admin: a new plate (the old one is released); a new certificate is issued."""
     await registry.change_plate(conn, user.actor, bike_id, body.plate, body.reason)
     return await _bike(conn, registry, user, bike_id)
 
 
 @router.post("/{bike_id}/deregister", response_model=BikePublic)
-async def deregister(bike_id: BikeId, body: Deregistration, conn: Conn, registry: RegistryDep,
-                     user: Counter) -> dict[str, Any]:
+async def deregister(
+    bike_id: BikeId, body: Deregistration, conn: Conn, registry: RegistryDep, user: Counter
+) -> dict[str, Any]:
     """Clerk, admin: the bike is scrapped or exported: plate released, chip retired, certificate void."""
     await registry.deregister(conn, user.actor, bike_id, body.status, body.note)
     return await _bike(conn, registry, user, bike_id)

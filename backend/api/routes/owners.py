@@ -18,22 +18,25 @@ OwnerId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Counter = Annotated[User, allow("clerk", "admin")]
 
 
-async def create_owner(conn: Conn, registry: Registry, passwords: accounts.Passwords, user: User,
-                       body: OwnerCreate) -> tuple[int, dict[str, str] | None]:
+async def create_owner(
+    conn: Conn, registry: Registry, passwords: accounts.Passwords, user: User, body: OwnerCreate
+) -> tuple[int, dict[str, str] | None]:
     """A new owner from the counter form and, if asked, their account: (owner id, login slip or None)."""
     owner_id = await registry.create_owner(
         conn, user.actor, OwnerDetails(body.name, body.id_number, body.mobile, body.address)
     )
     slip = None
     if body.create_account:
-        slip = await accounts.issue_owner_login(conn, passwords, owner_id, body.login or body.mobile, body.name,
-                                                user.actor)
+        slip = await accounts.issue_owner_login(
+            conn, passwords, owner_id, body.login or body.mobile, body.name, user.actor
+        )
     return owner_id, slip
 
 
 @router.post("", response_model=OwnerCreated, status_code=201)
-async def register_owner(body: OwnerCreate, conn: Conn, registry: RegistryDep, passwords: PasswordsDep,
-                         user: Counter) -> dict[str, Any]:
+async def register_owner(
+    body: OwnerCreate, conn: Conn, registry: RegistryDep, passwords: PasswordsDep, user: Counter
+) -> dict[str, Any]:
     """Clerk, admin: register a person (refused if their resident ID number is already registered)."""
     owner_id, slip = await create_owner(conn, registry, passwords, user, body)
     return {"owner": await registry.get_owner(conn, owner_id), "owner_login": slip}
@@ -56,8 +59,9 @@ async def get_owner(owner_id: OwnerId, conn: Conn, registry: RegistryDep, user: 
 
 
 @router.post("/{owner_id}/login", response_model=OwnerLogin)
-async def issue_login(owner_id: OwnerId, conn: Conn, registry: RegistryDep, passwords: PasswordsDep,
-                      user: Counter) -> dict[str, str]:
+async def issue_login(
+    owner_id: OwnerId, conn: Conn, registry: RegistryDep, passwords: PasswordsDep, user: Counter
+) -> dict[str, str]:
     """Clerk, admin: the owner's login slip: an account if they have none, else a new one-time password."""
     owner = await registry.get_owner(conn, owner_id)
     username = owner["login"] or owner["mobile"] or f"owner{owner_id}"

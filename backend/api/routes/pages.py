@@ -34,7 +34,11 @@ from protocol.messages import utcnow
 router = APIRouter(tags=["pages"], include_in_schema=False)
 BikeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 _HOME: dict[str, str] = {
-    "police": "/", "admin": "/", "clerk": "/counter", "owner": "/portal", "installer": "/installer",
+    "police": "/",
+    "admin": "/",
+    "clerk": "/counter",
+    "owner": "/portal",
+    "installer": "/installer",
 }
 
 
@@ -59,8 +63,9 @@ def _gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: st
     if refusal == "wrong role":
         t = MESSAGES[lang]
         text = t["forbidden_text"].format(role=t[f"role_{user.role}"], roles=", ".join(t[f"role_{r}"] for r in roles))
-        html = render("message.html", lang, user=user, config={}, title=t["forbidden_title"], text=text,
-                      home=_HOME[user.role])
+        html = render(
+            "message.html", lang, user=user, config={}, title=t["forbidden_title"], text=text, home=_HOME[user.role]
+        )
         return _page(html, lang, 403)
     return None
 
@@ -78,8 +83,9 @@ async def favicon() -> Response:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def live_map(request: Request, conn: Conn, settings: Settings, user: OptionalUser,
-                   lang: str | None = None) -> Response:
+async def live_map(
+    request: Request, conn: Conn, settings: Settings, user: OptionalUser, lang: str | None = None
+) -> Response:
     """Police, admin: the live map: stations, recent passages, active alarms with their trails."""
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("police", "admin"), chosen):
@@ -98,8 +104,9 @@ async def live_map(request: Request, conn: Conn, settings: Settings, user: Optio
 
 
 @router.get("/login", response_class=HTMLResponse)
-async def login_page(request: Request, user: OptionalUser, lang: str | None = None,
-                     next: str = Query("/home", max_length=200)) -> Response:  # noqa: A002 - the usual name
+async def login_page(
+    request: Request, user: OptionalUser, lang: str | None = None, next: str = Query("/home", max_length=200)
+) -> Response:  # noqa: A002 - the usual name
     """Anyone: the sign-in form (a signed-in user goes straight on)."""
     chosen = _lang(request, lang)
     target = next if next.startswith("/") and not next.startswith("//") else "/home"
@@ -109,15 +116,22 @@ async def login_page(request: Request, user: OptionalUser, lang: str | None = No
 
 
 @router.get("/password", response_class=HTMLResponse)
-async def password_page(request: Request, user: OptionalUser, settings: Settings, lang: str | None = None,
-                        next: str = Query("/home", max_length=200)) -> Response:  # noqa: A002
+async def password_page(
+    request: Request,
+    user: OptionalUser,
+    settings: Settings,
+    lang: str | None = None,
+    next: str = Query("/home", max_length=200),
+) -> Response:  # noqa: A002
     """Any signed-in account: choose a new password (forced after a first sign-in with a one-time one)."""
     chosen = _lang(request, lang)
     if user is None:
         return RedirectResponse("/login?next=/password", status_code=303)
     target = next if next.startswith("/") and not next.startswith("//") else "/home"
-    return _page(render("password.html", chosen, user=user,
-                        config={"next": target, "min_length": settings.password_min_length}), chosen)
+    return _page(
+        render("password.html", chosen, user=user, config={"next": target, "min_length": settings.password_min_length}),
+        chosen,
+    )
 
 
 @router.get("/home")
@@ -132,8 +146,13 @@ async def home(user: OptionalUser) -> Response:
 
 
 @router.get("/installer", response_class=HTMLResponse)
-async def installer(request: Request, conn: Conn, user: OptionalUser, lang: str | None = None,
-                    station: str | None = Query(None, pattern=STATION_ID_PATTERN)) -> Response:
+async def installer(
+    request: Request,
+    conn: Conn,
+    user: OptionalUser,
+    lang: str | None = None,
+    station: str | None = Query(None, pattern=STATION_ID_PATTERN),
+) -> Response:
     """Installer, admin: the open station alarms, stations on a map coloured by health, their table, a station's
     self-test as it runs (`?station=st-017#selftest`), and the road coverage."""
     chosen = _lang(request, lang)
@@ -142,13 +161,23 @@ async def installer(request: Request, conn: Conn, user: OptionalUser, lang: str 
     assert user is not None
     health = await station_health.station_health(conn, utcnow())
     open_alarms = await alarms.list_alarms(conn, scope=access.alarm_scope(user, only_kinds=STATION_KINDS))
-    return _page(render("installer.html", chosen, user=user, config={"selftest_station": station}, stations=health,
-                        alarms=open_alarms), chosen)
+    return _page(
+        render(
+            "installer.html",
+            chosen,
+            user=user,
+            config={"selftest_station": station},
+            stations=health,
+            alarms=open_alarms,
+        ),
+        chosen,
+    )
 
 
 @router.get("/installer/map", response_class=HTMLResponse)
-async def installer_map(request: Request, conn: Conn, settings: Settings, user: OptionalUser,
-                        lang: str | None = None) -> Response:
+async def installer_map(
+    request: Request, conn: Conn, settings: Settings, user: OptionalUser, lang: str | None = None
+) -> Response:
     """Installer, admin: the station map, each station coloured by its health (shown inside /installer)."""
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("installer", "admin"), chosen):
@@ -156,24 +185,35 @@ async def installer_map(request: Request, conn: Conn, settings: Settings, user: 
     health = await station_health.station_health(conn, utcnow())
     drawn = [{**h, "state": h["health"]} for h in jsonable_encoder(health)]
     activity = [{"station_id": h["station_id"], "passages": h["passages_last_hour"]} for h in health]
-    m = build_station_map(drawn, await stations.roads_geojson(conn), activity=activity,
-                          tile_url=settings.tile_url, tile_attribution=settings.tile_attribution)
+    m = build_station_map(
+        drawn,
+        await stations.roads_geojson(conn),
+        activity=activity,
+        tile_url=settings.tile_url,
+        tile_attribution=settings.tile_attribution,
+    )
     return HTMLResponse(m.get_root().render(), headers={"Cache-Control": "no-store"})
 
 
 def _coverage_html(sts: list[dict[str, Any]], roads: dict[str, Any], settings: BackendSettings) -> str:
-    sites = [coverage.StationSite(
-        s["station_id"], s["lat"], s["lon"],
-        antennas=() if s.get("antenna_bearing_deg") is None else (coverage.Antenna(s["antenna_bearing_deg"]),),
-    ) for s in sts]
+    sites = [
+        coverage.StationSite(
+            s["station_id"],
+            s["lat"],
+            s["lon"],
+            antennas=() if s.get("antenna_bearing_deg") is None else (coverage.Antenna(s["antenna_bearing_deg"]),),
+        )
+        for s in sts
+    ]
     cov = coverage.compute(sites, coverage.roads_from_geojson(roads))
     m = build_coverage_map(cov, sts, roads, tile_url=settings.tile_url, tile_attribution=settings.tile_attribution)
     return str(m.get_root().render())
 
 
 @router.get("/installer/coverage", response_class=HTMLResponse)
-async def installer_coverage(request: Request, conn: Conn, settings: Settings, user: OptionalUser,
-                             lang: str | None = None) -> Response:
+async def installer_coverage(
+    request: Request, conn: Conn, settings: Settings, user: OptionalUser, lang: str | None = None
+) -> Response:
     """Installer, admin: road coverage of the stations in service, with suggested next sites."""
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("installer", "admin"), chosen):
@@ -189,8 +229,11 @@ async def counter(request: Request, user: OptionalUser, settings: Settings, lang
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("clerk", "admin"), chosen):
         return refused
-    config = {"plate_pattern": settings.plate_pattern, "plate_example": settings.plate_example,
-              "max_bikes": settings.max_bikes_per_owner}
+    config = {
+        "plate_pattern": settings.plate_pattern,
+        "plate_example": settings.plate_example,
+        "max_bikes": settings.max_bikes_per_owner,
+    }
     return _page(render("counter.html", chosen, user=user, config=config), chosen)
 
 
@@ -212,15 +255,18 @@ class _CertificateView:
     verify_url: str
 
 
-async def _certificate_view(conn: Conn, registry: RegistryDep, user: User, bike_id: int, lang: str,
-                            signer: SignerDep, base_url: str) -> _CertificateView:
+async def _certificate_view(
+    conn: Conn, registry: RegistryDep, user: User, bike_id: int, lang: str, signer: SignerDep, base_url: str
+) -> _CertificateView:
     await access.viewer_of(user).check_bike(conn, registry, bike_id)
     cert = await certificates.current(conn, bike_id)
     t = MESSAGES[lang]
     rows = [
         (t["plate"], cert["plate"]),
-        (f"{t['brand']} / {t['model']} / {t['colour']}",
-         " · ".join(v for v in (cert["brand"], cert["model"], cert["colour"]) if v)),
+        (
+            f"{t['brand']} / {t['model']} / {t['colour']}",
+            " · ".join(v for v in (cert["brand"], cert["model"], cert["colour"]) if v),
+        ),
         (t["frame"], cert["frame_number"]),
         (t["motor"], cert["motor_number"]),
         (t["chip"], cert["tag_id"]),
@@ -233,49 +279,82 @@ async def _certificate_view(conn: Conn, registry: RegistryDep, user: User, bike_
 
 
 @router.get("/bikes/{bike_id}/certificate", response_class=HTMLResponse)
-async def certificate_page(bike_id: BikeId, request: Request, conn: Conn, registry: RegistryDep,
-                           signer: SignerDep, settings: Settings, user: OptionalUser,
-                           lang: str | None = None) -> Response:
+async def certificate_page(
+    bike_id: BikeId,
+    request: Request,
+    conn: Conn,
+    registry: RegistryDep,
+    signer: SignerDep,
+    settings: Settings,
+    user: OptionalUser,
+    lang: str | None = None,
+) -> Response:
     """Owner (own bike), clerk, admin: the printable certificate with masked owner data and its QR code."""
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("owner", "clerk", "admin"), chosen):
         return refused
     assert user is not None
-    view = await _certificate_view(conn, registry, user, bike_id, chosen, signer,
-                                   settings.public_base_url or str(request.base_url))
-    html = render("certificate.html", chosen, user=user, config={}, qr_svg=certificates.qr_svg(view.verify_url),
-                  cert=view.cert, rows=view.rows, verify_url=view.verify_url)
+    view = await _certificate_view(
+        conn, registry, user, bike_id, chosen, signer, settings.public_base_url or str(request.base_url)
+    )
+    html = render(
+        "certificate.html",
+        chosen,
+        user=user,
+        config={},
+        qr_svg=certificates.qr_svg(view.verify_url),
+        cert=view.cert,
+        rows=view.rows,
+        verify_url=view.verify_url,
+    )
     return _page(html, chosen)
 
 
 @router.get("/bikes/{bike_id}/certificate.pdf")
-async def certificate_pdf(bike_id: BikeId, request: Request, conn: Conn, registry: RegistryDep,
-                          signer: SignerDep, settings: Settings, user: OptionalUser,
-                          lang: str | None = None) -> Response:
+async def certificate_pdf(
+    bike_id: BikeId,
+    request: Request,
+    conn: Conn,
+    registry: RegistryDep,
+    signer: SignerDep,
+    settings: Settings,
+    user: OptionalUser,
+    lang: str | None = None,
+) -> Response:
     """Owner (own bike), clerk, admin: the certificate as a one-page PDF."""
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("owner", "clerk", "admin"), chosen):
         return refused
     assert user is not None
-    view = await _certificate_view(conn, registry, user, bike_id, chosen, signer,
-                                   settings.public_base_url or str(request.base_url))
+    view = await _certificate_view(
+        conn, registry, user, bike_id, chosen, signer, settings.public_base_url or str(request.base_url)
+    )
     t = MESSAGES[chosen]
     labels = {"title": t["cert_title"], "number": t["cert_number"], "issued": t["cert_issued"], "scan": t["cert_scan"]}
     number = view.cert["certificate_id"]
     pdf = await asyncio.to_thread(
-        certificates.render_pdf, {"certificate_id": number, "issued_at": view.cert["issued_at"], "rows": view.rows},
-        labels, view.verify_url,
+        certificates.render_pdf,
+        {"certificate_id": number, "issued_at": view.cert["issued_at"], "rows": view.rows},
+        labels,
+        view.verify_url,
     )
-    return Response(pdf, media_type="application/pdf",
-                    headers={"Content-Disposition": f'inline; filename="certificate-{number}.pdf"',
-                             "Cache-Control": "no-store"})
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="certificate-{number}.pdf"', "Cache-Control": "no-store"},
+    )
 
 
 @router.get("/verify", response_class=HTMLResponse)
-async def verify_page(request: Request, conn: Conn, signer: SignerDep, user: OptionalUser,
-                      token: str = Query("", max_length=100), lang: str | None = None) -> Response:
+async def verify_page(
+    request: Request,
+    conn: Conn,
+    signer: SignerDep,
+    user: OptionalUser,
+    token: str = Query("", max_length=100),
+    lang: str | None = None,
+) -> Response:
     """Anyone: is this certificate genuine and current (what its QR code opens)."""
     chosen = _lang(request, lang)
     result = await certificates.verify(conn, signer, token) if token else {"genuine": False, "current": False}
     return _page(render("verify.html", chosen, user=user, config={}, result=result), chosen)
-

@@ -39,8 +39,12 @@ async def issue_credentials(station_id: StationId, conn: Conn, user: Installer, 
     issued = await provisioning.issue_credentials(conn, station_id, user.actor)
     await audit.record(conn, user, "station.credentials_issue", f"station:{station_id}")
     response.headers["Cache-Control"] = "no-store"
-    return {"station_id": issued.station_id, "username": issued.username, "password": issued.password,
-            "issued_at": issued.issued_at}
+    return {
+        "station_id": issued.station_id,
+        "username": issued.username,
+        "password": issued.password,
+        "issued_at": issued.issued_at,
+    }
 
 
 @router.get("/{station_id}/credentials", response_model=list[StationCredentialRecord])

@@ -24,8 +24,11 @@ from protocol.messages import parse_tag, utcnow
 router = APIRouter(prefix="/api", tags=["sightings"])
 
 
-@router.get("/sightings", response_model=list[SightingPublic],
-            responses={403: {"description": "case number needed"}, 404: {"description": "not the owner's chip"}})
+@router.get(
+    "/sightings",
+    response_model=list[SightingPublic],
+    responses={403: {"description": "case number needed"}, 404: {"description": "not the owner's chip"}},
+)
 async def list_sightings(
     conn: Conn,
     user: Annotated[User, allow("police", "owner")],
@@ -41,7 +44,8 @@ async def list_sightings(
         raise HTTPException(422, "give tag_id or station_id")
     until_at: datetime = until or utcnow()
     since_at: datetime = since or until_at - timedelta(hours=1)
-    since_at, until_at = await viewer_of(user).passages_window(conn, tag_id, station_id, since_at, until_at,
-                                                                case_number)
+    since_at, until_at = await viewer_of(user).passages_window(
+        conn, tag_id, station_id, since_at, until_at, case_number
+    )
     tag = parse_tag(tag_id) if tag_id is not None else None
     return await trajectories.passages(conn, since_at, until_at, tag_id=tag, station_id=station_id, limit=limit)

@@ -106,15 +106,17 @@ async def update_station(station_id: StationId, body: StationUpdate, conn: Conn,
 
 
 @router.post("/stations/{station_id}/lifecycle", response_model=StationDetail)
-async def change_lifecycle(station_id: StationId, body: StationLifecycleChange, conn: Conn,
-                           user: Installer) -> dict[str, Any]:
+async def change_lifecycle(
+    station_id: StationId, body: StationLifecycleChange, conn: Conn, user: Installer
+) -> dict[str, Any]:
     """Installer, admin: move a station one step forward in its life cycle, or decommission it (409 otherwise)."""
     return await stations.change_lifecycle(conn, station_id, body.state, user.actor, body.note)
 
 
 @router.get("/stations/{station_id}/selftests", response_model=list[SelfTestRunPublic])
-async def selftest_runs(station_id: StationId, conn: Conn, _user: Installer,
-                        limit: int = Query(5, ge=1, le=50)) -> list[dict[str, Any]]:
+async def selftest_runs(
+    station_id: StationId, conn: Conn, _user: Installer, limit: int = Query(5, ge=1, le=50)
+) -> list[dict[str, Any]]:
     """Installer, admin: the station's latest commissioning self-test runs, newest first, with their steps."""
     return await selftests.latest_runs(conn, station_id, limit)
 
