@@ -1,7 +1,7 @@
 """Writes what stations send into PostgreSQL: batches by COPY, once per (station_id, batch_seq).
 
 The writer only writes; what it wrote that was new comes back as the passages and alerts the alarm engine
-judges after the commit (backend.alarms.engine).
+judges in the same transaction (backend.alarms.engine).
 """
 
 from __future__ import annotations
