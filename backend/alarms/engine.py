@@ -5,9 +5,11 @@ Adding an alarm kind raised from passages is adding one module to detectors/ and
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from backend.alarms import store, watch_list
 from backend.alarms.detector import Detector
@@ -29,11 +31,15 @@ def deferred(max_speed_kmh: float) -> tuple[Detector, ...]:
 
 
 def raise_alarms(conn: psycopg.Connection, committed: Committed, detectors: Sequence[Detector]) -> list[int]:
-    """Run the detectors on written passages and raise or update their alarms (in the caller's transaction when
-    there is one); the ids of the alarms raised or updated. Nothing written costs no query."""
+    """Run the detectors on written passages and raise or update their alarms, in the transaction the caller has
+    open (the flush's own, so the alarms commit with the passages) or else in one of their own; the ids of the
+    alarms raised or updated. Nothing written costs no query."""
     if not len(committed):
         return []
-    with conn.transaction(), conn.cursor() as cur:
+    # A savepoint inside the flush's transaction would cost two round trips a flush and protect nothing: a refused
+    # judgement refuses the flush, whose messages are then written one by one.
+    within = conn.info.transaction_status == TransactionStatus.INTRANS
+    with contextlib.nullcontext() if within else conn.transaction(), conn.cursor() as cur:
         watched = watch_list.load(cur) if any(d.watches for d in detectors) else {}
         evidence = [e for d in detectors for e in d.detect(cur, committed, watched)]
         return store.raise_evidence(cur, evidence)
