@@ -16,7 +16,7 @@ from backend.ingest.consumer import Ingest, validate
 from backend.ingest.rejects import KINDS, kind_of
 from backend.ingest.window import TimeWindow
 from protocol import topics
-from protocol.messages import StationStatus, utcnow
+from protocol.messages import Alert, StationStatus, utcnow
 from tests import factories
 from tests.backend.test_ingest import count, ours, wait_until
 
@@ -201,3 +201,26 @@ def test_every_reject_reason_the_ingest_writes_has_a_kind_from_the_fixed_set() -
         "conflict",
         "database",
     }
+
+
+def test_an_alert_from_a_clock_ahead_is_refused_and_a_last_will_without_a_time_passes() -> None:
+    station = "st-alert"
+    alert = Alert(
+        station_id=station,
+        kind="tamper",
+        tag_id="0A1B2C3D",
+        seen_at=utcnow() + timedelta(hours=1),
+        rssi_dbm=-50,
+        antenna=0,
+    )
+    refused = validate(topics.station_topic(station, "alerts"), alert.to_json())
+    assert isinstance(refused, str) and refused.startswith("time window: seen_at ")
+    will = StationStatus(station_id=station, state="offline")
+    assert not isinstance(validate(topics.station_topic(station, "status"), will.to_json()), str)
+
+
+def test_the_window_behind_is_the_shorter_of_the_age_limit_and_the_retention_period(database_url: str) -> None:
+    base = factories.settings(database_url)
+    assert TimeWindow.of(base).behind == timedelta(days=90)
+    short = base.model_copy(update={"retention_days": 30, "ingest_max_clock_skew_s": 60.0})
+    assert TimeWindow.of(short) == TimeWindow(ahead=timedelta(seconds=60), behind=timedelta(days=30))
