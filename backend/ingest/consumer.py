@@ -181,8 +181,9 @@ class Ingest:
         self.counters = IngestCounters()
         self.known = KnownStations(settings.ingest_station_refresh_s)
         self.window = TimeWindow.of(settings)
-        # A station whose batches conflict with stored ones is logged once a minute, each conflict kept and counted.
-        self._conflict_notices = StationNotices(60.0)
+        # A station sending what is refused (a clock gone wrong sends it all the time) is logged once a minute per
+        # kind and topic; every refused message is still kept and counted.
+        self._reject_notices = StationNotices(60.0)
         # One connection per writer thread and one for the deferred detectors, kept open; opened in start().
         self._pool = ConnectionPool(settings.database_url, min_size=3, max_size=4, open=False, name="ingest")
         self._sightings: Lane[Incoming] = Lane()
@@ -438,12 +439,20 @@ class Ingest:
                 c.rejected[UNKNOWN_REASON] += 1
                 self.known.warn(reason.removeprefix(UNKNOWN_REASON + " "), topic)
                 continue
-            c.rejected[kind_of(reason)] += 1
-            log.warning("rejected message on %s: %s; raw %r", topic, reason, raw[:200])
+            kind = kind_of(reason)
+            c.rejected[kind] += 1
+            if self._reject_notices.due(f"{kind} {topic}"):
+                log.warning(
+                    "rejected message on %s: %s; raw %r (kept in rejected_messages; next warning of this kind for"
+                    " this topic in 60 s at the earliest)",
+                    topic,
+                    reason,
+                    raw[:200],
+                )
         c.batches_conflicting += len(result.conflicts)
         c.rejected["conflict"] += len(result.conflicts)
         for topic, reason, _raw in result.conflicts:
-            if self._conflict_notices.due(topic):
+            if self._reject_notices.due(f"conflict {topic}"):
                 log.warning(
                     "%s; kept in rejected_messages with its raw bytes (next warning for this station in 60 s at the"
                     " earliest): its gateway reused a batch_seq, e.g. after its spool was replaced",

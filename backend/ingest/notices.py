@@ -1,4 +1,4 @@
-"""Warnings about one station, at most one per station per interval, however many messages it sends."""
+"""Warnings about one station (or one of its topics), at most one per interval, however many messages it sends."""
 
 from __future__ import annotations
 

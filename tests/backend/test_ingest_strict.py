@@ -68,9 +68,10 @@ def test_values_of_another_json_type_are_refused_with_their_reason(ingest, publi
 
 
 def test_sightings_and_statuses_far_in_the_future_are_refused_with_the_reason(
-    ingest, publish, database_url, topic_prefix
+    ingest, publish, database_url, topic_prefix, caplog
 ):
     station = f"{topic_prefix}-f"
+    caplog.set_level(logging.WARNING, logger="backend.ingest.consumer")
     with psycopg.connect(database_url) as conn:
         factories.station(conn, station)
     sightings = topics.station_topic(station, "sightings")
@@ -98,6 +99,9 @@ def test_sightings_and_statuses_far_in_the_future_are_refused_with_the_reason(
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT tag_id FROM sightings WHERE station_id = %s", (station,)).fetchall() == [(0xB3,)]
     assert ingest.counters.rejected["time window"] >= 3
+    # A clock gone wrong sends all the time: one warning per topic a minute, every message kept and counted.
+    warned = [r.getMessage() for r in caplog.records if "time window: " in r.getMessage() and station in r.getMessage()]
+    assert len(warned) == 2
 
 
 def test_a_spooled_sighting_days_old_is_stored_and_one_older_than_the_window_is_refused(
