@@ -33,6 +33,11 @@ class BackendSettings(BaseSettings):
     http_port: int = 8000
     ingest_flush_rows: int = Field(default=20_000, ge=1)
     ingest_flush_interval_s: float = Field(default=0.05, gt=0)
+    # The window around the receive time that reported times must fall in (backend.ingest.window): how far ahead
+    # a station's clock may run, and how old a sighting may be (a spool holds days of them while the uplink is down;
+    # the retention period, when shorter, is the limit).
+    ingest_max_clock_skew_s: float = Field(default=300.0, gt=0)
+    ingest_max_age_days: float = Field(default=90.0, gt=0)
     # How long the ingest trusts its cached list of registered stations before reading it again.
     ingest_station_refresh_s: float = Field(default=5.0, gt=0)
     # A chip seen at two stations faster than an e-bike can ride between them is a clone.

@@ -10,7 +10,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+    with_config,
+)
+from pydantic_core import CoreSchema, core_schema
 from typing_extensions import TypedDict
 
 from protocol.ids import STATION_ID_PATTERN, TAG_ID_PATTERN, format_tag, parse_tag
@@ -57,16 +68,55 @@ TagId = Annotated[str, Field(pattern=TAG_ID_PATTERN, description="8 upper-case h
 StationId = Annotated[str, Field(pattern=STATION_ID_PATTERN)]
 
 
+# RFC 3339 with the `T`, seconds and at most microseconds (what a datetime holds). pydantic alone also takes
+# "1764406800" (a Unix time in a string), a space for the `T` and a missing seconds field.
+RFC3339_PATTERN: Final = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})?$"
+)
+
+
+class JsonForm:
+    """Marks a field whose JSON value must have this form and then this meaning, both checked in pydantic's Rust
+    core (no Python per value); objects built in Python are validated as the annotated type alone."""
+
+    def __init__(self, form: CoreSchema, meaning: CoreSchema) -> None:
+        self.form = form
+        self.meaning = meaning
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.json_or_python_schema(
+            json_schema=core_schema.chain_schema([self.form, self.meaning]), python_schema=handler(source)
+        )
+
+
+# One type, one meaning: a time is an RFC 3339 string with its offset, never a number; a version is the integer 1,
+# never 1.0 or true (pydantic's Literal[1] takes both, even in strict mode). The meaning step is lax on purpose:
+# it reads the string the form step passed on, which strict mode would refuse as not a datetime.
+Instant = Annotated[
+    AwareDatetime,
+    JsonForm(
+        core_schema.str_schema(pattern=RFC3339_PATTERN, strict=True),
+        core_schema.datetime_schema(tz_constraint="aware", strict=False),
+    ),
+]
+Version = Annotated[Literal[1], JsonForm(core_schema.int_schema(strict=True), core_schema.literal_schema([VERSION]))]
+
+
 def _message_error(exc: ValidationError, raw: bytes) -> MessageError:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "payload"
     return MessageError(f"{where}: {first['msg']} ({exc.error_count()} errors)", raw)
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+# Strict: one type, one meaning (no `true` or "11" or 12.0 for an integer); set on the schema rather than per call,
+# so that the fields marked with JsonForm can still read their checked string as a datetime.
+_CONFIG = ConfigDict(extra="ignore", frozen=True, strict=True)
 
-    v: Literal[1] = VERSION
+
+class _Message(BaseModel):
+    model_config = _CONFIG
+
+    v: Version = VERSION
 
     @classmethod
     def parse(cls, raw: bytes):  # type: ignore[no-untyped-def]
@@ -87,11 +137,11 @@ class _Message(BaseModel):
 class Sighting(BaseModel):
     """One passage of one tag at one station: what the gateway aggregates from its beacons."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = _CONFIG
 
     tag_id: TagId
-    first_seen_at: AwareDatetime
-    last_seen_at: AwareDatetime
+    first_seen_at: Instant
+    last_seen_at: Instant
     beacons: int = Field(ge=1, le=1_000_000)
     peak_rssi_dbm: int = Field(ge=-128, le=127)
     antenna: int = Field(ge=0, le=255)
@@ -102,8 +152,8 @@ class SightingBatch(_Message):
     """A gateway's batch of closed sightings; (station_id, batch_seq) identifies it."""
 
     station_id: StationId
-    batch_seq: int = Field(ge=0)
-    sent_at: AwareDatetime
+    batch_seq: int = Field(ge=0, le=2**63 - 1, description="fits the database's bigint")
+    sent_at: Instant
     sightings: list[Sighting] = Field(max_length=10_000)
 
 
@@ -113,7 +163,7 @@ class Alert(_Message):
     station_id: StationId
     kind: Literal["hotlist_hit", "tamper"]
     tag_id: TagId
-    seen_at: AwareDatetime
+    seen_at: Instant
     rssi_dbm: int = Field(ge=-128, le=127)
     antenna: int = Field(ge=0, le=255)
     hotlist_version: int | None = None
@@ -124,7 +174,7 @@ class StationStatus(_Message):
 
     station_id: StationId
     state: Literal["online", "offline"]
-    sent_at: AwareDatetime | None = None
+    sent_at: Instant | None = None
     firmware: str | None = None
     uptime_s: float | None = None
     beacons_total: int | None = None
@@ -140,7 +190,7 @@ class Hotlist(_Message):
     """The stolen-chip list the backend pushes to every gateway (retained)."""
 
     version: int = Field(ge=0)
-    issued_at: AwareDatetime
+    issued_at: Instant
     tags: list[TagId]
 
 
@@ -162,7 +212,7 @@ class SelfTestStep(_Message):
     rssi_dbm: int | None = Field(default=None, ge=-128, le=127, description="the test tag's signal")
     noise_floor_dbm: int | None = Field(default=None, ge=-128, le=127)
     elapsed_s: float = Field(default=0.0, ge=0)
-    at: AwareDatetime
+    at: Instant
 
 
 class SelfTestSummary(_Message):
@@ -175,8 +225,8 @@ class SelfTestSummary(_Message):
     result: Literal["passed", "failed"]
     steps: int = Field(ge=1, le=99, description="how many steps the run had (seq 1 to steps)")
     counts: dict[Literal["pass", "warn", "fail", "skip"], Annotated[int, Field(ge=0, le=99)]]
-    started_at: AwareDatetime
-    finished_at: AwareDatetime
+    started_at: Instant
+    finished_at: Instant
 
     @model_validator(mode="after")
     def _adds_up(self) -> SelfTestSummary:
@@ -209,7 +259,7 @@ def _rows_of(model: type[BaseModel], name: str, **override: Any) -> Any:
         n: Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation for n, f in model.model_fields.items()
     }
     fields.update(override)
-    return TypedDict(name, fields)  # type: ignore[operator]
+    return with_config(ConfigDict(strict=True))(TypedDict(name, fields))  # type: ignore[operator]
 
 
 SightingRow = _rows_of(Sighting, "SightingRow")

@@ -11,6 +11,7 @@ whose cost is per query (cloned chips) judge the committed passages on a thread 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -28,7 +29,10 @@ from backend.alarms import engine
 from backend.alarms.evidence import Committed
 from backend.ingest import writer
 from backend.ingest.lanes import DeferredPassages, Lane
+from backend.ingest.notices import StationNotices
+from backend.ingest.rejects import kind_of
 from backend.ingest.stations import UNKNOWN_REASON, KnownStations
+from backend.ingest.window import TimeWindow
 from backend.settings import BackendSettings
 from protocol import topics
 from protocol.messages import (
@@ -45,13 +49,17 @@ from protocol.mqtt_address import mqtt_address
 
 log = logging.getLogger(__name__)
 
+DEFAULT_WINDOW = TimeWindow()
 
 Message = dict[str, Any] | Alert | StationStatus | SelfTestStep | SelfTestSummary
 
 
-def validate(topic: str, payload: bytes) -> tuple[str, Message] | str:
+def validate(topic: str, payload: bytes, window: TimeWindow = DEFAULT_WINDOW) -> tuple[str, Message] | str:
     """(the station it comes from, the message) or why it is refused. Runs on paho's network thread, so that
-    validating the next messages overlaps with the writer waiting on the database."""
+    validating the next messages overlaps with the writer waiting on the database.
+
+    A sightings batch comes with its raw bytes and their sha256 ("payload", "payload_sha256"), by which the writer
+    tells a redelivery from a conflict. Reported times must fall in the window around the receive time."""
     try:
         where = topics.parse_station_topic(topic)
         msg: Message
@@ -68,8 +76,15 @@ def validate(topic: str, payload: bytes) -> tuple[str, Message] | str:
             raise MessageError(
                 f"station_id {claimed!r} in payload does not match topic station {where.station_id!r}", payload
             )
-    except (MessageError, topics.TopicError) as exc:
-        return exc.reason if isinstance(exc, MessageError) else str(exc)
+    except MessageError as exc:
+        return exc.reason
+    except topics.TopicError as exc:
+        return f"topic: {exc}"
+    if isinstance(msg, (dict, Alert, StationStatus)) and (refusal := window.refusal(msg, utcnow())) is not None:
+        return refusal
+    if isinstance(msg, dict):
+        msg["payload"] = payload
+        msg["payload_sha256"] = hashlib.sha256(payload).digest()
     return where.station_id, msg
 
 
@@ -91,6 +106,8 @@ class IngestCounters:
     messages: int = 0
     batches_new: int = 0
     batches_repeated: int = 0
+    # Batches reusing a stored (station_id, batch_seq) with other content; also counted in rejected["conflict"].
+    batches_conflicting: int = 0
     sightings: int = 0
     alerts: int = 0
     statuses: int = 0
@@ -98,6 +115,7 @@ class IngestCounters:
     stations_commissioned: int = 0
     flushes: int = 0
     db_retries: int = 0
+    # By kind, from the fixed set in backend.ingest.rejects.
     rejected: Counter[str] = field(default_factory=Counter)
 
 
@@ -120,9 +138,9 @@ class _Flush:
     parts: list[_Flush] = field(default_factory=list)
 
 
-def classify(item: Incoming, flush: _Flush) -> None:
+def classify(item: Incoming, flush: _Flush, window: TimeWindow = DEFAULT_WINDOW) -> None:
     """Add one validated message to the flush, or to the rejects with the reason."""
-    checked = item.checked if item.checked is not None else validate(item.topic, item.payload)
+    checked = item.checked if item.checked is not None else validate(item.topic, item.payload, window)
     if isinstance(checked, str):
         flush.rejects.append((item.topic, checked, item.payload))
         return
@@ -162,6 +180,10 @@ class Ingest:
         self.settings = settings
         self.counters = IngestCounters()
         self.known = KnownStations(settings.ingest_station_refresh_s)
+        self.window = TimeWindow.of(settings)
+        # A station sending what is refused (a clock gone wrong sends it all the time) is logged once a minute per
+        # kind and topic; every refused message is still kept and counted.
+        self._reject_notices = StationNotices(60.0)
         # One connection per writer thread and one for the deferred detectors, kept open; opened in start().
         self._pool = ConnectionPool(settings.database_url, min_size=3, max_size=4, open=False, name="ingest")
         self._sightings: Lane[Incoming] = Lane()
@@ -222,7 +244,7 @@ class Ingest:
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         lane = self._alerts if msg.topic.endswith("/alerts") else self._sightings
         payload = bytes(msg.payload)
-        lane.put(Incoming(msg.topic, payload, msg.mid, msg.qos, validate(msg.topic, payload)))
+        lane.put(Incoming(msg.topic, payload, msg.mid, msg.qos, validate(msg.topic, payload, self.window)))
 
     # life cycle
 
@@ -262,7 +284,7 @@ class Ingest:
             if item is None:
                 break
             flush.messages.append(item)
-            classify(item, flush)
+            classify(item, flush, self.window)
             if until is None:
                 until = time.monotonic() + self.settings.ingest_flush_interval_s
         # Take what is already queued without waiting, up to the flush size.
@@ -271,7 +293,7 @@ class Ingest:
             if item is None:
                 break
             flush.messages.append(item)
-            classify(item, flush)
+            classify(item, flush, self.window)
         return flush
 
     def _write_loop(self, lane: Lane[Incoming]) -> None:
@@ -348,7 +370,7 @@ class Ingest:
             flush.result = writer.WriteResult()  # what the refused transaction wrote is gone
             for item in flush.messages:
                 single = _Flush()
-                classify(item, single)
+                classify(item, single, self.window)
                 try:
                     with conn.transaction():
                         self._write_all(conn, single)
@@ -370,6 +392,7 @@ class Ingest:
         screen(conn, flush, self.known)
         flush.result = writer.write_alerts(conn, flush.alerts)
         flush.result.add(writer.write_batches(conn, flush.batches))
+        writer.write_rejects(conn, flush.result.conflicts)
         received_at = utcnow()
         for status in flush.statuses:
             writer.write_status(conn, status, received_at)
@@ -416,5 +439,22 @@ class Ingest:
                 c.rejected[UNKNOWN_REASON] += 1
                 self.known.warn(reason.removeprefix(UNKNOWN_REASON + " "), topic)
                 continue
-            c.rejected[reason.split(":", 1)[0]] += 1
-            log.warning("rejected message on %s: %s; raw %r", topic, reason, raw[:200])
+            kind = kind_of(reason)
+            c.rejected[kind] += 1
+            if self._reject_notices.due(f"{kind} {topic}"):
+                log.warning(
+                    "rejected message on %s: %s; raw %r (kept in rejected_messages; next warning of this kind for"
+                    " this topic in 60 s at the earliest)",
+                    topic,
+                    reason,
+                    raw[:200],
+                )
+        c.batches_conflicting += len(result.conflicts)
+        c.rejected["conflict"] += len(result.conflicts)
+        for topic, reason, _raw in result.conflicts:
+            if self._reject_notices.due(f"conflict {topic}"):
+                log.warning(
+                    "%s; kept in rejected_messages with its raw bytes (next warning for this station in 60 s at the"
+                    " earliest): its gateway reused a batch_seq, e.g. after its spool was replaced",
+                    reason,
+                )

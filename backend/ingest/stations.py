@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import psycopg
 
+from backend.ingest.notices import StationNotices
+
 log = logging.getLogger(__name__)
 
 UNKNOWN_REASON = "unknown station"
@@ -34,7 +36,7 @@ class KnownStations:
         self._clock = clock
         self._ids: frozenset[str] = frozenset()
         self._loaded_at: float | None = None
-        self._warned_at: dict[str, float] = {}
+        self._notices = StationNotices(warn_every_s, clock)
         self.refreshes = 0
         self.lookups = 0
         self._lock = threading.Lock()
@@ -74,18 +76,8 @@ class KnownStations:
 
     def warn(self, station_id: str, topic: str) -> None:
         """One WARNING per station per warn_every_s, however many messages it sends."""
-        with self._lock:
-            self._warn(station_id, topic)
-
-    def _warn(self, station_id: str, topic: str) -> None:
-        now = self._clock()
-        last = self._warned_at.get(station_id)
-        if last is not None and now - last < self.warn_every_s:
+        if not self._notices.due(station_id):
             return
-        self._warned_at[station_id] = now
-        if len(self._warned_at) > 10_000:  # forget the oldest so a flood of made-up ids cannot grow this forever
-            for sid, _ in sorted(self._warned_at.items(), key=lambda kv: kv[1])[:5_000]:
-                del self._warned_at[sid]
         log.warning(
             "refusing messages from station %s (on %s): not registered, or decommissioned; register it"
             " (POST /api/stations) before its gateway publishes. Kept in rejected_messages; next warning"

@@ -15,6 +15,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from backend.alarms.evidence import Committed, Passages, StationAlert
+from backend.ingest import rejects
+from protocol import topics
 from protocol.messages import Alert, StationStatus, parse_tag
 
 _SIGHTING_COLUMNS = "first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna, flags, batch_seq"
@@ -39,6 +41,8 @@ class WriteResult:
     batches_repeated: int = 0
     sightings: int = 0
     alerts_new: int = 0
+    # Batches that reuse a stored (station_id, batch_seq) with other content: (topic, reason, raw bytes), to keep.
+    conflicts: list[tuple[str, str, bytes]] = field(default_factory=list)
     # The new passages and alerts, for the alarm engine once the transaction committed.
     committed: Committed = field(default_factory=Committed)
 
@@ -48,6 +52,7 @@ class WriteResult:
         self.batches_repeated += other.batches_repeated
         self.sightings += other.sightings
         self.alerts_new += other.alerts_new
+        self.conflicts.extend(other.conflicts)
         self.committed.extend(other.committed)
 
 
@@ -56,31 +61,33 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
 
     A batch seen before changes nothing. The batch ids go in first with ON CONFLICT DO NOTHING; only the
     sightings of batches that were really new are then COPYed (and handed back as passages), so several workers
-    and MQTT redeliveries stay exact.
+    and MQTT redeliveries stay exact. A batch may carry its raw bytes as "payload" and their hash as
+    "payload_sha256" (the ingest's validate() adds them): the same (station_id, batch_seq) with other content is
+    then a conflict, handed back with its raw bytes to be kept, while the stored batch stays as it is.
     """
-    unique: dict[tuple[str, int], dict[str, Any]] = {}
-    received = 0
+    received: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for b in batches:
-        unique.setdefault((b["station_id"], b["batch_seq"]), b)
-        received += 1
+        received.setdefault((b["station_id"], b["batch_seq"]), []).append(b)
     result = WriteResult()
-    if not unique:
+    if not received:
         return result
+    unique = {key: same[0] for key, same in received.items()}
     with conn.cursor() as cur:
         rows = cur.execute(
-            "INSERT INTO ingested_batches (station_id, batch_seq, sent_at, sightings)"
-            " SELECT * FROM unnest(%s::text[], %s::int8[], %s::timestamptz[], %s::int4[])"
+            "INSERT INTO ingested_batches (station_id, batch_seq, sent_at, sightings, payload_sha256)"
+            " SELECT * FROM unnest(%s::text[], %s::int8[], %s::timestamptz[], %s::int4[], %s::bytea[])"
             " ON CONFLICT DO NOTHING RETURNING station_id, batch_seq",
             (
                 [k[0] for k in unique],
                 [k[1] for k in unique],
                 [b["sent_at"] for b in unique.values()],
                 [len(b["sightings"]) for b in unique.values()],
+                [b.get("payload_sha256") for b in unique.values()],
             ),
         ).fetchall()
         new = [unique[(r[0], r[1])] for r in rows]
         result.batches_new = len(new)
-        result.batches_repeated = received - len(new)
+        _sort_repeats(cur, received, {(r[0], r[1]) for r in rows}, result)
         # The new passages, column by column (no object per row): what the alarm engine judges.
         tags: list[int] = []
         stations: list[str] = []
@@ -114,6 +121,38 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
                 result.sightings += len(b["sightings"])
         result.committed.passages.extend(Passages(tags, stations, firsts, lasts, flags))
     return result
+
+
+def _sort_repeats(
+    cur: psycopg.Cursor[Any],
+    received: dict[tuple[str, int], list[dict[str, Any]]],
+    new: set[tuple[str, int]],
+    result: WriteResult,
+) -> None:
+    """Tell the batches that were not new apart: a redelivery (same content as the stored batch, or as the new one
+    stored from this same write) or a conflict (other content)."""
+    reference = {key: received[key][0].get("payload_sha256") for key in new}
+    seen_before = [key for key in received if key not in new]
+    if seen_before:
+        reference.update(
+            ((station, seq), bytes(digest) if digest is not None else None)
+            for station, seq, digest in cur.execute(
+                "SELECT station_id, batch_seq, payload_sha256 FROM ingested_batches"
+                " WHERE (station_id, batch_seq) IN (SELECT * FROM unnest(%s::text[], %s::int8[]))",
+                ([k[0] for k in seen_before], [k[1] for k in seen_before]),
+            )
+        )
+    for key, same in received.items():
+        stored = reference.get(key)
+        for b in same[1:] if key in new else same:
+            digest = b.get("payload_sha256")
+            # Unknown on either side (a batch stored before hashes were kept, or written without its bytes): a
+            # redelivery, as before.
+            if stored is None or digest is None or digest == stored:
+                result.batches_repeated += 1
+            else:
+                reason = rejects.conflict_reason(key[0], key[1], stored, digest)
+                result.conflicts.append((topics.station_topic(key[0], "sightings"), reason, b.get("payload", b"")))
 
 
 def write_alerts(conn: psycopg.Connection, alerts: Iterable[Alert]) -> WriteResult:
@@ -156,10 +195,10 @@ def write_status(conn: psycopg.Connection, status: StationStatus, received_at: d
     )
 
 
-def write_rejects(conn: psycopg.Connection, rejects: Iterable[tuple[str, str, bytes]]) -> int:
-    """Keep messages that failed validation: (topic, reason, raw bytes)."""
-    items = list(rejects)
+def write_rejects(conn: psycopg.Connection, rejected: Iterable[tuple[str, str, bytes]]) -> int:
+    """Keep messages that failed validation: (topic, reason, raw bytes), each with its kind (backend.ingest.rejects)."""
+    items = [(topic, rejects.kind_of(reason), reason, raw) for topic, reason, raw in rejected]
     if items:
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO rejected_messages (topic, reason, raw) VALUES (%s, %s, %s)", items)
+            cur.executemany("INSERT INTO rejected_messages (topic, kind, reason, raw) VALUES (%s, %s, %s, %s)", items)
     return len(items)
