@@ -10,11 +10,13 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
+from backend import provisioning
 from backend.ingest import consumer
-from bikeguard.services import Broker
+from bikeguard.services import Broker, start_broker
 from protocol import topics
-from protocol.messages import Confirmation
+from protocol.messages import Confirmation, utcnow
 from tests import factories
+from tests.backend.test_provisioning import require_mosquitto
 
 
 class Confirmations:
@@ -110,3 +112,58 @@ def test_a_flush_of_many_batches_is_confirmed_in_bounded_messages(
     confirmations.wait(lambda: sorted(confirmations.seqs(station)) == list(range(7)))
     assert all(len(c.batch_seqs) <= 2 for c in confirmations.received)
     assert ingest.counters.confirmations >= 4
+
+
+@pytest.mark.mosquitto
+def test_with_generated_acl_only_the_backend_confirms_and_a_station_hears_only_its_own(tmp_path):
+    require_mosquitto()
+    passwords = {u: provisioning.new_password() for u in ("st-a", "st-b", "bikeguard-backend")}
+    (tmp_path / "passwd").write_text(
+        provisioning.password_file({u: provisioning.password_hash(p) for u, p in passwords.items()})
+    )
+    (tmp_path / "acl").write_text(provisioning.acl_file(["st-a", "st-b"]))
+    broker = start_broker(
+        "mosquitto",
+        extra_conf=f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n",
+    )
+    clients: list[mqtt.Client] = []
+
+    def connect(user: str) -> mqtt.Client:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-confirm")
+        client.username_pw_set(user, passwords[user])
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        clients.append(client)
+        return client
+
+    try:
+        heard: list[tuple[str, list[int]]] = []
+        st_a = connect("st-a")
+        subscribed = threading.Event()
+        st_a.on_subscribe = lambda *_: subscribed.set()
+        st_a.on_message = lambda _c, _u, m: heard.append((m.topic, Confirmation.parse(m.payload).batch_seqs))
+        # Its own confirmations, and (refused by the ACL, so never delivered) another station's.
+        st_a.subscribe([(topics.confirmations_topic("st-a"), 1), (topics.confirmations_topic("st-b"), 1)])
+        assert subscribed.wait(10)
+
+        def confirmation(station_id: str, seq: int) -> bytes:
+            return Confirmation(station_id=station_id, batch_seqs=[seq], sent_at=utcnow()).to_json()
+
+        # Another station forging a confirmation would make st-a drop an unstored batch: refused.
+        connect("st-b").publish(topics.confirmations_topic("st-a"), confirmation("st-a", 666), qos=1).wait_for_publish(
+            5
+        )
+        backend = connect("bikeguard-backend")
+        backend.publish(topics.confirmations_topic("st-b"), confirmation("st-b", 2), qos=1).wait_for_publish(5)
+        backend.publish(topics.confirmations_topic("st-a"), confirmation("st-a", 1), qos=1).wait_for_publish(5)
+
+        deadline = time.monotonic() + 10
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert heard == [(topics.confirmations_topic("st-a"), [1])]
+    finally:
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
+        broker.stop()
