@@ -75,6 +75,7 @@ CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (priority, id) WHERE resend_at IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_resend ON outbox (resend_at) WHERE resend_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outbox_batch_seq ON outbox (batch_seq) WHERE batch_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (attempts) WHERE attempts > 0;
 """
 
 _COUNTERS = ("next_batch_seq", "bytes", "dropped_batches", "dropped_sightings", "dropped_alerts")
@@ -237,6 +238,7 @@ class Spool:
     @property
     def unconfirmed(self) -> int:
         """Sightings batches sent at least once and not yet confirmed by the backend."""
+        # Counted on its partial index: a full spool's table is hundreds of MB of SD card.
         row = self._db.execute("SELECT count(*) FROM outbox WHERE attempts > 0").fetchone()
         return int(row[0])
 
