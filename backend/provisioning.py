@@ -1,9 +1,9 @@
 """Station credentials for the broker: Mosquitto password and ACL files generated from the station list.
 
 Each station gets its own MQTT user (its station id) and may publish only under
-`bikeguard/v1/stations/<its id>/` and read only the hot list and its own commands; the backend's user
-reads every station topic and writes the hot list and commands. Passwords are issued per station and
-kept in the database as hashes (`station_credentials`); the broker's files are generated from there.
+`bikeguard/v1/stations/<its id>/` and read only the hot list, its own commands and its own confirmations; the
+backend's user reads every station topic and writes the hot list, commands and confirmations. Passwords are issued
+per station and kept in the database as hashes (`station_credentials`); the broker's files are generated from there.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def acl_file(station_ids: Iterable[str], backend_user: str = "bikeguard-backend"
         f"topic read {root}/stations/+/status",
         f"topic read {root}/stations/+/{topics.SELFTEST}",
         f"topic write {root}/stations/+/commands/#",
+        f"topic write {root}/stations/+/{topics.CONFIRMATIONS}",
         f"topic readwrite {topics.HOTLIST}",
         "",
     ]
@@ -92,6 +93,7 @@ def acl_file(station_ids: Iterable[str], backend_user: str = "bikeguard-backend"
             f"topic readwrite {topics.station_topic(sid, 'status')}",
             f"topic write {topics.station_topic(sid, topics.SELFTEST)}",
             f"topic read {topics.command_topic(sid, '#')}",
+            f"topic read {topics.confirmations_topic(sid)}",
             f"topic read {topics.HOTLIST}",
             "",
         ]

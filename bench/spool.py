@@ -5,7 +5,9 @@ A busy station: 500 tags in range at all times, each beaconing every 1-3 s and s
 turns a simulated hour of those beacons into sightings with the default passage_gap/passage_max,
 batched every batch_interval_s like the gateway does; the real spool stores them (one commit per
 batch, as on a station) and the real uplink drains them into a broker that comes back after an
-outage (Mosquitto when installed, else the embedded amqtt).
+outage (Mosquitto when installed, else the embedded amqtt). No backend: a stand-in receives the
+batches and confirms them as the ingest does (one confirmation per station per flush of
+ingest_flush_interval_s), so the drain is timed until the last batch is confirmed and deleted.
 
 Beside each figure, the machine's limit measured in the same run on the same disk and broker:
 raw SQLite commits in WAL mode (synchronous=FULL) and raw paho QoS 1 publishes. Last line:
@@ -26,6 +28,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import paho.mqtt.client as mqtt
 from pydantic import SecretStr
 
@@ -43,8 +47,8 @@ from gateway.settings import GatewaySettings
 from gateway.spool import DEFAULT_MAX_BYTES, MIB, Spool
 from gateway.uplink import Uplink
 from protocol.frames import Beacon, TagFlags
-from protocol.messages import Sighting, SightingBatch, StationStatus
-from protocol.topics import station_topic
+from protocol.messages import CONFIRMATION_MAX_SEQS, Confirmation, Sighting, SightingBatch, StationStatus, utcnow
+from protocol.topics import confirmations_topic, station_topic
 
 STATION = "st-busy"
 T0 = datetime(2025, 3, 3, 7, 0, tzinfo=UTC)
@@ -210,16 +214,66 @@ class Drain:
     drain_s: float
     messages: int
     sightings: int
+    resent: int
+
+
+class Confirmer:
+    """The backend's part in a drain: receive the station's batches, confirm them once per flush interval."""
+
+    def __init__(self, broker: Broker, flush_interval_s: float = 0.05) -> None:
+        self.flush_interval_s = flush_interval_s
+        self.received = 0
+        self._seqs: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-confirmer-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe(station_topic(STATION, "sightings"), qos=1)
+        if not self._subscribed.wait(10):
+            raise RuntimeError("the confirmer's subscription was not acknowledged")
+        self._thread = threading.Thread(target=self._flushes, name="confirmer", daemon=True)
+        self._thread.start()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        seq = orjson.loads(msg.payload)["batch_seq"]
+        with self._lock:
+            self._seqs.append(seq)
+            self.received += 1
+
+    def _flushes(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):  # the ingest's flush interval, as it gathers
+            with self._lock:
+                seqs, self._seqs = self._seqs, []
+            for i in range(0, len(seqs), CONFIRMATION_MAX_SEQS):
+                message = Confirmation(
+                    station_id=STATION, batch_seqs=seqs[i : i + CONFIRMATION_MAX_SEQS], sent_at=utcnow()
+                )
+                self.client.publish(confirmations_topic(STATION), message.to_json(), qos=1)
+
+    def stop(self) -> None:
+        """Stop confirming and disconnect."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 async def drain(spool: Spool, settings: GatewaySettings, outage_s: float, kind: str) -> tuple[Drain, Broker]:
-    """Run the real uplink against a broker that is down for `outage_s`, then up; time the drain."""
+    """Run the real uplink against a broker that is down for `outage_s`, then up; time the drain until the last
+    batch is confirmed."""
     uplink = Uplink(settings, spool, HotList(), lambda: StationStatus(station_id=STATION, state="online"))
     task = asyncio.create_task(uplink.run())
     await asyncio.sleep(outage_s)  # failed connection attempts, backing off
     host, port, _, _ = settings.mqtt_address
     broker = await asyncio.to_thread(start_broker, kind, port)
     back = time.perf_counter()
+    # Subscribed before the uplink's next attempt, usually: a batch published before would reach nobody and be
+    # resent only after confirm_timeout_s (counted in `resent`).
+    confirmer = await asyncio.to_thread(Confirmer, broker)
     try:
         while not uplink.connected:
             await asyncio.sleep(0.005)
@@ -230,7 +284,11 @@ async def drain(spool: Spool, settings: GatewaySettings, outage_s: float, kind: 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    return Drain(connected - back, done - connected, uplink.messages_published, uplink.sightings_published), broker
+        await asyncio.to_thread(confirmer.stop)
+    result = Drain(
+        connected - back, done - connected, uplink.batches_confirmed, uplink.sightings_confirmed, uplink.batches_resent
+    )
+    return result, broker
 
 
 def main() -> int:
@@ -309,10 +367,10 @@ def main() -> int:
         per_msg = traffic.sightings / len(traffic.batches)
         limit = min(raw_mqtt, raw_deletes) * per_msg
         print(
-            f"drain ({broker.kind}, {settings.inflight_max} in flight): reconnected {result.reconnect_s:.1f} s"
-            f" after the broker came back, then {result.messages:,} messages in {result.drain_s:.2f} s ="
-            f" {result.messages / result.drain_s:,.0f} messages/s, {rate:,.0f} sightings/s"
-            f" ({rate / (per_hour / 3600):,.0f} x real time)"
+            f"drain with confirmation ({broker.kind}, {settings.inflight_max} in flight): reconnected"
+            f" {result.reconnect_s:.1f} s after the broker came back, then {result.messages:,} messages confirmed in"
+            f" {result.drain_s:.2f} s = {result.messages / result.drain_s:,.0f} messages/s, {rate:,.0f} sightings/s"
+            f" ({rate / (per_hour / 3600):,.0f} x real time; {result.resent} resent)"
         )
         print(
             f"limits: raw paho QoS 1 {raw_mqtt:,.0f} messages/s (best of 3),"

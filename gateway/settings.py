@@ -59,6 +59,12 @@ class GatewaySettings(BaseSettings):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     inflight_max: int = Field(default=16, ge=1, le=20, description="QoS 1 publishes awaiting PUBACK at once")
+    confirm_timeout_s: float = Field(
+        default=30.0, gt=0, description="a batch sent and not confirmed by the backend within this goes again"
+    )
+    confirm_backoff_max_s: float = Field(
+        default=600.0, gt=0, description="the wait for a confirmation doubles per resend of a batch, up to this"
+    )
     mqtt_keepalive_s: int = Field(default=30, ge=5)
 
     @field_validator("station_id")

@@ -1,8 +1,12 @@
 """Store-and-forward on disk: every outgoing message is here before it is published.
 
-SQLite in WAL mode. A message is deleted only once the broker has acknowledged it, so a crash,
-a power cut or a dead uplink loses nothing; a message may be sent twice, which the contract
-allows because `(station_id, batch_seq)` makes redelivery harmless. Alerts leave before
+SQLite in WAL mode. A sightings batch is deleted only once the backend has confirmed that it is
+stored (a confirmation names its batch_seq); its PUBACK only marks it sent, with a time at which
+it goes again if no confirmation has come by then (`resend_at`, on this process's monotonic clock;
+a new process or connection makes every unconfirmed batch due at once). So a crash, a power cut, a
+dead uplink or a broker that forgets what it acknowledged loses nothing. Alerts carry no id the
+backend could confirm: they are deleted at their PUBACK. A message may be sent twice, which the
+contract allows because `(station_id, batch_seq)` makes redelivery harmless. Alerts leave before
 sightings whatever their age: they are the urgent ones.
 
 The spool is bounded by the bytes of the payloads it holds (docs/spool.md). When a new message
@@ -41,9 +45,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     priority INTEGER NOT NULL,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
-    sightings INTEGER NOT NULL DEFAULT 0
+    sightings INTEGER NOT NULL DEFAULT 0,
+    batch_seq INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    resend_at REAL
 );
-CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS hotlist (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -63,11 +69,25 @@ CREATE TABLE IF NOT EXISTS open_passages (
 );
 """
 
+# Created after _migrate: they name columns a spool file of an older version gets there.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (priority, id) WHERE resend_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_resend ON outbox (resend_at) WHERE resend_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_batch_seq ON outbox (batch_seq) WHERE batch_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (attempts) WHERE attempts > 0;
+"""
+
 _COUNTERS = ("next_batch_seq", "bytes", "dropped_batches", "dropped_sightings", "dropped_alerts")
 
 
 def _size(n: int) -> str:
     return f"{n / MIB:.1f} MiB" if n >= MIB else f"{n} B"
+
+
+def resend_delay_s(attempts: int, timeout_s: float, max_s: float) -> float:
+    """How long a batch sent `attempts` times waits for its confirmation: the timeout, doubled per attempt, capped."""
+    return min(timeout_s * 2.0 ** max(attempts - 1, 0), max_s)
 
 
 class Priority(IntEnum):
@@ -87,13 +107,15 @@ class SpoolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One spooled message waiting for its PUBACK."""
+    """One spooled message waiting to be sent, or (a sightings batch) sent and waiting for its confirmation."""
 
     id: int
     priority: Priority
     topic: str
     payload: bytes
     sightings: int
+    batch_seq: int | None = None
+    attempts: int = 0
 
 
 class DropLog:
@@ -164,6 +186,11 @@ class Spool:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             with self._transaction():
+                self._migrate()
+                # A new process: what was sent and not confirmed goes again at once.
+                self._db.execute("UPDATE outbox SET resend_at = NULL WHERE resend_at IS NOT NULL")
+            self._db.executescript(_INDEXES)
+            with self._transaction():
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('next_batch_seq', ?),"
                     " ('dropped_batches', 0), ('dropped_sightings', 0), ('dropped_alerts', 0)",
@@ -183,6 +210,21 @@ class Spool:
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open spool ({exc})", path) from exc
 
+    def _migrate(self) -> None:
+        """Bring a spool file of an older version to this one, in place: its waiting batches get their batch_seq."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "batch_seq" in columns:
+            return
+        self._db.execute("ALTER TABLE outbox ADD COLUMN batch_seq INTEGER")
+        self._db.execute("ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+        self._db.execute("ALTER TABLE outbox ADD COLUMN resend_at REAL")
+        # The payload is the batch as published, so its batch_seq is in it.
+        self._db.execute(
+            "UPDATE outbox SET batch_seq = json_extract(CAST(payload AS TEXT), '$.batch_seq') WHERE priority = ?",
+            (int(Priority.SIGHTINGS),),
+        )
+        log.info("spool %s: upgraded in place (batches now wait for the backend's confirmation)", self.path)
+
     def close(self) -> None:
         """Log any drops not yet logged and close the database file."""
         self._drop_log.report(self, force=True)
@@ -190,12 +232,19 @@ class Spool:
 
     @property
     def depth(self) -> int:
-        """Messages waiting to be acknowledged."""
+        """Messages held: alerts until their PUBACK, sightings batches until the backend confirms them."""
         return self._depth
 
     @property
+    def unconfirmed(self) -> int:
+        """Sightings batches sent at least once and not yet confirmed by the backend."""
+        # Counted on its partial index: a full spool's table is hundreds of MB of SD card.
+        row = self._db.execute("SELECT count(*) FROM outbox WHERE attempts > 0").fetchone()
+        return int(row[0])
+
+    @property
     def size_bytes(self) -> int:
-        """Payload bytes waiting to be acknowledged (what max_bytes bounds)."""
+        """Payload bytes held (what max_bytes bounds)."""
         return self._counters["bytes"]
 
     @property
@@ -241,18 +290,20 @@ class Spool:
         # neither reuse a batch_seq nor leave a gap.
         with self._transaction():
             seq = self.next_batch_seq
-            if not self._insert(Priority.SIGHTINGS, topic, build(seq), count):
+            if not self._insert(Priority.SIGHTINGS, topic, build(seq), count, seq):
                 return None
             self._bump("next_batch_seq", 1)
         return seq
 
-    def _insert(self, priority: Priority, topic: str, payload: bytes, sightings: int) -> bool:
+    def _insert(
+        self, priority: Priority, topic: str, payload: bytes, sightings: int, batch_seq: int | None = None
+    ) -> bool:
         if not self._make_room(len(payload), priority):
             self._count_drop(priority, sightings)
             return False
         self._db.execute(
-            "INSERT INTO outbox (priority, topic, payload, sightings) VALUES (?, ?, ?, ?)",
-            (int(priority), topic, payload, sightings),
+            "INSERT INTO outbox (priority, topic, payload, sightings, batch_seq) VALUES (?, ?, ?, ?, ?)",
+            (int(priority), topic, payload, sightings, batch_seq),
         )
         self._depth += 1
         self._bump("bytes", len(payload))
@@ -294,25 +345,72 @@ class Spool:
         """Log the drops since the last warning, if the warning interval has passed."""
         self._drop_log.report(self)
 
-    def peek(self, limit: int) -> list[Entry]:
-        """The next messages to send, in send order, without removing them."""
+    def peek(self, limit: int, now: float | None = None) -> list[Entry]:
+        """The next messages to send, in send order, without removing them: those never sent (or made due again)
+        and the sent ones whose confirmation is overdue at `now` (time.monotonic() by default)."""
+        now = time.monotonic() if now is None else now
+        columns = "id, priority, topic, payload, sightings, batch_seq, attempts"
+        # Two queries, each served by its partial index, so batches waiting for a confirmation are never scanned.
         rows = self._db.execute(
-            "SELECT id, priority, topic, payload, sightings FROM outbox ORDER BY priority, id LIMIT ?",
-            (limit,),
+            f"SELECT {columns} FROM outbox WHERE resend_at IS NULL ORDER BY priority, id LIMIT ?", (limit,)
         ).fetchall()
-        return [Entry(r[0], Priority(r[1]), r[2], bytes(r[3]), r[4]) for r in rows]
+        rows += self._db.execute(
+            f"SELECT {columns} FROM outbox WHERE resend_at IS NOT NULL AND resend_at <= ? ORDER BY resend_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        rows.sort(key=lambda r: (r[1], r[0]))
+        return [Entry(r[0], Priority(r[1]), r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows[:limit]]
+
+    def next_resend_at(self, now: float | None = None) -> float | None:
+        """When the next sent batch falls overdue after `now` (monotonic), or None if none is waiting for that."""
+        now = time.monotonic() if now is None else now
+        row = self._db.execute("SELECT min(resend_at) FROM outbox WHERE resend_at > ?", (now,)).fetchone()
+        return None if row[0] is None else float(row[0])
 
     def ack(self, ids: Iterable[int]) -> None:
-        """Remove messages the broker has acknowledged (ids already gone are ignored)."""
+        """Remove messages for good (ids already gone are ignored)."""
         ids = list(ids)
         if not ids:
             return
         with self._transaction():
-            sizes = self._db.execute(
-                f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(ids))}) RETURNING length(payload)", ids
-            ).fetchall()
-            self._depth -= len(sizes)
-            self._bump("bytes", -sum(s for (s,) in sizes))
+            self._delete(f"id IN ({','.join('?' * len(ids))})", ids)
+
+    def _delete(self, where: str, args: list[int]) -> tuple[int, int]:
+        """Delete the matching messages; return how many, and the sightings they held."""
+        rows = self._db.execute(
+            f"DELETE FROM outbox WHERE {where} RETURNING length(payload), sightings", args
+        ).fetchall()
+        self._depth -= len(rows)
+        self._bump("bytes", -sum(size for size, _ in rows))
+        return len(rows), sum(n for _, n in rows)
+
+    def mark_sent(self, entries: Iterable[Entry], *, timeout_s: float, max_s: float, now: float | None = None) -> None:
+        """The broker acknowledged these: delete the alerts; keep the sightings batches, due again unless confirmed
+        within resend_delay_s of their attempts (ids already gone, say confirmed meanwhile, are ignored)."""
+        now = time.monotonic() if now is None else now
+        alerts: list[int] = []
+        sent: list[tuple[int, float, int]] = []
+        for e in entries:
+            if e.batch_seq is None:
+                alerts.append(e.id)
+            else:
+                sent.append((e.attempts + 1, now + resend_delay_s(e.attempts + 1, timeout_s, max_s), e.id))
+        with self._transaction():
+            self.ack(alerts)
+            self._db.executemany("UPDATE outbox SET attempts = ?, resend_at = ? WHERE id = ?", sent)
+
+    def confirm(self, batch_seqs: Iterable[int]) -> tuple[int, int]:
+        """The backend has stored these batches: delete them; return how many were still here, and their sightings."""
+        seqs = list(batch_seqs)
+        if not seqs:
+            return 0, 0
+        with self._transaction():
+            return self._delete(f"batch_seq IN ({','.join('?' * len(seqs))})", seqs)
+
+    def resend_all(self) -> None:
+        """Make every sent, unconfirmed batch due at once (a new connection: the broker may have lost them)."""
+        with self._transaction():
+            self._db.execute("UPDATE outbox SET resend_at = NULL WHERE resend_at IS NOT NULL")
 
     def save_passages(self, upsert: Iterable[Passage], delete: Iterable[int]) -> None:
         """Checkpoint open passages: write (replace) some, forget others by tag id."""

@@ -107,6 +107,7 @@ class Station:
             frames_rejected=radio.rejected_total if radio else 0,
             sightings_published=uplink.sightings_published if uplink else 0,
             spool_depth=spool.depth if spool else 0,
+            spool_unconfirmed=spool.unconfirmed if spool else 0,
             spool_dropped=spool.dropped if spool else 0,
             hotlist_version=self.hotlist.version if self.hotlist else None,
             noise_floor_dbm=self.noise_floor_dbm,

@@ -2,7 +2,9 @@
 
 One `gateway.mqtt.Connection` per attempt. Everything outgoing except the status is already in the
 spool, so a dropped connection only means reconnecting (with jittered exponential backoff) and
-sending again whatever had no PUBACK yet.
+sending again whatever the backend has not confirmed yet. A PUBACK only marks a sightings batch
+sent; the backend's confirmation (on the station's confirmations topic) deletes it, and a batch
+left unconfirmed for `confirm_timeout_s` (doubling per attempt) goes again.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from gateway.mqtt import Connection, Message, MqttError, Will
 from gateway.publish_window import PublishWindow
 from gateway.settings import GatewaySettings
 from gateway.spool import Entry, Spool
-from protocol.messages import Hotlist, MessageError, StationStatus, utcnow
-from protocol.topics import HOTLIST, command_topic, station_topic
+from protocol.messages import Confirmation, Hotlist, MessageError, StationStatus, utcnow
+from protocol.topics import HOTLIST, command_topic, confirmations_topic, station_topic
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,16 @@ class Uplink:
         self.hotlist = hotlist
         self.status = status
         self.status_topic = station_topic(settings.station_id, "status")
+        self.confirmations_topic = confirmations_topic(settings.station_id)
         self.connected = False
         self.connects = 0
         self.messages_published = 0
         self.sightings_published = 0
         self.hotlist_rejected = 0
+        self.batches_confirmed = 0
+        self.sightings_confirmed = 0
+        self.batches_resent = 0
+        self.confirmations_rejected = 0
         self._spooled = asyncio.Event()
         self._window = PublishWindow(settings.inflight_max)
 
@@ -108,6 +115,10 @@ class Uplink:
             backoff = min(backoff * 2, self.settings.reconnect_max_s)
 
     async def _session(self, mqtt: Connection) -> None:
+        # A new connection: the broker may have lost whatever it acknowledged before (a restart without
+        # persistence, a shared subscription it forgot), so every unconfirmed batch goes again.
+        self.spool.resend_all()
+        await mqtt.subscribe(self.confirmations_topic, qos=1)
         await self._publish_status(mqtt)
         await mqtt.subscribe(HOTLIST, qos=1)
         await mqtt.subscribe(command_topic(self.settings.station_id, "+"), qos=1)
@@ -155,17 +166,20 @@ class Uplink:
                     self._spooled.clear()
                     window.read(self.spool.peek(window.read_limit))
                 for entry in window.send():
+                    self.batches_resent += entry.attempts > 0
                     sending[asyncio.create_task(mqtt.publish(entry.topic, entry.payload, qos=1))] = entry
                 self._ack(window.take_acknowledged())
                 if wake is None or wake.done():
                     wake = asyncio.create_task(self._spooled.wait())
-                if not sending:
-                    await wake
-                    continue
                 waits: list[asyncio.Future[Any]] = [*sending]
-                if window.has_room:
+                if window.has_room or not sending:
                     waits.append(wake)  # something new may fill the window meanwhile
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                # The next batch whose confirmation falls overdue wakes us like a new message would.
+                resend_at = self.spool.next_resend_at()
+                timeout = None if resend_at is None else max(resend_at - time.monotonic(), 0.0)
+                done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if resend_at is not None and time.monotonic() >= resend_at:
+                    self._spooled.set()
                 failed = self._settle(sending, done)
                 if failed is not None:
                     raise failed
@@ -194,10 +208,11 @@ class Uplink:
         return failed
 
     def _ack(self, entries: list[Entry]) -> None:
-        """Delete acknowledged messages from the spool and count them."""
+        """Mark acknowledged messages sent in the spool (alerts go; batches wait for confirmation) and count them."""
         if not entries:
             return
-        self.spool.ack(e.id for e in entries)
+        s = self.settings
+        self.spool.mark_sent(entries, timeout_s=s.confirm_timeout_s, max_s=s.confirm_backoff_max_s)
         self.messages_published += len(entries)
         self.sightings_published += sum(e.sightings for e in entries)
 
@@ -207,13 +222,31 @@ class Uplink:
             self._take(message, commands)
 
     def _take(self, message: Message, commands: str) -> None:
-        if message.matches(HOTLIST):
+        if message.matches(self.confirmations_topic):
+            self._take_confirmation(message.payload)
+        elif message.matches(HOTLIST):
             self._take_hotlist(message.payload)
         elif message.matches(commands):
             log.info("%s: command %s: %r", self.settings.station_id, message.topic, message.payload[:200])
         else:
             # amqtt 0.12 sends a connecting client retained messages of other clients' subscriptions.
             log.debug("%s: ignoring message on %s", self.settings.station_id, message.topic)
+
+    def _take_confirmation(self, payload: bytes) -> None:
+        try:
+            message = Confirmation.parse(payload)
+            if message.station_id != self.settings.station_id:
+                raise MessageError(f"station_id {message.station_id!r} is not ours", payload)
+        except MessageError as exc:
+            self.confirmations_rejected += 1
+            log.warning("%s: bad confirmation (%s): %r", self.settings.station_id, exc.reason, payload[:200])
+            return
+        confirmed, sightings = self.spool.confirm(message.batch_seqs)
+        self.batches_confirmed += confirmed
+        self.sightings_confirmed += sightings
+        log.debug(
+            "%s: %d of %d confirmed batches were spooled", self.settings.station_id, confirmed, len(message.batch_seqs)
+        )
 
     def _take_hotlist(self, payload: bytes) -> None:
         if not payload:

@@ -32,6 +32,7 @@ VERSION: Final = 1
 __all__ = [
     "VERSION",
     "Alert",
+    "Confirmation",
     "Hotlist",
     "MessageError",
     "SelfTestStep",
@@ -169,6 +170,18 @@ class Alert(_Message):
     hotlist_version: int | None = None
 
 
+# Bounds one confirmation message (about 14 bytes a seq); a flush that stored more is confirmed in several.
+CONFIRMATION_MAX_SEQS: Final = 1000
+
+
+class Confirmation(_Message):
+    """The backend's word that these batches of one station are committed (new and repeated alike)."""
+
+    station_id: StationId
+    batch_seqs: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=CONFIRMATION_MAX_SEQS)
+    sent_at: AwareDatetime
+
+
 class StationStatus(_Message):
     """A gateway's retained status; the last will is the same with state 'offline'."""
 
@@ -182,6 +195,7 @@ class StationStatus(_Message):
     sightings_published: int | None = None
     spool_depth: int | None = None
     spool_dropped: int | None = None
+    spool_unconfirmed: int | None = None
     hotlist_version: int | None = None
     noise_floor_dbm: int | None = None
 

@@ -11,6 +11,7 @@ ROOT = "bikeguard/v1"
 HOTLIST = f"{ROOT}/hotlist"
 SELFTEST = "selftest"  # each step of a commissioning self-test, as it completes (gateway → backend)
 STATION_KINDS = ("sightings", "alerts", "status", SELFTEST)
+CONFIRMATIONS = "confirmations"  # the batch_seqs the backend has stored (backend → gateway; not a station kind)
 
 _STATION_TOPIC = re.compile(rf"{ROOT}/stations/([^/]+)/({'|'.join(STATION_KINDS)})")
 
@@ -32,6 +33,11 @@ def station_topic(station_id: str, kind: str) -> str:
     if kind not in STATION_KINDS:
         raise TopicError(f"unknown station topic kind {kind!r}")
     return f"{ROOT}/stations/{_station(station_id)}/{kind}"
+
+
+def confirmations_topic(station_id: str) -> str:
+    """`bikeguard/v1/stations/{id}/confirmations`: backend to one gateway, the batch_seqs it has stored."""
+    return f"{ROOT}/stations/{_station(station_id)}/{CONFIRMATIONS}"
 
 
 def command_topic(station_id: str, name: str) -> str:

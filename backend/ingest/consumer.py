@@ -3,10 +3,12 @@
 One worker: paho's network thread validates what arrives and puts it in a lane (alerts have their own, so a
 stolen chip never waits behind sightings); a writer thread per lane sleeps until messages come, writes a whole
 flush (many batches) in one transaction with a connection from the worker's pool, in which the alarm engine
-judges what was new, and only then acknowledges the messages (manual PUBACK), so a crash before commit means the
-broker redelivers, and the batch ids make that harmless. Self-test steps are stored the same way
-(backend.selftests); after the commit, a passing run commissions its station if it is installed. The detectors
-whose cost is per query (cloned chips) judge the committed passages on a thread of their own, about once a second.
+judges what was new, then tells each station which of its batches are now stored (a confirmation, new and repeated
+batches alike: the gateway keeps a batch until confirmed), and only then acknowledges the messages (manual PUBACK),
+so a crash before commit means the broker (or the gateway) redelivers, and the batch ids make that harmless.
+Self-test steps are stored the same way (backend.selftests); after the commit, a passing run commissions its station
+if it is installed. The detectors whose cost is per query (cloned chips) judge the committed passages on a thread of
+their own, about once a second.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from backend.ingest.window import TimeWindow
 from backend.settings import BackendSettings
 from protocol import topics
 from protocol.messages import (
+    CONFIRMATION_MAX_SEQS,
     Alert,
+    Confirmation,
     MessageError,
     SelfTestStep,
     SelfTestSummary,
@@ -115,6 +119,8 @@ class IngestCounters:
     stations_commissioned: int = 0
     flushes: int = 0
     db_retries: int = 0
+    confirmations: int = 0  # confirmation messages published to stations
+    batches_confirmed: int = 0
     # By kind, from the fixed set in backend.ingest.rejects.
     rejected: Counter[str] = field(default_factory=Counter)
 
@@ -322,11 +328,32 @@ class Ingest:
                 self.counters.db_retries += 1
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+        self._confirm(flush)
         for item in flush.messages:
             if item.qos > 0:
                 self.client.ack(item.mid, item.qos)
         # Only the passages: no deferred detector reads alerts, and a round without passages costs nothing.
         self._deferred.add(Committed(flush.result.committed.passages))
+
+    def _confirm(self, flush: _Flush) -> None:
+        """Tell each station of the flush which of its batches are committed: one message per station (split past
+        CONFIRMATION_MAX_SEQS), QoS 1 and not awaited. A lost confirmation costs only a resend, which is harmless.
+        A batch kept as a conflict is confirmed too: its raw bytes are stored, and a resend could not change that."""
+        stored: dict[str, list[int]] = {}
+        for part in flush.parts:
+            for batch in part.batches:
+                stored.setdefault(batch["station_id"], []).append(batch["batch_seq"])
+        sent = 0
+        for station_id, seqs in stored.items():
+            topic = topics.confirmations_topic(station_id)
+            for i in range(0, len(seqs), CONFIRMATION_MAX_SEQS):
+                chunk = seqs[i : i + CONFIRMATION_MAX_SEQS]
+                message = Confirmation(station_id=station_id, batch_seqs=chunk, sent_at=utcnow())
+                self.client.publish(topic, message.to_json(), qos=1)
+                sent += 1
+        with self._count_lock:
+            self.counters.confirmations += sent
+            self.counters.batches_confirmed += sum(len(seqs) for seqs in stored.values())
 
     def _deferred_loop(self) -> None:
         """Judge the committed passages with the deferred detectors (cloned chips) as they fall due."""

@@ -105,11 +105,14 @@ def assert_exactly_once(rows: Counter[int], expected: set[int], may: set[int] | 
 
 
 @contextlib.asynccontextmanager
-async def ingesting(database_url: str, broker: Broker, name: str, *, shared: bool = True) -> AsyncIterator[Ingest]:
+async def ingesting(
+    database_url: str, broker: Broker, name: str, *, shared: bool = True, also: tuple[str, ...] = ()
+) -> AsyncIterator[Ingest]:
     """The backend ingest on the test's database and broker, like tests/backend/test_ingest.py runs it; the
-    station `name` is registered first (the ingest refuses stations it does not know)."""
+    station `name` (and those in `also`) is registered first (the ingest refuses stations it does not know)."""
     with psycopg.connect(database_url) as conn:
-        factories.station(conn, name)
+        for station_id in (name, *also):
+            factories.station(conn, station_id)
     settings = BackendSettings(
         database_url=database_url,
         mqtt_url=broker.url,
@@ -141,12 +144,14 @@ async def test_broker_restarted_under_traffic_loses_no_sighting(
 ) -> None:
     broker = persistent_mosquitto(tmp_path / "mosquitto")
     port = broker.port
-    settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / "s.spool", passage_gap_s=0.3)
+    settings = fast_settings(
+        topic_prefix, module.path, broker.url, tmp_path / "s.spool", passage_gap_s=0.3, confirm_timeout_s=2
+    )
     try:
-        # A plain subscription: Mosquitto 2.0 restores a persistent session's queue and plain
-        # subscriptions after a restart, but not its shared subscriptions, so what a station sends
-        # before the ingest has subscribed again would reach nobody (docs/spool.md).
-        ingest = ingesting(database_url, broker, topic_prefix, shared=False)
+        # The shared subscription, as by default: Mosquitto 2.0 restores a persistent session's queue but not
+        # its shared subscriptions, so what a station sends before the ingest has subscribed again reaches
+        # nobody; the station resends it, unconfirmed, after confirm_timeout_s (docs/spool.md).
+        ingest = ingesting(database_url, broker, topic_prefix)
         async with ingest, running(Station(settings)) as station:
             assert station.uplink is not None and station.spool is not None
             uplink, spool = station.uplink, station.spool
@@ -165,6 +170,58 @@ async def test_broker_restarted_under_traffic_loses_no_sighting(
     finally:
         broker.stop()
     assert_exactly_once(rows, fed)
+
+
+@pytest.mark.parametrize("kind", ["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+async def test_broker_without_persistence_restarted_under_traffic_loses_no_sighting_of_any_station(
+    kind: str, database_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The broker forgets everything it acknowledged (queues, sessions, subscriptions shared or not): only the
+    backend's confirmations, and the stations' resends, keep every sighting."""
+    if kind == "mosquitto" and mosquitto_path() is None:
+        pytest.skip("mosquitto is not installed here (apt-get install mosquitto); CI installs it")
+    broker = await asyncio.to_thread(start_broker, kind)
+    port = broker.port
+    names = [f"{topic_prefix}-{n}" for n in (1, 2)]
+    modules = [FakeModule() for _ in names]
+    stations = [
+        Station(
+            fast_settings(name, m.path, broker.url, tmp_path / f"{name}.spool", passage_gap_s=0.3, confirm_timeout_s=1)
+        )
+        for name, m in zip(names, modules, strict=True)
+    ]
+    try:
+        async with (
+            ingesting(database_url, broker, names[0], also=tuple(names[1:])),
+            running(stations[0]),
+            running(stations[1]),
+        ):
+            uplinks = [s.uplink for s in stations]
+            spools = [s.spool for s in stations]
+            assert all(uplinks) and all(spools)
+            with Feeder(modules[0], first_tag=1) as one, Feeder(modules[1], first_tag=1) as two:
+                await eventually(lambda: all(u and u.sightings_published >= 100 for u in uplinks), 20, "traffic")
+                await asyncio.to_thread(broker.stop)  # queues, sessions and subscriptions gone
+                await eventually(lambda: not any(u and u.connected for u in uplinks), 20, "the broker gone")
+                broker = await asyncio.to_thread(start_broker, kind, port)
+                await eventually(lambda: all(u and u.connected for u in uplinks), 20, "the gateways to reconnect")
+                backlog = [len(one.sent), len(two.sent)]
+                await eventually(
+                    lambda: all(u and u.sightings_published >= b + 100 for u, b in zip(uplinks, backlog, strict=True)),
+                    30,
+                    "more traffic",
+                )
+            for name, fed, spool in zip(names, (set(one.sent), set(two.sent)), spools, strict=True):
+                rows = await wait_stored(database_url, name, fed)
+                assert_exactly_once(rows, fed)
+                await eventually(lambda spool=spool: spool is not None and spool.depth == 0, 20, "an empty spool")
+                assert spool is not None and spool.dropped == 0
+            resent = sum(u.batches_resent for u in uplinks if u)
+            print(f"{kind} restarted without persistence: {resent} batches resent, none lost")
+    finally:
+        for m in modules:
+            m.close()
+        broker.stop()
 
 
 async def test_network_cut_under_traffic_loses_no_sighting(

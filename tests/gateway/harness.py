@@ -19,7 +19,8 @@ from bikeguard.services import Broker, free_port
 from gateway.settings import GatewaySettings
 from gateway.station import Station
 from protocol.frames import Beacon, Frame, TagFlags, encode
-from protocol.topics import ROOT
+from protocol.messages import Confirmation, SightingBatch, utcnow
+from protocol.topics import CONFIRMATIONS, ROOT, confirmations_topic
 
 
 class FakeModule:
@@ -113,12 +114,16 @@ def mqtt_client(broker: Broker) -> aiomqtt.Client:
 
 
 class Watcher:
-    """A backend stand-in: records what one station publishes, in arrival order."""
+    """A backend stand-in: records what one station publishes, in arrival order, and (`confirm`) confirms each
+    sightings batch as the backend does once it is stored."""
 
-    def __init__(self, client: aiomqtt.Client, station_id: str) -> None:
+    def __init__(self, client: aiomqtt.Client, station_id: str, *, confirm: bool = True) -> None:
         self.client = client
+        self.station_id = station_id
         self.prefix = f"{ROOT}/stations/{station_id}/"
+        self.confirm = confirm
         self.messages: list[tuple[str, bytes]] = []
+        self.confirmed: list[int] = []
 
     def of(self, kind: str) -> list[bytes]:
         """Payloads received on one station topic kind (sightings, alerts, status)."""
@@ -137,16 +142,26 @@ class Watcher:
             if not topic.startswith(self.prefix):
                 continue
             kind = topic.rsplit("/", 1)[-1]
+            if kind == CONFIRMATIONS:
+                continue  # ours, or another test's backend stand-in
             assert isinstance(message.payload, bytes)
             self.messages.append((kind, message.payload))
+            if kind == "sightings" and self.confirm:
+                await self.confirm_seqs([SightingBatch.parse(message.payload).batch_seq])
+
+    async def confirm_seqs(self, batch_seqs: list[int]) -> None:
+        """Publish a confirmation of these batch_seqs to the station, as the backend does after its commit."""
+        confirmation = Confirmation(station_id=self.station_id, batch_seqs=batch_seqs, sent_at=utcnow())
+        await self.client.publish(confirmations_topic(self.station_id), confirmation.to_json(), qos=1)
+        self.confirmed += batch_seqs
 
 
 @contextlib.asynccontextmanager
-async def watching(broker: Broker, station_id: str) -> AsyncIterator[Watcher]:
-    """Subscribe to everything one station publishes."""
+async def watching(broker: Broker, station_id: str, *, confirm: bool = True) -> AsyncIterator[Watcher]:
+    """Subscribe to everything one station publishes; confirm its batches unless told not to."""
     async with mqtt_client(broker) as client:
         await client.subscribe(f"{ROOT}/stations/{station_id}/#", qos=1)
-        watcher = Watcher(client, station_id)
+        watcher = Watcher(client, station_id, confirm=confirm)
         task = asyncio.create_task(watcher._collect())
         try:
             yield watcher

@@ -1,4 +1,5 @@
-"""The spool: nothing leaves it before its PUBACK, alerts go first, batch_seq survives restarts, drops are counted."""
+"""The spool: nothing leaves it before its PUBACK (a sightings batch: before the backend confirms it), alerts go
+first, batch_seq survives restarts, drops are counted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.aggregator import Passage
-from gateway.spool import Priority, Spool, SpoolError
+from gateway.spool import Priority, Spool, SpoolError, resend_delay_s
 from protocol.frames import TagFlags
 
 T0 = datetime(2025, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)
@@ -196,3 +197,105 @@ def test_an_unusable_spool_path_raises_spool_error_with_the_path(tmp_path: Path)
     with pytest.raises(SpoolError) as info:
         Spool(blocker / "s.spool")
     assert info.value.path == blocker / "s.spool"
+
+
+def batch(seq: int) -> bytes:
+    """A sightings batch payload as the station builds it (JSON carrying its batch_seq)."""
+    return b'{"v":1,"station_id":"S1","batch_seq":%d,"sightings":[]}' % seq
+
+
+def test_a_sent_batch_stays_until_confirmed_and_an_alert_leaves_at_its_puback(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.spool")
+    spool.put_alert("alerts", b"alert")
+    seqs = [spool.put_sightings("sightings", batch, 2) for _ in range(3)]
+    assert seqs == [0, 1, 2]
+
+    spool.mark_sent(spool.peek(10), timeout_s=30, max_s=600, now=100.0)
+
+    assert (spool.depth, spool.unconfirmed) == (3, 3)
+    assert spool.peek(10, now=100.0) == []  # waiting for their confirmation, not to be sent
+    assert spool.confirm([0, 2, 77]) == (2, 4)  # a seq not (or no longer) here is ignored
+    assert [e.batch_seq for e in spool.peek(10, now=200.0)] == [1]
+    assert (spool.depth, spool.unconfirmed, spool.size_bytes) == (1, 1, len(batch(1)))
+
+
+def test_an_unconfirmed_batch_falls_due_after_the_timeout_doubling_per_attempt_up_to_the_cap(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.spool")
+    spool.put_sightings("sightings", batch, 1)
+    sent_at = 1000.0
+    for attempt, wait_s in enumerate([30, 60, 120, 120], start=1):
+        [entry] = spool.peek(10, now=sent_at)
+        assert entry.attempts == attempt - 1
+        spool.mark_sent([entry], timeout_s=30, max_s=120, now=sent_at)
+        assert spool.peek(10, now=sent_at + wait_s - 0.001) == []
+        assert spool.next_resend_at(now=sent_at) == sent_at + wait_s
+        sent_at += wait_s
+    assert [resend_delay_s(n, 30, 120) for n in (1, 2, 3, 4, 9)] == [30, 60, 120, 120, 120]
+
+
+def test_a_new_connection_or_process_makes_every_unconfirmed_batch_due_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "s.spool"
+    spool = Spool(path)
+    for _ in range(2):
+        spool.put_sightings("sightings", batch, 1)
+    spool.mark_sent(spool.peek(10), timeout_s=30, max_s=600, now=0.0)
+    assert spool.peek(10, now=1.0) == []
+
+    spool.resend_all()
+    assert [e.attempts for e in spool.peek(10, now=1.0)] == [1, 1]
+
+    spool.mark_sent(spool.peek(10), timeout_s=30, max_s=600, now=0.0)
+    spool.close()
+    again = Spool(path)
+    assert [(e.batch_seq, e.attempts) for e in again.peek(10, now=1.0)] == [(0, 2), (1, 2)]
+    assert again.unconfirmed == 2
+
+
+def test_a_confirmation_before_the_puback_is_handled_leaves_nothing_behind(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.spool")
+    spool.put_sightings("sightings", batch, 1)
+    entries = spool.peek(10)
+    assert spool.confirm([0]) == (1, 1)
+    spool.mark_sent(entries, timeout_s=30, max_s=600)
+    assert (spool.depth, spool.unconfirmed, spool.peek(10)) == (0, 0, [])
+
+
+# The outbox as spool files of the version before confirmations have it.
+_OLD_OUTBOX = """
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    priority INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    sightings INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX outbox_order ON outbox (priority, id);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def test_a_spool_file_of_the_version_before_confirmations_is_upgraded_in_place_and_keeps_its_batches(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.spool"
+    with sqlite3.connect(path) as old:
+        old.executescript(_OLD_OUTBOX)
+        old.executemany(
+            "INSERT INTO outbox (priority, topic, payload, sightings) VALUES (?, ?, ?, ?)",
+            [(1, "sightings", batch(41), 3), (0, "alerts", b"alert", 0), (1, "sightings", batch(42), 5)],
+        )
+        old.execute("INSERT INTO meta VALUES ('next_batch_seq', 43), ('bytes', ?)", (2 * len(batch(41)) + 5,))
+    old.close()
+
+    spool = Spool(path)
+
+    assert [(e.priority, e.batch_seq, e.attempts) for e in spool.peek(10)] == [
+        (Priority.ALERT, None, 0),
+        (Priority.SIGHTINGS, 41, 0),
+        (Priority.SIGHTINGS, 42, 0),
+    ]
+    assert (spool.depth, spool.next_batch_seq) == (3, 43)
+    assert spool.confirm([41, 42]) == (2, 8)
+    assert spool.put_sightings("sightings", batch, 1) == 43
+    spool.close()
+    assert Spool(path).depth == 2
