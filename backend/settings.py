@@ -38,6 +38,13 @@ class BackendSettings(BaseSettings):
     # the retention period, when shorter, is the limit).
     ingest_max_clock_skew_s: float = Field(default=300.0, gt=0)
     ingest_max_age_days: float = Field(default=90.0, gt=0)
+    # Messages the ingest holds in memory before paho's thread waits (and the broker keeps the rest): a sightings
+    # batch is up to about 50 KB, so at most about 50 MB by default; a flush takes up to ingest_flush_rows at once.
+    ingest_max_queued_messages: int = Field(default=1000, ge=1)
+    # Alerts have their own lane (a stolen chip never waits behind sightings) and their own bound: they are small.
+    ingest_max_queued_alerts: int = Field(default=10_000, ge=1)
+    # How long /api/ready waits for the database before it says the database is away.
+    ready_timeout_s: float = Field(default=2.0, gt=0)
     # How long the ingest trusts its cached list of registered stations before reading it again.
     ingest_station_refresh_s: float = Field(default=5.0, gt=0)
     # A chip seen at two stations faster than an e-bike can ride between them is a clone.

@@ -105,7 +105,7 @@ class Incoming:
 
 @dataclass
 class IngestCounters:
-    """What the ingest has done since it started; read by /api/metrics and the benchmarks."""
+    """What the ingest has done since it started; read by /api/health, /metrics and the benchmarks."""
 
     messages: int = 0
     batches_new: int = 0
@@ -123,6 +123,10 @@ class IngestCounters:
     batches_confirmed: int = 0
     # By kind, from the fixed set in backend.ingest.rejects.
     rejected: Counter[str] = field(default_factory=Counter)
+    # Per registered station (their number is bounded by the registry; unknown stations' messages, whose
+    # topics anyone with broker access may invent, are counted by kind only).
+    batches_confirmed_by_station: Counter[str] = field(default_factory=Counter)
+    conflicts_by_station: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -192,10 +196,14 @@ class Ingest:
         self._reject_notices = StationNotices(60.0)
         # One connection per writer thread and one for the deferred detectors, kept open; opened in start().
         self._pool = ConnectionPool(settings.database_url, min_size=3, max_size=4, open=False, name="ingest")
-        self._sightings: Lane[Incoming] = Lane()
+        # Bounded: when the writer falls behind (a slow or lost database), paho's thread waits for room and the
+        # broker keeps the backlog (it stops sending once our window of unacknowledged messages is full).
+        self._sightings: Lane[Incoming] = Lane(settings.ingest_max_queued_messages)
         # Alerts (a stolen chip's first beacon) have a lane, a thread and a connection of their own, so
-        # they never wait behind a backlog of sightings batches.
-        self._alerts: Lane[Incoming] = Lane()
+        # they never wait behind a backlog of sightings batches. Their lane has a bound of its own: alerts are small
+        # (a few hundred bytes) and rare, so a generous bound costs little memory and a station flooding them
+        # still cannot exhaust it.
+        self._alerts: Lane[Incoming] = Lane(settings.ingest_max_queued_alerts)
         self._count_lock = threading.Lock()
         self._stopping = threading.Event()
         self._connected = threading.Event()
@@ -250,7 +258,24 @@ class Ingest:
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         lane = self._alerts if msg.topic.endswith("/alerts") else self._sightings
         payload = bytes(msg.payload)
+        # Waits while the lane is full (the backpressure); refused only once stop() closed it: unacknowledged,
+        # the message is the broker's to redeliver.
         lane.put(Incoming(msg.topic, payload, msg.mid, msg.qos, validate(msg.topic, payload, self.window)))
+
+    # what operators see (/api/health, /metrics)
+
+    @property
+    def broker_connected(self) -> bool:
+        """Whether the broker is connected and our subscriptions acknowledged."""
+        return self._connected.is_set()
+
+    def queued(self) -> dict[str, int]:
+        """Messages waiting in each lane."""
+        return {"sightings": len(self._sightings), "alerts": len(self._alerts)}
+
+    def threads(self) -> dict[str, bool]:
+        """Whether each of the ingest's threads is alive."""
+        return {t.name: t.is_alive() for t in (*self._threads, self._deferred_thread)}
 
     # life cycle
 
@@ -354,6 +379,8 @@ class Ingest:
         with self._count_lock:
             self.counters.confirmations += sent
             self.counters.batches_confirmed += sum(len(seqs) for seqs in stored.values())
+            for station_id, seqs in stored.items():
+                self.counters.batches_confirmed_by_station[station_id] += len(seqs)
 
     def _deferred_loop(self) -> None:
         """Judge the committed passages with the deferred detectors (cloned chips) as they fall due."""
@@ -479,6 +506,8 @@ class Ingest:
         c.batches_conflicting += len(result.conflicts)
         c.rejected["conflict"] += len(result.conflicts)
         for topic, reason, _raw in result.conflicts:
+            # A conflict is a batch of a registered station (screened before the write), so its topic parses.
+            c.conflicts_by_station[topics.parse_station_topic(topic).station_id] += 1
             if self._reject_notices.due(f"conflict {topic}"):
                 log.warning(
                     "%s; kept in rejected_messages with its raw bytes (next warning for this station in 60 s at the"

@@ -14,24 +14,41 @@ T = TypeVar("T")
 
 
 class Lane(Generic[T]):
-    """Items handed from one thread to another, in order; closing it lets the taker finish what is left."""
+    """Items handed from one thread to another, in order; closing it lets the taker finish what is left.
 
-    def __init__(self) -> None:
+    With `max_items`, put() waits while the lane is full: the giver (paho's network thread) stops reading from the
+    broker, which stops sending once its in-flight window of unacknowledged messages is full, so a backlog stays at
+    the broker and not in memory here."""
+
+    def __init__(self, max_items: int | None = None) -> None:
+        self.max_items = max_items
         self._items: deque[T] = deque()
-        self._ready = threading.Condition()
+        lock = threading.Lock()
+        self._ready = threading.Condition(lock)
+        self._room = threading.Condition(lock)
         self._closed = False
 
-    def put(self, item: T) -> None:
-        """Hand one item over (never blocks)."""
+    def __len__(self) -> int:
         with self._ready:
+            return len(self._items)
+
+    def put(self, item: T) -> bool:
+        """Hand one item over, waiting while the lane is full; False (the item not taken) once it is closed."""
+        with self._ready:
+            while self.max_items is not None and len(self._items) >= self.max_items and not self._closed:
+                self._room.wait()
+            if self._closed and self.max_items is not None and len(self._items) >= self.max_items:
+                return False
             self._items.append(item)
             self._ready.notify()
+            return True
 
     def close(self) -> None:
         """No more items will come: take() returns None once the lane is empty."""
         with self._ready:
             self._closed = True
             self._ready.notify_all()
+            self._room.notify_all()  # a giver waiting for room must not wait for ever: stop() would hang on it
 
     def take(self, until: float | None = None) -> T | None:
         """The next item, waiting for it until the monotonic time `until` (None: as long as the lane is open);
@@ -42,12 +59,18 @@ class Lane(Generic[T]):
                     self._ready.wait()
                 elif not self._ready.wait(until - time.monotonic()):
                     break
-            return self._items.popleft() if self._items else None
+            return self._pop()
 
     def take_now(self) -> T | None:
         """The next item if one is there, without waiting."""
         with self._ready:
-            return self._items.popleft() if self._items else None
+            return self._pop()
+
+    def _pop(self) -> T | None:
+        if not self._items:
+            return None
+        self._room.notify()
+        return self._items.popleft()
 
 
 class DeferredPassages:

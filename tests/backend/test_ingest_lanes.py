@@ -69,3 +69,29 @@ def test_deferred_passages_wait_for_their_interval():
     due = deferred.take()
     assert due is not None and len(due) == 1
     assert time.monotonic() - started >= 0.25
+
+
+def test_a_full_lane_makes_the_giver_wait_until_the_taker_makes_room():
+    lane: Lane[int] = Lane(max_items=2)
+    assert lane.put(1) and lane.put(2)
+    third = threading.Thread(target=lane.put, args=(3,))
+    third.start()
+    time.sleep(0.1)
+    assert third.is_alive() and len(lane) == 2  # waiting: the broker keeps the backlog, not our memory
+    assert lane.take_now() == 1
+    third.join(5)
+    assert not third.is_alive() and [lane.take_now(), lane.take_now()] == [2, 3]
+
+
+def test_closing_a_full_lane_releases_a_waiting_giver_so_stop_cannot_hang_on_it():
+    lane: Lane[int] = Lane(max_items=1)
+    lane.put(1)
+    given: list[bool] = []
+    giver = threading.Thread(target=lambda: given.append(lane.put(2)))
+    giver.start()
+    time.sleep(0.05)
+    lane.close()
+    giver.join(5)
+    # Refused, not queued: unacknowledged, the message is the broker's to redeliver.
+    assert not giver.is_alive() and given == [False]
+    assert lane.take() == 1 and lane.take() is None
