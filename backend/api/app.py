@@ -18,16 +18,16 @@ from psycopg_pool import AsyncConnectionPool
 from backend import access, accounts, certificates, hotlist, prediction, provisioning, registry
 from backend import stations as station_registry
 from backend.alarms import station_watch, store
-from backend.api.deps import public
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import audit as audit_routes
-from backend.api.routes import auth, bikes, live, owners, pages, sightings, stations
+from backend.api.routes import auth, bikes, health, live, owners, pages, sightings, stations
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import provisioning as provisioning_routes
 from backend.db.migrate import maintain, migrate
 from backend.ingest.consumer import Ingest
 from backend.live import LiveFeed
+from backend.metrics import registry_for
 from backend.settings import DEFAULT_SECRET, BackendSettings
 from backend.vault import Vault
 from backend.web import STATIC_DIR
@@ -119,6 +119,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         app.state.passwords = await asyncio.to_thread(accounts.Passwords, settings)
         app.state.live = feed
         app.state.ingest = worker
+        app.state.metrics = registry_for(worker)
         app.state.publish_hotlist = publish_hotlist
         await publish_hotlist()
         maintenance = asyncio.create_task(_maintain_storage(settings, pool), name="storage-maintenance")
@@ -147,7 +148,10 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry.Registry(settings, Vault.from_settings(settings))
     app.state.signer = certificates.Signer(settings.certificate_signing_key.get_secret_value())
+    app.state.ingest = None
+    app.state.metrics = registry_for(None)
     for router in (
+        health.router,
         auth.router,
         account_routes.router,
         audit_routes.router,
@@ -178,25 +182,5 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
 
     for exc_type in _ERRORS:
         app.add_exception_handler(exc_type, domain_error)
-
-    @app.get("/api/health", tags=["health"], dependencies=[public()])
-    async def health() -> dict[str, Any]:
-        """Anyone: liveness plus the ingest counters (no personal data)."""
-        c = app.state.ingest.counters if app.state.ingest else None
-        return {
-            "status": "ok",
-            "live_viewers": app.state.live.viewers,
-            "ingest": None
-            if c is None
-            else {
-                "messages": c.messages,
-                "sightings": c.sightings,
-                "batches_new": c.batches_new,
-                "batches_repeated": c.batches_repeated,
-                "alerts": c.alerts,
-                "rejected": dict(c.rejected),
-                "db_retries": c.db_retries,
-            },
-        }
 
     return app
