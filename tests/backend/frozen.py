@@ -22,7 +22,8 @@ def frozen_database(database_url: str) -> Iterator[None]:
     as a hung disk or a paused VM would leave it; resumed on leaving, whatever happened."""
     with psycopg.connect(database_url) as conn:
         backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
-    postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        # Its parent, read while it is alive (it ends with this connection).
+        postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
     stopped: list[int] = []
     try:
         os.kill(postmaster, signal.SIGSTOP)

@@ -83,3 +83,37 @@ def test_ingest_metrics_count_stored_confirmed_repeated_and_rejected_per_station
     assert samples[("bikeguard_ingest_rejected_total", (("kind", "invalid"),))] >= 1
     assert samples[("bikeguard_ingest_queued", (("lane", "sightings"),))] == 0
     assert samples[("bikeguard_ingest_broker_connected", ())] == 1
+
+
+def test_a_stuck_database_fills_the_bounded_lane_then_the_broker_keeps_the_rest_and_nothing_is_lost(
+    database_url, broker, publish, topic_prefix
+):
+    settings = factories.settings(
+        database_url,
+        mqtt_url=broker.url,
+        mqtt_client_id=f"health-{topic_prefix}",
+        mqtt_shared_group=f"health-{topic_prefix}" if broker.supports_shared_subscriptions else None,
+        ingest_max_queued_messages=2,
+        ingest_flush_rows=1,  # one batch a flush: the writer is stuck on the first, the others queue
+    )
+    station = f"{topic_prefix}-q"
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+    topic = topics.station_topic(station, "sightings")
+    sightings = "SELECT count(*) FROM sightings WHERE station_id = %s"
+    with TestClient(create_app(settings)) as client:
+        ingest = client.app.state.ingest  # type: ignore[attr-defined]
+        publish(topic, factories.batch(station, 1, [1]).to_json())
+        wait_until(lambda: count(database_url, sightings, station) == 1)
+        with frozen_database(database_url):
+            for seq in range(2, 12):
+                publish(topic, factories.batch(station, seq, [seq]).to_json())
+            wait_until(lambda: ingest.queued()["sightings"] == 2)
+            started = time.monotonic()
+            health = client.get("/api/health").json()["ingest"]
+            assert time.monotonic() - started < 1.0
+            # Never more than the bound: paho's thread waits, the other messages stay with the broker.
+            assert health["queued"] == {"sightings": 2, "alerts": 0}
+            assert all(health["threads"].values()) and health["broker_connected"]
+        wait_until(lambda: count(database_url, sightings, station) == 11)
+        assert ingest.counters.batches_new == 11
