@@ -66,6 +66,10 @@ class GatewaySettings(BaseSettings):
         default=600.0, gt=0, description="the wait for a confirmation doubles per resend of a batch, up to this"
     )
     mqtt_keepalive_s: int = Field(default=30, ge=5)
+    # The station's own monitoring (gateway/metrics.py): off unless a port is given; stations of one fleet process
+    # that name the same port share one endpoint, labelled by station.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics; None: off")
+    metrics_host: str = Field(default="127.0.0.1", description="where /metrics listens; the station itself only")
 
     @field_validator("station_id")
     @classmethod

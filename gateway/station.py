@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
+from gateway import metrics
 from gateway.aggregator import Aggregator
 from gateway.hotlist import HotList
 from gateway.radio import Radio
@@ -177,6 +178,23 @@ class Station:
             self.uplink.notify()
 
 
+@contextlib.contextmanager
+def _metrics_served(stations: Sequence[Station]) -> Iterator[None]:
+    """Serve /metrics for the stations that ask for it (metrics_port), one endpoint per host and port."""
+    by_address: dict[tuple[str, int], list[Station]] = {}
+    for station in stations:
+        if station.settings.metrics_port is not None:
+            address = (station.settings.metrics_host, station.settings.metrics_port)
+            by_address.setdefault(address, []).append(station)
+    servers = [metrics.serve(group, host, port) for (host, port), group in by_address.items()]
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
 class _SignalStop:
     """SIGTERM/SIGINT cancel the current task, so shutdown takes the normal cancellation path."""
 
@@ -220,12 +238,13 @@ async def run_fleet(settings: Sequence[GatewaySettings]) -> None:
     spools = [s.spool_file.resolve() for s in settings]
     if len(set(spools)) != len(spools):
         raise ValueError("each station needs a spool file of its own")
+    stations = [Station(s) for s in settings]
     stop = _SignalStop()
-    with stop.installed():
+    with stop.installed(), _metrics_served(stations):
         try:
             async with asyncio.TaskGroup() as tasks:
-                for s in settings:
-                    tasks.create_task(Station(s).run(), name=f"station {s.station_id}")
+                for station in stations:
+                    tasks.create_task(station.run(), name=f"station {station.settings.station_id}")
         except asyncio.CancelledError:
             task = asyncio.current_task()
             # A signal is a normal way to stop; a caller's cancellation must still propagate.

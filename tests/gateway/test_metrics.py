@@ -1,0 +1,87 @@
+"""A station's own /metrics (BIKEGUARD_GATEWAY_METRICS_PORT): off by default, on 127.0.0.1 when asked, with the
+spool, uplink and radio counters of the real gateway reading a pty."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bikeguard.services import Broker
+from gateway.settings import GatewaySettings
+from gateway.station import run_fleet
+from protocol.frames import encode
+from tests.gateway.harness import FakeModule, beacon, eventually, fast_settings, watching
+
+pytestmark = pytest.mark.anyio
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape from a thread: the collector asks this event loop for its snapshot, which must stay free."""
+
+    def get() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    text = await asyncio.to_thread(get)
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_station_metrics_are_off_unless_a_port_is_given() -> None:
+    settings = GatewaySettings(station_id="st-1", serial_url="/dev/null")
+    assert settings.metrics_port is None and settings.metrics_host == "127.0.0.1"
+
+
+async def test_a_station_serves_its_spool_uplink_and_radio_counters_on_localhost(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    port = _free_port()
+    settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / "s.spool", metrics_port=port)
+    station = (("station", topic_prefix),)
+    async with watching(broker, topic_prefix) as watcher:
+        task = asyncio.create_task(run_fleet([settings]))
+        try:
+            await watcher.wait("status")
+            await asyncio.sleep(0.3)  # the port opens (the status comes from the MQTT side)
+            module.send_raw(b"\x00\xffnoise" + encode(beacon(0x55)))
+            await watcher.wait("sightings")
+
+            # The confirmation comes back through the broker: scrape until it has (as eventually() does).
+            async with asyncio.timeout(15):
+                samples = await _scrape(port)
+                while samples.get(("bikeguard_gateway_batches_confirmed_total", station), 0) < 1:
+                    await asyncio.sleep(0.05)
+                    samples = await _scrape(port)
+            assert samples[("bikeguard_gateway_batches_confirmed_total", station)] == 1
+            assert samples[("bikeguard_gateway_frames_decoded_total", station)] >= 1
+            assert samples[("bikeguard_gateway_beacons_total", station)] == 1
+            assert samples[("bikeguard_gateway_uplink_connected", station)] == 1
+            assert samples[("bikeguard_gateway_spool_unconfirmed", station)] == 0
+            assert samples[("bikeguard_gateway_batches_resent_total", station)] == 0
+            assert samples[("bikeguard_gateway_spool_dropped_sightings_total", station)] == 0
+            rejected = {k[1]: v for k, v in samples.items() if k[0] == "bikeguard_gateway_frames_rejected_total"}
+            assert sum(rejected.values()) >= 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    # Stopped with the station: the port is free again.
+    await eventually(lambda: _connect_refused(port), what="metrics server closed")
+
+
+def _connect_refused(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
