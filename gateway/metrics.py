@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,8 +21,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
-
-    from gateway.station import Station
 
 log = logging.getLogger(__name__)
 
@@ -37,35 +36,6 @@ class StationFigures:
     counters: dict[str, int] = field(default_factory=dict)
     gauges: dict[str, int] = field(default_factory=dict)
     frames_rejected: dict[str, int] = field(default_factory=dict)
-
-
-def snapshot(station: Station) -> StationFigures:
-    """The station's figures now (on the event loop's thread: the spool is read here)."""
-    figures = StationFigures(station.settings.station_id)
-    spool, uplink, radio = station.spool, station.uplink, station.radio
-    figures.counters["beacons"] = station.aggregator.beacons_total
-    if spool is not None:
-        figures.gauges["spool_depth"] = spool.depth
-        figures.gauges["spool_unconfirmed"] = spool.unconfirmed
-        figures.gauges["spool_bytes"] = spool.size_bytes
-        figures.counters["spool_dropped_sightings"] = spool.dropped_sightings
-        figures.counters["spool_dropped_alerts"] = spool.dropped_alerts
-        figures.counters["spool_dropped_batches"] = spool.dropped_batches
-    if uplink is not None:
-        figures.gauges["uplink_connected"] = int(uplink.connected)
-        figures.counters["uplink_connects"] = uplink.connects
-        figures.counters["messages_published"] = uplink.messages_published
-        figures.counters["sightings_published"] = uplink.sightings_published
-        figures.counters["batches_confirmed"] = uplink.batches_confirmed
-        figures.counters["batches_resent"] = uplink.batches_resent
-        figures.counters["confirmations_rejected"] = uplink.confirmations_rejected
-        figures.counters["hotlist_rejected"] = uplink.hotlist_rejected
-    if radio is not None:
-        figures.counters["frames_decoded"] = radio.frames
-        figures.counters["frames_dropped"] = radio.dropped
-        figures.counters["serial_port_errors"] = radio.port_errors
-        figures.frames_rejected = dict(radio.rejected)
-    return figures
 
 
 _HELP = {
@@ -91,17 +61,19 @@ _HELP = {
 
 
 class StationCollector(Collector):
-    """The stations of one gateway process, labelled by station, read at scrape time."""
+    """The stations of one gateway process, labelled by station, read at scrape time (each source is a station's
+    figures(), called on the event loop)."""
 
-    def __init__(self, stations: Sequence[Station], loop: asyncio.AbstractEventLoop) -> None:
-        self.stations = list(stations)
+    def __init__(self, sources: Sequence[Callable[[], StationFigures]], loop: asyncio.AbstractEventLoop) -> None:
+        self.sources = list(sources)
         self.loop = loop
 
     def collect(self) -> Iterator[Metric]:
         """One family per figure, a sample per station."""
         try:
             figures = asyncio.run_coroutine_threadsafe(self._figures(), self.loop).result(SNAPSHOT_TIMEOUT_S)
-        except (FutureTimeout, RuntimeError) as exc:  # a stuck or closed loop: say so rather than hang
+        # A stuck or closed loop, or a spool closed as its station stops: say so rather than hang or fail.
+        except (FutureTimeout, RuntimeError, sqlite3.Error) as exc:
             log.warning("metrics scrape: no snapshot from the event loop (%s)", type(exc).__name__)
             return
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
@@ -122,13 +94,14 @@ class StationCollector(Collector):
         yield rejected
 
     async def _figures(self) -> list[StationFigures]:
-        return [snapshot(s) for s in self.stations]
+        return [figures() for figures in self.sources]
 
 
-def serve(stations: Sequence[Station], host: str, port: int) -> WSGIServer:
-    """Serve the stations' metrics on host:port (prometheus_client's server, on a thread of its own)."""
+def serve(sources: Sequence[Callable[[], StationFigures]], host: str, port: int) -> WSGIServer:
+    """Serve the stations' metrics on host:port (prometheus_client's server, on a thread of its own); called on
+    the event loop whose stations they are."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StationCollector(stations, asyncio.get_running_loop()))
+    registry.register(StationCollector(sources, asyncio.get_running_loop()))
     server, _thread = start_http_server(port, host, registry)
-    log.info("metrics of %d station(s) on http://%s:%d/metrics", len(stations), host, server.server_port)
+    log.info("metrics of %d station(s) on http://%s:%d/metrics", len(sources), host, server.server_port)
     return server

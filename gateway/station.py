@@ -114,6 +114,34 @@ class Station:
             noise_floor_dbm=self.noise_floor_dbm,
         )
 
+    def figures(self) -> metrics.StationFigures:
+        """Its counters now for /metrics (on the event loop's thread: the spool is read here)."""
+        figures = metrics.StationFigures(self.settings.station_id)
+        spool, uplink, radio = self.spool, self.uplink, self.radio
+        figures.counters["beacons"] = self.aggregator.beacons_total
+        if spool is not None:
+            figures.gauges["spool_depth"] = spool.depth
+            figures.gauges["spool_unconfirmed"] = spool.unconfirmed
+            figures.gauges["spool_bytes"] = spool.size_bytes
+            figures.counters["spool_dropped_sightings"] = spool.dropped_sightings
+            figures.counters["spool_dropped_alerts"] = spool.dropped_alerts
+            figures.counters["spool_dropped_batches"] = spool.dropped_batches
+        if uplink is not None:
+            figures.gauges["uplink_connected"] = int(uplink.connected)
+            figures.counters["uplink_connects"] = uplink.connects
+            figures.counters["messages_published"] = uplink.messages_published
+            figures.counters["sightings_published"] = uplink.sightings_published
+            figures.counters["batches_confirmed"] = uplink.batches_confirmed
+            figures.counters["batches_resent"] = uplink.batches_resent
+            figures.counters["confirmations_rejected"] = uplink.confirmations_rejected
+            figures.counters["hotlist_rejected"] = uplink.hotlist_rejected
+        if radio is not None:
+            figures.counters["frames_decoded"] = radio.frames
+            figures.counters["frames_dropped"] = radio.dropped
+            figures.counters["serial_port_errors"] = radio.port_errors
+            figures.frames_rejected = dict(radio.rejected)
+        return figures
+
     async def _consume(self, radio: Radio) -> None:
         while True:
             reception = await radio.get()
@@ -186,7 +214,7 @@ def _metrics_served(stations: Sequence[Station]) -> Iterator[None]:
         if station.settings.metrics_port is not None:
             address = (station.settings.metrics_host, station.settings.metrics_port)
             by_address.setdefault(address, []).append(station)
-    servers = [metrics.serve(group, host, port) for (host, port), group in by_address.items()]
+    servers = [metrics.serve([s.figures for s in group], host, port) for (host, port), group in by_address.items()]
     try:
         yield
     finally:

@@ -44,7 +44,7 @@ async def health(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/api/ready", dependencies=[anyone()])
+@router.get("/api/ready", dependencies=[anyone()], responses={503: {"description": "not ready: the database is away"}})
 async def ready(request: Request) -> JSONResponse:
     """Anyone: 200 when the database answers within ready_timeout_s, else 503 with the reason."""
     settings = request.app.state.settings
