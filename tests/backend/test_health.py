@@ -117,3 +117,15 @@ def test_a_stuck_database_fills_the_bounded_lane_then_the_broker_keeps_the_rest_
             assert all(health["threads"].values()) and health["broker_connected"]
         wait_until(lambda: count(database_url, sightings, station) == 11)
         assert ingest.counters.batches_new == 11
+
+
+def test_messages_of_invented_stations_add_no_metric_series(ingest: Ingest, publish, database_url, topic_prefix):
+    # Anyone with broker access can publish on any station topic: per-station series only for registered ones,
+    # or an attacker could grow the scrape (and Prometheus) without bound.
+    for i in range(5):
+        invented = f"{topic_prefix}-x{i}"
+        publish(topics.station_topic(invented, "sightings"), factories.batch(invented, 1, [1]).to_json())
+    wait_until(lambda: ingest.counters.rejected["unknown station"] >= 5)
+    samples = _samples(generate_latest(registry_for(ingest)).decode())
+    assert samples[("bikeguard_ingest_rejected_total", (("kind", "unknown station"),))] >= 5
+    assert not [key for key in samples if any(v.startswith(f"{topic_prefix}-x") for _, v in key[1])]
