@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import psycopg
@@ -11,6 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backend.api.deps import anyone
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -67,14 +70,17 @@ async def database_refusal(database_url: str, timeout_s: float) -> str | None:
     except TimeoutError:
         return f"the database did not answer within {timeout_s:g} s"
     except psycopg.OperationalError as exc:
-        return f"the database is unavailable: {str(exc).strip()[:300]}"
+        # The detail (host, port, user) is for the log, not for anyone who asks.
+        log.warning("readiness: the database is unavailable: %s", str(exc).strip())
+        return "the database is unavailable (connection refused or failed; see the log)"
     try:
         async with asyncio.timeout(timeout_s):
             await conn.execute("SELECT 1")
     except TimeoutError:
         return f"the database did not answer within {timeout_s:g} s"
     except psycopg.Error as exc:
-        return f"the database refused a query: {str(exc).strip()[:300]}"
+        log.warning("readiness: the database refused SELECT 1: %s", str(exc).strip())
+        return "the database refused a query (see the log)"
     finally:
         await conn.close()
     return None
