@@ -10,13 +10,12 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
-from backend import provisioning
 from backend.ingest import consumer
-from bikeguard.services import Broker, start_broker
+from bikeguard.services import Broker
 from protocol import topics
 from protocol.messages import Confirmation, utcnow
 from tests import factories
-from tests.backend.test_provisioning import require_mosquitto
+from tests.backend.test_provisioning import provisioned_mosquitto, require_mosquitto
 
 
 class Confirmations:
@@ -117,15 +116,7 @@ def test_a_flush_of_many_batches_is_confirmed_in_bounded_messages(
 @pytest.mark.mosquitto
 def test_with_generated_acl_only_the_backend_confirms_and_a_station_hears_only_its_own(tmp_path):
     require_mosquitto()
-    passwords = {u: provisioning.new_password() for u in ("st-a", "st-b", "bikeguard-backend")}
-    (tmp_path / "passwd").write_text(
-        provisioning.password_file({u: provisioning.password_hash(p) for u, p in passwords.items()})
-    )
-    (tmp_path / "acl").write_text(provisioning.acl_file(["st-a", "st-b"]))
-    broker = start_broker(
-        "mosquitto",
-        extra_conf=f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n",
-    )
+    broker, passwords = provisioned_mosquitto(tmp_path, ["st-a", "st-b"])
     clients: list[mqtt.Client] = []
 
     def connect(user: str) -> mqtt.Client:

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from backend import provisioning
-from bikeguard.services import mosquitto_path, start_broker
+from bikeguard.services import Broker, mosquitto_path, start_broker
 from protocol import topics
 from tests.backend.test_ingest import wait_until
 
@@ -26,6 +26,19 @@ def require_mosquitto(tool: str | None = None) -> None:
         if os.environ.get("CI"):
             pytest.fail("CI must test against Mosquitto: .ci/run installs it")
         pytest.skip("mosquitto is not installed here (apt-get install mosquitto); CI installs it")
+
+
+def provisioned_mosquitto(folder: Path, stations: list[str]) -> tuple[Broker, dict[str, str]]:
+    """Mosquitto with the passwd and acl files `bikeguard broker files` makes for these stations and the backend
+    user, no anonymous clients; the broker and each user's password."""
+    users = [*stations, "bikeguard-backend"]
+    passwords = {u: provisioning.new_password() for u in users}
+    (folder / "passwd").write_text(
+        provisioning.password_file({u: provisioning.password_hash(p) for u, p in passwords.items()})
+    )
+    (folder / "acl").write_text(provisioning.acl_file(stations))
+    conf = f"allow_anonymous false\npassword_file {folder / 'passwd'}\nacl_file {folder / 'acl'}\n"
+    return start_broker("mosquitto", extra_conf=conf), passwords
 
 
 def test_password_hash_is_what_mosquitto_passwd_writes():
@@ -76,15 +89,7 @@ def subscribe_and_wait(client: mqtt.Client, subscriptions: list[tuple[str, int]]
 @pytest.mark.mosquitto
 def test_with_generated_files_a_station_cannot_publish_as_another(tmp_path: Path):
     require_mosquitto()
-    passwords = {u: provisioning.new_password() for u in ("st-a", "st-b", "bikeguard-backend")}
-    (tmp_path / "passwd").write_text(
-        provisioning.password_file({u: provisioning.password_hash(p) for u, p in passwords.items()})
-    )
-    (tmp_path / "acl").write_text(provisioning.acl_file(["st-a", "st-b"]))
-    broker = start_broker(
-        "mosquitto",
-        extra_conf=(f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"),
-    )
+    broker, passwords = provisioned_mosquitto(tmp_path, ["st-a", "st-b"])
     try:
         received: list[str] = []
         backend, _, codes = _client(broker.port, "bikeguard-backend", passwords["bikeguard-backend"])
