@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 if TYPE_CHECKING:
     from backend.ingest.consumer import Ingest
+    from backend.ingest.workers import IngestWorkers
 
 # (metric name without the _total suffix, IngestCounters field, help text)
 _TOTALS = (
@@ -30,7 +31,7 @@ _TOTALS = (
 class IngestCollector(Collector):
     """The ingest's counters and lane depths as Prometheus metrics, read whenever /metrics is scraped."""
 
-    def __init__(self, ingest: Ingest) -> None:
+    def __init__(self, ingest: Ingest | IngestWorkers) -> None:
         self.ingest = ingest
 
     def collect(self) -> Iterator[Metric]:
@@ -65,7 +66,7 @@ class IngestCollector(Collector):
         )
 
 
-def registry_for(ingest: Ingest | None) -> CollectorRegistry:
+def registry_for(ingest: Ingest | IngestWorkers | None) -> CollectorRegistry:
     """A registry of this app's own (tests run many apps in one process; the global one would mix them)."""
     registry = CollectorRegistry(auto_describe=False)
     if ingest is not None:

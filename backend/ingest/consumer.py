@@ -186,7 +186,7 @@ def screen(conn: psycopg.Connection, flush: _Flush, known: KnownStations) -> Non
 class Ingest:
     """The MQTT→PostgreSQL ingest worker; several may run at once against one shared subscription."""
 
-    def __init__(self, settings: BackendSettings) -> None:
+    def __init__(self, settings: BackendSettings, client_id: str | None = None) -> None:
         self.settings = settings
         self.counters = IngestCounters()
         self.known = KnownStations(settings.ingest_station_refresh_s)
@@ -215,11 +215,12 @@ class Ingest:
         # thread of their own: a clone's alarm may take a second where a stolen chip's may not.
         self._deferred = DeferredPassages(interval_s=1.0, max_rows=settings.ingest_flush_rows)
         self._deferred_thread = threading.Thread(target=self._deferred_loop, name="ingest-deferred", daemon=True)
+        self.client_id = client_id or settings.mqtt_client_id
         host, port, user, password = mqtt_address(settings.mqtt_url)
         self._address = (host, port)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=settings.mqtt_client_id,
+            client_id=self.client_id,
             clean_session=False,  # the broker keeps our QoS 1 messages while we are away
             manual_ack=True,
         )
@@ -240,7 +241,7 @@ class Ingest:
             return
         group = self.settings.mqtt_shared_group or None
         client.subscribe([(topics.station_filter(kind, group), 1) for kind in topics.STATION_KINDS])
-        log.info("ingest connected to %s:%d (shared group %s)", *self._address, group)
+        log.info("ingest %s connected to %s:%d (shared group %s)", self.client_id, *self._address, group)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[Any], _p: object) -> None:
         failed = [r for r in reasons if getattr(r, "is_failure", False)]
@@ -279,16 +280,23 @@ class Ingest:
 
     # life cycle
 
-    def start(self, wait_s: float = 10.0) -> None:
-        """Connect to the broker and start writing; waits until the subscriptions are acknowledged."""
+    def start(self, wait_s: float | None = 10.0) -> None:
+        """Connect to the broker and start writing; waits until the subscriptions are acknowledged (None: not)."""
         self._pool.open(wait=False)  # connects in the background; a database that is down is retried
         self.client.connect_async(*self._address, keepalive=30)
         self.client.loop_start()
         for thread in self._threads:
             thread.start()
         self._deferred_thread.start()
-        if not self._connected.wait(wait_s):
-            log.warning("ingest not connected to the broker after %.0f s; still trying", wait_s)
+        if wait_s is not None:
+            self.wait_connected(wait_s)
+
+    def wait_connected(self, wait_s: float) -> bool:
+        """Wait until the broker acknowledged our subscriptions; False (and a warning) after wait_s."""
+        if self._connected.wait(wait_s):
+            return True
+        log.warning("ingest %s not connected to the broker after %.0f s; still trying", self.client_id, wait_s)
+        return False
 
     def stop(self) -> None:
         """Finish what is queued, then disconnect."""
@@ -448,7 +456,8 @@ class Ingest:
         flush.result.add(writer.write_batches(conn, flush.batches))
         writer.write_rejects(conn, flush.result.conflicts)
         received_at = utcnow()
-        for status in flush.statuses:
+        # By station: two workers upserting the same stations lock them in one order (no deadlock).
+        for status in sorted(flush.statuses, key=lambda st: st.station_id):
             writer.write_status(conn, status, received_at)
         flush.stored = selftests.write(conn, flush.selftest_messages)
         writer.write_rejects(conn, flush.rejects)
