@@ -3,14 +3,18 @@
 Pre-builds realistic batches, publishes them from a separate process through a real broker
 (Mosquitto when installed, else the embedded one), and measures how fast the backend ingest
 commits them. In the same run it measures the machine's limit: a raw binary COPY of the same rows
-into the same table. Last line:
+into the same table. Last lines, one per worker count:
 
-    ingest: <N> sightings/s (COPY limit <M> rows/s, ratio <R>)
+    ingest (<W> workers): <N> sightings/s (COPY limit <M> rows/s, ratio <R>)
 
 Every chip is fitted to a registered bike (as in a real county), so the alarm engine's per-chip checks (cloned
 chip) are part of the figure; --unregistered leaves them out.
 
-Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--broker auto|mosquitto|amqtt] [--unregistered]
+Several workers (--workers 1 2, the default) share the traffic through the broker's shared subscription, as
+BIKEGUARD_INGEST_WORKERS runs them in the backend; each count gets a fresh database.
+
+Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--workers 1 2] [--broker auto|mosquitto|amqtt]
+                            [--unregistered]
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from backend.db.migrate import migrate
-from backend.ingest.consumer import Ingest
+from backend.ingest.workers import IngestWorkers
 from backend.ingest.writer import _SIGHTING_COLUMNS, _SIGHTING_TYPES
 from backend.settings import BackendSettings
-from bikeguard.services import start_broker, start_postgres
+from bikeguard.services import Broker, start_broker, start_postgres
 from protocol import topics
 from protocol.messages import Sighting, SightingBatch, format_tag, parse_tag
 
@@ -159,12 +163,73 @@ def copy_limit(url: str, batches: list[SightingBatch], chunk: int) -> float:
         return len(rows) / (time.perf_counter() - t0)
 
 
+def measure(
+    server: str,
+    broker: Broker,
+    workers: int,
+    batches: list[SightingBatch],
+    payloads: list[tuple[str, bytes]],
+    args: argparse.Namespace,
+    tags: list[int],
+) -> tuple[float, str]:
+    """Sightings/s committed by `workers` ingest workers from a fresh database; also returns that database's URL
+    (the caller drops it)."""
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(server, dbname=name)
+    migrate(url)
+    register_stations(url, args.stations)
+    if not args.unregistered:
+        register_chips(url, tags)
+    settings = BackendSettings(
+        database_url=url,
+        mqtt_url=broker.url,
+        mqtt_client_id=f"bench-ingest-{name}",
+        # A group per run: the previous run's persistent sessions stay in their group and would take their share.
+        mqtt_shared_group=f"bench-{name}" if broker.supports_shared_subscriptions else None,
+        ingest_workers=workers,
+    )
+    ingest = IngestWorkers(settings)
+    ingest.start()
+    ctx = mp.get_context("spawn")
+    ready, go = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=publisher, args=(broker.host, broker.port, payloads, ready, go))
+    proc.start()
+    ready.wait(30)
+    t0 = time.perf_counter()
+    go.set()
+    last_report = t0
+    while (done := ingest.counters.sightings) < args.sightings:
+        time.sleep(0.02)
+        now = time.perf_counter()
+        if now - last_report > 5:
+            print(f"  {done} sightings committed after {now - t0:.0f} s", flush=True)
+            last_report = now
+        if now - t0 > 600:
+            raise TimeoutError("gave up after 600 s")
+    elapsed = time.perf_counter() - t0
+    proc.join(30)
+    counters = [w.counters.sightings for w in ingest.workers]
+    ingest.stop()
+    with psycopg.connect(url) as conn:
+        stored = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]  # type: ignore[index]
+    assert stored == args.sightings, f"stored {stored}, expected {args.sightings}"
+    chips = "unregistered chips" if args.unregistered else f"{len(tags)} registered chips"
+    print(
+        f"{workers} worker(s) on {broker.kind}; {chips}; {elapsed:.2f} s; all {stored} stored once"
+        f" (by worker: {counters})"
+    )
+    return args.sightings / elapsed, url
+
+
 def main() -> int:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sightings", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=250, help="sightings per MQTT message")
     parser.add_argument("--stations", type=int, default=200)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="ingest workers, one run per count")
     parser.add_argument("--broker", default="auto", choices=("auto", "mosquitto", "amqtt"))
     parser.add_argument("--database-url", default=None, help="a server to use instead of an embedded one")
     parser.add_argument(
@@ -175,16 +240,12 @@ def main() -> int:
     pg = None if args.database_url else start_postgres()
     server = args.database_url or pg.url  # type: ignore[union-attr]
     broker = start_broker(args.broker)
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = psycopg.conninfo.make_conninfo(server, dbname=name)
+    if not broker.supports_shared_subscriptions and max(args.workers) > 1:
+        print(f"{broker.kind} has no shared subscriptions: one worker only", file=sys.stderr)
+        args.workers = [1]
+    urls: list[str] = []
     try:
-        migrate(url)
-        register_stations(url, args.stations)
         tags = bench_tags()
-        if not args.unregistered:
-            register_chips(url, tags)
         t = time.perf_counter()
         batches = build_batches(args.sightings, args.batch, args.stations, tags)
         payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
@@ -192,51 +253,23 @@ def main() -> int:
             f"built {len(batches)} batches of {args.batch} ({args.sightings} sightings, "
             f"{sum(len(p) for _, p in payloads) / len(payloads):.0f} B/message) in {time.perf_counter() - t:.1f} s"
         )
-
-        settings = BackendSettings(
-            database_url=url,
-            mqtt_url=broker.url,
-            mqtt_client_id=f"bench-ingest-{name}",
-            mqtt_shared_group="bench" if broker.supports_shared_subscriptions else None,
-        )
-        ingest = Ingest(settings)
-        ingest.start()
-        ctx = mp.get_context("spawn")
-        ready, go = ctx.Event(), ctx.Event()
-        proc = ctx.Process(target=publisher, args=(broker.host, broker.port, payloads, ready, go))
-        proc.start()
-        ready.wait(30)
-        t0 = time.perf_counter()
-        go.set()
-        last_report = t0
-        while ingest.counters.sightings < args.sightings:
-            time.sleep(0.02)
-            now = time.perf_counter()
-            if now - last_report > 5:
-                print(f"  {ingest.counters.sightings} sightings committed after {now - t0:.0f} s", flush=True)
-                last_report = now
-            if now - t0 > 600:
-                print("gave up after 600 s", file=sys.stderr)
-                return 1
-        elapsed = time.perf_counter() - t0
-        rate = ingest.counters.sightings / elapsed
-        proc.join(30)
-        ingest.stop()
-        with psycopg.connect(url) as conn:
-            stored = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]  # type: ignore[index]
-        assert stored == args.sightings, f"stored {stored}, expected {args.sightings}"
-        chips = "unregistered chips" if args.unregistered else f"{len(tags)} registered chips"
-        print(
-            f"broker: {broker.kind}; {chips}; {ingest.counters.flushes} flushes; {elapsed:.2f} s;"
-            f" all {stored} stored once"
-        )
-        limit = copy_limit(url, batches, settings.ingest_flush_rows)
-        print(f"ingest: {rate:,.0f} sightings/s (COPY limit {limit:,.0f} rows/s, ratio {rate / limit:.2f})")
+        rates = {}
+        for workers in args.workers:
+            rates[workers], url = measure(server, broker, workers, batches, payloads, args, tags)
+            urls.append(url)
+        limit = copy_limit(urls[-1], batches, BackendSettings(database_url=server).ingest_flush_rows)
+        for workers, rate in rates.items():
+            print(
+                f"ingest ({workers} worker{'s' if workers > 1 else ''}): {rate:,.0f} sightings/s"
+                f" (COPY limit {limit:,.0f} rows/s, ratio {rate / limit:.2f})"
+            )
         return 0
     finally:
         broker.stop()
         with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for url in urls:
+                name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if pg:
             pg.stop()
 
