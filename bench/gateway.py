@@ -294,7 +294,7 @@ def main() -> int:
     try:
         module.start()
         wait_until_reading(gateway.pid, metrics_port, module)
-        _, idle_rss, _ = process_sample(gateway.pid)
+        idle = run_phase("idle", gateway.pid, metrics_port, module, lambda _now_s: None, 1.0, min(args.seconds, 10.0))
 
         rng = random.Random(11)
         crowd = Crowd(args.tags, rng, 0.0)
@@ -327,13 +327,16 @@ def main() -> int:
         log.close()
     shutil.rmtree(workdir, ignore_errors=True)  # kept when the run failed: its gateway.log says why
 
+    *_, idle_cpu, _ = rates(*idle)
+    idle_rss = idle[1].rss_mb
+    print(f"idle (connected, only the module's status frames): {idle_cpu:.1f} % of one core, {idle_rss:.1f} MB RSS")
     decoded, offered, cpu, lost = rates(*busy)
     rss, hwm = busy[1].rss_mb, busy[1].hwm_mb
     print(
         f"busy intersection, {args.tags} tags beaconing every {MIN_INTERVAL_S:g}-{MAX_INTERVAL_S:g} s"
         f" ({broker.kind}): {decoded:,.0f} frames/s decoded of {offered:,.0f} put on the line"
         f" ({100 * offered / line_max:.0f} % of the line; {lost:.0f} rejected or dropped, {crowd.lost} refused by the"
-        f" module), {cpu:.1f} % of one core, {rss:.1f} MB RSS (peak {hwm:.1f} MB; {idle_rss:.1f} MB idle);"
+        f" module), {cpu:.1f} % of one core, {rss:.1f} MB RSS (peak {hwm:.1f} MB);"
         f" {confirmer.received:,} batches confirmed"
     )
     line_decoded, line_offered, line_cpu, line_lost = rates(*line)
@@ -341,8 +344,8 @@ def main() -> int:
         f"line max, {args.line_tags} tags: {line_decoded:,.0f} frames/s decoded of {line_offered:,.0f} put on the line"
         f" (limit {line_max:,.0f}; {line_lost:.0f} rejected or dropped), {line_cpu:.1f} % of one core,"
         f" {line[1].rss_mb:.1f} MB RSS (peak {line[1].hwm_mb:.1f} MB);"
-        f" decoding costs {line_cpu / 100 / line_decoded * 1e6:,.0f} us of CPU a frame in the gateway"
-        f" against {1e6 / raw_decoder:.1f} us for the bare decoder"
+        f" each frame costs the gateway {line_cpu / 100 / line_decoded * 1e6:,.0f} us of CPU"
+        f" against {1e6 / raw_decoder:.1f} us in the bare decoder"
     )
     verdict = "meets" if cpu < 10 and hwm < 60 else "misses"
     print(f"target at {args.tags} tags: under 10 % of one core and under 60 MB RSS: {verdict} it")
