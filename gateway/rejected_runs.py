@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # The reader thread never waits for the writer: past this many runs waiting, new ones are counted and dropped.
 QUEUE_MAX = 10_000
+# How long the writer gathers runs after the first before writing them (a run reaches the file this much later).
+COALESCE_S = 0.2
 # At most one warning per this many seconds about runs that could not be written (a full disk stays full).
 WARN_INTERVAL_S = 60.0
 
@@ -162,6 +164,9 @@ class RejectedRunsFile:
     def _write_forever(self) -> None:
         try:
             while (run := self._queue.get()) is not None:
+                # A noisy line rejects runs in every read: gather them for a moment and write them in one wake of
+                # this thread rather than one each (the thread switches cost more than the writes).
+                time.sleep(COALESCE_S)
                 lines = [run.to_json() + b"\n"]
                 stop = False
                 while not stop:
