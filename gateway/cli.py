@@ -1,4 +1,4 @@
-"""`bikeguard gateway [selftest]`: the gateway's command line, arguments over BIKEGUARD_GATEWAY_* variables."""
+"""`bikeguard gateway [selftest|rejected]`: the gateway's command line, arguments over BIKEGUARD_GATEWAY_* variables."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.rejected_runs import RejectedRun, parse_since, previous_path, read_runs
 from gateway.selftest import Report, SelfTest, SelfTestSettings, StepResult
 from gateway.selftest.report import format_prompt, format_step, format_summary
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, StationFilesSettings
 from gateway.station import run_gateway
+from protocol.messages import utcnow
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -46,7 +49,8 @@ def gateway_parser() -> argparse.ArgumentParser:
         prog="bikeguard gateway",
         description="Station gateway: serial frames in, MQTT out. Arguments override "
         "BIKEGUARD_GATEWAY_* environment variables.",
-        epilog="`bikeguard gateway selftest --help`: the commissioning self-test (docs/installer.md).",
+        epilog="`bikeguard gateway selftest --help`: the commissioning self-test; `bikeguard gateway rejected "
+        "--help`: the byte runs the radio's decoder refused (docs/installer.md).",
     )
     add_station_arguments(parser)
     return parser
@@ -121,11 +125,75 @@ def selftest_main(argv: Sequence[str]) -> int:
     return asyncio.run(run_selftest(settings, options, as_json=as_json)).exit_code
 
 
+def rejected_parser() -> argparse.ArgumentParser:
+    """The parser of `bikeguard gateway rejected`."""
+    parser = argparse.ArgumentParser(
+        prog="bikeguard gateway rejected",
+        description="Print the byte runs the station's radio decoder refused (bad CRC, garbage, unknown types), "
+        "oldest first, from its rejected-runs file and the previous one. The file is found from the same "
+        "BIKEGUARD_GATEWAY_* variables as the gateway's (station id, spool path, rejected-runs path); the flags "
+        "override them.",
+    )
+    parser.add_argument("--station", dest="station_id", help="station id (BIKEGUARD_GATEWAY_STATION_ID)")
+    parser.add_argument(
+        "--spool", dest="spool_path", type=Path, help="the station's spool file; the runs are beside it"
+    )
+    parser.add_argument("--file", dest="rejected_runs_path", type=Path, help="the rejected-runs file itself")
+    parser.add_argument("--since", help="only runs since an ISO 8601 time (UTC unless it says) or an age: 30m, 2h, 7d")
+    parser.add_argument("--json", action="store_true", help="print the runs as JSON lines, as stored")
+    return parser
+
+
+def format_run(run: RejectedRun) -> str:
+    """One run as an installer reads it: time, station, reason, length, bytes (hex) and what was wrong."""
+    shown = bytes.fromhex(run.raw_hex).hex(" ")
+    if run.truncated:
+        shown += f" … (+{run.length - len(run.raw_hex) // 2} bytes)"
+    at = run.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return f"{at} UTC  {run.station_id}  {run.reason:<12} {run.length:>4} B  {shown}  ({run.detail})"
+
+
+def rejected_main(argv: Sequence[str]) -> int:
+    """`bikeguard gateway rejected`: print a station's kept rejected runs; 0 (even when there are none)."""
+    parser = rejected_parser()
+    args = vars(parser.parse_args(argv))
+    as_json, since_text = bool(args.pop("json")), args.pop("since")
+    overrides = {k: v for k, v in args.items() if v is not None}
+    try:
+        settings = StationFilesSettings(**overrides)
+    except ValidationError as exc:
+        parser.error(f"invalid settings:\n{exc}")
+    try:
+        since = None if since_text is None else parse_since(since_text, utcnow())
+    except ValueError as exc:
+        parser.error(str(exc))
+    path = settings.rejected_runs_file
+    reasons: Counter[str] = Counter()
+    for run in read_runs(path, since=since, station_id=settings.station_id):
+        reasons[run.reason] += 1
+        if as_json:
+            sys.stdout.buffer.write(run.to_json() + b"\n")
+        else:
+            print(format_run(run))
+    sys.stdout.flush()
+    if not as_json:
+        counts = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common())
+        where = f"{path} and {previous_path(path).name}"
+        print(
+            f"{reasons.total()} rejected run(s) of station {settings.station_id} in {where}"
+            + (f": {counts}" if counts else "")
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`bikeguard gateway`: run one station from env and arguments (`bikeguard gateway selftest …`: its self-test)."""
+    """`bikeguard gateway`: run one station from env and arguments (`… selftest`: its self-test; `… rejected`: its
+    rejected runs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["selftest"]:
         return selftest_main(argv[1:])
+    if argv[:1] == ["rejected"]:
+        return rejected_main(argv[1:])
     parser = gateway_parser()
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=args.pop("log_level").upper(), format=_LOG_FORMAT)

@@ -1,26 +1,34 @@
-"""A station's own Prometheus metrics (optional, BIKEGUARD_GATEWAY_METRICS_PORT): spool, uplink and radio counters.
+"""A station's own HTTP port (optional, BIKEGUARD_GATEWAY_METRICS_PORT): Prometheus `/metrics` (spool, uplink and
+radio counters) and `/rejected` (the rejected-runs files, JSON lines).
 
-prometheus_client serves them from a thread of its own; the counters live in the event loop and the spool's
-SQLite connection belongs to the loop's thread, so a scrape asks the loop for a snapshot rather than reading them
-from the server's thread.
+prometheus_client's WSGI app and server serve them from threads of their own; the counters live in the event loop
+and the spool's SQLite connection belongs to the loop's thread, so a scrape asks the loop for a snapshot rather than
+reading them from the server's thread. `/rejected` reads the files directly: they are safe to read while written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import socket
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector, CollectorRegistry
 
-if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
+from gateway.rejected_runs import RejectedRun, parse_since, read_runs
+from protocol.messages import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,8 @@ _HELP = {
     "frames_decoded": "Valid radio frames decoded",
     "frames_dropped": "Radio frames dropped because the gateway fell behind",
     "serial_port_errors": "Errors of the open serial port",
+    "rejected_runs_written": "Rejected radio byte runs written to the rejected-runs file",
+    "rejected_runs_unsaved": "Rejected radio byte runs not written (the disk refused them or the writer fell behind)",
 }
 
 
@@ -97,11 +107,63 @@ class StationCollector(Collector):
         return [figures() for figures in self.sources]
 
 
-def serve(sources: Sequence[Callable[[], StationFigures]], host: str, port: int) -> WSGIServer:
-    """Serve the stations' metrics on host:port (prometheus_client's server, on a thread of its own); called on
-    the event loop whose stations they are."""
+class RejectedApp:
+    """`GET /rejected[?station=ID][&since=…]`: the kept rejected runs of this endpoint's stations as JSON lines,
+    oldest first (`since`: an ISO 8601 time or an age such as 30m, 2h, 7d); every other path is `/metrics`."""
+
+    def __init__(self, files: Mapping[str, Path], metrics_app: WSGIApplication) -> None:
+        self.files = dict(files)
+        self.metrics_app = metrics_app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/rejected":
+            return self.metrics_app(environ, start_response)
+        params = parse_qs(environ.get("QUERY_STRING", ""))
+        station = params.get("station", [None])[-1]
+        if station is not None and station not in self.files:
+            return _plain(start_response, "404 Not Found", f"no station {station} on this port")
+        since = None
+        if "since" in params:
+            try:
+                since = parse_since(params["since"][-1], utcnow())
+            except ValueError as exc:
+                return _plain(start_response, "400 Bad Request", str(exc))
+        chosen = [station] if station is not None else sorted(self.files)
+        start_response("200 OK", [("Content-Type", "application/x-ndjson")])
+        runs = heapq.merge(*(read_runs(self.files[s], since=since, station_id=s) for s in chosen), key=_at)
+        return (run.to_json() + b"\n" for run in runs)
+
+
+def _at(run: RejectedRun) -> float:
+    return run.at.timestamp()
+
+
+def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+    return [text.encode() + b"\n"]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per request (a scrape every 15 s would fill a station's log)."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Log nothing."""
+
+
+def serve(
+    sources: Sequence[Callable[[], StationFigures]], host: str, port: int, rejected: Mapping[str, Path] | None = None
+) -> WSGIServer:
+    """Serve the stations' /metrics and /rejected (`rejected`: station id -> its rejected-runs file) on host:port,
+    on a thread of its own; called on the event loop whose stations they are."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StationCollector(sources, asyncio.get_running_loop()))
-    server, _thread = start_http_server(port, host, registry)
-    log.info("metrics of %d station(s) on http://%s:%d/metrics", len(sources), host, server.server_port)
+    app = RejectedApp(rejected or {}, make_wsgi_app(registry))
+
+    class Server(ThreadingWSGIServer):
+        """prometheus_client's threading server, in the address family of `host` (IPv4 or IPv6)."""
+
+    Server.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server = make_server(host, port, app, Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name=f"metrics {host}:{port}", daemon=True).start()
+    log.info("metrics of %d station(s) on http://%s:%d/metrics and /rejected", len(sources), host, server.server_port)
     return server

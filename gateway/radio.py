@@ -4,7 +4,8 @@ pyserial blocks, so one thread per port reads and decodes; decoded frames cross 
 loop with `call_soon_threadsafe`. A port that fails (unplugged USB adapter, a pty whose other end
 closed, a dropped socket://) is logged and reopened with backoff; the radio never raises out.
 The station consumes its frames (`get`); the self-test observes the same radio (`take`, `wait_for`,
-and what the port did: `opened`, `open_error`, `port_error`, `bytes_total`).
+and what the port did: `opened`, `open_error`, `port_error`, `bytes_total`). Every byte run the decoder
+refuses goes to the station's rejected-runs file (gateway/rejected_runs.py), written by a thread of its own.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from typing import TypeVar, cast
 
 import serial
 
+from gateway.rejected_runs import RejectedRunsFile
 from gateway.settings import GatewaySettings
 from protocol.frames import Frame, FrameDecoder, FrameError
 from protocol.messages import utcnow
@@ -29,6 +32,9 @@ from protocol.messages import utcnow
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# How many of the latest rejected runs the decoder keeps in memory (the self-test shows a few of them).
+RECENT_ERRORS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,7 @@ class Radio:
         queue_max: int = 10_000,
         clock: Callable[[], datetime] = utcnow,
         open_port: Callable[..., serial.SerialBase] = serial.serial_for_url,
+        rejected_runs: RejectedRunsFile | None = None,
     ) -> None:
         self.url = url
         self.baud_rate = baud_rate
@@ -90,6 +97,10 @@ class Radio:
         self.clock = clock
         self.open_port = open_port
         self.decoder = FrameDecoder()
+        # Unbounded while one read is decoded, so that each of its rejected runs reaches the file however many
+        # there are; cut back to RECENT_ERRORS after every read.
+        self.decoder.recent_errors = deque()
+        self.rejected_runs = rejected_runs
         self.opened = 0
         self.port_errors = 0
         self.dropped = 0
@@ -134,6 +145,12 @@ class Radio:
             reopen_max_s=settings.serial_reopen_max_s,
             clock=clock,
             open_port=open_port,
+            rejected_runs=RejectedRunsFile(
+                settings.rejected_runs_file,
+                settings.station_id,
+                max_bytes=settings.rejected_runs_max_bytes,
+                run_max_bytes=settings.rejected_run_max_bytes,
+            ),
         )
 
     async def get(self) -> Reception:
@@ -168,6 +185,8 @@ class Radio:
         loop = asyncio.get_running_loop()
         self._stop.clear()
         self._crash = None
+        if self.rejected_runs is not None:
+            self.rejected_runs.start()
         # A thread of our own, not the default executor: with many stations in one process the
         # executor's few workers would all be stuck in blocking reads.
         thread = threading.Thread(target=self._thread_main, args=(loop,), name=f"radio {self.url}", daemon=True)
@@ -180,6 +199,9 @@ class Radio:
             self._stop.set()
             while thread.is_alive():
                 await asyncio.sleep(0.02)
+            if self.rejected_runs is not None:
+                # What the reader handed over is written before the radio counts as stopped.
+                await asyncio.to_thread(self.rejected_runs.close)
 
     def _thread_main(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -233,11 +255,19 @@ class Radio:
             frames = decoder.feed(data)
             new_rejects = self.rejected_total - before
             if new_rejects:
-                errors = list(decoder.recent_errors)[-new_rejects:]
-                for error in errors:
-                    self._reject_log(error)
+                self._rejected(new_rejects, received_at)
             if frames:
                 loop.call_soon_threadsafe(self._deliver, [Reception(received_at, f) for f in frames])
+
+    def _rejected(self, count: int, received_at: datetime) -> None:
+        """Log (rate-limited) and keep (in the file) the last `count` rejected runs, then trim the decoder's list."""
+        recent = self.decoder.recent_errors
+        for error in islice(recent, len(recent) - count, None):
+            self._reject_log(error)
+            if self.rejected_runs is not None:
+                self.rejected_runs.add(error, received_at)
+        for _ in range(len(recent) - RECENT_ERRORS):
+            recent.popleft()
 
     def _deliver(self, receptions: list[Reception]) -> None:
         self._news.set()

@@ -8,6 +8,7 @@ from typing import Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway import rejected_runs
 from gateway.spool import DEFAULT_MAX_BYTES, MIB
 from protocol.frames import BAUD_RATE
 from protocol.ids import IdError, check_station_id
@@ -70,6 +71,16 @@ class GatewaySettings(BaseSettings):
     # that name the same port share one endpoint, labelled by station.
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics; None: off")
     metrics_host: str = Field(default="127.0.0.1", description="where /metrics listens; the station itself only")
+    # The rejected-runs file (gateway/rejected_runs.py): what the decoder refused, kept for the installer.
+    rejected_runs_path: Path | None = Field(
+        default=None, description="JSON lines file; default rejected-runs-<id>.jsonl beside the spool"
+    )
+    rejected_runs_max_bytes: int = Field(
+        default=MIB, ge=4096, description="the file is rotated to <file>.1 before it passes this size"
+    )
+    rejected_run_max_bytes: int = Field(
+        default=256, ge=16, le=65536, description="bytes of one rejected run kept (its length is always kept)"
+    )
 
     @field_validator("station_id")
     @classmethod
@@ -100,6 +111,13 @@ class GatewaySettings(BaseSettings):
         return self.spool_path
 
     @property
+    def rejected_runs_file(self) -> Path:
+        """The rejected-runs file (rejected_runs_path, defaulted beside the spool)."""
+        if self.rejected_runs_path is not None:
+            return self.rejected_runs_path
+        return rejected_runs.default_path(self.spool_file, self.station_id)
+
+    @property
     def mqtt_address(self) -> tuple[str, int, str | None, str | None]:
         """host, port, username, password from mqtt_url."""
         return mqtt_address(self.mqtt_url.get_secret_value())
@@ -109,3 +127,10 @@ class GatewaySettings(BaseSettings):
         """host:port, safe to log (no credentials)."""
         host, port, _, _ = self.mqtt_address
         return f"{host}:{port}"
+
+
+class StationFilesSettings(GatewaySettings):
+    """A station's settings as far as its files go: the serial port need not be given (`bikeguard gateway
+    rejected` reads the station's rejected-runs file from the same BIKEGUARD_GATEWAY_* variables as the gateway)."""
+
+    serial_url: str = Field(default="", description="not used: the files alone are read")

@@ -140,6 +140,9 @@ class Station:
             figures.counters["frames_dropped"] = radio.dropped
             figures.counters["serial_port_errors"] = radio.port_errors
             figures.frames_rejected = dict(radio.rejected)
+            if radio.rejected_runs is not None:
+                figures.counters["rejected_runs_written"] = radio.rejected_runs.written
+                figures.counters["rejected_runs_unsaved"] = radio.rejected_runs.unsaved
         return figures
 
     async def _consume(self, radio: Radio) -> None:
@@ -214,7 +217,15 @@ def _metrics_served(stations: Sequence[Station]) -> Iterator[None]:
         if station.settings.metrics_port is not None:
             address = (station.settings.metrics_host, station.settings.metrics_port)
             by_address.setdefault(address, []).append(station)
-    servers = [metrics.serve([s.figures for s in group], host, port) for (host, port), group in by_address.items()]
+    servers = [
+        metrics.serve(
+            [s.figures for s in group],
+            host,
+            port,
+            {s.settings.station_id: s.settings.rejected_runs_file for s in group},
+        )
+        for (host, port), group in by_address.items()
+    ]
     try:
         yield
     finally:
