@@ -34,13 +34,22 @@ def add_station_arguments(parser: argparse.ArgumentParser, log_level: str = "INF
     parser.add_argument("--log-level", default=log_level)
 
 
+def settings_problems(exc: ValidationError) -> str:
+    """One line per refused setting, named as the environment variable that sets it."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        lines.append(f"  BIKEGUARD_GATEWAY_{name.upper()} (or its option): {error['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
 def build_settings(parser: argparse.ArgumentParser, args: dict[str, Any]) -> GatewaySettings:
     """GatewaySettings from the environment, overridden by the arguments given; a usage error if invalid."""
     overrides = {k: v for k, v in args.items() if v is not None}
     try:
         return GatewaySettings(**overrides)
     except ValidationError as exc:
-        parser.error(f"invalid settings:\n{exc}")
+        parser.error(settings_problems(exc))
 
 
 def gateway_parser() -> argparse.ArgumentParser:
@@ -162,7 +171,7 @@ def rejected_main(argv: Sequence[str]) -> int:
     try:
         settings = StationFilesSettings(**overrides)
     except ValidationError as exc:
-        parser.error(f"invalid settings:\n{exc}")
+        parser.error(settings_problems(exc))
     try:
         since = None if since_text is None else parse_since(since_text, utcnow())
     except ValueError as exc:
