@@ -1,0 +1,236 @@
+"""Missing batch_seqs: the ingest notices a gap once it outlasts the grace period, asks the station for it, and closes
+it as recovered when the batch comes or as lost when the station says it no longer holds it; a batch that is only
+late closes its gap without a word. Through a real broker and PostgreSQL; the station's side is played by a client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from prometheus_client import generate_latest
+
+from backend.ingest.consumer import Ingest
+from backend.ingest.gaps import subtract
+from backend.metrics import registry_for
+from bikeguard.services import Broker
+from protocol import topics
+from protocol.messages import BatchesGone, BatchRequest, GoneRange, utcnow
+from tests import factories
+from tests.backend.test_health import _samples
+
+GRACE_S = 1.0
+
+
+def wait_until(check: Callable[[], object], timeout_s: float = 15.0, what: str = "condition") -> None:
+    """Wait for check() to hold (a generous deadline, not a measurement)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def one(database_url: str, sql: str, *args: object) -> object:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(sql, args).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def open_gaps(database_url: str, station: str) -> list[tuple[int, int, int]]:
+    """(first_seq, last_seq, requests) of the station's open gaps."""
+    with psycopg.connect(database_url) as conn:
+        return [
+            (r[0], r[1], r[2])
+            for r in conn.execute(
+                "SELECT first_seq, last_seq, requests FROM batch_gaps WHERE station_id = %s AND state = 'open'"
+                " ORDER BY first_seq",
+                (station,),
+            )
+        ]
+
+
+class Requests:
+    """The batch requests the backend sends to the test's stations, as their gateways receive them."""
+
+    def __init__(self) -> None:
+        self.received: list[BatchRequest] = []
+        self.subscribed = threading.Event()
+        self._lock = threading.Lock()
+
+    def of(self, station_id: str) -> list[list[tuple[int, int]]]:
+        """The ranges of each request to one station, in arrival order."""
+        with self._lock:
+            return [[(r.first, r.last) for r in m.ranges] for m in self.received if m.station_id == station_id]
+
+
+@pytest.fixture
+def requests(broker: Broker, topic_prefix: str) -> Iterator[Requests]:
+    """Subscribe, as the test's stations would, to their requests topics."""
+    seen = Requests()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"requested-{topic_prefix}")
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.startswith(f"{topics.ROOT}/stations/{topic_prefix}-"):
+            with seen._lock:
+                seen.received.append(BatchRequest.parse(bytes(msg.payload)))
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: seen.subscribed.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.subscribe(f"{topics.ROOT}/stations/+/{topics.REQUESTS}", qos=1)
+    assert seen.subscribed.wait(10)
+    yield seen
+    client.disconnect()
+    client.loop_stop()
+
+
+@pytest.fixture
+def gap_ingest(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[Ingest]:
+    """An ingest worker with a short grace period and a gap check five times a second."""
+    worker = Ingest(
+        factories.settings(
+            database_url,
+            mqtt_url=broker.url,
+            mqtt_client_id=f"gaps-{topic_prefix}",
+            mqtt_shared_group=f"gaps-{topic_prefix}" if broker.supports_shared_subscriptions else None,
+            ingest_gap_grace_s=GRACE_S,
+            ingest_gap_check_s=0.2,
+            ingest_gap_request_max_s=2.0,
+        )
+    )
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def send_batches(publish: Callable[[str, bytes], None], station: str, *seqs: int) -> None:
+    for seq in seqs:
+        publish(topics.station_topic(station, "sightings"), factories.batch(station, seq, [seq + 1]).to_json())
+
+
+def test_a_missing_batch_is_asked_for_after_the_grace_and_recovered_when_it_comes(
+    gap_ingest, publish, database_url, topic_prefix, requests
+):
+    station = f"{topic_prefix}-a"
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+    send_batches(publish, station, 0, 1, 4)
+    noticed = time.monotonic()
+    wait_until(lambda: requests.of(station), what="a request")
+    assert time.monotonic() - noticed >= GRACE_S * 0.9  # not before the grace period
+    assert requests.of(station)[0] == [(2, 3)]
+    [(first, last, asked)] = open_gaps(database_url, station)
+    assert (first, last) == (2, 3) and asked >= 1
+    # Still open: asked for again, the wait doubling.
+    wait_until(lambda: len(requests.of(station)) >= 2, what="a second request")
+    assert gap_ingest.gaps.counters.gaps_seen == 1  # seen once, however often asked for
+    assert gap_ingest.gaps.counters.missing_by_station[station] == 2
+
+    send_batches(publish, station, 3)  # the station sends one of them again
+    wait_until(lambda: open_gaps(database_url, station) == [(2, 2, open_gaps(database_url, station)[0][2])])
+    send_batches(publish, station, 2)
+    wait_until(lambda: open_gaps(database_url, station) == [], what="the gap closed")
+    wait_until(lambda: gap_ingest.gaps.counters.recovered_by_station[station] == 2)
+    assert one(database_url, "SELECT batches_recovered FROM batch_seq_marks WHERE station_id = %s", station) == 2
+    assert one(database_url, "SELECT checked_through FROM batch_seq_marks WHERE station_id = %s", station) == 4
+    assert gap_ingest.gaps.counters.batches_lost == 0
+    wait_until(lambda: gap_ingest.gaps.missing_now.get(station) is None, what="nothing missing now")
+
+
+def test_a_batch_only_late_closes_its_gap_without_being_asked_for_or_counted(
+    gap_ingest, publish, database_url, topic_prefix, requests
+):
+    station = f"{topic_prefix}-b"
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+    send_batches(publish, station, 0, 2)
+    wait_until(lambda: open_gaps(database_url, station) == [(1, 1, 0)], what="the gap noticed")
+    send_batches(publish, station, 1)  # within the grace period: out of order, not missing
+    wait_until(lambda: open_gaps(database_url, station) == [], what="the gap closed")
+    time.sleep(GRACE_S * 1.5)  # past when it would have been asked for
+    assert requests.of(station) == []
+    c = gap_ingest.gaps.counters
+    assert (c.gaps_seen, c.recovered_by_station[station], c.lost_by_station[station]) == (0, 0, 0)
+    assert one(database_url, "SELECT batches_recovered FROM batch_seq_marks WHERE station_id = %s", station) == 0
+
+
+def test_batches_the_station_no_longer_holds_are_closed_as_lost_counted_and_shown(
+    gap_ingest, publish, database_url, topic_prefix, requests, staff
+):
+    station = f"{topic_prefix}-c"
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+    send_batches(publish, station, 0, 7)
+    wait_until(lambda: requests.of(station), what="a request")
+    assert requests.of(station)[0] == [(1, 6)]
+    shown = {h["station_id"]: h for h in staff.installer.get("/api/stations/health").json()}[station]
+    assert shown["batches_missing"] == 6 and shown["missing_since"] is not None
+    assert any("6 batches missing since" in r for r in shown["reasons"])
+
+    send_batches(publish, station, 5)  # one is still in the station's spool: it comes
+    wait_until(lambda: one(database_url, "SELECT count(*) FROM ingested_batches WHERE station_id = %s", station) == 3)
+    # ... and the station says what it no longer has: 1-2 dropped for room, 3-6 never held (5 came all the same).
+    answer = BatchesGone(
+        station_id=station,
+        ranges=[GoneRange(first=1, last=2, reason="dropped"), GoneRange(first=3, last=6, reason="not_held")],
+        next_batch_seq=8,
+        sent_at=utcnow(),
+    )
+    publish(topics.station_topic(station, topics.GONE), answer.to_json())
+    wait_until(lambda: gap_ingest.gaps.counters.lost_by_station[station] == 5, what="5 batches lost")
+    assert gap_ingest.gaps.counters.lost_by_reason == {"dropped": 2, "not_held": 3}
+    wait_until(lambda: open_gaps(database_url, station) == [], what="no gap left open")
+    with psycopg.connect(database_url) as conn:
+        lost = conn.execute(
+            "SELECT first_seq, last_seq, reason FROM batch_gaps WHERE station_id = %s AND state = 'lost'"
+            " ORDER BY first_seq",
+            (station,),
+        ).fetchall()
+    assert lost == [(1, 2, "dropped"), (3, 4, "not_held"), (6, 6, "not_held")]
+
+    shown = {h["station_id"]: h for h in staff.installer.get("/api/stations/health").json()}[station]
+    assert (shown["batches_missing"], shown["batches_recovered"], shown["batches_lost"]) == (0, 1, 5)
+    assert shown["last_lost_at"] is not None
+    page = staff.installer.get("/installer").text
+    assert "0 / 1 / 5" in page
+    samples = _samples(generate_latest(registry_for(gap_ingest)).decode())
+    assert samples[("bikeguard_ingest_station_batches_lost_total", (("station", station),))] == 5
+    assert samples[("bikeguard_ingest_station_batches_missing_total", (("station", station),))] == 6
+    assert samples[("bikeguard_ingest_batches_lost_total", (("reason", "dropped"),))] == 2
+    assert samples[("bikeguard_ingest_gaps_seen_total", ())] == 1
+
+
+def test_an_answer_closes_only_gaps_that_were_asked_for_and_a_malformed_one_is_refused_and_kept(
+    gap_ingest, publish, database_url, topic_prefix
+):
+    station = f"{topic_prefix}-d"
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+    gone = topics.station_topic(station, topics.GONE)
+    publish(gone, b'{"v": 1, "station_id": "' + station.encode() + b'", "ranges": [{"first": 5, "last": 2}]}')
+    publish(gone, b"\xff not json")
+    wait_until(lambda: gap_ingest.counters.rejected["invalid"] >= 2, what="two refusals")
+    assert one(database_url, "SELECT count(*) FROM rejected_messages WHERE topic = %s AND kind = 'invalid'", gone) == 2
+
+    # The worker goes on: a gap, and an answer before anything was asked for, which closes nothing.
+    send_batches(publish, station, 0, 3)
+    wait_until(lambda: open_gaps(database_url, station) == [(1, 2, 0)], what="the gap noticed")
+    early = BatchesGone(
+        station_id=station, ranges=[GoneRange(first=1, last=2, reason="dropped")], next_batch_seq=4, sent_at=utcnow()
+    )
+    publish(gone, early.to_json())
+    wait_until(lambda: gap_ingest.counters.messages >= 5, what="the answer taken")
+    assert gap_ingest.gaps.counters.batches_lost == 0
+    assert one(database_url, "SELECT count(*) FROM batch_gaps WHERE station_id = %s AND state = 'lost'", station) == 0
+
+
+def test_subtract_cuts_holes_out_of_a_range():
+    assert subtract((1, 10), []) == [(1, 10)]
+    assert subtract((1, 10), [(1, 1), (5, 6), (10, 12)]) == [(2, 4), (7, 9)]
+    assert subtract((3, 4), [(0, 9)]) == []
+    assert subtract((3, 8), [(0, 1), (4, 4), (20, 30)]) == [(3, 3), (5, 8)]
