@@ -76,17 +76,18 @@ def _gap_metrics(ingest: Ingest) -> Iterator[Metric]:
         "bikeguard_ingest_batch_requests", "Requests for missing batches sent to stations", value=g.batch_requests
     )
     per_station = (
-        (
-            "bikeguard_ingest_station_batches_missing",
-            "Batches missing past the grace period and asked for",
-            g.missing_by_station,
-        ),
+        ("bikeguard_ingest_station_gaps_seen", "Gaps open past the grace period and asked for", g.gaps_by_station),
         (
             "bikeguard_ingest_station_batches_recovered",
             "Missing batches that came once asked for",
             g.recovered_by_station,
         ),
         ("bikeguard_ingest_station_batches_lost", "Missing batches their station no longer holds", g.lost_by_station),
+        (
+            "bikeguard_ingest_station_gaps_not_issued",
+            "Gaps closed as never issued by the station's spool (replaced: what the old one had not sent is lost)",
+            g.not_issued_by_station,
+        ),
     )
     for name, text, counts in per_station:
         family = CounterMetricFamily(name, f"{text}, by station", labels=["station"])

@@ -31,13 +31,15 @@ WITH base AS (
     SELECT s.station_id, s.name, s.lat, s.lon, s.lifecycle, s.heartbeat_interval_s,
            st.state AS status_state, st.received_at AS last_heartbeat_at, st.payload,
            coalesce(mk.batches_recovered, 0) AS batches_recovered, gp.batches_missing, gp.missing_since,
-           gp.batches_lost, gp.last_lost_at
+           gp.batches_lost, gp.gaps_not_issued, gp.last_lost_at
     FROM stations s LEFT JOIN station_status st USING (station_id)
     LEFT JOIN batch_seq_marks mk USING (station_id)
     CROSS JOIN LATERAL (
         SELECT coalesce(sum(g.last_seq - g.first_seq + 1) FILTER (WHERE g.state = 'open'), 0) AS batches_missing,
                min(g.noticed_at) FILTER (WHERE g.state = 'open') AS missing_since,
-               coalesce(sum(g.last_seq - g.first_seq + 1) FILTER (WHERE g.state = 'lost'), 0) AS batches_lost,
+               coalesce(sum(g.last_seq - g.first_seq + 1) FILTER (WHERE g.reason IN ('dropped', 'not_held')), 0)
+                   AS batches_lost,
+               count(*) FILTER (WHERE g.reason = 'not_issued') AS gaps_not_issued,
                max(g.closed_at) AS last_lost_at
         FROM batch_gaps g
         -- An open gap counts once it was asked for (past the grace period): before, the batch may only be late.
@@ -124,6 +126,7 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
         "missing_since": since,
         "batches_recovered": int(row.get("batches_recovered") or 0),
         "batches_lost": int(row.get("batches_lost") or 0),
+        "gaps_not_issued": int(row.get("gaps_not_issued") or 0),
         "last_lost_at": row.get("last_lost_at"),
     }
 

@@ -49,15 +49,16 @@ class GapCounters:
     rounds: int = 0
     rounds_skipped: int = 0  # another ingest process held the check's lock
     gaps_seen: int = 0  # gaps open past the grace period, asked for the first time
-    batches_missing_seen: int = 0  # the batches in them
     batch_requests: int = 0  # request messages published
     batches_recovered: int = 0  # asked-for batches that came
-    batches_lost: int = 0  # asked-for batches their station no longer holds
-    lost_by_reason: Counter[str] = field(default_factory=Counter)
-    # Per registered station (gaps are only ever opened for stored batches, so their number is bounded).
-    missing_by_station: Counter[str] = field(default_factory=Counter)
+    batches_lost: int = 0  # asked-for batches their station dropped or no longer holds
+    lost_by_reason: Counter[str] = field(default_factory=Counter)  # dropped, not_held
+    # Per registered station (gaps are only ever opened for stored batches, so their number is bounded). Gaps, not
+    # batches, where a gap's size says nothing: the seqs a replaced spool never issued are a jump of the clock.
+    gaps_by_station: Counter[str] = field(default_factory=Counter)
     recovered_by_station: Counter[str] = field(default_factory=Counter)
     lost_by_station: Counter[str] = field(default_factory=Counter)
+    not_issued_by_station: Counter[str] = field(default_factory=Counter)  # gaps closed as never issued
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +71,9 @@ class Lost:
     reason: str
 
     @property
-    def batches(self) -> int:
-        """How many batch_seqs."""
-        return self.last - self.first + 1
+    def batches(self) -> int | None:
+        """How many batches were lost; None when unknown (seqs a replaced spool never issued)."""
+        return None if self.reason == "not_issued" else self.last - self.first + 1
 
 
 @dataclass
@@ -100,10 +101,13 @@ def subtract(span: Span, holes: Iterable[Span]) -> list[Span]:
     return left
 
 
+# A station's mark starts just below its first stored batch: a spool starts its seqs at the clock in milliseconds, so
+# there is nothing to miss before the first (one that comes later than a higher one is simply stored, never a gap).
 _MARK_NEW_STATIONS = """
 INSERT INTO batch_seq_marks (station_id, checked_through)
-SELECT s.station_id, -1 FROM stations s
-WHERE NOT EXISTS (SELECT 1 FROM batch_seq_marks m WHERE m.station_id = s.station_id)
+SELECT s.station_id, f.first - 1 FROM stations s
+CROSS JOIN LATERAL (SELECT min(i.batch_seq) AS first FROM ingested_batches i WHERE i.station_id = s.station_id) f
+WHERE f.first IS NOT NULL AND NOT EXISTS (SELECT 1 FROM batch_seq_marks m WHERE m.station_id = s.station_id)
 ON CONFLICT DO NOTHING
 """
 
@@ -304,10 +308,9 @@ class GapWatch:
         with self._lock:
             c = self.counters
             c.batch_requests += len(done.requests)
-            for station_id, (first, last), _noticed in done.first_asked:
+            for station_id, _span, _noticed in done.first_asked:
                 c.gaps_seen += 1
-                c.batches_missing_seen += last - first + 1
-                c.missing_by_station[station_id] += last - first + 1
+                c.gaps_by_station[station_id] += 1
             for station_id, n in done.recovered.items():
                 c.batches_recovered += n
                 c.recovered_by_station[station_id] += n
@@ -326,23 +329,23 @@ class GapWatch:
         if not lost:
             return
         with self._lock:
+            c = self.counters
             for x in lost:
-                self.counters.batches_lost += x.batches
-                self.counters.lost_by_reason[x.reason] += x.batches
-                self.counters.lost_by_station[x.station_id] += x.batches
+                if x.batches is None:
+                    c.not_issued_by_station[x.station_id] += 1
+                    continue
+                c.batches_lost += x.batches
+                c.lost_by_reason[x.reason] += x.batches
+                c.lost_by_station[x.station_id] += x.batches
         for x in lost:
-            log.warning(
-                "station %s: batches %s lost: its gateway no longer holds them (%s)",
-                x.station_id,
-                _seqs(x.first, x.last),
-                _REASONS.get(x.reason, x.reason),
-            )
+            log.warning("station %s: batches %s %s", x.station_id, _seqs(x.first, x.last), _REASONS[x.reason])
 
 
 _REASONS = {
-    "dropped": "dropped: its spool was full",
-    "not_issued": "not issued: its spool never gave these seqs out, it was replaced",
-    "not_held": "not held: dropped before it kept a record, or its spool was replaced",
+    "dropped": "lost: its gateway dropped them, its spool was full",
+    "not_held": "lost: its gateway no longer holds them (dropped before it kept a record of drops)",
+    "not_issued": "never issued by its gateway's spool: the spool was replaced (or the seqs are yet to come), and"
+    " whatever the old one had not sent is lost, how many batches is unknown",
 }
 
 

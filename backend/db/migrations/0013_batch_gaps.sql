@@ -11,14 +11,18 @@ CREATE TABLE batch_seq_marks (
     batches_recovered bigint NOT NULL DEFAULT 0
 );
 
--- What was stored before this migration is taken as checked: gaps are looked for from here on.
+-- What was stored before this migration is taken as checked: gaps are looked for from here on. A station's mark
+-- starts below its first stored batch (a spool starts its seqs at the clock in milliseconds), so a station without
+-- batches yet gets its mark with its first one.
 INSERT INTO batch_seq_marks (station_id, checked_through)
-SELECT s.station_id, coalesce((SELECT max(b.batch_seq) FROM ingested_batches b WHERE b.station_id = s.station_id), -1)
-FROM stations s;
+SELECT s.station_id, f.last FROM stations s
+CROSS JOIN LATERAL (SELECT max(b.batch_seq) AS last FROM ingested_batches b WHERE b.station_id = s.station_id) f
+WHERE f.last IS NOT NULL;
 
 -- A run of missing seqs (first_seq to last_seq, both included). Open: not yet stored, asked for once noticed_at is
 -- older than the grace period (requests, last_request_at). Lost: the station said it no longer holds them (reason,
--- from its answer; closed_at). A filled part of an open gap is cut out of it and counted in batch_seq_marks.
+-- from its answer; closed_at). A not_issued run was never given out by the station's spool: it was replaced, and
+-- whatever the old spool had not sent is lost, how many batches unknown (the new spool starts at the clock). A filled part of an open gap is cut out of it and counted in batch_seq_marks.
 CREATE TABLE batch_gaps (
     gap_id          bigserial PRIMARY KEY,
     station_id      text NOT NULL,
