@@ -21,6 +21,7 @@ from protocol import topics
 from protocol.messages import BatchesGone, BatchRequest, GoneRange, utcnow
 from tests import factories
 from tests.backend.test_health import _samples
+from tests.backend.test_provisioning import provisioned_mosquitto, require_mosquitto
 
 GRACE_S = 1.0
 
@@ -261,3 +262,50 @@ def test_a_replaced_spool_jumps_ahead_and_the_seqs_it_never_issued_close_as_a_lo
     shown = {h["station_id"]: h for h in staff.installer.get("/api/stations/health").json()}[station]
     assert (shown["batches_missing"], shown["batches_lost"], shown["gaps_not_issued"]) == (0, 0, 1)
     assert "spool replaced 1×" in staff.installer.get("/installer").text
+
+
+@pytest.mark.mosquitto
+def test_with_generated_acl_only_the_backend_asks_for_batches_and_only_a_station_answers_for_itself(tmp_path):
+    require_mosquitto()
+    broker, passwords = provisioned_mosquitto(tmp_path, ["st-a", "st-b"])
+    clients: list[mqtt.Client] = []
+
+    def connect(user: str, subscriptions: list[str]) -> tuple[mqtt.Client, list[str]]:
+        heard: list[str] = []
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-gaps")
+        client.username_pw_set(user, passwords[user])
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.on_message = lambda _c, _u, m: heard.append(f"{m.topic} {m.payload.decode()}")
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        clients.append(client)
+        if subscriptions:
+            client.subscribe([(s, 1) for s in subscriptions])
+            assert subscribed.wait(10)
+        return client, heard
+
+    try:
+        # Each station listens to its own requests and (refused by the ACL, never delivered) the other's.
+        both = [topics.requests_topic("st-a"), topics.requests_topic("st-b")]
+        st_a, heard_a = connect("st-a", both)
+        st_b, heard_b = connect("st-b", both)
+        backend, heard_backend = connect("bikeguard-backend", [topics.station_filter(topics.GONE)])
+
+        # A station forging a request to another, or an answer for another, is refused.
+        st_b.publish(topics.requests_topic("st-a"), b"forged request", qos=1).wait_for_publish(5)
+        st_b.publish(topics.station_topic("st-a", topics.GONE), b"forged answer", qos=1).wait_for_publish(5)
+        backend.publish(topics.requests_topic("st-a"), b"request a", qos=1).wait_for_publish(5)
+        backend.publish(topics.requests_topic("st-b"), b"request b", qos=1).wait_for_publish(5)
+        st_a.publish(topics.station_topic("st-a", topics.GONE), b"answer a", qos=1).wait_for_publish(5)
+
+        wait_until(lambda: heard_a and heard_b and heard_backend, what="the allowed messages")
+        time.sleep(0.3)  # what else would have come with them
+        assert heard_a == [f"{topics.requests_topic('st-a')} request a"]
+        assert heard_b == [f"{topics.requests_topic('st-b')} request b"]
+        assert heard_backend == [f"{topics.station_topic('st-a', topics.GONE)} answer a"]
+    finally:
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
+        broker.stop()
