@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 Span = tuple[int, int]  # first and last batch_seq, both included
 
 # Any fixed number, not the migrations' (backend.db.migrate): one gap check at a time across all ingest processes.
-_LOCK_ID = 0x0B1CE6A4E
+LOCK_ID = 0x0B1CE6A4E
 # Stored batches read per station per round: a longer backlog (a station's spool draining) takes several rounds.
 _ADVANCE_LIMIT = 10_000
 
@@ -130,7 +130,13 @@ FROM (SELECT station_id, max(batch_seq) AS top FROM fresh GROUP BY station_id) f
 WHERE m.station_id = f.station_id
 """
 
-# Open gaps with stored batches inside, locked in one order (the flushes closing lost gaps lock in the same one).
+# Every open gap, locked in one order before the round touches any: a flush closing lost gaps locks its stations'
+# in the same order, so the two wait for each other but never deadlock.
+_LOCK_OPEN = """
+SELECT gap_id FROM batch_gaps WHERE state = 'open' ORDER BY station_id, first_seq FOR UPDATE
+"""
+
+# Open gaps with stored batches inside.
 _FILLED = """
 SELECT g.gap_id, g.station_id, g.first_seq, g.last_seq, g.noticed_at, g.requests, g.last_request_at
 FROM batch_gaps g
@@ -139,7 +145,6 @@ WHERE g.state = 'open' AND EXISTS (
     WHERE i.station_id = g.station_id AND i.batch_seq BETWEEN g.first_seq AND g.last_seq
 )
 ORDER BY g.station_id, g.first_seq
-FOR UPDATE OF g
 """
 
 _STORED_IN = """
@@ -266,12 +271,13 @@ class GapWatch:
         return True
 
     def _checked(self, conn: psycopg.Connection, now: datetime) -> _Round | None:
-        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_LOCK_ID,)).fetchone()
+        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_ID,)).fetchone()
         if locked is None or not locked[0]:
             return None
         done = _Round()
         conn.execute(_MARK_NEW_STATIONS)
         conn.execute(_ADVANCE, {"limit": _ADVANCE_LIMIT, "now": now})
+        conn.execute(_LOCK_OPEN)
         for gap in conn.execute(_FILLED).fetchall():
             station_id, first, last, requests = gap[1], gap[2], gap[3], gap[5]
             stored = _stored_in(conn, station_id, first, last)

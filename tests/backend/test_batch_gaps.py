@@ -12,9 +12,10 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from prometheus_client import generate_latest
+from psycopg_pool import ConnectionPool
 
 from backend.ingest.consumer import Ingest
-from backend.ingest.gaps import subtract
+from backend.ingest.gaps import LOCK_ID, GapWatch, subtract
 from backend.metrics import registry_for
 from bikeguard.services import Broker
 from protocol import topics
@@ -309,3 +310,42 @@ def test_with_generated_acl_only_the_backend_asks_for_batches_and_only_a_station
             client.disconnect()
             client.loop_stop()
         broker.stop()
+
+
+def test_one_gap_check_runs_at_a_time_however_many_workers_and_each_gap_is_recorded_once(database_url):
+    station = "st-lock"
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+        conn.execute(
+            "INSERT INTO ingested_batches (station_id, batch_seq, sent_at, sightings)"
+            " SELECT %s, s, now(), 1 FROM unnest(ARRAY[0, 3, 4, 9]) AS s",
+            (station,),
+        )
+    published: list[tuple[str, bytes]] = []
+    settings = factories.settings(database_url, ingest_gap_grace_s=0.01, ingest_gap_request_max_s=3600)
+    with ConnectionPool(database_url, min_size=1, max_size=4, name="gap-test") as pool:
+        watches = [GapWatch(settings, pool, lambda t, p: published.append((t, p))) for _ in range(2)]
+        with psycopg.connect(database_url) as other, other.transaction():
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))  # another process's round
+            assert watches[0].round() is False
+        assert watches[0].counters.rounds_skipped == 1
+
+        start = threading.Barrier(2)
+
+        def rounds(watch: GapWatch) -> None:
+            start.wait()
+            for _ in range(20):
+                watch.round()
+
+        threads = [threading.Thread(target=rounds, args=(w,)) for w in watches]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert sum(w.counters.rounds for w in watches) >= 1
+    # Each gap recorded once, and each request sent counted once on it (never two rounds sending the same one).
+    found = open_gaps(database_url, station)
+    assert [(first, last) for first, last, _ in found] == [(1, 2), (5, 8)]
+    assert found[0][2] == found[1][2] == len(published) >= 1
+    assert all(BatchRequest.parse(p).station_id == station for _, p in published)
+    assert sum(w.counters.gaps_seen for w in watches) == 2
