@@ -328,7 +328,7 @@ class GapWatch:
                 (now - noticed).total_seconds(),
             )
         for station_id, n in done.recovered.items():
-            log.info("station %s: %d missing batches came after they were asked for", station_id, n)
+            log.info("station %s: %d of its missing batches came once asked for", station_id, n)
 
     def counted(self, lost: list[Lost]) -> None:
         """Count and log what a committed flush closed as lost."""

@@ -4,6 +4,7 @@ late closes its gap without a word. Through a real broker and PostgreSQL; the st
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -116,8 +117,9 @@ def send_batches(publish: Callable[[str, bytes], None], station: str, *seqs: int
 
 
 def test_a_missing_batch_is_asked_for_after_the_grace_and_recovered_when_it_comes(
-    gap_ingest, publish, database_url, topic_prefix, requests
+    gap_ingest, publish, database_url, topic_prefix, requests, caplog
 ):
+    caplog.set_level(logging.INFO, logger="backend.ingest.gaps")
     station = f"{topic_prefix}-a"
     with psycopg.connect(database_url) as conn:
         factories.station(conn, station)
@@ -132,6 +134,8 @@ def test_a_missing_batch_is_asked_for_after_the_grace_and_recovered_when_it_come
     wait_until(lambda: len(requests.of(station)) >= 2, what="a second request")
     assert gap_ingest.gaps.counters.gaps_seen == 1  # seen once, however often asked for
     assert gap_ingest.gaps.counters.gaps_by_station[station] == 1
+    [seen] = [r for r in caplog.records if r.levelno == logging.WARNING and station in r.getMessage()]
+    assert f"station {station}: batches 2-3 missing for " in seen.getMessage()
 
     send_batches(publish, station, 3)  # the station sends one of them again
     wait_until(lambda: open_gaps(database_url, station) == [(2, 2, open_gaps(database_url, station)[0][2])])
@@ -142,6 +146,7 @@ def test_a_missing_batch_is_asked_for_after_the_grace_and_recovered_when_it_come
     assert one(database_url, "SELECT checked_through FROM batch_seq_marks WHERE station_id = %s", station) == 4
     assert gap_ingest.gaps.counters.batches_lost == 0
     wait_until(lambda: gap_ingest.gaps.missing_now.get(station) is None, what="nothing missing now")
+    assert f"station {station}: 1 of its missing batches came once asked for" in caplog.text
 
 
 def test_a_batch_only_late_closes_its_gap_without_being_asked_for_or_counted(
@@ -162,7 +167,7 @@ def test_a_batch_only_late_closes_its_gap_without_being_asked_for_or_counted(
 
 
 def test_batches_the_station_no_longer_holds_are_closed_as_lost_counted_and_shown(
-    gap_ingest, publish, database_url, topic_prefix, requests, staff
+    gap_ingest, publish, database_url, topic_prefix, requests, staff, caplog
 ):
     station = f"{topic_prefix}-c"
     with psycopg.connect(database_url) as conn:
@@ -186,6 +191,7 @@ def test_batches_the_station_no_longer_holds_are_closed_as_lost_counted_and_show
     publish(topics.station_topic(station, topics.GONE), answer.to_json())
     wait_until(lambda: gap_ingest.gaps.counters.lost_by_station[station] == 5, what="5 batches lost")
     assert gap_ingest.gaps.counters.lost_by_reason == {"dropped": 2, "not_held": 3}
+    assert f"station {station}: batches 1-2 lost: its gateway dropped them, its spool was full" in caplog.text
     wait_until(lambda: open_gaps(database_url, station) == [], what="no gap left open")
     with psycopg.connect(database_url) as conn:
         lost = conn.execute(
