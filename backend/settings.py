@@ -54,7 +54,7 @@ class BackendSettings(BaseSettings):
     # (then after 60, 120 ... up to 600 s), and a batch the gateway dropped would never come; asked for first, either
     # is fixed or known sooner, and every gap is seen (counted, logged, shown) rather than mended unnoticed. From the
     # loss to the request: the station's next batch (1 s), the round that notices the gap (up to ingest_gap_check_s),
-    # the grace, the round that asks (up to ingest_gap_check_s again): 15 to 26 s with the defaults, inside the 30 s.
+    # the grace, the round that asks (up to ingest_gap_check_s again): 16 to 26 s with the defaults, inside the 30 s.
     # Asking for a batch that was only late costs one harmless resend.
     ingest_gap_grace_s: float = Field(default=15.0, gt=0)
     # How often the gap check runs (one ingest process at a time does it), and the longest wait between two
