@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 if TYPE_CHECKING:
     from backend.ingest.consumer import Ingest
+    from backend.ingest.workers import IngestWorkers
 
 # (metric name without the _total suffix, IngestCounters field, help text)
 _TOTALS = (
@@ -30,7 +31,7 @@ _TOTALS = (
 class IngestCollector(Collector):
     """The ingest's counters and lane depths as Prometheus metrics, read whenever /metrics is scraped."""
 
-    def __init__(self, ingest: Ingest) -> None:
+    def __init__(self, ingest: Ingest | IngestWorkers) -> None:
         self.ingest = ingest
 
     def collect(self) -> Iterator[Metric]:
@@ -66,9 +67,9 @@ class IngestCollector(Collector):
         )
 
 
-def _gap_metrics(ingest: Ingest) -> Iterator[Metric]:
+def _gap_metrics(ingest: Ingest | IngestWorkers) -> Iterator[Metric]:
     """Missing batch_seqs (backend.ingest.gaps): seen, recovered and lost, in all and by station; missing now."""
-    g = ingest.gaps.counters
+    g = ingest.gap_counters
     yield CounterMetricFamily(
         "bikeguard_ingest_gaps_seen", "Gaps in stations' batch_seqs open past the grace period", value=g.gaps_seen
     )
@@ -105,12 +106,12 @@ def _gap_metrics(ingest: Ingest) -> Iterator[Metric]:
         "Batches asked for and still missing, by station (as of the last gap check)",
         labels=["station"],
     )
-    for station, n in sorted(ingest.gaps.missing_now.items()):
+    for station, n in sorted(ingest.batches_missing_now.items()):
         missing.add_metric([station], n)
     yield missing
 
 
-def registry_for(ingest: Ingest | None) -> CollectorRegistry:
+def registry_for(ingest: Ingest | IngestWorkers | None) -> CollectorRegistry:
     """A registry of this app's own (tests run many apps in one process; the global one would mix them)."""
     registry = CollectorRegistry(auto_describe=False)
     if ingest is not None:

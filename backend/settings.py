@@ -29,6 +29,9 @@ class BackendSettings(BaseSettings):
     # Several ingest workers share the station topics through this group; empty disables sharing
     # (needed for brokers without $share, such as the embedded amqtt).
     mqtt_shared_group: str | None = "bikeguard-ingest"
+    # Ingest workers in this process, each with its own MQTT client in the shared group (client ids
+    # mqtt_client_id, mqtt_client_id-2, …); more than one needs the shared group.
+    ingest_workers: int = Field(default=1, ge=1, le=64)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     ingest_flush_rows: int = Field(default=20_000, ge=1)
@@ -106,6 +109,16 @@ class BackendSettings(BaseSettings):
     def _compiles(cls, value: str) -> str:
         re.compile(value)
         return value
+
+    @model_validator(mode="after")
+    def _workers_share(self) -> Self:
+        if self.ingest_workers > 1 and not self.mqtt_shared_group:
+            raise ValueError(
+                f"BIKEGUARD_INGEST_WORKERS={self.ingest_workers} needs BIKEGUARD_MQTT_SHARED_GROUP: without a shared"
+                " subscription every worker would receive every message (a broker without $share, such as the"
+                " embedded one, runs one worker)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:

@@ -25,7 +25,7 @@ from backend.api.routes import auth, bikes, health, live, owners, pages, sightin
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import provisioning as provisioning_routes
 from backend.db.migrate import maintain, migrate
-from backend.ingest.consumer import Ingest
+from backend.ingest.workers import IngestWorkers
 from backend.live import LiveFeed
 from backend.metrics import registry_for
 from backend.settings import DEFAULT_SECRET, BackendSettings
@@ -104,7 +104,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         # that does not ingest publishes it all the same.
         publisher = hotlist.HotlistPublisher(settings)
         publisher.start()
-        worker = Ingest(settings) if run_ingest else None
+        worker = IngestWorkers(settings) if run_ingest else None
         if worker:
             await asyncio.to_thread(worker.start)
 

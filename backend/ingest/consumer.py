@@ -195,7 +195,7 @@ def screen(conn: psycopg.Connection, flush: _Flush, known: KnownStations) -> Non
 class Ingest:
     """The MQTT→PostgreSQL ingest worker; several may run at once against one shared subscription."""
 
-    def __init__(self, settings: BackendSettings) -> None:
+    def __init__(self, settings: BackendSettings, client_id: str | None = None) -> None:
         self.settings = settings
         self.counters = IngestCounters()
         self.known = KnownStations(settings.ingest_station_refresh_s)
@@ -229,11 +229,12 @@ class Ingest:
         self._gap_thread = threading.Thread(
             target=self.gaps.run, args=(self._stopping,), name="ingest-gaps", daemon=True
         )
+        self.client_id = client_id or settings.mqtt_client_id
         host, port, user, password = mqtt_address(settings.mqtt_url)
         self._address = (host, port)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=settings.mqtt_client_id,
+            client_id=self.client_id,
             clean_session=False,  # the broker keeps our QoS 1 messages while we are away
             manual_ack=True,
         )
@@ -254,7 +255,7 @@ class Ingest:
             return
         group = self.settings.mqtt_shared_group or None
         client.subscribe([(topics.station_filter(kind, group), 1) for kind in topics.STATION_KINDS])
-        log.info("ingest connected to %s:%d (shared group %s)", *self._address, group)
+        log.info("ingest %s connected to %s:%d (shared group %s)", self.client_id, *self._address, group)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[Any], _p: object) -> None:
         failed = [r for r in reasons if getattr(r, "is_failure", False)]
@@ -283,6 +284,16 @@ class Ingest:
         """Whether the broker is connected and our subscriptions acknowledged."""
         return self._connected.is_set()
 
+    @property
+    def gap_counters(self) -> gaps.GapCounters:
+        """What this worker's gap check and flushes have done about missing batches."""
+        return self.gaps.counters
+
+    @property
+    def batches_missing_now(self) -> dict[str, int]:
+        """Batches asked for and still missing, per station, as of the last gap check."""
+        return self.gaps.missing_now
+
     def queued(self) -> dict[str, int]:
         """Messages waiting in each lane."""
         return {"sightings": len(self._sightings), "alerts": len(self._alerts)}
@@ -293,8 +304,8 @@ class Ingest:
 
     # life cycle
 
-    def start(self, wait_s: float = 10.0) -> None:
-        """Connect to the broker and start writing; waits until the subscriptions are acknowledged."""
+    def start(self, wait_s: float | None = 10.0) -> None:
+        """Connect to the broker and start writing; waits until the subscriptions are acknowledged (None: not)."""
         self._pool.open(wait=False)  # connects in the background; a database that is down is retried
         self.client.connect_async(*self._address, keepalive=30)
         self.client.loop_start()
@@ -302,8 +313,15 @@ class Ingest:
             thread.start()
         self._deferred_thread.start()
         self._gap_thread.start()
-        if not self._connected.wait(wait_s):
-            log.warning("ingest not connected to the broker after %.0f s; still trying", wait_s)
+        if wait_s is not None:
+            self.wait_connected(wait_s)
+
+    def wait_connected(self, wait_s: float) -> bool:
+        """Wait until the broker acknowledged our subscriptions; False (and a warning) after wait_s."""
+        if self._connected.wait(wait_s):
+            return True
+        log.warning("ingest %s not connected to the broker after %.0f s; still trying", self.client_id, wait_s)
+        return False
 
     def stop(self) -> None:
         """Finish what is queued, then disconnect."""
@@ -466,7 +484,8 @@ class Ingest:
         flush.lost = gaps.close_lost(conn, flush.gone)
         writer.write_rejects(conn, flush.result.conflicts)
         received_at = utcnow()
-        for status in flush.statuses:
+        # By station: two workers upserting the same stations lock them in one order (no deadlock).
+        for status in sorted(flush.statuses, key=lambda st: st.station_id):
             writer.write_status(conn, status, received_at)
         flush.stored = selftests.write(conn, flush.selftest_messages)
         writer.write_rejects(conn, flush.rejects)

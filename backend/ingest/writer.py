@@ -71,7 +71,9 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
     result = WriteResult()
     if not received:
         return result
-    unique = {key: same[0] for key, same in received.items()}
+    # In key order: two workers writing overlapping batches (a redelivery after a broker restart) lock their rows in
+    # the same order, so one waits for the other instead of deadlocking.
+    unique = {key: received[key][0] for key in sorted(received)}
     with conn.cursor() as cur:
         rows = cur.execute(
             "INSERT INTO ingested_batches (station_id, batch_seq, sent_at, sightings, payload_sha256)"
@@ -158,7 +160,8 @@ def _sort_repeats(
 def write_alerts(conn: psycopg.Connection, alerts: Iterable[Alert]) -> WriteResult:
     """Store station alerts (idempotent); the new ones are handed back for the alarm engine."""
     result = WriteResult()
-    items = list(alerts)
+    # In key order, like the batches: concurrent workers lock the same rows in one order.
+    items = sorted(alerts, key=lambda a: (a.station_id, a.kind, a.tag_id, a.seen_at))
     if not items:
         return result
     with conn.cursor() as cur:

@@ -1,0 +1,93 @@
+"""Several ingest workers in one process, seen from outside as one (health, metrics, start and stop).
+
+Each worker is a whole `Ingest`: its own MQTT client in the shared subscription group, its own lanes, writer threads
+and connection pool. The broker hands each station message to one of them; a message that reaches two (a
+redelivery after a broker restart, a worker killed before its acknowledgement) is stored once, because a batch is
+written once per (station_id, batch_seq) and the writers lock rows in key order. More workers than cores gain
+little (validation is Python); for more cores, run more `bikeguard ingest` processes with distinct client ids.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import fields
+
+from backend.ingest import gaps
+from backend.ingest.consumer import Ingest, IngestCounters
+from backend.settings import BackendSettings
+
+
+def client_ids(base: str, workers: int) -> list[str]:
+    """The MQTT client id of each worker: the first keeps `base` (its persistent session survives a change from one
+    worker to several), the others add -2, -3, …"""
+    return [base if i == 0 else f"{base}-{i + 1}" for i in range(workers)]
+
+
+def total(counters: list[IngestCounters]) -> IngestCounters:
+    """The workers' counters added up."""
+    out = IngestCounters()
+    for c in counters:
+        for f in fields(IngestCounters):
+            mine = getattr(out, f.name)
+            if isinstance(mine, Counter):
+                mine.update(getattr(c, f.name))
+            else:
+                setattr(out, f.name, mine + getattr(c, f.name))
+    return out
+
+
+class IngestWorkers:
+    """`settings.ingest_workers` ingest workers started and stopped together, with their figures added up."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
+        self.workers = [
+            Ingest(settings, client_id) for client_id in client_ids(settings.mqtt_client_id, settings.ingest_workers)
+        ]
+
+    @property
+    def counters(self) -> IngestCounters:
+        """What all workers have done since they started."""
+        return total([w.counters for w in self.workers])
+
+    @property
+    def gap_counters(self) -> gaps.GapCounters:
+        """What all workers' gap checks and flushes have done about missing batches."""
+        return gaps.total([w.gap_counters for w in self.workers])
+
+    @property
+    def batches_missing_now(self) -> dict[str, int]:
+        """Batches asked for and still missing, per station (every worker reads it from the database)."""
+        return self.workers[0].batches_missing_now
+
+    @property
+    def broker_connected(self) -> bool:
+        """Whether every worker is connected and subscribed."""
+        return all(w.broker_connected for w in self.workers)
+
+    def queued(self) -> dict[str, int]:
+        """Messages waiting in each lane, over all workers."""
+        out: Counter[str] = Counter()
+        for w in self.workers:
+            out.update(w.queued())
+        return dict(out)
+
+    def threads(self) -> dict[str, bool]:
+        """Whether each worker's threads are alive (named with the worker's number when there are several)."""
+        if len(self.workers) == 1:
+            return self.workers[0].threads()
+        return {f"{name}-{i + 1}": alive for i, w in enumerate(self.workers) for name, alive in w.threads().items()}
+
+    def start(self, wait_s: float = 10.0) -> None:
+        """Start every worker; waits (at most wait_s in all) until each has its subscriptions."""
+        for w in self.workers:
+            w.start(wait_s=None)
+        deadline = time.monotonic() + wait_s
+        for w in self.workers:
+            w.wait_connected(max(0.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        """Stop every worker: each finishes what it holds, then disconnects."""
+        for w in self.workers:
+            w.stop()

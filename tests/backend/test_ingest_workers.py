@@ -1,0 +1,96 @@
+"""Several ingest workers on one shared subscription: the work is shared, and every batch is stored once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from pydantic import ValidationError
+
+from backend.ingest.workers import IngestWorkers, client_ids
+from backend.settings import BackendSettings
+from bikeguard.services import Broker, start_broker
+from protocol import topics
+from tests import factories
+from tests.backend.test_provisioning import require_mosquitto
+
+
+def test_more_than_one_worker_needs_a_shared_subscription(database_url: str) -> None:
+    with pytest.raises(ValidationError, match="BIKEGUARD_INGEST_WORKERS=2 needs BIKEGUARD_MQTT_SHARED_GROUP"):
+        BackendSettings(database_url=database_url, ingest_workers=2, mqtt_shared_group="")
+
+
+def test_the_first_worker_keeps_the_configured_client_id() -> None:
+    # A deployment going from one worker to several keeps its broker session (and what is queued in it).
+    assert client_ids("bikeguard-backend", 3) == ["bikeguard-backend", "bikeguard-backend-2", "bikeguard-backend-3"]
+
+
+@pytest.fixture(scope="module")
+def mosquitto() -> Iterator[Broker]:
+    """Mosquitto: the embedded broker has no shared subscriptions, so it runs one worker (settings refuse more)."""
+    require_mosquitto()
+    broker = start_broker("mosquitto")
+    yield broker
+    broker.stop()
+
+
+@pytest.mark.mosquitto
+def test_two_workers_share_the_traffic_and_store_each_batch_once_even_when_sent_twice(
+    database_url: str, mosquitto: Broker, topic_prefix: str
+) -> None:
+    broker = mosquitto
+    stations = [f"{topic_prefix}-{n}" for n in range(4)]
+    with psycopg.connect(database_url) as conn:
+        for station in stations:
+            factories.station(conn, station)
+    settings = BackendSettings(
+        database_url=database_url,
+        mqtt_url=broker.url,
+        mqtt_client_id=f"ingest-{topic_prefix}",
+        mqtt_shared_group=f"ingest-{topic_prefix}",
+        ingest_workers=2,
+    )
+    workers = IngestWorkers(settings)
+    workers.start()
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    publisher.connect(broker.host, broker.port)
+    publisher.loop_start()
+
+    def publish(topic: str, payload: bytes) -> None:
+        publisher.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    try:
+        assert workers.broker_connected
+        # Every batch twice, as a gateway resends one whose confirmation is late: the copies may reach different
+        # workers at the same moment, and both write it.
+        expected = set()
+        for seq in range(1, 101):
+            for station in stations:
+                tag = seq * 100 + stations.index(station)
+                payload = factories.batch(station, seq, [tag]).to_json()
+                expected.add((station, tag))
+                publish(topics.station_topic(station, "sightings"), payload)
+                publish(topics.station_topic(station, "sightings"), payload)
+        deadline = time.monotonic() + 30
+        while workers.counters.batches_new + workers.counters.batches_repeated < 800:
+            assert time.monotonic() < deadline, f"only {workers.counters} after 30 s"
+            time.sleep(0.05)
+        per_worker = [w.counters.messages for w in workers.workers]
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        workers.stop()
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT station_id, tag_id, count(*) FROM sightings WHERE station_id LIKE %s GROUP BY 1, 2",
+            (f"{topic_prefix}-%",),
+        ).fetchall()
+    assert {(station, tag) for station, tag, _ in rows} == expected
+    assert all(n == 1 for _, _, n in rows), "a batch stored twice"
+    assert workers.counters.batches_new == 400 and workers.counters.batches_repeated == 400
+    assert all(n > 0 for n in per_worker), f"one worker did all the work: {per_worker}"
+    assert sum(per_worker) == 800 and workers.counters.messages == 800
+    assert workers.counters.batches_confirmed == 800  # each copy confirmed: the gateway may wait for either
