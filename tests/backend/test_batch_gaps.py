@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from backend.ingest.consumer import Ingest
 from backend.ingest.gaps import LOCK_ID, GapWatch, subtract
+from backend.ingest.workers import IngestWorkers
 from backend.metrics import registry_for
 from bikeguard.services import Broker
 from protocol import topics
@@ -355,3 +356,47 @@ def test_one_gap_check_runs_at_a_time_however_many_workers_and_each_gap_is_recor
     assert found[0][2] == found[1][2] == len(published) >= 1
     assert all(BatchRequest.parse(p).station_id == station for _, p in published)
     assert sum(w.counters.gaps_seen for w in watches) == 2
+
+
+@pytest.mark.mosquitto
+def test_with_two_workers_a_gap_is_seen_once_closed_once_and_their_metrics_add_up(
+    database_url, topic_prefix, publish, broker, requests
+):
+    if not broker.supports_shared_subscriptions:
+        pytest.skip("several workers need a shared subscription (the embedded broker has none)")
+    station = f"{topic_prefix}-w"
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+    workers = IngestWorkers(
+        factories.settings(
+            database_url,
+            mqtt_url=broker.url,
+            mqtt_client_id=f"gapw-{topic_prefix}",
+            mqtt_shared_group=f"gapw-{topic_prefix}",
+            ingest_workers=2,
+            ingest_gap_grace_s=GRACE_S,
+            ingest_gap_check_s=0.2,
+            ingest_gap_request_max_s=60,
+        )
+    )
+    workers.start()
+    try:
+        send_batches(publish, station, 0, 1, 2, 5, 6)
+        wait_until(lambda: requests.of(station), what="a request")
+        answer = BatchesGone(
+            station_id=station,
+            ranges=[GoneRange(first=3, last=4, reason="dropped")],
+            next_batch_seq=7,
+            sent_at=utcnow(),
+        )
+        publish(topics.station_topic(station, topics.GONE), answer.to_json())
+        wait_until(lambda: workers.gap_counters.lost_by_station[station] == 2, what="two batches lost")
+        time.sleep(GRACE_S)  # what a round of the other worker would have done meanwhile
+        assert all(r == [(3, 4)] for r in requests.of(station))
+        assert workers.gap_counters.gaps_seen == 1 and workers.gap_counters.batches_lost == 2
+        samples = _samples(generate_latest(registry_for(workers)).decode())
+        assert samples[("bikeguard_ingest_station_batches_lost_total", (("station", station),))] == 2
+        assert samples[("bikeguard_ingest_station_gaps_seen_total", (("station", station),))] == 1
+        assert sum(w.gap_counters.rounds for w in workers.workers) >= 2
+    finally:
+        workers.stop()
