@@ -4,6 +4,7 @@ late closes its gap without a word. Through a real broker and PostgreSQL; the st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from backend.ingest.consumer import Ingest
 from backend.ingest.gaps import LOCK_ID, GapWatch, subtract
 from backend.ingest.workers import IngestWorkers
 from backend.metrics import registry_for
-from bikeguard.services import Broker
+from bikeguard.services import Broker, start_broker
 from protocol import topics
 from protocol.messages import BatchesGone, BatchRequest, GoneRange, utcnow
 from tests import factories
@@ -74,6 +75,13 @@ class Requests:
 @pytest.fixture
 def requests(broker: Broker, topic_prefix: str) -> Iterator[Requests]:
     """Subscribe, as the test's stations would, to their requests topics."""
+    with listening(broker, topic_prefix) as seen:
+        yield seen
+
+
+@contextlib.contextmanager
+def listening(broker: Broker, topic_prefix: str) -> Iterator[Requests]:
+    """The requests to the stations named `<topic_prefix>-…`, as they arrive."""
     seen = Requests()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"requested-{topic_prefix}")
 
@@ -88,9 +96,11 @@ def requests(broker: Broker, topic_prefix: str) -> Iterator[Requests]:
     client.loop_start()
     client.subscribe(f"{topics.ROOT}/stations/+/{topics.REQUESTS}", qos=1)
     assert seen.subscribed.wait(10)
-    yield seen
-    client.disconnect()
-    client.loop_stop()
+    try:
+        yield seen
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 @pytest.fixture
@@ -359,11 +369,17 @@ def test_one_gap_check_runs_at_a_time_however_many_workers_and_each_gap_is_recor
 
 
 @pytest.mark.mosquitto
-def test_with_two_workers_a_gap_is_seen_once_closed_once_and_their_metrics_add_up(
-    database_url, topic_prefix, publish, broker, requests
-):
-    if not broker.supports_shared_subscriptions:
-        pytest.skip("several workers need a shared subscription (the embedded broker has none)")
+def test_with_two_workers_a_gap_is_seen_once_closed_once_and_their_metrics_add_up(database_url, topic_prefix):
+    # Mosquitto: several workers need a shared subscription, which the embedded broker does not have.
+    require_mosquitto()
+    broker = start_broker("mosquitto")
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    publisher.connect(broker.host, broker.port)
+    publisher.loop_start()
+
+    def publish(topic: str, payload: bytes) -> None:
+        publisher.publish(topic, payload, qos=1).wait_for_publish(5)
+
     station = f"{topic_prefix}-w"
     with psycopg.connect(database_url) as conn:
         factories.station(conn, station)
@@ -381,18 +397,19 @@ def test_with_two_workers_a_gap_is_seen_once_closed_once_and_their_metrics_add_u
     )
     workers.start()
     try:
-        send_batches(publish, station, 0, 1, 2, 5, 6)
-        wait_until(lambda: requests.of(station), what="a request")
-        answer = BatchesGone(
-            station_id=station,
-            ranges=[GoneRange(first=3, last=4, reason="dropped")],
-            next_batch_seq=7,
-            sent_at=utcnow(),
-        )
-        publish(topics.station_topic(station, topics.GONE), answer.to_json())
-        wait_until(lambda: workers.gap_counters.lost_by_station[station] == 2, what="two batches lost")
-        time.sleep(GRACE_S)  # what a round of the other worker would have done meanwhile
-        assert all(r == [(3, 4)] for r in requests.of(station))
+        with listening(broker, topic_prefix) as requests:
+            send_batches(publish, station, 0, 1, 2, 5, 6)
+            wait_until(lambda: requests.of(station), what="a request")
+            answer = BatchesGone(
+                station_id=station,
+                ranges=[GoneRange(first=3, last=4, reason="dropped")],
+                next_batch_seq=7,
+                sent_at=utcnow(),
+            )
+            publish(topics.station_topic(station, topics.GONE), answer.to_json())
+            wait_until(lambda: workers.gap_counters.lost_by_station[station] == 2, what="two batches lost")
+            time.sleep(GRACE_S)  # what a round of the other worker would have done meanwhile
+            assert all(r == [(3, 4)] for r in requests.of(station))
         assert workers.gap_counters.gaps_seen == 1 and workers.gap_counters.batches_lost == 2
         samples = _samples(generate_latest(registry_for(workers)).decode())
         assert samples[("bikeguard_ingest_station_batches_lost_total", (("station", station),))] == 2
@@ -400,3 +417,6 @@ def test_with_two_workers_a_gap_is_seen_once_closed_once_and_their_metrics_add_u
         assert sum(w.gap_counters.rounds for w in workers.workers) >= 2
     finally:
         workers.stop()
+        publisher.disconnect()
+        publisher.loop_stop()
+        broker.stop()
