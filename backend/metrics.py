@@ -61,9 +61,54 @@ class IngestCollector(Collector):
         for lane, n in self.ingest.queued().items():
             queued.add_metric([lane], n)
         yield queued
+        yield from _gap_metrics(self.ingest)
         yield GaugeMetricFamily(
             "bikeguard_ingest_broker_connected", "1 if the broker is connected", value=int(self.ingest.broker_connected)
         )
+
+
+def _gap_metrics(ingest: Ingest | IngestWorkers) -> Iterator[Metric]:
+    """Missing batch_seqs (backend.ingest.gaps): seen, recovered and lost, in all and by station; missing now."""
+    g = ingest.gap_counters
+    yield CounterMetricFamily(
+        "bikeguard_ingest_gaps_seen", "Gaps in stations' batch_seqs open past the grace period", value=g.gaps_seen
+    )
+    yield CounterMetricFamily(
+        "bikeguard_ingest_batch_requests", "Requests for missing batches sent to stations", value=g.batch_requests
+    )
+    per_station = (
+        ("bikeguard_ingest_station_gaps_seen", "Gaps open past the grace period and asked for", g.gaps_by_station),
+        (
+            "bikeguard_ingest_station_batches_recovered",
+            "Missing batches that came once asked for",
+            g.recovered_by_station,
+        ),
+        ("bikeguard_ingest_station_batches_lost", "Missing batches their station no longer holds", g.lost_by_station),
+        (
+            "bikeguard_ingest_station_gaps_not_issued",
+            "Gaps closed as never issued by the station's spool (replaced: what the old one had not sent is lost)",
+            g.not_issued_by_station,
+        ),
+    )
+    for name, text, counts in per_station:
+        family = CounterMetricFamily(name, f"{text}, by station", labels=["station"])
+        for station, n in sorted(counts.items()):
+            family.add_metric([station], n)
+        yield family
+    lost = CounterMetricFamily(
+        "bikeguard_ingest_batches_lost", "Missing batches their station no longer holds, by reason", labels=["reason"]
+    )
+    for reason, n in sorted(g.lost_by_reason.items()):
+        lost.add_metric([reason], n)
+    yield lost
+    missing = GaugeMetricFamily(
+        "bikeguard_ingest_batches_missing_now",
+        "Batches asked for and still missing, by station (as of the last gap check)",
+        labels=["station"],
+    )
+    for station, n in sorted(ingest.batches_missing_now.items()):
+        missing.add_metric([station], n)
+    yield missing
 
 
 def registry_for(ingest: Ingest | IngestWorkers | None) -> CollectorRegistry:

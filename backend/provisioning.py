@@ -1,8 +1,9 @@
 """Station credentials for the broker: Mosquitto password and ACL files generated from the station list.
 
 Each station gets its own MQTT user (its station id) and may publish only under
-`bikeguard/v1/stations/<its id>/` and read only the hot list, its own commands and its own confirmations; the
-backend's user reads every station topic and writes the hot list, commands and confirmations. Passwords are issued
+`bikeguard/v1/stations/<its id>/` and read only the hot list, its own commands, its own confirmations and its own
+batch requests; the backend's user reads every station topic and writes the hot list, commands, confirmations and
+batch requests. Passwords are issued
 per station and kept in the database as hashes (`station_credentials`); the broker's files are generated from there.
 """
 
@@ -80,8 +81,10 @@ def acl_file(station_ids: Iterable[str], backend_user: str = "bikeguard-backend"
         f"topic read {root}/stations/+/alerts",
         f"topic read {root}/stations/+/status",
         f"topic read {root}/stations/+/{topics.SELFTEST}",
+        f"topic read {root}/stations/+/{topics.GONE}",
         f"topic write {root}/stations/+/commands/#",
         f"topic write {root}/stations/+/{topics.CONFIRMATIONS}",
+        f"topic write {root}/stations/+/{topics.REQUESTS}",
         f"topic readwrite {topics.HOTLIST}",
         "",
     ]
@@ -92,8 +95,10 @@ def acl_file(station_ids: Iterable[str], backend_user: str = "bikeguard-backend"
             f"topic write {topics.station_topic(sid, 'alerts')}",
             f"topic readwrite {topics.station_topic(sid, 'status')}",
             f"topic write {topics.station_topic(sid, topics.SELFTEST)}",
+            f"topic write {topics.station_topic(sid, topics.GONE)}",
             f"topic read {topics.command_topic(sid, '#')}",
             f"topic read {topics.confirmations_topic(sid)}",
+            f"topic read {topics.requests_topic(sid)}",
             f"topic read {topics.HOTLIST}",
             "",
         ]

@@ -50,6 +50,20 @@ class BackendSettings(BaseSettings):
     ready_timeout_s: float = Field(default=2.0, gt=0)
     # How long the ingest trusts its cached list of registered stations before reading it again.
     ingest_station_refresh_s: float = Field(default=5.0, gt=0)
+    # A batch_seq missing for this long is asked for (backend.ingest.gaps). Out-of-order arrival is normal (a gateway
+    # has several batches in flight, and several ingest workers each commit on their own) but takes well under a
+    # second; the grace covers that many times over. It is shorter than the gateway's confirmation timeout (30 s) on
+    # purpose: a batch the broker acknowledged and then lost would otherwise go again only when that timeout runs out
+    # (then after 60, 120 ... up to 600 s), and a batch the gateway dropped would never come; asked for first, either
+    # is fixed or known sooner, and every gap is seen (counted, logged, shown) rather than mended unnoticed. From the
+    # loss to the request: the station's next batch (1 s), the round that notices the gap (up to ingest_gap_check_s),
+    # the grace, the round that asks (up to ingest_gap_check_s again): 16 to 26 s with the defaults, inside the 30 s.
+    # Asking for a batch that was only late costs one harmless resend.
+    ingest_gap_grace_s: float = Field(default=15.0, gt=0)
+    # How often the gap check runs (one ingest process at a time does it), and the longest wait between two
+    # requests for the same gap (the wait doubles from the grace period).
+    ingest_gap_check_s: float = Field(default=5.0, gt=0)
+    ingest_gap_request_max_s: float = Field(default=600.0, gt=0)
     # A chip seen at two stations faster than an e-bike can ride between them is a clone.
     clone_max_speed_kmh: float = Field(default=60.0, gt=0)
     partition_days_ahead: int = Field(default=7, ge=1)

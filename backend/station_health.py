@@ -1,5 +1,6 @@
 """Station health: online or offline from its status and heartbeats, degraded when it hears far fewer
-passages than it usually does at this time of day; plus the spool and radio figures its status reports."""
+passages than it usually does at this time of day; plus the spool and radio figures its status reports, and the
+batches the backend is missing from it, recovered or lost (backend.ingest.gaps)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,22 @@ class HealthRules:
 _QUERY = """
 WITH base AS (
     SELECT s.station_id, s.name, s.lat, s.lon, s.lifecycle, s.heartbeat_interval_s,
-           st.state AS status_state, st.received_at AS last_heartbeat_at, st.payload
+           st.state AS status_state, st.received_at AS last_heartbeat_at, st.payload,
+           coalesce(mk.batches_recovered, 0) AS batches_recovered, gp.batches_missing, gp.missing_since,
+           gp.batches_lost, gp.gaps_not_issued, gp.last_lost_at
     FROM stations s LEFT JOIN station_status st USING (station_id)
+    LEFT JOIN batch_seq_marks mk USING (station_id)
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(g.last_seq - g.first_seq + 1) FILTER (WHERE g.state = 'open'), 0) AS batches_missing,
+               min(g.noticed_at) FILTER (WHERE g.state = 'open') AS missing_since,
+               coalesce(sum(g.last_seq - g.first_seq + 1) FILTER (WHERE g.reason IN ('dropped', 'not_held')), 0)
+                   AS batches_lost,
+               count(*) FILTER (WHERE g.reason = 'not_issued') AS gaps_not_issued,
+               max(g.closed_at) AS last_lost_at
+        FROM batch_gaps g
+        -- An open gap counts once it was asked for (past the grace period): before, the batch may only be late.
+        WHERE g.station_id = s.station_id AND (g.state = 'lost' OR g.requests > 0)
+    ) gp
     WHERE s.lifecycle <> 'decommissioned'
 ), recent AS (
     SELECT b.station_id,
@@ -85,6 +100,12 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
     ):
         health = "degraded"
         reasons.append(f"{recent} passages in the last hour, usually {usual:.0f} at this time")
+    missing = int(row.get("batches_missing") or 0)
+    since = row.get("missing_since")
+    if missing and since is not None:
+        reasons.append(
+            f"{missing} batches missing since {since:%Y-%m-%d %H:%M:%S} UTC: asked its gateway to send them again"
+        )
     return {
         "station_id": row["station_id"],
         "name": row["name"],
@@ -101,6 +122,12 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
         "spool_dropped": payload.get("spool_dropped"),
         "noise_floor_dbm": payload.get("noise_floor_dbm"),
         "firmware": payload.get("firmware"),
+        "batches_missing": missing,
+        "missing_since": since,
+        "batches_recovered": int(row.get("batches_recovered") or 0),
+        "batches_lost": int(row.get("batches_lost") or 0),
+        "gaps_not_issued": int(row.get("gaps_not_issued") or 0),
+        "last_lost_at": row.get("last_lost_at"),
     }
 
 

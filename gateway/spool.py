@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
+from typing import Literal
 
 from gateway.aggregator import Passage
 from protocol.frames import TagFlags
@@ -56,6 +57,10 @@ CREATE TABLE IF NOT EXISTS hotlist (
     version INTEGER NOT NULL,
     tags TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dropped_seqs (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS open_passages (
     tag_id INTEGER PRIMARY KEY,
     first_seen_at TEXT NOT NULL,
@@ -79,6 +84,11 @@ CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (attempts) WHERE attempts > 0;
 """
 
 _COUNTERS = ("next_batch_seq", "bytes", "dropped_batches", "dropped_sightings", "dropped_alerts")
+# Runs of dropped batch_seqs remembered, so that a backend asking for one hears it was dropped (not merely "not
+# held"); drops take the oldest batches first, so a long outage is one run. The oldest runs are forgotten first.
+_MAX_DROPPED_RUNS = 1000
+
+GoneReason = Literal["dropped", "not_issued", "not_held"]
 
 
 def _size(n: int) -> str:
@@ -88,6 +98,22 @@ def _size(n: int) -> str:
 def resend_delay_s(attempts: int, timeout_s: float, max_s: float) -> float:
     """How long a batch sent `attempts` times waits for its confirmation: the timeout, doubled per attempt, capped."""
     return min(timeout_s * 2.0 ** max(attempts - 1, 0), max_s)
+
+
+def _without(first: int, last: int, seqs: list[int]) -> Iterator[tuple[int, int]]:
+    """The runs of first..last (both included) left once the sorted seqs are taken out."""
+    return _without_runs(first, last, [(s, s) for s in seqs])
+
+
+def _without_runs(first: int, last: int, runs: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """The runs of first..last left once the sorted, disjoint runs (clipped to it) are taken out."""
+    at = first
+    for lo, hi in runs:
+        if lo > at:
+            yield at, lo - 1
+        at = max(at, hi + 1)
+    if at <= last:
+        yield at, last
 
 
 class Priority(IntEnum):
@@ -191,6 +217,13 @@ class Spool:
                 self._db.execute("UPDATE outbox SET resend_at = NULL WHERE resend_at IS NOT NULL")
             self._db.executescript(_INDEXES)
             with self._transaction():
+                # The first seq of a new spool file, so that it can tell a backend asking for an older one that it
+                # never gave that seq out (an older file, replaced, did). Unknown for files made before this.
+                self._db.execute(
+                    "INSERT INTO meta (key, value) SELECT 'first_batch_seq', ?"
+                    " WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'next_batch_seq')",
+                    (first_batch_seq,),
+                )
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('next_batch_seq', ?),"
                     " ('dropped_batches', 0), ('dropped_sightings', 0), ('dropped_alerts', 0)",
@@ -202,6 +235,8 @@ class Spool:
                     " SELECT 'bytes', coalesce(sum(length(payload)), 0) FROM outbox"
                 )
             self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'first_batch_seq'").fetchone()
+            self.first_batch_seq: int | None = None if row is None else int(row[0])
             self._counters = dict(
                 self._db.execute(
                     f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(_COUNTERS))})", _COUNTERS
@@ -318,18 +353,21 @@ class Spool:
             while self.size_bytes + size > self.max_bytes:
                 # One priority at a time, so the (priority, id) index serves the scan.
                 rows = self._db.execute(
-                    "SELECT id, length(payload), sightings FROM outbox WHERE priority = ? ORDER BY id LIMIT 64",
+                    "SELECT id, length(payload), sightings, batch_seq FROM outbox WHERE priority = ?"
+                    " ORDER BY id LIMIT 64",
                     (int(victim),),
                 ).fetchall()
                 if not rows:
                     break
-                for entry_id, entry_size, entry_sightings in rows:
+                for entry_id, entry_size, entry_sightings, entry_seq in rows:
                     if self.size_bytes + size <= self.max_bytes:
                         break
                     self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
                     self._depth -= 1
                     self._bump("bytes", -entry_size)
                     self._count_drop(victim, entry_sightings)
+                    if entry_seq is not None:
+                        self._remember_dropped(entry_seq)
         return self.size_bytes + size <= self.max_bytes
 
     def _count_drop(self, priority: Priority, sightings: int) -> None:
@@ -340,6 +378,67 @@ class Spool:
             self._bump("dropped_batches", 1)
             self._bump("dropped_sightings", sightings)
             self._drop_log.add(1, sightings, 0, self)
+
+    def _remember_dropped(self, seq: int) -> None:
+        """Add a dropped batch_seq to the run it follows (or start one), forgetting the oldest runs past the bound."""
+        row = self._db.execute(
+            "SELECT first_seq FROM dropped_seqs WHERE last_seq = ? ORDER BY first_seq DESC LIMIT 1", (seq - 1,)
+        ).fetchone()
+        if row is not None:
+            self._db.execute("UPDATE dropped_seqs SET last_seq = ? WHERE first_seq = ?", (seq, row[0]))
+            return
+        self._db.execute("INSERT OR REPLACE INTO dropped_seqs (first_seq, last_seq) VALUES (?, ?)", (seq, seq))
+        self._db.execute(
+            "DELETE FROM dropped_seqs WHERE first_seq NOT IN"
+            " (SELECT first_seq FROM dropped_seqs ORDER BY first_seq DESC LIMIT ?)",
+            (_MAX_DROPPED_RUNS,),
+        )
+
+    def request(self, ranges: Iterable[tuple[int, int]]) -> tuple[int, list[tuple[int, int, GoneReason]]]:
+        """The backend is missing these batches (ranges of batch_seqs, both ends included): those still here are due
+        again at once; return how many, and the rest as (first, last, why) ranges: dropped (the spool was full),
+        not_issued (this spool never gave the seq out: it is newer than the one that did, or the seq is yet to come)
+        or not_held (confirmed, or dropped before runs were remembered)."""
+        held = 0
+        gone: list[tuple[int, int, GoneReason]] = []
+        start = self.first_batch_seq if self.first_batch_seq is not None else 0
+        with self._transaction():
+            for requested_first, last in ranges:
+                if requested_first < start:
+                    gone.append((requested_first, min(last, start - 1), "not_issued"))
+                first = max(requested_first, start)
+                below = min(last, self.next_batch_seq - 1)
+                if below >= first:
+                    seqs = [
+                        int(r[0])
+                        for r in self._db.execute(
+                            "SELECT batch_seq FROM outbox WHERE batch_seq BETWEEN ? AND ? ORDER BY batch_seq",
+                            (first, below),
+                        )
+                    ]
+                    self._db.execute(
+                        "UPDATE outbox SET resend_at = NULL WHERE batch_seq BETWEEN ? AND ? AND resend_at IS NOT NULL",
+                        (first, below),
+                    )
+                    held += len(seqs)
+                    for lo, hi in _without(first, below, seqs):
+                        gone += self._why_gone(lo, hi)
+                if last >= self.next_batch_seq:
+                    gone.append((max(first, self.next_batch_seq), last, "not_issued"))
+        return held, gone
+
+    def _why_gone(self, first: int, last: int) -> list[tuple[int, int, GoneReason]]:
+        """Cut a range of seqs this spool gave out and no longer holds into the runs it dropped and the rest."""
+        runs = self._db.execute(
+            "SELECT max(first_seq, ?), min(last_seq, ?) FROM dropped_seqs WHERE first_seq <= ? AND last_seq >= ?"
+            " ORDER BY first_seq",
+            (first, last, last, first),
+        ).fetchall()
+        dropped: list[tuple[int, int, GoneReason]] = [(int(lo), int(hi), "dropped") for lo, hi in runs]
+        rest: list[tuple[int, int, GoneReason]] = [
+            (lo, hi, "not_held") for lo, hi in _without_runs(first, last, [(lo, hi) for lo, hi, _ in dropped])
+        ]
+        return sorted([*dropped, *rest])
 
     def report_drops(self) -> None:
         """Log the drops since the last warning, if the warning interval has passed."""

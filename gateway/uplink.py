@@ -4,7 +4,9 @@ One `gateway.mqtt.Connection` per attempt. Everything outgoing except the status
 spool, so a dropped connection only means reconnecting (with jittered exponential backoff) and
 sending again whatever the backend has not confirmed yet. A PUBACK only marks a sightings batch
 sent; the backend's confirmation (on the station's confirmations topic) deletes it, and a batch
-left unconfirmed for `confirm_timeout_s` (doubling per attempt) goes again.
+left unconfirmed for `confirm_timeout_s` (doubling per attempt) goes again. When the backend asks for
+batches it is missing (the station's requests topic), those still spooled go again at once and the
+station answers, on its gone topic, which it no longer holds and why.
 """
 
 from __future__ import annotations
@@ -22,8 +24,18 @@ from gateway.mqtt import Connection, Message, MqttError, Will
 from gateway.publish_window import PublishWindow
 from gateway.settings import GatewaySettings
 from gateway.spool import Entry, Spool
-from protocol.messages import Confirmation, Hotlist, MessageError, StationStatus, utcnow
-from protocol.topics import HOTLIST, command_topic, confirmations_topic, station_topic
+from protocol.messages import (
+    GONE_MAX_RANGES,
+    BatchesGone,
+    BatchRequest,
+    Confirmation,
+    GoneRange,
+    Hotlist,
+    MessageError,
+    StationStatus,
+    utcnow,
+)
+from protocol.topics import GONE, HOTLIST, command_topic, confirmations_topic, requests_topic, station_topic
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +59,8 @@ class Uplink:
         self.status = status
         self.status_topic = station_topic(settings.station_id, "status")
         self.confirmations_topic = confirmations_topic(settings.station_id)
+        self.requests_topic = requests_topic(settings.station_id)
+        self.gone_topic = station_topic(settings.station_id, GONE)
         self.connected = False
         self.connects = 0
         self.messages_published = 0
@@ -56,6 +70,10 @@ class Uplink:
         self.sightings_confirmed = 0
         self.batches_resent = 0
         self.confirmations_rejected = 0
+        self.requests = 0  # the backend's requests for batches it is missing
+        self.requests_rejected = 0
+        self.batches_requested_held = 0  # requested batches still spooled, sent again at once
+        self.batches_requested_gone = 0  # requested batches no longer held, answered as gone
         self._spooled = asyncio.Event()
         self._window = PublishWindow(settings.inflight_max)
 
@@ -119,6 +137,7 @@ class Uplink:
         # persistence, a shared subscription it forgot), so every unconfirmed batch goes again.
         self.spool.resend_all()
         await mqtt.subscribe(self.confirmations_topic, qos=1)
+        await mqtt.subscribe(self.requests_topic, qos=1)
         await self._publish_status(mqtt)
         await mqtt.subscribe(HOTLIST, qos=1)
         await mqtt.subscribe(command_topic(self.settings.station_id, "+"), qos=1)
@@ -219,7 +238,47 @@ class Uplink:
     async def _receive(self, mqtt: Connection) -> None:
         commands = command_topic(self.settings.station_id, "+")
         async for message in mqtt.messages():
-            self._take(message, commands)
+            if message.matches(self.requests_topic):
+                for answer in self._take_request(message.payload):
+                    # Not spooled: a lost answer costs only the backend's next request.
+                    await mqtt.publish(self.gone_topic, answer, qos=1)
+            else:
+                self._take(message, commands)
+
+    def _take_request(self, payload: bytes) -> list[bytes]:
+        """Make the requested batches still spooled due at once; the answers about the others, to publish."""
+        try:
+            message = BatchRequest.parse(payload)
+            if message.station_id != self.settings.station_id:
+                raise MessageError(f"station_id {message.station_id!r} is not ours", payload)
+        except MessageError as exc:
+            self.requests_rejected += 1
+            log.warning("%s: bad batch request (%s): %r", self.settings.station_id, exc.reason, payload[:200])
+            return []
+        self.requests += 1
+        held, gone = self.spool.request([(r.first, r.last) for r in message.ranges])
+        self.batches_requested_held += held
+        self.batches_requested_gone += sum(last - first + 1 for first, last, _ in gone)
+        if held:
+            self.notify()
+        log.info(
+            "%s: the backend asked for %d ranges of batches: %d still spooled go again, %d ranges no longer held",
+            self.settings.station_id,
+            len(message.ranges),
+            held,
+            len(gone),
+        )
+        return [
+            BatchesGone(
+                station_id=self.settings.station_id,
+                ranges=[
+                    GoneRange(first=first, last=last, reason=why) for first, last, why in gone[i : i + GONE_MAX_RANGES]
+                ],
+                next_batch_seq=self.spool.next_batch_seq,
+                sent_at=utcnow(),
+            ).to_json()
+            for i in range(0, len(gone), GONE_MAX_RANGES)
+        ]
 
     def _take(self, message: Message, commands: str) -> None:
         if message.matches(self.confirmations_topic):

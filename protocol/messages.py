@@ -32,11 +32,15 @@ VERSION: Final = 1
 __all__ = [
     "VERSION",
     "Alert",
+    "BatchRequest",
+    "BatchesGone",
     "Confirmation",
+    "GoneRange",
     "Hotlist",
     "MessageError",
     "SelfTestStep",
     "SelfTestSummary",
+    "SeqRange",
     "Sighting",
     "SightingBatch",
     "StationStatus",
@@ -180,6 +184,53 @@ class Confirmation(_Message):
     station_id: StationId
     batch_seqs: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=CONFIRMATION_MAX_SEQS)
     sent_at: AwareDatetime
+
+
+# Bounds one request (about 40 bytes a range): the missing batches are asked for as ranges, so even a spool that
+# dropped days of batches is asked in one message; more ranges than this wait for the next request.
+REQUEST_MAX_RANGES: Final = 100
+# Bounds one answer: each requested range may come back cut into several around the batches still held.
+GONE_MAX_RANGES: Final = 1000
+GoneReason = Literal["dropped", "not_issued", "not_held"]
+
+
+class SeqRange(BaseModel):
+    """The batch_seqs from `first` to `last`, both included."""
+
+    model_config = _CONFIG
+
+    first: int = Field(ge=0, le=2**63 - 1)
+    last: int = Field(ge=0, le=2**63 - 1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeqRange:
+        if self.last < self.first:
+            raise ValueError(f"last {self.last} is before first {self.first}")
+        return self
+
+
+class BatchRequest(_Message):
+    """The backend asks one station to send these batches again: it is missing them (docs/architecture.md)."""
+
+    station_id: StationId
+    ranges: list[SeqRange] = Field(min_length=1, max_length=REQUEST_MAX_RANGES)
+    sent_at: Instant
+
+
+class GoneRange(SeqRange):
+    """Requested batches a station no longer holds: dropped (its spool was full), not_issued (its spool never gave
+    these seqs out: it was replaced) or not_held (gone for another reason: confirmed, or dropped long ago)."""
+
+    reason: GoneReason
+
+
+class BatchesGone(_Message):
+    """A station's answer to a BatchRequest: the requested batches it cannot send, and why (those it holds it sends)."""
+
+    station_id: StationId
+    ranges: list[GoneRange] = Field(min_length=1, max_length=GONE_MAX_RANGES)
+    next_batch_seq: int = Field(ge=0, le=2**63 - 1, description="the seq its spool gives out next")
+    sent_at: Instant
 
 
 class StationStatus(_Message):

@@ -10,8 +10,10 @@ from protocol.ids import IdError, check_station_id
 ROOT = "bikeguard/v1"
 HOTLIST = f"{ROOT}/hotlist"
 SELFTEST = "selftest"  # each step of a commissioning self-test, as it completes (gateway → backend)
-STATION_KINDS = ("sightings", "alerts", "status", SELFTEST)
+GONE = "gone"  # the requested batches a gateway no longer holds, and why (gateway → backend)
+STATION_KINDS = ("sightings", "alerts", "status", SELFTEST, GONE)
 CONFIRMATIONS = "confirmations"  # the batch_seqs the backend has stored (backend → gateway; not a station kind)
+REQUESTS = "requests"  # the batch_seqs the backend is missing, to send again (backend → gateway; not a station kind)
 
 _STATION_TOPIC = re.compile(rf"{ROOT}/stations/([^/]+)/({'|'.join(STATION_KINDS)})")
 
@@ -29,7 +31,7 @@ def _station(station_id: str) -> str:
 
 
 def station_topic(station_id: str, kind: str) -> str:
-    """`bikeguard/v1/stations/{id}/{kind}` for kind in sightings, alerts, status, selftest."""
+    """`bikeguard/v1/stations/{id}/{kind}` for kind in sightings, alerts, status, selftest, gone."""
     if kind not in STATION_KINDS:
         raise TopicError(f"unknown station topic kind {kind!r}")
     return f"{ROOT}/stations/{_station(station_id)}/{kind}"
@@ -38,6 +40,11 @@ def station_topic(station_id: str, kind: str) -> str:
 def confirmations_topic(station_id: str) -> str:
     """`bikeguard/v1/stations/{id}/confirmations`: backend to one gateway, the batch_seqs it has stored."""
     return f"{ROOT}/stations/{_station(station_id)}/{CONFIRMATIONS}"
+
+
+def requests_topic(station_id: str) -> str:
+    """`bikeguard/v1/stations/{id}/requests`: backend to one gateway, the batch_seqs it is missing."""
+    return f"{ROOT}/stations/{_station(station_id)}/{REQUESTS}"
 
 
 def command_topic(station_id: str, name: str) -> str:

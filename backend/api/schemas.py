@@ -189,6 +189,14 @@ class StationHealth(BaseModel):
     spool_dropped: int | None
     noise_floor_dbm: int | None
     firmware: str | None
+    # Batches the backend asked the station for and has not got yet (since when); that came once asked; that the
+    # station dropped or no longer held; gaps its spool never issued (it was replaced: losses of unknown size).
+    batches_missing: int
+    missing_since: datetime | None
+    batches_recovered: int
+    batches_lost: int
+    gaps_not_issued: int
+    last_lost_at: datetime | None
 
 
 class StationActivity(BaseModel):

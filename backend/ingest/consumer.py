@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 from backend import selftests
 from backend.alarms import engine
 from backend.alarms.evidence import Committed
-from backend.ingest import writer
+from backend.ingest import gaps, writer
 from backend.ingest.lanes import DeferredPassages, Lane
 from backend.ingest.notices import StationNotices
 from backend.ingest.rejects import kind_of
@@ -40,6 +40,7 @@ from protocol import topics
 from protocol.messages import (
     CONFIRMATION_MAX_SEQS,
     Alert,
+    BatchesGone,
     Confirmation,
     MessageError,
     SelfTestStep,
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = TimeWindow()
 
-Message = dict[str, Any] | Alert | StationStatus | SelfTestStep | SelfTestSummary
+Message = dict[str, Any] | Alert | StationStatus | SelfTestStep | SelfTestSummary | BatchesGone
 
 
 def validate(topic: str, payload: bytes, window: TimeWindow = DEFAULT_WINDOW) -> tuple[str, Message] | str:
@@ -73,6 +74,9 @@ def validate(topic: str, payload: bytes, window: TimeWindow = DEFAULT_WINDOW) ->
         elif where.kind == topics.SELFTEST:
             selftest = parse_selftest(payload)
             msg, claimed = selftest, selftest.station_id
+        elif where.kind == topics.GONE:
+            gone = BatchesGone.parse(payload)
+            msg, claimed = gone, gone.station_id
         else:
             report = (Alert if where.kind == "alerts" else StationStatus).parse(payload)
             msg, claimed = report, report.station_id
@@ -135,6 +139,8 @@ class _Flush:
     alerts: list[Alert] = field(default_factory=list)
     statuses: list[StationStatus] = field(default_factory=list)
     selftest_messages: list[SelfTestStep | SelfTestSummary] = field(default_factory=list)
+    gone: list[BatchesGone] = field(default_factory=list)  # stations' answers to the gap check's requests
+    lost: list[gaps.Lost] = field(default_factory=list)  # what those answers closed
     rejects: list[tuple[str, str, bytes]] = field(default_factory=list)
     messages: list[Incoming] = field(default_factory=list)
     # Each valid message with the station it comes from, until screened against the registered stations.
@@ -163,6 +169,8 @@ def classify(item: Incoming, flush: _Flush, window: TimeWindow = DEFAULT_WINDOW)
         flush.alerts.append(msg)
     elif isinstance(msg, StationStatus):
         flush.statuses.append(msg)
+    elif isinstance(msg, BatchesGone):
+        flush.gone.append(msg)
     else:
         flush.selftest_messages.append(msg)
 
@@ -176,6 +184,7 @@ def screen(conn: psycopg.Connection, flush: _Flush, known: KnownStations) -> Non
     flush.alerts = [a for a in flush.alerts if a.station_id not in refused]
     flush.statuses = [s for s in flush.statuses if s.station_id not in refused]
     flush.selftest_messages = [m for m in flush.selftest_messages if m.station_id not in refused]
+    flush.gone = [g for g in flush.gone if g.station_id not in refused]
     flush.rows = sum(len(b["sightings"]) for b in flush.batches)
     for item, sid in flush.origins:
         if sid in refused:
@@ -215,6 +224,11 @@ class Ingest:
         # thread of their own: a clone's alarm may take a second where a stolen chip's may not.
         self._deferred = DeferredPassages(interval_s=1.0, max_rows=settings.ingest_flush_rows)
         self._deferred_thread = threading.Thread(target=self._deferred_loop, name="ingest-deferred", daemon=True)
+        # Missing batch_seqs: noticed, asked for and closed (backend.ingest.gaps), one process at a time.
+        self.gaps = gaps.GapWatch(settings, self._pool, lambda topic, payload: self.client.publish(topic, payload, 1))
+        self._gap_thread = threading.Thread(
+            target=self.gaps.run, args=(self._stopping,), name="ingest-gaps", daemon=True
+        )
         self.client_id = client_id or settings.mqtt_client_id
         host, port, user, password = mqtt_address(settings.mqtt_url)
         self._address = (host, port)
@@ -270,13 +284,23 @@ class Ingest:
         """Whether the broker is connected and our subscriptions acknowledged."""
         return self._connected.is_set()
 
+    @property
+    def gap_counters(self) -> gaps.GapCounters:
+        """What this worker's gap check and flushes have done about missing batches."""
+        return self.gaps.counters
+
+    @property
+    def batches_missing_now(self) -> dict[str, int]:
+        """Batches asked for and still missing, per station, as of the last gap check."""
+        return self.gaps.missing_now
+
     def queued(self) -> dict[str, int]:
         """Messages waiting in each lane."""
         return {"sightings": len(self._sightings), "alerts": len(self._alerts)}
 
     def threads(self) -> dict[str, bool]:
         """Whether each of the ingest's threads is alive."""
-        return {t.name: t.is_alive() for t in (*self._threads, self._deferred_thread)}
+        return {t.name: t.is_alive() for t in (*self._threads, self._deferred_thread, self._gap_thread)}
 
     # life cycle
 
@@ -288,6 +312,7 @@ class Ingest:
         for thread in self._threads:
             thread.start()
         self._deferred_thread.start()
+        self._gap_thread.start()
         if wait_s is not None:
             self.wait_connected(wait_s)
 
@@ -307,6 +332,8 @@ class Ingest:
             thread.join(timeout=30)
         self._deferred.close()  # after the writers: it judges what they handed it last
         self._deferred_thread.join(timeout=30)
+        self.gaps.wake()
+        self._gap_thread.join(timeout=30)
         self.client.disconnect()
         self.client.loop_stop()
         self._pool.close()
@@ -454,6 +481,7 @@ class Ingest:
         screen(conn, flush, self.known)
         flush.result = writer.write_alerts(conn, flush.alerts)
         flush.result.add(writer.write_batches(conn, flush.batches))
+        flush.lost = gaps.close_lost(conn, flush.gone)
         writer.write_rejects(conn, flush.result.conflicts)
         received_at = utcnow()
         # By station: two workers upserting the same stations lock them in one order (no deadlock).
@@ -487,6 +515,7 @@ class Ingest:
         """Count a committed flush."""
         with self._count_lock:
             self._count_locked(flush)
+        self.gaps.counted(flush.lost)
 
     def _count_locked(self, flush: _Flush) -> None:
         c, result = self.counters, flush.result

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import fields
 
+from backend.ingest import gaps
 from backend.ingest.consumer import Ingest, IngestCounters
 from backend.settings import BackendSettings
 
@@ -49,6 +50,16 @@ class IngestWorkers:
     def counters(self) -> IngestCounters:
         """What all workers have done since they started."""
         return total([w.counters for w in self.workers])
+
+    @property
+    def gap_counters(self) -> gaps.GapCounters:
+        """What all workers' gap checks and flushes have done about missing batches."""
+        return gaps.total([w.gap_counters for w in self.workers])
+
+    @property
+    def batches_missing_now(self) -> dict[str, int]:
+        """Batches asked for and still missing, per station (every worker reads it from the database)."""
+        return self.workers[0].batches_missing_now
 
     @property
     def broker_connected(self) -> bool:

@@ -76,6 +76,22 @@ def _town(database_url: str) -> None:
                 " antenna, flags, batch_seq) VALUES (%s, %s, %s, %s, 1, -60, 0, 0, 1)",
                 [(at, at, sid, tag) for at, sid, tag in usual],
             )
+        # The backend misses batches of two stations: one offline with batches still to come (asked for), one whose
+        # full spool dropped two (lost) after sending others that had gone missing (recovered).
+        conn.execute(
+            "INSERT INTO batch_gaps (station_id, first_seq, last_seq, noticed_at, requests, last_request_at)"
+            " VALUES (%s, 120, 122, %s, 2, %s)",
+            (town.stations[1].station_id, now - timedelta(minutes=3), now - timedelta(minutes=2)),
+        )
+        conn.execute(
+            "INSERT INTO batch_gaps (station_id, first_seq, last_seq, noticed_at, state, requests, last_request_at,"
+            " closed_at, reason) VALUES (%s, 40, 41, %s, 'lost', 1, %s, %s, 'dropped')",
+            (town.stations[5].station_id, now - timedelta(hours=2), now - timedelta(hours=2), now - timedelta(hours=2)),
+        )
+        conn.execute(
+            "INSERT INTO batch_seq_marks (station_id, checked_through, batches_recovered) VALUES (%s, 90, 5)",
+            (town.stations[5].station_id,),
+        )
         roads = town_roads_geojson(town)
         for f in roads["features"]:
             conn.execute(
@@ -88,6 +104,7 @@ def test_installer_sees_station_health_on_map_and_table_then_coverage(server: st
     _town(database_url)
     with psycopg.connect(database_url) as conn:
         installer = factories.account(conn, "installer", "chen.jie")
+        offline, dropping = (r[0] for r in conn.execute("SELECT station_id FROM batch_gaps ORDER BY state DESC"))
     with browser_page(1400, 1100) as page:
         page.goto(f"{server}/installer?lang=en")
         _sign_in(page, installer, factories.PASSWORD)
@@ -96,6 +113,9 @@ def test_installer_sees_station_health_on_map_and_table_then_coverage(server: st
         assert rows.count() == 8
         health = [page.inner_text(f"#station-table tbody tr:nth-child({i + 1}) .bg-health") for i in range(8)]
         assert sorted(set(health)) == ["degraded", "offline", "online"]
+        assert page.inner_text(f"#station-table tr[data-station='{offline}'] .bg-batches") == "3 / 0 / 0"
+        assert "3 batches missing since" in page.inner_text(f"#station-table tr[data-station='{offline}']")
+        assert page.inner_text(f"#station-table tr[data-station='{dropping}'] .bg-batches") == "0 / 5 / 2"
         frame = page.frame_locator("#station-map")
         frame.locator("path.leaflet-interactive").first.wait_for()
         assert frame.locator("path.leaflet-interactive[fill='#ca8a04']").count() == 1  # the degraded one
@@ -272,6 +292,7 @@ def test_installer_watches_a_self_test_step_by_step_and_the_station_become_commi
     _town(database_url)
     with psycopg.connect(database_url) as conn:
         installer = factories.account(conn, "installer", "chen.jie")
+        offline, dropping = (r[0] for r in conn.execute("SELECT station_id FROM batch_gaps ORDER BY state DESC"))
         conn.execute("UPDATE stations SET lifecycle = 'active' WHERE station_id <> %s", (SID,))
         conn.execute("UPDATE stations SET lifecycle = 'installed' WHERE station_id = %s", (SID,))
     topic = station_topic(SID, SELFTEST)

@@ -299,3 +299,47 @@ def test_a_spool_file_of_the_version_before_confirmations_is_upgraded_in_place_a
     assert spool.put_sightings("sightings", batch, 1) == 43
     spool.close()
     assert Spool(path).depth == 2
+
+
+def test_requested_batches_still_held_fall_due_at_once_and_the_others_are_named_with_why(tmp_path: Path) -> None:
+    # Room for four 10-byte batches: putting seqs 0-9 drops 0-5, oldest first.
+    spool = Spool(tmp_path / "s.spool", max_bytes=40)
+    for _ in range(10):
+        spool.put_sightings("t", lambda seq: b"batch %04d" % seq, 1)
+    assert spool.dropped_batches == 6
+    sent = spool.peek(10)
+    spool.mark_sent(sent, timeout_s=600, max_s=600, now=0.0)
+    assert spool.peek(10, now=1.0) == []  # waiting for confirmations
+    spool.confirm([7])  # the backend has 7
+
+    held, gone = spool.request([(2, 3), (5, 8), (10, 12)])
+
+    assert held == 2  # 6 and 8
+    assert [e.batch_seq for e in spool.peek(10, now=1.0)] == [6, 8]
+    assert gone == [(2, 3, "dropped"), (5, 5, "dropped"), (7, 7, "not_held"), (10, 12, "not_issued")]
+    assert spool.depth == 3  # nothing deleted: the held batches wait for their confirmation again
+
+
+def test_runs_of_dropped_batch_seqs_survive_a_restart_and_seqs_before_them_are_not_held(tmp_path: Path) -> None:
+    path = tmp_path / "s.spool"
+    spool = Spool(path, max_bytes=20)
+    for _ in range(5):
+        spool.put_sightings("t", lambda seq: b"batch %04d" % seq, 1)
+    spool.confirm([3, 4])
+    spool.close()
+
+    again = Spool(path, max_bytes=20)
+
+    assert again.request([(0, 4)]) == (0, [(0, 2, "dropped"), (3, 4, "not_held")])
+    assert again.request([(9, 9)]) == (0, [(9, 9, "not_issued")])
+
+
+def test_seqs_before_a_new_spool_files_first_were_never_issued_by_it(tmp_path: Path) -> None:
+    # A replaced spool starts at the clock in milliseconds: what the backend misses from the old one is not here.
+    spool = Spool(tmp_path / "s.spool", first_batch_seq=1000)
+    spool.put_sightings("t", lambda seq: b"batch %d" % seq, 1)
+
+    assert spool.request([(990, 1000)]) == (1, [(990, 999, "not_issued")])
+    assert spool.request([(5, 7)]) == (0, [(5, 7, "not_issued")])
+    spool.close()
+    assert Spool(tmp_path / "s.spool", first_batch_seq=5000).first_batch_seq == 1000  # kept, not the new clock
