@@ -135,6 +135,10 @@ class Station:
             figures.counters["batches_resent"] = uplink.batches_resent
             figures.counters["confirmations_rejected"] = uplink.confirmations_rejected
             figures.counters["hotlist_rejected"] = uplink.hotlist_rejected
+            figures.counters["batch_requests"] = uplink.requests
+            figures.counters["batch_requests_rejected"] = uplink.requests_rejected
+            figures.counters["batches_requested_held"] = uplink.batches_requested_held
+            figures.counters["batches_requested_gone"] = uplink.batches_requested_gone
         if radio is not None:
             figures.counters["frames_decoded"] = radio.frames
             figures.counters["frames_dropped"] = radio.dropped

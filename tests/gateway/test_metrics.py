@@ -72,6 +72,7 @@ async def test_a_station_serves_its_spool_uplink_and_radio_counters_on_localhost
             assert samples[("bikeguard_gateway_uplink_connected", station)] == 1
             assert samples[("bikeguard_gateway_spool_unconfirmed", station)] == 0
             assert samples[("bikeguard_gateway_batches_resent_total", station)] == 0
+            assert samples[("bikeguard_gateway_batch_requests_total", station)] == 0  # nothing went missing
             assert samples[("bikeguard_gateway_spool_dropped_sightings_total", station)] == 0
             rejected = {k[1]: v for k, v in samples.items() if k[0] == "bikeguard_gateway_frames_rejected_total"}
             assert sum(rejected.values()) >= 1
