@@ -20,7 +20,10 @@ Target (issue 10): under 60 MB RSS and under 10 % of one core at 500 tags. Last 
     gateway: <N> tags -> <F> frames/s, <C> % of one core, <R> MB RSS (peak <P> MB); line max: <F2> of <L> frames/s,
     <C2> % of one core
 
-Run: python bench/gateway.py [--tags 500] [--seconds 30] [--warmup-s 5] [--broker auto|mosquitto|amqtt]
+(Named gateway_process.py, not gateway.py: a script's folder comes first on sys.path, and a bench/gateway.py
+would hide the gateway package from the other benchmarks.)
+
+Run: python bench/gateway_process.py [--tags 500] [--seconds 30] [--warmup-s 5] [--broker auto|mosquitto|amqtt]
 """
 
 from __future__ import annotations
