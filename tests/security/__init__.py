@@ -1,0 +1,1 @@
+"""Attacks on the running system (issue 11): each test tries to break one security or privacy rule."""
