@@ -28,6 +28,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from protocol.mqtt_socket import no_delay
+
 log = logging.getLogger(__name__)
 
 _KEEPALIVE_CHECK_S = 1.0  # how often paho's keepalive (PINGREQ, a broker that stopped answering) is looked at
@@ -98,6 +100,7 @@ class SocketWatch:
 
     def opened(self, sock: Any) -> None:
         """paho opened its socket: read when there is something to read."""
+        no_delay(sock)
         self._in_loop(self._watch_reads, sock)
 
     def closed(self, sock: Any) -> None:

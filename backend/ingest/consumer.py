@@ -51,6 +51,7 @@ from protocol.messages import (
     utcnow,
 )
 from protocol.mqtt_address import mqtt_address
+from protocol.mqtt_socket import no_delay
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,7 @@ class Ingest:
         if user:
             client.username_pw_set(user, password)
         client.reconnect_delay_set(0.5, 30)  # type: ignore[arg-type]  # paho waits float seconds; its hint says int
+        client.on_socket_open = lambda _c, _u, sock: no_delay(sock)  # acks and confirmations go out at once
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
