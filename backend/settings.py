@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -25,6 +26,11 @@ class BackendSettings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     database_url: str = Field(description="PostgreSQL/TimescaleDB conninfo or URL")
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    # TLS (an mqtts:// URL): the CA of the broker's certificate (none: the system's CAs), and the backend's own
+    # certificate and key when the broker asks for one.
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
     mqtt_client_id: str = Field(default_factory=lambda: f"bikeguard-backend-{os.getpid()}")
     # Several ingest workers share the station topics through this group; empty disables sharing
     # (needed for brokers without $share, such as the embedded amqtt).

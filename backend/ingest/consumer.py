@@ -23,12 +23,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 from psycopg_pool import ConnectionPool
 
 from backend import selftests
 from backend.alarms import engine
 from backend.alarms.evidence import Committed
+from backend.broker_client import broker_client
 from backend.ingest import gaps, writer
 from backend.ingest.lanes import DeferredPassages, Lane
 from backend.ingest.notices import StationNotices
@@ -50,8 +50,6 @@ from protocol.messages import (
     parse_selftest,
     utcnow,
 )
-from protocol.mqtt_address import mqtt_address
-from protocol.mqtt_socket import no_delay
 
 log = logging.getLogger(__name__)
 
@@ -231,18 +229,12 @@ class Ingest:
             target=self.gaps.run, args=(self._stopping,), name="ingest-gaps", daemon=True
         )
         self.client_id = client_id or settings.mqtt_client_id
-        host, port, user, password = mqtt_address(settings.mqtt_url)
-        self._address = (host, port)
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
+        client, self._address = broker_client(
+            settings,
+            self.client_id,
             clean_session=False,  # the broker keeps our QoS 1 messages while we are away
             manual_ack=True,
         )
-        if user:
-            client.username_pw_set(user, password)
-        client.reconnect_delay_set(0.5, 30)  # type: ignore[arg-type]  # paho waits float seconds; its hint says int
-        client.on_socket_open = lambda _c, _u, sock: no_delay(sock)  # acks and confirmations go out at once
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
