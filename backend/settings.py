@@ -102,6 +102,9 @@ class BackendSettings(BaseSettings):
     plate_example: str = "HZ-12345"
     photo_max_bytes: int = Field(default=2_000_000, ge=1024)
     photos_per_bike: int = Field(default=6, ge=0)
+    # Owner look-ups by resident ID number per account per hour: a counter needs a few; trying candidates against a
+    # masked number needs thousands.
+    owner_lookups_per_hour: int = Field(default=60, ge=1)
     transfer_consent_ttl_s: int = Field(default=7 * 86400, ge=60)
 
     @field_validator("plate_pattern")

@@ -42,6 +42,7 @@ _ERRORS: dict[type[Exception], int] = {
     registry.LimitReached: 409,
     registry.ConsentRequired: 403,
     registry.InvalidValue: 422,
+    registry.LookupThrottled: 429,
     store.AlarmNotFound: 404,
     store.AlarmStateError: 409,
     accounts.LoginFailed: 401,
@@ -176,7 +177,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         if getattr(exc, "field", None):
             body["field"] = exc.field  # type: ignore[attr-defined]
         headers = {}
-        if isinstance(exc, accounts.LoginThrottled):
+        if isinstance(exc, (accounts.LoginThrottled, registry.LookupThrottled)):
             headers["Retry-After"] = str(exc.retry_after_s)
         return JSONResponse(body, status_code=_status_of(exc), headers=headers)
 

@@ -78,7 +78,7 @@ def test_plates_follow_the_configured_local_pattern() -> None:
 
 
 def test_masking_hides_the_middle() -> None:
-    assert mask_id_number("11010519491231002X") == "1101**********002X"
+    assert mask_id_number("11010519491231002X") == "**************002X"
     assert mask_mobile("13800138000") == "138****8000"
     assert mask_name("王小明") == "王**" and mask_name("Wang Fang") == "W*** F***"
 
