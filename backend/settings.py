@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -87,9 +88,15 @@ class BackendSettings(BaseSettings):
     # Live streams send a keep-alive comment this often when idle, and check their session is still valid.
     live_keepalive_s: float = Field(default=15.0, gt=0)
     session_cookie_secure: bool | None = Field(default=None, description="HTTPS-only cookie; on in production")
-    login_max_failures: int = Field(default=5, ge=1, description="failed logins per account per window")
+    # Failed logins in a row (those older than the window forgotten) before each next attempt waits: 2^(n - max) s
+    # after the n-th, at most login_max_delay_s; a wait, not a lockout, so nobody can lock an officer out for long.
+    login_max_failures: int = Field(default=5, ge=1, description="failed logins per account before delays")
     login_max_failures_per_address: int = Field(default=50, ge=1)
     login_window_s: int = Field(default=900, ge=1)
+    login_max_delay_s: int = Field(default=300, ge=1)
+    # Reverse proxies whose X-Forwarded-For names the client (addresses or networks, comma-separated); from anyone
+    # else the header is ignored and the connection's peer address is the client's.
+    trusted_proxies: str = ""
     password_min_length: int = Field(default=10, ge=8)
     # argon2id cost (OWASP's minimum recommendation by default); hashes carry their own parameters.
     password_time_cost: int = Field(default=2, ge=1)
@@ -112,6 +119,23 @@ class BackendSettings(BaseSettings):
     def _compiles(cls, value: str) -> str:
         re.compile(value)
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"BIKEGUARD_TRUSTED_PROXIES: {part!r} is not an address or network") from exc
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The reverse proxies whose X-Forwarded-For is believed."""
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()
+        )
 
     @model_validator(mode="after")
     def _workers_share(self) -> Self:

@@ -11,12 +11,12 @@ import sys
 def _backend(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from backend.api.app import create_app
+    from backend.api.app import create_app, server_config
     from backend.settings import BackendSettings
 
     settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
     app = create_app(settings, run_ingest=not args.no_ingest)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
+    uvicorn.Server(server_config(app, settings.http_host, settings.http_port)).run()
     return 0
 
 

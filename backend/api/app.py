@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -87,6 +88,12 @@ def _status_of(exc: Exception) -> int:
         if cls in _ERRORS:
             return _ERRORS[cls]
     raise exc
+
+
+def server_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's configuration for the app. Its own X-Forwarded-For handling is off: it believes the header from
+    127.0.0.1 by default, so any local client could claim any address; backend.api.deps.client_address decides."""
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False)
 
 
 def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
