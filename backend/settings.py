@@ -22,8 +22,10 @@ class BackendSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BIKEGUARD_", extra="ignore")
 
-    # "development" accepts the placeholder secrets below; "production" refuses to start with them.
-    environment: Literal["development", "production"] = "development"
+    # "production" (the default) refuses to start with the placeholder secrets below, or weak ones; "development"
+    # accepts them, and must be asked for: an install left with defaults would otherwise sign certificate tokens
+    # and encrypt ID numbers with a key anyone can read here.
+    environment: Literal["development", "production"] = "production"
     database_url: str = Field(description="PostgreSQL/TimescaleDB conninfo or URL")
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_client_id: str = Field(default_factory=lambda: f"bikeguard-backend-{os.getpid()}")
@@ -156,7 +158,8 @@ class BackendSettings(BaseSettings):
             if value == DEFAULT_SECRET or len(value) < _MIN_SECRET_CHARS:
                 raise ValueError(
                     f"BIKEGUARD_{name.upper()} must be set to a random string of at least {_MIN_SECRET_CHARS}"
-                    f" characters outside development (environment is {self.environment!r})"
+                    f" characters (it is {'the placeholder' if value == DEFAULT_SECRET else 'too short'});"
+                    " on a development machine only, BIKEGUARD_ENVIRONMENT=development accepts the placeholder"
                 )
         if len({getattr(self, n).get_secret_value() for n in _SECRET_FIELDS}) != len(_SECRET_FIELDS):
             raise ValueError("the ID encryption, ID lookup and certificate signing keys must all differ")

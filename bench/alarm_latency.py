@@ -149,6 +149,7 @@ def main() -> int:
     port = free_port()
     env = {
         **os.environ,
+        "BIKEGUARD_ENVIRONMENT": "development",
         "BIKEGUARD_DATABASE_URL": pg.url,
         "BIKEGUARD_MQTT_URL": broker.url,
         "BIKEGUARD_MQTT_SHARED_GROUP": "bench" if broker.supports_shared_subscriptions else "",

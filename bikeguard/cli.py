@@ -126,7 +126,26 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args.func(args))
+    from pydantic import ValidationError
+
+    try:
+        return int(args.func(args))
+    except ValidationError as exc:
+        print(backend_settings_problems(exc), file=sys.stderr)
+        return 2
+
+
+def backend_settings_problems(exc: Exception) -> str:
+    """The backend's refused settings, one line each, named by their environment variable (not pydantic's dump)."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"  BIKEGUARD_{str(error['loc'][0]).upper()}: {message}" if error["loc"] else f"  {message}")
+    return "refused settings (BIKEGUARD_* environment variables):\n" + "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -100,4 +100,4 @@ def test_default_secrets_are_refused_outside_development() -> None:
     strong = {k: f"{k}-" + "x" * 40 for k in ("id_encryption_key", "id_lookup_key", "certificate_signing_key")}
     settings = BackendSettings(database_url="postgresql://x", environment="production", **strong)
     assert settings.secure_cookies is True
-    assert BackendSettings(database_url="postgresql://x").environment == "development"
+    assert BackendSettings(database_url="postgresql://x", **strong).environment == "production"
