@@ -82,7 +82,9 @@ class BackendSettings(BaseSettings):
     id_lookup_key: SecretStr = SecretStr(DEFAULT_SECRET)
     # Signs the token in a registration certificate's QR code.
     certificate_signing_key: SecretStr = SecretStr(DEFAULT_SECRET)
-    # Where the QR code points (e.g. https://bikes.example.gov); the request's own address when unset.
+    # Where the QR code points (e.g. https://bikes.example.gov). Required in production: taken from the request
+    # (its Host header), a printed certificate would point wherever a request claimed to be sent to. In development
+    # the request's own address stands in when it is unset.
     public_base_url: str | None = None
 
     # Accounts and sessions.
@@ -163,6 +165,20 @@ class BackendSettings(BaseSettings):
                 )
         if len({getattr(self, n).get_secret_value() for n in _SECRET_FIELDS}) != len(_SECRET_FIELDS):
             raise ValueError("the ID encryption, ID lookup and certificate signing keys must all differ")
+        return self
+
+    @model_validator(mode="after")
+    def _public_address(self) -> Self:
+        url = self.public_base_url
+        if url is not None and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", url):
+            raise ValueError(
+                f"BIKEGUARD_PUBLIC_BASE_URL {url!r} is not an absolute http(s) address like https://bikes.example.gov"
+            )
+        if url is None and self.environment == "production":
+            raise ValueError(
+                "BIKEGUARD_PUBLIC_BASE_URL must be set in production (e.g. https://bikes.example.gov): certificates'"
+                " QR codes point there, and are never made from a request's Host header"
+            )
         return self
 
     @property

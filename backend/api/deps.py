@@ -57,6 +57,20 @@ PasswordsDep = Annotated[Passwords, Depends(_passwords)]
 SignerDep = Annotated[Signer, Depends(_signer)]
 
 
+def public_base_url(request: Request) -> str:
+    """Where links printed on certificates point: BIKEGUARD_PUBLIC_BASE_URL (required in production); only in
+    development, when it is unset, the address the request was sent to."""
+    settings = _settings(request)
+    if settings.public_base_url:
+        return settings.public_base_url
+    if settings.environment != "development":
+        raise RuntimeError("BIKEGUARD_PUBLIC_BASE_URL is unset outside development (settings validation forbids it)")
+    return str(request.base_url)
+
+
+PublicBaseUrl = Annotated[str, Depends(public_base_url)]
+
+
 def client_address(request: Request) -> str | None:
     """The client's address: the connection's peer, or what a trusted proxy (BIKEGUARD_TRUSTED_PROXIES) says in
     X-Forwarded-For: its right-most address not itself a trusted proxy (the left ones are the client's to write)."""

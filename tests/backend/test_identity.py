@@ -98,6 +98,7 @@ def test_default_secrets_are_refused_outside_development() -> None:
     with pytest.raises(ValueError, match="BIKEGUARD_ID_ENCRYPTION_KEY"):
         BackendSettings(database_url="postgresql://x", environment="production")
     strong = {k: f"{k}-" + "x" * 40 for k in ("id_encryption_key", "id_lookup_key", "certificate_signing_key")}
+    strong["public_base_url"] = "https://bikes.example.gov"
     settings = BackendSettings(database_url="postgresql://x", environment="production", **strong)
     assert settings.secure_cookies is True
     assert BackendSettings(database_url="postgresql://x", **strong).environment == "production"
