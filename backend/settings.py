@@ -49,6 +49,9 @@ class BackendSettings(BaseSettings):
     ingest_max_queued_messages: int = Field(default=1000, ge=1)
     # Alerts have their own lane (a stolen chip never waits behind sightings) and their own bound: they are small.
     ingest_max_queued_alerts: int = Field(default=10_000, ge=1)
+    # Rejected messages keep this much of their raw bytes (and their full length), for this many days.
+    ingest_reject_max_raw_bytes: int = Field(default=64 * 1024, ge=1024)
+    rejected_retention_days: int = Field(default=30, ge=1)
     # How long /api/ready waits for the database before it says the database is away.
     ready_timeout_s: float = Field(default=2.0, gt=0)
     # How long the ingest trusts its cached list of registered stations before reading it again.

@@ -228,7 +228,7 @@ def main() -> int:
         stop.set()
         loader.join(30)
         floor = mqtt_floor(broker.host, broker.port)
-        health = police.get("/api/health").json()["ingest"]
+        health = police.get("/api/health/ingest").json()["ingest"]
         print(
             f"{len(latencies)}/{len(tags)} alarms arrived; ingest stored {health['sightings']:,} background "
             f"sightings; broker {broker.kind}"

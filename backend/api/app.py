@@ -26,6 +26,7 @@ from backend.api.routes import auth, bikes, health, live, owners, pages, sightin
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import provisioning as provisioning_routes
 from backend.db.migrate import maintain, migrate
+from backend.ingest import rejects
 from backend.ingest.workers import IngestWorkers
 from backend.live import LiveFeed
 from backend.metrics import registry_for
@@ -65,7 +66,7 @@ _ERRORS: dict[type[Exception], int] = {
 
 async def _maintain_storage(settings: BackendSettings, pool: AsyncConnectionPool) -> None:
     """Now and then every maintenance_interval_s: partitions ahead, retention by whole days, old logins and
-    sessions, and the station transitions behind the interception points."""
+    sessions, rejected messages past their retention, and the station transitions behind the interception points."""
     every_s = settings.maintenance_interval_s
     while True:
         try:
@@ -74,6 +75,7 @@ async def _maintain_storage(settings: BackendSettings, pool: AsyncConnectionPool
             )
             async with pool.connection() as conn:
                 await accounts.prune(conn, settings)
+                await rejects.prune(conn, settings.rejected_retention_days)
                 await prediction.refresh(conn)
         except Exception:  # noqa: BLE001 - any failure is retried next time; the ingest must go on
             log.exception("storage maintenance failed; will retry in %.0f s", every_s)
