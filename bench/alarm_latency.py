@@ -149,6 +149,7 @@ def main() -> int:
     port = free_port()
     env = {
         **os.environ,
+        "BIKEGUARD_ENVIRONMENT": "development",
         "BIKEGUARD_DATABASE_URL": pg.url,
         "BIKEGUARD_MQTT_URL": broker.url,
         "BIKEGUARD_MQTT_SHARED_GROUP": "bench" if broker.supports_shared_subscriptions else "",
@@ -227,7 +228,7 @@ def main() -> int:
         stop.set()
         loader.join(30)
         floor = mqtt_floor(broker.host, broker.port)
-        health = police.get("/api/health").json()["ingest"]
+        health = police.get("/api/health/ingest").json()["ingest"]
         print(
             f"{len(latencies)}/{len(tags)} alarms arrived; ingest stored {health['sightings']:,} background "
             f"sightings; broker {broker.kind}"

@@ -465,7 +465,9 @@ class Ingest:
                 except psycopg.Error as one_exc:
                     reason = f"database refused the message: {type(one_exc).__name__}: {one_exc}".strip()
                     with conn.transaction():
-                        writer.write_rejects(conn, [(item.topic, reason[:500], item.payload)])
+                        writer.write_rejects(
+                            conn, [(item.topic, reason[:500], item.payload)], self.settings.ingest_reject_max_raw_bytes
+                        )
                     self.counters.rejected["database"] += 1
         with self._count_lock:
             self.counters.messages += len(flush.messages)
@@ -476,13 +478,13 @@ class Ingest:
         flush.result = writer.write_alerts(conn, flush.alerts)
         flush.result.add(writer.write_batches(conn, flush.batches))
         flush.lost = gaps.close_lost(conn, flush.gone)
-        writer.write_rejects(conn, flush.result.conflicts)
+        writer.write_rejects(conn, flush.result.conflicts, self.settings.ingest_reject_max_raw_bytes)
         received_at = utcnow()
         # By station: two workers upserting the same stations lock them in one order (no deadlock).
         for status in sorted(flush.statuses, key=lambda st: st.station_id):
             writer.write_status(conn, status, received_at)
         flush.stored = selftests.write(conn, flush.selftest_messages)
-        writer.write_rejects(conn, flush.rejects)
+        writer.write_rejects(conn, flush.rejects, self.settings.ingest_reject_max_raw_bytes)
         # In the same transaction as the write: a committed passage of a stolen chip has its alarm, crash or not.
         engine.raise_alarms(conn, flush.result.committed, engine.ON_COMMIT)
 

@@ -327,6 +327,7 @@ async def campaign(kind: str, tmp: Path) -> AsyncIterator[Campaign]:
         shared = broker.supports_shared_subscriptions
         run.backend = Backend(
             {
+                "BIKEGUARD_ENVIRONMENT": "development",
                 "BIKEGUARD_DATABASE_URL": run.db.url,
                 "BIKEGUARD_MQTT_URL": broker.url,
                 "BIKEGUARD_MQTT_CLIENT_ID": "campaign-backend",  # one persistent session across restarts

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
 from backend import accounts
 from backend.accounts import User
-from backend.api.deps import SESSION_COOKIE, Conn, PasswordsDep, Settings, Token, public, signed_in
+from backend.api.deps import SESSION_COOKIE, ClientAddress, Conn, PasswordsDep, Settings, Token, public, signed_in
 from backend.api.schemas import AccountPublic, LoginCreate, PasswordChange, SessionPublic
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -21,10 +21,17 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
     responses={401: {"description": "wrong username or password"}, 429: {"description": "too many failed logins"}},
 )
 async def login(
-    body: LoginCreate, request: Request, response: Response, conn: Conn, settings: Settings, passwords: PasswordsDep
+    body: LoginCreate,
+    address: ClientAddress,
+    response: Response,
+    conn: Conn,
+    settings: Settings,
+    passwords: PasswordsDep,
 ) -> dict[str, Any]:
-    """Anyone: a session for a username and password (token in the body and as an HttpOnly cookie)."""
-    address = request.client.host if request.client else None
+    """Anyone: a session for a username and password (token in the body and as an HttpOnly cookie).
+
+    Failed logins make the next attempt wait, per account and per client address (429 with Retry-After).
+    """
     token, user = await accounts.login(conn, settings, passwords, body.username, body.password, address)
     response.set_cookie(
         SESSION_COOKIE,

@@ -16,7 +16,7 @@ from pydantic import AwareDatetime
 from backend import accounts, certificates, trajectories
 from backend.access import require_case_number, viewer_of
 from backend.accounts import User
-from backend.api.deps import Conn, PasswordsDep, RegistryDep, Settings, SignerDep, allow
+from backend.api.deps import Conn, PasswordsDep, PublicBaseUrl, RegistryDep, Settings, SignerDep, allow
 from backend.api.routes.owners import create_owner
 from backend.api.schemas import (
     ArmCreate,
@@ -52,12 +52,8 @@ async def _bike(conn: Conn, registry: Registry, user: User, bike_id: int) -> dic
     return await viewer_of(user).bike(conn, registry, bike_id)
 
 
-async def _certificate(
-    conn: Conn, bike_id: int, signer: SignerDep, settings: Settings, request: Request
-) -> dict[str, Any]:
-    return certificates.public(
-        await certificates.current(conn, bike_id), signer, settings.public_base_url or str(request.base_url)
-    )
+async def _certificate(conn: Conn, bike_id: int, signer: SignerDep, base_url: str) -> dict[str, Any]:
+    return certificates.public(await certificates.current(conn, bike_id), signer, base_url)
 
 
 async def _publish_hotlist(conn: Conn, request: Request) -> None:
@@ -73,6 +69,7 @@ async def register_bike(
     registry: RegistryDep,
     passwords: PasswordsDep,
     signer: SignerDep,
+    base_url: PublicBaseUrl,
     settings: Settings,
     user: Counter,
 ) -> dict[str, Any]:
@@ -87,7 +84,7 @@ async def register_bike(
     return {
         "bike": await _bike(conn, registry, user, bike_id),
         "owner": await registry.get_owner(conn, owner_id),
-        "certificate": await _certificate(conn, bike_id, signer, settings, request),
+        "certificate": await _certificate(conn, bike_id, signer, base_url),
         "owner_login": slip,
     }
 
@@ -306,16 +303,15 @@ async def trajectory_export(
 @router.get("/{bike_id}/certificate", response_model=CertificatePublic)
 async def certificate(
     bike_id: BikeId,
-    request: Request,
     conn: Conn,
     registry: RegistryDep,
     signer: SignerDep,
-    settings: Settings,
+    base_url: PublicBaseUrl,
     user: Annotated[User, allow("owner", "clerk", "admin")],
 ) -> dict[str, Any]:
     """Owner (own bike), clerk, admin: the current certificate with its signed token and links."""
     await _bike(conn, registry, user, bike_id)
-    return await _certificate(conn, bike_id, signer, settings, request)
+    return await _certificate(conn, bike_id, signer, base_url)
 
 
 @router.post("/{bike_id}/photos", status_code=201, response_model=dict[str, int])
@@ -415,6 +411,7 @@ async def transfer(
     registry: RegistryDep,
     passwords: PasswordsDep,
     signer: SignerDep,
+    base_url: PublicBaseUrl,
     settings: Settings,
     user: Counter,
 ) -> dict[str, Any]:
@@ -440,7 +437,7 @@ async def transfer(
             )
     return {
         "bike": await _bike(conn, registry, user, bike_id),
-        "certificate": await _certificate(conn, bike_id, signer, settings, request),
+        "certificate": await _certificate(conn, bike_id, signer, base_url),
         "owner_login": slip,
     }
 

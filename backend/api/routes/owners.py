@@ -42,13 +42,19 @@ async def register_owner(
     return {"owner": await registry.get_owner(conn, owner_id), "owner_login": slip}
 
 
-@router.post("/lookup", response_model=OwnerMatch)
+@router.post("/lookup", response_model=OwnerMatch, responses={429: {"description": "too many look-ups this hour"}})
 async def lookup_owner(body: OwnerLookup, conn: Conn, registry: RegistryDep, user: Counter) -> dict[str, Any]:
-    """Clerk, admin: the owner with this resident ID number (found by its keyed hash), or null; audited."""
-    owner_id = await registry.find_owner(conn, body.id_number)
+    """Clerk, admin: the owner with this resident ID number (found by its keyed hash), or null.
+
+    Every look-up is audited, a miss too (a run of misses is someone trying candidates), and an account may make
+    at most owner_lookups_per_hour of them.
+    """
+    owner_id = await registry.lookup_owner(conn, user.account_id, body.id_number)
+    await audit.record(
+        conn, user, "owner.lookup", f"owner:{owner_id}" if owner_id else None, found=owner_id is not None
+    )
     if owner_id is None:
         return {"owner": None}
-    await audit.record(conn, user, "owner.lookup", f"owner:{owner_id}")
     return {"owner": await registry.get_owner(conn, owner_id)}
 
 
