@@ -218,6 +218,7 @@ def test_tls_files_with_a_clear_text_url_are_refused(pki: Pki) -> None:
 async def ingest_tls(database_url: str, broker_tls: Broker, pki: Pki, topic_prefix: str) -> AsyncIterator[Ingest]:
     """The backend's ingest over TLS."""
     settings = BackendSettings(
+        environment="development",
         database_url=database_url,
         mqtt_url=f"mqtts://127.0.0.1:{broker_tls.port}",
         mqtt_ca_file=pki.ca,
