@@ -103,6 +103,9 @@ class BackendSettings(BaseSettings):
     photo_max_bytes: int = Field(default=2_000_000, ge=1024)
     photos_per_bike: int = Field(default=6, ge=0)
     transfer_consent_ttl_s: int = Field(default=7 * 86400, ge=60)
+    # Without a case number, police see a stolen bike's passages from its theft, but no earlier than this long before
+    # the theft was reported: whoever files a report (police included) cannot open a bike's past by back-dating it.
+    police_theft_lookback_s: float = Field(default=24 * 3600, ge=0)
 
     @field_validator("plate_pattern")
     @classmethod

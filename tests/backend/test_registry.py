@@ -207,7 +207,7 @@ def test_deregistration_releases_plate_retires_chip_and_voids_the_certificate(st
 def test_stolen_bike_cannot_change_hands_at_the_counter(staff: Staff) -> None:
     first = staff.register()
     bike_id = first["bike"]["bike_id"]
-    assert staff.police.post(f"/api/bikes/{bike_id}/theft", json={}).status_code == 201
+    assert staff.police.post(f"/api/bikes/{bike_id}/theft", params={"case_number": "C-100"}, json={}).status_code == 201
     r = staff.clerk.post(
         f"/api/bikes/{bike_id}/transfer",
         json={"new_owner": factories.owner_body(), "old_owner_id_number": staff.id_number_of(first)},
