@@ -13,7 +13,7 @@ what police and clerks see. Which roles may open a route or a page at all is sai
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -60,15 +60,33 @@ def require_case_number(case_number: str | None, what: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Which alarms a viewer may see: one owner's bikes (since they own them), only some kinds, or all but some."""
+    """Which alarms a viewer may see: one owner's bikes (since they own them), only some kinds, or all but some;
+    and whether an alarm about a bike not reported stolen shows only its kind and station (police without a case)."""
 
     owner_id: int | None = None
     hidden_kinds: tuple[str, ...] = ()
     only_kinds: tuple[str, ...] | None = None
+    case_for_bikes_not_stolen: bool = False
 
     def allows(self, kind: str) -> bool:
         """Whether alarms of this kind are in scope (the owner rule aside)."""
         return kind not in self.hidden_kinds and (self.only_kinds is None or kind in self.only_kinds)
+
+    def hides_details(self, alarm: dict[str, Any]) -> bool:
+        """Whether this scope shows the alarm (as backend.alarms.queries reads it) by its kind and station only:
+        it is about a chip whose bike is not reported stolen, and no case number opened it."""
+        return self.case_for_bikes_not_stolen and alarm["tag_id"] is not None and not alarm["stolen"]
+
+    def shown(self, alarm: dict[str, Any]) -> dict[str, Any]:
+        """The alarm as this scope shows it: a bike not reported stolen without its plate, chip and trail (where it
+        goes), which need a case number; `details_hidden` says which."""
+        if not self.hides_details(alarm):
+            return {**alarm, "details_hidden": False}
+        return {**alarm, "plate": None, "tag_id": None, "trail": [], "next_stations": [], "details_hidden": True}
+
+    def under_case(self) -> Scope:
+        """This scope with the details of alarms about bikes not reported stolen opened (by a case number)."""
+        return replace(self, case_for_bikes_not_stolen=False)
 
     def sql(self) -> tuple[str, list[Any]]:
         """A WHERE fragment (starting with AND) and its parameters."""
@@ -89,7 +107,7 @@ class Scope:
 
 
 EVERYTHING = Scope()
-POLICE = Scope(hidden_kinds=HIDDEN_FROM_POLICE)
+POLICE = Scope(hidden_kinds=HIDDEN_FROM_POLICE, case_for_bikes_not_stolen=True)
 INSTALLERS = Scope(only_kinds=INSTALLER_KINDS)
 
 
@@ -347,7 +365,8 @@ class Viewer:
         """The alarms this viewer may see (narrowed to only_kinds when given, e.g. the station kinds of a desk).
 
         Owner: their own bikes' alarms since they hold them. Installer: alarms about stations. Police, admin:
-        every alarm but an armed bike moving (that shows where a bike that is not stolen is)."""
+        every alarm but an armed bike moving (that shows where a bike that is not stolen is), one about a bike not
+        reported stolen by its kind and station only (Scope.shown; open_alarm_scope opens it with a case)."""
         if self.user.role == "owner":
             scope = Scope(owner_id=self.user.owner_id or 0)
         elif self.user.role == "installer":
@@ -357,7 +376,22 @@ class Viewer:
         if only_kinds is None:
             return scope
         narrowed = only_kinds if scope.only_kinds is None else tuple(k for k in scope.only_kinds if k in only_kinds)
-        return Scope(scope.owner_id, scope.hidden_kinds, narrowed)
+        return replace(scope, only_kinds=narrowed)
+
+    def open_alarm_scope(self, case_number: str | None) -> tuple[Scope, str | None]:
+        """The alarm scope to read one alarm in, and the case number (checked) that opens the details of an alarm
+        about a bike not reported stolen; without one, the plain alarm_scope."""
+        scope = self.alarm_scope()
+        if case_number is None:
+            return scope, None
+        return scope.under_case(), require_case_number(case_number, "the details of an alarm")
+
+    async def alarm_opened(
+        self, conn: psycopg.AsyncConnection[Any], alarm: dict[str, Any], case_number: str | None
+    ) -> None:
+        """Audit the details of an alarm about a bike not reported stolen, opened under a case number."""
+        if case_number is not None and self.alarm_scope().hides_details(alarm):
+            await audit.record(conn, self.user, "alarm.view", f"alarm:{alarm['id']}", case_number, kind=alarm["kind"])
 
     def may_handle_alarm(self, kind: str) -> bool:
         """Whether this viewer may acknowledge or clear an alarm of this kind it sees: an owner only their own."""

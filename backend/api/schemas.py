@@ -319,6 +319,11 @@ class AlarmPublic(BaseModel):
     cleared_at: datetime | None
     trail: list[TrailPoint]
     next_stations: list[NextStation] = []
+    # Whether the alarm's bike has an open theft report.
+    stolen: bool = False
+    # For police: the alarm is about a bike not reported stolen, so its plate, chip and trail are left out; a case
+    # number opens them (GET /api/alarms/{id}?case_number=…, audited).
+    details_hidden: bool = False
 
 
 # ---- accounts ----
