@@ -202,6 +202,34 @@ class Viewer:
             return "you" if owner_id == self.user.owner_id else "another owner"
         return f"#{owner_id} {mask_name(owner_name or '')}"
 
+    def actor_named(self, actor: str | None) -> str | None:
+        """Who did something in a bike's history, as this viewer may read it: to an owner, an owner's account is
+        "you" or "another owner" (an owner's login may be their mobile number); staff keep their names."""
+        if self.user.role != "owner" or actor is None or not actor.startswith("owner:"):
+            return actor
+        return "you" if actor == self.user.actor else "another owner"
+
+    async def bike_history(
+        self, conn: psycopg.AsyncConnection[Any], registry: Registry, bike_id: int
+    ) -> list[dict[str, Any]]:
+        """The bike's history (registry.history, each row with its `value`) as this viewer may see it.
+
+        An owner (of the bike now; else NotFound): the owner rows, others as "another owner"; of the rest only what
+        was in force while they held it, with other owners' accounts unnamed. The counter: all, owners masked."""
+        await self.check_bike(conn, registry, bike_id)
+        held_since = await owner_since(conn, self.user.owner_id or 0, bike_id) if self.user.role == "owner" else None
+        out = []
+        for row in await registry.history(conn, bike_id):
+            ended = row["valid_to"]
+            if held_since is not None and row["kind"] != "owner" and ended is not None and ended < held_since:
+                continue
+            value = row["plate"] or row["tag_id"]
+            if row["kind"] == "owner":
+                value = self.owner_named(row["owner_id"], row["owner_name"])
+            bound_by, unbound_by = self.actor_named(row["bound_by"]), self.actor_named(row["unbound_by"])
+            out.append({**row, "value": value, "bound_by": bound_by, "unbound_by": unbound_by})
+        return out
+
     def case_for_person(self, case_number: str | None) -> str | None:
         """The case number under which this viewer sees a person: police must give one (CaseNumberRequired)."""
         if self.user.role in _CASE_FOR_PERSON:

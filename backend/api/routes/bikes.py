@@ -37,7 +37,7 @@ from backend.api.schemas import (
     TransferCreate,
     TransferPublic,
 )
-from backend.registry import BikeDetails, InvalidValue, Registry
+from backend.registry import BikeDetails, InvalidValue, Registry, owner_username
 from backend.settings import BackendSettings
 from protocol.ids import TAG_ID_ANY_CASE_PATTERN, is_tag_text
 from protocol.messages import parse_tag, utcnow
@@ -183,17 +183,10 @@ async def history(
 ) -> list[dict[str, Any]]:
     """Owner (own bike), clerk, admin: every binding of owner, plate and chip, and theft reports, with who and when.
 
-    Other owners are never named to an owner; a clerk sees them masked.
+    An owner sees their own period only, and other owners as "another owner" (never by name or login); a clerk
+    sees them masked.
     """
-    viewer = viewer_of(user)
-    await viewer.check_bike(conn, registry, bike_id)
-    out = []
-    for row in await registry.history(conn, bike_id):
-        value = row["plate"] or row["tag_id"]
-        if row["kind"] == "owner":
-            value = viewer.owner_named(row["owner_id"], row["owner_name"])
-        out.append({**row, "value": value})
-    return out
+    return await viewer_of(user).bike_history(conn, registry, bike_id)
 
 
 @router.get("/{bike_id}/owner", response_model=OwnerPublic, responses={403: {"description": "case number needed"}})
@@ -453,7 +446,7 @@ async def transfer(
         owner = await registry.get_owner(conn, new_owner_id)
         if owner["login"] is None:
             slip = await accounts.issue_owner_login(
-                conn, passwords, new_owner_id, owner["mobile"] or f"owner{new_owner_id}", owner["name"], user.actor
+                conn, passwords, new_owner_id, owner_username(), owner["name"], user.actor
             )
     return {
         "bike": await _bike(conn, registry, user, bike_id),
