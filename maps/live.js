@@ -319,7 +319,12 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     entry.marker.setPopupContent(popupHtml(a));
     entry.item.className = "bg-alarm sev-" + severity(a) + (a.state === "acknowledged" ? " acknowledged" : "") +
       (entry.item.classList.contains("fresh") ? " fresh" : "");
+    var typing = entry.item.querySelector("input[name=case_number]");   // an update must not wipe a case number
+    var typed = typing ? typing.value : "";
     entry.item.innerHTML = itemHtml(a) + nextHtml(a) + actionsHtml(a);
+    if (typed && entry.item.querySelector("input[name=case_number]")) {
+      entry.item.querySelector("input[name=case_number]").value = typed;
+    }
     drawTrail(entry);
     drawNext(entry);
     sortPanel();
