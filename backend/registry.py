@@ -128,6 +128,16 @@ async def _act_as(conn: psycopg.AsyncConnection[Any], actor: str, reason: str | 
     )
 
 
+# Letters and digits nobody confuses on a printed slip.
+_USERNAME_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+
+
+def owner_username() -> str:
+    """A new owner's login name for the slip: random, so that it tells nobody their mobile number (usernames appear
+    in history records as who did what)."""
+    return "bg-" + "".join(secrets.choice(_USERNAME_ALPHABET) for _ in range(8))
+
+
 def _code_hash(code: str) -> bytes:
     return hashlib.sha256(code.strip().upper().encode()).digest()
 

@@ -126,6 +126,9 @@ class BackendSettings(BaseSettings):
     # masked number needs thousands.
     owner_lookups_per_hour: int = Field(default=60, ge=1)
     transfer_consent_ttl_s: int = Field(default=7 * 86400, ge=60)
+    # Without a case number, police see a stolen bike's passages from its theft, but no earlier than this long before
+    # the theft was reported: whoever files a report (police included) cannot open a bike's past by back-dating it.
+    police_theft_lookback_s: float = Field(default=24 * 3600, ge=0)
 
     @field_validator("plate_pattern")
     @classmethod

@@ -172,7 +172,9 @@ def main() -> int:
             register_chips(pg.url, bench_tags(seed=3))  # and its chips, registered bikes as in a real county
         police = sign_in(base, staff.police)
         for bike_id, _first_login in staff.owners.values():
-            police.post(f"/api/bikes/{bike_id}/theft", json={"place": "bench"}).raise_for_status()
+            police.post(
+                f"/api/bikes/{bike_id}/theft", params={"case_number": "BENCH-1"}, json={"place": "bench"}
+            ).raise_for_status()
         tags = [b.tag_id for b in town.bikes]
         headers = dict(police.headers)
         station_id = town.stations[0].station_id

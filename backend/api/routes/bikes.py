@@ -37,7 +37,8 @@ from backend.api.schemas import (
     TransferCreate,
     TransferPublic,
 )
-from backend.registry import BikeDetails, InvalidValue, Registry
+from backend.registry import BikeDetails, InvalidValue, Registry, owner_username
+from backend.settings import BackendSettings
 from protocol.ids import TAG_ID_ANY_CASE_PATTERN, is_tag_text
 from protocol.messages import parse_tag, utcnow
 
@@ -143,6 +144,7 @@ async def availability(
 async def search(
     conn: Conn,
     registry: RegistryDep,
+    settings: Settings,
     user: Annotated[User, allow("police", "admin")],
     q: str = Query(min_length=1, max_length=40),
     case_number: str | None = Query(None, max_length=40),
@@ -157,7 +159,7 @@ async def search(
         if criteria:
             for bike in await registry.find_bikes(conn, **criteria):
                 found.setdefault(bike["bike_id"], bike)
-    viewer = viewer_of(user)
+    viewer = viewer_of(user, settings)
     return [await viewer.search_result(conn, registry, bike, case, text) for bike in found.values()]
 
 
@@ -178,17 +180,10 @@ async def history(
 ) -> list[dict[str, Any]]:
     """Owner (own bike), clerk, admin: every binding of owner, plate and chip, and theft reports, with who and when.
 
-    Other owners are never named to an owner; a clerk sees them masked.
+    An owner sees their own period only, and other owners as "another owner" (never by name or login); a clerk
+    sees them masked.
     """
-    viewer = viewer_of(user)
-    await viewer.check_bike(conn, registry, bike_id)
-    out = []
-    for row in await registry.history(conn, bike_id):
-        value = row["plate"] or row["tag_id"]
-        if row["kind"] == "owner":
-            value = viewer.owner_named(row["owner_id"], row["owner_name"])
-        out.append({**row, "value": value})
-    return out
+    return await viewer_of(user).bike_history(conn, registry, bike_id)
 
 
 @router.get("/{bike_id}/owner", response_model=OwnerPublic, responses={403: {"description": "case number needed"}})
@@ -213,6 +208,7 @@ _WINDOW_H = 24
 async def _trajectory_window(
     conn: Conn,
     registry: Registry,
+    settings: BackendSettings,
     user: User,
     bike_id: int,
     since: datetime | None,
@@ -227,7 +223,7 @@ async def _trajectory_window(
         since_at: datetime = since or until_at - timedelta(hours=_WINDOW_H)
     except OverflowError:  # an `until` in the first day of year 1
         since_at = until_at
-    viewer = viewer_of(user)
+    viewer = viewer_of(user, settings)
     bike = await viewer.check_bike(conn, registry, bike_id)
     return await viewer.bike_window(conn, bike, since_at, until_at, case_number, **detail)
 
@@ -237,6 +233,7 @@ async def trajectory(
     bike_id: BikeId,
     conn: Conn,
     registry: RegistryDep,
+    settings: Settings,
     user: Annotated[User, allow("owner", "police")],
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,
@@ -245,7 +242,7 @@ async def trajectory(
 ) -> list[dict[str, Any]]:
     """Owner: their bike since they own it. Police: a stolen bike since the theft; otherwise a case number
     is needed, and the access is audited."""
-    since_at, until_at = await _trajectory_window(conn, registry, user, bike_id, since, until, case_number)
+    since_at, until_at = await _trajectory_window(conn, registry, settings, user, bike_id, since, until, case_number)
     return await trajectories.of_bike(conn, bike_id, since_at, until_at, limit)
 
 
@@ -254,6 +251,7 @@ async def trajectory_summary(
     bike_id: BikeId,
     conn: Conn,
     registry: RegistryDep,
+    settings: Settings,
     user: Annotated[User, allow("owner", "police")],
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,
@@ -262,7 +260,7 @@ async def trajectory_summary(
     """Owner, police (as for the trajectory): its stops with their dwell and the legs between them with
     distance, speed and heading, over the window actually shown; what the police console replays."""
     since_at, until_at = await _trajectory_window(
-        conn, registry, user, bike_id, since, until, case_number, view="summary"
+        conn, registry, settings, user, bike_id, since, until, case_number, view="summary"
     )
     found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
     return {**trajectories.to_summary(found), "since": since_at, "until": until_at}
@@ -284,13 +282,16 @@ async def trajectory_export(
     fmt: Annotated[trajectories.ExportFormat, Path(description="gpx, geojson or csv")],
     conn: Conn,
     registry: RegistryDep,
+    settings: Settings,
     user: Annotated[User, allow("owner", "police")],
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,
     case_number: str | None = Query(None, max_length=40),
 ) -> Response:
     """Owner, police (as for the trajectory): the trajectory as a GPX, GeoJSON or CSV file to download."""
-    since_at, until_at = await _trajectory_window(conn, registry, user, bike_id, since, until, case_number, view=fmt)
+    since_at, until_at = await _trajectory_window(
+        conn, registry, settings, user, bike_id, since, until, case_number, view=fmt
+    )
     found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
     name = trajectories.export_filename(bike_id, since_at, until_at, fmt)
     return Response(
@@ -360,7 +361,7 @@ async def arm(
     return await _bike(conn, registry, user, bike_id)
 
 
-@router.post("/{bike_id}/theft", response_model=BikePublic, status_code=201)
+@router.post("/{bike_id}/theft", response_model=BikePublic, status_code=201, responses=_CASE_NEEDED)
 async def report_stolen(
     bike_id: BikeId,
     body: TheftReportCreate,
@@ -368,27 +369,36 @@ async def report_stolen(
     conn: Conn,
     registry: RegistryDep,
     user: Annotated[User, allow("owner", "clerk", "police", "admin")],
+    case_number: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
-    """Owner (own bike), clerk, police, admin: report the bike stolen; its chip goes on the hot list at once."""
+    """Owner (own bike), clerk, police, admin: report the bike stolen; its chip goes on the hot list at once.
+
+    Police file under a case number (the report's police_report unless one is given), audited with it."""
+    viewer = viewer_of(user)
+    case = viewer.case_for_theft_report(case_number)
     await _bike(conn, registry, user, bike_id)
-    await registry.report_stolen(
-        conn, user.actor, bike_id, body.stolen_at, body.place, body.circumstances, body.police_report
+    bike = await registry.report_stolen(
+        conn, user.actor, bike_id, body.stolen_at, body.place, body.circumstances, body.police_report or case
     )
+    await viewer.theft_reported(conn, bike, case)
     await _publish_hotlist(conn, request)
     return await _bike(conn, registry, user, bike_id)
 
 
-@router.post("/{bike_id}/recovered", response_model=BikePublic)
+@router.post("/{bike_id}/recovered", response_model=BikePublic, responses=_CASE_NEEDED)
 async def mark_recovered(
     bike_id: BikeId,
     request: Request,
     conn: Conn,
     registry: RegistryDep,
     user: Annotated[User, allow("owner", "clerk", "police", "admin")],
+    case_number: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
-    """Owner (own bike), clerk, police, admin: the bike is back; its chip leaves the hot list."""
-    await _bike(conn, registry, user, bike_id)
+    """Owner (own bike), clerk, police, admin: the bike is back; its chip leaves the hot list. Police: audited,
+    under the case number given or the report's."""
+    bike = await _bike(conn, registry, user, bike_id)
     await registry.mark_recovered(conn, user.actor, bike_id)
+    await viewer_of(user).recovered(conn, bike, case_number)
     await _publish_hotlist(conn, request)
     return await _bike(conn, registry, user, bike_id)
 
@@ -433,7 +443,7 @@ async def transfer(
         owner = await registry.get_owner(conn, new_owner_id)
         if owner["login"] is None:
             slip = await accounts.issue_owner_login(
-                conn, passwords, new_owner_id, owner["mobile"] or f"owner{new_owner_id}", owner["name"], user.actor
+                conn, passwords, new_owner_id, owner_username(), owner["name"], user.actor
             )
     return {
         "bike": await _bike(conn, registry, user, bike_id),

@@ -11,7 +11,7 @@ from backend.access import viewer_of
 from backend.accounts import User
 from backend.api.deps import Conn, PasswordsDep, RegistryDep, allow
 from backend.api.schemas import OwnerCreate, OwnerCreated, OwnerLogin, OwnerLookup, OwnerMatch, OwnerPublic
-from backend.registry import OwnerDetails, Registry
+from backend.registry import OwnerDetails, Registry, owner_username
 
 router = APIRouter(prefix="/api/owners", tags=["owners"])
 OwnerId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -28,7 +28,7 @@ async def create_owner(
     slip = None
     if body.create_account:
         slip = await accounts.issue_owner_login(
-            conn, passwords, owner_id, body.login or body.mobile, body.name, user.actor
+            conn, passwords, owner_id, body.login or owner_username(), body.name, user.actor
         )
     return owner_id, slip
 
