@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -199,6 +200,7 @@ class Ingest:
         self.counters = IngestCounters()
         self.known = KnownStations(settings.ingest_station_refresh_s)
         self.window = TimeWindow.of(settings)
+        self._theft_lookback = timedelta(seconds=settings.police_theft_lookback_s)
         # A station sending what is refused (a clock gone wrong sends it all the time) is logged once a minute per
         # kind and topic; every refused message is still kept and counted.
         self._reject_notices = StationNotices(60.0)
@@ -486,7 +488,7 @@ class Ingest:
         flush.stored = selftests.write(conn, flush.selftest_messages)
         writer.write_rejects(conn, flush.rejects, self.settings.ingest_reject_max_raw_bytes)
         # In the same transaction as the write: a committed passage of a stolen chip has its alarm, crash or not.
-        engine.raise_alarms(conn, flush.result.committed, engine.ON_COMMIT)
+        engine.raise_alarms(conn, flush.result.committed, engine.ON_COMMIT, self._theft_lookback)
 
     def _commission(self, conn: psycopg.Connection, flush: _Flush) -> None:
         """After the commit: an installed station whose self-test passed becomes commissioned.

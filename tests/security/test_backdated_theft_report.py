@@ -14,7 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from protocol.messages import utcnow
+from backend.alarms import engine
+from backend.ingest import writer
+from protocol.messages import parse_batch_rows, utcnow
 from tests import factories
 from tests.backend.conftest import Staff
 
@@ -145,3 +147,32 @@ def test_police_search_shows_no_last_seen_from_before_the_lookback(staff: Staff,
 
     assert found["bike"]["stolen"] is True
     assert found["last_seen"] is None
+
+
+def test_a_backdated_report_does_not_turn_a_late_old_passage_into_a_stolen_chip_alarm(
+    staff: Staff, old_bike: dict[str, Any]
+) -> None:
+    # The alarm's trail is shown to police without a case number: a station's backlog from before the look-back,
+    # arriving after a report back-dated to 2000, must not start one.
+    r = staff.police.post(
+        f"/api/bikes/{old_bike['bike_id']}/theft", params={"case_number": "HZ-2026-0815"}, json={"stolen_at": YEAR_2000}
+    )
+    assert r.status_code == 201, r.text
+    tag = int(old_bike["tag_id"], 16)
+
+    def judged(at: datetime, seq: int) -> list[int]:
+        with psycopg.connect(staff.database_url, autocommit=True) as conn:
+            factories.station(conn, "st-late")
+            with conn.transaction():
+                result = writer.write_batches(
+                    conn, [parse_batch_rows(factories.batch("st-late", seq, [tag], at).to_json())]
+                )
+            return engine.raise_alarms(conn, result.committed, engine.ON_COMMIT)
+
+    assert judged(utcnow() - timedelta(days=5), 1) == []  # before the report's look-back: no alarm
+    assert len(judged(utcnow() - LOOKBACK / 2, 2)) == 1  # within it: the stolen chip's alarm
+    with psycopg.connect(staff.database_url) as conn:
+        ((first_seen_at,),) = conn.execute(
+            "SELECT first_seen_at FROM alarms WHERE tag_id = %s AND kind = 'stolen_chip_seen'", (tag,)
+        ).fetchall()
+    assert first_seen_at > utcnow() - LOOKBACK
