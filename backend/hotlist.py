@@ -1,4 +1,4 @@
-"""The hot list: the chips of stolen bikes, pushed to every gateway as a retained, versioned message."""
+"""The hot list: the chips of stolen bikes, pushed to every gateway as a retained, versioned, signed message."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from backend.settings import BackendSettings
 from protocol import topics
 from protocol.messages import Hotlist, format_tag
 from protocol.mqtt_address import mqtt_address
+from protocol.signing import sign_hotlist
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class HotlistPublisher:
         client.reconnect_delay_set(0.5, 30)  # type: ignore[arg-type]  # paho waits float seconds; its hint says int
         client.on_connect = self._on_connect
         self._client = client
+        self._key = settings.hotlist_key
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hotlist-publisher", daemon=True)
 
@@ -83,8 +85,8 @@ class HotlistPublisher:
         self._thread.start()
 
     def publish(self, message: Hotlist) -> None:
-        """Publish this version of the hot list, retained (at once, or as soon as the broker is reached)."""
-        self._client.publish(topics.HOTLIST, message.to_json(), qos=1, retain=True)
+        """Sign this version of the hot list and publish it, retained (at once, or as soon as the broker is reached)."""
+        self._client.publish(topics.HOTLIST, sign_hotlist(message, self._key).to_json(), qos=1, retain=True)
 
     def stop(self) -> None:
         """Disconnect (what is still unsent is dropped: the next start publishes a new version)."""

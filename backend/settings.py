@@ -7,8 +7,11 @@ import re
 import secrets
 from typing import Literal, Self
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protocol.signing import SigningKeyError, generate_signing_key, read_signing_key
 
 # Placeholders that work on a developer's machine and are refused anywhere else.
 DEFAULT_SECRET = "changethis"
@@ -79,6 +82,9 @@ class BackendSettings(BaseSettings):
     id_lookup_key: SecretStr = SecretStr(DEFAULT_SECRET)
     # Signs the token in a registration certificate's QR code.
     certificate_signing_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    # Signs every hot list (Ed25519, base64url; `bikeguard station credentials` gives stations its public half).
+    # Development makes a random one per process when unset; production refuses to start without one.
+    hotlist_signing_key: SecretStr | None = None
     # Where the QR code points (e.g. https://bikes.example.gov); the request's own address when unset.
     public_base_url: str | None = None
 
@@ -135,6 +141,27 @@ class BackendSettings(BaseSettings):
             raise ValueError("the ID encryption, ID lookup and certificate signing keys must all differ")
         return self
 
+    @model_validator(mode="after")
+    def _hotlist_key(self) -> Self:
+        if self.hotlist_signing_key is None:
+            if self.environment != "development":
+                raise ValueError(
+                    "BIKEGUARD_HOTLIST_SIGNING_KEY must be set outside development: stations take only hot lists"
+                    " signed with it (`bikeguard station signing-key` makes one)"
+                )
+            self.hotlist_signing_key = SecretStr(generate_signing_key())
+        try:
+            read_signing_key(self.hotlist_signing_key.get_secret_value())
+        except SigningKeyError as exc:
+            raise ValueError(f"BIKEGUARD_HOTLIST_SIGNING_KEY: {exc}") from exc
+        return self
+
+    @property
+    def hotlist_key(self) -> Ed25519PrivateKey:
+        """The key that signs the hot list."""
+        assert self.hotlist_signing_key is not None  # filled in by the validator
+        return read_signing_key(self.hotlist_signing_key.get_secret_value())
+
     @property
     def secure_cookies(self) -> bool:
         """Whether the session cookie is sent over HTTPS only."""
@@ -145,9 +172,11 @@ class BackendSettings(BaseSettings):
 
 def random_secrets() -> dict[str, str]:
     """Fresh random values for every secret setting (for the demo and tests), as BIKEGUARD_* variables."""
-    return {f"BIKEGUARD_{name.upper()}": secrets.token_urlsafe(32) for name in _SECRET_FIELDS}
+    values = {f"BIKEGUARD_{name.upper()}": secrets.token_urlsafe(32) for name in _SECRET_FIELDS}
+    return values | {"BIKEGUARD_HOTLIST_SIGNING_KEY": generate_signing_key()}
 
 
 def random_secret_settings() -> dict[str, SecretStr]:
     """Fresh random values for every secret setting, as keyword arguments of BackendSettings."""
-    return {name: SecretStr(secrets.token_urlsafe(32)) for name in _SECRET_FIELDS}
+    values = {name: SecretStr(secrets.token_urlsafe(32)) for name in _SECRET_FIELDS}
+    return values | {"hotlist_signing_key": SecretStr(generate_signing_key())}

@@ -18,6 +18,7 @@ from backend.identity import (
 )
 from backend.settings import BackendSettings
 from backend.vault import Vault, VaultError
+from protocol.signing import generate_signing_key
 
 PLATES = BackendSettings.model_fields["plate_pattern"].default
 
@@ -98,6 +99,7 @@ def test_default_secrets_are_refused_outside_development() -> None:
     with pytest.raises(ValueError, match="BIKEGUARD_ID_ENCRYPTION_KEY"):
         BackendSettings(database_url="postgresql://x", environment="production")
     strong = {k: f"{k}-" + "x" * 40 for k in ("id_encryption_key", "id_lookup_key", "certificate_signing_key")}
+    strong["hotlist_signing_key"] = generate_signing_key()
     settings = BackendSettings(database_url="postgresql://x", environment="production", **strong)
     assert settings.secure_cookies is True
     assert BackendSettings(database_url="postgresql://x").environment == "development"
