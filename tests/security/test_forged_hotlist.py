@@ -13,16 +13,19 @@ import asyncio
 import contextlib
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from backend.api.app import create_app
+from backend.ingest.consumer import Ingest
 from backend.settings import BackendSettings
 from bikeguard.services import Broker
 from gateway.settings import GatewaySettings
@@ -75,7 +78,9 @@ def _report_stolen(staff: Staff) -> int:
 class _Fleet:
     """A fleet of gateways run by the real `run_fleet`, each station on its own pty, seen only through the broker."""
 
-    def __init__(self, broker: Broker, prefix: str, tmp_path: Path, count: int = 2) -> None:
+    def __init__(
+        self, broker: Broker, prefix: str, tmp_path: Path, count: int = 2, keys: list[str | None] | None = None
+    ) -> None:
         self.broker = broker
         self.modules = [FakeModule() for _ in range(count)]
         self.settings: list[GatewaySettings] = [
@@ -85,7 +90,7 @@ class _Fleet:
                 broker.url,
                 tmp_path / f"s{i}.spool",
                 status_interval_s=0.2,
-                hotlist_public_key=PUBLIC_KEY,
+                hotlist_public_key=PUBLIC_KEY if keys is None else keys[i],
             )
             for i, module in enumerate(self.modules)
         ]
@@ -259,6 +264,47 @@ async def test_unsigned_and_badly_signed_hotlists_are_refused(
         # The same list signed with the backend's key is taken: the refusals were the signature's doing.
         await asyncio.to_thread(_publish_retained, broker, genuine.to_json())
         await fleet.wait_for_version(newer)
+
+
+async def test_the_installer_sees_a_station_whose_hot_list_lags(
+    backend: Staff, ingest: Ingest, broker: Broker, topic_prefix: str, tmp_path: Path, database_url: str
+) -> None:
+    # Two stations, one provisioned without the backend's public key: it takes no list, so it flags no theft.
+    fleet = _Fleet(broker, topic_prefix, tmp_path, keys=[PUBLIC_KEY, None])
+    with psycopg.connect(database_url) as conn:
+        for station_id in fleet.ids:
+            factories.station(conn, station_id)
+    _report_stolen(backend)
+    async with _running(fleet):
+        await fleet.settle()
+        versions = await fleet.hotlist_versions()
+        current = versions[0]
+        assert current is not None and versions == [current, -1]
+
+        def health() -> dict[str, dict[str, Any]]:
+            r = backend.installer.get("/api/stations/health")
+            assert r.status_code == 200, r.text
+            return {s["station_id"]: s for s in r.json() if s["station_id"] in fleet.ids}
+
+        await _until(lambda: all(s["hotlist_version"] is not None for s in health().values()), "statuses stored")
+        # Within the grace period a lagging station is only late.
+        assert [health()[sid]["hotlist_stale"] for sid in fleet.ids] == [False, False]
+        # Past it (the lists were issued ten minutes ago), the station without the key is stale, and says why.
+        with psycopg.connect(database_url) as conn:
+            conn.execute("UPDATE hotlist_versions SET issued_at = issued_at - interval '10 minutes'")
+        good, lagging = (health()[sid] for sid in fleet.ids)
+        assert (good["hotlist_version"], good["hotlist_current"], good["hotlist_stale"]) == (current, current, False)
+        assert (lagging["hotlist_version"], lagging["hotlist_stale"]) == (-1, True)
+        assert any("BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY" in r for r in lagging["reasons"])
+        page = backend.installer.get("/installer")
+        assert page.status_code == 200 and "bg-hotlist-stale" in page.text
+
+
+async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
 
 
 def test_a_production_backend_refuses_to_start_without_a_hotlist_signing_key() -> None:
