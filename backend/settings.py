@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from protocol.signing import SigningKeyError, generate_signing_key, read_signing_key
+from protocol.signing import SigningKeyError, generate_signing_key, public_key_of, read_signing_key
 
 # Placeholders that work on a developer's machine and are refused anywhere else.
 DEFAULT_SECRET = "changethis"
@@ -125,6 +125,12 @@ class BackendSettings(BaseSettings):
                 " embedded one, runs one worker)"
             )
         return self
+
+    @property
+    def hotlist_public_key(self) -> str:
+        """The public half of the hot-list key, as stations are given it."""
+        assert self.hotlist_signing_key is not None  # filled in by the validator
+        return public_key_of(self.hotlist_signing_key.get_secret_value())
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:
