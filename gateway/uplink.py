@@ -70,6 +70,12 @@ class Uplink:
         self.hotlist_rejected: Counter[str] = Counter()
         key = settings.hotlist_public_key
         self._hotlist_key = None if key is None else read_public_key(key)
+        if key is None:
+            log.warning(
+                "%s: no BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY: this station takes no hot list (it flags only from the"
+                " list its spool holds)",
+                settings.station_id,
+            )
         self.batches_confirmed = 0
         self.sightings_confirmed = 0
         self.batches_resent = 0
