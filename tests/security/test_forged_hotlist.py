@@ -308,11 +308,16 @@ async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20) ->
 
 
 def test_a_production_backend_refuses_to_start_without_a_hotlist_signing_key() -> None:
-    strong = {k: f"{k}-" + "x" * 40 for k in ("id_encryption_key", "id_lookup_key", "certificate_signing_key")}
+    strong: dict[str, Any] = {
+        k: f"{k}-" + "x" * 40 for k in ("id_encryption_key", "id_lookup_key", "certificate_signing_key")
+    }
+    strong["public_base_url"] = "https://bikes.example.gov"
     with pytest.raises(ValueError, match="BIKEGUARD_HOTLIST_SIGNING_KEY must be set"):
         BackendSettings(database_url="postgresql://x", environment="production", **strong)
     with pytest.raises(ValueError, match="BIKEGUARD_HOTLIST_SIGNING_KEY: the hot-list signing key must be 32 bytes"):
         BackendSettings(database_url="postgresql://x", environment="production", hotlist_signing_key="!", **strong)
     # Development makes a random key per process: no two installs share one by default.
-    one, two = (BackendSettings(database_url="postgresql://x").hotlist_signing_key for _ in range(2))
+    one, two = (
+        BackendSettings(database_url="postgresql://x", environment="development").hotlist_signing_key for _ in range(2)
+    )
     assert one is not None and two is not None and one.get_secret_value() != two.get_secret_value()
