@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_validator
@@ -35,6 +35,27 @@ def _plain_text(value: str) -> str:
     if not text:
         raise PydanticCustomError("invalid", "this field cannot be blank")
     return text
+
+
+# The times a request may name: wide enough for any record we hold, narrow enough that no window arithmetic
+# (a default "24 h before until", a conversion to UTC) can leave the calendar and raise OverflowError.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def _within_calendar(value: datetime) -> datetime:
+    # Aware datetimes compare by their UTC instant without building it, so year 9999 at -12:00 compares safely.
+    if not EARLIEST_TIME <= value < LATEST_TIME:
+        raise PydanticCustomError(
+            "time_out_of_range",
+            "a time must be between {earliest} and {latest} (UTC)",
+            {"earliest": EARLIEST_TIME.isoformat(), "latest": LATEST_TIME.isoformat()},
+        )
+    return value
+
+
+# Every time a request carries (query parameters and bodies): with a timezone, and within the bounds above.
+ApiTime = Annotated[AwareDatetime, AfterValidator(_within_calendar)]
 
 
 # Free text: trimmed, not blank, no control characters, at most N characters.
@@ -616,7 +637,7 @@ class HistoryEntry(BaseModel):
 class TheftReportCreate(BaseModel):
     """A theft report."""
 
-    stolen_at: AwareDatetime | None = None
+    stolen_at: ApiTime | None = None
     place: Text200 | None = None
     circumstances: Text2000 | None = None
     police_report: Text50 | None = None

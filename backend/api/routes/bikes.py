@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Path, Query, Request, UploadFile
 from fastapi.responses import Response
-from pydantic import AwareDatetime
 
 from backend import accounts, certificates, trajectories
 from backend.access import require_case_number, viewer_of
@@ -19,6 +18,7 @@ from backend.accounts import User
 from backend.api.deps import Conn, PasswordsDep, RegistryDep, Settings, SignerDep, allow
 from backend.api.routes.owners import create_owner
 from backend.api.schemas import (
+    ApiTime,
     ArmCreate,
     BikeCreate,
     BikePublic,
@@ -226,10 +226,7 @@ async def _trajectory_window(
     """The part of [since, until) of the bike's trajectory this user may see (default: the last 24 h), as
     access.Viewer.bike_window says (another owner's bike is a 404; police access is audited, with `detail`)."""
     until_at: datetime = until or utcnow()
-    try:
-        since_at: datetime = since or until_at - timedelta(hours=_WINDOW_H)
-    except OverflowError:  # an `until` in the first day of year 1
-        since_at = until_at
+    since_at: datetime = since or until_at - timedelta(hours=_WINDOW_H)  # ApiTime keeps this in the calendar
     viewer = viewer_of(user)
     bike = await viewer.check_bike(conn, registry, bike_id)
     return await viewer.bike_window(conn, bike, since_at, until_at, case_number, **detail)
@@ -241,8 +238,8 @@ async def trajectory(
     conn: Conn,
     registry: RegistryDep,
     user: Annotated[User, allow("owner", "police")],
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: ApiTime | None = None,
+    until: ApiTime | None = None,
     case_number: str | None = Query(None, max_length=40),
     limit: int = Query(1000, ge=1, le=10_000),
 ) -> list[dict[str, Any]]:
@@ -258,8 +255,8 @@ async def trajectory_summary(
     conn: Conn,
     registry: RegistryDep,
     user: Annotated[User, allow("owner", "police")],
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: ApiTime | None = None,
+    until: ApiTime | None = None,
     case_number: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
     """Owner, police (as for the trajectory): its stops with their dwell and the legs between them with
@@ -288,8 +285,8 @@ async def trajectory_export(
     conn: Conn,
     registry: RegistryDep,
     user: Annotated[User, allow("owner", "police")],
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: ApiTime | None = None,
+    until: ApiTime | None = None,
     case_number: str | None = Query(None, max_length=40),
 ) -> Response:
     """Owner, police (as for the trajectory): the trajectory as a GPX, GeoJSON or CSV file to download."""
