@@ -52,6 +52,19 @@ def _page(html: str, lang: str, status: int = 200) -> HTMLResponse:
     return response
 
 
+def same_site_path(next_path: str) -> str:
+    """`next_path` if it is a path on this site, else /home: where a page may send the browser after a sign-in.
+
+    Browsers read a backslash as a slash and drop tabs and newlines, so `/\\evil.example` or `/<tab>/evil.example`
+    leave the site; only printable ASCII without a backslash, one leading slash and no second one is kept.
+    common.js's BG.samePath is the same rule, for the pages' scripts.
+    """
+    printable = all("!" <= ch <= "~" for ch in next_path) and "\\" not in next_path
+    if printable and next_path.startswith("/") and not next_path.startswith("//"):
+        return next_path
+    return "/home"
+
+
 def _gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: str) -> Response | None:
     """None if the user may see the page; else where to go instead (sign in, change password, or a 403)."""
     here = quote(request.url.path)
@@ -109,7 +122,7 @@ async def login_page(
 ) -> Response:  # noqa: A002 - the usual name
     """Anyone: the sign-in form (a signed-in user goes straight on)."""
     chosen = _lang(request, lang)
-    target = next if next.startswith("/") and not next.startswith("//") else "/home"
+    target = same_site_path(next)
     if user is not None and access.admission(user, ()) is None:
         return RedirectResponse(target if target != "/login" else "/home", status_code=303)
     return _page(render("login.html", chosen, user=None, config={"next": target}), chosen)
@@ -127,7 +140,7 @@ async def password_page(
     chosen = _lang(request, lang)
     if user is None:
         return RedirectResponse("/login?next=/password", status_code=303)
-    target = next if next.startswith("/") and not next.startswith("//") else "/home"
+    target = same_site_path(next)
     return _page(
         render("password.html", chosen, user=user, config={"next": target, "min_length": settings.password_min_length}),
         chosen,

@@ -82,6 +82,12 @@
     return /^[0-9A-F]{8}$/.test(v) ? { state: "ok", value: v, msg: "" }
       : { state: v.length < 8 && /^[0-9A-F]*$/.test(v) ? "partial" : "bad", value: v, msg: t("chip_bad") };
   }
+  /* Where to go after signing in: a path on this site, else /home. The server's same_site_path rule: browsers
+     read "\\" as "/" and drop tabs and newlines, so only printable ASCII, no backslash, one leading slash. */
+  function samePath(next) {
+    var v = String(next || "");
+    return /^\/(?![\/])[!-\[\]-~]*$/.test(v) ? v : "/home";
+  }
   function time(iso) {
     var d = new Date(iso);
     return isNaN(d.getTime()) ? "" : d.toLocaleString(document.documentElement.lang, { hour12: false });
@@ -130,6 +136,7 @@
 
   window.BG = {
     t: t, esc: esc, api: api, idCheck: idCheck, mobileCheck: mobileCheck, serialCheck: serialCheck,
-    plateCheck: plateCheck, chipCheck: chipCheck, time: time, debounce: debounce, mark: mark, config: CFG
+    plateCheck: plateCheck, chipCheck: chipCheck, samePath: samePath, time: time, debounce: debounce, mark: mark,
+    config: CFG
   };
 })();
