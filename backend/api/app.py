@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from backend import access, accounts, certificates, hotlist, prediction, provisioning, registry
 from backend import stations as station_registry
 from backend.alarms import station_watch, store
+from backend.api.middleware.headers import SecurityHeaders
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import audit as audit_routes
@@ -166,6 +167,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         pages.router,
     ):
         app.include_router(router)
+    app.add_middleware(SecurityHeaders, tile_url=settings.tile_url)
     app.mount("/assets/leaflet", StaticFiles(directory=LEAFLET_DIR), name="leaflet")
     app.mount("/assets/web", StaticFiles(directory=STATIC_DIR), name="web")
 

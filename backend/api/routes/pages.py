@@ -21,6 +21,7 @@ from backend.accounts import Role, User
 from backend.alarms import queries as alarms
 from backend.alarms.kinds import STATION_KINDS
 from backend.api.deps import Conn, OptionalUser, RegistryDep, Settings, SignerDep
+from backend.api.middleware.headers import csp_nonce, with_nonce
 from backend.identity import mask_mobile, mask_name
 from backend.settings import BackendSettings
 from backend.web import LANG_COOKIE, choose_language, render
@@ -63,6 +64,11 @@ def same_site_path(next_path: str) -> str:
     if printable and next_path.startswith("/") and not next_path.startswith("//"):
         return next_path
     return "/home"
+
+
+def _map_page(request: Request, html: str) -> HTMLResponse:
+    """A folium map page (its scripts are inline), with this response's CSP nonce on them."""
+    return HTMLResponse(with_nonce(html, csp_nonce(request)), headers={"Cache-Control": "no-store"})
 
 
 def _gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: str) -> Response | None:
@@ -113,7 +119,7 @@ async def live_map(
         tile_attribution=settings.tile_attribution,
         user_name=user.display_name or user.username,
     )
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    return _map_page(request, html)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -205,7 +211,7 @@ async def installer_map(
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
     )
-    return HTMLResponse(m.get_root().render(), headers={"Cache-Control": "no-store"})
+    return _map_page(request, m.get_root().render())
 
 
 def _coverage_html(sts: list[dict[str, Any]], roads: dict[str, Any], settings: BackendSettings) -> str:
@@ -233,7 +239,7 @@ async def installer_coverage(
         return refused
     sts = [s for s in jsonable_encoder(await stations.list_stations(conn)) if s["lifecycle"] != "decommissioned"]
     html = await asyncio.to_thread(_coverage_html, sts, await stations.roads_geojson(conn), settings)
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    return _map_page(request, html)
 
 
 @router.get("/counter", response_class=HTMLResponse)

@@ -1,8 +1,10 @@
 /* Shared by the Bikeguard pages: words, API calls, field checks that mirror the server's. */
 (function () {
   "use strict";
-  var T = window.BG_T || {};
-  var CFG = window.BG_CONFIG || {};
+  /* The page's words and settings: a JSON data block, not an inline script (the CSP allows none). */
+  var DATA = JSON.parse((document.getElementById("bg-page-data") || {}).textContent || "{}");
+  var T = DATA.t || {};
+  var CFG = DATA.config || {};
 
   function t(key, vars) {
     var s = Object.prototype.hasOwnProperty.call(T, key) ? T[key] : key;
@@ -123,6 +125,10 @@
       u.searchParams.set("lang", a.dataset.lang);
       window.location.href = u.toString();
     });
+  });
+
+  document.querySelectorAll("[data-print]").forEach(function (b) {
+    b.addEventListener("click", function () { window.print(); });
   });
 
   var out = document.getElementById("bg-sign-out");
