@@ -12,11 +12,12 @@ def _backend(args: argparse.Namespace) -> int:
     import uvicorn
 
     from backend.api.app import create_app
+    from backend.api.middleware.limits import server_options
     from backend.settings import BackendSettings
 
     settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
     app = create_app(settings, run_ingest=not args.no_ingest)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", **server_options(settings))
     return 0
 
 

@@ -19,6 +19,7 @@ from backend import access, accounts, certificates, hotlist, prediction, provisi
 from backend import stations as station_registry
 from backend.alarms import station_watch, store
 from backend.api.middleware.headers import SecurityHeaders
+from backend.api.middleware.limits import BodyLimits
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import audit as audit_routes
@@ -167,6 +168,8 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         pages.router,
     ):
         app.include_router(router)
+    # The last added is the outermost: a refused body's 413 or 408 carries the security headers too.
+    app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(SecurityHeaders, tile_url=settings.tile_url)
     app.mount("/assets/leaflet", StaticFiles(directory=LEAFLET_DIR), name="leaflet")
     app.mount("/assets/web", StaticFiles(directory=STATIC_DIR), name="web")

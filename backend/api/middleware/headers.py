@@ -1,7 +1,8 @@
 """Security headers on every response: nosniff, a strict Content-Security-Policy, no framing, a Referrer-Policy.
 
 Scripts run only from our own files or with the response's nonce (the folium map pages, whose scripts are
-inline, carry it); styles may be inline (Leaflet needs it); no page may be framed by another site, and only the installer's own page frames its maps.
+inline, carry it); styles may be inline (Leaflet needs it); no page may be framed by another site, and only the
+installer's own page frames its maps.
 """
 
 from __future__ import annotations
