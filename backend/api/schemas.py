@@ -350,6 +350,9 @@ class LoginCreate(BaseModel):
 
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=256)
+    token_in_body: bool = Field(
+        False, description="an API client's request for the token in the answer (the browser's sign-in never asks)"
+    )
 
 
 class AccountPublic(BaseModel):
@@ -372,9 +375,9 @@ class AccountDetail(AccountPublic):
 
 
 class SessionPublic(BaseModel):
-    """A new session: the token for Authorization: Bearer (also set as an HttpOnly cookie)."""
+    """A new session, set as an HttpOnly cookie; the token for Authorization: Bearer only if asked for."""
 
-    token: str
+    token: str | None = None
     expires_at: datetime
     account: AccountPublic
 

@@ -31,7 +31,8 @@ def _clerk(database_url: str) -> str:
 
 
 def _api_as(base: str, username: str, password: str = factories.PASSWORD) -> httpx.Client:
-    token = httpx.post(f"{base}/api/auth/login", json={"username": username, "password": password}).json()["token"]
+    body = {"username": username, "password": password, "token_in_body": True}
+    token = httpx.post(f"{base}/api/auth/login", json=body).json()["token"]
     return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
