@@ -1,12 +1,13 @@
-"""Accounts, passwords and sessions: argon2id hashes, opaque expiring session tokens, login rate limiting."""
+"""Accounts, passwords and sessions: argon2id hashes, opaque expiring session tokens, login throttling."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
@@ -15,7 +16,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from psycopg.rows import dict_row
 
 from backend.settings import BackendSettings
-from protocol.messages import utcnow
 
 Role = Literal["clerk", "owner", "police", "installer", "admin"]
 ROLES: tuple[Role, ...] = ("clerk", "owner", "police", "installer", "admin")
@@ -193,22 +193,61 @@ async def reset_password(
     return str(row[0])
 
 
-async def _throttle(
+# Counts an attempt in advance as a failure of its key (an account name or a client address) and sets when the next
+# may be made, if the key's wait is over; one statement, so parallel attempts are counted one at a time (the row
+# lock) and none passes on a count read before another's was written. Failures older than the window are forgotten.
+_RESERVE = """
+INSERT INTO login_throttle AS t (throttle_key, failures, last_failed_at, next_attempt_at)
+VALUES (%(key)s, 1, now(), now() + bikeguard_login_delay(1, %(free)s, %(max_delay_s)s))
+ON CONFLICT (throttle_key) DO UPDATE SET
+    failures = CASE WHEN t.last_failed_at < now() - make_interval(secs => %(window_s)s) THEN 1 ELSE t.failures + 1 END,
+    last_failed_at = now(),
+    next_attempt_at = now() + bikeguard_login_delay(
+        CASE WHEN t.last_failed_at < now() - make_interval(secs => %(window_s)s) THEN 1 ELSE t.failures + 1 END,
+        %(free)s, %(max_delay_s)s)
+WHERE t.next_attempt_at <= now()
+RETURNING throttle_key
+"""
+
+
+async def _reserve_attempt(
     conn: psycopg.AsyncConnection[Any], settings: BackendSettings, username: str, address: str | None
 ) -> None:
+    """Count this attempt for the account and the address (committed); raise LoginThrottled if either must wait."""
+    keys = [(f"account:{username}", settings.login_max_failures)]
+    if address is not None:
+        keys.append((f"address:{address}", settings.login_max_failures_per_address))
+    waiting = []
+    for key, free in keys:
+        cur = await conn.execute(
+            _RESERVE,
+            {"key": key, "free": free, "max_delay_s": settings.login_max_delay_s, "window_s": settings.login_window_s},
+        )
+        if await cur.fetchone() is None:
+            waiting.append(key)
+    if not waiting:
+        await conn.commit()
+        return
+    # Not counted: waiting out the delay is enough, a refused attempt does not make it longer.
+    await conn.rollback()
     cur = await conn.execute(
-        "SELECT count(*) FILTER (WHERE username = %s), count(*) FILTER (WHERE address = %s),"
-        " min(attempted_at) FILTER (WHERE username = %s)"
-        " FROM login_attempts WHERE NOT succeeded AND attempted_at > now() - make_interval(secs => %s)"
-        " AND (username = %s OR address = %s)",
-        (username, address, username, settings.login_window_s, username, address),
+        "SELECT max(next_attempt_at) - now() FROM login_throttle WHERE throttle_key = ANY(%s)", (waiting,)
     )
-    by_user, by_address, oldest = await cur.fetchone()  # type: ignore[misc]
-    if by_user >= settings.login_max_failures or by_address >= settings.login_max_failures_per_address:
-        wait = settings.login_window_s
-        if oldest is not None and by_user >= settings.login_max_failures:
-            wait = max(1, int((oldest + timedelta(seconds=settings.login_window_s) - utcnow()).total_seconds()))
-        raise LoginThrottled(f"too many failed logins; try again in {max(1, round(wait / 60))} min", wait)
+    row = await cur.fetchone()
+    wait_s = max(1, math.ceil(row[0].total_seconds())) if row and row[0] is not None else 1
+    await conn.rollback()
+    what = "this account" if waiting[0].startswith("account:") else "this address"
+    raise LoginThrottled(f"too many failed logins for {what}; try again in {wait_s} s", wait_s)
+
+
+async def _release_attempt(conn: psycopg.AsyncConnection[Any], username: str, address: str | None) -> None:
+    """A correct password: the account starts afresh; the address's advance count of this attempt is taken back."""
+    await conn.execute("DELETE FROM login_throttle WHERE throttle_key = %s", (f"account:{username}",))
+    if address is not None:
+        await conn.execute(
+            "UPDATE login_throttle SET failures = greatest(failures - 1, 0) WHERE throttle_key = %s",
+            (f"address:{address}",),
+        )
 
 
 async def login(
@@ -221,10 +260,11 @@ async def login(
 ) -> tuple[str, User]:
     """A new session token for the username and password; raises LoginThrottled or LoginFailed.
 
-    Each attempt is recorded and committed, so a failure counts even though the request fails.
+    Each attempt is counted before the password is checked and committed, so a failure counts even though the
+    request fails, and parallel attempts cannot pass the limit together.
     """
     key = username.strip().lower()
-    await _throttle(conn, settings, key, address)
+    await _reserve_attempt(conn, settings, key, address)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT account_id, password_hash FROM accounts WHERE lower(username) = %s AND disabled_at IS NULL",
@@ -238,6 +278,7 @@ async def login(
     if not ok or row is None:
         await conn.commit()
         raise LoginFailed("wrong username or password")
+    await _release_attempt(conn, key, address)
     token = secrets.token_urlsafe(32)
     await conn.execute(
         "INSERT INTO sessions (token_hash, account_id, expires_at) VALUES (%s, %s, now() + make_interval(secs => %s))",
@@ -292,9 +333,14 @@ async def change_password(
 
 
 async def prune(conn: psycopg.AsyncConnection[Any], settings: BackendSettings) -> None:
-    """Forget login attempts older than the window and sessions that ended a day ago."""
+    """Forget login attempts and throttling older than the window, and sessions that ended a day ago."""
     await conn.execute(
         "DELETE FROM login_attempts WHERE attempted_at < now() - make_interval(secs => %s)", (settings.login_window_s,)
+    )
+    await conn.execute(
+        "DELETE FROM login_throttle WHERE last_failed_at < now() - make_interval(secs => %s)"
+        " AND next_attempt_at < now()",
+        (settings.login_window_s,),
     )
     await conn.execute(
         "DELETE FROM sessions WHERE least(expires_at, coalesce(revoked_at, expires_at)) < now() - interval '1 day'"

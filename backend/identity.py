@@ -70,8 +70,12 @@ def normalise_serial(value: str, what: str) -> str:
 
 
 def mask_id_number(id_number: str) -> str:
-    """The first 4 and last 4 characters of a resident ID number, the rest hidden."""
-    return id_number[:4] + "*" * (len(id_number) - 8) + id_number[-4:]
+    """The last 4 characters of a resident ID number, the rest hidden.
+
+    Showing the first 4 as well left only the birth date and two area digits hidden: a few thousand look-ups of
+    candidates would find the number (issue 11 #5).
+    """
+    return "*" * (len(id_number) - 4) + id_number[-4:]
 
 
 def mask_mobile(mobile: str) -> str:

@@ -86,18 +86,23 @@ class LiveFeed:
                 self._send(alarm)
 
     def _send(self, alarm: dict[str, Any]) -> None:
-        event = b"event: alarm\ndata: " + orjson.dumps(alarm) + b"\n\n"
+        # Each viewer gets the alarm as its scope shows it: in full, or without the details of a bike not stolen.
+        events: dict[bool, bytes] = {}
         for q, scope in list(self._subscribers.items()):
             if not scope.allows(alarm["kind"]):
                 continue
+            hidden = scope.hides_details(alarm)
+            if hidden not in events:
+                events[hidden] = b"event: alarm\ndata: " + orjson.dumps(scope.shown(alarm)) + b"\n\n"
             try:
-                q.put_nowait(event)
+                q.put_nowait(events[hidden])
             except asyncio.QueueFull:
                 # A viewer that stopped reading loses events rather than holding up the others.
                 self.dropped += 1
 
     async def events(self, scope: access.Scope, keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
-        """Server-sent events for one viewer: changes of the alarms of the kinds in scope, and a keep-alive comment.
+        """Server-sent events for one viewer: changes of the alarms of the kinds in scope (as the scope shows them),
+        and a keep-alive comment.
 
         Owner scopes are not supported here (the feed filters by kind only)."""
         if scope.owner_id is not None:

@@ -54,6 +54,18 @@ class InvalidValue(RegistryError):
     """A value the local rules refuse (e.g. a plate not in the local pattern)."""
 
 
+class LookupThrottled(RegistryError):
+    """An account made as many owner look-ups as an hour allows; carries how long to wait."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, "id_number")
+        self.retry_after_s = retry_after_s
+
+
+# The first key of the advisory lock that makes one account's owner look-ups count one at a time.
+_LOOKUP_LOCK = 0x1D5
+
+
 @dataclass(frozen=True, slots=True)
 class BikeDetails:
     """What identifies and describes a bike."""
@@ -114,6 +126,16 @@ async def _act_as(conn: psycopg.AsyncConnection[Any], actor: str, reason: str | 
         "SELECT set_config('bikeguard.actor', %s, true), set_config('bikeguard.reason', %s, true)",
         (actor, reason or ""),
     )
+
+
+# Letters and digits nobody confuses on a printed slip.
+_USERNAME_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+
+
+def owner_username() -> str:
+    """A new owner's login name for the slip: random, so that it tells nobody their mobile number (usernames appear
+    in history records as who did what)."""
+    return "bg-" + "".join(secrets.choice(_USERNAME_ALPHABET) for _ in range(8))
 
 
 def _code_hash(code: str) -> bytes:
@@ -214,6 +236,28 @@ class Registry:
         )
         row = await cur.fetchone()
         return int(row[0]) if row else None
+
+    async def lookup_owner(self, conn: psycopg.AsyncConnection[Any], account_id: int, id_number: str) -> int | None:
+        """find_owner for a person at the counter, at most owner_lookups_per_hour per account; raises LookupThrottled.
+
+        The count is of the account's `owner.lookup` audit records (every look-up, hit or miss, is one), so the
+        caller records this one in the same transaction; the lock makes parallel look-ups count one at a time.
+        """
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOOKUP_LOCK, account_id))
+        cur = await conn.execute(
+            "SELECT count(*), min(at) FROM audit_log"
+            " WHERE at > now() - interval '1 hour' AND account_id = %s AND action = 'owner.lookup'",
+            (account_id,),
+        )
+        made, oldest = await cur.fetchone()  # type: ignore[misc]
+        if made >= self.settings.owner_lookups_per_hour:
+            wait_s = max(1, int((oldest + timedelta(hours=1) - utcnow()).total_seconds()) + 1)
+            raise LookupThrottled(
+                f"{made} owner look-ups in the last hour, the most one account may make"
+                f" (BIKEGUARD_OWNER_LOOKUPS_PER_HOUR); try again in {max(1, round(wait_s / 60))} min",
+                wait_s,
+            )
+        return await self.find_owner(conn, id_number)
 
     async def create_owner(self, conn: psycopg.AsyncConnection[Any], actor: str, owner: OwnerDetails) -> int:
         """A new owner; raises Conflict when one with this resident ID number exists."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -21,10 +23,17 @@ class BackendSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BIKEGUARD_", extra="ignore")
 
-    # "development" accepts the placeholder secrets below; "production" refuses to start with them.
-    environment: Literal["development", "production"] = "development"
+    # "production" (the default) refuses to start with the placeholder secrets below, or weak ones; "development"
+    # accepts them, and must be asked for: an install left with defaults would otherwise sign certificate tokens
+    # and encrypt ID numbers with a key anyone can read here.
+    environment: Literal["development", "production"] = "production"
     database_url: str = Field(description="PostgreSQL/TimescaleDB conninfo or URL")
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    # TLS (an mqtts:// URL): the CA of the broker's certificate (none: the system's CAs), and the backend's own
+    # certificate and key when the broker asks for one.
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
     mqtt_client_id: str = Field(default_factory=lambda: f"bikeguard-backend-{os.getpid()}")
     # Several ingest workers share the station topics through this group; empty disables sharing
     # (needed for brokers without $share, such as the embedded amqtt).
@@ -52,6 +61,9 @@ class BackendSettings(BaseSettings):
     ingest_max_queued_messages: int = Field(default=1000, ge=1)
     # Alerts have their own lane (a stolen chip never waits behind sightings) and their own bound: they are small.
     ingest_max_queued_alerts: int = Field(default=10_000, ge=1)
+    # Rejected messages keep this much of their raw bytes (and their full length), for this many days.
+    ingest_reject_max_raw_bytes: int = Field(default=64 * 1024, ge=1024)
+    rejected_retention_days: int = Field(default=30, ge=1)
     # How long /api/ready waits for the database before it says the database is away.
     ready_timeout_s: float = Field(default=2.0, gt=0)
     # How long the ingest trusts its cached list of registered stations before reading it again.
@@ -85,7 +97,9 @@ class BackendSettings(BaseSettings):
     id_lookup_key: SecretStr = SecretStr(DEFAULT_SECRET)
     # Signs the token in a registration certificate's QR code.
     certificate_signing_key: SecretStr = SecretStr(DEFAULT_SECRET)
-    # Where the QR code points (e.g. https://bikes.example.gov); the request's own address when unset.
+    # Where the QR code points (e.g. https://bikes.example.gov). Required in production: taken from the request
+    # (its Host header), a printed certificate would point wherever a request claimed to be sent to. In development
+    # the request's own address stands in when it is unset.
     public_base_url: str | None = None
 
     # Accounts and sessions.
@@ -93,9 +107,15 @@ class BackendSettings(BaseSettings):
     # Live streams send a keep-alive comment this often when idle, and check their session is still valid.
     live_keepalive_s: float = Field(default=15.0, gt=0)
     session_cookie_secure: bool | None = Field(default=None, description="HTTPS-only cookie; on in production")
-    login_max_failures: int = Field(default=5, ge=1, description="failed logins per account per window")
+    # Failed logins in a row (those older than the window forgotten) before each next attempt waits: 2^(n - max) s
+    # after the n-th, at most login_max_delay_s; a wait, not a lockout, so nobody can lock an officer out for long.
+    login_max_failures: int = Field(default=5, ge=1, description="failed logins per account before delays")
     login_max_failures_per_address: int = Field(default=50, ge=1)
     login_window_s: int = Field(default=900, ge=1)
+    login_max_delay_s: int = Field(default=300, ge=1)
+    # Reverse proxies whose X-Forwarded-For names the client (addresses or networks, comma-separated); from anyone
+    # else the header is ignored and the connection's peer address is the client's.
+    trusted_proxies: str = ""
     password_min_length: int = Field(default=10, ge=8)
     # argon2id cost (OWASP's minimum recommendation by default); hashes carry their own parameters.
     password_time_cost: int = Field(default=2, ge=1)
@@ -108,13 +128,36 @@ class BackendSettings(BaseSettings):
     plate_example: str = "HZ-12345"
     photo_max_bytes: int = Field(default=2_000_000, ge=1024)
     photos_per_bike: int = Field(default=6, ge=0)
+    # Owner look-ups by resident ID number per account per hour: a counter needs a few; trying candidates against a
+    # masked number needs thousands.
+    owner_lookups_per_hour: int = Field(default=60, ge=1)
     transfer_consent_ttl_s: int = Field(default=7 * 86400, ge=60)
+    # Without a case number, police see a stolen bike's passages from its theft, but no earlier than this long before
+    # the theft was reported: whoever files a report (police included) cannot open a bike's past by back-dating it.
+    police_theft_lookback_s: float = Field(default=24 * 3600, ge=0)
 
     @field_validator("plate_pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
         re.compile(value)
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"BIKEGUARD_TRUSTED_PROXIES: {part!r} is not an address or network") from exc
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The reverse proxies whose X-Forwarded-For is believed."""
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()
+        )
 
     @model_validator(mode="after")
     def _workers_share(self) -> Self:
@@ -135,10 +178,25 @@ class BackendSettings(BaseSettings):
             if value == DEFAULT_SECRET or len(value) < _MIN_SECRET_CHARS:
                 raise ValueError(
                     f"BIKEGUARD_{name.upper()} must be set to a random string of at least {_MIN_SECRET_CHARS}"
-                    f" characters outside development (environment is {self.environment!r})"
+                    f" characters (it is {'the placeholder' if value == DEFAULT_SECRET else 'too short'});"
+                    " on a development machine only, BIKEGUARD_ENVIRONMENT=development accepts the placeholder"
                 )
         if len({getattr(self, n).get_secret_value() for n in _SECRET_FIELDS}) != len(_SECRET_FIELDS):
             raise ValueError("the ID encryption, ID lookup and certificate signing keys must all differ")
+        return self
+
+    @model_validator(mode="after")
+    def _public_address(self) -> Self:
+        url = self.public_base_url
+        if url is not None and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", url):
+            raise ValueError(
+                f"BIKEGUARD_PUBLIC_BASE_URL {url!r} is not an absolute http(s) address like https://bikes.example.gov"
+            )
+        if url is None and self.environment == "production":
+            raise ValueError(
+                "BIKEGUARD_PUBLIC_BASE_URL must be set in production (e.g. https://bikes.example.gov): certificates'"
+                " QR codes point there, and are never made from a request's Host header"
+            )
         return self
 
     @property

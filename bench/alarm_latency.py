@@ -149,6 +149,7 @@ def main() -> int:
     port = free_port()
     env = {
         **os.environ,
+        "BIKEGUARD_ENVIRONMENT": "development",
         "BIKEGUARD_DATABASE_URL": pg.url,
         "BIKEGUARD_MQTT_URL": broker.url,
         "BIKEGUARD_MQTT_SHARED_GROUP": "bench" if broker.supports_shared_subscriptions else "",
@@ -171,7 +172,9 @@ def main() -> int:
             register_chips(pg.url, bench_tags(seed=3))  # and its chips, registered bikes as in a real county
         police = sign_in(base, staff.police)
         for bike_id, _first_login in staff.owners.values():
-            police.post(f"/api/bikes/{bike_id}/theft", json={"place": "bench"}).raise_for_status()
+            police.post(
+                f"/api/bikes/{bike_id}/theft", params={"case_number": "BENCH-1"}, json={"place": "bench"}
+            ).raise_for_status()
         tags = [b.tag_id for b in town.bikes]
         headers = dict(police.headers)
         station_id = town.stations[0].station_id
@@ -227,7 +230,7 @@ def main() -> int:
         stop.set()
         loader.join(30)
         floor = mqtt_floor(broker.host, broker.port)
-        health = police.get("/api/health").json()["ingest"]
+        health = police.get("/api/health/ingest").json()["ingest"]
         print(
             f"{len(latencies)}/{len(tags)} alarms arrived; ingest stored {health['sightings']:,} background "
             f"sightings; broker {broker.kind}"

@@ -183,6 +183,7 @@ def measure(
     if not args.unregistered:
         register_chips(url, tags)
     settings = BackendSettings(
+        environment="development",
         database_url=url,
         mqtt_url=broker.url,
         mqtt_client_id=f"bench-ingest-{name}",
@@ -257,7 +258,9 @@ def main() -> int:
         for workers in args.workers:
             rates[workers], url = measure(server, broker, workers, batches, payloads, args, tags)
             urls.append(url)
-        limit = copy_limit(urls[-1], batches, BackendSettings(database_url=server).ingest_flush_rows)
+        limit = copy_limit(
+            urls[-1], batches, BackendSettings(environment="development", database_url=server).ingest_flush_rows
+        )
         for workers, rate in rates.items():
             print(
                 f"ingest ({workers} worker{'s' if workers > 1 else ''}): {rate:,.0f} sightings/s"

@@ -347,13 +347,14 @@ def main() -> int:
         if args.fill:
             fill(workdir / "full.spool", traffic, payloads)
 
-        # A longer backlog than the simulated hour for a steadier drain figure: the same batches again.
+        # A longer backlog than the simulated hour for a steadier drain figure: the same sightings again, each copy
+        # in batches with their own batch_seq (the backend confirms a batch by its seq).
         copies = max(1, round(args.drain_hours / traffic.hours))
         topic = station_topic(STATION, "sightings")
         for _ in range(copies - 1):
             with spool.atomic():
-                for p, sightings in zip(payloads, traffic.batches, strict=True):
-                    spool.put_sightings(topic, prebuilt(p), len(sightings))
+                for sightings in traffic.batches:
+                    spool.put_sightings(topic, builder(sightings), len(sightings))
         result, broker = asyncio.run(drain(spool, settings, args.outage_s, args.broker))
         try:
             assert result.sightings == copies * traffic.sightings, (result.sightings, copies * traffic.sightings)

@@ -11,13 +11,13 @@ import sys
 def _backend(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from backend.api.app import create_app
+    from backend.api.app import create_app, server_config
     from backend.api.middleware.limits import server_options
     from backend.settings import BackendSettings
 
     settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
     app = create_app(settings, run_ingest=not args.no_ingest)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", **server_options(settings))
+    uvicorn.Server(server_config(app, settings.http_host, settings.http_port, **server_options(settings))).run()
     return 0
 
 
@@ -127,7 +127,26 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args.func(args))
+    from pydantic import ValidationError
+
+    try:
+        return int(args.func(args))
+    except ValidationError as exc:
+        print(backend_settings_problems(exc), file=sys.stderr)
+        return 2
+
+
+def backend_settings_problems(exc: Exception) -> str:
+    """The backend's refused settings, one line each, named by their environment variable (not pydantic's dump)."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"  BIKEGUARD_{str(error['loc'][0]).upper()}: {message}" if error["loc"] else f"  {message}")
+    return "refused settings (BIKEGUARD_* environment variables):\n" + "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -158,7 +158,11 @@ def bootstrap_admin(database_url: str) -> Login:
     """The first admin, made straight in the database as `bikeguard account create` does."""
     admin = Login("admin", _password())
     accounts.bootstrap(
-        BackendSettings(database_url=database_url), admin.username, admin.password, "admin", "Demo admin"
+        BackendSettings(environment="development", database_url=database_url),
+        admin.username,
+        admin.password,
+        "admin",
+        "Demo admin",
     )
     return admin
 
@@ -317,6 +321,8 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
             "BIKEGUARD_MQTT_CLIENT_ID": "bikeguard-demo-backend",
             # A young town has little history: learn where bikes go next every minute, not every hour.
             "BIKEGUARD_MAINTENANCE_INTERVAL_S": "60",
+            # Plain HTTP on this machine, data thrown away: development mode, asked for; random keys all the same.
+            "BIKEGUARD_ENVIRONMENT": "development",
             **random_secrets(),
         }
         with stop_signals.held():

@@ -18,15 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
+
+from protocol.mqtt_socket import no_delay
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,16 @@ class Will:
 
 
 @dataclass(frozen=True, slots=True)
+class Tls:
+    """TLS to the broker (mqtts://): the CA that signed the broker's certificate (None: the system's CAs), and the
+    station's own certificate and key when the broker asks for one. The broker's name is always checked."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One message received on a subscription."""
 
@@ -98,6 +112,7 @@ class SocketWatch:
 
     def opened(self, sock: Any) -> None:
         """paho opened its socket: read when there is something to read."""
+        no_delay(sock)
         self._in_loop(self._watch_reads, sock)
 
     def closed(self, sock: Any) -> None:
@@ -167,6 +182,7 @@ class Connection:
         will: Will | None = None,
         keepalive_s: int = 30,
         timeout_s: float = 10.0,
+        tls: Tls | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -184,6 +200,14 @@ class Connection:
             client.username_pw_set(username, password)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        if tls is not None:
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_ack
@@ -226,6 +250,9 @@ class Connection:
         except TimeoutError:
             self._abort()
             raise NoAnswer(f"no answer from {self.endpoint} in {self.timeout_s:g} s") from None
+        except ssl.SSLError as exc:  # before OSError, of which it is one: say it is TLS, and why
+            self._abort()
+            raise MqttError(f"{self.endpoint}: TLS: {exc.reason or exc}: {exc}") from exc
         except OSError as exc:
             self._abort()
             raise MqttError(f"{self.endpoint}: {exc.strerror or exc}") from exc
@@ -305,6 +332,12 @@ class Connection:
 
     def _read(self) -> None:
         self._client.loop_read()
+        # TLS decrypts whole records: bytes already decrypted wait in the SSL object, where no readiness event
+        # will point at them. Read them now.
+        sock = self._client.socket()
+        while isinstance(sock, ssl.SSLSocket) and sock.fileno() >= 0 and sock.pending():
+            if self._client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
 
     def _write(self) -> None:
         self._client.loop_write()

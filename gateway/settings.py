@@ -9,10 +9,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway import rejected_runs
+from gateway.mqtt import Tls
 from gateway.spool import DEFAULT_MAX_BYTES, MIB
 from protocol.frames import BAUD_RATE
 from protocol.ids import IdError, check_station_id
-from protocol.mqtt_address import mqtt_address
+from protocol.mqtt_address import mqtt_address, uses_tls
 
 
 def _default_firmware() -> str:
@@ -67,6 +68,11 @@ class GatewaySettings(BaseSettings):
         default=600.0, gt=0, description="the wait for a confirmation doubles per resend of a batch, up to this"
     )
     mqtt_keepalive_s: int = Field(default=30, ge=5)
+    # TLS (an mqtts:// URL): the CA of the broker's certificate (none: the system's CAs), and the station's own
+    # certificate and key when the broker asks for one.
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
     # The station's own monitoring (gateway/metrics.py): off unless a port is given; stations of one fleet process
     # that name the same port share one endpoint, labelled by station.
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics; None: off")
@@ -102,7 +108,22 @@ class GatewaySettings(BaseSettings):
             object.__setattr__(self, "spool_path", Path(f"gateway-{self.station_id}.spool"))
         if self.passage_max_s < self.passage_gap_s:
             raise ValueError("passage_max_s must not be shorter than passage_gap_s")
+        tls_files = (self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
+        if any(tls_files) and not uses_tls(self.mqtt_url.get_secret_value()):
+            raise ValueError("TLS files are set but the MQTT URL is not mqtts://: the station would talk in clear")
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError("mqtt_cert_file and mqtt_key_file go together (the station's certificate and its key)")
+        for path in tls_files:
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file not found: {path}")
         return self
+
+    @property
+    def mqtt_tls(self) -> Tls | None:
+        """TLS for the broker connection, or None for a plain mqtt:// URL."""
+        if not uses_tls(self.mqtt_url.get_secret_value()):
+            return None
+        return Tls(self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
 
     @property
     def spool_file(self) -> Path:

@@ -95,6 +95,7 @@ class Uplink:
             clean_session=False,
             keepalive_s=self.settings.mqtt_keepalive_s,
             timeout_s=self.settings.publish_timeout_s,
+            tls=self.settings.mqtt_tls,
         )
 
     async def run(self) -> None:

@@ -121,12 +121,26 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     }
     return out;
   }
-  function aboutStation(a) { return !a.tag_id; }   // e.g. a station offline: no bike, no chip
+  // A station offline: no bike, no chip. (An alarm about a bike not reported stolen has its chip left out too.)
+  function aboutStation(a) { return !a.tag_id && !a.details_hidden; }
+  // An alarm about a bike not reported stolen comes as kind and station only: its plate, chip and trail need a
+  // case number, given here and sent with GET /api/alarms/{id}?case_number=… (the server audits it).
+  function openCaseHtml(a) {
+    return '<form class="bg-open-case" data-open-alarm="' + esc(a.id) + '" autocomplete="off">' +
+      '<input name="case_number" maxlength="40" required placeholder="Case no." aria-label="Case number"' +
+      ' title="Plate, chip and trail of a bike that is not reported stolen; recorded in the audit log">' +
+      '<button type="submit">Open details</button></form>';
+  }
   function popupHtml(a) {
     var plate = a.plate ? '<span class="plate">' + esc(a.plate) + "</span>" : "<i>no plate on record</i>";
     var rows = aboutStation(a)
       ? "<tr><th>Station</th><td>" + esc(a.station_name) + " (" + esc(a.station_id) + ")</td></tr>" +
         "<tr><th>Last heard</th><td>" + clock(a.first_seen_at) + " · " + ago(a.first_seen_at) + "</td></tr>"
+      : a.details_hidden
+      ? "<tr><th>Bike</th><td><i>not reported stolen: plate, chip and trail need a case number</i></td></tr>" +
+        "<tr><th>Station</th><td>" + esc(a.station_name) + " (" + esc(a.station_id) + ")</td></tr>" +
+        "<tr><th>Last seen</th><td>" + clock(a.last_seen_at) + " · " + ago(a.last_seen_at) + "</td></tr>" +
+        "<tr><th>First seen</th><td>" + clock(a.first_seen_at) + "</td></tr>"
       : "<tr><th>Plate</th><td>" + plate + "</td></tr>" +
         "<tr><th>Tag</th><td>" + esc(a.tag_id) + "</td></tr>" +
         "<tr><th>Station</th><td>" + esc(a.station_name) + " (" + esc(a.station_id) + ")</td></tr>" +
@@ -138,7 +152,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       "<table>" + rows +
       "<tr><th>State</th><td>" + esc(a.state) + " · alarm #" + esc(a.id) + "</td></tr>" +
       (a.assignee ? "<tr><th>Assigned</th><td>" + esc(a.assignee) + "</td></tr>" : "") +
-      "</table>" + actionsHtml(a) + "</div>";
+      "</table>" + (a.details_hidden ? openCaseHtml(a) : "") + actionsHtml(a) + "</div>";
   }
   function actionsHtml(a) {       // what the signed-in officer can do with the alarm; answered by act()
     var b = function (action, label, enabled) {
@@ -168,6 +182,13 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       return top + '<div class="bg-plate bg-station-name">' + esc(a.station_name || a.station_id) + "</div>" +
         '<div class="bg-meta">Station ' + esc(a.station_id) + " · last heard " + clock(a.first_seen_at) + "</div>" +
         (a.assignee ? '<div class="bg-meta bg-assignee">Assigned to ' + esc(a.assignee) + "</div>" : "");
+    }
+    if (a.details_hidden) {
+      return top + '<div class="bg-plate none">bike not reported stolen</div>' +
+        '<div class="bg-where">at ' + esc(a.station_name) + " <span class=\"bg-meta\">(" + esc(a.station_id) + ")</span></div>" +
+        '<div class="bg-meta">Plate, chip and trail with a case number · since ' + clock(a.first_seen_at) + "</div>" +
+        (a.assignee ? '<div class="bg-meta bg-assignee">Assigned to ' + esc(a.assignee) + "</div>" : "") +
+        openCaseHtml(a);
     }
     var plate = a.plate ? '<div class="bg-plate">' + esc(a.plate) + "</div>"
       : '<div class="bg-plate none">no plate on record</div>';
@@ -269,7 +290,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       entry.item.className = "bg-alarm";
       entry.item.dataset.alarmId = id;
       entry.item.addEventListener("click", function (ev) {
-        if (ev.target.closest("button")) { return; }
+        if (ev.target.closest("button, input, form")) { return; }
         map.flyTo(entry.marker.getLatLng(), Math.max(map.getZoom(), 16), { duration: 0.8 });
         entry.marker.openPopup();
       });
@@ -281,7 +302,12 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       if (!quiet) { flash(header, "flash"); flash(entry.item, "fresh"); }
     } else {
       if (!quiet) { flash(entry.item, "fresh"); }
+      // Opened under a case number: a later update (kind and station only) keeps the bike's details shown.
+      if (a.details_hidden && entry.opened) {
+        a = Object.assign({}, a, { plate: entry.data.plate, tag_id: entry.data.tag_id, details_hidden: false });
+      }
     }
+    if (a.details_hidden === false && entry.data.details_hidden) { entry.opened = true; }
     entry.data = a;
     entry.trail = mergeTrail(entry.trail, a);
     entry.marker.setLatLng([a.lat, a.lon]);
@@ -293,7 +319,12 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     entry.marker.setPopupContent(popupHtml(a));
     entry.item.className = "bg-alarm sev-" + severity(a) + (a.state === "acknowledged" ? " acknowledged" : "") +
       (entry.item.classList.contains("fresh") ? " fresh" : "");
+    var typing = entry.item.querySelector("input[name=case_number]");   // an update must not wipe a case number
+    var typed = typing ? typing.value : "";
     entry.item.innerHTML = itemHtml(a) + nextHtml(a) + actionsHtml(a);
+    if (typed && entry.item.querySelector("input[name=case_number]")) {
+      entry.item.querySelector("input[name=case_number]").value = typed;
+    }
     drawTrail(entry);
     drawNext(entry);
     sortPanel();
@@ -334,6 +365,25 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
         say($("bg-action-status"), "Alarm #" + id + ": " + action + " failed (" + err.message + ")", true);
       });
   }
+  function openAlarm(form) {
+    var id = form.dataset.openAlarm, caseNo = form.case_number.value.trim();
+    if (!caseNo) { return; }
+    var button = form.querySelector("button");
+    button.disabled = true;
+    api("GET", cfg.alarmsUrl + "/" + encodeURIComponent(id) + "?case_number=" + encodeURIComponent(caseNo))
+      .then(function (a) {
+        say($("bg-action-status"), "Alarm #" + id + ": details opened under case " + caseNo + " (audited)");
+        upsertAlarm(a, true);
+      })
+      .catch(function (err) {
+        button.disabled = false;
+        say($("bg-action-status"), "Alarm #" + id + ": details not opened (" + err.message + ")", true);
+      });
+  }
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target.closest && ev.target.closest("form[data-open-alarm]");
+    if (form) { ev.preventDefault(); ev.stopPropagation(); openAlarm(form); }
+  });
   document.addEventListener("click", function (ev) {
     var button = ev.target.closest && ev.target.closest("button[data-act]");
     if (button) { ev.preventDefault(); ev.stopPropagation(); act(button); return; }

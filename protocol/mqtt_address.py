@@ -1,4 +1,4 @@
-"""Where a broker is: host, port and credentials from an `mqtt://user:password@host:port` URL."""
+"""Where a broker is: host, port and credentials from an `mqtt://user:password@host:port` URL (`mqtts://` for TLS)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from urllib.parse import urlsplit
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
+_PLAIN = ("mqtt", "tcp")
+_TLS = ("mqtts", "ssl")
 
 
 class MqttAddress(NamedTuple):
@@ -19,12 +22,18 @@ class MqttAddress(NamedTuple):
 
 
 class MqttUrlError(ValueError):
-    """A broker URL that is not `mqtt://` (or `tcp://`)."""
+    """A broker URL that is not `mqtt://` (or `tcp://`) or `mqtts://` (or `ssl://`)."""
 
 
 def mqtt_address(url: str) -> MqttAddress:
-    """host, port, username, password from mqtt://user:pass@host:port."""
+    """host, port, username, password from mqtt://user:pass@host:port (or mqtts://, whose port is 8883 by default)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise MqttUrlError(f"MQTT URL must start with mqtt:// : {url!r}")
-    return MqttAddress(parts.hostname or DEFAULT_HOST, parts.port or DEFAULT_PORT, parts.username, parts.password)
+    if parts.scheme not in _PLAIN + _TLS:
+        raise MqttUrlError(f"MQTT URL must start with mqtt:// or mqtts:// : {url!r}")
+    port = parts.port or (DEFAULT_TLS_PORT if parts.scheme in _TLS else DEFAULT_PORT)
+    return MqttAddress(parts.hostname or DEFAULT_HOST, port, parts.username, parts.password)
+
+
+def uses_tls(url: str) -> bool:
+    """Whether the broker URL asks for TLS (mqtts:// or ssl://)."""
+    return urlsplit(url).scheme in _TLS

@@ -28,8 +28,11 @@ _HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 def settings(database_url: str, **overrides: Any) -> BackendSettings:
-    """Backend settings for a test: random secrets, cheap password hashing, no broker unless given."""
+    """Backend settings for a test: development mode, random secrets, cheap password hashing, no broker unless given."""
     values: dict[str, Any] = {
+        # The app under test is served over plain HTTP (TestClient, uvicorn on 127.0.0.1): development mode, asked
+        # for as a deployment must ask for it; the secrets are random all the same.
+        "environment": "development",
         "database_url": database_url,
         **SECRETS,
         "password_time_cost": 1,

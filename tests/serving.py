@@ -9,13 +9,14 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
+from backend.api.app import server_config
 from tests.backend.test_ingest import wait_until
 
 
 @contextlib.contextmanager
 def served(app: FastAPI, port: int) -> Iterator[str]:
     """Serve `app` on 127.0.0.1:port until the block ends; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, timeout_s=30)

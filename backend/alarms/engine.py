@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from datetime import timedelta
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -15,6 +16,9 @@ from backend.alarms import store, watch_list
 from backend.alarms.detector import Detector
 from backend.alarms.detectors import armed_bike_moving, chip_cloned, low_battery, stolen_chip_seen, tamper
 from backend.alarms.evidence import Committed
+from backend.settings import BackendSettings
+
+DEFAULT_THEFT_LOOKBACK = timedelta(seconds=BackendSettings.model_fields["police_theft_lookback_s"].default)
 
 # Judged in memory in each flush's own transaction: a stolen chip's alarm must not wait, nor be lost to a crash.
 ON_COMMIT: tuple[Detector, ...] = (
@@ -30,16 +34,22 @@ def deferred(max_speed_kmh: float) -> tuple[Detector, ...]:
     return (chip_cloned.detector(max_speed_kmh),)
 
 
-def raise_alarms(conn: psycopg.Connection, committed: Committed, detectors: Sequence[Detector]) -> list[int]:
+def raise_alarms(
+    conn: psycopg.Connection,
+    committed: Committed,
+    detectors: Sequence[Detector],
+    theft_lookback: timedelta = DEFAULT_THEFT_LOOKBACK,
+) -> list[int]:
     """Run the detectors on written passages and raise or update their alarms, in the transaction the caller has
     open (the flush's own, so the alarms commit with the passages) or else in one of their own; the ids of the
-    alarms raised or updated. Nothing written costs no query."""
+    alarms raised or updated. Nothing written costs no query. A stolen bike is watched from its theft, but at most
+    `theft_lookback` before its report (BIKEGUARD_POLICE_THEFT_LOOKBACK_S)."""
     if not len(committed):
         return []
     # A savepoint inside the flush's transaction would cost two round trips a flush and protect nothing: a refused
     # judgement refuses the flush, whose messages are then written one by one.
     within = conn.info.transaction_status == TransactionStatus.INTRANS
     with contextlib.nullcontext() if within else conn.transaction(), conn.cursor() as cur:
-        watched = watch_list.load(cur) if any(d.watches for d in detectors) else {}
+        watched = watch_list.load(cur, theft_lookback) if any(d.watches for d in detectors) else {}
         evidence = [e for d in detectors for e in d.detect(cur, committed, watched)]
         return store.raise_evidence(cur, evidence)

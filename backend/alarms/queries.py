@@ -1,5 +1,6 @@
 """Read models of alarms for the API and the live feed: a page of alarms or one, each with its trail and, for a
-stolen bike on the move, where to meet it next. A page costs three queries whatever its size."""
+stolen bike on the move, where to meet it next, as the viewer's scope shows it (backend.access.Scope.shown). A page
+costs three queries whatever its size."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ _ALARM_SELECT = """
     SELECT a.alarm_id AS id, a.kind, a.severity, a.state, a.tag_id, b.plate, a.station_id,
            s.name AS station_name, s.lat, s.lon, a.first_seen_at, a.last_seen_at, a.sightings,
            a.raised_at, a.updated_at, a.assignee, a.assigned_by, a.assigned_at, a.acknowledged_by, a.acknowledged_at,
-           a.cleared_by, a.cleared_at
+           a.cleared_by, a.cleared_at, t.report_id IS NOT NULL AS stolen
     FROM alarms a
     LEFT JOIN bikes b USING (bike_id)
     LEFT JOIN stations s ON s.station_id = a.station_id
+    LEFT JOIN theft_reports t ON t.bike_id = a.bike_id AND t.recovered_at IS NULL
 """
 # Each chip's passages since its alarm began (a minute of slack), the latest `limit` of each, with station
 # positions: one query for a whole page of alarms.
@@ -123,7 +125,7 @@ async def _complete(
 async def get_alarm(
     conn: psycopg.AsyncConnection[Any], alarm_id: int, trail_limit: int = 50, scope: Scope = EVERYTHING
 ) -> dict[str, Any]:
-    """One alarm with its trail; raises AlarmNotFound (also when the scope does not allow it)."""
+    """One alarm with its trail, as the scope shows it; raises AlarmNotFound (also when the scope does not allow it)."""
     where, params = scope.sql()
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_ALARM_SELECT + " WHERE a.alarm_id = %s" + where, (alarm_id, *params))
@@ -131,11 +133,12 @@ async def get_alarm(
     if row is None:
         raise AlarmNotFound(f"no alarm {alarm_id}")
     (alarm,) = await _complete(conn, [row], trail_limit)
-    return alarm
+    return scope.shown(alarm)
 
 
 async def get_alarms(conn: psycopg.AsyncConnection[Any], alarm_ids: list[int]) -> list[dict[str, Any]]:
-    """Several alarms (those that exist), each as get_alarm gives it, the most severe first."""
+    """Several alarms (those that exist), each in full (the live feed shows each viewer what its scope shows), the
+    most severe first."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_ALARM_SELECT + " WHERE a.alarm_id = ANY(%s)", (alarm_ids,))
         rows = await cur.fetchall()
@@ -149,7 +152,8 @@ async def list_alarms(
     limit: int = 200,
     scope: Scope = EVERYTHING,
 ) -> list[dict[str, Any]]:
-    """Alarms in the given states the scope allows, most recently seen first, each with its trail."""
+    """Alarms in the given states the scope allows, most recently seen first, each with its trail, as the scope shows
+    them."""
     where, params = scope.sql()
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
@@ -157,4 +161,4 @@ async def list_alarms(
             (list(states), *params, limit),
         )
         rows = await cur.fetchall()
-    return await _complete(conn, rows)
+    return [scope.shown(alarm) for alarm in await _complete(conn, rows)]

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -27,6 +28,7 @@ from backend.api.routes import auth, bikes, health, live, owners, pages, sightin
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import provisioning as provisioning_routes
 from backend.db.migrate import maintain, migrate
+from backend.ingest import rejects
 from backend.ingest.workers import IngestWorkers
 from backend.live import LiveFeed
 from backend.metrics import registry_for
@@ -44,6 +46,7 @@ _ERRORS: dict[type[Exception], int] = {
     registry.LimitReached: 409,
     registry.ConsentRequired: 403,
     registry.InvalidValue: 422,
+    registry.LookupThrottled: 429,
     store.AlarmNotFound: 404,
     store.AlarmStateError: 409,
     accounts.LoginFailed: 401,
@@ -65,7 +68,7 @@ _ERRORS: dict[type[Exception], int] = {
 
 async def _maintain_storage(settings: BackendSettings, pool: AsyncConnectionPool) -> None:
     """Now and then every maintenance_interval_s: partitions ahead, retention by whole days, old logins and
-    sessions, and the station transitions behind the interception points."""
+    sessions, rejected messages past their retention, and the station transitions behind the interception points."""
     every_s = settings.maintenance_interval_s
     while True:
         try:
@@ -74,6 +77,7 @@ async def _maintain_storage(settings: BackendSettings, pool: AsyncConnectionPool
             )
             async with pool.connection() as conn:
                 await accounts.prune(conn, settings)
+                await rejects.prune(conn, settings.rejected_retention_days)
                 await prediction.refresh(conn)
         except Exception:  # noqa: BLE001 - any failure is retried next time; the ingest must go on
             log.exception("storage maintenance failed; will retry in %.0f s", every_s)
@@ -88,6 +92,13 @@ def _status_of(exc: Exception) -> int:
         if cls in _ERRORS:
             return _ERRORS[cls]
     raise exc
+
+
+def server_config(app: FastAPI, host: str, port: int, **limits: Any) -> uvicorn.Config:
+    """uvicorn's configuration for the app, with `limits` (backend.api.middleware.limits.server_options). Its own
+    X-Forwarded-For handling is off: it believes the header from 127.0.0.1 by default, so any local client could
+    claim any address; backend.api.deps.client_address decides."""
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False, **limits)
 
 
 def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
@@ -181,7 +192,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         if getattr(exc, "field", None):
             body["field"] = exc.field  # type: ignore[attr-defined]
         headers = {}
-        if isinstance(exc, accounts.LoginThrottled):
+        if isinstance(exc, (accounts.LoginThrottled, registry.LookupThrottled)):
             headers["Retry-After"] = str(exc.retry_after_s)
         return JSONResponse(body, status_code=_status_of(exc), headers=headers)
 

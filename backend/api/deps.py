@@ -7,6 +7,7 @@ passes is backend.access's rule (the pages ask it too); what they may see past t
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -55,6 +56,49 @@ Settings = Annotated[BackendSettings, Depends(_settings)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 PasswordsDep = Annotated[Passwords, Depends(_passwords)]
 SignerDep = Annotated[Signer, Depends(_signer)]
+
+
+def public_base_url(request: Request) -> str:
+    """Where links printed on certificates point: BIKEGUARD_PUBLIC_BASE_URL (required in production); only in
+    development, when it is unset, the address the request was sent to."""
+    settings = _settings(request)
+    if settings.public_base_url:
+        return settings.public_base_url
+    if settings.environment != "development":
+        raise RuntimeError("BIKEGUARD_PUBLIC_BASE_URL is unset outside development (settings validation forbids it)")
+    return str(request.base_url)
+
+
+PublicBaseUrl = Annotated[str, Depends(public_base_url)]
+
+
+def client_address(request: Request) -> str | None:
+    """The client's address: the connection's peer, or what a trusted proxy (BIKEGUARD_TRUSTED_PROXIES) says in
+    X-Forwarded-For: its right-most address not itself a trusted proxy (the left ones are the client's to write)."""
+    peer = request.client.host if request.client else None
+    proxies = _settings(request).trusted_proxy_networks
+    if peer is None or not _is_in(peer, proxies):
+        return peer
+    forwarded = [a.strip() for h in request.headers.getlist("x-forwarded-for") for a in h.split(",")]
+    for entry in reversed(forwarded):
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            return peer  # a proxy of ours writes addresses; anything else is not to be believed
+        if not _is_in(entry, proxies):
+            return entry
+    return peer
+
+
+def _is_in(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+ClientAddress = Annotated[str | None, Depends(client_address)]
 
 
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

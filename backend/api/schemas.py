@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from backend import identity
@@ -340,6 +341,11 @@ class AlarmPublic(BaseModel):
     cleared_at: datetime | None
     trail: list[TrailPoint]
     next_stations: list[NextStation] = []
+    # Whether the alarm's bike has an open theft report.
+    stolen: bool = False
+    # For police: the alarm is about a bike not reported stolen, so its plate, chip and trail are left out; a case
+    # number opens them (GET /api/alarms/{id}?case_number=…, audited).
+    details_hidden: bool = False
 
 
 # ---- accounts ----
@@ -424,7 +430,15 @@ class OwnerCreate(BaseModel):
     mobile: Mobile
     address: Text300
     create_account: bool = True
-    login: Login | None = Field(default=None, description="the owner's username; the mobile number if not given")
+    login: Login | None = Field(default=None, description="the owner's username; a generated one if not given")
+
+    @field_validator("login")
+    @classmethod
+    def _not_a_phone_number(cls, login: str | None) -> str | None:
+        # A login appears in history records as who did what; a mobile number there is a person's number.
+        if login is not None and re.fullmatch(r"\+?[0-9][0-9 .-]{5,}", login):
+            raise ValueError("a login must not be a mobile (or other phone) number: leave it empty for a generated one")
+        return login
 
 
 class OwnerLookup(BaseModel):

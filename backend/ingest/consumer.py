@@ -19,16 +19,17 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 from psycopg_pool import ConnectionPool
 
 from backend import selftests
 from backend.alarms import engine
 from backend.alarms.evidence import Committed
+from backend.broker_client import broker_client
 from backend.ingest import gaps, writer
 from backend.ingest.lanes import DeferredPassages, Lane
 from backend.ingest.notices import StationNotices
@@ -50,7 +51,6 @@ from protocol.messages import (
     parse_selftest,
     utcnow,
 )
-from protocol.mqtt_address import mqtt_address
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,7 @@ class Ingest:
         self.counters = IngestCounters()
         self.known = KnownStations(settings.ingest_station_refresh_s)
         self.window = TimeWindow.of(settings)
+        self._theft_lookback = timedelta(seconds=settings.police_theft_lookback_s)
         # A station sending what is refused (a clock gone wrong sends it all the time) is logged once a minute per
         # kind and topic; every refused message is still kept and counted.
         self._reject_notices = StationNotices(60.0)
@@ -230,17 +231,12 @@ class Ingest:
             target=self.gaps.run, args=(self._stopping,), name="ingest-gaps", daemon=True
         )
         self.client_id = client_id or settings.mqtt_client_id
-        host, port, user, password = mqtt_address(settings.mqtt_url)
-        self._address = (host, port)
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
+        client, self._address = broker_client(
+            settings,
+            self.client_id,
             clean_session=False,  # the broker keeps our QoS 1 messages while we are away
             manual_ack=True,
         )
-        if user:
-            client.username_pw_set(user, password)
-        client.reconnect_delay_set(0.5, 30)  # type: ignore[arg-type]  # paho waits float seconds; its hint says int
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -471,7 +467,9 @@ class Ingest:
                 except psycopg.Error as one_exc:
                     reason = f"database refused the message: {type(one_exc).__name__}: {one_exc}".strip()
                     with conn.transaction():
-                        writer.write_rejects(conn, [(item.topic, reason[:500], item.payload)])
+                        writer.write_rejects(
+                            conn, [(item.topic, reason[:500], item.payload)], self.settings.ingest_reject_max_raw_bytes
+                        )
                     self.counters.rejected["database"] += 1
         with self._count_lock:
             self.counters.messages += len(flush.messages)
@@ -482,15 +480,15 @@ class Ingest:
         flush.result = writer.write_alerts(conn, flush.alerts)
         flush.result.add(writer.write_batches(conn, flush.batches))
         flush.lost = gaps.close_lost(conn, flush.gone)
-        writer.write_rejects(conn, flush.result.conflicts)
+        writer.write_rejects(conn, flush.result.conflicts, self.settings.ingest_reject_max_raw_bytes)
         received_at = utcnow()
         # By station: two workers upserting the same stations lock them in one order (no deadlock).
         for status in sorted(flush.statuses, key=lambda st: st.station_id):
             writer.write_status(conn, status, received_at)
         flush.stored = selftests.write(conn, flush.selftest_messages)
-        writer.write_rejects(conn, flush.rejects)
+        writer.write_rejects(conn, flush.rejects, self.settings.ingest_reject_max_raw_bytes)
         # In the same transaction as the write: a committed passage of a stolen chip has its alarm, crash or not.
-        engine.raise_alarms(conn, flush.result.committed, engine.ON_COMMIT)
+        engine.raise_alarms(conn, flush.result.committed, engine.ON_COMMIT, self._theft_lookback)
 
     def _commission(self, conn: psycopg.Connection, flush: _Flush) -> None:
         """After the commit: an installed station whose self-test passed becomes commissioned.

@@ -1,8 +1,9 @@
 """Gaps in a station's batch_seqs: noticed, asked for, and closed as filled or lost (docs/architecture.md).
 
-Seqs are contiguous per station (its spool gives them out from 0), so a seq missing below a stored one is a batch
-the backend does not have. Every `ingest_gap_check_s`, one ingest process at a time (a PostgreSQL advisory lock held
-by the round's transaction; the others skip that round) runs a round:
+Seqs are contiguous per station (its spool gives them out one after another, from the clock's milliseconds when
+the spool is new), so a seq missing below a stored one is a batch the backend does not have. Every
+`ingest_gap_check_s`, one ingest process at a time (a PostgreSQL advisory lock held by the round's transaction; the
+others skip that round) runs a round:
 
 1. advance: each station's mark (batch_seq_marks) moves over the batches stored above it, an index range per station
    and never the whole table; the holes it passes become open gaps (batch_gaps), noticed now;

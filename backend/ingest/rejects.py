@@ -6,10 +6,14 @@ what exactly was wrong.
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
+
+import psycopg
 
 Kind = Literal["invalid", "topic", "station mismatch", "unknown station", "time window", "conflict", "database"]
 KINDS: Final[tuple[Kind, ...]] = get_args(Kind)
+# A reason quotes what was wrong, which may be the sender's text: enough to read, bounded.
+MAX_REASON_CHARS: Final = 1000
 
 # The reasons the ingest itself writes start with their kind; pydantic's start with the field at fault.
 _PREFIXES: Final[tuple[tuple[str, Kind], ...]] = (
@@ -37,3 +41,11 @@ def kind_of(reason: str) -> Kind:
     if reason.startswith("station_id ") and "does not match topic station" in reason:
         return "station mismatch"
     return "invalid"
+
+
+async def prune(conn: psycopg.AsyncConnection[Any], retention_days: int) -> int:
+    """Delete rejected messages older than the retention period; returns how many."""
+    cur = await conn.execute(
+        "DELETE FROM rejected_messages WHERE received_at < now() - make_interval(days => %s)", (retention_days,)
+    )
+    return cur.rowcount

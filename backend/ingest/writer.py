@@ -198,10 +198,20 @@ def write_status(conn: psycopg.Connection, status: StationStatus, received_at: d
     )
 
 
-def write_rejects(conn: psycopg.Connection, rejected: Iterable[tuple[str, str, bytes]]) -> int:
-    """Keep messages that failed validation: (topic, reason, raw bytes), each with its kind (backend.ingest.rejects)."""
-    items = [(topic, rejects.kind_of(reason), reason, raw) for topic, reason, raw in rejected]
+def write_rejects(conn: psycopg.Connection, rejected: Iterable[tuple[str, str, bytes]], max_raw_bytes: int) -> int:
+    """Keep messages that failed validation: (topic, reason, raw bytes), each with its kind (backend.ingest.rejects).
+
+    The raw bytes are kept up to max_raw_bytes, with their full length: whoever can publish chooses the size, and
+    the start of a message is what tells what it was.
+    """
+    items = [
+        (topic, rejects.kind_of(reason), reason[: rejects.MAX_REASON_CHARS], raw[:max_raw_bytes], len(raw))
+        for topic, reason, raw in rejected
+    ]
     if items:
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO rejected_messages (topic, kind, reason, raw) VALUES (%s, %s, %s, %s)", items)
+            cur.executemany(
+                "INSERT INTO rejected_messages (topic, kind, reason, raw, raw_bytes) VALUES (%s, %s, %s, %s, %s)",
+                items,
+            )
     return len(items)

@@ -436,7 +436,7 @@ class UplinkSide:
                     "backend",
                     False,
                     f"unexpected answer from {url}/api/stations: HTTP {reply.status}",
-                    f"look at the backend's log and GET {url}/api/health",
+                    f"look at the backend's log and GET {url}/api/health/ingest (signed in)",
                     data,
                 )
             entry = next((e for e in reply.body if isinstance(e, dict) and e.get("station_id") == sid), None)
@@ -461,7 +461,7 @@ class UplinkSide:
             False,
             f"the backend did not record our heartbeat within {self.options.backend_timeout_s:g} s ({last})",
             f"the backend's MQTT ingest is not connected to this broker, or falls behind: check GET "
-            f"{url}/api/health and the backend's log",
+            f"{url}/api/health/ingest (signed in) and the backend's log",
             data,
         )
 

@@ -108,6 +108,7 @@ def staff(app_client: TestClient, database_url: str) -> Staff:
 def ingest(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[Ingest]:
     """A running ingest worker on the test's database and broker."""
     settings = BackendSettings(
+        environment="development",
         database_url=database_url,
         mqtt_url=broker.url,
         mqtt_client_id=f"ingest-{topic_prefix}",

@@ -108,7 +108,8 @@ def test_alarm_appears_with_trail_and_goes_through_its_life_cycle(
     ]
     assert people.installer.put("/api/stations", json=stations).status_code == 200
     bike_id = people.register(plate="HZ-00004", tag_id="0BADCAFE")["bike"]["bike_id"]
-    assert people.police.post(f"/api/bikes/{bike_id}/theft", json={}).status_code == 201
+    theft = people.police.post(f"/api/bikes/{bike_id}/theft", params={"case_number": "C-0004"}, json={})
+    assert theft.status_code == 201
     _publish(broker, [(s["station_id"], factories.batch(s["station_id"], 1, [0x0BADCAFE]).to_json()) for s in stations])
 
     def trail_complete() -> bool:

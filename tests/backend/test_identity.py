@@ -78,7 +78,7 @@ def test_plates_follow_the_configured_local_pattern() -> None:
 
 
 def test_masking_hides_the_middle() -> None:
-    assert mask_id_number("11010519491231002X") == "1101**********002X"
+    assert mask_id_number("11010519491231002X") == "**************002X"
     assert mask_mobile("13800138000") == "138****8000"
     assert mask_name("王小明") == "王**" and mask_name("Wang Fang") == "W*** F***"
 
@@ -98,6 +98,7 @@ def test_default_secrets_are_refused_outside_development() -> None:
     with pytest.raises(ValueError, match="BIKEGUARD_ID_ENCRYPTION_KEY"):
         BackendSettings(database_url="postgresql://x", environment="production")
     strong = {k: f"{k}-" + "x" * 40 for k in ("id_encryption_key", "id_lookup_key", "certificate_signing_key")}
+    strong["public_base_url"] = "https://bikes.example.gov"
     settings = BackendSettings(database_url="postgresql://x", environment="production", **strong)
     assert settings.secure_cookies is True
-    assert BackendSettings(database_url="postgresql://x").environment == "development"
+    assert BackendSettings(database_url="postgresql://x", **strong).environment == "production"

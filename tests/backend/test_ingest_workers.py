@@ -20,7 +20,7 @@ from tests.backend.test_provisioning import require_mosquitto
 
 def test_more_than_one_worker_needs_a_shared_subscription(database_url: str) -> None:
     with pytest.raises(ValidationError, match="BIKEGUARD_INGEST_WORKERS=2 needs BIKEGUARD_MQTT_SHARED_GROUP"):
-        BackendSettings(database_url=database_url, ingest_workers=2, mqtt_shared_group="")
+        BackendSettings(environment="development", database_url=database_url, ingest_workers=2, mqtt_shared_group="")
 
 
 def test_the_first_worker_keeps_the_configured_client_id() -> None:
@@ -47,6 +47,7 @@ def test_two_workers_share_the_traffic_and_store_each_batch_once_even_when_sent_
         for station in stations:
             factories.station(conn, station)
     settings = BackendSettings(
+        environment="development",
         database_url=database_url,
         mqtt_url=broker.url,
         mqtt_client_id=f"ingest-{topic_prefix}",

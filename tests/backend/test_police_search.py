@@ -46,7 +46,8 @@ def test_search_with_a_case_number_shows_owner_and_last_station_and_is_audited(s
 
 def test_a_stolen_bike_shows_where_it_was_last_seen_since_the_theft(staff: Staff, database_url: str) -> None:
     done = staff.register(plate="HZ-00779", tag_id="0C0C0C79")
-    assert staff.police.post(f"/api/bikes/{done['bike']['bike_id']}/theft", json={}).status_code == 201
+    theft = staff.police.post(f"/api/bikes/{done['bike']['bike_id']}/theft", params={"case_number": "C-779"}, json={})
+    assert theft.status_code == 201
     _seen(database_url, "st-s", 0x0C0C0C79)
     [found] = staff.police.get("/api/bikes/search", params={"q": "0C0C0C79"}).json()
     assert found["bike"]["stolen"] and found["owner"] is None

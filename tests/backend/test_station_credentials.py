@@ -43,6 +43,7 @@ def _issue(staff: Staff, station_id: str) -> str:
 
 def _broker_files(database_url: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BIKEGUARD_DATABASE_URL", database_url)
+    monkeypatch.setenv("BIKEGUARD_ENVIRONMENT", "development")
     monkeypatch.setenv("BIKEGUARD_BROKER_BACKEND_PASSWORD", BACKEND_PASSWORD)
     assert cli(["broker", "files", "--out", str(out)]) == 0
 
@@ -137,6 +138,7 @@ def test_station_credentials_command_prints_the_password_once_with_the_gateway_s
     database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("BIKEGUARD_DATABASE_URL", database_url)
+    monkeypatch.setenv("BIKEGUARD_ENVIRONMENT", "development")
     with psycopg.connect(database_url) as conn:
         sid = factories.station(conn, f"st-{uuid.uuid4().hex[:8]}")
     assert cli(["station", "credentials", sid, "--broker", "broker.example:1883"]) == 0

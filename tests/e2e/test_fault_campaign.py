@@ -95,7 +95,8 @@ class Radio:
     def stop(self) -> None:
         """Stop writing and close the module."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=10)
         with self._lock:
             if self.module is not None:
                 self.module.close()
@@ -161,9 +162,10 @@ class Backend:
 
         def subscribed() -> bool:
             assert self.proc is not None and self.proc.poll() is None, log.read_text()
+            # /metrics, the operators' view: the ingest's detail in /api/health is for signed-in staff.
             with contextlib.suppress(httpx.HTTPError):
-                r = httpx.get(f"http://127.0.0.1:{self.port}/api/health", timeout=2)
-                return bool(r.status_code == 200 and r.json()["ingest"]["broker_connected"])
+                r = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2)
+                return r.status_code == 200 and "\nbikeguard_ingest_broker_connected 1.0" in r.text
             return False
 
         await eventually(subscribed, 60, "the backend's ingest subscribed", interval_s=0.2)
@@ -327,6 +329,7 @@ async def campaign(kind: str, tmp: Path) -> AsyncIterator[Campaign]:
         shared = broker.supports_shared_subscriptions
         run.backend = Backend(
             {
+                "BIKEGUARD_ENVIRONMENT": "development",
                 "BIKEGUARD_DATABASE_URL": run.db.url,
                 "BIKEGUARD_MQTT_URL": broker.url,
                 "BIKEGUARD_MQTT_CLIENT_ID": "campaign-backend",  # one persistent session across restarts

@@ -114,6 +114,7 @@ async def ingesting(
         for station_id in (name, *also):
             factories.station(conn, station_id)
     settings = BackendSettings(
+        environment="development",
         database_url=database_url,
         mqtt_url=broker.url,
         mqtt_client_id=f"ingest-{name}",

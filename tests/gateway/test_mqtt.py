@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -77,3 +78,11 @@ async def test_nothing_listening_is_an_mqtt_error_not_a_refusal(topic_prefix: st
         async with connection("127.0.0.1", free_port(), f"{topic_prefix}-n"):
             pass
     assert not isinstance(caught.value, ConnectRefused)
+
+
+async def test_small_packets_leave_at_once(broker: Broker, topic_prefix: str) -> None:
+    # With Nagle on (paho's default), a PUBACK for a confirmation waited for the broker's delayed ACK (40 ms) and
+    # the station's window of publishes with it: a drain ran at ~370 batches/s (docs/benchmarks.md).
+    async with connection(broker.host, broker.port, f"{topic_prefix}-nodelay") as mqtt:
+        sock = mqtt._client.socket()
+        assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

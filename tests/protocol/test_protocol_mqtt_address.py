@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.mqtt_address import MqttAddress, MqttUrlError, mqtt_address
+from protocol.mqtt_address import MqttAddress, MqttUrlError, mqtt_address, uses_tls
 
 
 def test_url_with_credentials_gives_all_four_parts() -> None:
@@ -24,7 +24,7 @@ def test_missing_host_means_this_machine() -> None:
     assert mqtt_address("mqtt://:1885").host == "127.0.0.1"
 
 
-@pytest.mark.parametrize("url", ["http://broker", "broker:1883", "mqtts://broker", ""])
+@pytest.mark.parametrize("url", ["http://broker", "broker:1883", "wss://broker", ""])
 def test_other_schemes_are_refused(url: str) -> None:
     with pytest.raises(MqttUrlError, match="MQTT URL must start with mqtt://"):
         mqtt_address(url)
@@ -33,3 +33,9 @@ def test_other_schemes_are_refused(url: str) -> None:
 def test_url_error_is_a_value_error() -> None:
     # pydantic turns a ValueError from a settings validator into a validation error.
     assert issubclass(MqttUrlError, ValueError)
+
+
+def test_mqtts_is_tls_on_port_8883_by_default() -> None:
+    assert mqtt_address("mqtts://gw:pw@broker") == MqttAddress("broker", 8883, "gw", "pw")
+    assert uses_tls("mqtts://broker:9883") and uses_tls("ssl://broker")
+    assert not uses_tls("mqtt://broker:8883")

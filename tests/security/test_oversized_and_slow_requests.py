@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from backend.api.app import create_app
+from backend.api.app import create_app, server_config
 from backend.api.middleware.limits import server_options
 from bikeguard.services import free_port
 from tests import factories
@@ -28,13 +28,7 @@ def server(database_url: str) -> Iterator[tuple[str, int]]:
     """The backend on a free port, run with the same server options as `bikeguard backend`."""
     port = free_port()
     settings = factories.settings(database_url, http_port=port, request_body_timeout_s=BODY_TIMEOUT_S)
-    config = uvicorn.Config(
-        create_app(settings, run_ingest=False),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        **server_options(settings),
-    )
+    config = server_config(create_app(settings, run_ingest=False), "127.0.0.1", port, **server_options(settings))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -1,7 +1,8 @@
 """Alarms: the queue, one alarm, acknowledge, assign and clear.
 
 Police and admins see every alarm except an armed bike moving (that shows where a bike that is not
-stolen is); an owner sees the alarms of their own bikes raised since they hold them; an installer sees
+stolen is), and one about a bike not reported stolen by its kind and station only: its plate, chip and trail
+need a case number (audited); an owner sees the alarms of their own bikes raised since they hold them; an installer sees
 the alarms about stations (no personal data).
 """
 
@@ -41,10 +42,17 @@ async def list_alarms(
     return await queries.list_alarms(conn, _STATES[state], limit, alarm_scope(user))
 
 
-@router.get("/{alarm_id}", response_model=AlarmPublic)
-async def get_alarm(alarm_id: AlarmId, conn: Conn, user: Viewer) -> dict[str, Any]:
-    """Police, admin: one alarm with its trail. Owner: one of their bikes' alarms. Installer: a station's."""
-    return await queries.get_alarm(conn, alarm_id, scope=alarm_scope(user))
+@router.get("/{alarm_id}", response_model=AlarmPublic, responses={403: {"description": "case number malformed"}})
+async def get_alarm(
+    alarm_id: AlarmId, conn: Conn, user: Viewer, case_number: str | None = Query(None, max_length=40)
+) -> dict[str, Any]:
+    """Police, admin: one alarm with its trail; about a bike not reported stolen, its plate, chip and trail only
+    with a case number (audited). Owner: one of their bikes' alarms. Installer: a station's."""
+    viewer = viewer_of(user)
+    scope, case = viewer.open_alarm_scope(case_number)
+    alarm = await queries.get_alarm(conn, alarm_id, scope=scope)
+    await viewer.alarm_opened(conn, alarm, case)
+    return alarm
 
 
 async def _transition(conn: Conn, user: User, alarm_id: int, action: str) -> dict[str, Any]:
@@ -52,7 +60,7 @@ async def _transition(conn: Conn, user: User, alarm_id: int, action: str) -> dic
     if not viewer_of(user).may_handle_alarm(alarm["kind"]):
         raise HTTPException(403, "only the police deal with this alarm")
     await store.transition(conn, alarm_id, action, user.display_name or user.username)
-    return await queries.get_alarm(conn, alarm_id)
+    return await queries.get_alarm(conn, alarm_id, scope=alarm_scope(user))
 
 
 @router.post("/{alarm_id}/acknowledge", response_model=AlarmPublic)
@@ -76,4 +84,4 @@ async def assign(
     """Police, admin: hand an open alarm to someone (recorded with who did it and when)."""
     await queries.get_alarm(conn, alarm_id, scope=alarm_scope(user))
     await store.assign(conn, alarm_id, body.assignee.strip(), user.display_name or user.username)
-    return await queries.get_alarm(conn, alarm_id)
+    return await queries.get_alarm(conn, alarm_id, scope=alarm_scope(user))

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
 from backend import accounts
 from backend.accounts import User
-from backend.api.deps import SESSION_COOKIE, Conn, PasswordsDep, Settings, Token, public, same_site, signed_in
+from backend.api.deps import (
+    SESSION_COOKIE,
+    ClientAddress,
+    Conn,
+    PasswordsDep,
+    Settings,
+    Token,
+    public,
+    same_site,
+    signed_in,
+)
 from backend.api.schemas import AccountPublic, LoginCreate, PasswordChange, SessionPublic
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -25,11 +35,18 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
     },
 )
 async def login(
-    body: LoginCreate, request: Request, response: Response, conn: Conn, settings: Settings, passwords: PasswordsDep
+    body: LoginCreate,
+    address: ClientAddress,
+    response: Response,
+    conn: Conn,
+    settings: Settings,
+    passwords: PasswordsDep,
 ) -> dict[str, Any]:
     """Anyone: a session for a username and password, as an HttpOnly cookie; the token in the body too only when
-    an API client asks (token_in_body), so no script on a page can read the browser's session."""
-    address = request.client.host if request.client else None
+    an API client asks (token_in_body), so no script on a page can read the browser's session.
+
+    Failed logins make the next attempt wait, per account and per client address (429 with Retry-After).
+    """
     token, user = await accounts.login(conn, settings, passwords, body.username, body.password, address)
     response.set_cookie(
         SESSION_COOKIE,

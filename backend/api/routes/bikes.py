@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from backend import accounts, certificates, photos, trajectories
 from backend.access import require_case_number, viewer_of
 from backend.accounts import User
-from backend.api.deps import Conn, PasswordsDep, RegistryDep, Settings, SignerDep, allow
+from backend.api.deps import Conn, PasswordsDep, PublicBaseUrl, RegistryDep, Settings, SignerDep, allow
 from backend.api.routes.owners import create_owner
 from backend.api.schemas import (
     ApiTime,
@@ -38,7 +38,8 @@ from backend.api.schemas import (
     TransferCreate,
     TransferPublic,
 )
-from backend.registry import BikeDetails, InvalidValue, Registry
+from backend.registry import BikeDetails, InvalidValue, Registry, owner_username
+from backend.settings import BackendSettings
 from protocol.ids import TAG_ID_ANY_CASE_PATTERN, is_tag_text
 from protocol.messages import parse_tag, utcnow
 
@@ -52,12 +53,8 @@ async def _bike(conn: Conn, registry: Registry, user: User, bike_id: int) -> dic
     return await viewer_of(user).bike(conn, registry, bike_id)
 
 
-async def _certificate(
-    conn: Conn, bike_id: int, signer: SignerDep, settings: Settings, request: Request
-) -> dict[str, Any]:
-    return certificates.public(
-        await certificates.current(conn, bike_id), signer, settings.public_base_url or str(request.base_url)
-    )
+async def _certificate(conn: Conn, bike_id: int, signer: SignerDep, base_url: str) -> dict[str, Any]:
+    return certificates.public(await certificates.current(conn, bike_id), signer, base_url)
 
 
 async def _publish_hotlist(conn: Conn, request: Request) -> None:
@@ -73,6 +70,7 @@ async def register_bike(
     registry: RegistryDep,
     passwords: PasswordsDep,
     signer: SignerDep,
+    base_url: PublicBaseUrl,
     settings: Settings,
     user: Counter,
 ) -> dict[str, Any]:
@@ -87,7 +85,7 @@ async def register_bike(
     return {
         "bike": await _bike(conn, registry, user, bike_id),
         "owner": await registry.get_owner(conn, owner_id),
-        "certificate": await _certificate(conn, bike_id, signer, settings, request),
+        "certificate": await _certificate(conn, bike_id, signer, base_url),
         "owner_login": slip,
     }
 
@@ -146,6 +144,7 @@ async def availability(
 async def search(
     conn: Conn,
     registry: RegistryDep,
+    settings: Settings,
     user: Annotated[User, allow("police", "admin")],
     q: str = Query(min_length=1, max_length=40),
     case_number: str | None = Query(None, max_length=40),
@@ -160,7 +159,7 @@ async def search(
         if criteria:
             for bike in await registry.find_bikes(conn, **criteria):
                 found.setdefault(bike["bike_id"], bike)
-    viewer = viewer_of(user)
+    viewer = viewer_of(user, settings)
     return [await viewer.search_result(conn, registry, bike, case, text) for bike in found.values()]
 
 
@@ -181,17 +180,10 @@ async def history(
 ) -> list[dict[str, Any]]:
     """Owner (own bike), clerk, admin: every binding of owner, plate and chip, and theft reports, with who and when.
 
-    Other owners are never named to an owner; a clerk sees them masked.
+    An owner sees their own period only, and other owners as "another owner" (never by name or login); a clerk
+    sees them masked.
     """
-    viewer = viewer_of(user)
-    await viewer.check_bike(conn, registry, bike_id)
-    out = []
-    for row in await registry.history(conn, bike_id):
-        value = row["plate"] or row["tag_id"]
-        if row["kind"] == "owner":
-            value = viewer.owner_named(row["owner_id"], row["owner_name"])
-        out.append({**row, "value": value})
-    return out
+    return await viewer_of(user).bike_history(conn, registry, bike_id)
 
 
 @router.get("/{bike_id}/owner", response_model=OwnerPublic, responses={403: {"description": "case number needed"}})
@@ -216,6 +208,7 @@ _WINDOW_H = 24
 async def _trajectory_window(
     conn: Conn,
     registry: Registry,
+    settings: BackendSettings,
     user: User,
     bike_id: int,
     since: datetime | None,
@@ -227,7 +220,7 @@ async def _trajectory_window(
     access.Viewer.bike_window says (another owner's bike is a 404; police access is audited, with `detail`)."""
     until_at: datetime = until or utcnow()
     since_at: datetime = since or until_at - timedelta(hours=_WINDOW_H)  # ApiTime keeps this in the calendar
-    viewer = viewer_of(user)
+    viewer = viewer_of(user, settings)
     bike = await viewer.check_bike(conn, registry, bike_id)
     return await viewer.bike_window(conn, bike, since_at, until_at, case_number, **detail)
 
@@ -237,6 +230,7 @@ async def trajectory(
     bike_id: BikeId,
     conn: Conn,
     registry: RegistryDep,
+    settings: Settings,
     user: Annotated[User, allow("owner", "police")],
     since: ApiTime | None = None,
     until: ApiTime | None = None,
@@ -245,7 +239,7 @@ async def trajectory(
 ) -> list[dict[str, Any]]:
     """Owner: their bike since they own it. Police: a stolen bike since the theft; otherwise a case number
     is needed, and the access is audited."""
-    since_at, until_at = await _trajectory_window(conn, registry, user, bike_id, since, until, case_number)
+    since_at, until_at = await _trajectory_window(conn, registry, settings, user, bike_id, since, until, case_number)
     return await trajectories.of_bike(conn, bike_id, since_at, until_at, limit)
 
 
@@ -254,6 +248,7 @@ async def trajectory_summary(
     bike_id: BikeId,
     conn: Conn,
     registry: RegistryDep,
+    settings: Settings,
     user: Annotated[User, allow("owner", "police")],
     since: ApiTime | None = None,
     until: ApiTime | None = None,
@@ -262,7 +257,7 @@ async def trajectory_summary(
     """Owner, police (as for the trajectory): its stops with their dwell and the legs between them with
     distance, speed and heading, over the window actually shown; what the police console replays."""
     since_at, until_at = await _trajectory_window(
-        conn, registry, user, bike_id, since, until, case_number, view="summary"
+        conn, registry, settings, user, bike_id, since, until, case_number, view="summary"
     )
     found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
     return {**trajectories.to_summary(found), "since": since_at, "until": until_at}
@@ -284,13 +279,16 @@ async def trajectory_export(
     fmt: Annotated[trajectories.ExportFormat, Path(description="gpx, geojson or csv")],
     conn: Conn,
     registry: RegistryDep,
+    settings: Settings,
     user: Annotated[User, allow("owner", "police")],
     since: ApiTime | None = None,
     until: ApiTime | None = None,
     case_number: str | None = Query(None, max_length=40),
 ) -> Response:
     """Owner, police (as for the trajectory): the trajectory as a GPX, GeoJSON or CSV file to download."""
-    since_at, until_at = await _trajectory_window(conn, registry, user, bike_id, since, until, case_number, view=fmt)
+    since_at, until_at = await _trajectory_window(
+        conn, registry, settings, user, bike_id, since, until, case_number, view=fmt
+    )
     found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
     name = trajectories.export_filename(bike_id, since_at, until_at, fmt)
     return Response(
@@ -303,16 +301,15 @@ async def trajectory_export(
 @router.get("/{bike_id}/certificate", response_model=CertificatePublic)
 async def certificate(
     bike_id: BikeId,
-    request: Request,
     conn: Conn,
     registry: RegistryDep,
     signer: SignerDep,
-    settings: Settings,
+    base_url: PublicBaseUrl,
     user: Annotated[User, allow("owner", "clerk", "admin")],
 ) -> dict[str, Any]:
     """Owner (own bike), clerk, admin: the current certificate with its signed token and links."""
     await _bike(conn, registry, user, bike_id)
-    return await _certificate(conn, bike_id, signer, settings, request)
+    return await _certificate(conn, bike_id, signer, base_url)
 
 
 @router.post("/{bike_id}/photos", status_code=201, response_model=dict[str, int])
@@ -359,7 +356,7 @@ async def arm(
     return await _bike(conn, registry, user, bike_id)
 
 
-@router.post("/{bike_id}/theft", response_model=BikePublic, status_code=201)
+@router.post("/{bike_id}/theft", response_model=BikePublic, status_code=201, responses=_CASE_NEEDED)
 async def report_stolen(
     bike_id: BikeId,
     body: TheftReportCreate,
@@ -367,27 +364,36 @@ async def report_stolen(
     conn: Conn,
     registry: RegistryDep,
     user: Annotated[User, allow("owner", "clerk", "police", "admin")],
+    case_number: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
-    """Owner (own bike), clerk, police, admin: report the bike stolen; its chip goes on the hot list at once."""
+    """Owner (own bike), clerk, police, admin: report the bike stolen; its chip goes on the hot list at once.
+
+    Police file under a case number (the report's police_report unless one is given), audited with it."""
+    viewer = viewer_of(user)
+    case = viewer.case_for_theft_report(case_number)
     await _bike(conn, registry, user, bike_id)
-    await registry.report_stolen(
-        conn, user.actor, bike_id, body.stolen_at, body.place, body.circumstances, body.police_report
+    bike = await registry.report_stolen(
+        conn, user.actor, bike_id, body.stolen_at, body.place, body.circumstances, body.police_report or case
     )
+    await viewer.theft_reported(conn, bike, case)
     await _publish_hotlist(conn, request)
     return await _bike(conn, registry, user, bike_id)
 
 
-@router.post("/{bike_id}/recovered", response_model=BikePublic)
+@router.post("/{bike_id}/recovered", response_model=BikePublic, responses=_CASE_NEEDED)
 async def mark_recovered(
     bike_id: BikeId,
     request: Request,
     conn: Conn,
     registry: RegistryDep,
     user: Annotated[User, allow("owner", "clerk", "police", "admin")],
+    case_number: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
-    """Owner (own bike), clerk, police, admin: the bike is back; its chip leaves the hot list."""
-    await _bike(conn, registry, user, bike_id)
+    """Owner (own bike), clerk, police, admin: the bike is back; its chip leaves the hot list. Police: audited,
+    under the case number given or the report's."""
+    bike = await _bike(conn, registry, user, bike_id)
     await registry.mark_recovered(conn, user.actor, bike_id)
+    await viewer_of(user).recovered(conn, bike, case_number)
     await _publish_hotlist(conn, request)
     return await _bike(conn, registry, user, bike_id)
 
@@ -410,6 +416,7 @@ async def transfer(
     registry: RegistryDep,
     passwords: PasswordsDep,
     signer: SignerDep,
+    base_url: PublicBaseUrl,
     settings: Settings,
     user: Counter,
 ) -> dict[str, Any]:
@@ -431,11 +438,11 @@ async def transfer(
         owner = await registry.get_owner(conn, new_owner_id)
         if owner["login"] is None:
             slip = await accounts.issue_owner_login(
-                conn, passwords, new_owner_id, owner["mobile"] or f"owner{new_owner_id}", owner["name"], user.actor
+                conn, passwords, new_owner_id, owner_username(), owner["name"], user.actor
             )
     return {
         "bike": await _bike(conn, registry, user, bike_id),
-        "certificate": await _certificate(conn, bike_id, signer, settings, request),
+        "certificate": await _certificate(conn, bike_id, signer, base_url),
         "owner_login": slip,
     }
 

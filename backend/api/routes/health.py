@@ -11,7 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from backend.api.deps import anyone
+from backend.accounts import STAFF_ROLES
+from backend.api.deps import allow, anyone
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +20,15 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/api/health", dependencies=[anyone()])
-async def health(request: Request) -> dict[str, Any]:
-    """Anyone: liveness (the process answers), the ingest's threads and counters (no personal data, no database)."""
+async def health() -> dict[str, str]:
+    """Anyone: liveness, the process answers (no database); nothing more to an anonymous caller."""
+    return {"status": "ok"}
+
+
+@router.get("/api/health/ingest", dependencies=[allow(*STAFF_ROLES)])
+async def ingest_health(request: Request) -> dict[str, Any]:
+    """Staff: the ingest's threads and counters, live viewers (no personal data). The session is looked up in the
+    database; /metrics gives the same figures without it, for operators on the internal network."""
     ingest = request.app.state.ingest
     live = getattr(request.app.state, "live", None)
     c = ingest.counters if ingest else None

@@ -11,7 +11,7 @@ from backend.access import viewer_of
 from backend.accounts import User
 from backend.api.deps import Conn, PasswordsDep, RegistryDep, allow
 from backend.api.schemas import OwnerCreate, OwnerCreated, OwnerLogin, OwnerLookup, OwnerMatch, OwnerPublic
-from backend.registry import OwnerDetails, Registry
+from backend.registry import OwnerDetails, Registry, owner_username
 
 router = APIRouter(prefix="/api/owners", tags=["owners"])
 OwnerId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -28,7 +28,7 @@ async def create_owner(
     slip = None
     if body.create_account:
         slip = await accounts.issue_owner_login(
-            conn, passwords, owner_id, body.login or body.mobile, body.name, user.actor
+            conn, passwords, owner_id, body.login or owner_username(), body.name, user.actor
         )
     return owner_id, slip
 
@@ -42,13 +42,19 @@ async def register_owner(
     return {"owner": await registry.get_owner(conn, owner_id), "owner_login": slip}
 
 
-@router.post("/lookup", response_model=OwnerMatch)
+@router.post("/lookup", response_model=OwnerMatch, responses={429: {"description": "too many look-ups this hour"}})
 async def lookup_owner(body: OwnerLookup, conn: Conn, registry: RegistryDep, user: Counter) -> dict[str, Any]:
-    """Clerk, admin: the owner with this resident ID number (found by its keyed hash), or null; audited."""
-    owner_id = await registry.find_owner(conn, body.id_number)
+    """Clerk, admin: the owner with this resident ID number (found by its keyed hash), or null.
+
+    Every look-up is audited, a miss too (a run of misses is someone trying candidates), and an account may make
+    at most owner_lookups_per_hour of them.
+    """
+    owner_id = await registry.lookup_owner(conn, user.account_id, body.id_number)
+    await audit.record(
+        conn, user, "owner.lookup", f"owner:{owner_id}" if owner_id else None, found=owner_id is not None
+    )
     if owner_id is None:
         return {"owner": None}
-    await audit.record(conn, user, "owner.lookup", f"owner:{owner_id}")
     return {"owner": await registry.get_owner(conn, owner_id)}
 
 

@@ -20,7 +20,7 @@ from backend import access, certificates, coverage, station_health, stations
 from backend.accounts import Role, User
 from backend.alarms import queries as alarms
 from backend.alarms.kinds import STATION_KINDS
-from backend.api.deps import Conn, OptionalUser, RegistryDep, Settings, SignerDep
+from backend.api.deps import Conn, OptionalUser, PublicBaseUrl, RegistryDep, Settings, SignerDep
 from backend.api.middleware.headers import csp_nonce, with_nonce
 from backend.identity import mask_mobile, mask_name
 from backend.settings import BackendSettings
@@ -304,7 +304,7 @@ async def certificate_page(
     conn: Conn,
     registry: RegistryDep,
     signer: SignerDep,
-    settings: Settings,
+    base_url: PublicBaseUrl,
     user: OptionalUser,
     lang: str | None = None,
 ) -> Response:
@@ -313,9 +313,7 @@ async def certificate_page(
     if refused := _gate(request, user, ("owner", "clerk", "admin"), chosen):
         return refused
     assert user is not None
-    view = await _certificate_view(
-        conn, registry, user, bike_id, chosen, signer, settings.public_base_url or str(request.base_url)
-    )
+    view = await _certificate_view(conn, registry, user, bike_id, chosen, signer, base_url)
     html = render(
         "certificate.html",
         chosen,
@@ -336,7 +334,7 @@ async def certificate_pdf(
     conn: Conn,
     registry: RegistryDep,
     signer: SignerDep,
-    settings: Settings,
+    base_url: PublicBaseUrl,
     user: OptionalUser,
     lang: str | None = None,
 ) -> Response:
@@ -345,9 +343,7 @@ async def certificate_pdf(
     if refused := _gate(request, user, ("owner", "clerk", "admin"), chosen):
         return refused
     assert user is not None
-    view = await _certificate_view(
-        conn, registry, user, bike_id, chosen, signer, settings.public_base_url or str(request.base_url)
-    )
+    view = await _certificate_view(conn, registry, user, bike_id, chosen, signer, base_url)
     t = MESSAGES[chosen]
     labels = {"title": t["cert_title"], "number": t["cert_number"], "issued": t["cert_issued"], "scan": t["cert_scan"]}
     number = view.cert["certificate_id"]

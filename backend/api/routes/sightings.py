@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Query
 from backend import trajectories
 from backend.access import viewer_of
 from backend.accounts import User
-from backend.api.deps import Conn, allow
+from backend.api.deps import Conn, Settings, allow
 from backend.api.schemas import ApiTime, SightingPublic
 from protocol.ids import TAG_ID_ANY_CASE_PATTERN
 from protocol.messages import parse_tag, utcnow
@@ -30,6 +30,7 @@ router = APIRouter(prefix="/api", tags=["sightings"])
 )
 async def list_sightings(
     conn: Conn,
+    settings: Settings,
     user: Annotated[User, allow("police", "owner")],
     tag_id: str | None = Query(None, description="8 hex digits", pattern=TAG_ID_ANY_CASE_PATTERN),
     station_id: str | None = Query(None, max_length=64),
@@ -43,7 +44,7 @@ async def list_sightings(
         raise HTTPException(422, "give tag_id or station_id")
     until_at: datetime = until or utcnow()
     since_at: datetime = since or until_at - timedelta(hours=1)
-    since_at, until_at = await viewer_of(user).passages_window(
+    since_at, until_at = await viewer_of(user, settings).passages_window(
         conn, tag_id, station_id, since_at, until_at, case_number
     )
     tag = parse_tag(tag_id) if tag_id is not None else None

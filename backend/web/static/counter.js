@@ -63,7 +63,6 @@
   $("mobile").addEventListener("input", function () {
     var c = BG.mobileCheck($("mobile").value);
     set("mobile", c.state === "empty" ? "bad" : c.state, c.state === "empty" ? t("required") : c.msg);
-    $("login").placeholder = c.state === "ok" ? c.value : "";
   });
   $("login").addEventListener("input", function () {
     var v = $("login").value.trim();
