@@ -1,4 +1,4 @@
-"""The hot list: the chips of stolen bikes, pushed to every gateway as a retained, versioned message."""
+"""The hot list: the chips of stolen bikes, pushed to every gateway as a retained, versioned, signed message."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 
+from backend.broker_client import broker_client
 from backend.settings import BackendSettings
 from protocol import topics
 from protocol.messages import Hotlist, format_tag
-from protocol.mqtt_address import mqtt_address
+from protocol.signing import sign_hotlist
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,11 @@ class HotlistPublisher:
     """
 
     def __init__(self, settings: BackendSettings) -> None:
-        host, port, user, password = mqtt_address(settings.mqtt_url)
-        self._address = (host, port)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{settings.mqtt_client_id}-hotlist")
-        if user:
-            client.username_pw_set(user, password)
-        client.reconnect_delay_set(0.5, 30)  # type: ignore[arg-type]  # paho waits float seconds; its hint says int
+        # TLS for an mqtts:// URL, as the ingest's clients (backend.broker_client).
+        client, self._address = broker_client(settings, f"{settings.mqtt_client_id}-hotlist")
         client.on_connect = self._on_connect
         self._client = client
+        self._key = settings.hotlist_key
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hotlist-publisher", daemon=True)
 
@@ -83,8 +80,8 @@ class HotlistPublisher:
         self._thread.start()
 
     def publish(self, message: Hotlist) -> None:
-        """Publish this version of the hot list, retained (at once, or as soon as the broker is reached)."""
-        self._client.publish(topics.HOTLIST, message.to_json(), qos=1, retain=True)
+        """Sign this version of the hot list and publish it, retained (at once, or as soon as the broker is reached)."""
+        self._client.publish(topics.HOTLIST, sign_hotlist(message, self._key).to_json(), qos=1, retain=True)
 
     def stop(self) -> None:
         """Disconnect (what is still unsent is dropped: the next start publishes a new version)."""

@@ -9,8 +9,11 @@ import secrets
 from pathlib import Path
 from typing import Literal, Self
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protocol.signing import SigningKeyError, generate_signing_key, public_key_of, read_signing_key
 
 # Placeholders that work on a developer's machine and are refused anywhere else.
 DEFAULT_SECRET = "changethis"
@@ -97,6 +100,9 @@ class BackendSettings(BaseSettings):
     id_lookup_key: SecretStr = SecretStr(DEFAULT_SECRET)
     # Signs the token in a registration certificate's QR code.
     certificate_signing_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    # Signs every hot list (Ed25519, base64url; `bikeguard station credentials` gives stations its public half).
+    # Development makes a random one per process when unset; production refuses to start without one.
+    hotlist_signing_key: SecretStr | None = None
     # Where the QR code points (e.g. https://bikes.example.gov). Required in production: taken from the request
     # (its Host header), a printed certificate would point wherever a request claimed to be sent to. In development
     # the request's own address stands in when it is unset.
@@ -169,6 +175,12 @@ class BackendSettings(BaseSettings):
             )
         return self
 
+    @property
+    def hotlist_public_key(self) -> str:
+        """The public half of the hot-list key, as stations are given it."""
+        assert self.hotlist_signing_key is not None  # filled in by the validator
+        return public_key_of(self.hotlist_signing_key.get_secret_value())
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:
         if self.environment == "development":
@@ -199,6 +211,27 @@ class BackendSettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _hotlist_key(self) -> Self:
+        if self.hotlist_signing_key is None:
+            if self.environment != "development":
+                raise ValueError(
+                    "BIKEGUARD_HOTLIST_SIGNING_KEY must be set outside development: stations take only hot lists"
+                    " signed with it (`bikeguard station signing-key` makes one)"
+                )
+            self.hotlist_signing_key = SecretStr(generate_signing_key())
+        try:
+            read_signing_key(self.hotlist_signing_key.get_secret_value())
+        except SigningKeyError as exc:
+            raise ValueError(f"BIKEGUARD_HOTLIST_SIGNING_KEY: {exc}") from exc
+        return self
+
+    @property
+    def hotlist_key(self) -> Ed25519PrivateKey:
+        """The key that signs the hot list."""
+        assert self.hotlist_signing_key is not None  # filled in by the validator
+        return read_signing_key(self.hotlist_signing_key.get_secret_value())
+
     @property
     def secure_cookies(self) -> bool:
         """Whether the session cookie is sent over HTTPS only."""
@@ -209,9 +242,11 @@ class BackendSettings(BaseSettings):
 
 def random_secrets() -> dict[str, str]:
     """Fresh random values for every secret setting (for the demo and tests), as BIKEGUARD_* variables."""
-    return {f"BIKEGUARD_{name.upper()}": secrets.token_urlsafe(32) for name in _SECRET_FIELDS}
+    values = {f"BIKEGUARD_{name.upper()}": secrets.token_urlsafe(32) for name in _SECRET_FIELDS}
+    return values | {"BIKEGUARD_HOTLIST_SIGNING_KEY": generate_signing_key()}
 
 
 def random_secret_settings() -> dict[str, SecretStr]:
     """Fresh random values for every secret setting, as keyword arguments of BackendSettings."""
-    return {name: SecretStr(secrets.token_urlsafe(32)) for name in _SECRET_FIELDS}
+    values = {name: SecretStr(secrets.token_urlsafe(32)) for name in _SECRET_FIELDS}
+    return values | {"hotlist_signing_key": SecretStr(generate_signing_key())}

@@ -24,6 +24,9 @@ class HealthRules:
     history_days: int = 7
     # and only counts when it is at least this (a quiet station's dips are noise).
     min_usual_passages: float = 20.0
+    # A station whose hot list is older than the backend's current one for longer than this is stale: it does not
+    # flag chips stolen since. Longer than a heartbeat interval, since the status says which list it holds.
+    hotlist_grace_s: float = 300.0
 
 
 _QUERY = """
@@ -31,7 +34,7 @@ WITH base AS (
     SELECT s.station_id, s.name, s.lat, s.lon, s.lifecycle, s.heartbeat_interval_s,
            st.state AS status_state, st.received_at AS last_heartbeat_at, st.payload,
            coalesce(mk.batches_recovered, 0) AS batches_recovered, gp.batches_missing, gp.missing_since,
-           gp.batches_lost, gp.gaps_not_issued, gp.last_lost_at
+           gp.batches_lost, gp.gaps_not_issued, gp.last_lost_at, hl.hotlist_current, hl.hotlist_behind_since
     FROM stations s LEFT JOIN station_status st USING (station_id)
     LEFT JOIN batch_seq_marks mk USING (station_id)
     CROSS JOIN LATERAL (
@@ -45,6 +48,13 @@ WITH base AS (
         -- An open gap counts once it was asked for (past the grace period): before, the batch may only be late.
         WHERE g.station_id = s.station_id AND (g.state = 'lost' OR g.requests > 0)
     ) gp
+    -- The hot list the station says it holds against the backend's latest; numeric: a station's report is not
+    -- trusted to fit a bigint. Behind since the first list newer than the station's was issued.
+    CROSS JOIN LATERAL (
+        SELECT (SELECT max(version) FROM hotlist_versions) AS hotlist_current,
+               (SELECT min(h.issued_at) FROM hotlist_versions h
+                 WHERE h.version > (st.payload->>'hotlist_version')::numeric) AS hotlist_behind_since
+    ) hl
     WHERE s.lifecycle <> 'decommissioned'
 ), recent AS (
     SELECT b.station_id,
@@ -106,6 +116,9 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
         reasons.append(
             f"{missing} batches missing since {since:%Y-%m-%d %H:%M:%S} UTC: asked its gateway to send them again"
         )
+    hotlist, lag = _hotlist_lag(payload.get("hotlist_version"), row, now, rules)
+    if lag:
+        reasons.append(lag)
     return {
         "station_id": row["station_id"],
         "name": row["name"],
@@ -128,7 +141,40 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
         "batches_lost": int(row.get("batches_lost") or 0),
         "gaps_not_issued": int(row.get("gaps_not_issued") or 0),
         "last_lost_at": row.get("last_lost_at"),
+        **hotlist,
     }
+
+
+def _hotlist_lag(
+    held: Any, row: dict[str, Any], now: datetime, rules: HealthRules
+) -> tuple[dict[str, Any], str | None]:
+    """The station's hot list against the current one (its version, the current, whether it is stale), and why it
+    is stale."""
+    current = row.get("hotlist_current")
+    behind_since = row.get("hotlist_behind_since")
+    version = held if isinstance(held, int) else None
+    stale, reason = False, None
+    if version is not None and current is not None:
+        if version > current:
+            # Not a version the backend issued: a list forged before lists were signed, or another backend's.
+            stale, reason = (
+                True,
+                f"holds hot list version {version}, which the backend never issued (current {current})",
+            )
+        elif behind_since is not None and (now - behind_since).total_seconds() > rules.hotlist_grace_s:
+            stale = True
+            reason = (
+                f"hot list version {version} is behind the current {current} since"
+                f" {behind_since:%Y-%m-%d %H:%M:%S} UTC: it does not flag chips stolen since (check its"
+                " BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY and its hotlist_rejected metric)"
+            )
+    fields = {
+        "hotlist_version": version,
+        "hotlist_current": current,
+        "hotlist_stale": stale,
+        "hotlist_behind_since": behind_since if version is not None else None,
+    }
+    return fields, reason
 
 
 async def station_health(

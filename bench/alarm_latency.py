@@ -37,6 +37,7 @@ from firmware_sim.town import Town
 from protocol import topics
 from protocol.frames import Beacon, TagFlags, encode
 from protocol.messages import format_tag
+from protocol.signing import generate_signing_key, public_key_of
 
 
 def load_publisher(
@@ -155,6 +156,8 @@ def main() -> int:
         "BIKEGUARD_MQTT_SHARED_GROUP": "bench" if broker.supports_shared_subscriptions else "",
         "BIKEGUARD_MQTT_CLIENT_ID": "bench-backend",
         "BIKEGUARD_HTTP_PORT": str(port),
+        # The gateway takes only hot lists signed with this key (its public half below).
+        "BIKEGUARD_HOTLIST_SIGNING_KEY": generate_signing_key(),
     }
     procs: list[subprocess.Popen[bytes]] = []
     stop = mp.get_context("spawn").Event()
@@ -196,6 +199,10 @@ def main() -> int:
                 "--log-level",
                 "WARNING",
             ],
+            env={
+                **os.environ,
+                "BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY": public_key_of(env["BIKEGUARD_HOTLIST_SIGNING_KEY"]),
+            },
             start_new_session=True,
         )
         procs.append(gateway)

@@ -1,4 +1,5 @@
-"""`bikeguard broker files` and `bikeguard station credentials`: Mosquitto's files and station passwords."""
+"""`bikeguard broker files`, `bikeguard station credentials` and `… signing-key`: Mosquitto's files, station
+passwords and the hot-list key."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import psycopg
 from backend import provisioning
 from backend.settings import BackendSettings
 from backend.stations import StationNotFound
+from protocol.signing import generate_signing_key, public_key_of
 
 BACKEND_PASSWORD_ENV = "BIKEGUARD_BROKER_BACKEND_PASSWORD"
+SIGNING_KEY_ENV = "BIKEGUARD_HOTLIST_SIGNING_KEY"
+PUBLIC_KEY_ENV = "BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     creds = station_sub.add_parser("credentials", help="issue (or rotate) a station's MQTT password, shown once")
     creds.add_argument("station_id")
     creds.add_argument("--broker", default="<broker-host>:1883", help="HOST:PORT the station connects to")
+    station_sub.add_parser(
+        "signing-key",
+        help="make a new hot-list signing key (BIKEGUARD_HOTLIST_SIGNING_KEY) and print it with its public half",
+    )
     return parser
 
 
@@ -127,10 +135,26 @@ def _credentials(args: argparse.Namespace) -> int:
     print("on the station, set:")
     print(f"  BIKEGUARD_GATEWAY_STATION_ID={issued.station_id}")
     print(f"  BIKEGUARD_GATEWAY_MQTT_URL=mqtt://{issued.username}:{issued.password}@{args.broker}")
+    if os.environ.get(SIGNING_KEY_ENV):
+        print(f"  {PUBLIC_KEY_ENV}={public_key_of(os.environ[SIGNING_KEY_ENV])}")
+    else:
+        print(
+            f"  {PUBLIC_KEY_ENV}=<not shown: {SIGNING_KEY_ENV} is not set here; the station takes only hot lists"
+            " signed with the backend's key>"
+        )
     print(
         "then regenerate the broker's files (bikeguard broker files --out DIR) and reload Mosquitto;"
         " until then the previous password still works"
     )
+    return 0
+
+
+def _signing_key() -> int:
+    key = generate_signing_key()
+    print("a new hot-list signing key; the backend's setting (keep it secret):")
+    print(f"  {SIGNING_KEY_ENV}={key}")
+    print("and its public half, for every station (`bikeguard station credentials` prints it too):")
+    print(f"  {PUBLIC_KEY_ENV}={public_key_of(key)}")
     return 0
 
 
@@ -139,4 +163,6 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "broker":
         return _files(args)
+    if args.station_command == "signing-key":
+        return _signing_key()
     return _credentials(args)

@@ -39,6 +39,7 @@ from firmware_sim.town import Town
 from gateway.settings import GatewaySettings
 from gateway.station import run_fleet
 from protocol.messages import format_tag
+from protocol.signing import public_key_of
 
 log = logging.getLogger("bikeguard.demo")
 
@@ -367,6 +368,8 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
                 mqtt_url=SecretStr(mqtt_url),
                 spool_path=workdir / f"gateway-{sid}.spool",
                 status_interval_s=10,
+                # The stations take only lists signed with this run's key, as a provisioned station does.
+                hotlist_public_key=public_key_of(env["BIKEGUARD_HOTLIST_SIGNING_KEY"]),
             )
             for sid, path in ports.items()
         ]

@@ -44,6 +44,7 @@ class StationFigures:
     counters: dict[str, int] = field(default_factory=dict)
     gauges: dict[str, int] = field(default_factory=dict)
     frames_rejected: dict[str, int] = field(default_factory=dict)
+    hotlist_rejected: dict[str, int] = field(default_factory=dict)
 
 
 _HELP = {
@@ -61,7 +62,7 @@ _HELP = {
     "batches_confirmed": "Sightings batches the backend confirmed stored",
     "batches_resent": "Sightings batches sent again for want of a confirmation",
     "confirmations_rejected": "Confirmation messages refused as invalid",
-    "hotlist_rejected": "Hot-list messages refused as invalid",
+    "station_restarts": "Times the fleet process restarted this station after its task failed",
     "batch_requests": "The backend's requests for batches it is missing",
     "batch_requests_rejected": "Batch requests refused as invalid",
     "batches_requested_held": "Requested batches still spooled, sent again at once",
@@ -102,10 +103,18 @@ class StationCollector(Collector):
         rejected = CounterMetricFamily(
             "bikeguard_gateway_frames_rejected", "Rejected radio byte runs by reason", labels=["station", "reason"]
         )
+        hotlists = CounterMetricFamily(
+            "bikeguard_gateway_hotlist_rejected",
+            "Hot-list messages refused (the last good list kept) by reason",
+            labels=["station", "reason"],
+        )
         for f in figures:
             for reason, n in sorted(f.frames_rejected.items()):
                 rejected.add_metric([f.station_id, reason], n)
+            for reason, n in sorted(f.hotlist_rejected.items()):
+                hotlists.add_metric([f.station_id, reason], n)
         yield rejected
+        yield hotlists
 
     async def _figures(self) -> list[StationFigures]:
         return [figures() for figures in self.sources]

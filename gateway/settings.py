@@ -14,6 +14,7 @@ from gateway.spool import DEFAULT_MAX_BYTES, MIB
 from protocol.frames import BAUD_RATE
 from protocol.ids import IdError, check_station_id
 from protocol.mqtt_address import mqtt_address, uses_tls
+from protocol.signing import SigningKeyError, read_public_key
 
 
 def _default_firmware() -> str:
@@ -87,6 +88,27 @@ class GatewaySettings(BaseSettings):
     rejected_run_max_bytes: int = Field(
         default=256, ge=16, le=65536, description="bytes of one rejected run kept (its length is always kept)"
     )
+
+    # The backend's public key (`bikeguard station credentials` prints it): the station takes only hot lists signed
+    # with its private half. Without it the station takes no hot list at all (it flags from the list it saved).
+    hotlist_public_key: str | None = Field(default=None, description="base64url Ed25519 public key of the backend")
+    # About 11 bytes a tag: 100,000 tags are about 1.1 MB. A larger payload is refused before it is parsed.
+    hotlist_max_bytes: int = Field(default=2 * MIB, ge=4096, description="largest hot-list payload taken")
+    hotlist_max_tags: int = Field(default=100_000, ge=1, description="most tags a hot list may hold")
+    # A fleet process restarts a station whose task failed, waiting this long (doubling per failure in a row).
+    station_restart_min_s: float = Field(default=1.0, gt=0)
+    station_restart_max_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("hotlist_public_key")
+    @classmethod
+    def _public_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            read_public_key(value)
+        except SigningKeyError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
 
     @field_validator("station_id")
     @classmethod

@@ -24,6 +24,9 @@ from protocol.topics import station_topic
 
 log = logging.getLogger(__name__)
 
+# A station that ran this long before failing starts its restart backoff afresh.
+_STABLE_RUN_S = 60.0
+
 
 class Station:
     """One station's gateway: `await run()` until cancelled."""
@@ -49,6 +52,7 @@ class Station:
         # What the spool's open-passage checkpoint holds: tag id -> first_seen_at of that passage.
         self._checkpointed: dict[int, datetime] = {}
         self._checkpoint_refreshed = time.monotonic()
+        self.restarts = 0  # by the fleet's supervisor, after this station's task failed
 
     async def run(self) -> None:
         """Run until cancelled; then spool the open passages and say offline."""
@@ -119,6 +123,7 @@ class Station:
         figures = metrics.StationFigures(self.settings.station_id)
         spool, uplink, radio = self.spool, self.uplink, self.radio
         figures.counters["beacons"] = self.aggregator.beacons_total
+        figures.counters["station_restarts"] = self.restarts
         if spool is not None:
             figures.gauges["spool_depth"] = spool.depth
             figures.gauges["spool_unconfirmed"] = spool.unconfirmed
@@ -134,7 +139,7 @@ class Station:
             figures.counters["batches_confirmed"] = uplink.batches_confirmed
             figures.counters["batches_resent"] = uplink.batches_resent
             figures.counters["confirmations_rejected"] = uplink.confirmations_rejected
-            figures.counters["hotlist_rejected"] = uplink.hotlist_rejected
+            figures.hotlist_rejected = dict(uplink.hotlist_rejected)
             figures.counters["batch_requests"] = uplink.requests
             figures.counters["batch_requests_rejected"] = uplink.requests_rejected
             figures.counters["batches_requested_held"] = uplink.batches_requested_held
@@ -275,22 +280,56 @@ async def run_gateway(settings: GatewaySettings) -> None:
 
 async def run_fleet(settings: Sequence[GatewaySettings]) -> None:
     """Run several stations in one event loop (each its own port, connection and spool)."""
-    ids = [s.station_id for s in settings]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"station ids must be unique: {ids}")
-    spools = [s.spool_file.resolve() for s in settings]
-    if len(set(spools)) != len(spools):
-        raise ValueError("each station needs a spool file of its own")
-    stations = [Station(s) for s in settings]
-    stop = _SignalStop()
-    with stop.installed(), _metrics_served(stations):
+    await Fleet(settings).run()
+
+
+class Fleet:
+    """Several stations in one event loop, each its own port, connection and spool, each supervised: a station
+    whose task fails is restarted with backoff, and the others go on meanwhile."""
+
+    def __init__(self, settings: Sequence[GatewaySettings]) -> None:
+        ids = [s.station_id for s in settings]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"station ids must be unique: {ids}")
+        spools = [s.spool_file.resolve() for s in settings]
+        if len(set(spools)) != len(spools):
+            raise ValueError("each station needs a spool file of its own")
+        self.stations = [Station(s) for s in settings]
+
+    async def run(self) -> None:
+        """Run every station until cancelled or SIGTERM/SIGINT."""
+        stop = _SignalStop()
+        with stop.installed(), _metrics_served(self.stations):
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    for station in self.stations:
+                        tasks.create_task(_supervised(station), name=f"station {station.settings.station_id}")
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                # A signal is a normal way to stop; a caller's cancellation must still propagate.
+                if stop.signal is None or task is None:
+                    raise
+                task.uncancel()
+
+
+async def _supervised(station: Station) -> None:
+    """Run a station; whenever its task fails, log why and run it again after a backoff (doubling while it keeps
+    failing soon after each start, reset once it ran for a while)."""
+    s = station.settings
+    delay = s.station_restart_min_s
+    while True:
+        started = time.monotonic()
         try:
-            async with asyncio.TaskGroup() as tasks:
-                for station in stations:
-                    tasks.create_task(station.run(), name=f"station {station.settings.station_id}")
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            # A signal is a normal way to stop; a caller's cancellation must still propagate.
-            if stop.signal is None or task is None:
-                raise
-            task.uncancel()
+            await station.run()
+            failure = "its task ended"
+        # Deliberately broad, and only here: whatever one station's code raises (a bug, a poisoned input, a disk
+        # that went away) must not stop the other stations of the process. Cancellation is not an Exception.
+        except Exception as exc:
+            log.exception("station %s failed", s.station_id)
+            failure = f"{type(exc).__name__}: {exc}"
+        station.restarts += 1
+        if time.monotonic() - started >= _STABLE_RUN_S:
+            delay = s.station_restart_min_s
+        log.warning("station %s: restarting in %.1f s (%s)", s.station_id, delay, failure)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, s.station_restart_max_s)

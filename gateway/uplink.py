@@ -16,10 +16,11 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from gateway.hotlist import HotList
+from gateway.hotlist import HotList, HotlistRefused, check_hotlist
 from gateway.mqtt import Connection, Message, MqttError, Will
 from gateway.publish_window import PublishWindow
 from gateway.settings import GatewaySettings
@@ -30,11 +31,11 @@ from protocol.messages import (
     BatchRequest,
     Confirmation,
     GoneRange,
-    Hotlist,
     MessageError,
     StationStatus,
     utcnow,
 )
+from protocol.signing import read_public_key
 from protocol.topics import GONE, HOTLIST, command_topic, confirmations_topic, requests_topic, station_topic
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,16 @@ class Uplink:
         self.connects = 0
         self.messages_published = 0
         self.sightings_published = 0
-        self.hotlist_rejected = 0
+        # Refused hot lists by reason (gateway.hotlist.RefusalReason).
+        self.hotlist_rejected: Counter[str] = Counter()
+        key = settings.hotlist_public_key
+        self._hotlist_key = None if key is None else read_public_key(key)
+        if key is None:
+            log.warning(
+                "%s: no BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY: this station takes no hot list (it flags only from the"
+                " list its spool holds)",
+                settings.station_id,
+            )
         self.batches_confirmed = 0
         self.sightings_confirmed = 0
         self.batches_resent = 0
@@ -317,27 +327,27 @@ class Uplink:
                 self.hotlist.version,
             )
             return
+        s = self.settings
         try:
-            message = Hotlist.parse(payload)
-        except MessageError as exc:
-            self.hotlist_rejected += 1
-            log.warning("%s: bad hot list (%s): %r", self.settings.station_id, exc.reason, payload[:200])
+            message = check_hotlist(
+                payload, self._hotlist_key, max_bytes=s.hotlist_max_bytes, max_tags=s.hotlist_max_tags
+            )
+        except HotlistRefused as exc:
+            # The last good list stays: a bad one (forged, unsigned, oversized) changes nothing but this count.
+            self.hotlist_rejected[exc.reason] += 1
+            log.warning(
+                "%s: hot list refused, keeping version %d (%s): %r",
+                s.station_id,
+                self.hotlist.version,
+                exc,
+                payload[:200],
+            )
             return
         if self.hotlist.offer_message(message):
             self.spool.save_hotlist(self.hotlist.version, self.hotlist.tags)
-            log.info(
-                "%s: hot list version %d, %d tags",
-                self.settings.station_id,
-                message.version,
-                len(self.hotlist.tags),
-            )
+            log.info("%s: hot list version %d, %d tags", s.station_id, message.version, len(self.hotlist.tags))
         else:
-            log.debug(
-                "%s: hot list version %d not newer than %d",
-                self.settings.station_id,
-                message.version,
-                self.hotlist.version,
-            )
+            log.debug("%s: hot list version %d not newer than %d", s.station_id, message.version, self.hotlist.version)
 
 
 def _stop_if_told() -> None:

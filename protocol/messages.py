@@ -36,6 +36,8 @@ __all__ = [
     "BatchesGone",
     "Confirmation",
     "GoneRange",
+    "HOTLIST_V",
+    "HOTLIST_VERSION_MAX",
     "Hotlist",
     "MessageError",
     "SelfTestStep",
@@ -118,10 +120,10 @@ def _message_error(exc: ValidationError, raw: bytes) -> MessageError:
 _CONFIG = ConfigDict(extra="ignore", frozen=True, strict=True)
 
 
-class _Message(BaseModel):
-    model_config = _CONFIG
+class _Payload(BaseModel):
+    """A message of the contract; each kind carries its own `v`."""
 
-    v: Version = VERSION
+    model_config = _CONFIG
 
     @classmethod
     def parse(cls, raw: bytes):  # type: ignore[no-untyped-def]
@@ -137,6 +139,10 @@ class _Message(BaseModel):
     def to_json(self) -> bytes:
         """The compact JSON payload."""
         return dumps(self.model_dump(mode="json"))
+
+
+class _Message(_Payload):
+    v: Version = VERSION
 
 
 class Sighting(BaseModel):
@@ -251,12 +257,37 @@ class StationStatus(_Message):
     noise_floor_dbm: int | None = None
 
 
-class Hotlist(_Message):
-    """The stolen-chip list the backend pushes to every gateway (retained)."""
+# The hot list is message version 2: v1 lists were unsigned, and a gateway takes no unsigned list.
+HOTLIST_V: Final = 2
+# Versions are the issuing clock in milliseconds (migration 0006) plus the lists issued since: a version beyond what
+# a double holds exactly, or more than a day ahead of its own issued_at, is not one the backend makes.
+HOTLIST_VERSION_MAX: Final = 2**53
+HOTLIST_VERSION_AHEAD_MAX_MS: Final = 86_400_000
+HotlistV = Annotated[Literal[2], JsonForm(core_schema.int_schema(strict=True), core_schema.literal_schema([HOTLIST_V]))]
 
-    version: int = Field(ge=0)
+
+class Hotlist(_Payload):
+    """The stolen-chip list the backend pushes to every gateway (retained), signed by the backend (Ed25519)."""
+
+    v: HotlistV = HOTLIST_V
+    version: int = Field(ge=0, le=HOTLIST_VERSION_MAX)
     issued_at: Instant
     tags: list[TagId]
+    signature: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_-]*$", max_length=100, description="base64url Ed25519 of signed_bytes()"
+    )
+
+    @model_validator(mode="after")
+    def _version_from_its_clock(self) -> Hotlist:
+        issued_ms = int(self.issued_at.timestamp() * 1000)
+        if self.version > issued_ms + HOTLIST_VERSION_AHEAD_MAX_MS:
+            raise ValueError(f"version {self.version} is more than a day ahead of issued_at {self.issued_at}")
+        return self
+
+    def signed_bytes(self) -> bytes:
+        """What the signature covers: every field but the signature, in one canonical form."""
+        issued_at = self.issued_at.astimezone(UTC).isoformat(timespec="microseconds")
+        return f"bikeguard-hotlist/{self.v}\n{self.version}\n{issued_at}\n{','.join(self.tags)}".encode()
 
 
 RunId = Annotated[str, Field(pattern=r"^[0-9a-f]{8,32}$", description="random per self-test run, lower-case hex")]

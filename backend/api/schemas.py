@@ -219,6 +219,12 @@ class StationHealth(BaseModel):
     batches_lost: int
     gaps_not_issued: int
     last_lost_at: datetime | None
+    # The hot list the station says it holds, the backend's current one, and whether the station lags (behind for
+    # longer than the grace period, or holding a version the backend never issued).
+    hotlist_version: int | None
+    hotlist_current: int | None
+    hotlist_stale: bool
+    hotlist_behind_since: datetime | None
 
 
 class StationActivity(BaseModel):

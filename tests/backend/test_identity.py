@@ -18,6 +18,7 @@ from backend.identity import (
 )
 from backend.settings import BackendSettings
 from backend.vault import Vault, VaultError
+from protocol.signing import generate_signing_key
 
 PLATES = BackendSettings.model_fields["plate_pattern"].default
 
@@ -99,6 +100,7 @@ def test_default_secrets_are_refused_outside_development() -> None:
         BackendSettings(database_url="postgresql://x", environment="production")
     strong = {k: f"{k}-" + "x" * 40 for k in ("id_encryption_key", "id_lookup_key", "certificate_signing_key")}
     strong["public_base_url"] = "https://bikes.example.gov"
+    strong["hotlist_signing_key"] = generate_signing_key()
     settings = BackendSettings(database_url="postgresql://x", environment="production", **strong)
     assert settings.secure_cookies is True
     assert BackendSettings(database_url="postgresql://x", **strong).environment == "production"

@@ -20,6 +20,7 @@ from backend import provisioning
 from bikeguard.cli import main as cli
 from bikeguard.services import start_broker
 from protocol import topics
+from protocol.signing import generate_signing_key, public_key_of
 from tests import factories
 from tests.backend.conftest import Staff
 from tests.backend.test_ingest import wait_until
@@ -55,6 +56,8 @@ def test_installer_and_admin_issue_a_password_shown_once(staff: Staff) -> None:
     body = r.json()
     assert body["station_id"] == body["username"] == sid
     assert len(body["password"]) >= 20 and body["issued_at"]
+    # The station takes only hot lists signed by this backend: it is given the public half with its password.
+    assert body["hotlist_public_key"] == public_key_of(factories.SECRETS["hotlist_signing_key"].get_secret_value())
     assert r.headers["cache-control"] == "no-store"
     assert staff.admin.post(f"/api/stations/{sid}/credentials").status_code == 201
     audit = staff.admin.get("/api/audit").json()
@@ -139,6 +142,8 @@ def test_station_credentials_command_prints_the_password_once_with_the_gateway_s
 ) -> None:
     monkeypatch.setenv("BIKEGUARD_DATABASE_URL", database_url)
     monkeypatch.setenv("BIKEGUARD_ENVIRONMENT", "development")
+    key = generate_signing_key()
+    monkeypatch.setenv("BIKEGUARD_HOTLIST_SIGNING_KEY", key)
     with psycopg.connect(database_url) as conn:
         sid = factories.station(conn, f"st-{uuid.uuid4().hex[:8]}")
     assert cli(["station", "credentials", sid, "--broker", "broker.example:1883"]) == 0
@@ -146,6 +151,7 @@ def test_station_credentials_command_prints_the_password_once_with_the_gateway_s
     password = out.splitlines()[1].strip()
     assert f"BIKEGUARD_GATEWAY_STATION_ID={sid}" in out
     assert f"BIKEGUARD_GATEWAY_MQTT_URL=mqtt://{sid}:{password}@broker.example:1883" in out
+    assert f"BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY={public_key_of(key)}" in out
     with psycopg.connect(database_url) as conn:
         (issued_by,) = conn.execute(
             "SELECT issued_by FROM station_credentials WHERE station_id = %s", (sid,)
@@ -153,6 +159,12 @@ def test_station_credentials_command_prints_the_password_once_with_the_gateway_s
     assert issued_by and issued_by.startswith("command line")
     assert cli(["station", "credentials", "st-none"]) == 1
     assert "no station st-none" in capsys.readouterr().err
+
+
+def test_station_signing_key_command_prints_a_key_and_its_public_half(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["station", "signing-key"]) == 0
+    lines = dict(line.strip().split("=", 1) for line in capsys.readouterr().out.splitlines() if "=" in line)
+    assert lines["BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY"] == public_key_of(lines["BIKEGUARD_HOTLIST_SIGNING_KEY"])
 
 
 def test_broker_files_command_writes_private_files(

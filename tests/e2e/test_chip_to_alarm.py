@@ -21,6 +21,7 @@ from firmware_sim.runner import SimRunner
 from firmware_sim.town import Town
 from gateway.settings import GatewaySettings
 from protocol.messages import format_tag
+from protocol.signing import public_key_of
 from tests import factories
 from tests.backend.test_ingest import wait_until
 from tests.serving import served
@@ -86,6 +87,7 @@ def test_stolen_bike_passing_a_station_raises_an_alarm_on_the_live_feed(
                 passage_gap_s=1.0,
                 batch_interval_s=0.2,
                 status_interval_s=5,
+                hotlist_public_key=public_key_of(factories.SECRETS["hotlist_signing_key"].get_secret_value()),
             )
             for sid, port in runner.ports.items()
         ]

@@ -83,7 +83,9 @@ async def run(test: SelfTest, feed: Callable[[], None] | None = None) -> tuple[R
 @contextlib.asynccontextmanager
 async def hotlist_on(broker: Broker, issued_at: datetime | None = None) -> AsyncIterator[Hotlist]:
     """A retained hot list on the broker for the duration, cleared afterwards."""
-    hotlist = Hotlist(version=time.time_ns(), issued_at=issued_at or utcnow(), tags=["00C0FFEE", "0BADCAFE"])
+    hotlist = Hotlist(
+        version=time.time_ns() // 1_000_000, issued_at=issued_at or utcnow(), tags=["00C0FFEE", "0BADCAFE"]
+    )
     async with mqtt_client(broker) as client:
         await client.publish(HOTLIST, hotlist.to_json(), qos=1, retain=True)
         try:

@@ -21,6 +21,7 @@ from gateway.spool import Spool
 from gateway.station import Station
 from protocol.frames import ModuleStatus, TagFlags, encode
 from protocol.messages import Alert, Hotlist, Sighting, SightingBatch, StationStatus, format_tag, utcnow
+from protocol.signing import generate_signing_key, public_key_of, read_signing_key, sign_hotlist
 from protocol.topics import HOTLIST, station_topic
 from tests.gateway.harness import (
     FakeModule,
@@ -70,10 +71,19 @@ async def test_hot_listed_tag_alerts_at_its_first_beacon_long_before_the_passage
     broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
 ) -> None:
     stolen = 0x00C0FFEE
-    version = time.time_ns()  # newer than any list another test left retained on this broker
-    settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / "s.spool", passage_gap_s=10)
+    version = time.time_ns() // 1_000_000  # newer than any list another test left retained on this broker
+    key = generate_signing_key()
+    settings = fast_settings(
+        topic_prefix,
+        module.path,
+        broker.url,
+        tmp_path / "s.spool",
+        passage_gap_s=10,
+        hotlist_public_key=public_key_of(key),
+    )
     async with mqtt_client(broker) as backend:
-        hotlist = Hotlist(version=version, issued_at=utcnow(), tags=[format_tag(stolen)])
+        unsigned = Hotlist(version=version, issued_at=utcnow(), tags=[format_tag(stolen)])
+        hotlist = sign_hotlist(unsigned, read_signing_key(key))
         await backend.publish(HOTLIST, hotlist.to_json(), qos=1, retain=True)
         try:
             async with watching(broker, topic_prefix) as watcher, running(Station(settings)) as station:

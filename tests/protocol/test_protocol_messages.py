@@ -119,7 +119,33 @@ def test_bad_tag_id_in_alert_and_hotlist_is_refused() -> None:
             b'"rssi_dbm":-50,"antenna":0}'
         )
     with pytest.raises(MessageError, match="tags"):
-        Hotlist.parse(b'{"v":1,"version":1,"issued_at":"2025-03-01T08:30:00Z","tags":["12345678","nope"]}')
+        Hotlist.parse(b'{"v":2,"version":1,"issued_at":"2025-03-01T08:30:00Z","tags":["12345678","nope"]}')
+
+
+@pytest.mark.parametrize(
+    ("version", "issued_at", "reason"),
+    [
+        (2**63 - 1, "2026-11-29T10:00:00Z", "version"),
+        (2**63, "2026-11-29T10:00:00Z", "version"),
+        (2**53 + 1, "2026-11-29T10:00:00Z", "version"),
+        (-1, "2026-11-29T10:00:00Z", "version"),
+        # More than a day ahead of its own clock (versions are that clock in milliseconds, migration 0006).
+        (1_764_410_400_000 + 86_400_001, "2025-11-29T10:00:00Z", "ahead"),
+    ],
+)
+def test_hotlist_version_beyond_what_the_backend_makes_is_refused(version: int, issued_at: str, reason: str) -> None:
+    raw = orjson.dumps({"v": 2, "version": version, "issued_at": issued_at, "tags": []})
+    with pytest.raises(MessageError, match=reason):
+        Hotlist.parse(raw)
+
+
+def test_unsigned_hotlist_of_contract_v1_is_refused_and_signature_covers_every_field() -> None:
+    with pytest.raises(MessageError, match="v: Input should be 2"):
+        Hotlist.parse(b'{"v":1,"version":1,"issued_at":"2025-03-01T08:30:00Z","tags":[]}')
+    hotlist = Hotlist(version=12, issued_at=NOW, tags=["0000BEEF", "00C0FFEE"])
+    assert Hotlist.parse(hotlist.to_json()).signed_bytes() == hotlist.signed_bytes()
+    for change in ({"version": 13}, {"tags": ["0000BEEF"]}, {"issued_at": NOW.replace(second=1)}):
+        assert hotlist.model_copy(update=change).signed_bytes() != hotlist.signed_bytes()
 
 
 @pytest.mark.parametrize("field", ["sent_at"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from backend import audit, provisioning
@@ -22,6 +22,8 @@ class StationCredentialsPublic(BaseModel):
     username: str
     password: str
     issued_at: datetime
+    # BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY: the station takes only hot lists signed with its private half.
+    hotlist_public_key: str
 
 
 class StationCredentialRecord(BaseModel):
@@ -34,8 +36,11 @@ class StationCredentialRecord(BaseModel):
 
 
 @router.post("/{station_id}/credentials", status_code=201, response_model=StationCredentialsPublic)
-async def issue_credentials(station_id: StationId, conn: Conn, user: Installer, response: Response) -> dict[str, Any]:
-    """Installer, admin: a new MQTT password for the station, replacing its previous one; shown only here."""
+async def issue_credentials(
+    station_id: StationId, conn: Conn, user: Installer, request: Request, response: Response
+) -> dict[str, Any]:
+    """Installer, admin: a new MQTT password for the station, replacing its previous one (shown only here), and the
+    backend's hot-list public key."""
     issued = await provisioning.issue_credentials(conn, station_id, user.actor)
     await audit.record(conn, user, "station.credentials_issue", f"station:{station_id}")
     response.headers["Cache-Control"] = "no-store"
@@ -44,6 +49,7 @@ async def issue_credentials(station_id: StationId, conn: Conn, user: Installer, 
         "username": issued.username,
         "password": issued.password,
         "issued_at": issued.issued_at,
+        "hotlist_public_key": request.app.state.settings.hotlist_public_key,
     }
 
 
