@@ -46,6 +46,12 @@ class BackendSettings(BaseSettings):
     ingest_workers: int = Field(default=1, ge=1, le=64)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Requests (backend.api.middleware.limits): a JSON body's bytes (photo uploads have photo_max_bytes), the seconds
+    # a whole body may take to arrive, how long an idle connection is kept, and the bytes of a request's head.
+    request_json_max_bytes: int = Field(default=64 * 1024, ge=1024)
+    request_body_timeout_s: float = Field(default=30.0, gt=0)
+    http_keep_alive_s: float = Field(default=5.0, gt=0)
+    http_max_header_bytes: int = Field(default=16 * 1024, ge=4096)
     ingest_flush_rows: int = Field(default=20_000, ge=1)
     ingest_flush_interval_s: float = Field(default=0.05, gt=0)
     # The window around the receive time that reported times must fall in (backend.ingest.window): how far ahead

@@ -146,7 +146,9 @@ def _password() -> str:
 def sign_in(base_url: str, login: Login) -> httpx.Client:
     """An HTTP client signed in as this account (Bearer token)."""
     r = httpx.post(
-        f"{base_url}/api/auth/login", json={"username": login.username, "password": login.password}, timeout=30
+        f"{base_url}/api/auth/login",
+        json={"username": login.username, "password": login.password, "token_in_body": True},
+        timeout=30,
     )
     if r.status_code != 200:
         raise ServiceError(f"signing in as {login.username} failed: {r.status_code} {r.text}")

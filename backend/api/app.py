@@ -19,6 +19,8 @@ from psycopg_pool import AsyncConnectionPool
 from backend import access, accounts, certificates, hotlist, prediction, provisioning, registry
 from backend import stations as station_registry
 from backend.alarms import station_watch, store
+from backend.api.middleware.headers import SecurityHeaders
+from backend.api.middleware.limits import BodyLimits
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import audit as audit_routes
@@ -92,10 +94,11 @@ def _status_of(exc: Exception) -> int:
     raise exc
 
 
-def server_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
-    """uvicorn's configuration for the app. Its own X-Forwarded-For handling is off: it believes the header from
-    127.0.0.1 by default, so any local client could claim any address; backend.api.deps.client_address decides."""
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False)
+def server_config(app: FastAPI, host: str, port: int, **limits: Any) -> uvicorn.Config:
+    """uvicorn's configuration for the app, with `limits` (backend.api.middleware.limits.server_options). Its own
+    X-Forwarded-For handling is off: it believes the header from 127.0.0.1 by default, so any local client could
+    claim any address; backend.api.deps.client_address decides."""
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False, **limits)
 
 
 def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
@@ -176,6 +179,9 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         pages.router,
     ):
         app.include_router(router)
+    # The last added is the outermost: a refused body's 413 or 408 carries the security headers too.
+    app.add_middleware(BodyLimits, settings=settings)
+    app.add_middleware(SecurityHeaders, tile_url=settings.tile_url)
     app.mount("/assets/leaflet", StaticFiles(directory=LEAFLET_DIR), name="leaflet")
     app.mount("/assets/web", StaticFiles(directory=STATIC_DIR), name="web")
 

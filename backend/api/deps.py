@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import psycopg
 from fastapi import Depends, HTTPException, Request
@@ -100,13 +101,48 @@ def _is_in(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6N
 ClientAddress = Annotated[str | None, Depends(client_address)]
 
 
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def cross_site_refusal(request: Request, settings: BackendSettings) -> str | None:
+    """Why a state-changing request comes from another site's page, or None (same site, or not a browser's).
+
+    Browsers send Origin with every POST they make for a page, and Sec-Fetch-Site; our own pages' Origin is the
+    host they were loaded from (or public_base_url's, behind a proxy that rewrites Host).
+    """
+    if request.method not in _STATE_CHANGING:
+        return None
+    origin = request.headers.get("origin")
+    if origin is not None:
+        ours = {request.headers.get("host", "")}
+        if settings.public_base_url:
+            ours.add(urlsplit(settings.public_base_url).netloc)
+        if origin == "null" or urlsplit(origin).netloc not in ours:
+            return f"refused: a request from another site ({origin}) may not act with this site's session"
+        return None
+    if request.headers.get("sec-fetch-site") in {"cross-site", "same-site"}:
+        return "refused: a request from another site may not act with this site's session"
+    return None
+
+
+def same_site(request: Request, settings: Settings) -> None:
+    """A route that sets or uses a browser session: refused (403) when another site's page sends it."""
+    if refusal := cross_site_refusal(request, settings):
+        raise HTTPException(403, refusal)
+
+
 def session_token(
+    request: Request,
+    settings: Settings,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cookie: Annotated[str | None, Depends(_cookie)],
 ) -> str | None:
-    """The session token of the request: Authorization: Bearer, else the session cookie."""
+    """The session token of the request: Authorization: Bearer, else the session cookie — which a browser sends
+    on its own, so a state-changing request with it must come from our own pages."""
     if bearer is not None and bearer.credentials:
         return bearer.credentials
+    if cookie:
+        same_site(request, settings)
     return cookie or None
 
 

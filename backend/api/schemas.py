@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator, model_validator
@@ -36,6 +36,27 @@ def _plain_text(value: str) -> str:
     if not text:
         raise PydanticCustomError("invalid", "this field cannot be blank")
     return text
+
+
+# The times a request may name: wide enough for any record we hold, narrow enough that no window arithmetic
+# (a default "24 h before until", a conversion to UTC) can leave the calendar and raise OverflowError.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def _within_calendar(value: datetime) -> datetime:
+    # Aware datetimes compare by their UTC instant without building it, so year 9999 at -12:00 compares safely.
+    if not EARLIEST_TIME <= value < LATEST_TIME:
+        raise PydanticCustomError(
+            "time_out_of_range",
+            "a time must be between {earliest} and {latest} (UTC)",
+            {"earliest": EARLIEST_TIME.isoformat(), "latest": LATEST_TIME.isoformat()},
+        )
+    return value
+
+
+# Every time a request carries (query parameters and bodies): with a timezone, and within the bounds above.
+ApiTime = Annotated[AwareDatetime, AfterValidator(_within_calendar)]
 
 
 # Free text: trimmed, not blank, no control characters, at most N characters.
@@ -341,6 +362,9 @@ class LoginCreate(BaseModel):
 
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=256)
+    token_in_body: bool = Field(
+        False, description="an API client's request for the token in the answer (the browser's sign-in never asks)"
+    )
 
 
 class AccountPublic(BaseModel):
@@ -363,9 +387,9 @@ class AccountDetail(AccountPublic):
 
 
 class SessionPublic(BaseModel):
-    """A new session: the token for Authorization: Bearer (also set as an HttpOnly cookie)."""
+    """A new session, set as an HttpOnly cookie; the token for Authorization: Bearer only if asked for."""
 
-    token: str
+    token: str | None = None
     expires_at: datetime
     account: AccountPublic
 
@@ -636,7 +660,7 @@ class HistoryEntry(BaseModel):
 class TheftReportCreate(BaseModel):
     """A theft report."""
 
-    stolen_at: AwareDatetime | None = None
+    stolen_at: ApiTime | None = None
     place: Text200 | None = None
     circumstances: Text2000 | None = None
     police_report: Text50 | None = None

@@ -419,7 +419,7 @@ class UplinkSide:
                     "backend",
                     False,
                     "the backend refused the token (HTTP 401)",
-                    f"sign in again as an installer (POST {url}/api/auth/login) and pass the new "
+                    f"sign in again as an installer (POST {url}/api/auth/login with token_in_body) and pass the new "
                     "token with --token: tokens expire",
                     data,
                 )

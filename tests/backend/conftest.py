@@ -45,7 +45,7 @@ class Caller:
 def sign_in(client: TestClient, username: str, password: str = factories.PASSWORD) -> Caller:
     """A Caller for this account (fails the test if the login is refused)."""
     client.cookies.clear()
-    r = client.post("/api/auth/login", json={"username": username, "password": password})
+    r = client.post("/api/auth/login", json={"username": username, "password": password, "token_in_body": True})
     assert r.status_code == 200, r.text
     client.cookies.clear()
     return Caller(client, r.json()["token"], username, password)

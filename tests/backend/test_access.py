@@ -84,7 +84,8 @@ def server(database_url: str) -> Iterator[str]:
 
 
 def _as(base: str, username: str, password: str = factories.PASSWORD) -> httpx.Client:
-    r = httpx.post(f"{base}/api/auth/login", json={"username": username, "password": password}, timeout=30)
+    body = {"username": username, "password": password, "token_in_body": True}
+    r = httpx.post(f"{base}/api/auth/login", json=body, timeout=30)
     assert r.status_code == 200, r.text
     return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {r.json()['token']}"}, timeout=30)
 

@@ -46,7 +46,7 @@ def backend(database_url: str) -> Iterator[str]:
 
 
 def _token(base: str, username: str, password: str = factories.PASSWORD) -> str:
-    r = httpx.post(f"{base}/api/auth/login", json={"username": username, "password": password})
+    r = httpx.post(f"{base}/api/auth/login", json={"username": username, "password": password, "token_in_body": True})
     assert r.status_code == 200, r.text
     return str(r.json()["token"])
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from backend import audit
 from backend.accounts import User
 from backend.api.deps import Conn, allow
-from backend.api.schemas import AuditEntry
+from backend.api.schemas import ApiTime, AuditEntry
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 
@@ -19,7 +18,7 @@ router = APIRouter(prefix="/api/audit", tags=["audit"])
 async def list_audit(
     conn: Conn,
     _user: Annotated[User, allow("admin")],
-    since: AwareDatetime | None = None,
+    since: ApiTime | None = None,
     actor: str | None = Query(None, max_length=64),
     case_number: str | None = Query(None, max_length=40),
     limit: int = Query(200, ge=1, le=5000),

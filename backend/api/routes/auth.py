@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
 from backend import accounts
 from backend.accounts import User
-from backend.api.deps import SESSION_COOKIE, ClientAddress, Conn, PasswordsDep, Settings, Token, public, signed_in
+from backend.api.deps import (
+    SESSION_COOKIE,
+    ClientAddress,
+    Conn,
+    PasswordsDep,
+    Settings,
+    Token,
+    public,
+    same_site,
+    signed_in,
+)
 from backend.api.schemas import AccountPublic, LoginCreate, PasswordChange, SessionPublic
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -17,8 +27,12 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 @router.post(
     "/login",
     response_model=SessionPublic,
-    dependencies=[public()],
-    responses={401: {"description": "wrong username or password"}, 429: {"description": "too many failed logins"}},
+    dependencies=[public(), Depends(same_site)],
+    responses={
+        401: {"description": "wrong username or password"},
+        403: {"description": "sent by another site's page"},
+        429: {"description": "too many failed logins"},
+    },
 )
 async def login(
     body: LoginCreate,
@@ -28,7 +42,8 @@ async def login(
     settings: Settings,
     passwords: PasswordsDep,
 ) -> dict[str, Any]:
-    """Anyone: a session for a username and password (token in the body and as an HttpOnly cookie).
+    """Anyone: a session for a username and password, as an HttpOnly cookie; the token in the body too only when
+    an API client asks (token_in_body), so no script on a page can read the browser's session.
 
     Failed logins make the next attempt wait, per account and per client address (429 with Retry-After).
     """
@@ -42,7 +57,7 @@ async def login(
         secure=settings.secure_cookies,
         path="/",
     )
-    return {"token": token, "expires_at": user.session_expires_at, "account": user}
+    return {"token": token if body.token_in_body else None, "expires_at": user.session_expires_at, "account": user}
 
 
 @router.post("/logout", status_code=204)

@@ -6,19 +6,20 @@ caller may see of a bike, its owner and its trajectory is backend.access's to sa
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Path, Query, Request, UploadFile
 from fastapi.responses import Response
-from pydantic import AwareDatetime
 
-from backend import accounts, certificates, trajectories
+from backend import accounts, certificates, photos, trajectories
 from backend.access import require_case_number, viewer_of
 from backend.accounts import User
 from backend.api.deps import Conn, PasswordsDep, PublicBaseUrl, RegistryDep, Settings, SignerDep, allow
 from backend.api.routes.owners import create_owner
 from backend.api.schemas import (
+    ApiTime,
     ArmCreate,
     BikeCreate,
     BikePublic,
@@ -45,7 +46,6 @@ from protocol.messages import parse_tag, utcnow
 router = APIRouter(prefix="/api/bikes", tags=["bikes"])
 BikeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Counter = Annotated[User, allow("clerk", "admin")]
-_IMAGE_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"))
 
 
 async def _bike(conn: Conn, registry: Registry, user: User, bike_id: int) -> dict[str, Any]:
@@ -219,10 +219,7 @@ async def _trajectory_window(
     """The part of [since, until) of the bike's trajectory this user may see (default: the last 24 h), as
     access.Viewer.bike_window says (another owner's bike is a 404; police access is audited, with `detail`)."""
     until_at: datetime = until or utcnow()
-    try:
-        since_at: datetime = since or until_at - timedelta(hours=_WINDOW_H)
-    except OverflowError:  # an `until` in the first day of year 1
-        since_at = until_at
+    since_at: datetime = since or until_at - timedelta(hours=_WINDOW_H)  # ApiTime keeps this in the calendar
     viewer = viewer_of(user, settings)
     bike = await viewer.check_bike(conn, registry, bike_id)
     return await viewer.bike_window(conn, bike, since_at, until_at, case_number, **detail)
@@ -235,8 +232,8 @@ async def trajectory(
     registry: RegistryDep,
     settings: Settings,
     user: Annotated[User, allow("owner", "police")],
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: ApiTime | None = None,
+    until: ApiTime | None = None,
     case_number: str | None = Query(None, max_length=40),
     limit: int = Query(1000, ge=1, le=10_000),
 ) -> list[dict[str, Any]]:
@@ -253,8 +250,8 @@ async def trajectory_summary(
     registry: RegistryDep,
     settings: Settings,
     user: Annotated[User, allow("owner", "police")],
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: ApiTime | None = None,
+    until: ApiTime | None = None,
     case_number: str | None = Query(None, max_length=40),
 ) -> dict[str, Any]:
     """Owner, police (as for the trajectory): its stops with their dwell and the legs between them with
@@ -284,8 +281,8 @@ async def trajectory_export(
     registry: RegistryDep,
     settings: Settings,
     user: Annotated[User, allow("owner", "police")],
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: ApiTime | None = None,
+    until: ApiTime | None = None,
     case_number: str | None = Query(None, max_length=40),
 ) -> Response:
     """Owner, police (as for the trajectory): the trajectory as a GPX, GeoJSON or CSV file to download."""
@@ -328,10 +325,8 @@ async def add_photo(
     data = await photo.read(settings.photo_max_bytes + 1)
     if len(data) > settings.photo_max_bytes:
         raise InvalidValue(f"a photo may have at most {settings.photo_max_bytes} bytes", "photo")
-    kind = next((t for magic, t in _IMAGE_MAGIC if data.startswith(magic)), None)
-    if kind is None:
-        raise InvalidValue("a photo must be a JPEG or PNG image", "photo")
-    return {"photo_id": await registry.add_photo(conn, user.actor, bike_id, kind, data)}
+    kind, pixels = await asyncio.to_thread(photos.reencode, data)  # only pixels are kept and served
+    return {"photo_id": await registry.add_photo(conn, user.actor, bike_id, kind, pixels)}
 
 
 @router.get(

@@ -21,6 +21,7 @@ from backend.accounts import Role, User
 from backend.alarms import queries as alarms
 from backend.alarms.kinds import STATION_KINDS
 from backend.api.deps import Conn, OptionalUser, PublicBaseUrl, RegistryDep, Settings, SignerDep
+from backend.api.middleware.headers import csp_nonce, with_nonce
 from backend.identity import mask_mobile, mask_name
 from backend.settings import BackendSettings
 from backend.web import LANG_COOKIE, choose_language, render
@@ -50,6 +51,24 @@ def _page(html: str, lang: str, status: int = 200) -> HTMLResponse:
     response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
     response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="lax", path="/")
     return response
+
+
+def same_site_path(next_path: str) -> str:
+    """`next_path` if it is a path on this site, else /home: where a page may send the browser after a sign-in.
+
+    Browsers read a backslash as a slash and drop tabs and newlines, so `/\\evil.example` or `/<tab>/evil.example`
+    leave the site; only printable ASCII without a backslash, one leading slash and no second one is kept.
+    common.js's BG.samePath is the same rule, for the pages' scripts.
+    """
+    printable = all("!" <= ch <= "~" for ch in next_path) and "\\" not in next_path
+    if printable and next_path.startswith("/") and not next_path.startswith("//"):
+        return next_path
+    return "/home"
+
+
+def _map_page(request: Request, html: str) -> HTMLResponse:
+    """A folium map page (its scripts are inline), with this response's CSP nonce on them."""
+    return HTMLResponse(with_nonce(html, csp_nonce(request)), headers={"Cache-Control": "no-store"})
 
 
 def _gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: str) -> Response | None:
@@ -100,7 +119,7 @@ async def live_map(
         tile_attribution=settings.tile_attribution,
         user_name=user.display_name or user.username,
     )
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    return _map_page(request, html)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -109,7 +128,7 @@ async def login_page(
 ) -> Response:  # noqa: A002 - the usual name
     """Anyone: the sign-in form (a signed-in user goes straight on)."""
     chosen = _lang(request, lang)
-    target = next if next.startswith("/") and not next.startswith("//") else "/home"
+    target = same_site_path(next)
     if user is not None and access.admission(user, ()) is None:
         return RedirectResponse(target if target != "/login" else "/home", status_code=303)
     return _page(render("login.html", chosen, user=None, config={"next": target}), chosen)
@@ -127,7 +146,7 @@ async def password_page(
     chosen = _lang(request, lang)
     if user is None:
         return RedirectResponse("/login?next=/password", status_code=303)
-    target = next if next.startswith("/") and not next.startswith("//") else "/home"
+    target = same_site_path(next)
     return _page(
         render("password.html", chosen, user=user, config={"next": target, "min_length": settings.password_min_length}),
         chosen,
@@ -192,7 +211,7 @@ async def installer_map(
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
     )
-    return HTMLResponse(m.get_root().render(), headers={"Cache-Control": "no-store"})
+    return _map_page(request, m.get_root().render())
 
 
 def _coverage_html(sts: list[dict[str, Any]], roads: dict[str, Any], settings: BackendSettings) -> str:
@@ -220,7 +239,7 @@ async def installer_coverage(
         return refused
     sts = [s for s in jsonable_encoder(await stations.list_stations(conn)) if s["lifecycle"] != "decommissioned"]
     html = await asyncio.to_thread(_coverage_html, sts, await stations.roads_geojson(conn), settings)
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    return _map_page(request, html)
 
 
 @router.get("/counter", response_class=HTMLResponse)

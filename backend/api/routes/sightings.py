@@ -11,13 +11,12 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import AwareDatetime
 
 from backend import trajectories
 from backend.access import viewer_of
 from backend.accounts import User
 from backend.api.deps import Conn, Settings, allow
-from backend.api.schemas import SightingPublic
+from backend.api.schemas import ApiTime, SightingPublic
 from protocol.ids import TAG_ID_ANY_CASE_PATTERN
 from protocol.messages import parse_tag, utcnow
 
@@ -35,8 +34,8 @@ async def list_sightings(
     user: Annotated[User, allow("police", "owner")],
     tag_id: str | None = Query(None, description="8 hex digits", pattern=TAG_ID_ANY_CASE_PATTERN),
     station_id: str | None = Query(None, max_length=64),
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: ApiTime | None = None,
+    until: ApiTime | None = None,
     case_number: str | None = Query(None, max_length=40),
     limit: int = Query(500, ge=1, le=10_000),
 ) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
 /* Shared by the Bikeguard pages: words, API calls, field checks that mirror the server's. */
 (function () {
   "use strict";
-  var T = window.BG_T || {};
-  var CFG = window.BG_CONFIG || {};
+  /* The page's words and settings: a JSON data block, not an inline script (the CSP allows none). */
+  var DATA = JSON.parse((document.getElementById("bg-page-data") || {}).textContent || "{}");
+  var T = DATA.t || {};
+  var CFG = DATA.config || {};
 
   function t(key, vars) {
     var s = Object.prototype.hasOwnProperty.call(T, key) ? T[key] : key;
@@ -82,6 +84,12 @@
     return /^[0-9A-F]{8}$/.test(v) ? { state: "ok", value: v, msg: "" }
       : { state: v.length < 8 && /^[0-9A-F]*$/.test(v) ? "partial" : "bad", value: v, msg: t("chip_bad") };
   }
+  /* Where to go after signing in: a path on this site, else /home. The server's same_site_path rule: browsers
+     read "\\" as "/" and drop tabs and newlines, so only printable ASCII, no backslash, one leading slash. */
+  function samePath(next) {
+    var v = String(next || "");
+    return /^\/(?![\/])[!-\[\]-~]*$/.test(v) ? v : "/home";
+  }
   function time(iso) {
     var d = new Date(iso);
     return isNaN(d.getTime()) ? "" : d.toLocaleString(document.documentElement.lang, { hour12: false });
@@ -119,6 +127,10 @@
     });
   });
 
+  document.querySelectorAll("[data-print]").forEach(function (b) {
+    b.addEventListener("click", function () { window.print(); });
+  });
+
   var out = document.getElementById("bg-sign-out");
   if (out) {
     out.addEventListener("click", function () {
@@ -130,6 +142,7 @@
 
   window.BG = {
     t: t, esc: esc, api: api, idCheck: idCheck, mobileCheck: mobileCheck, serialCheck: serialCheck,
-    plateCheck: plateCheck, chipCheck: chipCheck, time: time, debounce: debounce, mark: mark, config: CFG
+    plateCheck: plateCheck, chipCheck: chipCheck, samePath: samePath, time: time, debounce: debounce, mark: mark,
+    config: CFG
   };
 })();

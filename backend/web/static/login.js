@@ -20,7 +20,7 @@
         error.hidden = false;
         return;
       }
-      var next = BG.config.next || "/home";
+      var next = BG.samePath(BG.config.next);
       window.location.href = r.data.account.must_change_password ? "/password?next=" + encodeURIComponent(next) : next;
     });
   });

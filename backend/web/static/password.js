@@ -22,7 +22,7 @@
       new_password: document.getElementById("new").value
     }).then(function (r) {
       if (!r.ok) { error.textContent = r.message; error.hidden = false; return; }
-      window.location.href = BG.config.next || "/home";
+      window.location.href = BG.samePath(BG.config.next);
     });
   });
 })();
