@@ -22,7 +22,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -60,19 +60,6 @@ class GapCounters:
     recovered_by_station: Counter[str] = field(default_factory=Counter)
     lost_by_station: Counter[str] = field(default_factory=Counter)
     not_issued_by_station: Counter[str] = field(default_factory=Counter)  # gaps closed as never issued
-
-
-def total(counters: list[GapCounters]) -> GapCounters:
-    """Several workers' gap counters added up."""
-    out = GapCounters()
-    for c in counters:
-        for f in fields(GapCounters):
-            mine = getattr(out, f.name)
-            if isinstance(mine, Counter):
-                mine.update(getattr(c, f.name))
-            else:
-                setattr(out, f.name, mine + getattr(c, f.name))
-    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import fields
+from typing import TypeVar
 
 from backend.ingest import gaps
 from backend.ingest.consumer import Ingest, IngestCounters
 from backend.settings import BackendSettings
+
+Figures = TypeVar("Figures", IngestCounters, gaps.GapCounters)
 
 
 def client_ids(base: str, workers: int) -> list[str]:
@@ -24,11 +27,11 @@ def client_ids(base: str, workers: int) -> list[str]:
     return [base if i == 0 else f"{base}-{i + 1}" for i in range(workers)]
 
 
-def total(counters: list[IngestCounters]) -> IngestCounters:
-    """The workers' counters added up."""
-    out = IngestCounters()
+def added_up(kind: type[Figures], counters: list[Figures]) -> Figures:
+    """Several workers' counters (IngestCounters, GapCounters: dataclasses of numbers and Counters) added up."""
+    out = kind()
     for c in counters:
-        for f in fields(IngestCounters):
+        for f in fields(kind):
             mine = getattr(out, f.name)
             if isinstance(mine, Counter):
                 mine.update(getattr(c, f.name))
@@ -49,12 +52,12 @@ class IngestWorkers:
     @property
     def counters(self) -> IngestCounters:
         """What all workers have done since they started."""
-        return total([w.counters for w in self.workers])
+        return added_up(IngestCounters, [w.counters for w in self.workers])
 
     @property
     def gap_counters(self) -> gaps.GapCounters:
         """What all workers' gap checks and flushes have done about missing batches."""
-        return gaps.total([w.gap_counters for w in self.workers])
+        return added_up(gaps.GapCounters, [w.gap_counters for w in self.workers])
 
     @property
     def batches_missing_now(self) -> dict[str, int]:
