@@ -3,6 +3,10 @@
 A first-order model over station_transitions (refreshed from recent passages): from the station where the
 bike was last seen, each next station's share of the moves is its probability; the station it just came
 from is left out (a bike being ridden away rarely turns straight back), and the rest renormalised.
+
+Few moves are weak evidence: three moves seen, all to one station, do not make that station certain. Each
+estimate keeps a share for "somewhere not seen yet" (UNSEEN_MOVES pseudo-moves, additive smoothing), so it
+approaches the observed share only as history grows, and says how many moves it rests on.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+
+# Pseudo-moves to stations not seen yet: 3 of 3 moves to one station gives 60 %, 300 of 300 gives 99 %.
+UNSEEN_MOVES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +33,7 @@ class Interception:
     eta_at: datetime
     eta_latest_at: datetime
     moves: int
+    based_on_moves: int  # every move seen from this station (the one it came from left out)
 
 
 async def refresh(conn: psycopg.AsyncConnection[Any], days: int = 14, max_gap_min: int = 30) -> int:
@@ -91,10 +99,11 @@ def _likeliest(departure: Departure, rows: list[tuple[Any, ...]], limit: int) ->
             name,
             lat,
             lon,
-            moves / total,
+            moves / (total + UNSEEN_MOVES),
             left_at + timedelta(seconds=median_s),
             left_at + timedelta(seconds=p90_s),
             moves,
+            total,
         )
         for sid, name, lat, lon, moves, median_s, p90_s in rows
     ]

@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from backend import certificates
+from backend.alarms.store import clear_for_recovered_bike
 from backend.identity import IdentityError, mask_id_number, mask_mobile, mask_name, normalise_plate
 from backend.settings import BackendSettings
 from backend.vault import Vault, VaultError
@@ -623,13 +624,16 @@ class Registry:
     async def mark_recovered(self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int) -> dict[str, Any]:
         """Close the bike's open theft report (its chip leaves the hot list)."""
         bike = await self.get_bike(conn, bike_id)
-        cur = await conn.execute(
-            "UPDATE theft_reports SET recovered_at = now(), recovered_by = %s"
-            " WHERE bike_id = %s AND recovered_at IS NULL",
-            (actor, bike_id),
-        )
-        if cur.rowcount == 0:
-            raise Conflict(f"bike {bike['plate']} is not reported stolen", "bike")
+        async with conn.transaction():
+            cur = await conn.execute(
+                "UPDATE theft_reports SET recovered_at = now(), recovered_by = %s"
+                " WHERE bike_id = %s AND recovered_at IS NULL",
+                (actor, bike_id),
+            )
+            if cur.rowcount == 0:
+                raise Conflict(f"bike {bike['plate']} is not reported stolen", "bike")
+            # Its "stolen chip seen" alarm ends with the theft: off the police map and the owner's alerts.
+            await clear_for_recovered_bike(conn, bike_id, f"{actor} (bike recovered)")
         return await self.get_bike(conn, bike_id)
 
     # ---- photos ----

@@ -37,7 +37,19 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     var k = String(kind || "alarm").replace(/_/g, " ");
     return cfg.kindLabels[kind] || (k.charAt(0).toUpperCase() + k.slice(1));
   }
-  function severity(a) { return ["critical", "warning", "info"].indexOf(a.severity) >= 0 ? a.severity : "critical"; }
+  var SEVERITIES = ["critical", "warning", "info"];
+  function severity(a) { return SEVERITIES.indexOf(a.severity) >= 0 ? a.severity : "critical"; }
+  // Each bike followed on the map gets a trail colour of its own, shown on its card too, so that two stolen bikes'
+  // trails can be told apart; a colour is free again when its alarm ends.
+  var TRAIL_COLOURS = ["#dc2626", "#7c3aed", "#0369a1", "#c2410c", "#be185d", "#15803d", "#4338ca", "#a16207"];
+  function trailColour(id) {
+    var used = {};
+    Object.keys(alarms).forEach(function (other) {
+      if (other !== id && alarms[other].colour) { used[alarms[other].colour] = true; }
+    });
+    var free = TRAIL_COLOURS.filter(function (c) { return !used[c]; });
+    return free.length ? free[0] : TRAIL_COLOURS[Number(id) % TRAIL_COLOURS.length];
+  }
 
   /* ---- stations ---- */
 
@@ -107,7 +119,11 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   /* ---- alarms ---- */
 
   function trailKey(p) { return p.station_id + "@" + p.seen_at; }
+  // The server's trail, joined to what this page already drew. No trail from the server (a kind with none, or a
+  // bike not reported stolen) means none is drawn: a low battery seen at one station and then another must not
+  // become a line across town.
   function mergeTrail(old, a) {
+    if (!(a.trail && a.trail.length)) { return []; }
     var seen = {}, out = [];
     (old || []).concat(a.trail || []).forEach(function (p) {
       if (p && typeof p.lat === "number" && typeof p.lon === "number" && !seen[trailKey(p)]) {
@@ -200,11 +216,12 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   }
   function drawTrail(entry) {
     var pts = entry.trail;
+    entry.line.setStyle({ color: entry.colour || TRAIL_COLOURS[0] });
     entry.line.setLatLngs(pts.map(function (p) { return [p.lat, p.lon]; }));
     entry.dots.clearLayers();
     pts.forEach(function (p, i) {
       var dot = L.circleMarker([p.lat, p.lon], {
-        radius: 4.5, color: "#b91c1c", weight: 2, fillColor: "#ffffff", fillOpacity: 1, className: "bg-trail-dot"
+        radius: 4.5, color: entry.colour || TRAIL_COLOURS[0], weight: 2, fillColor: "#ffffff", fillOpacity: 1, className: "bg-trail-dot"
       });
       if (i >= pts.length - TRAIL_LABELS && i < pts.length - 1) {
         dot.bindTooltip(clock(p.seen_at), {
@@ -225,21 +242,28 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       entry.next.addLayer(L.circleMarker([n.lat, n.lon], {
         radius: 10 + 14 * n.probability, color: "#d97706", weight: 3, dashArray: "4 4",
         fillColor: "#fbbf24", fillOpacity: 0.25, className: "bg-next"
-      }).bindTooltip(pct + "% · ~" + clock(n.eta_at), {
+      }).bindTooltip(pct + "% · ~" + clock(n.eta_at) + " · " + movesSeen(n), {
         permanent: true, direction: "right", offset: [12, 0], className: "bg-next-label", interactive: false
       }));
     });
+  }
+  // The estimate says how much history it rests on: "60 % · from 3 moves seen" is a guess, and reads like one.
+  function movesSeen(n) {
+    var seen = n.based_on_moves || 0;
+    return "from " + seen + " move" + (seen === 1 ? "" : "s") + " seen" + (seen < cfg.fewMoves ? " (few)" : "");
   }
   function nextHtml(a) {
     var n = (a.next_stations || [])[0];
     if (!n) { return ""; }
     return '<div class="bg-next-text">Next: ' + esc(n.name || n.station_id) + " · " +
-      Math.round(n.probability * 100) + "% · ~" + clock(n.eta_at) + "</div>";
+      Math.round(n.probability * 100) + "% · ~" + clock(n.eta_at) +
+      ' <span class="bg-meta bg-based-on">' + esc(movesSeen(n)) + "</span></div>";
   }
   function acked(id) { return alarms[id].data.state === "acknowledged" ? 1 : 0; }
-  function sortPanel() {           // active before acknowledged, each newest sighting first
+  function rank(id) { return SEVERITIES.indexOf(severity(alarms[id].data)); }
+  function sortPanel() {           // active before acknowledged, then the most urgent, each newest sighting first
     var ids = Object.keys(alarms).sort(function (x, y) {
-      return acked(x) - acked(y) ||
+      return acked(x) - acked(y) || rank(x) - rank(y) ||
         (parseTime(alarms[y].data.last_seen_at) || 0) - (parseTime(alarms[x].data.last_seen_at) || 0);
     });
     ids.forEach(function (id) { list.appendChild(alarms[id].item); });
@@ -259,6 +283,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   function removeAlarm(id) {
     var entry = alarms[id];
     if (!entry) { return; }
+    entry.colour = null;
     alarmLayer.removeLayer(entry.marker);
     alarmLayer.removeLayer(entry.line);
     alarmLayer.removeLayer(entry.dots);
@@ -310,6 +335,8 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     if (a.details_hidden === false && entry.data.details_hidden) { entry.opened = true; }
     entry.data = a;
     entry.trail = mergeTrail(entry.trail, a);
+    if (entry.trail.length && !entry.colour) { entry.colour = trailColour(id); }
+    if (!entry.trail.length) { entry.colour = null; }
     entry.marker.setLatLng([a.lat, a.lon]);
     entry.marker.setIcon(alarmIcon(a));
     entry.marker.setTooltipContent(esc(a.plate || a.tag_id || a.station_name || a.station_id));
@@ -322,6 +349,8 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     var typing = entry.item.querySelector("input[name=case_number]");   // an update must not wipe a case number
     var typed = typing ? typing.value : "";
     entry.item.innerHTML = itemHtml(a) + nextHtml(a) + actionsHtml(a);
+    entry.item.classList.toggle("has-trail", !!entry.colour);
+    entry.item.style.setProperty("--trail", entry.colour || "transparent");
     if (typed && entry.item.querySelector("input[name=case_number]")) {
       entry.item.querySelector("input[name=case_number]").value = typed;
     }

@@ -18,6 +18,8 @@ TITLE = "Bikeguard — live map"
 ACTIVITY_INTERVAL_S = 10
 REPLAY_WINDOWS_H = (6, 24, 72, 168)
 """Time windows the replay offers (hours back from now); the second is the default."""
+FEW_MOVES = 20
+"""Under this many moves seen from a station, its "likely next station" is marked as resting on few."""
 SEVERITY_COLOURS: dict[str, str] = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#3b82f6"}
 KIND_LABELS: dict[str, str] = {
     "stolen_chip_seen": "Stolen chip seen",
@@ -181,6 +183,7 @@ def build_live_map(
         "stateLabels": STATE_LABELS,
         "severityColours": SEVERITY_COLOURS,
         "kindLabels": KIND_LABELS,
+        "fewMoves": FEW_MOVES,
     }
     m.add_child(LiveFeed(m, markers, alarm_layer, config))
     return m.get_root().render()

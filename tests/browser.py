@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import weakref
 from collections.abc import Iterator
@@ -50,6 +51,15 @@ def require_chromium() -> str:
 def console_errors(page: Page) -> list[str]:
     """Console errors and uncaught exceptions the page has produced so far (live list)."""
     return _console_errors.setdefault(page, [])
+
+
+def raw_keys(page: Page) -> list[str]:
+    """Translation keys shown as they are (`alarm_low_battery`) instead of their words: a missing translation."""
+    from backend.web.translations import MESSAGES
+
+    keys = {key for key in MESSAGES["en"] if "_" in key}
+    words = set(re.findall(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+", page.inner_text("body")))
+    return sorted(words & keys)
 
 
 @contextmanager

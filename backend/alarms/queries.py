@@ -97,6 +97,8 @@ async def _next_stations(
                 "probability": round(n.probability, 3),
                 "eta_at": n.eta_at,
                 "eta_latest_at": n.eta_latest_at,
+                "moves": n.moves,
+                "based_on_moves": n.based_on_moves,
             }
             for n in interceptions
         ]

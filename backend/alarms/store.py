@@ -149,6 +149,21 @@ async def transition(conn: psycopg.AsyncConnection[Any], alarm_id: int, action: 
         await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(alarm_id)))
 
 
+async def clear_for_recovered_bike(conn: psycopg.AsyncConnection[Any], bike_id: int, who: str) -> list[int]:
+    """Clear the bike's open stolen-chip alarms now that it is back (police map and owner alert alike); NOTIFY each.
+
+    Other kinds (a low battery, a tamper, a cloned chip) stay: they are about the chip, not about the theft.
+    """
+    cur = await conn.execute(
+        "WITH cleared AS ("
+        " UPDATE alarms SET state = 'cleared', cleared_by = %(who)s, cleared_at = now(), updated_at = now()"
+        " WHERE bike_id = %(bike)s AND kind = %(kind)s AND state <> 'cleared' RETURNING alarm_id)"
+        " SELECT alarm_id, pg_notify(%(channel)s, alarm_id::text) FROM cleared",
+        {"who": who, "bike": bike_id, "kind": AlarmKind.STOLEN_CHIP_SEEN.value, "channel": NOTIFY_CHANNEL},
+    )
+    return [int(row[0]) for row in await cur.fetchall()]
+
+
 async def assign(conn: psycopg.AsyncConnection[Any], alarm_id: int, assignee: str, who: str) -> None:
     """Hand an open alarm to someone, recording who did and when; NOTIFY the change."""
     async with conn.transaction():

@@ -309,9 +309,11 @@ class NextStation(BaseModel):
     name: str
     lat: float
     lon: float
-    probability: float
+    probability: float = Field(description="share of the moves seen, with a share kept for stations not seen yet")
     eta_at: datetime
     eta_latest_at: datetime
+    moves: int = Field(description="moves seen from the bike's station to this one")
+    based_on_moves: int = Field(description="all moves seen from the bike's station: how much the estimate rests on")
 
 
 class AlarmAssign(BaseModel):

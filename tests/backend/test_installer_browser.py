@@ -24,7 +24,7 @@ from protocol.topics import SELFTEST, station_topic
 from tests import factories
 from tests.backend.test_ingest import wait_until
 from tests.backend.test_pages_browser import _sign_in, server  # noqa: F401 - the fixture
-from tests.browser import browser_page, console_errors, require_chromium, screenshot_path
+from tests.browser import browser_page, console_errors, raw_keys, require_chromium, screenshot_path
 from tests.serving import served
 
 
@@ -129,6 +129,7 @@ def test_installer_sees_station_health_on_map_and_table_then_coverage(server: st
         page.wait_for_selector("#station-table")
         assert "基站与状态" in page.inner_text(".bg-tabs")
         assert console_errors(page) == []
+        assert raw_keys(page) == []
 
 
 def test_installer_acknowledges_and_clears_a_station_offline_alarm(server: str, database_url: str) -> None:  # noqa: F811
@@ -160,6 +161,7 @@ def test_installer_acknowledges_and_clears_a_station_offline_alarm(server: str, 
         page.wait_for_selector("#station-table")
         page.wait_for_selector("#station-alarms", state="detached")  # no wait_for_function: the CSP forbids eval
         assert console_errors(page) == []
+        assert raw_keys(page) == []
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT state, cleared_by FROM alarms WHERE kind = 'station_offline'").fetchall() == [
             ("cleared", "Installer wang.lei")
@@ -355,6 +357,7 @@ def test_installer_watches_a_self_test_step_by_step_and_the_station_become_commi
         page.wait_for_selector("#selftest-live a[href='/login?next=%2Finstaller%23selftest']")
         assert page.inner_text("#selftest-live") == "已退出登录：请重新登录"
         assert console_errors(page) == []
+        assert raw_keys(page) == []
 
 
 def _count(database_url: str, run_id: str) -> int:

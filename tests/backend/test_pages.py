@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 
 from PIL import Image
 
+from backend.alarms.kinds import AlarmKind, Audience
+from backend.stations import LIFECYCLE
 from backend.web import choose_language
 from backend.web.translations import MESSAGES
+from gateway.selftest import STEPS
 from tests.backend.conftest import Staff
 
 
@@ -54,3 +59,35 @@ def test_bike_photos_are_images_kept_with_the_bike_and_shown_to_its_owner_only(s
     # Re-encoded on upload (tests/security/test_html_smuggled_in_photos_and_pages.py): the same picture, not the bytes.
     assert Image.open(io.BytesIO(shown.content)).getpixel((3, 2)) == (200, 30, 30)
     assert staff.owner_of(theirs).get(f"/api/bikes/{bike_id}/photos/{photo_id}").status_code == 404
+
+
+_WEB = Path(__file__).resolve().parents[2] / "backend" / "web"
+# Keys the scripts build from a value: the prefix and every value it can take, from where the domain defines them.
+_BUILT_KEYS: dict[str, tuple[str, ...]] = {
+    "alarm_": tuple(k.value for k in AlarmKind if Audience.OWNER in k.audience),  # the owner portal's alerts
+    "h_": ("owner", "plate", "chip", "theft"),  # bike_bindings.kind (migration 0004) and the theft reports
+    "lc_": LIFECYCLE,
+    "st_": ("running", "unfinished", "passed", "failed"),  # installer.js runState: the run's result or its progress
+    "st_n_": ("pass", "warn", "fail", "skip"),
+    "st_status_": ("pass", "warn", "fail", "skip"),
+    "st_step_": tuple(STEPS),
+}
+
+
+def test_every_key_the_pages_and_scripts_use_is_in_both_languages() -> None:
+    used: set[str] = set()
+    for template in (_WEB / "templates").glob("*.html"):
+        text = template.read_text()
+        used |= set(re.findall(r"\bt\.([a-z][a-z0-9_]*)", text)) | set(
+            re.findall(r"\bt\[['\"]([a-z0-9_]+)['\"]\]", text)
+        )
+    for script in (_WEB / "static").glob("*.js"):
+        text = script.read_text()
+        used |= set(re.findall(r"\bt\(\"([a-z0-9_]+)\"", text))
+        for prefix in re.findall(r"\bt\(\"([a-z0-9_]+_)\" *\+", text):
+            assert prefix in _BUILT_KEYS, f"{script.name} builds keys from {prefix!r}: say here which values it takes"
+            used |= {prefix + value for value in _BUILT_KEYS[prefix]}
+    used -= {"role_", *_BUILT_KEYS}  # prefixes, not keys; base.html builds role_ + the user's role, below
+    used |= {f"role_{role}" for role in ("clerk", "owner", "police", "installer", "admin")}
+    for lang, words in MESSAGES.items():
+        assert sorted(used - set(words)) == [], lang

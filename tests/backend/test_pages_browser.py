@@ -4,6 +4,7 @@ taken here are the ones in docs/counter.md and docs/owner.md."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import psycopg
@@ -12,7 +13,7 @@ import pytest
 from backend.api.app import create_app
 from bikeguard.services import free_port
 from tests import factories
-from tests.browser import browser_page, console_errors, require_chromium, screenshot_path
+from tests.browser import browser_page, console_errors, raw_keys, require_chromium, screenshot_path
 from tests.serving import served
 
 
@@ -115,6 +116,7 @@ def test_clerk_registers_owner_bike_and_chip_with_messages_as_they_type(server: 
         assert "HZ-20002" in page.inner_text("#certificate") and "W*** F***" in page.inner_text("#certificate")
         page.screenshot(path=str(screenshot_path("certificate.png")), full_page=True)
         assert console_errors(page) == []
+        assert raw_keys(page) == []
 
 
 def test_counter_speaks_chinese_with_the_same_checks(server: str, database_url: str) -> None:
@@ -132,6 +134,7 @@ def test_counter_speaks_chinese_with_the_same_checks(server: str, database_url: 
         assert _message(page, "plate") == "不符合本地号牌格式（例如 HZ-12345）。"
         page.screenshot(path=str(screenshot_path("counter-zh.png")))
         assert console_errors(page) == []
+        assert raw_keys(page) == []
 
 
 def test_clerk_finds_a_bike_replaces_its_chip_and_sees_the_history(server: str, database_url: str) -> None:
@@ -156,6 +159,7 @@ def test_clerk_finds_a_bike_replaces_its_chip_and_sees_the_history(server: str, 
         assert bike["tag_id"] in history and "6A6A6A6A" in history and "chip damaged" in history
         page.screenshot(path=str(screenshot_path("counter-services.png")))
         assert console_errors(page) == []
+        assert raw_keys(page) == []
 
 
 def test_owner_signs_in_with_the_slip_arms_and_reports_the_bike_stolen(server: str, database_url: str) -> None:
@@ -200,6 +204,7 @@ def test_owner_signs_in_with_the_slip_arms_and_reports_the_bike_stolen(server: s
         assert "Reported stolen" in page.inner_text(".bg-bike")
         page.screenshot(path=str(screenshot_path("owner-stolen.png")))
         assert console_errors(page) == []
+        assert raw_keys(page) == []
 
     with _api_as(server, slip["username"], "my own secret 42") as owner:
         assert owner.get(f"/api/bikes/{done['bike']['bike_id']}").json()["theft"]["police_report"] == "HZ-110-2024-0815"
@@ -231,3 +236,107 @@ def test_verify_page_shows_the_answer_to_anyone(server: str, database_url: str) 
         page.screenshot(path=str(screenshot_path("verify.png")))
         page.goto(f"{server}/verify?token=BG1.AAAAAAAAAAE.forged&lang=en")
         assert page.get_attribute("#verify-result", "data-state") == "bad"
+
+
+def _alarm(database_url: str, kind: str, severity: str, bike: dict[str, Any]) -> int:
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, "st-gate", 30.27, 120.15)
+        row = conn.execute(
+            "INSERT INTO alarms (kind, severity, subject, tag_id, bike_id, station_id, first_seen_at, last_seen_at)"
+            " VALUES (%s, %s, %s, %s, %s, 'st-gate', now(), now()) RETURNING alarm_id",
+            (kind, severity, f"tag:{bike['tag_id']}", int(bike["tag_id"], 16), bike["bike_id"]),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize(
+    ("lang", "words"),
+    [
+        ("en", ("chip battery is low", "tampered with", "copy of your bike's chip")),
+        ("zh", ("芯片电量低", "芯片被人拆动", "复制了您车辆的芯片")),
+    ],
+)
+def test_owner_reads_every_alert_kind_in_their_language(
+    server: str, database_url: str, lang: str, words: tuple[str, ...]
+) -> None:
+    clerk = _clerk(database_url)
+    with _api_as(server, clerk) as api:
+        done = api.post("/api/bikes", json=factories.registration(plate="HZ-40005")).json()
+    for kind, severity in (("low_battery", "info"), ("tamper", "warning"), ("chip_cloned", "critical")):
+        _alarm(database_url, kind, severity, done["bike"])
+    with browser_page(1300, 950) as page:
+        page.goto(f"{server}/portal?lang={lang}")
+        _sign_in(page, done["owner_login"]["username"], done["owner_login"]["initial_password"])
+        page.wait_for_selector("#password-form")
+        page.fill("#current", done["owner_login"]["initial_password"])
+        page.fill("#new", "my own secret 42")
+        page.fill("#repeat", "my own secret 42")
+        page.click("#password-form button")
+        page.wait_for_selector("#alarms li >> nth=2")
+        alerts = page.inner_text("#alarms")
+        assert all(w in alerts for w in words), alerts
+        assert "alarm_" not in alerts
+        page.screenshot(path=str(screenshot_path(f"owner-alerts-{lang}.png")))
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
+
+
+def test_marking_a_bike_recovered_ends_its_stolen_alarm_for_owner_and_police(server: str, database_url: str) -> None:
+    clerk = _clerk(database_url)
+    with psycopg.connect(database_url) as conn:
+        police = factories.account(conn, "police", "officer.li")
+    with _api_as(server, clerk) as api:
+        done = api.post("/api/bikes", json=factories.registration(plate="HZ-40006")).json()
+    slip, bike = done["owner_login"], done["bike"]
+    with _api_as(server, slip["username"], slip["initial_password"]) as owner:
+        owner.post(
+            "/api/auth/password",
+            json={"current_password": slip["initial_password"], "new_password": "my own secret 42"},
+        )
+    with _api_as(server, slip["username"], "my own secret 42") as owner:
+        assert owner.post(f"/api/bikes/{bike['bike_id']}/theft", json={}).status_code == 201
+    stolen = _alarm(database_url, "stolen_chip_seen", "critical", bike)
+    low = _alarm(database_url, "low_battery", "info", bike)
+    with browser_page(1300, 950) as page:
+        page.goto(f"{server}/portal?lang=en")
+        _sign_in(page, slip["username"], "my own secret 42")
+        page.wait_for_selector("#alarms li >> nth=1")
+        assert "Your stolen bike was seen" in page.inner_text("#alarms")
+        page.click(".bg-bike button[data-act=recovered]")
+        page.wait_for_selector(".bg-bike:not(.stolen)")
+        page.wait_for_function("document.querySelectorAll('#alarms li').length === 1")
+        alerts = page.inner_text("#alarms")
+        assert "Your stolen bike was seen" not in alerts and "battery is low" in alerts
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
+    with _api_as(server, police) as officer:
+        answer = officer.get(f"/api/alarms/{stolen}").json()
+        assert answer["state"] == "cleared" and "bike recovered" in answer["cleared_by"]
+        assert stolen not in [a["id"] for a in officer.get("/api/alarms").json()]
+        assert officer.get(f"/api/alarms/{low}").json()["state"] == "active"  # about the chip, not the theft
+
+
+def test_owner_changes_their_password_from_the_link_on_every_page(server: str, database_url: str) -> None:
+    clerk = _clerk(database_url)
+    with _api_as(server, clerk) as api:
+        slip = api.post("/api/bikes", json=factories.registration(plate="HZ-40007")).json()["owner_login"]
+    with _api_as(server, slip["username"], slip["initial_password"]) as owner:
+        body = {"current_password": slip["initial_password"], "new_password": "my own secret 42"}
+        assert owner.post("/api/auth/password", json=body).status_code == 200
+    with browser_page(1300, 900) as page:
+        page.goto(f"{server}/portal?lang=zh")
+        _sign_in(page, slip["username"], "my own secret 42")
+        page.wait_for_selector(".bg-bike")
+        page.click("#bg-change-password")
+        page.wait_for_selector("#password-form")
+        assert "当前密码" in page.inner_text("#password-form") and "一次性" not in page.inner_text("#password-form")
+        page.fill("#current", "my own secret 42")
+        page.fill("#new", "a newer secret 43")
+        page.fill("#repeat", "a newer secret 43")
+        page.click("#password-form button")
+        page.wait_for_selector(".bg-bike")
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
+    with _api_as(server, slip["username"], "a newer secret 43") as owner:
+        assert owner.get("/api/bikes").status_code == 200

@@ -48,7 +48,9 @@ def test_the_likeliest_next_stations_come_with_probability_and_arrival_time(town
 
     pairs, left, nxt = asyncio.run(run())
     assert pairs == 3  # a→b, b→c, b→d; the hour-long gap is no move
-    assert [(i.station_id, round(i.probability, 2)) for i in nxt] == [("st-c", 0.75), ("st-d", 0.25)]
+    # 9 and 3 of 12 moves, with a share kept for stations not seen yet (two pseudo-moves): 9/14 and 3/14.
+    assert [(i.station_id, round(i.probability, 2)) for i in nxt] == [("st-c", 0.64), ("st-d", 0.21)]
+    assert [(i.moves, i.based_on_moves) for i in nxt] == [(9, 12), (3, 12)]
     assert 55 <= (nxt[0].eta_at - left).total_seconds() <= 66
     assert nxt[0].eta_latest_at >= nxt[0].eta_at
 
@@ -82,3 +84,20 @@ def test_a_stolen_bikes_alarm_carries_its_interception_points(town_history: str)
     alarm = asyncio.run(run())
     assert [n["station_id"] for n in alarm["next_stations"]][:1] == ["st-c"]
     assert alarm["next_stations"][0]["probability"] > 0.5
+
+
+def test_three_moves_seen_do_not_make_a_station_certain(database_url: str):
+    with psycopg.connect(database_url) as conn:
+        for i, sid in enumerate(("st-a", "st-b")):
+            factories.station(conn, sid, lat=30.27 + i / 1000)
+        for tag in range(3):
+            _moves(conn, 100 + tag, [("st-a", 0), ("st-b", 50)])
+
+    async def run():
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            await prediction.refresh(conn)
+            return await prediction.next_stations(conn, "st-a", utcnow())
+
+    (only,) = asyncio.run(run())
+    assert only.station_id == "st-b" and only.based_on_moves == 3
+    assert round(only.probability, 2) == 0.6  # not 100 %: three moves are weak evidence

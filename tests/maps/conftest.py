@@ -96,10 +96,12 @@ def make_alarm(town: dict[str, Any], *, alarm_id: int = 41, now: datetime | None
                 "name": by_id[sid]["name"],
                 "lat": by_id[sid]["lat"],
                 "lon": by_id[sid]["lon"],
-                "probability": p,
+                "probability": round(moves / (48 + 2), 3),
                 "eta_at": _iso(now + timedelta(seconds=eta)),
+                "moves": moves,
+                "based_on_moves": 48,
             }
-            for sid, p, eta in (("S-012", 0.62, 70), ("S-017", 0.23, 95))
+            for sid, moves, eta in (("S-012", 31, 70), ("S-017", 11, 95))
         ],
     }
 

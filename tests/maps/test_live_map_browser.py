@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from maps.live import build_live_map
@@ -235,4 +235,94 @@ def test_a_feed_that_says_signed_out_stops_and_offers_to_sign_in_again(
         page.wait_for_timeout(1500)  # no reconnecting: the page does not retry a session that ended
         assert page.locator("#bg-live-status.signed-out").count() == 1
         assert server.requests.count("/api/live") == 1
+        assert console_errors(page) == []
+
+
+def _low_battery(town: dict[str, Any], station_id: str, seen_at: str) -> dict[str, Any]:
+    """A low-battery alarm of a bike not reported stolen, as police see it: kind and station, no plate, no trail."""
+    st = next(s for s in town["stations"] if s["station_id"] == station_id)
+    return {
+        "id": 90,
+        "kind": "low_battery",
+        "severity": "info",
+        "state": "active",
+        "tag_id": None,
+        "plate": None,
+        "details_hidden": True,
+        "station_id": st["station_id"],
+        "station_name": st["name"],
+        "lat": st["lat"],
+        "lon": st["lon"],
+        "first_seen_at": seen_at,
+        "last_seen_at": seen_at,
+        "sightings": 1,
+        "trail": [],
+        "next_stations": [],
+    }
+
+
+def test_updates_of_an_alarm_without_a_trail_never_draw_one(
+    town: dict[str, Any], map_server_factory: Callable[..., Any]
+) -> None:
+    # A bike not reported stolen, with a low battery, heard at one station and then another: the page must not join
+    # the two into a trail (police would follow a bike that is not stolen, without a case number).
+    require_chromium()
+    server = map_server_factory(build_live_map(town["stations"], town["roads"], town["activity"], []), [])
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with browser_page() as page:
+        page.goto(f"{server.url}/")
+        page.wait_for_selector("#bg-live-status.connected")
+        for station in ("S-002", "S-009", "S-010"):
+            server.send("alarm", _low_battery(town, station, now))
+            page.wait_for_function(f"document.querySelector(\"[data-alarm-id='90']\")?.innerText.includes('{station}')")
+        assert page.locator(TRAIL).count() == 1  # the (empty) polyline of the alarm, with no point on it
+        assert (page.locator(TRAIL).get_attribute("d") or "M0 0") == "M0 0"
+        assert page.locator(TRAIL_DOT).count() == 0
+        assert "has-trail" not in (page.locator(".bg-alarm[data-alarm-id='90']").get_attribute("class") or "")
+        assert console_errors(page) == []
+
+
+def test_stolen_bikes_sort_first_each_with_a_trail_colour_of_its_own_and_the_history_behind_next(
+    town: dict[str, Any], alarm_factory: Callable[..., dict[str, Any]], map_server_factory: Callable[..., Any]
+) -> None:
+    require_chromium()
+    now = datetime.now(UTC)
+    newest = now.isoformat(timespec="seconds")
+    # A low battery heard just now, already on the page; stolen bikes seen a while ago arrive after it.
+    server = map_server_factory(
+        build_live_map(town["stations"], town["roads"], town["activity"], [_low_battery(town, "S-017", newest)]), []
+    )
+    first = alarm_factory(town, alarm_id=41, now=now - timedelta(minutes=2))
+    second = alarm_factory(town, alarm_id=42, now=now - timedelta(minutes=1)) | {"plate": "HZ B·10442"}
+    second["trail"] = [p | {"lat": p["lat"] + 0.002} for p in second["trail"]]
+    second["next_stations"] = [
+        n | {"based_on_moves": 3, "moves": 3, "probability": 0.6} for n in second["next_stations"][:1]
+    ]
+    with browser_page() as page:
+        page.goto(f"{server.url}/")
+        page.wait_for_selector("#bg-live-status.connected")
+        server.send("alarm", first)
+        server.send("alarm", second)
+        page.locator(".bg-alarm[data-alarm-id='42']").wait_for()
+
+        order = [li.get_attribute("data-alarm-id") for li in page.locator("#bg-alarm-list > li").all()]
+        assert order == ["42", "41", "90"]  # critical first (newest first), the info card last though it is newer
+        drawn = [
+            t.get_attribute("stroke") for t in page.locator(TRAIL).all() if t.get_attribute("d") not in (None, "M0 0")
+        ]
+        assert len(drawn) == 2 and len(set(drawn)) == 2  # two stolen bikes, two colours
+        cards = {
+            alarm_id: page.locator(f".bg-alarm[data-alarm-id='{alarm_id}']").evaluate(
+                "el => el.classList.contains('has-trail') && getComputedStyle(el).getPropertyValue('--trail').trim()"
+            )
+            for alarm_id in ("41", "42")
+        }
+        assert cards["41"] and cards["42"] and cards["41"] != cards["42"]
+        assert {cards["41"], cards["42"]} == set(drawn)
+
+        # "Likely next" says what it rests on: 31 of 48 moves is shown as such, 3 moves as few.
+        assert "from 48 moves seen" in page.locator(".bg-alarm[data-alarm-id='41'] .bg-next-text").inner_text()
+        few = page.locator(".bg-alarm[data-alarm-id='42'] .bg-next-text").inner_text()
+        assert "60%" in few and "from 3 moves seen (few)" in few
+        page.screenshot(path=str(screenshot_path("live-map-two-stolen.png")))
         assert console_errors(page) == []

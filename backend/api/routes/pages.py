@@ -53,6 +53,13 @@ def _page(html: str, lang: str, status: int = 200) -> HTMLResponse:
     return response
 
 
+def _redirect(url: str, lang: str) -> RedirectResponse:
+    """To sign in (or change the password) first, in the language this page was asked in (`?lang=zh` on a link)."""
+    response = RedirectResponse(url, status_code=303)
+    response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="lax", path="/")
+    return response
+
+
 def same_site_path(next_path: str) -> str:
     """`next_path` if it is a path on this site, else /home: where a page may send the browser after a sign-in.
 
@@ -76,9 +83,9 @@ def _gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: st
     here = quote(request.url.path)
     refusal = access.admission(user, roles)
     if refusal == "sign in" or user is None:
-        return RedirectResponse(f"/login?next={here}", status_code=303)
+        return _redirect(f"/login?next={here}", lang)
     if refusal == "change password":
-        return RedirectResponse(f"/password?next={here}", status_code=303)
+        return _redirect(f"/password?next={here}", lang)
     if refusal == "wrong role":
         t = MESSAGES[lang]
         text = t["forbidden_text"].format(role=t[f"role_{user.role}"], roles=", ".join(t[f"role_{r}"] for r in roles))
