@@ -302,6 +302,22 @@ class Viewer:
             seen = await trajectories.last_seen(conn, parse_tag(bike["tag_id"]), since)
         return {"bike": bike, "last_seen": seen, "owner": owner}
 
+    async def stolen_bikes(self, conn: psycopg.AsyncConnection[Any], registry: Registry) -> list[dict[str, Any]]:
+        """Police, admin: every bike reported stolen, with where it was last seen since the theft (as stolen_since
+        bounds it) and no owner; the list is audited as one read."""
+        self._police_only("the list of stolen bikes")
+        bikes = await registry.stolen_bikes(conn)
+        chips = [
+            (i, parse_tag(b["tag_id"]), self.stolen_since(b["stolen_at"], b["theft"]["reported_at"]))
+            for i, b in enumerate(bikes)
+            if b["tag_id"] is not None
+        ]
+        seen: list[dict[str, Any] | None] = [None] * len(bikes)
+        for (i, _, _), where in zip(chips, await trajectories.last_seen_of(conn, [c[1:] for c in chips]), strict=True):
+            seen[i] = where
+        await audit.record(conn, self.user, "bikes.stolen_list", None, None, bikes=len(bikes))
+        return [{"bike": bike, "last_seen": where, "owner": None} for bike, where in zip(bikes, seen, strict=True)]
+
     async def bike_window(
         self,
         conn: psycopg.AsyncConnection[Any],

@@ -30,7 +30,7 @@ _MAC_BYTES = 16
 # Chinese; its Latin letters serve the English certificate.
 _FONT_PACKAGE = "noto_cjk_sans_otc"
 _FONT_FILE = "NotoSansCJK-Regular.ttc"
-_FONT_FACE = 2
+FONT_FACE = 2
 _LINE_BREAKS = "\n\r"  # multi_cell breaks lines there; they need no glyph
 
 
@@ -165,7 +165,7 @@ def qr_svg(data: str) -> str:
 
 @cache
 def font_path() -> Path:
-    """The certificate font (a font collection; face _FONT_FACE is Simplified Chinese), from its installed package."""
+    """The certificate font (a font collection; face FONT_FACE is Simplified Chinese), from its installed package."""
     try:
         path = Path(str(files(_FONT_PACKAGE) / _FONT_FILE))
     except ModuleNotFoundError as exc:
@@ -187,7 +187,7 @@ def render_pdf(view: dict[str, Any], labels: dict[str, str], url: str) -> bytes:
     pdf.set_auto_page_break(False)
     pdf.add_page()
     family = "cert"
-    pdf.add_font(family, fname=font_path(), collection_font_number=_FONT_FACE)
+    pdf.add_font(family, fname=font_path(), collection_font_number=FONT_FACE)
     font = pdf.fonts[family]
     assert isinstance(font, TTFFont)  # add_font with a file always makes one
     glyphs = font.cmap

@@ -423,6 +423,16 @@ class Registry:
             )
             return [_bike_out(r) for r in await cur.fetchall()]
 
+    async def stolen_bikes(self, conn: psycopg.AsyncConnection[Any], limit: int = 1000) -> list[dict[str, Any]]:
+        """Registered bikes with an open theft report, the latest reported first."""
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                _BIKE_SELECT + " WHERE b.status = 'active' AND t.report_id IS NOT NULL"
+                " ORDER BY t.reported_at DESC, b.bike_id LIMIT %s",
+                (limit,),
+            )
+            return [_bike_out(r) for r in await cur.fetchall()]
+
     async def _active_bike(
         self, conn: psycopg.AsyncConnection[Any], bike_id: int, allow_stolen: bool = False
     ) -> dict[str, Any]:

@@ -345,6 +345,30 @@ async def passages(
     return rows
 
 
+async def last_seen_of(
+    conn: psycopg.AsyncConnection[Any], chips: list[tuple[int, datetime]]
+) -> list[dict[str, Any] | None]:
+    """last_seen for each (tag id, since), in one query whatever their number (a list of stolen bikes)."""
+    found: list[dict[str, Any] | None] = [None] * len(chips)
+    if not chips:
+        return found
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT r.i, x.station_id, x.station_name, x.lat, x.lon, x.seen_at"
+            " FROM unnest(%s::int8[], %s::timestamptz[]) WITH ORDINALITY AS r(tag_id, since, i)"
+            " CROSS JOIN LATERAL ("
+            "  SELECT s.station_id, st.name AS station_name, st.lat, st.lon, s.last_seen_at AS seen_at"
+            "  FROM sightings s JOIN stations st USING (station_id)"
+            "  WHERE s.tag_id = r.tag_id"
+            "   AND s.last_seen_at >= r.since AND s.first_seen_at >= r.since - interval '1 hour'"
+            "  ORDER BY s.first_seen_at DESC LIMIT 1) x",
+            ([tag for tag, _ in chips], [since for _, since in chips]),
+        )
+        for row in await cur.fetchall():
+            found[int(row.pop("i")) - 1] = row
+    return found
+
+
 async def last_seen(conn: psycopg.AsyncConnection[Any], tag_id: int, since: datetime | None) -> dict[str, Any] | None:
     """The chip's latest passage (still going on at or after since, if given) with its station, or None."""
     async with conn.cursor(row_factory=dict_row) as cur:

@@ -10,6 +10,13 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   var RETRY_MAX_MS = 30000;
 
   var $ = function (id) { return document.getElementById(id); };
+  var WORDS = cfg.words || {};
+  var LOCALE = cfg.lang === "zh" ? "zh-CN" : [];   // dates in the page's language; [] is the browser's own
+  function w(key, vars) {         // the page's words in its language (maps/words.py), with {name} filled in
+    var text = Object.prototype.hasOwnProperty.call(WORDS, key) ? WORDS[key] : key;
+    Object.keys(vars || {}).forEach(function (k) { text = text.split("{" + k + "}").join(String(vars[k])); });
+    return text;
+  }
   var header = $("bg-header");
   var list = $("bg-alarm-list");
   var alarms = {};                // id -> {data, marker, trail, dots, item}
@@ -29,14 +36,15 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     var t = parseTime(iso);
     if (t === null) { return ""; }
     var s = Math.max(0, Math.round((Date.now() - t) / 1000));
-    if (s < 120) { return s + " s ago"; }
-    if (s < 7200) { return Math.round(s / 60) + " min ago"; }
-    return Math.round(s / 3600) + " h ago";
+    if (s < 120) { return w("s_ago", { n: s }); }
+    if (s < 7200) { return w("min_ago", { n: Math.round(s / 60) }); }
+    return w("h_ago", { n: Math.round(s / 3600) });
   }
   function kindLabel(kind) {
     var k = String(kind || "alarm").replace(/_/g, " ");
-    return cfg.kindLabels[kind] || (k.charAt(0).toUpperCase() + k.slice(1));
+    return WORDS["kind_" + kind] || (k.charAt(0).toUpperCase() + k.slice(1));
   }
+  function sevLabel(a) { return w("sev_" + severity(a)); }
   var SEVERITIES = ["critical", "warning", "info"];
   function severity(a) { return SEVERITIES.indexOf(a.severity) >= 0 ? a.severity : "critical"; }
   // Each bike followed on the map gets a trail colour of its own, shown on its card too, so that two stolen bikes'
@@ -59,8 +67,8 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   function stationTooltip(st) {
     var state = st.info.state || "unknown";
     return "<b>" + esc(st.info.name) + "</b><br>" + esc(st.info.station_id) + " · " +
-      esc(cfg.stateLabels[state] || state) + "<br>" + st.passages + " passage" +
-      (st.passages === 1 ? "" : "s") + " in the last 10 min";
+      esc(WORDS["st_" + state] || state) + "<br>" +
+      esc(st.passages === 1 ? w("one_passage_in_10min") : w("passages_in_10min", { n: st.passages }));
   }
   function stationLabel(st) {
     var offline = st.info.state === "offline";
@@ -68,7 +76,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     return L.divIcon({
       className: "bg-station-icon", iconSize: [0, 0],
       html: '<div class="' + cls + '" style="--r: ' + stationRadius(st.passages) + 'px">' +
-        (offline ? "offline" : st.passages) + "</div>"
+        (offline ? esc(w("st_offline")) : st.passages) + "</div>"
     });
   }
   function drawStation(st) {
@@ -108,11 +116,11 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       })
       .then(function (activity) {
         applyActivity(activity);
-        $("bg-activity-status").textContent = "Station activity updated " +
-          new Date().toLocaleTimeString([], { hour12: false });
+        $("bg-activity-status").textContent = w("activity_updated", {
+          t: new Date().toLocaleTimeString([], { hour12: false }) });
       })
       .catch(function (err) {
-        $("bg-activity-status").textContent = "Station activity: update failed (" + err.message + ")";
+        $("bg-activity-status").textContent = w("activity_failed", { error: err.message });
       });
   }
 
@@ -143,44 +151,39 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   // case number, given here and sent with GET /api/alarms/{id}?case_number=… (the server audits it).
   function openCaseHtml(a) {
     return '<form class="bg-open-case" data-open-alarm="' + esc(a.id) + '" autocomplete="off">' +
-      '<input name="case_number" maxlength="40" required placeholder="Case no." aria-label="Case number"' +
-      ' title="Plate, chip and trail of a bike that is not reported stolen; recorded in the audit log">' +
-      '<button type="submit">Open details</button></form>';
+      '<input name="case_number" maxlength="40" required placeholder="' + esc(w("case_no")) + '" aria-label="' +
+      esc(w("case_number")) + '" title="' + esc(w("open_details_title")) + '">' +
+      '<button type="submit">' + esc(w("open_details")) + "</button></form>";
   }
   function popupHtml(a) {
-    var plate = a.plate ? '<span class="plate">' + esc(a.plate) + "</span>" : "<i>no plate on record</i>";
+    var plate = a.plate ? '<span class="plate">' + esc(a.plate) + "</span>" : "<i>" + esc(w("no_plate")) + "</i>";
+    var row = function (key, html) { return "<tr><th>" + esc(w(key)) + "</th><td>" + html + "</td></tr>"; };
+    var station = row("row_station", esc(a.station_name) + " (" + esc(a.station_id) + ")");
+    var seen = row("row_last_seen", clock(a.last_seen_at) + " · " + ago(a.last_seen_at)) +
+      row("row_first_seen", clock(a.first_seen_at));
     var rows = aboutStation(a)
-      ? "<tr><th>Station</th><td>" + esc(a.station_name) + " (" + esc(a.station_id) + ")</td></tr>" +
-        "<tr><th>Last heard</th><td>" + clock(a.first_seen_at) + " · " + ago(a.first_seen_at) + "</td></tr>"
+      ? station + row("row_last_heard", clock(a.first_seen_at) + " · " + ago(a.first_seen_at))
       : a.details_hidden
-      ? "<tr><th>Bike</th><td><i>not reported stolen: plate, chip and trail need a case number</i></td></tr>" +
-        "<tr><th>Station</th><td>" + esc(a.station_name) + " (" + esc(a.station_id) + ")</td></tr>" +
-        "<tr><th>Last seen</th><td>" + clock(a.last_seen_at) + " · " + ago(a.last_seen_at) + "</td></tr>" +
-        "<tr><th>First seen</th><td>" + clock(a.first_seen_at) + "</td></tr>"
-      : "<tr><th>Plate</th><td>" + plate + "</td></tr>" +
-        "<tr><th>Tag</th><td>" + esc(a.tag_id) + "</td></tr>" +
-        "<tr><th>Station</th><td>" + esc(a.station_name) + " (" + esc(a.station_id) + ")</td></tr>" +
-        "<tr><th>Last seen</th><td>" + clock(a.last_seen_at) + " · " + ago(a.last_seen_at) + "</td></tr>" +
-        "<tr><th>First seen</th><td>" + clock(a.first_seen_at) + "</td></tr>" +
-        "<tr><th>Sightings</th><td>" + esc(a.sightings) + "</td></tr>";
+      ? row("row_bike", "<i>" + esc(w("not_stolen_need_case")) + "</i>") + station + seen
+      : row("row_plate", plate) + row("row_tag", esc(a.tag_id)) + station + seen + row("row_sightings", esc(a.sightings));
     return '<div class="bg-popup" style="--sev: ' + cfg.severityColours[severity(a)] + '">' +
-      '<div class="head"><span>' + esc(severity(a).toUpperCase()) + "</span>" + esc(kindLabel(a.kind)) + "</div>" +
+      '<div class="head"><span>' + esc(sevLabel(a)) + "</span>" + esc(kindLabel(a.kind)) + "</div>" +
       "<table>" + rows +
-      "<tr><th>State</th><td>" + esc(a.state) + " · alarm #" + esc(a.id) + "</td></tr>" +
-      (a.assignee ? "<tr><th>Assigned</th><td>" + esc(a.assignee) + "</td></tr>" : "") +
+      row("row_state", esc(w("state_" + a.state)) + " · " + esc(w("alarm_no", { id: a.id }))) +
+      (a.assignee ? row("row_assigned", esc(a.assignee)) : "") +
       "</table>" + (a.details_hidden ? openCaseHtml(a) : "") + actionsHtml(a) + "</div>";
   }
   function actionsHtml(a) {       // what the signed-in officer can do with the alarm; answered by act()
     var b = function (action, label, enabled) {
       return '<button type="button" class="bg-act bg-act-' + action + '" data-act="' + action + '" data-alarm-id="' +
-        esc(a.id) + '"' + (enabled ? "" : " disabled") + ">" + label + "</button>";
+        esc(a.id) + '"' + (enabled ? "" : " disabled") + ">" + esc(label) + "</button>";
     };
     var replayable = a.kind === "stolen_chip_seen" && a.tag_id;
-    return '<div class="bg-actions">' + b("acknowledge", "Acknowledge", a.state === "active") +
-      b("clear", "Clear", true) +
-      (cfg.me ? b("assign", "Assign to me", a.assignee !== cfg.me) : "") +
+    return '<div class="bg-actions">' + b("acknowledge", w("acknowledge"), a.state === "active") +
+      b("clear", w("clear"), true) +
+      (cfg.me ? b("assign", w("assign_to_me"), a.assignee !== cfg.me) : "") +
       (replayable ? '<button type="button" class="bg-act bg-act-replay" data-replay-alarm="' + esc(a.id) +
-        '" title="Play back where the bike went">Replay</button>' : "") + "</div>";
+        '" title="' + esc(w("replay_title")) + '">' + esc(w("replay")) + "</button>" : "") + "</div>";
   }
   function alarmIcon(a) {
     return L.divIcon({
@@ -190,29 +193,33 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     });
   }
   function itemHtml(a) {
-    var top = '<div class="bg-alarm-top"><span class="bg-sev">' + esc(severity(a).toUpperCase()) + "</span>" +
+    var top = '<div class="bg-alarm-top"><span class="bg-sev">' + esc(sevLabel(a)) + "</span>" +
       '<span class="bg-kind">' + esc(kindLabel(a.kind)) + "</span>" +
-      (a.state === "acknowledged" ? '<span class="bg-ack">ACK</span>' : "") +
+      (a.state === "acknowledged" ? '<span class="bg-ack">' + esc(w("ack")) + "</span>" : "") +
       '<span class="bg-ago" data-seen="' + esc(a.last_seen_at) + '">' + ago(a.last_seen_at) + "</span></div>";
     if (aboutStation(a)) {
       return top + '<div class="bg-plate bg-station-name">' + esc(a.station_name || a.station_id) + "</div>" +
-        '<div class="bg-meta">Station ' + esc(a.station_id) + " · last heard " + clock(a.first_seen_at) + "</div>" +
-        (a.assignee ? '<div class="bg-meta bg-assignee">Assigned to ' + esc(a.assignee) + "</div>" : "");
+        '<div class="bg-meta">' + esc(w("station_last_heard", { id: a.station_id, t: clock(a.first_seen_at) })) +
+        "</div>" + assigneeHtml(a);
     }
     if (a.details_hidden) {
-      return top + '<div class="bg-plate none">bike not reported stolen</div>' +
-        '<div class="bg-where">at ' + esc(a.station_name) + " <span class=\"bg-meta\">(" + esc(a.station_id) + ")</span></div>" +
-        '<div class="bg-meta">Plate, chip and trail with a case number · since ' + clock(a.first_seen_at) + "</div>" +
-        (a.assignee ? '<div class="bg-meta bg-assignee">Assigned to ' + esc(a.assignee) + "</div>" : "") +
-        openCaseHtml(a);
+      return top + '<div class="bg-plate none">' + esc(w("bike_not_stolen")) + "</div>" + whereHtml(a) +
+        '<div class="bg-meta">' + esc(w("details_with_case", { t: clock(a.first_seen_at) })) + "</div>" +
+        assigneeHtml(a) + openCaseHtml(a);
     }
     var plate = a.plate ? '<div class="bg-plate">' + esc(a.plate) + "</div>"
-      : '<div class="bg-plate none">no plate on record</div>';
-    return top + plate +
-      '<div class="bg-where">at ' + esc(a.station_name) + " <span class=\"bg-meta\">(" + esc(a.station_id) + ")</span></div>" +
-      '<div class="bg-meta">Tag ' + esc(a.tag_id) + " · " + esc(a.sightings) + " sighting" +
-      (a.sightings === 1 ? "" : "s") + " · since " + clock(a.first_seen_at) + "</div>" +
-      (a.assignee ? '<div class="bg-meta bg-assignee">Assigned to ' + esc(a.assignee) + "</div>" : "");
+      : '<div class="bg-plate none">' + esc(w("no_plate")) + "</div>";
+    var tag = { tag: a.tag_id, n: a.sightings, t: clock(a.first_seen_at) };
+    return top + plate + whereHtml(a) +
+      '<div class="bg-meta">' + esc(w(a.sightings === 1 ? "tag_one_sighting" : "tag_sightings", tag)) + "</div>" +
+      assigneeHtml(a);
+  }
+  function whereHtml(a) {
+    return '<div class="bg-where">' + esc(w("at_station", { station: a.station_name })) +
+      ' <span class="bg-meta">(' + esc(a.station_id) + ")</span></div>";
+  }
+  function assigneeHtml(a) {
+    return a.assignee ? '<div class="bg-meta bg-assignee">' + esc(w("assigned_to", { name: a.assignee })) + "</div>" : "";
   }
   function drawTrail(entry) {
     var pts = entry.trail;
@@ -250,13 +257,13 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   // The estimate says how much history it rests on: "60 % · from 3 moves seen" is a guess, and reads like one.
   function movesSeen(n) {
     var seen = n.based_on_moves || 0;
-    return "from " + seen + " move" + (seen === 1 ? "" : "s") + " seen" + (seen < cfg.fewMoves ? " (few)" : "");
+    return (seen === 1 ? w("one_move_seen") : w("moves_seen", { n: seen })) + (seen < cfg.fewMoves ? " " + w("few") : "");
   }
   function nextHtml(a) {
     var n = (a.next_stations || [])[0];
     if (!n) { return ""; }
-    return '<div class="bg-next-text">Next: ' + esc(n.name || n.station_id) + " · " +
-      Math.round(n.probability * 100) + "% · ~" + clock(n.eta_at) +
+    return '<div class="bg-next-text">' +
+      esc(w("next", { station: n.name || n.station_id, pct: Math.round(n.probability * 100), t: clock(n.eta_at) })) +
       ' <span class="bg-meta bg-based-on">' + esc(movesSeen(n)) + "</span></div>";
   }
   function acked(id) { return alarms[id].data.state === "acknowledged" ? 1 : 0; }
@@ -270,7 +277,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     var active = ids.filter(function (id) { return !acked(id); }).length;
     $("bg-panel-count").textContent = active;
     $("bg-panel-count").classList.toggle("hot", active > 0);
-    $("bg-panel-acked").textContent = ids.length > active ? (ids.length - active) + " acknowledged" : "";
+    $("bg-panel-acked").textContent = ids.length > active ? w("n_acknowledged", { n: ids.length - active }) : "";
     $("bg-alarm-count").textContent = active;
     $("bg-alarm-stat").classList.toggle("hot", active > 0);
     $("bg-no-alarms").style.display = ids.length ? "none" : "";
@@ -385,13 +392,15 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     button.disabled = true;
     api("POST", cfg.alarmsUrl + "/" + encodeURIComponent(id) + "/" + action, body)
       .then(function (a) {
-        say($("bg-action-status"), "Alarm #" + id + ": " + (action === "assign" ? "assigned to " + a.assignee : a.state));
+        say($("bg-action-status"), action === "assign" ? w("alarm_assigned", { id: id, name: a.assignee })
+          : w("alarm_done", { id: id, what: w("state_" + a.state) }));
         upsertAlarm(a, true);
         if (a.state === "cleared") { map.closePopup(); }
       })
       .catch(function (err) {
         button.disabled = false;
-        say($("bg-action-status"), "Alarm #" + id + ": " + action + " failed (" + err.message + ")", true);
+        say($("bg-action-status"), w("alarm_failed", { id: id, action: w(action === "assign" ? "assign_to_me" : action),
+          error: err.message }), true);
       });
   }
   function openAlarm(form) {
@@ -401,12 +410,12 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     button.disabled = true;
     api("GET", cfg.alarmsUrl + "/" + encodeURIComponent(id) + "?case_number=" + encodeURIComponent(caseNo))
       .then(function (a) {
-        say($("bg-action-status"), "Alarm #" + id + ": details opened under case " + caseNo + " (audited)");
+        say($("bg-action-status"), w("alarm_opened", { id: id, case: caseNo }));
         upsertAlarm(a, true);
       })
       .catch(function (err) {
         button.disabled = false;
-        say($("bg-action-status"), "Alarm #" + id + ": details not opened (" + err.message + ")", true);
+        say($("bg-action-status"), w("alarm_not_opened", { id: id, error: err.message }), true);
       });
   }
   document.addEventListener("submit", function (ev) {
@@ -426,11 +435,11 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
 
   /* ---- trajectory replay: the bike's stops and legs from the API, drawn and played by replay.js ---- */
 
-  var replay = bikeguardReplay(map);
+  var replay = bikeguardReplay(map, { words: WORDS, lang: cfg.lang });
   var replaying = null;             // what the bar shows or is loading: {bikeId, label, caseNo, hours, stolen}
-  var EXPORTS = [["gpx", "GPX", "GPS tools"], ["geojson", "GeoJSON", "GIS"], ["csv", "CSV", "spreadsheet"]];
+  var EXPORTS = [["gpx", "GPX"], ["geojson", "GeoJSON"], ["csv", "CSV"]];
 
-  function windowLabel(h) { return "Last " + (h < 48 ? h + " h" : Math.round(h / 24) + " days"); }
+  function windowLabel(h) { return h < 48 ? w("window_hours", { n: h }) : w("window_days", { n: Math.round(h / 24) }); }
   function trajectoryQuery(target, since, until) {
     return "since=" + encodeURIComponent(since) + "&until=" + encodeURIComponent(until) +
       (target.caseNo ? "&case_number=" + encodeURIComponent(target.caseNo) : "");
@@ -445,21 +454,21 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
         return { value: h, label: windowLabel(h), selected: h === target.hours };
       }),
       onWindow: function (h) { startReplay(Object.assign({}, target, { hours: Number(h) })); },
-      empty: "Not seen at any station " + (target.stolen && !target.caseNo ? "since the theft, " : "") +
-        "in the " + windowLabel(target.hours).toLowerCase() + "."
+      empty: w(target.stolen && !target.caseNo ? "not_seen_window_since_theft" : "not_seen_window",
+        { window: windowLabel(target.hours).toLowerCase() })
     };
-    replay.notice(target.label, "Loading the trajectory…", false, o);
+    replay.notice(target.label, w("loading_trajectory"), false, o);
     api("GET", base + "/summary?" + trajectoryQuery(target, since.toISOString(), until.toISOString()))
       .then(function (summary) {
         if (replaying !== target) { return; }   // another replay was asked for meanwhile
         var q = trajectoryQuery(target, summary.since, summary.until);   // the window shown, so files match it
         o.exports = EXPORTS.map(function (x) {
-          return { format: x[0], label: x[1], hint: x[2], href: base + "." + x[0] + "?" + q };
+          return { format: x[0], label: x[1], hint: w("export_" + x[0]), href: base + "." + x[0] + "?" + q };
         });
         replay.load(summary, o);
       })
       .catch(function (err) {
-        if (replaying === target) { replay.notice(target.label, "Replay failed: " + err.message, true, o); }
+        if (replaying === target) { replay.notice(target.label, w("replay_failed", { error: err.message }), true, o); }
       });
   }
   function replayAlarm(id) {        // the alarm's bike: found by its chip, replayed since the theft
@@ -468,50 +477,178 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     var target = { label: a.plate || a.tag_id, hours: cfg.replayWindowsH[1], stolen: true, caseNo: null };
     if (a.bike_id) { startReplay(Object.assign(target, { bikeId: a.bike_id })); return; }
     replaying = target;
-    replay.notice(target.label, "Finding the bike…");
+    replay.notice(target.label, w("finding_bike"));
     api("GET", cfg.searchUrl + "?q=" + encodeURIComponent(a.tag_id))
       .then(function (results) {
         var hit = results.filter(function (r) { return r.bike.tag_id === a.tag_id; })[0];
-        if (!hit) { throw new Error("no bike carries chip " + a.tag_id); }
+        if (!hit) { throw new Error(w("no_bike_with_chip", { tag: a.tag_id })); }
         if (replaying === target) { startReplay(Object.assign(target, { bikeId: hit.bike.bike_id })); }
       })
       .catch(function (err) {
-        if (replaying === target) { replay.notice(target.label, "Replay failed: " + err.message, true); }
+        if (replaying === target) { replay.notice(target.label, w("replay_failed", { error: err.message }), true); }
       });
   }
 
   var found = L.layerGroup().addTo(map);
-  var foundBikes = [], foundCase = "";   // the last search's results, and the case number it was made with
+  var foundBikes = [], foundCase = "", foundQuery = "";   // the last search's results, its case number and text
   function replayFound(i) {
     var b = foundBikes[i] && foundBikes[i].bike;
     if (!b) { return; }
-    startReplay({ bikeId: b.bike_id, label: b.plate || b.tag_id || "bike " + b.bike_id, hours: cfg.replayWindowsH[1],
+    startReplay({ bikeId: b.bike_id, label: b.plate || b.tag_id || w("bike_n", { id: b.bike_id }), hours: cfg.replayWindowsH[1],
                   stolen: !!b.stolen, caseNo: foundCase || null });
+  }
+  function lastSeenHtml(where, stolen) {
+    return where ? esc(w("last_seen_at", { station: where.station_name, t: clock(where.seen_at), ago: ago(where.seen_at) }))
+      : "<i>" + esc(w(stolen ? "not_seen_since_theft" : "whereabouts_need_case")) + "</i>";
   }
   function searchResult(r, i) {
     var b = r.bike, where = r.last_seen;
-    var owner = r.owner ? " · owner " + esc(r.owner.name) + (r.owner.mobile ? " " + esc(r.owner.mobile) : "") : "";
+    var owner = r.owner ? " · " + esc(w("owner_is", { name: r.owner.name })) +
+      (r.owner.mobile ? " " + esc(r.owner.mobile) : "") : "";
     var allowed = b.stolen || foundCase;
-    return '<li><span class="plate">' + esc(b.plate || "no plate") + "</span> " + esc(b.brand || "") + " " +
-      esc(b.colour || "") + (b.stolen ? ' <b class="stolen">STOLEN</b>' : "") + owner +
+    return '<li data-bike-id="' + esc(b.bike_id) + '"><span class="plate">' + esc(b.plate || w("no_plate")) + "</span> " +
+      esc(b.brand || "") + " " + esc(b.colour || "") +
+      (b.stolen ? ' <b class="stolen">' + esc(w("stolen_badge")) + "</b>" : "") + owner +
       '<button type="button" class="bg-act bg-act-replay" data-replay-result="' + i + '"' +
-      (allowed ? ' title="Play back where the bike went"' : ' disabled title="Give a case number to replay a bike that is not stolen"') +
-      ">Replay</button><br>" +
-      (where ? "last seen at " + esc(where.station_name) + " · " + clock(where.seen_at) + " · " + ago(where.seen_at)
-        : "<i>" + (b.stolen ? "not seen since the theft" : "whereabouts only with a case number") + "</i>") + "</li>";
+      (allowed ? ' title="' + esc(w("replay_title")) + '"' : ' disabled title="' + esc(w("replay_needs_case")) + '"') +
+      ">" + esc(w("replay")) + "</button>" +
+      (b.stolen ? recoverButton(b) : "") + "<br>" + lastSeenHtml(where, b.stolen) +
+      (b.stolen ? "" : reportForm(b)) + "</li>";
   }
+  /* ---- theft reports and recoveries from the page: the API's rules (a case number for a report, audited) ---- */
+
+  function recoverButton(b) {
+    return '<button type="button" class="bg-act bg-act-recovered" data-recover-bike="' + esc(b.bike_id) +
+      '" data-plate="' + esc(b.plate || "") + '">' + esc(w("mark_recovered")) + "</button>";
+  }
+  function localNow() {
+    var d = new Date();
+    d.setMinutes(d.getMinutes() - d.getTimezoneOffset());
+    return d.toISOString().slice(0, 16);
+  }
+  function reportForm(b) {
+    return '<details class="bg-report"><summary>' + esc(w("report_stolen")) + "</summary>" +
+      '<form data-report-bike="' + esc(b.bike_id) + '" data-plate="' + esc(b.plate || "") + '" autocomplete="off">' +
+      "<label>" + esc(w("stolen_at")) + ' <input type="datetime-local" name="stolen_at" value="' + localNow() + '"></label>' +
+      "<label>" + esc(w("place")) + ' <input name="place" maxlength="200"></label>' +
+      '<button type="submit">' + esc(w("file_report")) + "</button></form></details>";
+  }
+  // After a report or a recovery: the stolen list, and the search shown, as it was made (its own case number, so
+  // a case typed since for the report reads no owner the officer did not ask for).
+  function afterChange() { loadStolen(); if (foundQuery) { search(foundQuery, foundCase); } }
+  function reportStolen(form) {
+    var plate = form.dataset.plate, caseNo = $("bg-search-case").value.trim();
+    if (!caseNo) { say($("bg-action-status"), w("report_needs_case"), true); $("bg-search-case").focus(); return; }
+    var when = form.stolen_at.value ? new Date(form.stolen_at.value).toISOString() : null;
+    form.querySelector("button").disabled = true;
+    api("POST", cfg.bikesUrl + "/" + encodeURIComponent(form.dataset.reportBike) + "/theft?case_number=" +
+        encodeURIComponent(caseNo), { stolen_at: when, place: form.place.value.trim() || null })
+      .then(function () { say($("bg-action-status"), w("reported", { plate: plate, case: caseNo })); afterChange(); })
+      .catch(function (err) {
+        form.querySelector("button").disabled = false;
+        say($("bg-action-status"), w("report_failed", { plate: plate, error: err.message }), true);
+      });
+  }
+  function markRecovered(button) {
+    var plate = button.dataset.plate, caseNo = $("bg-search-case").value.trim();
+    if (!window.confirm(w("mark_recovered") + ": " + plate + "?")) { return; }
+    button.disabled = true;
+    api("POST", cfg.bikesUrl + "/" + encodeURIComponent(button.dataset.recoverBike) + "/recovered" +
+        (caseNo ? "?case_number=" + encodeURIComponent(caseNo) : ""))
+      .then(function () { say($("bg-action-status"), w("recovered", { plate: plate })); afterChange(); })
+      .catch(function (err) {
+        button.disabled = false;
+        say($("bg-action-status"), w("recover_failed", { plate: plate, error: err.message }), true);
+      });
+  }
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target.closest && ev.target.closest("form[data-report-bike]");
+    if (form) { ev.preventDefault(); reportStolen(form); }
+  });
+  document.addEventListener("click", function (ev) {
+    var button = ev.target.closest && ev.target.closest("button[data-recover-bike]");
+    if (button) { ev.preventDefault(); ev.stopPropagation(); markRecovered(button); return; }
+    var show = ev.target.closest && ev.target.closest("button[data-show-stolen]");
+    if (show) {
+      var r = stolenBikes[Number(show.dataset.showStolen)];
+      if (r && r.last_seen) { map.flyTo([r.last_seen.lat, r.last_seen.lon], Math.max(map.getZoom(), 16), { duration: 0.8 }); }
+      return;
+    }
+    var replayStolen = ev.target.closest && ev.target.closest("button[data-replay-stolen]");
+    if (replayStolen) {
+      var b = (stolenBikes[Number(replayStolen.dataset.replayStolen)] || {}).bike;
+      if (b) { startReplay({ bikeId: b.bike_id, label: b.plate, hours: cfg.replayWindowsH[1], stolen: true, caseNo: null }); }
+    }
+  });
+
+  /* ---- the stolen bikes: every open theft report, heard by a station or not yet ---- */
+
+  var stolenBikes = [];
+  function stolenItem(r, i) {
+    var b = r.bike, t = b.theft || {};
+    return '<li class="bg-stolen-bike" data-bike-id="' + esc(b.bike_id) + '"><div class="bg-plate">' + esc(b.plate) +
+      "</div><div>" + esc([b.brand, b.model, b.colour].filter(Boolean).join(" · ")) + "</div>" +
+      '<div class="bg-meta">' + esc(w("stolen_since", { t: whenShort(t.stolen_at || b.stolen_at), r: whenShort(t.reported_at) })) +
+      (t.police_report ? " · " + esc(w("stolen_case", { case: t.police_report })) : "") +
+      (t.place ? " · " + esc(t.place) : "") + "</div>" +
+      '<div class="bg-where">' + (r.last_seen ? lastSeenHtml(r.last_seen, true) : "<i>" + esc(w("not_heard_since")) + "</i>") +
+      '</div><div class="bg-actions">' +
+      (r.last_seen ? '<button type="button" class="bg-act" data-show-stolen="' + i + '">' + esc(w("show_on_map")) + "</button>" : "") +
+      '<button type="button" class="bg-act bg-act-replay" data-replay-stolen="' + i + '">' + esc(w("replay")) + "</button>" +
+      recoverButton(b) + "</div></li>";
+  }
+  function whenShort(iso) {
+    var t = parseTime(iso);
+    return t === null ? "" : new Date(t).toLocaleString(LOCALE, { month: "short", day: "numeric", hour: "2-digit",
+      minute: "2-digit", hour12: false });
+  }
+  function loadStolen() {
+    if (!cfg.stolenUrl) { return; }
+    api("GET", cfg.stolenUrl)
+      .then(function (rows) {
+        stolenBikes = rows;
+        $("bg-stolen-count").textContent = rows.length;
+        $("bg-stolen-none").hidden = rows.length > 0;
+        $("bg-stolen-list").innerHTML = rows.map(stolenItem).join("");
+      })
+      .catch(function (err) { say($("bg-stolen-none"), w("stolen_failed", { error: err.message }), true); });
+  }
+  document.querySelectorAll("#bg-panel-tabs button").forEach(function (tab) {
+    tab.addEventListener("click", function () {
+      document.querySelectorAll("#bg-panel-tabs button").forEach(function (t) {
+        t.classList.toggle("current", t === tab);
+        t.setAttribute("aria-selected", t === tab ? "true" : "false");
+      });
+      $("bg-alarms-section").hidden = tab.dataset.panel !== "alarms";
+      $("bg-stolen-section").hidden = tab.dataset.panel !== "stolen";
+      if (tab.dataset.panel === "stolen") { loadStolen(); }
+    });
+  });
+
+  /* ---- sign out ---- */
+
+  if ($("bg-sign-out")) {
+    $("bg-sign-out").addEventListener("click", function () {
+      fetch("/api/auth/logout", { method: "POST", credentials: "same-origin" })
+        .then(function () { window.location.href = "/login"; });
+    });
+  }
+
   $("bg-search").addEventListener("submit", function (ev) {
     ev.preventDefault();
-    var q = $("bg-search-q").value.trim(), caseNo = $("bg-search-case").value.trim();
+    var q = $("bg-search-q").value.trim();
+    if (q) { search(q, $("bg-search-case").value.trim()); }
+  });
+  function search(q, caseNo) {
     var out = $("bg-search-result");
-    if (!q) { return; }
-    say(out, "Searching…");
+    say(out, w("searching"));
     api("GET", cfg.searchUrl + "?q=" + encodeURIComponent(q) + (caseNo ? "&case_number=" + encodeURIComponent(caseNo) : ""))
       .then(function (results) {
         foundBikes = results;
         foundCase = caseNo;
+        foundQuery = q;
         found.clearLayers();
-        if (!results.length) { say(out, "No bike with plate, frame number or chip " + q); return; }
+        if (!results.length) { say(out, w("search_none", { q: q })); return; }
         out.classList.remove("bad");
         out.innerHTML = "<ol>" + results.map(searchResult).join("") + "</ol>";
         var where = results[0].last_seen;
@@ -523,8 +660,8 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
           map.flyTo([where.lat, where.lon], Math.max(map.getZoom(), 16), { duration: 0.8 });
         }
       })
-      .catch(function (err) { say(out, "Search failed: " + err.message, true); });
-  });
+      .catch(function (err) { say(out, w("search_failed", { error: err.message }), true); });
+  }
 
   /* ---- live feed ---- */
 
@@ -532,36 +669,37 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   function setLive(state, text) {
     var el = $("bg-live-status");
     el.className = state;
-    el.querySelector("span").textContent = "Live feed: " + text;
+    el.querySelector("span").textContent = text;
   }
   function connect() {
-    setLive("connecting", "connecting…");
+    setLive("connecting", w("live_connecting"));
     var source = new EventSource(cfg.liveUrl);
-    source.onopen = function () { retryMs = 1000; setLive("connected", "connected"); };
+    source.onopen = function () { retryMs = 1000; setLive("connected", w("live_connected")); };
     source.onerror = function () {
       if (source.readyState === EventSource.CLOSED) {   // the browser gave up (e.g. HTTP error): retry ourselves
         source.close();
-        setLive("reconnecting", "reconnecting in " + Math.round(retryMs / 1000) + " s…");
+        setLive("reconnecting", w("live_reconnecting_in", { s: Math.round(retryMs / 1000) }));
         setTimeout(connect, retryMs);
         retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
       } else {
-        setLive("reconnecting", "reconnecting…");
+        setLive("reconnecting", w("live_reconnecting"));
       }
     };
     // The session ended (signed out elsewhere, expired, account disabled): no more events, ask to sign in.
     source.addEventListener("signed-out", function () {
       source.close();
-      setLive("signed-out", "signed out");
+      setLive("signed-out", w("live_signed_out"));
       var status = $("bg-live-status");
       var again = document.createElement("a");
       again.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
-      again.textContent = "Sign in again";
+      again.textContent = w("sign_in_again");
       status.appendChild(again);
     });
     source.addEventListener("alarm", function (ev) {
       var a;
       try { a = JSON.parse(ev.data); } catch (err) { console.warn("bikeguard: unreadable alarm event", ev.data); return; }
       upsertAlarm(a, false);
+      if (a.kind === "stolen_chip_seen") { loadStolenSoon(); }
     });
   }
 
@@ -573,6 +711,11 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       items[i].textContent = ago(items[i].dataset.seen);
       items[i].classList.toggle("recent", seen !== null && Date.now() - seen < 60000);
     }
+  }
+
+  var stolenTimer = null;
+  function loadStolenSoon() {     // a burst of alarm updates reloads the stolen list once
+    if (stolenTimer === null) { stolenTimer = setTimeout(function () { stolenTimer = null; loadStolen(); }, 2000); }
   }
 
   /* ---- start ---- */
@@ -588,6 +731,8 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   setInterval(tick, 1000);
   connect();
   pollActivity();
+  loadStolen();
+  setInterval(loadStolen, 30000);
   setInterval(pollActivity, cfg.activityIntervalMs);
 
   return { upsertAlarm: upsertAlarm, applyActivity: applyActivity, alarms: alarms, replay: replay };

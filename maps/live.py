@@ -12,24 +12,15 @@ from maps import markup, replay
 from maps.assets import DEFAULT_BASE
 from maps.basemap import base_map, fit_to
 from maps.roads import ROAD_COLOUR, add_roads, road_points
-from maps.stations import STATE_COLOURS, STATE_LABELS, StationMarker, add_stations
+from maps.stations import STATE_COLOURS, StationMarker, add_stations
+from maps.words import LANGUAGES, words
 
-TITLE = "Bikeguard — live map"
 ACTIVITY_INTERVAL_S = 10
 REPLAY_WINDOWS_H = (6, 24, 72, 168)
 """Time windows the replay offers (hours back from now); the second is the default."""
 FEW_MOVES = 20
 """Under this many moves seen from a station, its "likely next station" is marked as resting on few."""
 SEVERITY_COLOURS: dict[str, str] = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#3b82f6"}
-KIND_LABELS: dict[str, str] = {
-    "stolen_chip_seen": "Stolen chip seen",
-    "armed_bike_moving": "Armed bike moving",
-    "tamper": "Tamper",
-    "low_battery": "Low battery",
-    "chip_cloned": "Chip cloned",
-    "station_offline": "Station offline",
-    "station_degraded": "Station degraded",
-}
 
 
 class LiveFeed(MacroElement):
@@ -64,13 +55,16 @@ class LiveFeed(MacroElement):
         stations: dict[str, StationMarker],
         alarm_layer: folium.FeatureGroup,
         config: dict[str, Any],
+        lang: str = "en",
+        user_name: str | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # branca's MacroElement is untyped
         self._name = "LiveFeed"
-        self.title = markup.text(TITLE)
+        w = words(lang)
+        self.title = markup.text(w["title"])
         self.css = replay.style() + replay.source("live.css")
         self.code = replay.script() + replay.source("live.js")
-        self.chrome = _chrome()
+        self.chrome = _chrome(w, lang, user_name)
         self.config = markup.script_json(config)
         self.map_name = m.get_name()
         self.alarm_layer = alarm_layer.get_name()
@@ -84,55 +78,85 @@ class LiveFeed(MacroElement):
         )
 
 
-def _legend() -> str:
+def _legend(w: dict[str, str]) -> str:
+    t = {key: markup.text(text) for key, text in w.items()}
     states = "".join(
-        f'<li><span class="bg-key-dot" style="background:{colour}"></span>Station {STATE_LABELS[state]}</li>'
+        f'<li><span class="bg-key-dot" style="background:{colour}"></span>{t["station_" + state]}</li>'
         for state, colour in STATE_COLOURS.items()
     )
     return (
-        '<section id="bg-legend"><h3>Legend</h3><ul>'
+        f'<section id="bg-legend"><h3>{t["legend"]}</h3><ul>'
         f"{states}"
-        '<li><span class="bg-key-count">12</span>Passages, last 10 min</li>'
-        '<li><span class="bg-key-alarm"></span>Alarm (latest station)</li>'
+        f'<li><span class="bg-key-count">12</span>{t["legend_passages"]}</li>'
+        f'<li><span class="bg-key-alarm"></span>{t["legend_alarm"]}</li>'
         '<li><span class="bg-key-line" style="background:repeating-linear-gradient(90deg,#dc2626 0 8px,'
-        'transparent 8px 12px)"></span>Alarm trail</li>'
-        '<li><span class="bg-key-next"></span>Likely next station (chance, arrival)</li>'
-        '<li><span class="bg-key-step">1</span>Replay: stops in order</li>'
-        f'<li><span class="bg-key-line" style="background:{ROAD_COLOUR}"></span>Road</li>'
+        f'transparent 8px 12px)"></span>{t["legend_trail"]}</li>'
+        f'<li><span class="bg-key-next"></span>{t["legend_next"]}</li>'
+        f'<li><span class="bg-key-step">1</span>{t["legend_replay"]}</li>'
+        f'<li><span class="bg-key-line" style="background:{ROAD_COLOUR}"></span>{t["legend_road"]}</li>'
         "</ul></section>"
     )
 
 
-def _chrome() -> str:
+def _account(t: dict[str, str], lang: str, user_name: str | None) -> str:
+    """Language choice, who is signed in, and signing out."""
+    choices = "".join(
+        f'<a class="bg-lang{" current" if code == lang else ""}" href="?lang={code}" data-lang="{code}">'
+        f"{markup.text(label)}</a>"
+        for code, label in LANGUAGES.items()
+    )
+    who = ""
+    if user_name is not None:
+        name = markup.text(words(lang)["signed_in_as"].format(name=user_name))
+        who = f'<span class="bg-who">{name}</span><button type="button" id="bg-sign-out">{t["sign_out"]}</button>'
+    return f'<nav class="bg-account">{choices}{who}</nav>'
+
+
+def _chrome(w: dict[str, str], lang: str, user_name: str | None) -> str:
+    t = {key: markup.text(text) for key, text in w.items()}
     return (
         '<header id="bg-header">'
-        f'<div class="bg-brand"><span class="bg-logo"></span><h1>{markup.text(TITLE)}</h1></div>'
+        f'<div class="bg-brand"><span class="bg-logo"></span><h1>{t["title"]}</h1></div>'
         '<div class="bg-stats">'
         '<div class="bg-stat alarm" id="bg-alarm-stat">'
-        '<b id="bg-alarm-count">0</b><span>active alarms</span></div>'
-        '<div class="bg-stat"><b id="bg-online-count">–</b><span>stations online</span></div>'
-        '<div class="bg-stat"><b id="bg-passage-count">–</b><span>passages, last 10 min</span></div>'
+        f'<b id="bg-alarm-count">0</b><span>{t["active_alarms"]}</span></div>'
+        f'<div class="bg-stat"><b id="bg-online-count">–</b><span>{t["stations_online"]}</span></div>'
+        f'<div class="bg-stat"><b id="bg-passage-count">–</b><span>{t["passages_10min"]}</span></div>'
         "</div>"
         '<div class="bg-status">'
-        '<div id="bg-live-status" class="connecting"><i></i><span>Live feed: connecting…</span></div>'
-        '<div id="bg-activity-status">Station activity: waiting for first update</div>'
+        f'<div id="bg-live-status" class="connecting"><i></i><span>{t["live_connecting"]}</span></div>'
+        f'<div id="bg-activity-status">{t["activity_waiting"]}</div>'
         "</div>"
+        f"{_account(t, lang, user_name)}"
         '<div id="bg-clock"></div>'
         "</header>"
         '<aside id="bg-panel">'
         '<form id="bg-search" autocomplete="off">'
-        '<input id="bg-search-q" name="q" maxlength="40" required placeholder="Plate, frame number or chip id">'
-        '<input id="bg-search-case" name="case_number" maxlength="40" placeholder="Case no. (owner, replay)"'
-        ' title="A case number unlocks the details of the owner and the replay of a bike not reported stolen;'
-        ' both are recorded in the audit log">'
-        '<button type="submit">Find</button>'
-        '<div id="bg-search-result" role="status"></div>'
+        f'<input id="bg-search-q" name="q" maxlength="40" required placeholder="{t["search_placeholder"]}">'
+        f'<input id="bg-search-case" name="case_number" maxlength="40" placeholder="{t["case_placeholder"]}"'
+        f' title="{t["case_title"]}">'
+        f'<button type="submit">{t["find"]}</button>'
         "</form>"
+        # Outside the form: a found bike's theft report is a form of its own, and forms do not nest.
+        '<div id="bg-search-result" role="status"></div>'
         '<div id="bg-action-status" role="status"></div>'
-        '<h2>Active alarms <span id="bg-panel-count">0</span><small id="bg-panel-acked"></small></h2>'
-        '<p id="bg-no-alarms">No active alarms</p>'
+        '<nav id="bg-panel-tabs" role="tablist">'
+        f'<button type="button" role="tab" class="current" aria-selected="true" data-panel="alarms">{t["tab_alarms"]}'
+        ' <b id="bg-panel-count">0</b></button>'
+        f'<button type="button" role="tab" aria-selected="false" data-panel="stolen">{t["tab_stolen"]}'
+        ' <b id="bg-stolen-count">–</b></button>'
+        "</nav>"
+        '<section id="bg-alarms-section">'
+        f'<h2>{t["active_alarms_heading"]} <small id="bg-panel-acked"></small></h2>'
+        f'<p id="bg-no-alarms">{t["no_alarms"]}</p>'
         '<ol id="bg-alarm-list"></ol>'
-        f"{_legend()}"
+        "</section>"
+        '<section id="bg-stolen-section" hidden>'
+        f"<h2>{t['stolen_heading']}</h2>"
+        f'<p id="bg-stolen-none">{t["stolen_loading"]}</p>'
+        '<ol id="bg-stolen-list"></ol>'
+        "</section>"
+        f"{_legend(w)}"
         "</aside>"
     )
 
@@ -149,14 +173,17 @@ def build_live_map(
     alarms_url: str = "/api/alarms",
     search_url: str = "/api/bikes/search",
     bikes_url: str = "/api/bikes",
+    stolen_url: str | None = None,
     user_name: str | None = None,
     tile_url: str | None = None,
     tile_attribution: str | None = None,
+    lang: str = "en",
 ) -> str:
-    """The full HTML of the live map page; it loads Leaflet from `assets_base` and nothing from elsewhere.
+    """The full HTML of the live map page, in `lang`; it loads Leaflet from `assets_base` and nothing from elsewhere.
 
-    Its alarm buttons, bike search and trajectory replay call the API at alarms_url, search_url and bikes_url
-    with the page's session cookie; "Assign to me" assigns to user_name.
+    Its alarm buttons, bike search, theft reports, recoveries and trajectory replay call the API at alarms_url,
+    search_url and bikes_url with the page's session cookie; "Assign to me" assigns to user_name, who can sign out
+    from the header. With stolen_url, a tab lists the bikes reported stolen.
     """
     m = base_map(assets_base=assets_base, tile_url=tile_url, tile_attribution=tile_attribution)
     add_roads(m, roads)
@@ -180,10 +207,11 @@ def build_live_map(
         "activity": activity,
         "alarms": [a for a in alarms if a.get("state") != "cleared"],
         "stateColours": STATE_COLOURS,
-        "stateLabels": STATE_LABELS,
         "severityColours": SEVERITY_COLOURS,
-        "kindLabels": KIND_LABELS,
         "fewMoves": FEW_MOVES,
+        "stolenUrl": stolen_url,
+        "words": words(lang),
+        "lang": lang,
     }
-    m.add_child(LiveFeed(m, markers, alarm_layer, config))
+    m.add_child(LiveFeed(m, markers, alarm_layer, config, lang, user_name))
     return m.get_root().render()

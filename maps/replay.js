@@ -1,7 +1,7 @@
 /* Bikeguard trajectory replay: a bike's stops and legs drawn as a route and played back in time.
  * Plain JavaScript on top of Leaflet only, shared by the police live map (maps/live.js) and the standalone
  * trajectory map (maps/trajectory.py):
- *   var replay = bikeguardReplay(leafletMap, { onClose: function () {} });
+ *   var replay = bikeguardReplay(leafletMap, { onClose: function () {}, words: {rp_play: "Play", …} });
  *   replay.load(summary, { title: "HZ-12345", exports: [{ label: "GPX", href: "…" }] });
  * `summary` is what GET /api/bikes/{bike_id}/trajectory/summary answers: stops (station, position, arrived_at,
  * left_at, dwell_s) in time order and the legs between them (distance_m, duration_s, speed_kmh, heading).
@@ -10,6 +10,12 @@ function bikeguardReplay(map, options) {
   "use strict";
 
   var opts = options || {};
+  var WORDS = opts.words || {};   // maps/words.py, in the page's language
+  function w(key, vars) {
+    var text = Object.prototype.hasOwnProperty.call(WORDS, key) ? WORDS[key] : key;
+    Object.keys(vars || {}).forEach(function (k) { text = text.split("{" + k + "}").join(String(vars[k])); });
+    return text;
+  }
   var SPEEDS = [1, 10, 60, 600];
   var TICK_LABEL_GAP = 0.035;     // share of the time line between two numbered ticks, so numbers never overlap
 
@@ -38,8 +44,9 @@ function bikeguardReplay(map, options) {
       .replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
       .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
   }
-  function time(ms) { return new Date(ms).toLocaleTimeString([], { hour12: false }); }
-  function day(ms) { return new Date(ms).toLocaleDateString([], { day: "numeric", month: "short" }); }
+  var LOCALE = opts.lang === "zh" ? "zh-CN" : [];   // [] is the browser's own
+  function time(ms) { return new Date(ms).toLocaleTimeString(LOCALE, { hour12: false }); }
+  function day(ms) { return new Date(ms).toLocaleDateString(LOCALE, { day: "numeric", month: "short" }); }
   function duration(s) {
     s = Math.max(0, Math.round(s));
     if (s < 60) { return s + " s"; }
@@ -56,20 +63,21 @@ function bikeguardReplay(map, options) {
     var el = document.createElement("div");
     el.className = "bg-replay";
     el.setAttribute("role", "region");
-    el.setAttribute("aria-label", "Trajectory replay");
+    el.setAttribute("aria-label", w("rp_region"));
     el.hidden = true;
     el.innerHTML =
-      '<div class="bg-replay-head"><span class="bg-replay-badge">Replay</span>' +
+      '<div class="bg-replay-head"><span class="bg-replay-badge">' + esc(w("rp_badge")) + "</span>" +
       '<b class="bg-replay-title"></b><span class="bg-replay-meta"></span>' +
-      '<select class="bg-replay-window" aria-label="Time window" hidden></select>' +
-      '<div class="bg-replay-speeds" role="group" aria-label="Speed">' + SPEEDS.map(function (x) {
+      '<select class="bg-replay-window" aria-label="' + esc(w("rp_window")) + '" hidden></select>' +
+      '<div class="bg-replay-speeds" role="group" aria-label="' + esc(w("rp_speed")) + '">' + SPEEDS.map(function (x) {
         return '<button type="button" data-speed="' + x + '">' + x + "×</button>";
       }).join("") + "</div>" +
-      '<details class="bg-replay-export"><summary>Export</summary><div class="bg-replay-menu"></div></details>' +
-      '<button type="button" class="bg-replay-close" aria-label="Close the replay" title="Close">&times;</button></div>' +
-      '<div class="bg-replay-body"><button type="button" class="bg-replay-play" aria-label="Play"></button>' +
+      '<details class="bg-replay-export"><summary>' + esc(w("rp_export")) + '</summary><div class="bg-replay-menu"></div></details>' +
+      '<button type="button" class="bg-replay-close" aria-label="' + esc(w("rp_close")) + '" title="' +
+      esc(w("rp_close_short")) + '">&times;</button></div>' +
+      '<div class="bg-replay-body"><button type="button" class="bg-replay-play" aria-label="' + esc(w("rp_play")) + '"></button>' +
       '<div class="bg-replay-track"><input type="range" class="bg-replay-slider" min="0" max="1" step="1" value="0"' +
-      ' aria-label="Time"><div class="bg-replay-ticks"></div></div>' +
+      ' aria-label="' + esc(w("rp_time")) + '"><div class="bg-replay-ticks"></div></div>' +
       '<div class="bg-replay-time"><b></b><small></small></div></div>' +
       '<div class="bg-replay-status" role="status"></div>';
     map.getContainer().appendChild(el);
@@ -185,15 +193,15 @@ function bikeguardReplay(map, options) {
   function status(pos) {
     if (pos.stop !== undefined) {
       var s = stops[pos.stop];
-      return '<span class="bg-replay-state at">At</span><b>' + name(s) + '</b> <span class="dim">(' +
-        esc(s.station_id) + ")</span> · stop " + (pos.stop + 1) + " of " + stops.length + " · arrived " +
-        time(s.arrived) + " · dwell <b>" + duration(s.dwell_s) + "</b>";
+      return '<span class="bg-replay-state at">' + esc(w("rp_at")) + "</span><b>" + name(s) + '</b> <span class="dim">(' +
+        esc(s.station_id) + ")</span> · " +
+        esc(w("rp_stop_of", { i: pos.stop + 1, n: stops.length, t: time(s.arrived), d: duration(s.dwell_s) }));
     }
     var leg = legs[pos.leg] || {}, a = stops[pos.leg], b = stops[pos.leg + 1];
-    var kmh = typeof leg.speed_kmh === "number" ? "<b>" + Math.round(leg.speed_kmh) + " km/h</b>" : "speed unknown";
-    return '<span class="bg-replay-state moving">Moving</span><b>' + name(a) + "</b> → <b>" + name(b) + "</b> · leg " +
-      (pos.leg + 1) + " of " + legs.length + " · " + metres(leg.distance_m || 0) + " in " +
-      duration(leg.duration_s || 0) + " · " + kmh + " heading " + esc(leg.heading || "–");
+    var kmh = typeof leg.speed_kmh === "number" ? Math.round(leg.speed_kmh) + " km/h" : w("rp_speed_unknown");
+    return '<span class="bg-replay-state moving">' + esc(w("rp_moving")) + "</span><b>" + name(a) + "</b> → <b>" +
+      name(b) + "</b> · " + esc(w("rp_leg_of", { i: pos.leg + 1, n: legs.length, dist: metres(leg.distance_m || 0),
+        d: duration(leg.duration_s || 0), speed: kmh, heading: leg.heading || "–" }));
   }
   function render() {
     var t = t0 + offset, pos = where(t);
@@ -224,13 +232,13 @@ function bikeguardReplay(map, options) {
     playing = true;
     lastFrame = null;
     bar.classList.add("playing");
-    $("bg-replay-play").setAttribute("aria-label", "Pause");
+    $("bg-replay-play").setAttribute("aria-label", w("rp_pause"));
     window.requestAnimationFrame(frame);
   }
   function pause() {
     playing = false;
     bar.classList.remove("playing");
-    $("bg-replay-play").setAttribute("aria-label", "Play");
+    $("bg-replay-play").setAttribute("aria-label", w("rp_play"));
   }
   function seek(ms) {
     offset = Math.min(span, Math.max(0, ms));
@@ -253,15 +261,15 @@ function bikeguardReplay(map, options) {
       return Object.assign({}, s, { arrived: Date.parse(s.arrived_at), left: Date.parse(s.left_at) });
     });
     legs = summary.legs || [];
-    if (!stops.length) { notice(o.title, o.empty || "No passages in this time window.", false, o); return; }
+    if (!stops.length) { notice(o.title, o.empty || w("rp_empty"), false, o); return; }
     configure(o);
     t0 = stops[0].arrived;
     span = Math.max(1000, Math.max.apply(null, stops.map(function (s) { return s.left; })) - t0);
     var km = legs.reduce(function (sum, leg) { return sum + (leg.distance_m || 0); }, 0);
     var sameDay = day(t0) === day(t0 + span);
     show(o.title, (sameDay ? time(t0) + "–" + time(t0 + span) : day(t0) + " " + time(t0) + " – " + day(t0 + span) +
-      " " + time(t0 + span)) + " · " + stops.length + " stop" +
-      (stops.length === 1 ? "" : "s") + " · " + metres(km));
+      " " + time(t0 + span)) + " · " + (stops.length === 1 ? w("rp_one_stop") : w("rp_stops", { n: stops.length })) +
+      " · " + metres(km));
     bar.classList.remove("bg-replay-notice", "bad");
     $("bg-replay-slider").max = String(Math.ceil(span / 1000));
     drawTicks();

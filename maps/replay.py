@@ -12,6 +12,7 @@ from branca.element import MacroElement
 from folium.template import Template
 
 from maps import markup
+from maps.words import words
 
 
 def source(name: str) -> str:
@@ -37,15 +38,16 @@ class Replay(MacroElement):
         {% macro header(this, kwargs) %}<style>{{ this.css }}</style>{% endmacro %}
         {% macro script(this, kwargs) %}
             {{ this.code }}
-            var {{ this.get_name() }} = bikeguardReplay({{ this.map_name }});
+            var {{ this.get_name() }} = bikeguardReplay({{ this.map_name }}, {{ this.setup }});
             {{ this.get_name() }}.load({{ this.summary }}, {{ this.options }});
         {% endmacro %}
         """
     )
 
-    def __init__(self, m: folium.Map, summary: Mapping[str, Any], title: str, **options: Any) -> None:
+    def __init__(self, m: folium.Map, summary: Mapping[str, Any], title: str, lang: str = "en", **options: Any) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # branca's MacroElement is untyped
         self._name = "Replay"
+        self.setup = markup.script_json({"words": words(lang), "lang": lang})
         self.css = style()
         self.code = script()
         self.map_name = m.get_name()

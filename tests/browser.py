@@ -9,7 +9,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -56,10 +56,22 @@ def console_errors(page: Page) -> list[str]:
 def raw_keys(page: Page) -> list[str]:
     """Translation keys shown as they are (`alarm_low_battery`) instead of their words: a missing translation."""
     from backend.web.translations import MESSAGES
+    from maps.words import WORDS
 
-    keys = {key for key in MESSAGES["en"] if "_" in key}
+    keys = {key for key in (*MESSAGES["en"], *WORDS["en"]) if "_" in key}
     words = set(re.findall(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+", page.inner_text("body")))
     return sorted(words & keys)
+
+
+def _pictures_after_fonts(page: Page) -> None:
+    """page.screenshot waits for the page's web fonts (the Chinese one is large): a picture shows words, not boxes."""
+    take = page.screenshot
+
+    def screenshot(**kwargs: Any) -> bytes:
+        page.evaluate("document.fonts.ready.then(() => true)")
+        return take(**kwargs)
+
+    page.screenshot = screenshot  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -81,6 +93,7 @@ def browser_page(width: int = 1400, height: int = 900) -> Iterator[Page]:
 
             page.on("console", on_console)
             page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+            _pictures_after_fonts(page)
             yield page
         finally:
             browser.close()

@@ -38,6 +38,7 @@ SERVER_WEB_MAP = {
     "fpdf2",
     "segno",
     "noto-cjk-sans-otc",
+    "fonttools",
     "amqtt",
 }
 EXTRAS = {
@@ -52,6 +53,7 @@ EXTRAS = {
         "fpdf2",
         "segno",
         "noto-cjk-sans-otc",
+        "fonttools",
         "argon2-cffi",
         "python-multipart",
     },

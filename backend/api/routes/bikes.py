@@ -163,6 +163,15 @@ async def search(
     return [await viewer.search_result(conn, registry, bike, case, text) for bike in found.values()]
 
 
+@router.get("/stolen", response_model=list[BikeSearchResult])
+async def stolen_bikes(
+    conn: Conn, registry: RegistryDep, settings: Settings, user: Annotated[User, allow("police", "admin")]
+) -> list[dict[str, Any]]:
+    """Police, admin: every bike reported stolen, latest report first, with where it was last seen since the theft
+    (a bike no station has heard yet has none); no owner data. Audited."""
+    return await viewer_of(user, settings).stolen_bikes(conn, registry)
+
+
 @router.get("/{bike_id}", response_model=BikePublic)
 async def get_bike(
     bike_id: BikeId,

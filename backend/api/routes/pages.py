@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Query, Request
@@ -25,6 +25,7 @@ from backend.api.middleware.headers import csp_nonce, with_nonce
 from backend.identity import mask_mobile, mask_name
 from backend.settings import BackendSettings
 from backend.web import LANG_COOKIE, choose_language, render
+from backend.web.fonts import FONT_URL, chinese_font
 from backend.web.translations import MESSAGES
 from maps.coverage import build_coverage_map
 from maps.live import build_live_map
@@ -48,16 +49,21 @@ def _lang(request: Request, lang: str | None) -> str:
 
 
 def _page(html: str, lang: str, status: int = 200) -> HTMLResponse:
-    response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    return _remember_language(HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"}), lang)
+
+
+R = TypeVar("R", bound=Response)
+
+
+def _remember_language(response: R, lang: str) -> R:
+    """The page's language kept in a cookie, so the next page (and the sign-in on the way) speaks it too."""
     response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="lax", path="/")
     return response
 
 
 def _redirect(url: str, lang: str) -> RedirectResponse:
     """To sign in (or change the password) first, in the language this page was asked in (`?lang=zh` on a link)."""
-    response = RedirectResponse(url, status_code=303)
-    response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="lax", path="/")
-    return response
+    return _remember_language(RedirectResponse(url, status_code=303), lang)
 
 
 def same_site_path(next_path: str) -> str:
@@ -73,9 +79,11 @@ def same_site_path(next_path: str) -> str:
     return "/home"
 
 
-def _map_page(request: Request, html: str) -> HTMLResponse:
-    """A folium map page (its scripts are inline), with this response's CSP nonce on them."""
-    return HTMLResponse(with_nonce(html, csp_nonce(request)), headers={"Cache-Control": "no-store"})
+def _map_page(request: Request, html: str, lang: str | None = None) -> HTMLResponse:
+    """A folium map page (its scripts are inline), with this response's CSP nonce on them (and the language
+    cookie, when the page is in a chosen language)."""
+    response = HTMLResponse(with_nonce(html, csp_nonce(request)), headers={"Cache-Control": "no-store"})
+    return response if lang is None else _remember_language(response, lang)
 
 
 def _gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: str) -> Response | None:
@@ -108,6 +116,13 @@ async def favicon() -> Response:
     return Response(_ICON, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
 
 
+@router.get(FONT_URL)
+async def chinese_font_file() -> Response:
+    """Anyone: the pages' Chinese web font (backend.web.fonts), for browsers without a Chinese font of their own."""
+    font = await asyncio.to_thread(chinese_font)
+    return Response(font, media_type="font/otf", headers={"Cache-Control": "public, max-age=604800"})
+
+
 @router.get("/", response_class=HTMLResponse)
 async def live_map(
     request: Request, conn: Conn, settings: Settings, user: OptionalUser, lang: str | None = None
@@ -122,11 +137,13 @@ async def live_map(
         await stations.roads_geojson(conn),
         jsonable_encoder(await stations.activity(conn, 10)),
         jsonable_encoder(await alarms.list_alarms(conn, scope=access.alarm_scope(user))),
+        stolen_url="/api/bikes/stolen",
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
         user_name=user.display_name or user.username,
+        lang=chosen,
     )
-    return _map_page(request, html)
+    return _map_page(request, html, chosen)
 
 
 @router.get("/login", response_class=HTMLResponse)

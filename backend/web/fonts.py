@@ -1,0 +1,28 @@
+"""The pages' Chinese web font: the Simplified Chinese face of the certificate's Noto Sans CJK, served by us.
+
+A police workstation, a counter PC or a headless browser may have no Chinese font: the pages would show boxes.
+The project already installs Noto Sans CJK (a font collection) for the certificate PDFs; its Simplified Chinese
+face, taken out of the collection as it is (no subsetting: a name typed at the counter may use any character), is
+one OpenType font browsers load by @font-face. Its unicode-range limits the download to pages that show Chinese,
+and system Chinese fonts come first in the pages' font stacks, so most browsers never fetch it.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import cache
+
+from fontTools.ttLib import TTFont
+
+from backend.certificates import FONT_FACE, font_path
+
+FONT_URL = "/assets/fonts/bikeguard-cjk-sc.otf"
+
+
+@cache
+def chinese_font() -> bytes:
+    """The Simplified Chinese face as a standalone OpenType font (about 16 MB; made once, in about a second)."""
+    font = TTFont(str(font_path()), fontNumber=FONT_FACE, lazy=True)  # tables are copied, not rebuilt
+    out = io.BytesIO()
+    font.save(out)
+    return out.getvalue()
