@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from backend.web.fonts import FONT_URL, chinese_font
+
 HOST = "127.0.0.1"
 ORIGIN_LAT, ORIGIN_LON = 30.2700, 120.1500
 STREET_STEP_DEG, AVENUE_STEP_DEG = 0.0040, 0.0050
@@ -245,6 +247,8 @@ class _MapHandler(BaseHTTPRequestHandler):
         elif ("GET", path) in self.map_server.api_replies:
             self.map_server.api_calls.append(("GET", self.path, None))
             self._reply(200, json.dumps(self.map_server.api_replies[("GET", path)]).encode(), "application/json")
+        elif path == FONT_URL:  # the header's 中文 asks for the Chinese web font, as the backend serves it
+            self._reply(200, chinese_font(), "font/otf")
         elif path.startswith("/assets/leaflet/"):
             target = (self.map_server.assets_dir / path.removeprefix("/assets/leaflet/")).resolve()
             if target.is_file() and target.is_relative_to(self.map_server.assets_dir):

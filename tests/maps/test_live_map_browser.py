@@ -68,7 +68,9 @@ def test_alarm_from_live_feed_appears_in_panel_with_its_trail(
         assert console_errors(page) == []
 
     assert "/api/stations/activity" in server.requests
-    assert not [p for p in server.requests if not p.startswith(("/assets/leaflet/", "/api/")) and p != "/"]
+    assert not [
+        p for p in server.requests if not p.startswith(("/assets/leaflet/", "/assets/fonts/", "/api/")) and p != "/"
+    ]
 
 
 def test_alarm_update_moves_the_marker_and_extends_the_trail_and_clearing_removes_it(
