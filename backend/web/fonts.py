@@ -3,8 +3,12 @@
 A police workstation, a counter PC or a headless browser may have no Chinese font: the pages would show boxes.
 The project already installs Noto Sans CJK (a font collection) for the certificate PDFs; its Simplified Chinese
 face, taken out of the collection as it is (no subsetting: a name typed at the counter may use any character), is
-one OpenType font browsers load by @font-face. Its unicode-range limits the download to pages that show Chinese,
-and system Chinese fonts come first in the pages' font stacks, so most browsers never fetch it.
+one OpenType font browsers load by @font-face ("Bikeguard CJK" in pages.css and live.css). Its unicode-range keeps
+it to Chinese, and its src names the usual system Chinese fonts first (local()), so a browser that has one (every
+phone, Windows, macOS) uses it and never downloads ours.
+
+The family comes first in every font stack: Chromium, shaping Chinese with a fallback font while ours loads, keeps
+that shaping (boxes) for the same words on the next page; a loading first family is never shaped with a fallback.
 """
 
 from __future__ import annotations

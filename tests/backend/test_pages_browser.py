@@ -340,3 +340,30 @@ def test_owner_changes_their_password_from_the_link_on_every_page(server: str, d
         assert raw_keys(page) == []
     with _api_as(server, slip["username"], "a newer secret 43") as owner:
         assert owner.get("/api/bikes").status_code == 200
+
+
+def _fonts_of(page, selector: str) -> set[str]:  # type: ignore[no-untyped-def]
+    """The fonts Chromium drew an element's text with (DevTools' "rendered fonts")."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+    return {f["familyName"] for f in cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]}
+
+
+def test_chinese_words_are_drawn_with_a_chinese_font_on_a_machine_that_has_none(server: str, database_url: str) -> None:
+    # This machine's Chromium has no Chinese font (CI installs none): every Chinese word must come from the font the
+    # backend serves, also the words the sign-in page drew while that font was still on its way.
+    font = httpx.get(f"{server}/assets/fonts/bikeguard-cjk-sc.otf")
+    assert font.status_code == 200 and font.headers["content-type"] == "font/otf" and len(font.content) > 10**6
+    clerk = _clerk(database_url)
+    with browser_page(1300, 500) as page:
+        page.goto(f"{server}/counter?lang=zh")
+        _sign_in(page, clerk, factories.PASSWORD)
+        page.wait_for_selector("#register-form")
+        page.evaluate("document.fonts.ready.then(() => true)")
+        for selector in (".bg-brand", ".bg-lang.current", ".bg-top h1", "legend"):
+            assert "Noto Sans CJK SC" in _fonts_of(page, selector), selector
+        page.screenshot(path=str(screenshot_path("counter-start-zh.png")))
+        assert console_errors(page) == []
