@@ -128,6 +128,19 @@ _EN: dict[str, str] = {
     "do_deregister": "Deregister the bike",
     "confirm_deregister": "Deregister this bike? Its plate is released and its chip retired for good.",
     "saved": "Saved.",
+    # counter: what a service did, the owner's new password, deregistered bikes, server messages (issue 12, item 7)
+    "done_transfer": "Transferred: bike {plate} now belongs to owner {owner}; new certificate No. {n}, {t}.",
+    "done_chip": "Chip replaced on bike {plate}: {old} retired, {chip} fitted, {t}. A new certificate was issued.",
+    "done_plate": "Plate changed: {old} → {plate}, {t}. A new certificate was issued.",
+    "done_deregister": "Deregistered ({status}): bike {plate}, frame {frame}, {t}. Plate released, chip retired.",
+    "reissue_password": "Owner forgot the password",
+    "reissue_hint": "Issues a new one-time password for the owner's account (the old one stops working)."
+    " Hand the slip to the owner only, after checking their ID card.",
+    "do_reissue": "Issue a new one-time password",
+    "confirm_reissue": "Issue a new one-time password for owner {owner}? Their current password stops working.",
+    "done_reissue": "New one-time password issued for owner {owner} (bike {plate}), {t}."
+    " The old password no longer works.",
+    "slip_title_reissued": "Owner login slip (new password)",
     # owner portal
     "portal_title": "My bikes",
     "no_bikes": "No bike is registered to you.",
@@ -377,6 +390,17 @@ _ZH: dict[str, str] = {
     "do_deregister": "注销车辆",
     "confirm_deregister": "确定注销此车？号牌将释放，芯片永久作废。",
     "saved": "已保存。",
+    # counter: what a service did, the owner's new password, deregistered bikes, server messages (issue 12, item 7)
+    "done_transfer": "过户完成：车辆 {plate} 现归车主 {owner}；新登记证编号 {n}，{t}。",
+    "done_chip": "芯片已更换：车辆 {plate}，旧芯片 {old} 作废，新芯片 {chip} 已安装，{t}。已签发新登记证。",
+    "done_plate": "号牌已更换：{old} → {plate}，{t}。已签发新登记证。",
+    "done_deregister": "已注销（{status}）：车辆 {plate}，车架号 {frame}，{t}。号牌已释放，芯片已作废。",
+    "reissue_password": "车主忘记密码",
+    "reissue_hint": "为车主账号签发新的一次性密码（旧密码随即失效）。请核对身份证后，仅交给车主本人。",
+    "do_reissue": "签发新的一次性密码",
+    "confirm_reissue": "为车主 {owner} 签发新的一次性密码？其现有密码将失效。",
+    "done_reissue": "已为车主 {owner}（车辆 {plate}）签发新的一次性密码，{t}。旧密码已失效。",
+    "slip_title_reissued": "车主登录凭条（新密码）",
     "portal_title": "我的车辆",
     "no_bikes": "您名下没有登记车辆。",
     "arm": "布防",

@@ -250,7 +250,9 @@ async def installer_coverage(
 
 
 @router.get("/counter", response_class=HTMLResponse)
-async def counter(request: Request, user: OptionalUser, settings: Settings, lang: str | None = None) -> Response:
+async def counter(
+    request: Request, user: OptionalUser, settings: Settings, base_url: PublicBaseUrl, lang: str | None = None
+) -> Response:
     """Clerk, admin: the registration counter."""
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("clerk", "admin"), chosen):
@@ -259,6 +261,7 @@ async def counter(request: Request, user: OptionalUser, settings: Settings, lang
         "plate_pattern": settings.plate_pattern,
         "plate_example": settings.plate_example,
         "max_bikes": settings.max_bikes_per_owner,
+        "login_url": f"{base_url.rstrip('/')}/login",  # printed on owners' slips, as certificates print /verify
     }
     return _page(render("counter.html", chosen, user=user, config=config), chosen)
 

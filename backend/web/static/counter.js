@@ -168,13 +168,39 @@
     $("done-pdf").href = "/bikes/" + d.bike.bike_id + "/certificate.pdf";
     showSlip(d.owner_login);
   }
+  /* Where owners sign in, as printed on slips: the registry's public address (public_base_url), not this counter's. */
+  var loginUrl = BG.config.login_url || window.location.origin + "/login";
   function showSlip(slip) {
     $("slip").hidden = !slip;
     if (slip) {
       $("slip-user").textContent = slip.username;
       $("slip-password").textContent = slip.initial_password;
-      $("slip-note").textContent = t("slip_note", { url: window.location.origin + "/login" });
+      $("slip-note").textContent = t("slip_note", { url: loginUrl });
     }
+  }
+  /* A login slip on a bike card (after a transfer or a new password), printed alone. */
+  function slipBox(login, heading) {
+    var box = document.createElement("div");
+    box.className = "bg-slip";
+    box.innerHTML = "<h3>" + esc(heading) + "</h3><dl><dt>" + esc(t("slip_user")) + "</dt><dd class='bg-mono bg-slip-user'>" +
+      esc(login.username) + "</dd><dt>" + esc(t("slip_password")) + "</dt><dd class='bg-mono bg-slip-password'>" +
+      esc(login.initial_password) + "</dd></dl><p class='bg-muted bg-slip-note'>" + esc(t("slip_note", { url: loginUrl })) +
+      "</p><button type='button' class='bg-button bg-no-print bg-slip-print'>" + esc(t("print_slip")) + "</button>";
+    box.querySelector(".bg-slip-print").addEventListener("click", function () { printOnly(box); });
+    return box;
+  }
+  /* Print one element of the page (the stylesheet hides the rest while body has bg-print-one), until the
+     print dialog closes (afterprint; window.print() does not wait for it everywhere). */
+  function unmarkPrint() {
+    document.body.classList.remove("bg-print-one");
+    document.querySelectorAll(".bg-print-this").forEach(function (x) { x.classList.remove("bg-print-this"); });
+  }
+  window.addEventListener("afterprint", unmarkPrint);
+  function printOnly(el) {
+    unmarkPrint();
+    document.body.classList.add("bg-print-one");
+    el.classList.add("bg-print-this");
+    window.print();
   }
   $("next-registration").addEventListener("click", function () {
     $("register-form").reset();
@@ -220,6 +246,7 @@
       "<header><span class='bg-plate'>" + esc(bike.plate) + "</span>" +
       (bike.stolen ? "<span class='bg-badge bad'>" + esc(t("stolen")) + "</span>" : "") +
       "<a class='bg-button' href='/bikes/" + bike.bike_id + "/certificate' target='_blank' rel='noopener'>" + esc(t("certificate")) + "</a></header>" +
+      "<p class='bg-done-note' role='status' hidden></p>" +
       "<dl class='bg-facts'>" +
       row(t("brand") + " / " + t("model") + " / " + t("colour"), [bike.brand, bike.model, bike.colour].filter(Boolean).join(" · ")) +
       row(t("frame"), bike.frame_number) + row(t("motor"), bike.motor_number) + row(t("chip"), bike.tag_id) +
@@ -238,6 +265,9 @@
       "<details><summary>" + esc(t("change_plate")) + "</summary><form data-op='plate' class='bg-op'>" +
       input("plate", t("new_plate")) + input("reason", t("reason")) +
       "<button class='bg-primary'>" + esc(t("do_change")) + "</button></form></details>" +
+      "<details><summary>" + esc(t("reissue_password")) + "</summary><div class='bg-op'><p class='bg-muted'>" +
+      esc(t("reissue_hint")) + "</p><button type='button' class='bg-primary' data-act='reissue'>" +
+      esc(t("do_reissue")) + "</button></div></details>" +
       "<details><summary>" + esc(t("deregister")) + "</summary><form data-op='deregister' class='bg-op'>" +
       "<label class='bg-field'><span>" + esc(t("reason")) + "</span><select name='status'><option value='scrapped'>" +
       esc(t("scrapped")) + "</option><option value='exported'>" + esc(t("exported")) + "</option></select></label>" +
@@ -249,6 +279,7 @@
     card.querySelectorAll("form.bg-op").forEach(function (form) {
       form.addEventListener("submit", function (ev) { ev.preventDefault(); operate(bike, form, card); });
     });
+    card.querySelector("[data-act=reissue]").addEventListener("click", function () { reissue(bike, card); });
     var newId = card.querySelector("[name=new_owner_id_number]");
     newId.addEventListener("input", function () {
       var c = BG.idCheck(newId.value);
@@ -306,11 +337,45 @@
       var bikeNow = r.data.bike || r.data;
       var fresh = bikeCard(bikeNow);
       card.replaceWith(fresh);
+      confirmDone(fresh, done(op, bike, bikeNow, r.data));
       if (r.data.owner_login) {
-        fresh.querySelector(".bg-slip-box").innerHTML = "<div class='bg-slip'><h3>" + esc(t("slip_title")) + "</h3><dl><dt>" +
-          esc(t("slip_user")) + "</dt><dd class='bg-mono'>" + esc(r.data.owner_login.username) + "</dd><dt>" +
-          esc(t("slip_password")) + "</dt><dd class='bg-mono'>" + esc(r.data.owner_login.initial_password) + "</dd></dl></div>";
+        fresh.querySelector(".bg-slip-box").appendChild(slipBox(r.data.owner_login, t("slip_title")));
       }
+    });
+  }
+  /* What was done, to which bike, when: the confirmation the clerk reads back to the owner. */
+  function done(op, before, after, answer) {
+    var now = BG.time(new Date().toISOString());
+    if (op === "transfer") {
+      var o = after.owner || {};
+      return t("done_transfer", { plate: after.plate, owner: "#" + o.owner_id + " " + (o.name_masked || ""),
+                                  n: answer.certificate.certificate_id, t: BG.time(answer.certificate.issued_at) });
+    }
+    if (op === "chip") { return t("done_chip", { plate: after.plate, old: before.tag_id || "—", chip: after.tag_id, t: now }); }
+    if (op === "plate") { return t("done_plate", { old: before.plate, plate: after.plate, t: now }); }
+    return t("done_deregister", { plate: before.plate, frame: after.frame_number,
+                                  status: after.status === "exported" ? t("exported") : t("scrapped"),
+                                  t: BG.time(after.deregistered_at) });
+  }
+  function confirmDone(card, text) {
+    var note = card.querySelector(".bg-done-note");
+    note.textContent = "✓ " + text;
+    note.hidden = false;
+  }
+  /* A forgotten password: a new one-time password for the bike's owner, on a slip to print. */
+  function reissue(bike, card) {
+    var o = bike.owner || {};
+    if (!window.confirm(t("confirm_reissue", { owner: "#" + o.owner_id + " " + (o.name_masked || "") }))) { return; }
+    var error = card.querySelector(".bg-error");
+    error.hidden = true;
+    BG.api("POST", "/api/owners/" + o.owner_id + "/login").then(function (r) {
+      if (!r.ok) { error.textContent = r.message; error.hidden = false; return; }
+      confirmDone(card, t("done_reissue", { owner: "#" + o.owner_id + " " + (o.name_masked || ""), plate: bike.plate,
+                                            t: BG.time(new Date().toISOString()) }));
+      var box = card.querySelector(".bg-slip-box");
+      box.innerHTML = "";
+      box.appendChild(slipBox(r.data, t("slip_title_reissued")));
+      box.scrollIntoView({ block: "nearest" });
     });
   }
 })();

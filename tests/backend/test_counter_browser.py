@@ -1,0 +1,132 @@
+"""The counter's bike services in headless Chromium, as a clerk uses them: what each service did, the owner's
+slips, deregistered bikes, the server's refusals in the page's language, the bike's photo. The pictures taken
+here are in docs/counter.md."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from backend.api.app import create_app
+from bikeguard.services import free_port
+from tests import factories
+from tests.backend.test_pages_browser import _api_as, _clerk, _sign_in
+from tests.browser import browser_page, console_errors, raw_keys, require_chromium, screenshot_path
+from tests.serving import served
+
+# Where the registry says owners sign in (BIKEGUARD_PUBLIC_BASE_URL): not the address the counter's browser uses.
+PUBLIC_BASE_URL = "https://bikes.example.gov"
+
+
+@pytest.fixture
+def counter_server(database_url: str) -> Iterator[str]:
+    """The backend (API and pages, no ingest) served by uvicorn, with a public address of its own."""
+    require_chromium()
+    port = free_port()
+    settings = factories.settings(database_url, http_port=port, public_base_url=PUBLIC_BASE_URL)
+    with served(create_app(settings, run_ingest=False), port) as url:
+        yield url
+
+
+def _open_services(page: Any, server: str, clerk: str, lang: str, find: str) -> None:
+    page.on("dialog", lambda dialog: dialog.accept())  # "Deregister this bike?", "Issue a new password?"
+    page.goto(f"{server}/counter?lang={lang}")
+    _sign_in(page, clerk, factories.PASSWORD)
+    page.click("[data-tab=services]")
+    _find(page, find)
+
+
+def _find(page: Any, text: str) -> None:
+    page.fill("#find", text)
+    page.click("#find-form button")
+    page.wait_for_selector(".bg-bike")
+
+
+def _op(page: Any, op: str, fields: dict[str, str]) -> None:
+    page.click(f".bg-bike details:has(form[data-op={op}]) summary")
+    for name, value in fields.items():
+        page.fill(f"form[data-op={op}] [name={name}]", value)
+    page.click(f"form[data-op={op}] button")
+
+
+def test_transfer_chip_replacement_and_deregistration_say_what_was_done(counter_server: str, database_url: str) -> None:
+    clerk = _clerk(database_url)
+    body = factories.registration(plate="HZ-50001", tag_id="5A5A0001")
+    with _api_as(counter_server, clerk) as api:
+        api.post("/api/bikes", json=body).raise_for_status()
+    new_owner = factories.owner_body(name="Li Na")
+    with browser_page(1400, 1100) as page:
+        _open_services(page, counter_server, clerk, "en", "HZ-50001")
+
+        page.click(".bg-bike details:has(form[data-op=transfer]) summary")
+        page.fill("form[data-op=transfer] [name=old_owner_id_number]", body["owner"]["id_number"])
+        page.fill("form[data-op=transfer] [name=new_owner_id_number]", new_owner["id_number"])
+        page.wait_for_selector("form[data-op=transfer] .bg-new-owner:not([hidden])")
+        for name in ("name", "mobile", "address"):
+            page.fill(f"form[data-op=transfer] [name={name}]", new_owner[name])
+        page.click("form[data-op=transfer] button")
+        page.wait_for_selector(".bg-done-note:not([hidden])")
+        note = page.inner_text(".bg-done-note")
+        assert note.startswith("✓ Transferred: bike HZ-50001 now belongs to owner #") and "L* N*" in note, note
+        assert "new certificate No." in note
+        slip = page.inner_text(".bg-slip-box .bg-slip")
+        assert "Owner login slip" in slip and page.inner_text(".bg-slip-user").startswith("bg-")
+        assert f"{PUBLIC_BASE_URL}/login" in page.inner_text(".bg-slip-note")
+        assert page.is_visible(".bg-slip-box button:has-text('Print slip')")
+        page.screenshot(path=str(screenshot_path("counter-transfer-done.png")))
+        page.click(".bg-slip-box button:has-text('Print slip')")  # the print dialog shows the slip alone
+        page.emulate_media(media="print")
+        page.screenshot(path=str(screenshot_path("counter-transfer-slip-print.png")))
+        assert page.is_visible(".bg-slip-password")
+        assert page.is_hidden("#find") and page.is_hidden(".bg-facts") and page.is_hidden(".bg-slip-print")
+        page.emulate_media(media="screen")
+
+        _op(page, "chip", {"tag_id": "5A5A0002", "reason": "chip damaged"})
+        page.wait_for_selector(".bg-done-note:has-text('Chip replaced')")
+        note = page.inner_text(".bg-done-note")
+        assert "bike HZ-50001: 5A5A0001 retired, 5A5A0002 fitted" in note, note
+
+        page.click(".bg-bike details:has(form[data-op=deregister]) summary")
+        page.select_option("form[data-op=deregister] [name=status]", "exported")
+        page.fill("form[data-op=deregister] [name=note]", "sold abroad")
+        page.click("form[data-op=deregister] button")
+        page.wait_for_selector(".bg-done-note:has-text('Deregistered')")
+        note = page.inner_text(".bg-done-note")
+        assert f"Deregistered (Exported): bike HZ-50001, frame {body['frame_number']}" in note, note
+        assert "Plate released, chip retired" in note
+        page.screenshot(path=str(screenshot_path("counter-deregistered.png")))
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
+
+
+def test_clerk_reissues_a_forgotten_password_on_a_printable_slip_in_chinese(
+    counter_server: str, database_url: str
+) -> None:
+    clerk = _clerk(database_url)
+    with _api_as(counter_server, clerk) as api:
+        done = api.post("/api/bikes", json=factories.registration(plate="HZ-50002")).json()
+    forgotten = done["owner_login"]
+    with browser_page(1400, 1100) as page:
+        _open_services(page, counter_server, clerk, "zh", "HZ-50002")
+        page.click(".bg-bike details:has([data-act=reissue]) summary")
+        assert "旧密码随即失效" in page.inner_text(".bg-bike")
+        page.click("[data-act=reissue]")
+        page.wait_for_selector(".bg-slip-box .bg-slip")
+        note = page.inner_text(".bg-done-note")
+        assert "已为车主 #" in note and "（车辆 HZ-50002）签发新的一次性密码" in note and "旧密码已失效" in note, note
+        slip = page.inner_text(".bg-slip-box .bg-slip")
+        assert "车主登录凭条（新密码）" in slip and f"{PUBLIC_BASE_URL}/login" in slip
+        assert page.inner_text(".bg-slip-user") == forgotten["username"]
+        password = page.inner_text(".bg-slip-password")
+        assert len(password) == 10 and password != forgotten["initial_password"]
+        assert page.is_visible(".bg-slip-box button:has-text('打印凭条')")
+        page.screenshot(path=str(screenshot_path("counter-password-zh.png")))
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
+    login = {"username": forgotten["username"], "password": password, "token_in_body": True}
+    assert httpx.post(f"{counter_server}/api/auth/login", json=login).status_code == 200
+    login["password"] = forgotten["initial_password"]
+    assert httpx.post(f"{counter_server}/api/auth/login", json=login).status_code == 401
