@@ -95,10 +95,13 @@ _BIKE_SELECT = """
            t.report_id IS NOT NULL AS stolen, t.stolen_at, t.place AS theft_place,
            t.circumstances AS theft_circumstances, t.police_report, t.reported_at AS theft_reported_at,
            coalesce((SELECT array_agg(p.photo_id ORDER BY p.photo_id) FROM bike_photos p
-                     WHERE p.bike_id = b.bike_id), '{}') AS photo_ids
+                     WHERE p.bike_id = b.bike_id), '{}') AS photo_ids, gone.former_plate
     FROM bikes b
     LEFT JOIN chips c ON c.bike_id = b.bike_id
     LEFT JOIN theft_reports t ON t.bike_id = b.bike_id AND t.recovered_at IS NULL
+    LEFT JOIN LATERAL (SELECT x.plate AS former_plate FROM bike_bindings x
+                       WHERE b.status <> 'active' AND x.bike_id = b.bike_id AND x.kind = 'plate'
+                       ORDER BY x.valid_from DESC LIMIT 1) gone ON true
 """
 
 
@@ -406,20 +409,38 @@ class Registry:
         tag_id: int | None = None,
         frame_number: str | None = None,
         owner_id: int | None = None,
+        include_deregistered: bool = False,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
-        """Active bikes matching every given criterion exactly."""
+        """Active bikes matching every given criterion exactly; with include_deregistered, deregistered ones too
+        (after the active), found by frame number or by a plate or chip they had (their plate is released and
+        their chip retired)."""
         if plate is not None:
             try:
                 plate = self.plate(plate)
             except InvalidValue:
                 return []
+        params = {
+            "plate": plate,
+            "tag": tag_id,
+            "frame": frame_number,
+            "owner": owner_id,
+            "all": include_deregistered,
+            "limit": limit,
+        }
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                _BIKE_SELECT + " WHERE b.status = 'active' AND (%s::text IS NULL OR b.plate = %s)"
-                " AND (%s::int8 IS NULL OR c.tag_id = %s) AND (%s::text IS NULL OR b.frame_number = %s)"
-                " AND (%s::int8 IS NULL OR b.owner_id = %s) ORDER BY b.bike_id LIMIT %s",
-                (plate, plate, tag_id, tag_id, frame_number, frame_number, owner_id, owner_id, limit),
+                _BIKE_SELECT + " WHERE (%(all)s OR b.status = 'active')"
+                " AND (%(plate)s::text IS NULL OR b.plate = %(plate)s OR (%(all)s AND b.status <> 'active'"
+                "      AND b.bike_id IN (SELECT x.bike_id FROM bike_bindings x"
+                "                        WHERE x.kind = 'plate' AND x.plate = %(plate)s)))"
+                " AND (%(tag)s::int8 IS NULL OR c.tag_id = %(tag)s OR (%(all)s AND b.status <> 'active'"
+                "      AND b.bike_id IN (SELECT x.bike_id FROM bike_bindings x"
+                "                        WHERE x.kind = 'chip' AND x.tag_id = %(tag)s)))"
+                " AND (%(frame)s::text IS NULL OR b.frame_number = %(frame)s)"
+                " AND (%(owner)s::int8 IS NULL OR b.owner_id = %(owner)s)"
+                " ORDER BY b.status <> 'active', b.bike_id LIMIT %(limit)s",
+                params,
             )
             return [_bike_out(r) for r in await cur.fetchall()]
 

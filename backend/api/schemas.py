@@ -542,6 +542,7 @@ class BikePublic(BaseModel):
     theft: TheftPublic | None
     registered_at: datetime
     deregistered_at: datetime | None
+    former_plate: str | None = Field(default=None, description="a deregistered bike's last plate (now released)")
     photo_ids: list[int]
     owner: OwnerSummary | None = None
 

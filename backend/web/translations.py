@@ -141,6 +141,11 @@ _EN: dict[str, str] = {
     "done_reissue": "New one-time password issued for owner {owner} (bike {plate}), {t}."
     " The old password no longer works.",
     "slip_title_reissued": "Owner login slip (new password)",
+    "deregistered_badge": "DEREGISTERED",
+    "deregistered_on": "{status} and deregistered on {t}: its plate {plate} was released and its chip retired."
+    " No service is possible; its history is kept.",
+    "chip_retired": "— (retired)",
+    "last_owner": "Last owner",
     # owner portal
     "portal_title": "My bikes",
     "no_bikes": "No bike is registered to you.",
@@ -401,6 +406,10 @@ _ZH: dict[str, str] = {
     "confirm_reissue": "为车主 {owner} 签发新的一次性密码？其现有密码将失效。",
     "done_reissue": "已为车主 {owner}（车辆 {plate}）签发新的一次性密码，{t}。旧密码已失效。",
     "slip_title_reissued": "车主登录凭条（新密码）",
+    "deregistered_badge": "已注销",
+    "deregistered_on": "已于 {t} 因{status}注销：原号牌 {plate} 已释放，芯片已作废。不能再办理业务，历史记录保留。",
+    "chip_retired": "—（已作废）",
+    "last_owner": "最后车主",
     "portal_title": "我的车辆",
     "no_bikes": "您名下没有登记车辆。",
     "arm": "布防",

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from backend.api.app import create_app
@@ -130,3 +131,60 @@ def test_clerk_reissues_a_forgotten_password_on_a_printable_slip_in_chinese(
     assert httpx.post(f"{counter_server}/api/auth/login", json=login).status_code == 200
     login["password"] = forgotten["initial_password"]
     assert httpx.post(f"{counter_server}/api/auth/login", json=login).status_code == 401
+
+
+def test_a_deregistered_bike_is_found_again_says_so_and_offers_only_its_history(
+    counter_server: str, database_url: str
+) -> None:
+    clerk = _clerk(database_url)
+    with psycopg.connect(database_url) as conn:
+        police = factories.account(conn, "police", "officer.li")
+    body = factories.registration(plate="HZ-50003", tag_id="5A5A0003")
+    with _api_as(counter_server, clerk) as api:
+        done = api.post("/api/bikes", json=body).json()
+        bike_id = done["bike"]["bike_id"]
+        deregistration = {"status": "scrapped", "note": "frame cracked"}
+        assert api.post(f"/api/bikes/{bike_id}/deregister", json=deregistration).status_code == 200
+        # Found again at the counter (by frame number, its last plate or its retired chip), marked deregistered...
+        for query in ({"frame_number": body["frame_number"]}, {"plate": "HZ-50003"}, {"tag_id": "5A5A0003"}):
+            found = api.get("/api/bikes", params=query).json()
+            assert [(b["bike_id"], b["status"], b["former_plate"]) for b in found] == [
+                (bike_id, "scrapped", "HZ-50003")
+            ], query
+        # ...and still beyond every service.
+        transfer = {"new_owner": factories.owner_body(), "old_owner_id_number": body["owner"]["id_number"]}
+        assert api.post(f"/api/bikes/{bike_id}/transfer", json=transfer).status_code == 404
+        assert api.post(f"/api/bikes/{bike_id}/chip", json={"tag_id": "5A5A0004"}).status_code == 404
+        assert api.post(f"/api/bikes/{bike_id}/theft", json={}).status_code == 404
+    with _api_as(counter_server, police) as officer:  # police search active bikes, as before
+        assert officer.get("/api/bikes/search", params={"q": body["frame_number"]}).json() == []
+        assert officer.get("/api/bikes", params={"frame_number": body["frame_number"]}).json() == []
+    slip = done["owner_login"]
+    with _api_as(counter_server, slip["username"], slip["initial_password"]) as owner:
+        owner.post(
+            "/api/auth/password",
+            json={"current_password": slip["initial_password"], "new_password": "my own secret 42"},
+        )
+    with _api_as(counter_server, slip["username"], "my own secret 42") as owner:
+        assert owner.get("/api/bikes").json() == []
+        assert owner.post(f"/api/bikes/{bike_id}/arm", json={"armed": True}).status_code == 404
+
+    for lang, words in (
+        ("en", ("DEREGISTERED", "Scrapped and deregistered on", "No service is possible")),
+        ("zh", ("已注销", "因报废注销", "原号牌 HZ-50003 已释放")),
+    ):
+        with browser_page(1400, 900) as page:
+            _open_services(page, counter_server, clerk, lang, body["frame_number"].lower())
+            card = page.inner_text(".bg-bike")
+            assert all(w in card for w in words), card
+            assert page.inner_text(".bg-plate.released") == "HZ-50003"
+            assert page.query_selector(".bg-bike form") is None  # no transfer, chip, plate or deregistration
+            assert page.query_selector(".bg-bike [data-act=reissue]") is None
+            page.wait_for_selector(".bg-history-table table")
+            history = page.inner_text(".bg-history-table")
+            assert "5A5A0003" in history and "HZ-50003" in history and "frame cracked" in history
+            page.screenshot(path=str(screenshot_path(f"counter-deregistered-history-{lang}.png")))
+            _find(page, "HZ-50003")  # by the plate it had
+            page.wait_for_selector(".bg-bike.gone")
+            assert console_errors(page) == []
+            assert raw_keys(page) == []

@@ -99,7 +99,8 @@ async def list_bikes(
     tag_id: str | None = Query(None, pattern=TAG_ID_ANY_CASE_PATTERN),
     frame_number: str | None = Query(None, max_length=40),
 ) -> list[dict[str, Any]]:
-    """Owner: their bikes. Clerk, admin, police: bikes matching a plate, chip or frame number (one is needed)."""
+    """Owner: their bikes. Clerk, admin, police: bikes matching a plate, chip or frame number (one is needed);
+    clerks and admins find deregistered bikes too (status says so), by frame number or a plate or chip they had."""
     viewer = viewer_of(user)
     if viewer.bike_owner is not None:
         found = await registry.find_bikes(conn, owner_id=viewer.bike_owner)
@@ -111,6 +112,7 @@ async def list_bikes(
             plate=plate,
             tag_id=parse_tag(tag_id) if tag_id else None,
             frame_number=frame_number.strip().upper() if frame_number else None,
+            include_deregistered=viewer.finds_deregistered,
         )
     return await viewer.with_owners(conn, registry, found)
 

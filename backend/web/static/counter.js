@@ -238,22 +238,22 @@
     return "<label class='bg-field'><span>" + esc(label) + "</span><input name='" + name + "' " + (attrs || "") +
       "><small class='bg-msg'></small></label>";
   }
-  function bikeCard(bike) {
-    var card = document.createElement("article");
-    card.className = "bg-card bg-bike" + (bike.stolen ? " stolen" : "");
-    var o = bike.owner || {};
-    card.innerHTML =
-      "<header><span class='bg-plate'>" + esc(bike.plate) + "</span>" +
-      (bike.stolen ? "<span class='bg-badge bad'>" + esc(t("stolen")) + "</span>" : "") +
-      "<a class='bg-button' href='/bikes/" + bike.bike_id + "/certificate' target='_blank' rel='noopener'>" + esc(t("certificate")) + "</a></header>" +
-      "<p class='bg-done-note' role='status' hidden></p>" +
-      "<dl class='bg-facts'>" +
-      row(t("brand") + " / " + t("model") + " / " + t("colour"), [bike.brand, bike.model, bike.colour].filter(Boolean).join(" · ")) +
-      row(t("frame"), bike.frame_number) + row(t("motor"), bike.motor_number) + row(t("chip"), bike.tag_id) +
-      row(t("owner"), (o.name_masked || "") + " · " + (o.id_number_masked || "") + " · " + (o.mobile_masked || "")) +
-      row(t("registered"), BG.time(bike.registered_at)) + "</dl>" +
-      "<details class='bg-history'><summary>" + esc(t("history")) + "</summary><div class='bg-history-table'></div></details>" +
-      "<details><summary>" + esc(t("transfer")) + "</summary><form data-op='transfer' class='bg-op'>" +
+  /* A deregistered bike keeps only its history: it says so (when, why) where the plate was, and offers no service. */
+  function cardHead(bike) {
+    if (bike.status === "active") {
+      return "<header><span class='bg-plate'>" + esc(bike.plate) + "</span>" +
+        (bike.stolen ? "<span class='bg-badge bad'>" + esc(t("stolen")) + "</span>" : "") +
+        "<a class='bg-button' href='/bikes/" + bike.bike_id + "/certificate' target='_blank' rel='noopener'>" +
+        esc(t("certificate")) + "</a></header>";
+    }
+    return "<header><span class='bg-badge gone'>" + esc(t("deregistered_badge")) + "</span>" +
+      (bike.former_plate ? "<span class='bg-plate released'>" + esc(bike.former_plate) + "</span>" : "") + "</header>" +
+      "<p class='bg-banner gone'>" + esc(t("deregistered_on", {
+        status: bike.status === "exported" ? t("exported") : t("scrapped"), t: BG.time(bike.deregistered_at),
+        plate: bike.former_plate || "—" })) + "</p>";
+  }
+  function services() {
+    return "<details><summary>" + esc(t("transfer")) + "</summary><form data-op='transfer' class='bg-op'>" +
       input("consent_code", t("consent_code"), "spellcheck='false' class='bg-mono'") +
       input("old_owner_id_number", t("old_owner_id"), "maxlength='20'") +
       input("new_owner_id_number", t("new_owner_id"), "maxlength='20'") +
@@ -271,11 +271,29 @@
       "<details><summary>" + esc(t("deregister")) + "</summary><form data-op='deregister' class='bg-op'>" +
       "<label class='bg-field'><span>" + esc(t("reason")) + "</span><select name='status'><option value='scrapped'>" +
       esc(t("scrapped")) + "</option><option value='exported'>" + esc(t("exported")) + "</option></select></label>" +
-      input("note", t("note")) + "<button class='bg-danger'>" + esc(t("do_deregister")) + "</button></form></details>" +
+      input("note", t("note")) + "<button class='bg-danger'>" + esc(t("do_deregister")) + "</button></form></details>";
+  }
+  function bikeCard(bike) {
+    var card = document.createElement("article");
+    var active = bike.status === "active";
+    card.className = "bg-card bg-bike" + (bike.stolen ? " stolen" : "") + (active ? "" : " gone");
+    var o = bike.owner || {};
+    card.innerHTML = cardHead(bike) +
+      "<p class='bg-done-note' role='status' hidden></p>" +
+      "<dl class='bg-facts'>" +
+      row(t("brand") + " / " + t("model") + " / " + t("colour"), [bike.brand, bike.model, bike.colour].filter(Boolean).join(" · ")) +
+      row(t("frame"), bike.frame_number) + row(t("motor"), bike.motor_number) +
+      row(t("chip"), active ? bike.tag_id : t("chip_retired")) +
+      row(active ? t("owner") : t("last_owner"), (o.name_masked || "") + " · " + (o.id_number_masked || "") + " · " + (o.mobile_masked || "")) +
+      row(t("registered"), BG.time(bike.registered_at)) + "</dl>" +
+      "<details class='bg-history'><summary>" + esc(t("history")) +
+      "</summary><div class='bg-history-table'></div></details>" + (active ? services() : "") +
       "<p class='bg-error' role='alert' hidden></p><div class='bg-slip-box'></div>";
-    card.querySelector(".bg-history").addEventListener("toggle", function (ev) {
-      if (ev.target.open) { loadHistory(bike.bike_id, card.querySelector(".bg-history-table")); }
+    var history = card.querySelector(".bg-history");
+    history.addEventListener("toggle", function () {
+      if (history.open) { loadHistory(bike.bike_id, card.querySelector(".bg-history-table")); }
     });
+    if (!active) { history.open = true; return card; }  // its history is what the clerk came for (toggle loads it)
     card.querySelectorAll("form.bg-op").forEach(function (form) {
       form.addEventListener("submit", function (ev) { ev.preventDefault(); operate(bike, form, card); });
     });
