@@ -557,6 +557,15 @@ class LastSeenPublic(BaseModel):
     seen_at: datetime
 
 
+class Refusal(BaseModel):
+    """Why a value is refused, as an error's body says it: the message (English), its stable code and the values in
+    it, for a page that words it in its own language."""
+
+    detail: str
+    code: str | None
+    params: dict[str, str | int]
+
+
 class BikeSearchResult(BaseModel):
     """A bike found by plate, frame number or chip, where it was last seen, and its owner only with a case."""
 

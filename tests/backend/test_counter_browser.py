@@ -14,7 +14,7 @@ import pytest
 from backend.api.app import create_app
 from bikeguard.services import free_port
 from tests import factories
-from tests.backend.test_pages_browser import _api_as, _clerk, _sign_in
+from tests.backend.test_pages_browser import _api_as, _clerk, _message, _sign_in
 from tests.browser import browser_page, console_errors, raw_keys, require_chromium, screenshot_path
 from tests.serving import served
 
@@ -188,3 +188,46 @@ def test_a_deregistered_bike_is_found_again_says_so_and_offers_only_its_history(
             page.wait_for_selector(".bg-bike.gone")
             assert console_errors(page) == []
             assert raw_keys(page) == []
+
+
+def test_the_chinese_counter_says_the_servers_refusals_in_chinese(counter_server: str, database_url: str) -> None:
+    clerk = _clerk(database_url)
+    with _api_as(counter_server, clerk) as api:
+        taken = api.post("/api/bikes", json=factories.registration(plate="HZ-50004", tag_id="5A5A0005")).json()
+        other = api.post("/api/bikes", json=factories.registration(plate="HZ-50005")).json()
+    with browser_page(1400, 1000) as page:
+        page.goto(f"{counter_server}/counter?lang=zh")
+        _sign_in(page, clerk, factories.PASSWORD)
+        page.wait_for_selector("#register-form")
+        page.type("#plate", "HZ-50004")
+        page.wait_for_selector("[data-for=plate].bad:has-text('号牌')")
+        bike_id = taken["bike"]["bike_id"]
+        assert _message(page, "plate") == f"号牌 HZ-50004 已登记在另一辆车上（#{bike_id}）。"
+        page.type("#tag_id", "5a5a0005")
+        page.wait_for_selector("[data-for=tag_id].bad:has-text('芯片')")
+        assert _message(page, "tag_id") == "芯片 5A5A0005 已安装在车辆 HZ-50004 上。"
+        page.screenshot(path=str(screenshot_path("counter-refusals-zh.png")))
+
+        page.click("[data-tab=services]")
+        _find(page, "HZ-50005")
+        _op(page, "chip", {"tag_id": "5A5A0005"})  # a chip fitted to another bike, refused by the server
+        page.wait_for_selector(".bg-bike .bg-error:not([hidden])")
+        assert page.inner_text(".bg-bike .bg-error") == "芯片 5A5A0005 已安装在车辆 HZ-50004 上。"
+        page.click(".bg-bike details:has(form[data-op=transfer]) summary")
+        new_owner = factories.owner_body()
+        page.fill("form[data-op=transfer] [name=new_owner_id_number]", new_owner["id_number"])
+        page.wait_for_selector("form[data-op=transfer] .bg-new-owner:not([hidden])")
+        for name in ("name", "mobile", "address"):
+            page.fill(f"form[data-op=transfer] [name={name}]", new_owner[name])
+        page.click("form[data-op=transfer] button")  # without the current owner's consent
+        page.wait_for_selector(".bg-bike .bg-error:has-text('同意')")
+        assert page.inner_text(".bg-bike .bg-error").startswith("须经原车主同意")
+        assert other["bike"]["tag_id"] in page.inner_text(".bg-facts")  # nothing changed
+        url = f"{counter_server}/api/bikes/{other['bike']['bike_id']}"
+        refused = "console: Failed to load resource: the server responded with a status of"
+        # Chromium logs each refused request; those two are the refusals this test asks for, and nothing else.
+        assert console_errors(page) == [
+            f"{refused} 409 (Conflict) ({url}/chip)",
+            f"{refused} 403 (Forbidden) ({url}/transfer)",
+        ]
+        assert raw_keys(page) == []

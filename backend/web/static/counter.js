@@ -16,6 +16,18 @@
     });
   });
 
+  /* The server's refusal in the page's language: worded here by its code (backend.registry.ERROR_CODES) with its
+     params, else the server's own (English) text. `refusal` is an error body or an availability entry. */
+  function said(refusal, fallback) {
+    var d = refusal || {};
+    if (d.code) {
+      var words = t("err_" + d.code, d.params || {});
+      if (words !== "err_" + d.code) { return words; }
+    }
+    return fallback || d.detail || "";
+  }
+  function failed(r) { return said(r.data, r.message); }
+
   function set(id, s, msg) { state[id] = s; BG.mark(id, s === "partial" || s === "empty" || s === "checking" ? "info" : s, msg); }
 
   /* ---- owner ---- */
@@ -46,7 +58,7 @@
     set("id_number", "checking", t("checking"));
     BG.api("POST", "/api/owners/lookup", { id_number: c.value }).then(function (r) {
       if (seq !== lookupSeq) { return; }
-      if (!r.ok) { set("id_number", "bad", r.message); return; }
+      if (!r.ok) { set("id_number", "bad", failed(r)); return; }
       if (r.data.owner) { showOwner(r.data.owner); return; }
       owner = { mode: "new", id: null, atLimit: false };
       $("owner-new").hidden = false;
@@ -76,8 +88,8 @@
     var seq = seqs[id];
     BG.api("GET", "/api/bikes/availability?" + encodeURIComponent(id) + "=" + encodeURIComponent(value)).then(function (r) {
       if (seq !== seqs[id]) { return; }   // the clerk typed on meanwhile
-      if (!r.ok) { set(id, "bad", r.message); return; }
-      set(id, r.data[id] ? "bad" : "ok", r.data[id] || t("available"));
+      if (!r.ok) { set(id, "bad", failed(r)); return; }
+      set(id, r.data[id] ? "bad" : "ok", r.data[id] ? said(r.data[id]) : t("available"));
     });
   }
   Object.keys(checks).forEach(function (id) {
@@ -145,8 +157,8 @@
         submit.disabled = false;
         submit.textContent = t("register");
         var field = fieldOf(r);
-        if (field && $(field)) { set(field, "bad", r.message); $(field).focus(); }
-        error.textContent = r.message;
+        if (field && $(field)) { set(field, "bad", failed(r)); $(field).focus(); }
+        error.textContent = failed(r);
         error.hidden = false;
         return null;
       }
@@ -228,7 +240,7 @@
     ev.preventDefault();
     $("find-error").hidden = true;
     BG.api("GET", "/api/bikes?" + query($("find").value)).then(function (r) {
-      if (!r.ok) { $("find-error").textContent = r.message; $("find-error").hidden = false; return; }
+      if (!r.ok) { $("find-error").textContent = failed(r); $("find-error").hidden = false; return; }
       $("found").innerHTML = r.data.length ? "" : "<p class='bg-muted'>" + esc(t("no_match")) + "</p>";
       r.data.forEach(function (bike) { $("found").appendChild(bikeCard(bike)); });
     });
@@ -308,7 +320,7 @@
       delete newId.dataset.ownerId;
       if (c.state !== "ok") { return; }
       BG.api("POST", "/api/owners/lookup", { id_number: c.value }).then(function (r) {
-        if (!r.ok) { note.textContent = r.message; return; }
+        if (!r.ok) { note.textContent = failed(r); return; }
         if (r.data.owner) { newId.dataset.ownerId = r.data.owner.owner_id; note.textContent = t("owner_found") + ": " + r.data.owner.name; }
         else { card.querySelector(".bg-new-owner").hidden = false; note.textContent = t("owner_new"); }
       });
@@ -317,7 +329,7 @@
   }
   function loadHistory(bikeId, box) {
     BG.api("GET", "/api/bikes/" + bikeId + "/history").then(function (r) {
-      if (!r.ok) { box.textContent = r.message; return; }
+      if (!r.ok) { box.textContent = failed(r); return; }
       box.innerHTML = "<table><thead><tr><th></th><th></th><th>" + esc(t("h_from")) + "</th><th>" + esc(t("h_to")) +
         "</th><th>" + esc(t("h_by")) + "</th><th>" + esc(t("h_reason")) + "</th></tr></thead><tbody>" +
         r.data.map(function (h) {
@@ -351,7 +363,7 @@
     var error = card.querySelector(".bg-error");
     error.hidden = true;
     BG.api("POST", url, b).then(function (r) {
-      if (!r.ok) { error.textContent = r.message; error.hidden = false; return; }
+      if (!r.ok) { error.textContent = failed(r); error.hidden = false; return; }
       var bikeNow = r.data.bike || r.data;
       var fresh = bikeCard(bikeNow);
       card.replaceWith(fresh);
@@ -387,7 +399,7 @@
     var error = card.querySelector(".bg-error");
     error.hidden = true;
     BG.api("POST", "/api/owners/" + o.owner_id + "/login").then(function (r) {
-      if (!r.ok) { error.textContent = r.message; error.hidden = false; return; }
+      if (!r.ok) { error.textContent = failed(r); error.hidden = false; return; }
       confirmDone(card, t("done_reissue", { owner: "#" + o.owner_id + " " + (o.name_masked || ""), plate: bike.plate,
                                             t: BG.time(new Date().toISOString()) }));
       var box = card.querySelector(".bg-slip-box");
