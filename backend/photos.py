@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -16,6 +17,11 @@ from backend.registry import InvalidValue
 # What the counter's camera produces, with room to spare; far fewer pixels than a decompression bomb.
 MAX_PIXELS = 40_000_000
 _FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
+
+
+def latest_url(bike: dict[str, Any]) -> str | None:
+    """Where the bike's latest photo is served (GET /api/bikes/{id}/photos/{photo id}, under its access rules)."""
+    return f"/api/bikes/{bike['bike_id']}/photos/{bike['photo_ids'][-1]}" if bike["photo_ids"] else None
 
 
 def reencode(data: bytes) -> tuple[str, bytes]:

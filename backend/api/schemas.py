@@ -572,6 +572,7 @@ class BikeSearchResult(BaseModel):
     bike: BikePublic
     last_seen: LastSeenPublic | None
     owner: OwnerPublic | None = None
+    photo_url: str | None = Field(default=None, description="the bike's latest photo, to recognise it in the street")
 
 
 class CertificatePublic(BaseModel):

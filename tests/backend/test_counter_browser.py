@@ -4,12 +4,14 @@ here are in docs/counter.md."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from PIL import Image, ImageDraw
 
 from backend.api.app import create_app
 from bikeguard.services import free_port
@@ -230,4 +232,48 @@ def test_the_chinese_counter_says_the_servers_refusals_in_chinese(counter_server
             f"{refused} 409 (Conflict) ({url}/chip)",
             f"{refused} 403 (Forbidden) ({url}/transfer)",
         ]
+        assert raw_keys(page) == []
+
+
+def _bike_photo() -> bytes:
+    """A small JPEG: a blue bike's two wheels and frame on grey."""
+    image = Image.new("RGB", (360, 240), (226, 232, 240))
+    draw = ImageDraw.Draw(image)
+    for x in (90, 270):
+        draw.ellipse((x - 60, 110, x + 60, 230), outline=(15, 23, 42), width=10)
+    draw.line((90, 170, 170, 90, 270, 170, 180, 170, 90, 170), fill=(29, 78, 216), width=12)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def test_the_bikes_photo_is_on_its_card_its_certificate_and_in_the_police_search(
+    counter_server: str, database_url: str
+) -> None:
+    clerk = _clerk(database_url)
+    with psycopg.connect(database_url) as conn:
+        police = factories.account(conn, "police", "officer.li")
+    with _api_as(counter_server, clerk) as api:
+        bike = api.post("/api/bikes", json=factories.registration(plate="HZ-50006")).json()["bike"]
+        files = {"photo": ("bike.jpg", _bike_photo(), "image/jpeg")}
+        photo_id = api.post(f"/api/bikes/{bike['bike_id']}/photos", files=files).json()["photo_id"]
+        pdf = api.get(f"/bikes/{bike['bike_id']}/certificate.pdf?lang=zh").content
+    photo_url = f"/api/bikes/{bike['bike_id']}/photos/{photo_id}"
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Subtype /Image") == 2  # the QR code and the photo
+    with _api_as(counter_server, police) as officer:
+        [found] = officer.get("/api/bikes/search", params={"q": "HZ-50006"}).json()
+        assert found["photo_url"] == photo_url
+        assert officer.get(photo_url).headers["content-type"] == "image/jpeg"
+    with browser_page(1400, 900) as page:
+        _open_services(page, counter_server, clerk, "zh", "HZ-50006")
+        img = page.locator(".bg-bike img.bg-bike-photo")
+        assert img.get_attribute("src") == photo_url
+        assert img.evaluate("img => img.complete && img.naturalWidth") == 360
+        page.screenshot(path=str(screenshot_path("counter-photo-zh.png")))
+        page.goto(f"{counter_server}/bikes/{bike['bike_id']}/certificate?lang=en")
+        photo = page.locator("#certificate img.bg-cert-photo")
+        assert photo.get_attribute("src") == photo_url
+        assert photo.evaluate("img => img.complete && img.naturalWidth") == 360
+        page.screenshot(path=str(screenshot_path("certificate-photo.png")), full_page=True)
+        assert console_errors(page) == []
         assert raw_keys(page) == []

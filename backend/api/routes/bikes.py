@@ -165,7 +165,10 @@ async def search(
             for bike in await registry.find_bikes(conn, **criteria):
                 found.setdefault(bike["bike_id"], bike)
     viewer = viewer_of(user, settings)
-    return [await viewer.search_result(conn, registry, bike, case, text) for bike in found.values()]
+    return [
+        {**await viewer.search_result(conn, registry, bike, case, text), "photo_url": photos.latest_url(bike)}
+        for bike in found.values()
+    ]
 
 
 @router.get("/{bike_id}", response_model=BikePublic)

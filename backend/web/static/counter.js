@@ -290,8 +290,11 @@
     var active = bike.status === "active";
     card.className = "bg-card bg-bike" + (bike.stolen ? " stolen" : "") + (active ? "" : " gone");
     var o = bike.owner || {};
+    var photoId = (bike.photo_ids || []).slice(-1)[0];
     card.innerHTML = cardHead(bike) +
       "<p class='bg-done-note' role='status' hidden></p>" +
+      (photoId ? "<img class='bg-bike-photo' src='/api/bikes/" + bike.bike_id + "/photos/" + photoId + "' alt='" +
+        esc(t("photo")) + "'>" : "") +
       "<dl class='bg-facts'>" +
       row(t("brand") + " / " + t("model") + " / " + t("colour"), [bike.brand, bike.model, bike.colour].filter(Boolean).join(" · ")) +
       row(t("frame"), bike.frame_number) + row(t("motor"), bike.motor_number) +
