@@ -34,6 +34,11 @@ def counter_server(database_url: str) -> Iterator[str]:
         yield url
 
 
+def _officer(database_url: str) -> str:
+    with psycopg.connect(database_url) as conn:
+        return factories.account(conn, "police", "officer.li")
+
+
 def _open_services(page: Any, server: str, clerk: str, lang: str, find: str) -> None:
     page.on("dialog", lambda dialog: dialog.accept())  # "Deregister this bike?", "Issue a new password?"
     page.goto(f"{server}/counter?lang={lang}")
@@ -138,9 +143,7 @@ def test_clerk_reissues_a_forgotten_password_on_a_printable_slip_in_chinese(
 def test_a_deregistered_bike_is_found_again_says_so_and_offers_only_its_history(
     counter_server: str, database_url: str
 ) -> None:
-    clerk = _clerk(database_url)
-    with psycopg.connect(database_url) as conn:
-        police = factories.account(conn, "police", "officer.li")
+    clerk, police = _clerk(database_url), _officer(database_url)
     body = factories.registration(plate="HZ-50003", tag_id="5A5A0003")
     with _api_as(counter_server, clerk) as api:
         done = api.post("/api/bikes", json=body).json()
@@ -250,9 +253,7 @@ def _bike_photo() -> bytes:
 def test_the_bikes_photo_is_on_its_card_its_certificate_and_in_the_police_search(
     counter_server: str, database_url: str
 ) -> None:
-    clerk = _clerk(database_url)
-    with psycopg.connect(database_url) as conn:
-        police = factories.account(conn, "police", "officer.li")
+    clerk, police = _clerk(database_url), _officer(database_url)
     with _api_as(counter_server, clerk) as api:
         bike = api.post("/api/bikes", json=factories.registration(plate="HZ-50006")).json()["bike"]
         files = {"photo": ("bike.jpg", _bike_photo(), "image/jpeg")}
