@@ -32,9 +32,14 @@ def reencode(data: bytes) -> tuple[str, bytes]:
             with Image.open(io.BytesIO(data)) as image:
                 kind = image.format or ""
                 if kind not in _FORMATS:
-                    raise InvalidValue("a photo must be a JPEG or PNG image", "photo")
+                    raise InvalidValue("a photo must be a JPEG or PNG image", "photo", "photo_not_image")
                 if image.width * image.height > MAX_PIXELS:
-                    raise InvalidValue(f"a photo may have at most {MAX_PIXELS} pixels", "photo")
+                    raise InvalidValue(
+                        f"a photo may have at most {MAX_PIXELS} pixels",
+                        "photo",
+                        "photo_too_many_pixels",
+                        {"n": MAX_PIXELS},
+                    )
                 image.load()
                 out = io.BytesIO()
                 if kind == "JPEG":
@@ -49,5 +54,5 @@ def reencode(data: bytes) -> tuple[str, bytes]:
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as exc:
-        raise InvalidValue("a photo must be a JPEG or PNG image that can be read", "photo") from exc
+        raise InvalidValue("a photo must be a JPEG or PNG image that can be read", "photo", "photo_not_image") from exc
     return _FORMATS[kind], out.getvalue()

@@ -49,6 +49,8 @@ ErrorCode = Literal[
     "bike_not_active",
     "photo_limit",
     "photo_too_big",
+    "photo_too_many_pixels",
+    "photo_not_image",
 ]
 ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
 

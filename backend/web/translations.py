@@ -146,6 +146,7 @@ _EN: dict[str, str] = {
     " No service is possible; its history is kept.",
     "chip_retired": "— (retired)",
     "last_owner": "Last owner",
+    "photo_refused": "The bike is registered, but its photo was not kept: {why}",
     # the server's words for the same refusals (backend.registry), so the English page reads as the API does
     "err_plate_invalid": "plate does not match the local pattern (like {example})",
     "err_plate_taken": "plate {plate} is already registered to another bike (#{bike_id})",
@@ -168,6 +169,8 @@ _EN: dict[str, str] = {
     "err_bike_not_active": "this bike is deregistered: no service is possible",
     "err_photo_limit": "a bike has at most {n} photos",
     "err_photo_too_big": "a photo may have at most {n} bytes",
+    "err_photo_too_many_pixels": "a photo may have at most {n} pixels",
+    "err_photo_not_image": "a photo must be a JPEG or PNG image that can be read",
     # owner portal
     "portal_title": "My bikes",
     "no_bikes": "No bike is registered to you.",
@@ -432,6 +435,7 @@ _ZH: dict[str, str] = {
     "deregistered_on": "已于 {t} 因{status}注销：原号牌 {plate} 已释放，芯片已作废。不能再办理业务，历史记录保留。",
     "chip_retired": "—（已作废）",
     "last_owner": "最后车主",
+    "photo_refused": "车辆已登记，但照片未保存：{why}",
     "err_plate_invalid": "号牌不符合本地格式（例如 {example}）。",
     "err_plate_taken": "号牌 {plate} 已登记在另一辆车上（#{bike_id}）。",
     "err_frame_taken": "车架号 {value} 已登记在车辆 {plate} 上。",
@@ -452,6 +456,8 @@ _ZH: dict[str, str] = {
     "err_bike_not_active": "该车已注销，不能再办理业务。",
     "err_photo_limit": "每辆车最多 {n} 张照片。",
     "err_photo_too_big": "照片不得超过 {n} 字节。",
+    "err_photo_too_many_pixels": "照片不得超过 {n} 像素。",
+    "err_photo_not_image": "照片须为可读取的 JPEG 或 PNG 图片。",
     "portal_title": "我的车辆",
     "no_bikes": "您名下没有登记车辆。",
     "arm": "布防",

@@ -282,3 +282,44 @@ def test_the_bikes_photo_is_on_its_card_its_certificate_and_in_the_police_search
         page.screenshot(path=str(screenshot_path("certificate-photo.png")), full_page=True)
         assert console_errors(page) == []
         assert raw_keys(page) == []
+
+
+def _fill_registration(page: Any, body: dict[str, Any], photo: bytes) -> None:
+    """The registration form filled as a clerk does, each field checked (and free) before the next."""
+    page.fill("#id_number", body["owner"]["id_number"])
+    page.wait_for_selector("#owner-new:not([hidden])")
+    for field in ("name", "mobile", "address"):
+        page.fill(f"#{field}", body["owner"][field])
+    for field in ("plate", "frame_number", "motor_number", "tag_id"):
+        page.fill(f"#{field}", body[field])
+        page.wait_for_selector(f".bg-msg.ok[data-for={field}]")
+    page.set_input_files("#photo", {"name": "bike.jpg", "mimeType": "image/jpeg", "buffer": photo})
+
+
+def test_a_photo_taken_at_registration_is_on_the_card_and_a_refused_one_is_said(
+    counter_server: str, database_url: str
+) -> None:
+    clerk = _clerk(database_url)
+    with browser_page(1400, 1000) as page:
+        page.goto(f"{counter_server}/counter?lang=zh")
+        _sign_in(page, clerk, factories.PASSWORD)
+        page.wait_for_selector("#register-form")
+        _fill_registration(page, factories.registration(plate="HZ-50007"), b"a page, not a photo")
+        page.click("#register-submit")
+        page.wait_for_selector("#done-photo-error:not([hidden])")
+        assert page.inner_text("#done-photo-error") == "车辆已登记，但照片未保存：照片须为可读取的 JPEG 或 PNG 图片。"
+        assert page.inner_text("#done-plate") == "HZ-50007"
+        # Chromium logs the refused upload; it is the only error.
+        [refused] = console_errors(page)
+        assert "status of 422" in refused and refused.endswith("/photos)"), refused
+        assert raw_keys(page) == []
+
+        page.click("#next-registration")
+        _fill_registration(page, factories.registration(plate="HZ-50008"), _bike_photo())
+        page.click("#register-submit")
+        page.wait_for_selector("#register-done:not([hidden])")
+        assert page.is_hidden("#done-photo-error")
+        page.click("[data-tab=services]")
+        _find(page, "HZ-50008")
+        assert page.locator(".bg-bike img.bg-bike-photo").evaluate("img => img.complete && img.naturalWidth") == 360
+        assert len(console_errors(page)) == 1

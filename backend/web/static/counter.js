@@ -166,7 +166,9 @@
       if (!photo) { return r.data; }
       var form = new FormData();
       form.append("photo", photo);
-      return BG.api("POST", "/api/bikes/" + r.data.bike.bike_id + "/photos", form).then(function () { return r.data; });
+      return BG.api("POST", "/api/bikes/" + r.data.bike.bike_id + "/photos", form).then(function (p) {
+        return p.ok ? r.data : Object.assign({ photoRefused: failed(p) }, r.data);
+      });
     }).then(function (done) {
       if (done) { showDone(done); }
     });
@@ -178,6 +180,8 @@
     $("done-certificate").textContent = t("done_certificate", { n: d.certificate.certificate_id });
     $("done-print").href = "/bikes/" + d.bike.bike_id + "/certificate";
     $("done-pdf").href = "/bikes/" + d.bike.bike_id + "/certificate.pdf";
+    $("done-photo-error").hidden = !d.photoRefused;
+    $("done-photo-error").textContent = d.photoRefused ? t("photo_refused", { why: d.photoRefused }) : "";
     showSlip(d.owner_login);
   }
   /* Where owners sign in, as printed on slips: the registry's public address (public_base_url), not this counter's. */
