@@ -31,6 +31,8 @@ from protocol.messages import format_tag, parse_tag
 _CASE_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.-]{3,39}")
 # Those who see a bike's owner (masked) with the bike: the owner themself and the counter.
 _SEE_OWNER_WITH_BIKE: frozenset[Role] = frozenset({"owner", "clerk", "admin"})
+# Those who find deregistered bikes too (to read their history); for everyone else a bike off the registry is gone.
+_FIND_DEREGISTERED: frozenset[Role] = frozenset({"clerk", "admin"})
 # Police must give a case number to see a person; the counter (clerks, admins) works with owners anyway.
 _CASE_FOR_PERSON: frozenset[Role] = frozenset({"police"})
 _DEFAULT_THEFT_LOOKBACK = timedelta(seconds=BackendSettings.model_fields["police_theft_lookback_s"].default)
@@ -178,6 +180,11 @@ class Viewer:
     def bike_owner(self) -> int | None:
         """The owner whose bikes alone this viewer may see (a filter for registry queries); None: any bike."""
         return (self.user.owner_id or 0) if self.user.role == "owner" else None
+
+    @property
+    def finds_deregistered(self) -> bool:
+        """Whether this viewer's bike searches find deregistered bikes too (the counter reads their history)."""
+        return self.user.role in _FIND_DEREGISTERED
 
     async def check_bike(self, conn: psycopg.AsyncConnection[Any], registry: Registry, bike_id: int) -> dict[str, Any]:
         """The bike if this viewer may see it; another owner's is NotFound, exactly as one that does not exist."""

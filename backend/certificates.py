@@ -175,8 +175,9 @@ def font_path() -> Path:
     return path
 
 
-def render_pdf(view: dict[str, Any], labels: dict[str, str], url: str) -> bytes:
-    """A one-page A5 PDF of the certificate: title, fields (already masked) and the QR code.
+def render_pdf(view: dict[str, Any], labels: dict[str, str], url: str, photo: bytes | None = None) -> bytes:
+    """A one-page A5 PDF of the certificate: title, fields (already masked), the QR code and the bike's photo (a JPEG
+    or PNG as backend.photos keeps it) under it.
 
     Raises GlyphMissing when the font cannot show a character of the text (fpdf2 would only log a warning).
     """
@@ -228,6 +229,8 @@ def render_pdf(view: dict[str, Any], labels: dict[str, str], url: str) -> bytes:
     pdf.set_font(family, size=8)
     pdf.set_xy(146, 80)
     pdf.multi_cell(56, 4, text(labels["scan"]), align="C")
+    if photo is not None:
+        pdf.image(io.BytesIO(photo), x=150, y=94, w=48, h=30, keep_aspect_ratio=True)  # above the footer (y 128)
     pdf.set_xy(12, 128)
     pdf.set_font(family, size=7)
     pdf.set_text_color(90, 90, 90)

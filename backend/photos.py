@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -18,6 +19,11 @@ MAX_PIXELS = 40_000_000
 _FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
 
 
+def latest_url(bike: dict[str, Any]) -> str | None:
+    """Where the bike's latest photo is served (GET /api/bikes/{id}/photos/{photo id}, under its access rules)."""
+    return f"/api/bikes/{bike['bike_id']}/photos/{bike['photo_ids'][-1]}" if bike["photo_ids"] else None
+
+
 def reencode(data: bytes) -> tuple[str, bytes]:
     """(content type, re-encoded bytes) of a JPEG or PNG upload; InvalidValue (field "photo") for anything else."""
     try:
@@ -26,9 +32,14 @@ def reencode(data: bytes) -> tuple[str, bytes]:
             with Image.open(io.BytesIO(data)) as image:
                 kind = image.format or ""
                 if kind not in _FORMATS:
-                    raise InvalidValue("a photo must be a JPEG or PNG image", "photo")
+                    raise InvalidValue("a photo must be a JPEG or PNG image", "photo", "photo_not_image")
                 if image.width * image.height > MAX_PIXELS:
-                    raise InvalidValue(f"a photo may have at most {MAX_PIXELS} pixels", "photo")
+                    raise InvalidValue(
+                        f"a photo may have at most {MAX_PIXELS} pixels",
+                        "photo",
+                        "photo_too_many_pixels",
+                        {"n": MAX_PIXELS},
+                    )
                 image.load()
                 out = io.BytesIO()
                 if kind == "JPEG":
@@ -43,5 +54,5 @@ def reencode(data: bytes) -> tuple[str, bytes]:
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as exc:
-        raise InvalidValue("a photo must be a JPEG or PNG image that can be read", "photo") from exc
+        raise InvalidValue("a photo must be a JPEG or PNG image that can be read", "photo", "photo_not_image") from exc
     return _FORMATS[kind], out.getvalue()

@@ -12,7 +12,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import psycopg
 from psycopg.rows import dict_row
@@ -26,13 +26,50 @@ from protocol.messages import format_tag, parse_tag, utcnow
 
 Field = Literal["plate", "tag_id", "frame_number", "motor_number", "id_number", "owner", "bike"]
 
+# The refusals the counter shows, each with a stable code: the API says them in English, and a page in another
+# language words them itself from the code and the error's params (the values its words need).
+ErrorCode = Literal[
+    "plate_invalid",
+    "plate_taken",
+    "frame_taken",
+    "motor_taken",
+    "chip_fitted",
+    "chip_retired",
+    "taken",
+    "owner_exists",
+    "limit_reached",
+    "lookup_throttled",
+    "consent_needed",
+    "consent_code_wrong",
+    "consent_id_wrong",
+    "same_owner",
+    "same_chip",
+    "same_plate",
+    "bike_stolen",
+    "bike_not_active",
+    "photo_limit",
+    "photo_too_big",
+    "photo_too_many_pixels",
+    "photo_not_image",
+]
+ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
+
 
 class RegistryError(Exception):
-    """Base of registry errors; `field` names the input the message is about, when there is one."""
+    """Base of registry errors; `field` names the input the message is about, when there is one; `code` says which
+    refusal it is (ERROR_CODES) and `params` the values in its message."""
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        field: str | None = None,
+        code: ErrorCode | None = None,
+        params: dict[str, str | int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.field = field
+        self.code = code
+        self.params = params or {}
 
 
 class NotFound(RegistryError):
@@ -59,7 +96,7 @@ class LookupThrottled(RegistryError):
     """An account made as many owner look-ups as an hour allows; carries how long to wait."""
 
     def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message, "id_number")
+        super().__init__(message, "id_number", "lookup_throttled", {"minutes": max(1, round(retry_after_s / 60))})
         self.retry_after_s = retry_after_s
 
 
@@ -95,10 +132,13 @@ _BIKE_SELECT = """
            t.report_id IS NOT NULL AS stolen, t.stolen_at, t.place AS theft_place,
            t.circumstances AS theft_circumstances, t.police_report, t.reported_at AS theft_reported_at,
            coalesce((SELECT array_agg(p.photo_id ORDER BY p.photo_id) FROM bike_photos p
-                     WHERE p.bike_id = b.bike_id), '{}') AS photo_ids
+                     WHERE p.bike_id = b.bike_id), '{}') AS photo_ids, gone.former_plate
     FROM bikes b
     LEFT JOIN chips c ON c.bike_id = b.bike_id
     LEFT JOIN theft_reports t ON t.bike_id = b.bike_id AND t.recovered_at IS NULL
+    LEFT JOIN LATERAL (SELECT x.plate AS former_plate FROM bike_bindings x
+                       WHERE b.status <> 'active' AND x.bike_id = b.bike_id AND x.kind = 'plate'
+                       ORDER BY x.valid_from DESC LIMIT 1) gone ON true
 """
 
 
@@ -157,12 +197,12 @@ class Registry:
         try:
             return normalise_plate(value, self.settings.plate_pattern, self.settings.plate_example)
         except IdentityError as exc:
-            raise InvalidValue(str(exc), "plate") from None
+            raise InvalidValue(str(exc), "plate", "plate_invalid", {"example": self.settings.plate_example}) from None
 
     async def _holder(
         self, conn: psycopg.AsyncConnection[Any], field: str, value: Any, except_bike: int | None = None
-    ) -> str | None:
-        """A message naming what already holds a plate, chip, frame or motor number, or None if it is free."""
+    ) -> Conflict | None:
+        """The refusal naming what already holds a plate, chip, frame or motor number, or None if it is free."""
         if field == "tag_id":
             cur = await conn.execute(
                 "SELECT c.retired_at, b.plate, b.bike_id FROM chips c LEFT JOIN bikes b ON b.bike_id = c.bike_id"
@@ -173,10 +213,21 @@ class Registry:
             if row is None:
                 return None
             retired_at, plate, bike_id = row
+            chip = format_tag(value)
             if retired_at is not None:
-                return f"chip {format_tag(value)} was retired on {retired_at:%Y-%m-%d} and cannot be fitted again"
+                return Conflict(
+                    f"chip {chip} was retired on {retired_at:%Y-%m-%d} and cannot be fitted again",
+                    field,
+                    "chip_retired",
+                    {"tag_id": chip, "date": f"{retired_at:%Y-%m-%d}"},
+                )
             if bike_id is not None and bike_id != except_bike:
-                return f"chip {format_tag(value)} is already fitted to bike {plate}"
+                return Conflict(
+                    f"chip {chip} is already fitted to bike {plate}",
+                    field,
+                    "chip_fitted",
+                    {"tag_id": chip, "plate": plate},
+                )
             return None
         column = {"plate": "plate", "frame_number": "frame_number", "motor_number": "motor_number"}[field]
         cur = await conn.execute(
@@ -187,29 +238,40 @@ class Registry:
         row = await cur.fetchone()
         if row is None:
             return None
-        label = {"plate": "plate", "frame_number": "frame number", "motor_number": "motor number"}[field]
         if field == "plate":
-            return f"plate {value} is already registered to another bike (#{row[0]})"
-        return f"{label} {value} is already registered to bike {row[1]}"
+            return Conflict(
+                f"plate {value} is already registered to another bike (#{row[0]})",
+                field,
+                "plate_taken",
+                {"plate": value, "bike_id": row[0]},
+            )
+        serials: dict[str, tuple[str, ErrorCode]] = {
+            "frame_number": ("frame number", "frame_taken"),
+            "motor_number": ("motor number", "motor_taken"),
+        }
+        label, code = serials[field]
+        return Conflict(
+            f"{label} {value} is already registered to bike {row[1]}", field, code, {"value": value, "plate": row[1]}
+        )
 
-    async def availability(self, conn: psycopg.AsyncConnection[Any], values: dict[str, Any]) -> dict[str, str]:
+    async def availability(self, conn: psycopg.AsyncConnection[Any], values: dict[str, Any]) -> dict[str, Conflict]:
         """For each given field (plate, tag_id, frame_number, motor_number), what holds it; free fields omitted."""
-        out: dict[str, str] = {}
+        out: dict[str, Conflict] = {}
         for field, value in values.items():
             if value is None:
                 continue
-            message = await self._holder(conn, field, value)
-            if message:
-                out[field] = message
+            refusal = await self._holder(conn, field, value)
+            if refusal:
+                out[field] = refusal
         return out
 
     async def _refuse_taken(
         self, conn: psycopg.AsyncConnection[Any], values: dict[str, Any], except_bike: int | None = None
     ) -> None:
         for field, value in values.items():
-            message = await self._holder(conn, field, value, except_bike)
-            if message:
-                raise Conflict(message, field)
+            refusal = await self._holder(conn, field, value, except_bike)
+            if refusal:
+                raise refusal
 
     async def _explain(
         self, conn: psycopg.AsyncConnection[Any], exc: psycopg.errors.UniqueViolation, values: dict[str, Any]
@@ -224,8 +286,13 @@ class Registry:
             ("id_number", "id_number"),
         ):
             if marker in name and field in values:
-                message = await self._holder(conn, field, values[field]) if field != "id_number" else None
-                return Conflict(message or f"{field.replace('_', ' ')} is already registered", field)
+                if field == "id_number":
+                    return Conflict(
+                        "an owner with this resident ID number is already registered", field, "owner_exists"
+                    )
+                return await self._holder(conn, field, values[field]) or Conflict(
+                    f"{field.replace('_', ' ')} is already registered", field, "taken", {"value": str(values[field])}
+                )
         return Conflict("the registry refused the change: a one-to-one rule would be broken")
 
     # ---- owners ----
@@ -268,6 +335,7 @@ class Registry:
                 f"an owner with this resident ID number is already registered (owner #{existing}):"
                 " use the existing record",
                 "id_number",
+                "owner_exists",
             )
         try:
             async with conn.transaction():
@@ -285,7 +353,9 @@ class Registry:
                 )
                 return int((await cur.fetchone())[0])  # type: ignore[index]
         except psycopg.errors.UniqueViolation as exc:
-            raise Conflict("an owner with this resident ID number is already registered", "id_number") from exc
+            raise Conflict(
+                "an owner with this resident ID number is already registered", "id_number", "owner_exists"
+            ) from exc
 
     def masked_id_number(self, blob: bytes | None) -> str | None:
         """The masked resident ID number from its encrypted form."""
@@ -339,6 +409,8 @@ class Registry:
                 f"this owner already holds {len(plates)} active bike{'s' if len(plates) != 1 else ''}"
                 f" ({', '.join(plates)}); the limit is {limit} per person",
                 "owner",
+                "limit_reached",
+                {"n": len(plates), "plates": ", ".join(plates), "limit": limit},
             )
 
     # ---- bikes ----
@@ -379,8 +451,8 @@ class Registry:
             (tag_id, bike_id),
         )
         if await cur.fetchone() is None:
-            raise Conflict(
-                await self._holder(conn, "tag_id", tag_id) or f"chip {format_tag(tag_id)} is taken", "tag_id"
+            raise await self._holder(conn, "tag_id", tag_id) or Conflict(
+                f"chip {format_tag(tag_id)} is taken", "tag_id", "taken", {"value": format_tag(tag_id)}
             )
 
     async def get_bike(
@@ -406,20 +478,38 @@ class Registry:
         tag_id: int | None = None,
         frame_number: str | None = None,
         owner_id: int | None = None,
+        include_deregistered: bool = False,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
-        """Active bikes matching every given criterion exactly."""
+        """Active bikes matching every given criterion exactly; with include_deregistered, deregistered ones too
+        (after the active), found by frame number or by a plate or chip they had (their plate is released and
+        their chip retired)."""
         if plate is not None:
             try:
                 plate = self.plate(plate)
             except InvalidValue:
                 return []
+        params = {
+            "plate": plate,
+            "tag": tag_id,
+            "frame": frame_number,
+            "owner": owner_id,
+            "all": include_deregistered,
+            "limit": limit,
+        }
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                _BIKE_SELECT + " WHERE b.status = 'active' AND (%s::text IS NULL OR b.plate = %s)"
-                " AND (%s::int8 IS NULL OR c.tag_id = %s) AND (%s::text IS NULL OR b.frame_number = %s)"
-                " AND (%s::int8 IS NULL OR b.owner_id = %s) ORDER BY b.bike_id LIMIT %s",
-                (plate, plate, tag_id, tag_id, frame_number, frame_number, owner_id, owner_id, limit),
+                _BIKE_SELECT + " WHERE (%(all)s OR b.status = 'active')"
+                " AND (%(plate)s::text IS NULL OR b.plate = %(plate)s OR (%(all)s AND b.status <> 'active'"
+                "      AND b.bike_id IN (SELECT x.bike_id FROM bike_bindings x"
+                "                        WHERE x.kind = 'plate' AND x.plate = %(plate)s)))"
+                " AND (%(tag)s::int8 IS NULL OR c.tag_id = %(tag)s OR (%(all)s AND b.status <> 'active'"
+                "      AND b.bike_id IN (SELECT x.bike_id FROM bike_bindings x"
+                "                        WHERE x.kind = 'chip' AND x.tag_id = %(tag)s)))"
+                " AND (%(frame)s::text IS NULL OR b.frame_number = %(frame)s)"
+                " AND (%(owner)s::int8 IS NULL OR b.owner_id = %(owner)s)"
+                " ORDER BY b.status <> 'active', b.bike_id LIMIT %(limit)s",
+                params,
             )
             return [_bike_out(r) for r in await cur.fetchall()]
 
@@ -439,10 +529,15 @@ class Registry:
         """Lock an active bike for a life-cycle change; refuse a stolen one unless allowed."""
         cur = await conn.execute("SELECT 1 FROM bikes WHERE bike_id = %s AND status = 'active' FOR UPDATE", (bike_id,))
         if await cur.fetchone() is None:
-            raise NotFound(f"no active bike {bike_id}", "bike")
+            raise NotFound(f"no active bike {bike_id}", "bike", "bike_not_active", {"bike_id": bike_id})
         bike = await self.get_bike(conn, bike_id)
         if bike["stolen"] and not allow_stolen:
-            raise Conflict(f"bike {bike['plate']} is reported stolen: mark it recovered first", "bike")
+            raise Conflict(
+                f"bike {bike['plate']} is reported stolen: mark it recovered first",
+                "bike",
+                "bike_stolen",
+                {"plate": bike["plate"]},
+            )
         return bike
 
     async def history(self, conn: psycopg.AsyncConnection[Any], bike_id: int) -> list[dict[str, Any]]:
@@ -485,7 +580,7 @@ class Registry:
             bike = await self._active_bike(conn, bike_id)
             old_owner = int(bike["owner_id"])
             if new_owner_id == old_owner:
-                raise Conflict("the bike already belongs to this owner", "owner")
+                raise Conflict("the bike already belongs to this owner", "owner", "same_owner")
             await self._check_consent(conn, bike_id, old_owner, consent_code, old_owner_id_number)
             await self._lock_owner_within_limit(conn, new_owner_id)
             await conn.execute(
@@ -504,7 +599,9 @@ class Registry:
             row = await cur.fetchone()
             if row and row[0] is not None and secrets.compare_digest(bytes(row[0]), self.vault.lookup_hash(id_number)):
                 return
-            raise ConsentRequired("the resident ID number given is not the current owner's", "old_owner_id_number")
+            raise ConsentRequired(
+                "the resident ID number given is not the current owner's", "old_owner_id_number", "consent_id_wrong"
+            )
         if code:
             cur = await conn.execute(
                 "SELECT 1 FROM transfer_consents WHERE code_hash = %s AND bike_id = %s AND owner_id = %s"
@@ -513,11 +610,12 @@ class Registry:
             )
             if await cur.fetchone():
                 return
-            raise ConsentRequired("the consent code is wrong, used or expired", "consent_code")
+            raise ConsentRequired("the consent code is wrong, used or expired", "consent_code", "consent_code_wrong")
         raise ConsentRequired(
             "the current owner must consent: a consent code from the owner portal, or the owner's resident ID"
             " number checked at the counter",
             "consent_code",
+            "consent_needed",
         )
 
     async def consent_to_transfer(
@@ -542,7 +640,12 @@ class Registry:
                 await _act_as(conn, actor, reason or "chip replacement")
                 bike = await self._active_bike(conn, bike_id)
                 if bike["tag_id"] is not None and parse_tag(bike["tag_id"]) == tag_id:
-                    raise Conflict(f"chip {format_tag(tag_id)} is already this bike's chip", "tag_id")
+                    raise Conflict(
+                        f"chip {format_tag(tag_id)} is already this bike's chip",
+                        "tag_id",
+                        "same_chip",
+                        {"tag_id": format_tag(tag_id)},
+                    )
                 await self._refuse_taken(conn, {"tag_id": tag_id})
                 await conn.execute(
                     "UPDATE chips SET bike_id = NULL, retired_at = now(), retired_reason = %s WHERE bike_id = %s",
@@ -563,7 +666,9 @@ class Registry:
                 await _act_as(conn, actor, reason or "plate change")
                 bike = await self._active_bike(conn, bike_id)
                 if bike["plate"] == plate:
-                    raise Conflict(f"plate {plate} is already this bike's plate", "plate")
+                    raise Conflict(
+                        f"plate {plate} is already this bike's plate", "plate", "same_plate", {"plate": plate}
+                    )
                 await self._refuse_taken(conn, {"plate": plate})
                 await conn.execute("UPDATE bikes SET plate = %s WHERE bike_id = %s", (plate, bike_id))
                 await certificates.issue(conn, bike_id, actor)
@@ -655,7 +760,12 @@ class Registry:
         await self.get_bike(conn, bike_id, active_only=True)
         cur = await conn.execute("SELECT count(*) FROM bike_photos WHERE bike_id = %s", (bike_id,))
         if int((await cur.fetchone())[0]) >= self.settings.photos_per_bike:  # type: ignore[index]
-            raise Conflict(f"a bike has at most {self.settings.photos_per_bike} photos", "photo")
+            raise Conflict(
+                f"a bike has at most {self.settings.photos_per_bike} photos",
+                "photo",
+                "photo_limit",
+                {"n": self.settings.photos_per_bike},
+            )
         cur = await conn.execute(
             "INSERT INTO bike_photos (bike_id, content_type, data, uploaded_by) VALUES (%s, %s, %s, %s)"
             " RETURNING photo_id",

@@ -39,7 +39,8 @@ from maps.assets import LEAFLET_DIR
 
 log = logging.getLogger(__name__)
 
-# Domain errors and the HTTP status each becomes; the body is {"detail": message[, "field": input]}.
+# Domain errors and the HTTP status each becomes; the body is {"detail": message[, "field": input][, "code": stable
+# name, "params": the values in the message]} (backend.registry.ERROR_CODES).
 _ERRORS: dict[type[Exception], int] = {
     registry.NotFound: 404,
     registry.Conflict: 409,
@@ -191,6 +192,9 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
             body = {"detail": f"a value could not be stored: {exc.diag.message_primary or 'invalid data'}"}
         if getattr(exc, "field", None):
             body["field"] = exc.field  # type: ignore[attr-defined]
+        if getattr(exc, "code", None):  # a stable name for the refusal, for pages that word it in their language
+            body["code"] = exc.code  # type: ignore[attr-defined]
+            body["params"] = exc.params  # type: ignore[attr-defined]
         headers = {}
         if isinstance(exc, (accounts.LoginThrottled, registry.LookupThrottled)):
             headers["Retry-After"] = str(exc.retry_after_s)

@@ -542,6 +542,7 @@ class BikePublic(BaseModel):
     theft: TheftPublic | None
     registered_at: datetime
     deregistered_at: datetime | None
+    former_plate: str | None = Field(default=None, description="a deregistered bike's last plate (now released)")
     photo_ids: list[int]
     owner: OwnerSummary | None = None
 
@@ -556,12 +557,22 @@ class LastSeenPublic(BaseModel):
     seen_at: datetime
 
 
+class Refusal(BaseModel):
+    """Why a value is refused, as an error's body says it: the message (English), its stable code and the values in
+    it, for a page that words it in its own language."""
+
+    detail: str
+    code: str | None
+    params: dict[str, str | int]
+
+
 class BikeSearchResult(BaseModel):
     """A bike found by plate, frame number or chip, where it was last seen, and its owner only with a case."""
 
     bike: BikePublic
     last_seen: LastSeenPublic | None
     owner: OwnerPublic | None = None
+    photo_url: str | None = Field(default=None, description="the bike's latest photo, to recognise it in the street")
 
 
 class CertificatePublic(BaseModel):

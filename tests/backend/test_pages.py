@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from backend.alarms.kinds import AlarmKind, Audience
+from backend.registry import ERROR_CODES
 from backend.stations import LIFECYCLE
 from backend.web import choose_language
 from backend.web.translations import MESSAGES
@@ -65,6 +66,7 @@ _WEB = Path(__file__).resolve().parents[2] / "backend" / "web"
 # Keys the scripts build from a value: the prefix and every value it can take, from where the domain defines them.
 _BUILT_KEYS: dict[str, tuple[str, ...]] = {
     "alarm_": tuple(k.value for k in AlarmKind if Audience.OWNER in k.audience),  # the owner portal's alerts
+    "err_": ERROR_CODES,  # counter.js words the registry's refusals by their code
     "h_": ("owner", "plate", "chip", "theft"),  # bike_bindings.kind (migration 0004) and the theft reports
     "lc_": LIFECYCLE,
     "st_": ("running", "unfinished", "passed", "failed"),  # installer.js runState: the run's result or its progress

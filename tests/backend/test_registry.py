@@ -34,7 +34,12 @@ def test_chip_already_fitted_is_refused_naming_the_bike_that_holds_it(staff: Sta
     again = staff.clerk.post("/api/bikes", json=factories.registration(tag_id=first["bike"]["tag_id"]))
     assert again.status_code == 409
     tag, plate = first["bike"]["tag_id"], first["bike"]["plate"]
-    assert again.json() == {"detail": f"chip {tag} is already fitted to bike {plate}", "field": "tag_id"}
+    assert again.json() == {
+        "detail": f"chip {tag} is already fitted to bike {plate}",
+        "field": "tag_id",
+        "code": "chip_fitted",
+        "params": {"tag_id": tag, "plate": plate},
+    }
 
 
 def test_plate_frame_and_motor_numbers_already_registered_are_refused(staff: Staff) -> None:
@@ -97,9 +102,31 @@ def test_availability_names_what_holds_each_value_while_the_clerk_types(staff: S
     )
     assert r.status_code == 200
     assert r.json() == {
-        "tag_id": f"chip {bike['tag_id']} is already fitted to bike {bike['plate']}",
-        "frame_number": f"frame number {bike['frame_number']} is already registered to bike {bike['plate']}",
+        "tag_id": {
+            "detail": f"chip {bike['tag_id']} is already fitted to bike {bike['plate']}",
+            "code": "chip_fitted",
+            "params": {"tag_id": bike["tag_id"], "plate": bike["plate"]},
+        },
+        "frame_number": {
+            "detail": f"frame number {bike['frame_number']} is already registered to bike {bike['plate']}",
+            "code": "frame_taken",
+            "params": {"value": bike["frame_number"], "plate": bike["plate"]},
+        },
     }
+
+
+def test_refusals_carry_a_stable_code_and_the_values_in_their_message(staff: Staff) -> None:
+    bike = staff.register()["bike"]
+    r = staff.clerk.post("/api/bikes", json=factories.registration(plate=bike["plate"]))
+    assert r.status_code == 409
+    assert r.json() == {
+        "detail": f"plate {bike['plate']} is already registered to another bike (#{bike['bike_id']})",
+        "field": "plate",
+        "code": "plate_taken",
+        "params": {"plate": bike["plate"], "bike_id": bike["bike_id"]},
+    }
+    r = staff.clerk.post(f"/api/bikes/{bike['bike_id']}/chip", json={"tag_id": bike["tag_id"]})
+    assert r.status_code == 409 and r.json()["code"] == "same_chip" and r.json()["params"] == {"tag_id": bike["tag_id"]}
 
 
 def test_transfer_needs_the_old_owners_consent_and_keeps_the_history(staff: Staff) -> None:

@@ -30,6 +30,7 @@ from backend.api.schemas import (
     HistoryEntry,
     OwnerPublic,
     PlateChange,
+    Refusal,
     RegistrationPublic,
     TheftReportCreate,
     TrajectoryPoint,
@@ -38,7 +39,7 @@ from backend.api.schemas import (
     TransferCreate,
     TransferPublic,
 )
-from backend.registry import BikeDetails, InvalidValue, Registry, owner_username
+from backend.registry import BikeDetails, InvalidValue, Registry, RegistryError, owner_username
 from backend.settings import BackendSettings
 from protocol.ids import TAG_ID_ANY_CASE_PATTERN, is_tag_text
 from protocol.messages import parse_tag, utcnow
@@ -99,7 +100,8 @@ async def list_bikes(
     tag_id: str | None = Query(None, pattern=TAG_ID_ANY_CASE_PATTERN),
     frame_number: str | None = Query(None, max_length=40),
 ) -> list[dict[str, Any]]:
-    """Owner: their bikes. Clerk, admin, police: bikes matching a plate, chip or frame number (one is needed)."""
+    """Owner: their bikes. Clerk, admin, police: bikes matching a plate, chip or frame number (one is needed);
+    clerks and admins find deregistered bikes too (status says so), by frame number or a plate or chip they had."""
     viewer = viewer_of(user)
     if viewer.bike_owner is not None:
         found = await registry.find_bikes(conn, owner_id=viewer.bike_owner)
@@ -111,11 +113,12 @@ async def list_bikes(
             plate=plate,
             tag_id=parse_tag(tag_id) if tag_id else None,
             frame_number=frame_number.strip().upper() if frame_number else None,
+            include_deregistered=viewer.finds_deregistered,
         )
     return await viewer.with_owners(conn, registry, found)
 
 
-@router.get("/availability", response_model=dict[str, str])
+@router.get("/availability", response_model=dict[str, Refusal])
 async def availability(
     conn: Conn,
     registry: RegistryDep,
@@ -124,20 +127,22 @@ async def availability(
     tag_id: str | None = Query(None, pattern=TAG_ID_ANY_CASE_PATTERN),
     frame_number: str | None = Query(None, max_length=40),
     motor_number: str | None = Query(None, max_length=40),
-) -> dict[str, str]:
-    """Clerk, admin: for each value given, what already holds it (free values are left out), as the clerk types."""
+) -> dict[str, dict[str, Any]]:
+    """Clerk, admin: for each value given, what already holds it (free values are left out), as the clerk types:
+    the message, its code and params (as in an error's body)."""
     values: dict[str, Any] = {
         "frame_number": frame_number.strip().upper() if frame_number else None,
         "motor_number": motor_number.strip().upper() if motor_number else None,
         "tag_id": parse_tag(tag_id) if tag_id else None,
     }
-    out: dict[str, str] = {}
+    refused: dict[str, RegistryError] = {}
     if plate:
         try:
             values["plate"] = registry.plate(plate)
         except InvalidValue as exc:
-            out["plate"] = str(exc)
-    return {**await registry.availability(conn, values), **out}
+            refused["plate"] = exc
+    refused = {**await registry.availability(conn, values), **refused}
+    return {field: {"detail": str(exc), "code": exc.code, "params": exc.params} for field, exc in refused.items()}
 
 
 @router.get("/search", response_model=list[BikeSearchResult], responses={403: {"description": "case number malformed"}})
@@ -160,7 +165,10 @@ async def search(
             for bike in await registry.find_bikes(conn, **criteria):
                 found.setdefault(bike["bike_id"], bike)
     viewer = viewer_of(user, settings)
-    return [await viewer.search_result(conn, registry, bike, case, text) for bike in found.values()]
+    return [
+        {**await viewer.search_result(conn, registry, bike, case, text), "photo_url": photos.latest_url(bike)}
+        for bike in found.values()
+    ]
 
 
 @router.get("/stolen", response_model=list[BikeSearchResult])
@@ -333,7 +341,12 @@ async def add_photo(
     """Clerk, admin: add a photo of the bike (JPEG or PNG, size limited by the settings)."""
     data = await photo.read(settings.photo_max_bytes + 1)
     if len(data) > settings.photo_max_bytes:
-        raise InvalidValue(f"a photo may have at most {settings.photo_max_bytes} bytes", "photo")
+        raise InvalidValue(
+            f"a photo may have at most {settings.photo_max_bytes} bytes",
+            "photo",
+            "photo_too_big",
+            {"n": settings.photo_max_bytes},
+        )
     kind, pixels = await asyncio.to_thread(photos.reencode, data)  # only pixels are kept and served
     return {"photo_id": await registry.add_photo(conn, user.actor, bike_id, kind, pixels)}
 

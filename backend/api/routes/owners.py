@@ -70,7 +70,8 @@ async def issue_login(
 ) -> dict[str, str]:
     """Clerk, admin: the owner's login slip: an account if they have none, else a new one-time password."""
     owner = await registry.get_owner(conn, owner_id)
-    username = owner["login"] or owner["mobile"] or f"owner{owner_id}"
+    # A new account gets a generated name, never the mobile number (logins appear in history as who did what).
+    username = owner["login"] or owner_username()
     slip = await accounts.issue_owner_login(conn, passwords, owner_id, username, owner["name"], user.actor)
     await audit.record(conn, user, "owner.login_issued", f"owner:{owner_id}")
     return slip

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from backend import access, certificates, coverage, station_health, stations
+from backend import access, certificates, coverage, photos, station_health, stations
 from backend.accounts import Role, User
 from backend.alarms import queries as alarms
 from backend.alarms.kinds import STATION_KINDS
@@ -267,7 +267,9 @@ async def installer_coverage(
 
 
 @router.get("/counter", response_class=HTMLResponse)
-async def counter(request: Request, user: OptionalUser, settings: Settings, lang: str | None = None) -> Response:
+async def counter(
+    request: Request, user: OptionalUser, settings: Settings, base_url: PublicBaseUrl, lang: str | None = None
+) -> Response:
     """Clerk, admin: the registration counter."""
     chosen = _lang(request, lang)
     if refused := _gate(request, user, ("clerk", "admin"), chosen):
@@ -276,6 +278,7 @@ async def counter(request: Request, user: OptionalUser, settings: Settings, lang
         "plate_pattern": settings.plate_pattern,
         "plate_example": settings.plate_example,
         "max_bikes": settings.max_bikes_per_owner,
+        "login_url": f"{base_url.rstrip('/')}/login",  # printed on owners' slips, as certificates print /verify
     }
     return _page(render("counter.html", chosen, user=user, config=config), chosen)
 
@@ -296,12 +299,13 @@ class _CertificateView:
     cert: dict[str, Any]
     rows: list[tuple[str, str | None]]
     verify_url: str
+    bike: dict[str, Any]
 
 
 async def _certificate_view(
     conn: Conn, registry: RegistryDep, user: User, bike_id: int, lang: str, signer: SignerDep, base_url: str
 ) -> _CertificateView:
-    await access.viewer_of(user).check_bike(conn, registry, bike_id)
+    bike = await access.viewer_of(user).check_bike(conn, registry, bike_id)
     cert = await certificates.current(conn, bike_id)
     t = MESSAGES[lang]
     rows = [
@@ -318,7 +322,7 @@ async def _certificate_view(
         (t["owner_mobile"], mask_mobile(cert["mobile"]) if cert["mobile"] else None),
         (t["registered_on"], cert["registered_at"].strftime("%Y-%m-%d")),
     ]
-    return _CertificateView(cert, rows, certificates.verify_url(base_url, signer.token(cert["certificate_id"])))
+    return _CertificateView(cert, rows, certificates.verify_url(base_url, signer.token(cert["certificate_id"])), bike)
 
 
 @router.get("/bikes/{bike_id}/certificate", response_class=HTMLResponse)
@@ -347,6 +351,7 @@ async def certificate_page(
         cert=view.cert,
         rows=view.rows,
         verify_url=view.verify_url,
+        photo_url=photos.latest_url(view.bike),
     )
     return _page(html, chosen)
 
@@ -371,11 +376,15 @@ async def certificate_pdf(
     t = MESSAGES[chosen]
     labels = {"title": t["cert_title"], "number": t["cert_number"], "issued": t["cert_issued"], "scan": t["cert_scan"]}
     number = view.cert["certificate_id"]
+    photo = None
+    if view.bike["photo_ids"]:
+        photo = (await registry.photo(conn, bike_id, view.bike["photo_ids"][-1]))[1]
     pdf = await asyncio.to_thread(
         certificates.render_pdf,
         {"certificate_id": number, "issued_at": view.cert["issued_at"], "rows": view.rows},
         labels,
         view.verify_url,
+        photo,
     )
     return Response(
         pdf,

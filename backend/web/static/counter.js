@@ -16,6 +16,18 @@
     });
   });
 
+  /* The server's refusal in the page's language: worded here by its code (backend.registry.ERROR_CODES) with its
+     params, else the server's own (English) text. `refusal` is an error body or an availability entry. */
+  function said(refusal, fallback) {
+    var d = refusal || {};
+    if (d.code) {
+      var words = t("err_" + d.code, d.params || {});
+      if (words !== "err_" + d.code) { return words; }
+    }
+    return fallback || d.detail || "";
+  }
+  function failed(r) { return said(r.data, r.message); }
+
   function set(id, s, msg) { state[id] = s; BG.mark(id, s === "partial" || s === "empty" || s === "checking" ? "info" : s, msg); }
 
   /* ---- owner ---- */
@@ -46,7 +58,7 @@
     set("id_number", "checking", t("checking"));
     BG.api("POST", "/api/owners/lookup", { id_number: c.value }).then(function (r) {
       if (seq !== lookupSeq) { return; }
-      if (!r.ok) { set("id_number", "bad", r.message); return; }
+      if (!r.ok) { set("id_number", "bad", failed(r)); return; }
       if (r.data.owner) { showOwner(r.data.owner); return; }
       owner = { mode: "new", id: null, atLimit: false };
       $("owner-new").hidden = false;
@@ -76,8 +88,8 @@
     var seq = seqs[id];
     BG.api("GET", "/api/bikes/availability?" + encodeURIComponent(id) + "=" + encodeURIComponent(value)).then(function (r) {
       if (seq !== seqs[id]) { return; }   // the clerk typed on meanwhile
-      if (!r.ok) { set(id, "bad", r.message); return; }
-      set(id, r.data[id] ? "bad" : "ok", r.data[id] || t("available"));
+      if (!r.ok) { set(id, "bad", failed(r)); return; }
+      set(id, r.data[id] ? "bad" : "ok", r.data[id] ? said(r.data[id]) : t("available"));
     });
   }
   Object.keys(checks).forEach(function (id) {
@@ -145,8 +157,8 @@
         submit.disabled = false;
         submit.textContent = t("register");
         var field = fieldOf(r);
-        if (field && $(field)) { set(field, "bad", r.message); $(field).focus(); }
-        error.textContent = r.message;
+        if (field && $(field)) { set(field, "bad", failed(r)); $(field).focus(); }
+        error.textContent = failed(r);
         error.hidden = false;
         return null;
       }
@@ -154,7 +166,9 @@
       if (!photo) { return r.data; }
       var form = new FormData();
       form.append("photo", photo);
-      return BG.api("POST", "/api/bikes/" + r.data.bike.bike_id + "/photos", form).then(function () { return r.data; });
+      return BG.api("POST", "/api/bikes/" + r.data.bike.bike_id + "/photos", form).then(function (p) {
+        return p.ok ? r.data : Object.assign({ photoRefused: failed(p) }, r.data);
+      });
     }).then(function (done) {
       if (done) { showDone(done); }
     });
@@ -166,15 +180,43 @@
     $("done-certificate").textContent = t("done_certificate", { n: d.certificate.certificate_id });
     $("done-print").href = "/bikes/" + d.bike.bike_id + "/certificate";
     $("done-pdf").href = "/bikes/" + d.bike.bike_id + "/certificate.pdf";
+    $("done-photo-error").hidden = !d.photoRefused;
+    $("done-photo-error").textContent = d.photoRefused ? t("photo_refused", { why: d.photoRefused }) : "";
     showSlip(d.owner_login);
   }
+  /* Where owners sign in, as printed on slips: the registry's public address (public_base_url), not this counter's. */
+  var loginUrl = BG.config.login_url || window.location.origin + "/login";
   function showSlip(slip) {
     $("slip").hidden = !slip;
     if (slip) {
       $("slip-user").textContent = slip.username;
       $("slip-password").textContent = slip.initial_password;
-      $("slip-note").textContent = t("slip_note", { url: window.location.origin + "/login" });
+      $("slip-note").textContent = t("slip_note", { url: loginUrl });
     }
+  }
+  /* A login slip on a bike card (after a transfer or a new password), printed alone. */
+  function slipBox(login, heading) {
+    var box = document.createElement("div");
+    box.className = "bg-slip";
+    box.innerHTML = "<h3>" + esc(heading) + "</h3><dl><dt>" + esc(t("slip_user")) + "</dt><dd class='bg-mono bg-slip-user'>" +
+      esc(login.username) + "</dd><dt>" + esc(t("slip_password")) + "</dt><dd class='bg-mono bg-slip-password'>" +
+      esc(login.initial_password) + "</dd></dl><p class='bg-muted bg-slip-note'>" + esc(t("slip_note", { url: loginUrl })) +
+      "</p><button type='button' class='bg-button bg-no-print bg-slip-print'>" + esc(t("print_slip")) + "</button>";
+    box.querySelector(".bg-slip-print").addEventListener("click", function () { printOnly(box); });
+    return box;
+  }
+  /* Print one element of the page (the stylesheet hides the rest while body has bg-print-one), until the
+     print dialog closes (afterprint; window.print() does not wait for it everywhere). */
+  function unmarkPrint() {
+    document.body.classList.remove("bg-print-one");
+    document.querySelectorAll(".bg-print-this").forEach(function (x) { x.classList.remove("bg-print-this"); });
+  }
+  window.addEventListener("afterprint", unmarkPrint);
+  function printOnly(el) {
+    unmarkPrint();
+    document.body.classList.add("bg-print-one");
+    el.classList.add("bg-print-this");
+    window.print();
   }
   $("next-registration").addEventListener("click", function () {
     $("register-form").reset();
@@ -202,7 +244,7 @@
     ev.preventDefault();
     $("find-error").hidden = true;
     BG.api("GET", "/api/bikes?" + query($("find").value)).then(function (r) {
-      if (!r.ok) { $("find-error").textContent = r.message; $("find-error").hidden = false; return; }
+      if (!r.ok) { $("find-error").textContent = failed(r); $("find-error").hidden = false; return; }
       $("found").innerHTML = r.data.length ? "" : "<p class='bg-muted'>" + esc(t("no_match")) + "</p>";
       r.data.forEach(function (bike) { $("found").appendChild(bikeCard(bike)); });
     });
@@ -212,21 +254,22 @@
     return "<label class='bg-field'><span>" + esc(label) + "</span><input name='" + name + "' " + (attrs || "") +
       "><small class='bg-msg'></small></label>";
   }
-  function bikeCard(bike) {
-    var card = document.createElement("article");
-    card.className = "bg-card bg-bike" + (bike.stolen ? " stolen" : "");
-    var o = bike.owner || {};
-    card.innerHTML =
-      "<header><span class='bg-plate'>" + esc(bike.plate) + "</span>" +
-      (bike.stolen ? "<span class='bg-badge bad'>" + esc(t("stolen")) + "</span>" : "") +
-      "<a class='bg-button' href='/bikes/" + bike.bike_id + "/certificate' target='_blank' rel='noopener'>" + esc(t("certificate")) + "</a></header>" +
-      "<dl class='bg-facts'>" +
-      row(t("brand") + " / " + t("model") + " / " + t("colour"), [bike.brand, bike.model, bike.colour].filter(Boolean).join(" · ")) +
-      row(t("frame"), bike.frame_number) + row(t("motor"), bike.motor_number) + row(t("chip"), bike.tag_id) +
-      row(t("owner"), (o.name_masked || "") + " · " + (o.id_number_masked || "") + " · " + (o.mobile_masked || "")) +
-      row(t("registered"), BG.time(bike.registered_at)) + "</dl>" +
-      "<details class='bg-history'><summary>" + esc(t("history")) + "</summary><div class='bg-history-table'></div></details>" +
-      "<details><summary>" + esc(t("transfer")) + "</summary><form data-op='transfer' class='bg-op'>" +
+  /* A deregistered bike keeps only its history: it says so (when, why) where the plate was, and offers no service. */
+  function cardHead(bike) {
+    if (bike.status === "active") {
+      return "<header><span class='bg-plate'>" + esc(bike.plate) + "</span>" +
+        (bike.stolen ? "<span class='bg-badge bad'>" + esc(t("stolen")) + "</span>" : "") +
+        "<a class='bg-button' href='/bikes/" + bike.bike_id + "/certificate' target='_blank' rel='noopener'>" +
+        esc(t("certificate")) + "</a></header>";
+    }
+    return "<header><span class='bg-badge gone'>" + esc(t("deregistered_badge")) + "</span>" +
+      (bike.former_plate ? "<span class='bg-plate released'>" + esc(bike.former_plate) + "</span>" : "") + "</header>" +
+      "<p class='bg-banner gone'>" + esc(t("deregistered_on", {
+        status: bike.status === "exported" ? t("exported") : t("scrapped"), t: BG.time(bike.deregistered_at),
+        plate: bike.former_plate || "—" })) + "</p>";
+  }
+  function services() {
+    return "<details><summary>" + esc(t("transfer")) + "</summary><form data-op='transfer' class='bg-op'>" +
       input("consent_code", t("consent_code"), "spellcheck='false' class='bg-mono'") +
       input("old_owner_id_number", t("old_owner_id"), "maxlength='20'") +
       input("new_owner_id_number", t("new_owner_id"), "maxlength='20'") +
@@ -238,17 +281,42 @@
       "<details><summary>" + esc(t("change_plate")) + "</summary><form data-op='plate' class='bg-op'>" +
       input("plate", t("new_plate")) + input("reason", t("reason")) +
       "<button class='bg-primary'>" + esc(t("do_change")) + "</button></form></details>" +
+      "<details><summary>" + esc(t("reissue_password")) + "</summary><div class='bg-op'><p class='bg-muted'>" +
+      esc(t("reissue_hint")) + "</p><button type='button' class='bg-primary' data-act='reissue'>" +
+      esc(t("do_reissue")) + "</button></div></details>" +
       "<details><summary>" + esc(t("deregister")) + "</summary><form data-op='deregister' class='bg-op'>" +
       "<label class='bg-field'><span>" + esc(t("reason")) + "</span><select name='status'><option value='scrapped'>" +
       esc(t("scrapped")) + "</option><option value='exported'>" + esc(t("exported")) + "</option></select></label>" +
-      input("note", t("note")) + "<button class='bg-danger'>" + esc(t("do_deregister")) + "</button></form></details>" +
+      input("note", t("note")) + "<button class='bg-danger'>" + esc(t("do_deregister")) + "</button></form></details>";
+  }
+  function bikeCard(bike) {
+    var card = document.createElement("article");
+    var active = bike.status === "active";
+    card.className = "bg-card bg-bike" + (bike.stolen ? " stolen" : "") + (active ? "" : " gone");
+    var o = bike.owner || {};
+    var photoId = (bike.photo_ids || []).slice(-1)[0];
+    card.innerHTML = cardHead(bike) +
+      "<p class='bg-done-note' role='status' hidden></p>" +
+      (photoId ? "<img class='bg-bike-photo' src='/api/bikes/" + bike.bike_id + "/photos/" + photoId + "' alt='" +
+        esc(t("photo")) + "'>" : "") +
+      "<dl class='bg-facts'>" +
+      row(t("brand") + " / " + t("model") + " / " + t("colour"), [bike.brand, bike.model, bike.colour].filter(Boolean).join(" · ")) +
+      row(t("frame"), bike.frame_number) + row(t("motor"), bike.motor_number) +
+      row(t("chip"), active ? bike.tag_id : t("chip_retired")) +
+      row(active ? t("owner") : t("last_owner"), (o.name_masked || "") + " · " + (o.id_number_masked || "") + " · " + (o.mobile_masked || "")) +
+      row(t("registered"), BG.time(bike.registered_at)) + "</dl>" +
+      "<details class='bg-history'><summary>" + esc(t("history")) +
+      "</summary><div class='bg-history-table'></div></details>" + (active ? services() : "") +
       "<p class='bg-error' role='alert' hidden></p><div class='bg-slip-box'></div>";
-    card.querySelector(".bg-history").addEventListener("toggle", function (ev) {
-      if (ev.target.open) { loadHistory(bike.bike_id, card.querySelector(".bg-history-table")); }
+    var history = card.querySelector(".bg-history");
+    history.addEventListener("toggle", function () {
+      if (history.open) { loadHistory(bike.bike_id, card.querySelector(".bg-history-table")); }
     });
+    if (!active) { history.open = true; return card; }  // its history is what the clerk came for (toggle loads it)
     card.querySelectorAll("form.bg-op").forEach(function (form) {
       form.addEventListener("submit", function (ev) { ev.preventDefault(); operate(bike, form, card); });
     });
+    card.querySelector("[data-act=reissue]").addEventListener("click", function () { reissue(bike, card); });
     var newId = card.querySelector("[name=new_owner_id_number]");
     newId.addEventListener("input", function () {
       var c = BG.idCheck(newId.value);
@@ -259,7 +327,7 @@
       delete newId.dataset.ownerId;
       if (c.state !== "ok") { return; }
       BG.api("POST", "/api/owners/lookup", { id_number: c.value }).then(function (r) {
-        if (!r.ok) { note.textContent = r.message; return; }
+        if (!r.ok) { note.textContent = failed(r); return; }
         if (r.data.owner) { newId.dataset.ownerId = r.data.owner.owner_id; note.textContent = t("owner_found") + ": " + r.data.owner.name; }
         else { card.querySelector(".bg-new-owner").hidden = false; note.textContent = t("owner_new"); }
       });
@@ -268,7 +336,7 @@
   }
   function loadHistory(bikeId, box) {
     BG.api("GET", "/api/bikes/" + bikeId + "/history").then(function (r) {
-      if (!r.ok) { box.textContent = r.message; return; }
+      if (!r.ok) { box.textContent = failed(r); return; }
       box.innerHTML = "<table><thead><tr><th></th><th></th><th>" + esc(t("h_from")) + "</th><th>" + esc(t("h_to")) +
         "</th><th>" + esc(t("h_by")) + "</th><th>" + esc(t("h_reason")) + "</th></tr></thead><tbody>" +
         r.data.map(function (h) {
@@ -302,15 +370,49 @@
     var error = card.querySelector(".bg-error");
     error.hidden = true;
     BG.api("POST", url, b).then(function (r) {
-      if (!r.ok) { error.textContent = r.message; error.hidden = false; return; }
+      if (!r.ok) { error.textContent = failed(r); error.hidden = false; return; }
       var bikeNow = r.data.bike || r.data;
       var fresh = bikeCard(bikeNow);
       card.replaceWith(fresh);
+      confirmDone(fresh, done(op, bike, bikeNow, r.data));
       if (r.data.owner_login) {
-        fresh.querySelector(".bg-slip-box").innerHTML = "<div class='bg-slip'><h3>" + esc(t("slip_title")) + "</h3><dl><dt>" +
-          esc(t("slip_user")) + "</dt><dd class='bg-mono'>" + esc(r.data.owner_login.username) + "</dd><dt>" +
-          esc(t("slip_password")) + "</dt><dd class='bg-mono'>" + esc(r.data.owner_login.initial_password) + "</dd></dl></div>";
+        fresh.querySelector(".bg-slip-box").appendChild(slipBox(r.data.owner_login, t("slip_title")));
       }
+    });
+  }
+  /* What was done, to which bike, when: the confirmation the clerk reads back to the owner. */
+  function done(op, before, after, answer) {
+    var now = BG.time(new Date().toISOString());
+    if (op === "transfer") {
+      var o = after.owner || {};
+      return t("done_transfer", { plate: after.plate, owner: "#" + o.owner_id + " " + (o.name_masked || ""),
+                                  n: answer.certificate.certificate_id, t: BG.time(answer.certificate.issued_at) });
+    }
+    if (op === "chip") { return t("done_chip", { plate: after.plate, old: before.tag_id || "—", chip: after.tag_id, t: now }); }
+    if (op === "plate") { return t("done_plate", { old: before.plate, plate: after.plate, t: now }); }
+    return t("done_deregister", { plate: before.plate, frame: after.frame_number,
+                                  status: after.status === "exported" ? t("exported") : t("scrapped"),
+                                  t: BG.time(after.deregistered_at) });
+  }
+  function confirmDone(card, text) {
+    var note = card.querySelector(".bg-done-note");
+    note.textContent = "✓ " + text;
+    note.hidden = false;
+  }
+  /* A forgotten password: a new one-time password for the bike's owner, on a slip to print. */
+  function reissue(bike, card) {
+    var o = bike.owner || {};
+    if (!window.confirm(t("confirm_reissue", { owner: "#" + o.owner_id + " " + (o.name_masked || "") }))) { return; }
+    var error = card.querySelector(".bg-error");
+    error.hidden = true;
+    BG.api("POST", "/api/owners/" + o.owner_id + "/login").then(function (r) {
+      if (!r.ok) { error.textContent = failed(r); error.hidden = false; return; }
+      confirmDone(card, t("done_reissue", { owner: "#" + o.owner_id + " " + (o.name_masked || ""), plate: bike.plate,
+                                            t: BG.time(new Date().toISOString()) }));
+      var box = card.querySelector(".bg-slip-box");
+      box.innerHTML = "";
+      box.appendChild(slipBox(r.data, t("slip_title_reissued")));
+      box.scrollIntoView({ block: "nearest" });
     });
   }
 })();
