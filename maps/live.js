@@ -497,6 +497,9 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     startReplay({ bikeId: b.bike_id, label: b.plate || b.tag_id || w("bike_n", { id: b.bike_id }), hours: cfg.replayWindowsH[1],
                   stolen: !!b.stolen, caseNo: foundCase || null });
   }
+  function photoHtml(r) {         // to recognise the bike in the street; served under the photo route's access rules
+    return r.photo_url ? '<img class="bg-photo" src="' + esc(r.photo_url) + '" alt="" loading="lazy">' : "";
+  }
   function lastSeenHtml(where, stolen) {
     return where ? esc(w("last_seen_at", { station: where.station_name, t: clock(where.seen_at), ago: ago(where.seen_at) }))
       : "<i>" + esc(w(stolen ? "not_seen_since_theft" : "whereabouts_need_case")) + "</i>";
@@ -506,7 +509,8 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     var owner = r.owner ? " · " + esc(w("owner_is", { name: r.owner.name })) +
       (r.owner.mobile ? " " + esc(r.owner.mobile) : "") : "";
     var allowed = b.stolen || foundCase;
-    return '<li data-bike-id="' + esc(b.bike_id) + '"><span class="plate">' + esc(b.plate || w("no_plate")) + "</span> " +
+    return '<li data-bike-id="' + esc(b.bike_id) + '">' + photoHtml(r) +
+      '<span class="plate">' + esc(b.plate || w("no_plate")) + "</span> " +
       esc(b.brand || "") + " " + esc(b.colour || "") +
       (b.stolen ? ' <b class="stolen">' + esc(w("stolen_badge")) + "</b>" : "") + owner +
       '<button type="button" class="bg-act bg-act-replay" data-replay-result="' + i + '"' +
@@ -586,7 +590,8 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   var stolenBikes = [];
   function stolenItem(r, i) {
     var b = r.bike, t = b.theft || {};
-    return '<li class="bg-stolen-bike" data-bike-id="' + esc(b.bike_id) + '"><div class="bg-plate">' + esc(b.plate) +
+    return '<li class="bg-stolen-bike" data-bike-id="' + esc(b.bike_id) + '">' + photoHtml(r) +
+      '<div class="bg-plate">' + esc(b.plate) +
       "</div><div>" + esc([b.brand, b.model, b.colour].filter(Boolean).join(" · ")) + "</div>" +
       '<div class="bg-meta">' + esc(w("stolen_since", { t: whenShort(t.stolen_at || b.stolen_at), r: whenShort(t.reported_at) })) +
       (t.police_report ? " · " + esc(w("stolen_case", { case: t.police_report })) : "") +

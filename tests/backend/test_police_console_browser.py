@@ -9,6 +9,7 @@ from playwright.sync_api import expect
 
 from maps.words import words
 from tests import factories
+from tests.backend.test_counter_browser import _bike_photo
 from tests.backend.test_pages_browser import _api_as, _sign_in, server  # noqa: F401 - server is a fixture
 from tests.browser import browser_page, console_errors, raw_keys, screenshot_path
 
@@ -26,6 +27,8 @@ def test_officer_lists_stolen_bikes_files_a_report_marks_one_recovered_and_signs
         factories.station(conn, "st-bridge", 30.27, 120.15)
     with _api_as(server, clerk) as api:
         quiet = api.post("/api/bikes", json=factories.registration(plate="HZ-60001")).json()
+        photo = {"photo": ("bike.jpg", _bike_photo(), "image/jpeg")}
+        assert api.post(f"/api/bikes/{quiet['bike']['bike_id']}/photos", files=photo).status_code == 201
         assert api.post("/api/bikes", json=factories.registration(plate="HZ-60002")).status_code == 201
     slip = quiet["owner_login"]
     with _api_as(server, slip["username"], slip["initial_password"]) as owner:
@@ -52,6 +55,10 @@ def test_officer_lists_stolen_bikes_files_a_report_marks_one_recovered_and_signs
         card = page.inner_text(".bg-stolen-bike")
         assert "HZ-60001" in card and w["not_heard_since"] in card and "Wulin Square" in card
         assert page.inner_text("#bg-stolen-count") == "1"
+        # Its photo, to recognise it in the street.
+        photo = page.locator(".bg-stolen-bike img.bg-photo")
+        expect(photo).to_have_count(1)
+        assert photo.evaluate("img => img.decode().then(() => img.naturalWidth > 0)")
 
         # A report from the page needs the case number typed beside the search.
         page.fill("#bg-search-q", "HZ-60002")

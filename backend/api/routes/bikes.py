@@ -177,7 +177,8 @@ async def stolen_bikes(
 ) -> list[dict[str, Any]]:
     """Police, admin: every bike reported stolen, latest report first, with where it was last seen since the theft
     (a bike no station has heard yet has none); no owner data. Audited."""
-    return await viewer_of(user, settings).stolen_bikes(conn, registry)
+    found = await viewer_of(user, settings).stolen_bikes(conn, registry)
+    return [{**row, "photo_url": photos.latest_url(row["bike"])} for row in found]
 
 
 @router.get("/{bike_id}", response_model=BikePublic)
