@@ -203,6 +203,7 @@ class EmbeddedBroker(AmqttBroker):  # type: ignore[misc]  # amqtt has no type hi
 
 def config(host: str, port: int, password_file: Path, acl_file: Path | None) -> dict[str, Any]:
     """amqtt's configuration: our password check, and our ACL when there is an ACL file."""
+    # By this module's own name (__main__ under -m): amqtt must load the very classes _reload looks for.
     plugins: dict[str, Any] = {
         f"{__name__}.PasswordFileAuth": {
             "password_file": str(password_file),

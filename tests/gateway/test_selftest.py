@@ -473,7 +473,7 @@ async def test_wrong_password_is_bad_credentials_and_no_user_is_not_authorised(
     assert "check the user and password in --mqtt" in broker.advice
     assert steps["heartbeat"].value == "skipped: the broker step failed"
 
-    anonymous = f"mqtt://{secured.broker.host}:{secured.broker.port}"
+    anonymous = secured.broker.anonymous_url
     _, steps = await run(selftest(sid, str(tmp_path / "none"), anonymous, tmp_path))
     assert steps["broker"].value == "refused: not authorised with no username (CONNACK 135: Not authorized)"
     assert steps["broker"].data["refusal"] == "not_authorised"
