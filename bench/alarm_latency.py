@@ -37,17 +37,20 @@ from firmware_sim.town import Town
 from protocol import topics
 from protocol.frames import Beacon, TagFlags, encode
 from protocol.messages import format_tag
+from protocol.mqtt_address import mqtt_address
 from protocol.signing import generate_signing_key, public_key_of
 
 
 def load_publisher(
-    host: str, port: int, rate: int, per_batch: int, seconds: int, ready: mp.Event, stop: mp.Event, sent: mp.Value
+    url: str, rate: int, per_batch: int, seconds: int, ready: mp.Event, stop: mp.Event, sent: mp.Value
 ) -> None:
     """A separate process: ordinary sightings at `rate` per second, in batches, paced every 50 ms."""
     batches = build_batches(rate * seconds, per_batch, 200, bench_tags(seed=3), seed=3)
     payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"load-{uuid.uuid4().hex[:6]}")
     client.max_inflight_messages_set(1000)
+    host, port, user, password = mqtt_address(url)
+    client.username_pw_set(user, password)
     client.connect(host, port)
     client.loop_start()
     ready.set()
@@ -66,15 +69,18 @@ def load_publisher(
     client.loop_stop()
 
 
-def mqtt_floor(host: str, port: int, n: int = 200) -> list[float]:
+def mqtt_floor(url: str, n: int = 200) -> list[float]:
     """Milliseconds for a QoS 1 message from one client through the broker to another."""
     got = threading.Event()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"floor-sub-{uuid.uuid4().hex[:6]}")
     sub.on_message = lambda *_: got.set()
+    host, port, user, password = mqtt_address(url)
+    sub.username_pw_set(user, password)
     sub.connect(host, port)
     sub.subscribe("bench/floor", qos=1)
     sub.loop_start()
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"floor-pub-{uuid.uuid4().hex[:6]}")
+    pub.username_pw_set(user, password)
     pub.connect(host, port)
     pub.loop_start()
     time.sleep(0.5)
@@ -216,7 +222,7 @@ def main() -> int:
         seconds = int(args.trials * 0.2) + 20
         loader = ctx.Process(
             target=load_publisher,
-            args=(broker.host, broker.port, args.background, 250, seconds, loader_ready, stop, sent),
+            args=(broker.url, args.background, 250, seconds, loader_ready, stop, sent),
         )
         loader.start()
         print(f"building {args.background * seconds:,} background sightings …", flush=True)
@@ -236,7 +242,7 @@ def main() -> int:
         background = (sent.value - load_sent) / (time.perf_counter() - load_started)
         stop.set()
         loader.join(30)
-        floor = mqtt_floor(broker.host, broker.port)
+        floor = mqtt_floor(broker.url)
         health = police.get("/api/health/ingest").json()["ingest"]
         print(
             f"{len(latencies)}/{len(tags)} alarms arrived; ingest stored {health['sightings']:,} background "

@@ -73,6 +73,7 @@ class Confirmer:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-confirmer-{uuid.uuid4().hex[:8]}")
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.username_pw_set(broker.username, broker.password)
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         self.client.subscribe(station_topic(STATION, "sightings"), qos=1)

@@ -37,6 +37,7 @@ from backend.settings import BackendSettings
 from bikeguard.services import Broker, start_broker, start_postgres
 from protocol import topics
 from protocol.messages import Sighting, SightingBatch, format_tag, parse_tag
+from protocol.mqtt_address import mqtt_address
 
 
 def register_stations(url: str, stations: int) -> None:
@@ -114,11 +115,13 @@ def build_batches(total: int, per_batch: int, stations: int, tags: list[int], se
     return batches
 
 
-def publisher(host: str, port: int, payloads: list[tuple[str, bytes]], ready: mp.Event, go: mp.Event) -> None:
+def publisher(url: str, payloads: list[tuple[str, bytes]], ready: mp.Event, go: mp.Event) -> None:
     """A separate process: publish every payload with QoS 1 as fast as the broker takes them."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
+    host, port, user, password = mqtt_address(url)
+    client.username_pw_set(user, password)
     client.connect(host, port)
     client.loop_start()
     ready.set()
@@ -195,7 +198,7 @@ def measure(
     ingest.start()
     ctx = mp.get_context("spawn")
     ready, go = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=publisher, args=(broker.host, broker.port, payloads, ready, go))
+    proc = ctx.Process(target=publisher, args=(broker.url, payloads, ready, go))
     proc.start()
     ready.wait(30)
     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import heapq
 import random
+import secrets
 import shutil
 import sqlite3
 import sys
@@ -48,6 +49,7 @@ from gateway.spool import DEFAULT_MAX_BYTES, MIB, Spool
 from gateway.uplink import Uplink
 from protocol.frames import Beacon, TagFlags
 from protocol.messages import CONFIRMATION_MAX_SEQS, Confirmation, Sighting, SightingBatch, StationStatus, utcnow
+from protocol.mqtt_address import mqtt_address
 from protocol.topics import confirmations_topic, station_topic
 
 STATION = "st-busy"
@@ -156,11 +158,13 @@ def sqlite_limits(path: Path, payloads: list[bytes], window: int) -> tuple[float
     return inserts, deletes
 
 
-def paho_limit(host: str, port: int, topic: str, payloads: list[bytes]) -> float:
+def paho_limit(url: str, topic: str, payloads: list[bytes]) -> float:
     """Raw paho QoS 1 publishes/s of the same payloads to the same broker (1000 in flight)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{uuid.uuid4().hex[:6]}")
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
+    host, port, user, password = mqtt_address(url)
+    client.username_pw_set(user, password)
     client.connect(host, port)
     client.loop_start()
     try:
@@ -230,6 +234,7 @@ class Confirmer:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-confirmer-{uuid.uuid4().hex[:8]}")
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.username_pw_set(broker.username, broker.password)
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         self.client.subscribe(station_topic(STATION, "sightings"), qos=1)
@@ -268,8 +273,8 @@ async def drain(spool: Spool, settings: GatewaySettings, outage_s: float, kind: 
     uplink = Uplink(settings, spool, HotList(), lambda: StationStatus(station_id=STATION, state="online"))
     task = asyncio.create_task(uplink.run())
     await asyncio.sleep(outage_s)  # failed connection attempts, backing off
-    host, port, _, _ = settings.mqtt_address
-    broker = await asyncio.to_thread(start_broker, kind, port)
+    _, port, user, password = settings.mqtt_address
+    broker = await asyncio.to_thread(lambda: start_broker(kind, port, username=user or "", password=password))
     back = time.perf_counter()
     # Subscribed before the uplink's next attempt, usually: a batch published before would reach nobody and be
     # resent only after confirm_timeout_s (counted in `resent`).
@@ -306,7 +311,9 @@ def main() -> int:
 
     port = free_port()
     settings = GatewaySettings(
-        station_id=STATION, serial_url="/dev/null", mqtt_url=SecretStr(f"mqtt://127.0.0.1:{port}")
+        station_id=STATION,
+        serial_url="/dev/null",
+        mqtt_url=SecretStr(f"mqtt://bench:{secrets.token_urlsafe(12)}@127.0.0.1:{port}"),
     )
     workdir = Path(tempfile.mkdtemp(prefix="bench-spool-", dir=args.dir))
     try:
@@ -360,7 +367,7 @@ def main() -> int:
             assert result.sightings == copies * traffic.sightings, (result.sightings, copies * traffic.sightings)
             rate = result.sightings / result.drain_s
             raw_mqtt = max(
-                paho_limit(broker.host, broker.port, station_topic(STATION, "sightings"), payloads) for _ in range(3)
+                paho_limit(broker.url, station_topic(STATION, "sightings"), payloads) for _ in range(3)
             )  # best of 3: it is a limit
         finally:
             broker.stop()

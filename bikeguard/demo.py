@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +29,21 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import httpx
+import psycopg
 from pydantic import SecretStr
 
-from backend import accounts
+from backend import accounts, provisioning
 from backend.identity import check_character
 from backend.settings import BackendSettings, random_secrets
-from bikeguard.services import Broker, Postgres, ServiceError, start_broker, start_postgres, stop_process
+from bikeguard.services import (
+    BACKEND_USER,
+    Broker,
+    Postgres,
+    ServiceError,
+    start_broker,
+    start_postgres,
+    stop_process,
+)
 from firmware_sim.town import Town
 from gateway.settings import GatewaySettings
 from gateway.station import run_fleet
@@ -234,6 +243,44 @@ def seed_backend(base_url: str, town: Town, admin: Login, workers: int = 4) -> D
     return staff
 
 
+def start_demo_broker(backend_password: str, kind: str = "auto") -> Broker:
+    """The demo's broker as production runs one: no anonymous client, the backend's user, the generated ACL.
+
+    Stations are added once the installer has issued their credentials (`install_station_credentials`)."""
+    return start_broker(kind, password=backend_password, acl=provisioning.acl_file([], BACKEND_USER))
+
+
+def issue_station_credentials(installer: httpx.Client, station_ids: list[str]) -> dict[str, str]:
+    """Each station's MQTT password, issued by the installer through the API as on a real commissioning."""
+    passwords: dict[str, str] = {}
+    for sid in station_ids:
+        r = installer.post(f"/api/stations/{sid}/credentials")
+        if r.status_code != 201:
+            raise ServiceError(f"issuing credentials for station {sid} failed: {r.status_code} {r.text}")
+        passwords[sid] = r.json()["password"]
+    return passwords
+
+
+def install_station_credentials(
+    broker: Broker, database_url: str, backend_password: str, issued: Mapping[str, str]
+) -> None:
+    """Generate the broker's password and ACL files from the database, as `bikeguard broker files` does, and reload
+    the broker with them (SIGHUP, as `systemctl reload`); return once it takes the issued passwords."""
+
+    async def generate() -> tuple[str, str]:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            return await provisioning.broker_files(conn, BACKEND_USER, provisioning.password_hash(backend_password))
+
+    passwords, acl = asyncio.run(generate())
+    broker.install(passwords, acl)
+    deadline = time.monotonic() + 15
+    for sid, password in issued.items():
+        while not broker.accepts(sid, password):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the {broker.kind} broker did not take station {sid}'s new password")
+            time.sleep(0.05)
+
+
 def wait_for_http(url: str, timeout_s: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
     """Block until url answers 200 (or the process serving it dies)."""
     deadline = time.monotonic() + timeout_s
@@ -304,12 +351,13 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
             _say("PostgreSQL (embedded) started")
         mqtt_url = os.environ.get("BIKEGUARD_MQTT_URL")
         shared = os.environ.get("BIKEGUARD_MQTT_SHARED_GROUP", "bikeguard-ingest")
+        backend_mqtt_password = secrets.token_urlsafe(18)
         if not mqtt_url:
             with stop_signals.held():
-                broker = start_broker("auto")
+                broker = start_demo_broker(backend_mqtt_password)
             mqtt_url = broker.url
             shared = shared if broker.supports_shared_subscriptions else ""
-            _say(f"MQTT broker ({broker.kind}) on {broker.url}")
+            _say(f"MQTT broker ({broker.kind}) on {broker.anonymous_url}: no anonymous clients, the generated ACL")
 
         base = f"http://127.0.0.1:{args.port}"
         # Fresh random keys for this run: the demo's database is thrown away with them.
@@ -339,6 +387,13 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
             f"town registered: {len(town.stations)} stations, {len(town.bikes)} bikes and their owners,"
             f" {len(town.roads)} roads"
         )
+        station_urls = {s.station_id: mqtt_url for s in town.stations}  # a broker of the operator's: as given
+        if broker is not None:
+            with sign_in(base, staff.installer) as installer:
+                issued = issue_station_credentials(installer, list(station_urls))
+            install_station_credentials(broker, database_url, backend_mqtt_password, issued)
+            station_urls = {sid: broker.url_as(sid, password) for sid, password in issued.items()}
+            _say(f"MQTT passwords issued for {len(issued)} stations by the installer; the broker's files regenerated")
 
         with stop_signals.held():
             sim = subprocess.Popen(
@@ -365,7 +420,7 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
             GatewaySettings(
                 station_id=sid,
                 serial_url=path,
-                mqtt_url=SecretStr(mqtt_url),
+                mqtt_url=SecretStr(station_urls[sid]),
                 spool_path=workdir / f"gateway-{sid}.spool",
                 status_interval_s=10,
                 # The stations take only lists signed with this run's key, as a provisioned station does.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -76,25 +77,60 @@ def start_postgres(data_dir: Path | None = None) -> Postgres:
     return Postgres(server.get_uri(), data_dir, server)
 
 
+BACKEND_USER = "bikeguard-backend"
+
+
 @dataclass
 class Broker:
-    """An MQTT broker running as a child process on 127.0.0.1."""
+    """An MQTT broker running as a child process on 127.0.0.1; no anonymous client is let in."""
 
     kind: str  # "mosquitto" or "amqtt"
     host: str
     port: int
     process: subprocess.Popen[bytes]
     workdir: Path
+    username: str = BACKEND_USER
+    password: str = field(default="", repr=False)
 
     @property
     def url(self) -> str:
-        """mqtt://host:port for BIKEGUARD_MQTT_URL."""
+        """mqtt://user:password@host:port for BIKEGUARD_MQTT_URL: the backend's (or the tests') user."""
+        return self.url_as(self.username, self.password)
+
+    def url_as(self, username: str, password: str) -> str:
+        """The broker's URL with another user's credentials (a station's); they go in as they are, as the URL's
+        readers (`protocol.mqtt_address`) take them out: station ids and issued passwords are URL-safe."""
+        return f"mqtt://{username}:{password}@{self.host}:{self.port}"
+
+    @property
+    def anonymous_url(self) -> str:
+        """mqtt://host:port without credentials: what an outsider tries."""
         return f"mqtt://{self.host}:{self.port}"
+
+    def accepts(self, username: str | None, password: str | None, timeout_s: float = 5.0) -> bool:
+        """Whether the broker accepts an MQTT 3.1.1 CONNECT with these credentials (None: anonymous) right now."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout_s) as sock:
+                sock.sendall(connect_packet(f"probe-{secrets.token_hex(6)}", username, password))
+                connack = sock.recv(4)
+        except ConnectionError:
+            return False
+        # A refusal is a CONNACK with a non-zero code, or (Mosquitto, amqtt) the connection closed.
+        return connack[:2] == b"\x20\x02" and connack[3:4] == b"\x00"
 
     @property
     def supports_shared_subscriptions(self) -> bool:
         """amqtt has no $share; Mosquitto 2 and EMQX do."""
         return self.kind == "mosquitto"
+
+    def install(self, passwords: str, acl: str | None = None) -> None:
+        """Replace the broker's password file (and ACL file) and make it reread them, as `systemctl reload` does."""
+        _write_whole(self.workdir / "passwd", passwords)
+        if acl is not None:
+            if not (self.workdir / "acl").exists():
+                raise ServiceError("this broker was started without an ACL file; start it with one to change it")
+            _write_whole(self.workdir / "acl", acl)
+        os.kill(self.process.pid, signal.SIGHUP)
 
     def stop(self) -> None:
         """Stop the broker and remove its working files."""
@@ -102,15 +138,79 @@ class Broker:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def connect_packet(
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    will: tuple[str, bytes] | None = None,
+    will_retain: bool = False,
+) -> bytes:
+    """An MQTT 3.1.1 CONNECT (clean session, QoS 1 will if any), for probing a broker without a client library."""
+
+    def string(data: str | bytes) -> bytes:
+        raw = data.encode() if isinstance(data, str) else data
+        return len(raw).to_bytes(2, "big") + raw
+
+    flags = 0x02
+    payload = string(client_id)
+    if will is not None:
+        flags |= 0x04 | 0x08 | (0x20 if will_retain else 0)
+        payload += string(will[0]) + string(will[1])
+    if username is not None:
+        flags |= 0x80
+        payload += string(username)
+    if password is not None:
+        flags |= 0x40
+        payload += string(password)
+    body = string("MQTT") + bytes([4, flags]) + (60).to_bytes(2, "big") + payload
+    length, size = b"", len(body)
+    while True:
+        size, digit = divmod(size, 128)
+        length += bytes([digit | (0x80 if size else 0)])
+        if not size:
+            return b"\x10" + length + body
+
+
+def _write_whole(path: Path, text: str) -> None:
+    # A reloading broker must never read half a file.
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
+
+
 def mosquitto_path() -> str | None:
     """The mosquitto binary if installed (Debian puts it in /usr/sbin)."""
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 
 
-def start_broker(kind: str = "auto", port: int | None = None, extra_conf: str = "") -> Broker:
-    """Start Mosquitto when installed (kind 'auto' or 'mosquitto'), else the embedded amqtt broker."""
+def start_broker(
+    kind: str = "auto",
+    port: int | None = None,
+    extra_conf: str = "",
+    *,
+    passwords: str | None = None,
+    acl: str | None = None,
+    username: str = BACKEND_USER,
+    password: str | None = None,
+) -> Broker:
+    """Start Mosquitto when installed (kind 'auto' or 'mosquitto'), else the embedded amqtt broker.
+
+    Either way it lets in only the users of a Mosquitto password file: `passwords` (the text of one, as
+    `backend.provisioning.password_file` makes it), else a file with one user, `username` with `password` (random when
+    not given), whose credentials `Broker.url` carries. `acl` (as `backend.provisioning.acl_file` makes it) limits each
+    user to its topics; without it every user may use every topic.
+    """
+    from backend.provisioning import password_file, password_hash
+
     port = port or free_port()
+    password = password if password is not None else secrets.token_urlsafe(12)
     workdir = Path(tempfile.mkdtemp(prefix="bikeguard-broker-"))
+    _write_whole(
+        workdir / "passwd", passwords if passwords is not None else password_file({username: password_hash(password)})
+    )
+    if acl is not None:
+        _write_whole(workdir / "acl", acl)
     exe = mosquitto_path()
     if kind == "mosquitto" and exe is None:
         raise ServiceError("mosquitto is not installed: apt-get install mosquitto")
@@ -118,14 +218,27 @@ def start_broker(kind: str = "auto", port: int | None = None, extra_conf: str = 
         conf = workdir / "mosquitto.conf"
         # As root Mosquitto would switch to its own user and could not read files in our temp dirs.
         as_user = "user root\n" if os.geteuid() == 0 else ""
+        acl_line = f"acl_file {workdir / 'acl'}\n" if acl is not None else ""
         conf.write_text(
-            f"listener {port} 127.0.0.1\n{as_user}allow_anonymous true\npersistence false\n"
-            f"max_queued_messages 100000\nmax_inflight_messages 1000\nset_tcp_nodelay true\n{extra_conf}"
+            f"listener {port} 127.0.0.1\n{as_user}allow_anonymous false\npassword_file {workdir / 'passwd'}\n"
+            f"{acl_line}persistence false\nmax_queued_messages 100000\nmax_inflight_messages 1000\n"
+            f"set_tcp_nodelay true\n{extra_conf}"
         )
         cmd = [exe, "-c", str(conf)]
         kind = "mosquitto"
     else:
-        cmd = [sys.executable, "-m", "bikeguard.broker", "--port", str(port)]
+        if extra_conf:
+            raise ServiceError("extra Mosquitto configuration given, but the broker would be amqtt")
+        cmd = [
+            sys.executable,
+            "-m",
+            "bikeguard.broker",
+            "--port",
+            str(port),
+            "--password-file",
+            str(workdir / "passwd"),
+        ]
+        cmd += ["--acl-file", str(workdir / "acl")] if acl is not None else []
         kind = "amqtt"
     logf = (workdir / "broker.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
@@ -135,7 +248,7 @@ def start_broker(kind: str = "auto", port: int | None = None, extra_conf: str = 
         stop_process(proc)
         raise ServiceError(f"{kind} broker did not start: {(workdir / 'broker.log').read_text()[-2000:]}") from exc
     log.info("%s broker on 127.0.0.1:%d", kind, port)
-    return Broker(kind, "127.0.0.1", port, proc, workdir)
+    return Broker(kind, "127.0.0.1", port, proc, workdir, username, password)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:

@@ -19,13 +19,41 @@ from typing import Any
 
 import orjson
 
+from gateway.hotlist import HotlistRefused, RefusalReason, check_hotlist
 from gateway.mqtt import Connection, ConnectRefused, MqttError, Will
 from gateway.selftest.clock import Skew, skew_from_date_header
 from gateway.selftest.report import StepResult
 from gateway.selftest.settings import SelfTestSettings
 from gateway.settings import GatewaySettings
-from protocol.messages import Hotlist, MessageError, StationStatus
+from protocol.messages import Hotlist, StationStatus
+from protocol.signing import read_public_key
 from protocol.topics import HOTLIST, station_topic
+
+# What the gateway would do with the retained hot list, and what the installer can do about it.
+_REFUSED: dict[RefusalReason, str] = {
+    "too_large": "it is larger than this station takes",
+    "too_many_tags": "it holds more tags than this station takes",
+    "invalid": "it is not a hot list this gateway can read",
+    "no_public_key": "this station has no key to check its signature with",
+    "unsigned": "it is not signed",
+    "bad_signature": "its signature is not the backend's key this station was given",
+}
+_FORGED = (
+    "either this station was given another backend's key (compare BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY with what "
+    "`bikeguard station credentials` prints), or someone other than the backend published the list: only the "
+    f"backend's MQTT user may write {HOTLIST} (the broker's ACL); tell the operator. The gateway keeps its last good"
+    " list"
+)
+_REFUSED_ADVICE: dict[RefusalReason, str] = {
+    "too_large": "raise BIKEGUARD_GATEWAY_HOTLIST_MAX_BYTES if the town's stolen list really is this large",
+    "too_many_tags": "raise BIKEGUARD_GATEWAY_HOTLIST_MAX_TAGS if the town's stolen list really is this long",
+    "invalid": "the backend published a hot list this gateway cannot read: are the backend and gateway versions "
+    "compatible?",
+    "no_public_key": "set BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY to the key `bikeguard station credentials` printed "
+    "with this station's password: without it the gateway takes no hot list",
+    "unsigned": _FORGED,
+    "bad_signature": _FORGED,
+}
 
 
 @dataclass
@@ -36,7 +64,7 @@ class BrokerSession:
     client: Connection | None = None
     hotlist: Hotlist | None = None
     hotlist_bytes: int = 0
-    hotlist_error: str | None = None
+    hotlist_refused: HotlistRefused | None = None
     status_payloads: list[bytes] = field(default_factory=list)
     received: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -59,6 +87,8 @@ class UplinkSide:
         self.status_topic = station_topic(settings.station_id, "status")
         self._session: BrokerSession | None = None
         self._heartbeat: StationStatus | None = None
+        # The gateway's own check of a hot list, with the key this station was provisioned with.
+        self._hotlist_key = read_public_key(settings.hotlist_public_key) if settings.hotlist_public_key else None
 
     @property
     def client(self) -> Connection | None:
@@ -161,18 +191,19 @@ class UplinkSide:
             return session
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.options.hotlist_timeout_s):
-                while session.hotlist is None and session.hotlist_error is None:
+                while session.hotlist is None and session.hotlist_refused is None:
                     session.received.clear()
                     await session.received.wait()
         connected = f"connected to {endpoint} as {who} in {data['connect_ms']:.0f} ms"
-        if session.hotlist_error is not None:
-            data["hotlist_error"] = session.hotlist_error
+        if session.hotlist_refused is not None:
+            refused = session.hotlist_refused
+            data.update(hotlist_refusal=refused.reason, hotlist_error=refused.detail)
             session.result = StepResult(
                 "broker",
                 False,
-                f"{connected}, but the retained hot list is invalid: {session.hotlist_error}",
-                "the backend published a hot list this gateway cannot read: are the backend and gateway "
-                "versions compatible?",
+                f"{connected}, but the gateway would refuse the retained hot list: {_REFUSED[refused.reason]}"
+                f" ({refused.detail})",
+                _REFUSED_ADVICE[refused.reason],
                 data,
             )
         elif session.hotlist is None:
@@ -209,10 +240,13 @@ class UplinkSide:
             payload = message.payload
             if message.matches(HOTLIST) and payload and session.hotlist is None:
                 session.hotlist_bytes = len(payload)
+                s = self.settings
                 try:
-                    session.hotlist = Hotlist.parse(payload)
-                except MessageError as exc:
-                    session.hotlist_error = exc.reason
+                    session.hotlist = check_hotlist(
+                        payload, self._hotlist_key, max_bytes=s.hotlist_max_bytes, max_tags=s.hotlist_max_tags
+                    )
+                except HotlistRefused as exc:
+                    session.hotlist_refused = exc
             elif message.matches(self.status_topic):
                 session.status_payloads.append(payload)
             session.received.set()

@@ -124,6 +124,7 @@ def ingest(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[Ing
 def publish(broker: Broker) -> Iterator[Callable[[str, bytes], None]]:
     """Publish a payload with QoS 1 and wait for the broker's acknowledgement."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.username_pw_set(broker.username, broker.password)
     client.connect(broker.host, broker.port)
     client.loop_start()
 

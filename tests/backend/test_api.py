@@ -46,6 +46,7 @@ class HotlistWatcher:
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         self.client.on_message = self._on_message
+        self.client.username_pw_set(broker.username, broker.password)
         self.client.connect(broker.host, broker.port)
         self.client.subscribe(topics.HOTLIST, qos=1)
         self.client.loop_start()
@@ -90,6 +91,7 @@ def test_theft_report_puts_chip_on_hot_list_and_recovery_takes_it_off(people: St
 
 def _publish(broker: Broker, batches: list[tuple[str, bytes]]) -> None:
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.username_pw_set(broker.username, broker.password)
     pub.connect(broker.host, broker.port)
     pub.loop_start()
     for i, (station_id, payload) in enumerate(batches):

@@ -92,6 +92,7 @@ def listening(broker: Broker, topic_prefix: str) -> Iterator[Requests]:
 
     client.on_message = on_message
     client.on_subscribe = lambda *_: seen.subscribed.set()
+    client.username_pw_set(broker.username, broker.password)
     client.connect(broker.host, broker.port)
     client.loop_start()
     client.subscribe(f"{topics.ROOT}/stations/+/{topics.REQUESTS}", qos=1)
@@ -374,6 +375,7 @@ def test_with_two_workers_a_gap_is_seen_once_closed_once_and_their_metrics_add_u
     require_mosquitto()
     broker = start_broker("mosquitto")
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    publisher.username_pw_set(broker.username, broker.password)
     publisher.connect(broker.host, broker.port)
     publisher.loop_start()
 

@@ -52,6 +52,7 @@ def confirmations(broker: Broker, topic_prefix: str) -> Iterator[Confirmations]:
 
     client.on_message = on_message
     client.on_subscribe = lambda *_: seen.subscribed.set()
+    client.username_pw_set(broker.username, broker.password)
     client.connect(broker.host, broker.port)
     client.loop_start()
     client.subscribe(f"{topics.ROOT}/stations/+/{topics.CONFIRMATIONS}", qos=1)

@@ -57,6 +57,7 @@ def test_two_workers_share_the_traffic_and_store_each_batch_once_even_when_sent_
     workers = IngestWorkers(settings)
     workers.start()
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    publisher.username_pw_set(broker.username, broker.password)
     publisher.connect(broker.host, broker.port)
     publisher.loop_start()
 

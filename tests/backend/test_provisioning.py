@@ -33,12 +33,14 @@ def provisioned_mosquitto(folder: Path, stations: list[str]) -> tuple[Broker, di
     user, no anonymous clients; the broker and each user's password."""
     users = [*stations, "bikeguard-backend"]
     passwords = {u: provisioning.new_password() for u in users}
-    (folder / "passwd").write_text(
-        provisioning.password_file({u: provisioning.password_hash(p) for u, p in passwords.items()})
+    hashes = {u: provisioning.password_hash(p) for u, p in passwords.items()}
+    broker = start_broker(
+        "mosquitto",
+        passwords=provisioning.password_file(hashes),
+        acl=provisioning.acl_file(stations),
+        password=passwords["bikeguard-backend"],  # broker.url is the backend's
     )
-    (folder / "acl").write_text(provisioning.acl_file(stations))
-    conf = f"allow_anonymous false\npassword_file {folder / 'passwd'}\nacl_file {folder / 'acl'}\n"
-    return start_broker("mosquitto", extra_conf=conf), passwords
+    return broker, passwords
 
 
 def test_password_hash_is_what_mosquitto_passwd_writes():

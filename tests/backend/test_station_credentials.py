@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import signal
 import stat
 import threading
 import time
@@ -219,14 +217,11 @@ def test_mosquitto_with_files_from_the_database_follows_rotation_and_decommissio
     a, b = _station(staff), _station(staff)
     password_a, password_b = _issue(staff, a), _issue(staff, b)
     _broker_files(staff.database_url, tmp_path, monkeypatch)
-    broker = start_broker(
-        "mosquitto",
-        extra_conf=(f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"),
-    )
+    broker = start_broker("mosquitto", passwords=(tmp_path / "passwd").read_text(), acl=(tmp_path / "acl").read_text())
 
     def regenerate_and_reload() -> None:
         _broker_files(staff.database_url, tmp_path, monkeypatch)
-        os.kill(broker.process.pid, signal.SIGHUP)
+        broker.install((tmp_path / "passwd").read_text(), (tmp_path / "acl").read_text())  # and SIGHUP
 
     try:
         backend = _Station(broker.port, "bikeguard-backend", BACKEND_PASSWORD)

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ import psutil
 import pytest
 
 from bikeguard.demo import Stopped, StopSignals
-from bikeguard.services import free_port
+from bikeguard.services import connect_packet, free_port
 from tests.backend.test_ingest import wait_until
 from tests.browser import browser_page, chromium_path, console_errors, screenshot_path
 
@@ -115,6 +116,7 @@ def test_demo_shows_the_stolen_bike_on_the_map_and_ctrl_c_stops_everything() -> 
         assert police, output[-1]
         base = f"http://127.0.0.1:{demo.port}"
         assert httpx.get(f"{base}/api/alarms").status_code == 401
+        assert_the_demo_broker_refuses_anonymous_clients(output)
         if chromium_path() or os.environ.get("CI"):
             took = watch_the_theft_on_the_police_console(base, police[1], police[2])
         else:
@@ -168,6 +170,18 @@ def test_a_stop_signal_waits_for_a_starting_part_and_a_second_one_does_not() -> 
         signalled(signal.SIGTERM)
         signalled(signal.SIGINT)  # a start that hangs must not make the demo unstoppable
         raise AssertionError("the second signal did not stop it")
+
+
+def assert_the_demo_broker_refuses_anonymous_clients(output: list[str]) -> None:
+    """The broker the demo says it started refuses an anonymous CONNECT; its stations were each given a password."""
+    said = next(line for line in output if "MQTT broker (" in line)
+    address = re.search(r"mqtt://127\.0\.0\.1:(\d+)", said)
+    assert address and "no anonymous clients" in said, said
+    with socket.create_connection(("127.0.0.1", int(address[1])), timeout=10) as sock:
+        sock.sendall(connect_packet("outsider"))
+        connack = sock.recv(4)
+    assert connack[3:4] != b"\x00", f"the demo's broker let in an anonymous client: {connack!r}"
+    assert any("MQTT passwords issued for 20 stations by the installer" in line for line in output), output
 
 
 def wait_for_the_alarm(base: str, username: str, password: str) -> float:

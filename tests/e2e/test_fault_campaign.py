@@ -226,7 +226,9 @@ class Campaign:
         if self.kind == "mosquitto":
             (self.tmp / "mosquitto").mkdir(exist_ok=True)
             conf = f"persistence true\npersistence_location {self.tmp}/mosquitto/\nautosave_interval 0\n"
-        self.broker = start_broker(self.kind, port=port, extra_conf=conf)
+        # A restart keeps the password: the stations and the backend have it in their URLs.
+        password = self.broker.password if self.broker is not None else None
+        self.broker = start_broker(self.kind, port=port, extra_conf=conf, password=password)
         return self.broker
 
     async def start_gateway(self, n: int) -> None:

@@ -128,7 +128,7 @@ async def ingesting(
         await asyncio.to_thread(worker.stop)
 
 
-def persistent_mosquitto(workdir: Path, port: int | None = None) -> Broker:
+def persistent_mosquitto(workdir: Path, port: int | None = None, password: str | None = None) -> Broker:
     """Mosquitto that saves its queues on a clean stop and loads them on start."""
     if mosquitto_path() is None:
         if os.environ.get("CI"):
@@ -136,7 +136,7 @@ def persistent_mosquitto(workdir: Path, port: int | None = None) -> Broker:
         pytest.skip("mosquitto is not installed here (apt-get install mosquitto); CI installs it")
     workdir.mkdir(exist_ok=True)
     conf = f"persistence true\npersistence_location {workdir}/\nautosave_interval 0\n"
-    return start_broker("mosquitto", port=port, extra_conf=conf)
+    return start_broker("mosquitto", port=port, extra_conf=conf, password=password)
 
 
 @pytest.mark.mosquitto
@@ -160,7 +160,7 @@ async def test_broker_restarted_under_traffic_loses_no_sighting(
                 await eventually(lambda: uplink.sightings_published >= 100, 20, "traffic flowing")
                 await asyncio.to_thread(broker.stop)  # SIGTERM: Mosquitto saves its queues
                 await eventually(lambda: spool.depth >= 20 and not uplink.connected, 20, "batches spooled")
-                broker = await asyncio.to_thread(persistent_mosquitto, tmp_path / "mosquitto", port)
+                broker = await asyncio.to_thread(persistent_mosquitto, tmp_path / "mosquitto", port, broker.password)
                 await eventually(lambda: uplink.connected, 20, "the gateway to reconnect")
                 backlog = len(feeder.sent)  # the spooled ones and 100 more must go out before the feed stops
                 await eventually(lambda: uplink.sightings_published >= backlog + 100, 20, "more traffic")
@@ -204,7 +204,8 @@ async def test_broker_without_persistence_restarted_under_traffic_loses_no_sight
                 await eventually(lambda: all(u and u.sightings_published >= 100 for u in uplinks), 20, "traffic")
                 await asyncio.to_thread(broker.stop)  # queues, sessions and subscriptions gone
                 await eventually(lambda: not any(u and u.connected for u in uplinks), 20, "the broker gone")
-                broker = await asyncio.to_thread(start_broker, kind, port)
+                password = broker.password  # the same user comes back: the stations have it in their URLs
+                broker = await asyncio.to_thread(lambda: start_broker(kind, port, password=password))
                 await eventually(lambda: all(u and u.connected for u in uplinks), 20, "the gateways to reconnect")
                 backlog = [len(one.sent), len(two.sent)]
                 await eventually(

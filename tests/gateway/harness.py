@@ -110,7 +110,13 @@ async def running(station: Station) -> AsyncIterator[Station]:
 
 def mqtt_client(broker: Broker) -> aiomqtt.Client:
     """An MQTT client with an id of its own: amqtt shares one session among clients with an empty id."""
-    return aiomqtt.Client(broker.host, broker.port, identifier=f"test-{uuid.uuid4().hex[:12]}")
+    return aiomqtt.Client(
+        broker.host,
+        broker.port,
+        identifier=f"test-{uuid.uuid4().hex[:12]}",
+        username=broker.username,
+        password=broker.password,
+    )
 
 
 class Watcher:
@@ -138,7 +144,7 @@ class Watcher:
     async def _collect(self) -> None:
         async for message in self.client.messages:
             topic = str(message.topic)
-            # amqtt 0.12 also hands a new client retained messages matching *other* clients' filters.
+            # Only this station's topics (a broker other than ours may hand over more, as amqtt 0.12 alone did).
             if not topic.startswith(self.prefix):
                 continue
             kind = topic.rsplit("/", 1)[-1]
@@ -198,8 +204,8 @@ class TcpHop:
 
     @property
     def url(self) -> str:
-        """mqtt:// URL of the hop."""
-        return f"mqtt://127.0.0.1:{self.port}"
+        """mqtt:// URL of the hop, with the broker's credentials (the hop forwards bytes, CONNECT included)."""
+        return self.broker.url.replace(f"@{self.broker.host}:{self.broker.port}", f"@127.0.0.1:{self.port}")
 
     async def open(self) -> None:
         """Start accepting connections and forwarding them to the broker."""

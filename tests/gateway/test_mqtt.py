@@ -21,21 +21,24 @@ def everything_of(station_id: str) -> str:
     return f"{ROOT}/stations/{station_id}/#"
 
 
-def connection(host: str, port: int, client_id: str, timeout_s: float = 10.0) -> Connection:
-    return Connection(host, port, client_id=client_id, timeout_s=timeout_s)
+def connection(broker: Broker, port: int, client_id: str, timeout_s: float = 10.0) -> Connection:
+    """A connection with the broker's credentials to its port, or to a hop's in front of it."""
+    return Connection(
+        broker.host, port, client_id=client_id, timeout_s=timeout_s, username=broker.username, password=broker.password
+    )
 
 
 async def test_a_publish_returns_at_its_puback_and_a_subscriber_receives_it(broker: Broker, topic_prefix: str) -> None:
     topic = station_topic(topic_prefix, "status")
     received: list[Message] = []
-    async with connection(broker.host, broker.port, f"{topic_prefix}-a") as mqtt:
+    async with connection(broker, broker.port, f"{topic_prefix}-a") as mqtt:
         assert mqtt.connected
         granted = await mqtt.subscribe(everything_of(topic_prefix), qos=1)
         assert granted == [1]
         await mqtt.publish(topic, b"hello", qos=1)
         async with asyncio.timeout(10):
             async for message in mqtt.messages():
-                # amqtt 0.12 also hands a new client retained messages matching other clients' filters.
+                # Only the message this test published.
                 if message.topic == topic:
                     received.append(message)
                     break
@@ -49,7 +52,7 @@ async def test_a_broker_that_hangs_is_no_answer_within_the_timeout(
     broker: Broker, hop: TcpHop, topic_prefix: str
 ) -> None:
     await hop.open()
-    async with connection("127.0.0.1", hop.port, f"{topic_prefix}-h", timeout_s=0.5) as mqtt:
+    async with connection(broker, hop.port, f"{topic_prefix}-h", timeout_s=0.5) as mqtt:
         await hop.freeze()
         started = time.monotonic()
         with pytest.raises(NoAnswer, match="no PUBACK"):
@@ -61,7 +64,7 @@ async def test_a_dropped_connection_ends_the_messages_and_fails_what_waits(
     broker: Broker, hop: TcpHop, topic_prefix: str
 ) -> None:
     await hop.open()
-    async with connection("127.0.0.1", hop.port, f"{topic_prefix}-d") as mqtt:
+    async with connection(broker, hop.port, f"{topic_prefix}-d") as mqtt:
         await mqtt.subscribe(everything_of(topic_prefix), qos=1)
         await hop.cut()
         with pytest.raises(ConnectionLost, match="lost"):
@@ -75,7 +78,7 @@ async def test_a_dropped_connection_ends_the_messages_and_fails_what_waits(
 
 async def test_nothing_listening_is_an_mqtt_error_not_a_refusal(topic_prefix: str) -> None:
     with pytest.raises(MqttError) as caught:
-        async with connection("127.0.0.1", free_port(), f"{topic_prefix}-n"):
+        async with Connection("127.0.0.1", free_port(), client_id=f"{topic_prefix}-n", timeout_s=10):
             pass
     assert not isinstance(caught.value, ConnectRefused)
 
@@ -83,6 +86,6 @@ async def test_nothing_listening_is_an_mqtt_error_not_a_refusal(topic_prefix: st
 async def test_small_packets_leave_at_once(broker: Broker, topic_prefix: str) -> None:
     # With Nagle on (paho's default), a PUBACK for a confirmation waited for the broker's delayed ACK (40 ms) and
     # the station's window of publishes with it: a drain ran at ~370 batches/s (docs/benchmarks.md).
-    async with connection(broker.host, broker.port, f"{topic_prefix}-nodelay") as mqtt:
+    async with connection(broker, broker.port, f"{topic_prefix}-nodelay") as mqtt:
         sock = mqtt._client.socket()
         assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -29,6 +29,7 @@ from bikeguard.services import Broker, free_port, mosquitto_path, start_broker
 from gateway.selftest import STEPS, NtpStatus, Report, SelfTest, SelfTestSettings, StepResult, parse_chronyc_tracking
 from protocol.frames import ModuleStatus
 from protocol.messages import Hotlist, SelfTestStep, SelfTestSummary, StationStatus, parse_selftest, utcnow
+from protocol.signing import generate_signing_key, public_key_of, read_signing_key, sign_hotlist
 from protocol.topics import HOTLIST, station_topic
 from tests.gateway.harness import FakeModule, TcpHop, beacon, fast_settings, mqtt_client, retained, watching
 
@@ -36,6 +37,8 @@ pytestmark = pytest.mark.anyio
 
 TEST_TAG = 0x0A1B2C3D
 STATUS = ModuleStatus(noise_floor_dbm=-97, firmware=0x0102, uptime_s=3600)
+SIGNING_KEY = generate_signing_key()  # the backend's, for these tests; stations are given its public half
+PUBLIC_KEY = public_key_of(SIGNING_KEY)
 
 
 async def synced() -> NtpStatus:
@@ -51,6 +54,7 @@ def selftest(
     clock: Callable[[], datetime] = utcnow,
     ntp: Callable[[], Any] = synced,
     open_serial: Callable[..., serial.SerialBase] = serial.serial_for_url,
+    hotlist_public_key: str | None = PUBLIC_KEY,
     **options: Any,
 ) -> SelfTest:
     """A self-test whose waits end as soon as what they wait for comes, with room for a loaded machine; a test
@@ -64,7 +68,9 @@ def selftest(
         "heartbeat_timeout_s": 10,
         **options,
     }
-    settings = fast_settings(station_id, serial_url, mqtt_url, tmp_path / "s.spool")
+    settings = fast_settings(
+        station_id, serial_url, mqtt_url, tmp_path / "s.spool", hotlist_public_key=hotlist_public_key
+    )
     return SelfTest(settings, SelfTestSettings(**values), clock=clock, ntp=ntp, open_serial=open_serial)
 
 
@@ -81,11 +87,16 @@ async def run(test: SelfTest, feed: Callable[[], None] | None = None) -> tuple[R
 
 
 @contextlib.asynccontextmanager
-async def hotlist_on(broker: Broker, issued_at: datetime | None = None) -> AsyncIterator[Hotlist]:
-    """A retained hot list on the broker for the duration, cleared afterwards."""
+async def hotlist_on(
+    broker: Broker, issued_at: datetime | None = None, signing_key: str | None = SIGNING_KEY
+) -> AsyncIterator[Hotlist]:
+    """A retained hot list on the broker for the duration (signed with `signing_key`, the backend's by default;
+    None: unsigned), cleared afterwards."""
     hotlist = Hotlist(
         version=time.time_ns() // 1_000_000, issued_at=issued_at or utcnow(), tags=["00C0FFEE", "0BADCAFE"]
     )
+    if signing_key is not None:
+        hotlist = sign_hotlist(hotlist, read_signing_key(signing_key))
     async with mqtt_client(broker) as client:
         await client.publish(HOTLIST, hotlist.to_json(), qos=1, retain=True)
         try:
@@ -124,6 +135,44 @@ async def test_every_step_passes_with_a_module_a_test_tag_and_the_broker(
     # The self-test is not the gateway: it leaves the station offline until the gateway says otherwise.
     left = StationStatus.parse(await retained(broker, station_topic(topic_prefix, "status")) or b"")
     assert left.state == "offline"
+
+
+@pytest.mark.parametrize(
+    ("signing_key", "reason", "says"),
+    [
+        (generate_signing_key(), "bad_signature", "its signature is not the backend's key this station was given"),
+        (None, "unsigned", "it is not signed"),
+    ],
+    ids=["foreign-signed", "unsigned"],
+)
+async def test_a_retained_hot_list_the_gateway_would_refuse_fails_the_broker_step(
+    broker: Broker, topic_prefix: str, tmp_path: Path, signing_key: str | None, reason: str, says: str
+) -> None:
+    # Someone else's list on the broker (a forger's, or another backend's): the gateway would keep its last good
+    # list and flag no new theft, so commissioning must not pass.
+    async with hotlist_on(broker, signing_key=signing_key):
+        _, steps = await run(selftest(topic_prefix, str(tmp_path / "none"), broker.url, tmp_path))
+    step = steps["broker"]
+    assert step.status == "fail"
+    assert f"but the gateway would refuse the retained hot list: {says}" in step.value
+    assert step.data["hotlist_refusal"] == reason
+    assert (
+        "BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY" in step.advice
+        and "only the backend's MQTT user may write" in step.advice
+    )
+
+
+async def test_a_station_without_the_public_key_fails_the_broker_step(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    async with hotlist_on(broker):
+        _, steps = await run(
+            selftest(topic_prefix, str(tmp_path / "none"), broker.url, tmp_path, hotlist_public_key=None)
+        )
+    step = steps["broker"]
+    assert step.status == "fail" and step.data["hotlist_refusal"] == "no_public_key"
+    assert "this station has no key to check its signature with" in step.value
+    assert step.advice.startswith("set BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY")
 
 
 async def test_missing_serial_device_skips_the_radio_steps_but_still_tests_the_broker(
@@ -375,22 +424,21 @@ class SecuredBroker:
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBroker]:
+def secured() -> Iterator[SecuredBroker]:
     if mosquitto_path() is None:
         if os.environ.get("CI"):
             pytest.fail("CI must test against Mosquitto: .ci/run installs it")
         pytest.skip("mosquitto is not installed here (apt-get install mosquitto); CI installs it")
     station_id, password = f"s{uuid.uuid4().hex[:10]}", "station-secret"
-    files = tmp_path_factory.mktemp("mosquitto-auth")
-    (files / "passwd").write_text(
-        password_file({station_id: password_hash(password), "bikeguard-backend": password_hash("backend-secret")})
-    )
-    (files / "acl").write_text(acl_file([station_id]))
     broker = start_broker(
-        "mosquitto", extra_conf=f"allow_anonymous false\npassword_file {files / 'passwd'}\nacl_file {files / 'acl'}\n"
+        "mosquitto",
+        passwords=password_file(
+            {station_id: password_hash(password), "bikeguard-backend": password_hash("backend-secret")}
+        ),
+        acl=acl_file([station_id]),
     )
     try:
-        hotlist = Hotlist(version=1, issued_at=utcnow(), tags=["00C0FFEE"])
+        hotlist = sign_hotlist(Hotlist(version=1, issued_at=utcnow(), tags=["00C0FFEE"]), read_signing_key(SIGNING_KEY))
 
         async def publish() -> None:
             async with aiomqtt.Client(
@@ -425,7 +473,7 @@ async def test_wrong_password_is_bad_credentials_and_no_user_is_not_authorised(
     assert "check the user and password in --mqtt" in broker.advice
     assert steps["heartbeat"].value == "skipped: the broker step failed"
 
-    anonymous = f"mqtt://{secured.broker.host}:{secured.broker.port}"
+    anonymous = secured.broker.anonymous_url
     _, steps = await run(selftest(sid, str(tmp_path / "none"), anonymous, tmp_path))
     assert steps["broker"].value == "refused: not authorised with no username (CONNACK 135: Not authorized)"
     assert steps["broker"].data["refusal"] == "not_authorised"
@@ -597,6 +645,8 @@ async def test_command_line_passes_against_a_live_module(
                 "--json",
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                # The key provisioned with the station's password, as on a pole.
+                env={**os.environ, "BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY": PUBLIC_KEY},
             )
             out, err = await asyncio.wait_for(proc.communicate(), 60)
         finally:

@@ -2,9 +2,9 @@
 
 The real backend (its app on the test's database, publishing the hot list on the test's real broker) reports bikes
 stolen; a fleet of real gateways (one process, one event loop, fake radio modules on ptys) takes its lists. An
-attacker publishes retained hot lists of their own to the same broker: a huge version, a version past 64 bits, a
-300,000-tag list, unsigned and badly signed lists. Every one is refused, the stations keep the last good list, go
-on flagging stolen chips, take the backend's next list, and none of them stops.
+attacker who can write to the hot-list topic publishes retained hot lists of their own to the same broker: a huge
+version, a version past 64 bits, a 300,000-tag list, unsigned and badly signed lists. Every one is refused, the
+stations keep the last good list, go on flagging stolen chips, take the backend's next list, and none of them stops.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ PUBLIC_KEY = public_key_of(factories.SECRETS["hotlist_signing_key"].get_secret_v
 
 
 def _publish_retained(broker: Broker, payload: bytes) -> None:
-    """Publish on the hot-list topic as anyone on the network could (retained, QoS 1), and wait for the PUBACK."""
+    """Publish on the hot-list topic (retained, QoS 1) as anyone who can write to it: no longer anyone on the network
+    (test_anonymous_broker.py), but a leaked backend password or a broker without our ACL; wait for the PUBACK."""
     client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client.username_pw_set(broker.username, broker.password)
     client.connect(broker.host, broker.port)
     client.loop_start()
     try:

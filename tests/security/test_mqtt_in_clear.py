@@ -33,6 +33,7 @@ from tests.backend.test_provisioning import require_mosquitto
 pytestmark = pytest.mark.anyio
 
 PASSWORD = "s3cret-station-password"
+STATION_USER = "st-tls"  # the brokers let in no anonymous client
 
 
 @dataclass
@@ -110,7 +111,7 @@ def tls_mosquitto(pki: Pki, *, client_certificates: bool = False) -> Broker:
     conf = f"cafile {pki.ca}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
     if client_certificates:
         conf += "require_certificate true\n"
-    return start_broker("mosquitto", extra_conf=conf)
+    return start_broker("mosquitto", extra_conf=conf, username=STATION_USER, password=PASSWORD)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ async def publish_through(url_scheme: str, broker: Broker, tap: Tap, tls: Tls | 
     settings = GatewaySettings(
         station_id=topic_prefix,
         serial_url="/dev/null",
-        mqtt_url=f"{url_scheme}://{topic_prefix}:{PASSWORD}@127.0.0.1:{tap.port}",  # type: ignore[arg-type]
+        mqtt_url=f"{url_scheme}://{STATION_USER}:{PASSWORD}@127.0.0.1:{tap.port}",  # type: ignore[arg-type]
         mqtt_ca_file=tls.ca_file if tls else None,
     )
     host, port, user, password = settings.mqtt_address
@@ -171,7 +172,7 @@ async def publish_through(url_scheme: str, broker: Broker, tap: Tap, tls: Tls | 
 async def test_in_clear_the_backhaul_reads_the_password_and_the_sightings(topic_prefix: str) -> None:
     # What the finding was, and what a station on mqtt:// still shows anyone on its backhaul.
     require_mosquitto()
-    broker = start_broker("mosquitto")
+    broker = start_broker("mosquitto", username=STATION_USER, password=PASSWORD)
     try:
         async with Tap(broker.port) as tap:
             await publish_through("mqtt", broker, tap, None, topic_prefix)
@@ -198,12 +199,17 @@ async def test_a_broker_whose_certificate_our_ca_did_not_sign_is_refused(broker_
 async def test_a_broker_asking_for_client_certificates_admits_only_a_station_with_one(pki: Pki) -> None:
     broker = tls_mosquitto(pki, client_certificates=True)
     try:
-        without = Connection("127.0.0.1", broker.port, client_id="st-nocert", tls=Tls(ca_file=pki.ca), timeout_s=5)
+        password = {"username": STATION_USER, "password": PASSWORD}
+        without = Connection(
+            "127.0.0.1", broker.port, client_id="st-nocert", tls=Tls(ca_file=pki.ca), timeout_s=5, **password
+        )
         with pytest.raises(MqttError):
             async with without:
                 pass
         with_cert = Tls(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
-        async with Connection("127.0.0.1", broker.port, client_id="st-cert", tls=with_cert, timeout_s=5) as mqtt:
+        async with Connection(
+            "127.0.0.1", broker.port, client_id="st-cert", tls=with_cert, timeout_s=5, **password
+        ) as mqtt:
             assert mqtt.connected
     finally:
         broker.stop()
@@ -220,7 +226,7 @@ async def ingest_tls(database_url: str, broker_tls: Broker, pki: Pki, topic_pref
     settings = BackendSettings(
         environment="development",
         database_url=database_url,
-        mqtt_url=f"mqtts://127.0.0.1:{broker_tls.port}",
+        mqtt_url=f"mqtts://{STATION_USER}:{PASSWORD}@127.0.0.1:{broker_tls.port}",
         mqtt_ca_file=pki.ca,
         mqtt_client_id=f"ingest-{topic_prefix}",
         mqtt_shared_group=f"ingest-{topic_prefix}",
@@ -238,7 +244,14 @@ async def test_a_sighting_travels_station_to_database_over_tls(
         factories.station(conn, topic_prefix)
     assert ingest_tls.broker_connected
     batch = factories.batch(topic_prefix, 1, [0xC0FFEE]).to_json()
-    async with Connection("127.0.0.1", broker_tls.port, client_id=topic_prefix, tls=Tls(ca_file=pki.ca)) as mqtt:
+    async with Connection(
+        "127.0.0.1",
+        broker_tls.port,
+        client_id=topic_prefix,
+        tls=Tls(ca_file=pki.ca),
+        username=STATION_USER,
+        password=PASSWORD,
+    ) as mqtt:
         await mqtt.publish(station_topic(topic_prefix, "sightings"), batch, qos=1)
     deadline = time.monotonic() + 15
     while ingest_tls.counters.sightings < 1:
