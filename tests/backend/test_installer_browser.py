@@ -364,3 +364,52 @@ def _count(database_url: str, run_id: str) -> int:
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT count(*) FROM station_selftest_steps WHERE run_id = %s", (run_id,)).fetchone()
     return int(row[0]) if row else 0
+
+
+# A phone at the pole: 390 px wide, every tab.
+
+# Elements whose right edge passes the viewport (a map's own tiles and panes are clipped by the map, not the page).
+_OVERFLOW = """() => {
+  const width = document.documentElement.clientWidth;
+  const out = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0) continue;
+    if (box.right > width + 0.5) out.push(el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+      (el.className && typeof el.className === "string" ? "." + el.className.trim().split(/\\s+/).join(".") : "") +
+      " right=" + Math.round(box.right));
+  }
+  return {scroll: document.documentElement.scrollWidth, out: out.slice(0, 20)};
+}"""
+
+
+def _fits_a_phone(page) -> None:  # type: ignore[no-untyped-def]
+    seen = page.evaluate(_OVERFLOW)
+    assert seen["out"] == [] and seen["scroll"] <= 390, seen
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_installer_page_fits_a_390_px_phone_on_every_tab(server: str, database_url: str, lang: str) -> None:  # noqa: F811
+    _town(database_url)
+    with psycopg.connect(database_url) as conn:
+        installer = factories.account(conn, "installer", f"phone.{lang}")
+        conn.execute("UPDATE stations SET lifecycle = 'active'")
+    with browser_page(390, 844) as page:
+        page.goto(f"{server}/installer?lang={lang}")
+        _sign_in(page, installer, factories.PASSWORD)
+        page.wait_for_selector("#station-table")
+        page.frame_locator("#station-map").locator("path.leaflet-interactive").first.wait_for()
+        page.wait_for_timeout(300)
+        _fits_a_phone(page)
+        page.screenshot(path=str(screenshot_path(f"installer-phone-stations-{lang}.png")), full_page=True)
+        page.click(".bg-tab[data-tab='selftest']")
+        page.wait_for_selector("#selftest-live.on")
+        _fits_a_phone(page)
+        page.screenshot(path=str(screenshot_path(f"installer-phone-selftest-{lang}.png")), full_page=True)
+        page.click(".bg-tab[data-tab='coverage']")
+        page.frame_locator("#coverage-map").locator(".bg-coverage-summary").wait_for()
+        page.wait_for_timeout(300)
+        _fits_a_phone(page)
+        page.screenshot(path=str(screenshot_path(f"installer-phone-coverage-{lang}.png")), full_page=True)
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
