@@ -178,6 +178,15 @@ _EN: dict[str, str] = {
     "go_home": "Go to my page",
     "installer_text": "Installers work with stations through the API; see its documentation at /docs.",
     "installer_title": "Stations",
+    # installer: why a station is not healthy ({t} is a moment, shown in the reader's time zone)
+    "why_offline_status": "its last status says offline (the gateway lost its connection)",
+    "why_never_heard": "never heard from",
+    "why_no_heartbeat": "no heartbeat since {t} (expected every {n} s)",
+    "why_fewer_passages": "{n} passages in the last hour, usually {usual} at this time",
+    "why_batches_missing": "{n} batches missing since {t}: asked its gateway to send them again",
+    "why_hotlist_behind": "hot list version {v} is behind the current {current} since {t}: it does not flag chips"
+    " stolen since (check its BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY and its hotlist_rejected metric)",
+    "why_hotlist_unissued": "holds hot list version {v}, which the backend never issued (current {current})",
     "tab_stations": "Stations and health",
     "tab_coverage": "Coverage",
     "col_station": "Station",
@@ -423,6 +432,15 @@ _ZH: dict[str, str] = {
     "go_home": "前往我的页面",
     "installer_text": "安装员通过接口管理基站，文档见 /docs。",
     "installer_title": "基站",
+    # installer: why a station is not healthy ({t} is a moment, shown in the reader's time zone)
+    "why_offline_status": "最后一次状态为离线（网关断开了连接）",
+    "why_never_heard": "从未收到过消息",
+    "why_no_heartbeat": "自 {t} 起没有心跳（应每 {n} 秒一次）",
+    "why_fewer_passages": "最近一小时 {n} 次通行，此时段通常为 {usual} 次",
+    "why_batches_missing": "自 {t} 起缺少 {n} 个批次：已请求网关重新发送",
+    "why_hotlist_behind": "黑名单版本 {v} 自 {t} 起落后于当前版本 {current}：之后被盗的芯片它不会标记（请检查其"
+    " BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY 和 hotlist_rejected 指标）",
+    "why_hotlist_unissued": "持有黑名单版本 {v}，后台从未发布过该版本（当前 {current}）",
     "tab_stations": "基站与状态",
     "tab_coverage": "覆盖范围",
     "col_station": "基站",

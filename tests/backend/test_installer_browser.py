@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -166,6 +167,48 @@ def test_installer_acknowledges_and_clears_a_station_offline_alarm(server: str, 
         assert conn.execute("SELECT state, cleared_by FROM alarms WHERE kind = 'station_offline'").fetchall() == [
             ("cleared", "Installer wang.lei")
         ]
+
+
+def _shanghai(at: datetime) -> str:
+    """A moment as Chromium words it for zh-CN in Asia/Shanghai (toLocaleString, 24-hour clock)."""
+    local = at.astimezone(ZoneInfo("Asia/Shanghai"))
+    return f"{local.year}/{local.month}/{local.day} {local:%H:%M:%S}"
+
+
+def test_installer_in_shanghai_reads_station_times_in_local_time_and_chinese(server: str, database_url: str) -> None:  # noqa: F811
+    _town(database_url)
+    with psycopg.connect(database_url) as conn:
+        installer = factories.account(conn, "installer", "li.na")
+        dark = conn.execute("SELECT station_id, received_at FROM station_status WHERE state = 'offline'").fetchone()
+        conn.execute("UPDATE stations SET lifecycle = 'active' WHERE station_id = %s", (dark[0],))
+        noticed = conn.execute("SELECT noticed_at FROM batch_gaps WHERE station_id = %s", (dark[0],)).fetchone()[0]
+
+    async def watch() -> None:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await store.sync_station_offline(conn, await offline_stations(conn, utcnow(), utcnow()))
+
+    asyncio.run(watch())
+    with psycopg.connect(database_url) as conn:
+        first_seen = conn.execute("SELECT first_seen_at FROM alarms WHERE kind = 'station_offline'").fetchone()[0]
+    with browser_page(1400, 1100) as page:
+        page.context.new_cdp_session(page).send("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Shanghai"})
+        page.goto(f"{server}/installer?lang=zh")
+        _sign_in(page, installer, factories.PASSWORD)
+        page.wait_for_selector("#station-table")
+        row = page.locator(f"#station-table tr[data-station='{dark[0]}']")
+        assert _shanghai(dark[1]) in row.inner_text()
+        assert row.locator(".bg-reason[data-reason='batches_missing']").inner_text() == (
+            f"自 {_shanghai(noticed)} 起缺少 3 个批次：已请求网关重新发送"
+        )
+        assert (
+            row.locator(".bg-reason[data-reason='offline_status']").inner_text()
+            == "最后一次状态为离线（网关断开了连接）"
+        )
+        assert f"最后一次收到 {_shanghai(first_seen)}" in page.inner_text(".bg-station-alarm")
+        assert "UTC" not in page.inner_text("main")
+        page.screenshot(path=str(screenshot_path("installer-zh.png")))
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
 
 
 # The self-test view: steps published into the broker appear while the page is open.

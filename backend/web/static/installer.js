@@ -260,3 +260,10 @@
     });
   });
 })();
+
+// Moments the server wrote in UTC, shown in the reader's own time zone (BG.time), as on the other pages.
+(function () {
+  document.querySelectorAll("time.bg-when").forEach(function (el) {
+    el.textContent = BG.time(el.getAttribute("datetime")) || el.textContent;
+  });
+})();
