@@ -220,7 +220,9 @@ _EN: dict[str, str] = {
         "An alarm clears by itself when the station reports again; clear it by hand and it is not "
         "raised again for the same outage."
     ),
-    "coverage_intro": "Road heard by the stations (blue), road no station hears (red) and suggested next sites.",
+    "coverage_intro": "Road heard by the stations (blue), road no station hears (red) and suggested next sites."
+    " Beside each station: its id and the metres of road it hears (a station that hears little road is badly"
+    " placed).",
     "coverage_cli": "The same map as a file: bikeguard map coverage --out coverage.html",
     # installer: the commissioning self-test, live
     "tab_selftest": "Self-test",
@@ -471,7 +473,8 @@ _ZH: dict[str, str] = {
     "act_acknowledge": "确认",
     "act_clear": "清除",
     "alarms_note": "基站恢复上报后告警自动清除；手动清除后，同一次离线不会再次告警。",
-    "coverage_intro": "基站覆盖的道路（蓝色）、无基站覆盖的道路（红色）和建议的新站址。",
+    "coverage_intro": "基站覆盖的道路（蓝色）、无基站覆盖的道路（红色）和建议的新站址。"
+    "每个基站旁标有其编号和它能听到的道路长度（米）：听到的道路很少的基站位置不当。",
     "coverage_cli": "导出为文件：bikeguard map coverage --out coverage.html",
     "tab_selftest": "自检",
     "st_open": "自检 ›",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -125,6 +126,11 @@ def test_installer_sees_station_health_on_map_and_table_then_coverage(server: st
         page.click(".bg-tab[data-tab='coverage']")
         page.frame_locator("#coverage-map").locator(".bg-coverage-summary").wait_for()
         assert "Road covered" in page.frame_locator("#coverage-map").locator(".bg-coverage-summary").inner_text()
+        # Beside each station: which one, and how much road it hears (not a passage count, which was always 0).
+        labels = page.frame_locator("#coverage-map").locator(".bg-station-label").all_inner_texts()
+        assert len(labels) == 8 and all(re.fullmatch(r"st-\d{3} · \d+ m", x) for x in labels), labels
+        assert all(int(x.split("· ")[1][:-2]) > 100 for x in labels), labels  # each at an intersection
+        assert "hears" in page.inner_text("#tab-coverage")
         page.screenshot(path=str(screenshot_path("installer-coverage.png")))
         page.click(".bg-lang[data-lang='zh']")
         page.wait_for_selector("#station-table")
