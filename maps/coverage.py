@@ -36,7 +36,9 @@ COVERAGE_CSS = """
 .bg-station-label.deaf { color: #b91c1c; border-color: #fca5a5; }
 /* a phone: the summary keeps to a corner and leaves the map visible */
 @media (max-width: 500px) {
-  .bg-coverage-summary { bottom: 18px; right: 6px; max-width: 190px; padding: 7px 10px; font-size: 12px; line-height: 1.4; }
+  .bg-coverage-summary {
+    bottom: 18px; right: 6px; max-width: 190px; padding: 7px 10px; font-size: 12px; line-height: 1.4;
+  }
   .bg-coverage-summary b { font-size: 17px; }
 }
 </style>
