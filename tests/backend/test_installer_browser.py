@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import secrets
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from psycopg.types.json import Jsonb
 from backend.alarms import store
 from backend.alarms.station_watch import offline_stations
 from backend.api.app import create_app
+from backend.provisioning import password_hash
 from bikeguard.demo import town_roads_geojson
 from bikeguard.services import Broker, free_port
 from firmware_sim.town import Town
@@ -213,6 +215,131 @@ def test_installer_in_shanghai_reads_station_times_in_local_time_and_chinese(ser
         assert f"最后一次收到 {_shanghai(first_seen)}" in page.inner_text(".bg-station-alarm")
         assert "UTC" not in page.inner_text("main")
         page.screenshot(path=str(screenshot_path("installer-zh.png")))
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
+
+
+def _password_matches(stored: str, password: str) -> bool:
+    """Whether `password` is the one behind a Mosquitto-style hash ($7$iterations$salt$digest)."""
+    _, _, iterations, salt, _ = stored.split("$")
+    return password_hash(password, base64.b64decode(salt), int(iterations)) == stored
+
+
+def _register_on_the_map(page, station_id: str, name: str) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Open the form, click the station map to place the station, name it and register it."""
+    page.click("#register-details summary")
+    page.fill("#reg-id", station_id)
+    page.frame_locator("#station-map").locator(".leaflet-container").click(position={"x": 160, "y": 120})
+    page.frame_locator("#station-map").locator(".bg-new-station").wait_for()  # the new station's pin
+    lat, lon = float(page.input_value("#reg-lat")), float(page.input_value("#reg-lon"))
+    page.fill("#reg-name", name)
+    page.click("#register-submit")
+    return lat, lon
+
+
+def test_installer_registers_a_station_on_the_map_marks_it_installed_and_issues_its_password(
+    server: str,  # noqa: F811
+    database_url: str,
+) -> None:
+    _town(database_url)
+    with psycopg.connect(database_url) as conn:
+        installer = factories.account(conn, "installer", "zhou.qiang")
+        lat_min, lat_max, lon_min, lon_max = conn.execute(
+            "SELECT min(lat), max(lat), min(lon), max(lon) FROM stations"
+        ).fetchone()
+    with browser_page(1400, 1100) as page:
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page.goto(f"{server}/installer?lang=en")
+        _sign_in(page, installer, factories.PASSWORD)
+        page.frame_locator("#station-map").locator("path.leaflet-interactive").first.wait_for()
+        page.click("#register-details summary")
+        page.click("#register-submit")  # nothing filled in: each field says what it needs
+        assert page.inner_text('.bg-msg[data-for="reg-name"]') == "Give the station a name"
+        assert "click the map" in page.inner_text('.bg-msg[data-for="reg-lat"]')
+        page.fill("#reg-id", "St 9")
+        page.click("#register-submit")
+        assert "lower-case letters" in page.inner_text('.bg-msg[data-for="reg-id"]')
+        page.click("#register-details summary")  # closed again: _register_on_the_map opens it
+
+        lat, lon = _register_on_the_map(page, "st-101", "Jiefang Rd / Wensan St")
+        page.wait_for_selector("#register-done:not([hidden])")
+        assert page.inner_text("#register-done") == (
+            "✓ Station st-101 is registered as planned. Next: issue its MQTT password, mount it, then mark it"
+            " installed and run its self-test."
+        )
+        row = page.locator("#station-table tr[data-station='st-101']")
+        assert row.locator(".bg-lifecycle").inner_text() == "planned"
+        with psycopg.connect(database_url) as conn:
+            stored = conn.execute(
+                "SELECT name, lat, lon, lifecycle FROM stations WHERE station_id = 'st-101'"
+            ).fetchone()
+        assert stored == ("Jiefang Rd / Wensan St", lat, lon, "planned")
+        assert lat_min - 0.01 < lat < lat_max + 0.01 and lon_min - 0.01 < lon < lon_max + 0.01  # where it was clicked
+        page.screenshot(path=str(screenshot_path("installer-registered.png")))
+
+        row.locator("[data-inst-act='install']").click()
+        page.wait_for_selector("#station-table tr[data-station='st-101'] .bg-inst-note.ok")
+        assert row.locator(".bg-lifecycle").inner_text() == "installed"
+        assert row.locator(".bg-inst-note").inner_text() == "✓ marked installed: run its self-test"
+        assert row.locator("[data-inst-act='install']").count() == 0
+
+        row.locator("[data-inst-act='credentials']").click()
+        assert page.inner_text("#cred-title") == "MQTT password for st-101"
+        assert "replaces the station's current one" in page.inner_text("#cred-confirm")
+        page.click("#cred-issue")
+        page.wait_for_selector("#cred-shown:not([hidden])")
+        password = page.inner_text("#cred-password")
+        assert page.inner_text("#cred-username") == "st-101" and len(password) >= 20
+        assert "Shown only once." in page.inner_text(".bg-inst-once")
+        assert "cannot be shown again" in page.inner_text(".bg-inst-once")
+        page.click("[data-copy='cred-password']")
+        page.wait_for_selector("[data-copy='cred-password']:has-text('Copied')")
+        assert page.evaluate("navigator.clipboard.readText()") == password
+        page.screenshot(path=str(screenshot_path("installer-credentials.png")))
+        with psycopg.connect(database_url) as conn:
+            hashes = conn.execute(
+                "SELECT password_hash, issued_by FROM station_credentials WHERE station_id = 'st-101'"
+            ).fetchall()
+        assert len(hashes) == 1 and _password_matches(hashes[0][0], password)
+        assert hashes[0][1] == "installer:zhou.qiang"
+        page.click("#cred-close")
+        assert not page.is_visible("#credentials-dialog")
+        assert page.inner_text("#cred-password") == "" and password not in page.content()  # gone from the page
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
+
+
+def test_installer_on_a_phone_registers_and_issues_a_password_in_chinese(server: str, database_url: str) -> None:  # noqa: F811
+    _town(database_url)
+    with psycopg.connect(database_url) as conn:
+        installer = factories.account(conn, "installer", "zhao.min")
+    with browser_page(390, 844) as page:
+        page.goto(f"{server}/installer?lang=zh")
+        _sign_in(page, installer, factories.PASSWORD)
+        page.frame_locator("#station-map").locator("path.leaflet-interactive").first.wait_for()
+        _register_on_the_map(page, "st-001", "重复编号")  # taken: the server says so, in Chinese
+        page.wait_for_selector('.bg-msg.bad[data-for="reg-id"]')
+        assert page.inner_text('.bg-msg[data-for="reg-id"]') == "基站 st-001 已登记：请换一个编号"
+        _fits_a_phone(page)
+        page.screenshot(path=str(screenshot_path("installer-phone-register-zh.png")), full_page=True)
+        page.fill("#reg-id", "st-102")
+        page.fill("#reg-name", "解放路 / 文三路")
+        page.click("#register-submit")
+        page.wait_for_selector("#register-done:not([hidden])")
+        assert page.inner_text("#register-done").startswith("✓ 基站 st-102 已登记为规划中。")
+        row = page.locator("#station-table tr[data-station='st-102']")
+        assert row.locator(".bg-lifecycle").inner_text() == "规划中"
+        row.locator("[data-inst-act='install']").click()
+        page.wait_for_selector("#station-table tr[data-station='st-102'] .bg-inst-note.ok")
+        assert row.locator(".bg-lifecycle").inner_text() == "已安装"
+        row.locator("[data-inst-act='credentials']").click()
+        assert page.inner_text("#cred-title") == "st-102 的 MQTT 密码"
+        page.click("#cred-issue")
+        page.wait_for_selector("#cred-shown:not([hidden])")
+        assert page.inner_text(".bg-inst-once").startswith("仅显示一次。")
+        assert page.inner_text("[data-copy='cred-password']") == "复制"
+        _fits_a_phone(page)
+        page.screenshot(path=str(screenshot_path("installer-phone-credentials-zh.png")))
         assert console_errors(page) == []
         assert raw_keys(page) == []
 
