@@ -525,7 +525,8 @@ _ZH: dict[str, str] = {
     "st_signed_out": "已退出登录：请重新登录",
     # installer: registering a station, marking it installed, issuing its MQTT password
     "reg_title": "登记基站",
-    "reg_intro": "新基站登记后状态为“规划中”。点击地图放置基站（或输入坐标），然后签发其 MQTT 密码，装上灯杆后标记为已安装。",
+    "reg_intro": "新基站登记后状态为“规划中”。点击地图放置基站（或输入坐标），"
+    "然后签发其 MQTT 密码，装上灯杆后标记为已安装。",
     "reg_id": "基站编号",
     "reg_id_hint": "小写字母、数字、- 和 _（例如 st-009）",
     "reg_id_bad": "请使用小写字母、数字、- 和 _，以字母或数字开头（最多 64 个字符）",
