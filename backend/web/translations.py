@@ -228,11 +228,14 @@ _EN: dict[str, str] = {
     "tab_selftest": "Self-test",
     "st_open": "self-test ›",
     "st_station": "Station",
-    "st_intro": "Run the self-test on the station's gateway: each step appears here as it completes. "
-    "When every step passes, an installed station becomes commissioned.",
+    "st_intro": "Run the self-test on the station's gateway: each step appears here as it starts and as it"
+    " completes. When every step passes, an installed station becomes commissioned.",
     "st_live": "live",
     "st_reconnecting": "reconnecting…",
     "st_signed_out": "signed out: sign in again",
+    # installer: the self-test step now running
+    "st_waiting_tag": "waiting for the test tag… hold it at arm's length from the antenna",
+    "st_waiting_tag_s": "waiting for the test tag… hold it at arm's length from the antenna (up to {s} s)",
     # installer: registering a station, marking it installed, issuing its MQTT password
     "reg_title": "Register a station",
     "reg_intro": "A new station starts as planned. Click the map to place it (or type its position), then issue its"
@@ -273,7 +276,8 @@ _EN: dict[str, str] = {
     "cred_issued": "Issued {t}; the previous password no longer works.",
     "cred_close": "I have copied it: close",
     "cred_failed": "The password was not issued: {msg}",
-    "st_no_runs": "No self-test from this station yet. Start it on the pole; its steps appear here as they complete.",
+    "st_no_runs": "No self-test from this station yet. Start it on the pole; its steps appear here as they start and"
+    " complete.",
     "st_run": "Self-test",
     "st_started": "started {t}",
     "st_running": "running…",
@@ -519,10 +523,14 @@ _ZH: dict[str, str] = {
     "tab_selftest": "自检",
     "st_open": "自检 ›",
     "st_station": "基站",
-    "st_intro": "在基站网关上运行自检：每完成一步即在此显示。所有步骤通过后，“已安装”的基站自动变为“已调试”。",
+    "st_intro": "在基站网关上运行自检：每一步开始和完成时都会在此显示。"
+    "所有步骤通过后，“已安装”的基站自动变为“已调试”。",
     "st_live": "实时",
     "st_reconnecting": "正在重新连接…",
     "st_signed_out": "已退出登录：请重新登录",
+    # installer: the self-test step now running
+    "st_waiting_tag": "等待测试标签……请将其举在距天线一臂远处",
+    "st_waiting_tag_s": "等待测试标签……请将其举在距天线一臂远处（最多 {s} 秒）",
     # installer: registering a station, marking it installed, issuing its MQTT password
     "reg_title": "登记基站",
     "reg_intro": "新基站登记后状态为“规划中”。点击地图放置基站（或输入坐标），"
@@ -561,7 +569,7 @@ _ZH: dict[str, str] = {
     "cred_issued": "签发于 {t}；之前的密码已失效。",
     "cred_close": "我已复制：关闭",
     "cred_failed": "密码未签发：{msg}",
-    "st_no_runs": "该基站尚无自检记录。请在现场启动自检，每完成一步即在此显示。",
+    "st_no_runs": "该基站尚无自检记录。请在现场启动自检，每一步开始和完成时都会在此显示。",
     "st_run": "自检",
     "st_started": "开始于 {t}",
     "st_running": "进行中…",

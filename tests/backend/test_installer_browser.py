@@ -22,7 +22,7 @@ from bikeguard.demo import town_roads_geojson
 from bikeguard.services import Broker, free_port
 from firmware_sim.town import Town
 from gateway.selftest import Report, StepResult
-from gateway.selftest.publisher import step_message, summary_message
+from gateway.selftest.publisher import started_message, step_message, summary_message
 from protocol.messages import SelfTestStep, SelfTestSummary, utcnow
 from protocol.topics import SELFTEST, station_topic
 from tests import factories
@@ -587,5 +587,65 @@ def test_installer_page_fits_a_390_px_phone_on_every_tab(server: str, database_u
         page.wait_for_timeout(300)
         _fits_a_phone(page)
         page.screenshot(path=str(screenshot_path(f"installer-phone-coverage-{lang}.png")), full_page=True)
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
+
+
+def test_installer_sees_each_self_test_step_as_it_starts_waiting_for_the_test_tag(
+    server_with_ingest: str,
+    database_url: str,
+    publish: Callable[[str, bytes], None],
+) -> None:
+    _town(database_url)
+    with psycopg.connect(database_url) as conn:
+        installer = factories.account(conn, "installer", "sun.li")
+        conn.execute("UPDATE stations SET lifecycle = 'installed' WHERE station_id = %s", (SID,))
+    topic, run_id, started = station_topic(SID, SELFTEST), secrets.token_hex(8), utcnow()
+    results = _after_the_fix()
+
+    def begin(seq: int, wait_s: float | None = None) -> None:
+        """What the gateway publishes as step `seq` begins."""
+        at = started + timedelta(seconds=2 * seq)
+        publish(topic, started_message(SID, run_id, seq, results[seq - 1].name, at, wait_s).to_json())
+
+    def finish(seq: int) -> None:
+        at = started + timedelta(seconds=2 * seq + 1)
+        publish(topic, step_message(SID, run_id, seq, results[seq - 1], at).to_json())
+
+    with browser_page(1400, 1100) as page:
+        page.goto(f"{server_with_ingest}/installer?lang=en")
+        _sign_in(page, installer, factories.PASSWORD)
+        page.wait_for_selector("#station-table")
+        page.goto(f"{server_with_ingest}/installer?lang=en&station={SID}#selftest")
+        page.wait_for_selector("#selftest-live.on")
+        page.wait_for_selector("#selftest-empty:not([hidden])")
+        assert page.inner_text("#selftest-empty").startswith("No self-test from this station yet.")
+        begin(1)  # the serial port is being opened: the run shows at once, not after its first result
+        page.wait_for_selector(f".bg-run[data-run='{run_id}'] .bg-step-next[data-step='serial']")
+        assert page.is_hidden("#selftest-empty")
+        assert page.inner_text(".bg-run .bg-run-badge") == "RUNNING…"
+        assert page.inner_text(".bg-run .bg-step-next") == "1. Serial port opens\nrunning…"
+        for seq in (1, 2, 3):
+            finish(seq)
+            begin(seq + 1, 30.0 if seq == 3 else None)
+        page.wait_for_selector(".bg-run .bg-step[data-seq='3'][data-status='pass']")
+        page.wait_for_selector(".bg-run .bg-step-next[data-step='test_tag']")
+        assert page.locator(".bg-run .bg-step[data-status='pass']").count() == 3
+        assert page.inner_text(".bg-run .bg-step-next") == (
+            "4. Test tag is read\nwaiting for the test tag… hold it at arm's length from the antenna (up to 30 s)"
+        )
+        page.wait_for_timeout(1500)  # the arrival highlights fade
+        page.screenshot(path=str(screenshot_path("installer-selftest-waiting-tag.png")))
+
+        page.goto(f"{server_with_ingest}/installer?lang=zh&station={SID}#selftest")  # opened again mid-step
+        page.wait_for_selector("#selftest-live.on")
+        page.wait_for_selector(".bg-run .bg-step-next[data-step='test_tag']")
+        assert page.inner_text(".bg-run .bg-step-next") == "4. 读到测试标签\n等待测试标签……请将其举在距天线一臂远处"
+        begin(4, 30.0)  # word from the gateway again: how long it waits
+        page.wait_for_selector(".bg-run .bg-step-next:has-text('最多 30 秒')")
+        finish(4)
+        begin(5)
+        page.wait_for_selector(".bg-run .bg-step-next[data-step='clock']")
+        assert page.inner_text(".bg-run .bg-step-next") == "5. 时钟同步\n进行中…"
         assert console_errors(page) == []
         assert raw_keys(page) == []

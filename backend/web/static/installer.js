@@ -51,6 +51,15 @@
       merge(mine, { run_id: step.run_id, station_id: step.station_id, received_at: step.received_at, steps: [step] });
       if (mine === view) { render(); }
     });
+    // A step has begun (the gateway announces each): show which one the station is doing now, e.g. waiting for the
+    // test tag, before its result comes.
+    source.addEventListener("started", function (ev) {
+      var step = JSON.parse(ev.data);
+      merge(mine, { run_id: step.run_id, station_id: step.station_id, received_at: step.at, steps: [] });
+      var run = mine.runs.filter(function (r) { return r.run_id === step.run_id; })[0];
+      run.current = { seq: step.seq, name: step.name, wait_s: step.wait_s, seen: Date.now() };
+      if (mine === view) { render(); }
+    });
     source.addEventListener("run", function (ev) { merge(mine, JSON.parse(ev.data)); if (mine === view) { render(); } });
     source.addEventListener("station", function (ev) {
       lifecycleFrom(mine, JSON.parse(ev.data));
@@ -149,17 +158,25 @@
       "</div>" + '<div class="bg-step-msg">' + esc(step.message) + "</div>" + advice + "</div></li>";
   }
 
-  function waitingRow(seq, name, next) {
-    return '<li class="bg-step bg-step-wait' + (next ? " bg-step-next" : "") + '">' +
+  /* What the step now running is doing: the test tag step waits for the installer to hold the tag up. */
+  function runningText(name, current) {
+    if (name !== "test_tag") { return t("st_running"); }
+    var s = current && current.name === name ? current.wait_s : null;
+    return s ? t("st_waiting_tag_s", { s: Math.round(s) }) : t("st_waiting_tag");
+  }
+
+  function waitingRow(seq, name, next, current) {
+    return '<li class="bg-step bg-step-wait' + (next ? " bg-step-next" : "") + '" data-step="' + name + '">' +
       '<span class="bg-step-mark" aria-hidden="true"></span><div class="bg-step-body"><div class="bg-step-line"><b>' +
       seq + ". " + esc(t("st_step_" + name)) + '</b><span class="bg-step-status">' +
-      esc(next ? t("st_running") : t("st_waiting")) + "</span></div></div></li>";
+      esc(next ? runningText(name, current) : t("st_waiting")) + "</span></div></div></li>";
   }
 
   function runState(run, latest) {
     if (run.result) { return run.result; }
-    var last = run.steps.length ? run.steps[run.steps.length - 1].received_at : run.received_at;
-    return latest && Date.now() - ms(last) < QUIET_MS ? "running" : "unfinished";
+    var last = run.steps.length ? ms(run.steps[run.steps.length - 1].received_at) : ms(run.received_at);
+    if (run.current) { last = Math.max(last, run.current.seen); }  // a step begun is news too
+    return latest && Date.now() - last < QUIET_MS ? "running" : "unfinished";
   }
 
   function outcome(v, run, state) {
@@ -182,8 +199,11 @@
     var rows = run.steps.map(function (s) { return stepRow(s, v.fresh[run.run_id + "/" + s.seq]); });
     if (state === "running") {
       var seen = run.steps.map(function (s) { return s.name; });
+      var current = run.current && seen.indexOf(run.current.name) < 0 ? run.current : null;
       STEP_NAMES.filter(function (n) { return seen.indexOf(n) < 0; }).forEach(function (name, i) {
-        rows.push(waitingRow(run.steps.length + i + 1, name, i === 0));
+        // The step the gateway says it began is the one running; without word from it, the next in order.
+        var next = current ? name === current.name : i === 0;
+        rows.push(waitingRow(run.steps.length + i + 1, name, next, current));
       });
     }
     var started = run.started_at || (run.steps[0] && run.steps[0].at);
