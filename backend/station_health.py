@@ -92,6 +92,18 @@ def liveness(
     return False, f"no heartbeat for {(now - last).total_seconds():.0f} s (expected every {interval} s)"
 
 
+# Why a station is unhealthy, as the codes `assess` gives beside its reasons (the installer page words each).
+REASON_CODES: tuple[str, ...] = (
+    "offline_status",
+    "never_heard",
+    "no_heartbeat",
+    "fewer_passages",
+    "batches_missing",
+    "hotlist_behind",
+    "hotlist_unissued",
+)
+
+
 def _liveness_code(row: dict[str, Any]) -> str:
     """Why liveness() found a station offline, as a code: the order of its tests."""
     if row.get("status_state") == "offline" and row.get("last_heartbeat_at") is not None:
