@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from backend import selftests
 from backend.alarms import store
 from backend.alarms.station_watch import offline_stations
 from backend.api.app import create_app
@@ -570,6 +571,9 @@ def test_installer_page_fits_a_390_px_phone_on_every_tab(server: str, database_u
     with psycopg.connect(database_url) as conn:
         installer = factories.account(conn, "installer", f"phone.{lang}")
         conn.execute("UPDATE stations SET lifecycle = 'active'")
+        first = conn.execute("SELECT min(station_id) FROM stations").fetchone()[0]
+        with conn.transaction():  # a run with long advice, as the ingest stores it, for the self-test tab
+            selftests.write(conn, [m.model_copy(update={"station_id": first}) for m in _run(_first_visit())])
     with browser_page(390, 844) as page:
         page.goto(f"{server}/installer?lang={lang}")
         _sign_in(page, installer, factories.PASSWORD)
@@ -580,6 +584,7 @@ def test_installer_page_fits_a_390_px_phone_on_every_tab(server: str, database_u
         page.screenshot(path=str(screenshot_path(f"installer-phone-stations-{lang}.png")), full_page=True)
         page.click(".bg-tab[data-tab='selftest']")
         page.wait_for_selector("#selftest-live.on")
+        page.wait_for_selector(".bg-run .bg-step-advice")
         _fits_a_phone(page)
         page.screenshot(path=str(screenshot_path(f"installer-phone-selftest-{lang}.png")), full_page=True)
         page.click(".bg-tab[data-tab='coverage']")
