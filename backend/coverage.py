@@ -57,6 +57,8 @@ class Coverage:
     station_areas: list[list[tuple[float, float]]] = field(default_factory=list)
     uncovered: list[list[tuple[float, float]]] = field(default_factory=list)
     suggestions: list[Suggestion] = field(default_factory=list)
+    # Road each station hears (metres, by station_id): a station that hears little road is badly placed.
+    station_road_m: dict[str, float] = field(default_factory=dict)
 
     @property
     def share(self) -> float:
@@ -190,4 +192,5 @@ def compute(
         station_areas=[r for a in areas for r in ring(a)],
         uncovered=[[proj.to_latlon(x, y) for x, y in line.coords] for line in _lines(uncovered)],
         suggestions=suggestions,
+        station_road_m={s.station_id: float(network.intersection(a).length) for s, a in zip(sites, areas, strict=True)},
     )

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from backend import stations
-from protocol.messages import SelfTestStep, SelfTestSummary
+from protocol.messages import SelfTestMessage, SelfTestStep, SelfTestStepStarted, SelfTestSummary
 
 NOTIFY_CHANNEL = "bikeguard_selftests"
 _STEP_FIELDS = "station_id, run_id, seq, name, title, status, message, advice, rssi_dbm, noise_floor_dbm, elapsed_s, at"
@@ -39,8 +39,17 @@ def _note(kind: str, station_id: str, run_id: str | None = None, seq: int | None
     return orjson.dumps({"kind": kind, "station_id": station_id, "run_id": run_id, "seq": seq}).decode()
 
 
-def write(conn: psycopg.Connection, messages: Iterable[SelfTestStep | SelfTestSummary]) -> Stored:
+def _started_note(m: SelfTestStepStarted) -> str:
+    """A step begun travels whole in its notification: it is news for the page, not a record to keep."""
+    fields = {"station_id", "run_id", "seq", "name", "title", "wait_s", "at"}
+    return orjson.dumps({"kind": "started", **m.model_dump(mode="json", include=fields)}).decode()
+
+
+def write(conn: psycopg.Connection, messages: Iterable[SelfTestMessage]) -> Stored:
     """Store steps and summaries in the current transaction, once per (station, run, seq); NOTIFY what is new.
+
+    A step begun (`started`) is not stored, only announced; it does record its run, so a page opened while the
+    first step runs shows the run.
 
     A run passed when its summary says so and every one of its steps is stored and none failed; those runs are
     returned, whether this write or an earlier one completed them, so a retried flush commissions all the same.
@@ -48,9 +57,12 @@ def write(conn: psycopg.Connection, messages: Iterable[SelfTestStep | SelfTestSu
     steps: dict[tuple[str, str, int], SelfTestStep] = {}
     summaries: dict[tuple[str, str], SelfTestSummary] = {}
     started: dict[tuple[str, str], Any] = {}
-    for m in messages:
+    ordered = list(messages)
+    for m in ordered:
         run = (m.station_id, m.run_id)
-        if isinstance(m, SelfTestStep):
+        if isinstance(m, SelfTestStepStarted):
+            at = m.at
+        elif isinstance(m, SelfTestStep):
             steps.setdefault((m.station_id, m.run_id, m.seq), m)
             at = m.at
         else:
@@ -120,7 +132,18 @@ def write(conn: psycopg.Connection, messages: Iterable[SelfTestStep | SelfTestSu
                 ([r[0] for r in started], [r[1] for r in started]),
             ).fetchall()
         ]
-        notes = [_note("step", *row) for row in sorted(new_steps)] + [_note("run", *row) for row in new_summaries]
+        # In the order the station sent them: a step's start before its result, a result before the next start.
+        fresh = {tuple(row) for row in new_steps}
+        notes = [
+            _started_note(m) if isinstance(m, SelfTestStepStarted) else _note("step", m.station_id, m.run_id, m.seq)
+            for m in ordered
+            if isinstance(m, SelfTestStepStarted)
+            or (
+                isinstance(m, SelfTestStep)
+                and (m.station_id, m.run_id, m.seq) in fresh
+                and steps.get((m.station_id, m.run_id, m.seq)) is m
+            )
+        ] + [_note("run", *row) for row in new_summaries]
         if notes:
             cur.execute(
                 "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i",
@@ -208,6 +231,8 @@ async def _event(pool: AsyncConnectionPool, payload: str, station_id: str) -> by
                 data = await cur.fetchone()
         elif kind == "station":
             data = await stations.get_station(conn, station_id)
+        elif kind == "started":
+            data = note
         else:
             return None
     if data is None:
@@ -218,8 +243,8 @@ async def _event(pool: AsyncConnectionPool, payload: str, station_id: str) -> by
 async def live_events(
     database_url: str, pool: AsyncConnectionPool, station_id: str, keepalive_s: float = 15.0
 ) -> AsyncGenerator[bytes, None]:
-    """Server-sent events for one viewer of one station: `ready` once listening, then `step`, `run` (a summary
-    stored) and `station` (its life cycle changed), and a keep-alive comment.
+    """Server-sent events for one viewer of one station: `ready` once listening, then `started` (a step begun),
+    `step`, `run` (a summary stored) and `station` (its life cycle changed), and a keep-alive comment.
 
     Each viewer has a listening connection of its own: installers watching a self-test are few.
     """

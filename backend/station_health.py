@@ -92,6 +92,25 @@ def liveness(
     return False, f"no heartbeat for {(now - last).total_seconds():.0f} s (expected every {interval} s)"
 
 
+# Why a station is unhealthy, as the codes `assess` gives beside its reasons (the installer page words each).
+REASON_CODES: tuple[str, ...] = (
+    "offline_status",
+    "never_heard",
+    "no_heartbeat",
+    "fewer_passages",
+    "batches_missing",
+    "hotlist_behind",
+    "hotlist_unissued",
+)
+
+
+def _liveness_code(row: dict[str, Any]) -> str:
+    """Why liveness() found a station offline, as a code: the order of its tests."""
+    if row.get("status_state") == "offline" and row.get("last_heartbeat_at") is not None:
+        return "offline_status"
+    return "never_heard" if row.get("last_heartbeat_at") is None else "no_heartbeat"
+
+
 def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, Any]:
     """One station's health from its registry row, latest status and passage counts."""
     payload = row.get("payload") or {}
@@ -99,6 +118,8 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
     online, why = liveness(row, now, rules)
     health = "online" if online else "offline"
     reasons = [why] if why else []
+    # The same reasons as codes, so a page words them in its own language (and its own time zone).
+    codes = [_liveness_code(row)] if why else []
     usual = row.get("usual_passages")
     usual = float(usual) if usual is not None else None
     recent = int(row.get("passages_last_hour") or 0)
@@ -110,15 +131,19 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
     ):
         health = "degraded"
         reasons.append(f"{recent} passages in the last hour, usually {usual:.0f} at this time")
+        codes.append("fewer_passages")
     missing = int(row.get("batches_missing") or 0)
     since = row.get("missing_since")
     if missing and since is not None:
         reasons.append(
             f"{missing} batches missing since {since:%Y-%m-%d %H:%M:%S} UTC: asked its gateway to send them again"
         )
+        codes.append("batches_missing")
     hotlist, lag = _hotlist_lag(payload.get("hotlist_version"), row, now, rules)
     if lag:
         reasons.append(lag)
+        unissued = hotlist["hotlist_version"] > hotlist["hotlist_current"]
+        codes.append("hotlist_unissued" if unissued else "hotlist_behind")
     return {
         "station_id": row["station_id"],
         "name": row["name"],
@@ -127,6 +152,7 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
         "lifecycle": row["lifecycle"],
         "health": health,
         "reasons": reasons,
+        "reason_codes": codes,
         "last_heartbeat_at": last,
         "heartbeat_interval_s": row["heartbeat_interval_s"],
         "passages_last_hour": recent,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import folium
 from branca.element import Figure
 
+from maps import markup
 from maps.assets import DEFAULT_BASE
 from maps.basemap import add_to_head, base_map, fit_to
 from maps.roads import add_roads, road_points
-from maps.stations import add_stations
+from maps.stations import STATE_COLOURS, STATION_CSS
 
 AREA_COLOUR, GAP_COLOUR, SITE_COLOUR = "#2563eb", "#dc2626", "#f59e0b"
 
@@ -32,6 +33,14 @@ COVERAGE_CSS = """
 }
 .bg-coverage-summary b { font-size: 22px; color: #fff; }
 .bg-coverage-summary .k { display: inline-block; width: 14px; height: 4px; margin-right: 6px; vertical-align: middle; }
+.bg-station-label.deaf { color: #b91c1c; border-color: #fca5a5; }
+/* a phone: the summary keeps to a corner and leaves the map visible */
+@media (max-width: 500px) {
+  .bg-coverage-summary {
+    bottom: 18px; right: 6px; max-width: 190px; padding: 7px 10px; font-size: 12px; line-height: 1.4;
+  }
+  .bg-coverage-summary b { font-size: 17px; }
+}
 </style>
 """
 
@@ -72,6 +81,50 @@ class CoverageLayers(Protocol):
     @property
     def suggestions(self) -> Sequence[SuggestedSite]: ...
 
+    @property
+    def station_road_m(self) -> Mapping[str, float]: ...
+
+
+def road_label(station: Mapping[str, Any], road_m: float) -> str:
+    """The label beside a station on the coverage map: which station, and how much road it hears."""
+    return f"{station['station_id']} · {road_m:.0f} m"
+
+
+def add_coverage_stations(
+    parent: folium.FeatureGroup, stations: Iterable[Mapping[str, Any]], road_m: Mapping[str, float]
+) -> None:
+    """Each station as a dot coloured by its state, labelled with its id and the road it hears (what coverage is
+    about: a station that hears no road is in the wrong place), not with passages."""
+    add_to_head(parent, "bikeguard_station_css", STATION_CSS)
+    for st in stations:
+        heard = road_m.get(str(st["station_id"]), 0.0)
+        tip = (
+            f"<b>{markup.text(st['name'])}</b><br>{markup.text(st['station_id'])}"
+            + (f" · {markup.text(st['lifecycle'])}" if st.get("lifecycle") else "")
+            + f"<br>hears {heard:.0f} m of road within its read range"
+        )
+        folium.CircleMarker(
+            location=(st["lat"], st["lon"]),
+            radius=6,
+            color="#ffffff",
+            weight=2,
+            fill=True,
+            fill_color=STATE_COLOURS.get(str(st.get("state")), STATE_COLOURS["unknown"]),
+            fill_opacity=0.95,
+            tooltip=folium.Tooltip(tip, sticky=False, direction="top"),
+        ).add_to(parent)
+        classes = "bg-station-label" + (" deaf" if heard < 1 else "")
+        folium.Marker(
+            location=(st["lat"], st["lon"]),
+            icon=folium.DivIcon(
+                html=f'<div class="{classes}" style="--r: 6px">{markup.text(road_label(st, heard))}</div>',
+                icon_size=(0, 0),
+                class_name="bg-station-icon",
+            ),
+            interactive=False,
+            keyboard=False,
+        ).add_to(parent)
+
 
 def build_coverage_map(
     coverage: CoverageLayers,
@@ -103,7 +156,7 @@ def build_coverage_map(
     gaps.add_to(m)
     station_layer = folium.FeatureGroup(name="Stations")
     station_layer.add_to(m)
-    add_stations(station_layer, stations)
+    add_coverage_stations(station_layer, stations, coverage.station_road_m)
     sites = folium.FeatureGroup(name="Suggested sites")
     for i, s in enumerate(coverage.suggestions, start=1):
         folium.Marker(
@@ -131,7 +184,8 @@ def build_coverage_map(
             )
             + f'<div><span class="k" style="background:{GAP_COLOUR}"></span>uncovered road'
             f'<br><span class="k" style="background:{AREA_COLOUR}"></span>read range'
-            f'<br><span class="k" style="background:{SITE_COLOUR}"></span>suggested site</div></div>'
+            f'<br><span class="k" style="background:{SITE_COLOUR}"></span>suggested site'
+            "<br><b style='font-size:inherit'>id · m</b> beside a station: the road it hears</div></div>"
         )
     )
     fit_to(m, [(s["lat"], s["lon"]) for s in stations] or list(road_points(roads)))

@@ -311,6 +311,20 @@ class SelfTestStep(_Message):
     at: Instant
 
 
+class SelfTestStepStarted(_Message):
+    """A self-test step that has begun (its result follows as a `step` with the same seq): a page shows what the
+    station is doing now, e.g. waiting for the test tag. Added to v1 beside `step` and `summary`."""
+
+    kind: Literal["started"] = "started"
+    station_id: StationId
+    run_id: RunId
+    seq: int = Field(ge=1, le=99, description="the number its result will have")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    title: str = Field(default="", max_length=200)
+    wait_s: float | None = Field(default=None, ge=0, le=3600, description="how long it waits at most, if it waits")
+    at: Instant
+
+
 class SelfTestSummary(_Message):
     """The end of a self-test run: passed when no step failed. Its seq follows the last step's."""
 
@@ -333,13 +347,12 @@ class SelfTestSummary(_Message):
         return self
 
 
-_SELFTEST: TypeAdapter[SelfTestStep | SelfTestSummary] = TypeAdapter(
-    Annotated[SelfTestStep | SelfTestSummary, Field(discriminator="kind")]
-)
+SelfTestMessage = SelfTestStepStarted | SelfTestStep | SelfTestSummary
+_SELFTEST: TypeAdapter[SelfTestMessage] = TypeAdapter(Annotated[SelfTestMessage, Field(discriminator="kind")])
 
 
-def parse_selftest(raw: bytes) -> SelfTestStep | SelfTestSummary:
-    """Validate a payload of the selftest topic (a step or the run's summary, by its `kind`)."""
+def parse_selftest(raw: bytes) -> SelfTestMessage:
+    """Validate a payload of the selftest topic (a step begun, a step's result or the run's summary, by `kind`)."""
     try:
         message = _SELFTEST.validate_json(raw)
     except ValidationError as exc:

@@ -203,6 +203,9 @@ class StationHealth(BaseModel):
     lifecycle: StationLifecycle
     health: Literal["online", "offline", "degraded"]
     reasons: list[str]
+    # The reasons as codes, in the same order: offline_status, never_heard, no_heartbeat, fewer_passages,
+    # batches_missing, hotlist_behind, hotlist_unissued.
+    reason_codes: list[str]
     last_heartbeat_at: datetime | None
     heartbeat_interval_s: int
     passages_last_hour: int

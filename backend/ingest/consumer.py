@@ -44,8 +44,7 @@ from protocol.messages import (
     BatchesGone,
     Confirmation,
     MessageError,
-    SelfTestStep,
-    SelfTestSummary,
+    SelfTestMessage,
     StationStatus,
     parse_batch_rows,
     parse_selftest,
@@ -56,7 +55,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = TimeWindow()
 
-Message = dict[str, Any] | Alert | StationStatus | SelfTestStep | SelfTestSummary | BatchesGone
+Message = dict[str, Any] | Alert | StationStatus | SelfTestMessage | BatchesGone
 
 
 def validate(topic: str, payload: bytes, window: TimeWindow = DEFAULT_WINDOW) -> tuple[str, Message] | str:
@@ -138,7 +137,7 @@ class _Flush:
     batches: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     statuses: list[StationStatus] = field(default_factory=list)
-    selftest_messages: list[SelfTestStep | SelfTestSummary] = field(default_factory=list)
+    selftest_messages: list[SelfTestMessage] = field(default_factory=list)
     gone: list[BatchesGone] = field(default_factory=list)  # stations' answers to the gap check's requests
     lost: list[gaps.Lost] = field(default_factory=list)  # what those answers closed
     rejects: list[tuple[str, str, bytes]] = field(default_factory=list)

@@ -1,12 +1,14 @@
-"""Each self-test step on the station's selftest topic as it completes, for the installer's web page.
+"""Each self-test step on the station's selftest topic as it begins and as it completes, for the installer's page.
 
-Steps that complete before the broker connection exists wait and leave, in order, once it is there. Publishing
-is a courtesy: a failure is logged and stops further publishing, never fails the self-test (the command's
+Messages from before the broker connection exists wait and leave, in order, once it is there (the runner connects
+at the start of the run, so the page sees the radio steps, the wait for the test tag included, as they happen).
+Publishing is a courtesy: a failure is logged and stops further publishing, never fails the self-test (the command's
 output on the pole stays the source of truth).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable
@@ -14,8 +16,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from gateway.mqtt import Connection, MqttError
-from gateway.selftest.report import Report, StepResult
-from protocol.messages import SelfTestStep, SelfTestSummary
+from gateway.selftest.report import STEPS, Report, StepResult
+from protocol.messages import SelfTestStep, SelfTestStepStarted, SelfTestSummary
 from protocol.topics import SELFTEST, station_topic
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,15 @@ def step_message(station_id: str, run_id: str, seq: int, result: StepResult, at:
         noise_floor_dbm=_measured(result.data, "noise_floor_dbm"),
         elapsed_s=round(max(result.elapsed_s, 0.0), 3),
         at=at,
+    )
+
+
+def started_message(
+    station_id: str, run_id: str, seq: int, name: str, at: datetime, wait_s: float | None = None
+) -> SelfTestStepStarted:
+    """The selftest-topic message saying a step has begun (and how long it waits at most, if it waits)."""
+    return SelfTestStepStarted(
+        station_id=station_id, run_id=run_id, seq=seq, name=name, title=STEPS.get(name, ""), wait_s=wait_s, at=at
     )
 
 
@@ -83,9 +94,16 @@ class StepPublisher:
         self._client = client
         self._clock = clock
         self._pending: list[bytes] = []
+        self._sending = asyncio.Lock()
         self._seq = 0
         self.published = 0
         self.gave_up: str | None = None  # why publishing stopped, if it did
+
+    async def started(self, name: str, wait_s: float | None = None) -> None:
+        """Queue the news that the next step has begun (it will have the next seq) and send what is queued."""
+        message = started_message(self.station_id, self.run_id, self._seq + 1, name, self._clock(), wait_s)
+        self._pending.append(message.to_json())
+        await self._send()
 
     async def step(self, result: StepResult) -> None:
         """Queue a completed step and send what is queued if the broker connection is there."""
@@ -98,10 +116,19 @@ class StepPublisher:
         self._pending.append(summary_message(report).to_json())
         await self._send()
 
+    async def flush(self) -> None:
+        """Send what is queued, if the broker connection is there (the runner calls this once it connected)."""
+        await self._send()
+
     async def _send(self) -> None:
-        client = self._client()
-        if client is None or self.gave_up is not None:
-            return
+        # One sender at a time: the runner's flush and a step's send may overlap, and the order must hold.
+        async with self._sending:
+            client = self._client()
+            if client is None or self.gave_up is not None:
+                return
+            await self._send_queued(client)
+
+    async def _send_queued(self, client: Connection) -> None:
         while self._pending:
             try:
                 await client.publish(self.topic, self._pending[0], qos=1)  # within the connection's timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -82,16 +83,34 @@ class SelfTest:
         async with contextlib.AsyncExitStack() as stack:
             uplink = UplinkSide(self.settings, self.options, stack, clock=self.clock)
             publisher = StepPublisher(self.settings.station_id, self.run_id, lambda: uplink.client, clock=self.clock)
-            async with contextlib.aclosing(self._checks(radio, uplink)) as checks:
-                async for result in checks:
-                    results.append(result)
-                    await publisher.step(result)
-                    yield result
+
+            # Connect to the broker while the radio steps run, so that the installer's page sees them (the wait for
+            # the test tag above all) as they happen, not after the clock step; the broker step reports this session.
+            async def connect_then_send() -> None:
+                await uplink.session()
+                await publisher.flush()
+
+            connecting = asyncio.create_task(connect_then_send())
+            try:
+                async with contextlib.aclosing(self._checks(radio, uplink, publisher.started)) as checks:
+                    async for result in checks:
+                        results.append(result)
+                        await publisher.step(result)
+                        yield result
+            finally:
+                if not connecting.done():
+                    connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connecting
             self.report = Report(self.settings.station_id, started_at, self.clock(), results, self.run_id)
             await publisher.summary(self.report)
 
-    async def _checks(self, radio: RadioSide, uplink: UplinkSide) -> AsyncGenerator[StepResult, None]:
-        """The steps in order, each skipped with the reason when what it needs failed."""
+    async def _checks(
+        self, radio: RadioSide, uplink: UplinkSide, begin: Callable[..., Awaitable[None]]
+    ) -> AsyncGenerator[StepResult, None]:
+        """The steps in order, each skipped with the reason when what it needs failed; `begin(name)` announces each
+        step that runs (not those skipped)."""
+        await begin("serial")
         started = time.monotonic()
         opened, heard = await radio.open_port()
         yield replace(opened, elapsed_s=time.monotonic() - started)
@@ -100,17 +119,22 @@ class SelfTest:
                 yield skipped(name, "the serial port did not open")
         else:
             try:
+                await begin("module")
                 module = await timed(radio.module(heard))
                 yield module
                 if module.ok:
+                    await begin("noise")
                     yield await timed(radio.noise(heard))
+                    await begin("test_tag", self.options.tag_timeout_s)
                     yield await timed(radio.test_tag(heard))
                 else:
                     for name in ("noise", "test_tag"):
                         yield skipped(name, "the radio module did not answer")
             finally:
                 await heard.stop()
+        await begin("clock")
         yield await timed(self._clock(uplink))
+        await begin("broker")
         broker = await timed(uplink.broker())
         yield broker
         if not broker.ok:
@@ -118,6 +142,7 @@ class SelfTest:
             yield skipped("backend", "the broker step failed")
             return
         noise = radio.module_status.noise_floor_dbm if radio.module_status else None
+        await begin("heartbeat")
         heartbeat = await timed(uplink.heartbeat(noise))
         yield heartbeat
         if self.options.backend_url is None:
@@ -125,6 +150,7 @@ class SelfTest:
         elif not heartbeat.ok:
             yield skipped("backend", "the heartbeat did not come back from the broker")
         else:
+            await begin("backend")
             yield await timed(uplink.backend())
 
     async def _clock(self, uplink: UplinkSide) -> StepResult:

@@ -86,6 +86,7 @@ class UplinkSide:
         self.clock = clock
         self.status_topic = station_topic(settings.station_id, "status")
         self._session: BrokerSession | None = None
+        self._connecting = asyncio.Lock()  # the runner connects early; the clock and broker steps ask again
         self._heartbeat: StationStatus | None = None
         # The gateway's own check of a hot list, with the key this station was provisioned with.
         self._hotlist_key = read_public_key(settings.hotlist_public_key) if settings.hotlist_public_key else None
@@ -111,9 +112,10 @@ class UplinkSide:
         return (await self.session()).result
 
     async def session(self) -> BrokerSession:
-        """The broker session, connected on first use."""
-        if self._session is None:
-            self._session = await self._connect()
+        """The broker session, connected on first use (once, however many ask at the same time)."""
+        async with self._connecting:
+            if self._session is None:
+                self._session = await self._connect()
         return self._session
 
     async def _connect(self) -> BrokerSession:

@@ -7,6 +7,8 @@ from datetime import timedelta
 import psycopg
 from psycopg.types.json import Jsonb
 
+from backend.station_health import REASON_CODES, HealthRules, assess
+from backend.web.translations import MESSAGES
 from protocol.messages import utcnow
 from tests import factories
 from tests.backend.conftest import Staff
@@ -59,3 +61,29 @@ def test_installer_maps_use_local_leaflet_and_colour_by_health(staff: Staff, dat
     assert c.status_code == 200 and "Road covered" in c.text and "/assets/leaflet/leaflet.js" in c.text
     assert staff.police.get("/installer/map").status_code == 403
     assert staff.police.get("/installer/coverage").status_code == 403
+
+
+def test_every_reason_a_station_is_unhealthy_is_worded_in_both_languages() -> None:
+    # installer.html builds the key from the code (`'why_' + code`): the key scan of test_pages cannot see them.
+    for words in MESSAGES.values():
+        assert [c for c in REASON_CODES if f"why_{c}" not in words] == []
+    assert "{t}" in MESSAGES["zh"]["why_batches_missing"] and "{n}" in MESSAGES["zh"]["why_batches_missing"]
+
+
+def test_a_station_holding_a_hot_list_never_issued_says_so_by_code() -> None:
+    now = utcnow()
+    row = {
+        "station_id": "st-odd",
+        "name": "Odd",
+        "lat": 30.0,
+        "lon": 120.0,
+        "lifecycle": "active",
+        "heartbeat_interval_s": 30,
+        "status_state": "online",
+        "last_heartbeat_at": now,
+        "payload": {"hotlist_version": 9},
+        "hotlist_current": 4,
+        "hotlist_behind_since": None,
+    }
+    h = assess(row, now, HealthRules())
+    assert h["reason_codes"] == ["hotlist_unissued"] and "never issued" in h["reasons"][0]

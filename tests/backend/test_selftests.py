@@ -17,8 +17,9 @@ from psycopg_pool import AsyncConnectionPool
 from backend import selftests
 from backend.ingest.consumer import Ingest
 from gateway.selftest import STEPS
+from gateway.selftest.publisher import started_message
 from protocol import topics
-from protocol.messages import SelfTestStep, SelfTestSummary, utcnow
+from protocol.messages import SelfTestMessage, SelfTestStep, SelfTestStepStarted, SelfTestSummary, utcnow
 from tests import factories
 from tests.backend.conftest import Staff
 from tests.backend.test_ingest import count, wait_until
@@ -206,7 +207,7 @@ def _commission(database_url: str, station_id: str, run_id: str) -> bool:
         return selftests.commission(conn, station_id, run_id)
 
 
-def _store(database_url: str, messages: list[SelfTestStep | SelfTestSummary]) -> selftests.Stored:
+def _store(database_url: str, messages: list[SelfTestMessage]) -> selftests.Stored:
     with psycopg.connect(database_url) as conn, conn.transaction():
         return selftests.write(conn, messages)
 
@@ -274,3 +275,31 @@ async def test_live_events_follow_one_stations_steps_summary_and_commissioning(d
     assert all(d["station_id"] == sid for _, d in seen)
     assert seen[8][1]["result"] == "passed"
     assert seen[9][1]["lifecycle"] == "commissioned"
+
+
+@pytest.mark.anyio
+async def test_a_step_begun_is_announced_in_order_and_records_its_run_but_is_not_stored(database_url: str) -> None:
+    sid = station(database_url, "st-begun", "installed")
+    first = run_messages(sid)[0]
+    assert isinstance(first, SelfTestStep)
+
+    def begun(seq: int, name: str) -> SelfTestStepStarted:
+        return started_message(sid, first.run_id, seq, name, first.at)
+
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False) as pool:
+        events = selftests.live_events(database_url, pool, sid, keepalive_s=0.2)
+        assert await anext(events) == b"event: ready\ndata: {}\n\n"
+        await asyncio.to_thread(_store, database_url, [begun(1, "serial")])  # before any result: the run is there
+        await asyncio.to_thread(_store, database_url, [first, begun(2, "module")])
+        seen: list[tuple[str, dict[str, object]]] = []
+        while len(seen) < 3:
+            chunk = await asyncio.wait_for(anext(events), 5)
+            if chunk.startswith(b":"):
+                continue
+            head, data = chunk.decode().split("\n")[:2]
+            seen.append((head.removeprefix("event: "), orjson.loads(data.removeprefix("data: "))))
+        await events.aclose()
+    assert [(kind, d["seq"]) for kind, d in seen] == [("started", 1), ("step", 1), ("started", 2)]
+    assert seen[2][1]["name"] == "module" and seen[0][1]["title"] == "serial port opens"
+    assert count(database_url, f"SELECT count(*) FROM station_selftest_runs WHERE station_id = '{sid}'") == 1
+    assert count(database_url, f"SELECT count(*) FROM station_selftest_steps WHERE station_id = '{sid}'") == 1

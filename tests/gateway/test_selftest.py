@@ -28,7 +28,15 @@ from backend.provisioning import acl_file, password_file, password_hash
 from bikeguard.services import Broker, free_port, mosquitto_path, start_broker
 from gateway.selftest import STEPS, NtpStatus, Report, SelfTest, SelfTestSettings, StepResult, parse_chronyc_tracking
 from protocol.frames import ModuleStatus
-from protocol.messages import Hotlist, SelfTestStep, SelfTestSummary, StationStatus, parse_selftest, utcnow
+from protocol.messages import (
+    Hotlist,
+    SelfTestStep,
+    SelfTestStepStarted,
+    SelfTestSummary,
+    StationStatus,
+    parse_selftest,
+    utcnow,
+)
 from protocol.signing import generate_signing_key, public_key_of, read_signing_key, sign_hotlist
 from protocol.topics import HOTLIST, station_topic
 from tests.gateway.harness import FakeModule, TcpHop, beacon, fast_settings, mqtt_client, retained, watching
@@ -336,31 +344,52 @@ def test_chronyc_tracking_output_gives_sync_state_and_signed_offset() -> None:
 # Every step on the station's selftest topic, for the installer's web page.
 
 
-async def test_each_step_is_published_as_it_completes_then_the_runs_summary(
+async def test_each_step_is_announced_as_it_begins_and_published_as_it_completes_then_the_runs_summary(
     broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
 ) -> None:
     test = selftest(topic_prefix, module.path, broker.url, tmp_path)
-    live: dict[str, int] = {}
+    seen: dict[str, Any] = {}
     async with hotlist_on(broker), watching(broker, topic_prefix) as watcher:
+
+        async def present_the_tag_once_asked() -> None:
+            # The installer's page shows "waiting for the test tag" while the gateway waits: the step's start is on
+            # the broker before the tag is presented (the radio steps go out as they happen, not after the clock).
+            seen["when_asked"] = [parse_selftest(p) for p in await watcher.wait("selftest", 7)]
+            module.send(beacon(TEST_TAG, rssi_dbm=-58, antenna=1))
 
         async def on_result(result: StepResult) -> None:
             if result.name == "serial":
-                module.send(STATUS, beacon(TEST_TAG, rssi_dbm=-58, antenna=1))
-            if result.name == "heartbeat":
-                # Steps 1-4 came before the broker connection; they left, in order, once it was there.
-                live["before_the_end"] = len(await watcher.wait("selftest", 7))
+                module.send(STATUS)
+                seen["tag"] = asyncio.create_task(present_the_tag_once_asked())
 
         report = await test.run(on_result)
-        payloads = await watcher.wait("selftest", 9)
+        await seen["tag"]
+        payloads = await watcher.wait("selftest", 16)
 
-    assert live["before_the_end"] >= 7
+    asked = seen["when_asked"]
+    assert [(m.kind, m.seq, m.name) for m in asked if not isinstance(m, SelfTestSummary)] == [
+        ("started", 1, "serial"),
+        ("step", 1, "serial"),
+        ("started", 2, "module"),
+        ("step", 2, "module"),
+        ("started", 3, "noise"),
+        ("step", 3, "noise"),
+        ("started", 4, "test_tag"),
+    ]
+    assert isinstance(asked[-1], SelfTestStepStarted) and asked[-1].wait_s == 10  # --tag-timeout
+    assert asked[-1].title == "test tag is read"
     messages = [parse_selftest(p) for p in payloads]
-    steps, summary = [m for m in messages[:8] if isinstance(m, SelfTestStep)], messages[8]
-    assert len(steps) == 8 and isinstance(summary, SelfTestSummary)
+    started = [m for m in messages if isinstance(m, SelfTestStepStarted)]
+    steps = [m for m in messages if isinstance(m, SelfTestStep)]
+    summary = messages[-1]
+    assert len(steps) == 8 and isinstance(summary, SelfTestSummary) and len(messages) == 16
+    # Every step that ran was announced first; the skipped one (no --backend) was not.
+    assert [(m.seq, m.name) for m in started] == [(m.seq, m.name) for m in steps if m.status != "skip"]
+    assert all(messages.index(a) < messages.index(b) for a, b in zip(started, steps, strict=False))
     assert {m.run_id for m in messages} == {report.run_id} and len(report.run_id) == 16
     assert [(m.seq, m.name, m.status) for m in steps] == [(i + 1, s.name, s.status) for i, s in enumerate(report.steps)]
     by_name = {m.name: m for m in steps}
-    assert (by_name["noise"].noise_floor_dbm, by_name["test_tag"].rssi_dbm) == (-97, -58)
+    assert (by_name["noise"].noise_floor_dbm, by_name["test_tag"].rssi_dbm) == (-97, -58), by_name["test_tag"]
     assert by_name["serial"].message == report.steps[0].value and by_name["serial"].title == "serial port opens"
     assert (summary.seq, summary.result, summary.steps, summary.counts) == (9, "passed", 8, {"pass": 7, "skip": 1})
     assert json.loads(report.to_json())["run_id"] == report.run_id
@@ -372,6 +401,7 @@ async def test_failed_step_carries_its_advice_and_a_failed_run_says_so(
     async with hotlist_on(broker), watching(broker, topic_prefix) as watcher:
         report, _ = await run(selftest(topic_prefix, str(tmp_path / "ttyUSB9"), broker.url, tmp_path))
         messages = [parse_selftest(p) for p in await watcher.wait("selftest", 9)]
+        messages = [m for m in messages if not isinstance(m, SelfTestStepStarted)]
     serial_step, summary = messages[0], messages[-1]
     assert isinstance(serial_step, SelfTestStep) and isinstance(summary, SelfTestSummary)
     assert (serial_step.status, serial_step.message) == ("fail", f"no such device {tmp_path / 'ttyUSB9'}")
@@ -399,7 +429,9 @@ async def test_a_lost_uplink_stops_the_publishing_but_never_the_self_test(
         published = [parse_selftest(p) for p in watcher.of("selftest")]
     assert [s.name for s in report.steps] == list(STEPS)
     assert report.steps[5].status == "pass" and report.steps[6].status == "fail"  # the heartbeat
-    assert [m.seq for m in published] == [1, 2, 3, 4, 5, 6]
+    # The steps up to the broker's; of the steps that ran, their starts (the heartbeat's came after the cut).
+    assert [m.seq for m in published if isinstance(m, SelfTestStep)] == [1, 2, 3, 4, 5, 6]
+    assert [m.seq for m in published if isinstance(m, SelfTestStepStarted)] == [1, 5, 6]
 
 
 async def test_no_broker_means_nothing_published_and_the_same_report(topic_prefix: str, tmp_path: Path) -> None:

@@ -30,6 +30,10 @@ def test_coverage_map_shows_gaps_and_suggested_sites_without_external_assets():
     html = build_coverage_map(cov, stations, roads).get_root().render()
     assert external_references(html) == []
     assert "Suggested site 1" in html and "Road covered" in html
+    # Each station labelled with the road it hears (an intersection's station hears a few hundred metres).
+    assert all(150 < cov.station_road_m[s["station_id"]] < 500 for s in stations)
+    first = stations[0]["station_id"]
+    assert f"{first} \\u00b7 {cov.station_road_m[first]:.0f} m" in html  # the label, as folium writes it in JSON
 
 
 def test_coverage_map_renders_in_a_browser(tmp_path: Path, map_server_factory):
@@ -54,6 +58,7 @@ class PlainCoverage:
     station_areas: list[list[tuple[float, float]]] = field(default_factory=list)
     uncovered: list[list[tuple[float, float]]] = field(default_factory=list)
     suggestions: list[PlainSite] = field(default_factory=list)
+    station_road_m: dict[str, float] = field(default_factory=dict)
 
 
 def test_coverage_map_draws_plain_data_computed_elsewhere():
@@ -65,6 +70,7 @@ def test_coverage_map_draws_plain_data_computed_elsewhere():
         station_areas=[square],
         uncovered=[[(30.272, 120.150), (30.274, 120.150)]],
         suggestions=[PlainSite(30.273, 120.150, 300.0)],
+        station_road_m={"st-001": 0.0},
     )
     station = {"station_id": "st-001", "name": "Gate", "lat": 30.2705, "lon": 120.1505, "state": "online"}
     html = build_coverage_map(layers, [station], None).get_root().render()
@@ -72,3 +78,4 @@ def test_coverage_map_draws_plain_data_computed_elsewhere():
     assert "Suggested site 1: covers 300 m more road (30.27300, 120.15000)" in html
     assert "With the 1 suggested sites: <b style='font-size:16px'>40%</b>" in html
     assert "Not heard by any station" in html and external_references(html) == []
+    assert "st-001 \\u00b7 0 m" in html and 'bg-station-label deaf\\"' in html  # hears no road: in the wrong place

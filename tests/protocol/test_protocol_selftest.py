@@ -1,4 +1,5 @@
-"""The selftest topic's messages: a step and a run's summary, told apart by `kind`, round trip byte for byte."""
+"""The selftest topic's messages: a step begun, a step and a run's summary, told apart by `kind`, round trip byte for
+byte."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.messages import MessageError, SelfTestStep, SelfTestSummary, parse_selftest
+from protocol.messages import MessageError, SelfTestStep, SelfTestStepStarted, SelfTestSummary, parse_selftest
 from protocol.topics import SELFTEST, STATION_KINDS, parse_station_topic, station_filter, station_topic
 
 STEP = (
@@ -23,6 +24,32 @@ SUMMARY = (
     b'"steps":8,"counts":{"pass":6,"warn":1,"skip":1},"started_at":"2025-06-02T08:13:50Z",'
     b'"finished_at":"2025-06-02T08:14:09.250000Z"}'
 )
+
+STARTED = (
+    b'{"v":1,"kind":"started","station_id":"st-001","run_id":"5f0c2a9e1b7d4c36","seq":4,"name":"test_tag",'
+    b'"title":"test tag is read","wait_s":30.0,"at":"2025-06-02T08:14:01.100000Z"}'
+)
+
+
+def test_a_step_begun_parses_by_kind_round_trips_and_is_checked_like_a_step() -> None:
+    started = parse_selftest(STARTED)
+    assert isinstance(started, SelfTestStepStarted)
+    assert (started.seq, started.name, started.wait_s) == (4, "test_tag", 30.0)
+    assert started.to_json() == STARTED
+    # Only station_id, run_id, seq, name and at are needed: a step that does not wait says nothing of waiting.
+    bare = parse_selftest(
+        b'{"v":1,"kind":"started","station_id":"st-001","run_id":"5f0c2a9e1b7d4c36","seq":1,"name":"serial",'
+        b'"at":"2025-06-02T08:13:50Z"}'
+    )
+    assert isinstance(bare, SelfTestStepStarted) and (bare.title, bare.wait_s) == ("", None)
+    for change, reason in [
+        ({"wait_s": -1}, "started.wait_s: Input should be greater than or equal to 0"),
+        ({"name": "Test Tag"}, "started.name: String should match pattern"),
+        ({"seq": 100}, "started.seq: Input should be less than or equal to 99"),
+    ]:
+        with pytest.raises(MessageError) as caught:
+            parse_selftest(orjson.dumps({**orjson.loads(STARTED), **change}))
+        assert reason in caught.value.reason
 
 
 def test_selftest_is_a_station_topic_kind_the_ingest_subscribes_to() -> None:

@@ -298,8 +298,10 @@ async def test_the_installer_sees_a_station_whose_hot_list_lags(
         assert (good["hotlist_version"], good["hotlist_current"], good["hotlist_stale"]) == (current, current, False)
         assert (lagging["hotlist_version"], lagging["hotlist_stale"]) == (-1, True)
         assert any("BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY" in r for r in lagging["reasons"])
+        assert "hotlist_behind" in lagging["reason_codes"]
         page = backend.installer.get("/installer")
         assert page.status_code == 200 and "bg-hotlist-stale" in page.text
+        assert 'data-reason="hotlist_behind">hot list version -1 is behind the current' in page.text
 
 
 async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:

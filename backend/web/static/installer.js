@@ -51,6 +51,15 @@
       merge(mine, { run_id: step.run_id, station_id: step.station_id, received_at: step.received_at, steps: [step] });
       if (mine === view) { render(); }
     });
+    // A step has begun (the gateway announces each): show which one the station is doing now, e.g. waiting for the
+    // test tag, before its result comes.
+    source.addEventListener("started", function (ev) {
+      var step = JSON.parse(ev.data);
+      merge(mine, { run_id: step.run_id, station_id: step.station_id, received_at: step.at, steps: [] });
+      var run = mine.runs.filter(function (r) { return r.run_id === step.run_id; })[0];
+      run.current = { seq: step.seq, name: step.name, wait_s: step.wait_s, seen: Date.now() };
+      if (mine === view) { render(); }
+    });
     source.addEventListener("run", function (ev) { merge(mine, JSON.parse(ev.data)); if (mine === view) { render(); } });
     source.addEventListener("station", function (ev) {
       lifecycleFrom(mine, JSON.parse(ev.data));
@@ -149,17 +158,25 @@
       "</div>" + '<div class="bg-step-msg">' + esc(step.message) + "</div>" + advice + "</div></li>";
   }
 
-  function waitingRow(seq, name, next) {
-    return '<li class="bg-step bg-step-wait' + (next ? " bg-step-next" : "") + '">' +
+  /* What the step now running is doing: the test tag step waits for the installer to hold the tag up. */
+  function runningText(name, current) {
+    if (name !== "test_tag") { return t("st_running"); }
+    var s = current && current.name === name ? current.wait_s : null;
+    return s ? t("st_waiting_tag_s", { s: Math.round(s) }) : t("st_waiting_tag");
+  }
+
+  function waitingRow(seq, name, next, current) {
+    return '<li class="bg-step bg-step-wait' + (next ? " bg-step-next" : "") + '" data-step="' + name + '">' +
       '<span class="bg-step-mark" aria-hidden="true"></span><div class="bg-step-body"><div class="bg-step-line"><b>' +
       seq + ". " + esc(t("st_step_" + name)) + '</b><span class="bg-step-status">' +
-      esc(next ? t("st_running") : t("st_waiting")) + "</span></div></div></li>";
+      esc(next ? runningText(name, current) : t("st_waiting")) + "</span></div></div></li>";
   }
 
   function runState(run, latest) {
     if (run.result) { return run.result; }
-    var last = run.steps.length ? run.steps[run.steps.length - 1].received_at : run.received_at;
-    return latest && Date.now() - ms(last) < QUIET_MS ? "running" : "unfinished";
+    var last = run.steps.length ? ms(run.steps[run.steps.length - 1].received_at) : ms(run.received_at);
+    if (run.current) { last = Math.max(last, run.current.seen); }  // a step begun is news too
+    return latest && Date.now() - last < QUIET_MS ? "running" : "unfinished";
   }
 
   function outcome(v, run, state) {
@@ -182,8 +199,11 @@
     var rows = run.steps.map(function (s) { return stepRow(s, v.fresh[run.run_id + "/" + s.seq]); });
     if (state === "running") {
       var seen = run.steps.map(function (s) { return s.name; });
+      var current = run.current && seen.indexOf(run.current.name) < 0 ? run.current : null;
       STEP_NAMES.filter(function (n) { return seen.indexOf(n) < 0; }).forEach(function (name, i) {
-        rows.push(waitingRow(run.steps.length + i + 1, name, i === 0));
+        // The step the gateway says it began is the one running; without word from it, the next in order.
+        var next = current ? name === current.name : i === 0;
+        rows.push(waitingRow(run.steps.length + i + 1, name, next, current));
       });
     }
     var started = run.started_at || (run.steps[0] && run.steps[0].at);
@@ -257,6 +277,197 @@
         button.disabled = false;
         document.getElementById("station-alarms-note").textContent = r.message;
       });
+    });
+  });
+})();
+
+// Moments the server wrote in UTC, shown in the reader's own time zone (BG.time), as on the other pages.
+(function () {
+  document.querySelectorAll("time.bg-when").forEach(function (el) {
+    el.textContent = BG.time(el.getAttribute("datetime")) || el.textContent;
+  });
+})();
+
+/* Registering a station (placed by a click on the station map), marking a planned one installed, issuing its MQTT
+   password: shown once, in a dialog, with copy buttons. */
+(function () {
+  "use strict";
+  var BG = window.BG, t = BG.t;
+  var form = document.getElementById("register-form");
+  if (!form) { return; }
+  var details = document.getElementById("register-details");
+  var ID_RE = /^[a-z0-9][a-z0-9_-]{0,63}$/;  // protocol.ids.STATION_ID_PATTERN
+  var pin = null;  // the new station's marker on the station map
+
+  function val(id) { return document.getElementById(id).value.trim(); }
+  function number(id) { var v = val(id).replace(",", "."); return v === "" ? NaN : Number(v); }
+
+  function check() {
+    var ok = true, id = val("reg-id"), lat = number("reg-lat"), lon = number("reg-lon");
+    if (!ID_RE.test(id)) { BG.mark("reg-id", id ? "bad" : "info", id ? t("reg_id_bad") : t("reg_id_hint")); ok = false; }
+    else if (document.querySelector('#station-table tr[data-station="' + id + '"]')) {
+      BG.mark("reg-id", "bad", t("reg_exists", { id: id })); ok = false;  // the server would refuse it too (409)
+    } else { BG.mark("reg-id", "ok", ""); }
+    if (!val("reg-name")) { BG.mark("reg-name", "bad", t("reg_name_missing")); ok = false; } else { BG.mark("reg-name", "ok", ""); }
+    if (!(lat >= -90 && lat <= 90)) { BG.mark("reg-lat", "bad", t("reg_lat_bad")); ok = false; } else { BG.mark("reg-lat", "ok", ""); }
+    if (!(lon >= -180 && lon <= 180)) { BG.mark("reg-lon", "bad", t("reg_lon_bad")); ok = false; } else { BG.mark("reg-lon", "ok", ""); }
+    return ok;
+  }
+
+  /* The Leaflet map inside the station map's frame (same origin): folium names it map_<hash>. */
+  function stationMap() {
+    var frame = document.getElementById("station-map");
+    var win = frame && frame.contentWindow;
+    if (!win || !win.L) { return null; }
+    var name = Object.keys(win).filter(function (k) { return /^map_/.test(k) && win[k] instanceof win.L.Map; })[0];
+    return name ? { win: win, map: win[name] } : null;
+  }
+
+  function placePin(lat, lon) {
+    var found = stationMap();
+    if (!found || !(lat >= -90 && lat <= 90 && lon >= -180 && lon <= 180)) { return; }
+    if (!pin) {
+      pin = found.win.L.circleMarker([lat, lon], {
+        radius: 10, color: "#1d4ed8", weight: 3, dashArray: "4 3", fillColor: "#dbeafe", fillOpacity: 0.9
+      }).addTo(found.map);
+      pin.bindTooltip(t("reg_here"), { permanent: true, direction: "top", offset: [0, -10], className: "bg-new-station" });
+    } else { pin.setLatLng([lat, lon]); }
+  }
+
+  function listenToMap() {
+    var found = stationMap();
+    if (!found) { return; }
+    found.map.on("click", function (ev) {
+      if (!details.open) { return; }
+      document.getElementById("reg-lat").value = ev.latlng.lat.toFixed(6);
+      document.getElementById("reg-lon").value = ev.latlng.lng.toFixed(6);
+      placePin(ev.latlng.lat, ev.latlng.lng);
+      BG.mark("reg-lat", "ok", ""); BG.mark("reg-lon", "ok", "");
+    });
+    details.addEventListener("toggle", function () {
+      found.map.getContainer().style.cursor = details.open ? "crosshair" : "";
+    });
+  }
+  var frame = document.getElementById("station-map");
+  frame.addEventListener("load", listenToMap);
+  if (frame.contentDocument && frame.contentDocument.readyState === "complete") { listenToMap(); }
+
+  ["reg-lat", "reg-lon"].forEach(function (id) {
+    document.getElementById(id).addEventListener("change", function () { placePin(number("reg-lat"), number("reg-lon")); });
+  });
+
+  form.addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var error = document.getElementById("register-error");
+    error.hidden = true;
+    if (!check()) { return; }
+    var body = { station_id: val("reg-id"), name: val("reg-name"), lat: number("reg-lat"), lon: number("reg-lon") };
+    if (val("reg-address")) { body.address = val("reg-address"); }
+    var button = document.getElementById("register-submit");
+    button.disabled = true;
+    BG.api("POST", "/api/stations", body).then(function (r) {
+      button.disabled = false;
+      if (r.ok) {
+        // Shown again with the new station in its table and on its map; the banner says what comes next.
+        var u = new URL(window.location.href);
+        u.searchParams.set("registered", body.station_id);
+        u.hash = "";
+        window.location.href = u.toString();
+        return;
+      }
+      error.textContent = r.status === 409 ? t("reg_exists", { id: body.station_id }) : t("reg_failed", { msg: r.message });
+      error.hidden = false;
+    });
+  });
+
+  var registered = new URL(window.location.href).searchParams.get("registered");
+  var row = registered && document.querySelector('#station-table tr[data-station="' + registered + '"]');
+  if (row) {
+    var done = document.getElementById("register-done");
+    done.textContent = "✓ " + t("reg_done", { id: registered });
+    done.hidden = false;
+    row.classList.add("bg-inst-new");
+  }
+
+  // A planned station on its pole: mark it installed (its self-test then commissions it).
+  document.querySelectorAll('[data-inst-act="install"]').forEach(function (button) {
+    button.addEventListener("click", function () {
+      var tr = button.closest("tr[data-station]"), id = tr.dataset.station;
+      var note = tr.querySelector(".bg-inst-note");
+      button.disabled = true;
+      BG.api("POST", "/api/stations/" + encodeURIComponent(id) + "/lifecycle", { state: "installed" }).then(function (r) {
+        if (!r.ok) {
+          button.disabled = false;
+          var now = r.status === 409 && /is (\w+):/.exec(r.message);
+          note.textContent = now ? t("inst_refused", { lc: t("lc_" + now[1]) }) : t("inst_failed", { msg: r.message });
+          note.className = "bg-inst-note bad";
+          return;
+        }
+        button.remove();
+        tr.querySelector(".bg-lifecycle").textContent = t("lc_" + r.data.lifecycle);
+        var option = document.querySelector('#selftest-station option[value="' + id + '"]');
+        if (option) { option.dataset.lifecycle = r.data.lifecycle; }
+        note.textContent = "✓ " + t("inst_installed_done");
+        note.className = "bg-inst-note ok";
+      });
+    });
+  });
+
+  // The MQTT password: asked for, issued, shown once.
+  var dialog = document.getElementById("credentials-dialog");
+  var station = null;
+  function el(id) { return document.getElementById(id); }
+  document.querySelectorAll('[data-inst-act="credentials"]').forEach(function (button) {
+    button.addEventListener("click", function () {
+      station = button.closest("tr[data-station]").dataset.station;
+      el("cred-title").textContent = t("cred_title", { id: station });
+      el("cred-confirm").textContent = t("cred_confirm", { id: station });
+      el("cred-ask").hidden = false; el("cred-shown").hidden = true; el("cred-error").hidden = true;
+      el("cred-issue").disabled = false;
+      dialog.showModal();
+    });
+  });
+  el("cred-cancel").addEventListener("click", function () { dialog.close(); });
+  el("cred-issue").addEventListener("click", function () {
+    el("cred-issue").disabled = true;
+    BG.api("POST", "/api/stations/" + encodeURIComponent(station) + "/credentials").then(function (r) {
+      if (!r.ok) {
+        el("cred-issue").disabled = false;
+        el("cred-error").textContent = t("cred_failed", { msg: r.message });
+        el("cred-error").hidden = false;
+        return;
+      }
+      el("cred-username").textContent = r.data.username;
+      el("cred-password").textContent = r.data.password;
+      el("cred-key").textContent = r.data.hotlist_public_key;
+      el("cred-issued").textContent = t("cred_issued", { t: BG.time(r.data.issued_at) });
+      el("cred-ask").hidden = true; el("cred-shown").hidden = false;
+    });
+  });
+  // Closing forgets the password: it is in no page, cache or storage afterwards.
+  dialog.addEventListener("close", function () {
+    ["cred-username", "cred-password", "cred-key"].forEach(function (id) { el(id).textContent = ""; });
+  });
+  el("cred-close").addEventListener("click", function () { dialog.close(); });
+
+  function copied(button) {
+    var was = button.textContent;
+    button.textContent = "✓ " + t("cred_copied");
+    setTimeout(function () { button.textContent = was; }, 2000);
+  }
+  document.querySelectorAll("[data-copy]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var source = el(button.dataset.copy), text = source.textContent;
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(text).then(function () { copied(button); });
+        return;
+      }
+      // Plain http on the station network: no clipboard API; select the text and copy the old way.
+      var range = document.createRange();
+      range.selectNodeContents(source);
+      window.getSelection().removeAllRanges();
+      window.getSelection().addRange(range);
+      if (document.execCommand("copy")) { copied(button); }
     });
   });
 })();
