@@ -86,15 +86,16 @@ def test_app_role_is_not_a_superuser_and_owns_nothing(app_database_url: str) -> 
 
 def test_storage_maintenance_works_as_the_app_role(app_database_url: str) -> None:
     """Partitions ahead and retention by whole days need the tables' owner; the app gets them through the owner's
-    functions, which do only that."""
-    old_day = (datetime.now(UTC) - timedelta(days=40)).date()
+    functions, which do only that (on TimescaleDB, the app's inserts make chunks and retention drops them)."""
+    old = datetime.now(UTC) - timedelta(days=40)
     with psycopg.connect(app_database_url) as conn:
-        conn.execute("SELECT bikeguard_ensure_partitions(%s, %s)", (old_day, old_day))
-        partitioned = conn.execute(
-            "SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'sightings'::regclass"
-        ).fetchone()
+        conn.execute("SELECT bikeguard_ensure_partitions(%s, %s)", (old.date(), old.date()))
+        conn.execute("INSERT INTO sightings VALUES (%s, %s, 'st-old', 1, 1, -60, 0, 0, 1)", (old, old))
+        partitioned = conn.execute("SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'sightings'::regclass")
+        days_made_ahead = partitioned.fetchone() is not None
     created, dropped = maintain(app_database_url, days_ahead=10, retention_days=30)
-    if partitioned:  # TimescaleDB makes chunks itself and drops them by time
-        assert created > 0 and dropped >= 1
-    with psycopg.connect(app_database_url) as conn, pytest.raises(psycopg.errors.RaiseException, match="at least 1"):
-        conn.execute("SELECT bikeguard_drop_old_sightings(0)")
+    assert dropped >= 1 and (created > 0 or not days_made_ahead)
+    with psycopg.connect(app_database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM sightings WHERE station_id = 'st-old'").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.RaiseException, match="at least 1 day"):
+            conn.execute("SELECT bikeguard_drop_old_sightings(0)")
