@@ -30,7 +30,13 @@ class BackendSettings(BaseSettings):
     # accepts them, and must be asked for: an install left with defaults would otherwise sign certificate tokens
     # and encrypt ID numbers with a key anyone can read here.
     environment: Literal["development", "production"] = "production"
-    database_url: str = Field(description="PostgreSQL/TimescaleDB conninfo or URL")
+    # What the backend (API and ingest) connects as: the application role, which may read and write the data but owns
+    # nothing, so it cannot turn the audit log's protection off. Migrations run as the schema's owner instead, with
+    # database_owner_url (`bikeguard db migrate`; the backend too when it is given one); they grant
+    # database_app_role its privileges. docs/operations.md says how to create the two roles.
+    database_url: str = Field(description="PostgreSQL/TimescaleDB conninfo or URL, as the application role")
+    database_owner_url: SecretStr | None = None
+    database_app_role: str = "bikeguard_app"
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     # TLS (an mqtts:// URL): the CA of the broker's certificate (none: the system's CAs), and the backend's own
     # certificate and key when the broker asks for one.
@@ -146,6 +152,15 @@ class BackendSettings(BaseSettings):
     @classmethod
     def _compiles(cls, value: str) -> str:
         re.compile(value)
+        return value
+
+    @field_validator("database_app_role")
+    @classmethod
+    def _role_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+            raise ValueError(
+                f"BIKEGUARD_DATABASE_APP_ROLE {value!r} is not a plain role name (lower-case letters, digits, _)"
+            )
         return value
 
     @field_validator("trusted_proxies")

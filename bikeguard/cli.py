@@ -22,11 +22,15 @@ def _backend(args: argparse.Namespace) -> int:
 
 
 def _migrate(_args: argparse.Namespace) -> int:
-    from backend.db.migrate import migrate
+    from backend.db.migrate import DatabaseRoleError, migrate_as_owner
     from backend.settings import BackendSettings
 
     settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
-    applied = migrate(settings.database_url, settings.partition_days_ahead)
+    try:
+        applied = migrate_as_owner(settings)
+    except DatabaseRoleError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
     print(f"applied {len(applied)} migrations: {', '.join(applied) or 'none needed'}")
     return 0
 
@@ -111,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("station", help="issue a station's MQTT password (see bikeguard station --help)")
     db = sub.add_parser("db", help="database tasks")
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("migrate", help="apply the schema migrations").set_defaults(func=_migrate)
+    db_sub.add_parser(
+        "migrate", help="apply the schema migrations as the owner and grant the application role its privileges"
+    ).set_defaults(func=_migrate)
     account = sub.add_parser("account", help="accounts made from the command line (the first admin)")
     account_sub = account.add_subparsers(dest="account_command", required=True)
     create = account_sub.add_parser(

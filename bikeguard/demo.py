@@ -164,6 +164,17 @@ def sign_in(base_url: str, login: Login) -> httpx.Client:
     return httpx.Client(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {r.json()['token']}"})
 
 
+def _migrated_as_owner(server_url: str) -> str:
+    """Migrate the embedded server's database as its owner and make the application role the backend connects as,
+    as production does (docs/operations.md); returns the application role's URL."""
+    from backend.db.migrate import migrate
+    from bikeguard.services import create_login_role
+
+    app_url = create_login_role(server_url, "bikeguard_app", secrets.token_urlsafe(24))
+    migrate(server_url, app_role="bikeguard_app")
+    return app_url
+
+
 def bootstrap_admin(database_url: str) -> Login:
     """The first admin, made straight in the database as `bikeguard account create` does."""
     admin = Login("admin", _password())
@@ -347,8 +358,8 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         if not database_url:
             with stop_signals.held():
                 pg = start_postgres(workdir / "pgdata")
-            database_url = pg.url
-            _say("PostgreSQL (embedded) started")
+            database_url = _migrated_as_owner(pg.url)
+            _say("PostgreSQL (embedded) started, migrated as its owner; the backend connects as bikeguard_app")
         mqtt_url = os.environ.get("BIKEGUARD_MQTT_URL")
         shared = os.environ.get("BIKEGUARD_MQTT_SHARED_GROUP", "bikeguard-ingest")
         backend_mqtt_password = secrets.token_urlsafe(18)

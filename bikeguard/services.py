@@ -77,6 +77,23 @@ def start_postgres(data_dir: Path | None = None) -> Postgres:
     return Postgres(server.get_uri(), data_dir, server)
 
 
+def create_login_role(server_url: str, name: str, password: str) -> str:
+    """As the server's superuser (server_url), create the LOGIN role `name` (or reset its password) with no other
+    power; returns server_url as that role: the backend's application role for the demo and the tests."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(
+            sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(password)
+            )
+        )
+    return psycopg.conninfo.make_conninfo(server_url, user=name, password=password)
+
+
 BACKEND_USER = "bikeguard-backend"
 
 

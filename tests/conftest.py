@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import NamedTuple
 
 import psycopg
 import pytest
 
-from bikeguard.services import Broker, mosquitto_path, start_broker, start_postgres
+from bikeguard.services import Broker, create_login_role, mosquitto_path, start_broker, start_postgres
 from tests.gateway.harness import FakeModule, TcpHop
 
 
@@ -31,15 +33,35 @@ def _with_dbname(url: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(url, dbname=dbname)
 
 
+class AppRole(NamedTuple):
+    """A LOGIN role for the backend, with its password."""
+
+    name: str
+    password: str
+
+
 @pytest.fixture(scope="session")
-def migrated_template(postgres_server_url: str) -> Iterator[str]:
-    """A database migrated once per session; each test's database is a copy of it (much faster than migrating)."""
+def app_role(postgres_server_url: str) -> Iterator[AppRole]:
+    """The application role the backend connects as (owning nothing), made once per session with a name of its own."""
+    role = AppRole(f"bikeguard_app_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16))
+    create_login_role(postgres_server_url, role.name, role.password)
+    try:
+        yield role
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role.name}"')
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres_server_url: str, app_role: AppRole) -> Iterator[str]:
+    """A database migrated once per session as the owner, its privileges granted to the application role; each
+    test's database is a copy of it (much faster than migrating)."""
     from backend.db.migrate import migrate
 
     name = f"bikeguard_template_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    migrate(_with_dbname(postgres_server_url, name))
+    migrate(_with_dbname(postgres_server_url, name), app_role=app_role.name)
     try:
         yield name
     finally:
@@ -48,17 +70,24 @@ def migrated_template(postgres_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def database_url(postgres_server_url: str, migrated_template: str) -> Iterator[str]:
-    """A fresh, migrated database of this test's own, dropped afterwards."""
+def database_owner_url(postgres_server_url: str, migrated_template: str) -> Iterator[str]:
+    """A fresh, migrated database of this test's own (dropped afterwards), as the owner of its schema: only for
+    what migrations may do (and test set-up that must go round the database's own rules)."""
     name = f"bikeguard_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    url = _with_dbname(postgres_server_url, name)
     try:
-        yield url
+        yield _with_dbname(postgres_server_url, name)
     finally:
         with psycopg.connect(postgres_server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(database_owner_url: str, app_role: AppRole) -> str:
+    """The test's own database as the backend's application role: the tests work with no more privileges than the
+    backend has."""
+    return psycopg.conninfo.make_conninfo(database_owner_url, user=app_role.name, password=app_role.password)
 
 
 BROKER_KINDS = ["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)]

@@ -27,7 +27,7 @@ from backend.api.routes import audit as audit_routes
 from backend.api.routes import auth, bikes, health, live, owners, pages, sightings, stations
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import provisioning as provisioning_routes
-from backend.db.migrate import maintain, migrate
+from backend.db.migrate import maintain, prepare_database
 from backend.ingest import rejects
 from backend.ingest.workers import IngestWorkers
 from backend.live import LiveFeed
@@ -107,7 +107,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(migrate, settings.database_url, settings.partition_days_ahead)
+        await asyncio.to_thread(prepare_database, settings)
         pool = AsyncConnectionPool(
             settings.database_url, min_size=2, max_size=10, open=False, check=AsyncConnectionPool.check_connection
         )

@@ -25,10 +25,10 @@ YEAR_2000 = "2000-01-01T00:00:00Z"
 LOOKBACK = timedelta(hours=24)
 
 
-def _held_for_a_year(database_url: str, bike_id: int) -> None:
+def _held_for_a_year(database_owner_url: str, bike_id: int) -> None:
     """The bike was registered (owner, plate and chip bound) a year ago; the history trigger forbids rewriting it,
     so the test does it as the database owner with triggers off."""
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(database_owner_url) as conn:
         conn.execute("SET LOCAL session_replication_role = replica")
         conn.execute("UPDATE bike_bindings SET valid_from = now() - interval '365 days' WHERE bike_id = %s", (bike_id,))
 
@@ -43,10 +43,10 @@ def _passage(database_url: str, tag_hex: str, station_id: str, at: datetime) -> 
 
 
 @pytest.fixture
-def old_bike(staff: Staff) -> dict[str, Any]:
+def old_bike(staff: Staff, database_owner_url: str) -> dict[str, Any]:
     """A bike its owner has held for a year, seen 10 days ago (its owner's everyday life) and 2 hours ago."""
     bike = staff.register()["bike"]
-    _held_for_a_year(staff.database_url, bike["bike_id"])
+    _held_for_a_year(database_owner_url, bike["bike_id"])
     now = utcnow()
     _passage(staff.database_url, bike["tag_id"], "st-home", now - timedelta(days=10))
     _passage(staff.database_url, bike["tag_id"], "st-shop", now - timedelta(hours=2))
