@@ -3,9 +3,9 @@ make a station do anything.
 
 The real backend app (on the test's database, publishing on the test's real broker) sends commands through its API
 (`POST /api/stations/{id}/commands/{name}`); a real gateway (fake radio module on a pty) takes them from the broker.
-An attacker publishes commands of their own on the station's commands topic: unsigned, signed with another key,
-signed for another station, expired, a captured genuine one replayed (also after the station restarted), garbage
-and an oversized one. Each is refused and counted by reason, the station does nothing it was not told by the
+Whoever can write to the station's commands topic (a broker without our ACL, a leaked backend password) publishes
+commands of their own there: unsigned, signed with another key, signed for another station, expired, a captured
+genuine one replayed (also after the station restarted), garbage and an oversized one. Each is refused and counted by reason, the station does nothing it was not told by the
 backend, and it goes on working: it still delivers passages and still obeys the backend's next command.
 """
 
