@@ -12,8 +12,8 @@ import psycopg
 from backend.broker_client import broker_client
 from backend.settings import BackendSettings
 from protocol import topics
-from protocol.messages import Hotlist, format_tag
-from protocol.signing import sign_hotlist
+from protocol.messages import Hotlist, StationCommand, format_tag
+from protocol.signing import sign, sign_hotlist
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ async def issue_hotlist(conn: psycopg.AsyncConnection[Any]) -> Hotlist:
 
 class HotlistPublisher:
     """Publishes the hot list retained on the broker through an MQTT client of its own, so an API process
-    publishes it whether or not it also ingests.
+    publishes it whether or not it also ingests; and the commands to stations (backend.commands), signed with the
+    same key.
 
     A list published while the broker is away is kept by paho (QoS 1) and sent once connected, so the latest list
     reaches the broker as soon as it can be reached. Its thread connects, then runs paho's loop (which reconnects
@@ -82,6 +83,12 @@ class HotlistPublisher:
     def publish(self, message: Hotlist) -> None:
         """Sign this version of the hot list and publish it, retained (at once, or as soon as the broker is reached)."""
         self._client.publish(topics.HOTLIST, sign_hotlist(message, self._key).to_json(), qos=1, retain=True)
+
+    def publish_command(self, command: StationCommand) -> None:
+        """Sign a command and publish it to its station (not retained: a station away gets it from its persistent
+        session, and one that comes back after it expired refuses it)."""
+        topic = topics.command_topic(command.station_id, command.name)
+        self._client.publish(topic, sign(command, self._key).to_json(), qos=1)
 
     def stop(self) -> None:
         """Disconnect (what is still unsent is dropped: the next start publishes a new version)."""

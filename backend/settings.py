@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protocol.messages import COMMAND_TTL_MAX_S
 from protocol.signing import SigningKeyError, generate_signing_key, public_key_of, read_signing_key
 
 # Placeholders that work on a developer's machine and are refused anywhere else.
@@ -98,6 +99,8 @@ class BackendSettings(BaseSettings):
     maintenance_interval_s: float = Field(default=3600.0, gt=0, description="partitions, retention, transitions")
     # How often stations are checked for missed heartbeats (a station is offline after two missed intervals).
     station_watch_interval_s: float = Field(default=10.0, gt=0)
+    # How long a command sent to a station stays valid (a station away longer refuses it as expired when it is back).
+    station_command_ttl_s: int = Field(default=300, ge=1, le=COMMAND_TTL_MAX_S)
     tile_url: str | None = None
     tile_attribution: str | None = None
 

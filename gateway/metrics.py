@@ -45,6 +45,8 @@ class StationFigures:
     gauges: dict[str, int] = field(default_factory=dict)
     frames_rejected: dict[str, int] = field(default_factory=dict)
     hotlist_rejected: dict[str, int] = field(default_factory=dict)
+    commands_refused: dict[str, int] = field(default_factory=dict)
+    commands_done: dict[str, int] = field(default_factory=dict)
 
 
 _HELP = {
@@ -108,13 +110,27 @@ class StationCollector(Collector):
             "Hot-list messages refused (the last good list kept) by reason",
             labels=["station", "reason"],
         )
+        refused = CounterMetricFamily(
+            "bikeguard_gateway_commands_refused",
+            "Commands not acted on (unsigned, forged, for another station, expired, replayed…) by reason",
+            labels=["station", "reason"],
+        )
+        done = CounterMetricFamily(
+            "bikeguard_gateway_commands_done", "Signed commands of the backend acted on", labels=["station", "command"]
+        )
         for f in figures:
             for reason, n in sorted(f.frames_rejected.items()):
                 rejected.add_metric([f.station_id, reason], n)
             for reason, n in sorted(f.hotlist_rejected.items()):
                 hotlists.add_metric([f.station_id, reason], n)
+            for reason, n in sorted(f.commands_refused.items()):
+                refused.add_metric([f.station_id, reason], n)
+            for name, n in sorted(f.commands_done.items()):
+                done.add_metric([f.station_id, name], n)
         yield rejected
         yield hotlists
+        yield refused
+        yield done
 
     async def _figures(self) -> list[StationFigures]:
         return [figures() for figures in self.sources]

@@ -186,7 +186,8 @@ class DropLog:
 
 
 class Spool:
-    """The on-disk outbox of one station, plus its batch counter, open passages and last hot list."""
+    """The on-disk outbox of one station, plus its batch counter, open passages, last hot list and the seq of the
+    last command it took."""
 
     def __init__(
         self,
@@ -566,6 +567,20 @@ class Spool:
         if row is None:
             return None
         return int(row[0]), [int(t) for t in row[1].split(",") if t]
+
+    def save_command_seq(self, seq: int) -> None:
+        """Keep the seq of the last command taken, so a restarted station still refuses a replay of an older one."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('command_seq', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                (seq,),
+            )
+
+    def load_command_seq(self) -> int:
+        """The seq of the last command taken (0: none yet)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'command_seq'").fetchone()
+        return 0 if row is None else int(row[0])
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:

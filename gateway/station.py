@@ -140,6 +140,8 @@ class Station:
             figures.counters["batches_resent"] = uplink.batches_resent
             figures.counters["confirmations_rejected"] = uplink.confirmations_rejected
             figures.hotlist_rejected = dict(uplink.hotlist_rejected)
+            figures.commands_refused = dict(uplink.commands_refused)
+            figures.commands_done = dict(uplink.commands_done)
             figures.counters["batch_requests"] = uplink.requests
             figures.counters["batch_requests_rejected"] = uplink.requests_rejected
             figures.counters["batches_requested_held"] = uplink.batches_requested_held

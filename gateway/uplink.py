@@ -6,7 +6,9 @@ sending again whatever the backend has not confirmed yet. A PUBACK only marks a 
 sent; the backend's confirmation (on the station's confirmations topic) deletes it, and a batch
 left unconfirmed for `confirm_timeout_s` (doubling per attempt) goes again. When the backend asks for
 batches it is missing (the station's requests topic), those still spooled go again at once and the
-station answers, on its gone topic, which it no longer holds and why.
+station answers, on its gone topic, which it no longer holds and why. A command (the station's commands topics) is
+acted on only if it is signed by the backend, for this station, unexpired and newer than the last one taken
+(gateway/commands.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from gateway.commands import CommandRefused, check_command
 from gateway.hotlist import HotList, HotlistRefused, check_hotlist
 from gateway.mqtt import Connection, Message, MqttError, Will
 from gateway.publish_window import PublishWindow
@@ -32,6 +35,7 @@ from protocol.messages import (
     Confirmation,
     GoneRange,
     MessageError,
+    StationCommand,
     StationStatus,
     utcnow,
 )
@@ -68,6 +72,10 @@ class Uplink:
         self.sightings_published = 0
         # Refused hot lists by reason (gateway.hotlist.RefusalReason).
         self.hotlist_rejected: Counter[str] = Counter()
+        # Commands refused by reason (gateway.commands.RefusalReason), and those acted on by name.
+        self.commands_refused: Counter[str] = Counter()
+        self.commands_done: Counter[str] = Counter()
+        self.command_seq = spool.load_command_seq()
         key = settings.hotlist_public_key
         self._hotlist_key = None if key is None else read_public_key(key)
         if key is None:
@@ -253,8 +261,45 @@ class Uplink:
                 for answer in self._take_request(message.payload):
                     # Not spooled: a lost answer costs only the backend's next request.
                     await mqtt.publish(self.gone_topic, answer, qos=1)
+            elif message.matches(commands):
+                command = self._take_command(message)
+                if command is not None:
+                    await self._act(mqtt, command)
             else:
-                self._take(message, commands)
+                self._take(message)
+
+    def _take_command(self, message: Message) -> StationCommand | None:
+        """The command in a message if the station may act on it (its seq is then kept); None after counting and
+        logging why not."""
+        s = self.settings
+        name = message.topic.rsplit("/", 1)[-1]
+        try:
+            command = check_command(
+                message.payload,
+                name,
+                station_id=s.station_id,
+                key=self._hotlist_key,
+                last_seq=self.command_seq,
+                now=utcnow(),
+            )
+        except CommandRefused as exc:
+            self.commands_refused[exc.reason] += 1
+            log.warning("%s: command %r refused (%s): %r", s.station_id, name[:40], exc, message.payload[:200])
+            return None
+        # Kept before acting: a command whose action fails half-way is not taken a second time.
+        self.spool.save_command_seq(command.seq)
+        self.command_seq = command.seq
+        return command
+
+    async def _act(self, mqtt: Connection, command: StationCommand) -> None:
+        """Do what an accepted command says (its name is one of protocol.messages.COMMAND_NAMES)."""
+        if command.name == "status":
+            await self._publish_status(mqtt)
+        elif command.name == "resend":
+            self.spool.resend_all()
+            self.notify()
+        self.commands_done[command.name] += 1
+        log.info("%s: command %s (seq %d) done", self.settings.station_id, command.name, command.seq)
 
     def _take_request(self, payload: bytes) -> list[bytes]:
         """Make the requested batches still spooled due at once; the answers about the others, to publish."""
@@ -291,13 +336,11 @@ class Uplink:
             for i in range(0, len(gone), GONE_MAX_RANGES)
         ]
 
-    def _take(self, message: Message, commands: str) -> None:
+    def _take(self, message: Message) -> None:
         if message.matches(self.confirmations_topic):
             self._take_confirmation(message.payload)
         elif message.matches(HOTLIST):
             self._take_hotlist(message.payload)
-        elif message.matches(commands):
-            log.info("%s: command %s: %r", self.settings.station_id, message.topic, message.payload[:200])
         else:
             # amqtt 0.12 sends a connecting client retained messages of other clients' subscriptions.
             log.debug("%s: ignoring message on %s", self.settings.station_id, message.topic)

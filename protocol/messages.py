@@ -7,7 +7,7 @@ timezone-aware UTC in ISO 8601; tag ids are 8 upper-case hex digits (the chip's 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import orjson
 from pydantic import (
@@ -31,9 +31,15 @@ VERSION: Final = 1
 # format_tag and parse_tag live in protocol.ids; they stay importable from here with the messages they fill.
 __all__ = [
     "VERSION",
+    "COMMAND_MAX_ARGS",
+    "COMMAND_MAX_BYTES",
+    "COMMAND_NAMES",
+    "COMMAND_TTL_MAX_S",
+    "COMMAND_V",
     "Alert",
     "BatchRequest",
     "BatchesGone",
+    "CommandName",
     "Confirmation",
     "GoneRange",
     "HOTLIST_V",
@@ -45,6 +51,7 @@ __all__ = [
     "SeqRange",
     "Sighting",
     "SightingBatch",
+    "StationCommand",
     "StationStatus",
     "dumps",
     "format_tag",
@@ -288,6 +295,58 @@ class Hotlist(_Payload):
         """What the signature covers: every field but the signature, in one canonical form."""
         issued_at = self.issued_at.astimezone(UTC).isoformat(timespec="microseconds")
         return f"bikeguard-hotlist/{self.v}\n{self.version}\n{issued_at}\n{','.join(self.tags)}".encode()
+
+
+# What the backend may tell a station to do (docs/architecture.md, "Commands to stations"): status publishes its
+# status now; resend sends every sightings batch the backend has not confirmed again now.
+CommandName = Literal["status", "resend"]
+COMMAND_NAMES: Final[tuple[str, ...]] = get_args(CommandName)
+COMMAND_NAME_PATTERN: Final = r"^[a-z][a-z0-9_]{0,31}$"
+COMMAND_V: Final = 1
+# A command is small: a larger payload is refused before it is parsed, and a command lives at most an hour.
+COMMAND_MAX_BYTES: Final = 4096
+COMMAND_MAX_ARGS: Final = 16
+COMMAND_TTL_MAX_S: Final = 3600
+CommandV = Annotated[Literal[1], JsonForm(core_schema.int_schema(strict=True), core_schema.literal_schema([COMMAND_V]))]
+CommandArg = Annotated[str, Field(max_length=200)]
+
+
+class StationCommand(_Payload):
+    """Something the backend tells one station to do, signed by the backend (Ed25519) like the hot list.
+
+    `seq` grows with every command the backend issues (a database sequence started at the clock in milliseconds);
+    a station takes a command only if its seq is above the last one it took, so a captured command cannot be
+    replayed, and only between `issued_at` and `expires_at`.
+    """
+
+    v: CommandV = COMMAND_V
+    station_id: StationId
+    name: str = Field(pattern=COMMAND_NAME_PATTERN, description="one of COMMAND_NAMES (a station refuses others)")
+    args: dict[Annotated[str, Field(pattern=COMMAND_NAME_PATTERN)], CommandArg] = Field(
+        default_factory=dict, max_length=COMMAND_MAX_ARGS
+    )
+    seq: int = Field(ge=1, le=HOTLIST_VERSION_MAX, description="monotonic across every command the backend issues")
+    issued_at: Instant
+    expires_at: Instant
+    signature: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_-]*$", max_length=100, description="base64url Ed25519 of signed_bytes()"
+    )
+
+    @model_validator(mode="after")
+    def _lifetime(self) -> StationCommand:
+        lifetime_s = (self.expires_at - self.issued_at).total_seconds()
+        if not 0 < lifetime_s <= COMMAND_TTL_MAX_S:
+            raise ValueError(f"expires_at must be after issued_at and at most {COMMAND_TTL_MAX_S} s after it")
+        return self
+
+    def signed_bytes(self) -> bytes:
+        """What the signature covers: every field but the signature, in one canonical form (distinct from a hot
+        list's, so no signature of one is ever valid for the other)."""
+        args = orjson.dumps(self.args, option=orjson.OPT_SORT_KEYS).decode()
+        issued_at = self.issued_at.astimezone(UTC).isoformat(timespec="microseconds")
+        expires_at = self.expires_at.astimezone(UTC).isoformat(timespec="microseconds")
+        fields = (f"bikeguard-command/{self.v}", self.station_id, self.name, str(self.seq), issued_at, expires_at, args)
+        return "\n".join(fields).encode()
 
 
 RunId = Annotated[str, Field(pattern=r"^[0-9a-f]{8,32}$", description="random per self-test run, lower-case hex")]

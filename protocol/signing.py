@@ -1,20 +1,22 @@
-"""The backend's signature on what it sends to stations (the hot list): Ed25519, keys as base64url text.
+"""The backend's signature on what it sends to stations (the hot list, commands): Ed25519, keys as base64url text.
 
 The backend holds the signing key (BIKEGUARD_HOTLIST_SIGNING_KEY); each station is given the public half with its
-credentials (BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY), so a list from anyone else who can publish to the broker is
-refused by the station.
+credentials (BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY), so a list or a command from anyone else who can publish to the
+broker is refused by the station. One key signs both: each message's signed bytes start with its own kind
+(`bikeguard-hotlist/…`, `bikeguard-command/…`), so a signature of one is never valid for the other.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from protocol.messages import Hotlist
+from protocol.messages import Hotlist, StationCommand
 
 __all__ = [
     "SignatureError",
@@ -23,7 +25,9 @@ __all__ = [
     "public_key_of",
     "read_public_key",
     "read_signing_key",
+    "sign",
     "sign_hotlist",
+    "verify",
     "verify_hotlist",
 ]
 
@@ -73,17 +77,32 @@ def public_key_of(signing_key: str) -> str:
     return _encode(read_signing_key(signing_key).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
 
-def sign_hotlist(message: Hotlist, key: Ed25519PrivateKey) -> Hotlist:
-    """The same list with its signature."""
+# The messages the backend signs: each has `signed_bytes()` and a `signature` field.
+M = TypeVar("M", Hotlist, StationCommand)
+
+
+def sign(message: M, key: Ed25519PrivateKey) -> M:
+    """The same message with the backend's signature."""
     return message.model_copy(update={"signature": _encode(key.sign(message.signed_bytes()))})
 
 
-def verify_hotlist(message: Hotlist, key: Ed25519PublicKey) -> None:
-    """Raise SignatureError unless the list was signed with the private half of `key`."""
+def verify(message: Hotlist | StationCommand, key: Ed25519PublicKey, what: str) -> None:
+    """Raise SignatureError unless `message` (`what` it is, for the error) was signed with the private half of
+    `key`."""
     if not message.signature:
-        raise SignatureError("the hot list is not signed")
+        raise SignatureError(f"the {what} is not signed")
     try:
         signature = base64.urlsafe_b64decode(message.signature + "=" * (-len(message.signature) % 4))
         key.verify(signature, message.signed_bytes())
     except (binascii.Error, InvalidSignature) as exc:
-        raise SignatureError("the hot list's signature is not the backend's") from exc
+        raise SignatureError(f"the {what}'s signature is not the backend's") from exc
+
+
+def sign_hotlist(message: Hotlist, key: Ed25519PrivateKey) -> Hotlist:
+    """The same list with its signature."""
+    return sign(message, key)
+
+
+def verify_hotlist(message: Hotlist, key: Ed25519PublicKey) -> None:
+    """Raise SignatureError unless the list was signed with the private half of `key`."""
+    verify(message, key, "hot list")

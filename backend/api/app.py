@@ -26,6 +26,7 @@ from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import audit as audit_routes
 from backend.api.routes import auth, bikes, health, live, owners, pages, sightings, stations
 from backend.api.routes import certificates as certificate_routes
+from backend.api.routes import commands as command_routes
 from backend.api.routes import provisioning as provisioning_routes
 from backend.db.migrate import maintain, prepare_database
 from backend.ingest import rejects
@@ -135,6 +136,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         app.state.ingest = worker
         app.state.metrics = registry_for(worker)
         app.state.publish_hotlist = publish_hotlist
+        app.state.publisher = publisher
         await publish_hotlist()
         maintenance = asyncio.create_task(_maintain_storage(settings, pool), name="storage-maintenance")
         watch = asyncio.create_task(
@@ -174,6 +176,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         certificate_routes.router,
         stations.router,
         provisioning_routes.router,
+        command_routes.router,
         sightings.router,
         alarm_routes.router,
         live.router,
