@@ -444,11 +444,13 @@
       el("cred-ask").hidden = true; el("cred-shown").hidden = false;
     });
   });
-  // Closing forgets the password: it is in no page, cache or storage afterwards.
-  dialog.addEventListener("close", function () {
+  // Closing forgets the password: it is in no page, cache or storage afterwards. At once on Close (the dialog's
+  // own close event comes a task later), and on any other way out (Esc).
+  function forget() {
     ["cred-username", "cred-password", "cred-key"].forEach(function (id) { el(id).textContent = ""; });
-  });
-  el("cred-close").addEventListener("click", function () { dialog.close(); });
+  }
+  dialog.addEventListener("close", forget);
+  el("cred-close").addEventListener("click", function () { forget(); dialog.close(); });
 
   function copied(button) {
     var was = button.textContent;
