@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from backend.api.app import create_app
 from bikeguard.services import free_port
 from tests import factories
-from tests.backend.test_pages_browser import _api_as, _clerk, _message, _sign_in
+from tests.backend.test_pages_browser import _api_as, _clerk, _message, _owner_api, _sign_in
 from tests.browser import browser_page, console_errors, raw_keys, require_chromium, screenshot_path
 from tests.serving import served
 
@@ -165,12 +165,7 @@ def test_a_deregistered_bike_is_found_again_says_so_and_offers_only_its_history(
         assert officer.get("/api/bikes/search", params={"q": body["frame_number"]}).json() == []
         assert officer.get("/api/bikes", params={"frame_number": body["frame_number"]}).json() == []
     slip = done["owner_login"]
-    with _api_as(counter_server, slip["username"], slip["initial_password"]) as owner:
-        owner.post(
-            "/api/auth/password",
-            json={"current_password": slip["initial_password"], "new_password": "my own secret 42"},
-        )
-    with _api_as(counter_server, slip["username"], "my own secret 42") as owner:
+    with _owner_api(counter_server, slip) as owner:
         assert owner.get("/api/bikes").json() == []
         assert owner.post(f"/api/bikes/{bike_id}/arm", json={"armed": True}).status_code == 404
 

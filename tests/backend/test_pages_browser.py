@@ -37,6 +37,17 @@ def _api_as(base: str, username: str, password: str = factories.PASSWORD) -> htt
     return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
+OWNER_PASSWORD = "my own secret 42"
+
+
+def _owner_api(base: str, slip: dict[str, str]) -> httpx.Client:
+    """The owner of a counter slip, signed in after replacing the slip's one-time password by OWNER_PASSWORD."""
+    with _api_as(base, slip["username"], slip["initial_password"]) as first:
+        body = {"current_password": slip["initial_password"], "new_password": OWNER_PASSWORD}
+        assert first.post("/api/auth/password", json=body).status_code == 200
+    return _api_as(base, slip["username"], OWNER_PASSWORD)
+
+
 def _sign_in(page, username: str, password: str) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_selector("#login-form")
     page.fill("#username", username)
@@ -289,12 +300,7 @@ def test_marking_a_bike_recovered_ends_its_stolen_alarm_for_owner_and_police(ser
     with _api_as(server, clerk) as api:
         done = api.post("/api/bikes", json=factories.registration(plate="HZ-40006")).json()
     slip, bike = done["owner_login"], done["bike"]
-    with _api_as(server, slip["username"], slip["initial_password"]) as owner:
-        owner.post(
-            "/api/auth/password",
-            json={"current_password": slip["initial_password"], "new_password": "my own secret 42"},
-        )
-    with _api_as(server, slip["username"], "my own secret 42") as owner:
+    with _owner_api(server, slip) as owner:
         assert owner.post(f"/api/bikes/{bike['bike_id']}/theft", json={}).status_code == 201
     stolen = _alarm(database_url, "stolen_chip_seen", "critical", bike)
     low = _alarm(database_url, "low_battery", "info", bike)
@@ -321,9 +327,7 @@ def test_owner_changes_their_password_from_the_link_on_every_page(server: str, d
     clerk = _clerk(database_url)
     with _api_as(server, clerk) as api:
         slip = api.post("/api/bikes", json=factories.registration(plate="HZ-40007")).json()["owner_login"]
-    with _api_as(server, slip["username"], slip["initial_password"]) as owner:
-        body = {"current_password": slip["initial_password"], "new_password": "my own secret 42"}
-        assert owner.post("/api/auth/password", json=body).status_code == 200
+    _owner_api(server, slip).close()
     with browser_page(1300, 900) as page:
         page.goto(f"{server}/portal?lang=zh")
         _sign_in(page, slip["username"], "my own secret 42")

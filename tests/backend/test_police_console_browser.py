@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 from maps.words import words
 from tests import factories
 from tests.backend.test_counter_browser import _bike_photo
-from tests.backend.test_pages_browser import _api_as, _sign_in, server  # noqa: F401 - server is a fixture
+from tests.backend.test_pages_browser import _api_as, _owner_api, _sign_in, server  # noqa: F401 - server is a fixture
 from tests.browser import browser_page, console_errors, raw_keys, screenshot_path
 
 
@@ -31,12 +31,7 @@ def test_officer_lists_stolen_bikes_files_a_report_marks_one_recovered_and_signs
         assert api.post(f"/api/bikes/{quiet['bike']['bike_id']}/photos", files=photo).status_code == 201
         assert api.post("/api/bikes", json=factories.registration(plate="HZ-60002")).status_code == 201
     slip = quiet["owner_login"]
-    with _api_as(server, slip["username"], slip["initial_password"]) as owner:
-        owner.post(
-            "/api/auth/password",
-            json={"current_password": slip["initial_password"], "new_password": "my own secret 42"},
-        )
-    with _api_as(server, slip["username"], "my own secret 42") as owner:
+    with _owner_api(server, slip) as owner:
         r = owner.post(f"/api/bikes/{quiet['bike']['bike_id']}/theft", json={"place": "Wulin Square"})
         assert r.status_code == 201
 
