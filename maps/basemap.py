@@ -12,6 +12,20 @@ from maps.assets import DEFAULT_BASE, use_local_assets
 DEFAULT_CENTRE = (0.0, 0.0)
 NO_TILES_BACKGROUND = "#e9edf1"
 """Map background when no tile server is configured: a quiet grey that lets roads and stations stand out."""
+CHINESE_FONT_URL = "/assets/fonts/bikeguard-cjk-sc.otf"
+"""Where the backend serves the Chinese web font (backend/web/fonts.py)."""
+CHINESE_FONT_FACE = (
+    # A system Chinese font when there is one (no download); ours otherwise. First in every font stack: Chromium keeps
+    # a fallback's shaping of Chinese (boxes) for the next page when the first family is not a loading web font.
+    '@font-face { font-family: "Bikeguard CJK"; font-display: swap;'
+    ' src: local("PingFang SC"), local("Microsoft YaHei"), local("Noto Sans CJK SC"), local("NotoSansCJKsc-Regular"),'
+    ' local("Source Han Sans SC"), local("Source Han Sans CN"),'
+    f' url("{CHINESE_FONT_URL}") format("opentype");'
+    " unicode-range: U+2E80-2FFF, U+3000-303F, U+3100-312F, U+31A0-31BF, U+3400-4DBF, U+4E00-9FFF, U+F900-FAFF,"
+    " U+FF00-FFEF; }"
+)
+MAP_FONT = '"Bikeguard CJK", system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif'
+"""The maps' words, Chinese ones included, in every map page."""
 
 
 def base_map(
@@ -34,7 +48,9 @@ def base_map(
     add_to_head(
         m,
         "bikeguard_base_style",
-        f"<style>.folium-map.leaflet-container {{ background: {NO_TILES_BACKGROUND}; }}</style>"
+        f"<style>{CHINESE_FONT_FACE}"
+        f" .folium-map.leaflet-container {{ background: {NO_TILES_BACKGROUND}; }}"
+        f" .leaflet-container, .leaflet-tooltip {{ font-family: {MAP_FONT}; }}</style>"
         '<link rel="icon" href="data:,">',
     )
     return m

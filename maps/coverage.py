@@ -13,6 +13,7 @@ from maps.assets import DEFAULT_BASE
 from maps.basemap import add_to_head, base_map, fit_to
 from maps.roads import add_roads, road_points
 from maps.stations import STATE_COLOURS, STATION_CSS
+from maps.words import words
 
 AREA_COLOUR, GAP_COLOUR, SITE_COLOUR = "#2563eb", "#dc2626", "#f59e0b"
 
@@ -25,10 +26,10 @@ COVERAGE_CSS = """
   box-shadow: 0 1px 4px rgba(0,0,0,.45);
 }
 .bg-site span { display: block; transform: rotate(-45deg); color: #fff;
-  font: 700 12px/22px system-ui, "DejaVu Sans", sans-serif; text-align: center; }
+  font: 700 12px/22px "Bikeguard CJK", system-ui, "DejaVu Sans", sans-serif; text-align: center; }
 .bg-coverage-summary {
   position: absolute; z-index: 1000; bottom: 24px; right: 12px; background: rgba(15, 23, 42, .92); color: #e2e8f0;
-  padding: 12px 16px; border-radius: 8px; font: 14px/1.5 system-ui, "DejaVu Sans", sans-serif;
+  padding: 12px 16px; border-radius: 8px; font: 14px/1.5 "Bikeguard CJK", system-ui, "DejaVu Sans", sans-serif;
   box-shadow: 0 2px 10px rgba(0,0,0,.3); max-width: 320px;
 }
 .bg-coverage-summary b { font-size: 22px; color: #fff; }
@@ -91,17 +92,19 @@ def road_label(station: Mapping[str, Any], road_m: float) -> str:
 
 
 def add_coverage_stations(
-    parent: folium.FeatureGroup, stations: Iterable[Mapping[str, Any]], road_m: Mapping[str, float]
+    parent: folium.FeatureGroup, stations: Iterable[Mapping[str, Any]], road_m: Mapping[str, float], lang: str = "en"
 ) -> None:
     """Each station as a dot coloured by its state, labelled with its id and the road it hears (what coverage is
     about: a station that hears no road is in the wrong place), not with passages."""
     add_to_head(parent, "bikeguard_station_css", STATION_CSS)
+    w = words(lang)
     for st in stations:
         heard = road_m.get(str(st["station_id"]), 0.0)
+        lifecycle = str(st.get("lifecycle") or "")
         tip = (
             f"<b>{markup.text(st['name'])}</b><br>{markup.text(st['station_id'])}"
-            + (f" · {markup.text(st['lifecycle'])}" if st.get("lifecycle") else "")
-            + f"<br>hears {heard:.0f} m of road within its read range"
+            + (f" · {markup.text(w.get('lc_' + lifecycle, lifecycle))}" if lifecycle else "")
+            + f"<br>{markup.text(w['hears_road'].format(m=f'{heard:.0f}'))}"
         )
         folium.CircleMarker(
             location=(st["lat"], st["lon"]),
@@ -134,16 +137,19 @@ def build_coverage_map(
     assets_base: str = DEFAULT_BASE,
     tile_url: str | None = None,
     tile_attribution: str | None = None,
+    lang: str = "en",
 ) -> folium.Map:
-    """Station read areas (blue), uncovered road (red), suggested sites (numbered orange diamonds), a summary."""
+    """Station read areas (blue), uncovered road (red), suggested sites (numbered orange diamonds), a summary;
+    in `lang`."""
+    w = words(lang)
     m = base_map(assets_base=assets_base, tile_url=tile_url, tile_attribution=tile_attribution)
     add_to_head(m, "bikeguard_coverage_css", COVERAGE_CSS)
-    areas = folium.FeatureGroup(name="Read range")
+    areas = folium.FeatureGroup(name=w["layer_read_range"])
     for ring in coverage.station_areas:
         folium.Polygon(ring, color=AREA_COLOUR, weight=1, fill=True, fill_opacity=0.15, interactive=False).add_to(areas)
     areas.add_to(m)
     add_roads(m, roads)
-    gaps = folium.FeatureGroup(name="Uncovered road")
+    gaps = folium.FeatureGroup(name=w["layer_uncovered"])
     for line in coverage.uncovered:
         # folium's PolyLine has no annotations.
         folium.PolyLine(
@@ -151,41 +157,44 @@ def build_coverage_map(
             color=GAP_COLOUR,
             weight=5,
             opacity=0.85,  # type: ignore[no-untyped-call]
-            tooltip="Not heard by any station",
+            tooltip=w["not_heard_by_any"],
         ).add_to(gaps)
     gaps.add_to(m)
-    station_layer = folium.FeatureGroup(name="Stations")
+    station_layer = folium.FeatureGroup(name=w["layer_stations"])
     station_layer.add_to(m)
-    add_coverage_stations(station_layer, stations, coverage.station_road_m)
-    sites = folium.FeatureGroup(name="Suggested sites")
+    add_coverage_stations(station_layer, stations, coverage.station_road_m, lang)
+    sites = folium.FeatureGroup(name=w["layer_sites"])
     for i, s in enumerate(coverage.suggestions, start=1):
         folium.Marker(
             location=(s.lat, s.lon),
             icon=folium.DivIcon(
                 html=f'<div class="bg-site"><span>{i}</span></div>', icon_size=(0, 0), class_name="bg-site-icon"
             ),
-            tooltip=f"Suggested site {i}: covers {s.gain_m:.0f} m more road ({s.lat:.5f}, {s.lon:.5f})",
+            tooltip=w["site_tip"].format(i=i, m=f"{s.gain_m:.0f}", lat=f"{s.lat:.5f}", lon=f"{s.lon:.5f}"),
         ).add_to(sites)
     sites.add_to(m)
     gain = sum(s.gain_m for s in coverage.suggestions)
     after = (coverage.covered_m + gain) / coverage.road_m if coverage.road_m else 0.0
     figure = m.get_root()
     assert isinstance(figure, Figure)  # a folium map's root is always its Figure
+    t = {key: markup.text(text) for key, text in w.items()}
+    missed_km = f"{(coverage.road_m - coverage.covered_m) / 1000:.1f}"
     figure.html.add_child(
         folium.Element(
             '<div class="bg-coverage-summary">'
-            f"<div>Road covered</div><b>{coverage.share:.0%}</b> of {coverage.road_m / 1000:.1f} km"
-            f"<div>{(coverage.road_m - coverage.covered_m) / 1000:.1f} km not heard by any station</div>"
+            f"<div>{t['cov_road_covered']}</div><b>{coverage.share:.0%}</b> "
+            f"{t['cov_of_km'].format(km=f'{coverage.road_m / 1000:.1f}')}"
+            f"<div>{t['cov_not_heard'].format(km=missed_km)}</div>"
             + (
-                f"<div>With the {len(coverage.suggestions)} suggested sites: "
+                f"<div>{t['cov_with_sites'].format(n=len(coverage.suggestions))} "
                 f"<b style='font-size:16px'>{after:.0%}</b></div>"
                 if coverage.suggestions
                 else ""
             )
-            + f'<div><span class="k" style="background:{GAP_COLOUR}"></span>uncovered road'
-            f'<br><span class="k" style="background:{AREA_COLOUR}"></span>read range'
-            f'<br><span class="k" style="background:{SITE_COLOUR}"></span>suggested site'
-            "<br><b style='font-size:inherit'>id · m</b> beside a station: the road it hears</div></div>"
+            + f'<div><span class="k" style="background:{GAP_COLOUR}"></span>{t["cov_key_uncovered"]}'
+            f'<br><span class="k" style="background:{AREA_COLOUR}"></span>{t["cov_key_range"]}'
+            f'<br><span class="k" style="background:{SITE_COLOUR}"></span>{t["cov_key_site"]}'
+            f"<br><b style='font-size:inherit'>id · m</b> {t['cov_key_label']}</div></div>"
         )
     )
     fit_to(m, [(s["lat"], s["lon"]) for s in stations] or list(road_points(roads)))

@@ -189,7 +189,7 @@ def build_live_map(
     add_roads(m, roads)
     station_layer = folium.FeatureGroup(name="Stations")
     station_layer.add_to(m)
-    markers = add_stations(station_layer, stations, activity)
+    markers = add_stations(station_layer, stations, activity, lang)
     alarm_layer = folium.FeatureGroup(name="Alarms")
     alarm_layer.add_to(m)
     fit_to(m, [(s["lat"], s["lon"]) for s in stations] or list(road_points(roads)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import folium
 
@@ -12,6 +12,7 @@ from maps import markup
 from maps.assets import DEFAULT_BASE
 from maps.basemap import add_to_head, base_map, fit_to
 from maps.roads import add_roads, road_points
+from maps.words import words
 
 STATE_COLOURS: dict[str, str] = {
     "online": "#16a34a",
@@ -19,12 +20,8 @@ STATE_COLOURS: dict[str, str] = {
     "degraded": "#ca8a04",
     "unknown": "#94a3b8",
 }
-STATE_LABELS: dict[str, str] = {
-    "online": "online",
-    "offline": "offline",
-    "degraded": "degraded: far fewer passages than usual",
-    "unknown": "state unknown",
-}
+Period = Literal["10min", "hour"]
+"""What the passage counts drawn are for: the live map's last 10 minutes, the installer's last hour."""
 
 STATION_CSS = """
 <style>
@@ -32,7 +29,7 @@ STATION_CSS = """
 .bg-station-label {
   position: absolute; left: calc(var(--r, 8px) + 3px); top: 0; transform: translateY(-50%);
   padding: 0 5px; border-radius: 8px; white-space: nowrap; pointer-events: none;
-  font: 600 12px/17px system-ui, "DejaVu Sans", sans-serif; color: #0f172a;
+  font: 600 12px/17px "Bikeguard CJK", system-ui, "DejaVu Sans", sans-serif; color: #0f172a;
   background: rgba(255, 255, 255, .92); border: 1px solid #cbd5e1; box-shadow: 0 1px 2px rgba(0,0,0,.15);
 }
 .bg-station-label.idle { color: #64748b; font-weight: 500; }
@@ -53,21 +50,23 @@ def station_radius(passages: int) -> float:
     return round(6.0 + min(12.0, 1.6 * math.sqrt(max(0, passages))), 1)
 
 
-def station_tooltip(station: Mapping[str, Any], passages: int) -> str:
-    """Tooltip HTML: name, id, state, passages in the last 10 minutes."""
+def station_tooltip(station: Mapping[str, Any], passages: int, lang: str = "en", period: Period = "10min") -> str:
+    """Tooltip HTML: name, id, state, passages in the period the counts are for (10 minutes or an hour)."""
+    w = words(lang)
     state = str(station.get("state", "unknown"))
+    count = w[f"one_passage_in_{period}"] if passages == 1 else w[f"passages_in_{period}"].format(n=passages)
     return (
         f"<b>{markup.text(station['name'])}</b><br>"
-        f"{markup.text(station['station_id'])} · {markup.text(STATE_LABELS.get(state, state))}<br>"
-        f"{passages} passage{'s' if passages != 1 else ''} in the last 10 min"
+        f"{markup.text(station['station_id'])} · {markup.text(w.get('st_' + state, state))}<br>"
+        f"{markup.text(count)}"
     )
 
 
-def label_html(station: Mapping[str, Any], passages: int) -> str:
+def label_html(station: Mapping[str, Any], passages: int, lang: str = "en") -> str:
     """The small passage-count label beside a station."""
     state = str(station.get("state", "unknown"))
     classes = "bg-station-label" + (" offline" if state == "offline" else " idle" if passages == 0 else "")
-    text = "offline" if state == "offline" else str(passages)
+    text = markup.text(words(lang)["st_offline"]) if state == "offline" else str(passages)
     return f'<div class="{classes}" style="--r: {station_radius(passages)}px">{text}</div>'
 
 
@@ -80,8 +79,11 @@ def add_stations(
     parent: folium.Map | folium.FeatureGroup,
     stations: Iterable[Mapping[str, Any]],
     activity: Iterable[Mapping[str, Any]] | None = None,
+    lang: str = "en",
+    period: Period = "10min",
 ) -> dict[str, StationMarker]:
-    """Draw every station on `parent`; returns its markers by station_id so scripts can update them."""
+    """Draw every station on `parent`, in `lang`, with its passages of the period; returns its markers by
+    station_id so scripts can update them."""
     passages = passages_by_station(activity)
     add_to_head(parent, "bikeguard_station_css", STATION_CSS)
     markers: dict[str, StationMarker] = {}
@@ -97,11 +99,11 @@ def add_stations(
             fill=True,
             fill_color=colour,
             fill_opacity=0.95,
-            tooltip=folium.Tooltip(station_tooltip(st, count), sticky=False, direction="top"),
+            tooltip=folium.Tooltip(station_tooltip(st, count, lang, period), sticky=False, direction="top"),
         )
         label = folium.Marker(
             location=(st["lat"], st["lon"]),
-            icon=folium.DivIcon(html=label_html(st, count), icon_size=(0, 0), class_name="bg-station-icon"),
+            icon=folium.DivIcon(html=label_html(st, count, lang), icon_size=(0, 0), class_name="bg-station-icon"),
             interactive=False,
             keyboard=False,
         )
@@ -119,13 +121,15 @@ def build_station_map(
     assets_base: str = DEFAULT_BASE,
     tile_url: str | None = None,
     tile_attribution: str | None = None,
+    lang: str = "en",
+    period: Period = "10min",
 ) -> folium.Map:
-    """Station overview: roads, and every station coloured by state with its recent passages."""
+    """Station overview, in `lang`: roads, and every station coloured by state with its passages of the period."""
     m = base_map(assets_base=assets_base, tile_url=tile_url, tile_attribution=tile_attribution)
     add_roads(m, roads)
-    group = folium.FeatureGroup(name="Stations")
+    group = folium.FeatureGroup(name=words(lang)["layer_stations"])
     group.add_to(m)
-    add_stations(group, stations, activity)
+    add_stations(group, stations, activity, lang, period)
     fit_to(m, [(s["lat"], s["lon"]) for s in stations] or list(road_points(roads)))
     folium.LayerControl(collapsed=False).add_to(m)
     return m

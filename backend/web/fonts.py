@@ -19,8 +19,9 @@ from functools import cache
 from fontTools.ttLib import TTFont
 
 from backend.certificates import FONT_FACE, font_path
+from maps.basemap import CHINESE_FONT_URL
 
-FONT_URL = "/assets/fonts/bikeguard-cjk-sc.otf"
+FONT_URL = CHINESE_FONT_URL
 
 
 @cache

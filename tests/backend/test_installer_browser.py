@@ -24,6 +24,7 @@ from bikeguard.services import Broker, free_port
 from firmware_sim.town import Town
 from gateway.selftest import Report, StepResult
 from gateway.selftest.publisher import started_message, step_message, summary_message
+from maps.words import words
 from protocol.messages import SelfTestStep, SelfTestSummary, utcnow
 from protocol.topics import SELFTEST, station_topic
 from tests import factories
@@ -592,6 +593,10 @@ def test_installer_page_fits_a_390_px_phone_on_every_tab(server: str, database_u
         page.wait_for_timeout(300)
         _fits_a_phone(page)
         page.screenshot(path=str(screenshot_path(f"installer-phone-coverage-{lang}.png")), full_page=True)
+        # The maps inside the page speak its language too: the coverage summary and the stations' state labels.
+        w = words(lang)
+        summary = page.frame_locator("#coverage-map").locator(".bg-coverage-summary").inner_text()
+        assert w["cov_road_covered"] in summary and w["cov_key_uncovered"] in summary
         assert console_errors(page) == []
         assert raw_keys(page) == []
 

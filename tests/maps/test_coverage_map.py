@@ -10,6 +10,7 @@ from bikeguard.demo import town_roads_geojson
 from firmware_sim.town import Town
 from maps.assets import external_references
 from maps.coverage import build_coverage_map
+from maps.stations import build_station_map
 from tests.browser import screenshot, screenshot_path
 
 
@@ -79,3 +80,17 @@ def test_coverage_map_draws_plain_data_computed_elsewhere():
     assert "With the 1 suggested sites: <b style='font-size:16px'>40%</b>" in html
     assert "Not heard by any station" in html and external_references(html) == []
     assert "st-001 \\u00b7 0 m" in html and 'bg-station-label deaf\\"' in html  # hears no road: in the wrong place
+
+
+def test_coverage_and_station_maps_speak_chinese():
+    cov, stations, roads = _town_coverage()
+    coverage_html = build_coverage_map(cov, stations, roads, lang="zh").get_root().render()  # type: ignore[arg-type]
+    assert "道路覆盖率" in coverage_html and "建议站址 1" in coverage_html and "Road covered" not in coverage_html
+    station_html = (
+        build_station_map([s | {"state": "offline"} for s in stations], roads, lang="zh", period="hour")
+        .get_root()
+        .render()
+    )
+    assert "近一小时经过" in station_html  # tooltips: the installer's counts are for the last hour
+    # Labels (JSON in the page): 离线, never the English word.
+    assert "\\u003e\\u79bb\\u7ebf\\u003c" in station_html and "\\u003eoffline\\u003c" not in station_html

@@ -234,11 +234,13 @@ async def installer_map(
         activity=activity,
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
+        lang=chosen,
+        period="hour",
     )
     return _map_page(request, m.get_root().render())
 
 
-def _coverage_html(sts: list[dict[str, Any]], roads: dict[str, Any], settings: BackendSettings) -> str:
+def _coverage_html(sts: list[dict[str, Any]], roads: dict[str, Any], settings: BackendSettings, lang: str) -> str:
     sites = [
         coverage.StationSite(
             s["station_id"],
@@ -249,7 +251,9 @@ def _coverage_html(sts: list[dict[str, Any]], roads: dict[str, Any], settings: B
         for s in sts
     ]
     cov = coverage.compute(sites, coverage.roads_from_geojson(roads))
-    m = build_coverage_map(cov, sts, roads, tile_url=settings.tile_url, tile_attribution=settings.tile_attribution)
+    m = build_coverage_map(
+        cov, sts, roads, tile_url=settings.tile_url, tile_attribution=settings.tile_attribution, lang=lang
+    )
     return str(m.get_root().render())
 
 
@@ -262,7 +266,7 @@ async def installer_coverage(
     if refused := _gate(request, user, ("installer", "admin"), chosen):
         return refused
     sts = [s for s in jsonable_encoder(await stations.list_stations(conn)) if s["lifecycle"] != "decommissioned"]
-    html = await asyncio.to_thread(_coverage_html, sts, await stations.roads_geojson(conn), settings)
+    html = await asyncio.to_thread(_coverage_html, sts, await stations.roads_geojson(conn), settings, chosen)
     return _map_page(request, html)
 
 
