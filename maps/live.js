@@ -737,7 +737,9 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   connect();
   pollActivity();
   loadStolen();
-  setInterval(loadStolen, 30000);
+  // Each read of the list is an audit record: refresh it when a stolen chip is heard, when its tab is opened, after a
+  // report or a recovery, and otherwise every few minutes (a report filed elsewhere), not every few seconds.
+  setInterval(loadStolen, cfg.stolenRefreshMs);
   setInterval(pollActivity, cfg.activityIntervalMs);
 
   return { upsertAlarm: upsertAlarm, applyActivity: applyActivity, alarms: alarms, replay: replay };

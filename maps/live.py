@@ -18,6 +18,8 @@ from maps.words import LANGUAGES, words
 ACTIVITY_INTERVAL_S = 10
 REPLAY_WINDOWS_H = (6, 24, 72, 168)
 """Time windows the replay offers (hours back from now); the second is the default."""
+STOLEN_REFRESH_S = 300
+"""How often the stolen bikes' list is read again with nothing to prompt it (each read is audited)."""
 FEW_MOVES = 20
 """Under this many moves seen from a station, its "likely next station" is marked as resting on few."""
 SEVERITY_COLOURS: dict[str, str] = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#3b82f6"}
@@ -210,6 +212,7 @@ def build_live_map(
         "severityColours": SEVERITY_COLOURS,
         "fewMoves": FEW_MOVES,
         "stolenUrl": stolen_url,
+        "stolenRefreshMs": STOLEN_REFRESH_S * 1000,
         "words": words(lang),
         "lang": lang,
     }
