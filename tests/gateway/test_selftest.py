@@ -25,7 +25,7 @@ import pytest
 import serial
 
 from backend.provisioning import acl_file, password_file, password_hash
-from bikeguard.services import Broker, free_port, mosquitto_path, start_broker
+from bikeguard.services import Broker, free_port, start_broker
 from gateway.selftest import STEPS, NtpStatus, Report, SelfTest, SelfTestSettings, StepResult, parse_chronyc_tracking
 from protocol.frames import ModuleStatus
 from protocol.messages import (
@@ -39,6 +39,7 @@ from protocol.messages import (
 )
 from protocol.signing import generate_signing_key, public_key_of, read_signing_key, sign_hotlist
 from protocol.topics import HOTLIST, station_topic
+from tests.backend.test_provisioning import require_mosquitto
 from tests.gateway.harness import FakeModule, TcpHop, beacon, fast_settings, mqtt_client, retained, watching
 
 pytestmark = pytest.mark.anyio
@@ -457,10 +458,7 @@ class SecuredBroker:
 
 @pytest.fixture(scope="module")
 def secured() -> Iterator[SecuredBroker]:
-    if mosquitto_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must test against Mosquitto: .ci/run installs it")
-        pytest.skip("mosquitto is not installed here (apt-get install mosquitto); CI installs it")
+    require_mosquitto()
     station_id, password = f"s{uuid.uuid4().hex[:10]}", "station-secret"
     broker = start_broker(
         "mosquitto",
