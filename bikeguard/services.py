@@ -98,7 +98,11 @@ def timescaledb_installed() -> bool:
 
 
 def default_engine() -> str:
-    """The storage engine for the demo and the benchmarks: TimescaleDB when it is installed, else PostgreSQL."""
+    """The storage engine for the demo and the benchmarks' own server: the one BIKEGUARD_STORAGE_ENGINE names, else
+    TimescaleDB when it is installed, else plain PostgreSQL."""
+    named = os.environ.get("BIKEGUARD_STORAGE_ENGINE")
+    if named in ("timescaledb", "postgresql"):
+        return named
     return "timescaledb" if timescaledb_installed() else "postgresql"
 
 
