@@ -69,6 +69,9 @@ class Reads:
         self.up = False
         self.fallback: Fallback | None = "no_replica" if self._pool is None else "replica_away"
         self._watch: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None
+        # Tasks left to finish on their own (a connection the pool gives after its read stopped waiting, going back).
+        self._late: set[asyncio.Task[Any]] = set()
 
     @property
     def configured(self) -> bool:
@@ -86,10 +89,11 @@ class Reads:
 
     async def close(self) -> None:
         """Stop measuring and close the replica's pool."""
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._probe):
+            if task is not None:
+                task.cancel()
+                # A probe stuck on a server that does not answer takes psycopg's cancellation (up to 10 s) to end.
+                await asyncio.wait({task}, timeout=self.timeout_s)
         if self._pool is not None:
             await self._pool.close()
 
@@ -99,7 +103,17 @@ class Reads:
             await self.check()
 
     async def check(self) -> None:
-        """Measure the replica's lag now, and decide where reads go until the next check."""
+        """Measure the replica's lag now, waiting for it at most database_replica_timeout_s, and decide where reads go
+        until the next check."""
+        if self._probe is not None and not self._probe.done():
+            return  # the last probe still waits for a server that does not answer: it stays away
+        self._probe = asyncio.create_task(self._measure(), name="replica-probe")
+        # Not asyncio.timeout: cancelling a query on a server that does not answer would itself wait for it.
+        done, _ = await asyncio.wait({self._probe}, timeout=self.timeout_s)
+        if not done:
+            self._away(f"no answer in {self.timeout_s} s")
+
+    async def _measure(self) -> None:
         assert self._pool is not None
         try:
             async with self._pool.connection(timeout=self.timeout_s) as conn:
@@ -138,11 +152,8 @@ class Reads:
         conn = None
         fallback = self.fallback
         if self._pool is not None and fallback is None:
-            try:
-                conn = await self._pool.getconn(timeout=self.timeout_s)
-            except PoolTimeout:
-                self._away(f"no connection in {self.timeout_s} s")
-                fallback = "replica_away"
+            conn = await self._replica_connection(self._pool)
+            fallback = None if conn is not None else "replica_away"
         if self._pool is None or conn is None:
             self.served["primary", fallback or "replica_away"] += 1
             yield primary
@@ -157,3 +168,26 @@ class Reads:
             raise
         finally:
             await self._pool.putconn(conn)
+
+    async def _replica_connection(self, pool: AsyncConnectionPool) -> psycopg.AsyncConnection[Any] | None:
+        """A replica connection within database_replica_timeout_s, or None (and the replica counts as away)."""
+        # The pool checks the connection it gives with a query, which a server that does not answer never finishes:
+        # the read goes on without it, and a connection it gives later goes back to the pool.
+        taking = asyncio.create_task(pool.getconn(timeout=self.timeout_s), name="replica-connection")
+        done, _ = await asyncio.wait({taking}, timeout=self.timeout_s)
+        if not done:
+            self._late.add(taking)
+            taking.add_done_callback(self._give_back)
+            self._away(f"no connection in {self.timeout_s} s")
+            return None
+        if isinstance(taking.exception(), PoolTimeout):
+            self._away(f"no connection in {self.timeout_s} s")
+            return None
+        return taking.result()
+
+    def _give_back(self, taking: asyncio.Task[psycopg.AsyncConnection[Any]]) -> None:
+        self._late.discard(taking)
+        if self._pool is not None and not taking.cancelled() and taking.exception() is None:
+            returning = asyncio.create_task(self._pool.putconn(taking.result()), name="replica-connection-back")
+            self._late.add(returning)
+            returning.add_done_callback(self._late.discard)

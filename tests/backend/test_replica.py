@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -222,6 +223,40 @@ def test_reads_go_to_the_primary_while_the_replica_is_away(
         assert metrics["bikeguard_database_replica_fallback", (("reason", "replica_away"),)] == 1
         # Writes never needed it: registering goes on.
         staff.register()
+
+
+def test_reads_go_to_the_primary_while_the_replica_does_not_answer(
+    database_url: str, replica: Postgres, replica_database_url: str
+) -> None:
+    with _app(database_url, replica_database_url, max_lag_s=3600) as client:
+        staff = Staff(client, database_url)
+        done = staff.register()
+        bike_id, tag = done["bike"]["bike_id"], done["bike"]["tag_id"]
+        _pass(database_url, tag, "st-mute-1")
+        _replayed(database_url, replica)
+        assert _stations_seen(staff, bike_id) == ["st-mute-1"]
+
+        postmaster = psutil.Process(int((replica.data_dir / "postmaster.pid").read_text().split()[0]))
+        server = [postmaster, *postmaster.children(recursive=True)]
+        for p in server:  # frozen: connections stay open and nothing answers, as across a network gone quiet
+            p.suspend()
+        try:
+            assert _stations_seen(staff, bike_id) == ["st-mute-1"]
+            assert _reads(client, "primary", "replica_away") >= 1
+            assert _metrics(client)["bikeguard_database_replica_up", ()] == 0
+        finally:
+            for p in server:
+                p.resume()
+
+
+def test_the_backend_starts_and_reads_with_its_replica_away(database_url: str, tmp_path: Path) -> None:
+    nowhere = psycopg.conninfo.make_conninfo(database_url, host=str(tmp_path))  # a socket directory with no server
+    with _app(database_url, nowhere, max_lag_s=3600) as client:
+        staff = Staff(client, database_url)
+        bike_id = staff.register()["bike"]["bike_id"]
+        assert _stations_seen(staff, bike_id) == []
+        assert _reads(client, "primary", "replica_away") == 1
+        assert _metrics(client)["bikeguard_database_replica_up", ()] == 0
 
 
 def test_without_a_replica_heavy_reads_are_counted_on_the_primary(app_client: TestClient, staff: Staff) -> None:
