@@ -103,6 +103,12 @@ class BackendSettings(BaseSettings):
     ingest_gap_request_max_s: float = Field(default=600.0, gt=0)
     # A chip seen at two stations faster than an e-bike can ride between them is a clone.
     clone_max_speed_kmh: float = Field(default=60.0, gt=0)
+    # Storage engine of a new database (`bikeguard db migrate`): TimescaleDB (a hypertable, compressed after
+    # sighting_compress_after_days, retention and the hourly aggregate by policy jobs) or plain PostgreSQL (daily
+    # partitions, dropped and aggregated by the backend's maintenance). "auto" takes TimescaleDB when the server
+    # preloads it, plain PostgreSQL when it is not installed, and refuses when it is installed but not preloaded.
+    storage_engine: Literal["auto", "timescaledb", "postgresql"] = "auto"
+    sighting_compress_after_days: int = Field(default=7, ge=1)
     partition_days_ahead: int = Field(default=7, ge=1)
     retention_days: int | None = Field(default=None, ge=1)
     maintenance_interval_s: float = Field(default=3600.0, gt=0, description="partitions, retention, transitions")

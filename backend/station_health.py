@@ -20,7 +20,8 @@ class HealthRules:
     missed_heartbeats: float = 2.0
     # Degraded below this share of the station's usual passages for the same hour ...
     degraded_share: float = 0.25
-    # ... where "usual" is the median of the same hour on each of the last `history_days` days,
+    # ... where "usual" is the median of the same hour on each of the last `history_days` days (from the hourly
+    # passage counts, station_passages_hourly),
     history_days: int = 7
     # and only counts when it is at least this (a quiet station's dips are noise).
     min_usual_passages: float = 20.0
@@ -61,12 +62,26 @@ WITH base AS (
            (SELECT count(*) FROM sightings x WHERE x.station_id = b.station_id
               AND x.first_seen_at >= %(now)s - interval '1 hour' AND x.first_seen_at < %(now)s) AS passages
     FROM base b
+), windows AS (
+    -- The last hour's window on each of the last days, over the two clock hours it overlaps: the first hour's share
+    -- of the window weights its count, the next hour's the rest (exact for steady traffic).
+    SELECT d, bikeguard_bucket(INTERVAL '1 hour', t0) AS first_hour,
+           1 - extract(epoch FROM t0 - bikeguard_bucket(INTERVAL '1 hour', t0)) / 3600 AS first_share
+    FROM generate_series(1, %(days)s) AS d,
+         LATERAL (SELECT %(now)s - make_interval(days => d) - INTERVAL '1 hour' AS t0) AS t
+), counted AS (
+    -- From the hourly passage counts (a continuous aggregate on TimescaleDB), never a scan of days of sightings.
+    SELECT w.d, h.station_id,
+           sum(h.passages * CASE WHEN h.hour = w.first_hour THEN w.first_share ELSE 1 - w.first_share END) AS passages
+    FROM station_passages_hourly h
+    JOIN windows w ON h.hour IN (w.first_hour, w.first_hour + INTERVAL '1 hour')
+    WHERE h.hour >= %(now)s - make_interval(days => %(days)s) - INTERVAL '2 hours'
+      AND h.hour < %(now)s - INTERVAL '1 day' + INTERVAL '1 hour'
+    GROUP BY w.d, h.station_id
 ), usual AS (
-    SELECT b.station_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY (
-        SELECT count(*) FROM sightings x WHERE x.station_id = b.station_id
-          AND x.first_seen_at >= %(now)s - make_interval(days => d) - interval '1 hour'
-          AND x.first_seen_at < %(now)s - make_interval(days => d))) AS passages
-    FROM base b CROSS JOIN generate_series(1, %(days)s) AS d
+    SELECT b.station_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY coalesce(c.passages, 0)) AS passages
+    FROM base b CROSS JOIN generate_series(1, %(days)s) AS day
+    LEFT JOIN counted c ON c.station_id = b.station_id AND c.d = day
     GROUP BY b.station_id
 )
 SELECT b.*, r.passages AS passages_last_hour, u.passages AS usual_passages

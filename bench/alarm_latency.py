@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 from ingest import bench_tags, build_batches, register_chips, register_stations  # bench/ingest.py, beside this
 
 from bikeguard.demo import bootstrap_admin, seed_backend, sign_in, wait_for_http
-from bikeguard.services import free_port, start_broker, start_postgres, stop_process
+from bikeguard.services import default_engine, engine_preload, free_port, start_broker, start_postgres, stop_process
 from firmware_sim.town import Town
 from protocol import topics
 from protocol.frames import Beacon, TagFlags, encode
@@ -151,7 +151,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bikeguard-bench-"))
-    pg = start_postgres()
+    pg = start_postgres(preload=engine_preload(default_engine()))  # TimescaleDB when installed
     broker = start_broker(args.broker)
     port = free_port()
     env = {

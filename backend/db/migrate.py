@@ -10,6 +10,7 @@ from importlib import resources
 import psycopg
 from psycopg import sql
 
+from backend.db.storage import PASSAGES_HOURLY_LOOKBACK, StoragePolicy, choose_engine, set_policies
 from backend.settings import BackendSettings
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class UnsafeAppRole(DatabaseRoleError):
     """The backend's database role could rewrite the audit log (a superuser, or the tables' owner)."""
 
 
+DEFAULT_STORAGE = StoragePolicy()
+
 # Any fixed number works; it keeps two workers starting together from migrating at once.
 _LOCK_ID = 0x0B1CE6A4D
 
@@ -46,13 +49,21 @@ def migration_files() -> list[tuple[str, str]]:
     return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
 
 
-def migrate(database_url: str, partition_days_ahead: int = 7, app_role: str | None = None) -> list[str]:
-    """As the schema's owner: apply the migrations not yet applied, create partitions ahead and, with app_role,
-    grant that role the application's privileges. Returns what was applied."""
+def migrate(
+    database_url: str,
+    partition_days_ahead: int = 7,
+    app_role: str | None = None,
+    storage: StoragePolicy = DEFAULT_STORAGE,
+) -> list[str]:
+    """As the schema's owner: apply the migrations not yet applied (a new database on the storage engine chosen),
+    create partitions ahead, set the engine's policies and, with app_role, grant that role the application's
+    privileges. Returns what was applied."""
     applied: list[str] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
         try:
+            engine = choose_engine(conn, storage.engine)
+            conn.execute("SELECT set_config('bikeguard.storage_engine', %s, false)", (engine,))  # read by 0002
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -67,6 +78,7 @@ def migrate(database_url: str, partition_days_ahead: int = 7, app_role: str | No
                 log.info("applied migration %s", version)
                 applied.append(version)
             ensure_partitions(conn, partition_days_ahead)
+            set_policies(conn, storage)
             if app_role is not None:
                 grant_app_role(conn, app_role)
         finally:
@@ -84,14 +96,22 @@ def ensure_partitions(conn: psycopg.Connection, days_ahead: int) -> int:
 
 
 def maintain(database_url: str, days_ahead: int, retention_days: int | None) -> tuple[int, int]:
-    """Create the coming days' partitions and drop days past retention: (created, dropped)."""
+    """Create the coming days' partitions, count the hours passed into the hourly passages and drop days past
+    retention (TimescaleDB's policy jobs do the last two there): (created, dropped)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         created = ensure_partitions(conn, days_ahead)
+        refresh_passages_hourly(conn)
         dropped = 0
         if retention_days is not None:
             row = conn.execute("SELECT bikeguard_drop_old_sightings(%s)", (retention_days,)).fetchone()
             dropped = int(row[0]) if row else 0
     return created, dropped
+
+
+def refresh_passages_hourly(conn: psycopg.Connection) -> None:
+    """Count the hours passed into station_passages_hourly (plain PostgreSQL; a no-op on TimescaleDB, where the
+    continuous aggregate's policy job does it)."""
+    conn.execute("SELECT bikeguard_refresh_passages_hourly(%s)", (PASSAGES_HOURLY_LOOKBACK,))
 
 
 def grant_app_role(conn: psycopg.Connection, app_role: str) -> None:
@@ -120,12 +140,16 @@ def grant_app_role(conn: psycopg.Connection, app_role: str) -> None:
             "REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON audit_log FROM {role}, PUBLIC",
             "REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON schema_migrations FROM {role}, PUBLIC",
             "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
-            "GRANT EXECUTE ON FUNCTION bikeguard_ensure_partitions(date, date), bikeguard_drop_old_sightings(integer)"
-            " TO {role}",
+            "GRANT EXECUTE ON FUNCTION bikeguard_ensure_partitions(date, date), bikeguard_drop_old_sightings(integer),"
+            " bikeguard_refresh_passages_hourly(interval) TO {role}",
             "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}",
             "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {role}",
         ):
             conn.execute(sql.SQL(statement).format(schema=schema, role=role))
+        # The hourly counts are the maintenance function's to write (plain PostgreSQL; TimescaleDB's are its own).
+        for table in ("station_passages_hourly_counted", "station_passages_hourly_watermark"):
+            if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() != (None,):
+                conn.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE ON {} FROM {}").format(sql.Identifier(table), role))
     log.info("privileges granted to the application role %s", app_role)
 
 
@@ -142,10 +166,18 @@ def migrate_as_owner(settings: BackendSettings) -> list[str]:
             "BIKEGUARD_DATABASE_OWNER_URL is not set: migrating as BIKEGUARD_DATABASE_URL's role, which then owns the"
             " schema and could rewrite the audit log (development only)"
         )
-        return migrate(settings.database_url, settings.partition_days_ahead)
+        return migrate(settings.database_url, settings.partition_days_ahead, storage=storage_policy(settings))
     return migrate(
-        settings.database_owner_url.get_secret_value(), settings.partition_days_ahead, settings.database_app_role
+        settings.database_owner_url.get_secret_value(),
+        settings.partition_days_ahead,
+        settings.database_app_role,
+        storage_policy(settings),
     )
+
+
+def storage_policy(settings: BackendSettings) -> StoragePolicy:
+    """The storage engine and policies the settings ask for."""
+    return StoragePolicy(settings.storage_engine, settings.sighting_compress_after_days, settings.retention_days)
 
 
 def pending_migrations(database_url: str) -> list[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -26,25 +24,13 @@ from backend.db.migrate import (
 from backend.settings import BackendSettings
 from tests import factories
 from tests.conftest import AppRole
+from tests.engine import STORAGE
 
 
 def _production(database_url: str, **overrides: Any) -> BackendSettings:
     return factories.settings(
         database_url, environment="production", public_base_url="https://bikes.example.gov", **overrides
     )
-
-
-@pytest.fixture
-def empty_database(postgres_server_url: str) -> Iterator[str]:
-    """A new database with nothing in it (as the server's superuser, who stands for the owner), dropped afterwards."""
-    name = f"bikeguard_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield psycopg.conninfo.make_conninfo(postgres_server_url, dbname=name)
-    finally:
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _as(url: str, role: AppRole) -> str:
@@ -92,7 +78,7 @@ def test_migrating_in_production_needs_the_owner_url(database_url: str) -> None:
 
 def test_migrating_needs_the_app_role_to_exist(empty_database: str) -> None:
     with pytest.raises(AppRoleMissing, match="CREATE ROLE bikeguard_nobody"):
-        migrate(empty_database, app_role="bikeguard_nobody")
+        migrate(empty_database, app_role="bikeguard_nobody", storage=STORAGE)
 
 
 def test_app_role_reads_the_migrations_record_but_cannot_write_it(database_url: str) -> None:

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 
 import psycopg
-import pytest
 
 from protocol import topics
 from tests import factories
+from tests.engine import ENGINE
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -173,11 +173,11 @@ def test_maintenance_creates_days_ahead_and_retention_drops_whole_old_days(datab
     from protocol.messages import utcnow
 
     with psycopg.connect(database_url) as conn:
-        if conn.execute("SELECT to_regclass('sightings_default')").fetchone()[0] is None:
-            pytest.skip("TimescaleDB: chunks are made and dropped by TimescaleDB itself")
         old = utcnow() - timedelta(days=40)
         conn.execute("SELECT bikeguard_ensure_partitions(%s::date, %s::date)", (old.date(), old.date()))
         conn.execute("INSERT INTO sightings VALUES (%s, %s, 'st-old', 1, 1, -60, 0, 0, 1)", (old, old))
     created, dropped = maintain(database_url, days_ahead=10, retention_days=30)
-    assert created == 3 and dropped == 1  # days 8-10 ahead were missing; the 40-day-old day goes
+    # Plain PostgreSQL: days 8-10 ahead were missing and are made; TimescaleDB makes its chunks as rows come.
+    # Either way the 40-day-old day (a partition, a chunk) goes.
+    assert (created, dropped) == ((3, 1) if ENGINE == "postgresql" else (0, 1))
     assert count(database_url, "SELECT count(*) FROM sightings WHERE station_id = 'st-old'") == 0

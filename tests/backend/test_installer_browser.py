@@ -65,10 +65,11 @@ def _town(database_url: str) -> None:
                     ),
                 ),
             )
+        # Steady traffic of 40 an hour around this hour on each of the last days.
         usual = [
-            (now - timedelta(days=d, minutes=m), town.stations[2].station_id, m)
+            (now - timedelta(days=d, minutes=1.5 * k), town.stations[2].station_id, 1000 + k)
             for d in range(1, 8)
-            for m in range(1, 41)
+            for k in range(-40, 80)
         ]
         usual += [
             (now - timedelta(minutes=m), st.station_id, m)

@@ -25,8 +25,10 @@ def status(conn: psycopg.Connection, station_id: str, state: str, received_at: d
 
 
 def passages(conn: psycopg.Connection, station_id: str, end: datetime, n: int) -> None:
-    """n passages at the station in the hour before `end`."""
-    rows = [(end - timedelta(minutes=59) + timedelta(seconds=i), station_id, i) for i in range(n)]
+    """Steady traffic of n passages an hour at the station from two hours before `end` to one hour after: n in the
+    hour before `end`, and in each clock hour around it (the usual rate is read from hourly counts)."""
+    gap = timedelta(hours=1) / n if n else timedelta(0)
+    rows = [(end - timedelta(hours=2) + gap * (i + 0.5), station_id, i) for i in range(3 * n)]
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO sightings (first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna,"

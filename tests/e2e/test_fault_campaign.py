@@ -37,6 +37,7 @@ from bikeguard.services import Broker, Postgres, free_port, start_broker, start_
 from tests import factories
 from tests.backend.test_provisioning import require_mosquitto
 from tests.e2e.test_gateway_faults import GatewayProcess, assert_exactly_once, spooled, stored
+from tests.engine import PRELOAD, STORAGE
 from tests.gateway.harness import FakeModule, beacon, eventually
 
 pytestmark = pytest.mark.anyio
@@ -125,7 +126,7 @@ class Database:
     recovery at the next start, as after a power cut) and started again on the same data and socket."""
 
     def __init__(self) -> None:
-        self.pg: Postgres = start_postgres()
+        self.pg: Postgres = start_postgres(preload=PRELOAD)
         self.url = self.pg.url
         self._server = self.pg._server
 
@@ -324,7 +325,7 @@ async def campaign(kind: str, tmp: Path) -> AsyncIterator[Campaign]:
     """The whole set-up running; everything stopped on the way out."""
     run = Campaign(kind, tmp)
     try:
-        await asyncio.to_thread(migrate, run.db.url)
+        await asyncio.to_thread(migrate, run.db.url, storage=STORAGE)
         with psycopg.connect(run.db.url) as conn:
             for name in run.names:
                 factories.station(conn, name)

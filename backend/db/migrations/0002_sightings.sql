@@ -1,9 +1,10 @@
 -- Sightings (one row per passage of a tag at a station), batch bookkeeping, rejected messages.
--- A TimescaleDB hypertable when the extension is available, daily native range partitions otherwise.
+-- A TimescaleDB hypertable or daily native range partitions, as backend.db.storage chose for this database (it
+-- refuses a server where TimescaleDB is installed but not preloaded rather than guess).
 
 DO $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+    IF current_setting('bikeguard.storage_engine', true) = 'timescaledb' THEN
         CREATE EXTENSION IF NOT EXISTS timescaledb;
         CREATE TABLE sightings (
             first_seen_at  timestamptz NOT NULL,
