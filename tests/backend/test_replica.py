@@ -136,9 +136,12 @@ def test_trajectory_is_read_on_the_replica_and_its_audit_written_on_the_primary(
         _replay(replica, paused=True)
         _pass(database_url, tag, "st-rep-2")  # on the primary only, while the replica replays nothing
 
-        # Served by the replica (3600 s of lag allowed): it has the first passage and not the second.
+        # Served by the replica (3600 s of lag allowed): it has the first passage and not the second; so has the
+        # last-seen place of a police search (the bike found on the primary).
         assert _stations_seen(staff, bike_id) == ["st-rep-1"]
-        assert _reads(client, "replica", "within_max_lag") >= 1
+        found = staff.police.get("/api/bikes/search", params={"q": done["bike"]["plate"], "case_number": CASE}).json()
+        assert [(b["bike"]["bike_id"], b["last_seen"]["station_id"]) for b in found] == [(bike_id, "st-rep-1")]
+        assert _reads(client, "replica", "within_max_lag") == 2
         # The audit record of that very read was written on the primary, in the same request.
         audit = [a for a in staff.admin.get("/api/audit").json() if a["subject"] == f"bike:{bike_id}"]
         assert [(a["action"], a["case_number"]) for a in audit] == [("bike.trajectory", CASE)]
