@@ -13,8 +13,11 @@ chip) are part of the figure; --unregistered leaves them out.
 Several workers (--workers 1 2, the default) share the traffic through the broker's shared subscription, as
 BIKEGUARD_INGEST_WORKERS runs them in the backend; each count gets a fresh database.
 
+--engine chooses the storage engine of the embedded server and the bench databases (default: TimescaleDB when it is
+installed into the embedded PostgreSQL, else plain PostgreSQL); every printed figure names it.
+
 Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--workers 1 2] [--broker auto|mosquitto|amqtt]
-                            [--unregistered]
+                            [--engine postgresql|timescaledb] [--unregistered]
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from backend.db.migrate import migrate
+from backend.db.storage import StoragePolicy
 from backend.ingest.workers import IngestWorkers
 from backend.ingest.writer import _SIGHTING_COLUMNS, _SIGHTING_TYPES
 from backend.settings import BackendSettings
-from bikeguard.services import Broker, start_broker, start_postgres
+from bikeguard.services import Broker, default_engine, engine_preload, start_broker, start_postgres
 from protocol import topics
 from protocol.messages import Sighting, SightingBatch, format_tag, parse_tag
 from protocol.mqtt_address import mqtt_address
@@ -181,7 +185,7 @@ def measure(
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = psycopg.conninfo.make_conninfo(server, dbname=name)
-    migrate(url)
+    migrate(url, storage=StoragePolicy(args.engine))
     register_stations(url, args.stations)
     if not args.unregistered:
         register_chips(url, tags)
@@ -221,7 +225,7 @@ def measure(
     assert stored == args.sightings, f"stored {stored}, expected {args.sightings}"
     chips = "unregistered chips" if args.unregistered else f"{len(tags)} registered chips"
     print(
-        f"{workers} worker(s) on {broker.kind}; {chips}; {elapsed:.2f} s; all {stored} stored once"
+        f"{workers} worker(s) on {broker.kind}, {args.engine}; {chips}; {elapsed:.2f} s; all {stored} stored once"
         f" (by worker: {counters})"
     )
     return args.sightings / elapsed, url
@@ -237,11 +241,17 @@ def main() -> int:
     parser.add_argument("--broker", default="auto", choices=("auto", "mosquitto", "amqtt"))
     parser.add_argument("--database-url", default=None, help="a server to use instead of an embedded one")
     parser.add_argument(
+        "--engine",
+        default=default_engine(),
+        choices=("postgresql", "timescaledb"),
+        help="storage engine of the sightings (default: TimescaleDB when installed into the embedded PostgreSQL)",
+    )
+    parser.add_argument(
         "--unregistered", action="store_true", help="leave the chips unregistered (skips the per-chip alarm checks)"
     )
     args = parser.parse_args()
 
-    pg = None if args.database_url else start_postgres()
+    pg = None if args.database_url else start_postgres(preload=engine_preload(args.engine))
     server = args.database_url or pg.url  # type: ignore[union-attr]
     broker = start_broker(args.broker)
     if not broker.supports_shared_subscriptions and max(args.workers) > 1:
@@ -266,7 +276,7 @@ def main() -> int:
         )
         for workers, rate in rates.items():
             print(
-                f"ingest ({workers} worker{'s' if workers > 1 else ''}): {rate:,.0f} sightings/s"
+                f"ingest {args.engine} ({workers} worker{'s' if workers > 1 else ''}): {rate:,.0f} sightings/s"
                 f" (COPY limit {limit:,.0f} rows/s, ratio {rate / limit:.2f})"
             )
         return 0
