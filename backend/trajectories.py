@@ -128,7 +128,8 @@ async def trajectory(
     conn: psycopg.AsyncConnection[Any], tag_id: int, since: datetime, until: datetime, limit: int = 20_000
 ) -> Trajectory:
     """A tag's trajectory over [since, until) from its passages (one index range scan)."""
-    cur = await conn.execute(TRAJECTORY_SQL, (tag_id, since, until, limit))
+    # Binary results: ~440 rows of two timestamps each load faster than from their text (about 0.3 ms a week).
+    cur = await conn.execute(TRAJECTORY_SQL, (tag_id, since, until, limit), binary=True)
     return build(tag_id, await cur.fetchall())
 
 
