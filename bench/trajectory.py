@@ -14,7 +14,8 @@ measured as filled, then with every chunk but the last day's compressed (as the 
 are old enough), and measured again; a later run fills it again. Sizes: the partitions' total on plain PostgreSQL;
 on TimescaleDB the hypertable's (hypertable_detailed_size) with the compressed chunks before and after compression.
 
-Run: python bench/trajectory.py [--timescaledb] [--rows 50000000] [--queries 300] [--database-url URL]
+Run: python bench/trajectory.py [--timescaledb [--compressed-only]] [--rows 50000000] [--queries 300]
+                                [--database-url URL]
 """
 
 from __future__ import annotations
@@ -46,16 +47,16 @@ START = datetime(2026, 1, 5, tzinfo=UTC)
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def fill(url: str, engine: Engine, rows: int, chunk: int = 5_000_000) -> None:
+def fill(url: str, engine: Engine, rows: int, keep_compressed: bool = False, chunk: int = 5_000_000) -> None:
     """Generate the sightings server-side, in chunks, with progress; the table's indexes are built afterwards. A
     hypertable an earlier run compressed is filled again: decompressing its chunks, which maintains every index row
-    by row, took longer here (over 3 minutes a day's chunk) than a new fill."""
+    by row, took longer here (over 3 minutes a day's chunk) than a new fill; unless keep_compressed."""
     with psycopg.connect(url, autocommit=True) as conn:
         have = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]  # type: ignore[index]
         compressed = engine == "timescaledb" and conn.execute(
             "SELECT number_compressed_chunks > 0 FROM hypertable_compression_stats('sightings')"
         ).fetchone() == (True,)
-        if have >= rows and not compressed:
+        if have >= rows and (keep_compressed or not compressed):
             print(f"sightings already holds {have:,} rows", flush=True)
             return
         conn.execute("TRUNCATE sightings")
@@ -260,11 +261,13 @@ def report(label: str, total: int, size: str, queries: int, f: Figures) -> None:
     print(f"trajectory ({label}): p95 {percentile(f.client, 95):.1f} ms over {total:,} sightings", flush=True)
 
 
-def run(url: str, engine: Engine, rows: int, queries: int) -> None:
-    """Fill, measure and print; on TimescaleDB measure uncompressed, then compress the older chunks and measure
-    again."""
-    fill(url, engine, rows)
+def run(url: str, engine: Engine, rows: int, queries: int, compressed_only: bool = False) -> None:
+    """Fill, measure and print; on TimescaleDB measure uncompressed (unless compressed_only), then compress the
+    older chunks and measure again."""
+    fill(url, engine, rows, keep_compressed=compressed_only)
     states = [(engine, False)] if engine == "postgresql" else [(engine, False), (f"{engine}, compressed", True)]
+    if compressed_only:
+        states = states[1:]
     for label, compressed in states:
         if compressed:
             compress_older_chunks(url)
@@ -286,6 +289,11 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=50_000_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--timescaledb", action="store_true", help="store the sightings in a TimescaleDB hypertable")
+    parser.add_argument(
+        "--compressed-only",
+        action="store_true",
+        help="with --timescaledb: measure only with the older chunks compressed, keeping a table already compressed",
+    )
     parser.add_argument("--database-url", default=None, help="a database to fill instead of the embedded one")
     args = parser.parse_args()
     wanted: Engine = "timescaledb" if args.timescaledb else "postgresql"
@@ -306,7 +314,7 @@ def main() -> int:
         assert engine is not None
         if engine == "timescaledb":
             pause_compression_policy(url)
-        run(url, engine, args.rows, args.queries)
+        run(url, engine, args.rows, args.queries, args.compressed_only)
         return 0
     finally:
         if pg:
