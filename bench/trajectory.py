@@ -177,17 +177,13 @@ class Figures:
     plans: str = ""
 
 
-def _walk(plan: dict[str, Any], figures: Figures) -> tuple[int, int]:
-    """Pages read (shared hits and reads) and heap fetches of a plan node and those under it; scan kinds counted."""
+def _walk(plan: dict[str, Any], figures: Figures) -> int:
+    """Table pages visited under a plan node (index-only scans' heap fetches, bitmap scans' heap blocks); scan kinds
+    counted."""
     if "Relation Name" in plan:
         figures.scans[plan["Node Type"]] += 1
-    pages = heap = 0
-    for child in plan.get("Plans", []):
-        p, h = _walk(child, figures)
-        pages, heap = pages + p, heap + h
-    if "Plans" not in plan:
-        pages = plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
-    return pages, heap + plan.get("Heap Fetches", 0)
+    visited = int(plan.get("Heap Fetches", 0) + plan.get("Exact Heap Blocks", 0) + plan.get("Lossy Heap Blocks", 0))
+    return visited + sum(_walk(child, figures) for child in plan.get("Plans", []))
 
 
 async def measure(url: str, queries: int) -> Figures:
@@ -228,9 +224,9 @@ async def _floor(conn: psycopg.AsyncConnection[Any], tag: int, since: datetime, 
     explained = (await cur.fetchone())[0][0]  # type: ignore[index]
     f.planning.append(explained["Planning Time"])
     f.execution.append(explained["Execution Time"])
-    pages, heap = _walk(explained["Plan"], f)
-    f.pages.append(pages)
-    f.heap_fetches.append(heap)
+    root = explained["Plan"]  # its buffer counts include every node's under it
+    f.pages.append(root.get("Shared Hit Blocks", 0) + root.get("Shared Read Blocks", 0))
+    f.heap_fetches.append(_walk(root, f))
     rows = await (await conn.execute(trajectories.TRAJECTORY_SQL, params)).fetchall()
     t = time.perf_counter()
     trajectories.build(tag, rows)
@@ -255,7 +251,7 @@ def report(label: str, total: int, size: str, queries: int, f: Figures) -> None:
     scans = ", ".join(f"{n} {kind}" for kind, n in f.scans.most_common())
     print(
         f"  per query: {statistics.median(f.pages):.0f} pages read, {statistics.median(f.heap_fetches):.0f} heap"
-        f" fetches (medians); stops and legs in Python p50 {statistics.median(f.build):.2f} ms; scans: {scans};"
+        f" pages visited (medians); stops and legs in Python p50 {statistics.median(f.build):.2f} ms; scans: {scans};"
         f" {f.plans}"
     )
     print(f"trajectory ({label}): p95 {percentile(f.client, 95):.1f} ms over {total:,} sightings", flush=True)
