@@ -11,7 +11,7 @@ from typing import NamedTuple
 import psycopg
 import pytest
 
-from bikeguard.services import Broker, create_login_role, mosquitto_path, start_broker, start_postgres
+from bikeguard.services import Broker, Postgres, create_login_role, mosquitto_path, start_broker, start_postgres
 from tests.engine import ENGINE, PRELOAD, STORAGE
 from tests.gateway.harness import FakeModule, TcpHop
 
@@ -25,18 +25,23 @@ def pytest_report_header() -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url() -> Iterator[str]:
-    """A PostgreSQL server: the one in BIKEGUARD_TEST_DATABASE_URL, or an embedded one of our own (preloading
-    TimescaleDB when the suite runs on it)."""
-    given = os.environ.get("BIKEGUARD_TEST_DATABASE_URL")
-    if given:
-        yield given
+def postgres_server() -> Iterator[Postgres | None]:
+    """The session's embedded PostgreSQL (preloading TimescaleDB when the suite runs on it), or None when
+    BIKEGUARD_TEST_DATABASE_URL names a server elsewhere."""
+    if os.environ.get("BIKEGUARD_TEST_DATABASE_URL"):
+        yield None
         return
     pg = start_postgres(preload=PRELOAD)
     try:
-        yield pg.url
+        yield pg
     finally:
         pg.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(postgres_server: Postgres | None) -> str:
+    """A PostgreSQL server: the one in BIKEGUARD_TEST_DATABASE_URL, or an embedded one of our own."""
+    return postgres_server.url if postgres_server is not None else os.environ["BIKEGUARD_TEST_DATABASE_URL"]
 
 
 def _with_dbname(url: str, dbname: str) -> str:
