@@ -116,6 +116,25 @@ def _replay(replica: Postgres, paused: bool) -> None:
         conn.execute("SELECT pg_wal_replay_pause()" if paused else "SELECT pg_wal_replay_resume()")
 
 
+def _seen_on_the_replica(
+    client: TestClient, database_url: str, replica: Postgres, station_id: str
+) -> tuple[Staff, int, str]:
+    """A bike registered, its passage at station_id replicated and read back: (staff, bike_id, tag)."""
+    staff = Staff(client, database_url)
+    done = staff.register()
+    bike_id, tag = done["bike"]["bike_id"], done["bike"]["tag_id"]
+    _pass(database_url, tag, station_id)
+    _replayed(database_url, replica)
+    assert _stations_seen(staff, bike_id) == [station_id]
+    return staff, bike_id, tag
+
+
+def _server_processes(replica: Postgres) -> list[psutil.Process]:
+    """The replica's postmaster and its children."""
+    postmaster = psutil.Process(int((replica.data_dir / "postmaster.pid").read_text().split()[0]))
+    return [postmaster, *postmaster.children(recursive=True)]
+
+
 def _stations_seen(staff: Staff, bike_id: int) -> list[str]:
     """The stations in the bike's trajectory over the last hour, as the police read it under a case number."""
     window = {"since": (utcnow() - timedelta(hours=1)).isoformat(), "until": utcnow().isoformat(), "case_number": CASE}
@@ -204,16 +223,10 @@ def test_reads_go_to_the_primary_while_the_replica_is_away(
     database_url: str, replica: Postgres, replica_database_url: str
 ) -> None:
     with _app(database_url, replica_database_url, max_lag_s=3600) as client:
-        staff = Staff(client, database_url)
-        done = staff.register()
-        bike_id, tag = done["bike"]["bike_id"], done["bike"]["tag_id"]
-        _pass(database_url, tag, "st-away-1")
-        _replayed(database_url, replica)
-        assert _stations_seen(staff, bike_id) == ["st-away-1"]
+        staff, bike_id, tag = _seen_on_the_replica(client, database_url, replica, "st-away-1")
         assert _reads(client, "replica", "within_max_lag") == 1
 
-        postmaster = psutil.Process(int((replica.data_dir / "postmaster.pid").read_text().split()[0]))
-        server = [postmaster, *postmaster.children(recursive=True)]
+        server = _server_processes(replica)
         replica.stop()
         assert not [p for p in server if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
@@ -232,15 +245,9 @@ def test_reads_go_to_the_primary_while_the_replica_does_not_answer(
     database_url: str, replica: Postgres, replica_database_url: str
 ) -> None:
     with _app(database_url, replica_database_url, max_lag_s=3600) as client:
-        staff = Staff(client, database_url)
-        done = staff.register()
-        bike_id, tag = done["bike"]["bike_id"], done["bike"]["tag_id"]
-        _pass(database_url, tag, "st-mute-1")
-        _replayed(database_url, replica)
-        assert _stations_seen(staff, bike_id) == ["st-mute-1"]
+        staff, bike_id, tag = _seen_on_the_replica(client, database_url, replica, "st-mute-1")
 
-        postmaster = psutil.Process(int((replica.data_dir / "postmaster.pid").read_text().split()[0]))
-        server = [postmaster, *postmaster.children(recursive=True)]
+        server = _server_processes(replica)
         for p in server:  # frozen: connections stay open and nothing answers, as across a network gone quiet
             p.suspend()
         try:
