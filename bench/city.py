@@ -94,6 +94,9 @@ STEP_S = (60.0, 240.0)  # between two stations of a trip
 DWELL_S = (5.0, 40.0)  # in range of one station
 GATEWAY_BATCH_S = 1.0  # gateway.settings batch_interval_s
 GATEWAY_BATCH_MAX = 500  # gateway.settings batch_max
+# Sightings the generator lets travel unstored before it waits, as a gateway's publish window does: well under
+# Mosquitto's queue per subscriber (max_queued_messages 100,000, beyond which it drops) and paho's 65,535 message ids.
+BACKLOG_MAX = 20_000
 SIGHTING_COLUMNS = "first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna, flags, batch_seq"
 
 
@@ -211,6 +214,8 @@ def publisher(url: str, args: argparse.Namespace, day0: datetime, shared: dict[s
         due = wall0 + float(plan.sent_s[start]) / args.speed
         if (wait := due - time.time()) > 0.001:
             time.sleep(wait)
+        while shared["sent"].value - shared["committed"].value > BACKLOG_MAX:
+            time.sleep(0.05)
         late.append(time.time() - due)
         unconfirmed.append(client.publish(topics.station_topic(batch.station_id, "sightings"), batch.to_json(), qos=1))
         while unconfirmed and unconfirmed[0].is_published():
@@ -311,7 +316,10 @@ def replay(
     samples: list[HourSample] = []
     hour = 1
     sent = shared["sent"]
+    polled = 0.0
     while hour <= 24:
+        if time.time() - polled >= 1.0:  # what the generator's backlog bound reads
+            shared["committed"].value, polled = committed(url), time.time()
         if backend.poll() is not None:
             raise RuntimeError(f"the backend exited with {backend.returncode} at simulated hour {hour}")
         if (time.time() - wall0) * args.speed >= hour * 3600:
@@ -326,9 +334,12 @@ def replay(
             )
             hour += 1
         time.sleep(0.2)
-    shared["done"].wait(600)
     deadline = time.time() + 600
-    while (done := committed(url)) < sent.value:
+    while True:  # the generator may still wait on its backlog bound, which reads "committed"
+        finished = shared["done"].is_set()
+        shared["committed"].value = done = committed(url)
+        if finished and done >= sent.value:
+            break
         if time.time() > deadline:
             raise TimeoutError(f"{done:,} of {sent.value:,} sightings committed 600 s after the day's end")
         time.sleep(0.5)
@@ -513,7 +524,7 @@ def run(args: argparse.Namespace, server: str, broker: Broker, work: Path, day0:
     )
     ctx = mp.get_context("spawn")
     shared: dict[str, Any] = {name: ctx.Event() for name in ("ready", "go", "done")}
-    shared |= {name: ctx.Value("q", 0) for name in ("sent", "planned", "full_day")}
+    shared |= {name: ctx.Value("q", 0) for name in ("sent", "committed", "planned", "full_day")}
     shared |= {name: ctx.Value("d", 0.0) for name in ("wall0", "late_p99", "late_max")}
     group = f"city-{uuid.uuid4().hex[:6]}" if broker.supports_shared_subscriptions else None
     backend = start_backend(url, broker.url, group, args.workers, args.engine, work / "backend.log")
