@@ -290,13 +290,15 @@ class Viewer:
     async def search_result(
         self,
         conn: psycopg.AsyncConnection[Any],
+        reads: psycopg.AsyncConnection[Any],
         registry: Registry,
         bike: dict[str, Any],
         case_number: str | None,
         search: str,
     ) -> dict[str, Any]:
         """A bike found by a police search: its owner only under a case number (audited); where it was last seen
-        with a case number, or since the theft (as stolen_since bounds it) for a stolen bike; else neither."""
+        with a case number, or since the theft (as stolen_since bounds it) for a stolen bike; else neither. The audit
+        record goes on conn; where it was seen is read on reads (backend.db.replica)."""
         owner, seen = None, None
         if case_number is not None:
             owner = await self.read_owner(
@@ -306,12 +308,14 @@ class Viewer:
             since = (
                 None if case_number is not None else self.stolen_since(bike["stolen_at"], bike["theft"]["reported_at"])
             )
-            seen = await trajectories.last_seen(conn, parse_tag(bike["tag_id"]), since)
+            seen = await trajectories.last_seen(reads, parse_tag(bike["tag_id"]), since)
         return {"bike": bike, "last_seen": seen, "owner": owner}
 
-    async def stolen_bikes(self, conn: psycopg.AsyncConnection[Any], registry: Registry) -> list[dict[str, Any]]:
+    async def stolen_bikes(
+        self, conn: psycopg.AsyncConnection[Any], reads: psycopg.AsyncConnection[Any], registry: Registry
+    ) -> list[dict[str, Any]]:
         """Police, admin: every bike reported stolen, with where it was last seen since the theft (as stolen_since
-        bounds it) and no owner; the list is audited as one read."""
+        bounds it; read on reads) and no owner; the list is audited as one read (on conn)."""
         self._police_only("the list of stolen bikes")
         bikes = await registry.stolen_bikes(conn)
         chips = [
@@ -320,7 +324,7 @@ class Viewer:
             if b["tag_id"] is not None
         ]
         seen: list[dict[str, Any] | None] = [None] * len(bikes)
-        for (i, _, _), where in zip(chips, await trajectories.last_seen_of(conn, [c[1:] for c in chips]), strict=True):
+        for (i, _, _), where in zip(chips, await trajectories.last_seen_of(reads, [c[1:] for c in chips]), strict=True):
             seen[i] = where
         await audit.record(conn, self.user, "bikes.stolen_list", None, None, bikes=len(bikes))
         return [{"bike": bike, "last_seen": where, "owner": None} for bike, where in zip(bikes, seen, strict=True)]

@@ -1,4 +1,5 @@
-"""The backend's Prometheus metrics: the ingest's counters, read at scrape time (no second bookkeeping)."""
+"""The backend's Prometheus metrics: the ingest's counters and where heavy reads went, read at scrape time (no second
+bookkeeping)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 if TYPE_CHECKING:
+    from backend.db.replica import Reads
     from backend.ingest.consumer import Ingest
     from backend.ingest.workers import IngestWorkers
 
@@ -111,9 +113,52 @@ def _gap_metrics(ingest: Ingest | IngestWorkers) -> Iterator[Metric]:
     yield missing
 
 
-def registry_for(ingest: Ingest | IngestWorkers | None) -> CollectorRegistry:
+class ReadsCollector(Collector):
+    """Where heavy reads went (the streaming replica, or the primary and why) and the replica's lag as last measured."""
+
+    def __init__(self, reads: Reads) -> None:
+        self.reads = reads
+
+    def collect(self) -> Iterator[Metric]:
+        """Reads by server and reason; the replica's state (up, lag, why reads go to the primary now) if one is set."""
+        from backend.db.replica import FALLBACKS
+
+        r = self.reads
+        served = CounterMetricFamily(
+            "bikeguard_database_reads",
+            "Heavy reads (trajectories, passages, last seen, station activity) by the server that answered them, and"
+            " why the primary did (no_replica, replica_away, replica_lagging, not_a_standby)",
+            labels=["served_by", "reason"],
+        )
+        for (served_by, reason), n in sorted(r.served.items()):
+            served.add_metric([served_by, reason], n)
+        yield served
+        if not r.configured:
+            return
+        yield GaugeMetricFamily(
+            "bikeguard_database_replica_up", "1 if the replica answered its last check", value=int(r.up)
+        )
+        if r.lag_s is not None:
+            yield GaugeMetricFamily(
+                "bikeguard_database_replica_lag_seconds",
+                "How far the replica is behind the primary, as last measured (0 when it has replayed all it received)",
+                value=r.lag_s,
+            )
+        fallback = GaugeMetricFamily(
+            "bikeguard_database_replica_fallback",
+            "1 for the reason heavy reads go to the primary now (all 0: they go to the replica)",
+            labels=["reason"],
+        )
+        for reason in FALLBACKS[1:]:
+            fallback.add_metric([reason], int(r.fallback == reason))
+        yield fallback
+
+
+def registry_for(ingest: Ingest | IngestWorkers | None, reads: Reads | None = None) -> CollectorRegistry:
     """A registry of this app's own (tests run many apps in one process; the global one would mix them)."""
     registry = CollectorRegistry(auto_describe=False)
     if ingest is not None:
         registry.register(IngestCollector(ingest))
+    if reads is not None:
+        registry.register(ReadsCollector(reads))
     return registry

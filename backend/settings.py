@@ -38,6 +38,15 @@ class BackendSettings(BaseSettings):
     database_url: str = Field(description="PostgreSQL/TimescaleDB conninfo or URL, as the application role")
     database_owner_url: SecretStr | None = None
     database_app_role: str = "bikeguard_app"
+    # A read-only streaming replica (hot standby) of database_url, as the same role, for the heavy reads: trajectories
+    # and exports, passages, where searched and stolen bikes were last seen, station activity (backend.db.replica).
+    # Writes, and reads that must see a write of their own, stay on database_url. Unset: everything on the primary.
+    database_replica_url: str | None = None
+    # Reads go to the primary while the replica is further behind than this; its lag is measured this often; and a read
+    # waits this long for a replica connection before it goes to the primary (the replica then counts as away).
+    database_replica_max_lag_s: float = Field(default=10.0, gt=0)
+    database_replica_check_s: float = Field(default=1.0, gt=0)
+    database_replica_timeout_s: float = Field(default=1.0, gt=0)
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     # TLS (an mqtts:// URL): the CA of the broker's certificate (none: the system's CAs), and the backend's own
     # certificate and key when the broker asks for one.

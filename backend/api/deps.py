@@ -52,6 +52,16 @@ def _signer(request: Request) -> Signer:
 # Function scope: the transaction commits before the response is sent, so a client that acts on a response
 # (e.g. signs in again after changing its password) always sees what that request wrote.
 Conn = Annotated[psycopg.AsyncConnection[Any], Depends(_connection, scope="function")]
+
+
+async def _reads(request: Request, conn: Conn) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with request.app.state.reads.connection(conn) as reads:
+        yield reads
+
+
+# Heavy reads that may be a little behind (backend.db.replica): the streaming replica's connection when one is set and
+# close enough behind, else this request's Conn itself. Writes, and reads that must see one, take Conn.
+Reads = Annotated[psycopg.AsyncConnection[Any], Depends(_reads, scope="function")]
 Settings = Annotated[BackendSettings, Depends(_settings)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 PasswordsDep = Annotated[Passwords, Depends(_passwords)]

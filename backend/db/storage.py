@@ -86,8 +86,9 @@ def choose_engine(conn: psycopg.Connection, wanted: EngineChoice) -> Engine:
 
 
 def set_policies(conn: psycopg.Connection, policy: StoragePolicy) -> None:
-    """On TimescaleDB, (re)set the compression and retention policies of `sightings` to the policy's ages; plain
-    PostgreSQL has none (the backend's maintenance drops old partitions)."""
+    """On TimescaleDB, (re)set the compression and retention policies of `sightings` to the policy's ages and count
+    the hourly passages older than the aggregate's policy reaches; plain PostgreSQL has no policies (the backend's
+    maintenance drops old partitions and counts the hours)."""
     if current_engine(conn) != "timescaledb":
         return
     with conn.transaction():
@@ -102,6 +103,13 @@ def set_policies(conn: psycopg.Connection, policy: StoragePolicy) -> None:
                 "SELECT add_retention_policy('sightings', drop_after => make_interval(days => %s))",
                 (policy.retention_days,),
             )
+    # The policy job recounts only its window (the last days); every hour before it is counted here, once (a
+    # refresh of hours already counted and unchanged since costs nothing). Outside a transaction, as TimescaleDB
+    # requires.
+    conn.execute(
+        "CALL refresh_continuous_aggregate('station_passages_hourly', NULL, now() - %s::interval)",
+        (PASSAGES_HOURLY_LOOKBACK,),
+    )
     log.info(
         "TimescaleDB policies: sightings compressed after %d days, dropped %s",
         policy.compress_after_days,

@@ -93,6 +93,28 @@ def test_hourly_passage_counts_match_a_direct_count_before_and_after_they_are_ma
         assert ("st-late", start + timedelta(hours=3), 1) in hourly(conn)
 
 
+def test_hourly_counts_cover_history_older_than_the_refresh_window(database_url: str, database_owner_url: str) -> None:
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        insert(conn, traffic(now - timedelta(days=10), 3, seed=5) + traffic(now - timedelta(days=1), 3, seed=6))
+    # As an upgrade does: migrate (TimescaleDB counts the hours before its policy's window), then the regular
+    # refreshes (the policy job there, which recounts only the last days; the maintenance here).
+    migrate(database_owner_url, storage=StoragePolicy(ENGINE))
+    if ENGINE == "timescaledb":
+        with psycopg.connect(database_owner_url, autocommit=True) as conn:
+            job = conn.execute(
+                "SELECT job_id FROM timescaledb_information.jobs"
+                " WHERE proc_name = 'policy_refresh_continuous_aggregate'"
+            ).fetchone()
+            assert job is not None
+            conn.execute("CALL run_job(%s)", (job[0],))
+    else:
+        maintain(database_url, days_ahead=2, retention_days=None)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert hourly(conn) == direct(conn)
+        assert min(h for _, h, _ in hourly(conn)) == now - timedelta(days=10)
+
+
 def test_backend_maintenance_keeps_the_hourly_counts_and_the_app_role_cannot_write_them(database_url: str) -> None:
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     with psycopg.connect(database_url, autocommit=True) as conn:

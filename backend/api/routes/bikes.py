@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from backend import accounts, certificates, photos, trajectories
 from backend.access import require_case_number, viewer_of
 from backend.accounts import User
-from backend.api.deps import Conn, PasswordsDep, PublicBaseUrl, RegistryDep, Settings, SignerDep, allow
+from backend.api.deps import Conn, PasswordsDep, PublicBaseUrl, Reads, RegistryDep, Settings, SignerDep, allow
 from backend.api.routes.owners import create_owner
 from backend.api.schemas import (
     ApiTime,
@@ -148,6 +148,7 @@ async def availability(
 @router.get("/search", response_model=list[BikeSearchResult], responses={403: {"description": "case number malformed"}})
 async def search(
     conn: Conn,
+    reads: Reads,
     registry: RegistryDep,
     settings: Settings,
     user: Annotated[User, allow("police", "admin")],
@@ -166,18 +167,22 @@ async def search(
                 found.setdefault(bike["bike_id"], bike)
     viewer = viewer_of(user, settings)
     return [
-        {**await viewer.search_result(conn, registry, bike, case, text), "photo_url": photos.latest_url(bike)}
+        {**await viewer.search_result(conn, reads, registry, bike, case, text), "photo_url": photos.latest_url(bike)}
         for bike in found.values()
     ]
 
 
 @router.get("/stolen", response_model=list[BikeSearchResult])
 async def stolen_bikes(
-    conn: Conn, registry: RegistryDep, settings: Settings, user: Annotated[User, allow("police", "admin")]
+    conn: Conn,
+    reads: Reads,
+    registry: RegistryDep,
+    settings: Settings,
+    user: Annotated[User, allow("police", "admin")],
 ) -> list[dict[str, Any]]:
     """Police, admin: every bike reported stolen, latest report first, with where it was last seen since the theft
     (a bike no station has heard yet has none); no owner data. Audited."""
-    found = await viewer_of(user, settings).stolen_bikes(conn, registry)
+    found = await viewer_of(user, settings).stolen_bikes(conn, reads, registry)
     return [{**row, "photo_url": photos.latest_url(row["bike"])} for row in found]
 
 
@@ -247,6 +252,7 @@ async def _trajectory_window(
 async def trajectory(
     bike_id: BikeId,
     conn: Conn,
+    reads: Reads,
     registry: RegistryDep,
     settings: Settings,
     user: Annotated[User, allow("owner", "police")],
@@ -258,13 +264,14 @@ async def trajectory(
     """Owner: their bike since they own it. Police: a stolen bike since the theft; otherwise a case number
     is needed, and the access is audited."""
     since_at, until_at = await _trajectory_window(conn, registry, settings, user, bike_id, since, until, case_number)
-    return await trajectories.of_bike(conn, bike_id, since_at, until_at, limit)
+    return await trajectories.of_bike(reads, bike_id, since_at, until_at, limit)
 
 
 @router.get("/{bike_id}/trajectory/summary", response_model=TrajectorySummary, responses=_CASE_NEEDED)
 async def trajectory_summary(
     bike_id: BikeId,
     conn: Conn,
+    reads: Reads,
     registry: RegistryDep,
     settings: Settings,
     user: Annotated[User, allow("owner", "police")],
@@ -277,7 +284,7 @@ async def trajectory_summary(
     since_at, until_at = await _trajectory_window(
         conn, registry, settings, user, bike_id, since, until, case_number, view="summary"
     )
-    found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
+    found = await trajectories.bike_trajectory(reads, bike_id, since_at, until_at)
     return {**trajectories.to_summary(found), "since": since_at, "until": until_at}
 
 
@@ -296,6 +303,7 @@ async def trajectory_export(
     bike_id: BikeId,
     fmt: Annotated[trajectories.ExportFormat, Path(description="gpx, geojson or csv")],
     conn: Conn,
+    reads: Reads,
     registry: RegistryDep,
     settings: Settings,
     user: Annotated[User, allow("owner", "police")],
@@ -307,7 +315,7 @@ async def trajectory_export(
     since_at, until_at = await _trajectory_window(
         conn, registry, settings, user, bike_id, since, until, case_number, view=fmt
     )
-    found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
+    found = await trajectories.bike_trajectory(reads, bike_id, since_at, until_at)
     name = trajectories.export_filename(bike_id, since_at, until_at, fmt)
     return Response(
         trajectories.export(found, fmt),

@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Query
 from backend import trajectories
 from backend.access import viewer_of
 from backend.accounts import User
-from backend.api.deps import Conn, Settings, allow
+from backend.api.deps import Conn, Reads, Settings, allow
 from backend.api.schemas import ApiTime, SightingPublic
 from protocol.ids import TAG_ID_ANY_CASE_PATTERN
 from protocol.messages import parse_tag, utcnow
@@ -30,6 +30,7 @@ router = APIRouter(prefix="/api", tags=["sightings"])
 )
 async def list_sightings(
     conn: Conn,
+    reads: Reads,
     settings: Settings,
     user: Annotated[User, allow("police", "owner")],
     tag_id: str | None = Query(None, description="8 hex digits", pattern=TAG_ID_ANY_CASE_PATTERN),
@@ -48,4 +49,4 @@ async def list_sightings(
         conn, tag_id, station_id, since_at, until_at, case_number
     )
     tag = parse_tag(tag_id) if tag_id is not None else None
-    return await trajectories.passages(conn, since_at, until_at, tag_id=tag, station_id=station_id, limit=limit)
+    return await trajectories.passages(reads, since_at, until_at, tag_id=tag, station_id=station_id, limit=limit)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from backend import selftests, station_health, stations
 from backend.accounts import User
-from backend.api.deps import Conn, Token, allow
+from backend.api.deps import Conn, Reads, Token, allow
 from backend.api.schemas import (
     RoadsCreate,
     StationActivity,
@@ -82,9 +82,9 @@ async def register_station(body: StationRegister, conn: Conn, user: Installer) -
 
 
 @router.get("/stations/activity", response_model=list[StationActivity])
-async def station_activity(conn: Conn, _user: Staff, minutes: int = Query(10, ge=1, le=1440)) -> list[dict[str, Any]]:
+async def station_activity(reads: Reads, _user: Staff, minutes: int = Query(10, ge=1, le=1440)) -> list[dict[str, Any]]:
     """Police, installer, admin: passages per station in the last N minutes."""
-    return await stations.activity(conn, minutes)
+    return await stations.activity(reads, minutes)
 
 
 @router.get("/stations/health", response_model=list[StationHealth])
