@@ -9,7 +9,8 @@ The day (assumptions, all in the simulated day's own clock, UTC; the day replaye
 - a bike rides 0, 1, 2, 3 or 4 trips with probabilities 25, 10, 40, 10 and 15 % (1.8 trips a day on average);
 - a trip starts at an hour drawn from a commuter profile (HOUR_WEIGHTS: peaks 08:00-09:00 and 18:00-19:00, each
   about 11 % of the day's trips) and passes 3 to 8 stations (5.5 on average) along its way, one every 1 to 4
-  minutes, lingering 5-40 s in range of each (so no chip ever looks cloned);
+  minutes, lingering 5-40 s in range of each; a bike's trips start at its home station at least 45 minutes
+  apart (so no chip looks cloned);
 - so the full day is about 1.8 x 5.5 = 9.9 sightings per chip, 9.9 million sightings for 1,000,000 chips, about
   300 sightings/s in a peak hour;
 - each station's gateway sends what closed in the last second (its default batch_interval_s of 1 s), so at this
@@ -92,6 +93,7 @@ HOUR_WEIGHTS = (
 STATIONS_PER_TRIP = (3, 8)
 STEP_S = (60.0, 240.0)  # between two stations of a trip
 DWELL_S = (5.0, 40.0)  # in range of one station
+TRIP_GAP_S = 2700.0  # a trip lasts at most 8 stops x 240 s + 60 s; the next starts no sooner
 GATEWAY_BATCH_S = 1.0  # gateway.settings batch_interval_s
 GATEWAY_BATCH_MAX = 500  # gateway.settings batch_max
 # Sightings the generator lets travel unstored before it waits, as a gateway's publish window does: well under
@@ -125,6 +127,18 @@ class DayPlan:
                 yield s, min(end, s + GATEWAY_BATCH_MAX)
 
 
+def apart(rider: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Trip starts moved so that a bike's next trip starts TRIP_GAP_S after its previous one (rider is sorted)."""
+    start = start.copy()
+    order = np.lexsort((start, rider))
+    s, r = start[order], rider[order]
+    same = np.concatenate(([False], r[1:] == r[:-1]))
+    for _ in range(len(TRIPS_PER_BIKE) - 2):  # a bike's chain of trips is at most 4 long: 3 passes settle it
+        s = np.where(same, np.maximum(s, np.concatenate(([0.0], s[:-1])) + TRIP_GAP_S), s)
+    start[order] = s
+    return start
+
+
 def plan_day(chips: int, stations: int, scale: float, batch_s: float = GATEWAY_BATCH_S, seed: int = 7) -> DayPlan:
     """The day's trips (a `scale` sample of them) unrolled into sightings at stations, as described above."""
     rng = np.random.default_rng(seed)
@@ -136,9 +150,11 @@ def plan_day(chips: int, stations: int, scale: float, batch_s: float = GATEWAY_B
     n = len(rider)
     weights = np.array(HOUR_WEIGHTS) / sum(HOUR_WEIGHTS)
     start = rng.choice(24, size=n, p=weights) * 3600.0 + rng.uniform(0, 3600, n)
+    start = apart(rider, start)
     stops = rng.integers(STATIONS_PER_TRIP[0], STATIONS_PER_TRIP[1] + 1, n)
     stride = rng.integers(1, 6, n)  # stations along a trip are neighbours on the bench's line of stations
-    home = rng.integers(0, stations - STATIONS_PER_TRIP[1] * 5, n)
+    # Every trip of a bike starts at its home station: trips far apart would make the chip look cloned.
+    home = rng.integers(0, stations - STATIONS_PER_TRIP[1] * 5, chips)[rider]
     step = rng.uniform(*STEP_S, n)
     trip = np.repeat(np.arange(n), stops)
     j = np.arange(len(trip)) - np.repeat(np.cumsum(stops) - stops, stops)
