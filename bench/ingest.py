@@ -13,28 +13,37 @@ chip) are part of the figure; --unregistered leaves them out.
 Several workers (--workers 1 2, the default) share the traffic through the broker's shared subscription, as
 BIKEGUARD_INGEST_WORKERS runs them in the backend; each count gets a fresh database.
 
+--engine chooses the storage engine of the embedded server and the bench databases (default: TimescaleDB when it is
+installed into the embedded PostgreSQL, else plain PostgreSQL); every printed figure names it.
+
 Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--workers 1 2] [--broker auto|mosquitto|amqtt]
-                            [--unregistered]
+                            [--engine postgresql|timescaledb] [--unregistered]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import random
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import psutil
 import psycopg
 
 from backend.db.migrate import migrate
+from backend.db.storage import StoragePolicy
 from backend.ingest.workers import IngestWorkers
 from backend.ingest.writer import _SIGHTING_COLUMNS, _SIGHTING_TYPES
 from backend.settings import BackendSettings
-from bikeguard.services import Broker, start_broker, start_postgres
+from bikeguard.services import Broker, Postgres, default_engine, engine_preload, start_broker, start_postgres
 from protocol import topics
 from protocol.messages import Sighting, SightingBatch, format_tag, parse_tag
 from protocol.mqtt_address import mqtt_address
@@ -133,8 +142,9 @@ def publisher(url: str, payloads: list[tuple[str, bytes]], ready: mp.Event, go: 
     client.loop_stop()
 
 
-def copy_limit(url: str, batches: list[SightingBatch], chunk: int) -> float:
-    """Rows/s of a plain binary COPY of the same rows into the same table, in chunks like the ingest."""
+def copy_limit(url: str, batches: list[SightingBatch], chunk: int, pg: Postgres | None) -> float:
+    """Rows/s of a plain binary COPY of the same rows into the same table, in chunks like the ingest; prints the CPU
+    it used per row."""
     rows = [
         (
             s.first_seen_at,
@@ -153,6 +163,8 @@ def copy_limit(url: str, batches: list[SightingBatch], chunk: int) -> float:
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE sightings")
         conn.commit()
+        cpu = CpuMeter({"client": os.getpid(), "postgresql": postmaster_pid(pg)})
+        cpu.start()
         t0 = time.perf_counter()
         for i in range(0, len(rows), chunk):
             with (
@@ -163,7 +175,68 @@ def copy_limit(url: str, batches: list[SightingBatch], chunk: int) -> float:
                 for row in rows[i : i + chunk]:
                     copy.write_row(row)
             conn.commit()
-        return len(rows) / (time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        used = cpu.stop()
+    print(
+        f"COPY limit: {len(rows)} rows in {elapsed:.2f} s; CPU µs per row: "
+        + ", ".join(f"{name} {seconds / len(rows) * 1e6:.1f}" for name, seconds in used.items())
+    )
+    return len(rows) / elapsed
+
+
+class CpuMeter:
+    """CPU seconds each part of the run used while it was measured: the ingest (this process), PostgreSQL (the
+    postmaster and every backend and worker it starts), the broker and the publisher. Polled twice a second, so a
+    short-lived process (an autovacuum worker) counts with what it had used when last seen."""
+
+    def __init__(self, parts: dict[str, int | None]) -> None:
+        self.parts = {name: psutil.Process(pid) for name, pid in parts.items() if pid is not None}
+        self._first: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="bench-cpu", daemon=True)
+
+    def _sample(self, baseline: bool = False) -> None:
+        for name, root in self.parts.items():
+            try:
+                family = [root, *(root.children(recursive=True) if name != "ingest" else [])]
+            except psutil.NoSuchProcess:
+                continue
+            for proc in family:
+                try:
+                    t = proc.cpu_times()
+                except psutil.NoSuchProcess:
+                    continue
+                used = t.user + t.system
+                # A process started during the run counts from zero.
+                self._first.setdefault(proc.pid, used if baseline else 0.0)
+                self._last[proc.pid] = (name, used)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def start(self) -> None:
+        """Take the first sample and keep sampling."""
+        self._sample(baseline=True)
+        self._thread.start()
+
+    def stop(self) -> Counter[str]:
+        """Take the last sample; CPU seconds used by each part since start()."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        used: Counter[str] = Counter()
+        for pid, (name, last) in self._last.items():
+            used[name] += last - self._first.get(pid, 0.0)
+        return used
+
+
+def postmaster_pid(pg: Postgres | None) -> int | None:
+    """The embedded server's postmaster (None for a server of --database-url: its CPU is not ours to see)."""
+    if pg is None:
+        return None
+    return int((Path(pg.data_dir) / "postmaster.pid").read_text().split()[0])
 
 
 def measure(
@@ -174,6 +247,7 @@ def measure(
     payloads: list[tuple[str, bytes]],
     args: argparse.Namespace,
     tags: list[int],
+    pg: Postgres | None,
 ) -> tuple[float, str]:
     """Sightings/s committed by `workers` ingest workers from a fresh database; also returns that database's URL
     (the caller drops it)."""
@@ -181,7 +255,7 @@ def measure(
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = psycopg.conninfo.make_conninfo(server, dbname=name)
-    migrate(url)
+    migrate(url, storage=StoragePolicy(args.engine))
     register_stations(url, args.stations)
     if not args.unregistered:
         register_chips(url, tags)
@@ -201,6 +275,11 @@ def measure(
     proc = ctx.Process(target=publisher, args=(broker.url, payloads, ready, go))
     proc.start()
     ready.wait(30)
+    cpu = CpuMeter(
+        {"ingest": os.getpid(), "postgresql": postmaster_pid(pg), "broker": broker.process.pid, "publisher": proc.pid}
+    )
+    load_before = os.getloadavg()[0]
+    cpu.start()
     t0 = time.perf_counter()
     go.set()
     last_report = t0
@@ -213,6 +292,7 @@ def measure(
         if now - t0 > 600:
             raise TimeoutError("gave up after 600 s")
     elapsed = time.perf_counter() - t0
+    used = cpu.stop()
     proc.join(30)
     counters = [w.counters.sightings for w in ingest.workers]
     ingest.stop()
@@ -221,8 +301,19 @@ def measure(
     assert stored == args.sightings, f"stored {stored}, expected {args.sightings}"
     chips = "unregistered chips" if args.unregistered else f"{len(tags)} registered chips"
     print(
-        f"{workers} worker(s) on {broker.kind}; {chips}; {elapsed:.2f} s; all {stored} stored once"
+        f"{workers} worker(s) on {broker.kind}, {args.engine}; {chips}; {elapsed:.2f} s; all {stored} stored once"
         f" (by worker: {counters})"
+    )
+    # Per sighting, so that runs of other sizes and on busier machines compare: where the two cores went.
+    print(
+        "  CPU µs per sighting: "
+        + ", ".join(
+            f"{name} {used[name] / args.sightings * 1e6:.1f}"
+            for name in ("ingest", "postgresql", "broker", "publisher")
+            if name in used
+        )
+        + f"; {sum(used.values()) / elapsed:.2f} cores busy of {os.cpu_count()}"
+        f" (load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)"
     )
     return args.sightings / elapsed, url
 
@@ -237,11 +328,17 @@ def main() -> int:
     parser.add_argument("--broker", default="auto", choices=("auto", "mosquitto", "amqtt"))
     parser.add_argument("--database-url", default=None, help="a server to use instead of an embedded one")
     parser.add_argument(
+        "--engine",
+        default=default_engine(),
+        choices=("postgresql", "timescaledb"),
+        help="storage engine of the sightings (default: TimescaleDB when installed into the embedded PostgreSQL)",
+    )
+    parser.add_argument(
         "--unregistered", action="store_true", help="leave the chips unregistered (skips the per-chip alarm checks)"
     )
     args = parser.parse_args()
 
-    pg = None if args.database_url else start_postgres()
+    pg = None if args.database_url else start_postgres(preload=engine_preload(args.engine))
     server = args.database_url or pg.url  # type: ignore[union-attr]
     broker = start_broker(args.broker)
     if not broker.supports_shared_subscriptions and max(args.workers) > 1:
@@ -259,14 +356,14 @@ def main() -> int:
         )
         rates = {}
         for workers in args.workers:
-            rates[workers], url = measure(server, broker, workers, batches, payloads, args, tags)
+            rates[workers], url = measure(server, broker, workers, batches, payloads, args, tags, pg)
             urls.append(url)
         limit = copy_limit(
-            urls[-1], batches, BackendSettings(environment="development", database_url=server).ingest_flush_rows
+            urls[-1], batches, BackendSettings(environment="development", database_url=server).ingest_flush_rows, pg
         )
         for workers, rate in rates.items():
             print(
-                f"ingest ({workers} worker{'s' if workers > 1 else ''}): {rate:,.0f} sightings/s"
+                f"ingest {args.engine} ({workers} worker{'s' if workers > 1 else ''}): {rate:,.0f} sightings/s"
                 f" (COPY limit {limit:,.0f} rows/s, ratio {rate / limit:.2f})"
             )
         return 0

@@ -187,3 +187,14 @@ def batch(station_id: str, seq: int, tags: list[int], at: datetime | None = None
             for t in tags
         ],
     )
+
+
+def count_hourly_passages(owner_url: str) -> None:
+    """Count every hour of sightings into station_passages_hourly's materialised part, as its refresh does (the policy
+    job on TimescaleDB, the maintenance on plain PostgreSQL) but over all of history: for tests that write history
+    after the backend's last refresh, which a running system would count at its next."""
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('station_passages_hourly_watermark')").fetchone() == (None,):
+            conn.execute("CALL refresh_continuous_aggregate('station_passages_hourly', NULL, NULL)")
+        else:
+            conn.execute("SELECT bikeguard_refresh_passages_hourly(INTERVAL '100 years')")

@@ -54,6 +54,8 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = TimeWindow()
+# At most this many flushes' passages in one round of the deferred detectors.
+DEFERRED_ROUND_FLUSHES = 10
 
 Message = dict[str, Any] | Alert | StationStatus | SelfTestMessage | BatchesGone
 
@@ -221,8 +223,11 @@ class Ingest:
             threading.Thread(target=self._write_loop, args=(self._alerts,), name="ingest-alerts", daemon=True),
         ]
         # The detectors whose cost is mostly per query (cloned chips) judge many flushes' passages at once, on a
-        # thread of their own: a clone's alarm may take a second where a stolen chip's may not.
-        self._deferred = DeferredPassages(interval_s=1.0, max_rows=settings.ingest_flush_rows)
+        # thread of their own: a clone's alarm may take a second where a stolen chip's may not. Once a second, not
+        # once a flush: a round's fixed costs (its statistics, a pass over the chips) and each chip's position
+        # update are then paid once for all of that second's passages (at 100,000 sightings/s a chip seen twice in
+        # the second is moved once). The row bound only caps the memory of a round that fell behind.
+        self._deferred = DeferredPassages(interval_s=1.0, max_rows=DEFERRED_ROUND_FLUSHES * settings.ingest_flush_rows)
         self._deferred_thread = threading.Thread(target=self._deferred_loop, name="ingest-deferred", daemon=True)
         # Missing batch_seqs: noticed, asked for and closed (backend.ingest.gaps), one process at a time.
         self.gaps = gaps.GapWatch(settings, self._pool, lambda topic, payload: self.client.publish(topic, payload, 1))

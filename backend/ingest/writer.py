@@ -90,7 +90,8 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
         new = [unique[(r[0], r[1])] for r in rows]
         result.batches_new = len(new)
         _sort_repeats(cur, received, {(r[0], r[1]) for r in rows}, result)
-        # The new passages, column by column (no object per row): what the alarm engine judges.
+        # The new passages, column by column (no object per row): what the alarm engine judges. Each column is built
+        # by one comprehension per batch, cheaper than five appends per row.
         tags: list[int] = []
         stations: list[str] = []
         firsts: list[datetime] = []
@@ -98,29 +99,23 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
         flags: list[int] = []
         with cur.copy(f"COPY sightings ({_SIGHTING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_SIGHTING_TYPES)
+            write_row = copy.write_row
             for b in new:
-                station, seq = b["station_id"], b["batch_seq"]
-                for s in b["sightings"]:
-                    tag = int(s["tag_id"], 16)
-                    copy.write_row(
-                        (
-                            s["first_seen_at"],
-                            s["last_seen_at"],
-                            station,
-                            tag,
-                            s["beacons"],
-                            s["peak_rssi_dbm"],
-                            s["antenna"],
-                            s["flags"],
-                            seq,
-                        )
-                    )
-                    tags.append(tag)
-                    stations.append(station)
-                    firsts.append(s["first_seen_at"])
-                    lasts.append(s["last_seen_at"])
-                    flags.append(s["flags"])
-                result.sightings += len(b["sightings"])
+                station, seq, sightings = b["station_id"], b["batch_seq"], b["sightings"]
+                batch_tags = [int(s["tag_id"], 16) for s in sightings]
+                batch_firsts = [s["first_seen_at"] for s in sightings]
+                batch_lasts = [s["last_seen_at"] for s in sightings]
+                batch_flags = [s["flags"] for s in sightings]
+                for s, first, last, tag, flag in zip(
+                    sightings, batch_firsts, batch_lasts, batch_tags, batch_flags, strict=True
+                ):
+                    write_row((first, last, station, tag, s["beacons"], s["peak_rssi_dbm"], s["antenna"], flag, seq))
+                tags += batch_tags
+                stations += [station] * len(sightings)
+                firsts += batch_firsts
+                lasts += batch_lasts
+                flags += batch_flags
+                result.sightings += len(sightings)
         result.committed.passages.extend(Passages(tags, stations, firsts, lasts, flags))
     return result
 

@@ -183,6 +183,33 @@ def test_a_late_batch_from_a_spool_does_not_move_the_chip_back(conn):
     assert _alarms(conn) == []
 
 
+def test_a_round_of_passages_in_any_order_is_judged_in_time_order_and_moves_the_chip_to_its_latest(conn):
+    factories.station(conn, "st-west", lat=30.25, lon=120.10)
+    factories.station(conn, "st-east", lat=30.25, lon=120.20)  # ~9.6 km apart
+    factories.bike(conn, 0xF3)
+    at = utcnow() - timedelta(hours=2)
+    _write(conn, factories.batch("st-west", 1, [0xF3], at=at))
+    # One round: the latest passage first, then one from before the stored position (a spool drained late), whose
+    # far station is no clone: nothing came before it, and the stored position after it is not this round's.
+    _write(
+        conn,
+        factories.batch("st-west", 2, [0xF3], at=at + timedelta(minutes=20)),
+        factories.batch("st-east", 1, [0xF3], at=at - timedelta(hours=1)),
+    )
+    position = "SELECT station_id, last_seen_at FROM chip_positions WHERE tag_id = %s"
+    assert conn.execute(position, (0xF3,)).fetchone() == ("st-west", at + timedelta(minutes=20))
+    assert _alarms(conn) == []
+    # One round again, in reverse order: east a minute after the stored west (too fast), then west four minutes
+    # after that (too fast again): one alarm, two sightings, and the chip is where it was seen last.
+    _write(
+        conn,
+        factories.batch("st-west", 3, [0xF3], at=at + timedelta(minutes=25)),
+        factories.batch("st-east", 2, [0xF3], at=at + timedelta(minutes=21)),
+    )
+    assert _alarms(conn) == [("chip_cloned", "critical", 0xF3, "st-west", 2, "active")]
+    assert conn.execute(position, (0xF3,)).fetchone() == ("st-west", at + timedelta(minutes=25))
+
+
 def test_the_ingest_judges_clones_within_a_second_or_two_after_traffic_stops(
     ingest: Ingest,
     publish,

@@ -107,8 +107,14 @@ def _town(database_url: str) -> None:
             )
 
 
-def test_installer_sees_station_health_on_map_and_table_then_coverage(server: str, database_url: str) -> None:  # noqa: F811
+def test_installer_sees_station_health_on_map_and_table_then_coverage(
+    server: str,  # noqa: F811
+    database_url: str,
+    database_owner_url: str,
+) -> None:
     _town(database_url)
+    # The history was written after the backend's start: counted as its next refresh would count it.
+    factories.count_hourly_passages(database_owner_url)
     with psycopg.connect(database_url) as conn:
         installer = factories.account(conn, "installer", "chen.jie")
         offline, dropping = (r[0] for r in conn.execute("SELECT station_id FROM batch_gaps ORDER BY state DESC"))

@@ -30,28 +30,19 @@ _ROUND_PASSAGES = (
     " first_seen_at timestamptz NOT NULL, last_seen_at timestamptz NOT NULL) ON COMMIT DELETE ROWS"
 )
 _ROUND_PASSAGE_TYPES = ["int8", "text", "timestamptz", "timestamptz"]
-# The round's passages of registered chips (reg), and each such chip's latest one made its position (moved);
-# what the evidence reads of chip_positions is from before the move, as in any statement with a WITH ... INSERT.
-# Then consecutive passages of a registered chip - its position before this round and this round's passages, in
-# time order - at two stations further apart than a bike could ride in the time between them. Only a passage of
-# this round is judged.
+# The round's passages of registered chips (reg), put in time order per chip together with each such chip's position
+# from before this round: one sort, which gives each passage its predecessor (lag) and each chip its latest passage
+# (no lead), and that one becomes its position (moved) when it is one of this round's. What the evidence reads of
+# chip_positions is from before the move, as in any statement with a WITH ... INSERT. Evidence: consecutive passages
+# of a registered chip at two stations further apart than a bike could ride in the time between them; only a passage
+# of this round is judged.
 _EVIDENCE = f"""
     WITH reg AS MATERIALIZED (
         SELECT f.tag_id, f.station_id, f.first_seen_at, f.last_seen_at
         FROM flush_passages f JOIN chips c ON c.tag_id = f.tag_id AND c.bike_id IS NOT NULL
-    ), moved AS (
-        INSERT INTO chip_positions AS cp (tag_id, station_id, first_seen_at, last_seen_at)
-        SELECT DISTINCT ON (r.tag_id) r.tag_id, r.station_id, r.first_seen_at, r.last_seen_at
-        FROM reg r
-        ORDER BY r.tag_id, r.first_seen_at DESC, r.last_seen_at DESC
-        ON CONFLICT (tag_id) DO UPDATE SET station_id = excluded.station_id,
-            first_seen_at = excluded.first_seen_at, last_seen_at = excluded.last_seen_at
-        WHERE excluded.first_seen_at >= cp.first_seen_at
-    )
-    SELECT p.tag_id, p.station_id, least(p.prev_last_seen_at, p.first_seen_at) AS first_seen_at,
-           greatest(p.prev_last_seen_at, p.first_seen_at) AS last_seen_at
-    FROM (
-        SELECT q.*, lag(q.station_id) OVER w AS prev_station_id, lag(q.last_seen_at) OVER w AS prev_last_seen_at
+    ), ordered AS (
+        SELECT q.*, lag(q.station_id) OVER w AS prev_station_id, lag(q.last_seen_at) OVER w AS prev_last_seen_at,
+               lead(q.tag_id) OVER w IS NULL AS latest
         FROM (
             SELECT r.*, true AS new FROM reg r
             UNION ALL
@@ -59,7 +50,18 @@ _EVIDENCE = f"""
             WHERE cp.tag_id IN (SELECT tag_id FROM reg)
         ) q
         WINDOW w AS (PARTITION BY q.tag_id ORDER BY q.first_seen_at, q.last_seen_at)
-    ) p
+    ), moved AS (
+        INSERT INTO chip_positions AS cp (tag_id, station_id, first_seen_at, last_seen_at)
+        SELECT o.tag_id, o.station_id, o.first_seen_at, o.last_seen_at FROM ordered o
+        WHERE o.latest AND o.new
+        ORDER BY o.tag_id
+        ON CONFLICT (tag_id) DO UPDATE SET station_id = excluded.station_id,
+            first_seen_at = excluded.first_seen_at, last_seen_at = excluded.last_seen_at
+        WHERE excluded.first_seen_at >= cp.first_seen_at
+    )
+    SELECT p.tag_id, p.station_id, least(p.prev_last_seen_at, p.first_seen_at) AS first_seen_at,
+           greatest(p.prev_last_seen_at, p.first_seen_at) AS last_seen_at
+    FROM ordered p
     JOIN stations a ON a.station_id = p.station_id
     JOIN stations b ON b.station_id = p.prev_station_id
     WHERE p.new AND p.prev_station_id <> p.station_id
@@ -81,14 +83,17 @@ def detector(max_speed_kmh: float, slack_m: float = SLACK_M) -> Detector:
         if not p.tag_ids:
             return []
         with cur.connection.transaction():  # the temporary rows live until this commits (or the outer transaction)
+            # A round holds up to a second of passages (hundreds of thousands at full speed): their sorts stay in
+            # memory rather than spill to disk (the default work_mem is 4 MB, about 40,000 passages).
+            cur.execute("SET LOCAL work_mem = '64MB'")
             cur.execute(_ROUND_PASSAGES)
             cur.execute("DELETE FROM flush_passages")  # empty unless called twice in one transaction
             with cur.copy("COPY flush_passages FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_ROUND_PASSAGE_TYPES)
                 for row in zip(p.tag_ids, p.station_ids, p.first_seen_at, p.last_seen_at, strict=True):
                     copy.write_row(row)
-            # Its real size, so that a small round looks its chips up by key instead of hashing every chip.
-            cur.execute("ANALYZE flush_passages")
+            # No ANALYZE (it cost a tenth of a round): never analyzed, the table is planned from its real size in pages
+            # (at least 10), so a small round still looks its chips up by key instead of hashing every chip.
             rows = cur.execute(_EVIDENCE, {"slack_m": slack_m, "max_speed_mps": max_speed_kmh / 3.6}).fetchall()
         return [Evidence(KIND, int(r[0]), r[1], r[2], r[3]) for r in rows]
 

@@ -56,13 +56,15 @@ END
 $$;
 
 -- Plain PostgreSQL: count the hours from `lookback` before the watermark (all of them the first time) up to the
--- current hour into the table, and move the watermark there. Runs with its owner's rights for the backend's
+-- hour before the current one into the table, and move the watermark there. Runs with its owner's rights for the backend's
 -- maintenance (the application role reads the counts, never writes them); on TimescaleDB the policy job does this.
 CREATE FUNCTION bikeguard_refresh_passages_hourly(lookback interval) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     since timestamptz;
-    until timestamptz := bikeguard_bucket(INTERVAL '1 hour', now());
+    -- The last full hour stays counted from sightings when read, as on TimescaleDB (end_offset): batches still
+    -- on their way for it are not missed until the next refresh.
+    until timestamptz := bikeguard_bucket(INTERVAL '1 hour', now() - INTERVAL '1 hour');
     counted integer;
 BEGIN
     IF to_regclass('station_passages_hourly_watermark') IS NULL THEN
