@@ -261,15 +261,14 @@ def committed(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def start_database(engine: str, work: Path) -> tuple[Postgres, str]:
+def start_database(engine: str, work: Path) -> Postgres:
     """An embedded server for the engine with track_commit_timestamp on (for the lag), and a fresh database on it."""
     data = work / "pg"
     pg = start_postgres(data, preload=engine_preload(engine))
     with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
     pg.stop()  # a setting read at start
-    pg = start_postgres(data, preload=engine_preload(engine))
-    return pg, pg.url
+    return start_postgres(data, preload=engine_preload(engine))
 
 
 def new_database(server: str, engine: str) -> str:
@@ -526,8 +525,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run(args: argparse.Namespace, server: str, broker: Broker, work: Path, day0: datetime) -> None:
+def run(args: argparse.Namespace, pg: Postgres, broker: Broker, work: Path, day0: datetime) -> None:
     """Register the city, replay its day through the backend, and print what was measured."""
+    server = pg.url
     t = time.perf_counter()
     url = new_database(server, args.engine)
     tags = bench_tags(args.chips)
@@ -575,9 +575,8 @@ def run(args: argparse.Namespace, server: str, broker: Broker, work: Path, day0:
     )
     plan = plan_day(len(tags), args.stations, args.scale, args.gateway_batch_s)
     flush_rows = BackendSettings(environment="development", database_url=server).ingest_flush_rows
-    limit = copy_limit(
-        new_database(server, args.engine), peak_sample(plan, lag.peak_hour, day0, tags, args.copy_sample), flush_rows
-    )
+    sample = peak_sample(plan, lag.peak_hour, day0, tags, args.copy_sample)
+    limit = copy_limit(new_database(server, args.engine), sample, flush_rows, pg)
     report(args, lag, limit, day_sizes(server, url, args.engine))
 
 
@@ -588,11 +587,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="bikeguard-city-"))
     day0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
-    pg, server = start_database(args.engine, work)
+    pg = start_database(args.engine, work)
     try:
         broker = start_broker(args.broker)
         try:
-            run(args, server, broker, work, day0)
+            run(args, pg, broker, work, day0)
         finally:
             broker.stop()
     finally:
