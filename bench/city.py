@@ -63,7 +63,13 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import psutil
 import psycopg
-from ingest import bench_tags, copy_limit, register_chips, register_stations  # bench/ingest.py, beside this
+from ingest import (  # bench/ingest.py, beside this
+    bench_tags,
+    copy_limit,
+    qos1_publisher,
+    register_chips,
+    register_stations,
+)
 
 from backend.db.migrate import migrate
 from backend.db.storage import StoragePolicy
@@ -81,7 +87,6 @@ from bikeguard.services import (
 )
 from protocol import topics
 from protocol.messages import Sighting, SightingBatch, format_tag
-from protocol.mqtt_address import mqtt_address
 
 DAY_S = 86_400
 TRIPS_PER_BIKE = (0.25, 0.10, 0.40, 0.10, 0.15)  # P(0 trips) ... P(4 trips)
@@ -210,13 +215,7 @@ def publisher(url: str, args: argparse.Namespace, day0: datetime, shared: dict[s
     plan = plan_day(len(tags), args.stations, args.scale, args.gateway_batch_s)
     shared["planned"].value = len(plan.station)
     shared["full_day"].value = plan.full_day
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"city-pub-{uuid.uuid4().hex[:6]}")
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    host, port, user, password = mqtt_address(url)
-    client.username_pw_set(user, password)
-    client.connect(host, port)
-    client.loop_start()
+    client = qos1_publisher(url, "city-pub")
     shared["ready"].set()
     shared["go"].wait()
     wall0: float = shared["wall0"].value

@@ -124,15 +124,22 @@ def build_batches(total: int, per_batch: int, stations: int, tags: list[int], se
     return batches
 
 
-def publisher(url: str, payloads: list[tuple[str, bytes]], ready: mp.Event, go: mp.Event) -> None:
-    """A separate process: publish every payload with QoS 1 as fast as the broker takes them."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
+def qos1_publisher(url: str, name: str) -> mqtt.Client:
+    """A paho client connected to the broker at url, its network loop running, up to 1000 QoS 1 publishes in flight
+    and no queue limit: the benchmarks' publishing side."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:6]}")
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     host, port, user, password = mqtt_address(url)
     client.username_pw_set(user, password)
     client.connect(host, port)
     client.loop_start()
+    return client
+
+
+def publisher(url: str, payloads: list[tuple[str, bytes]], ready: mp.Event, go: mp.Event) -> None:
+    """A separate process: publish every payload with QoS 1 as fast as the broker takes them."""
+    client = qos1_publisher(url, "bench-pub")
     ready.set()
     go.wait()
     infos = [client.publish(topic, payload, qos=1) for topic, payload in payloads]

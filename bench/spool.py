@@ -39,6 +39,7 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
+from ingest import qos1_publisher  # bench/ingest.py, beside this
 from pydantic import SecretStr
 
 from bikeguard.services import Broker, free_port, start_broker
@@ -49,7 +50,6 @@ from gateway.spool import DEFAULT_MAX_BYTES, MIB, Spool
 from gateway.uplink import Uplink
 from protocol.frames import Beacon, TagFlags
 from protocol.messages import CONFIRMATION_MAX_SEQS, Confirmation, Sighting, SightingBatch, StationStatus, utcnow
-from protocol.mqtt_address import mqtt_address
 from protocol.topics import confirmations_topic, station_topic
 
 STATION = "st-busy"
@@ -160,13 +160,7 @@ def sqlite_limits(path: Path, payloads: list[bytes], window: int) -> tuple[float
 
 def paho_limit(url: str, topic: str, payloads: list[bytes]) -> float:
     """Raw paho QoS 1 publishes/s of the same payloads to the same broker (1000 in flight)."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{uuid.uuid4().hex[:6]}")
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    host, port, user, password = mqtt_address(url)
-    client.username_pw_set(user, password)
-    client.connect(host, port)
-    client.loop_start()
+    client = qos1_publisher(url, "bench-raw")
     try:
         t = time.perf_counter()
         infos = [client.publish(topic, p, qos=1) for p in payloads]
