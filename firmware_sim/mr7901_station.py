@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from itertools import accumulate, pairwise
@@ -332,6 +332,42 @@ class VendorStation:
             return []
         timers.upload, timers.upload_deadline = self._expect(upload), now + self.reply_timeout_s
         return [upload]
+
+
+class VendorFleet:
+    """Vendor stations on an event loop of their own, on one thread, so a threaded town runner can feed them."""
+
+    def __init__(self, stations: Sequence[VendorStation]) -> None:
+        self.stations = list(stations)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Event | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> None:
+        """Start the stations' thread; they connect, and reconnect, on their own."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), name="mr7901-fleet", daemon=True)
+            self._thread.start()
+            self._ready.wait(5.0)
+
+    def stop(self) -> None:
+        """Close every station's connection and end the thread."""
+        if self._loop is not None and self._done is not None:
+            self._loop.call_soon_threadsafe(self._done.set)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    async def _serve(self) -> None:
+        self._loop, self._done = asyncio.get_running_loop(), asyncio.Event()
+        tasks = [asyncio.create_task(station.run()) for station in self.stations]
+        self._ready.set()
+        await self._done.wait()
+        for task in tasks:
+            task.cancel()
+        for station, result in zip(self.stations, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+            if isinstance(result, Exception):
+                log.error("station %s failed: %r", station.device_id, result)
 
 
 @dataclass(slots=True)

@@ -14,15 +14,26 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
+from typing import Protocol
 
+from firmware_sim.mr7901_station import VendorFleet, VendorStation
 from firmware_sim.radio import RadioClosedError, RadioError, RadioModule
-from firmware_sim.town import Bike, Town
+from firmware_sim.town import Bike, Town, TownError
+from protocol.frames import Beacon
 from protocol.ids import format_tag
 
 log = logging.getLogger(__name__)
+
+
+class BeaconListener(Protocol):
+    """What hears a station's beacons: a `RadioModule`, or e.g. a `VendorStation` (thread-safe `hear`)."""
+
+    def hear(self, beacon: Beacon) -> bool:
+        """Take one beacon the station heard; False if it was lost."""
+        ...
 
 
 class SimRunner:
@@ -31,7 +42,8 @@ class SimRunner:
     Every `step_s` of wall time the town advances `step_s * speedup` seconds and the beacons
     heard go to the stations' radio modules; every `tick_s` each module releases what its
     115200 baud line has carried by then. The ptys exist from construction, so `ports` can be
-    handed to gateways before `start`.
+    handed to gateways before `start`. Stations in `listeners` get no pty: their beacons go to
+    the listener given (a vendor station, say), called from the simulation thread.
     """
 
     def __init__(
@@ -44,7 +56,11 @@ class SimRunner:
         garbage_rate: float = 0.0,
         corrupt_rate: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        listeners: Mapping[str, BeaconListener] | None = None,
     ) -> None:
+        listeners = dict(listeners or {})
+        for station_id in listeners:
+            town.station(station_id)  # TownError for a station the town does not have
         if speedup <= 0:
             raise ValueError(f"speedup must be positive, not {speedup}")
         self.town = town
@@ -58,6 +74,8 @@ class SimRunner:
         self.radios: dict[str, RadioModule] = {}
         try:
             for station in town.stations:
+                if station.station_id in listeners:
+                    continue
                 self.radios[station.station_id] = RadioModule(
                     garbage_rate=garbage_rate, corrupt_rate=corrupt_rate, clock=clock
                 )
@@ -65,6 +83,7 @@ class SimRunner:
             self._close_radios()
             raise
         self.ports: dict[str, str] = {sid: radio.port for sid, radio in self.radios.items()}
+        self.listeners: dict[str, BeaconListener] = {**self.radios, **listeners}
         self.beacons_heard = 0
 
     def __enter__(self) -> SimRunner:
@@ -120,9 +139,9 @@ class SimRunner:
                     # After a stall, do not try to catch up with a burst of short steps.
                     next_step = max(next_step + self.step_s, now)
                     for station_id, beacons in heard.items():
-                        radio = self.radios[station_id]
+                        listener = self.listeners[station_id]
                         for beacon in beacons:
-                            radio.hear(beacon)
+                            listener.hear(beacon)
                         self.beacons_heard += len(beacons)
                 for _, radio in radios:
                     radio.pump()
@@ -157,9 +176,34 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--corrupt-rate", type=float, default=0.0, help="fraction of frames with one bit flipped (exercises decoders)"
     )
     parser.add_argument(
+        "--vendor-server",
+        metavar="HOST:PORT",
+        help="run the last --vendor-stations stations as MR7901 vendor stations connecting here instead of on ptys",
+    )
+    parser.add_argument("--vendor-stations", type=int, default=0, metavar="N")
+    parser.add_argument("--vendor-time-zone", default="Asia/Shanghai", help="the vendor stations' local time zone")
+    parser.add_argument(
         "--duration", type=float, metavar="SECONDS", help="stop after this long (default: run until killed)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.vendor_stations and not args.vendor_server:
+        parser.error("--vendor-stations needs --vendor-server HOST:PORT")
+    if args.vendor_server:
+        host, _, port = args.vendor_server.rpartition(":")
+        if not host or not port.isdigit():
+            parser.error(f"--vendor-server must be HOST:PORT, not {args.vendor_server!r}")
+        args.vendor_host, args.vendor_port = host, int(port)
+    return args
+
+
+def vendor_stations(
+    town: Town, count: int, host: str, port: int, time_zone: str = "Asia/Shanghai"
+) -> dict[str, VendorStation]:
+    """The town's last `count` stations as vendor stations, device id `MR7901-<station id>`, keyed by station id."""
+    if not 0 <= count <= len(town.stations):
+        raise TownError(f"{count} vendor stations asked for but the town has {len(town.stations)} stations")
+    picked = town.stations[len(town.stations) - count :]
+    return {s.station_id: VendorStation(host, port, f"MR7901-{s.station_id}", time_zone=time_zone) for s in picked}
 
 
 def _emit(event: dict[str, object]) -> None:
@@ -172,7 +216,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     town = Town.generate(args.seed, stations=args.stations, bikes=args.bikes)
-    runner = SimRunner(town, args.speedup, garbage_rate=args.garbage_rate, corrupt_rate=args.corrupt_rate)
+    vendors = (
+        vendor_stations(town, args.vendor_stations, args.vendor_host, args.vendor_port, args.vendor_time_zone)
+        if args.vendor_server
+        else {}
+    )
+    fleet = VendorFleet(list(vendors.values()))
+    runner = SimRunner(
+        town, args.speedup, garbage_rate=args.garbage_rate, corrupt_rate=args.corrupt_rate, listeners=vendors
+    )
     done = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -181,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_signal)
     started = time.monotonic()
     try:
-        _emit({"event": "ports", "seed": args.seed, "ports": runner.ports})
+        vendor_ids = {sid: v.device_id for sid, v in vendors.items()}
+        _emit({"event": "ports", "seed": args.seed, "ports": runner.ports, "vendor_stations": vendor_ids})
+        fleet.start()
         runner.start()
         stolen = args.steal_after is None
         while not done.is_set():
@@ -209,5 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         runner.stop()
+        fleet.stop()
     log.info("stopped after %.0f s; %d beacons heard", time.monotonic() - started, runner.beacons_heard)
     return 0

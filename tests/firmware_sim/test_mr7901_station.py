@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,6 +14,8 @@ from datetime import UTC, datetime
 import pytest
 
 from firmware_sim.mr7901_station import STATUS_ALARM, STATUS_LOW_BATTERY, VendorStation, plan_writes, tag_read
+from firmware_sim.runner import SimRunner, vendor_stations
+from firmware_sim.town import Town, TownError
 from protocol.frames import Beacon, TagFlags
 from protocol.mr7901 import (
     Heartbeat,
@@ -255,3 +259,42 @@ def test_planned_writes_split_and_join_frames_but_carry_the_same_bytes() -> None
     assert joined > 0
     decoder = Mr7901Decoder()
     assert [m.sequence for p in pieces for m in decoder.feed(p)] == list(range(200))
+
+
+async def test_a_towns_station_run_as_a_vendor_station_uploads_the_tags_it_hears() -> None:
+    town = Town.generate(21, stations=3, bikes=120)
+    async with serving(VendorServer()) as server, running(station_for(server)) as station:
+        with SimRunner(town, speedup=20.0, listeners={"st-002": station}) as runner:
+            _, upload = await server.next_upload()
+    assert set(runner.ports) == {"st-001", "st-003"}  # the vendor station has no pty
+    assert {r.tag_id for r in upload.reads} <= {b.tag_id for b in town.bikes}
+    assert upload.reads and server.rejected == {}
+
+
+def test_vendor_stations_are_the_towns_last_stations_named_by_device_id() -> None:
+    town = Town.generate(21, stations=3, bikes=10)
+    stations = vendor_stations(town, 2, "127.0.0.1", 9000)
+    assert {sid: s.device_id for sid, s in stations.items()} == {"st-002": "MR7901-st-002", "st-003": "MR7901-st-003"}
+    with pytest.raises(TownError, match="4 vendor stations"):
+        vendor_stations(town, 4, "127.0.0.1", 9000)
+
+
+async def test_python_dash_m_firmware_sim_runs_vendor_stations_against_a_server() -> None:
+    async with serving(VendorServer()) as server:
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "firmware_sim", "--stations", "2", "--bikes", "60", "--speedup", "20"],
+            *["--vendor-server", f"127.0.0.1:{server.port}", "--vendor-stations", "1"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            assert proc.stdout is not None
+            first = json.loads(await asyncio.wait_for(proc.stdout.readline(), WAIT_S))
+            _, register = await server.next(Register)
+            await server.next(Login)
+        finally:
+            proc.terminate()
+            await proc.wait()
+    assert first["vendor_stations"] == {"st-002": "MR7901-st-002"}
+    assert set(first["ports"]) == {"st-001"}
+    assert register.device_id == "MR7901-st-002"
