@@ -264,6 +264,8 @@ class VendorStation:
         if not isinstance(reply, RegisterReply) or reply.result != 0:
             raise StationLinkError(f"register refused: {reply!r}")
         self.stats.registrations += 1
+        # A real station may move to the address in the reply; ours stays where it was pointed.
+        log.info("station %s: registered; server says %s:%d", self.device_id, reply.server_ip, reply.port)
         delay = self.retry_s
         while True:
             reply = await self._ask(writer, Login(self.device_id, self._next_sequence()))
