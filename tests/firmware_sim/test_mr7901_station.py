@@ -46,7 +46,6 @@ class VendorServer:
     close_after_uploads: int | None = None
     received: asyncio.Queue[tuple[int, Message]] = field(default_factory=asyncio.Queue)
     decoders: list[Mr7901Decoder] = field(default_factory=list)
-    reads_per_recv: list[int] = field(default_factory=list)
     port: int = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -57,7 +56,6 @@ class VendorServer:
         uploads = 0
         try:
             while data := await reader.read(4096):
-                self.reads_per_recv.append(len(data))
                 for message in decoder.feed(data):
                     await self.received.put((connection, message))
                     reply = self._reply(message)
