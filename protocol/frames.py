@@ -156,13 +156,9 @@ def _parse(raw: bytes) -> Frame:
     raise UnknownTypeError(f"unknown frame type 0x{ftype:02x}", raw)
 
 
-class FrameDecoder:
-    """Streaming decoder: feed it bytes as they arrive, get whole frames back.
-
-    A partial frame waits for more bytes. Garbage, bad lengths and CRC errors are counted
-    by reason in `rejected`, kept (with their bytes) in `recent_errors`, and skipped:
-    decoding resumes at the next sync pattern. `feed` never raises.
-    """
+class StreamDecoder:
+    """What a streaming decoder of sync-delimited frames keeps: the bytes waiting for the rest of a frame, the count
+    of frames, skipped bytes and rejections by reason, and the latest rejections with their bytes."""
 
     def __init__(self, keep_errors: int = 100) -> None:
         self._buf = bytearray()
@@ -183,11 +179,38 @@ class FrameDecoder:
         self.skipped_bytes += n
         del self._buf[:n]
 
+    def _at_sync(self, sync: bytes) -> bool:
+        """Drop the bytes before the next sync pattern; whether the buffer now starts with one. A trailing first byte
+        of the pattern is kept: it may be the first half of a sync split across reads."""
+        start = self._buf.find(sync)
+        if start < 0:
+            keep = 1 if self._buf.endswith(sync[:1]) else 0
+            if len(self._buf) > keep:
+                self._skip(len(self._buf) - keep)
+            return False
+        if start > 0:
+            self._skip(start)
+        return True
+
     def _resync(self) -> None:
         """Skip the sync of a rejected frame; the real frame may start inside its bytes."""
         self._resyncing = True
         self.skipped_bytes += 1
         del self._buf[:1]
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back waiting for the rest of a frame."""
+        return len(self._buf)
+
+
+class FrameDecoder(StreamDecoder):
+    """Streaming decoder: feed it bytes as they arrive, get whole frames back.
+
+    A partial frame waits for more bytes. Garbage, bad lengths and CRC errors are counted
+    by reason in `rejected`, kept (with their bytes) in `recent_errors`, and skipped:
+    decoding resumes at the next sync pattern. `feed` never raises.
+    """
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add bytes from the port; return the frames they complete."""
@@ -195,15 +218,8 @@ class FrameDecoder:
         buf += data
         out: list[Frame] = []
         while True:
-            start = buf.find(SYNC)
-            if start < 0:
-                # Keep a trailing 0xAA: it may be the first half of a sync split across reads.
-                keep = 1 if buf.endswith(SYNC[:1]) else 0
-                if len(buf) > keep:
-                    self._skip(len(buf) - keep)
+            if not self._at_sync(SYNC):
                 break
-            if start > 0:
-                self._skip(start)
             if len(buf) < 3:
                 break
             length = buf[2]
@@ -228,8 +244,3 @@ class FrameDecoder:
                 continue
             self.frames += 1
         return out
-
-    @property
-    def pending(self) -> int:
-        """Bytes held back waiting for the rest of a frame."""
-        return len(self._buf)

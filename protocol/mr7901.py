@@ -11,13 +11,13 @@ same bytes. Integers are big-endian except the port in a register reply, which i
 from __future__ import annotations
 
 import struct
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 
-from protocol.frames import BadLengthError, CrcError, FrameError, GarbageError, PayloadError, crc16
+from protocol.frames import BadLengthError, CrcError, FrameError, PayloadError, StreamDecoder, crc16
 
 SYNC = b"\x55\xaa"
 HEADER_LENGTH = 28
@@ -375,7 +375,7 @@ def _parse(raw: bytes, unknown_tlvs: Counter[int]) -> Message:
     return _PARSERS[command](head, data, raw)
 
 
-class Mr7901Decoder:
+class Mr7901Decoder(StreamDecoder):
     """Streaming decoder for one vendor station's TCP stream: feed it bytes as they arrive, get whole messages.
 
     A partial frame waits for more bytes. Garbage, bad lengths, CRC errors, unknown commands and bad payloads
@@ -385,30 +385,8 @@ class Mr7901Decoder:
     """
 
     def __init__(self, keep_errors: int = 100) -> None:
-        self._buf = bytearray()
-        self._resyncing = False
-        self.frames = 0
-        self.skipped_bytes = 0
-        self.rejected: Counter[str] = Counter()
+        super().__init__(keep_errors)
         self.unknown_tlvs: Counter[int] = Counter()
-        self.recent_errors: deque[FrameError] = deque(maxlen=keep_errors)
-
-    def _reject(self, error: FrameError) -> None:
-        self.rejected[error.reason] += 1
-        self.recent_errors.append(error)
-
-    def _skip(self, n: int) -> None:
-        """Drop n bytes that belong to no frame; report them unless they trail a rejected frame."""
-        if not self._resyncing:
-            self._reject(GarbageError("bytes outside any frame", bytes(self._buf[:n])))
-        self.skipped_bytes += n
-        del self._buf[:n]
-
-    def _resync(self) -> None:
-        """Skip the sync of a rejected frame; the real frame may start inside its bytes."""
-        self._resyncing = True
-        self.skipped_bytes += 1
-        del self._buf[:1]
 
     def feed(self, data: bytes) -> list[Message]:
         """Add bytes from the connection; return the messages they complete."""
@@ -416,15 +394,8 @@ class Mr7901Decoder:
         buf += data
         out: list[Message] = []
         while True:
-            start = buf.find(SYNC)
-            if start < 0:
-                # Keep a trailing 0x55: it may be the first half of a sync split across reads.
-                keep = 1 if buf.endswith(SYNC[:1]) else 0
-                if len(buf) > keep:
-                    self._skip(len(buf) - keep)
+            if not self._at_sync(SYNC):
                 break
-            if start > 0:
-                self._skip(start)
             if len(buf) < 4:
                 break
             length = int.from_bytes(buf[2:4], "big")
@@ -452,8 +423,3 @@ class Mr7901Decoder:
             self.unknown_tlvs.update(unknown_tlvs)
             self.frames += 1
         return out
-
-    @property
-    def pending(self) -> int:
-        """Bytes held back waiting for the rest of a frame."""
-        return len(self._buf)
