@@ -16,7 +16,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # Why a read went to the primary: no replica configured; the replica unreachable (or timing out); further behind than
 # database_replica_max_lag_s; or the server named is not a standby at all (e.g. promoted: it no longer follows).
 Fallback = Literal["no_replica", "replica_away", "replica_lagging", "not_a_standby"]
-FALLBACKS: tuple[Fallback, ...] = ("no_replica", "replica_away", "replica_lagging", "not_a_standby")
+FALLBACKS: tuple[Fallback, ...] = get_args(Fallback)
 
 # now() - pg_last_xact_replay_timestamp() alone grows on an idle primary (no new transaction to replay) without any
 # real lag; so a standby that has replayed all the WAL it received, while its WAL receiver runs (streaming from the
