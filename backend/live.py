@@ -21,6 +21,11 @@ from backend.alarms import queries, store
 
 log = logging.getLogger(__name__)
 
+# A round of alarm changes ends when no notification came for ROUND_QUIET_S, or at these limits.
+ROUND_QUIET_S = 0.003
+ROUND_MAX_WAIT_S = 0.05
+ROUND_MAX_ALARMS = 500
+
 
 class LiveFeed:
     """Listens for alarm changes and hands each subscriber the full alarm as JSON."""
@@ -74,8 +79,7 @@ class LiveFeed:
         so a stream of low-battery updates never holds a stolen chip's alarm back."""
         while True:
             ids = [await pending.get()]
-            while not pending.empty() and len(ids) < 500:
-                ids.append(pending.get_nowait())
+            await self._gather_round(pending, ids)
             try:
                 async with self._pool.connection() as conn:
                     changed = await queries.get_alarms(conn, list(dict.fromkeys(ids)))
@@ -84,6 +88,21 @@ class LiveFeed:
                 continue
             for alarm in changed:
                 self._send(alarm)
+
+    @staticmethod
+    async def _gather_round(pending: asyncio.Queue[int], ids: list[int]) -> None:
+        """Add to `ids` what else is notified until the notifications stop coming for a moment (a commit's
+        notifications reach us in several reads of the socket), at most 500 alarms or 50 ms."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROUND_MAX_WAIT_S
+        while len(ids) < ROUND_MAX_ALARMS:
+            while not pending.empty() and len(ids) < ROUND_MAX_ALARMS:
+                ids.append(pending.get_nowait())
+            if len(ids) >= ROUND_MAX_ALARMS or loop.time() >= deadline:
+                return
+            await asyncio.sleep(ROUND_QUIET_S)
+            if pending.empty():
+                return
 
     def _send(self, alarm: dict[str, Any]) -> None:
         # Each viewer gets the alarm as its scope shows it: in full, or without the details of a bike not stolen.
