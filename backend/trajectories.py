@@ -143,11 +143,24 @@ def _name(t: Trajectory) -> str:
     return f"Bikeguard bike {t.bike_id}" + (f" (chip {_tag(t)})" if t.tag_id is not None else "")
 
 
+def totals(t: Trajectory) -> dict[str, float | int]:
+    """What an owner asks of a day: the distance between the stations passed, the time on the way between them,
+    the time parked (stayed at a station) and the stops."""
+    return {
+        "distance_m": round(sum((leg.distance_m for leg in t.legs), 0.0), 1),
+        "moving_s": round(sum((leg.duration_s for leg in t.legs if leg.duration_s > 0), 0.0), 1),
+        "parked_s": round(sum((stop.dwell_s for stop in t.stops), 0.0), 1),
+        "stops": len(t.stops),
+    }
+
+
 def to_summary(t: Trajectory) -> dict[str, Any]:
-    """Stops with their dwell and legs with distance, speed and heading, as JSON-ready values (times in ISO 8601)."""
+    """Stops with their dwell and legs with distance, speed and heading, and their totals, as JSON-ready values
+    (times in ISO 8601)."""
     return {
         "bike_id": t.bike_id,
         "tag_id": _tag(t) or None,
+        "totals": totals(t),
         "stops": [
             {
                 "station_id": s.station_id,
@@ -297,8 +310,15 @@ def export_filename(bike_id: int, since: datetime, until: datetime, fmt: str) ->
 
 
 async def _bike_passages(
-    conn: psycopg.AsyncConnection[Any], bike_id: int, since: datetime, until: datetime, limit: int
+    conn: psycopg.AsyncConnection[Any],
+    bike_id: int,
+    since: datetime,
+    until: datetime,
+    limit: int,
+    *,
+    newest_first: bool = False,
 ) -> list[dict[str, Any]]:
+    order = "DESC" if newest_first else "ASC"
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT x.station_id, s.name AS station_name, s.lat, s.lon, x.first_seen_at, x.last_seen_at, x.tag_id"
@@ -307,11 +327,21 @@ async def _bike_passages(
             "  AND x.first_seen_at >= greatest(cb.valid_from, %s)"
             "  AND x.first_seen_at < least(coalesce(cb.valid_to, 'infinity'), %s)"
             " JOIN stations s ON s.station_id = x.station_id"
-            " WHERE cb.bike_id = %s AND cb.kind = 'chip'"
-            " ORDER BY x.first_seen_at LIMIT %s",
+            f" WHERE cb.bike_id = %s AND cb.kind = 'chip' ORDER BY x.first_seen_at {order} LIMIT %s",
             (since, until, bike_id, limit),
         )
         return await cur.fetchall()
+
+
+async def last_passage_of_bike(
+    conn: psycopg.AsyncConnection[Any], bike_id: int, since: datetime, until: datetime
+) -> dict[str, Any] | None:
+    """Where the bike was last seen in [since, until) (the passages of_bike counts), as last_seen gives it."""
+    rows = await _bike_passages(conn, bike_id, since, until, 1, newest_first=True)
+    if not rows:
+        return None
+    row = rows[0]
+    return {k: row[k] for k in ("station_id", "station_name", "lat", "lon")} | {"seen_at": row["last_seen_at"]}
 
 
 async def of_bike(

@@ -22,6 +22,7 @@ def build_trajectory_map(
     *,
     stations: list[dict[str, Any]] | None = None,
     title: str | None = None,
+    lang: str = "en",
     assets_base: str = DEFAULT_BASE,
     tile_url: str | None = None,
     tile_attribution: str | None = None,
@@ -48,5 +49,5 @@ def build_trajectory_map(
         who = f"Bike {summary['bike_id']}" if summary.get("bike_id") else None
         title = who or (f"Chip {summary['tag_id']}" if summary.get("tag_id") else "Trajectory")
     add_to_head(m, "bikeguard_trajectory_title", f"<title>{TITLE}</title>")
-    m.add_child(Replay(m, summary, title))
+    m.add_child(Replay(m, summary, title, lang))
     return m

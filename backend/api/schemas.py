@@ -285,6 +285,15 @@ class TrajectoryLeg(BaseModel):
     heading: str
 
 
+class TrajectoryTotals(BaseModel):
+    """A window's trip summary: distance between the stations passed, time on the way, time parked, stops."""
+
+    distance_m: float
+    moving_s: float
+    parked_s: float
+    stops: int
+
+
 class TrajectorySummary(BaseModel):
     """A bike's trajectory over the window the caller may see: stops in time order and the legs between them."""
 
@@ -294,6 +303,7 @@ class TrajectorySummary(BaseModel):
     until: datetime
     stops: list[TrajectoryStop]
     legs: list[TrajectoryLeg]
+    totals: TrajectoryTotals
 
 
 class TrailPoint(BaseModel):
@@ -527,6 +537,16 @@ class TheftPublic(BaseModel):
     reported_at: datetime
 
 
+class LastSeenPublic(BaseModel):
+    """Where a bike's chip last passed a station."""
+
+    station_id: str
+    station_name: str
+    lat: float
+    lon: float
+    seen_at: datetime
+
+
 class BikePublic(BaseModel):
     """A bike with its chip and theft state (and its owner, masked, for those who may see it)."""
 
@@ -548,16 +568,9 @@ class BikePublic(BaseModel):
     former_plate: str | None = Field(default=None, description="a deregistered bike's last plate (now released)")
     photo_ids: list[int]
     owner: OwnerSummary | None = None
-
-
-class LastSeenPublic(BaseModel):
-    """Where a bike's chip last passed a station."""
-
-    station_id: str
-    station_name: str
-    lat: float
-    lon: float
-    seen_at: datetime
+    last_seen: LastSeenPublic | None = Field(
+        default=None, description="the owner's own bikes: where it was last seen since it became theirs"
+    )
 
 
 class Refusal(BaseModel):

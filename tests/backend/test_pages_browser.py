@@ -371,3 +371,53 @@ def test_chinese_words_are_drawn_with_a_chinese_font_on_a_machine_that_has_none(
             assert "Noto Sans CJK SC" in _fonts_of(page, selector), selector
         page.screenshot(path=str(screenshot_path("counter-start-zh.png")))
         assert console_errors(page) == []
+
+
+@pytest.mark.parametrize(
+    ("lang", "words"),
+    [("en", ("Last seen at Station st-west", "km between stations", "parked")), ("zh", ("最后出现", "公里", "停放"))],
+)
+def test_owner_sees_where_the_bike_is_and_its_day_on_the_map(
+    server: str, database_url: str, database_owner_url: str, lang: str, words: tuple[str, ...]
+) -> None:
+    clerk = _clerk(database_url)
+    with _api_as(server, clerk) as api:
+        done = api.post("/api/bikes", json=factories.registration(plate=f"HZ-4100{len(lang)}")).json()
+    tag = int(done["bike"]["tag_id"], 16)
+    with psycopg.connect(database_owner_url) as conn:
+        # Registered two hours ago, as if: bindings are history the application cannot rewrite, the test can.
+        conn.execute("ALTER TABLE bike_bindings DISABLE TRIGGER USER")
+        conn.execute(
+            "UPDATE bike_bindings SET valid_from = valid_from - interval '2 hours' WHERE bike_id = %s",
+            (done["bike"]["bike_id"],),
+        )
+        conn.execute("ALTER TABLE bike_bindings ENABLE TRIGGER USER")
+        for i, station_id in enumerate(("st-east", "st-mid", "st-west")):
+            factories.station(conn, station_id, 30.270, 120.170 - 0.0115 * i)
+        # A ride this past hour: parked 10 min, 5 min west, 4 min on, parked 20 min.
+        for station_id, start_min, end_min in (("st-east", 60, 50), ("st-mid", 45, 44), ("st-west", 40, 20)):
+            conn.execute(
+                "INSERT INTO sightings (first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm,"
+                " antenna, flags, batch_seq) VALUES (now() - make_interval(mins => %s),"
+                " now() - make_interval(mins => %s), %s, %s, 3, -60, 0, 0, 1)",
+                (start_min, end_min, station_id, tag),
+            )
+    with browser_page(1300, 1300) as page:
+        page.goto(f"{server}/portal?lang={lang}")
+        _sign_in(page, done["owner_login"]["username"], done["owner_login"]["initial_password"])
+        page.wait_for_selector("#password-form")
+        page.fill("#current", done["owner_login"]["initial_password"])
+        page.fill("#new", OWNER_PASSWORD)
+        page.fill("#repeat", OWNER_PASSWORD)
+        page.click("#password-form button")
+        page.wait_for_selector(".bg-bike .bg-where")
+        page.click(".bg-bike details[data-key=where] summary")
+        page.wait_for_selector(".bg-trip:not(:empty)")
+        frame = page.frame_locator("iframe.bg-trail")
+        frame.locator(".leaflet-container").wait_for()
+        text = page.inner_text(".bg-bike")
+        assert all(w in text for w in words), text
+        page.wait_for_timeout(500)  # the tiles-free base map and the route settle
+        page.screenshot(path=str(screenshot_path(f"owner-where-{lang}.png")))
+        assert console_errors(page) == []
+        assert raw_keys(page) == []

@@ -135,7 +135,13 @@ def test_a_bike_seen_nowhere_exports_empty_but_valid_documents():
     assert gpxpy.parse(trajectories.export(t, "gpx")).tracks[0].name == "Bikeguard bike 3"
     assert json.loads(trajectories.export(t, "geojson"))["features"][0]["geometry"]["coordinates"] == []
     assert len(list(csv.reader(io.StringIO(trajectories.export(t, "csv"))))) == 1
-    assert trajectories.to_summary(t) == {"bike_id": 3, "tag_id": None, "stops": [], "legs": []}
+    assert trajectories.to_summary(t) == {
+        "bike_id": 3,
+        "tag_id": None,
+        "totals": {"distance_m": 0.0, "moving_s": 0.0, "parked_s": 0.0, "stops": 0},
+        "stops": [],
+        "legs": [],
+    }
 
 
 def test_export_file_names_carry_the_bike_and_the_days():

@@ -7,6 +7,7 @@ decoded and re-encoded (what is served is only pixels), and every response carri
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,13 +67,13 @@ def _directives(policy: str) -> dict[str, list[str]]:
     return {words[0]: words[1:] for words in parts}
 
 
-# The installer's page shows these two maps in frames of its own; no other site may frame them.
-FRAMED_BY_OUR_PAGES = ("/installer/map", "/installer/coverage")
+# The installer's page and the owner portal show these maps in frames of their own; no other site may frame them.
+FRAMED_BY_OUR_PAGES = re.compile(r"/installer/map|/installer/coverage|/portal/bikes/[0-9]+/map")
 
 
 def _assert_protected(r: Any) -> None:
     where = f"{r.request.method} {r.request.url.path}"
-    framing = ["'self'"] if r.request.url.path in FRAMED_BY_OUR_PAGES else ["'none'"]
+    framing = ["'self'"] if FRAMED_BY_OUR_PAGES.fullmatch(r.request.url.path) else ["'none'"]
     assert r.headers.get("x-content-type-options") == "nosniff", where
     assert r.headers.get("referrer-policy") in {"no-referrer", "same-origin", "strict-origin"}, where
     policy = _directives(r.headers.get("content-security-policy", ""))

@@ -2,7 +2,7 @@
 
 Scripts run only from our own files or with the response's nonce (the folium map pages, whose scripts are
 inline, carry it); styles may be inline (Leaflet needs it); no page may be framed by another site, and only the
-installer's own page frames its maps.
+installer's page and the owner portal frame their maps.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _NONCE_KEY = "bikeguard.csp_nonce"
-# The installer's page shows these maps in frames of its own (installer.html); every other page refuses framing.
-FRAMED_BY_OUR_PAGES = frozenset({"/installer/map", "/installer/coverage"})
+# The installer's page (installer.html) and the owner portal (portal.js) show these maps in frames of their own; every
+# other page refuses framing.
+FRAMED_BY_OUR_PAGES = re.compile(r"/installer/map|/installer/coverage|/portal/bikes/[0-9]+/map")
 _INLINE_SCRIPT = re.compile(r"<script\b(?![^>]*\bnonce=)", re.IGNORECASE)
 
 
@@ -76,7 +77,7 @@ class SecurityHeaders:
             return
         nonce = secrets.token_urlsafe(18)
         scope[_NONCE_KEY] = nonce
-        framed = scope["path"] in FRAMED_BY_OUR_PAGES
+        framed = FRAMED_BY_OUR_PAGES.fullmatch(scope["path"]) is not None
         extra = [
             (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"same-origin"),

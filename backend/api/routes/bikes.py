@@ -45,6 +45,8 @@ from protocol.ids import TAG_ID_ANY_CASE_PATTERN, is_tag_text
 from protocol.messages import parse_tag, utcnow
 
 router = APIRouter(prefix="/api/bikes", tags=["bikes"])
+# How far back an owner's bike list looks for where each bike was last seen.
+_LAST_SEEN_DAYS = 30
 BikeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Counter = Annotated[User, allow("clerk", "admin")]
 
@@ -105,6 +107,11 @@ async def list_bikes(
     viewer = viewer_of(user)
     if viewer.bike_owner is not None:
         found = await registry.find_bikes(conn, owner_id=viewer.bike_owner)
+        now = utcnow()
+        for bike in found:
+            # Where it was last seen, never from before it became theirs (bike_window says since when).
+            since, until = await viewer.bike_window(conn, bike, now - timedelta(days=_LAST_SEEN_DAYS), now, None)
+            bike["last_seen"] = await trajectories.last_passage_of_bike(conn, bike["bike_id"], since, until)
     else:
         if plate is None and tag_id is None and frame_number is None:
             raise InvalidValue("give plate, tag_id or frame_number", "plate")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
@@ -16,12 +17,13 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from backend import access, certificates, coverage, photos, station_health, stations
+from backend import access, certificates, coverage, photos, station_health, stations, trajectories
 from backend.accounts import Role, User
 from backend.alarms import queries as alarms
 from backend.alarms.kinds import STATION_KINDS
 from backend.api.deps import Conn, OptionalUser, PublicBaseUrl, RegistryDep, Settings, SignerDep
 from backend.api.middleware.headers import csp_nonce, with_nonce
+from backend.api.schemas import ApiTime
 from backend.identity import mask_mobile, mask_name
 from backend.settings import BackendSettings
 from backend.web import LANG_COOKIE, choose_language, render
@@ -30,6 +32,7 @@ from backend.web.translations import MESSAGES
 from maps.coverage import build_coverage_map
 from maps.live import build_live_map
 from maps.stations import build_station_map
+from maps.trajectory import build_trajectory_map
 from protocol.ids import STATION_ID_PATTERN
 from protocol.messages import utcnow
 
@@ -294,6 +297,40 @@ async def portal(request: Request, user: OptionalUser, lang: str | None = None) 
     if refused := _gate(request, user, ("owner",), chosen):
         return refused
     return _page(render("portal.html", chosen, user=user, config={}), chosen)
+
+
+@router.get("/portal/bikes/{bike_id}/map", response_class=HTMLResponse)
+async def portal_bike_map(
+    request: Request,
+    bike_id: BikeId,
+    conn: Conn,
+    registry: RegistryDep,
+    settings: Settings,
+    user: OptionalUser,
+    since: ApiTime | None = None,
+    until: ApiTime | None = None,
+    lang: str | None = None,
+) -> Response:
+    """Owner: their bike's trail over [since, until) (default: the last 24 h) on the map, never from before it became
+    theirs (shown inside /portal); another owner's bike is a 404."""
+    chosen = _lang(request, lang)
+    if refused := _gate(request, user, ("owner",), chosen):
+        return refused
+    assert user is not None
+    until_at = until or utcnow()
+    viewer = access.viewer_of(user, settings)
+    bike = await viewer.check_bike(conn, registry, bike_id)
+    since_at, until_at = await viewer.bike_window(conn, bike, since or until_at - timedelta(hours=24), until_at, None)
+    found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
+    m = build_trajectory_map(
+        trajectories.to_summary(found),
+        await stations.roads_geojson(conn),
+        title=bike["plate"] or f"#{bike_id}",
+        lang=chosen,
+        tile_url=settings.tile_url,
+        tile_attribution=settings.tile_attribution,
+    )
+    return _map_page(request, m.get_root().render())
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-/* The owner portal: my bikes (arm/disarm, report stolen, recovered, certificate, history, consent to a
- * transfer) and the alerts about them, refreshed every few seconds. */
+/* The owner portal: my bikes (where each was last seen, its trail and trips of a chosen day on the map, arm/disarm,
+ * report stolen, recovered, certificate, history, consent to a transfer) and the alerts about them, refreshed every
+ * few seconds. */
 (function () {
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
@@ -28,6 +29,9 @@
       fact(t("brand") + " / " + t("model") + " / " + t("colour"), [bike.brand, bike.model, bike.colour].filter(Boolean).join(" · ")) +
       fact(t("frame"), bike.frame_number) + fact(t("chip"), bike.tag_id) + fact(t("registered"), BG.time(bike.registered_at)) +
       "</dl>" +
+      "<p class='bg-where'>" + esc(bike.last_seen
+        ? t("last_seen", { station: bike.last_seen.station_name, t: BG.time(bike.last_seen.seen_at) })
+        : t("not_seen")) + "</p>" +
       "<div class='bg-actions'>" +
       (bike.stolen
         ? "<button class='bg-primary' data-act='recovered'>" + esc(t("mark_recovered")) + "</button>"
@@ -44,6 +48,10 @@
         "<label class='bg-field'><span>" + esc(t("circumstances")) + "</span><textarea name='circumstances' maxlength='2000' rows='3'></textarea></label>" +
         "<label class='bg-field'><span>" + esc(t("police_report")) + "</span><input name='police_report' maxlength='50'></label>" +
         "<button class='bg-danger'>" + esc(t("send_report")) + "</button></form></details>") +
+      "<details data-key='where'><summary>" + esc(t("where_is_it")) + "</summary>" +
+      "<label class='bg-field bg-day'><span>" + esc(t("day")) + "</span><input type='date' name='day' value='" + localNow().slice(0, 10) + "'></label>" +
+      "<p class='bg-trip' data-role='trip'></p>" +
+      "<iframe class='bg-map-frame bg-trail' title='" + esc(t("trail_map")) + "'></iframe></details>" +
       "<details data-key='history'><summary>" + esc(t("history")) + "</summary><div class='bg-history-table'></div></details>" +
       "<p class='bg-error' role='alert' hidden></p>";
     var error = el.querySelector(".bg-error");
@@ -85,10 +93,33 @@
       d.addEventListener("toggle", function () {
         open[key] = d.open;
         if (d.open && d.dataset.key === "history") { history(bike.bike_id, d.querySelector(".bg-history-table")); }
+        if (d.open && d.dataset.key === "where") { trail(bike.bike_id, d); }
       });
       if (d.open && d.dataset.key === "history") { history(bike.bike_id, d.querySelector(".bg-history-table")); }
+      if (d.open && d.dataset.key === "where") { trail(bike.bike_id, d); }
+      if (d.dataset.key === "where") { d.querySelector("input[name=day]").addEventListener("change", function () { trail(bike.bike_id, d); }); }
     });
     return el;
+  }
+  function duration(s) {
+    var m = Math.round(s / 60);
+    return m < 60 ? t("minutes", { n: m }) : t("hours_minutes", { h: Math.floor(m / 60), m: m % 60 });
+  }
+  /* The chosen day (the browser's own midnight to midnight) on the map, and its trip summary. */
+  function trail(bikeId, box) {
+    var day = box.querySelector("input[name=day]").value || localNow().slice(0, 10);
+    var since = new Date(day + "T00:00"), until = new Date(since.getTime());
+    until.setDate(until.getDate() + 1);
+    var q = "since=" + encodeURIComponent(since.toISOString()) + "&until=" + encodeURIComponent(until.toISOString());
+    box.querySelector("iframe").src = "/portal/bikes/" + bikeId + "/map?" + q + "&lang=" + document.documentElement.lang.slice(0, 2);
+    var trip = box.querySelector("[data-role=trip]");
+    BG.api("GET", "/api/bikes/" + bikeId + "/trajectory/summary?" + q).then(function (r) {
+      if (!r.ok) { trip.textContent = r.message; return; }
+      var s = r.data.totals;
+      trip.textContent = s.stops ? t("trip_totals", {
+        km: (s.distance_m / 1000).toFixed(1), moving: duration(s.moving_s), parked: duration(s.parked_s), stops: s.stops
+      }) : t("no_trips");
+    });
   }
   function history(bikeId, box) {
     BG.api("GET", "/api/bikes/" + bikeId + "/history").then(function (r) {
