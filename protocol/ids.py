@@ -1,4 +1,4 @@
-"""Station and tag ids: their patterns are written here and nowhere else, with the checks built on them.
+"""Station, tag and vendor device ids: their patterns are written here and nowhere else, with the checks built on them.
 
 A station id is what its topics carry: 1-64 of lower-case letters, digits, '-' and '_', starting with a letter
 or digit (so it can never be an MQTT wildcard, a `$share` prefix or a path). A tag id is the chip's 32-bit id

@@ -101,6 +101,8 @@ def test_a_device_id_registered_to_another_station_is_refused_with_409(staff: St
         (_vendor("MR7901-1", "Mars/Olympus_Mons"), "time_zone"),
         (_vendor("MR7901-1", ""), "time_zone"),
         (_vendor("MR7901-1", "../../etc/passwd"), "time_zone"),
+        (_vendor("MR7901-1", "localtime"), "time_zone"),  # the machine's own zone: the bridge's may differ
+        (_vendor("MR7901-1", "posix/Asia/Shanghai"), "time_zone"),  # a file under zoneinfo, not an IANA name
         (_vendor("MR7901 1"), "device_id"),  # a space
         (_vendor(""), "device_id"),
         (_vendor("A" * 17), "device_id"),  # the frame holds 16 bytes
