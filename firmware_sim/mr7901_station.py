@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo
 from protocol.frames import Beacon, TagFlags
 from protocol.mr7901 import (
     MAX_DATA,
+    STATUS_ALARM,
+    STATUS_LOW_BATTERY,
     Heartbeat,
     Login,
     LoginReply,
@@ -41,8 +43,6 @@ from protocol.mr7901 import (
 log = logging.getLogger(__name__)
 
 TAG_TYPE = 0x02  # the vendor's code for its standard e-bike chip, as in the spec's worked example
-STATUS_ALARM = 0x01  # bit 0, the vendor's alarm: our tag's tamper latch
-STATUS_LOW_BATTERY = 0x02  # bit 1: our own convention, a bit the vendor leaves to the station
 READ_SIZE = 17
 MAX_READS_PER_UPLOAD = (MAX_DATA - 4) // READ_SIZE  # one TLV header, then 17 bytes per read: 240
 

@@ -18,6 +18,7 @@ from gateway.selftest import Report, SelfTest, SelfTestSettings, StepResult
 from gateway.selftest.report import format_prompt, format_step, format_summary
 from gateway.settings import GatewaySettings, StationFilesSettings
 from gateway.station import run_gateway
+from gateway.vendor.cli import vendor_main
 from protocol.messages import utcnow
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -59,7 +60,8 @@ def gateway_parser() -> argparse.ArgumentParser:
         description="Station gateway: serial frames in, MQTT out. Arguments override "
         "BIKEGUARD_GATEWAY_* environment variables.",
         epilog="`bikeguard gateway selftest --help`: the commissioning self-test; `bikeguard gateway rejected "
-        "--help`: the byte runs the radio's decoder refused (docs/installer.md).",
+        "--help`: the byte runs the radio's decoder refused; `bikeguard gateway vendor --help`: the bridge for vendor "
+        "(MR7901) stations (docs/installer.md).",
     )
     add_station_arguments(parser)
     return parser
@@ -197,12 +199,14 @@ def rejected_main(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`bikeguard gateway`: run one station from env and arguments (`… selftest`: its self-test; `… rejected`: its
-    rejected runs)."""
+    rejected runs; `… vendor`: the bridge for vendor stations)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["selftest"]:
         return selftest_main(argv[1:])
     if argv[:1] == ["rejected"]:
         return rejected_main(argv[1:])
+    if argv[:1] == ["vendor"]:
+        return vendor_main(argv[1:])
     parser = gateway_parser()
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=args.pop("log_level").upper(), format=_LOG_FORMAT)

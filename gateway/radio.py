@@ -128,6 +128,18 @@ class Radio:
         """All rejected byte runs."""
         return sum(self.decoder.rejected.values())
 
+    # A radio module does not keep what it sent: there is nothing to acknowledge (gateway.station.Receiver).
+    acknowledges = False
+
+    def spooled(self) -> None:
+        """Nothing to do: the module is never told what is safe."""
+
+    @property
+    def on_air(self) -> bool:
+        """Always: a station with a radio module is on the air while its gateway runs (a failing port shows in
+        its counters and the self-test)."""
+        return True
+
     @classmethod
     def of_station(
         cls,

@@ -8,13 +8,16 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from gateway import metrics
 from gateway.aggregator import Aggregator
 from gateway.hotlist import HotList
-from gateway.radio import Radio
+from gateway.radio import Radio, Reception
+from gateway.rejected_runs import RejectedRunsFile
 from gateway.settings import GatewaySettings
 from gateway.spool import Spool
 from gateway.uplink import Uplink
@@ -28,12 +31,57 @@ log = logging.getLogger(__name__)
 _STABLE_RUN_S = 60.0
 
 
+class Receiver(Protocol):
+    """Where a station's frames come from: its radio module (gateway.radio.Radio), or a vendor station's TCP
+    link to the bridge (gateway.vendor.link.VendorLink)."""
+
+    rejected_runs: RejectedRunsFile | None
+    dropped: int
+    port_errors: int
+    # Whether the sender keeps what is not acknowledged (a vendor station resends an upload without a reply): then
+    # every read is checkpointed in the spool before `spooled` says so, and only then acknowledged.
+    acknowledges: bool
+
+    @property
+    def frames(self) -> int:
+        """Valid frames decoded since start."""
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Rejected byte runs by reason."""
+
+    @property
+    def rejected_total(self) -> int:
+        """All rejected byte runs."""
+
+    @property
+    def on_air(self) -> bool:
+        """Whether the station hears tags now (False: its status says offline)."""
+
+    async def run(self) -> None:
+        """Receive until cancelled."""
+
+    async def get(self) -> Reception:
+        """The next frame."""
+
+    def spooled(self) -> None:
+        """Every frame taken with `get` so far is safe in the spool (its passage checkpointed or its sighting
+        spooled)."""
+
+
 class Station:
     """One station's gateway: `await run()` until cancelled."""
 
-    def __init__(self, settings: GatewaySettings, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        receiver: Receiver | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self._receiver = receiver  # None: the radio module on settings.serial_url
         self.sightings_topic = station_topic(settings.station_id, "sightings")
         self.alerts_topic = station_topic(settings.station_id, "alerts")
         self.hotlist = HotList()
@@ -46,12 +94,14 @@ class Station:
         )
         self.noise_floor_dbm: int | None = None
         self.spool: Spool | None = None
-        self.radio: Radio | None = None
+        self.radio: Receiver | None = None
         self.uplink: Uplink | None = None
         self._started = time.monotonic()
         # What the spool's open-passage checkpoint holds: tag id -> first_seen_at of that passage.
         self._checkpointed: dict[int, datetime] = {}
         self._checkpoint_refreshed = time.monotonic()
+        # Tags heard since the last checkpoint, whose passages it rewrites when the receiver acknowledges reads.
+        self._touched: set[int] = set()
         self.restarts = 0  # by the fleet's supervisor, after this station's task failed
 
     async def run(self) -> None:
@@ -74,7 +124,7 @@ class Station:
         self.aggregator.restore(restored)
         self._checkpointed = {p.tag_id: p.first_seen_at for p in restored}
         self._checkpoint_refreshed = time.monotonic()
-        self.radio = Radio.of_station(s, clock=self.clock)
+        self.radio = self._receiver or Radio.of_station(s, clock=self.clock)
         self.uplink = Uplink(s, spool, self.hotlist, self.status)
         self._started = time.monotonic()
         log.info(
@@ -104,7 +154,7 @@ class Station:
         radio, spool, uplink = self.radio, self.spool, self.uplink
         return StationStatus(
             station_id=self.settings.station_id,
-            state="online",
+            state="online" if radio is None or radio.on_air else "offline",
             sent_at=self.clock(),
             firmware=self.settings.firmware,
             uptime_s=round(time.monotonic() - self._started, 3),
@@ -117,6 +167,11 @@ class Station:
             hotlist_version=self.hotlist.version if self.hotlist else None,
             noise_floor_dbm=self.noise_floor_dbm,
         )
+
+    def status_changed(self) -> None:
+        """Publish the status now (the receiver went on or off the air)."""
+        if self.uplink is not None:
+            self.uplink.status_changed()
 
     def figures(self) -> metrics.StationFigures:
         """Its counters now for /metrics (on the event loop's thread: the spool is read here)."""
@@ -156,11 +211,13 @@ class Station:
                 figures.counters["rejected_runs_unsaved"] = radio.rejected_runs.unsaved
         return figures
 
-    async def _consume(self, radio: Radio) -> None:
+    async def _consume(self, radio: Receiver) -> None:
         while True:
             reception = await radio.get()
             frame = reception.frame
             if isinstance(frame, Beacon):
+                if radio.acknowledges:
+                    self._touched.add(frame.tag_id)
                 for alert in self.aggregator.add(frame, reception.received_at):
                     self._spool_alert(alert)
                 if self.aggregator.closed_count >= self.settings.batch_max:
@@ -189,14 +246,23 @@ class Station:
         spools their sighting, so after a crash every passage is either open in the checkpoint or
         in the outbox, never both and never neither. Counts of passages already checkpointed are
         rewritten only when `refresh` is set (every passage_checkpoint_s): rewriting 500 rows a
-        second would wear an SD card for little.
+        second would wear an SD card for little - unless the receiver acknowledges reads (a vendor
+        station forgets what is acknowledged), when each passage heard since is rewritten before the
+        receiver is told its reads are spooled.
         """
         assert self.spool is not None
         open_now = self.aggregator.open_passages
         checkpointed = self._checkpointed
+        touched = self._touched
         gone = [tag for tag in checkpointed if tag not in open_now]
-        changed = [p for p in open_now.values() if refresh or checkpointed.get(p.tag_id) != p.first_seen_at]
+        changed = [
+            p
+            for p in open_now.values()
+            if refresh or p.tag_id in touched or checkpointed.get(p.tag_id) != p.first_seen_at
+        ]
         if not (sightings or gone or changed):
+            if self.radio is not None:
+                self.radio.spooled()
             return
         step = self.settings.batch_max
         with self.spool.atomic():
@@ -211,11 +277,14 @@ class Station:
 
                 self.spool.put_sightings(self.sightings_topic, build, len(chunk))
             self.spool.save_passages(changed, gone)
+        touched.clear()
         for tag in gone:
             del checkpointed[tag]
         checkpointed.update((p.tag_id, p.first_seen_at) for p in changed)
         if refresh:
             self._checkpoint_refreshed = time.monotonic()
+        if self.radio is not None:
+            self.radio.spooled()
         if sightings and self.uplink is not None:
             self.uplink.notify()
 
@@ -289,14 +358,15 @@ class Fleet:
     """Several stations in one event loop, each its own port, connection and spool, each supervised: a station
     whose task fails is restarted with backoff, and the others go on meanwhile."""
 
-    def __init__(self, settings: Sequence[GatewaySettings]) -> None:
+    def __init__(self, settings: Sequence[GatewaySettings], receivers: Mapping[str, Receiver] | None = None) -> None:
         ids = [s.station_id for s in settings]
         if len(set(ids)) != len(ids):
             raise ValueError(f"station ids must be unique: {ids}")
         spools = [s.spool_file.resolve() for s in settings]
         if len(set(spools)) != len(spools):
             raise ValueError("each station needs a spool file of its own")
-        self.stations = [Station(s) for s in settings]
+        receivers = receivers or {}
+        self.stations = [Station(s, receiver=receivers.get(s.station_id)) for s in settings]
 
     async def run(self) -> None:
         """Run every station until cancelled or SIGTERM/SIGINT."""

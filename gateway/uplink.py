@@ -93,6 +93,7 @@ class Uplink:
         self.batches_requested_held = 0  # requested batches still spooled, sent again at once
         self.batches_requested_gone = 0  # requested batches no longer held, answered as gone
         self._spooled = asyncio.Event()
+        self._status_due = asyncio.Event()
         self._window = PublishWindow(settings.inflight_max)
 
     def notify(self) -> None:
@@ -187,9 +188,16 @@ class Uplink:
     async def _publish_status(self, mqtt: Connection) -> None:
         await mqtt.publish(self.status_topic, self.status().to_json(), qos=1, retain=True)
 
+    def status_changed(self) -> None:
+        """Publish the status now rather than at the next heartbeat (a vendor station logged in or went silent)."""
+        self._status_due.set()
+
     async def _heartbeat(self, mqtt: Connection) -> None:
         while True:
-            await asyncio.sleep(self.settings.status_interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.status_interval_s):
+                    await self._status_due.wait()
+            self._status_due.clear()
             await self._publish_status(mqtt)
 
     async def _drain(self, mqtt: Connection) -> None:

@@ -26,6 +26,10 @@ MAX_LENGTH = HEADER_LENGTH + MAX_DATA
 VERSION = 0x0001
 TAG_READS_TLV = 0x8B01
 DEVICE_ID_SIZE = 16
+# A read's status bits: bit 0 is the vendor's alarm (our tag's tamper latch); bit 1, low battery, is our own
+# convention, which real stations do not send (hardware/mr7901.md).
+STATUS_ALARM = 0x01
+STATUS_LOW_BATTERY = 0x02
 SERVER_IP_SIZE = 32
 
 _HEADER = struct.Struct(">HHIHH16s")  # length, command, sequence, version, security, device id

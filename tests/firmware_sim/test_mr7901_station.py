@@ -13,11 +13,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from firmware_sim.mr7901_station import STATUS_ALARM, STATUS_LOW_BATTERY, VendorStation, plan_writes, tag_read
+from firmware_sim.mr7901_station import VendorStation, plan_writes, tag_read
 from firmware_sim.runner import SimRunner, vendor_stations
 from firmware_sim.town import Town, TownError
 from protocol.frames import Beacon, TagFlags
 from protocol.mr7901 import (
+    STATUS_ALARM,
+    STATUS_LOW_BATTERY,
     Heartbeat,
     Login,
     Message,

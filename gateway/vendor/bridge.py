@@ -1,0 +1,377 @@
+"""The vendor bridge: one asyncio TCP server for many MR7901 stations, each feeding the Station of the Bikeguard
+station it is registered to.
+
+Each registered device gets a full Station (aggregator, hot-list check, spool, confirmed delivery, status) whose
+receiver is a VendorLink instead of a radio module; the connection handler decodes the stream, answers the
+station as the protocol requires and hands upload reads to the link. A device id not in the devices file is
+refused (register and login answered with result 1) and counted. Refused frames are counted with their bytes and
+the connection goes on; a connection that sends nothing valid for `garbage_max_bytes`, or nothing at all for
+`heartbeat_timeout_s`, is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.radio import RejectLog
+from gateway.settings import GatewaySettings
+from gateway.station import Fleet
+from gateway.vendor.devices import VendorDevice
+from gateway.vendor.link import VendorLink
+from protocol.frames import FrameError
+from protocol.mr7901 import (
+    SERVER_IP_SIZE,
+    Heartbeat,
+    Login,
+    Message,
+    Mr7901Decoder,
+    Register,
+    TagUpload,
+    encode,
+    heartbeat_reply,
+    login_reply,
+    register_reply,
+    tag_upload_reply,
+)
+
+log = logging.getLogger(__name__)
+
+RESULT_OK = 0
+RESULT_REFUSED = 1  # the device id is not registered to a station of this bridge
+UNKNOWN_DEVICES_KEPT = 1000  # distinct unknown device ids counted by name; the rest together
+EARLY_ERRORS_KEPT = 100  # refused frames of a connection not yet logged in, handed to its station at login
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """host and port of HOST:PORT ([::1]:PORT for IPv6; an empty host is every address); ValueError if not."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"the listen address must be HOST:PORT, not {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class BridgeSettings(BaseSettings):
+    """The bridge's own settings (`BIKEGUARD_VENDOR_<FIELD>`); each station's other settings are the gateway's
+    (`BIKEGUARD_GATEWAY_*`: hot-list key, intervals, spool size, …), the same for every vendor station."""
+
+    model_config = SettingsConfigDict(env_prefix="BIKEGUARD_VENDOR_", extra="ignore", frozen=True)
+
+    listen: str = Field(description="HOST:PORT the vendor stations connect to (their configured server)")
+    devices_file: Path = Field(description="TOML: one [[device]] block per station (docs/installer.md)")
+    spool_dir: Path = Field(default=Path("."), description="each station's spool and rejected runs go here")
+    heartbeat_timeout_s: float = Field(
+        default=90.0, gt=0, description="a station heard from for this long is offline and its connection closed"
+    )
+    garbage_max_bytes: int = Field(
+        default=16_384, ge=8192, description="bytes without a valid frame after which a connection is closed"
+    )
+    clock_ahead_max_s: float = Field(
+        default=120.0, ge=0, description="a read stamped further ahead than this is taken at the bridge's time"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        listen_address(value)
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """host and port of `listen`."""
+        return listen_address(self.listen)
+
+    def station_settings(self, device: VendorDevice, overrides: Mapping[str, Any] | None = None) -> GatewaySettings:
+        """The settings of the Station a device feeds: BIKEGUARD_GATEWAY_* ones, then `overrides`, then the
+        device's own (station id, broker URL, spool)."""
+        return GatewaySettings(
+            **{
+                **(overrides or {}),
+                "station_id": device.station_id,
+                "serial_url": f"mr7901://{device.device_id}",
+                "mqtt_url": device.mqtt_url,
+                "spool_path": self.spool_dir / f"gateway-{device.station_id}.spool",
+            }
+        )
+
+
+class _Connection:
+    """One TCP connection: its decoder, and the device it logged in as."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.decoder = Mr7901Decoder()
+        # Unbounded while one read is decoded, so every refused frame reaches its count and file; emptied after.
+        self.decoder.recent_errors = deque()
+        self.link: VendorLink | None = None
+        self.valid_at = time.monotonic()
+        self.bytes_since_valid = 0
+        self.early_errors: list[FrameError] = []
+
+
+class Bridge:
+    """`await run()`: serve the vendor stations of `devices` until cancelled or SIGTERM/SIGINT."""
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        devices: Sequence[VendorDevice],
+        station_overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        station_settings = [settings.station_settings(d, station_overrides) for d in devices]
+        self.links = {
+            d.device_id: VendorLink(
+                d,
+                s,
+                heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                clock_ahead_max_s=settings.clock_ahead_max_s,
+            )
+            for d, s in zip(devices, station_settings, strict=True)
+        }
+        by_station = {link.device.station_id: link for link in self.links.values()}
+        self.fleet = Fleet(station_settings, receivers=by_station)
+        for station in self.fleet.stations:
+            by_station[station.settings.station_id].on_change = station.status_changed
+        self.ready = asyncio.Event()
+        self.port: int | None = None  # the port listened on (known once ready)
+        self.connections = 0
+        self.unknown_devices: Counter[str] = Counter()  # refused register/login by device id
+        self.garbage_disconnects = 0
+        self.silent_disconnects = 0
+        self.unidentified_rejected: Counter[str] = Counter()  # refused frames of connections never logged in
+        self._reject_log = RejectLog("vendor bridge")
+        self._open: set[_Connection] = set()
+
+    async def run(self) -> None:
+        """Listen and run every station until cancelled."""
+        host, port = self.settings.listen_address
+        handlers: set[asyncio.Task[None]] = set()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            handlers.add(task)
+            try:
+                await self._serve(reader, writer)
+            finally:
+                handlers.discard(task)
+
+        server = await asyncio.start_server(handle, host, port)
+        self.port = server.sockets[0].getsockname()[1]
+        log.info("vendor bridge: listening on %s:%d for %d stations", host, self.port, len(self.links))
+        self.ready.set()
+        try:
+            await self.fleet.run()
+        finally:
+            server.close()
+            for task in list(handlers):
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+            await server.wait_closed()
+            self.ready.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Connection(writer)
+        self.connections += 1
+        self._open.add(conn)
+        clean = False
+        try:
+            clean = await self._converse(reader, conn)
+        except ConnectionError as exc:
+            log.info("vendor connection %s: %s", conn.peer, exc)
+        # Deliberately broad, and only here: whatever one connection's handling raises (a bug, a poisoned frame)
+        # ends that connection, never the bridge and its other stations. Cancellation is not an Exception.
+        except Exception:
+            log.exception("vendor connection %s (%s) failed: closed", conn.peer, self._who(conn))
+        finally:
+            self._open.discard(conn)
+            if conn.link is not None:
+                conn.link.lost(conn, clean=clean)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _converse(self, reader: asyncio.StreamReader, conn: _Connection) -> bool:
+        """Read, answer and hand over until the connection ends; True if the station closed it itself."""
+        timeout_s = self.settings.heartbeat_timeout_s
+        while True:
+            left = conn.valid_at + timeout_s - time.monotonic()
+            try:
+                data = await asyncio.wait_for(reader.read(65536), max(left, 0.0))
+            except TimeoutError:
+                self.silent_disconnects += 1
+                log.warning(
+                    "vendor connection %s (%s): nothing valid for %.0f s: closed", conn.peer, self._who(conn), timeout_s
+                )
+                return False
+            if not data:
+                return True
+            conn.bytes_since_valid += len(data)
+            replies: list[Message] = []
+            for message in conn.decoder.feed(data):
+                reply = self._answer(conn, message)
+                if reply is None:
+                    return False  # refused: the answer (if any) is written below
+                replies += reply
+            self._take_rejections(conn)
+            if replies:
+                conn.writer.write(b"".join(encode(r) for r in replies))
+                await conn.writer.drain()
+            if conn.bytes_since_valid > self.settings.garbage_max_bytes:
+                self.garbage_disconnects += 1
+                log.warning(
+                    "vendor connection %s (%s): %d bytes without a valid frame: closed",
+                    conn.peer,
+                    self._who(conn),
+                    conn.bytes_since_valid,
+                )
+                return False
+
+    def _who(self, conn: _Connection) -> str:
+        return "not logged in" if conn.link is None else f"device {conn.link.device.device_id!r}"
+
+    def _answer(self, conn: _Connection, message: Message) -> list[Message] | None:
+        """The replies to one message; None when the connection is to be closed."""
+        if isinstance(message, (Register, Login)):
+            return self._log_in(conn, message)
+        link = conn.link
+        if link is None:
+            log.warning("vendor connection %s: %s before logging in: closed", conn.peer, type(message).__name__)
+            self.unidentified_rejected["not_logged_in"] += 1
+            return None
+        if message.device_id != link.device.device_id:
+            link.refuse(
+                DeviceMismatchError(
+                    f"device id {message.device_id!r} on the connection of {link.device.device_id!r}", encode(message)
+                )
+            )
+            return []
+        self._valid(conn)
+        if isinstance(message, Heartbeat):
+            link.heard()
+            return [heartbeat_reply(message)]
+        if isinstance(message, TagUpload):
+            ack = link.take_upload(message.sequence, message.reads)
+            if ack is not None:
+                # The reply goes once the reads are in the spool: the station forgets what is acknowledged.
+                ack.add_done_callback(functools.partial(_send_reply, conn.writer, encode(tag_upload_reply(message))))
+                return []
+            log.warning(
+                "station %s: no room for %d reads: upload %d left unacknowledged for a resend",
+                link.device.station_id,
+                len(message.reads),
+                message.sequence,
+            )
+            return []
+        link.refuse(UnexpectedMessageError(f"a station does not send {type(message).__name__}", encode(message)))
+        return []
+
+    def _log_in(self, conn: _Connection, message: Register | Login) -> list[Message] | None:
+        link = self.links.get(message.device_id)
+        if link is None:
+            self._count_unknown(message.device_id)
+            log.warning(
+                "vendor device %r from %s is not registered to a station of this bridge: refused (register it on "
+                "the installer page and add its [[device]] block to %s)",
+                message.device_id,
+                conn.peer,
+                self.settings.devices_file,
+            )
+            host, port = self._address_of(conn)
+            refusal = (
+                register_reply(message, RESULT_REFUSED, datetime.now(UTC), host, port)
+                if isinstance(message, Register)
+                else login_reply(message, RESULT_REFUSED)
+            )
+            conn.writer.write(encode(refusal))
+            return None
+        if conn.link is not None and conn.link is not link:
+            link.refuse(
+                DeviceMismatchError(
+                    f"device {message.device_id!r} logging in on the connection of {conn.link.device.device_id!r}",
+                    encode(message),
+                )
+            )
+            return []
+        self._valid(conn)
+        if isinstance(message, Register):
+            host, port = self._address_of(conn)
+            now = datetime.now(UTC).astimezone(link.device.time_zone)
+            return [register_reply(message, RESULT_OK, now, host, port)]
+        if conn.link is None:
+            conn.link = link
+            for error in conn.early_errors:
+                link.refuse(error)
+            conn.early_errors.clear()
+        replaced = link.logged_in(conn)
+        if isinstance(replaced, _Connection):
+            log.info(
+                "station %s: logged in again from %s; closing its connection from %s",
+                link.device.station_id,
+                conn.peer,
+                replaced.peer,
+            )
+            replaced.writer.close()
+        log.info("station %s: vendor device %r logged in from %s", link.device.station_id, message.device_id, conn.peer)
+        return [login_reply(message, RESULT_OK)]
+
+    def _address_of(self, conn: _Connection) -> tuple[str, int]:
+        """Where the station reached us: what a register reply tells it to connect to."""
+        local = conn.writer.get_extra_info("sockname")
+        host, port = (str(local[0]), int(local[1])) if isinstance(local, tuple) else ("", 0)
+        # An IPv6 address may not fit the reply's 32 characters: then the one we were told to listen on.
+        return (host if 0 < len(host) <= SERVER_IP_SIZE else self.settings.listen_address[0]), port
+
+    def _valid(self, conn: _Connection) -> None:
+        conn.valid_at = time.monotonic()
+        conn.bytes_since_valid = conn.decoder.pending
+
+    def _take_rejections(self, conn: _Connection) -> None:
+        errors = conn.decoder.recent_errors
+        while errors:
+            error = errors.popleft()
+            self._reject_log(error)
+            if conn.link is not None:
+                conn.link.refuse(error)
+            else:
+                self.unidentified_rejected[error.reason] += 1
+                if len(conn.early_errors) < EARLY_ERRORS_KEPT:
+                    conn.early_errors.append(error)
+
+    def _count_unknown(self, device_id: str) -> None:
+        if device_id in self.unknown_devices or len(self.unknown_devices) < UNKNOWN_DEVICES_KEPT:
+            self.unknown_devices[device_id] += 1
+        else:
+            self.unknown_devices["(others)"] += 1
+
+
+def _send_reply(writer: asyncio.StreamWriter, reply: bytes, _: object) -> None:
+    """Write a reply whose time came, unless its connection has ended meanwhile."""
+    if not writer.is_closing():
+        writer.write(reply)
+
+
+class DeviceMismatchError(FrameError):
+    """A valid frame that names another device than the one its connection logged in as."""
+
+    reason = "device_mismatch"
+
+
+class UnexpectedMessageError(FrameError):
+    """A valid frame of a kind only the server sends (a reply)."""
+
+    reason = "unexpected"

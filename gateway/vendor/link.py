@@ -1,0 +1,179 @@
+"""One vendor station as its Station sees it: the reads of its uploads as receptions, the frames it sent that were
+refused, and whether it is on the air (logged in, and heard within the heartbeat timeout)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from gateway.radio import Reception
+from gateway.rejected_runs import RejectedRunsFile
+from gateway.settings import GatewaySettings
+from gateway.vendor.devices import VendorDevice
+from protocol.frames import Beacon, FrameError, TagFlags
+from protocol.mr7901 import STATUS_ALARM, STATUS_LOW_BATTERY, TagRead
+
+
+def beacon_of(read: TagRead) -> Beacon:
+    """The beacon a vendor read stands for: the carried info is the tag's beacon counter."""
+    flags = TagFlags(0)
+    if read.status & STATUS_ALARM:
+        flags |= TagFlags.TAMPER
+    if read.status & STATUS_LOW_BATTERY:
+        flags |= TagFlags.LOW_BATTERY
+    return Beacon(read.tag_id, read.carried_info, flags, read.rssi_dbm, read.antenna)
+
+
+class VendorLink:
+    """The receiver of one vendor station's Station (gateway.station.Receiver), fed by the bridge's connection
+    handler: `take_upload` hands over an upload's reads, `logged_in`/`heard`/`lost` track the connection."""
+
+    def __init__(
+        self,
+        device: VendorDevice,
+        settings: GatewaySettings,
+        *,
+        heartbeat_timeout_s: float,
+        clock_ahead_max_s: float,
+        queue_max: int = 50_000,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.device = device
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.clock_ahead_max = timedelta(seconds=clock_ahead_max_s)
+        self.clock = clock
+        self.rejected_runs: RejectedRunsFile | None = RejectedRunsFile(
+            settings.rejected_runs_file,
+            settings.station_id,
+            max_bytes=settings.rejected_runs_max_bytes,
+            run_max_bytes=settings.rejected_run_max_bytes,
+        )
+        self.dropped = 0  # always 0: an upload that finds no room is not acknowledged, and the station resends it
+        self.port_errors = 0  # connections lost without a goodbye (reset, silence, garbage)
+        self.reads = 0
+        self.uploads = 0
+        self.uploads_repeated = 0  # resends of an upload already taken: acknowledged again, not counted twice
+        self.reads_clock_ahead = 0  # reads stamped in the future by the station's clock: taken at the bridge's time
+        self._rejected: Counter[str] = Counter()
+        self._queue: asyncio.Queue[Reception] = asyncio.Queue(maxsize=queue_max)
+        self._connection: object | None = None  # the connection logged in as this device, if any
+        self._heard_at = 0.0
+        self._last_upload: int | None = None
+        self._queued = 0  # reads ever queued
+        self._taken = 0  # reads ever taken by the station
+        # Acknowledgements waiting for the station's spool: (reads queued up to the upload's last, the future).
+        self._acks: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self.on_change: Callable[[], None] = lambda: None  # the bridge points this at the station's status_changed
+
+    @property
+    def frames(self) -> int:
+        """Frames of this station taken (every kind)."""
+        return self.reads
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Frames of this station refused, by reason (crc, garbage, bad_length, unknown_command, …)."""
+        return self._rejected
+
+    @property
+    def rejected_total(self) -> int:
+        """All frames of this station refused."""
+        return sum(self._rejected.values())
+
+    @property
+    def on_air(self) -> bool:
+        """Logged in, and heard (a heartbeat or an upload) within the heartbeat timeout."""
+        return self._connection is not None and time.monotonic() - self._heard_at < self.heartbeat_timeout_s
+
+    @property
+    def room(self) -> int:
+        """Reads the station's queue can take now."""
+        return self._queue.maxsize - self._queue.qsize()
+
+    async def run(self) -> None:
+        """Keep the rejected-runs file open until cancelled; the connection handler does the receiving."""
+        assert self.rejected_runs is not None
+        self.rejected_runs.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.to_thread(self.rejected_runs.close)
+
+    # The station resends what is not acknowledged: reads are acknowledged once spooled (gateway.station.Receiver).
+    acknowledges = True
+
+    async def get(self) -> Reception:
+        """The next read, as a beacon stamped with its read time in UTC."""
+        reception = await self._queue.get()
+        self._taken += 1
+        return reception
+
+    def spooled(self) -> None:
+        """Every read taken so far is safe in the spool: settle the acknowledgements of the uploads they were."""
+        acks = self._acks
+        while acks and acks[0][0] <= self._taken:
+            _, ack = acks.popleft()
+            if not ack.done():
+                ack.set_result(None)
+
+    def logged_in(self, connection: object) -> object | None:
+        """`connection` is now this device's; returns the one it replaces (to be closed), if another."""
+        previous, self._connection = self._connection, connection
+        self.heard()
+        self.on_change()
+        return previous if previous is not connection else None
+
+    def is_current(self, connection: object) -> bool:
+        """Whether `connection` is the one logged in as this device."""
+        return self._connection is connection
+
+    def heard(self) -> None:
+        """A valid frame came from the station: it is alive."""
+        was = self.on_air
+        self._heard_at = time.monotonic()
+        if not was:
+            self.on_change()
+
+    def lost(self, connection: object, *, clean: bool) -> None:
+        """`connection` ended; the station is off the air unless another connection took its place."""
+        if self._connection is not connection:
+            return
+        self._connection = None
+        self.port_errors += not clean
+        self.on_change()
+
+    def refuse(self, error: FrameError) -> None:
+        """Count a frame of this station's connection that was refused, and keep its bytes."""
+        self._rejected[error.reason] += 1
+        if self.rejected_runs is not None:
+            self.rejected_runs.add(error, self.clock())
+
+    def take_upload(self, sequence: int, reads: Sequence[TagRead]) -> asyncio.Future[None] | None:
+        """Queue an upload's reads for the station; the future is done once they are safe in the spool (then
+        acknowledge it). None when there is no room: do not acknowledge, the station sends it again. An upload
+        with the sequence of the one taken last is a resend: acknowledged when the first one is, not taken twice."""
+        self.heard()
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if sequence == self._last_upload:
+            self.uploads_repeated += 1
+            self._acks.append((self._queued, ack))
+            return ack
+        if len(reads) > self.room:
+            return None
+        now = self.clock()
+        for read in reads:
+            # The station's clock runs in its zone; fold 0 takes the first of an hour that repeats when DST ends.
+            read_at = read.read_at_local.replace(tzinfo=self.device.time_zone).astimezone(UTC)
+            if read_at - now > self.clock_ahead_max:
+                self.reads_clock_ahead += 1
+                read_at = now
+            self._queue.put_nowait(Reception(read_at, beacon_of(read)))
+        self._last_upload = sequence
+        self._queued += len(reads)
+        self._acks.append((self._queued, ack))
+        self.uploads += 1
+        self.reads += len(reads)
+        return ack
