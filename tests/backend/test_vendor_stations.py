@@ -6,6 +6,7 @@ from __future__ import annotations
 import tomllib
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,6 +14,7 @@ import pytest
 
 from backend import provisioning
 from bikeguard.cli import main as cli
+from gateway.vendor.devices import load_devices
 from tests.backend.conftest import Staff
 from tests.backend.test_station_registry import new_station
 
@@ -230,3 +232,23 @@ def test_database_keeps_the_three_vendor_columns_all_set_or_all_null(database_ur
             with pytest.raises(psycopg.errors.CheckViolation):
                 conn.execute(f"UPDATE stations SET {columns} WHERE station_id = %s", (sid,))  # type: ignore[arg-type]
             conn.rollback()
+
+
+def test_the_bridge_loads_the_blocks_the_backend_gives_once_the_broker_is_filled_in(
+    staff: Staff, tmp_path: Path
+) -> None:
+    blocks, expected = [], {}
+    for zone in ("Asia/Shanghai", "Asia/Urumqi"):
+        sid, device = _station(staff), _device_id()
+        assert staff.installer.put(f"/api/stations/{sid}/vendor-device", json=_vendor(device, zone)).status_code == 200
+        r = staff.installer.post(f"/api/stations/{sid}/credentials")
+        assert r.status_code == 201, r.text
+        # What the installer does with the page's block: the broker's address in place of the placeholder.
+        blocks.append(r.json()["bridge_device_entry"].replace(provisioning.BROKER_PLACEHOLDER, "broker.example:1883"))
+        expected[device] = (sid, zone, f"mqtt://{sid}:{r.json()['password']}@broker.example:1883")
+    devices_file = tmp_path / "devices.toml"
+    devices_file.write_text("\n".join(blocks), encoding="utf-8")
+    loaded = {
+        d.device_id: (d.station_id, d.time_zone.key, d.mqtt_url.get_secret_value()) for d in load_devices(devices_file)
+    }
+    assert loaded == expected
