@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,9 @@ _ITERATIONS = 1000
 _SALT_BYTES = 12
 _HASH = re.compile(r"\$7\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+")
 _MQTT_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+# Where the station (or the bridge, for a vendor station) reaches the broker, when the caller does not say: the
+# backend cannot know the address as the station sees it, so the installer fills it in.
+BROKER_PLACEHOLDER = "<broker-host>:1883"
 
 
 class ProvisioningError(Exception):
@@ -112,18 +116,47 @@ class IssuedCredentials:
     station_id: str
     password: str = field(repr=False)
     issued_at: datetime
+    # A vendor station's device id and its clock's time zone (None for our own stations).
+    vendor_device_id: str | None = None
+    time_zone: str | None = None
 
     @property
     def username(self) -> str:
         """The station's MQTT user is its station id."""
         return self.station_id
 
+    def mqtt_url(self, broker: str) -> str:
+        """The MQTT URL the station (or the bridge for it) connects with: its user and password at HOST:PORT."""
+        return f"mqtt://{self.username}:{self.password}@{broker}"
+
+
+def _toml_string(text: str) -> str:
+    # A JSON string of ASCII is a TOML basic string: the same quotes and escapes (\", \\, \uXXXX).
+    return json.dumps(text, ensure_ascii=True)
+
+
+def bridge_device_entry(issued: IssuedCredentials, broker: str) -> str | None:
+    """The `[[device]]` block of the bridge's devices file for a vendor station (None for our own stations): its
+    device id, station id, time zone and MQTT URL with the new password."""
+    if issued.vendor_device_id is None or issued.time_zone is None:
+        return None
+    return (
+        "[[device]]\n"
+        f"device_id = {_toml_string(issued.vendor_device_id)}\n"
+        f"station_id = {_toml_string(issued.station_id)}\n"
+        f"time_zone = {_toml_string(issued.time_zone)}\n"
+        f"mqtt_url = {_toml_string(issued.mqtt_url(broker))}\n"
+    )
+
 
 async def issue_credentials(conn: psycopg.AsyncConnection[Any], station_id: str, actor: str) -> IssuedCredentials:
     """A new MQTT password for a station (only its hash is stored); the station's previous one is revoked."""
     password = new_password()
     async with conn.transaction():
-        cur = await conn.execute("SELECT lifecycle FROM stations WHERE station_id = %s FOR UPDATE", (station_id,))
+        cur = await conn.execute(
+            "SELECT lifecycle, vendor_device_id, time_zone FROM stations WHERE station_id = %s FOR UPDATE",
+            (station_id,),
+        )
         row = await cur.fetchone()
         if row is None:
             raise StationNotFound(station_id)
@@ -141,7 +174,7 @@ async def issue_credentials(conn: psycopg.AsyncConnection[Any], station_id: str,
         )
         issued = await cur.fetchone()
     assert issued is not None
-    return IssuedCredentials(station_id, password, issued[0])
+    return IssuedCredentials(station_id, password, issued[0], vendor_device_id=row[1], time_zone=row[2])
 
 
 async def credential_history(conn: psycopg.AsyncConnection[Any], station_id: str) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ class HealthRules:
 _QUERY = """
 WITH base AS (
     SELECT s.station_id, s.name, s.lat, s.lon, s.lifecycle, s.heartbeat_interval_s,
+           s.vendor_protocol, s.vendor_device_id, s.time_zone,
            st.state AS status_state, st.received_at AS last_heartbeat_at, st.payload,
            coalesce(mk.batches_recovered, 0) AS batches_recovered, gp.batches_missing, gp.missing_since,
            gp.batches_lost, gp.gaps_not_issued, gp.last_lost_at, hl.hotlist_current, hl.hotlist_behind_since
@@ -183,6 +184,10 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
         "gaps_not_issued": int(row.get("gaps_not_issued") or 0),
         "last_lost_at": row.get("last_lost_at"),
         **hotlist,
+        # A vendor station (through the bridge) is judged like ours; the page says which kind it is.
+        "vendor_protocol": row.get("vendor_protocol"),
+        "vendor_device_id": row.get("vendor_device_id"),
+        "time_zone": row.get("time_zone"),
     }
 
 

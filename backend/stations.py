@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
+from zoneinfo import available_timezones
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+
+from protocol.ids import VENDOR_DEVICE_ID_PATTERN
 
 # The life cycle, in order; a station moves one step forward at a time, or to decommissioned from anywhere.
 LIFECYCLE: tuple[str, ...] = ("planned", "installed", "commissioned", "active", "decommissioned")
@@ -22,8 +27,11 @@ _REGISTRY_FIELDS = (
 )
 _COLUMNS = (
     "s.station_id, s.name, s.lat, s.lon, s.address, s.mount_height_m, s.antenna_bearing_deg, s.radio_settings,"
-    " s.heartbeat_interval_s, s.lifecycle, s.lifecycle_changed_at"
+    " s.heartbeat_interval_s, s.lifecycle, s.lifecycle_changed_at, s.vendor_protocol, s.vendor_device_id, s.time_zone"
 )
+# The vendor protocols the bridge speaks (stations.vendor_protocol).
+VENDOR_PROTOCOLS: tuple[str, ...] = ("mr7901",)
+_VENDOR_DEVICE_ID = re.compile(VENDOR_DEVICE_ID_PATTERN)
 
 
 class StationError(Exception):
@@ -56,6 +64,61 @@ class LifecycleError(StationError):
             + (f" (allowed: {', '.join(allowed)})" if allowed else " (decommissioned is final)")
         )
         self.station_id, self.current, self.target = station_id, current, target
+
+
+class VendorDeviceError(StationError):
+    """A vendor device that cannot be registered as given: bad protocol, device id or time zone."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class VendorDeviceTaken(StationError):
+    """The vendor device id already belongs to another station."""
+
+    def __init__(self, device_id: str, holder: str) -> None:
+        super().__init__(f"vendor device {device_id} is already registered to station {holder}: remove it there first")
+        self.device_id, self.holder = device_id, holder
+        # For pages that word the refusal in their own language (the body's code and params).
+        self.code = "vendor_device_taken"
+        self.params = {"device_id": device_id, "station_id": holder}
+
+
+class VendorStationDecommissioned(StationError):
+    """A decommissioned station takes no vendor device."""
+
+    def __init__(self, station_id: str) -> None:
+        super().__init__(f"station {station_id} is decommissioned: it takes no vendor device")
+        self.station_id = station_id
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    # The IANA names in the tz database (ZoneInfo alone also opens "posix/…", "right/…" and other files there);
+    # "localtime" is the machine's own zone, not a place: the bridge's machine may be set to another.
+    return frozenset(available_timezones() - {"localtime"})
+
+
+def check_time_zone(name: str) -> str:
+    """Return the name if it is an IANA time zone zoneinfo knows (e.g. Asia/Shanghai); raise VendorDeviceError."""
+    if name not in _time_zones():
+        raise VendorDeviceError(f"unknown time zone {name!r}: give an IANA name such as Asia/Shanghai", "time_zone")
+    return name
+
+
+def check_vendor_device(protocol: str, device_id: str, time_zone: str) -> None:
+    """Raise VendorDeviceError unless the protocol is known, the device id is 1-16 printable ASCII characters
+    (no space) and the time zone is an IANA name."""
+    if protocol not in VENDOR_PROTOCOLS:
+        raise VendorDeviceError(
+            f"unknown vendor protocol {protocol!r} (known: {', '.join(VENDOR_PROTOCOLS)})", "protocol"
+        )
+    if _VENDOR_DEVICE_ID.fullmatch(device_id) is None:
+        raise VendorDeviceError(
+            f"invalid device id {device_id!r}: 1-16 printable ASCII characters, no spaces", "device_id"
+        )
+    check_time_zone(time_zone)
 
 
 def next_states(current: str) -> tuple[str, ...]:
@@ -151,6 +214,45 @@ async def change_lifecycle(
             (station_id, current, target, actor, note),
         )
     return await get_station(conn, station_id)
+
+
+async def set_vendor_device(
+    conn: psycopg.AsyncConnection[Any], station_id: str, protocol: str, device_id: str, time_zone: str
+) -> dict[str, Any]:
+    """Register (or replace) the vendor device a station is: the protocol it speaks, the device id it sends and the
+    time zone its clock runs in."""
+    check_vendor_device(protocol, device_id, time_zone)
+    try:
+        async with conn.transaction():
+            cur = await conn.execute(
+                "UPDATE stations SET vendor_protocol = %s, vendor_device_id = %s, time_zone = %s"
+                " WHERE station_id = %s RETURNING lifecycle",
+                (protocol, device_id, time_zone, station_id),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise StationNotFound(station_id)
+            if row[0] == "decommissioned":
+                raise VendorStationDecommissioned(station_id)
+    except psycopg.errors.UniqueViolation:
+        cur = await conn.execute("SELECT station_id FROM stations WHERE vendor_device_id = %s", (device_id,))
+        holder = await cur.fetchone()
+        raise VendorDeviceTaken(device_id, holder[0] if holder else "(another)") from None
+    return await get_station(conn, station_id)
+
+
+async def remove_vendor_device(conn: psycopg.AsyncConnection[Any], station_id: str) -> str | None:
+    """Make a station one of ours again (no vendor device); returns the device id it had, if any."""
+    cur = await conn.execute(
+        "UPDATE stations s SET vendor_protocol = NULL, vendor_device_id = NULL, time_zone = NULL"
+        " FROM stations old WHERE old.station_id = s.station_id AND s.station_id = %s RETURNING old.vendor_device_id",
+        (station_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise StationNotFound(station_id)
+    removed: str | None = row[0]
+    return removed
 
 
 async def get_station(conn: psycopg.AsyncConnection[Any], station_id: str) -> dict[str, Any]:

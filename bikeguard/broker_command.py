@@ -44,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     station_sub = station.add_subparsers(dest="station_command", required=True)
     creds = station_sub.add_parser("credentials", help="issue (or rotate) a station's MQTT password, shown once")
     creds.add_argument("station_id")
-    creds.add_argument("--broker", default="<broker-host>:1883", help="HOST:PORT the station connects to")
+    creds.add_argument(
+        "--broker",
+        default=provisioning.BROKER_PLACEHOLDER,
+        help="HOST:PORT the station (or, for a vendor station, the bridge) connects to",
+    )
     station_sub.add_parser(
         "signing-key",
         help="make a new hot-list signing key (BIKEGUARD_HOTLIST_SIGNING_KEY) and print it with its public half",
@@ -132,9 +136,17 @@ def _credentials(args: argparse.Namespace) -> int:
         " (shown only now; the database keeps its hash):"
     )
     print(f"  {issued.password}")
-    print("on the station, set:")
-    print(f"  BIKEGUARD_GATEWAY_STATION_ID={issued.station_id}")
-    print(f"  BIKEGUARD_GATEWAY_MQTT_URL=mqtt://{issued.username}:{issued.password}@{args.broker}")
+    entry = provisioning.bridge_device_entry(issued, args.broker)
+    if entry is not None:
+        # A vendor station holds no settings of ours: the bridge connects for it, with this block.
+        print("a vendor station: add this block to the bridge's devices file (bikeguard gateway vendor --devices FILE)")
+        print("in place of any earlier block of this device, and restart the bridge (it reads the file at start):")
+        print(entry)
+        print("the bridge itself, like a gateway, takes only hot lists signed with the backend's key:")
+    else:
+        print("on the station, set:")
+        print(f"  BIKEGUARD_GATEWAY_STATION_ID={issued.station_id}")
+        print(f"  BIKEGUARD_GATEWAY_MQTT_URL={issued.mqtt_url(args.broker)}")
     if os.environ.get(SIGNING_KEY_ENV):
         print(f"  {PUBLIC_KEY_ENV}={public_key_of(os.environ[SIGNING_KEY_ENV])}")
     else:

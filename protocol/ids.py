@@ -1,4 +1,4 @@
-"""Station and tag ids: their patterns are written here and nowhere else, with the checks built on them.
+"""Station, tag and vendor device ids: their patterns are written here and nowhere else, with the checks built on them.
 
 A station id is what its topics carry: 1-64 of lower-case letters, digits, '-' and '_', starting with a letter
 or digit (so it can never be an MQTT wildcard, a `$share` prefix or a path). A tag id is the chip's 32-bit id
@@ -14,6 +14,8 @@ import re
 STATION_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 TAG_ID_PATTERN = r"^[0-9A-F]{8}$"  # on the wire: upper case only
 TAG_ID_ANY_CASE_PATTERN = r"^[0-9A-Fa-f]{8}$"  # as typed into a form or a query
+# A vendor station's device id (MR7901: sent in every frame): 1-16 printable ASCII characters, no space.
+VENDOR_DEVICE_ID_PATTERN = r"^[!-~]{1,16}$"
 
 # fullmatch, because re's `$` also matches before a trailing newline.
 _STATION_ID = re.compile(STATION_ID_PATTERN)

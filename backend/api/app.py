@@ -63,6 +63,9 @@ _ERRORS: dict[type[Exception], int] = {
     station_registry.StationNotFound: 404,
     station_registry.StationExists: 409,
     station_registry.LifecycleError: 409,
+    station_registry.VendorDeviceTaken: 409,
+    station_registry.VendorStationDecommissioned: 409,
+    station_registry.VendorDeviceError: 422,
     provisioning.StationDecommissioned: 409,
     # Input PostgreSQL cannot store (a NUL character, a number out of range) is the caller's error.
     psycopg.errors.DataError: 422,

@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from backend import identity
-from protocol.ids import STATION_ID_PATTERN
+from backend import identity, stations
+from protocol.ids import STATION_ID_PATTERN, VENDOR_DEVICE_ID_PATTERN
 from protocol.messages import TagId
 
 DbId = Annotated[int, Field(ge=1, le=2**63 - 1)]
@@ -134,6 +134,25 @@ class StationLifecycleChange(BaseModel):
     note: Text200 | None = None
 
 
+def _time_zone(name: str) -> str:
+    try:
+        return stations.check_time_zone(name)
+    except stations.VendorDeviceError as exc:
+        raise PydanticCustomError("time_zone", str(exc)) from None
+
+
+VendorProtocol = Literal["mr7901"]  # backend.stations.VENDOR_PROTOCOLS
+
+
+class VendorDeviceRegister(BaseModel):
+    """The vendor device a station is: the protocol it speaks to the bridge, the device id it sends in every frame
+    (1-16 printable ASCII characters, unique across stations) and the IANA time zone its clock runs in."""
+
+    protocol: VendorProtocol
+    device_id: str = Field(pattern=VENDOR_DEVICE_ID_PATTERN)
+    time_zone: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_time_zone)]
+
+
 class StationHistoryEntry(BaseModel):
     """One life-cycle step of a station: from, to, who and when."""
 
@@ -183,6 +202,10 @@ class StationPublic(BaseModel):
     mount_height_m: float | None = None
     antenna_bearing_deg: float | None = None
     heartbeat_interval_s: int = 30
+    # A vendor station (through the bridge): its protocol, device id and clock's time zone; None for ours.
+    vendor_protocol: VendorProtocol | None = None
+    vendor_device_id: str | None = None
+    time_zone: str | None = None
 
 
 class StationDetail(StationPublic):
@@ -228,6 +251,9 @@ class StationHealth(BaseModel):
     hotlist_current: int | None
     hotlist_stale: bool
     hotlist_behind_since: datetime | None
+    vendor_protocol: VendorProtocol | None = None
+    vendor_device_id: str | None = None
+    time_zone: str | None = None
 
 
 class StationActivity(BaseModel):

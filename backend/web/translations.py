@@ -328,6 +328,39 @@ _EN: dict[str, str] = {
     "cred_issued": "Issued {t}; the previous password no longer works.",
     "cred_close": "I have copied it: close",
     "cred_failed": "The password was not issued: {msg}",
+    # vendor stations (MR7901, through the bridge)
+    "kind_ours": "Bikeguard station",
+    "kind_vendor": "Vendor MR7901",
+    "kind_device": "device",
+    "kind_clock": "clock",
+    "inst_vendor": "Vendor device",
+    "vd_title": "Vendor device of {id}",
+    "vd_intro": "A vendor base station already on the pole connects to the bridge (bikeguard gateway vendor) and"
+    " names itself by its device id in every frame. Register that id here; set the station's server address and port"
+    " to the bridge's --listen address.",
+    "vd_protocol": "Protocol",
+    "vd_device_id": "Device id (as the station sends it)",
+    "vd_device_id_hint": "1-16 letters, digits or signs, no spaces; on the station's label or in its settings",
+    "vd_device_id_bad": "1-16 printable ASCII characters, no spaces",
+    "vd_time_zone": "Time zone of the station's clock",
+    "vd_time_zone_hint": "An IANA name such as Asia/Shanghai: the station sends its read times in local time",
+    "vd_time_zone_bad": "Not a known time zone: use an IANA name such as Asia/Shanghai",
+    "vd_save": "Save",
+    "vd_remove": "Remove vendor device",
+    "vd_taken": "Device {device} is already registered to station {station}: remove it there first",
+    "vd_failed": "Not saved: {msg}",
+    "vd_saved": "Station {id} is vendor device {device}. Next: issue its MQTT password and paste the [[device]] block"
+    " it comes with into the bridge's devices file, then restart the bridge.",
+    "vd_removed": "Station {id} has no vendor device now: take its [[device]] block out of the bridge's devices file"
+    " and restart the bridge.",
+    "cred_confirm_vendor": "Issue a new MQTT password for {id}? It replaces the station's current one: the bridge"
+    " cannot publish for this station until its devices file has the new block and the bridge is restarted.",
+    "cred_once_vendor": "Copy the block below now into the bridge's devices file: it cannot be shown again. If it is"
+    " lost, issue a new one.",
+    "cred_bridge_title": "For the bridge's devices file.",
+    "cred_bridge_intro": "This is a vendor station: paste this block into the bridge's devices file (in place of any"
+    " earlier block of this device), then restart the bridge; it reads the file at start.",
+    "cred_bridge_broker": "Replace <broker-host>:1883 with the broker's address as the bridge reaches it.",
     "st_no_runs": "No self-test from this station yet. Start it on the pole; its steps appear here as they start and"
     " complete.",
     "st_run": "Self-test",
@@ -668,6 +701,35 @@ _ZH: dict[str, str] = {
     "cred_issued": "签发于 {t}；之前的密码已失效。",
     "cred_close": "我已复制：关闭",
     "cred_failed": "密码未签发：{msg}",
+    "kind_ours": "Bikeguard 基站",
+    "kind_vendor": "厂商 MR7901",
+    "kind_device": "设备",
+    "kind_clock": "时钟",
+    "inst_vendor": "厂商设备",
+    "vd_title": "{id} 的厂商设备",
+    "vd_intro": "杆上已有的厂商基站连接到桥接程序（bikeguard gateway vendor），并在每一帧中以设备编号标明自己。"
+    "请在此登记该编号；并把基站的服务器地址和端口设为桥接程序的 --listen 地址。",
+    "vd_protocol": "协议",
+    "vd_device_id": "设备编号（与基站发送的一致）",
+    "vd_device_id_hint": "1-16 个字母、数字或符号，不含空格；见基站标签或其设置",
+    "vd_device_id_bad": "1-16 个可打印 ASCII 字符，不含空格",
+    "vd_time_zone": "基站时钟的时区",
+    "vd_time_zone_hint": "IANA 时区名，例如 Asia/Shanghai：基站以当地时间发送读取时间",
+    "vd_time_zone_bad": "未知时区：请使用 IANA 时区名，例如 Asia/Shanghai",
+    "vd_save": "保存",
+    "vd_remove": "移除厂商设备",
+    "vd_taken": "设备 {device} 已登记在基站 {station}：请先在那里移除",
+    "vd_failed": "未保存：{msg}",
+    "vd_saved": "基站 {id} 为厂商设备 {device}。下一步：签发其 MQTT 密码，"
+    "把随附的 [[device]] 段粘贴到桥接程序的设备文件中，然后重启桥接程序。",
+    "vd_removed": "基站 {id} 已无厂商设备：请从桥接程序的设备文件中删去它的 [[device]] 段，并重启桥接程序。",
+    "cred_confirm_vendor": "为 {id} 签发新的 MQTT 密码？新密码将取代该基站当前的密码："
+    "在设备文件写入新段并重启桥接程序之前，桥接程序无法为该基站发布数据。",
+    "cred_once_vendor": "请立即把下面的段复制到桥接程序的设备文件中：之后无法再次显示。如果丢失，请重新签发。",
+    "cred_bridge_title": "用于桥接程序的设备文件。",
+    "cred_bridge_intro": "这是厂商基站：请把此段粘贴到桥接程序的设备文件中（替换该设备之前的段），"
+    "然后重启桥接程序；它在启动时读取该文件。",
+    "cred_bridge_broker": "请把 <broker-host>:1883 换成桥接程序访问的消息服务器地址。",
     "st_no_runs": "该基站尚无自检记录。请在现场启动自检，每一步开始和完成时都会在此显示。",
     "st_run": "自检",
     "st_started": "开始于 {t}",

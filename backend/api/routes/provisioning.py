@@ -24,6 +24,9 @@ class StationCredentialsPublic(BaseModel):
     issued_at: datetime
     # BIKEGUARD_GATEWAY_HOTLIST_PUBLIC_KEY: the station takes only hot lists signed with its private half.
     hotlist_public_key: str
+    # For a vendor station: its [[device]] block for the bridge's devices file, with the password; the broker's
+    # address in it is provisioning.BROKER_PLACEHOLDER for the installer to fill in. None for our own stations.
+    bridge_device_entry: str | None = None
 
 
 class StationCredentialRecord(BaseModel):
@@ -39,8 +42,8 @@ class StationCredentialRecord(BaseModel):
 async def issue_credentials(
     station_id: StationId, conn: Conn, user: Installer, request: Request, response: Response
 ) -> dict[str, Any]:
-    """Installer, admin: a new MQTT password for the station, replacing its previous one (shown only here), and the
-    backend's hot-list public key."""
+    """Installer, admin: a new MQTT password for the station, replacing its previous one (shown only here), the
+    backend's hot-list public key and, for a vendor station, its [[device]] block for the bridge's devices file."""
     issued = await provisioning.issue_credentials(conn, station_id, user.actor)
     await audit.record(conn, user, "station.credentials_issue", f"station:{station_id}")
     response.headers["Cache-Control"] = "no-store"
@@ -50,6 +53,7 @@ async def issue_credentials(
         "password": issued.password,
         "issued_at": issued.issued_at,
         "hotlist_public_key": request.app.state.settings.hotlist_public_key,
+        "bridge_device_entry": provisioning.bridge_device_entry(issued, provisioning.BROKER_PLACEHOLDER),
     }
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from backend import selftests, station_health, stations
+from backend import audit, selftests, station_health, stations
 from backend.accounts import User
 from backend.api.deps import Conn, Reads, Token, allow
 from backend.api.schemas import (
@@ -22,6 +22,7 @@ from backend.api.schemas import (
     StationPublic,
     StationRegister,
     StationUpdate,
+    VendorDeviceRegister,
 )
 from backend.api.streams import event_stream
 from protocol.ids import STATION_ID_PATTERN
@@ -111,6 +112,34 @@ async def change_lifecycle(
 ) -> dict[str, Any]:
     """Installer, admin: move a station one step forward in its life cycle, or decommission it (409 otherwise)."""
     return await stations.change_lifecycle(conn, station_id, body.state, user.actor, body.note)
+
+
+@router.put("/stations/{station_id}/vendor-device", response_model=StationDetail)
+async def set_vendor_device(
+    station_id: StationId, body: VendorDeviceRegister, conn: Conn, user: Installer
+) -> dict[str, Any]:
+    """Installer, admin: register or replace the vendor device the station is (protocol, device id, time zone);
+    409 when another station has the device id."""
+    station = await stations.set_vendor_device(conn, station_id, body.protocol, body.device_id, body.time_zone)
+    await audit.record(
+        conn,
+        user,
+        "station.vendor_device_set",
+        f"station:{station_id}",
+        protocol=body.protocol,
+        device_id=body.device_id,
+        time_zone=body.time_zone,
+    )
+    return station
+
+
+@router.delete("/stations/{station_id}/vendor-device", response_model=StationDetail)
+async def remove_vendor_device(station_id: StationId, conn: Conn, user: Installer) -> dict[str, Any]:
+    """Installer, admin: the station is no longer a vendor device (its [[device]] block leaves the bridge's devices
+    file too)."""
+    removed = await stations.remove_vendor_device(conn, station_id)
+    await audit.record(conn, user, "station.vendor_device_remove", f"station:{station_id}", device_id=removed)
+    return await stations.get_station(conn, station_id)
 
 
 @router.get("/stations/{station_id}/selftests", response_model=list[SelfTestRunPublic])

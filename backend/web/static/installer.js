@@ -419,9 +419,12 @@
   function el(id) { return document.getElementById(id); }
   document.querySelectorAll('[data-inst-act="credentials"]').forEach(function (button) {
     button.addEventListener("click", function () {
-      station = button.closest("tr[data-station]").dataset.station;
+      var tr = button.closest("tr[data-station]");
+      station = tr.dataset.station;
       el("cred-title").textContent = t("cred_title", { id: station });
-      el("cred-confirm").textContent = t("cred_confirm", { id: station });
+      // A vendor station's password goes to the bridge (its devices file), not to a gateway of ours.
+      el("cred-confirm").textContent = t(tr.dataset.vendorDevice ? "cred_confirm_vendor" : "cred_confirm", { id: station });
+      el("cred-once").textContent = t(tr.dataset.vendorDevice ? "cred_once_vendor" : "cred_once");
       el("cred-ask").hidden = false; el("cred-shown").hidden = true; el("cred-error").hidden = true;
       el("cred-issue").disabled = false;
       dialog.showModal();
@@ -440,6 +443,8 @@
       el("cred-username").textContent = r.data.username;
       el("cred-password").textContent = r.data.password;
       el("cred-key").textContent = r.data.hotlist_public_key;
+      el("cred-device").textContent = r.data.bridge_device_entry || "";
+      el("cred-bridge").hidden = !r.data.bridge_device_entry;
       el("cred-issued").textContent = t("cred_issued", { t: BG.time(r.data.issued_at) });
       el("cred-ask").hidden = true; el("cred-shown").hidden = false;
     });
@@ -447,7 +452,7 @@
   // Closing forgets the password: it is in no page, cache or storage afterwards. At once on Close (the dialog's
   // own close event comes a task later), and on any other way out (Esc).
   function forget() {
-    ["cred-username", "cred-password", "cred-key"].forEach(function (id) { el(id).textContent = ""; });
+    ["cred-username", "cred-password", "cred-key", "cred-device"].forEach(function (id) { el(id).textContent = ""; });
   }
   dialog.addEventListener("close", forget);
   el("cred-close").addEventListener("click", function () { forget(); dialog.close(); });
@@ -472,4 +477,102 @@
       if (document.execCommand("copy")) { copied(button); }
     });
   });
+})();
+
+/* A station's vendor device (MR7901, through the bridge): register, replace or remove its device id and the time zone
+   of its clock; the page is shown again with the station's new kind. */
+(function () {
+  "use strict";
+  var BG = window.BG, t = BG.t;
+  var dialog = document.getElementById("vendor-dialog");
+  if (!dialog) { return; }
+  var DEVICE_RE = /^[!-~]{1,16}$/;  // protocol.ids.VENDOR_DEVICE_ID_PATTERN
+  var station = null;
+  function el(id) { return document.getElementById(id); }
+
+  // The browser's own list of zones (the backend checks the name against zoneinfo).
+  var zones = Intl.supportedValuesOf ? Intl.supportedValuesOf("timeZone") : [];
+  el("vd-zones").innerHTML = zones.map(function (z) { return '<option value="' + BG.esc(z) + '">'; }).join("");
+
+  function check() {
+    var ok = true, id = el("vd-device-id").value.trim();
+    if (!DEVICE_RE.test(id)) { BG.mark("vd-device-id", "bad", t("vd_device_id_bad")); ok = false; }
+    else { BG.mark("vd-device-id", "ok", ""); }
+    if (!el("vd-time-zone").value.trim()) { BG.mark("vd-time-zone", "bad", t("vd_time_zone_bad")); ok = false; }
+    else { BG.mark("vd-time-zone", "ok", ""); }
+    return ok;
+  }
+
+  function done(r, id) {
+    if (r.ok) {
+      var u = new URL(window.location.href);
+      u.searchParams.set("vendor", id);
+      u.hash = "";
+      window.location.href = u.toString();
+      return;
+    }
+    var error = el("vendor-error");
+    var field = r.status === 422 && r.data && Array.isArray(r.data.detail) && r.data.detail[0] ?
+      r.data.detail[0].loc[r.data.detail[0].loc.length - 1] : null;
+    if (r.status === 409 && r.data && r.data.code === "vendor_device_taken") {
+      BG.mark("vd-device-id", "bad", t("vd_taken", { device: r.data.params.device_id, station: r.data.params.station_id }));
+    } else if (field === "time_zone") {
+      BG.mark("vd-time-zone", "bad", t("vd_time_zone_bad"));
+    } else if (field === "device_id") {
+      BG.mark("vd-device-id", "bad", t("vd_device_id_bad"));
+    } else {
+      error.textContent = t("vd_failed", { msg: r.message });
+      error.hidden = false;
+    }
+    el("vd-save").disabled = false; el("vd-remove").disabled = false;
+  }
+
+  document.querySelectorAll('[data-inst-act="vendor"]').forEach(function (button) {
+    button.addEventListener("click", function () {
+      var tr = button.closest("tr[data-station]");
+      station = tr.dataset.station;
+      el("vendor-title").textContent = t("vd_title", { id: station });
+      el("vd-device-id").value = tr.dataset.vendorDevice || "";
+      el("vd-time-zone").value = tr.dataset.timeZone || "Asia/Shanghai";
+      BG.mark("vd-device-id", "info", t("vd_device_id_hint"));
+      BG.mark("vd-time-zone", "info", t("vd_time_zone_hint"));
+      el("vd-remove").hidden = !tr.dataset.vendorDevice;
+      // A decommissioned station may only give its device id up.
+      el("vd-save").hidden = tr.dataset.lifecycle === "decommissioned";
+      el("vendor-error").hidden = true;
+      el("vd-save").disabled = false; el("vd-remove").disabled = false;
+      dialog.showModal();
+    });
+  });
+  el("vd-cancel").addEventListener("click", function () { dialog.close(); });
+  // A field changed since the server's refusal: its old verdict no longer holds.
+  [["vd-device-id", "vd_device_id_hint"], ["vd-time-zone", "vd_time_zone_hint"]].forEach(function (f) {
+    el(f[0]).addEventListener("input", function () { BG.mark(f[0], "info", t(f[1])); });
+  });
+  el("vendor-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    el("vendor-error").hidden = true;
+    if (!check()) { return; }
+    el("vd-save").disabled = true;
+    var body = { protocol: el("vd-protocol").value, device_id: el("vd-device-id").value.trim(),
+      time_zone: el("vd-time-zone").value.trim() };
+    var id = station;
+    BG.api("PUT", "/api/stations/" + encodeURIComponent(id) + "/vendor-device", body).then(function (r) { done(r, id); });
+  });
+  el("vd-remove").addEventListener("click", function () {
+    el("vd-remove").disabled = true;
+    var id = station;
+    BG.api("DELETE", "/api/stations/" + encodeURIComponent(id) + "/vendor-device").then(function (r) { done(r, id); });
+  });
+
+  // Shown again after a change: say what the station is now, and what comes next.
+  var changed = new URL(window.location.href).searchParams.get("vendor");
+  var row = changed && document.querySelector('#station-table tr[data-station="' + changed + '"]');
+  if (row) {
+    var banner = el("vendor-done");
+    banner.textContent = "✓ " + (row.dataset.vendorDevice ?
+      t("vd_saved", { id: changed, device: row.dataset.vendorDevice }) : t("vd_removed", { id: changed }));
+    banner.hidden = false;
+    row.classList.add("bg-inst-new");
+  }
 })();
