@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from bikeguard.services import Broker
 from firmware_sim.mr7901_station import VendorStation
 from gateway.vendor.bridge import Bridge, BridgeSettings
-from gateway.vendor.devices import DevicesFileError, VendorDevice, load_devices
+from gateway.vendor.devices import DevicesFileError, VendorDevice, devices_toml, load_devices
 from protocol.frames import TagFlags
 from protocol.messages import HOTLIST_VERSION_MAX, SightingBatch, StationStatus, format_tag
 from protocol.mr7901 import (
@@ -317,3 +317,13 @@ def test_the_devices_file_is_read_and_checked(tmp_path: Path) -> None:
     path.write_text(path.read_text() * 2)
     with pytest.raises(DevicesFileError, match="listed twice"):
         load_devices(path)
+
+
+def test_a_devices_file_written_by_devices_toml_reads_back_the_same(tmp_path: Path) -> None:
+    devices = [
+        VendorDevice("MR7901-s01", "s01", SHANGHAI, SecretStr('mqtt://s01:a"b\\c@127.0.0.1:1883')),
+        VendorDevice("MR7901-s02", "s02", ZoneInfo("Europe/Berlin"), SecretStr("mqtt://s02:p4ss@broker.example:8883")),
+    ]
+    path = tmp_path / "devices.toml"
+    path.write_text(devices_toml(devices), encoding="utf-8")
+    assert load_devices(path) == devices
