@@ -160,6 +160,7 @@ class Bridge:
         """Listen and run every station until cancelled."""
         host, port = self.settings.listen_address
         handlers: set[asyncio.Task[None]] = set()
+        stopping = asyncio.Event()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
@@ -167,6 +168,11 @@ class Bridge:
             handlers.add(task)
             try:
                 await self._serve(reader, writer)
+            except asyncio.CancelledError:
+                # Cancelled by our own stop below: end normally, because Python 3.11's streams call
+                # task.exception() on a finished connection handler, which raises for a cancelled one (an error log).
+                if not stopping.is_set():
+                    raise
             finally:
                 handlers.discard(task)
 
@@ -178,6 +184,7 @@ class Bridge:
             await self.fleet.run()
         finally:
             server.close()
+            stopping.set()
             for task in list(handlers):
                 task.cancel()
             await asyncio.gather(*handlers, return_exceptions=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -218,6 +219,24 @@ async def test_a_station_that_sends_only_garbage_is_disconnected(
         assert await raw.closed()
         assert bridge.garbage_disconnects == 1
         assert bridge.links[dev.device_id].rejected["garbage"] >= 1
+
+
+async def test_stopping_the_bridge_with_a_station_logged_in_closes_its_connection_without_an_error(
+    broker: Broker, topic_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dev = device(f"{topic_prefix}-v", broker)
+    async with bridge_running(tmp_path, [dev]) as bridge:
+        assert bridge.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        raw = RawStation(reader, writer)
+        await raw.send(encode(Login(dev.device_id, 1)))
+        assert isinstance(await raw.reply(), LoginReply)
+    try:
+        assert await raw.closed()
+    finally:
+        writer.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
 
 
 async def test_heartbeats_drive_the_station_s_status(broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
