@@ -196,14 +196,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def vendor_device_ids(town: Town, count: int) -> dict[str, str]:
+    """Which of the town's stations run as vendor stations: its last `count`, device id `MR7901-<station id>`, keyed
+    by station id (a bridge's devices file is written from this before the stations run)."""
+    if not 0 <= count <= len(town.stations):
+        raise TownError(f"{count} vendor stations asked for but the town has {len(town.stations)} stations")
+    return {s.station_id: f"MR7901-{s.station_id}" for s in town.stations[len(town.stations) - count :]}
+
+
 def vendor_stations(
     town: Town, count: int, host: str, port: int, time_zone: str = "Asia/Shanghai"
 ) -> dict[str, VendorStation]:
-    """The town's last `count` stations as vendor stations, device id `MR7901-<station id>`, keyed by station id."""
-    if not 0 <= count <= len(town.stations):
-        raise TownError(f"{count} vendor stations asked for but the town has {len(town.stations)} stations")
-    picked = town.stations[len(town.stations) - count :]
-    return {s.station_id: VendorStation(host, port, f"MR7901-{s.station_id}", time_zone=time_zone) for s in picked}
+    """The town's vendor stations (`vendor_device_ids`) connecting to host:port, keyed by station id."""
+    return {
+        sid: VendorStation(host, port, device_id, time_zone=time_zone)
+        for sid, device_id in vendor_device_ids(town, count).items()
+    }
 
 
 def _emit(event: dict[str, object]) -> None:
