@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from firmware_sim.mr7901_station import VendorStation, plan_writes, tag_read
-from firmware_sim.runner import SimRunner, vendor_stations
+from firmware_sim.runner import SimRunner, vendor_device_ids, vendor_stations
 from firmware_sim.town import Town, TownError
 from protocol.frames import Beacon, TagFlags
 from protocol.mr7901 import (
@@ -275,6 +275,7 @@ def test_vendor_stations_are_the_towns_last_stations_named_by_device_id() -> Non
     town = Town.generate(21, stations=3, bikes=10)
     stations = vendor_stations(town, 2, "127.0.0.1", 9000)
     assert {sid: s.device_id for sid, s in stations.items()} == {"st-002": "MR7901-st-002", "st-003": "MR7901-st-003"}
+    assert vendor_device_ids(town, 2) == {"st-002": "MR7901-st-002", "st-003": "MR7901-st-003"}  # known beforehand
     with pytest.raises(TownError, match="4 vendor stations"):
         vendor_stations(town, 4, "127.0.0.1", 9000)
 
