@@ -218,7 +218,10 @@ class Bridge:
         while True:
             left = conn.valid_at + timeout_s - time.monotonic()
             try:
-                data = await asyncio.wait_for(reader.read(65536), max(left, 0.0))
+                # Not wait_for: on Python 3.11 it swallows a cancellation that comes as data arrives, and the bridge
+                # could not stop while a station sends.
+                async with asyncio.timeout(max(left, 0.0)):
+                    data = await reader.read(65536)
             except TimeoutError:
                 self.silent_disconnects += 1
                 log.warning(
