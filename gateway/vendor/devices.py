@@ -4,7 +4,9 @@ credentials (docs/installer.md)."""
 
 from __future__ import annotations
 
+import json
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -75,3 +77,20 @@ def load_devices(path: Path) -> list[VendorDevice]:
                 raise DevicesFileError(f"{path}: {name} {value!r} is listed twice")
             seen.add(value)
     return devices
+
+
+def devices_toml(devices: Sequence[VendorDevice]) -> str:
+    """The devices file (TOML) that `load_devices` reads back as `devices`: one [[device]] block each."""
+    blocks = []
+    for device in devices:
+        values = {
+            "device_id": device.device_id,
+            "station_id": device.station_id,
+            "time_zone": device.time_zone.key,
+            "mqtt_url": device.mqtt_url.get_secret_value(),
+        }
+        # A JSON string is a TOML basic string: the same quotes and escapes (\" \\ \n \u00XX).
+        blocks.append(
+            "[[device]]\n" + "".join(f"{k} = {json.dumps(v, ensure_ascii=False)}\n" for k, v in values.items())
+        )
+    return "\n".join(blocks)
