@@ -269,6 +269,17 @@ def start_demo_broker(backend_password: str, kind: str = "auto") -> Broker:
     return start_broker(kind, password=backend_password, acl=provisioning.acl_file([], BACKEND_USER))
 
 
+def register_vendor_devices(installer: httpx.Client, vendor_ids: Mapping[str, str]) -> None:
+    """Register each vendor station's device id and clock's time zone, as the installer does on their page."""
+    for sid, device_id in vendor_ids.items():
+        body = {"protocol": "mr7901", "device_id": device_id, "time_zone": VENDOR_TIME_ZONE}
+        r = installer.put(f"/api/stations/{sid}/vendor-device", json=body)
+        if r.status_code != 200:
+            raise ServiceError(
+                f"registering vendor device {device_id} for station {sid} failed: {r.status_code} {r.text}"
+            )
+
+
 def issue_station_credentials(installer: httpx.Client, station_ids: list[str]) -> dict[str, str]:
     """Each station's MQTT password, issued by the installer through the API as on a real commissioning."""
     passwords: dict[str, str] = {}
@@ -477,6 +488,9 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
             f"town registered: {len(town.stations)} stations, {len(town.bikes)} bikes and their owners,"
             f" {len(town.roads)} roads"
         )
+        vendor_ids = vendor_device_ids(town, vendor_count)
+        with sign_in(base, staff.installer) as installer:
+            register_vendor_devices(installer, vendor_ids)
         station_urls = {s.station_id: mqtt_url for s in town.stations}  # a broker of the operator's: as given
         if broker is not None:
             with sign_in(base, staff.installer) as installer:
@@ -494,7 +508,6 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         with stop_signals.held():
             fleet = GatewayFleet()
             fleet.start()
-        vendor_ids = vendor_device_ids(town, vendor_count)
         vendor_options = _start_vendor_stations(fleet, workdir, vendor_ids, station_urls, station_overrides)
         with stop_signals.held():
             sim = subprocess.Popen(

@@ -205,6 +205,13 @@ def assert_the_vendor_stations_report_like_ours(output: list[str], base: str, us
         wait_until(lambda: all(state == "online" and n > 0 for state, n in reporting().values()), timeout_s=180)
     now = reporting()  # station id -> (state, passages stored in the last hour)
     assert set(now) == set(vendor) and all(state == "online" and n > 0 for state, n in now.values()), now
+    # The installer registered each one's device id and clock's zone, and the registry says so.
+    registered = {
+        s["station_id"]: (s["vendor_protocol"], s["vendor_device_id"], s["time_zone"])
+        for s in httpx.get(f"{base}/api/stations", headers=headers).json()
+        if s["vendor_device_id"] is not None
+    }
+    assert registered == {sid: ("mr7901", device_id, "Asia/Shanghai") for sid, device_id in vendor.items()}
 
 
 def wait_for_the_alarm(base: str, username: str, password: str) -> float:
