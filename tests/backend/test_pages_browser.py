@@ -55,6 +55,16 @@ def _sign_in(page, username: str, password: str) -> None:  # type: ignore[no-unt
     page.click("#login-submit")
 
 
+def _first_sign_in(page, slip: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """An owner's first sign-in with the counter slip, replacing its one-time password by OWNER_PASSWORD."""
+    _sign_in(page, slip["username"], slip["initial_password"])
+    page.wait_for_selector("#password-form")
+    page.fill("#current", slip["initial_password"])
+    page.fill("#new", OWNER_PASSWORD)
+    page.fill("#repeat", OWNER_PASSWORD)
+    page.click("#password-form button")
+
+
 def _message(page, field: str) -> str:  # type: ignore[no-untyped-def]
     return page.inner_text(f'.bg-msg[data-for="{field}"]')
 
@@ -404,12 +414,7 @@ def test_owner_sees_where_the_bike_is_and_its_day_on_the_map(
             )
     with browser_page(1300, 1300) as page:
         page.goto(f"{server}/portal?lang={lang}")
-        _sign_in(page, done["owner_login"]["username"], done["owner_login"]["initial_password"])
-        page.wait_for_selector("#password-form")
-        page.fill("#current", done["owner_login"]["initial_password"])
-        page.fill("#new", OWNER_PASSWORD)
-        page.fill("#repeat", OWNER_PASSWORD)
-        page.click("#password-form button")
+        _first_sign_in(page, done["owner_login"])
         page.wait_for_selector(".bg-bike .bg-where")
         page.click(".bg-bike details[data-key=where] summary")
         page.wait_for_selector(".bg-trip:not(:empty)")
@@ -441,12 +446,7 @@ def test_owner_shares_the_bike_with_a_link_a_family_member_opens(
         )
     with browser_page(1300, 1100) as page:
         page.goto(f"{server}/portal?lang={lang}")
-        _sign_in(page, done["owner_login"]["username"], done["owner_login"]["initial_password"])
-        page.wait_for_selector("#password-form")
-        page.fill("#current", done["owner_login"]["initial_password"])
-        page.fill("#new", OWNER_PASSWORD)
-        page.fill("#repeat", OWNER_PASSWORD)
-        page.click("#password-form button")
+        _first_sign_in(page, done["owner_login"])
         page.wait_for_selector(".bg-bike")
         page.click(".bg-bike details[data-key=share] summary")
         page.fill(".bg-share-form [name=label]", "Xiao Mei")

@@ -25,6 +25,7 @@ from backend.api.deps import Conn, OptionalUser, PublicBaseUrl, RegistryDep, Set
 from backend.api.middleware.headers import csp_nonce, with_nonce
 from backend.api.schemas import ApiTime
 from backend.identity import mask_mobile, mask_name
+from backend.registry import Registry
 from backend.settings import BackendSettings
 from backend.web import LANG_COOKIE, choose_language, render
 from backend.web.fonts import FONT_URL, chinese_font
@@ -336,6 +337,18 @@ def _share_gone(user: User | None, lang: str) -> HTMLResponse:
     return _page(html, lang, 404)
 
 
+async def _shared(
+    conn: Conn, registry: Registry, token: str
+) -> tuple[dict[str, Any], dict[str, Any], trajectories.Trajectory] | None:
+    """The share a link opens, its bike and the bike's last 24 hours as the share shows them; None if it opens none."""
+    share = await shares.resolve(conn, token)
+    if share is None:
+        return None
+    now = utcnow()
+    day = await trajectories.bike_trajectory(conn, share["bike_id"], *shares.window(share, now - DAY, now))
+    return share, await registry.get_bike(conn, share["bike_id"]), day
+
+
 @router.get("/shared/{token}", response_class=HTMLResponse)
 async def shared_bike(
     request: Request,
@@ -348,13 +361,12 @@ async def shared_bike(
     """Anyone with an owner's link (backend/shares.py): where the bike was last seen and its last 24 hours on the map;
     never its owner's data. A link unknown, expired, withdrawn or of a bike sold since is a 404 page."""
     chosen = _lang(request, lang)
-    share = await shares.resolve(conn, token)
-    if share is None:
+    found = await _shared(conn, registry, token)
+    if found is None:
         return _share_gone(user, chosen)
-    bike = await registry.get_bike(conn, share["bike_id"])
+    share, bike, day = found
     now = utcnow()
     last = await trajectories.last_passage_of_bike(conn, share["bike_id"], *shares.window(share, now - LONG_AGO, now))
-    day = await trajectories.bike_trajectory(conn, share["bike_id"], *shares.window(share, now - DAY, now))
     shown = {k: bike[k] for k in ("plate", "brand", "model", "colour", "stolen")}
     html = render(
         "shared.html",
@@ -384,13 +396,11 @@ async def shared_bike_map(
 ) -> Response:
     """The shared bike's last 24 hours on the map (shown inside /shared/{token})."""
     chosen = _lang(request, lang)
-    share = await shares.resolve(conn, token)
-    if share is None:
+    found = await _shared(conn, registry, token)
+    if found is None:
         return _share_gone(user, chosen)
-    bike = await registry.get_bike(conn, share["bike_id"])
-    now = utcnow()
-    found = await trajectories.bike_trajectory(conn, share["bike_id"], *shares.window(share, now - DAY, now))
-    return await _trail_map(request, conn, settings, found, bike["plate"] or "", chosen)
+    _share, bike, day = found
+    return await _trail_map(request, conn, settings, day, bike["plate"] or "", chosen)
 
 
 async def _trail_map(
