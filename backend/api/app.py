@@ -34,6 +34,7 @@ from backend.ingest import rejects
 from backend.ingest.workers import IngestWorkers
 from backend.live import LiveFeed
 from backend.metrics import registry_for
+from backend.notifications import worker as notification_worker
 from backend.settings import DEFAULT_SECRET, BackendSettings
 from backend.vault import Vault
 from backend.web import STATIC_DIR
@@ -149,11 +150,14 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         watch = asyncio.create_task(
             station_watch.watch_stations(pool, settings.station_watch_interval_s), name="station-watch"
         )
+        # Owners' notifications: the outbox's sender (any number of processes may run one; they share the rows).
+        sender = asyncio.create_task(notification_worker.Sender(settings).run(), name="notification-sender")
         try:
             yield
         finally:
             maintenance.cancel()
             watch.cancel()
+            sender.cancel()
             await feed.stop()
             if worker:
                 await asyncio.to_thread(worker.stop)

@@ -51,6 +51,7 @@ CREATE TABLE notifications (
     -- it is tried again with the same idempotency key.
     claimed_at      timestamptz,
     sent_at         timestamptz,
+    reference       text,                         -- what the provider answered (its message id)
     last_error      text,
     UNIQUE (event_key, owner_id, channel)
 );
