@@ -24,7 +24,7 @@ from backend.api.middleware.limits import BodyLimits
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import audit as audit_routes
-from backend.api.routes import auth, bikes, health, live, owners, pages, sightings, stations
+from backend.api.routes import auth, bikes, health, live, notifications, owners, pages, sightings, stations
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import commands as command_routes
 from backend.api.routes import provisioning as provisioning_routes
@@ -151,13 +151,18 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
             station_watch.watch_stations(pool, settings.station_watch_interval_s), name="station-watch"
         )
         # Owners' notifications: the outbox's sender (any number of processes may run one; they share the rows).
-        sender = asyncio.create_task(notification_worker.Sender(settings).run(), name="notification-sender")
+        sender = (
+            asyncio.create_task(notification_worker.Sender(settings).run(), name="notification-sender")
+            if settings.notify_in_backend
+            else None
+        )
         try:
             yield
         finally:
             maintenance.cancel()
             watch.cancel()
-            sender.cancel()
+            if sender:
+                sender.cancel()
             await feed.stop()
             if worker:
                 await asyncio.to_thread(worker.stop)
@@ -191,6 +196,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         command_routes.router,
         sightings.router,
         alarm_routes.router,
+        notifications.router,
         live.router,
         pages.router,
     ):
