@@ -24,7 +24,7 @@ from backend.api.middleware.limits import BodyLimits
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import audit as audit_routes
-from backend.api.routes import auth, bikes, health, live, notifications, owners, pages, sightings, stations
+from backend.api.routes import auth, bikes, health, live, notifications, owners, pages, sightings, stations, webapp
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import commands as command_routes
 from backend.api.routes import provisioning as provisioning_routes
@@ -197,6 +197,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         sightings.router,
         alarm_routes.router,
         notifications.router,
+        webapp.router,
         live.router,
         pages.router,
     ):
