@@ -30,6 +30,9 @@ class EventKind(StrEnum):
         return self is EventKind.STOLEN_CHIP_SEEN
 
 
+# The channels, as stored in notifications.channel and notification_preferences.channels (migration 0021).
+CHANNELS = ("webpush", "sms", "email")
+
 # Alarm kinds the owner is told about when they are raised (and cleared).
 ALARM_EVENTS = (AlarmKind.STOLEN_CHIP_SEEN, AlarmKind.ARMED_BIKE_MOVING)
 

@@ -17,7 +17,7 @@ from tests.backend.conftest import Staff
 from tests.backend.test_notifications_outbox import MOTION, _write
 
 P256DH = "B" + "A" * 86  # the shape of a browser's key (the API stores it; the sender's tests use real ones)
-AUTH = "c2VjcmV0LWF1dGgtMTY"
+AUTH = "c2VjcmV0LWF1dGgtMTYhIQ"  # 16 bytes, base64url
 
 
 @pytest.fixture
@@ -123,8 +123,13 @@ def test_a_device_subscribes_to_web_push_for_its_owner_only(people, database_url
     assert a.get("/api/me/notifications/preferences").json()["push_devices"] == 1
     assert a.post("/api/me/notifications/push-subscriptions/delete", json=sub).status_code == 204
     assert a.get("/api/me/notifications/preferences").json()["push_devices"] == 0
-    bad = {"endpoint": "javascript:alert(1)", "keys": {"p256dh": P256DH, "auth": AUTH}}
-    assert a.post("/api/me/notifications/push-subscriptions", json=bad).status_code == 422
+    for bad in (
+        {"endpoint": "javascript:alert(1)", "keys": {"p256dh": P256DH, "auth": AUTH}},
+        {"endpoint": "https://push.example.net/x", "keys": {"p256dh": "short", "auth": AUTH}},
+        {"endpoint": "https://push.example.net/x", "keys": {"p256dh": P256DH}},
+        {"endpoint": "https://push.example.net/x", "keys": "[Filtered]"},
+    ):
+        assert a.post("/api/me/notifications/push-subscriptions", json=bad).status_code == 422, bad
     assert a.get("/api/me/notifications/push-key").json() == {"public_key": None}
 
 

@@ -63,7 +63,7 @@ async def push_key(settings: Settings, _user: Owner) -> dict[str, Any]:
 @router.post("/push-subscriptions", status_code=204)
 async def subscribe(body: PushSubscriptionCreate, conn: Conn, user: Owner) -> Response:
     """Owner: this device (the portal installed as a web app) receives their notifications by Web Push."""
-    await preferences.subscribe(conn, _owner_id(user), body.endpoint, body.keys["p256dh"], body.keys["auth"])
+    await preferences.subscribe(conn, _owner_id(user), body.endpoint, body.keys.p256dh, body.keys.auth)
     return Response(status_code=204)
 
 
