@@ -65,7 +65,11 @@ _RAISE = (
     """
     + outbox.ALARM_CTE
     + """
-    SELECT alarm_id, pg_notify(%(channel)s, alarm_id::text) FROM raised ORDER BY kind, tag_id
+    SELECT alarm_id, pg_notify(%(channel)s, alarm_id::text) FROM raised
+    """
+    + outbox.ALARM_WAKE
+    + """
+    ORDER BY kind, tag_id
 """
 )
 

@@ -30,6 +30,10 @@ class EventKind(StrEnum):
         return self is EventKind.STOLEN_CHIP_SEEN
 
 
+# Senders LISTEN here: a NOTIFY at the commit of new outbox rows wakes them (an alarm update that tells nobody,
+# such as a low battery seen again, does not).
+NOTIFY_CHANNEL = "bikeguard_notifications"
+
 # The channels, as stored in notifications.channel and notification_preferences.channels (migration 0021).
 CHANNELS = ("webpush", "sms", "email")
 
@@ -71,6 +75,13 @@ ALARM_CTE = (
     )
     + " RETURNING 1)"
 )
+# A join for the raising statement's final SELECT that NOTIFYs the senders when `told` wrote anything (PostgreSQL
+# delivers a repeated NOTIFY of one transaction once).
+ALARM_WAKE = f"LEFT JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM told LIMIT 1) AS woke ON true"
+
+
+async def _wake(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
 
 
 async def alarm_cleared(conn: psycopg.AsyncConnection[Any], alarm_id: int) -> None:
@@ -86,6 +97,7 @@ async def alarm_cleared(conn: psycopg.AsyncConnection[Any], alarm_id: int) -> No
         ),
         {"alarm": alarm_id, "kinds": [k.value for k in ALARM_EVENTS]},
     )
+    await _wake(conn)
 
 
 async def bike_recovered(conn: psycopg.AsyncConnection[Any], bike_id: int) -> None:
@@ -101,6 +113,7 @@ async def bike_recovered(conn: psycopg.AsyncConnection[Any], bike_id: int) -> No
         ),
         {"bike": bike_id},
     )
+    await _wake(conn)
 
 
 async def transfer_requested(conn: psycopg.AsyncConnection[Any], bike_id: int, owner_id: int, code_hash: bytes) -> None:
@@ -117,3 +130,4 @@ async def transfer_requested(conn: psycopg.AsyncConnection[Any], bike_id: int, o
         ),
         {"hash": code_hash, "bike": bike_id, "owner": owner_id},
     )
+    await _wake(conn)

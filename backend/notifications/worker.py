@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import psycopg
 from psycopg.rows import dict_row
 
-from backend.alarms.store import NOTIFY_CHANNEL
 from backend.notifications.channels import ChannelError, Channels, Outgoing, PushSubscription, Sent
+from backend.notifications.outbox import NOTIFY_CHANNEL
 from backend.notifications.texts import render
 from backend.settings import BackendSettings
 
@@ -163,7 +163,8 @@ class Sender:
         log.warning("notification %d by %s: %s (attempt %d)", c.notification_id, c.channel, result, c.attempts)
 
     async def run(self) -> None:
-        """Send until cancelled: woken by every alarm change (NOTIFY), else every notify_poll_s."""
+        """Send until cancelled: woken when rows are written to the outbox (NOTIFY), else every notify_poll_s (rows
+        that waited for quiet hours or a retry come due without a NOTIFY)."""
         s = self.settings
         while True:
             try:
@@ -175,8 +176,9 @@ class Sender:
                         # Drain what arrived; the next round looks at the outbox anyway.
                         async for _ in conn.notifies(timeout=s.notify_poll_s, stop_after=1):
                             pass
-            except psycopg.OperationalError:
-                log.exception("notification sender lost its database; reconnecting in %.0f s", s.notify_poll_s)
+            except psycopg.Error:
+                # The connection went, or a query failed: nothing is lost (rows taken stay 'sending' until the lease).
+                log.exception("notification sender failed; starting again in %.0f s", s.notify_poll_s)
                 await asyncio.sleep(s.notify_poll_s)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from backend.alarms import engine, store
 from backend.ingest import writer
+from backend.notifications import outbox
 from backend.registry import Registry
 from backend.vault import Vault
 from protocol.frames import TagFlags
@@ -139,3 +140,21 @@ def test_clearing_recovery_and_transfer_consent_are_told_in_their_own_transactio
         (owner, "transfer_requested", "email"),
     ]
     assert rows[2][1] == f"alarm:{moving}:cleared" and alarm
+
+
+def test_senders_are_woken_when_rows_are_written_and_not_by_updates_that_tell_nobody(conn, database_url):
+    factories.station(conn, "st-1")
+    owner = factories.owner(conn)
+    factories.bike(conn, 0xB8, owner_id=owner, armed=True)
+    factories.bike(conn, 0xB9, armed=True)  # its owner chose nothing
+    prefer(conn, owner, "sms")
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
+
+        def woken() -> int:
+            return len(list(listener.notifies(timeout=0.5)))
+
+        _write(conn, factories.batch("st-1", 1, [0xB8, 0xB9], flags=MOTION))
+        assert woken() == 1  # one wake-up for the flush, however many rows it wrote
+        _write(conn, factories.batch("st-1", 2, [0xB8, 0xB9], flags=MOTION))  # the same alarms, updated
+        assert woken() == 0
