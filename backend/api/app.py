@@ -4,6 +4,7 @@ and hot-list publisher opened in the lifespan; errors mapped in one place."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -163,6 +164,9 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
             watch.cancel()
             if sender:
                 sender.cancel()
+                # Its own connection closes before the pool's: nothing of the app outlives the lifespan.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
             await feed.stop()
             if worker:
                 await asyncio.to_thread(worker.stop)

@@ -62,7 +62,6 @@ class Outgoing:
     email: str | None = None
     sms_number: str | None = None
     subscriptions: tuple[PushSubscription, ...] = ()
-    language: str = "zh"
 
     @property
     def key(self) -> str:

@@ -49,13 +49,13 @@ class Text:
 
     title: str
     body: str
+    language: str = "zh"
 
     def sms(self) -> str:
-        """The one-part SMS: signature, title and body."""
-        return f"【{_SIGNATURE['zh']}】{self.title}: {self.body}" if self._zh() else f"{_SIGNATURE['en']}: {self.body}"
-
-    def _zh(self) -> bool:
-        return any("\u4e00" <= c <= "\u9fff" for c in self.title)
+        """The SMS: the signature (in 【】 as Chinese SMS rules want it) and the body."""
+        if self.language == "zh":
+            return f"【{_SIGNATURE['zh']}】{self.body}"
+        return f"{_SIGNATURE['en']}: {self.body}"
 
 
 def _when(value: Any, time_zone: str) -> str:
@@ -72,4 +72,4 @@ def render(kind: str, facts: dict[str, Any], language: str, time_zone: str) -> T
     body = _BODIES[kind][lang].format(
         plate=facts.get("plate") or "?", station=station, at=_when(facts.get("at"), time_zone)
     )
-    return Text(_TITLES[kind][lang], body)
+    return Text(_TITLES[kind][lang], body, lang)

@@ -126,7 +126,6 @@ class Sender:
             email=prefs.get("email"),
             sms_number=prefs.get("sms_number"),
             subscriptions=tuple(PushSubscription(int(i), e, p, a) for i, e, p, a in prefs["subscriptions"]),
-            language=prefs["language"],
         )
 
     def _send(self, out: Outgoing) -> Sent | ChannelError:

@@ -111,10 +111,10 @@ def test_sms_goes_to_the_configured_gateway_with_credentials_template_and_idempo
     body = request.json()
     assert body["account"] == "county" and body["mobile"] == "13800000000"
     assert body["ref"] == f"bikeguard-n{notification_id}"
-    # Chinese by default; the plate, station and time, never the owner's name.
-    assert (
-        body["content"].startswith("【电动车防盗】") and "浙A00001" in body["content"] and "Wang" not in body["content"]
-    )
+    assert body["content"].startswith("【电动车防盗】") and "浙A00001" in body["content"]
+    # No more personal data than the plate: not the name, the address, the ID number, nor the registered mobile.
+    [(mobile, address)] = conn.execute("SELECT mobile, address FROM owners").fetchall()
+    assert all(x not in body["content"] for x in ("Wang", address, mobile, "3301"))
     assert _states(conn) == [("sms", "sent", 1, True, None)]
 
 
