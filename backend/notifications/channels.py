@@ -18,6 +18,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from typing import Any
 
+from py_vapid import Vapid
 from pywebpush import WebPushException, webpush
 
 from backend.notifications.texts import Text
@@ -167,6 +168,9 @@ class Channels:
             raise ChannelNotConfigured("Web Push is not configured (BIKEGUARD_VAPID_PRIVATE_KEY)")
         if not out.subscriptions:
             raise ChannelError("the owner has no device subscribed to Web Push", permanent=True)
+        secret = s.vapid_private_key.get_secret_value().strip()
+        # PEM (as `vapid --gen` writes it) or base64url of the raw key / its DER.
+        vapid = Vapid.from_pem(secret.encode()) if "BEGIN" in secret else Vapid.from_string(secret)
         payload = json.dumps({"title": out.text.title, "body": out.text.body, "tag": out.key}, ensure_ascii=False)
         sent, gone, failures = 0, [], []
         for sub in out.subscriptions:
@@ -175,7 +179,7 @@ class Channels:
                 webpush(
                     info,
                     payload,
-                    vapid_private_key=s.vapid_private_key.get_secret_value(),
+                    vapid_private_key=vapid,
                     vapid_claims={"sub": s.vapid_subject},
                     timeout=s.notify_send_timeout_s,
                     ttl=24 * 3600,

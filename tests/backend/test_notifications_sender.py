@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from py_vapid import Vapid
 
+from backend.notifications import preferences
 from backend.notifications.worker import Sender, quiet_until
 from tests import factories
 from tests.backend.notify_standins import http_standin, smtp_server
@@ -118,11 +119,16 @@ def test_sms_goes_to_the_configured_gateway_with_credentials_template_and_idempo
     assert _states(conn) == [("sms", "sent", 1, True, None)]
 
 
-def test_web_push_is_encrypted_for_the_subscription_and_signed_with_the_vapid_key(conn, database_url):
+@pytest.mark.parametrize("key_form", ["raw", "pem"])
+def test_web_push_is_encrypted_for_the_subscription_and_signed_with_the_vapid_key(conn, database_url, key_form):
     owner = _moving_bike(conn, "webpush", language="en")
     vapid = Vapid()
     vapid.generate_keys()
-    vapid_private = _b64(vapid.private_key.private_numbers().private_value.to_bytes(32, "big"))
+    vapid_private = (
+        _b64(vapid.private_key.private_numbers().private_value.to_bytes(32, "big"))
+        if key_form == "raw"
+        else vapid.private_pem().decode()  # as `vapid --gen` writes private_key.pem
+    )
     vapid_public = vapid.public_key.public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
@@ -138,6 +144,8 @@ def test_web_push_is_encrypted_for_the_subscription_and_signed_with_the_vapid_ke
         )
         settings = factories.settings(database_url, vapid_private_key=vapid_private, vapid_subject="mailto:ops@bg.test")
         _send_all(settings)
+    # The key the portal subscribes with (GET /api/me/notifications/push-key) is this key's public half.
+    assert preferences.vapid_public_key(settings) == _b64(vapid_public)
     [request] = push_service.requests
     [notification_id] = conn.execute("SELECT notification_id FROM notifications").fetchone()
     assert request.path == "/push/dev1" and request.headers["content-encoding"] == "aes128gcm"
