@@ -176,7 +176,7 @@ class BackendSettings(BaseSettings):
     notify_batch: int = Field(default=20, ge=1, le=1000)
     notify_send_timeout_s: float = Field(default=10.0, gt=0)
     notify_lease_s: float = Field(default=60.0, gt=0)
-    notify_max_attempts: int = Field(default=8, ge=1)
+    notify_max_attempts: int = Field(default=20, ge=1)
     notify_backoff_s: float = Field(default=10.0, gt=0)
     notify_backoff_max_s: float = Field(default=3600.0, gt=0)
     # E-mail through SMTP: no host, no e-mail. STARTTLS unless smtp_tls is "none"; "ssl" is SMTP over TLS (465).
