@@ -170,7 +170,7 @@ class BackendSettings(BaseSettings):
     # nobody wakes it, how many it takes at once), the lease after which a row a dead worker had taken is tried
     # again (longer than notify_send_timeout_s, the most one provider request may take), and the retry backoff.
     # Whether the backend process runs a sender; off when senders run as processes of their own
-    # (`python -m backend.notifications.worker`, as many as wanted).
+    # (`bikeguard notify`, as many as wanted).
     notify_in_backend: bool = True
     notify_poll_s: float = Field(default=5.0, gt=0)
     notify_batch: int = Field(default=20, ge=1, le=1000)

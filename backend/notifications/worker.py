@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -179,14 +178,3 @@ class Sender:
                 # The connection went, or a query failed: nothing is lost (rows taken stay 'sending' until the lease).
                 log.exception("notification sender failed; starting again in %.0f s", s.notify_poll_s)
                 await asyncio.sleep(s.notify_poll_s)
-
-
-def main() -> None:
-    """`python -m backend.notifications.worker`: a sender on its own, from BIKEGUARD_* settings."""
-    logging.basicConfig(level=os.environ.get("BIKEGUARD_LOG_LEVEL", "INFO"))
-    settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
-    asyncio.run(Sender(settings).run())
-
-
-if __name__ == "__main__":
-    main()

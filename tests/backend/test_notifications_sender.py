@@ -255,7 +255,7 @@ def _worker(database_url: str, gateway_url: str) -> subprocess.Popen[bytes]:
         "BIKEGUARD_NOTIFY_LEASE_S": "6",
         "BIKEGUARD_NOTIFY_POLL_S": "0.2",
     }
-    return subprocess.Popen([sys.executable, "-m", "backend.notifications.worker"], cwd=ROOT, env=env)
+    return subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "notify"], cwd=ROOT, env=env)
 
 
 def test_a_worker_killed_mid_send_loses_none_and_the_provider_delivers_each_once(conn, database_url):
