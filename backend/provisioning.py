@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -24,6 +23,7 @@ from psycopg.rows import dict_row
 
 from backend.stations import StationNotFound
 from protocol import topics
+from protocol.vendor_devices import device_block
 
 # Mosquitto 2's "$7$" format: PBKDF2-HMAC-SHA512 with the iteration count in the hash.
 _ITERATIONS = 1000
@@ -130,23 +130,12 @@ class IssuedCredentials:
         return f"mqtt://{self.username}:{self.password}@{broker}"
 
 
-def _toml_string(text: str) -> str:
-    # A JSON string of ASCII is a TOML basic string: the same quotes and escapes (\", \\, \uXXXX).
-    return json.dumps(text, ensure_ascii=True)
-
-
 def bridge_device_entry(issued: IssuedCredentials, broker: str) -> str | None:
     """The `[[device]]` block of the bridge's devices file for a vendor station (None for our own stations): its
     device id, station id, time zone and MQTT URL with the new password."""
     if issued.vendor_device_id is None or issued.time_zone is None:
         return None
-    return (
-        "[[device]]\n"
-        f"device_id = {_toml_string(issued.vendor_device_id)}\n"
-        f"station_id = {_toml_string(issued.station_id)}\n"
-        f"time_zone = {_toml_string(issued.time_zone)}\n"
-        f"mqtt_url = {_toml_string(issued.mqtt_url(broker))}\n"
-    )
+    return device_block(issued.vendor_device_id, issued.station_id, issued.time_zone, issued.mqtt_url(broker))
 
 
 async def issue_credentials(conn: psycopg.AsyncConnection[Any], station_id: str, actor: str) -> IssuedCredentials:

@@ -114,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--bikes", type=int, default=200)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--steal-after", type=float, default=60.0, help="seconds until one bike is stolen")
+    demo.add_argument(
+        "--vendor-stations",
+        type=int,
+        metavar="N",
+        help="run the N stations nearest the town's centre as MR7901 vendor stations through the vendor bridge "
+        "(default 2; 0: none)",
+    )
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(func=_demo)

@@ -2,7 +2,9 @@
 
 PostgreSQL (embedded) and an MQTT broker (Mosquitto if installed, else embedded amqtt), the backend
 on 127.0.0.1, a town of stations and bikes whose radio modules write real frames into ptys, one
-gateway per station reading them, and one bike stolen after a while and reported by its owner.
+gateway per station reading them - but a few stations (--vendor-stations) are simulated MR7901 vendor
+stations talking TCP to the vendor bridge, run beside the gateways - and one bike stolen after a while
+and reported by its owner.
 Ctrl-C, SIGTERM (a service manager) and SIGHUP (a closed terminal) stop everything; nothing is left running.
 """
 
@@ -21,12 +23,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
@@ -46,9 +49,12 @@ from bikeguard.services import (
     start_postgres,
     stop_process,
 )
+from firmware_sim.runner import vendor_device_ids
 from firmware_sim.town import Town
 from gateway.settings import GatewaySettings
 from gateway.station import run_fleet
+from gateway.vendor.bridge import Bridge, BridgeSettings
+from gateway.vendor.devices import VendorDevice, devices_toml, load_devices
 from protocol.messages import format_tag
 from protocol.signing import public_key_of
 
@@ -263,6 +269,17 @@ def start_demo_broker(backend_password: str, kind: str = "auto") -> Broker:
     return start_broker(kind, password=backend_password, acl=provisioning.acl_file([], BACKEND_USER))
 
 
+def register_vendor_devices(installer: httpx.Client, vendor_ids: Mapping[str, str]) -> None:
+    """Register each vendor station's device id and clock's time zone, as the installer does on their page."""
+    for sid, device_id in vendor_ids.items():
+        body = {"protocol": "mr7901", "device_id": device_id, "time_zone": VENDOR_TIME_ZONE}
+        r = installer.put(f"/api/stations/{sid}/vendor-device", json=body)
+        if r.status_code != 200:
+            raise ServiceError(
+                f"registering vendor device {device_id} for station {sid} failed: {r.status_code} {r.text}"
+            )
+
+
 def issue_station_credentials(installer: httpx.Client, station_ids: list[str]) -> dict[str, str]:
     """Each station's MQTT password, issued by the installer through the API as on a real commissioning."""
     passwords: dict[str, str] = {}
@@ -308,29 +325,98 @@ def wait_for_http(url: str, timeout_s: float = 30.0, process: subprocess.Popen[b
 
 
 class GatewayFleet:
-    """One gateway per station, all in one asyncio loop on a thread of this process."""
+    """The stations' software, all in one asyncio loop on a thread of this process: one gateway per station on a pty
+    (`settings`), and whatever else `add` gives it (the vendor stations' bridge)."""
 
-    def __init__(self, settings: list[GatewaySettings]) -> None:
-        self._settings = settings
+    def __init__(self, settings: Sequence[GatewaySettings] = ()) -> None:
+        self._settings = list(settings)
         self._loop = asyncio.new_event_loop()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._thread = threading.Thread(target=self._run, name="gateway-fleet", daemon=True)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._task = self._loop.create_task(run_fleet(self._settings))
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(self._task)
+        self._loop.run_forever()
 
     def start(self) -> None:
-        """Start every gateway."""
+        """Start the loop and every gateway of `settings`."""
         self._thread.start()
+        if self._settings:
+            self.add(run_fleet(self._settings))
+
+    def add(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` (`run_fleet(...)`, `bridge.run()`) on the fleet's loop until it ends or the fleet stops."""
+
+        def spawn() -> None:
+            task = self._loop.create_task(work)
+            task.add_done_callback(_log_failure)
+            self._tasks.append(task)
+
+        self._loop.call_soon_threadsafe(spawn)
 
     def stop(self) -> None:
-        """Stop every gateway cleanly (open passages are spooled, status goes offline)."""
-        if self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(timeout=15)
+        """Stop every gateway cleanly (open passages are spooled, status goes offline), then the loop."""
+        if not self._thread.is_alive():
+            return
+
+        async def cancel_all() -> None:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+        with contextlib.suppress(TimeoutError):  # what did not stop by then goes with the process
+            asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(timeout=15)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed; its stations are down", task.get_coro(), exc_info=exc)
+
+
+VENDOR_TIME_ZONE = "Asia/Shanghai"  # the town's: the vendor stations' clocks keep local time
+VENDOR_STATIONS = 2  # how many of the town's stations are vendor stations unless --vendor-stations says
+
+
+def vendor_stations_asked(args: argparse.Namespace) -> int:
+    """How many of the town's stations run as vendor stations: --vendor-stations, else VENDOR_STATIONS (at most
+    all of them); ServiceError if the town has fewer stations than asked for."""
+    stations: int = args.stations
+    asked: int | None = args.vendor_stations
+    if asked is None:
+        return min(VENDOR_STATIONS, stations)
+    if not 0 <= asked <= stations:
+        raise ServiceError(f"--vendor-stations {asked}: the town has {stations} stations")
+    return asked
+
+
+def start_vendor_bridge(
+    fleet: GatewayFleet,
+    workdir: Path,
+    device_ids: Mapping[str, str],
+    station_urls: Mapping[str, str],
+    station_overrides: Mapping[str, Any],
+    timeout_s: float = 15.0,
+) -> tuple[str, Path]:
+    """Write the devices file for the vendor stations (station id -> device id; each its station's broker URL) as
+    an installer would, start the bridge on the fleet's loop and return the HOST:PORT it listens on and the file."""
+    devices_file = workdir / "vendor-devices.toml"
+    devices = [
+        VendorDevice(device_id, sid, ZoneInfo(VENDOR_TIME_ZONE), SecretStr(station_urls[sid]))
+        for sid, device_id in device_ids.items()
+    ]
+    devices_file.touch(mode=0o600)  # it holds the stations' broker passwords
+    devices_file.write_text(devices_toml(devices), encoding="utf-8")
+    settings = BridgeSettings(listen="127.0.0.1:0", devices_file=devices_file, spool_dir=workdir)
+    bridge = Bridge(settings, load_devices(devices_file), station_overrides=station_overrides)
+    fleet.add(bridge.run())
+    deadline = time.monotonic() + timeout_s
+    while bridge.port is None:  # set by the bridge's thread once it listens
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the vendor bridge did not listen within {timeout_s:.0f} s; see its log above")
+        time.sleep(0.05)
+    return f"127.0.0.1:{bridge.port}", devices_file
 
 
 def _lines(proc: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
@@ -356,6 +442,7 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
     sim: subprocess.Popen[str] | None = None
     fleet: GatewayFleet | None = None
     try:
+        vendor_count = vendor_stations_asked(args)
         database_url = os.environ.get("BIKEGUARD_DATABASE_URL")
         if not database_url:
             with stop_signals.held():
@@ -401,6 +488,9 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
             f"town registered: {len(town.stations)} stations, {len(town.bikes)} bikes and their owners,"
             f" {len(town.roads)} roads"
         )
+        vendor_ids = vendor_device_ids(town, vendor_count)
+        with sign_in(base, staff.installer) as installer:
+            register_vendor_devices(installer, vendor_ids)
         station_urls = {s.station_id: mqtt_url for s in town.stations}  # a broker of the operator's: as given
         if broker is not None:
             with sign_in(base, staff.installer) as installer:
@@ -409,6 +499,16 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
             station_urls = {sid: broker.url_as(sid, password) for sid, password in issued.items()}
             _say(f"MQTT passwords issued for {len(issued)} stations by the installer; the broker's files regenerated")
 
+        # Every station, ours on a pty or a vendor's through the bridge, reports this often and takes only hot lists
+        # signed with this run's key, as a provisioned station does.
+        station_overrides: dict[str, Any] = {
+            "status_interval_s": 10,
+            "hotlist_public_key": public_key_of(env["BIKEGUARD_HOTLIST_SIGNING_KEY"]),
+        }
+        with stop_signals.held():
+            fleet = GatewayFleet()
+            fleet.start()
+        vendor_options = _start_vendor_stations(fleet, workdir, vendor_ids, station_urls, station_overrides)
         with stop_signals.held():
             sim = subprocess.Popen(
                 [
@@ -423,29 +523,21 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
                     str(args.bikes),
                     "--steal-after",
                     str(args.steal_after),
+                    *vendor_options,
                 ],
                 stdout=subprocess.PIPE,
                 text=True,
                 start_new_session=True,
             )
         events = _lines(sim)
-        ports = next(e for e in events if e.get("event") == "ports")["ports"]
-        gateways = [
-            GatewaySettings(
-                station_id=sid,
-                serial_url=path,
-                mqtt_url=SecretStr(station_urls[sid]),
-                spool_path=workdir / f"gateway-{sid}.spool",
-                status_interval_s=10,
-                # The stations take only lists signed with this run's key, as a provisioned station does.
-                hotlist_public_key=public_key_of(env["BIKEGUARD_HOTLIST_SIGNING_KEY"]),
-            )
-            for sid, path in ports.items()
-        ]
-        with stop_signals.held():
-            fleet = GatewayFleet(gateways)
-            fleet.start()
-        _say(f"{len(ports)} radio modules on ptys, one gateway each")
+        _start_gateways(
+            fleet,
+            next(e for e in events if e.get("event") == "ports"),
+            vendor_ids,
+            workdir,
+            station_urls,
+            station_overrides,
+        )
         _say(f"open {base}/  — the live map (one bike will be stolen in about {args.steal_after:.0f} s)")
         _say(f"  sign in as police: username {staff.police.username}  password {staff.police.password}")
         _say(f"  the counter: {base}/counter  username {staff.clerk.username}  password {staff.clerk.password}")
@@ -477,6 +569,56 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         if pg:
             pg.stop()
         _say("stopped; nothing left running")
+
+
+def _start_vendor_stations(
+    fleet: GatewayFleet,
+    workdir: Path,
+    vendor_ids: Mapping[str, str],
+    station_urls: Mapping[str, str],
+    station_overrides: Mapping[str, Any],
+) -> list[str]:
+    """Start the bridge for the vendor stations, if any; the simulator's options that make them connect to it."""
+    if not vendor_ids:
+        return []
+    listen, devices_file = start_vendor_bridge(fleet, workdir, vendor_ids, station_urls, station_overrides)
+    listed = ", ".join(f"{sid} (device {device_id})" for sid, device_id in vendor_ids.items())
+    _say(f"vendor bridge (MR7901) listening on {listen} for {len(vendor_ids)} vendor stations: {listed}")
+    _say(f"  its devices file: {devices_file}")
+    return [
+        *("--vendor-server", listen),
+        *("--vendor-stations", str(len(vendor_ids))),
+        *("--vendor-time-zone", VENDOR_TIME_ZONE),
+    ]
+
+
+def _start_gateways(
+    fleet: GatewayFleet,
+    started_sim: Mapping[str, Any],
+    vendor_ids: Mapping[str, str],
+    workdir: Path,
+    station_urls: Mapping[str, str],
+    station_overrides: Mapping[str, Any],
+) -> None:
+    """A gateway for each station the simulator put on a pty, once it says it runs the vendor stations expected."""
+    if started_sim.get("vendor_stations", {}) != vendor_ids:
+        raise ServiceError(
+            f"the simulator runs vendor stations {started_sim.get('vendor_stations')}; the bridge expects {vendor_ids}"
+        )
+    ports: dict[str, str] = started_sim["ports"]
+    gateways = [
+        GatewaySettings(
+            station_id=sid,
+            serial_url=path,
+            mqtt_url=SecretStr(station_urls[sid]),
+            spool_path=workdir / f"gateway-{sid}.spool",
+            **station_overrides,
+        )
+        for sid, path in ports.items()
+    ]
+    fleet.add(run_fleet(gateways))
+    vendors = f"; {len(vendor_ids)} vendor stations through the bridge" if vendor_ids else ""
+    _say(f"{len(ports)} radio modules on ptys, one gateway each{vendors}")
 
 
 def _report_thefts(events: Iterator[dict[str, Any]], base: str, staff: DemoAccounts) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -178,7 +179,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--vendor-server",
         metavar="HOST:PORT",
-        help="run the last --vendor-stations stations as MR7901 vendor stations connecting here instead of on ptys",
+        help="run the --vendor-stations stations nearest the town's centre as MR7901 vendor stations connecting here "
+        "instead of on ptys",
     )
     parser.add_argument("--vendor-stations", type=int, default=0, metavar="N")
     parser.add_argument("--vendor-time-zone", default="Asia/Shanghai", help="the vendor stations' local time zone")
@@ -196,14 +198,26 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def vendor_device_ids(town: Town, count: int) -> dict[str, str]:
+    """Which of the town's stations run as vendor stations: the `count` nearest its centre, device id
+    `MR7901-<station id>`, keyed by station id (a bridge's devices file is written from this before they run)."""
+    if not 0 <= count <= len(town.stations):
+        raise TownError(f"{count} vendor stations asked for but the town has {len(town.stations)} stations")
+    # Near the centre, where most rides pass: a station at the town's edge may hear no bike for minutes.
+    picked = {
+        s.station_id for s in sorted(town.stations, key=lambda s: (math.hypot(s.x_m, s.y_m), s.station_id))[:count]
+    }
+    return {s.station_id: f"MR7901-{s.station_id}" for s in town.stations if s.station_id in picked}
+
+
 def vendor_stations(
     town: Town, count: int, host: str, port: int, time_zone: str = "Asia/Shanghai"
 ) -> dict[str, VendorStation]:
-    """The town's last `count` stations as vendor stations, device id `MR7901-<station id>`, keyed by station id."""
-    if not 0 <= count <= len(town.stations):
-        raise TownError(f"{count} vendor stations asked for but the town has {len(town.stations)} stations")
-    picked = town.stations[len(town.stations) - count :]
-    return {s.station_id: VendorStation(host, port, f"MR7901-{s.station_id}", time_zone=time_zone) for s in picked}
+    """The town's vendor stations (`vendor_device_ids`) connecting to host:port, keyed by station id."""
+    return {
+        sid: VendorStation(host, port, device_id, time_zone=time_zone)
+        for sid, device_id in vendor_device_ids(town, count).items()
+    }
 
 
 def _emit(event: dict[str, object]) -> None:

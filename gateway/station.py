@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import threading
 import time
@@ -227,6 +228,9 @@ class Station:
 
     async def _batch_every_interval(self) -> None:
         assert self.spool is not None
+        # At a phase of its own: the stations of one process (a fleet, the vendor bridge) started together would
+        # otherwise all commit their spools in the same moment of every interval.
+        await asyncio.sleep(random.uniform(0, self.settings.batch_interval_s))
         while True:
             await asyncio.sleep(self.settings.batch_interval_s)
             refresh = time.monotonic() - self._checkpoint_refreshed >= self.settings.passage_checkpoint_s

@@ -9,6 +9,7 @@ LEN counts TYPE and PAYLOAD. The CRC is CRC-16/CCITT-FALSE over LEN, TYPE and PA
 
 from __future__ import annotations
 
+import binascii
 import struct
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -102,24 +103,9 @@ class PayloadError(FrameError):
 
 
 def crc16(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no xor-out)."""
-    crc = 0xFFFF
-    for byte in data:
-        crc = _CRC_TABLE[((crc >> 8) ^ byte) & 0xFF] ^ ((crc << 8) & 0xFFFF)
-    return crc
-
-
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        crc = i << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_CRC_TABLE = _crc_table()
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no xor-out): binascii's CRC-CCITT in C, some
+    thirty times faster than a table in Python (a vendor upload is hundreds of bytes)."""
+    return binascii.crc_hqx(data, 0xFFFF)
 
 
 def encode(frame: Frame) -> bytes:

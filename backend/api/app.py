@@ -25,7 +25,19 @@ from backend.api.middleware.limits import BodyLimits
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import audit as audit_routes
-from backend.api.routes import auth, bikes, health, live, notifications, owners, pages, sightings, stations, webapp
+from backend.api.routes import (
+    auth,
+    bikes,
+    health,
+    live,
+    notifications,
+    owners,
+    pages,
+    shares,
+    sightings,
+    stations,
+    webapp,
+)
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import commands as command_routes
 from backend.api.routes import provisioning as provisioning_routes
@@ -194,6 +206,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         audit_routes.router,
         owners.router,
         bikes.router,
+        shares.router,
         certificate_routes.router,
         stations.router,
         provisioning_routes.router,

@@ -666,6 +666,29 @@ class TransferPublic(BaseModel):
     owner_login: OwnerLogin | None
 
 
+class ShareCreate(BaseModel):
+    """A link for someone else to see where the bike is: how long it lasts, and who it is for (the owner's note)."""
+
+    days: int = Field(default=7, ge=1, le=30)
+    label: Text100 | None = None
+
+
+class SharePublic(BaseModel):
+    """One of the owner's links to their bike (never the link itself after it was made)."""
+
+    share_id: int
+    label: str | None
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+
+
+class ShareCreated(SharePublic):
+    """A new link, shown once: whoever has it sees where the bike is until it expires or is withdrawn."""
+
+    url: str
+
+
 class TransferConsentPublic(BaseModel):
     """The code the owner gives the counter to consent to a transfer."""
 

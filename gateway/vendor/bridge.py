@@ -160,6 +160,7 @@ class Bridge:
         """Listen and run every station until cancelled."""
         host, port = self.settings.listen_address
         handlers: set[asyncio.Task[None]] = set()
+        stopping = asyncio.Event()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
@@ -167,6 +168,11 @@ class Bridge:
             handlers.add(task)
             try:
                 await self._serve(reader, writer)
+            except asyncio.CancelledError:
+                # Cancelled by our own stop below: end normally, because Python 3.11's streams call
+                # task.exception() on a finished connection handler, which raises for a cancelled one (an error log).
+                if not stopping.is_set():
+                    raise
             finally:
                 handlers.discard(task)
 
@@ -178,6 +184,7 @@ class Bridge:
             await self.fleet.run()
         finally:
             server.close()
+            stopping.set()
             for task in list(handlers):
                 task.cancel()
             await asyncio.gather(*handlers, return_exceptions=True)
@@ -211,7 +218,10 @@ class Bridge:
         while True:
             left = conn.valid_at + timeout_s - time.monotonic()
             try:
-                data = await asyncio.wait_for(reader.read(65536), max(left, 0.0))
+                # Not wait_for: on Python 3.11 it swallows a cancellation that comes as data arrives, and the bridge
+                # could not stop while a station sends.
+                async with asyncio.timeout(max(left, 0.0)):
+                    data = await reader.read(65536)
             except TimeoutError:
                 self.silent_disconnects += 1
                 log.warning(

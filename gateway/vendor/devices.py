@@ -5,6 +5,7 @@ credentials (docs/installer.md)."""
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -14,8 +15,7 @@ from pydantic import SecretStr
 from protocol.ids import IdError, check_station_id
 from protocol.mqtt_address import mqtt_address
 from protocol.mr7901 import DEVICE_ID_SIZE
-
-_FIELDS = ("device_id", "station_id", "time_zone", "mqtt_url")
+from protocol.vendor_devices import FIELDS, device_block
 
 
 class DevicesFileError(ValueError):
@@ -35,10 +35,10 @@ class VendorDevice:
 def _device(entry: object, where: str) -> VendorDevice:
     if not isinstance(entry, dict):
         raise DevicesFileError(f"{where}: not a table")
-    missing = [name for name in _FIELDS if not isinstance(entry.get(name), str)]
+    missing = [name for name in FIELDS if not isinstance(entry.get(name), str)]
     if missing:
         raise DevicesFileError(f"{where}: missing or not text: {', '.join(missing)}")
-    unknown = sorted(set(entry) - set(_FIELDS))
+    unknown = sorted(set(entry) - set(FIELDS))
     if unknown:
         raise DevicesFileError(f"{where}: unknown fields: {', '.join(unknown)}")
     device_id = entry["device_id"]
@@ -75,3 +75,10 @@ def load_devices(path: Path) -> list[VendorDevice]:
                 raise DevicesFileError(f"{path}: {name} {value!r} is listed twice")
             seen.add(value)
     return devices
+
+
+def devices_toml(devices: Sequence[VendorDevice]) -> str:
+    """The devices file (TOML) that `load_devices` reads back as `devices`: one [[device]] block each."""
+    return "\n".join(
+        device_block(d.device_id, d.station_id, d.time_zone.key, d.mqtt_url.get_secret_value()) for d in devices
+    )

@@ -55,6 +55,16 @@ def _sign_in(page, username: str, password: str) -> None:  # type: ignore[no-unt
     page.click("#login-submit")
 
 
+def _first_sign_in(page, slip: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """An owner's first sign-in with the counter slip, replacing its one-time password by OWNER_PASSWORD."""
+    _sign_in(page, slip["username"], slip["initial_password"])
+    page.wait_for_selector("#password-form")
+    page.fill("#current", slip["initial_password"])
+    page.fill("#new", OWNER_PASSWORD)
+    page.fill("#repeat", OWNER_PASSWORD)
+    page.click("#password-form button")
+
+
 def _message(page, field: str) -> str:  # type: ignore[no-untyped-def]
     return page.inner_text(f'.bg-msg[data-for="{field}"]')
 
@@ -404,12 +414,7 @@ def test_owner_sees_where_the_bike_is_and_its_day_on_the_map(
             )
     with browser_page(1300, 1300) as page:
         page.goto(f"{server}/portal?lang={lang}")
-        _sign_in(page, done["owner_login"]["username"], done["owner_login"]["initial_password"])
-        page.wait_for_selector("#password-form")
-        page.fill("#current", done["owner_login"]["initial_password"])
-        page.fill("#new", OWNER_PASSWORD)
-        page.fill("#repeat", OWNER_PASSWORD)
-        page.click("#password-form button")
+        _first_sign_in(page, done["owner_login"])
         page.wait_for_selector(".bg-bike .bg-where")
         page.click(".bg-bike details[data-key=where] summary")
         page.wait_for_selector(".bg-trip:not(:empty)")
@@ -419,5 +424,47 @@ def test_owner_sees_where_the_bike_is_and_its_day_on_the_map(
         assert all(w in text for w in words), text
         page.wait_for_timeout(500)  # the tiles-free base map and the route settle
         page.screenshot(path=str(screenshot_path(f"owner-where-{lang}.png")))
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
+
+
+@pytest.mark.parametrize(
+    ("lang", "words"), [("en", ("A bike shared with you", "Last seen")), ("zh", ("与您共享的车辆", "最后出现"))]
+)
+def test_owner_shares_the_bike_with_a_link_a_family_member_opens(
+    server: str, database_url: str, lang: str, words: tuple[str, ...]
+) -> None:
+    clerk = _clerk(database_url)
+    with _api_as(server, clerk) as api:
+        done = api.post("/api/bikes", json=factories.registration(plate=f"HZ-4200{len(lang)}")).json()
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, "st-gate", 30.27, 120.15)
+        conn.execute(
+            "INSERT INTO sightings (first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna,"
+            " flags, batch_seq) VALUES (clock_timestamp(), clock_timestamp(), 'st-gate', %s, 3, -60, 0, 0, 1)",
+            (int(done["bike"]["tag_id"], 16),),
+        )
+    with browser_page(1300, 1100) as page:
+        page.goto(f"{server}/portal?lang={lang}")
+        _first_sign_in(page, done["owner_login"])
+        page.wait_for_selector(".bg-bike")
+        page.click(".bg-bike details[data-key=share] summary")
+        page.fill(".bg-share-form [name=label]", "Xiao Mei")
+        page.click(".bg-share-form button")
+        page.wait_for_selector(".bg-share-url")
+        page.wait_for_selector(".bg-shares li button")
+        assert "Xiao Mei" in page.inner_text(".bg-shares")
+        url = page.input_value(".bg-share-url")
+        page.screenshot(path=str(screenshot_path(f"owner-share-{lang}.png")))
+        assert console_errors(page) == []
+        assert raw_keys(page) == []
+    with browser_page(900, 1000) as page:  # someone else's browser: no account, no cookie
+        page.goto(f"{url}?lang={lang}")
+        page.wait_for_selector("#shared-bike")
+        page.frame_locator("iframe.bg-trail").locator(".leaflet-container").wait_for()
+        text = page.inner_text("#shared-bike")
+        assert all(w in page.inner_text("body") for w in words), text
+        assert done["owner"]["name"] not in page.content()
+        page.screenshot(path=str(screenshot_path(f"shared-bike-{lang}.png")))
         assert console_errors(page) == []
         assert raw_keys(page) == []

@@ -122,6 +122,7 @@ def test_demo_shows_the_stolen_bike_on_the_map_and_ctrl_c_stops_everything() -> 
         else:
             took = wait_for_the_alarm(base, police[1], police[2])
         print(f"alarm {took:.0f} s after the demo was ready")
+        assert_the_vendor_stations_report_like_ours(output, base, police[1], police[2])
         demo.process.send_signal(signal.SIGINT)  # what Ctrl-C does
         demo.process.wait(timeout=60)
         leftovers = demo.still_running()
@@ -182,6 +183,35 @@ def assert_the_demo_broker_refuses_anonymous_clients(output: list[str]) -> None:
         connack = sock.recv(4)
     assert connack[3:4] != b"\x00", f"the demo's broker let in an anonymous client: {connack!r}"
     assert any("MQTT passwords issued for 20 stations by the installer" in line for line in output), output
+
+
+def assert_the_vendor_stations_report_like_ours(output: list[str], base: str, username: str, password: str) -> None:
+    """The stations the demo says run as MR7901 vendor stations through its bridge are online, and their passages
+    are stored in sightings, as those of the stations on ptys are."""
+    said = next(line for line in output if "vendor bridge (MR7901) listening on" in line)
+    vendor = dict(re.findall(r"(st-\d+) \(device (MR7901-st-\d+)\)", said))
+    assert sorted(vendor) == ["st-008", "st-013"], said  # by default the two nearest the town's centre
+    assert any("18 radio modules on ptys, one gateway each; 2 vendor stations" in line for line in output), output
+    body = {"username": username, "password": password, "token_in_body": True}
+    headers = {"Authorization": f"Bearer {httpx.post(f'{base}/api/auth/login', json=body).json()['token']}"}
+
+    def reporting() -> dict[str, tuple[str, int]]:
+        stations = httpx.get(f"{base}/api/stations", headers=headers).json()
+        activity = httpx.get(f"{base}/api/stations/activity", params={"minutes": 60}, headers=headers).json()
+        passages = {a["station_id"]: a["passages"] for a in activity}
+        return {s["station_id"]: (s["state"], passages[s["station_id"]]) for s in stations if s["station_id"] in vendor}
+
+    with contextlib.suppress(AssertionError):  # the assertion below says what is missing
+        wait_until(lambda: all(state == "online" and n > 0 for state, n in reporting().values()), timeout_s=180)
+    now = reporting()  # station id -> (state, passages stored in the last hour)
+    assert set(now) == set(vendor) and all(state == "online" and n > 0 for state, n in now.values()), now
+    # The installer registered each one's device id and clock's zone, and the registry says so.
+    registered = {
+        s["station_id"]: (s["vendor_protocol"], s["vendor_device_id"], s["time_zone"])
+        for s in httpx.get(f"{base}/api/stations", headers=headers).json()
+        if s["vendor_device_id"] is not None
+    }
+    assert registered == {sid: ("mr7901", device_id, "Asia/Shanghai") for sid, device_id in vendor.items()}
 
 
 def wait_for_the_alarm(base: str, username: str, password: str) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import sys
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 import pytest
 
 from firmware_sim.mr7901_station import VendorStation, plan_writes, tag_read
-from firmware_sim.runner import SimRunner, vendor_stations
+from firmware_sim.runner import SimRunner, vendor_device_ids, vendor_stations
 from firmware_sim.town import Town, TownError
 from protocol.frames import Beacon, TagFlags
 from protocol.mr7901 import (
@@ -271,10 +272,13 @@ async def test_a_towns_station_run_as_a_vendor_station_uploads_the_tags_it_hears
     assert upload.reads and server.rejected == {}
 
 
-def test_vendor_stations_are_the_towns_last_stations_named_by_device_id() -> None:
+def test_vendor_stations_are_the_stations_nearest_the_centre_named_by_device_id() -> None:
     town = Town.generate(21, stations=3, bikes=10)
     stations = vendor_stations(town, 2, "127.0.0.1", 9000)
-    assert {sid: s.device_id for sid, s in stations.items()} == {"st-002": "MR7901-st-002", "st-003": "MR7901-st-003"}
+    edge = max(town.stations, key=lambda s: math.hypot(s.x_m, s.y_m))
+    assert edge.station_id == "st-002" and "st-002" not in stations
+    assert {sid: s.device_id for sid, s in stations.items()} == {"st-001": "MR7901-st-001", "st-003": "MR7901-st-003"}
+    assert vendor_device_ids(town, 2) == {"st-001": "MR7901-st-001", "st-003": "MR7901-st-003"}  # known beforehand
     with pytest.raises(TownError, match="4 vendor stations"):
         vendor_stations(town, 4, "127.0.0.1", 9000)
 
@@ -295,6 +299,6 @@ async def test_python_dash_m_firmware_sim_runs_vendor_stations_against_a_server(
         finally:
             proc.terminate()
             await proc.wait()
-    assert first["vendor_stations"] == {"st-002": "MR7901-st-002"}
-    assert set(first["ports"]) == {"st-001"}
-    assert register.device_id == "MR7901-st-002"
+    assert first["vendor_stations"] == {"st-001": "MR7901-st-001"}
+    assert set(first["ports"]) == {"st-002"}
+    assert register.device_id == "MR7901-st-001"

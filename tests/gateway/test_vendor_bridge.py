@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import SecretStr
 from bikeguard.services import Broker
 from firmware_sim.mr7901_station import VendorStation
 from gateway.vendor.bridge import Bridge, BridgeSettings
-from gateway.vendor.devices import DevicesFileError, VendorDevice, load_devices
+from gateway.vendor.devices import DevicesFileError, VendorDevice, devices_toml, load_devices
 from protocol.frames import TagFlags
 from protocol.messages import HOTLIST_VERSION_MAX, SightingBatch, StationStatus, format_tag
 from protocol.mr7901 import (
@@ -220,6 +221,24 @@ async def test_a_station_that_sends_only_garbage_is_disconnected(
         assert bridge.links[dev.device_id].rejected["garbage"] >= 1
 
 
+async def test_stopping_the_bridge_with_a_station_logged_in_closes_its_connection_without_an_error(
+    broker: Broker, topic_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dev = device(f"{topic_prefix}-v", broker)
+    async with bridge_running(tmp_path, [dev]) as bridge:
+        assert bridge.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        raw = RawStation(reader, writer)
+        await raw.send(encode(Login(dev.device_id, 1)))
+        assert isinstance(await raw.reply(), LoginReply)
+    try:
+        assert await raw.closed()
+    finally:
+        writer.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
 async def test_heartbeats_drive_the_station_s_status(broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
     station_id = f"{topic_prefix}-v"
     dev = device(station_id, broker)
@@ -317,3 +336,13 @@ def test_the_devices_file_is_read_and_checked(tmp_path: Path) -> None:
     path.write_text(path.read_text() * 2)
     with pytest.raises(DevicesFileError, match="listed twice"):
         load_devices(path)
+
+
+def test_a_devices_file_written_by_devices_toml_reads_back_the_same(tmp_path: Path) -> None:
+    devices = [
+        VendorDevice("MR7901-s01", "s01", SHANGHAI, SecretStr('mqtt://s01:a"b\\c@127.0.0.1:1883')),
+        VendorDevice("MR7901-s02", "s02", ZoneInfo("Europe/Berlin"), SecretStr("mqtt://s02:p4ss@broker.example:8883")),
+    ]
+    path = tmp_path / "devices.toml"
+    path.write_text(devices_toml(devices), encoding="utf-8")
+    assert load_devices(path) == devices

@@ -68,7 +68,7 @@ def _directives(policy: str) -> dict[str, list[str]]:
 
 
 # The installer's page and the owner portal show these maps in frames of their own; no other site may frame them.
-FRAMED_BY_OUR_PAGES = re.compile(r"/installer/map|/installer/coverage|/portal/bikes/[0-9]+/map")
+FRAMED_BY_OUR_PAGES = re.compile(r"/installer/map|/installer/coverage|/portal/bikes/[0-9]+/map|/shared/[\w-]+/map")
 
 
 def _assert_protected(r: Any) -> None:

@@ -15,9 +15,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _NONCE_KEY = "bikeguard.csp_nonce"
-# The installer's page (installer.html) and the owner portal (portal.js) show these maps in frames of their own; every
-# other page refuses framing.
-FRAMED_BY_OUR_PAGES = re.compile(r"/installer/map|/installer/coverage|/portal/bikes/[0-9]+/map")
+# The installer's page (installer.html), the owner portal (portal.js) and a shared bike's page (shared.html) show these
+# maps in frames of their own; every other page refuses framing.
+FRAMED_BY_OUR_PAGES = re.compile(
+    r"/installer/map|/installer/coverage|/portal/bikes/[0-9]+/map|/shared/[A-Za-z0-9_-]+/map"
+)
 _INLINE_SCRIPT = re.compile(r"<script\b(?![^>]*\bnonce=)", re.IGNORECASE)
 
 

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from backend import access, certificates, coverage, photos, station_health, stations, trajectories
+from backend import access, certificates, coverage, photos, shares, station_health, stations, trajectories
 from backend.accounts import Role, User
 from backend.alarms import queries as alarms
 from backend.alarms.kinds import STATION_KINDS
@@ -25,6 +25,7 @@ from backend.api.deps import Conn, OptionalUser, PublicBaseUrl, RegistryDep, Set
 from backend.api.middleware.headers import csp_nonce, with_nonce
 from backend.api.schemas import ApiTime
 from backend.identity import mask_mobile, mask_name
+from backend.registry import Registry
 from backend.settings import BackendSettings
 from backend.web import LANG_COOKIE, choose_language, render
 from backend.web.fonts import FONT_URL, chinese_font
@@ -37,6 +38,8 @@ from protocol.ids import STATION_ID_PATTERN
 from protocol.messages import utcnow
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
+DAY = timedelta(days=1)
+LONG_AGO = timedelta(days=30)  # how far back "last seen" looks
 BikeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 _HOME: dict[str, str] = {
     "police": "/",
@@ -322,11 +325,92 @@ async def portal_bike_map(
     bike = await viewer.check_bike(conn, registry, bike_id)
     since_at, until_at = await viewer.bike_window(conn, bike, since or until_at - timedelta(hours=24), until_at, None)
     found = await trajectories.bike_trajectory(conn, bike_id, since_at, until_at)
+    return await _trail_map(request, conn, settings, found, bike["plate"] or f"#{bike_id}", chosen)
+
+
+ShareToken = Annotated[str, Path(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+def _share_gone(user: User | None, lang: str) -> HTMLResponse:
+    t = MESSAGES[lang]
+    html = render("message.html", lang, user=user, config={}, title=t["share_gone_title"], text=t["share_gone_text"])
+    return _page(html, lang, 404)
+
+
+async def _shared(
+    conn: Conn, registry: Registry, token: str
+) -> tuple[dict[str, Any], dict[str, Any], trajectories.Trajectory] | None:
+    """The share a link opens, its bike and the bike's last 24 hours as the share shows them; None if it opens none."""
+    share = await shares.resolve(conn, token)
+    if share is None:
+        return None
+    now = utcnow()
+    day = await trajectories.bike_trajectory(conn, share["bike_id"], *shares.window(share, now - DAY, now))
+    return share, await registry.get_bike(conn, share["bike_id"]), day
+
+
+@router.get("/shared/{token}", response_class=HTMLResponse)
+async def shared_bike(
+    request: Request,
+    token: ShareToken,
+    conn: Conn,
+    registry: RegistryDep,
+    user: OptionalUser,
+    lang: str | None = None,
+) -> Response:
+    """Anyone with an owner's link (backend/shares.py): where the bike was last seen and its last 24 hours on the map;
+    never its owner's data. A link unknown, expired, withdrawn or of a bike sold since is a 404 page."""
+    chosen = _lang(request, lang)
+    found = await _shared(conn, registry, token)
+    if found is None:
+        return _share_gone(user, chosen)
+    share, bike, day = found
+    now = utcnow()
+    last = await trajectories.last_passage_of_bike(conn, share["bike_id"], *shares.window(share, now - LONG_AGO, now))
+    shown = {k: bike[k] for k in ("plate", "brand", "model", "colour", "stolen")}
+    html = render(
+        "shared.html",
+        chosen,
+        user=user,
+        config={},
+        bike=shown,
+        last_seen=last,
+        totals=trajectories.totals(day),
+        expires_at=share["expires_at"],
+        map_url=f"/shared/{token}/map?lang={chosen}",
+    )
+    response = _page(html, chosen)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.get("/shared/{token}/map", response_class=HTMLResponse)
+async def shared_bike_map(
+    request: Request,
+    token: ShareToken,
+    conn: Conn,
+    registry: RegistryDep,
+    settings: Settings,
+    user: OptionalUser,
+    lang: str | None = None,
+) -> Response:
+    """The shared bike's last 24 hours on the map (shown inside /shared/{token})."""
+    chosen = _lang(request, lang)
+    found = await _shared(conn, registry, token)
+    if found is None:
+        return _share_gone(user, chosen)
+    _share, bike, day = found
+    return await _trail_map(request, conn, settings, day, bike["plate"] or "", chosen)
+
+
+async def _trail_map(
+    request: Request, conn: Conn, settings: BackendSettings, found: trajectories.Trajectory, title: str, lang: str
+) -> HTMLResponse:
     m = build_trajectory_map(
         trajectories.to_summary(found),
         await stations.roads_geojson(conn),
-        title=bike["plate"] or f"#{bike_id}",
-        lang=chosen,
+        title=title,
+        lang=lang,
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
     )

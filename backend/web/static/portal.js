@@ -52,6 +52,14 @@
       "<label class='bg-field bg-day'><span>" + esc(t("day")) + "</span><input type='date' name='day' value='" + localNow().slice(0, 10) + "'></label>" +
       "<p class='bg-trip' data-role='trip'></p>" +
       "<iframe class='bg-map-frame bg-trail' title='" + esc(t("trail_map")) + "'></iframe></details>" +
+      "<details data-key='share'><summary>" + esc(t("share")) + "</summary>" +
+      "<p class='bg-muted'>" + esc(t("share_hint")) + "</p>" +
+      "<form class='bg-op bg-share-form' data-act='share' novalidate>" +
+      "<label class='bg-field'><span>" + esc(t("share_for")) + "</span><input name='label' maxlength='100'></label>" +
+      "<label class='bg-field'><span>" + esc(t("share_days")) + "</span><select name='days'>" +
+      [1, 7, 30].map(function (n) { return "<option value='" + n + "'" + (n === 7 ? " selected" : "") + ">" + esc(t("share_days_n", { n: n })) + "</option>"; }).join("") +
+      "</select></label><button class='bg-primary'>" + esc(t("share_make")) + "</button></form>" +
+      "<p class='bg-notice' data-role='share-link' hidden></p><ul class='bg-shares'></ul></details>" +
       "<details data-key='history'><summary>" + esc(t("history")) + "</summary><div class='bg-history-table'></div></details>" +
       "<p class='bg-error' role='alert' hidden></p>";
     var error = el.querySelector(".bg-error");
@@ -97,6 +105,28 @@
       });
       if (d.open && d.dataset.key === "history") { history(bike.bike_id, d.querySelector(".bg-history-table")); }
       if (d.open && d.dataset.key === "where") { trail(bike.bike_id, d); }
+      if (d.open && d.dataset.key === "share") { sharesOf(bike.bike_id, d); }
+      if (d.dataset.key === "share") {
+        d.addEventListener("toggle", function () { if (d.open) { sharesOf(bike.bike_id, d); } });
+        d.querySelector("form").addEventListener("submit", function (ev) {
+          ev.preventDefault();
+          var f = ev.target;
+          BG.api("POST", "/api/bikes/" + bike.bike_id + "/shares", { days: Number(f.days.value), label: f.label.value.trim() || null })
+            .then(function (r) {
+              if (!r.ok) { error.textContent = r.message; error.hidden = false; return; }
+              var p = d.querySelector("[data-role=share-link]");
+              p.innerHTML = esc(t("share_link_is")) + " <input class='bg-mono bg-share-url' readonly value='" + esc(r.data.url) + "'>" +
+                " <button type='button' class='bg-button'>" + esc(t("share_copy")) + "</button>";
+              p.querySelector("button").addEventListener("click", function (e) {
+                p.querySelector("input").select();
+                navigator.clipboard.writeText(r.data.url).then(function () { e.target.textContent = t("share_copied"); });
+              });
+              p.hidden = false;
+              f.reset();
+              sharesOf(bike.bike_id, d);
+            });
+        });
+      }
       if (d.dataset.key === "where") { d.querySelector("input[name=day]").addEventListener("change", function () { trail(bike.bike_id, d); }); }
     });
     return el;
@@ -119,6 +149,31 @@
       trip.textContent = s.stops ? t("trip_totals", {
         km: (s.distance_m / 1000).toFixed(1), moving: duration(s.moving_s), parked: duration(s.parked_s), stops: s.stops
       }) : t("no_trips");
+    });
+  }
+  /* The bike's links: who each is for, until when, and a button to withdraw one still open. */
+  function sharesOf(bikeId, box) {
+    BG.api("GET", "/api/bikes/" + bikeId + "/shares").then(function (r) {
+      var list = box.querySelector(".bg-shares");
+      if (!r.ok) { list.textContent = r.message; return; }
+      var now = Date.now();
+      list.innerHTML = r.data.length ? "" : "<li class='bg-muted'>" + esc(t("shares_none")) + "</li>";
+      r.data.forEach(function (sh) {
+        var open = !sh.revoked_at && Date.parse(sh.expires_at) > now;
+        var state = sh.revoked_at ? t("share_revoked", { t: BG.time(sh.revoked_at) })
+          : open ? t("share_until", { t: BG.time(sh.expires_at) }) : t("share_expired", { t: BG.time(sh.expires_at) });
+        var li = document.createElement("li");
+        li.className = open ? "" : "bg-muted";
+        li.innerHTML = "<b>" + esc(sh.label || "—") + "</b> · " + esc(state) +
+          (open ? " <button type='button' class='bg-button'>" + esc(t("share_revoke")) + "</button>" : "");
+        var b = li.querySelector("button");
+        if (b) {
+          b.addEventListener("click", function () {
+            BG.api("DELETE", "/api/bikes/" + bikeId + "/shares/" + sh.share_id).then(function () { sharesOf(bikeId, box); });
+          });
+        }
+        list.appendChild(li);
+      });
     });
   }
   function history(bikeId, box) {
