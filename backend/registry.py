@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from backend import certificates
 from backend.alarms.store import clear_for_recovered_bike
 from backend.identity import IdentityError, mask_id_number, mask_mobile, mask_name, normalise_plate
+from backend.notifications import outbox
 from backend.settings import BackendSettings
 from backend.vault import Vault, VaultError
 from protocol.messages import format_tag, parse_tag, utcnow
@@ -625,10 +626,12 @@ class Registry:
         await self.get_bike(conn, bike_id, owner_id=owner_id)
         code = "".join(secrets.choice("ACDEFGHJKLMNPQRTUVWXY346789") for _ in range(8))
         expires_at = utcnow() + timedelta(seconds=self.settings.transfer_consent_ttl_s)
-        await conn.execute(
-            "INSERT INTO transfer_consents (code_hash, bike_id, owner_id, expires_at) VALUES (%s, %s, %s, %s)",
-            (_code_hash(code), bike_id, owner_id, expires_at),
-        )
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO transfer_consents (code_hash, bike_id, owner_id, expires_at) VALUES (%s, %s, %s, %s)",
+                (_code_hash(code), bike_id, owner_id, expires_at),
+            )
+            await outbox.transfer_requested(conn, bike_id, owner_id, _code_hash(code))
         return code, expires_at
 
     async def replace_chip(
@@ -749,6 +752,7 @@ class Registry:
                 raise Conflict(f"bike {bike['plate']} is not reported stolen", "bike")
             # Its "stolen chip seen" alarm ends with the theft: off the police map and the owner's alerts.
             await clear_for_recovered_bike(conn, bike_id, f"{actor} (bike recovered)")
+            await outbox.bike_recovered(conn, bike_id)
         return await self.get_bike(conn, bike_id)
 
     # ---- photos ----

@@ -166,6 +166,39 @@ class BackendSettings(BaseSettings):
     # the theft was reported: whoever files a report (police included) cannot open a bike's past by back-dating it.
     police_theft_lookback_s: float = Field(default=24 * 3600, ge=0)
 
+    # Notifications to owners (backend.notifications): the sender's loop (how often it looks for due rows when
+    # nobody wakes it, how many it takes at once), the lease after which a row a dead worker had taken is tried
+    # again (longer than notify_send_timeout_s, the most one provider request may take), and the retry backoff.
+    # Whether the backend process runs a sender; off when senders run as processes of their own
+    # (`bikeguard notify`, as many as wanted).
+    notify_in_backend: bool = True
+    notify_poll_s: float = Field(default=5.0, gt=0)
+    notify_batch: int = Field(default=20, ge=1, le=1000)
+    notify_send_timeout_s: float = Field(default=10.0, gt=0)
+    notify_lease_s: float = Field(default=60.0, gt=0)
+    notify_max_attempts: int = Field(default=20, ge=1)
+    notify_backoff_s: float = Field(default=10.0, gt=0)
+    notify_backoff_max_s: float = Field(default=3600.0, gt=0)
+    # E-mail through SMTP: no host, no e-mail. STARTTLS unless smtp_tls is "none"; "ssl" is SMTP over TLS (465).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_tls: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "Bikeguard <noreply@bikeguard.invalid>"
+    # SMS through one generic HTTP gateway: a POST of sms_body_template (JSON, whose string values may name $to,
+    # $text and $reference, the notification's idempotency key) to sms_gateway_url, with HTTP basic credentials
+    # or a bearer token. No URL, no SMS.
+    sms_gateway_url: str | None = None
+    sms_gateway_username: str | None = None
+    sms_gateway_password: SecretStr | None = None
+    sms_gateway_token: SecretStr | None = None
+    sms_body_template: str = '{"to": "$to", "text": "$text", "client_reference": "$reference"}'
+    # Web Push: the VAPID private key (base64url of the raw P-256 scalar, or PEM); none, no Web Push.
+    # The portal subscribes with its public key (GET /api/me/notifications/push-key).
+    vapid_private_key: SecretStr | None = None
+    vapid_subject: str = "mailto:admin@bikeguard.invalid"
+
     @field_validator("plate_pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
@@ -197,6 +230,15 @@ class BackendSettings(BaseSettings):
         return tuple(
             ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()
         )
+
+    @model_validator(mode="after")
+    def _notify_lease(self) -> Self:
+        if self.notify_lease_s <= self.notify_send_timeout_s:
+            raise ValueError(
+                "BIKEGUARD_NOTIFY_LEASE_S must be longer than BIKEGUARD_NOTIFY_SEND_TIMEOUT_S: a row still being sent"
+                " would be taken by a second worker"
+            )
+        return self
 
     @model_validator(mode="after")
     def _workers_share(self) -> Self:

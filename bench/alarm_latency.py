@@ -1,4 +1,5 @@
-"""Alarm latency: from a stolen chip's first frame on the serial line to the alarm on the live feed.
+"""Alarm latency: from a stolen chip's first frame on the serial line to the alarm on the live feed, and to the
+owner's notification request (the SMS the backend's sender hands to an SMS gateway, a local HTTP stand-in here).
 
 Real parts in separate processes: PostgreSQL, a broker (Mosquitto when installed), the backend
 (`bikeguard backend`), a gateway reading a pty, and a load publisher sending ordinary sightings batches
@@ -6,6 +7,7 @@ at a steady rate through the same broker. This process writes a stolen chip's be
 and waits for that chip's alarm on /api/live (server-sent events). Beside it, the machine's floor in the
 same run: the time for an MQTT QoS 1 message to go publisher → broker → subscriber.
 
+Second-last line:  owner notification latency: p50 <X> ms, p99 <Y> ms (first frame → the SMS gateway's request)
 Last line:  alarm latency: p50 <X> ms, p99 <Y> ms at <Z> sightings/s background
 
 Run: python bench/alarm_latency.py [--trials 200] [--background 20000]
@@ -25,10 +27,12 @@ import tempfile
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
+import psycopg
 from ingest import bench_tags, build_batches, register_chips, register_stations  # bench/ingest.py, beside this
 
 from bikeguard.demo import bootstrap_admin, seed_backend, sign_in, wait_for_http
@@ -135,6 +139,58 @@ class AlarmWatcher(threading.Thread):
             return self.arrived[tag]
 
 
+class SmsGateway:
+    """A local HTTP stand-in for the SMS gateway: records when each request arrived and what it said."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, str]] = []
+        self.arrived = threading.Condition()
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                at = time.perf_counter()
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                with gateway.arrived:
+                    gateway.received.append((at, body))
+                    gateway.arrived.notify_all()
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/sms"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, plate: str, timeout_s: float) -> float | None:
+        """When the first SMS naming `plate` arrived (perf_counter), or None after timeout_s."""
+        deadline = time.perf_counter() + timeout_s
+        with self.arrived:
+            while True:
+                for at, body in self.received:
+                    if plate in json.loads(body)["text"]:
+                        return at
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    return None
+                self.arrived.wait(left)
+
+
+def tell_owners_by_sms(database_url: str) -> dict[str, str]:
+    """Every bench bike's owner chooses SMS; each chip's plate (what its SMS names)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO notification_preferences (owner_id, channels, language)"
+            " SELECT owner_id, '{sms}', 'en' FROM owners ON CONFLICT (owner_id) DO NOTHING"
+        )
+        rows = conn.execute("SELECT c.tag_id, b.plate FROM chips c JOIN bikes b USING (bike_id)").fetchall()
+    return {format_tag(int(tag)): str(plate) for tag, plate in rows}
+
+
 def percentile(values: list[float], p: float) -> float:
     """The p-th percentile by nearest rank."""
     ordered = sorted(values)
@@ -154,6 +210,7 @@ def main() -> int:
     pg = start_postgres(preload=engine_preload(default_engine()))  # TimescaleDB when installed
     broker = start_broker(args.broker)
     port = free_port()
+    sms = SmsGateway()
     env = {
         **os.environ,
         "BIKEGUARD_ENVIRONMENT": "development",
@@ -162,6 +219,8 @@ def main() -> int:
         "BIKEGUARD_MQTT_SHARED_GROUP": "bench" if broker.supports_shared_subscriptions else "",
         "BIKEGUARD_MQTT_CLIENT_ID": "bench-backend",
         "BIKEGUARD_HTTP_PORT": str(port),
+        # The backend's own notification sender hands owners' SMS to the stand-in.
+        "BIKEGUARD_SMS_GATEWAY_URL": sms.url,
         # The gateway takes only hot lists signed with this key (its public half below).
         "BIKEGUARD_HOTLIST_SIGNING_KEY": generate_signing_key(),
     }
@@ -185,6 +244,7 @@ def main() -> int:
                 f"/api/bikes/{bike_id}/theft", params={"case_number": "BENCH-1"}, json={"place": "bench"}
             ).raise_for_status()
         tags = [b.tag_id for b in town.bikes]
+        plates = tell_owners_by_sms(pg.url)
         headers = dict(police.headers)
         station_id = town.stations[0].station_id
 
@@ -231,6 +291,7 @@ def main() -> int:
         load_started, load_sent = time.perf_counter(), sent.value
 
         latencies: list[float] = []
+        told: list[float] = []
         for i, tag in enumerate(tags):
             frame = encode(Beacon(tag, i, TagFlags.MOTION, -60, 0))
             t0 = time.perf_counter()
@@ -238,6 +299,9 @@ def main() -> int:
             arrived = watcher.wait_for(format_tag(tag), timeout_s=10)
             if arrived is not None:
                 latencies.append((arrived - t0) * 1000)
+            sent_at = sms.wait_for(plates[format_tag(tag)], timeout_s=10)
+            if sent_at is not None:
+                told.append((sent_at - t0) * 1000)
             time.sleep(0.1)
         background = (sent.value - load_sent) / (time.perf_counter() - load_started)
         stop.set()
@@ -254,17 +318,25 @@ def main() -> int:
         if not latencies:
             print("no alarm arrived", file=sys.stderr)
             return 1
+        if told:
+            print(
+                f"owner notification latency: p50 {statistics.median(told):.0f} ms, p99 {percentile(told, 99):.0f} ms"
+                f" ({len(told)}/{len(tags)} SMS requests; first frame → the SMS gateway's request)"
+            )
+        else:
+            print("no owner notification arrived", file=sys.stderr)
         print(
             f"alarm latency: p50 {statistics.median(latencies):.0f} ms, p99 {percentile(latencies, 99):.0f} ms "
             f"at {background:,.0f} sightings/s background"
         )
-        return 0 if len(latencies) == len(tags) else 1
+        return 0 if len(latencies) == len(told) == len(tags) else 1
     finally:
         stop.set()
         for p in reversed(procs):
             stop_process(p)
         broker.stop()
         pg.stop()
+        sms.server.shutdown()
 
 
 if __name__ == "__main__":

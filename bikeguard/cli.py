@@ -1,4 +1,4 @@
-"""The `bikeguard` command: demo, backend, gateway, sim, map, db migrate, account create, broker files,
+"""The `bikeguard` command: demo, backend, notify, gateway, sim, map, db migrate, account create, broker files,
 station credentials."""
 
 from __future__ import annotations
@@ -18,6 +18,17 @@ def _backend(args: argparse.Namespace) -> int:
     settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
     app = create_app(settings, run_ingest=not args.no_ingest)
     uvicorn.Server(server_config(app, settings.http_host, settings.http_port, **server_options(settings))).run()
+    return 0
+
+
+def _notify(_args: argparse.Namespace) -> int:
+    import asyncio
+
+    from backend.notifications.worker import Sender
+    from backend.settings import BackendSettings
+
+    settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
+    asyncio.run(Sender(settings).run())
     return 0
 
 
@@ -116,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     backend = sub.add_parser("backend", help="run the backend (API, pages, ingest) from BIKEGUARD_* settings")
     backend.add_argument("--no-ingest", action="store_true", help="serve the API only")
     backend.set_defaults(func=_backend)
+    sub.add_parser(
+        "notify", help="run a sender of owners' notifications on its own (with BIKEGUARD_NOTIFY_IN_BACKEND=false)"
+    ).set_defaults(func=_notify)
     sub.add_parser("gateway", help="run a station gateway (see bikeguard gateway --help)")
     sub.add_parser("sim", help="run a simulated town on ptys (see bikeguard sim --help)")
     sub.add_parser("map", help="write a standalone coverage or trajectory map (see bikeguard map --help)")

@@ -13,6 +13,7 @@ import psycopg
 
 from backend.alarms.evidence import Evidence
 from backend.alarms.kinds import AlarmKind
+from backend.notifications import outbox
 
 NOTIFY_CHANNEL = "bikeguard_alarms"
 # Who clears a station's alarm when it reports again (or leaves service).
@@ -32,8 +33,10 @@ class AlarmStateError(AlarmError):
 
 
 # Raise or update one open alarm per (kind, chip) from evidence rows; only chips bound to a bike count. The
-# partial unique index alarms_one_open makes several workers raising at once update one alarm.
-_RAISE = """
+# partial unique index alarms_one_open makes several workers raising at once update one alarm. The same statement
+# writes the owner's notifications to the outbox (backend.notifications.outbox): no round trip more.
+_RAISE = (
+    """
     WITH e AS (
         SELECT * FROM unnest(%(kinds)s::text[], %(severities)s::text[], %(tags)s::int8[], %(stations)s::text[],
                              %(firsts)s::timestamptz[], %(lasts)s::timestamptz[])
@@ -57,10 +60,18 @@ _RAISE = """
             last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
             sightings = a.sightings + excluded.sightings,
             updated_at = now()
-        RETURNING alarm_id, kind, tag_id
+        RETURNING alarm_id, kind, tag_id, bike_id, station_id, last_seen_at
     )
-    SELECT alarm_id, pg_notify(%(channel)s, alarm_id::text) FROM raised ORDER BY kind, tag_id
+    """
+    + outbox.ALARM_CTE
+    + """
+    SELECT alarm_id, pg_notify(%(channel)s, alarm_id::text) FROM raised
+    """
+    + outbox.ALARM_WAKE
+    + """
+    ORDER BY kind, tag_id
 """
+)
 
 
 def raise_evidence(cur: psycopg.Cursor[Any], evidence: list[Evidence]) -> list[int]:
@@ -146,6 +157,8 @@ async def transition(conn: psycopg.AsyncConnection[Any], alarm_id: int, action: 
             f"UPDATE alarms SET state = %s, {by_col} = %s, {at_col} = now(), updated_at = now() WHERE alarm_id = %s",
             (new_state, who, alarm_id),
         )
+        if new_state == "cleared":
+            await outbox.alarm_cleared(conn, alarm_id)
         await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(alarm_id)))
 
 

@@ -4,6 +4,7 @@ and hot-list publisher opened in the lifespan; errors mapped in one place."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,19 @@ from backend.api.middleware.limits import BodyLimits
 from backend.api.routes import accounts as account_routes
 from backend.api.routes import alarms as alarm_routes
 from backend.api.routes import audit as audit_routes
-from backend.api.routes import auth, bikes, health, live, owners, pages, shares, sightings, stations
+from backend.api.routes import (
+    auth,
+    bikes,
+    health,
+    live,
+    notifications,
+    owners,
+    pages,
+    shares,
+    sightings,
+    stations,
+    webapp,
+)
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import commands as command_routes
 from backend.api.routes import provisioning as provisioning_routes
@@ -34,6 +47,7 @@ from backend.ingest import rejects
 from backend.ingest.workers import IngestWorkers
 from backend.live import LiveFeed
 from backend.metrics import registry_for
+from backend.notifications import worker as notification_worker
 from backend.settings import DEFAULT_SECRET, BackendSettings
 from backend.vault import Vault
 from backend.web import STATIC_DIR
@@ -149,11 +163,22 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         watch = asyncio.create_task(
             station_watch.watch_stations(pool, settings.station_watch_interval_s), name="station-watch"
         )
+        # Owners' notifications: the outbox's sender (any number of processes may run one; they share the rows).
+        sender = (
+            asyncio.create_task(notification_worker.Sender(settings).run(), name="notification-sender")
+            if settings.notify_in_backend
+            else None
+        )
         try:
             yield
         finally:
             maintenance.cancel()
             watch.cancel()
+            if sender:
+                sender.cancel()
+                # Its own connection closes before the pool's: nothing of the app outlives the lifespan.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
             await feed.stop()
             if worker:
                 await asyncio.to_thread(worker.stop)
@@ -188,6 +213,8 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         command_routes.router,
         sightings.router,
         alarm_routes.router,
+        notifications.router,
+        webapp.router,
         live.router,
         pages.router,
     ):

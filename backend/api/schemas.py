@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zoneinfo
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
@@ -763,3 +764,85 @@ class AuditEntry(BaseModel):
     subject: str | None
     case_number: str | None
     detail: dict[str, Any]
+
+
+# ---- owners' notifications (issue 15) ----
+
+Channel = Literal["email", "sms", "webpush"]
+# Printable characters only (what the database's check and every mail server accept), one @ and a dotted domain.
+Email = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[!-?A-~]{1,64}@[!-?A-~]{1,189}\.[!-?A-~]{1,60}$")]
+
+
+class NotificationPreferences(BaseModel):
+    """What an owner wants to be told outside the page, and how; theirs alone to read and change."""
+
+    channels: list[Channel] = Field(default_factory=list, max_length=3)
+    email: Email | None = None
+    sms_number: Mobile | None = None
+    language: Literal["zh", "en"] = "zh"
+    quiet_start: str | None = Field(default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["22:00"])
+    quiet_end: str | None = Field(default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["07:00"])
+    time_zone: Annotated[str, Field(min_length=1, max_length=64)] = "Asia/Shanghai"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.quiet_start is None) != (self.quiet_end is None):
+            raise PydanticCustomError("quiet_hours", "quiet hours need both a start and an end")
+        if "email" in self.channels and not self.email:
+            raise PydanticCustomError("email_needed", "choosing e-mail needs an e-mail address")
+        self.channels = sorted(set(self.channels), key=["webpush", "sms", "email"].index)
+        return self
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise PydanticCustomError("time_zone", "not a known time zone (an IANA name like Asia/Shanghai)") from None
+        return value
+
+
+class NotificationPreferencesPublic(NotificationPreferences):
+    """The owner's choices, with what the deployment offers and the number SMS goes to when none is given."""
+
+    available: list[Channel]
+    registered_mobile_masked: str | None
+    push_devices: int
+
+
+class PushKeys(BaseModel):
+    """A subscription's keys, base64url: the browser's P-256 public key (65 bytes) and its auth secret (16 bytes)."""
+
+    p256dh: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{86,87}={0,2}$")]
+    auth: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{21,22}={0,2}$")]
+
+
+class PushSubscriptionCreate(BaseModel):
+    """A browser's Web Push subscription (PushSubscription.toJSON())."""
+
+    endpoint: Annotated[str, Field(min_length=10, max_length=2048, pattern=r"^https?://[!-~]+$")]
+    keys: PushKeys
+
+
+class PushKeyPublic(BaseModel):
+    """The VAPID public key the portal subscribes with (null: Web Push is not configured)."""
+
+    public_key: str | None
+
+
+class NotificationPublic(BaseModel):
+    """One notification to the owner and how far it got."""
+
+    notification_id: int
+    kind: str
+    channel: Channel
+    state: Literal["pending", "sending", "sent", "failed"]
+    plate: str | None
+    station_name: str | None
+    event_at: datetime | None
+    created_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    due_at: datetime
+    last_error: str | None

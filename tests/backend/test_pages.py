@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from backend.alarms.kinds import AlarmKind, Audience
+from backend.notifications.outbox import CHANNELS, EventKind
 from backend.registry import ERROR_CODES
 from backend.stations import LIFECYCLE
 from backend.web import choose_language
@@ -73,6 +74,10 @@ _BUILT_KEYS: dict[str, tuple[str, ...]] = {
     "st_n_": ("pass", "warn", "fail", "skip"),
     "st_status_": ("pass", "warn", "fail", "skip"),
     "st_step_": tuple(STEPS),
+    # portal_notify.js: the channels and what a notification is about
+    "nt_ch_": CHANNELS,
+    "nt_by_": CHANNELS,
+    "nt_kind_": tuple(EventKind),
 }
 
 
