@@ -74,6 +74,9 @@ def test_a_stolen_bike_passing_a_vendor_station_raises_an_alarm_on_the_live_feed
 ) -> None:
     town = Town.generate(7, stations=5, bikes=40)
     staff = seed_backend(backend_url, town, bootstrap_admin(database_url))
+    # Statuses other tests' stations of the same ids left retained on the shared broker reach the backend when it
+    # subscribes, before this town is registered: refused then, and not this test's business.
+    registered_at = _rows(database_url, "SELECT now()")[0][0]
     police = sign_in(backend_url, staff.police)
     port = free_port()
     vendors = vendor_stations(town, len(town.stations), "127.0.0.1", port, SHANGHAI)  # every station a vendor's
@@ -109,8 +112,10 @@ def test_a_stolen_bike_passing_a_vendor_station_raises_an_alarm_on_the_live_feed
         )
         assert stranger.stats.logins == 0 and stranger.stats.registrations == 0
         assert bridge.bridge.unknown_devices["MR7901-STRANGER"] >= 1
-        refused = "SELECT count(*) FROM rejected_messages WHERE split_part(topic, '/', 4) = ANY(%s)"
-        assert _count(database_url, refused, list(vendors)) == 0
+        refused = (
+            "SELECT topic, reason FROM rejected_messages WHERE split_part(topic, '/', 4) = ANY(%s) AND received_at > %s"
+        )
+        assert _rows(database_url, refused, list(vendors), registered_at) == []
     finally:
         feed.stop()
         runner.stop()
