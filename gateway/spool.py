@@ -495,7 +495,7 @@ class Spool:
                 alerts.append(e.id)
             else:
                 sent.append((e.attempts + 1, now + resend_delay_s(e.attempts + 1, timeout_s, max_s), e.id))
-        with self._transaction():
+        with self._transaction(durable=False):
             self.ack(alerts)
             self._db.executemany("UPDATE outbox SET attempts = ?, resend_at = ? WHERE id = ?", sent)
 
@@ -504,12 +504,12 @@ class Spool:
         seqs = list(batch_seqs)
         if not seqs:
             return 0, 0
-        with self._transaction():
+        with self._transaction(durable=False):
             return self._delete(f"batch_seq IN ({','.join('?' * len(seqs))})", seqs)
 
     def resend_all(self) -> None:
         """Make every sent, unconfirmed batch due at once (a new connection: the broker may have lost them)."""
-        with self._transaction():
+        with self._transaction(durable=False):
             self._db.execute("UPDATE outbox SET resend_at = NULL WHERE resend_at IS NOT NULL")
 
     def save_passages(self, upsert: Iterable[Passage], delete: Iterable[int]) -> None:
@@ -589,15 +589,20 @@ class Spool:
             yield
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, *, durable: bool = True) -> Iterator[None]:
         """BEGIN IMMEDIATE … COMMIT; on any error ROLLBACK, and SQLite errors become SpoolError.
 
-        Inside an open transaction it only joins it: the outermost one commits or rolls back.
+        Inside an open transaction it only joins it: the outermost one commits or rolls back. durable=False commits
+        without an fsync, for bookkeeping whose loss in a power cut only makes a batch or alert go again (the
+        backend takes a batch once, by its seq): the WAL stays consistent, and the next durable commit carries it.
+        A station commits its spool several times a second, and the fsyncs are what a bridge of many waits on.
         """
         if self._db.in_transaction:
             yield
             return
         depth, counters = self._depth, dict(self._counters)
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         try:
             self._db.execute("BEGIN IMMEDIATE")
             yield
@@ -609,3 +614,6 @@ class Spool:
             if isinstance(exc, sqlite3.Error):
                 raise SpoolError(f"cannot write spool ({exc})", self.path) from exc
             raise
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")

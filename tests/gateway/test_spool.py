@@ -65,6 +65,22 @@ def test_the_spool_file_is_in_wal_mode(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_puts_and_checkpoints_stay_fsynced_after_bookkeeping_commits_that_are_not(tmp_path: Path) -> None:
+    # PUBACK and confirmation bookkeeping commits without an fsync (losing it only resends); everything else must
+    # still reach the disk at its commit, which is what a vendor station's acknowledgement relies on.
+    spool = Spool(tmp_path / "s.spool")
+    spool.put_sightings("sightings", lambda seq: b"batch %d" % seq, 1)
+    spool.mark_sent(spool.peek(1), timeout_s=10, max_s=60)
+    spool.confirm([0])
+    spool.resend_all()
+    with pytest.raises(SpoolError), spool.atomic():
+        spool.put_alert("alerts", b"x")
+        spool._db.execute("SELECT * FROM no_such_table")
+    spool.confirm([5])
+
+    assert spool._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
 def test_a_failed_payload_build_spools_nothing_and_uses_no_batch_seq(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.spool")
 
