@@ -10,6 +10,7 @@ same bytes. Integers are big-endian except the port in a register reply, which i
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -269,17 +270,23 @@ class _Head:
     security: int
 
 
-def _bcd_digit_pair(byte: int) -> int:
-    high, low = byte >> 4, byte & 0x0F
-    if high > 9 or low > 9:
-        raise ValueError(f"byte {byte:02x} is not two BCD digits")
-    return high * 10 + low
+# A byte's value as two BCD digits, or -1 when a nibble is over 9.
+_BCD_VALUE = tuple((b >> 4) * 10 + (b & 0x0F) if b >> 4 < 10 and b & 0x0F < 10 else -1 for b in range(256))
+
+
+@functools.lru_cache(maxsize=4096)
+def _bcd_datetime(raw6: bytes) -> datetime:
+    """The naive datetime of 6 BCD bytes YYMMDDhhmmss; ValueError if not one. Cached: the reads of an upload (a
+    second of a station's reads) share a few times, and this was a tenth of the bridge's CPU a read."""
+    yy, month, day, hour, minute, second = (_BCD_VALUE[b] for b in raw6)
+    if min(yy, month, day, hour, minute, second) < 0:
+        raise ValueError(f"a byte of {raw6.hex()} is not two BCD digits")
+    return datetime(2000 + yy, month, day, hour, minute, second)
 
 
 def _parse_time(raw6: bytes, raw: bytes) -> datetime:
     try:
-        yy, month, day, hour, minute, second = (_bcd_digit_pair(b) for b in raw6)
-        return datetime(2000 + yy, month, day, hour, minute, second)
+        return _bcd_datetime(raw6)
     except ValueError as exc:
         raise PayloadError(f"time {raw6.hex()} is not a BCD YYMMDDhhmmss date: {exc}", raw) from exc
 

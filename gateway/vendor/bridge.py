@@ -92,18 +92,25 @@ class BridgeSettings(BaseSettings):
         """host and port of `listen`."""
         return listen_address(self.listen)
 
-    def station_settings(self, device: VendorDevice, overrides: Mapping[str, Any] | None = None) -> GatewaySettings:
+    def station_settings(
+        self,
+        device: VendorDevice,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        base: GatewaySettings | None = None,
+    ) -> GatewaySettings:
         """The settings of the Station a device feeds: BIKEGUARD_GATEWAY_* ones, then `overrides`, then the
-        device's own (station id, broker URL, spool)."""
-        return GatewaySettings(
-            **{
-                **(overrides or {}),
-                "station_id": device.station_id,
-                "serial_url": f"mr7901://{device.device_id}",
-                "mqtt_url": device.mqtt_url,
-                "spool_path": self.spool_dir / f"gateway-{device.station_id}.spool",
-            }
-        )
+        device's own (station id, broker URL, spool). With `base` (another station's), its settings stand for the
+        first two and the environment is not read again."""
+        own = {
+            "station_id": device.station_id,
+            "serial_url": f"mr7901://{device.device_id}",
+            "mqtt_url": device.mqtt_url,
+            "spool_path": self.spool_dir / f"gateway-{device.station_id}.spool",
+        }
+        if base is not None:
+            return GatewaySettings.model_validate({**base.model_dump(), **(overrides or {}), **own})
+        return GatewaySettings(**{**(overrides or {}), **own})
 
 
 class _Connection:
@@ -132,7 +139,9 @@ class Bridge:
         station_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
-        station_settings = [settings.station_settings(d, station_overrides) for d in devices]
+        # The environment is read once: reading it for each of a thousand stations took half a minute.
+        first = [settings.station_settings(d, station_overrides) for d in devices[:1]]
+        station_settings = first + [settings.station_settings(d, base=first[0]) for d in devices[1:]]
         self.links = {
             d.device_id: VendorLink(
                 d,

@@ -164,9 +164,14 @@ class VendorLink:
         if len(reads) > self.room:
             return None
         now = self.clock()
+        zone = self.device.time_zone
+        in_utc: dict[datetime, datetime] = {}  # an upload's reads share a few times: each converted once
         for read in reads:
-            # The station's clock runs in its zone; fold 0 takes the first of an hour that repeats when DST ends.
-            read_at = read.read_at_local.replace(tzinfo=self.device.time_zone).astimezone(UTC)
+            local = read.read_at_local
+            read_at = in_utc.get(local)
+            if read_at is None:
+                # The station's clock runs in its zone; fold 0 takes the first of an hour that repeats when DST ends.
+                read_at = in_utc[local] = local.replace(tzinfo=zone).astimezone(UTC)
             if read_at - now > self.clock_ahead_max:
                 self.reads_clock_ahead += 1
                 read_at = now

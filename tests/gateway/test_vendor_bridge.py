@@ -346,3 +346,23 @@ def test_a_devices_file_written_by_devices_toml_reads_back_the_same(tmp_path: Pa
     path = tmp_path / "devices.toml"
     path.write_text(devices_toml(devices), encoding="utf-8")
     assert load_devices(path) == devices
+
+
+def test_each_station_gets_the_gateway_settings_of_the_environment_and_its_own_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bridge reads the environment once, for its first station, and builds the others from that one.
+    monkeypatch.setenv("BIKEGUARD_GATEWAY_BATCH_INTERVAL_S", "0.5")
+    settings = BridgeSettings(listen="127.0.0.1:0", devices_file=tmp_path / "devices.toml", spool_dir=tmp_path)
+    devices = [
+        VendorDevice(f"MR-{n}", f"st-v{n}", ZoneInfo("Asia/Shanghai"), SecretStr(f"mqtt://st-v{n}:pw{n}@broker:1883"))
+        for n in range(3)
+    ]
+    bridge = Bridge(settings, devices, {"status_interval_s": 7.0})
+
+    for station, device in zip(bridge.fleet.stations, devices, strict=True):
+        assert station.settings == settings.station_settings(device, {"status_interval_s": 7.0})
+        assert station.settings.station_id == device.station_id
+        assert station.settings.batch_interval_s == 0.5
+        assert station.settings.status_interval_s == 7.0
+        assert station.settings.spool_path == tmp_path / f"gateway-{device.station_id}.spool"
