@@ -25,6 +25,7 @@ class FrameType(IntEnum):
 
     BEACON = 0x01
     MODULE_STATUS = 0x02
+    BEACON_V2 = 0x11  # a v2 (rotating id) beacon; 0x03 stays unknown, as old receivers were tested with it
 
 
 class TagFlags(IntFlag):
@@ -37,6 +38,10 @@ class TagFlags(IntFlag):
 
 _BEACON = struct.Struct(">IHBbB")  # tag_id, counter, flags, rssi_dbm, antenna
 _STATUS = struct.Struct(">bHI")  # noise_floor_dbm, firmware, uptime_s
+# The v2 air payload as heard (version, eid, sealed counter, flags, MAC; protocol.beacon_v2), then rssi_dbm, antenna.
+BEACON_V2_FORMAT = ">B8s4sB4sbB"
+_BEACON_V2 = struct.Struct(BEACON_V2_FORMAT)
+BEACON_V2_VERSION = 0x02
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,23 @@ class ModuleStatus:
     uptime_s: int
 
 
-Frame = Beacon | ModuleStatus
+@dataclass(frozen=True, slots=True)
+class BeaconV2:
+    """One v2 tag transmission heard by the radio module: opaque to the module, resolved by the backend.
+
+    `flags` keeps every bit as sent (reserved ones too): they are under the MAC.
+    """
+
+    eid: bytes
+    sealed_counter: bytes
+    flags: TagFlags
+    mac: bytes
+    rssi_dbm: int
+    antenna: int
+    version: int = BEACON_V2_VERSION
+
+
+Frame = Beacon | ModuleStatus | BeaconV2
 
 
 class FrameError(Exception):
@@ -121,10 +142,31 @@ def _encode(frame: Frame) -> bytes:
         body = bytes([FrameType.BEACON]) + _BEACON.pack(
             frame.tag_id, frame.counter, int(frame.flags), frame.rssi_dbm, frame.antenna
         )
+    elif isinstance(frame, BeaconV2):
+        body = bytes([FrameType.BEACON_V2]) + _pack_beacon_v2(frame)
     else:
         body = bytes([FrameType.MODULE_STATUS]) + _STATUS.pack(frame.noise_floor_dbm, frame.firmware, frame.uptime_s)
     head = bytes([len(body)]) + body
     return SYNC + head + crc16(head).to_bytes(2, "big")
+
+
+def _pack_beacon_v2(frame: BeaconV2) -> bytes:
+    # struct pads or cuts a short or long bytes field silently; a wrong size is the caller's error, not a frame.
+    sizes = (len(frame.eid), len(frame.sealed_counter), len(frame.mac))
+    if sizes != (8, 4, 4):
+        raise struct.error(f"eid, sealed counter and MAC are {sizes} bytes, expected (8, 4, 4)")
+    return _BEACON_V2.pack(
+        frame.version, frame.eid, frame.sealed_counter, int(frame.flags), frame.mac, frame.rssi_dbm, frame.antenna
+    )
+
+
+def _parse_beacon_v2(raw: bytes, payload: bytes) -> BeaconV2:
+    if len(payload) != _BEACON_V2.size:
+        raise PayloadError(f"v2 beacon payload is {len(payload)} bytes, expected {_BEACON_V2.size}", raw)
+    version, eid, sealed, flags, mac, rssi, antenna = _BEACON_V2.unpack(payload)
+    if version != BEACON_V2_VERSION:
+        raise PayloadError(f"v2 beacon format version {version}, expected {BEACON_V2_VERSION}", raw)
+    return BeaconV2(eid, sealed, TagFlags(flags), mac, rssi, antenna, version)
 
 
 def _parse(raw: bytes) -> Frame:
@@ -139,6 +181,8 @@ def _parse(raw: bytes) -> Frame:
         if len(payload) != _STATUS.size:
             raise PayloadError(f"status payload is {len(payload)} bytes, expected {_STATUS.size}", raw)
         return ModuleStatus(*_STATUS.unpack(payload))
+    if ftype == FrameType.BEACON_V2:
+        return _parse_beacon_v2(raw, payload)
     raise UnknownTypeError(f"unknown frame type 0x{ftype:02x}", raw)
 
 

@@ -1,0 +1,255 @@
+"""Version 2 tag beacons: a rotating ephemeral id, a sealed counter and a truncated MAC (hardware/tag-beacon.md).
+
+A v2 chip holds a 128-bit key written at fitting. In every time window (`WINDOW_S`, numbered from the Unix epoch) it
+beacons an ephemeral id only the key's holder can compute, its beacon counter encrypted under a pad of that window, its
+flags, and an AES-CMAC over all of it. A stranger with a radio sees an id that changes every window and a counter that
+does not count; a clone without the key cannot make a beacon whose MAC verifies.
+
+Every value here is derived from the chip key with AES-128 on one 16-byte block (`cryptography`), so the chip's
+firmware needs one AES block cipher and nothing else. The reader frame that carries a v2 beacon (TYPE 0x11) is
+`protocol.frames.BeaconV2`; this module builds and checks what it carries.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from hmac import compare_digest
+from typing import Final
+
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from cryptography.hazmat.primitives.cmac import CMAC
+
+from protocol.frames import BEACON_V2_FORMAT, BeaconV2, TagFlags
+
+__all__ = [
+    "AIR_BYTES",
+    "COUNTER_MAX",
+    "EID_BYTES",
+    "FORMAT_VERSION",
+    "KEY_BYTES",
+    "MAC_BYTES",
+    "WINDOW_S",
+    "AirBeacon",
+    "BeaconPayloadError",
+    "BeaconV2Error",
+    "ChipKey",
+    "ChipKeyError",
+    "EidTable",
+    "MacError",
+    "eid_table",
+    "heard",
+    "key_check_value",
+    "window_of",
+]
+
+WINDOW_S: Final = 900  # 15 minutes: the ephemeral id changes four times an hour
+KEY_BYTES: Final = 16
+EID_BYTES: Final = 8
+COUNTER_BYTES: Final = 4
+COUNTER_MAX: Final = 2**32 - 1
+MAC_BYTES: Final = 4
+FORMAT_VERSION: Final = 0x02
+FLAGS_MASK: Final = 0x07
+
+# Each derived value is AES_k of one block that starts with its own 8-byte label, so no two ever share an input.
+_EID_LABEL: Final = b"BGv2-eid"
+_PAD_LABEL: Final = b"BGv2-ctr"
+_MAC_KEY_BLOCK: Final = b"BGv2-mac-subkey\x00"
+_KCV_BLOCK: Final = b"BGv2-key-check\x00\x00"
+_MAC_LABEL: Final = b"BGv2-mac"
+_WINDOW: Final = struct.Struct(">Q")
+# version, eid, sealed counter, flags, MAC: the bytes on the air after the radio's own preamble, sync and CRC.
+_AIR: Final = struct.Struct(">B8s4sB4s")
+AIR_BYTES: Final = _AIR.size
+assert BEACON_V2_FORMAT.startswith(_AIR.format), "the reader frame must carry the air payload as it came"
+
+
+class BeaconV2Error(ValueError):
+    """Base error of v2 beacons."""
+
+
+class BeaconPayloadError(BeaconV2Error):
+    """Bytes that are not a v2 beacon payload; carries the bytes."""
+
+    def __init__(self, message: str, raw: bytes) -> None:
+        super().__init__(f"{message}: {raw.hex(' ')}")
+        self.raw = raw
+
+
+class MacError(BeaconV2Error):
+    """A v2 beacon whose MAC was not made with the chip key for that window: a forgery or a corrupted beacon."""
+
+
+class ChipKeyError(BeaconV2Error):
+    """A chip key that is not 16 bytes."""
+
+
+def window_of(unix_s: float) -> int:
+    """The window number a Unix time falls in."""
+    return int(unix_s // WINDOW_S)
+
+
+def _block(label: bytes, window: int) -> bytes:
+    if not 0 <= window < 2**64:
+        raise BeaconV2Error(f"window {window} is not a 64-bit unsigned number")
+    return label + _WINDOW.pack(window)
+
+
+@dataclass(frozen=True, slots=True)
+class AirBeacon:
+    """One v2 beacon as it is sent: what any receiver sees, before a station adds RSSI and antenna."""
+
+    eid: bytes
+    sealed_counter: bytes
+    flags: TagFlags
+    mac: bytes
+    version: int = FORMAT_VERSION
+
+    def to_bytes(self) -> bytes:
+        """The payload bytes on the air (AIR_BYTES long)."""
+        if len(self.eid) != EID_BYTES or len(self.sealed_counter) != COUNTER_BYTES or len(self.mac) != MAC_BYTES:
+            raise BeaconPayloadError("field of the wrong size", self.eid + self.sealed_counter + self.mac)
+        return _AIR.pack(self.version, self.eid, self.sealed_counter, int(self.flags) & 0xFF, self.mac)
+
+    def signed_part(self) -> bytes:
+        """The payload without its MAC: what the MAC covers (with the window number)."""
+        return self.to_bytes()[:-MAC_BYTES]
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> AirBeacon:
+        """Parse a payload; BeaconPayloadError (and nothing else) when the bytes are not one."""
+        if len(raw) != AIR_BYTES:
+            raise BeaconPayloadError(f"v2 beacon payload is {len(raw)} bytes, expected {AIR_BYTES}", raw)
+        version, eid, sealed, flags, mac = _AIR.unpack(raw)
+        if version != FORMAT_VERSION:
+            raise BeaconPayloadError(f"beacon format version {version}, expected {FORMAT_VERSION}", raw)
+        # Reserved flag bits stay in the object as sent: they are under the MAC, so dropping them would break it.
+        return cls(eid, sealed, TagFlags(flags), mac, version)
+
+    def frame(self, rssi_dbm: int, antenna: int) -> BeaconV2:
+        """The reader frame a radio module writes when it hears this beacon."""
+        return BeaconV2(self.eid, self.sealed_counter, self.flags, self.mac, rssi_dbm, antenna, self.version)
+
+
+def heard(frame: BeaconV2) -> AirBeacon:
+    """The air beacon a reader frame carries."""
+    return AirBeacon(frame.eid, frame.sealed_counter, frame.flags, frame.mac, frame.version)
+
+
+class ChipKey:
+    """One chip's key with its AES encryptor and MAC subkey ready: derive ephemeral ids, seal and open beacons.
+
+    The key itself is never printed (repr shows only the key check value).
+    """
+
+    __slots__ = ("_aes", "_mac_key", "check_value")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ChipKeyError(f"a chip key is {KEY_BYTES} bytes, not {len(key)}")
+        self._aes: CipherContext = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+        self._mac_key = self._aes.update(_MAC_KEY_BLOCK)
+        self.check_value = self._aes.update(_KCV_BLOCK)[:3]
+
+    def __repr__(self) -> str:
+        return f"ChipKey(kcv={self.check_value.hex()})"
+
+    def eid(self, window: int) -> bytes:
+        """The ephemeral id the chip beacons in `window`."""
+        return self._aes.update(_block(_EID_LABEL, window))[:EID_BYTES]
+
+    def eids(self, windows: Iterable[int]) -> list[bytes]:
+        """The ephemeral ids of several windows in one call to the cipher."""
+        out = self._aes.update(b"".join(_block(_EID_LABEL, w) for w in windows))
+        return [out[i : i + EID_BYTES] for i in range(0, len(out), 16)]
+
+    def _pad(self, window: int) -> bytes:
+        return self._aes.update(_block(_PAD_LABEL, window))[:COUNTER_BYTES]
+
+    def mac(self, window: int, signed_part: bytes) -> bytes:
+        """The truncated AES-CMAC of a beacon's bytes in `window`."""
+        cmac = CMAC(algorithms.AES(self._mac_key))
+        cmac.update(_MAC_LABEL + _WINDOW.pack(window) + signed_part)
+        return cmac.finalize()[:MAC_BYTES]
+
+    def seal(self, window: int, counter: int, flags: TagFlags) -> AirBeacon:
+        """The beacon the chip sends with `counter` and `flags` in `window`."""
+        if not 0 <= counter <= COUNTER_MAX:
+            raise BeaconV2Error(f"counter {counter} is not a 32-bit unsigned number")
+        pad = self._pad(window)
+        sealed = bytes(a ^ b for a, b in zip(counter.to_bytes(COUNTER_BYTES, "big"), pad, strict=True))
+        unsigned = AirBeacon(self.eid(window), sealed, flags, b"\x00" * MAC_BYTES)
+        return AirBeacon(unsigned.eid, sealed, flags, self.mac(window, unsigned.signed_part()))
+
+    def verify(self, window: int, beacon: AirBeacon) -> bool:
+        """Whether the beacon's MAC was made with this key in `window` (constant-time compare)."""
+        return compare_digest(self.mac(window, beacon.signed_part()), beacon.mac)
+
+    def open(self, window: int, beacon: AirBeacon) -> int:
+        """The beacon's counter; MacError unless its MAC verifies for this key and window."""
+        if not self.verify(window, beacon):
+            raise MacError(f"the beacon's MAC is not this chip's for window {window} (kcv {self.check_value.hex()})")
+        pad = self._pad(window)
+        return int.from_bytes(bytes(a ^ b for a, b in zip(beacon.sealed_counter, pad, strict=True)), "big")
+
+
+def key_check_value(key: bytes) -> bytes:
+    """Three bytes that tell whether two parties hold the same key without revealing it (AES of a fixed block)."""
+    return ChipKey(key).check_value
+
+
+class EidTable:
+    """The ephemeral ids of many chips over a range of windows: eid → (chip id, window) candidates.
+
+    An eid is kept as a 64-bit int (a Python int of 8 bytes costs less than a bytes object). Two chips with one eid in
+    the windows held (rare: see hardware/tag-beacon.md) are both kept; the MAC tells which one sent a beacon.
+    """
+
+    def __init__(self, chip_ids: Sequence[int], windows: range) -> None:
+        self.chip_ids = chip_ids
+        self.windows = windows
+        self._first: dict[int, int] = {}
+        self._more: dict[int, list[int]] = {}
+
+    def add(self, eid: bytes, slot: int) -> None:
+        """Record that `slot` (chip index × windows + window index) beacons `eid`."""
+        key = int.from_bytes(eid, "big")
+        if self._first.setdefault(key, slot) != slot:
+            self._more.setdefault(key, []).append(slot)
+
+    def lookup(self, eid: bytes) -> list[tuple[int, int]]:
+        """Every (chip id, window) that beacons `eid` in the windows held; empty if none."""
+        key = int.from_bytes(eid, "big")
+        first = self._first.get(key)
+        if first is None:
+            return []
+        n = len(self.windows)
+        return [(self.chip_ids[s // n], self.windows[s % n]) for s in [first, *self._more.get(key, [])]]
+
+    @property
+    def collisions(self) -> int:
+        """How many eids more than one (chip, window) beacons."""
+        return len(self._more)
+
+    def __len__(self) -> int:
+        return len(self._first) + sum(len(v) for v in self._more.values())
+
+
+def eid_table(chips: Iterable[tuple[int, bytes]], windows: range) -> EidTable:
+    """The resolution table of `chips` ((chip id, key) pairs) over `windows`: one AES call per chip for all windows."""
+    ids: list[int] = []
+    table = EidTable(ids, windows)
+    blocks = b"".join(_block(_EID_LABEL, w) for w in windows)
+    n = len(windows)
+    add = table.add
+    for index, (chip_id, key) in enumerate(chips):
+        if len(key) != KEY_BYTES:
+            raise ChipKeyError(f"chip {chip_id}: a chip key is {KEY_BYTES} bytes, not {len(key)}")
+        ids.append(chip_id)
+        out = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(blocks)
+        base = index * n
+        for i in range(n):
+            add(out[16 * i : 16 * i + EID_BYTES], base + i)
+    return table
