@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from protocol.frames import BAUD_RATE, Beacon, Frame, ModuleStatus, encode
+from protocol.frames import BAUD_RATE, Beacon, BeaconV2, Frame, ModuleStatus, encode
 
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
 
@@ -137,8 +137,9 @@ class RadioModule:
     def __repr__(self) -> str:
         return f"RadioModule(port={self.port!r}, closed={self.closed})"
 
-    def hear(self, beacon: Beacon) -> bool:
-        """Report a beacon heard on the air; False if the module's buffer was full and it was lost."""
+    def hear(self, beacon: Beacon | BeaconV2) -> bool:
+        """Report a beacon (v1, or v2 as frame TYPE 0x11) heard on the air; False if the buffer was full and it was
+        lost."""
         return self.send(beacon)
 
     def send(self, frame: Frame) -> bool:
