@@ -42,6 +42,7 @@ __all__ = [
     "CommandName",
     "Confirmation",
     "GoneRange",
+    "HOTLIST_EID_WINDOWS_MAX",
     "HOTLIST_V",
     "HOTLIST_VERSION_MAX",
     "Hotlist",
@@ -290,6 +291,11 @@ HOTLIST_V: Final = 2
 HOTLIST_VERSION_MAX: Final = 2**53
 HOTLIST_VERSION_AHEAD_MAX_MS: Final = 86_400_000
 HotlistV = Annotated[Literal[2], JsonForm(core_schema.int_schema(strict=True), core_schema.literal_schema([HOTLIST_V]))]
+# Stolen v2 chips' ephemeral ids (protocol/beacon_v2.py) for the windows ahead: window number (decimal, as JSON keys
+# are text) → 16 lower-case hex digits per eid. A station matches the eids a chip beacons without knowing its key.
+HOTLIST_EID_WINDOWS_MAX: Final = 16
+WindowNumber = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,19})$")]
+EphemeralId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
 
 
 class Hotlist(_Payload):
@@ -299,6 +305,7 @@ class Hotlist(_Payload):
     version: int = Field(ge=0, le=HOTLIST_VERSION_MAX)
     issued_at: Instant
     tags: list[TagId]
+    eids: dict[WindowNumber, list[EphemeralId]] | None = Field(default=None, max_length=HOTLIST_EID_WINDOWS_MAX)
     signature: str = Field(
         default="", pattern=r"^[A-Za-z0-9_-]*$", max_length=100, description="base64url Ed25519 of signed_bytes()"
     )
@@ -313,7 +320,20 @@ class Hotlist(_Payload):
     def signed_bytes(self) -> bytes:
         """What the signature covers: every field but the signature, in one canonical form."""
         issued_at = self.issued_at.astimezone(UTC).isoformat(timespec="microseconds")
-        return f"bikeguard-hotlist/{self.v}\n{self.version}\n{issued_at}\n{','.join(self.tags)}".encode()
+        signed = f"bikeguard-hotlist/{self.v}\n{self.version}\n{issued_at}\n{','.join(self.tags)}"
+        if self.eids is not None:
+            # Only a list that carries eids signs them, so a list signed before they existed still verifies.
+            windows = sorted(self.eids, key=int)
+            signed += "\neids\n" + "\n".join(f"{w}:{','.join(self.eids[w])}" for w in windows)
+        return signed.encode()
+
+    def eids_by_window(self) -> dict[int, list[bytes]]:
+        """The stolen v2 chips' ephemeral ids per window number (empty for a list without them)."""
+        return {int(w): [bytes.fromhex(e) for e in eids] for w, eids in (self.eids or {}).items()}
+
+    def to_json(self) -> bytes:
+        """The compact JSON payload; a list without eids has no `eids` key, byte for byte what it was before."""
+        return dumps(self.model_dump(mode="json", exclude={"eids"} if self.eids is None else None))
 
 
 # What the backend may tell a station to do (docs/architecture.md, "Commands to stations"): status publishes its
