@@ -111,3 +111,19 @@ def test_cable_decoder_never_raises_on_random_bytes(chunks: list[bytes]) -> None
     for chunk in chunks:
         decoder.feed(chunk)
     assert decoder.pending <= 2 + 2 + 32 + 2
+
+
+def test_the_example_of_the_cable_document_byte_for_byte() -> None:
+    key = bytes(range(16))
+    assert encode_cable(CableFrame(Command.INFO, b"")) == bytes.fromhex("5aa5 01 00 2e3e")
+    assert encode_cable(CableFrame(0x81, bytes.fromhex("00c0ffee 00 0200"))) == bytes.fromhex(
+        "5aa5 81 07 00c0ffee 00 0200 2fb6"
+    )
+    assert encode_cable(CableFrame(Command.WRITE_KEY, key + (1_795_953_600).to_bytes(4, "big"))) == bytes.fromhex(
+        "5aa5 02 14 000102030405060708090a0b0c0d0e0f 6b0c13c0 94c9"
+    )
+    assert key_check_value(key) == bytes.fromhex("5dea26")
+    assert encode_cable(CableFrame(0x82, key_check_value(key))) == bytes.fromhex("5aa5 82 03 5dea26 4bc1")
+    assert encode_cable(CableFrame(Command.ERROR, bytes([ErrorCode.ALREADY_KEYED]))) == bytes.fromhex(
+        "5aa5 ff 01 04 704a"
+    )

@@ -1,0 +1,138 @@
+"""v2 beacons: how long the backend takes to build its resolution table, what the table costs in memory, and what
+resolving and opening one beacon costs.
+
+Builds `protocol.beacon_v2.eid_table` for N chips (random keys) over 3 windows (the current one and its neighbours),
+then prints, beside it, the machine's floor measured in the same run: the same AES work as one encryptor over one
+buffer (no per-chip key schedule) and the key schedules alone (one encryptor made per chip, nothing encrypted). The
+table's memory is its deep size (the dict, its int keys and values, the chip id list) and the process's resident
+memory before and after; beside it a sorted-array form (eids in array('Q'), slots in array('I'), looked up by
+bisection) as the compact alternative. Then per beacon: an eid looked up in the table, and `ChipKey.open` (the CMAC
+check and the counter's pad) with the chip's key ready.
+
+Run: python bench/beacon_v2.py [--chips 1000000] [--windows 3] [--lookups 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import os
+import random
+import sys
+import time
+from array import array
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from protocol.beacon_v2 import ChipKey, EidTable, eid_table, window_of
+from protocol.frames import TagFlags
+
+
+def rss_mb() -> float:
+    """The process's resident memory now."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def deep_size_mb(table: EidTable) -> float:
+    """The table's own memory: its dicts, their int keys and values, and the chip id list with its ints."""
+    size = sys.getsizeof(table._first) + sys.getsizeof(table._more) + sys.getsizeof(table.chip_ids)
+    size += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in table._first.items())
+    size += sum(sys.getsizeof(i) for i in table.chip_ids)
+    return size / 2**20
+
+
+def main() -> None:
+    """Measure and print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chips", type=int, default=1_000_000)
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--lookups", type=int, default=200_000)
+    args = parser.parse_args()
+    n, w = args.chips, args.windows
+    rng = random.Random(17)
+    raw = os.urandom(16 * n)
+    chips = [(0x10000000 + i, raw[16 * i : 16 * i + 16]) for i in range(n)]
+    now = window_of(time.time())
+    windows = range(now - (w - 1) // 2, now - (w - 1) // 2 + w)
+
+    rss_before = rss_mb()
+    t0 = time.perf_counter()
+    table = eid_table(chips, windows)
+    build_s = time.perf_counter() - t0
+    rss_after = rss_mb()
+    print(
+        f"eid table: {n:,} chips x {w} windows = {len(table):,} eids in {build_s:.2f} s "
+        f"({len(table) / build_s:,.0f} eids/s), {table.collisions} colliding eids"
+    )
+
+    # The floor: the same number of AES blocks through one encryptor, and one key schedule per chip alone.
+    t0 = time.perf_counter()
+    Cipher(algorithms.AES(raw[:16]), modes.ECB()).encryptor().update(bytes(16 * n * w))
+    aes_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _, key in chips:
+        Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    schedule_s = time.perf_counter() - t0
+    print(
+        f"  floor in this run: the {n * w:,} AES blocks through one encryptor {aes_s:.3f} s; "
+        f"{n:,} encryptors made (key schedules, nothing encrypted) {schedule_s:.2f} s"
+    )
+
+    deep = deep_size_mb(table)
+    print(
+        f"  memory: dict table {deep:.0f} MiB deep size ({deep * 2**20 / len(table):.0f} bytes/eid); "
+        f"resident memory {rss_before:.0f} -> {rss_after:.0f} MiB (+{rss_after - rss_before:.0f})"
+    )
+
+    t0 = time.perf_counter()
+    pairs = sorted(table._first.items())
+    eids = array("Q", (k for k, _ in pairs))
+    slots = array("I", (v for _, v in pairs))
+    del pairs
+    sort_s = time.perf_counter() - t0
+    compact = (eids.buffer_info()[1] * eids.itemsize + slots.buffer_info()[1] * slots.itemsize) / 2**20
+    print(
+        f"  compact form: sorted array('Q') eids + array('I') slots {compact:.0f} MiB "
+        f"({compact * 2**20 / len(eids):.0f} bytes/eid), made from the dict in {sort_s:.2f} s"
+    )
+
+    probe = [ChipKey(chips[rng.randrange(n)][1]).eid(rng.choice(windows)) for _ in range(1000)]
+    probes = (probe * (args.lookups // len(probe) + 1))[: args.lookups]
+    t0 = time.perf_counter()
+    found = sum(1 for e in probes if table.lookup(e))
+    dict_us = (time.perf_counter() - t0) / len(probes) * 1e6
+    t0 = time.perf_counter()
+    for e in probes:
+        key = int.from_bytes(e, "big")
+        i = bisect.bisect_left(eids, key)
+        found += i < len(eids) and eids[i] == key
+    array_us = (time.perf_counter() - t0) / len(probes) * 1e6
+    assert found == 2 * len(probes)
+    print(f"  lookup per beacon: dict {dict_us:.2f} us, sorted array {array_us:.2f} us")
+
+    chip = ChipKey(chips[0][1])
+    beacons = [chip.seal(now, i, TagFlags.MOTION) for i in range(1000)]
+    t0 = time.perf_counter()
+    for _ in range(args.lookups // 1000):
+        for beacon in beacons:
+            chip.open(now, beacon)
+    open_us = (time.perf_counter() - t0) / (args.lookups // 1000 * 1000) * 1e6
+    t0 = time.perf_counter()
+    for _ in range(args.lookups // 1000):
+        for _ in range(1000):
+            ChipKey(chips[0][1])
+    key_us = (time.perf_counter() - t0) / (args.lookups // 1000 * 1000) * 1e6
+    print(
+        f"  per beacon: ChipKey.open (CMAC check + counter pad) {open_us:.1f} us with the key ready; "
+        f"readying a ChipKey {key_us:.1f} us"
+    )
+    print(
+        f"v2 resolution table: {n:,} chips x {w} windows built in {build_s:.1f} s, {deep:.0f} MiB as a dict, "
+        f"{compact:.0f} MiB as sorted arrays"
+    )
+
+
+if __name__ == "__main__":
+    main()
