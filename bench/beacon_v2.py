@@ -87,10 +87,12 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    pairs = sorted(table._first.items())
-    eids = array("Q", (k for k, _ in pairs))
-    slots = array("I", (v for _, v in pairs))
-    del pairs
+    keys = array("Q", table._first.keys())
+    values = array("I", table._first.values())
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    eids = array("Q", (keys[i] for i in order))
+    slots = array("I", (values[i] for i in order))
+    del keys, values, order
     sort_s = time.perf_counter() - t0
     compact = (eids.buffer_info()[1] * eids.itemsize + slots.buffer_info()[1] * slots.itemsize) / 2**20
     print(
