@@ -4,10 +4,9 @@ resolving and opening one beacon costs.
 Builds `protocol.beacon_v2.eid_table` for N chips (random keys) over 3 windows (the current one and its neighbours),
 then prints, beside it, the machine's floor measured in the same run: the same AES work as one encryptor over one
 buffer (no per-chip key schedule) and the key schedules alone (one encryptor made per chip, nothing encrypted). The
-table's memory is its deep size (the dict, its int keys and values, the chip id list) and the process's resident
-memory before and after; beside it a sorted-array form (eids in array('Q'), slots in array('I'), looked up by
-bisection) as the compact alternative. Then per beacon: an eid looked up in the table, and `ChipKey.open` (the CMAC
-check and the counter's pad) with the chip's key ready.
+table's memory is what its arrays take (sorted eids, their slots, the chip ids) and the process's resident memory
+before and after. Then per beacon: an eid looked up in the table, and `ChipKey.open` (the CMAC check and the
+counter's pad) with the chip's key ready.
 
 Run: python bench/beacon_v2.py [--chips 1000000] [--windows 3] [--lookups 200000]
 """
@@ -15,17 +14,14 @@ Run: python bench/beacon_v2.py [--chips 1000000] [--windows 3] [--lookups 200000
 from __future__ import annotations
 
 import argparse
-import bisect
 import os
 import random
-import sys
 import time
-from array import array
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol.beacon_v2 import ChipKey, EidTable, eid_table, window_of
+from protocol.beacon_v2 import ChipKey, eid_table, window_of
 from protocol.frames import TagFlags
 
 
@@ -33,14 +29,6 @@ def rss_mb() -> float:
     """The process's resident memory now."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def deep_size_mb(table: EidTable) -> float:
-    """The table's own memory: its dicts, their int keys and values, and the chip id list with its ints."""
-    size = sys.getsizeof(table._first) + sys.getsizeof(table._more) + sys.getsizeof(table.chip_ids)
-    size += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in table._first.items())
-    size += sum(sys.getsizeof(i) for i in table.chip_ids)
-    return size / 2**20
 
 
 def main() -> None:
@@ -80,39 +68,19 @@ def main() -> None:
         f"{n:,} encryptors made (key schedules, nothing encrypted) {schedule_s:.2f} s"
     )
 
-    deep = deep_size_mb(table)
+    table_mb = table.nbytes / 2**20
     print(
-        f"  memory: dict table {deep:.0f} MiB deep size ({deep * 2**20 / len(table):.0f} bytes/eid); "
-        f"resident memory {rss_before:.0f} -> {rss_after:.0f} MiB (+{rss_after - rss_before:.0f})"
-    )
-
-    t0 = time.perf_counter()
-    keys = array("Q", table._first.keys())
-    values = array("I", table._first.values())
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    eids = array("Q", (keys[i] for i in order))
-    slots = array("I", (values[i] for i in order))
-    del keys, values, order
-    sort_s = time.perf_counter() - t0
-    compact = (eids.buffer_info()[1] * eids.itemsize + slots.buffer_info()[1] * slots.itemsize) / 2**20
-    print(
-        f"  compact form: sorted array('Q') eids + array('I') slots {compact:.0f} MiB "
-        f"({compact * 2**20 / len(eids):.0f} bytes/eid), made from the dict in {sort_s:.2f} s"
+        f"  memory: {table_mb:.0f} MiB in the table's arrays ({table.nbytes / len(table):.0f} bytes/eid, chip ids "
+        f"included); resident memory {rss_before:.0f} -> {rss_after:.0f} MiB (+{rss_after - rss_before:.0f})"
     )
 
     probe = [ChipKey(chips[rng.randrange(n)][1]).eid(rng.choice(windows)) for _ in range(1000)]
     probes = (probe * (args.lookups // len(probe) + 1))[: args.lookups]
     t0 = time.perf_counter()
     found = sum(1 for e in probes if table.lookup(e))
-    dict_us = (time.perf_counter() - t0) / len(probes) * 1e6
-    t0 = time.perf_counter()
-    for e in probes:
-        key = int.from_bytes(e, "big")
-        i = bisect.bisect_left(eids, key)
-        found += i < len(eids) and eids[i] == key
-    array_us = (time.perf_counter() - t0) / len(probes) * 1e6
-    assert found == 2 * len(probes)
-    print(f"  lookup per beacon: dict {dict_us:.2f} us, sorted array {array_us:.2f} us")
+    lookup_us = (time.perf_counter() - t0) / len(probes) * 1e6
+    assert found == len(probes)
+    print(f"  lookup per beacon: {lookup_us:.2f} us")
 
     chip = ChipKey(chips[0][1])
     beacons = [chip.seal(now, i, TagFlags.MOTION) for i in range(1000)]
@@ -130,10 +98,7 @@ def main() -> None:
         f"  per beacon: ChipKey.open (CMAC check + counter pad) {open_us:.1f} us with the key ready; "
         f"readying a ChipKey {key_us:.1f} us"
     )
-    print(
-        f"v2 resolution table: {n:,} chips x {w} windows built in {build_s:.1f} s, {deep:.0f} MiB as a dict, "
-        f"{compact:.0f} MiB as sorted arrays"
-    )
+    print(f"v2 resolution table: {n:,} chips x {w} windows built in {build_s:.1f} s, {table_mb:.0f} MiB")
 
 
 if __name__ == "__main__":

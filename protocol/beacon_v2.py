@@ -13,7 +13,9 @@ firmware needs one AES block cipher and nothing else. The reader frame that carr
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass
 from hmac import compare_digest
 from typing import Final
@@ -201,49 +203,56 @@ def key_check_value(key: bytes) -> bytes:
 
 
 class EidTable:
-    """The ephemeral ids of many chips over a range of windows: eid → (chip id, window) candidates.
+    """The ephemeral ids of many chips over a range of windows, sorted: eid → (chip id, window) candidates.
 
-    An eid is kept as a 64-bit int (a Python int of 8 bytes costs less than a bytes object). Two chips with one eid in
+    Eids sit in one sorted array of 64-bit numbers beside an array of slots (chip index × windows + window index),
+    12 bytes an eid (a dict of Python ints would take some 130); a lookup is a bisection. Two chips on one eid in
     the windows held (rare: see hardware/tag-beacon.md) are both kept; the MAC tells which one sent a beacon.
     """
 
-    def __init__(self, chip_ids: Sequence[int], windows: range) -> None:
+    def __init__(self, chip_ids: array[int], windows: range, eids: array[int], slots: array[int]) -> None:
+        if len(eids) != len(slots):
+            raise BeaconV2Error(f"{len(eids)} eids but {len(slots)} slots")
         self.chip_ids = chip_ids
         self.windows = windows
-        self._first: dict[int, int] = {}
-        self._more: dict[int, list[int]] = {}
-
-    def add(self, eid: bytes, slot: int) -> None:
-        """Record that `slot` (chip index × windows + window index) beacons `eid`."""
-        key = int.from_bytes(eid, "big")
-        if self._first.setdefault(key, slot) != slot:
-            self._more.setdefault(key, []).append(slot)
+        self._eids = eids
+        self._slots = slots
 
     def lookup(self, eid: bytes) -> list[tuple[int, int]]:
         """Every (chip id, window) that beacons `eid` in the windows held; empty if none."""
         key = int.from_bytes(eid, "big")
-        first = self._first.get(key)
-        if first is None:
-            return []
-        n = len(self.windows)
-        return [(self.chip_ids[s // n], self.windows[s % n]) for s in [first, *self._more.get(key, [])]]
+        eids, n = self._eids, len(self.windows)
+        i = bisect_left(eids, key)
+        out: list[tuple[int, int]] = []
+        while i < len(eids) and eids[i] == key:
+            slot = self._slots[i]
+            out.append((self.chip_ids[slot // n], self.windows[slot % n]))
+            i += 1
+        return out
 
     @property
     def collisions(self) -> int:
         """How many eids more than one (chip, window) beacons."""
-        return len(self._more)
+        eids = self._eids
+        return sum(1 for i in range(1, len(eids)) if eids[i] == eids[i - 1] and (i < 2 or eids[i - 2] != eids[i]))
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the table's arrays take."""
+        return sum(a.buffer_info()[1] * a.itemsize for a in (self.chip_ids, self._eids, self._slots))
 
     def __len__(self) -> int:
-        return len(self._first) + sum(len(v) for v in self._more.values())
+        return len(self._eids)
 
 
 def eid_table(chips: Iterable[tuple[int, bytes]], windows: range) -> EidTable:
     """The resolution table of `chips` ((chip id, key) pairs) over `windows`: one AES call per chip for all windows."""
-    ids: list[int] = []
-    table = EidTable(ids, windows)
+    ids = array("Q")
     blocks = b"".join(_block(_EID_LABEL, w) for w in windows)
     n = len(windows)
-    add = table.add
+    # Each entry packed as eid << 32 | slot: one sort of plain ints orders by eid (then slot), with no key function.
+    packed: list[int] = []
+    append = packed.append
     for index, (chip_id, key) in enumerate(chips):
         if len(key) != KEY_BYTES:
             raise ChipKeyError(f"chip {chip_id}: a chip key is {KEY_BYTES} bytes, not {len(key)}")
@@ -251,5 +260,10 @@ def eid_table(chips: Iterable[tuple[int, bytes]], windows: range) -> EidTable:
         out = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(blocks)
         base = index * n
         for i in range(n):
-            add(out[16 * i : 16 * i + EID_BYTES], base + i)
-    return table
+            append(int.from_bytes(out[16 * i : 16 * i + EID_BYTES], "big") << 32 | (base + i))
+    if len(packed) >= 2**32:
+        raise BeaconV2Error(f"{len(packed)} eids do not fit a table's 32-bit slots")
+    packed.sort()
+    eids = array("Q", [p >> 32 for p in packed])
+    slots = array("I", [p & 0xFFFFFFFF for p in packed])
+    return EidTable(ids, windows, eids, slots)

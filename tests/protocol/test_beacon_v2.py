@@ -243,10 +243,19 @@ def test_eid_table_resolves_every_chip_in_every_window_and_keeps_collisions() ->
         for window in (now - 1, now, now + 1):
             assert table.lookup(ChipKey(key).eid(window)) == [(chip_id, window)]
     assert table.lookup(ChipKey(b"\xff" * 16).eid(now)) == []
-    # Two chips on one eid (forced here; 1 in ~10**7 windows for a million chips) are both candidates.
-    table.add(ChipKey(chips[0][1]).eid(now), 3 * 7 + 2)
-    assert table.lookup(ChipKey(chips[0][1]).eid(now)) == [(1000, now), (1007, now + 1)]
-    assert table.collisions == 1
+    assert table.nbytes == 50 * 8 + 150 * 8 + 150 * 4
+
+
+def test_eid_table_keeps_every_chip_of_a_shared_eid() -> None:
+    # Two chips on one eid (forced here with one key twice; 1 in ~10**7 windows for a million chips) are both
+    # candidates, and so is a third chip's entry beside them.
+    now = window_of(1_796_040_000)
+    key = bytes(range(16))
+    table = eid_table([(7, key), (8, bytes(16)), (9, key)], range(now, now + 2))
+    assert table.lookup(ChipKey(key).eid(now)) == [(7, now), (9, now)]
+    assert table.lookup(ChipKey(key).eid(now + 1)) == [(7, now + 1), (9, now + 1)]
+    assert table.lookup(ChipKey(bytes(16)).eid(now + 1)) == [(8, now + 1)]
+    assert table.collisions == 2 and len(table) == 6
 
 
 def test_window_is_fifteen_minutes_from_the_epoch() -> None:
