@@ -23,7 +23,7 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
-from protocol.frames import BEACON_V2_FORMAT, BeaconV2, TagFlags
+from protocol.frames import BeaconV2, TagFlags
 
 __all__ = [
     "AIR_BYTES",
@@ -53,7 +53,6 @@ COUNTER_BYTES: Final = 4
 COUNTER_MAX: Final = 2**32 - 1
 MAC_BYTES: Final = 4
 FORMAT_VERSION: Final = 0x02
-FLAGS_MASK: Final = 0x07
 
 # Each derived value is AES_k of one block that starts with its own 8-byte label, so no two ever share an input.
 _EID_LABEL: Final = b"BGv2-eid"
@@ -65,7 +64,6 @@ _WINDOW: Final = struct.Struct(">Q")
 # version, eid, sealed counter, flags, MAC: the bytes on the air after the radio's own preamble, sync and CRC.
 _AIR: Final = struct.Struct(">B8s4sB4s")
 AIR_BYTES: Final = _AIR.size
-assert BEACON_V2_FORMAT.startswith(_AIR.format), "the reader frame must carry the air payload as it came"
 
 
 class BeaconV2Error(ValueError):

@@ -27,7 +27,17 @@ from protocol.beacon_v2 import (
     key_check_value,
     window_of,
 )
-from protocol.frames import Beacon, BeaconV2, FrameDecoder, FrameType, ModuleStatus, TagFlags, crc16, encode
+from protocol.frames import (
+    BEACON_V2_FORMAT,
+    Beacon,
+    BeaconV2,
+    FrameDecoder,
+    FrameType,
+    ModuleStatus,
+    TagFlags,
+    crc16,
+    encode,
+)
 
 PROPERTY = settings(max_examples=200, deadline=None)
 VECTORS: dict[str, Any] = json.loads(
@@ -214,6 +224,12 @@ def test_v1_and_v2_frames_interleave_in_one_stream_with_garbage_between() -> Non
     assert out == [v1, v2, status, v1]
     # Fed a byte at a time, the garbage is reported in as many runs as the held-back AA splits it into.
     assert decoder.rejected["crc"] == 1 and set(decoder.rejected) == {"garbage", "crc"}
+
+
+def test_the_reader_frame_carries_the_air_payload_as_it_came() -> None:
+    assert BEACON_V2_FORMAT.startswith(">B8s4sB4s") and AIR_BYTES == 18
+    beacon = ChipKey(bytes(range(16))).seal(5, 9, TagFlags.MOTION)
+    assert encode(beacon.frame(-60, 0))[4:-4] == beacon.to_bytes()
 
 
 def test_v1_type_03_stays_unknown_to_this_decoder() -> None:
