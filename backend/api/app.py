@@ -29,6 +29,7 @@ from backend.api.routes import (
     auth,
     bikes,
     health,
+    hotsheet,
     live,
     notifications,
     owners,
@@ -216,6 +217,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         notifications.router,
         webapp.router,
         live.router,
+        hotsheet.router,
         pages.router,
     ):
         app.include_router(router)

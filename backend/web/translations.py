@@ -451,6 +451,30 @@ _EN: dict[str, str] = {
     "st_step_broker": "Broker accepts the station",
     "st_step_heartbeat": "Heartbeat comes back",
     "st_step_backend": "Backend shows it online",
+    # the daily hot sheet (police, admin)
+    "hotsheet_title": "Daily hot sheet",
+    "hotsheet_heading": "Hot sheet: bikes reported stolen in the last 24 hours",
+    "hotsheet_window": "Reported between",
+    "hotsheet_count": "Bikes",
+    "hotsheet_at": "Sheet ending at",
+    "hotsheet_show": "Show",
+    "hotsheet_now": "Now",
+    "hotsheet_none": "No bike was reported stolen in these 24 hours.",
+    "hotsheet_stolen_at": "Stolen",
+    "hotsheet_reported_at": "Reported",
+    "hotsheet_chip": "Chip",
+    "hotsheet_last_seen": "Last seen",
+    "hotsheet_not_seen": "not seen by any station since the theft",
+    "hotsheet_next": "Likely next",
+    "hotsheet_next_none": "too few moves from there to say",
+    "hotsheet_eta": "about",
+    "hotsheet_no_photo": "no photo",
+    "hotsheet_recovered": "Already recovered (not listed)",
+    "hotsheet_note": (
+        "Plate, brand, model, colour and photo are what police circulate; the owner is not on the sheet (a case number "
+        "opens them in the bike search). Printed on A4, one bike per block."
+    ),
+    "hotsheet_bad_time": "The time must be like 2026-11-29T08:00 (UTC unless it says its offset).",
 }
 
 _ZH: dict[str, str] = {
@@ -876,6 +900,30 @@ _ZH: dict[str, str] = {
     "st_step_broker": "消息服务器接受基站",
     "st_step_heartbeat": "心跳回传",
     "st_step_backend": "后台显示在线",
+    # the daily hot sheet (police, admin)
+    "hotsheet_title": "每日被盗车辆通报",
+    "hotsheet_heading": "被盗车辆通报：最近24小时报失的车辆",
+    "hotsheet_window": "报失时间",
+    "hotsheet_count": "车辆数",
+    "hotsheet_at": "截止时间",
+    "hotsheet_show": "显示",
+    "hotsheet_now": "现在",
+    "hotsheet_none": "这24小时内没有车辆报失。",
+    "hotsheet_stolen_at": "被盗时间",
+    "hotsheet_reported_at": "报失时间",
+    "hotsheet_chip": "芯片",
+    "hotsheet_last_seen": "最后出现",
+    "hotsheet_not_seen": "被盗后尚未被任何基站发现",
+    "hotsheet_next": "可能去向",
+    "hotsheet_next_none": "该处历史行程太少，无法预测",
+    "hotsheet_eta": "约",
+    "hotsheet_no_photo": "无照片",
+    "hotsheet_recovered": "已找回（不再列出）",
+    "hotsheet_note": (
+        "车牌、品牌、型号、颜色和照片为警方通报内容；通报不含车主信息（凭案件编号可在车辆查询中查看）。"
+        "A4纸打印，每车一栏。"
+    ),
+    "hotsheet_bad_time": "时间格式应为 2026-11-29T08:00（未注明时区时为UTC）。",
 }
 
 MESSAGES: dict[str, dict[str, str]] = {"en": _EN, "zh": _ZH}
