@@ -195,6 +195,7 @@ _EN: dict[str, str] = {
     "alarm_chip_cloned": "A copy of your bike's chip is on the air",
     "alarm_tamper": "Someone tampered with your bike's chip",
     "alarm_low_battery": "Your bike's chip battery is low: have it changed at the counter",
+    "alarm_possibly_recovered": "Is your bike back?",
     "seen_at": "at {station}, {t}",
     "it_was_me": "It was me",
     # owner portal: notifications outside the page
@@ -226,6 +227,7 @@ _EN: dict[str, str] = {
     "nt_kind_alarm_cleared": "Alarm cleared",
     "nt_kind_bike_recovered": "Bike marked recovered",
     "nt_kind_transfer_requested": "Transfer consent code made",
+    "nt_kind_possibly_recovered": "Is your bike back?",
     "nt_by_webpush": "push",
     "nt_by_sms": "SMS",
     "nt_by_email": "e-mail",
@@ -474,7 +476,11 @@ _EN: dict[str, str] = {
         "Plate, brand, model, colour and photo are what police circulate; the owner is not on the sheet (a case number "
         "opens them in the bike search). Printed on A4, one bike per block."
     ),
-    "hotsheet_bad_time": "The time must be like 2026-11-29T08:00 (UTC unless it says its offset).",
+    "hotsheet_bad_time": "The time must be like 2026-11-29T08:00 (the county's time zone unless it gives an offset).",
+    # recovery follow-up (owner portal)
+    "followup_title": "Is your bike back?",
+    "followup_prompt": "Your stolen bike {plate} has been at {station}, one of its usual places, since {t}.",
+    "followup_mark": "Yes: mark it recovered",
 }
 
 _ZH: dict[str, str] = {
@@ -659,6 +665,7 @@ _ZH: dict[str, str] = {
     "alarm_chip_cloned": "发现有人复制了您车辆的芯片",
     "alarm_tamper": "您车辆的芯片被人拆动",
     "alarm_low_battery": "您车辆的芯片电量低，请到登记窗口更换",
+    "alarm_possibly_recovered": "您的车辆找回了吗？",
     "seen_at": "位置：{station}，{t}",
     "it_was_me": "是我本人",
     # owner portal: notifications outside the page
@@ -690,6 +697,7 @@ _ZH: dict[str, str] = {
     "nt_kind_alarm_cleared": "警报已解除",
     "nt_kind_bike_recovered": "车辆已标记为找回",
     "nt_kind_transfer_requested": "已生成过户同意码",
+    "nt_kind_possibly_recovered": "您的车辆找回了吗？",
     "nt_by_webpush": "推送",
     "nt_by_sms": "短信",
     "nt_by_email": "邮件",
@@ -923,7 +931,11 @@ _ZH: dict[str, str] = {
         "车牌、品牌、型号、颜色和照片为警方通报内容；通报不含车主信息（凭案件编号可在车辆查询中查看）。"
         "A4纸打印，每车一栏。"
     ),
-    "hotsheet_bad_time": "时间格式应为 2026-11-29T08:00（未注明时区时为UTC）。",
+    "hotsheet_bad_time": "时间格式应为 2026-11-29T08:00（未注明时区时按本地时区）。",
+    # recovery follow-up (owner portal)
+    "followup_title": "您的车辆找回了吗？",
+    "followup_prompt": "您被盗的车辆 {plate} 自 {t} 起一直在其常到的 {station}。",
+    "followup_mark": "是的，标记为已找回",
 }
 
 MESSAGES: dict[str, dict[str, str]] = {"en": _EN, "zh": _ZH}

@@ -59,6 +59,7 @@ def test_each_kind_has_its_stored_name_severity_and_audience(conn):
         "tamper": "warning",
         "low_battery": "info",
         "station_offline": "warning",
+        "possibly_recovered": "info",
     }
     assert TRAIL_KINDS == ("stolen_chip_seen", "chip_cloned", "armed_bike_moving")
     assert STATION_KINDS == INSTALLER_KINDS == ("station_offline",)
