@@ -2,7 +2,8 @@
 probably recovered without anyone saying so. Its owner is asked ("Is your bike back?") and the police get a
 'possibly_recovered' alarm, so the list of stolen bikes and the county's statistics stay true.
 
-The usual stations are those where the chip was most often seen in the USUAL_DAYS before the theft. The bike is
+The usual stations are those where the chip was most often seen in the USUAL_DAYS before the theft (while the
+owner held the bike). The bike is
 "back" when, since its last passage anywhere else after the theft, it has been seen only at usual stations, for at
 least the dwell (BIKEGUARD_RECOVERY_DWELL_S) from the first of those passages to the last. A periodic check in the
 backend judges it (backend.api.app's lifespan), never the ingest's hot path. One alarm per stay: the alarm is
@@ -36,17 +37,21 @@ USUAL_STATIONS = 3
 SEEN_ELSEWHERE = "bikeguard (seen elsewhere)"
 RECOVERED = "bikeguard (bike recovered)"
 
-# Per open theft report of a chipped bike: its usual stations; its last passage elsewhere since the theft; and the
-# passages since then (all at usual stations), up to `now`. Reads each chip's own passages through the (tag, time)
-# index: a few hundred stolen bikes are a few hundred small range scans.
+# Per open theft report of a chipped bike: its usual stations (only while its owner held it and its chip was on it:
+# a former owner's places are not this owner's, nor another bike's places its chip's); its last passage elsewhere
+# since the theft; and the passages since then (all at usual stations), up to `now`. Reads each chip's own passages
+# through the (tag, time) index: a few hundred stolen bikes are a few hundred small range scans.
 _STAYS = """
 WITH stolen AS (
     SELECT t.report_id, t.bike_id, t.stolen_at, c.tag_id,
            ARRAY(SELECT y.station_id FROM sightings y
-                 WHERE y.tag_id = c.tag_id AND y.first_seen_at >= t.stolen_at - make_interval(days => %(days)s)
-                   AND y.first_seen_at < t.stolen_at
+                 WHERE y.tag_id = c.tag_id AND y.first_seen_at < t.stolen_at
+                   AND y.first_seen_at >= greatest(t.stolen_at - make_interval(days => %(days)s), ob.valid_from,
+                                                   cb.valid_from)
                  GROUP BY y.station_id ORDER BY count(*) DESC, y.station_id LIMIT %(top)s) AS usual
     FROM theft_reports t JOIN bikes b USING (bike_id) JOIN chips c ON c.bike_id = t.bike_id
+    JOIN bike_bindings ob ON ob.bike_id = t.bike_id AND ob.kind = 'owner' AND ob.valid_to IS NULL
+    JOIN bike_bindings cb ON cb.bike_id = t.bike_id AND cb.kind = 'chip' AND cb.valid_to IS NULL
     WHERE t.recovered_at IS NULL AND b.status = 'active' AND t.stolen_at <= %(now)s
 ), away AS (
     SELECT s.*, (SELECT max(y.last_seen_at) FROM sightings y

@@ -28,10 +28,21 @@ def _sight(conn: psycopg.Connection, tag: int, station_id: str, at: datetime) ->
     )
 
 
+def held_since(owner_url: str, bike_id: int, since: datetime, kinds: tuple[str, ...] = ("owner", "chip")) -> None:
+    """The bike's owner (and chip) bound since `since`: history the application cannot rewrite, the test (as the
+    database owner, triggers off) can."""
+    with psycopg.connect(owner_url) as conn:
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(
+            "UPDATE bike_bindings SET valid_from = %s WHERE bike_id = %s AND kind = ANY(%s)",
+            (since, bike_id, list(kinds)),
+        )
+
+
 class Town:
     """A bike whose owner keeps it at st-home and rides to st-work; st-far is somewhere else."""
 
-    def __init__(self, staff: Staff, now: datetime, stolen: bool = True) -> None:
+    def __init__(self, staff: Staff, owner_url: str, now: datetime, stolen: bool = True) -> None:
         self.staff, self.now = staff, now
         done = staff.register()
         self.bike_id: int = done["bike"]["bike_id"]
@@ -39,6 +50,7 @@ class Town:
         self.tag = int(done["bike"]["tag_id"], 16)
         self.owner: Caller = staff.owner_of(done)
         self.stolen_at = now - timedelta(hours=6)
+        held_since(owner_url, self.bike_id, now - timedelta(days=30))  # before the weeks of history below
         with psycopg.connect(staff.database_url) as conn:
             for sid in ("st-home", "st-work", "st-far"):
                 factories.station(conn, sid)
@@ -93,8 +105,10 @@ class Town:
             ).fetchall()
 
 
-def test_the_prompt_comes_after_the_dwell_at_the_usual_stations_and_not_before(staff: Staff) -> None:
-    town = Town(staff, utcnow())
+def test_the_prompt_comes_after_the_dwell_at_the_usual_stations_and_not_before(
+    staff: Staff, database_owner_url: str
+) -> None:
+    town = Town(staff, database_owner_url, utcnow())
     town.back_home_for(150)
     home_from = town.now - timedelta(minutes=150)
     assert town.check(home_from + DWELL - timedelta(minutes=5)).raised == []  # an hour and 55 minutes: not yet
@@ -113,15 +127,15 @@ def test_the_prompt_comes_after_the_dwell_at_the_usual_stations_and_not_before(s
 
 
 def test_a_passage_elsewhere_during_the_dwell_starts_it_again_and_one_after_the_prompt_clears_it(
-    staff: Staff,
+    staff: Staff, database_owner_url: str
 ) -> None:
-    town = Town(staff, utcnow())
+    town = Town(staff, database_owner_url, utcnow())
     town.back_home_for(150)
     town.seen("st-far", 60)  # an hour ago it was across town: home for only the last hour
     assert town.check().raised == []
     assert town.alarms() == []
 
-    later = Town(staff, utcnow())
+    later = Town(staff, database_owner_url, utcnow())
     later.back_home_for(150)
     (alarm_id,) = later.check(later.now - timedelta(minutes=20)).raised
     later.seen("st-far", 10)  # it left again: not recovered after all
@@ -129,15 +143,15 @@ def test_a_passage_elsewhere_during_the_dwell_starts_it_again_and_one_after_the_
     assert later.alarms("all") == [(alarm_id, "st-home", "cleared", recovery_followup.SEEN_ELSEWHERE)]
 
 
-def test_a_bike_that_is_not_stolen_is_never_prompted_about(staff: Staff) -> None:
-    town = Town(staff, utcnow(), stolen=False)
+def test_a_bike_that_is_not_stolen_is_never_prompted_about(staff: Staff, database_owner_url: str) -> None:
+    town = Town(staff, database_owner_url, utcnow(), stolen=False)
     town.back_home_for(240)
     assert town.check().raised == []
     assert town.alarms("all") == [] and town.told() == []
 
 
-def test_the_prompt_is_gone_once_the_bike_is_marked_recovered(staff: Staff) -> None:
-    town = Town(staff, utcnow())
+def test_the_prompt_is_gone_once_the_bike_is_marked_recovered(staff: Staff, database_owner_url: str) -> None:
+    town = Town(staff, database_owner_url, utcnow())
     town.back_home_for(150)
     (alarm_id,) = town.check().raised
     assert town.owner.post(f"/api/bikes/{town.bike_id}/recovered").status_code == 200
@@ -149,14 +163,21 @@ def test_the_prompt_is_gone_once_the_bike_is_marked_recovered(staff: Staff) -> N
     assert state == "cleared" and cleared_by.endswith("(bike recovered)")
 
 
-def test_the_backend_runs_the_follow_up_by_itself(database_url: str) -> None:
+def test_the_backend_runs_the_follow_up_by_itself(database_url: str, database_owner_url: str) -> None:
     settings = factories.settings(database_url, recovery_check_interval_s=0.2)
     with TestClient(create_app(settings, run_ingest=False)) as client:
         staff = Staff(client, database_url)
-        town = Town(staff, utcnow())
+        town = Town(staff, database_owner_url, utcnow())
         town.back_home_for(150)
         deadline = time.monotonic() + 60
         while not town.alarms() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(town.alarms()) == 1
         assert any(a["kind"] == "possibly_recovered" for a in staff.police.get("/api/alarms").json())
+
+
+def test_a_former_owners_places_are_not_the_usual_stations(staff: Staff, database_owner_url: str) -> None:
+    town = Town(staff, database_owner_url, utcnow())
+    held_since(database_owner_url, town.bike_id, town.stolen_at - timedelta(days=1), ("owner",))  # changed hands
+    town.back_home_for(150)  # at the former owner's home, not the new owner's
+    assert town.check().raised == []
