@@ -184,7 +184,7 @@ def render_pdf(sheet: HotSheet, labels: dict[str, str], photos: dict[int, bytes]
         pdf.set_font(family, size=9)
         pdf.set_text_color(90, 90, 90)
         pdf.set_xy(12, 19)
-        window = f"{local(sheet.since, time_zone)} – {local(sheet.at, time_zone)}"
+        window = f"{local(sheet.since, time_zone)} – {local(sheet.at, time_zone)} ({time_zone})"
         pdf.cell(186, 5, text(f"{labels['window']}: {window}   {labels['count']}: {len(sheet.bikes)}"))
         pdf.set_draw_color(30, 64, 175)
         pdf.set_line_width(0.6)

@@ -3,12 +3,15 @@ pictures taken here are docs/screenshots/hotsheet-en.png and hotsheet-zh.png."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 from playwright.sync_api import expect
+from pypdf import PdfReader
 
 from backend.api.app import create_app
 from backend.web.translations import MESSAGES
@@ -119,8 +122,16 @@ def test_officer_opens_the_hot_sheet_with_photos_last_sightings_and_next_station
         assert not page.locator(".bg-hs-bar").is_visible() and not page.locator(".bg-top").is_visible()
         page.emulate_media(media="screen")
 
-        # The PDF link carries the language; the sheet at an earlier moment leaves out the bikes reported since.
+        # The PDF link carries the language, and opens with the officer's session; kept in build/ to look at.
         assert page.get_attribute("#hotsheet-pdf", "href") == f"/hotsheet.pdf?lang={lang}"
+        pdf = page.request.get(f"{server}/hotsheet.pdf?lang={lang}")
+        assert pdf.ok and pdf.headers["content-type"] == "application/pdf"
+        text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf.body())).pages).replace("\x00", "")
+        assert all(b[0] in text for b in _BIKES) and t["hotsheet_title"] in text
+        (Path(__file__).resolve().parents[2] / "build").mkdir(exist_ok=True)
+        (Path(__file__).resolve().parents[2] / "build" / f"hotsheet-{lang}.pdf").write_bytes(pdf.body())
+
+        # The sheet at an earlier moment leaves out the bikes reported since.
         page.fill("input[name=at]", (utcnow() + timedelta(hours=8) - timedelta(hours=5)).strftime("%Y-%m-%dT%H:%M"))
         page.click(".bg-hs-bar form button")
         page.wait_for_url("**/hotsheet?**at=**")
