@@ -114,6 +114,13 @@ class BackendSettings(BaseSettings):
     maintenance_interval_s: float = Field(default=3600.0, gt=0, description="partitions, retention, transitions")
     # How often stations are checked for missed heartbeats (a station is offline after two missed intervals).
     station_watch_interval_s: float = Field(default=10.0, gt=0)
+    # Recovery follow-up (backend.recovery_followup): a stolen bike whose chip has been seen at its owner's usual
+    # stations for this long, and nowhere else meanwhile, prompts its owner and the police ("recovered?"); checked
+    # every recovery_check_interval_s, off the ingest's path.
+    recovery_dwell_s: float = Field(default=7200.0, gt=0)
+    recovery_check_interval_s: float = Field(default=300.0, gt=0)
+    # The time zone the daily hot sheet (page and PDF) prints its times in: the county's.
+    hotsheet_time_zone: str = "Asia/Shanghai"
     # How long a command sent to a station stays valid (a station away longer refuses it as expired when it is back).
     station_command_ttl_s: int = Field(default=300, ge=1, le=COMMAND_TTL_MAX_S)
     tile_url: str | None = None

@@ -42,6 +42,7 @@ class AlarmKind(StrEnum):
     TAMPER = "tamper"
     LOW_BATTERY = "low_battery"
     STATION_OFFLINE = "station_offline"
+    POSSIBLY_RECOVERED = "possibly_recovered"
 
     @property
     def severity(self) -> Severity:
@@ -80,6 +81,8 @@ _TRAITS: dict[AlarmKind, tuple[Severity, frozenset[Audience], Subject, bool]] = 
     AlarmKind.LOW_BATTERY: (Severity.INFO, frozenset({_P, _O}), Subject.TAG, False),
     # About a station, not a person: installers see it too.
     AlarmKind.STATION_OFFLINE: (Severity.WARNING, frozenset({_P, _I}), Subject.STATION, False),
+    # A stolen bike's chip back at its owner's usual stations (backend.recovery_followup): "recovered?"
+    AlarmKind.POSSIBLY_RECOVERED: (Severity.INFO, frozenset({_P, _O}), Subject.TAG, False),
 }
 
 # Kinds whose alarm carries the chip's trail of passages: a bike on the move.

@@ -162,17 +162,22 @@ async def transition(conn: psycopg.AsyncConnection[Any], alarm_id: int, action: 
         await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(alarm_id)))
 
 
+# The alarms that end with a theft report: a stolen chip seen, and the follow-up asking whether it is back.
+_THEFT_KINDS = [AlarmKind.STOLEN_CHIP_SEEN.value, AlarmKind.POSSIBLY_RECOVERED.value]
+
+
 async def clear_for_recovered_bike(conn: psycopg.AsyncConnection[Any], bike_id: int, who: str) -> list[int]:
-    """Clear the bike's open stolen-chip alarms now that it is back (police map and owner alert alike); NOTIFY each.
+    """Clear the bike's open stolen-chip and possibly-recovered alarms now that it is back (police map and owner
+    alert alike); NOTIFY each.
 
     Other kinds (a low battery, a tamper, a cloned chip) stay: they are about the chip, not about the theft.
     """
     cur = await conn.execute(
         "WITH cleared AS ("
         " UPDATE alarms SET state = 'cleared', cleared_by = %(who)s, cleared_at = now(), updated_at = now()"
-        " WHERE bike_id = %(bike)s AND kind = %(kind)s AND state <> 'cleared' RETURNING alarm_id)"
+        " WHERE bike_id = %(bike)s AND kind = ANY(%(kinds)s) AND state <> 'cleared' RETURNING alarm_id)"
         " SELECT alarm_id, pg_notify(%(channel)s, alarm_id::text) FROM cleared",
-        {"who": who, "bike": bike_id, "kind": AlarmKind.STOLEN_CHIP_SEEN.value, "channel": NOTIFY_CHANNEL},
+        {"who": who, "bike": bike_id, "kinds": _THEFT_KINDS, "channel": NOTIFY_CHANNEL},
     )
     return [int(row[0]) for row in await cur.fetchall()]
 

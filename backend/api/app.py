@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 
-from backend import access, accounts, certificates, hotlist, prediction, provisioning, registry
+from backend import access, accounts, certificates, hotlist, prediction, provisioning, recovery_followup, registry
 from backend import stations as station_registry
 from backend.alarms import station_watch, store
 from backend.api.middleware.headers import SecurityHeaders
@@ -29,6 +29,7 @@ from backend.api.routes import (
     auth,
     bikes,
     health,
+    hotsheet,
     live,
     notifications,
     owners,
@@ -163,6 +164,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         watch = asyncio.create_task(
             station_watch.watch_stations(pool, settings.station_watch_interval_s), name="station-watch"
         )
+        followup = asyncio.create_task(recovery_followup.follow_up(pool, settings), name="recovery-follow-up")
         # Owners' notifications: the outbox's sender (any number of processes may run one; they share the rows).
         sender = (
             asyncio.create_task(notification_worker.Sender(settings).run(), name="notification-sender")
@@ -174,6 +176,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         finally:
             maintenance.cancel()
             watch.cancel()
+            followup.cancel()
             if sender:
                 sender.cancel()
                 # Its own connection closes before the pool's: nothing of the app outlives the lifespan.
@@ -216,6 +219,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         notifications.router,
         webapp.router,
         live.router,
+        hotsheet.router,
         pages.router,
     ):
         app.include_router(router)

@@ -23,6 +23,7 @@ class EventKind(StrEnum):
     ALARM_CLEARED = "alarm_cleared"
     BIKE_RECOVERED = "bike_recovered"
     TRANSFER_REQUESTED = "transfer_requested"
+    POSSIBLY_RECOVERED = "possibly_recovered"
 
     @property
     def urgent(self) -> bool:
@@ -129,5 +130,21 @@ async def transfer_requested(conn: psycopg.AsyncConnection[Any], bike_id: int, o
             " WHERE c.code_hash = %(hash)s AND c.bike_id = %(bike)s AND c.owner_id = %(owner)s"
         ),
         {"hash": code_hash, "bike": bike_id, "owner": owner_id},
+    )
+    await _wake(conn)
+
+
+async def possibly_recovered(conn: psycopg.AsyncConnection[Any], alarm_ids: list[int]) -> None:
+    """Ask the owners of these 'possibly_recovered' alarms' bikes whether the bike is back (once per alarm; in the
+    caller's transaction)."""
+    await conn.execute(
+        _insert(
+            "SELECT b.owner_id, 'followup:' || a.alarm_id AS event_key, 'possibly_recovered' AS kind,"
+            " false AS urgent, a.alarm_id, a.bike_id, "
+            + _facts("b.plate", "a.station_id", "a.first_seen_at")
+            + " AS facts FROM alarms a JOIN bikes b ON b.bike_id = a.bike_id"
+            " WHERE a.alarm_id = ANY(%(alarms)s) AND a.kind = 'possibly_recovered'"
+        ),
+        {"alarms": alarm_ids},
     )
     await _wake(conn)

@@ -17,6 +17,7 @@ _TITLES = {
     "alarm_cleared": {"en": "Alarm cleared", "zh": "警报已解除"},
     "bike_recovered": {"en": "Bike marked recovered", "zh": "车辆已标记为找回"},
     "transfer_requested": {"en": "Transfer consent code made", "zh": "已生成过户同意码"},
+    "possibly_recovered": {"en": "Is your bike back?", "zh": "您的车辆找回了吗？"},
 }
 _BODIES = {
     "armed_bike_moving": {
@@ -38,6 +39,11 @@ _BODIES = {
     "transfer_requested": {
         "en": "A code to hand over bike {plate} was made at {at}. If it was not you, change your password.",
         "zh": "车辆 {plate} 的过户同意码已于 {at} 生成。如非本人操作，请立即修改密码。",
+    },
+    "possibly_recovered": {
+        "en": "Stolen bike {plate} has been at {station}, one of its usual places, since {at}. If you have it back, "
+        "mark it recovered in the portal.",
+        "zh": "被盗车辆 {plate} 自 {at} 起一直在其常到的 {station}。如已找回，请在车主门户中标记为已找回。",
     },
 }
 _SIGNATURE = {"en": "Bikeguard", "zh": "电动车防盗"}

@@ -195,6 +195,7 @@ _EN: dict[str, str] = {
     "alarm_chip_cloned": "A copy of your bike's chip is on the air",
     "alarm_tamper": "Someone tampered with your bike's chip",
     "alarm_low_battery": "Your bike's chip battery is low: have it changed at the counter",
+    "alarm_possibly_recovered": "Is your bike back?",
     "seen_at": "at {station}, {t}",
     "it_was_me": "It was me",
     # owner portal: notifications outside the page
@@ -226,6 +227,7 @@ _EN: dict[str, str] = {
     "nt_kind_alarm_cleared": "Alarm cleared",
     "nt_kind_bike_recovered": "Bike marked recovered",
     "nt_kind_transfer_requested": "Transfer consent code made",
+    "nt_kind_possibly_recovered": "Is your bike back?",
     "nt_by_webpush": "push",
     "nt_by_sms": "SMS",
     "nt_by_email": "e-mail",
@@ -451,6 +453,34 @@ _EN: dict[str, str] = {
     "st_step_broker": "Broker accepts the station",
     "st_step_heartbeat": "Heartbeat comes back",
     "st_step_backend": "Backend shows it online",
+    # the daily hot sheet (police, admin)
+    "hotsheet_title": "Daily hot sheet",
+    "hotsheet_heading": "Hot sheet: bikes reported stolen in the last 24 hours",
+    "hotsheet_window": "Reported between",
+    "hotsheet_count": "Bikes",
+    "hotsheet_at": "Sheet ending at",
+    "hotsheet_show": "Show",
+    "hotsheet_now": "Now",
+    "hotsheet_none": "No bike was reported stolen in these 24 hours.",
+    "hotsheet_stolen_at": "Stolen",
+    "hotsheet_reported_at": "Reported",
+    "hotsheet_chip": "Chip",
+    "hotsheet_last_seen": "Last seen",
+    "hotsheet_not_seen": "not seen by any station since the theft",
+    "hotsheet_next": "Likely next",
+    "hotsheet_next_none": "too few moves from there to say",
+    "hotsheet_eta": "about",
+    "hotsheet_no_photo": "no photo",
+    "hotsheet_recovered": "Already recovered (not listed)",
+    "hotsheet_note": (
+        "Plate, brand, model, colour and photo are what police circulate; the owner is not on the sheet (a case number "
+        "opens them in the bike search). Printed on A4, one bike per block."
+    ),
+    "hotsheet_bad_time": "The time must be like 2026-11-29T08:00 (the county's time zone unless it gives an offset).",
+    # recovery follow-up (owner portal)
+    "followup_title": "Is your bike back?",
+    "followup_prompt": "Your stolen bike {plate} has been at {station}, one of its usual places, since {t}.",
+    "followup_mark": "Yes: mark it recovered",
 }
 
 _ZH: dict[str, str] = {
@@ -635,6 +665,7 @@ _ZH: dict[str, str] = {
     "alarm_chip_cloned": "发现有人复制了您车辆的芯片",
     "alarm_tamper": "您车辆的芯片被人拆动",
     "alarm_low_battery": "您车辆的芯片电量低，请到登记窗口更换",
+    "alarm_possibly_recovered": "您的车辆找回了吗？",
     "seen_at": "位置：{station}，{t}",
     "it_was_me": "是我本人",
     # owner portal: notifications outside the page
@@ -666,6 +697,7 @@ _ZH: dict[str, str] = {
     "nt_kind_alarm_cleared": "警报已解除",
     "nt_kind_bike_recovered": "车辆已标记为找回",
     "nt_kind_transfer_requested": "已生成过户同意码",
+    "nt_kind_possibly_recovered": "您的车辆找回了吗？",
     "nt_by_webpush": "推送",
     "nt_by_sms": "短信",
     "nt_by_email": "邮件",
@@ -876,6 +908,34 @@ _ZH: dict[str, str] = {
     "st_step_broker": "消息服务器接受基站",
     "st_step_heartbeat": "心跳回传",
     "st_step_backend": "后台显示在线",
+    # the daily hot sheet (police, admin)
+    "hotsheet_title": "每日被盗车辆通报",
+    "hotsheet_heading": "被盗车辆通报：最近24小时报失的车辆",
+    "hotsheet_window": "报失时间",
+    "hotsheet_count": "车辆数",
+    "hotsheet_at": "截止时间",
+    "hotsheet_show": "显示",
+    "hotsheet_now": "现在",
+    "hotsheet_none": "这24小时内没有车辆报失。",
+    "hotsheet_stolen_at": "被盗时间",
+    "hotsheet_reported_at": "报失时间",
+    "hotsheet_chip": "芯片",
+    "hotsheet_last_seen": "最后出现",
+    "hotsheet_not_seen": "被盗后尚未被任何基站发现",
+    "hotsheet_next": "可能去向",
+    "hotsheet_next_none": "该处历史行程太少，无法预测",
+    "hotsheet_eta": "约",
+    "hotsheet_no_photo": "无照片",
+    "hotsheet_recovered": "已找回（不再列出）",
+    "hotsheet_note": (
+        "车牌、品牌、型号、颜色和照片为警方通报内容；通报不含车主信息（凭案件编号可在车辆查询中查看）。"
+        "A4纸打印，每车一栏。"
+    ),
+    "hotsheet_bad_time": "时间格式应为 2026-11-29T08:00（未注明时区时按本地时区）。",
+    # recovery follow-up (owner portal)
+    "followup_title": "您的车辆找回了吗？",
+    "followup_prompt": "您被盗的车辆 {plate} 自 {t} 起一直在其常到的 {station}。",
+    "followup_mark": "是的，标记为已找回",
 }
 
 MESSAGES: dict[str, dict[str, str]] = {"en": _EN, "zh": _ZH}

@@ -6,6 +6,7 @@
   var $ = function (id) { return document.getElementById(id); };
   var t = BG.t, esc = BG.esc;
   var open = {};            // bike id -> which <details> are open, kept across refreshes
+  var byPlate = {};         // plate -> bike id, for an alert's action on its bike
 
   function localNow() {
     var d = new Date();
@@ -187,6 +188,21 @@
     });
   }
 
+  /* A stolen bike back at its usual stations for a while (backend.recovery_followup): is it back? */
+  function followUp(li, a) {
+    li.className += " bg-followup";
+    li.innerHTML = "<b>" + esc(t("followup_title")) + "</b> · <span class='bg-plate small'>" + esc(a.plate) + "</span><br>" +
+      esc(t("followup_prompt", { plate: a.plate, station: a.station_name || a.station_id, t: BG.time(a.first_seen_at) })) +
+      (byPlate[a.plate] ? " <button class='bg-primary' data-act='followup-recovered'>" + esc(t("followup_mark")) + "</button>" : "");
+    var b = li.querySelector("button");
+    if (b) {
+      b.addEventListener("click", function () {
+        BG.api("POST", "/api/bikes/" + byPlate[a.plate] + "/recovered").then(refresh);
+      });
+    }
+    return li;
+  }
+
   function alarms() {
     BG.api("GET", "/api/alarms").then(function (r) {
       if (!r.ok) { return; }
@@ -196,6 +212,7 @@
       r.data.forEach(function (a) {
         var li = document.createElement("li");
         li.className = "bg-alert sev-" + esc(a.severity);
+        if (a.kind === "possibly_recovered") { list.appendChild(followUp(li, a)); return; }
         li.innerHTML = "<b>" + esc(t("alarm_" + a.kind)) + "</b> · <span class='bg-plate small'>" + esc(a.plate) + "</span><br>" +
           esc(t("seen_at", { station: a.station_name || a.station_id, t: BG.time(a.last_seen_at) })) +
           (a.kind === "armed_bike_moving" ? " <button class='bg-button'>" + esc(t("it_was_me")) + "</button>" : "");
@@ -211,9 +228,9 @@
       if (!r.ok) { return; }
       var box = $("bikes");
       box.innerHTML = r.data.length ? "" : "<p class='bg-card bg-muted'>" + esc(t("no_bikes")) + "</p>";
-      r.data.forEach(function (bike) { box.appendChild(card(bike)); });
+      r.data.forEach(function (bike) { byPlate[bike.plate] = bike.bike_id; box.appendChild(card(bike)); });
+      alarms();  // after the bikes: an alert's action needs its bike's id
     });
-    alarms();
   }
   refresh();
   setInterval(alarms, 10000);
