@@ -1,6 +1,6 @@
 """Read models of alarms for the API and the live feed: a page of alarms or one, each with its trail and, for a
-stolen bike on the move, where to meet it next, as the viewer's scope shows it (backend.access.Scope.shown). A page
-costs three queries whatever its size."""
+stolen bike on the move, where to meet it next and the zone borders it crossed, as the viewer's scope shows it
+(backend.access.Scope.shown). A page costs four queries whatever its size (three without stolen bikes)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,26 @@ async def _next_stations(
     return found
 
 
+# The zone borders stolen bikes crossed (backend.zones.crossings), oldest first: one query for a page of alarms.
+_CROSSINGS = """
+    SELECT alarm_id, zone_id, zone_name, direction, heading, crossed_at, time_basis, from_station_id, from_seen_at,
+           to_station_id, to_seen_at, lat, lon
+    FROM zone_crossings WHERE alarm_id = ANY(%s) ORDER BY alarm_id, crossed_at, crossing_id
+"""
+
+
+async def _crossings(conn: psycopg.AsyncConnection[Any], alarms: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Each alarm's zone crossings; only stolen bikes' alarms have any."""
+    wanted = [a["id"] for a in alarms if AlarmKind(a["kind"]).intercepts]
+    by_alarm: dict[int, list[dict[str, Any]]] = {}
+    if wanted:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_CROSSINGS, (wanted,))
+            for row in await cur.fetchall():
+                by_alarm.setdefault(row.pop("alarm_id"), []).append(row)
+    return [by_alarm.get(a["id"], []) for a in alarms]
+
+
 def _public(alarm: dict[str, Any]) -> dict[str, Any]:
     alarm = dict(alarm)
     if alarm["tag_id"] is not None:
@@ -118,9 +138,10 @@ async def _complete(
     """The rows as the API gives them, with trails and next stations: two queries for all of them."""
     trails = await _trails(conn, rows, trail_limit)
     next_stations = await _next_stations(conn, rows, trails)
+    crossings = await _crossings(conn, rows)
     return [
-        {**_public(row), "trail": trail, "next_stations": nexts}
-        for row, trail, nexts in zip(rows, trails, next_stations, strict=True)
+        {**_public(row), "trail": trail, "next_stations": nexts, "crossings": crossed}
+        for row, trail, nexts, crossed in zip(rows, trails, next_stations, crossings, strict=True)
     ]
 
 

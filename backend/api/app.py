@@ -37,6 +37,7 @@ from backend.api.routes import (
     sightings,
     stations,
     webapp,
+    zones,
 )
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import commands as command_routes
@@ -51,6 +52,7 @@ from backend.notifications import worker as notification_worker
 from backend.settings import DEFAULT_SECRET, BackendSettings
 from backend.vault import Vault
 from backend.web import STATIC_DIR
+from backend.zones import registry as zone_registry
 from maps.assets import LEAFLET_DIR
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,9 @@ _ERRORS: dict[type[Exception], int] = {
     station_registry.VendorStationDecommissioned: 409,
     station_registry.VendorDeviceError: 422,
     provisioning.StationDecommissioned: 409,
+    zone_registry.InvalidZone: 422,
+    zone_registry.ZoneNotFound: 404,
+    zone_registry.ZoneExists: 409,
     # Input PostgreSQL cannot store (a NUL character, a number out of range) is the caller's error.
     psycopg.errors.DataError: 422,
 }
@@ -216,6 +221,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         notifications.router,
         webapp.router,
         live.router,
+        zones.router,
         pages.router,
     ):
         app.include_router(router)
