@@ -1,6 +1,6 @@
 """Read models of alarms for the API and the live feed: a page of alarms or one, each with its trail and, for a
 stolen bike on the move, where to meet it next and the zone borders it crossed, as the viewer's scope shows it
-(backend.access.Scope.shown). A page costs four queries whatever its size (three without stolen bikes)."""
+(backend.access.Scope.shown). A page costs three queries whatever its size."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ from backend.alarms.kinds import AlarmKind, severity_rank
 from backend.alarms.store import AlarmNotFound
 from protocol.messages import format_tag
 
+# With each alarm, the zone borders its stolen bike crossed (backend.zones.crossings), oldest first.
 _ALARM_SELECT = """
     SELECT a.alarm_id AS id, a.kind, a.severity, a.state, a.tag_id, b.plate, a.station_id,
            s.name AS station_name, s.lat, s.lon, a.first_seen_at, a.last_seen_at, a.sightings,
            a.raised_at, a.updated_at, a.assignee, a.assigned_by, a.assigned_at, a.acknowledged_by, a.acknowledged_at,
-           a.cleared_by, a.cleared_at, t.report_id IS NOT NULL AS stolen
+           a.cleared_by, a.cleared_at, t.report_id IS NOT NULL AS stolen,
+           (SELECT coalesce(jsonb_agg(to_jsonb(z) - 'crossing_id' - 'alarm_id' - 'tag_id' - 'recorded_at'
+                                      ORDER BY z.crossed_at, z.crossing_id), '[]')
+            FROM zone_crossings z WHERE z.alarm_id = a.alarm_id) AS crossings
     FROM alarms a
     LEFT JOIN bikes b USING (bike_id)
     LEFT JOIN stations s ON s.station_id = a.station_id
@@ -105,26 +109,6 @@ async def _next_stations(
     return found
 
 
-# The zone borders stolen bikes crossed (backend.zones.crossings), oldest first: one query for a page of alarms.
-_CROSSINGS = """
-    SELECT alarm_id, zone_id, zone_name, direction, heading, crossed_at, time_basis, from_station_id, from_seen_at,
-           to_station_id, to_seen_at, lat, lon
-    FROM zone_crossings WHERE alarm_id = ANY(%s) ORDER BY alarm_id, crossed_at, crossing_id
-"""
-
-
-async def _crossings(conn: psycopg.AsyncConnection[Any], alarms: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Each alarm's zone crossings; only stolen bikes' alarms have any."""
-    wanted = [a["id"] for a in alarms if AlarmKind(a["kind"]).intercepts]
-    by_alarm: dict[int, list[dict[str, Any]]] = {}
-    if wanted:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_CROSSINGS, (wanted,))
-            for row in await cur.fetchall():
-                by_alarm.setdefault(row.pop("alarm_id"), []).append(row)
-    return [by_alarm.get(a["id"], []) for a in alarms]
-
-
 def _public(alarm: dict[str, Any]) -> dict[str, Any]:
     alarm = dict(alarm)
     if alarm["tag_id"] is not None:
@@ -138,10 +122,9 @@ async def _complete(
     """The rows as the API gives them, with trails and next stations: two queries for all of them."""
     trails = await _trails(conn, rows, trail_limit)
     next_stations = await _next_stations(conn, rows, trails)
-    crossings = await _crossings(conn, rows)
     return [
-        {**_public(row), "trail": trail, "next_stations": nexts, "crossings": crossed}
-        for row, trail, nexts, crossed in zip(rows, trails, next_stations, crossings, strict=True)
+        {**_public(row), "trail": trail, "next_stations": nexts}
+        for row, trail, nexts in zip(rows, trails, next_stations, strict=True)
     ]
 
 
