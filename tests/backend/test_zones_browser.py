@@ -1,14 +1,22 @@
 """The zone editor in headless Chromium, in English and Chinese: a commander draws a zone by clicking its corners,
-saves it, renames and deletes one; the pictures taken here are the ones in docs/police.md."""
+saves it, renames and deletes one; the live map shows the zones and a stolen bike leaving one. The pictures taken
+here are the ones in docs/police.md."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from backend.alarms import engine
+from backend.ingest import writer
+from backend.zones.crossings import ZoneCache
 from bikeguard.demo import town_roads_geojson
 from firmware_sim.town import Town
+from maps.words import words
+from protocol.messages import parse_batch_rows, utcnow
 from tests import factories
 from tests.backend.test_pages_browser import _sign_in, server  # noqa: F401 - the fixture
 from tests.browser import browser_page, console_errors, raw_keys, screenshot_path
@@ -126,3 +134,61 @@ def test_the_zone_editor_is_for_police_and_admins_only(server: str, database_url
         page.get_by_text("Not for your account").wait_for()
         assert page.locator("#zone-map").count() == 0
         assert "this page is for: police, admin" in page.inner_text("main")
+
+
+# The county around the town's first station, and a station 1.5 km to its north, outside it.
+COUNTY = {
+    "type": "Polygon",
+    "coordinates": [[[120.13, 30.25], [120.17, 30.25], [120.17, 30.28], [120.13, 30.28], [120.13, 30.25]]],
+}
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_live_map_shows_the_zones_and_a_stolen_bike_that_left_one(
+    server: str,  # noqa: F811
+    database_url: str,
+    lang: str,
+) -> None:
+    w = words(lang)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        police = factories.account(conn, "police", "officer.wu")
+        factories.station(conn, "st-square", 30.258, 120.146)
+        factories.station(conn, "st-north", 30.295, 120.152)
+        conn.execute("UPDATE stations SET name = 'Station square' WHERE station_id = 'st-square'")
+        conn.execute("UPDATE stations SET name = 'North road' WHERE station_id = 'st-north'")
+        factories.theft(conn, factories.bike(conn, 0xD00D, "HZ-77001"), utcnow() - timedelta(hours=1))
+        name = "Xihu county" if lang == "en" else "西湖县"
+        conn.execute(
+            "INSERT INTO zones (name, geometry, created_by, updated_by) VALUES (%s, %s, 'x', 'x')",
+            (name, Jsonb(COUNTY)),
+        )
+        conn.execute("UPDATE zones_revision SET revision = revision + 1")
+        # Through the ingest's writer and alarm engine: seen on the square, then on the north road.
+        for seq, (station, minutes) in enumerate((("st-square", 9), ("st-north", 3)), start=1):
+            batch = factories.batch(station, seq, [0xD00D], at=utcnow() - timedelta(minutes=minutes))
+            with conn.transaction():
+                result = writer.write_batches(conn, [parse_batch_rows(batch.to_json())])
+            engine.raise_alarms(conn, result.committed, engine.ON_COMMIT, zones=ZoneCache())
+        crossed_at = conn.execute("SELECT crossed_at FROM zone_crossings").fetchone()[0]  # type: ignore[index]
+    with browser_page(1500, 950) as page:
+        page.goto(f"{server}/?lang={lang}")
+        _sign_in(page, police, factories.PASSWORD)
+        page.wait_for_selector("#bg-live-status.connected")
+        page.wait_for_selector(".bg-alarm .bg-crossing")
+        text = page.inner_text(".bg-alarm .bg-crossing")
+        t = page.evaluate("iso => new Date(iso).toLocaleTimeString([], { hour12: false })", crossed_at.isoformat())
+        said = w["zones_left"].format(zone=name, heading=w["zones_heading_north"], t=t)
+        assert said in text
+        assert w["zones_time_interpolated"].format(**{"from": "Station square", "to": "North road"}) in text
+        assert page.locator("path.bg-zone").count() == 1
+        assert name in page.inner_text(".bg-zone-label")
+        assert page.locator("path.bg-crossing-point").count() == 1
+        assert page.get_attribute(".bg-zones-link", "href") == "/police/zones"
+        page.hover("path.bg-crossing-point")
+        page.wait_for_selector(".bg-crossing-label")
+        page.screenshot(path=str(screenshot_path(f"zones-live-{lang}.png")))
+        page.click(".bg-alarm .bg-crossing")  # the card opens the alarm's popup
+        page.wait_for_selector(".bg-popup")
+        assert said in page.inner_text(".bg-popup")
+        assert raw_keys(page) == []
+        assert console_errors(page) == []

@@ -145,6 +145,8 @@ async def live_map(
         jsonable_encoder(await stations.activity(conn, 10)),
         jsonable_encoder(await alarms.list_alarms(conn, scope=access.alarm_scope(user))),
         stolen_url="/api/bikes/stolen",
+        zones=jsonable_encoder(await zones.list_zones(conn)),
+        zone_editor_url="/police/zones",
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
         user_name=user.display_name or user.username,
