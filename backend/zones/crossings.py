@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from shapely import prepared
+from shapely import STRtree, prepared
 from shapely.geometry import LineString, Point, shape
 from shapely.geometry.base import BaseGeometry
 
@@ -98,14 +98,29 @@ def borders_crossed(
     return sorted(found, key=lambda f: f[2])
 
 
+class _Zones:
+    """One revision of the zones, with a spatial index so a line is tested only against zones near it."""
+
+    def __init__(self, zones: Sequence[CachedZone]) -> None:
+        self.zones = tuple(zones)
+        self._tree = STRtree([z.polygon for z in self.zones])
+
+    def __len__(self) -> int:
+        return len(self.zones)
+
+    def near(self, a: tuple[float, float], b: tuple[float, float]) -> list[CachedZone]:
+        """The zones whose bounding box meets the line from a to b, in the order they were drawn."""
+        return [self.zones[i] for i in sorted(self._tree.query(LineString([a, b])))]
+
+
 class ZoneCache:
     """The zones, as prepared geometries, reloaded when their revision (bumped by every change) moves."""
 
     def __init__(self) -> None:
         self.revision = -1
-        self.zones: tuple[CachedZone, ...] = ()
+        self.zones = _Zones(())
 
-    def current(self, cur: psycopg.Cursor[Any]) -> tuple[CachedZone, ...]:
+    def current(self, cur: psycopg.Cursor[Any]) -> _Zones:
         """The zones as they are now: one one-row read, and a reload only after a change."""
         row = cur.execute("SELECT revision FROM zones_revision").fetchone()
         revision = int(row[0]) if row else 0
@@ -114,7 +129,7 @@ class ZoneCache:
             for zone_id, name, geometry in cur.execute("SELECT zone_id, name, geometry FROM zones ORDER BY zone_id"):
                 polygon = shape(geometry)
                 zones.append(CachedZone(int(zone_id), name, polygon, prepared.prep(polygon), polygon.boundary))
-            self.zones, self.revision = tuple(zones), revision
+            self.zones, self.revision = _Zones(zones), revision
         return self.zones
 
 
@@ -195,12 +210,12 @@ def find(cur: psycopg.Cursor[Any], evidence: Sequence[Evidence], cache: ZoneCach
 
 
 def _crossings(
-    tag_id: int, zones: Sequence[CachedZone], a: _Stop, b: _Stop, pa: tuple[float, float], pb: tuple[float, float]
+    tag_id: int, zones: _Zones, a: _Stop, b: _Stop, pa: tuple[float, float], pb: tuple[float, float]
 ) -> list[Crossing]:
     ride = b.arrived_at - a.left_at
     word = heading(pa[1], pa[0], pb[1], pb[0])
     out = []
-    for zone, direction, along, point in borders_crossed(zones, pa, pb):
+    for zone, direction, along, point in borders_crossed(zones.near(pa, pb), pa, pb):
         interpolated = ride > timedelta(0)
         out.append(
             Crossing(
