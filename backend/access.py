@@ -84,7 +84,8 @@ class Scope:
         goes), which need a case number; `details_hidden` says which."""
         if not self.hides_details(alarm):
             return {**alarm, "details_hidden": False}
-        return {**alarm, "plate": None, "tag_id": None, "trail": [], "next_stations": [], "details_hidden": True}
+        hidden: dict[str, Any] = {"plate": None, "tag_id": None, "trail": [], "next_stations": [], "crossings": []}
+        return {**alarm, **hidden, "details_hidden": True}
 
     def under_case(self) -> Scope:
         """This scope with the details of alarms about bikes not reported stolen opened (by a case number)."""

@@ -165,7 +165,10 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       ? station + row("row_last_heard", clock(a.first_seen_at) + " · " + ago(a.first_seen_at))
       : a.details_hidden
       ? row("row_bike", "<i>" + esc(w("not_stolen_need_case")) + "</i>") + station + seen
-      : row("row_plate", plate) + row("row_tag", esc(a.tag_id)) + station + seen + row("row_sightings", esc(a.sightings));
+      : row("row_plate", plate) + row("row_tag", esc(a.tag_id)) + station + seen + row("row_sightings", esc(a.sightings)) +
+        (a.crossings || []).slice(-3).map(function (c) {
+          return row("zones_row_crossed", esc(crossingText(c)) + '<br><small>' + esc(crossingBasis(c)) + "</small>");
+        }).join("");
     return '<div class="bg-popup" style="--sev: ' + cfg.severityColours[severity(a)] + '">' +
       '<div class="head"><span>' + esc(sevLabel(a)) + "</span>" + esc(kindLabel(a.kind)) + "</div>" +
       "<table>" + rows +
@@ -220,6 +223,29 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   }
   function assigneeHtml(a) {
     return a.assignee ? '<div class="bg-meta bg-assignee">' + esc(w("assigned_to", { name: a.assignee })) + "</div>" : "";
+  }
+  // A stolen bike crossing a zone's border (backend/zones): "Left Xihu county northbound at 14:02", and how the time
+  // was found (estimated along the line between two passages, or the passage after the crossing).
+  function stationName(id) { return (stations[id] && stations[id].info.name) || id; }
+  function crossingText(c) {
+    return w("zones_" + c.direction, { zone: c.zone_name, heading: w("zones_heading_" + c.heading), t: clock(c.crossed_at) });
+  }
+  function crossingBasis(c) {
+    return w("zones_time_" + c.time_basis, { from: stationName(c.from_station_id), to: stationName(c.to_station_id) });
+  }
+  function crossingHtml(a) {      // on the alarm's card: the latest crossing
+    var c = (a.crossings || [])[a.crossings ? a.crossings.length - 1 : 0];
+    if (!c) { return ""; }
+    return '<div class="bg-crossing ' + esc(c.direction) + '"><b>' + esc(crossingText(c)) + "</b>" +
+      ' <span class="bg-meta">(' + esc(crossingBasis(c)) + ")</span></div>";
+  }
+  function drawCrossings(entry) { // where the line between the two passages meets the border
+    entry.crossings.clearLayers();
+    (entry.data.crossings || []).forEach(function (c) {
+      entry.crossings.addLayer(L.circleMarker([c.lat, c.lon], {
+        radius: 7, color: "#7c3aed", weight: 3, fillColor: "#ffffff", fillOpacity: 1, className: "bg-crossing-point"
+      }).bindTooltip(esc(crossingText(c)), { direction: "right", offset: [8, 0], className: "bg-crossing-label" }));
+    });
   }
   function drawTrail(entry) {
     var pts = entry.trail;
@@ -295,6 +321,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     alarmLayer.removeLayer(entry.line);
     alarmLayer.removeLayer(entry.dots);
     alarmLayer.removeLayer(entry.next);
+    alarmLayer.removeLayer(entry.crossings);
     entry.item.remove();
     delete alarms[id];
     sortPanel();
@@ -312,6 +339,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
         }),
         dots: L.layerGroup(),
         next: L.layerGroup(),
+        crossings: L.layerGroup(),
         marker: L.marker([a.lat, a.lon], { icon: alarmIcon(a), zIndexOffset: 1000, riseOnHover: true }),
         item: document.createElement("li")
       };
@@ -329,6 +357,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       alarmLayer.addLayer(entry.line);
       alarmLayer.addLayer(entry.dots);
       alarmLayer.addLayer(entry.next);
+      alarmLayer.addLayer(entry.crossings);
       alarmLayer.addLayer(entry.marker);
       alarms[id] = entry;
       if (!quiet) { flash(header, "flash"); flash(entry.item, "fresh"); }
@@ -355,7 +384,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       (entry.item.classList.contains("fresh") ? " fresh" : "");
     var typing = entry.item.querySelector("input[name=case_number]");   // an update must not wipe a case number
     var typed = typing ? typing.value : "";
-    entry.item.innerHTML = itemHtml(a) + nextHtml(a) + actionsHtml(a);
+    entry.item.innerHTML = itemHtml(a) + (a.details_hidden ? "" : crossingHtml(a)) + nextHtml(a) + actionsHtml(a);
     entry.item.classList.toggle("has-trail", !!entry.colour);
     entry.item.style.setProperty("--trail", entry.colour || "transparent");
     if (typed && entry.item.querySelector("input[name=case_number]")) {
@@ -363,6 +392,7 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     }
     drawTrail(entry);
     drawNext(entry);
+    drawCrossings(entry);
     sortPanel();
   }
 
@@ -724,6 +754,15 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   }
 
   /* ---- start ---- */
+
+  // The zones commanders drew (backend/zones), under everything else; the editor is linked from the header.
+  (cfg.zones || []).forEach(function (z) {
+    var ring = z.geometry.coordinates[0].map(function (p) { return [p[1], p[0]]; });
+    L.polygon(ring, {
+      color: "#7c3aed", weight: 2, dashArray: "8 5", fillColor: "#7c3aed", fillOpacity: 0.07, interactive: false,
+      className: "bg-zone"
+    }).bindTooltip(esc(z.name), { permanent: true, direction: "center", className: "bg-zone-label" }).addTo(map).bringToBack();
+  });
 
   cfg.stations.forEach(function (info) {
     var refs = stationRefs[info.station_id];

@@ -66,7 +66,7 @@ class LiveFeed(MacroElement):
         self.title = markup.text(w["title"])
         self.css = replay.style() + replay.source("live.css")
         self.code = replay.script() + replay.source("live.js")
-        self.chrome = _chrome(w, lang, user_name)
+        self.chrome = _chrome(w, lang, user_name, config.get("zoneEditorUrl"))
         self.config = markup.script_json(config)
         self.map_name = m.get_name()
         self.alarm_layer = alarm_layer.get_name()
@@ -80,12 +80,13 @@ class LiveFeed(MacroElement):
         )
 
 
-def _legend(w: dict[str, str]) -> str:
+def _legend(w: dict[str, str], zone_editor_url: str | None = None) -> str:
     t = {key: markup.text(text) for key, text in w.items()}
     states = "".join(
         f'<li><span class="bg-key-dot" style="background:{colour}"></span>{t["station_" + state]}</li>'
         for state, colour in STATE_COLOURS.items()
     )
+    editor = f' · <a class="bg-zones-link" href="{zone_editor_url}">{t["zones_editor"]}</a>' if zone_editor_url else ""
     return (
         f'<section id="bg-legend"><h3>{t["legend"]}</h3><ul>'
         f"{states}"
@@ -96,6 +97,7 @@ def _legend(w: dict[str, str]) -> str:
         f'<li><span class="bg-key-next"></span>{t["legend_next"]}</li>'
         f'<li><span class="bg-key-step">1</span>{t["legend_replay"]}</li>'
         f'<li><span class="bg-key-line" style="background:{ROAD_COLOUR}"></span>{t["legend_road"]}</li>'
+        f'<li><span class="bg-key-zone"></span><span>{t["zones_legend"]}{editor}</span></li>'
         "</ul></section>"
     )
 
@@ -114,7 +116,7 @@ def _account(t: dict[str, str], lang: str, user_name: str | None) -> str:
     return f'<nav class="bg-account">{choices}{who}</nav>'
 
 
-def _chrome(w: dict[str, str], lang: str, user_name: str | None) -> str:
+def _chrome(w: dict[str, str], lang: str, user_name: str | None, zone_editor_url: str | None = None) -> str:
     t = {key: markup.text(text) for key, text in w.items()}
     return (
         '<header id="bg-header">'
@@ -158,7 +160,7 @@ def _chrome(w: dict[str, str], lang: str, user_name: str | None) -> str:
         f'<p id="bg-stolen-none">{t["stolen_loading"]}</p>'
         '<ol id="bg-stolen-list"></ol>'
         "</section>"
-        f"{_legend(w)}"
+        f"{_legend(w, zone_editor_url)}"
         "</aside>"
     )
 
@@ -176,6 +178,8 @@ def build_live_map(
     search_url: str = "/api/bikes/search",
     bikes_url: str = "/api/bikes",
     stolen_url: str | None = None,
+    zones: list[dict[str, Any]] | None = None,
+    zone_editor_url: str | None = None,
     user_name: str | None = None,
     tile_url: str | None = None,
     tile_attribution: str | None = None,
@@ -185,7 +189,8 @@ def build_live_map(
 
     Its alarm buttons, bike search, theft reports, recoveries and trajectory replay call the API at alarms_url,
     search_url and bikes_url with the page's session cookie; "Assign to me" assigns to user_name, who can sign out
-    from the header. With stolen_url, a tab lists the bikes reported stolen.
+    from the header. With stolen_url, a tab lists the bikes reported stolen. `zones` (backend.zones) are drawn under
+    the stations, and a stolen bike's alarm shows the zone borders it crossed; zone_editor_url links the editor.
     """
     m = base_map(assets_base=assets_base, tile_url=tile_url, tile_attribution=tile_attribution)
     add_roads(m, roads)
@@ -213,6 +218,8 @@ def build_live_map(
         "fewMoves": FEW_MOVES,
         "stolenUrl": stolen_url,
         "stolenRefreshMs": STOLEN_REFRESH_S * 1000,
+        "zones": [{"name": z["name"], "geometry": z["geometry"]} for z in zones or []],
+        "zoneEditorUrl": zone_editor_url,
         "words": words(lang),
         "lang": lang,
     }

@@ -1,6 +1,6 @@
 """Read models of alarms for the API and the live feed: a page of alarms or one, each with its trail and, for a
-stolen bike on the move, where to meet it next, as the viewer's scope shows it (backend.access.Scope.shown). A page
-costs three queries whatever its size."""
+stolen bike on the move, where to meet it next and the zone borders it crossed, as the viewer's scope shows it
+(backend.access.Scope.shown). A page costs three queries whatever its size."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ from backend.alarms.kinds import AlarmKind, severity_rank
 from backend.alarms.store import AlarmNotFound
 from protocol.messages import format_tag
 
+# With each alarm, the zone borders its stolen bike crossed (backend.zones.crossings), oldest first.
 _ALARM_SELECT = """
     SELECT a.alarm_id AS id, a.kind, a.severity, a.state, a.tag_id, b.plate, a.station_id,
            s.name AS station_name, s.lat, s.lon, a.first_seen_at, a.last_seen_at, a.sightings,
            a.raised_at, a.updated_at, a.assignee, a.assigned_by, a.assigned_at, a.acknowledged_by, a.acknowledged_at,
-           a.cleared_by, a.cleared_at, t.report_id IS NOT NULL AS stolen
+           a.cleared_by, a.cleared_at, t.report_id IS NOT NULL AS stolen,
+           (SELECT coalesce(jsonb_agg(to_jsonb(z) - 'crossing_id' - 'alarm_id' - 'tag_id' - 'recorded_at'
+                                      ORDER BY z.crossed_at, z.crossing_id), '[]')
+            FROM zone_crossings z WHERE z.alarm_id = a.alarm_id) AS crossings
     FROM alarms a
     LEFT JOIN bikes b USING (bike_id)
     LEFT JOIN stations s ON s.station_id = a.station_id

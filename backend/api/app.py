@@ -38,6 +38,7 @@ from backend.api.routes import (
     sightings,
     stations,
     webapp,
+    zones,
 )
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import commands as command_routes
@@ -52,6 +53,7 @@ from backend.notifications import worker as notification_worker
 from backend.settings import DEFAULT_SECRET, BackendSettings
 from backend.vault import Vault
 from backend.web import STATIC_DIR
+from backend.zones import registry as zone_registry
 from maps.assets import LEAFLET_DIR
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,9 @@ _ERRORS: dict[type[Exception], int] = {
     station_registry.VendorStationDecommissioned: 409,
     station_registry.VendorDeviceError: 422,
     provisioning.StationDecommissioned: 409,
+    zone_registry.InvalidZone: 422,
+    zone_registry.ZoneNotFound: 404,
+    zone_registry.ZoneExists: 409,
     # Input PostgreSQL cannot store (a NUL character, a number out of range) is the caller's error.
     psycopg.errors.DataError: 422,
 }
@@ -220,6 +225,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         webapp.router,
         live.router,
         hotsheet.router,
+        zones.router,
         pages.router,
     ):
         app.include_router(router)

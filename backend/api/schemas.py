@@ -356,6 +356,25 @@ class NextStation(BaseModel):
     based_on_moves: int = Field(description="all moves seen from the bike's station: how much the estimate rests on")
 
 
+class ZoneCrossingPublic(BaseModel):
+    """A stolen bike entering or leaving a zone between two passages (backend.zones.crossings)."""
+
+    zone_id: int | None = Field(description="null once the zone is deleted; its name stays")
+    zone_name: str
+    direction: Literal["entered", "left"]
+    heading: str = Field(description="compass word of the line between the two stations: north, northeast, ...")
+    crossed_at: datetime
+    time_basis: Literal["interpolated", "passage"] = Field(
+        description="interpolated along the line between the passages, or the time of the passage after the crossing"
+    )
+    from_station_id: str
+    from_seen_at: datetime
+    to_station_id: str
+    to_seen_at: datetime
+    lat: float
+    lon: float
+
+
 class AlarmAssign(BaseModel):
     """Who is to deal with an alarm (a name as the police know it)."""
 
@@ -389,6 +408,8 @@ class AlarmPublic(BaseModel):
     cleared_at: datetime | None
     trail: list[TrailPoint]
     next_stations: list[NextStation] = []
+    # The zone borders a stolen bike crossed, oldest first.
+    crossings: list[ZoneCrossingPublic] = []
     # Whether the alarm's bike has an open theft report.
     stolen: bool = False
     # For police: the alarm is about a bike not reported stolen, so its plate, chip and trail are left out; a case

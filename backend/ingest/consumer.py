@@ -37,6 +37,7 @@ from backend.ingest.rejects import kind_of
 from backend.ingest.stations import UNKNOWN_REASON, KnownStations
 from backend.ingest.window import TimeWindow
 from backend.settings import BackendSettings
+from backend.zones.crossings import ZoneCache
 from protocol import topics
 from protocol.messages import (
     CONFIRMATION_MAX_SEQS,
@@ -202,6 +203,8 @@ class Ingest:
         self.known = KnownStations(settings.ingest_station_refresh_s)
         self.window = TimeWindow.of(settings)
         self._theft_lookback = timedelta(seconds=settings.police_theft_lookback_s)
+        # This worker's copy of the zones, for the border crossings of stolen chips' alarms.
+        self._zones = ZoneCache()
         # A station sending what is refused (a clock gone wrong sends it all the time) is logged once a minute per
         # kind and topic; every refused message is still kept and counted.
         self._reject_notices = StationNotices(60.0)
@@ -492,7 +495,7 @@ class Ingest:
         flush.stored = selftests.write(conn, flush.selftest_messages)
         writer.write_rejects(conn, flush.rejects, self.settings.ingest_reject_max_raw_bytes)
         # In the same transaction as the write: a committed passage of a stolen chip has its alarm, crash or not.
-        engine.raise_alarms(conn, flush.result.committed, engine.ON_COMMIT, self._theft_lookback)
+        engine.raise_alarms(conn, flush.result.committed, engine.ON_COMMIT, self._theft_lookback, self._zones)
 
     def _commission(self, conn: psycopg.Connection, flush: _Flush) -> None:
         """After the commit: an installed station whose self-test passed becomes commissioned.

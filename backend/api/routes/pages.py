@@ -30,6 +30,7 @@ from backend.settings import BackendSettings
 from backend.web import LANG_COOKIE, choose_language, render
 from backend.web.fonts import FONT_URL, chinese_font
 from backend.web.translations import MESSAGES
+from backend.zones import registry as zones
 from maps.coverage import build_coverage_map
 from maps.live import build_live_map
 from maps.stations import build_station_map
@@ -144,12 +145,38 @@ async def live_map(
         jsonable_encoder(await stations.activity(conn, 10)),
         jsonable_encoder(await alarms.list_alarms(conn, scope=access.alarm_scope(user))),
         stolen_url="/api/bikes/stolen",
+        zones=jsonable_encoder(await zones.list_zones(conn)),
+        zone_editor_url="/police/zones",
         tile_url=settings.tile_url,
         tile_attribution=settings.tile_attribution,
         user_name=user.display_name or user.username,
         lang=chosen,
     )
     return _map_page(request, html, chosen)
+
+
+@router.get("/police/zones", response_class=HTMLResponse)
+async def zone_editor(
+    request: Request, conn: Conn, settings: Settings, user: OptionalUser, lang: str | None = None
+) -> Response:
+    """Police, admin: the zone editor: draw zones on the map by clicking their corners, rename and delete them."""
+    chosen = _lang(request, lang)
+    if refused := _gate(request, user, ("police", "admin"), chosen):
+        return refused
+    config = {
+        "zones_url": "/api/zones",
+        "zones": jsonable_encoder(await zones.list_zones(conn)),
+        "stations": [
+            {"station_id": s["station_id"], "name": s["name"], "lat": s["lat"], "lon": s["lon"]}
+            for s in await stations.list_stations(conn)
+        ],
+        "roads": await stations.roads_geojson(conn),
+        "tile_url": settings.tile_url,
+        "tile_attribution": settings.tile_attribution or "Base map: local tile server",
+        "min_vertices": 3,
+        "max_vertices": zones.MAX_VERTICES,
+    }
+    return _page(render("zones.html", chosen, user=user, config=config), chosen)
 
 
 @router.get("/login", response_class=HTMLResponse)
