@@ -8,6 +8,7 @@ but never a person.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any, Literal, get_args
 import psycopg
 from psycopg.rows import dict_row
 
-from backend import certificates
+from backend import certificates, chip_keys
 from backend.alarms.store import clear_for_recovered_bike
 from backend.identity import IdentityError, mask_id_number, mask_mobile, mask_name, normalise_plate
 from backend.notifications import outbox
@@ -52,6 +53,13 @@ ErrorCode = Literal[
     "photo_too_big",
     "photo_too_many_pixels",
     "photo_not_image",
+    # A v2 chip the programming cable could not key (backend.chip_keys.CableErrorCode).
+    "v2_cable_unset",
+    "v2_cable_silent",
+    "v2_chip_other",
+    "v2_chip_keyed",
+    "v2_chip_refused",
+    "v2_key_check_failed",
 ]
 ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
 
@@ -93,6 +101,10 @@ class InvalidValue(RegistryError):
     """A value the local rules refuse (e.g. a plate not in the local pattern)."""
 
 
+class ChipNotProgrammed(RegistryError):
+    """A v2 chip could not be keyed on the programming cable; nothing was registered or fitted."""
+
+
 class LookupThrottled(RegistryError):
     """An account made as many owner look-ups as an hour allows; carries how long to wait."""
 
@@ -129,7 +141,7 @@ class OwnerDetails:
 
 _BIKE_SELECT = """
     SELECT b.bike_id, b.plate, b.frame_number, b.motor_number, b.brand, b.model, b.colour, b.status, b.armed,
-           b.owner_id, b.created_at AS registered_at, b.deregistered_at, c.tag_id,
+           b.owner_id, b.created_at AS registered_at, b.deregistered_at, c.tag_id, c.kind AS chip_kind,
            t.report_id IS NOT NULL AS stolen, t.stolen_at, t.place AS theft_place,
            t.circumstances AS theft_circumstances, t.police_report, t.reported_at AS theft_reported_at,
            coalesce((SELECT array_agg(p.photo_id ORDER BY p.photo_id) FROM bike_photos p
@@ -417,9 +429,16 @@ class Registry:
     # ---- bikes ----
 
     async def register_bike(
-        self, conn: psycopg.AsyncConnection[Any], actor: str, owner_id: int, bike: BikeDetails, tag_id: int
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        actor: str,
+        owner_id: int,
+        bike: BikeDetails,
+        tag_id: int,
+        chip_kind: chip_keys.ChipKind = "v1",
     ) -> int:
-        """Register a bike to an owner with its chip fitted and a certificate issued; all or nothing."""
+        """Register a bike to an owner with its chip fitted (a v2 chip keyed on the cable) and a certificate issued;
+        all or nothing."""
         plate = self.plate(bike.plate)
         values = {
             "plate": plate,
@@ -438,23 +457,42 @@ class Registry:
                     (plate, owner_id, bike.frame_number, bike.motor_number, bike.brand, bike.model, bike.colour, actor),
                 )
                 bike_id = int((await cur.fetchone())[0])  # type: ignore[index]
-                await self._fit_chip(conn, bike_id, tag_id)
+                await self._fit_chip(conn, bike_id, tag_id, chip_kind)
                 await certificates.issue(conn, bike_id, actor)
+                if chip_kind == "v2":
+                    await self._key_chip(conn, tag_id)
         except psycopg.errors.UniqueViolation as exc:
             raise await self._explain(conn, exc, values) from exc
         return bike_id
 
-    async def _fit_chip(self, conn: psycopg.AsyncConnection[Any], bike_id: int, tag_id: int) -> None:
+    async def _fit_chip(
+        self, conn: psycopg.AsyncConnection[Any], bike_id: int, tag_id: int, kind: chip_keys.ChipKind
+    ) -> None:
         cur = await conn.execute(
-            "INSERT INTO chips (tag_id, bike_id) VALUES (%s, %s)"
-            " ON CONFLICT (tag_id) DO UPDATE SET bike_id = excluded.bike_id, fitted_at = now()"
+            "INSERT INTO chips (tag_id, bike_id, kind) VALUES (%s, %s, %s)"
+            " ON CONFLICT (tag_id) DO UPDATE SET bike_id = excluded.bike_id, kind = excluded.kind, fitted_at = now()"
             " WHERE chips.bike_id IS NULL AND chips.retired_at IS NULL RETURNING tag_id",
-            (tag_id, bike_id),
+            (tag_id, bike_id, kind),
         )
         if await cur.fetchone() is None:
             raise await self._holder(conn, "tag_id", tag_id) or Conflict(
                 f"chip {format_tag(tag_id)} is taken", "tag_id", "taken", {"value": format_tag(tag_id)}
             )
+
+    async def _key_chip(self, conn: psycopg.AsyncConnection[Any], tag_id: int) -> None:
+        """Key the v2 chip on the cable and keep its key, as the last step of the caller's transaction: every check
+        the database makes has passed by then, so a refusal never leaves a keyed chip (keyed once, for good)
+        without a bike."""
+        try:
+            chip = await asyncio.to_thread(
+                chip_keys.program_chip,
+                self.settings.counter_programmer_url,
+                tag_id,
+                timeout_s=self.settings.counter_programmer_timeout_s,
+            )
+        except chip_keys.CableError as exc:
+            raise ChipNotProgrammed(str(exc), "tag_id", exc.code, exc.params) from exc
+        await chip_keys.store_key(conn, self.vault, chip)
 
     async def get_bike(
         self, conn: psycopg.AsyncConnection[Any], bike_id: int, owner_id: int | None = None, active_only: bool = False
@@ -635,9 +673,16 @@ class Registry:
         return code, expires_at
 
     async def replace_chip(
-        self, conn: psycopg.AsyncConnection[Any], actor: str, bike_id: int, tag_id: int, reason: str | None = None
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        actor: str,
+        bike_id: int,
+        tag_id: int,
+        reason: str | None = None,
+        chip_kind: chip_keys.ChipKind = "v1",
     ) -> None:
-        """Fit a new chip: the old one is retired (never to be fitted again); a new certificate is issued."""
+        """Fit a new chip (a v2 chip keyed on the cable): the old one is retired (never to be fitted again) with its
+        key; a new certificate is issued."""
         try:
             async with conn.transaction():
                 await _act_as(conn, actor, reason or "chip replacement")
@@ -654,8 +699,10 @@ class Registry:
                     "UPDATE chips SET bike_id = NULL, retired_at = now(), retired_reason = %s WHERE bike_id = %s",
                     (reason or "replaced", bike_id),
                 )
-                await self._fit_chip(conn, bike_id, tag_id)
+                await self._fit_chip(conn, bike_id, tag_id, chip_kind)
                 await certificates.issue(conn, bike_id, actor)
+                if chip_kind == "v2":
+                    await self._key_chip(conn, tag_id)
         except psycopg.errors.UniqueViolation as exc:
             raise await self._explain(conn, exc, {"tag_id": tag_id}) from exc
 

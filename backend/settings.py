@@ -123,6 +123,11 @@ class BackendSettings(BaseSettings):
     hotsheet_time_zone: str = "Asia/Shanghai"
     # How long a command sent to a station stays valid (a station away longer refuses it as expired when it is back).
     station_command_ttl_s: int = Field(default=300, ge=1, le=COMMAND_TTL_MAX_S)
+    # The programming cable that keys v2 chips at the fitting counter (hardware/programming-cable.md): a pyserial
+    # URL (/dev/ttyUSB0 on the counter's machine, or rfc2217:// / socket:// to a cable served from it). Unset, v2
+    # chips cannot be fitted (v1 chips can). How long to wait for the chip's answer to each request.
+    counter_programmer_url: str | None = None
+    counter_programmer_timeout_s: float = Field(default=2.0, gt=0)
     tile_url: str | None = None
     tile_attribution: str | None = None
 

@@ -66,6 +66,7 @@ _ERRORS: dict[type[Exception], int] = {
     registry.LimitReached: 409,
     registry.ConsentRequired: 403,
     registry.InvalidValue: 422,
+    registry.ChipNotProgrammed: 502,  # the counter's programming cable (or the chip on it) failed: nothing fitted
     registry.LookupThrottled: 429,
     store.AlarmNotFound: 404,
     store.AlarmStateError: 409,

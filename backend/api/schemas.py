@@ -567,6 +567,9 @@ class BikeCreate(BaseModel):
     model: Text50 | None = None
     colour: Text30 | None = None
     tag_id: TagId
+    chip_kind: Literal["v1", "v2"] = Field(
+        default="v1", description="v2: a key is made and written to the chip on the counter's programming cable"
+    )
 
     @model_validator(mode="after")
     def _one_owner(self) -> Self:
@@ -608,6 +611,9 @@ class BikePublic(BaseModel):
     status: Literal["active", "scrapped", "exported"]
     armed: bool
     tag_id: str | None
+    chip_kind: Literal["v1", "v2"] | None = Field(
+        default=None, description="v1 beacons its tag id; v2 beacons ephemeral ids only the backend can resolve"
+    )
     stolen: bool
     stolen_at: datetime | None
     theft: TheftPublic | None
@@ -722,6 +728,9 @@ class ChipReplacement(BaseModel):
 
     tag_id: TagId
     reason: Text200 | None = None
+    chip_kind: Literal["v1", "v2"] = Field(
+        default="v1", description="v2: a key is made and written to the chip on the counter's programming cable"
+    )
 
 
 class PlateChange(BaseModel):

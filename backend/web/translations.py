@@ -171,6 +171,24 @@ _EN: dict[str, str] = {
     "err_photo_too_big": "a photo may have at most {n} bytes",
     "err_photo_too_many_pixels": "a photo may have at most {n} pixels",
     "err_photo_not_image": "a photo must be a JPEG or PNG image that can be read",
+    # v2 chips (backend.chip_keys): keyed on the counter's programming cable, the key never shown
+    "v2_kind": "Chip kind",
+    "v2_kind_v1": "v1 · standard: beacons its printed number",
+    "v2_kind_v2": "v2 · private: beacons changing ids; keyed on the programming cable",
+    "v2_short_v1": "v1",
+    "v2_short_v2": "v2 (private)",
+    "v2_cable_hint": "Lay the chip on the programming cable first: its key is written and checked as you register,"
+    " and never shown to anyone.",
+    "v2_writing": "Writing the key to the chip…",
+    "v2_done": "Chip {chip} was keyed on the cable and its key checked; the key is kept encrypted and never shown.",
+    "err_v2_cable_unset": "no programming cable is set up at this counter: a v2 chip cannot be fitted here",
+    "err_v2_cable_silent": "no answer from a chip on the programming cable: is the chip on the cable?",
+    "err_v2_chip_other": "the chip on the cable is {on_cable}, not {tag_id}: put chip {tag_id} on the cable, or type"
+    " the number printed on the chip that is on it",
+    "err_v2_chip_keyed": "chip {tag_id} already holds a key: a chip is keyed once, so it cannot be fitted; take a new"
+    " chip",
+    "err_v2_chip_refused": "chip {tag_id} refused the key ({reason}); nothing was registered",
+    "err_v2_key_check_failed": "chip {tag_id} did not take the key intact: it cannot be fitted; take a new chip",
     # owner portal
     "portal_title": "My bikes",
     "no_bikes": "No bike is registered to you.",
@@ -683,6 +701,22 @@ _ZH: dict[str, str] = {
     "err_photo_too_big": "照片不得超过 {n} 字节。",
     "err_photo_too_many_pixels": "照片不得超过 {n} 像素。",
     "err_photo_not_image": "照片须为可读取的 JPEG 或 PNG 图片。",
+    # v2 芯片（backend.chip_keys）：在柜台的编程线上写入密钥，密钥从不显示
+    "v2_kind": "芯片类型",
+    "v2_kind_v1": "v1 · 普通芯片：广播印在芯片上的编号",
+    "v2_kind_v2": "v2 · 隐私芯片：广播不断变化的编号；在编程线上写入密钥",
+    "v2_short_v1": "v1",
+    "v2_short_v2": "v2（隐私）",
+    "v2_cable_hint": "请先把芯片放在编程线上：登记时写入并校验密钥，密钥不向任何人显示。",
+    "v2_writing": "正在向芯片写入密钥…",
+    "v2_done": "芯片 {chip} 已在编程线上写入密钥并通过校验；密钥加密保存，从不显示。",
+    "err_v2_cable_unset": "本柜台未配置编程线：不能在此安装 v2 芯片。",
+    "err_v2_cable_silent": "编程线上的芯片没有应答：芯片是否已放在编程线上？",
+    "err_v2_chip_other": "编程线上的芯片是 {on_cable}，不是 {tag_id}：请把芯片 {tag_id} 放上编程线，"
+    "或输入线上那枚芯片印的编号。",
+    "err_v2_chip_keyed": "芯片 {tag_id} 已有密钥：芯片只能写入一次密钥，不能安装；请换一枚新芯片。",
+    "err_v2_chip_refused": "芯片 {tag_id} 拒绝写入密钥（{reason}）；未作任何登记。",
+    "err_v2_key_check_failed": "芯片 {tag_id} 未完整接收密钥：不能安装；请换一枚新芯片。",
     "portal_title": "我的车辆",
     "no_bikes": "您名下没有登记车辆。",
     "arm": "布防",

@@ -84,7 +84,7 @@ async def register_bike(
         owner_id, slip = await create_owner(conn, registry, passwords, user, body.owner)
     assert owner_id is not None
     details = BikeDetails(body.plate, body.frame_number, body.motor_number, body.brand, body.model, body.colour)
-    bike_id = await registry.register_bike(conn, user.actor, owner_id, details, parse_tag(body.tag_id))
+    bike_id = await registry.register_bike(conn, user.actor, owner_id, details, parse_tag(body.tag_id), body.chip_kind)
     return {
         "bike": await _bike(conn, registry, user, bike_id),
         "owner": await registry.get_owner(conn, owner_id),
@@ -490,7 +490,7 @@ async def replace_chip(
     bike_id: BikeId, body: ChipReplacement, conn: Conn, registry: RegistryDep, user: Counter
 ) -> dict[str, Any]:
     """Clerk, admin: fit a new chip; the old one is retired for good; a new certificate is issued."""
-    await registry.replace_chip(conn, user.actor, bike_id, parse_tag(body.tag_id), body.reason)
+    await registry.replace_chip(conn, user.actor, bike_id, parse_tag(body.tag_id), body.reason, body.chip_kind)
     return await _bike(conn, registry, user, bike_id)
 
 

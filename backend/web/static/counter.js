@@ -128,10 +128,19 @@
     }
     return null;
   }
+  /* A v2 chip is keyed on the programming cable as the bike is registered: the clerk lays it there first. */
+  function chipKind() {
+    var picked = document.querySelector("input[name=chip_kind]:checked");
+    return picked ? picked.value : "v1";
+  }
+  document.querySelectorAll("input[name=chip_kind]").forEach(function (r) {
+    r.addEventListener("change", function () { $("v2-cable-hint").hidden = chipKind() !== "v2"; });
+  });
   function body() {
     var b = {
       plate: BG.plateCheck($("plate").value).value, frame_number: $("frame_number").value.trim(),
       motor_number: $("motor_number").value.trim(), tag_id: BG.chipCheck($("tag_id").value).value,
+      chip_kind: chipKind(),
       brand: $("brand").value.trim() || null, model: $("model").value.trim() || null, colour: $("colour").value.trim() || null
     };
     if (owner.mode === "found") { b.owner_id = owner.id; }
@@ -151,7 +160,7 @@
     if (!validateAll()) { error.textContent = t("fix_fields"); error.hidden = false; return; }
     var submit = $("register-submit");
     submit.disabled = true;
-    submit.textContent = t("registering");
+    submit.textContent = chipKind() === "v2" ? t("v2_writing") : t("registering");
     BG.api("POST", "/api/bikes", body()).then(function (r) {
       if (!r.ok) {
         submit.disabled = false;
@@ -177,7 +186,8 @@
     $("register-form").hidden = true;
     $("register-done").hidden = false;
     $("done-plate").textContent = d.bike.plate;
-    $("done-certificate").textContent = t("done_certificate", { n: d.certificate.certificate_id });
+    $("done-certificate").textContent = t("done_certificate", { n: d.certificate.certificate_id }) +
+      (d.bike.chip_kind === "v2" ? " " + t("v2_done", { chip: d.bike.tag_id }) : "");
     $("done-print").href = "/bikes/" + d.bike.bike_id + "/certificate";
     $("done-pdf").href = "/bikes/" + d.bike.bike_id + "/certificate.pdf";
     $("done-photo-error").hidden = !d.photoRefused;
@@ -276,7 +286,10 @@
       "<div class='bg-new-owner' hidden>" + input("name", t("name")) + input("mobile", t("mobile")) + input("address", t("address")) + "</div>" +
       "<button class='bg-primary'>" + esc(t("do_transfer")) + "</button></form></details>" +
       "<details><summary>" + esc(t("replace_chip")) + "</summary><form data-op='chip' class='bg-op'>" +
-      input("tag_id", t("new_chip"), "maxlength='8' class='bg-mono'") + input("reason", t("reason")) +
+      input("tag_id", t("new_chip"), "maxlength='8' class='bg-mono'") +
+      "<label class='bg-field'><span>" + esc(t("v2_kind")) + "</span><select name='chip_kind'><option value='v1'>" +
+      esc(t("v2_kind_v1")) + "</option><option value='v2'>" + esc(t("v2_kind_v2")) + "</option></select>" +
+      "<small class='bg-msg'>" + esc(t("v2_cable_hint")) + "</small></label>" + input("reason", t("reason")) +
       "<button class='bg-primary'>" + esc(t("do_replace")) + "</button></form></details>" +
       "<details><summary>" + esc(t("change_plate")) + "</summary><form data-op='plate' class='bg-op'>" +
       input("plate", t("new_plate")) + input("reason", t("reason")) +
@@ -302,7 +315,8 @@
       "<dl class='bg-facts'>" +
       row(t("brand") + " / " + t("model") + " / " + t("colour"), [bike.brand, bike.model, bike.colour].filter(Boolean).join(" · ")) +
       row(t("frame"), bike.frame_number) + row(t("motor"), bike.motor_number) +
-      row(t("chip"), active ? bike.tag_id : t("chip_retired")) +
+      row(t("chip"), active ? bike.tag_id + " · " + (bike.chip_kind === "v2" ? t("v2_short_v2") : t("v2_short_v1"))
+        : t("chip_retired")) +
       row(active ? t("owner") : t("last_owner"), (o.name_masked || "") + " · " + (o.id_number_masked || "") + " · " + (o.mobile_masked || "")) +
       row(t("registered"), BG.time(bike.registered_at)) + "</dl>" +
       "<details class='bg-history'><summary>" + esc(t("history")) +
@@ -360,7 +374,11 @@
                         mobile: BG.mobileCheck(val(form, "mobile")).value, address: val(form, "address") };
       }
       url += "transfer";
-    } else if (op === "chip") { b = { tag_id: BG.chipCheck(val(form, "tag_id")).value, reason: val(form, "reason") || null }; url += "chip"; }
+    } else if (op === "chip") {
+      b = { tag_id: BG.chipCheck(val(form, "tag_id")).value, reason: val(form, "reason") || null,
+            chip_kind: val(form, "chip_kind") || "v1" };
+      url += "chip";
+    }
     else if (op === "plate") { b = { plate: BG.plateCheck(val(form, "plate")).value, reason: val(form, "reason") || null }; url += "plate"; }
     else {
       if (!window.confirm(t("confirm_deregister"))) { return; }
