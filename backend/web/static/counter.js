@@ -166,7 +166,10 @@
         submit.disabled = false;
         submit.textContent = t("register");
         var field = fieldOf(r);
-        if (field && $(field)) { set(field, "bad", failed(r)); $(field).focus(); }
+        /* The cable failed, not the number typed: said beside the chip, which the clerk may try again as it is. */
+        var cable = r.data && /^v2_/.test(r.data.code || "") && r.data.code !== "v2_chip_other";
+        if (cable) { BG.mark("tag_id", "info", failed(r)); }
+        else if (field && $(field)) { set(field, "bad", failed(r)); $(field).focus(); }
         error.textContent = failed(r);
         error.hidden = false;
         return null;
