@@ -66,7 +66,8 @@ _ERRORS: dict[type[Exception], int] = {
     registry.LimitReached: 409,
     registry.ConsentRequired: 403,
     registry.InvalidValue: 422,
-    registry.ChipNotProgrammed: 502,  # the counter's programming cable (or the chip on it) failed: nothing fitted
+    # The chip on the counter's cable (or the cable) is not in a state to be keyed: the clerk's to fix, never a 5xx.
+    registry.ChipNotProgrammed: 409,
     registry.LookupThrottled: 429,
     store.AlarmNotFound: 404,
     store.AlarmStateError: 409,

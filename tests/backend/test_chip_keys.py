@@ -99,7 +99,7 @@ def test_cable_failure_registers_nothing(counter: Staff, cable: CounterCable, on
             other_counter.write_key(bytes(range(16)), 1_795_953_600)
     before = _counts(counter.database_url)
     r = counter.clerk.post("/api/bikes", json=factories.registration(tag_id=tag, chip_kind="v2"))
-    assert r.status_code == 502, r.text
+    assert r.status_code == 409, r.text
     assert r.json()["code"] == code and r.json()["field"] == "tag_id"
     assert _counts(counter.database_url) == before
     assert counter.clerk.get(f"/api/bikes?tag_id={tag}").json() == []
@@ -107,7 +107,7 @@ def test_cable_failure_registers_nothing(counter: Staff, cable: CounterCable, on
 
 def test_no_cable_at_this_counter_says_so(staff: Staff) -> None:
     r = staff.clerk.post("/api/bikes", json=factories.registration(chip_kind="v2"))
-    assert r.status_code == 502
+    assert r.status_code == 409
     assert r.json()["code"] == "v2_cable_unset"
     assert "BIKEGUARD_COUNTER_PROGRAMMER_URL" in r.json()["detail"]
 
@@ -162,7 +162,7 @@ def test_failed_replacement_keeps_the_old_chip_and_key(counter: Staff, cable: Co
     bike_id = counter.register(tag_id=first, chip_kind="v2")["bike"]["bike_id"]
     cable.take_off()
     r = counter.clerk.post(f"/api/bikes/{bike_id}/chip", json={"tag_id": factories.tag(), "chip_kind": "v2"})
-    assert r.status_code == 502 and r.json()["code"] == "v2_cable_silent"
+    assert r.status_code == 409 and r.json()["code"] == "v2_cable_silent"
     assert counter.clerk.get(f"/api/bikes/{bike_id}").json()["tag_id"] == first
     assert [t for t, _ in _keys(counter)] == [parse_tag(first)]
 

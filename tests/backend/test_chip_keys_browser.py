@@ -111,7 +111,7 @@ def test_clerk_fits_a_v2_chip_on_the_cable(
         page.screenshot(path=str(screenshot_path(f"counter-v2-card-{lang}.png")))
         # Chromium logs the refused request; that refusal is the one this test asks for, and nothing else.
         assert console_errors(page) == [
-            "console: Failed to load resource: the server responded with a status of 502 (Bad Gateway)"
+            "console: Failed to load resource: the server responded with a status of 409 (Conflict)"
             f" ({counter_server}/api/bikes)"
         ]
         assert raw_keys(page) == []
