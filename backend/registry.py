@@ -202,6 +202,8 @@ class Registry:
     def __init__(self, settings: BackendSettings, vault: Vault) -> None:
         self.settings = settings
         self.vault = vault
+        # One programming cable: two fittings at once would talk over each other on its one line.
+        self._cable = asyncio.Lock()
 
     # ---- values ----
 
@@ -484,12 +486,13 @@ class Registry:
         the database makes has passed by then, so a refusal never leaves a keyed chip (keyed once, for good)
         without a bike."""
         try:
-            chip = await asyncio.to_thread(
-                chip_keys.program_chip,
-                self.settings.counter_programmer_url,
-                tag_id,
-                timeout_s=self.settings.counter_programmer_timeout_s,
-            )
+            async with self._cable:
+                chip = await asyncio.to_thread(
+                    chip_keys.program_chip,
+                    self.settings.counter_programmer_url,
+                    tag_id,
+                    timeout_s=self.settings.counter_programmer_timeout_s,
+                )
         except chip_keys.CableError as exc:
             raise ChipNotProgrammed(str(exc), "tag_id", exc.code, exc.params) from exc
         await chip_keys.store_key(conn, self.vault, chip)

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.api.app import create_app
-from backend.chip_keys import active_v2_keys
+from backend.chip_keys import ProgrammedChip, active_v2_keys
 from backend.vault import Vault, VaultError
 from firmware_sim.programmer import Programmer
 from protocol.beacon_v2 import ChipKey
@@ -181,6 +181,13 @@ def test_a_key_row_moved_to_another_chip_does_not_decrypt(counter: Staff, cable:
         )
     with pytest.raises(VaultError, match=f"{b:08X}"):
         _keys(counter)
+
+
+def test_a_programmed_chip_prints_its_check_value_not_its_key() -> None:
+    key = bytes(range(16))
+    chip = ProgrammedChip(0x00C0FFEE, key, ChipKey(key).check_value)
+    assert repr(chip) == "ProgrammedChip(tag_id=00C0FFEE, kcv=5dea26)"
+    assert key.hex() not in f"{chip!r} {chip!s}"
 
 
 def test_no_database_role_but_the_owner_and_the_backend_has_rights_on_keys(counter: Staff) -> None:
