@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import folium
@@ -163,6 +164,14 @@ def _chrome(w: dict[str, str], lang: str, user_name: str | None) -> str:
     )
 
 
+def _station_config(station: dict[str, Any]) -> dict[str, Any]:
+    """What the page's script knows of a station; a mobile reader's last fix time as ISO 8601."""
+    config = {k: station.get(k) for k in ("station_id", "name", "lat", "lon", "state", "mobile", "position_at")}
+    if isinstance(config["position_at"], datetime):
+        config["position_at"] = config["position_at"].isoformat()
+    return config
+
+
 def build_live_map(
     stations: list[dict[str, Any]],
     roads: dict[str, Any] | None,
@@ -205,7 +214,7 @@ def build_live_map(
         "bikesUrl": bikes_url,
         "replayWindowsH": list(REPLAY_WINDOWS_H),
         "me": user_name,
-        "stations": [{k: s.get(k) for k in ("station_id", "name", "lat", "lon", "state")} for s in stations],
+        "stations": [_station_config(s) for s in stations],
         "activity": activity,
         "alarms": [a for a in alarms if a.get("state") != "cleared"],
         "stateColours": STATE_COLOURS,

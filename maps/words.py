@@ -9,6 +9,8 @@ from __future__ import annotations
 LANGUAGES = {"en": "English", "zh": "中文"}
 
 _EN: dict[str, str] = {
+    "mobile_reader": "Mobile reader · last position {t}",
+    "mobile_no_fix": "not yet known",
     "title": "Bikeguard — live map",
     "sign_out": "Sign out",
     "signed_in_as": "Signed in as {name}",
@@ -195,6 +197,8 @@ _EN: dict[str, str] = {
 }
 
 _ZH: dict[str, str] = {
+    "mobile_reader": "移动读卡器 · 最后位置 {t}",
+    "mobile_no_fix": "尚未知",
     "title": "电动车防盗 — 实时地图",
     "sign_out": "退出",
     "signed_in_as": "当前用户：{name}",
