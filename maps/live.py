@@ -13,7 +13,7 @@ from maps import markup, replay
 from maps.assets import DEFAULT_BASE
 from maps.basemap import base_map, fit_to
 from maps.roads import ROAD_COLOUR, add_roads, road_points
-from maps.stations import STATE_COLOURS, StationMarker, add_stations
+from maps.stations import MOBILE_RING, STATE_COLOURS, StationMarker, add_stations
 from maps.words import LANGUAGES, words
 
 ACTIVITY_INTERVAL_S = 10
@@ -90,6 +90,7 @@ def _legend(w: dict[str, str]) -> str:
     return (
         f'<section id="bg-legend"><h3>{t["legend"]}</h3><ul>'
         f"{states}"
+        f'<li><span class="bg-key-dot" style="border:2px dashed {MOBILE_RING}"></span>{t["legend_mobile"]}</li>'
         f'<li><span class="bg-key-count">12</span>{t["legend_passages"]}</li>'
         f'<li><span class="bg-key-alarm"></span>{t["legend_alarm"]}</li>'
         '<li><span class="bg-key-line" style="background:repeating-linear-gradient(90deg,#dc2626 0 8px,'
