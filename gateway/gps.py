@@ -34,6 +34,10 @@ LINE_MAX_BYTES = 256
 RejectReason = Literal["checksum", "unparsable", "no_fix", "too_long"]
 
 
+class GpsError(Exception):
+    """The GPS side cannot go on (its reader thread died of a bug, not of a port error)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Fix:
     """One GPS fix: where (degrees), the receiver's time of the fix, and when the gateway received it."""
@@ -116,6 +120,7 @@ class Gps:
         self.rejected: Counter[str] = Counter()
         self.port_errors = 0
         self._stop = threading.Event()
+        self._crash: BaseException | None = None
 
     @property
     def rejected_total(self) -> int:
@@ -158,15 +163,26 @@ class Gps:
     async def run(self) -> None:
         """Read the port until cancelled (the reading happens in a thread; pyserial blocks)."""
         self._stop.clear()
-        thread = threading.Thread(target=self._read_forever, name=f"gps {self.url}", daemon=True)
+        self._crash = None
+        thread = threading.Thread(target=self._thread_main, name=f"gps {self.url}", daemon=True)
         thread.start()
         try:
             while thread.is_alive():
                 await asyncio.sleep(0.5)
+            # The station's supervisor restarts the station, as for a radio whose reader died.
+            raise GpsError(f"{self.url}: GPS reader thread died") from self._crash
         finally:
             self._stop.set()
             while thread.is_alive():
                 await asyncio.sleep(0.02)
+
+    def _thread_main(self) -> None:
+        try:
+            self._read_forever()
+        except BaseException as exc:
+            # A bug, not a port problem (those are handled below): hand it to run() to raise.
+            self._crash = exc
+            raise
 
     def _read_forever(self) -> None:
         delay = self.reopen_min_s

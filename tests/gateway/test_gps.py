@@ -9,13 +9,15 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pynmea2
+import pytest
+import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_sim.gps import Route, SimulatedGps, gga, rmc, sentence, town_route
 from firmware_sim.town import Town
 from gateway.aggregator import Aggregator
-from gateway.gps import Fix, Gps, read_fix
+from gateway.gps import Fix, Gps, GpsError, read_fix
 from gateway.hotlist import HotList
 from protocol.frames import Beacon, TagFlags
 from protocol.messages import ReaderPosition
@@ -153,3 +155,24 @@ def test_a_fixed_station_counts_no_sightings_without_fix() -> None:
     aggregator.add(Beacon(0x0A1B2C3D, 1, TagFlags(0), -60, 0), AT)
     (sighting,) = aggregator.close_all()
     assert sighting.position is None and aggregator.sightings_without_fix == 0
+
+
+def test_a_port_that_fails_to_open_is_retried_and_a_reader_that_dies_of_a_bug_stops_the_station() -> None:
+    opened: list[str] = []
+
+    def unplugged(url: str, **_: object) -> serial.SerialBase:
+        opened.append(url)
+        raise serial.SerialException(f"could not open port {url}")
+
+    def buggy(url: str, **_: object) -> serial.SerialBase:
+        raise RuntimeError("a bug in the port layer")
+
+    async def run(gps: Gps, for_s: float) -> None:
+        async with asyncio.timeout(for_s):
+            await gps.run()
+
+    with pytest.raises(TimeoutError):  # it keeps trying: an unplugged receiver is no reason to stop
+        asyncio.run(run(Gps("/dev/gps-gone", reopen_min_s=0.05, reopen_max_s=0.1, open_port=unplugged), 1.0))
+    assert len(opened) >= 3
+    with pytest.raises(GpsError, match="reader thread died"):
+        asyncio.run(run(Gps("/dev/gps-buggy", open_port=buggy), 10.0))
