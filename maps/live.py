@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import folium
@@ -12,7 +13,7 @@ from maps import markup, replay
 from maps.assets import DEFAULT_BASE
 from maps.basemap import base_map, fit_to
 from maps.roads import ROAD_COLOUR, add_roads, road_points
-from maps.stations import STATE_COLOURS, StationMarker, add_stations
+from maps.stations import MOBILE_RING, STATE_COLOURS, StationMarker, add_stations
 from maps.words import LANGUAGES, words
 
 ACTIVITY_INTERVAL_S = 10
@@ -90,6 +91,7 @@ def _legend(w: dict[str, str], zone_editor_url: str | None = None) -> str:
     return (
         f'<section id="bg-legend"><h3>{t["legend"]}</h3><ul>'
         f"{states}"
+        f'<li><span class="bg-key-dot" style="border:2px dashed {MOBILE_RING}"></span>{t["legend_mobile"]}</li>'
         f'<li><span class="bg-key-count">12</span>{t["legend_passages"]}</li>'
         f'<li><span class="bg-key-alarm"></span>{t["legend_alarm"]}</li>'
         '<li><span class="bg-key-line" style="background:repeating-linear-gradient(90deg,#dc2626 0 8px,'
@@ -165,6 +167,14 @@ def _chrome(w: dict[str, str], lang: str, user_name: str | None, zone_editor_url
     )
 
 
+def _station_config(station: dict[str, Any]) -> dict[str, Any]:
+    """What the page's script knows of a station; a mobile reader's last fix time as ISO 8601."""
+    config = {k: station.get(k) for k in ("station_id", "name", "lat", "lon", "state", "mobile", "position_at")}
+    if isinstance(config["position_at"], datetime):
+        config["position_at"] = config["position_at"].isoformat()
+    return config
+
+
 def build_live_map(
     stations: list[dict[str, Any]],
     roads: dict[str, Any] | None,
@@ -210,7 +220,7 @@ def build_live_map(
         "bikesUrl": bikes_url,
         "replayWindowsH": list(REPLAY_WINDOWS_H),
         "me": user_name,
-        "stations": [{k: s.get(k) for k in ("station_id", "name", "lat", "lon", "state")} for s in stations],
+        "stations": [_station_config(s) for s in stations],
         "activity": activity,
         "alarms": [a for a in alarms if a.get("state") != "cleared"],
         "stateColours": STATE_COLOURS,

@@ -390,6 +390,8 @@ _EN: dict[str, str] = {
     # vendor stations (MR7901, through the bridge)
     "kind_ours": "Bikeguard station",
     "kind_vendor": "Vendor MR7901",
+    "kind_mobile": "Mobile reader",
+    "kind_last_fix": "last position",
     "kind_device": "device",
     "kind_clock": "clock",
     "inst_vendor": "Vendor device",
@@ -890,6 +892,8 @@ _ZH: dict[str, str] = {
     "cred_failed": "密码未签发：{msg}",
     "kind_ours": "Bikeguard 基站",
     "kind_vendor": "厂商 MR7901",
+    "kind_mobile": "移动读卡器",
+    "kind_last_fix": "最后位置",
     "kind_device": "设备",
     "kind_clock": "时钟",
     "inst_vendor": "厂商设备",
