@@ -170,7 +170,7 @@ class BackendSettings(BaseSettings):
     # (UTC hours would put a Chinese county's evening thefts at noon); and how far before a theft its bike's sightings
     # are looked at to find its home station (where it was seen most often).
     statistics_timezone: str = "Asia/Shanghai"
-    statistics_home_days: int = Field(default=14, ge=1, le=365)
+    statistics_home_days: int = Field(default=7, ge=1, le=365)
 
     # Notifications to owners (backend.notifications): the sender's loop (how often it looks for due rows when
     # nobody wakes it, how many it takes at once), the lease after which a row a dead worker had taken is tried

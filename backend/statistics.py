@@ -3,9 +3,9 @@ thefts happen, the trend against the same period last year, and what is in servi
 chip leaves this module.
 
 Computed from small tables and indexed lookups, never a scan of sightings: the theft reports of the period
-(theft_reports_reported) and, for each, its bike's chip (bike_bindings), the first sighting after the report and the
-home station before the theft (sightings_tag_time: one tag over a bounded time), and whether a stolen-chip alarm came
-before its recovery (alarms_stolen_chip_bike); passages from the hourly aggregate (station_passages_hourly).
+(theft_reports_reported) and, for each, its bike's stolen-chip alarms (alarms_stolen_chip_bike: the first sighting
+after the report, an alarm before the recovery), and the home station before the theft (its chip's sightings over
+the days before it, sightings_tag_time_covering).
 """
 
 from __future__ import annotations
@@ -27,12 +27,16 @@ from backend.certificates import FONT_FACE, GlyphMissing, font_path
 DEFAULT_DAYS = 30
 MAX_DAYS = 3 * 366  # a period's reports are read one by one: bound the work a request may ask for
 TOP_AREAS = 12  # stations listed by name (the plot shows them all)
+LABELLED_AREAS = 8  # circles named on the plot (more would cover each other)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
-# One row per theft report of the period, no personal data: its times, the first sighting of its bike's chip after
-# the report (before its recovery and the period's end), the station where the chip was seen most often in the days
-# before the theft, and whether a stolen-chip alarm on the bike came before its recovery. The chip is the one the bike
-# carried at the report (its first chip binding not ended before it).
+# One row per theft report of the period, no personal data: its times; the first sighting of its bike after the report
+# (before its recovery and the period's end), which is the first passage of the stolen-chip alarm the ingest raised on
+# it (a hot-listed chip's first passage raises one; later passages update it), found by one index probe instead of a
+# search of sightings from the report onwards, day partition by day partition, for a bike never seen again; the
+# station where the bike's chip was seen most often in the days before the theft (one tag over a bounded time: the
+# chip the bike carried at the report, its first chip binding not ended before it); and whether a stolen-chip alarm on
+# the bike came before its recovery.
 REPORTS_SQL = """
 SELECT r.stolen_at, r.reported_at,
        CASE WHEN r.recovered_at < %(until)s THEN r.recovered_at END AS recovered_at,
@@ -50,10 +54,10 @@ LEFT JOIN LATERAL (
     ORDER BY b.valid_from LIMIT 1
 ) c ON true
 LEFT JOIN LATERAL (
-    SELECT s.first_seen_at FROM sightings s
-    WHERE s.tag_id = c.tag_id AND s.first_seen_at >= r.reported_at
-      AND s.first_seen_at < least(r.recovered_at, %(until)s)
-    ORDER BY s.first_seen_at LIMIT 1
+    SELECT a.first_seen_at FROM alarms a
+    WHERE a.kind = 'stolen_chip_seen' AND a.bike_id = r.bike_id
+      AND a.first_seen_at >= r.reported_at AND a.first_seen_at < least(r.recovered_at, %(until)s)
+    ORDER BY a.first_seen_at LIMIT 1
 ) f ON true
 LEFT JOIN LATERAL (
     SELECT s.station_id FROM sightings s
@@ -71,11 +75,6 @@ FROM theft_reports WHERE reported_at >= %(since)s AND reported_at < %(until)s
 IN_SERVICE_SQL = """
 SELECT (SELECT count(*) FROM stations WHERE lifecycle = 'active'),
        (SELECT count(*) FROM chips c JOIN bikes b USING (bike_id) WHERE c.retired_at IS NULL AND b.status = 'active')
-"""
-
-PASSAGES_SQL = """
-SELECT count(DISTINCT station_id), coalesce(sum(passages), 0)
-FROM station_passages_hourly WHERE hour >= %(since)s AND hour < %(until)s
 """
 
 
@@ -153,7 +152,7 @@ async def _one(conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, A
     return tuple(row)
 
 
-async def compute(conn: psycopg.AsyncConnection[Any], p: Period, home_days: int = 14) -> dict[str, Any]:
+async def compute(conn: psycopg.AsyncConnection[Any], p: Period, home_days: int = 7) -> dict[str, Any]:
     """The results for a period, as the page, the API, the CSV and the PDF show them."""
     params = {"since": p.since, "until": p.until, "home": timedelta(days=home_days)}
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -183,7 +182,6 @@ async def compute(conn: psycopg.AsyncConnection[Any], p: Period, home_days: int 
     before = p.a_year_before()
     last_thefts, last_recovered = await _one(conn, THEFTS_SQL, {"since": before.since, "until": before.until})
     stations_in_service, chips_in_service = await _one(conn, IN_SERVICE_SQL, {})
-    stations_heard, passages = await _one(conn, PASSAGES_SQL, params)
     thefts = len(reports)
     return {
         "period": {"from": p.first, "to": p.last, "days": p.days, "timezone": p.zone.key},
@@ -207,8 +205,6 @@ async def compute(conn: psycopg.AsyncConnection[Any], p: Period, home_days: int 
         "thefts_change": round((thefts - last_thefts) / last_thefts, 4) if last_thefts else None,
         "stations_in_service": int(stations_in_service),
         "chips_in_service": int(chips_in_service),
-        "stations_heard": int(stations_heard),
-        "passages": int(passages),
     }
 
 
@@ -242,6 +238,7 @@ def area_plot(
 
     most = max((a["thefts"] for a in located), default=1)
     circles = []
+    named = {a["station_id"] for a in located[:LABELLED_AREAS]}  # by_area is busiest first
     for a in sorted(located, key=lambda a: a["thefts"]):  # the largest drawn last, on top
         x, y = xy(a["lat"], a["lon"])
         weight = a["thefts"] / most
@@ -254,6 +251,7 @@ def area_plot(
                 "thefts": a["thefts"],
                 "name": a["name"],
                 "station_id": a["station_id"],
+                "labelled": a["station_id"] in named,
             }
         )
     dots = [xy(lat, lon) for lat, lon in positions]
@@ -278,8 +276,6 @@ SUMMARY_KEYS = (
     "thefts_change",
     "stations_in_service",
     "chips_in_service",
-    "stations_heard",
-    "passages",
 )
 
 
@@ -329,7 +325,6 @@ def figures(result: dict[str, Any], labels: dict[str, str], lang: str) -> list[t
         ("thefts_change", "–" if change is None else f"{change * 100:+.0f}%"),
         ("stations_in_service", _number(result["stations_in_service"], lang)),
         ("chips_in_service", _number(result["chips_in_service"], lang)),
-        ("passages", _number(result["passages"], lang)),
     ]
     return [(key, labels[f"stats_{key}"], text) for key, text in rows]
 
