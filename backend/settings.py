@@ -174,10 +174,8 @@ class BackendSettings(BaseSettings):
     # the theft was reported: whoever files a report (police included) cannot open a bike's past by back-dating it.
     police_theft_lookback_s: float = Field(default=24 * 3600, ge=0)
     # Results (/statistics): the county's own time zone, for the period's days and the thefts' hour of day and weekday
-    # (UTC hours would put a Chinese county's evening thefts at noon); and how far before a theft its bike's sightings
-    # are looked at to find its home station (where it was seen most often).
+    # (UTC hours would put a Chinese county's evening thefts at noon).
     statistics_timezone: str = "Asia/Shanghai"
-    statistics_home_days: int = Field(default=7, ge=1, le=365)
 
     # Notifications to owners (backend.notifications): the sender's loop (how often it looks for due rows when
     # nobody wakes it, how many it takes at once), the lease after which a row a dead worker had taken is tried

@@ -4,8 +4,8 @@ chip leaves this module.
 
 Computed from small tables and indexed lookups, never a scan of sightings: the theft reports of the period
 (theft_reports_reported) and, for each, its bike's stolen-chip alarms (alarms_stolen_chip_bike: the first sighting
-after the report, an alarm before the recovery), and the home station before the theft (its chip's sightings over
-the days before it, sightings_tag_time_covering).
+after the report, an alarm before the recovery), and the home station the report keeps (found from its chip's
+sightings of the 7 days before the theft when it was filed: bikeguard_home_station, migration 0028).
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ DEFAULT_DAYS = 30
 MAX_DAYS = 3 * 366  # a period's reports are read one by one: bound the work a request may ask for
 TOP_AREAS = 12  # stations listed by name (the plot shows them all)
 LABELLED_AREAS = 8  # circles named on the plot (more would cover each other)
+HOME_DAYS = 7  # a theft's home station: its chip's sightings of these days before it (migration 0028)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 # One row per theft report of the period, no personal data: its times; the first sighting of its bike after the report
 # (before its recovery and the period's end), which is the first passage of the stolen-chip alarm the ingest raised on
 # it (a hot-listed chip's first passage raises one; later passages update it), found by one index probe instead of a
-# search of sightings from the report onwards, day partition by day partition, for a bike never seen again; the
-# station where the bike's chip was seen most often in the days before the theft (one tag over a bounded time: the
-# chip the bike carried at the report, its first chip binding not ended before it); and whether a stolen-chip alarm on
-# the bike came before its recovery.
+# search of sightings from the report onwards, day partition by day partition, for a bike never seen again; its home
+# station, kept with the report when it was filed (migration 0028: where its chip was seen most often in the 7 days
+# before the theft); and whether a stolen-chip alarm on the bike came before its recovery.
 REPORTS_SQL = """
 SELECT r.stolen_at, r.reported_at,
        CASE WHEN r.recovered_at < %(until)s THEN r.recovered_at END AS recovered_at,
        f.first_seen_at,
-       h.station_id AS home_station_id,
+       r.home_station_id,
        r.recovered_at < %(until)s AND EXISTS (
            SELECT 1 FROM alarms a
            WHERE a.kind = 'stolen_chip_seen' AND a.bike_id = r.bike_id
@@ -49,30 +49,12 @@ SELECT r.stolen_at, r.reported_at,
        ) AS alarm_before_recovery
 FROM theft_reports r
 LEFT JOIN LATERAL (
-    SELECT b.tag_id FROM bike_bindings b
-    WHERE b.bike_id = r.bike_id AND b.kind = 'chip' AND (b.valid_to IS NULL OR b.valid_to > r.reported_at)
-    ORDER BY b.valid_from LIMIT 1
-) c ON true
-LEFT JOIN LATERAL (
     SELECT a.first_seen_at FROM alarms a
     WHERE a.kind = 'stolen_chip_seen' AND a.bike_id = r.bike_id
       AND a.first_seen_at >= r.reported_at AND a.first_seen_at < least(r.recovered_at, %(until)s)
     ORDER BY a.first_seen_at LIMIT 1
 ) f ON true
-LEFT JOIN LATERAL (
-    SELECT s.station_id FROM sightings s
-    WHERE s.tag_id = c.tag_id AND s.first_seen_at >= r.stolen_at - %(home)s AND s.first_seen_at < r.stolen_at
-      -- the same bounds as constants: partitions and chunks outside every report's window are left out when the
-      -- query is planned (TimescaleDB's exclusion of chunks at run time costs per chunk on every probe)
-      AND s.first_seen_at >= %(home_since)s AND s.first_seen_at < %(until)s
-    GROUP BY s.station_id ORDER BY count(*) DESC, s.station_id LIMIT 1
-) h ON true
 WHERE r.reported_at >= %(since)s AND r.reported_at < %(until)s
-"""
-
-# The earliest theft among the period's reports: where the home stations' windows start.
-EARLIEST_THEFT_SQL = """
-SELECT min(stolen_at) FROM theft_reports WHERE reported_at >= %(since)s AND reported_at < %(until)s
 """
 
 THEFTS_SQL = """
@@ -160,11 +142,9 @@ async def _one(conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, A
     return tuple(row)
 
 
-async def compute(conn: psycopg.AsyncConnection[Any], p: Period, home_days: int = 7) -> dict[str, Any]:
+async def compute(conn: psycopg.AsyncConnection[Any], p: Period) -> dict[str, Any]:
     """The results for a period, as the page, the API, the CSV and the PDF show them."""
-    home = timedelta(days=home_days)
-    earliest = await _one(conn, EARLIEST_THEFT_SQL, {"since": p.since, "until": p.until})
-    params = {"since": p.since, "until": p.until, "home": home, "home_since": (earliest[0] or p.since) - home}
+    params = {"since": p.since, "until": p.until}
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(REPORTS_SQL, params)
         reports = await cur.fetchall()

@@ -90,10 +90,6 @@ def generate(database_url: str, bikes: int = 64, seed: int = 16) -> History:
             _sightings(report, rng)
             _alarms(report, rng)
             reports.append(report)
-            conn.execute(
-                "INSERT INTO theft_reports (bike_id, stolen_at, reported_at, recovered_at) VALUES (%s, %s, %s, %s)",
-                (bike_id, stolen_at, reported_at, recovered_at),
-            )
         # A retired chip is not in service.
         conn.execute("INSERT INTO chips (tag_id, bike_id, retired_at) VALUES (%s, NULL, now())", (0x5AFFFFFF,))
         with conn.cursor().copy(
@@ -103,6 +99,12 @@ def generate(database_url: str, bikes: int = 64, seed: int = 16) -> History:
             for r in reports:
                 for at, sid in r.sightings:
                     copy.write_row((at, at + timedelta(seconds=8), sid, r.tag_id, 3, -60, 0, 0, 1))
+        # Filed after the sightings before each theft are stored, as in life: a report keeps its home station then.
+        for r in reports:
+            conn.execute(
+                "INSERT INTO theft_reports (bike_id, stolen_at, reported_at, recovered_at) VALUES (%s, %s, %s, %s)",
+                (r.bike_id, r.stolen_at, r.reported_at, r.recovered_at),
+            )
         for r in reports:
             for kind, at in r.alarms:
                 conn.execute(

@@ -41,7 +41,7 @@ async def _results(reads: Any, settings: BackendSettings, first: date | None, la
         chosen = _period(settings, first, last)
     except statistics.PeriodInvalid as exc:
         raise HTTPException(422, str(exc)) from exc
-    return await statistics.compute(reads, chosen, settings.statistics_home_days)
+    return await statistics.compute(reads, chosen)
 
 
 @router.get("/api/statistics")
@@ -77,7 +77,7 @@ async def statistics_page(
     except statistics.PeriodInvalid:
         error = t["stats_period_invalid"]
         period = _period(settings, None, None)
-    result = await statistics.compute(reads, period, settings.statistics_home_days)
+    result = await statistics.compute(reads, period)
     plot = statistics.area_plot(result, await statistics.station_positions(reads))
     query = f"from={period.first.isoformat()}&to={period.last.isoformat()}&lang={chosen}"
     html = render(
@@ -91,7 +91,7 @@ async def statistics_page(
         weekdays=statistics.WEEKDAYS,
         top_areas=result["by_area"][: statistics.TOP_AREAS],
         error=error,
-        home_days=settings.statistics_home_days,
+        home_days=statistics.HOME_DAYS,
         csv_url=f"/statistics.csv?{query}",
         pdf_url=f"/statistics.pdf?{query}",
     )
