@@ -212,6 +212,12 @@ class Resolver:
         table does not hold (none for a chip whose clock is near true time: most chips)."""
         state = self.chips[tag_id]
         offset = state.offset_s
+        table = self.table
+        if (
+            tag_id not in self._drifted_index
+            and -table.before * WINDOW_S + OFFSET_MARGIN_S <= offset <= table.after * WINDOW_S - OFFSET_MARGIN_S
+        ):
+            return  # the usual case, decided without a window computed: the neighbouring windows held cover it
         first = window_of(centre * WINDOW_S + offset - OFFSET_MARGIN_S)
         last = window_of((centre + 1) * WINDOW_S + offset + OFFSET_MARGIN_S)
         held = self.table.windows
