@@ -143,7 +143,10 @@ class Resolver:
         as a reject, like any malformed input.
         """
         beacon = AirBeacon.from_bytes(payload)
-        candidates = self.table.lookup(beacon.eid) + self._drifted.entries.get(beacon.eid, [])
+        candidates = self.table.lookup(beacon.eid)
+        drifted = self._drifted.entries.get(beacon.eid)
+        if drifted:
+            candidates += [c for c in drifted if not self.table.is_retired(c.index)]
         if not candidates:
             self.counts[Verdict.UNKNOWN] += 1
             self.unknown.append((station_id, heard_at, payload))
@@ -177,8 +180,9 @@ class Resolver:
         if state is not None and counter <= state.counter:
             if counter == state.counter and payload == state.payload and abs(t - state.heard_at) <= self.duplicate_s:
                 verdict = Verdict.DUPLICATE
-            elif counter < state.counter and t < state.heard_at:
-                # Heard before the beacon already accepted, delivered late (a station's spool): consistent.
+            elif counter < state.counter and t < state.heard_at + self.duplicate_s:
+                # Heard before the beacon already accepted (give or take two stations' clocks), delivered late by a
+                # station's spool or batching: consistent, not a replay.
                 verdict = Verdict.OK
             else:
                 verdict = Verdict.REPLAY

@@ -241,6 +241,10 @@ class ResolutionTable:
             with self._key_lock:
                 self._key_cache.pop(index, None)
 
+    def is_retired(self, index: int) -> bool:
+        """Whether the chip at `index` was retired."""
+        return index in self._retired
+
     def lookup(self, eid: bytes) -> list[Candidate]:
         """Every chip (with its window) that beacons `eid` in the windows held; empty if none."""
         key = int.from_bytes(eid, "big")

@@ -128,6 +128,21 @@ def test_chips_fitted_later_resolve_and_retired_chips_do_not() -> None:
     assert table.lookup(ChipKey(old_key).eid(W0 + 2)) == []
 
 
+def test_a_retired_chip_whose_clock_drifted_does_not_resolve_from_the_side_entries() -> None:
+    pairs = chips(20)
+    tag_id, key = pairs[2]
+    table = ResolutionTable(pairs, W0)
+    resolver = Resolver(table)
+    # A chip 20 minutes fast: beacons of W0 + 1 then W0 + 2 (beyond the table) once its offset is learned.
+    for k in range(6):
+        t = T0 + 100 + k * 140
+        assert resolver.resolve(beacon(key, t + 1200, k + 1), at(t), "S1").verdict is Verdict.OK
+    assert resolver.offset_s(tag_id) == pytest.approx(1200, abs=150)
+    assert resolver.resolve(beacon(key, T0 + 800 + 1200, 10), at(T0 + 800), "S1").window == W0 + 2
+    table.retire(tag_id)
+    assert resolver.resolve(beacon(key, T0 + 820 + 1200, 11), at(T0 + 820), "S1").verdict is Verdict.UNKNOWN
+
+
 def test_a_beacon_resolves_to_its_chip_counter_flags_and_window() -> None:
     pairs = chips(1000)
     resolver = Resolver(ResolutionTable(pairs, W0))
@@ -223,7 +238,11 @@ def test_an_older_beacon_heard_earlier_but_delivered_late_is_not_a_replay() -> N
     assert resolver.resolve(beacon(key, T0 + 200, 100), at(T0 + 200), "S1").verdict is Verdict.OK
     # A station's spool delivers what it heard at T0 + 100 (counter 50) only now.
     assert resolver.resolve(beacon(key, T0 + 100, 50), at(T0 + 100), "S2").verdict is Verdict.OK
+    # One heard by a station whose clock is 3 s ahead of the first one's: still consistent.
+    assert resolver.resolve(beacon(key, T0 + 198, 99), at(T0 + 203), "S3").verdict is Verdict.OK
     assert resolver.chips[pairs[1][0]].counter == 100
+    # The same older counter heard well after the newer one: a replay.
+    assert resolver.resolve(beacon(key, T0 + 198, 99), at(T0 + 260), "S4").verdict is Verdict.REPLAY
 
 
 def test_when_two_chips_share_an_eid_the_mac_decides() -> None:
