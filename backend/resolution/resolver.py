@@ -129,12 +129,20 @@ class Resolver:
         self.unknown: deque[tuple[str, datetime, bytes]] = deque(maxlen=unknown_kept)
         self._drifted = _Drifted()
         self._drifted_index: dict[int, int] = {}  # tag id → table index, for the drifted chips
+        self._drifted_centre = table.centre  # the table's centre the side eids were chosen for
 
     def advance(self, to_window: int) -> None:
-        """Move the table to `to_window` and recompute the side eids of the chips whose clocks run far off."""
+        """Move the table to `to_window` (a background builder may call the table's own advance instead)."""
         self.table.advance(to_window)
-        for tag_id, index in list(self._drifted_index.items()):
-            self._place_drifted(tag_id, index, to_window)
+        self._follow_table()
+
+    def _follow_table(self) -> None:
+        """Once the table moved, recompute the side eids of the chips whose clocks run far off for its new centre."""
+        centre = self.table.centre
+        if centre != self._drifted_centre:
+            self._drifted_centre = centre
+            for tag_id, index in list(self._drifted_index.items()):
+                self._place_drifted(tag_id, index, centre)
 
     def resolve(self, payload: bytes, heard_at: datetime, station_id: str = "") -> Resolution:
         """Judge one v2 air payload heard at `heard_at` (timezone-aware) by `station_id`.
@@ -143,6 +151,7 @@ class Resolver:
         as a reject, like any malformed input.
         """
         beacon = AirBeacon.from_bytes(payload)
+        self._follow_table()
         candidates = self.table.lookup(beacon.eid)
         drifted = self._drifted.entries.get(beacon.eid)
         if drifted:
@@ -209,7 +218,7 @@ class Resolver:
             if counter > state.counter:
                 state.counter, state.heard_at, state.station_id = counter, t, station_id
                 state.window, state.payload = c.window, payload
-        self._place_drifted(c.tag_id, c.index, self.table.centre)
+        self._place_drifted(c.tag_id, c.index, self._drifted_centre)
 
     def _place_drifted(self, tag_id: int, index: int, centre: int) -> None:
         """Put on the side the eids of the windows a chip's clock reads during the table's centre window that the

@@ -69,6 +69,7 @@ class _Window:
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
+    centre: int
     windows: dict[int, _Window]
 
 
@@ -140,17 +141,21 @@ class ResolutionTable:
         # Unsorted eids of windows computed ahead of the ones held: window → eid per chip index.
         self._pending: dict[int, np.ndarray] = {}
         self.key_schedules = 0  # how many chip key schedules the builds have paid, for the bench and the tests
-        self._snapshot = _Snapshot({})
-        self.centre = centre
-        self._snapshot = _Snapshot(self._build(self._range(centre)))
+        self._snapshot = _Snapshot(centre, {})
+        self._snapshot = _Snapshot(centre, self._build(self._range(centre)))
 
     def _range(self, centre: int) -> range:
         return range(centre - self.before, centre + self.after + 1)
 
     @property
+    def centre(self) -> int:
+        """The window the table is centred on (the current one, by the backend's clock)."""
+        return self._snapshot.centre
+
+    @property
     def windows(self) -> range:
         """The windows whose eids the table holds."""
-        return self._range(self.centre)
+        return self._range(self._snapshot.centre)
 
     def __len__(self) -> int:
         return len(self._tag_ids)
@@ -194,9 +199,7 @@ class ResolutionTable:
         Safe while other threads look eids up: they keep reading the old snapshot until the new one is complete.
         """
         with self._build_lock:
-            windows = self._build(self._range(to_window))
-            self.centre = to_window
-            self._snapshot = _Snapshot(windows)
+            self._snapshot = _Snapshot(to_window, self._build(self._range(to_window)))
 
     def add_chips(self, chips: Iterable[tuple[int, bytes]]) -> None:
         """Chips fitted since the table was built: their eids go beside the sorted ones of every window held and
@@ -228,7 +231,7 @@ class ResolutionTable:
                     for i, eid in enumerate(column.tolist()):
                         side.setdefault(eid, []).append(first + i)
                     windows[w] = _Window(old.eids, old.chips, side)
-            self._snapshot = _Snapshot(windows)
+            self._snapshot = _Snapshot(snap.centre, windows)
 
     def retire(self, tag_id: int) -> None:
         """A chip taken off a bike (replaced, or the bike deregistered): its eids no longer resolve."""
