@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -45,13 +45,13 @@ class WindowRangeError(ResolutionError):
     """A window outside what a table can hold (negative, or not a 64-bit number)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A chip that beacons an eid in a window: the MAC decides which candidate, if any, sent a beacon."""
+class Candidate(NamedTuple):
+    """A chip that beacons an eid in a window: the MAC decides which candidate, if any, sent a beacon (a tuple:
+    one is made per beacon)."""
 
     tag_id: int
     window: int
-    index: int  # the chip's place in its table (for its key)
+    key_index: int  # the chip's place in its table (for its key)
 
 
 @dataclass(frozen=True, slots=True)
