@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from backend import statistics
 from backend.accounts import Role, User
 from backend.api.deps import OptionalUser, Reads, Settings, allow
-from backend.api.routes.pages import _gate, _lang, _page
+from backend.api.routes.pages import gate, html_page, page_language
 from backend.settings import BackendSettings
 from backend.web import render
 from backend.web.translations import MESSAGES
@@ -67,8 +67,8 @@ async def statistics_page(
     lang: str | None = None,
 ) -> Response:
     """Police, admin: the results page with its period chooser, charts, and CSV and PDF downloads."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, _ROLES, chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, _ROLES, chosen):
         return refused
     t = MESSAGES[chosen]
     error = None
@@ -95,7 +95,7 @@ async def statistics_page(
         csv_url=f"/statistics.csv?{query}",
         pdf_url=f"/statistics.pdf?{query}",
     )
-    return _page(html, chosen)
+    return html_page(html, chosen)
 
 
 @router.get("/statistics.csv", include_in_schema=False)
@@ -109,8 +109,8 @@ async def statistics_csv(
     lang: str | None = None,
 ) -> Response:
     """Police, admin: the results for a period as CSV (UTF-8 with a byte-order mark, so spreadsheets read Chinese)."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, _ROLES, chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, _ROLES, chosen):
         return refused
     result = await _results(reads, settings, first, last)
     p = result["period"]
@@ -134,8 +134,8 @@ async def statistics_pdf(
     lang: str | None = None,
 ) -> Response:
     """Police, admin: the results for a period as a printable one-page PDF."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, _ROLES, chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, _ROLES, chosen):
         return refused
     result = await _results(reads, settings, first, last)
     zone = ZoneInfo(settings.statistics_timezone)
