@@ -118,6 +118,16 @@ def _account(t: dict[str, str], lang: str, user_name: str | None) -> str:
     return f'<nav class="bg-account">{choices}{who}</nav>'
 
 
+def _tools(t: dict[str, str], lang: str, zone_editor_url: str | None) -> str:
+    """The police's other pages (the console of a role that may draw zones is a police or admin one)."""
+    if zone_editor_url is None:
+        return ""
+    links = (("/hotsheet", "tool_hotsheet"), ("/statistics", "tool_statistics"), (zone_editor_url, "tool_zones"))
+    return (
+        '<nav class="bg-tools">' + "".join(f'<a href="{url}?lang={lang}">{t[key]}</a>' for url, key in links) + "</nav>"
+    )
+
+
 def _chrome(w: dict[str, str], lang: str, user_name: str | None, zone_editor_url: str | None = None) -> str:
     t = {key: markup.text(text) for key, text in w.items()}
     return (
@@ -137,6 +147,7 @@ def _chrome(w: dict[str, str], lang: str, user_name: str | None, zone_editor_url
         '<div id="bg-clock"></div>'
         "</header>"
         '<aside id="bg-panel">'
+        f"{_tools(t, lang, zone_editor_url)}"
         '<form id="bg-search" autocomplete="off">'
         f'<input id="bg-search-q" name="q" maxlength="40" required placeholder="{t["search_placeholder"]}">'
         f'<input id="bg-search-case" name="case_number" maxlength="40" placeholder="{t["case_placeholder"]}"'

@@ -169,6 +169,10 @@ _EN: dict[str, str] = {
     "legend_road": "Road",
     # zones and a stolen bike crossing their borders (backend/zones)
     "zones_editor": "edit zones",
+    # the police's other pages, linked from the header
+    "tool_hotsheet": "Hot sheet",
+    "tool_statistics": "Results",
+    "tool_zones": "Zones",
     "zones_legend": "Zone (drawn by commanders)",
     "zones_left": "Left {zone} {heading} at {t}",
     "zones_entered": "Entered {zone} {heading} at {t}",
@@ -368,6 +372,10 @@ _ZH: dict[str, str] = {
     "legend_road": "道路",
     # 区域与被盗车辆越界
     "zones_editor": "编辑区域",
+    # 警务其他页面（页眉链接）
+    "tool_hotsheet": "被盗清单",
+    "tool_statistics": "成效",
+    "tool_zones": "区域",
     "zones_legend": "区域（指挥员绘制）",
     "zones_left": "{t} {heading}驶离“{zone}”",
     "zones_entered": "{t} {heading}驶入“{zone}”",
