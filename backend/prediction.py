@@ -74,12 +74,15 @@ async def next_stations_of(
     """next_stations for each departure, in one query whatever their number."""
     if not departures:
         return []
+    # A mobile reader (a patrol car) is no place a bike rides to or from: moves to or from it say nothing of where
+    # a bike goes next, and it is no interception point.
     cur = await conn.execute(
         "SELECT r.i, t.to_station, s.name, s.lat, s.lon, t.moves, t.median_travel_s, t.p90_travel_s"
         " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS r(at_station, came_from, i)"
         " JOIN station_transitions t ON t.from_station = r.at_station"
         "  AND t.to_station IS DISTINCT FROM r.came_from AND t.moves >= %s"
-        " JOIN stations s ON s.station_id = t.to_station",
+        " JOIN stations s ON s.station_id = t.to_station AND NOT s.mobile"
+        " JOIN stations f ON f.station_id = r.at_station AND NOT f.mobile",
         ([d.at_station for d in departures], [d.came_from for d in departures], min_moves),
     )
     rows: list[list[tuple[Any, ...]]] = [[] for _ in departures]

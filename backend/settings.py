@@ -8,6 +8,7 @@ import re
 import secrets
 from pathlib import Path
 from typing import Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -177,6 +178,9 @@ class BackendSettings(BaseSettings):
     # Without a case number, police see a stolen bike's passages from its theft, but no earlier than this long before
     # the theft was reported: whoever files a report (police included) cannot open a bike's past by back-dating it.
     police_theft_lookback_s: float = Field(default=24 * 3600, ge=0)
+    # Results (/statistics): the county's own time zone, for the period's days and the thefts' hour of day and weekday
+    # (UTC hours would put a Chinese county's evening thefts at noon).
+    statistics_timezone: str = "Asia/Shanghai"
 
     # Notifications to owners (backend.notifications): the sender's loop (how often it looks for due rows when
     # nobody wakes it, how many it takes at once), the lease after which a row a dead worker had taken is tried
@@ -215,6 +219,17 @@ class BackendSettings(BaseSettings):
     @classmethod
     def _compiles(cls, value: str) -> str:
         re.compile(value)
+        return value
+
+    @field_validator("statistics_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"BIKEGUARD_STATISTICS_TIMEZONE {value!r} is not a known time zone (e.g. Asia/Shanghai)"
+            ) from exc
         return value
 
     @field_validator("database_app_role")

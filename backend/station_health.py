@@ -33,7 +33,7 @@ class HealthRules:
 _QUERY = """
 WITH base AS (
     SELECT s.station_id, s.name, s.lat, s.lon, s.lifecycle, s.heartbeat_interval_s,
-           s.vendor_protocol, s.vendor_device_id, s.time_zone,
+           s.vendor_protocol, s.vendor_device_id, s.time_zone, s.mobile, s.position_at,
            st.state AS status_state, st.received_at AS last_heartbeat_at, st.payload,
            coalesce(mk.batches_recovered, 0) AS batches_recovered, gp.batches_missing, gp.missing_since,
            gp.batches_lost, gp.gaps_not_issued, gp.last_lost_at, hl.hotlist_current, hl.hotlist_behind_since
@@ -139,8 +139,10 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
     usual = row.get("usual_passages")
     usual = float(usual) if usual is not None else None
     recent = int(row.get("passages_last_hour") or 0)
+    # A mobile reader hears what it drives past: fewer passages than usual is where it went, not a fault.
     if (
         health == "online"
+        and not row.get("mobile")
         and usual is not None
         and usual >= rules.min_usual_passages
         and recent < rules.degraded_share * usual
@@ -188,6 +190,8 @@ def assess(row: dict[str, Any], now: datetime, rules: HealthRules) -> dict[str, 
         "vendor_protocol": row.get("vendor_protocol"),
         "vendor_device_id": row.get("vendor_device_id"),
         "time_zone": row.get("time_zone"),
+        "mobile": bool(row.get("mobile")),
+        "position_at": row.get("position_at"),
     }
 
 

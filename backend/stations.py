@@ -24,10 +24,13 @@ _REGISTRY_FIELDS = (
     "antenna_bearing_deg",
     "radio_settings",
     "heartbeat_interval_s",
+    # A mobile reader (issue 16): a station without a fixed place, whose lat/lon the ingest moves to its last fix.
+    "mobile",
 )
 _COLUMNS = (
     "s.station_id, s.name, s.lat, s.lon, s.address, s.mount_height_m, s.antenna_bearing_deg, s.radio_settings,"
-    " s.heartbeat_interval_s, s.lifecycle, s.lifecycle_changed_at, s.vendor_protocol, s.vendor_device_id, s.time_zone"
+    " s.heartbeat_interval_s, s.lifecycle, s.lifecycle_changed_at, s.vendor_protocol, s.vendor_device_id, s.time_zone,"
+    " s.mobile, s.position_at"
 )
 # The vendor protocols the bridge speaks (stations.vendor_protocol).
 VENDOR_PROTOCOLS: tuple[str, ...] = ("mr7901",)
@@ -155,6 +158,7 @@ async def register_station(conn: psycopg.AsyncConnection[Any], station: dict[str
     values = {k: station.get(k) for k in _REGISTRY_FIELDS}
     values["radio_settings"] = Jsonb(values["radio_settings"] or {})
     values["heartbeat_interval_s"] = values["heartbeat_interval_s"] or 30
+    values["mobile"] = bool(values["mobile"])
     async with conn.transaction():
         cur = await conn.execute(
             "INSERT INTO stations (station_id, " + ", ".join(_REGISTRY_FIELDS) + ", lifecycle)"
@@ -176,14 +180,17 @@ async def update_station(
     conn: psycopg.AsyncConnection[Any], station_id: str, changes: dict[str, Any]
 ) -> dict[str, Any]:
     """Change a station's registry fields (only those given); its life cycle changes by change_lifecycle."""
-    required = ("name", "lat", "lon", "heartbeat_interval_s")
+    required = ("name", "lat", "lon", "heartbeat_interval_s", "mobile")
     values = {k: v for k, v in changes.items() if k in _REGISTRY_FIELDS and not (v is None and k in required)}
     if "radio_settings" in values:
         values["radio_settings"] = Jsonb(values["radio_settings"] or {})
+    # A reader that becomes fixed keeps the place it was given (or last reported), with no fix time any more.
+    extra = ", position_at = NULL" if values.get("mobile") is False else ""
     if values:
         cur = await conn.execute(
             "UPDATE stations SET "
             + ", ".join(f"{k} = %({k})s" for k in values)
+            + extra
             + " WHERE station_id = %(station_id)s RETURNING station_id",
             {**values, "station_id": station_id},
         )
@@ -289,10 +296,12 @@ async def list_stations(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, An
 
 
 async def activity(conn: psycopg.AsyncConnection[Any], minutes: int) -> list[dict[str, Any]]:
-    """Passages per station in the last `minutes` (counts only: no tag is named)."""
+    """Passages per station in the last `minutes` (counts only: no tag is named); a mobile reader's with its last
+    known position and fix time (the live map moves it there), a fixed station's with none."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT s.station_id, count(x.tag_id) AS passages FROM stations s"
+            "SELECT s.station_id, count(x.tag_id) AS passages, CASE WHEN s.mobile THEN s.lat END AS lat,"
+            " CASE WHEN s.mobile THEN s.lon END AS lon, s.position_at FROM stations s"
             " LEFT JOIN sightings x ON x.station_id = s.station_id"
             "  AND x.first_seen_at >= now() - make_interval(mins => %s)"
             " GROUP BY s.station_id ORDER BY s.station_id",

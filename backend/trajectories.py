@@ -100,7 +100,8 @@ def build(
     # made once, after its passages are merged, and each position's trigonometry is computed once.
     runs: list[list[Any]] = []
     for station_id, name, lat, lon, first, last in passages:
-        if runs and runs[-1][0] == station_id:
+        # A mobile reader's passages are at its own position each time: one stop only while it stays in one place.
+        if runs and runs[-1][0] == station_id and runs[-1][2] == lat and runs[-1][3] == lon:
             run = runs[-1]
             run[5] = max(run[5], last)
             run[6] += 1
@@ -116,12 +117,14 @@ def build(
 
 
 TRAJECTORY_SQL = (
-    "SELECT x.station_id, s.name, s.lat, s.lon, x.first_seen_at, x.last_seen_at"
+    "SELECT x.station_id, s.name, coalesce(x.reader_lat, s.lat), coalesce(x.reader_lon, s.lon),"
+    " x.first_seen_at, x.last_seen_at"
     " FROM sightings x JOIN stations s USING (station_id)"
     " WHERE x.tag_id = %s AND x.first_seen_at >= %s AND x.first_seen_at < %s"
     " ORDER BY x.first_seen_at LIMIT %s"
 )
-"""A tag's passages in [since, until) with their stations, oldest first (tag_id, since, until, limit)."""
+"""A tag's passages in [since, until) with their stations, oldest first (tag_id, since, until, limit); a mobile
+reader's passage is placed where the reader was (its GPS fix), a fixed station's at the station."""
 
 
 async def trajectory(
@@ -321,7 +324,8 @@ async def _bike_passages(
     order = "DESC" if newest_first else "ASC"
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT x.station_id, s.name AS station_name, s.lat, s.lon, x.first_seen_at, x.last_seen_at, x.tag_id"
+            "SELECT x.station_id, s.name AS station_name, coalesce(x.reader_lat, s.lat) AS lat,"
+            " coalesce(x.reader_lon, s.lon) AS lon, x.first_seen_at, x.last_seen_at, x.tag_id"
             " FROM bike_bindings cb"
             " JOIN sightings x ON x.tag_id = cb.tag_id"
             "  AND x.first_seen_at >= greatest(cb.valid_from, %s)"
@@ -401,7 +405,8 @@ async def last_seen_of(
             "SELECT r.i, x.station_id, x.station_name, x.lat, x.lon, x.seen_at"
             " FROM unnest(%s::int8[], %s::timestamptz[]) WITH ORDINALITY AS r(tag_id, since, i)"
             " CROSS JOIN LATERAL ("
-            "  SELECT s.station_id, st.name AS station_name, st.lat, st.lon, s.last_seen_at AS seen_at"
+            "  SELECT s.station_id, st.name AS station_name, coalesce(s.reader_lat, st.lat) AS lat,"
+            "   coalesce(s.reader_lon, st.lon) AS lon, s.last_seen_at AS seen_at"
             "  FROM sightings s JOIN stations st USING (station_id)"
             "  WHERE s.tag_id = r.tag_id"
             "   AND s.last_seen_at >= r.since AND s.first_seen_at >= r.since - interval '1 hour'"

@@ -9,9 +9,11 @@ from typing import Literal
 
 from gateway.hotlist import HotList
 from protocol.frames import Beacon, TagFlags
-from protocol.messages import Alert, Sighting, format_tag, utcnow
+from protocol.messages import Alert, ReaderPosition, Sighting, format_tag, utcnow
 
 Clock = Callable[[], datetime]
+# A mobile reader's position at a time (gateway.gps.Gps.position_at), None without a fresh fix.
+Locate = Callable[[datetime], ReaderPosition | None]
 AlertKind = Literal["hotlist_hit", "tamper"]
 
 
@@ -28,6 +30,8 @@ class Passage:
     flags: TagFlags
     hotlist_alerted: bool = False
     tamper_alerted: bool = False
+    # A mobile reader's fix at the passage's strongest beacon so far (where the tag was nearest); not checkpointed.
+    position: ReaderPosition | None = None
 
     def to_sighting(self) -> Sighting:
         """The closed passage as the wire Sighting."""
@@ -39,6 +43,7 @@ class Passage:
             peak_rssi_dbm=self.peak_rssi_dbm,
             antenna=self.antenna,
             flags=int(self.flags),
+            position=self.position,
         )
 
 
@@ -53,13 +58,17 @@ class Aggregator:
         passage_gap_s: float = 8.0,
         passage_max_s: float = 60.0,
         clock: Clock = utcnow,
+        locate: Locate | None = None,
     ) -> None:
         self.station_id = station_id
+        self.locate = locate  # None: a fixed station
         self.hotlist = hotlist
         self.gap = timedelta(seconds=passage_gap_s)
         self.max_duration = timedelta(seconds=passage_max_s)
         self.clock = clock
         self.beacons_total = 0
+        # A mobile reader's sightings closed without a position (no fresh GPS fix while the tag was heard).
+        self.sightings_without_fix = 0
         self._open: dict[int, Passage] = {}
         self._closed: list[Sighting] = []
 
@@ -97,6 +106,7 @@ class Aggregator:
                 peak_rssi_dbm=beacon.rssi_dbm,
                 antenna=beacon.antenna,
                 flags=beacon.flags,
+                position=self.locate(seen_at) if self.locate else None,
             )
             self._open[beacon.tag_id] = passage
         else:
@@ -106,6 +116,11 @@ class Aggregator:
             if beacon.rssi_dbm > passage.peak_rssi_dbm:
                 passage.peak_rssi_dbm = beacon.rssi_dbm
                 passage.antenna = beacon.antenna
+                # Where the reader was when the tag was nearest; a beacon without a fix keeps the last one.
+                if self.locate is not None:
+                    passage.position = self.locate(seen_at) or passage.position
+            elif self.locate is not None and passage.position is None:
+                passage.position = self.locate(seen_at)
         return self._alerts(passage, beacon, seen_at)
 
     def _alerts(self, passage: Passage, beacon: Beacon, seen_at: datetime) -> list[Alert]:
@@ -128,10 +143,13 @@ class Aggregator:
             rssi_dbm=beacon.rssi_dbm,
             antenna=beacon.antenna,
             hotlist_version=version,
+            position=self.locate(seen_at) if self.locate else None,
         )
 
     def _close(self, passage: Passage) -> None:
         del self._open[passage.tag_id]
+        if self.locate is not None and passage.position is None:
+            self.sightings_without_fix += 1
         self._closed.append(passage.to_sighting())
 
     def close_due(self, now: datetime | None = None) -> list[Sighting]:

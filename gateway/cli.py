@@ -31,6 +31,7 @@ def add_station_arguments(parser: argparse.ArgumentParser, log_level: str = "INF
     parser.add_argument("--mqtt", dest="mqtt_url", help="mqtt://user:pass@host:port")
     parser.add_argument("--spool", dest="spool_path", type=Path, help="SQLite spool file")
     parser.add_argument("--baud", dest="baud_rate", type=int)
+    parser.add_argument("--gps", dest="gps_url", help="a mobile reader's GPS receiver (NMEA 0183): /dev/ttyACM0 …")
     parser.add_argument("--firmware")
     parser.add_argument("--log-level", default=log_level)
 

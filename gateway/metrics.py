@@ -47,6 +47,7 @@ class StationFigures:
     hotlist_rejected: dict[str, int] = field(default_factory=dict)
     commands_refused: dict[str, int] = field(default_factory=dict)
     commands_done: dict[str, int] = field(default_factory=dict)
+    gps_rejected: dict[str, int] = field(default_factory=dict)
 
 
 _HELP = {
@@ -74,6 +75,9 @@ _HELP = {
     "serial_port_errors": "Errors of the open serial port",
     "rejected_runs_written": "Rejected radio byte runs written to the rejected-runs file",
     "rejected_runs_unsaved": "Rejected radio byte runs not written (the disk refused them or the writer fell behind)",
+    "gps_fixes": "GPS fixes read from a mobile reader's receiver",
+    "gps_port_errors": "Errors of the open GPS port",
+    "sightings_without_fix": "A mobile reader's sightings closed without a position (no fresh GPS fix)",
 }
 
 
@@ -118,7 +122,14 @@ class StationCollector(Collector):
         done = CounterMetricFamily(
             "bikeguard_gateway_commands_done", "Signed commands of the backend acted on", labels=["station", "command"]
         )
+        gps = CounterMetricFamily(
+            "bikeguard_gateway_gps_rejected",
+            "NMEA sentences refused (checksum, unparsable, no_fix, too_long) by reason",
+            labels=["station", "reason"],
+        )
         for f in figures:
+            for reason, n in sorted(f.gps_rejected.items()):
+                gps.add_metric([f.station_id, reason], n)
             for reason, n in sorted(f.frames_rejected.items()):
                 rejected.add_metric([f.station_id, reason], n)
             for reason, n in sorted(f.hotlist_rejected.items()):
@@ -131,6 +142,7 @@ class StationCollector(Collector):
         yield hotlists
         yield refused
         yield done
+        yield gps
 
     async def _figures(self) -> list[StationFigures]:
         return [figures() for figures in self.sources]

@@ -55,6 +55,13 @@ class GatewaySettings(BaseSettings):
     status_interval_s: float = Field(default=30.0, gt=0)
     firmware: str = Field(default_factory=_default_firmware)
 
+    # A mobile reader (issue 16): the GPS receiver's serial port; each sighting then carries the reader's position.
+    gps_url: str | None = Field(default=None, description="the GPS receiver's port (NMEA 0183); None: a fixed station")
+    gps_baud_rate: int = Field(default=9600, gt=0)
+    gps_fix_max_age_s: float = Field(
+        default=10.0, gt=0, description="a fix older than this at a beacon is no position: the sighting goes without"
+    )
+
     serial_read_timeout_s: float = Field(default=0.2, gt=0)
     serial_reopen_min_s: float = Field(default=0.25, gt=0)
     serial_reopen_max_s: float = Field(default=10.0, gt=0)

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from gateway import metrics
 from gateway.aggregator import Aggregator
+from gateway.gps import Gps
 from gateway.hotlist import HotList
 from gateway.radio import Radio, Reception
 from gateway.rejected_runs import RejectedRunsFile
@@ -86,12 +87,26 @@ class Station:
         self.sightings_topic = station_topic(settings.station_id, "sightings")
         self.alerts_topic = station_topic(settings.station_id, "alerts")
         self.hotlist = HotList()
+        # A mobile reader also reads its GPS receiver; each sighting then carries the reader's position.
+        self.gps = (
+            Gps(
+                settings.gps_url,
+                settings.gps_baud_rate,
+                fix_max_age_s=settings.gps_fix_max_age_s,
+                reopen_min_s=settings.serial_reopen_min_s,
+                reopen_max_s=settings.serial_reopen_max_s,
+                clock=clock,
+            )
+            if settings.gps_url
+            else None
+        )
         self.aggregator = Aggregator(
             settings.station_id,
             self.hotlist,
             passage_gap_s=settings.passage_gap_s,
             passage_max_s=settings.passage_max_s,
             clock=clock,
+            locate=self.gps.position_at if self.gps else None,
         )
         self.noise_floor_dbm: int | None = None
         self.spool: Spool | None = None
@@ -144,6 +159,8 @@ class Station:
                 tasks.create_task(self._consume(self.radio))
                 tasks.create_task(self._batch_every_interval())
                 tasks.create_task(self.uplink.run())
+                if self.gps is not None:
+                    tasks.create_task(self.gps.run())
         finally:
             # Whatever is still open goes to the spool and leaves with the next connection.
             self._spool_sightings(self.aggregator.close_all())
@@ -202,6 +219,11 @@ class Station:
             figures.counters["batch_requests_rejected"] = uplink.requests_rejected
             figures.counters["batches_requested_held"] = uplink.batches_requested_held
             figures.counters["batches_requested_gone"] = uplink.batches_requested_gone
+        if self.gps is not None:
+            figures.counters["gps_fixes"] = self.gps.fixes
+            figures.counters["gps_port_errors"] = self.gps.port_errors
+            figures.counters["sightings_without_fix"] = self.aggregator.sightings_without_fix
+            figures.gps_rejected = dict(self.gps.rejected)
         if radio is not None:
             figures.counters["frames_decoded"] = radio.frames
             figures.counters["frames_dropped"] = radio.dropped

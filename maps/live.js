@@ -66,9 +66,12 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   }
   function stationTooltip(st) {
     var state = st.info.state || "unknown";
+    // A mobile reader is drawn where it last was (same words as maps.stations.station_tooltip).
+    var mobile = st.info.mobile ? "<br>" + esc(w("mobile_reader", {
+      t: st.info.position_at ? clock(st.info.position_at) + " · " + ago(st.info.position_at) : w("mobile_no_fix") })) : "";
     return "<b>" + esc(st.info.name) + "</b><br>" + esc(st.info.station_id) + " · " +
       esc(WORDS["st_" + state] || state) + "<br>" +
-      esc(st.passages === 1 ? w("one_passage_in_10min") : w("passages_in_10min", { n: st.passages }));
+      esc(st.passages === 1 ? w("one_passage_in_10min") : w("passages_in_10min", { n: st.passages })) + mobile;
   }
   function stationLabel(st) {
     var offline = st.info.state === "offline";
@@ -99,6 +102,13 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
     (activity || []).forEach(function (a) {
       counts[a.station_id] = Number(a.passages) || 0;
       if (a.state) { states[a.station_id] = a.state; }
+      // A mobile reader moves: its marker goes to its last known position.
+      var st = stations[a.station_id];
+      if (st && typeof a.lat === "number" && typeof a.lon === "number") {
+        st.circle.setLatLng([a.lat, a.lon]);
+        st.label.setLatLng([a.lat, a.lon]);
+        st.info.lat = a.lat; st.info.lon = a.lon; st.info.position_at = a.position_at;
+      }
     });
     Object.keys(stations).forEach(function (sid) {
       var st = stations[sid];

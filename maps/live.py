@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import folium
@@ -12,7 +13,7 @@ from maps import markup, replay
 from maps.assets import DEFAULT_BASE
 from maps.basemap import base_map, fit_to
 from maps.roads import ROAD_COLOUR, add_roads, road_points
-from maps.stations import STATE_COLOURS, StationMarker, add_stations
+from maps.stations import MOBILE_RING, STATE_COLOURS, StationMarker, add_stations
 from maps.words import LANGUAGES, words
 
 ACTIVITY_INTERVAL_S = 10
@@ -90,6 +91,7 @@ def _legend(w: dict[str, str], zone_editor_url: str | None = None) -> str:
     return (
         f'<section id="bg-legend"><h3>{t["legend"]}</h3><ul>'
         f"{states}"
+        f'<li><span class="bg-key-dot" style="border:2px dashed {MOBILE_RING}"></span>{t["legend_mobile"]}</li>'
         f'<li><span class="bg-key-count">12</span>{t["legend_passages"]}</li>'
         f'<li><span class="bg-key-alarm"></span>{t["legend_alarm"]}</li>'
         '<li><span class="bg-key-line" style="background:repeating-linear-gradient(90deg,#dc2626 0 8px,'
@@ -116,6 +118,16 @@ def _account(t: dict[str, str], lang: str, user_name: str | None) -> str:
     return f'<nav class="bg-account">{choices}{who}</nav>'
 
 
+def _tools(t: dict[str, str], lang: str, zone_editor_url: str | None) -> str:
+    """The police's other pages (the console of a role that may draw zones is a police or admin one)."""
+    if zone_editor_url is None:
+        return ""
+    links = (("/hotsheet", "tool_hotsheet"), ("/statistics", "tool_statistics"), (zone_editor_url, "tool_zones"))
+    return (
+        '<nav class="bg-tools">' + "".join(f'<a href="{url}?lang={lang}">{t[key]}</a>' for url, key in links) + "</nav>"
+    )
+
+
 def _chrome(w: dict[str, str], lang: str, user_name: str | None, zone_editor_url: str | None = None) -> str:
     t = {key: markup.text(text) for key, text in w.items()}
     return (
@@ -135,6 +147,7 @@ def _chrome(w: dict[str, str], lang: str, user_name: str | None, zone_editor_url
         '<div id="bg-clock"></div>'
         "</header>"
         '<aside id="bg-panel">'
+        f"{_tools(t, lang, zone_editor_url)}"
         '<form id="bg-search" autocomplete="off">'
         f'<input id="bg-search-q" name="q" maxlength="40" required placeholder="{t["search_placeholder"]}">'
         f'<input id="bg-search-case" name="case_number" maxlength="40" placeholder="{t["case_placeholder"]}"'
@@ -163,6 +176,14 @@ def _chrome(w: dict[str, str], lang: str, user_name: str | None, zone_editor_url
         f"{_legend(w, zone_editor_url)}"
         "</aside>"
     )
+
+
+def _station_config(station: dict[str, Any]) -> dict[str, Any]:
+    """What the page's script knows of a station; a mobile reader's last fix time as ISO 8601."""
+    config = {k: station.get(k) for k in ("station_id", "name", "lat", "lon", "state", "mobile", "position_at")}
+    if isinstance(config["position_at"], datetime):
+        config["position_at"] = config["position_at"].isoformat()
+    return config
 
 
 def build_live_map(
@@ -210,7 +231,7 @@ def build_live_map(
         "bikesUrl": bikes_url,
         "replayWindowsH": list(REPLAY_WINDOWS_H),
         "me": user_name,
-        "stations": [{k: s.get(k) for k in ("station_id", "name", "lat", "lon", "state")} for s in stations],
+        "stations": [_station_config(s) for s in stations],
         "activity": activity,
         "alarms": [a for a in alarms if a.get("state") != "cleared"],
         "stateColours": STATE_COLOURS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import folium
@@ -22,6 +23,9 @@ STATE_COLOURS: dict[str, str] = {
 }
 Period = Literal["10min", "hour"]
 """What the passage counts drawn are for: the live map's last 10 minutes, the installer's last hour."""
+
+# The ring of a mobile reader's marker (a patrol car's or a handheld's), dashed.
+MOBILE_RING = "#1d4ed8"
 
 STATION_CSS = """
 <style>
@@ -55,10 +59,17 @@ def station_tooltip(station: Mapping[str, Any], passages: int, lang: str = "en",
     w = words(lang)
     state = str(station.get("state", "unknown"))
     count = w[f"one_passage_in_{period}"] if passages == 1 else w[f"passages_in_{period}"].format(n=passages)
+    # A mobile reader is drawn where it last was: say so, and since when (its last GPS fix, UTC).
+    mobile = ""
+    if station.get("mobile"):
+        at = station.get("position_at")
+        at = datetime.fromisoformat(at) if isinstance(at, str) else at
+        fix = f"{at:%Y-%m-%d %H:%M:%S} UTC" if isinstance(at, datetime) else w["mobile_no_fix"]
+        mobile = f"<br>{markup.text(w['mobile_reader'].format(t=fix))}"
     return (
         f"<b>{markup.text(station['name'])}</b><br>"
         f"{markup.text(station['station_id'])} · {markup.text(w.get('st_' + state, state))}<br>"
-        f"{markup.text(count)}"
+        f"{markup.text(count)}{mobile}"
     )
 
 
@@ -94,8 +105,10 @@ def add_stations(
         circle = folium.CircleMarker(
             location=(st["lat"], st["lon"]),
             radius=station_radius(count),
-            color="#ffffff",
-            weight=2,
+            # A mobile reader's ring is dark blue and dashed: its place is where it last was, not a fixed pole.
+            color=MOBILE_RING if st.get("mobile") else "#ffffff",
+            dash_array="4 3" if st.get("mobile") else None,
+            weight=3 if st.get("mobile") else 2,
             fill=True,
             fill_color=colour,
             fill_opacity=0.95,

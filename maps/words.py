@@ -9,6 +9,8 @@ from __future__ import annotations
 LANGUAGES = {"en": "English", "zh": "中文"}
 
 _EN: dict[str, str] = {
+    "mobile_reader": "Mobile reader · last position {t}",
+    "mobile_no_fix": "not yet known",
     "title": "Bikeguard — live map",
     "sign_out": "Sign out",
     "signed_in_as": "Signed in as {name}",
@@ -159,6 +161,7 @@ _EN: dict[str, str] = {
     "station_degraded": "Station degraded: far fewer passages than usual",
     "station_unknown": "Station state unknown",
     "legend_passages": "Passages, last 10 min",
+    "legend_mobile": "Mobile reader (where it last was)",
     "legend_alarm": "Alarm (latest station)",
     "legend_trail": "Alarm trail (one colour per bike)",
     "legend_next": "Likely next station (chance, arrival)",
@@ -166,6 +169,10 @@ _EN: dict[str, str] = {
     "legend_road": "Road",
     # zones and a stolen bike crossing their borders (backend/zones)
     "zones_editor": "edit zones",
+    # the police's other pages, linked from the header
+    "tool_hotsheet": "Hot sheet",
+    "tool_statistics": "Results",
+    "tool_zones": "Zones",
     "zones_legend": "Zone (drawn by commanders)",
     "zones_left": "Left {zone} {heading} at {t}",
     "zones_entered": "Entered {zone} {heading} at {t}",
@@ -212,6 +219,8 @@ _EN: dict[str, str] = {
 }
 
 _ZH: dict[str, str] = {
+    "mobile_reader": "移动读卡器 · 最后位置 {t}",
+    "mobile_no_fix": "尚未知",
     "title": "电动车防盗 — 实时地图",
     "sign_out": "退出",
     "signed_in_as": "当前用户：{name}",
@@ -355,6 +364,7 @@ _ZH: dict[str, str] = {
     "station_degraded": "基站异常：经过次数远低于平常",
     "station_unknown": "基站状态未知",
     "legend_passages": "经过次数（近10分钟）",
+    "legend_mobile": "移动读卡器（最后所在位置）",
     "legend_alarm": "告警（最近基站）",
     "legend_trail": "告警轨迹（每辆车一种颜色）",
     "legend_next": "可能的下一站（概率、到达时间）",
@@ -362,6 +372,10 @@ _ZH: dict[str, str] = {
     "legend_road": "道路",
     # 区域与被盗车辆越界
     "zones_editor": "编辑区域",
+    # 警务其他页面（页眉链接）
+    "tool_hotsheet": "被盗清单",
+    "tool_statistics": "成效",
+    "tool_zones": "区域",
     "zones_legend": "区域（指挥员绘制）",
     "zones_left": "{t} {heading}驶离“{zone}”",
     "zones_entered": "{t} {heading}驶入“{zone}”",

@@ -7,7 +7,7 @@ timezone-aware UTC in ISO 8601; tag ids are 8 upper-case hex digits (the chip's 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal, NotRequired, get_args
 
 import orjson
 from pydantic import (
@@ -59,6 +59,7 @@ __all__ = [
     "parse_batch_rows",
     "parse_selftest",
     "parse_tag",
+    "ReaderPosition",
     "utcnow",
 ]
 
@@ -172,6 +173,20 @@ class _Message(_Payload):
     v: Version = VERSION
 
 
+class ReaderPosition(BaseModel):
+    """Where a mobile reader was when it heard the tag: its GPS fix (WGS 84 degrees) and the fix's own time.
+
+    Added to v1 on purpose (issue 16) as an optional field of a sighting and an alert: a fixed station sends none,
+    and a mobile reader without a fix sends none either.
+    """
+
+    model_config = _CONFIG
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    fix_at: Instant
+
+
 class Sighting(BaseModel):
     """One passage of one tag at one station: what the gateway aggregates from its beacons."""
 
@@ -184,6 +199,7 @@ class Sighting(BaseModel):
     peak_rssi_dbm: int = Field(ge=-128, le=127)
     antenna: int = Field(ge=0, le=255)
     flags: int = Field(ge=0, le=0xFF, description="TagFlags bits: 1 low battery, 2 tamper, 4 motion")
+    position: ReaderPosition | None = Field(default=None, description="a mobile reader's fix at the peak beacon")
 
 
 class SightingBatch(_Message):
@@ -193,6 +209,10 @@ class SightingBatch(_Message):
     batch_seq: int = Field(ge=0, le=2**63 - 1, description="fits the database's bigint")
     sent_at: Instant
     sightings: list[Sighting] = Field(max_length=10_000)
+
+    def to_json(self) -> bytes:
+        """The compact JSON payload; a sighting without a position carries no `position` key (as before issue 16)."""
+        return dumps(self.model_dump(mode="json", exclude_none=True))
 
 
 class Alert(_Message):
@@ -205,6 +225,11 @@ class Alert(_Message):
     rssi_dbm: int = Field(ge=-128, le=127)
     antenna: int = Field(ge=0, le=255)
     hotlist_version: int | None = None
+    position: ReaderPosition | None = Field(default=None, description="a mobile reader's fix when it heard the tag")
+
+    def to_json(self) -> bytes:
+        """The compact JSON payload; without a position, no `position` key (as before issue 16)."""
+        return dumps(self.model_dump(mode="json", exclude={"position"} if self.position is None else None))
 
 
 # Bounds one confirmation message (about 14 bytes a seq); a flush that stored more is confirmed in several.
@@ -469,7 +494,9 @@ def _rows_of(model: type[BaseModel], name: str, **override: Any) -> Any:
     return with_config(ConfigDict(strict=True))(TypedDict(name, fields))  # type: ignore[operator]
 
 
-SightingRow = _rows_of(Sighting, "SightingRow")
+PositionRow = _rows_of(ReaderPosition, "PositionRow")
+# A fixed station's sightings have no `position` key at all: nothing more to validate on the hot path.
+SightingRow = _rows_of(Sighting, "SightingRow", position=NotRequired[PositionRow | None])
 SightingBatchRows = _rows_of(
     SightingBatch,
     "SightingBatchRows",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from backend.alarms.kinds import AlarmKind
 
@@ -17,6 +18,9 @@ class Evidence:
     station_id: str
     first_seen_at: datetime
     last_seen_at: datetime
+    # Where a mobile reader was when it saw the chip (None: a fixed station, whose place is the station's).
+    reader_lat: float | None = None
+    reader_lon: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,8 @@ class Passages:
     last_seen_at: list[datetime]
     # The TagFlags each passage reported (protocol.frames.TagFlags bits).
     flags: list[int]
+    # A mobile reader's position at a passage, by the passage's index (sparse: fixed stations' passages have none).
+    positions: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Passages:
@@ -37,11 +43,29 @@ class Passages:
 
     def extend(self, other: Passages) -> None:
         """Append another's passages."""
+        offset = len(self.tag_ids)
         self.tag_ids.extend(other.tag_ids)
         self.station_ids.extend(other.station_ids)
         self.first_seen_at.extend(other.first_seen_at)
         self.last_seen_at.extend(other.last_seen_at)
         self.flags.extend(other.flags)
+        self.positions.update((offset + i, at) for i, at in other.positions.items())
+
+    def append(
+        self, tag_id: int, station_id: str, first: datetime, last: datetime, flags: int, at: dict[str, Any] | None
+    ) -> None:
+        """Add one passage, with a mobile reader's position (a ReaderPosition's fields) when it had one."""
+        if at is not None:
+            self.positions[len(self.tag_ids)] = (at["lat"], at["lon"])
+        self.tag_ids.append(tag_id)
+        self.station_ids.append(station_id)
+        self.first_seen_at.append(first)
+        self.last_seen_at.append(last)
+        self.flags.append(flags)
+
+    def position(self, i: int) -> tuple[float | None, float | None]:
+        """The reader's position at passage i, or (None, None) for a fixed station's."""
+        return self.positions.get(i, (None, None))
 
     def __len__(self) -> int:
         return len(self.tag_ids)
@@ -55,6 +79,8 @@ class StationAlert:
     kind: str
     tag_id: int
     seen_at: datetime
+    reader_lat: float | None = None
+    reader_lon: float | None = None
 
 
 @dataclass(slots=True)

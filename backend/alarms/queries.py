@@ -18,7 +18,8 @@ from protocol.messages import format_tag
 # With each alarm, the zone borders its stolen bike crossed (backend.zones.crossings), oldest first.
 _ALARM_SELECT = """
     SELECT a.alarm_id AS id, a.kind, a.severity, a.state, a.tag_id, b.plate, a.station_id,
-           s.name AS station_name, s.lat, s.lon, a.first_seen_at, a.last_seen_at, a.sightings,
+           s.name AS station_name, coalesce(a.reader_lat, s.lat) AS lat, coalesce(a.reader_lon, s.lon) AS lon,
+           coalesce(s.mobile, false) AS mobile_reader, a.first_seen_at, a.last_seen_at, a.sightings,
            a.raised_at, a.updated_at, a.assignee, a.assigned_by, a.assigned_at, a.acknowledged_by, a.acknowledged_at,
            a.cleared_by, a.cleared_at, t.report_id IS NOT NULL AS stolen,
            (SELECT coalesce(jsonb_agg(to_jsonb(z) - 'crossing_id' - 'alarm_id' - 'tag_id' - 'recorded_at'
@@ -30,12 +31,13 @@ _ALARM_SELECT = """
     LEFT JOIN theft_reports t ON t.bike_id = a.bike_id AND t.recovered_at IS NULL
 """
 # Each chip's passages since its alarm began (a minute of slack), the latest `limit` of each, with station
-# positions: one query for a whole page of alarms.
+# positions (a mobile reader's position at the passage): one query for a whole page of alarms.
 _TRAILS = """
     SELECT r.i, t.station_id, t.lat, t.lon, t.seen_at
     FROM unnest(%s::int8[], %s::timestamptz[]) WITH ORDINALITY AS r(tag_id, since, i)
     CROSS JOIN LATERAL (
-        SELECT x.station_id, st.lat, st.lon, x.first_seen_at AS seen_at
+        SELECT x.station_id, coalesce(x.reader_lat, st.lat) AS lat, coalesce(x.reader_lon, st.lon) AS lon,
+               x.first_seen_at AS seen_at
         FROM sightings x JOIN stations st USING (station_id)
         WHERE x.tag_id = r.tag_id AND x.first_seen_at >= r.since - interval '1 minute'
         ORDER BY x.first_seen_at DESC LIMIT %s

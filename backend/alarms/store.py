@@ -39,23 +39,31 @@ _RAISE = (
     """
     WITH e AS (
         SELECT * FROM unnest(%(kinds)s::text[], %(severities)s::text[], %(tags)s::int8[], %(stations)s::text[],
-                             %(firsts)s::timestamptz[], %(lasts)s::timestamptz[])
-            AS e(kind, severity, tag_id, station_id, first_seen_at, last_seen_at)
+                             %(firsts)s::timestamptz[], %(lasts)s::timestamptz[], %(lats)s::float8[],
+                             %(lons)s::float8[])
+            AS e(kind, severity, tag_id, station_id, first_seen_at, last_seen_at, reader_lat, reader_lon)
     ), per_tag AS (
         SELECT kind, severity, tag_id, min(first_seen_at) AS first_seen_at, max(last_seen_at) AS last_seen_at,
-               (array_agg(station_id ORDER BY last_seen_at DESC))[1] AS station_id, count(*) AS n
+               (array_agg(station_id ORDER BY last_seen_at DESC))[1] AS station_id, count(*) AS n,
+               (array_agg(reader_lat ORDER BY last_seen_at DESC))[1] AS reader_lat,
+               (array_agg(reader_lon ORDER BY last_seen_at DESC))[1] AS reader_lon
         FROM e GROUP BY kind, severity, tag_id
     ), raised AS (
         INSERT INTO alarms AS a (kind, severity, subject, tag_id, bike_id, station_id,
-                                 first_seen_at, last_seen_at, sightings)
+                                 first_seen_at, last_seen_at, sightings, reader_lat, reader_lon)
         SELECT p.kind, p.severity, 'tag:' || lpad(upper(to_hex(p.tag_id)), 8, '0'), p.tag_id,
-               c.bike_id, p.station_id, p.first_seen_at, p.last_seen_at, p.n
+               c.bike_id, p.station_id, p.first_seen_at, p.last_seen_at, p.n, p.reader_lat, p.reader_lon
         FROM per_tag p JOIN chips c USING (tag_id)
         WHERE c.bike_id IS NOT NULL
         ORDER BY p.kind, p.tag_id
         ON CONFLICT (kind, subject) WHERE state <> 'cleared' DO UPDATE SET
             station_id = CASE WHEN excluded.last_seen_at >= a.last_seen_at
                               THEN excluded.station_id ELSE a.station_id END,
+            -- Where a mobile reader saw it last goes with the station that saw it last (null for a fixed station).
+            reader_lat = CASE WHEN excluded.last_seen_at >= a.last_seen_at
+                              THEN excluded.reader_lat ELSE a.reader_lat END,
+            reader_lon = CASE WHEN excluded.last_seen_at >= a.last_seen_at
+                              THEN excluded.reader_lon ELSE a.reader_lon END,
             first_seen_at = least(a.first_seen_at, excluded.first_seen_at),
             last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
             sightings = a.sightings + excluded.sightings,
@@ -90,6 +98,8 @@ def raise_evidence(cur: psycopg.Cursor[Any], evidence: list[Evidence]) -> list[i
             "stations": [e.station_id for e in evidence],
             "firsts": [e.first_seen_at for e in evidence],
             "lasts": [e.last_seen_at for e in evidence],
+            "lats": [e.reader_lat for e in evidence],
+            "lons": [e.reader_lon for e in evidence],
             "channel": NOTIFY_CHANNEL,
         },
     ).fetchall()

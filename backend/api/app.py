@@ -43,6 +43,7 @@ from backend.api.routes import (
 from backend.api.routes import certificates as certificate_routes
 from backend.api.routes import commands as command_routes
 from backend.api.routes import provisioning as provisioning_routes
+from backend.api.routes import statistics as statistics_routes
 from backend.db.migrate import maintain, prepare_database
 from backend.db.replica import Reads
 from backend.ingest import rejects
@@ -228,6 +229,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         live.router,
         hotsheet.router,
         zones.router,
+        statistics_routes.router,
         pages.router,
     ):
         app.include_router(router)

@@ -113,6 +113,7 @@ class StationRegister(StationCreate):
     antenna_bearing_deg: float | None = Field(default=None, ge=0, lt=360)
     radio_settings: dict[str, Any] = Field(default_factory=dict)
     heartbeat_interval_s: int = Field(default=30, ge=1, le=86400)
+    mobile: bool = Field(default=False, description="a reader in a patrol car or a handheld: lat/lon follow its GPS")
 
 
 class StationUpdate(BaseModel):
@@ -126,6 +127,7 @@ class StationUpdate(BaseModel):
     antenna_bearing_deg: float | None = Field(default=None, ge=0, lt=360)
     radio_settings: dict[str, Any] | None = None
     heartbeat_interval_s: int | None = Field(default=None, ge=1, le=86400)
+    mobile: bool | None = None
 
 
 class StationLifecycleChange(BaseModel):
@@ -207,6 +209,9 @@ class StationPublic(BaseModel):
     vendor_protocol: VendorProtocol | None = None
     vendor_device_id: str | None = None
     time_zone: str | None = None
+    # A mobile reader: lat/lon are its last known position, from the GPS fix of position_at.
+    mobile: bool = False
+    position_at: datetime | None = None
 
 
 class StationDetail(StationPublic):
@@ -255,6 +260,9 @@ class StationHealth(BaseModel):
     vendor_protocol: VendorProtocol | None = None
     vendor_device_id: str | None = None
     time_zone: str | None = None
+    # A mobile reader is judged without its usual passages (they depend on where it drives) and never for moving.
+    mobile: bool = False
+    position_at: datetime | None = None
 
 
 class StationActivity(BaseModel):
@@ -262,6 +270,10 @@ class StationActivity(BaseModel):
 
     station_id: str
     passages: int
+    # A mobile reader's last known position and its fix time; None for a fixed station (its place never changes).
+    lat: float | None = None
+    lon: float | None = None
+    position_at: datetime | None = None
 
 
 class SightingPublic(BaseModel):

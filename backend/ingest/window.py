@@ -45,8 +45,17 @@ class TimeWindow:
                 lasts = [s["last_seen_at"] for s in sightings]
                 if min(firsts) < low or max(firsts) > high or min(lasts) < low or max(lasts) > high:
                     times += _sighting_times(sightings)
+                # A mobile reader's fix times too: a far-future one would freeze the reader's place on the map (its
+                # position moves only to a newer fix).
+                times += [
+                    (f"sightings.{i}.position.fix_at", s["position"]["fix_at"])
+                    for i, s in enumerate(sightings)
+                    if s.get("position")
+                ]
         elif isinstance(message, Alert):
             times = [("seen_at", message.seen_at)]
+            if message.position is not None:
+                times.append(("position.fix_at", message.position.fix_at))
         else:
             times = [] if message.sent_at is None else [("sent_at", message.sent_at)]
         for where, at in times:

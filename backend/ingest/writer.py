@@ -31,6 +31,9 @@ _SIGHTING_TYPES = [
     "int2",
     "int8",
 ]
+# A mobile reader's position at the sighting (migration 0026); fixed stations' rows leave them null.
+_POSITION_COLUMNS = "reader_lat, reader_lon, reader_fix_at"
+_POSITION_TYPES = ["float8", "float8", "timestamptz"]
 
 
 @dataclass
@@ -97,11 +100,17 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
         firsts: list[datetime] = []
         lasts: list[datetime] = []
         flags: list[int] = []
+        # A mobile reader's batches (any sighting with a position) go by a COPY of their own after the others, so a
+        # fixed station's rows cost no more than before issue 16.
+        mobile: list[dict[str, Any]] = []
         with cur.copy(f"COPY sightings ({_SIGHTING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_SIGHTING_TYPES)
             write_row = copy.write_row
             for b in new:
                 station, seq, sightings = b["station_id"], b["batch_seq"], b["sightings"]
+                if any("position" in s for s in sightings):
+                    mobile.append(b)
+                    continue
                 batch_tags = [int(s["tag_id"], 16) for s in sightings]
                 batch_firsts = [s["first_seen_at"] for s in sightings]
                 batch_lasts = [s["last_seen_at"] for s in sightings]
@@ -116,8 +125,54 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
                 lasts += batch_lasts
                 flags += batch_flags
                 result.sightings += len(sightings)
-        result.committed.passages.extend(Passages(tags, stations, firsts, lasts, flags))
+        passages = Passages(tags, stations, firsts, lasts, flags)
+        if mobile:
+            result.sightings += _write_mobile(cur, mobile, passages)
+        result.committed.passages.extend(passages)
     return result
+
+
+def _write_mobile(cur: psycopg.Cursor[Any], batches: list[dict[str, Any]], passages: Passages) -> int:
+    """COPY mobile readers' sightings with the reader's position at each; add them to `passages` (with positions)
+    and move each mobile station's last known position on to its newest fix. Returns the sightings written."""
+    written = 0
+    latest: dict[str, dict[str, Any]] = {}
+    with cur.copy(f"COPY sightings ({_SIGHTING_COLUMNS}, {_POSITION_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_SIGHTING_TYPES + _POSITION_TYPES)
+        for b in batches:
+            station, seq = b["station_id"], b["batch_seq"]
+            for s in b["sightings"]:
+                tag, at = int(s["tag_id"], 16), s.get("position")
+                lat, lon, fix_at = (at["lat"], at["lon"], at["fix_at"]) if at else (None, None, None)
+                copy.write_row(
+                    (s["first_seen_at"], s["last_seen_at"], station, tag, s["beacons"], s["peak_rssi_dbm"])
+                    + (s["antenna"], s["flags"], seq, lat, lon, fix_at)
+                )
+                passages.append(tag, station, s["first_seen_at"], s["last_seen_at"], s["flags"], at)
+                if at and (station not in latest or at["fix_at"] > latest[station]["fix_at"]):
+                    latest[station] = at
+                written += 1
+    _move_stations(cur, latest)
+    return written
+
+
+def _move_stations(cur: psycopg.Cursor[Any], latest: dict[str, dict[str, Any]]) -> None:
+    """A mobile station's lat/lon are its last known position: moved on to a newer fix, never back to an older one
+    (batches of a station may arrive out of order after an outage). A fixed station is never moved."""
+    if not latest:
+        return
+    ids = sorted(latest)  # in key order, like the batches: concurrent workers lock the rows in one order
+    cur.execute(
+        "UPDATE stations s SET lat = p.lat, lon = p.lon, position_at = p.fix_at"
+        " FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::timestamptz[]) AS p(station_id, lat, lon, fix_at)"
+        " WHERE s.station_id = p.station_id AND s.mobile AND (s.position_at IS NULL OR s.position_at < p.fix_at)",
+        (
+            ids,
+            [latest[i]["lat"] for i in ids],
+            [latest[i]["lon"] for i in ids],
+            [latest[i]["fix_at"] for i in ids],
+        ),
+    )
 
 
 def _sort_repeats(
@@ -161,9 +216,11 @@ def write_alerts(conn: psycopg.Connection, alerts: Iterable[Alert]) -> WriteResu
         return result
     with conn.cursor() as cur:
         rows = cur.execute(
-            "INSERT INTO station_alerts (station_id, kind, tag_id, seen_at, rssi_dbm, antenna)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::timestamptz[], %s::int2[], %s::int2[])"
-            " ON CONFLICT DO NOTHING RETURNING station_id, kind, tag_id, seen_at",
+            "INSERT INTO station_alerts"
+            " (station_id, kind, tag_id, seen_at, rssi_dbm, antenna, reader_lat, reader_lon, reader_fix_at)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::timestamptz[], %s::int2[], %s::int2[],"
+            " %s::float8[], %s::float8[], %s::timestamptz[])"
+            " ON CONFLICT DO NOTHING RETURNING station_id, kind, tag_id, seen_at, reader_lat, reader_lon",
             (
                 [a.station_id for a in items],
                 [a.kind for a in items],
@@ -171,13 +228,27 @@ def write_alerts(conn: psycopg.Connection, alerts: Iterable[Alert]) -> WriteResu
                 [a.seen_at for a in items],
                 [a.rssi_dbm for a in items],
                 [a.antenna for a in items],
+                [a.position.lat if a.position else None for a in items],
+                [a.position.lon if a.position else None for a in items],
+                [a.position.fix_at if a.position else None for a in items],
             ),
         ).fetchall()
         result.alerts_new = len(rows)
         result.committed.alerts = [
-            StationAlert(station, kind, int(tag), seen_at) for station, kind, tag, seen_at in rows
+            StationAlert(station, kind, int(tag), seen_at, lat, lon) for station, kind, tag, seen_at, lat, lon in rows
         ]
+        _move_stations(cur, _latest_fixes(items))
     return result
+
+
+def _latest_fixes(alerts: list[Alert]) -> dict[str, dict[str, Any]]:
+    """Each station's newest fix among these alerts (a mobile reader's hot-list hit moves it on the map at once)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for a in alerts:
+        at = a.position
+        if at is not None and (a.station_id not in latest or at.fix_at > latest[a.station_id]["fix_at"]):
+            latest[a.station_id] = {"lat": at.lat, "lon": at.lon, "fix_at": at.fix_at}
+    return latest
 
 
 def write_status(conn: psycopg.Connection, status: StationStatus, received_at: datetime) -> None:

@@ -184,6 +184,13 @@ def test_the_live_map_shows_the_zones_and_a_stolen_bike_that_left_one(
         assert name in page.inner_text(".bg-zone-label")
         assert page.locator("path.bg-crossing-point").count() == 1
         assert page.get_attribute(".bg-zones-link", "href") == "/police/zones"
+        # The console leads to the police's other pages, in the console's language.
+        tools = [page.get_attribute(a, "href") for a in (".bg-tools a >> nth=0", ".bg-tools a >> nth=1")]
+        assert tools == [f"/hotsheet?lang={lang}", f"/statistics?lang={lang}"]
+        page.click(".bg-tools a >> nth=1")
+        page.wait_for_url("**/statistics?lang=*")
+        page.go_back()
+        page.wait_for_selector(".bg-alarm .bg-crossing")
         page.hover("path.bg-crossing-point")
         page.wait_for_selector(".bg-crossing-label")
         page.screenshot(path=str(screenshot_path(f"zones-live-{lang}.png")))

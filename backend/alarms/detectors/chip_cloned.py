@@ -65,6 +65,9 @@ _EVIDENCE = f"""
     JOIN stations a ON a.station_id = p.station_id
     JOIN stations b ON b.station_id = p.prev_station_id
     WHERE p.new AND p.prev_station_id <> p.station_id
+      -- A mobile reader's registry position is only where it last was, not where it heard this chip: its passages
+      -- are not judged here (a patrol car driving on would make every chip it saw look cloned).
+      AND NOT a.mobile AND NOT b.mobile
       AND 2 * {_EARTH_RADIUS_M} * asin(sqrt(
               power(sin(radians(a.lat - b.lat) / 2), 2)
               + cos(radians(b.lat)) * cos(radians(a.lat)) * power(sin(radians(a.lon - b.lon) / 2), 2)))

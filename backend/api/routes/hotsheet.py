@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from backend import access, hotsheet
 from backend.accounts import Role, User
 from backend.api.deps import Conn, OptionalUser, Reads, RegistryDep, Settings
-from backend.api.routes.pages import _gate, _lang, _page
+from backend.api.routes.pages import gate, html_page, page_language
 from backend.web import render
 from backend.web.translations import MESSAGES
 from protocol.messages import utcnow
@@ -53,7 +53,7 @@ async def _sheet(
     request: Request, conn: Conn, reads: Reads, settings: Settings, user: User | None, at: str | None, lang: str
 ) -> tuple[hotsheet.HotSheet | None, Response | None]:
     """The sheet, or the page to show instead (sign in, a 403, an unreadable time)."""
-    if refused := _gate(request, user, _ROLES, lang):
+    if refused := gate(request, user, _ROLES, lang):
         return None, refused
     assert user is not None
     moment = _moment(at, settings.hotsheet_time_zone)
@@ -62,7 +62,7 @@ async def _sheet(
         html = render(
             "message.html", lang, user=user, config={}, title=t["hotsheet_title"], text=t["hotsheet_bad_time"]
         )
-        return None, _page(html, lang, 400)
+        return None, html_page(html, lang, 400)
     return await hotsheet.build(conn, reads, access.viewer_of(user, settings), moment), None
 
 
@@ -77,7 +77,7 @@ async def hot_sheet_page(
     lang: str | None = None,
 ) -> Response:
     """Police, admin: the bikes reported stolen in the 24 hours up to now (or `at`), printable, no owner."""
-    chosen = _lang(request, lang)
+    chosen = page_language(request, lang)
     sheet, instead = await _sheet(request, conn, reads, settings, user, at, chosen)
     if sheet is None:
         assert instead is not None
@@ -94,7 +94,7 @@ async def hot_sheet_page(
         local=lambda value: hotsheet.local(value, zone),
         time_zone=zone,
     )
-    return _page(html, chosen)
+    return html_page(html, chosen)
 
 
 @router.get("/hotsheet.pdf")
@@ -109,7 +109,7 @@ async def hot_sheet_pdf(
     lang: str | None = None,
 ) -> Response:
     """Police, admin: the hot sheet as an A4 portrait PDF for the morning briefing, each bike with its photo."""
-    chosen = _lang(request, lang)
+    chosen = page_language(request, lang)
     sheet, instead = await _sheet(request, conn, reads, settings, user, at, chosen)
     if sheet is None:
         assert instead is not None

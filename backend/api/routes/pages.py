@@ -51,11 +51,13 @@ _HOME: dict[str, str] = {
 }
 
 
-def _lang(request: Request, lang: str | None) -> str:
+def page_language(request: Request, lang: str | None) -> str:
+    """The page's language: ?lang=, else the remembered choice, else the browser's."""
     return choose_language(lang, request.cookies.get(LANG_COOKIE), request.headers.get("accept-language"))
 
 
-def _page(html: str, lang: str, status: int = 200) -> HTMLResponse:
+def html_page(html: str, lang: str, status: int = 200) -> HTMLResponse:
+    """A rendered page, not cached, remembering its language."""
     return _remember_language(HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"}), lang)
 
 
@@ -93,7 +95,7 @@ def _map_page(request: Request, html: str, lang: str | None = None) -> HTMLRespo
     return response if lang is None else _remember_language(response, lang)
 
 
-def _gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: str) -> Response | None:
+def gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: str) -> Response | None:
     """None if the user may see the page; else where to go instead (sign in, change password, or a 403)."""
     here = quote(request.url.path)
     refusal = access.admission(user, roles)
@@ -107,7 +109,7 @@ def _gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: st
         html = render(
             "message.html", lang, user=user, config={}, title=t["forbidden_title"], text=text, home=_HOME[user.role]
         )
-        return _page(html, lang, 403)
+        return html_page(html, lang, 403)
     return None
 
 
@@ -135,8 +137,8 @@ async def live_map(
     request: Request, conn: Conn, settings: Settings, user: OptionalUser, lang: str | None = None
 ) -> Response:
     """Police, admin: the live map: stations, recent passages, active alarms with their trails."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("police", "admin"), chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, ("police", "admin"), chosen):
         return refused
     assert user is not None
     html = build_live_map(
@@ -160,8 +162,8 @@ async def zone_editor(
     request: Request, conn: Conn, settings: Settings, user: OptionalUser, lang: str | None = None
 ) -> Response:
     """Police, admin: the zone editor: draw zones on the map by clicking their corners, rename and delete them."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("police", "admin"), chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, ("police", "admin"), chosen):
         return refused
     config = {
         "zones_url": "/api/zones",
@@ -176,7 +178,7 @@ async def zone_editor(
         "min_vertices": 3,
         "max_vertices": zones.MAX_VERTICES,
     }
-    return _page(render("zones.html", chosen, user=user, config=config), chosen)
+    return html_page(render("zones.html", chosen, user=user, config=config), chosen)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -184,11 +186,11 @@ async def login_page(
     request: Request, user: OptionalUser, lang: str | None = None, next: str = Query("/home", max_length=200)
 ) -> Response:  # noqa: A002 - the usual name
     """Anyone: the sign-in form (a signed-in user goes straight on)."""
-    chosen = _lang(request, lang)
+    chosen = page_language(request, lang)
     target = same_site_path(next)
     if user is not None and access.admission(user, ()) is None:
         return RedirectResponse(target if target != "/login" else "/home", status_code=303)
-    return _page(render("login.html", chosen, user=None, config={"next": target}), chosen)
+    return html_page(render("login.html", chosen, user=None, config={"next": target}), chosen)
 
 
 @router.get("/password", response_class=HTMLResponse)
@@ -200,11 +202,11 @@ async def password_page(
     next: str = Query("/home", max_length=200),
 ) -> Response:  # noqa: A002
     """Any signed-in account: choose a new password (forced after a first sign-in with a one-time one)."""
-    chosen = _lang(request, lang)
+    chosen = page_language(request, lang)
     if user is None:
         return RedirectResponse("/login?next=/password", status_code=303)
     target = same_site_path(next)
-    return _page(
+    return html_page(
         render("password.html", chosen, user=user, config={"next": target, "min_length": settings.password_min_length}),
         chosen,
     )
@@ -231,13 +233,13 @@ async def installer(
 ) -> Response:
     """Installer, admin: the open station alarms, stations on a map coloured by health, their table, a station's
     self-test as it runs (`?station=st-017#selftest`), and the road coverage."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("installer", "admin"), chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, ("installer", "admin"), chosen):
         return refused
     assert user is not None
     health = await station_health.station_health(conn, utcnow())
     open_alarms = await alarms.list_alarms(conn, scope=access.alarm_scope(user, only_kinds=STATION_KINDS))
-    return _page(
+    return html_page(
         render(
             "installer.html",
             chosen,
@@ -255,8 +257,8 @@ async def installer_map(
     request: Request, conn: Conn, settings: Settings, user: OptionalUser, lang: str | None = None
 ) -> Response:
     """Installer, admin: the station map, each station coloured by its health (shown inside /installer)."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("installer", "admin"), chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, ("installer", "admin"), chosen):
         return refused
     health = await station_health.station_health(conn, utcnow())
     drawn = [{**h, "state": h["health"]} for h in jsonable_encoder(health)]
@@ -295,8 +297,8 @@ async def installer_coverage(
     request: Request, conn: Conn, settings: Settings, user: OptionalUser, lang: str | None = None
 ) -> Response:
     """Installer, admin: road coverage of the stations in service, with suggested next sites."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("installer", "admin"), chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, ("installer", "admin"), chosen):
         return refused
     sts = [s for s in jsonable_encoder(await stations.list_stations(conn)) if s["lifecycle"] != "decommissioned"]
     html = await asyncio.to_thread(_coverage_html, sts, await stations.roads_geojson(conn), settings, chosen)
@@ -308,8 +310,8 @@ async def counter(
     request: Request, user: OptionalUser, settings: Settings, base_url: PublicBaseUrl, lang: str | None = None
 ) -> Response:
     """Clerk, admin: the registration counter."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("clerk", "admin"), chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, ("clerk", "admin"), chosen):
         return refused
     config = {
         "plate_pattern": settings.plate_pattern,
@@ -317,16 +319,16 @@ async def counter(
         "max_bikes": settings.max_bikes_per_owner,
         "login_url": f"{base_url.rstrip('/')}/login",  # printed on owners' slips, as certificates print /verify
     }
-    return _page(render("counter.html", chosen, user=user, config=config), chosen)
+    return html_page(render("counter.html", chosen, user=user, config=config), chosen)
 
 
 @router.get("/portal", response_class=HTMLResponse)
 async def portal(request: Request, user: OptionalUser, lang: str | None = None) -> Response:
     """Owner: my bikes and alerts."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("owner",), chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, ("owner",), chosen):
         return refused
-    return _page(render("portal.html", chosen, user=user, config={}), chosen)
+    return html_page(render("portal.html", chosen, user=user, config={}), chosen)
 
 
 @router.get("/portal/bikes/{bike_id}/map", response_class=HTMLResponse)
@@ -343,8 +345,8 @@ async def portal_bike_map(
 ) -> Response:
     """Owner: their bike's trail over [since, until) (default: the last 24 h) on the map, never from before it became
     theirs (shown inside /portal); another owner's bike is a 404."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("owner",), chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, ("owner",), chosen):
         return refused
     assert user is not None
     until_at = until or utcnow()
@@ -361,7 +363,7 @@ ShareToken = Annotated[str, Path(min_length=16, max_length=64, pattern=r"^[A-Za-
 def _share_gone(user: User | None, lang: str) -> HTMLResponse:
     t = MESSAGES[lang]
     html = render("message.html", lang, user=user, config={}, title=t["share_gone_title"], text=t["share_gone_text"])
-    return _page(html, lang, 404)
+    return html_page(html, lang, 404)
 
 
 async def _shared(
@@ -387,7 +389,7 @@ async def shared_bike(
 ) -> Response:
     """Anyone with an owner's link (backend/shares.py): where the bike was last seen and its last 24 hours on the map;
     never its owner's data. A link unknown, expired, withdrawn or of a bike sold since is a 404 page."""
-    chosen = _lang(request, lang)
+    chosen = page_language(request, lang)
     found = await _shared(conn, registry, token)
     if found is None:
         return _share_gone(user, chosen)
@@ -406,7 +408,7 @@ async def shared_bike(
         expires_at=share["expires_at"],
         map_url=f"/shared/{token}/map?lang={chosen}",
     )
-    response = _page(html, chosen)
+    response = html_page(html, chosen)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -422,7 +424,7 @@ async def shared_bike_map(
     lang: str | None = None,
 ) -> Response:
     """The shared bike's last 24 hours on the map (shown inside /shared/{token})."""
-    chosen = _lang(request, lang)
+    chosen = page_language(request, lang)
     found = await _shared(conn, registry, token)
     if found is None:
         return _share_gone(user, chosen)
@@ -489,8 +491,8 @@ async def certificate_page(
     lang: str | None = None,
 ) -> Response:
     """Owner (own bike), clerk, admin: the printable certificate with masked owner data and its QR code."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("owner", "clerk", "admin"), chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, ("owner", "clerk", "admin"), chosen):
         return refused
     assert user is not None
     view = await _certificate_view(conn, registry, user, bike_id, chosen, signer, base_url)
@@ -505,7 +507,7 @@ async def certificate_page(
         verify_url=view.verify_url,
         photo_url=photos.latest_url(view.bike),
     )
-    return _page(html, chosen)
+    return html_page(html, chosen)
 
 
 @router.get("/bikes/{bike_id}/certificate.pdf")
@@ -520,8 +522,8 @@ async def certificate_pdf(
     lang: str | None = None,
 ) -> Response:
     """Owner (own bike), clerk, admin: the certificate as a one-page PDF."""
-    chosen = _lang(request, lang)
-    if refused := _gate(request, user, ("owner", "clerk", "admin"), chosen):
+    chosen = page_language(request, lang)
+    if refused := gate(request, user, ("owner", "clerk", "admin"), chosen):
         return refused
     assert user is not None
     view = await _certificate_view(conn, registry, user, bike_id, chosen, signer, base_url)
@@ -555,6 +557,6 @@ async def verify_page(
     lang: str | None = None,
 ) -> Response:
     """Anyone: is this certificate genuine and current (what its QR code opens)."""
-    chosen = _lang(request, lang)
+    chosen = page_language(request, lang)
     result = await certificates.verify(conn, signer, token) if token else {"genuine": False, "current": False}
-    return _page(render("verify.html", chosen, user=user, config={}, result=result), chosen)
+    return html_page(render("verify.html", chosen, user=user, config={}, result=result), chosen)

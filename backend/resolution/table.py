@@ -1,0 +1,289 @@
+"""The resolution table: every active v2 chip's ephemeral ids for the windows around now, eid → candidate chips.
+
+Most of a table's build is the chips' AES key schedules (one per chip, ~10-30 µs each; the AES blocks themselves
+are a fraction of a µs). So one key schedule computes a chip's eids for the windows held *and* `ahead` windows
+after them; those wait unsorted (8 bytes a chip a window) until `advance` takes them, which then only sorts. A
+million key schedules are paid once every `ahead` windows, not at every advance (docs/benchmarks.md, "v2 resolution
+in the backend", measures this against keeping a million encryptors alive, which takes about 1 KB a chip).
+
+Readers never lock: what they read is one immutable snapshot, swapped in whole by whoever advances the table (a
+background builder), so a lookup sees either the old windows or the new ones, never a half-built one.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from protocol.beacon_v2 import KEY_BYTES, ChipKey
+
+# The label of an ephemeral id's AES block (hardware/tag-beacon.md, "The key"); a test checks these eids are
+# ChipKey.eid's, so the two cannot drift apart.
+_EID_LABEL: Final = b"BGv2-eid"
+# A ChipKey (its encryptor and MAC subkey) takes about 1.1 KB; the MAC check needs one, so the chips seen lately
+# keep theirs.
+DEFAULT_KEY_CACHE: Final = 65_536
+
+
+class ResolutionError(ValueError):
+    """Base error of the resolution tables."""
+
+
+class TableKeyError(ResolutionError):
+    """A chip key that is not 16 bytes; names the tag (never the key)."""
+
+
+class WindowRangeError(ResolutionError):
+    """A window outside what a table can hold (negative, or not a 64-bit number)."""
+
+
+class Candidate(NamedTuple):
+    """A chip that beacons an eid in a window: the MAC decides which candidate, if any, sent a beacon (a tuple:
+    one is made per beacon)."""
+
+    tag_id: int
+    window: int
+    key_index: int  # the chip's place in its table (for its key)
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """One window's eids sorted, beside the index of the chip that beacons each; chips added later on the side."""
+
+    eids: array[int]
+    chips: array[int]
+    side: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.eids) * 8 + len(self.chips) * 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    centre: int
+    windows: dict[int, _Window]
+
+
+def _blocks(windows: range) -> bytes:
+    for w in (windows.start, windows.stop - 1):
+        if not 0 <= w < 2**64:
+            raise WindowRangeError(f"window {w} is not a 64-bit unsigned number")
+    return b"".join(_EID_LABEL + w.to_bytes(8, "big") for w in windows)
+
+
+def derive_eids(keys: bytes | bytearray | memoryview, windows: range) -> np.ndarray:
+    """The eids (as big-endian 64-bit numbers) of chips with these concatenated keys over `windows`: chips × windows.
+
+    One key schedule per chip for all the windows; the eids are cut out of the AES output by numpy, so no Python
+    object is made per eid.
+    """
+    n = len(keys) // KEY_BYTES
+    blocks = _blocks(windows)
+    out = bytearray()
+    view = memoryview(keys)
+    for i in range(n):
+        out += (
+            Cipher(algorithms.AES(bytes(view[i * KEY_BYTES : (i + 1) * KEY_BYTES])), modes.ECB())
+            .encryptor()
+            .update(blocks)
+        )
+    if n == 0:
+        return np.zeros((0, len(windows)), dtype=np.uint64)
+    # Each block of output is 16 bytes; its first 8 (EID_BYTES) are the eid: one big-endian 64-bit word of two.
+    words = np.frombuffer(bytes(out), dtype=">u8").reshape(n, len(windows), 2)
+    return words[:, :, 0].astype(np.uint64)
+
+
+def _sorted_window(eids: np.ndarray) -> _Window:
+    order = np.argsort(eids, kind="stable")
+    sorted_eids = array("Q", eids[order].astype("=u8").tobytes())
+    chips = array("I", order.astype("=u4").tobytes())
+    return _Window(sorted_eids, chips)
+
+
+class ResolutionTable:
+    """The eids of a set of chips ((tag id, key) pairs) for `centre` and `before`/`after` windows around it."""
+
+    def __init__(
+        self,
+        chips: Iterable[tuple[int, bytes]],
+        centre: int,
+        *,
+        before: int = 1,
+        after: int = 1,
+        ahead: int = 8,
+        key_cache: int = DEFAULT_KEY_CACHE,
+    ) -> None:
+        if before < 0 or after < 0 or ahead < 0:
+            raise ResolutionError(f"before={before}, after={after}, ahead={ahead}: none may be negative")
+        self.before, self.after, self.ahead = before, after, ahead
+        self._tag_ids = array("Q")
+        self._keys = bytearray()
+        for tag_id, key in chips:
+            if len(key) != KEY_BYTES:
+                raise TableKeyError(f"tag {tag_id}: a chip key is {KEY_BYTES} bytes, not {len(key)}")
+            self._tag_ids.append(tag_id)
+            self._keys += key
+        self._retired: frozenset[int] = frozenset()
+        self._build_lock = threading.Lock()  # one builder at a time; readers never take it
+        self._key_lock = threading.Lock()
+        self._key_cache: OrderedDict[int, ChipKey] = OrderedDict()
+        self._key_cache_size = key_cache
+        # Unsorted eids of windows computed ahead of the ones held: window → eid per chip index.
+        self._pending: dict[int, np.ndarray] = {}
+        self.key_schedules = 0  # how many chip key schedules the builds have paid, for the bench and the tests
+        self._snapshot = _Snapshot(centre, {})
+        self._snapshot = _Snapshot(centre, self._build(self._range(centre)))
+
+    def _range(self, centre: int) -> range:
+        return range(centre - self.before, centre + self.after + 1)
+
+    @property
+    def centre(self) -> int:
+        """The window the table is centred on (the current one, by the backend's clock)."""
+        return self._snapshot.centre
+
+    @property
+    def windows(self) -> range:
+        """The windows whose eids the table holds."""
+        return self._range(self._snapshot.centre)
+
+    def __len__(self) -> int:
+        return len(self._tag_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the sorted windows, the eids computed ahead, the keys and tag ids (not the key cache)."""
+        snap = self._snapshot
+        return (
+            sum(w.nbytes for w in snap.windows.values())
+            + sum(int(a.nbytes) for a in self._pending.values())
+            + len(self._keys)
+            + len(self._tag_ids) * 8
+        )
+
+    def _build(self, wanted: range) -> dict[int, _Window]:
+        """Sorted windows for `wanted`: taken from the eids computed ahead, or computed with a key schedule per chip
+        for the missing windows and `ahead` more."""
+        held = self._snapshot.windows
+        missing = [w for w in wanted if w not in held and w not in self._pending]
+        if missing:
+            span = range(missing[0], wanted.stop + self.ahead)
+            eids = derive_eids(self._keys, span)
+            self.key_schedules += len(self._tag_ids)
+            for j, w in enumerate(span):
+                if w not in held:
+                    self._pending[w] = eids[:, j].copy()
+        out: dict[int, _Window] = {}
+        for w in wanted:
+            if w in held:
+                out[w] = held[w]
+            else:
+                out[w] = _sorted_window(self._pending.pop(w))
+        for w in [w for w in self._pending if w < wanted.start]:
+            del self._pending[w]
+        return out
+
+    def advance(self, to_window: int) -> None:
+        """Hold the windows around `to_window`: add those coming into range, drop those leaving it.
+
+        Safe while other threads look eids up: they keep reading the old snapshot until the new one is complete.
+        """
+        with self._build_lock:
+            self._snapshot = _Snapshot(to_window, self._build(self._range(to_window)))
+
+    def add_chips(self, chips: Iterable[tuple[int, bytes]]) -> None:
+        """Chips fitted since the table was built: their eids go beside the sorted ones of every window held and
+        into the windows computed ahead."""
+        with self._build_lock:
+            first = len(self._tag_ids)
+            added = bytearray()
+            for tag_id, key in chips:
+                if len(key) != KEY_BYTES:
+                    raise TableKeyError(f"tag {tag_id}: a chip key is {KEY_BYTES} bytes, not {len(key)}")
+                self._tag_ids.append(tag_id)
+                added += key
+            if not added:
+                return
+            self._keys += added
+            snap = self._snapshot
+            wanted = sorted(set(snap.windows) | set(self._pending))
+            span = range(wanted[0], wanted[-1] + 1)
+            eids = derive_eids(added, span)
+            self.key_schedules += len(added) // KEY_BYTES
+            windows: dict[int, _Window] = {}
+            for j, w in enumerate(span):
+                column = eids[:, j]
+                if w in self._pending:
+                    self._pending[w] = np.concatenate([self._pending[w], column])
+                if w in snap.windows:
+                    old = snap.windows[w]
+                    side = {k: list(v) for k, v in old.side.items()}
+                    for i, eid in enumerate(column.tolist()):
+                        side.setdefault(eid, []).append(first + i)
+                    windows[w] = _Window(old.eids, old.chips, side)
+            self._snapshot = _Snapshot(snap.centre, windows)
+
+    def retire(self, tag_id: int) -> None:
+        """A chip taken off a bike (replaced, or the bike deregistered): its eids no longer resolve."""
+        with self._build_lock:
+            try:
+                index = self._tag_ids.index(tag_id)
+            except ValueError:
+                return
+            self._retired = self._retired | {index}
+            with self._key_lock:
+                self._key_cache.pop(index, None)
+
+    def is_retired(self, index: int) -> bool:
+        """Whether the chip at `index` was retired."""
+        return index in self._retired
+
+    def lookup(self, eid: bytes) -> list[Candidate]:
+        """Every chip (with its window) that beacons `eid` in the windows held; empty if none."""
+        key = int.from_bytes(eid, "big")
+        out: list[Candidate] = []
+        tag_ids, retired = self._tag_ids, self._retired
+        for w, table in self._snapshot.windows.items():
+            eids = table.eids
+            i = bisect_left(eids, key)
+            while i < len(eids) and eids[i] == key:
+                index = table.chips[i]
+                if index not in retired:
+                    out.append(Candidate(tag_ids[index], w, index))
+                i += 1
+            for index in table.side.get(key, ()):
+                if index not in retired:
+                    out.append(Candidate(tag_ids[index], w, index))
+        return out
+
+    def chip_key(self, index: int) -> ChipKey:
+        """The ready ChipKey of the chip at `index` (cached for the chips seen lately)."""
+        with self._key_lock:
+            chip_key = self._key_cache.get(index)
+            if chip_key is not None:
+                self._key_cache.move_to_end(index)
+                return chip_key
+        chip_key = ChipKey(bytes(self._keys[index * KEY_BYTES : (index + 1) * KEY_BYTES]))
+        with self._key_lock:
+            self._key_cache[index] = chip_key
+            if len(self._key_cache) > self._key_cache_size:
+                self._key_cache.popitem(last=False)
+        return chip_key
+
+    def tag_id(self, index: int) -> int:
+        """The tag id of the chip at `index`."""
+        return int(self._tag_ids[index])
+
+    def index_of(self, tag_id: int) -> int:
+        """The index of a chip by its tag id (a scan: for the few drifted chips, not per beacon)."""
+        return self._tag_ids.index(tag_id)
