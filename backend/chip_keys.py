@@ -17,7 +17,8 @@ from typing import Any, Literal, get_args
 import psycopg
 
 from backend.vault import CHIP_KEY_BYTES, Vault
-from firmware_sim.programmer import (
+from protocol.ids import format_tag
+from protocol.programming_cable import (
     ChipRefusedError,
     ErrorCode,
     KeyCheckMismatchError,
@@ -25,7 +26,6 @@ from firmware_sim.programmer import (
     Programmer,
     ProgrammerError,
 )
-from protocol.ids import format_tag
 
 log = logging.getLogger(__name__)
 

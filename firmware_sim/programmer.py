@@ -1,8 +1,8 @@
-"""The programming cable used at fitting (hardware/programming-cable.md): a key goes into a v2 chip, never out.
+"""The simulated chip on the programming cable used at fitting (hardware/programming-cable.md): a key goes into a
+v2 chip, never out.
 
-`ChipOnCable` is the chip's side: a pty pair whose master it serves from a thread, as a chip's serial pins would.
-`Programmer` is the counter's side: it opens the pty's slave with pyserial exactly as it would open `/dev/ttyUSB0`,
-writes the key and the time, and reads back only the key's check value, which it compares with its own.
+`ChipOnCable` is the chip's side: a pty pair whose master it serves from a thread, as a chip's serial pins would. The
+counter's side (`Programmer`) and the framing are in protocol.programming_cable.
 """
 
 from __future__ import annotations
@@ -10,111 +10,23 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import struct
 import threading
-import time
 import tty
-from dataclasses import dataclass
-from enum import IntEnum
 from types import TracebackType
 
-import serial
-
 from firmware_sim.tag_v2 import TagV2
-from protocol.beacon_v2 import KEY_BYTES, ChipKey, key_check_value
-from protocol.frames import BadLengthError, CrcError, StreamDecoder, crc16
-
-CABLE_SYNC = b"\x5a\xa5"
-CABLE_BAUD_RATE = 115200
-CABLE_MAX_LEN = 32
-FIRMWARE = 0x0200
-_INFO = struct.Struct(">IBH")  # serial, state, firmware
-_WRITE_KEY = struct.Struct(">16sI")  # key, unix time that sets the chip's clock
-
-
-class Command(IntEnum):
-    """What the cable carries; a reply's command is the request's with the top bit set, or ERROR."""
-
-    INFO = 0x01
-    WRITE_KEY = 0x02
-    KEY_CHECK = 0x03
-    ERROR = 0xFF
-
-
-class ErrorCode(IntEnum):
-    """Why a chip refused a request (the one data byte of an ERROR reply)."""
-
-    BAD_FRAME = 0x01
-    UNKNOWN_COMMAND = 0x02
-    BAD_LENGTH = 0x03
-    ALREADY_KEYED = 0x04
-    NO_KEY = 0x05
-
-
-class ProgrammerError(Exception):
-    """Base error of the programming cable."""
-
-
-class ChipRefusedError(ProgrammerError):
-    """The chip answered with an ERROR reply; carries its code."""
-
-    def __init__(self, code: int) -> None:
-        name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else f"0x{code:02x}"
-        super().__init__(f"the chip refused: {name}")
-        self.code = code
-
-
-class KeyCheckMismatchError(ProgrammerError):
-    """The chip's key check value is not the written key's: the key did not arrive intact."""
-
-
-class NoReplyError(ProgrammerError):
-    """No reply from the chip in time (no chip on the cable, or a broken line)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CableFrame:
-    """One frame on the cable, either way."""
-
-    command: int
-    data: bytes
-
-
-def encode_cable(frame: CableFrame) -> bytes:
-    """The bytes of one cable frame: 5A A5, CMD, LEN, DATA, CRC-16/CCITT-FALSE over CMD, LEN and DATA."""
-    if len(frame.data) > CABLE_MAX_LEN:
-        raise ValueError(f"cable frame data is {len(frame.data)} bytes, at most {CABLE_MAX_LEN}")
-    head = bytes([frame.command, len(frame.data)]) + frame.data
-    return CABLE_SYNC + head + crc16(head).to_bytes(2, "big")
-
-
-class CableDecoder(StreamDecoder):
-    """Streaming decoder of cable frames with the reader protocol's resync and reject-with-reasons behaviour."""
-
-    def feed(self, data: bytes) -> list[CableFrame]:
-        """Add bytes from the line; return the frames they complete. Never raises."""
-        buf = self._buf
-        buf += data
-        out: list[CableFrame] = []
-        while self._at_sync(CABLE_SYNC) and len(buf) >= 4:
-            length = buf[3]
-            if length > CABLE_MAX_LEN:
-                self._reject(BadLengthError(f"length byte {length} above {CABLE_MAX_LEN}", bytes(buf[:4])))
-                self._resync()
-                continue
-            total = 2 + 2 + length + 2
-            if len(buf) < total:
-                break
-            raw = bytes(buf[:total])
-            if crc16(raw[2:-2]) != int.from_bytes(raw[-2:], "big"):
-                self._reject(CrcError("CRC mismatch", raw))
-                self._resync()
-                continue
-            del buf[:total]
-            self._resyncing = False
-            out.append(CableFrame(raw[2], raw[4:-2]))
-            self.frames += 1
-        return out
+from protocol.beacon_v2 import key_check_value
+from protocol.programming_cable import (
+    FIRMWARE,
+    INFO_STRUCT,
+    WRITE_KEY_STRUCT,
+    CableDecoder,
+    CableFrame,
+    Command,
+    ErrorCode,
+    ProgrammerError,
+    encode_cable,
+)
 
 
 class ChipOnCable:
@@ -198,13 +110,13 @@ class ChipOnCable:
         if frame.command == Command.INFO:
             if frame.data:
                 return self._error(ErrorCode.BAD_LENGTH)
-            return CableFrame(reply, _INFO.pack(self.serial_number, int(self.keyed), FIRMWARE))
+            return CableFrame(reply, INFO_STRUCT.pack(self.serial_number, int(self.keyed), FIRMWARE))
         if frame.command == Command.WRITE_KEY:
-            if len(frame.data) != _WRITE_KEY.size:
+            if len(frame.data) != WRITE_KEY_STRUCT.size:
                 return self._error(ErrorCode.BAD_LENGTH)
             if self._key is not None:
                 return self._error(ErrorCode.ALREADY_KEYED)
-            key, unix_s = _WRITE_KEY.unpack(frame.data)
+            key, unix_s = WRITE_KEY_STRUCT.unpack(frame.data)
             self._key, self.clock_set_unix_s = key, float(unix_s)
             return CableFrame(reply, key_check_value(key))
         if frame.command == Command.KEY_CHECK:
@@ -222,85 +134,3 @@ class ChipOnCable:
         for fd in (self._master, self._slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-@dataclass(frozen=True, slots=True)
-class ChipInfo:
-    """What a chip on the cable says about itself."""
-
-    serial_number: int
-    keyed: bool
-    firmware: int
-
-
-class Programmer:
-    """The fitting counter's end of the cable; a context manager that closes the port."""
-
-    def __init__(self, port: str, *, timeout_s: float = 2.0) -> None:
-        self.timeout_s = timeout_s
-        self._port = serial.serial_for_url(port, baudrate=CABLE_BAUD_RATE, timeout=0.02)
-        self._decoder = CableDecoder()
-
-    def __enter__(self) -> Programmer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def request(self, command: int, data: bytes = b"") -> CableFrame:
-        """Send one request and wait for its reply; ChipRefusedError on an ERROR reply."""
-        self._port.write(encode_cable(CableFrame(command, data)))
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            for frame in self._decoder.feed(self._port.read(64)):
-                if frame.command == Command.ERROR:
-                    raise ChipRefusedError(frame.data[0] if frame.data else 0)
-                if frame.command == command | 0x80:
-                    return frame
-        raise NoReplyError(f"no reply to command 0x{command:02x} within {self.timeout_s} s")
-
-    def info(self) -> ChipInfo:
-        """The chip's serial number, whether it has a key, and its firmware."""
-        reply = self.request(Command.INFO)
-        try:
-            serial_number, state, firmware = _INFO.unpack(reply.data)
-        except struct.error as exc:
-            raise ProgrammerError(f"INFO reply of {len(reply.data)} bytes") from exc
-        return ChipInfo(serial_number, bool(state), firmware)
-
-    def write_key(self, key: bytes, unix_s: float) -> bytes:
-        """Write `key` and set the chip's clock to `unix_s`; return the key check value the chip reports, after
-        checking it is the key's."""
-        if len(key) != KEY_BYTES:
-            raise ProgrammerError(f"a chip key is {KEY_BYTES} bytes, not {len(key)}")
-        reply = self.request(Command.WRITE_KEY, _WRITE_KEY.pack(key, int(unix_s)))
-        if reply.data != ChipKey(key).check_value:
-            raise KeyCheckMismatchError(f"the chip reports key check value {reply.data.hex()}, not the written key's")
-        return reply.data
-
-    def key_check(self) -> bytes:
-        """The key check value of the key the chip holds (never the key)."""
-        return self.request(Command.KEY_CHECK).data
-
-    def close(self) -> None:
-        """Close the port."""
-        self._port.close()
-
-
-__all__ = [
-    "CABLE_SYNC",
-    "CableDecoder",
-    "CableFrame",
-    "ChipInfo",
-    "ChipOnCable",
-    "ChipRefusedError",
-    "Command",
-    "ErrorCode",
-    "KeyCheckMismatchError",
-    "NoReplyError",
-    "Programmer",
-    "ProgrammerError",
-    "encode_cable",
-]

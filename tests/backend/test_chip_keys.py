@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from backend.api.app import create_app
 from backend.chip_keys import ProgrammedChip, active_v2_keys
 from backend.vault import Vault, VaultError
-from firmware_sim.programmer import Programmer
 from protocol.beacon_v2 import ChipKey
 from protocol.ids import parse_tag
+from protocol.programming_cable import Programmer
 from tests import factories
 from tests.backend.conftest import Staff
 from tests.backend.counter_cable import CounterCable, counter_cable

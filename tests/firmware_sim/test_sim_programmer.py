@@ -13,18 +13,18 @@ import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.programmer import (
+from firmware_sim.programmer import ChipOnCable
+from protocol.beacon_v2 import ChipKey, key_check_value, window_of
+from protocol.programming_cable import (
     CABLE_BAUD_RATE,
     CableDecoder,
     CableFrame,
-    ChipOnCable,
     ChipRefusedError,
     Command,
     ErrorCode,
     Programmer,
     encode_cable,
 )
-from protocol.beacon_v2 import ChipKey, key_check_value, window_of
 
 EPOCH = 1_796_040_000
 
