@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Locator, expect
 
 from backend.alarms import engine
 from backend.ingest import writer
@@ -71,11 +71,21 @@ def test_officer_sees_the_patrol_car_where_it_last_was_and_the_stolen_chip_it_he
         tooltip = page.locator(".leaflet-tooltip:not(.bg-alarm-label)")
         expect(tooltip).to_contain_text("Patrol car 7")
         expect(tooltip).to_contain_text(w["mobile_reader"].split("{")[0].strip())
-        alarm_box = page.locator(".bg-alarm-icon").bounding_box()
-        ring_box = ring.bounding_box()
-        assert alarm_box is not None and ring_box is not None
-        alarm_centre = (alarm_box["x"] + alarm_box["width"] / 2, alarm_box["y"] + alarm_box["height"] / 2)
-        ring_centre = (ring_box["x"] + ring_box["width"] / 2, ring_box["y"] + ring_box["height"] / 2)
-        assert abs(alarm_centre[0] - ring_centre[0]) < 15 and abs(alarm_centre[1] - ring_centre[1]) < 15
+        # Measured once the map has settled: while it pans or zooms to the alarm, Leaflet moves its marker icons
+        # and its vector layer by separate transforms, and the two can be caught apart mid-animation.
+        apart = (0.0, 0.0)
+        for _ in range(50):
+            alarm_centre, ring_centre = _centre(page.locator(".bg-alarm-icon")), _centre(ring)
+            apart = (abs(alarm_centre[0] - ring_centre[0]), abs(alarm_centre[1] - ring_centre[1]))
+            if max(apart) < 15:
+                break
+            page.wait_for_timeout(100)
+        assert max(apart) < 15, apart
         page.screenshot(path=str(screenshot_path(f"police-mobile-reader-{lang}.png")))
         assert errors == []
+
+
+def _centre(locator: Locator) -> tuple[float, float]:
+    box = locator.bounding_box()
+    assert box is not None
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
