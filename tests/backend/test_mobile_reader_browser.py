@@ -74,7 +74,7 @@ def test_officer_sees_the_patrol_car_where_it_last_was_and_the_stolen_chip_it_he
         # Measured once the map has settled: while it pans or zooms to the alarm, Leaflet moves its marker icons
         # and its vector layer by separate transforms, and the two can be caught apart mid-animation.
         apart = (0.0, 0.0)
-        for _ in range(50):
+        for _ in range(100):
             alarm_centre, ring_centre = _centre(page.locator(".bg-alarm-icon")), _centre(ring)
             apart = (abs(alarm_centre[0] - ring_centre[0]), abs(alarm_centre[1] - ring_centre[1]))
             if max(apart) < 15:
