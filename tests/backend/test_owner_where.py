@@ -17,14 +17,22 @@ from tests.backend.conftest import Caller, Staff
 STATIONS = {"st-east": (30.270, 120.170), "st-mid": (30.270, 120.1585), "st-west": (30.270, 120.147)}
 
 
-def _passage(database_url: str, station_id: str, tag_hex: str, seconds_ago: float = 0.0, dwell_s: float = 60) -> None:
-    """A passage of the chip at a station, stamped by the database's clock (so after anything committed before)."""
+def _passage(
+    database_url: str,
+    station_id: str,
+    tag_hex: str,
+    seconds_ago: float = 0.0,
+    dwell_s: float = 60,
+    now: datetime | None = None,
+) -> None:
+    """A passage of the chip at a station, stamped by the database's clock (so after anything committed before), or
+    from `now` (several passages from one moment: their gaps are then exactly as asked, however slow the inserts)."""
     with psycopg.connect(database_url) as conn:
         conn.execute(
             "INSERT INTO sightings (first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna,"
-            " flags, batch_seq) VALUES (clock_timestamp() - make_interval(secs => %s),"
-            " clock_timestamp() - make_interval(secs => %s), %s, %s, 3, -60, 0, 0, 1)",
-            (seconds_ago, seconds_ago - dwell_s, station_id, int(tag_hex, 16)),
+            " flags, batch_seq) VALUES (coalesce(%s, clock_timestamp()) - make_interval(secs => %s),"
+            " coalesce(%s, clock_timestamp()) - make_interval(secs => %s), %s, %s, 3, -60, 0, 0, 1)",
+            (now, seconds_ago, now, seconds_ago - dwell_s, station_id, int(tag_hex, 16)),
         )
 
 
@@ -102,9 +110,11 @@ def test_an_owner_s_day_has_its_trip_summary(staff: Staff) -> None:
     owner = staff.owner_of(done)
     tag, bike_id = done["bike"]["tag_id"], done["bike"]["bike_id"]
     # Registered a moment ago: the day's ride is stamped from now on (the window asked for reaches ahead).
-    _passage(staff.database_url, "st-east", tag, seconds_ago=-60, dwell_s=600)  # parked 10 min
-    _passage(staff.database_url, "st-mid", tag, seconds_ago=-960, dwell_s=60)  # 5 min after leaving st-east
-    _passage(staff.database_url, "st-west", tag, seconds_ago=-1260, dwell_s=1200)  # 4 min on, parked 20 min
+    with psycopg.connect(staff.database_url) as conn:
+        now = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+    _passage(staff.database_url, "st-east", tag, seconds_ago=-60, dwell_s=600, now=now)  # parked 10 min
+    _passage(staff.database_url, "st-mid", tag, seconds_ago=-960, dwell_s=60, now=now)  # 5 min after leaving st-east
+    _passage(staff.database_url, "st-west", tag, seconds_ago=-1260, dwell_s=1200, now=now)  # 4 min on, parked 20 min
     until = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
 
     totals = owner.get(f"/api/bikes/{bike_id}/trajectory/summary", params={"until": until}).json()["totals"]
