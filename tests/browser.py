@@ -75,15 +75,18 @@ def _pictures_after_fonts(page: Page) -> None:
 
 
 @contextmanager
-def browser_page(width: int = 1400, height: int = 900) -> Iterator[Page]:
-    """A playwright Page in headless Chromium whose console errors are collected (see console_errors)."""
+def browser_page(width: int = 1400, height: int = 900, timezone_id: str | None = None) -> Iterator[Page]:
+    """A playwright Page in headless Chromium whose console errors are collected (see console_errors); the browser's
+    time zone is the machine's unless `timezone_id` (IANA) is given."""
     from playwright.sync_api import sync_playwright
 
     executable = require_chromium()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1)
+            context = browser.new_context(
+                viewport={"width": width, "height": height}, device_scale_factor=1, timezone_id=timezone_id
+            )
             page = context.new_page()
             errors = console_errors(page)
 

@@ -4,7 +4,9 @@ taken here are the ones in docs/counter.md and docs/owner.md."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
@@ -412,7 +414,9 @@ def test_owner_sees_where_the_bike_is_and_its_day_on_the_map(
                 " now() - make_interval(mins => %s), %s, %s, 3, -60, 0, 0, 1)",
                 (start_min, end_min, station_id, tag),
             )
-    with browser_page(1300, 1300) as page:
+    # The portal shows the day of the owner's own clock: a browser whose day began less than the ride's hour ago would
+    # rightly show the ride on the day before.
+    with browser_page(1300, 1300, timezone_id=_zone_where_the_past_hour_is_today()) as page:
         page.goto(f"{server}/portal?lang={lang}")
         _first_sign_in(page, done["owner_login"])
         page.wait_for_selector(".bg-bike .bg-where")
@@ -468,3 +472,12 @@ def test_owner_shares_the_bike_with_a_link_a_family_member_opens(
         page.screenshot(path=str(screenshot_path(f"shared-bike-{lang}.png")))
         assert console_errors(page) == []
         assert raw_keys(page) == []
+
+
+def _zone_where_the_past_hour_is_today() -> str:
+    """A time zone whose clock is past 01:15 now (one of three, eight and five hours apart, always is)."""
+    for zone in ("Asia/Shanghai", "Europe/London", "America/New_York"):
+        local = datetime.now(ZoneInfo(zone))
+        if local.hour * 60 + local.minute >= 75:
+            return zone
+    raise AssertionError("no zone past 01:15")
