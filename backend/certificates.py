@@ -11,17 +11,21 @@ import hashlib
 import hmac
 import io
 import struct
+from collections.abc import Callable
 from datetime import datetime
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import segno
 from psycopg.rows import dict_row
 
 from protocol.messages import format_tag
+
+if TYPE_CHECKING:
+    from fpdf import FPDF
 
 _TOKEN_PREFIX = "BG1"
 _MAC_BYTES = 16
@@ -175,19 +179,12 @@ def font_path() -> Path:
     return path
 
 
-def render_pdf(view: dict[str, Any], labels: dict[str, str], url: str, photo: bytes | None = None) -> bytes:
-    """A one-page A5 PDF of the certificate: title, fields (already masked), the QR code and the bike's photo (a JPEG
-    or PNG as backend.photos keeps it) under it.
-
-    Raises GlyphMissing when the font cannot show a character of the text (fpdf2 would only log a warning).
-    """
-    from fpdf import FPDF
+def cjk_font(pdf: FPDF, family: str) -> Callable[[object], str]:
+    """Add the project's Noto Sans CJK face to `pdf` as `family`, and return the text check that goes with it: a
+    value as the text to draw, or GlyphMissing when the face cannot show one of its characters (fpdf2 would only log
+    a warning and draw nothing)."""
     from fpdf.fonts import TTFFont
 
-    pdf = FPDF(orientation="L", unit="mm", format=(148, 210))  # A5
-    pdf.set_auto_page_break(False)
-    pdf.add_page()
-    family = "cert"
     pdf.add_font(family, fname=font_path(), collection_font_number=FONT_FACE)
     font = pdf.fonts[family]
     assert isinstance(font, TTFFont)  # add_font with a file always makes one
@@ -199,6 +196,23 @@ def render_pdf(view: dict[str, Any], labels: dict[str, str], url: str, photo: by
             if ord(character) not in glyphs and character not in _LINE_BREAKS:
                 raise GlyphMissing(character, s)
         return s
+
+    return text
+
+
+def render_pdf(view: dict[str, Any], labels: dict[str, str], url: str, photo: bytes | None = None) -> bytes:
+    """A one-page A5 PDF of the certificate: title, fields (already masked), the QR code and the bike's photo (a JPEG
+    or PNG as backend.photos keeps it) under it.
+
+    Raises GlyphMissing when the font cannot show a character of the text (fpdf2 would only log a warning).
+    """
+    from fpdf import FPDF
+
+    pdf = FPDF(orientation="L", unit="mm", format=(148, 210))  # A5
+    pdf.set_auto_page_break(False)
+    pdf.add_page()
+    family = "cert"
+    text = cjk_font(pdf, family)
 
     pdf.set_draw_color(30, 64, 175)
     pdf.set_line_width(0.8)

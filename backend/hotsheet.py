@@ -20,12 +20,11 @@ from psycopg.rows import dict_row
 
 from backend import audit, prediction
 from backend.access import Refused, Viewer
-from backend.certificates import FONT_FACE, GlyphMissing, font_path
+from backend.certificates import cjk_font
 from protocol.messages import format_tag
 
 WINDOW = timedelta(hours=24)
 NEXT_STATIONS = 3
-_LINE_BREAKS = "\n\r"
 
 # Theft reports filed in (at - window, at], the bike still registered, with what police circulate about it.
 _REPORTS = """
@@ -158,22 +157,11 @@ def render_pdf(sheet: HotSheet, labels: dict[str, str], photos: dict[int, bytes]
     """The sheet as an A4 portrait PDF, one bike per block (four to a page), each with its photo (`photos`: bike id
     → JPEG or PNG bytes) and no owner. Raises GlyphMissing when the font cannot show a character of the text."""
     from fpdf import FPDF
-    from fpdf.fonts import TTFFont
 
     pdf = FPDF(orientation="P", unit="mm", format="A4")
     pdf.set_auto_page_break(False)
     family = "sheet"
-    pdf.add_font(family, fname=font_path(), collection_font_number=FONT_FACE)
-    font = pdf.fonts[family]
-    assert isinstance(font, TTFFont)  # add_font with a file always makes one
-    glyphs = font.cmap
-
-    def text(value: object) -> str:
-        s = "" if value is None else str(value)
-        for character in s:
-            if ord(character) not in glyphs and character not in _LINE_BREAKS:
-                raise GlyphMissing(character, s)
-        return s
+    text = cjk_font(pdf, family)
 
     def header() -> float:
         pdf.add_page()

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg.rows import dict_row
 
-from backend.certificates import FONT_FACE, GlyphMissing, font_path
+from backend.certificates import cjk_font
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 3 * 366  # a period's reports are read one by one: bound the work a request may ask for
@@ -325,23 +325,12 @@ def render_pdf(result: dict[str, Any], labels: dict[str, str], lang: str, genera
     Raises GlyphMissing when the font cannot show a character of the text.
     """
     from fpdf import FPDF
-    from fpdf.fonts import TTFFont
 
     pdf = FPDF(orientation="P", unit="mm", format="A4")
     pdf.set_auto_page_break(False)
     pdf.add_page()
     family = "report"
-    pdf.add_font(family, fname=font_path(), collection_font_number=FONT_FACE)
-    font = pdf.fonts[family]
-    assert isinstance(font, TTFFont)  # add_font with a file always makes one
-    glyphs = font.cmap
-
-    def text(value: object) -> str:
-        s = "" if value is None else str(value)
-        for character in s:
-            if ord(character) not in glyphs:
-                raise GlyphMissing(character, s)
-        return s
+    text = cjk_font(pdf, family)
 
     p = result["period"]
     pdf.set_font(family, size=20)
