@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import termios
 import threading
 import time
-import tty
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
 
+from firmware_sim.radio import raw_pty
 from firmware_sim.roads import path_to
 from firmware_sim.town import Town
 
@@ -158,18 +157,7 @@ class SimulatedGps:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._master, self._slave = os.openpty()
-        try:
-            tty.setraw(self._slave)  # no echo, no CR/LF translation of what we write
-            attrs = termios.tcgetattr(self._slave)
-            attrs[4] = attrs[5] = termios.B9600
-            termios.tcsetattr(self._slave, termios.TCSANOW, attrs)
-            os.set_blocking(self._master, False)
-            self.port = os.ttyname(self._slave)
-        except OSError:
-            os.close(self._master)
-            os.close(self._slave)
-            raise
+        self._master, self._slave, self.port = raw_pty(9600)
         self.closed = False
 
     def __enter__(self) -> SimulatedGps:

@@ -66,6 +66,25 @@ class RadioStats:
     frames_corrupted: int = 0
 
 
+def raw_pty(baud_rate: int) -> tuple[int, int, str]:
+    """A pty pair in raw mode at `baud_rate` (115200 if the system has no such speed): (master, slave, slave's path).
+    The master does not block; a simulated device writes it, the software under test opens the path."""
+    master, slave = os.openpty()
+    try:
+        # Raw mode before anyone opens the slave: the default line discipline would echo,
+        # translate CR/LF and treat 0x03 as Ctrl-C in the bytes we write.
+        tty.setraw(slave)
+        attrs = termios.tcgetattr(slave)
+        attrs[4] = attrs[5] = getattr(termios, f"B{baud_rate}", termios.B115200)
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        os.set_blocking(master, False)
+        return master, slave, os.ttyname(slave)
+    except OSError:
+        os.close(master)
+        os.close(slave)
+        raise
+
+
 class RadioModule:
     """One station's radio module on a pty pair; a context manager that closes both fds.
 
@@ -109,21 +128,7 @@ class RadioModule:
         self._next_drain_at = self._started_at
         self._pacer: threading.Thread | None = None
         self._stop = threading.Event()
-        self._master, self._slave = os.openpty()
-        try:
-            # Raw mode before anyone opens the slave: the default line discipline would echo,
-            # translate CR/LF and treat 0x03 as Ctrl-C in the bytes we write.
-            tty.setraw(self._slave)
-            attrs = termios.tcgetattr(self._slave)
-            speed = getattr(termios, f"B{baud_rate}", termios.B115200)
-            attrs[4] = attrs[5] = speed
-            termios.tcsetattr(self._slave, termios.TCSANOW, attrs)
-            os.set_blocking(self._master, False)
-            self.port = os.ttyname(self._slave)
-        except OSError:
-            os.close(self._master)
-            os.close(self._slave)
-            raise
+        self._master, self._slave, self.port = raw_pty(baud_rate)
         self.closed = False
 
     def __enter__(self) -> RadioModule:
