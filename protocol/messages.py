@@ -137,9 +137,18 @@ Instant = Annotated[
 Version = Annotated[Literal[1], JsonForm(core_schema.int_schema(strict=True), core_schema.literal_schema([VERSION]))]
 
 
+# The forms a sighting row takes (AnySightingRow below).
+_ROW_FORMS: Final = frozenset({"SightingRow", "SightingV2Row"})
+
+
 def _message_error(exc: ValidationError, raw: bytes) -> MessageError:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "payload"
+    errors = exc.errors()
+    first = errors[0]
+    if first["type"] == "missing" and first["loc"][-2:] == ("SightingRow", "tag_id") and "heard" in first["input"]:
+        # A v2 row is not a v1 row without its tag id: what is wrong is what its own form found.
+        first = next((e for e in errors if "SightingV2Row" in e["loc"]), first)
+    # A row's form names its errors (sightings.0.SightingRow.beacons): where it is, is without it.
+    where = ".".join(str(p) for p in first["loc"] if p not in _ROW_FORMS) or "payload"
     return MessageError(f"{where}: {first['msg']} ({exc.error_count()} errors)", raw)
 
 
@@ -187,12 +196,26 @@ class ReaderPosition(BaseModel):
     fix_at: Instant
 
 
+# A v2 chip's beacon as it was on the air (protocol.beacon_v2.AirBeacon): 18 bytes as 36 lower-case hex digits, its
+# format version 02 first. A station cannot read which chip sent it; it forwards it for the backend to resolve.
+AirBeaconHex = Annotated[str, Field(pattern=r"^02[0-9a-f]{34}$", description="a v2 beacon's 18 bytes, hex")]
+# A v2 passage carries its first beacon and, when it has more than one, its last: the backend checks the MAC and the
+# counter of both (a clone that replays one captured beacon over and over repeats its counter).
+HEARD_MAX: Final = 2
+
+
 class Sighting(BaseModel):
-    """One passage of one tag at one station: what the gateway aggregates from its beacons."""
+    """One passage of one tag at one station: what the gateway aggregates from its beacons.
+
+    A v1 chip's passage names its `tag_id`; a v2 chip's names none (the station does not know it) and carries the
+    passage's first and last beacons in `heard` instead, which the backend resolves to the chip (contract v1 with an
+    optional field, as the reader position was added: a gateway that hears no v2 chip sends what it always did).
+    """
 
     model_config = _CONFIG
 
-    tag_id: TagId
+    tag_id: TagId | None = None
+    heard: list[AirBeaconHex] | None = Field(default=None, min_length=1, max_length=HEARD_MAX)
     first_seen_at: Instant
     last_seen_at: Instant
     beacons: int = Field(ge=1, le=1_000_000)
@@ -200,6 +223,17 @@ class Sighting(BaseModel):
     antenna: int = Field(ge=0, le=255)
     flags: int = Field(ge=0, le=0xFF, description="TagFlags bits: 1 low battery, 2 tamper, 4 motion")
     position: ReaderPosition | None = Field(default=None, description="a mobile reader's fix at the peak beacon")
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> Sighting:
+        _check_identity(self.tag_id, self.heard)
+        return self
+
+
+def _check_identity(tag_id: str | None, heard: object) -> None:
+    """A sighting or alert names its chip in exactly one way: a v1 tag id, or the v2 beacons heard."""
+    if (tag_id is None) == (heard is None):
+        raise ValueError("exactly one of tag_id (a v1 chip) and heard (a v2 chip's beacons) is required")
 
 
 class SightingBatch(_Message):
@@ -220,16 +254,23 @@ class Alert(_Message):
 
     station_id: StationId
     kind: Literal["hotlist_hit", "tamper"]
-    tag_id: TagId
+    tag_id: TagId | None = None
+    heard: AirBeaconHex | None = Field(default=None, description="a v2 chip's beacon that raised it, for the backend")
     seen_at: Instant
     rssi_dbm: int = Field(ge=-128, le=127)
     antenna: int = Field(ge=0, le=255)
     hotlist_version: int | None = None
     position: ReaderPosition | None = Field(default=None, description="a mobile reader's fix when it heard the tag")
 
+    @model_validator(mode="after")
+    def _one_identity(self) -> Alert:
+        _check_identity(self.tag_id, self.heard)
+        return self
+
     def to_json(self) -> bytes:
-        """The compact JSON payload; without a position, no `position` key (as before issue 16)."""
-        return dumps(self.model_dump(mode="json", exclude={"position"} if self.position is None else None))
+        """The compact JSON payload; without a position, no `position` key (as before issue 16), and only the one of
+        `tag_id` and `heard` that names the chip."""
+        return dumps(self.model_dump(mode="json", exclude_none=True))
 
 
 # Bounds one confirmation message (about 14 bytes a seq); a flush that stored more is confirmed in several.
@@ -486,21 +527,35 @@ def parse_selftest(raw: bytes) -> SelfTestMessage:
 
 
 def _rows_of(model: type[BaseModel], name: str, **override: Any) -> Any:
-    """The same fields and constraints as `model`, as a TypedDict: validated without building objects."""
+    """The same fields and constraints as `model`, as a TypedDict: validated without building objects. An override
+    gives a field another type, or leaves it out when it is None."""
     fields: dict[str, Any] = {
         n: Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation for n, f in model.model_fields.items()
     }
     fields.update(override)
+    fields = {n: t for n, t in fields.items() if t is not None}
     return with_config(ConfigDict(strict=True))(TypedDict(name, fields))  # type: ignore[operator]
 
 
 PositionRow = _rows_of(ReaderPosition, "PositionRow")
-# A fixed station's sightings have no `position` key at all: nothing more to validate on the hot path.
-SightingRow = _rows_of(Sighting, "SightingRow", position=NotRequired[PositionRow | None])
+# A fixed station's sightings have no `position` key at all: nothing more to validate on the hot path. A v1 row has
+# its tag id and no `heard`; a v2 row the other way round (the rows' two forms of Sighting._one_identity).
+SightingRow = _rows_of(Sighting, "SightingRow", tag_id=TagId, heard=None, position=NotRequired[PositionRow | None])
+SightingV2Row = _rows_of(
+    Sighting,
+    "SightingV2Row",
+    tag_id=None,
+    heard=Annotated[list[AirBeaconHex], Field(min_length=1, max_length=HEARD_MAX)],
+    position=NotRequired[PositionRow | None],
+)
+
+
+# Left to right: a v1 row (every row of a station without v2 chips) is validated once, at no more cost than before.
+AnySightingRow = Annotated[SightingRow | SightingV2Row, Field(union_mode="left_to_right")]  # type: ignore[valid-type]
 SightingBatchRows = _rows_of(
     SightingBatch,
     "SightingBatchRows",
-    sightings=Annotated[list[SightingRow], Field(max_length=10_000)],  # type: ignore[valid-type]  # built at runtime
+    sightings=Annotated[list[AnySightingRow], Field(max_length=10_000)],
 )
 _BATCH_ROWS: TypeAdapter[Any] = TypeAdapter(SightingBatchRows)
 

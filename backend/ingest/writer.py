@@ -208,10 +208,13 @@ def _sort_repeats(
 
 
 def write_alerts(conn: psycopg.Connection, alerts: Iterable[Alert]) -> WriteResult:
-    """Store station alerts (idempotent); the new ones are handed back for the alarm engine."""
+    """Store station alerts (idempotent); the new ones are handed back for the alarm engine. A v2 chip's alert is
+    stored once resolved to its tag id (backend.ingest.v2); one still without a tag id is not this function's."""
     result = WriteResult()
     # In key order, like the batches: concurrent workers lock the same rows in one order.
-    items = sorted(alerts, key=lambda a: (a.station_id, a.kind, a.tag_id, a.seen_at))
+    items = sorted(
+        (a for a in alerts if a.tag_id is not None), key=lambda a: (a.station_id, a.kind, a.tag_id or "", a.seen_at)
+    )
     if not items:
         return result
     with conn.cursor() as cur:
@@ -224,7 +227,7 @@ def write_alerts(conn: psycopg.Connection, alerts: Iterable[Alert]) -> WriteResu
             (
                 [a.station_id for a in items],
                 [a.kind for a in items],
-                [parse_tag(a.tag_id) for a in items],
+                [parse_tag(a.tag_id or "") for a in items],
                 [a.seen_at for a in items],
                 [a.rssi_dbm for a in items],
                 [a.antenna for a in items],
