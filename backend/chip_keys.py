@@ -37,7 +37,8 @@ CableErrorCode = Literal[
     "v2_cable_unset", "v2_cable_silent", "v2_chip_other", "v2_chip_keyed", "v2_chip_refused", "v2_key_check_failed"
 ]
 
-_ACTIVE_KEYS = "SELECT tag_id, key_ciphertext FROM chip_keys WHERE retired_at IS NULL ORDER BY tag_id"
+# Every v2 chip whose key resolves its beacons (retired keys are erased).
+ACTIVE_KEYS = "SELECT tag_id, key_ciphertext FROM chip_keys WHERE retired_at IS NULL ORDER BY tag_id"
 
 
 class CableError(Exception):
@@ -135,16 +136,17 @@ def _decrypted(vault: Vault, rows: list[tuple[Any, ...]]) -> list[tuple[int, byt
 def active_v2_keys(conn: psycopg.Connection[Any], vault: Vault) -> list[tuple[int, bytes]]:
     """(tag id, key) of every v2 chip whose key is not retired, decrypted, by tag id: what the resolution of
     ephemeral ids computes its tables from. Raises VaultError when a key does not decrypt."""
-    return _decrypted(vault, conn.execute(_ACTIVE_KEYS).fetchall())
+    return _decrypted(vault, conn.execute(ACTIVE_KEYS).fetchall())
 
 
 async def active_v2_keys_async(conn: psycopg.AsyncConnection[Any], vault: Vault) -> list[tuple[int, bytes]]:
     """active_v2_keys on an asynchronous connection."""
-    cur = await conn.execute(_ACTIVE_KEYS)
+    cur = await conn.execute(ACTIVE_KEYS)
     return _decrypted(vault, await cur.fetchall())
 
 
 __all__ = [
+    "ACTIVE_KEYS",
     "CHIP_KINDS",
     "CableError",
     "CableErrorCode",

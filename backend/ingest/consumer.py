@@ -35,8 +35,10 @@ from backend.ingest.lanes import DeferredPassages, Lane
 from backend.ingest.notices import StationNotices
 from backend.ingest.rejects import kind_of
 from backend.ingest.stations import UNKNOWN_REASON, KnownStations
+from backend.ingest.v2 import V2Resolution
 from backend.ingest.window import TimeWindow
 from backend.settings import BackendSettings
+from backend.vault import Vault
 from backend.zones.crossings import ZoneCache
 from protocol import topics
 from protocol.messages import (
@@ -203,6 +205,8 @@ class Ingest:
         self.known = KnownStations(settings.ingest_station_refresh_s)
         self.window = TimeWindow.of(settings)
         self._theft_lookback = timedelta(seconds=settings.police_theft_lookback_s)
+        # v2 chips' beacons resolved to their chips with the keys the vault opens (backend.ingest.v2).
+        self.v2 = V2Resolution(Vault.from_settings(settings))
         # This worker's copy of the zones, for the border crossings of stolen chips' alarms.
         self._zones = ZoneCache()
         # A station sending what is refused (a clock gone wrong sends it all the time) is logged once a minute per
@@ -484,8 +488,8 @@ class Ingest:
 
     def _write_all(self, conn: psycopg.Connection, flush: _Flush) -> None:
         screen(conn, flush, self.known)
-        flush.result = writer.write_alerts(conn, flush.alerts)
-        flush.result.add(writer.write_batches(conn, flush.batches))
+        flush.result = writer.write_alerts(conn, self.v2.resolve_alerts(conn, flush.alerts))
+        flush.result.add(writer.write_batches(conn, flush.batches, self.v2.resolve_sightings))
         flush.lost = gaps.close_lost(conn, flush.gone)
         writer.write_rejects(conn, flush.result.conflicts, self.settings.ingest_reject_max_raw_bytes)
         received_at = utcnow()

@@ -6,7 +6,7 @@ judges in the same transaction (backend.alarms.engine).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,6 +44,8 @@ class WriteResult:
     batches_repeated: int = 0
     sightings: int = 0
     alerts_new: int = 0
+    # v2 sightings written without a resolution to give them their tag ids: not stored.
+    v2_unresolved: int = 0
     # Batches that reuse a stored (station_id, batch_seq) with other content: (topic, reason, raw bytes), to keep.
     conflicts: list[tuple[str, str, bytes]] = field(default_factory=list)
     # The new passages and alerts, for the alarm engine once the transaction committed.
@@ -55,11 +57,18 @@ class WriteResult:
         self.batches_repeated += other.batches_repeated
         self.sightings += other.sightings
         self.alerts_new += other.alerts_new
+        self.v2_unresolved += other.v2_unresolved
         self.conflicts.extend(other.conflicts)
         self.committed.extend(other.committed)
 
 
-def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -> WriteResult:
+# Given the new batches, each one's sightings with its v2 chips' resolved to tag ids (backend.ingest.v2).
+ResolveV2 = Callable[[psycopg.Connection, list[dict[str, Any]]], list[list[dict[str, Any]]]]
+
+
+def write_batches(
+    conn: psycopg.Connection, batches: Iterable[dict[str, Any]], resolve_v2: ResolveV2 | None = None
+) -> WriteResult:
     """Store sighting batches (as parse_batch_rows gives them) in the current transaction.
 
     A batch seen before changes nothing. The batch ids go in first with ON CONFLICT DO NOTHING; only the
@@ -67,6 +76,9 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
     and MQTT redeliveries stay exact. A batch may carry its raw bytes as "payload" and their hash as
     "payload_sha256" (the ingest's validate() adds them): the same (station_id, batch_seq) with other content is
     then a conflict, handed back with its raw bytes to be kept, while the stored batch stays as it is.
+
+    A v2 chip's sighting names no tag id: `resolve_v2` gives the new batches' sightings resolved, before any is
+    written; without it, v2 sightings are not stored (counted in `v2_unresolved`).
     """
     received: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for b in batches:
@@ -92,6 +104,7 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
         ).fetchall()
         new = [unique[(r[0], r[1])] for r in rows]
         result.batches_new = len(new)
+        new = _resolved(conn, new, resolve_v2, result)
         _sort_repeats(cur, received, {(r[0], r[1]) for r in rows}, result)
         # The new passages, column by column (no object per row): what the alarm engine judges. Each column is built
         # by one comprehension per batch, cheaper than five appends per row.
@@ -130,6 +143,18 @@ def write_batches(conn: psycopg.Connection, batches: Iterable[dict[str, Any]]) -
             result.sightings += _write_mobile(cur, mobile, passages)
         result.committed.passages.extend(passages)
     return result
+
+
+def _resolved(
+    conn: psycopg.Connection, batches: list[dict[str, Any]], resolve_v2: ResolveV2 | None, result: WriteResult
+) -> list[dict[str, Any]]:
+    """The batches with their sightings as the COPY takes them: every one with a tag id."""
+    if resolve_v2 is not None:
+        sightings = resolve_v2(conn, batches)
+    else:
+        sightings = [[s for s in b["sightings"] if "tag_id" in s] for b in batches]
+        result.v2_unresolved += sum(len(b["sightings"]) - len(s) for b, s in zip(batches, sightings, strict=True))
+    return [b if s is b["sightings"] else {**b, "sightings": s} for b, s in zip(batches, sightings, strict=True)]
 
 
 def _write_mobile(cur: psycopg.Cursor[Any], batches: list[dict[str, Any]], passages: Passages) -> int:

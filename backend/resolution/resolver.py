@@ -147,6 +147,24 @@ class Resolver:
             for tag_id, index in list(self._drifted_index.items()):
                 self._place_drifted(tag_id, index, centre)
 
+    def tags_of(self, payload: bytes) -> set[int]:
+        """The chips a v2 air payload may be from (its eid looked up, no key used): whose state to load before
+        resolving it. BeaconPayloadError when the bytes are not a v2 beacon."""
+        eid = AirBeacon.from_bytes(payload).eid
+        self._follow_table()
+        tags = {c.tag_id for c in self.table.lookup(eid)}
+        tags.update(c.tag_id for c in self._drifted.entries.get(eid, ()))
+        return tags
+
+    def load(self, states: dict[int, ChipState | None]) -> None:
+        """Take these chips' states as the truth (None: the chip has none yet), replacing what this resolver
+        held: several ingest workers share them through the database (backend.ingest.v2)."""
+        for tag_id, state in states.items():
+            if state is None:
+                self.chips.pop(tag_id, None)
+            else:
+                self.chips[tag_id] = state
+
     def resolve(self, payload: bytes, heard_at: datetime, station_id: str = "") -> Resolution:
         """Judge one v2 air payload heard at `heard_at` (timezone-aware) by `station_id`.
 

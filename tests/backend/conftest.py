@@ -113,6 +113,7 @@ def ingest(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[Ing
         mqtt_url=broker.url,
         mqtt_client_id=f"ingest-{topic_prefix}",
         mqtt_shared_group=f"ingest-{topic_prefix}" if broker.supports_shared_subscriptions else None,
+        **factories.SECRETS,  # the vault the factories keep v2 chips' keys with
     )
     worker = Ingest(settings)
     worker.start()

@@ -1,0 +1,296 @@
+"""v2 chips in the ingest: each v2 sighting and alert resolved to its chip before anything stores it.
+
+A station forwards a v2 passage's first and last beacons (`heard`, protocol.messages) without knowing the chip. In
+the flush's transaction this module looks their eids up (backend.resolution), locks and loads the states of the
+chips they may be from (chip_beacon_states, shared by every worker: a replay heard by a station another worker
+serves is still compared with the highest counter accepted), resolves every beacon in the order it was heard, writes
+the states back, and hands the writer plain rows with their tag ids. A sighting whose beacon is a replay or a forgery
+is not the chip's passage: it raises a cloned-chip alarm with the evidence and is not stored. A beacon no active chip
+sends (a chip of another county, one fitted a moment ago) is counted and the newest kept for inspection; a chip
+fitted since the table was built is picked up at the next refresh, which an unknown beacon brings forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import psycopg
+
+from backend import chip_keys
+from backend.alarms import store
+from backend.alarms.evidence import Evidence
+from backend.resolution import ChipState, Resolution, ResolutionTable, Resolver, Verdict, join_window_splits
+from backend.vault import Vault, VaultError
+from protocol.beacon_v2 import BeaconPayloadError, window_of
+from protocol.messages import Alert, format_tag
+
+log = logging.getLogger(__name__)
+
+# A chip fitted at the counter beacons at once; its first beacons wait at most this long for the ingest to know it.
+UNKNOWN_REFRESH_S: Final = 5.0
+# Chips retired (a replaced chip, a deregistered bike) stop resolving within this long.
+REFRESH_S: Final = 60.0
+# written_at is the fitting transaction's start, which may commit later: look back this far past the last refresh.
+_COMMIT_SLACK_S: Final = 300.0
+
+_STATE_COLUMNS: Final = 'tag_id, counter, heard_at, station_id, "window", payload, offset_lo_s, offset_hi_s, offset_at'
+
+
+@dataclass(slots=True)
+class _Beacon:
+    """One beacon of a v2 sighting or alert, waiting for its verdict."""
+
+    payload: bytes
+    heard_at: datetime
+    station_id: str
+    resolution: Resolution | None = None
+
+
+@dataclass
+class V2Counters:
+    """What the resolution did since the worker started (by verdict, and what became of the sightings)."""
+
+    beacons: Counter[str] = field(default_factory=Counter)  # by Verdict
+    sightings_resolved: int = 0
+    sightings_unknown: int = 0  # no active chip sends that eid: not stored
+    sightings_cloned: int = 0  # a replayed or forged beacon: an alarm, not stored
+    alerts_resolved: int = 0
+    alerts_dropped: int = 0  # unknown or cloned
+    keys_unreadable: int = 0  # chip keys the vault could not open (logged): those chips do not resolve
+    malformed: int = 0  # heard bytes that are not a v2 beacon (the row pattern makes this rare)
+    refreshes: int = 0
+
+
+class V2Resolution:
+    """One ingest worker's resolution of v2 beacons: the table of eids and the chips' states, loaded from and kept in
+    the database. Thread-safe: the worker's sightings and alerts writers share it."""
+
+    def __init__(self, vault: Vault, clock: Callable[[], float] = time.time) -> None:
+        self._vault = vault
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._resolver: Resolver | None = None
+        self._active: set[int] = set()
+        self._refreshed_at = 0.0  # by self._clock
+        self._since: datetime | None = None  # the database's time of the last refresh
+        self._unknown_since_refresh = False
+        self.counters = V2Counters()
+
+    @property
+    def chips(self) -> int:
+        """How many v2 chips resolve now."""
+        return len(self._active)
+
+    @property
+    def table_bytes(self) -> int:
+        """Memory of the resolution table (0 before the first v2 beacon)."""
+        return self._resolver.table.nbytes if self._resolver else 0
+
+    def unknown(self) -> list[tuple[str, datetime, bytes]]:
+        """The latest beacons no chip resolved, for inspection: (station, heard at, bytes on the air)."""
+        return list(self._resolver.unknown) if self._resolver else []
+
+    # the keys
+
+    def _refresh(self, conn: psycopg.Connection) -> Resolver:
+        """The resolver, built at the first v2 beacon and kept current: chips fitted or retired since, the windows
+        moved to the current one."""
+        now = self._clock()
+        resolver = self._resolver
+        due = now - self._refreshed_at >= (UNKNOWN_REFRESH_S if self._unknown_since_refresh else REFRESH_S)
+        if resolver is None:
+            at = self._db_now(conn)
+            keys = self._decrypted(conn.execute(chip_keys.ACTIVE_KEYS).fetchall())
+            resolver = self._resolver = Resolver(ResolutionTable(keys, window_of(now)))
+            self._active = {tag for tag, _ in keys}
+            self._since, self._refreshed_at, self._unknown_since_refresh = at, now, False
+            self.counters.refreshes += 1
+            log.info("v2 resolution built for %d chips (%d bytes)", len(keys), resolver.table.nbytes)
+        elif due:
+            self._pick_up_changes(conn, resolver)
+            self._refreshed_at, self._unknown_since_refresh = now, False
+            self.counters.refreshes += 1
+        if resolver.table.centre != window_of(now):
+            resolver.advance(window_of(now))
+        return resolver
+
+    def _db_now(self, conn: psycopg.Connection) -> datetime:
+        row = conn.execute("SELECT now()").fetchone()
+        assert row is not None
+        at: datetime = row[0]
+        return at
+
+    def _pick_up_changes(self, conn: psycopg.Connection, resolver: Resolver) -> None:
+        at = self._db_now(conn)
+        since = datetime.fromtimestamp((self._since or at).timestamp() - _COMMIT_SLACK_S, UTC)
+        rows = conn.execute(
+            "SELECT tag_id, key_ciphertext FROM chip_keys WHERE greatest(written_at, retired_at) > %s", (since,)
+        ).fetchall()
+        fitted = self._decrypted([(t, blob) for t, blob in rows if blob is not None and int(t) not in self._active])
+        retired = [int(t) for t, blob in rows if blob is None and int(t) in self._active]
+        if fitted:
+            resolver.table.add_chips(fitted)
+            self._active.update(t for t, _ in fitted)
+        for tag in retired:
+            resolver.table.retire(tag)
+            self._active.discard(tag)
+        if fitted or retired:
+            log.info("v2 resolution: %d chips fitted, %d retired since the last look", len(fitted), len(retired))
+        self._since = at
+
+    def _decrypted(self, rows: list[tuple[Any, Any]]) -> list[tuple[int, bytes]]:
+        """(tag id, key) of the rows whose key the vault opens; a key that does not open (the vault's key changed,
+        a row copied from another chip) is logged and counted, and its chip does not resolve: the others still do."""
+        keys: list[tuple[int, bytes]] = []
+        for tag, blob in rows:
+            try:
+                keys.append((int(tag), self._vault.decrypt_chip_key(int(tag), bytes(blob))))
+            except VaultError as exc:
+                self.counters.keys_unreadable += 1
+                log.error("v2 chip %s does not resolve: %s", format_tag(int(tag)), exc)
+        return keys
+
+    # the states
+
+    def _load_states(self, conn: psycopg.Connection, resolver: Resolver, beacons: list[_Beacon]) -> set[int]:
+        tags: set[int] = set()
+        for b in beacons:
+            try:
+                tags |= resolver.tags_of(b.payload)
+            except BeaconPayloadError:
+                continue
+        if not tags:
+            return tags
+        rows = conn.execute(
+            f"SELECT {_STATE_COLUMNS} FROM chip_beacon_states WHERE tag_id = ANY(%s) ORDER BY tag_id FOR UPDATE",
+            (sorted(tags),),
+        ).fetchall()
+        states: dict[int, ChipState | None] = dict.fromkeys(tags)
+        for tag, counter, heard_at, station, window, payload, lo, hi, offset_at in rows:
+            states[int(tag)] = ChipState(
+                int(counter), heard_at.timestamp(), station, int(window), bytes(payload), lo, hi, offset_at.timestamp()
+            )
+        resolver.load(states)
+        return tags
+
+    def _save_states(self, conn: psycopg.Connection, resolver: Resolver, tags: set[int]) -> None:
+        states = [(tag, resolver.chips[tag]) for tag in sorted(tags) if tag in resolver.chips]
+        if not states:
+            return
+        conn.execute(
+            f"INSERT INTO chip_beacon_states ({_STATE_COLUMNS})"
+            " SELECT * FROM unnest(%s::int8[], %s::int8[], %s::timestamptz[], %s::text[], %s::int8[], %s::bytea[],"
+            " %s::float8[], %s::float8[], %s::timestamptz[])"
+            " ON CONFLICT (tag_id) DO UPDATE SET counter = EXCLUDED.counter, heard_at = EXCLUDED.heard_at,"
+            ' station_id = EXCLUDED.station_id, "window" = EXCLUDED."window", payload = EXCLUDED.payload,'
+            " offset_lo_s = EXCLUDED.offset_lo_s, offset_hi_s = EXCLUDED.offset_hi_s, offset_at = EXCLUDED.offset_at"
+            " WHERE EXCLUDED.counter >= chip_beacon_states.counter",
+            (
+                [t for t, _ in states],
+                [s.counter for _, s in states],
+                [datetime.fromtimestamp(s.heard_at, UTC) for _, s in states],
+                [s.station_id for _, s in states],
+                [s.window for _, s in states],
+                [s.payload for _, s in states],
+                [s.offset_lo_s for _, s in states],
+                [s.offset_hi_s for _, s in states],
+                [datetime.fromtimestamp(s.offset_at, UTC) for _, s in states],
+            ),
+        )
+
+    def _judge(self, conn: psycopg.Connection, beacons: list[_Beacon]) -> list[Evidence]:
+        """Resolve `beacons` in the order they were heard, with the chips' shared states locked; raise the
+        cloned-chip alarms their evidence proves."""
+        resolver = self._refresh(conn)
+        tags = self._load_states(conn, resolver, beacons)
+        evidence: list[Evidence] = []
+        for b in sorted(beacons, key=lambda b: b.heard_at):
+            try:
+                b.resolution = r = resolver.resolve(b.payload, b.heard_at, b.station_id)
+            except BeaconPayloadError:
+                self.counters.malformed += 1
+                continue
+            self.counters.beacons[r.verdict] += 1
+            if r.verdict is Verdict.UNKNOWN:
+                self._unknown_since_refresh = True
+            if r.evidence is not None:
+                log.warning("cloned v2 chip %s: %s", format_tag(r.evidence.tag_id), r.evidence.as_dict())
+                evidence.append(r.evidence.as_alarm())
+        self._save_states(conn, resolver, tags)
+        if evidence:
+            with conn.cursor() as cur:
+                store.raise_evidence(cur, evidence)
+        return evidence
+
+    # what the ingest calls
+
+    def resolve_sightings(self, conn: psycopg.Connection, batches: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Each batch's sightings with its v2 ones resolved: given their tag id, joined where a window change
+        split a passage, and left out when unknown or cloned (counted; a clone's alarm raised). A batch without v2
+        sightings comes back as it was (the same list)."""
+        wanted = [(b, [s for s in b["sightings"] if "heard" in s]) for b in batches]
+        if not any(v2 for _, v2 in wanted):
+            return [b["sightings"] for b in batches]
+        passages: list[tuple[dict[str, Any], list[_Beacon]]] = []
+        for b, v2 in wanted:
+            for s in v2:
+                heard = s["heard"]
+                times = (s["first_seen_at"], s["last_seen_at"])
+                passages.append(
+                    (s, [_Beacon(bytes.fromhex(h), at, b["station_id"]) for h, at in zip(heard, times, strict=False)])
+                )
+        with self._lock:
+            self._judge(conn, [b for _, beacons in passages for b in beacons])
+        rows = {id(s): self._row(s, beacons) for s, beacons in passages}
+        out: list[list[dict[str, Any]]] = []
+        for b, v2 in wanted:
+            if not v2:
+                out.append(b["sightings"])
+                continue
+            plain = [s for s in b["sightings"] if "heard" not in s]
+            resolved = [r for s in v2 if (r := rows[id(s)]) is not None]
+            out.append(plain + join_window_splits({**r, "station_id": b["station_id"]} for r in resolved))
+        return out
+
+    def _row(self, sighting: dict[str, Any], beacons: list[_Beacon]) -> dict[str, Any] | None:
+        results = [b.resolution for b in beacons]
+        if any(r is not None and r.evidence is not None for r in results):
+            self.counters.sightings_cloned += 1
+            return None
+        tags = {r.tag_id for r in results if r is not None and r.tag_id is not None}
+        if not all(r is not None and r.verdict in (Verdict.OK, Verdict.DUPLICATE) for r in results) or len(tags) != 1:
+            self.counters.sightings_unknown += 1
+            return None
+        self.counters.sightings_resolved += 1
+        last = results[-1]
+        assert last is not None
+        row = {k: v for k, v in sighting.items() if k != "heard"}
+        row["tag_id"] = format_tag(tags.pop())
+        row["window"] = last.window
+        return row
+
+    def resolve_alerts(self, conn: psycopg.Connection, alerts: Iterable[Alert]) -> list[Alert]:
+        """The alerts with the v2 ones given their chip's tag id; an alert whose beacon resolves to no chip, or is
+        a replay or forgery (its alarm raised), is left out and counted. v1 alerts pass as they are."""
+        alerts = list(alerts)
+        v2 = [(a, _Beacon(bytes.fromhex(a.heard), a.seen_at, a.station_id)) for a in alerts if a.heard is not None]
+        if not v2:
+            return alerts
+        with self._lock:
+            self._judge(conn, [b for _, b in v2])
+        resolved: dict[int, Alert] = {}
+        for a, b in v2:
+            r = b.resolution
+            if r is None or r.tag_id is None or r.verdict not in (Verdict.OK, Verdict.DUPLICATE):
+                self.counters.alerts_dropped += 1
+                continue
+            self.counters.alerts_resolved += 1
+            resolved[id(a)] = a.model_copy(update={"tag_id": format_tag(r.tag_id)})
+        return [resolved[id(a)] if a.heard is not None else a for a in alerts if a.heard is None or id(a) in resolved]

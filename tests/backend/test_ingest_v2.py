@@ -1,0 +1,231 @@
+"""v2 chips through the real broker and database: their beacons resolved to the chip, a clone's to an alarm."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from backend.ingest.v2 import V2Resolution
+from firmware_sim.clone import CloneAttacker
+from protocol import topics
+from protocol.beacon_v2 import WINDOW_S, AirBeacon, ChipKey, key_check_value, window_of
+from protocol.frames import TagFlags
+from protocol.messages import Alert, format_tag, parse_batch_rows, utcnow
+from tests import factories
+from tests.backend.test_ingest import count, wait_until
+
+
+def fit_v2(conn: psycopg.Connection, tag_id: int, seed: int) -> tuple[int, ChipKey]:
+    """A bike carrying a v2 chip with its key kept as the counter keeps it; returns (bike id, the chip's key)."""
+    key = random.Random(seed).randbytes(16)
+    bike_id = factories.bike(conn, tag_id)
+    conn.execute("UPDATE chips SET kind = 'v2' WHERE tag_id = %s", (tag_id,))
+    conn.execute(
+        "INSERT INTO chip_keys (tag_id, key_ciphertext, key_check) VALUES (%s, %s, %s)",
+        (tag_id, factories.VAULT.encrypt_chip_key(tag_id, key), key_check_value(key)),
+    )
+    return bike_id, ChipKey(key)
+
+
+def v2_sighting(first: AirBeacon, last: AirBeacon | None, at: datetime, beacons: int = 4) -> dict[str, Any]:
+    """A v2 passage as a gateway sends it: its first and last beacons heard, no tag id."""
+    heard = [first.to_bytes().hex()] + ([last.to_bytes().hex()] if last else [])
+    return {
+        "heard": heard,
+        "first_seen_at": at.isoformat(),
+        "last_seen_at": (at + timedelta(seconds=2 * (beacons - 1))).isoformat(),
+        "beacons": beacons,
+        "peak_rssi_dbm": -58,
+        "antenna": 1,
+        "flags": int(first.flags),
+    }
+
+
+def batch(station: str, seq: int, *sightings: dict[str, Any]) -> bytes:
+    sent = utcnow().isoformat()
+    return orjson.dumps({"v": 1, "station_id": station, "batch_seq": seq, "sent_at": sent, "sightings": sightings})
+
+
+def now_in_window() -> datetime:
+    """Now, moved back so that the next 60 s stay in one window (a test must not straddle a window change)."""
+    now = utcnow().replace(microsecond=0)
+    left = (window_of(now.timestamp()) + 1) * WINDOW_S - now.timestamp()
+    return now - timedelta(seconds=max(0.0, 90 - left))
+
+
+def test_a_v2_passage_is_stored_as_its_chips_and_a_v1_one_beside_it_as_before(
+    ingest, publish, database_url, topic_prefix
+):
+    station = f"{topic_prefix}-v2a"
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+        factories.bike(conn, 0x00C1A001)  # a v1 chip
+        _, key = fit_v2(conn, 0x00C2B001, 1)
+    at = now_in_window()
+    w = window_of(at.timestamp())
+    v1 = {
+        "tag_id": format_tag(0x00C1A001),
+        "first_seen_at": at.isoformat(),
+        "last_seen_at": at.isoformat(),
+        "beacons": 1,
+        "peak_rssi_dbm": -70,
+        "antenna": 0,
+        "flags": 0,
+    }
+    v2 = v2_sighting(key.seal(w, 100, TagFlags.MOTION), key.seal(w, 103, TagFlags.MOTION), at)
+    publish(topics.station_topic(station, "sightings"), batch(station, 1, v1, v2))
+    wait_until(lambda: count(database_url, "SELECT count(*) FROM sightings WHERE station_id = %s", station) >= 2)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT tag_id, beacons, flags FROM sightings WHERE station_id = %s ORDER BY tag_id", (station,)
+        ).fetchall()
+        state = conn.execute("SELECT counter, station_id FROM chip_beacon_states WHERE tag_id = %s", (0x00C2B001,))
+        assert state.fetchone() == (103, station)
+    assert rows == [(0x00C1A001, 1, 0), (0x00C2B001, 4, int(TagFlags.MOTION))]
+    assert ingest.v2.counters.sightings_resolved == 1
+
+
+def test_a_replayed_and_a_forged_beacon_raise_a_cloned_chip_alarm_and_are_not_the_chips_passages(
+    ingest, publish, database_url, topic_prefix
+):
+    home, elsewhere = f"{topic_prefix}-v2h", f"{topic_prefix}-v2e"
+    tag = 0x00C2B002
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, home)
+        factories.station(conn, elsewhere, lat=30.40)
+        _, key = fit_v2(conn, tag, 2)
+    at = now_in_window()
+    w = window_of(at.timestamp())
+    genuine_first, genuine_last = key.seal(w, 500, TagFlags(0)), key.seal(w, 505, TagFlags(0))
+    publish(topics.station_topic(home, "sightings"), batch(home, 1, v2_sighting(genuine_first, genuine_last, at)))
+    wait_until(lambda: count(database_url, "SELECT count(*) FROM sightings WHERE tag_id = %s", tag) == 1)
+    # A thief's radio captured the genuine first beacon and plays it back across town a minute later, then makes
+    # up beacons of the chip's eid without its key.
+    clone = CloneAttacker(random.Random(3))
+    clone.capture(genuine_first)
+    replayed = clone.replay(genuine_first.eid)
+    forged = clone.forge(genuine_first.eid)
+    later = at + timedelta(seconds=60)
+    topic = topics.station_topic(elsewhere, "sightings")
+    publish(topic, batch(elsewhere, 1, v2_sighting(replayed, replayed, later)))
+    publish(topic, batch(elsewhere, 2, v2_sighting(forged, None, later + timedelta(seconds=20), beacons=1)))
+    wait_until(lambda: ingest.v2.counters.sightings_cloned >= 2)
+    with psycopg.connect(database_url) as conn:
+        alarms = conn.execute("SELECT kind, tag_id, station_id FROM alarms WHERE tag_id = %s", (tag,)).fetchall()
+        stored = conn.execute("SELECT station_id FROM sightings WHERE tag_id = %s", (tag,)).fetchall()
+        counter = conn.execute("SELECT counter FROM chip_beacon_states WHERE tag_id = %s", (tag,)).fetchone()
+    assert alarms == [("chip_cloned", tag, elsewhere)]
+    assert stored == [(home,)], "neither the replay nor the forgery is a passage of the chip"
+    assert counter == (505,), "the clone moved nothing forward"
+
+
+def test_a_stolen_v2_chips_alert_from_the_edge_raises_the_stolen_chip_alarm_at_once(
+    ingest, publish, database_url, topic_prefix
+):
+    station = f"{topic_prefix}-v2s"
+    tag = 0x00C2B003
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+        bike_id, key = fit_v2(conn, tag, 4)
+        factories.theft(conn, bike_id)
+    at = now_in_window()
+    beacon = key.seal(window_of(at.timestamp()), 77, TagFlags.MOTION)
+    alert = Alert(
+        station_id=station,
+        kind="hotlist_hit",
+        heard=beacon.to_bytes().hex(),
+        seen_at=at,
+        rssi_dbm=-60,
+        antenna=0,
+        hotlist_version=1,
+    )
+    publish(topics.station_topic(station, "alerts"), alert.to_json())
+    wait_until(lambda: count(database_url, "SELECT count(*) FROM alarms WHERE tag_id = %s", tag) >= 1)
+    with psycopg.connect(database_url) as conn:
+        alarms = conn.execute("SELECT kind, station_id FROM alarms WHERE tag_id = %s", (tag,)).fetchall()
+        alerts = conn.execute("SELECT kind, tag_id FROM station_alerts WHERE station_id = %s", (station,)).fetchall()
+    assert alarms == [("stolen_chip_seen", station)]
+    assert alerts == [("hotlist_hit", tag)]
+
+
+def test_an_unknown_eid_is_counted_and_not_stored(ingest, publish, database_url, topic_prefix):
+    station = f"{topic_prefix}-v2u"
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+    at = now_in_window()
+    stranger = ChipKey(bytes(range(16))).seal(window_of(at.timestamp()), 1, TagFlags(0))  # a chip nobody fitted
+    before = ingest.v2.counters.sightings_unknown
+    publish(topics.station_topic(station, "sightings"), batch(station, 1, v2_sighting(stranger, None, at, 1)))
+    wait_until(lambda: ingest.v2.counters.sightings_unknown > before)
+    assert count(database_url, "SELECT count(*) FROM sightings WHERE station_id = %s", station) == 0
+    assert any(payload == stranger.to_bytes() for _, _, payload in ingest.v2.unknown())
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url) as c:
+        yield c
+
+
+def test_workers_share_the_chips_counters_so_a_replay_to_another_worker_is_caught(conn: psycopg.Connection) -> None:
+    """Two ingest workers (two resolutions) on one database: the second compares with what the first accepted."""
+    factories.station(conn, "v2-w1")
+    factories.station(conn, "v2-w2", lat=30.31)
+    tag = 0x00C2B004
+    _, key = fit_v2(conn, tag, 5)
+    conn.commit()
+    at = now_in_window()
+    w = window_of(at.timestamp())
+    genuine = key.seal(w, 900, TagFlags(0))
+    first_worker, second_worker = V2Resolution(factories.VAULT), V2Resolution(factories.VAULT)
+    with conn.transaction():
+        rows = first_worker.resolve_sightings(
+            conn, [parse_batch_rows(batch("v2-w1", 1, v2_sighting(genuine, None, at, 1)))]
+        )
+    assert [r["tag_id"] for r in rows[0]] == [format_tag(tag)]
+    replay = parse_batch_rows(batch("v2-w2", 1, v2_sighting(genuine, None, at + timedelta(seconds=45), 1)))
+    with conn.transaction():
+        assert second_worker.resolve_sightings(conn, [replay]) == [[]]
+    assert second_worker.counters.sightings_cloned == 1
+    assert conn.execute("SELECT kind FROM alarms WHERE tag_id = %s", (tag,)).fetchall() == [("chip_cloned",)]
+
+
+def test_a_chip_fitted_after_the_worker_started_resolves_within_seconds(conn: psycopg.Connection) -> None:
+    clock = [utcnow().timestamp()]
+    resolution = V2Resolution(factories.VAULT, clock=lambda: clock[0])
+    factories.station(conn, "v2-f1")
+    conn.commit()
+    at = now_in_window()
+    w = window_of(at.timestamp())
+
+    def sighting_of(key: ChipKey, counter: int) -> list[dict[str, Any]]:
+        beacon = key.seal(w, counter, TagFlags(0))
+        return [
+            parse_batch_rows(batch("v2-f1", counter, v2_sighting(beacon, None, at + timedelta(seconds=counter), 1)))
+        ]
+
+    with conn.transaction():
+        factories.station(conn, "v2-f0")  # the worker builds its table before the chip is fitted
+        assert resolution.resolve_sightings(conn, sighting_of(ChipKey(bytes(16)), 1)) == [[]]
+    tag = 0x00C2B005
+    _, key = fit_v2(conn, tag, 6)
+    conn.commit()
+    with conn.transaction():
+        assert resolution.resolve_sightings(conn, sighting_of(key, 2)) == [[]], "not yet looked for"
+    clock[0] += 6  # past the refresh an unknown beacon brings forward
+    with conn.transaction():
+        rows = resolution.resolve_sightings(conn, sighting_of(key, 3))
+    assert [r["tag_id"] for r in rows[0]] == [format_tag(tag)]
+    # Its chip replaced: the old key stops resolving at the next look.
+    conn.execute("UPDATE chips SET retired_at = now(), bike_id = NULL WHERE tag_id = %s", (tag,))
+    conn.commit()
+    clock[0] += 61
+    with conn.transaction():
+        assert resolution.resolve_sightings(conn, sighting_of(key, 4)) == [[]]
+    assert resolution.chips == 0
