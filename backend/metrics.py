@@ -64,9 +64,34 @@ class IngestCollector(Collector):
             queued.add_metric([lane], n)
         yield queued
         yield from _gap_metrics(self.ingest)
+        yield from _v2_metrics(self.ingest)
         yield GaugeMetricFamily(
             "bikeguard_ingest_broker_connected", "1 if the broker is connected", value=int(self.ingest.broker_connected)
         )
+
+
+def _v2_metrics(ingest: Ingest | IngestWorkers) -> Iterator[Metric]:
+    """v2 chips' beacons resolved (backend.ingest.v2): by verdict, and what became of their sightings and alerts."""
+    v2 = ingest.v2_counters
+    beacons = CounterMetricFamily("bikeguard_ingest_v2_beacons", "v2 beacons resolved, by verdict", labels=["verdict"])
+    for verdict, n in sorted(v2.beacons.items()):
+        beacons.add_metric([verdict], n)
+    yield beacons
+    sightings = CounterMetricFamily(
+        "bikeguard_ingest_v2_sightings",
+        "v2 sightings: resolved and stored, unknown (no chip sends the eid) or cloned (an alarm, not stored)",
+        labels=["outcome"],
+    )
+    for outcome in ("resolved", "unknown", "cloned"):
+        sightings.add_metric([outcome], getattr(v2, f"sightings_{outcome}"))
+    yield sightings
+    alerts = CounterMetricFamily("bikeguard_ingest_v2_alerts", "v2 alerts resolved or dropped", labels=["outcome"])
+    alerts.add_metric(["resolved"], v2.alerts_resolved)
+    alerts.add_metric(["dropped"], v2.alerts_dropped)
+    yield alerts
+    yield CounterMetricFamily(
+        "bikeguard_ingest_v2_keys_unreadable", "v2 chip keys the vault could not open", value=v2.keys_unreadable
+    )
 
 
 def _gap_metrics(ingest: Ingest | IngestWorkers) -> Iterator[Metric]:

@@ -35,7 +35,7 @@ from backend.ingest.lanes import DeferredPassages, Lane
 from backend.ingest.notices import StationNotices
 from backend.ingest.rejects import kind_of
 from backend.ingest.stations import UNKNOWN_REASON, KnownStations
-from backend.ingest.v2 import V2Resolution
+from backend.ingest.v2 import V2Counters, V2Resolution
 from backend.ingest.window import TimeWindow
 from backend.settings import BackendSettings
 from backend.vault import Vault
@@ -290,6 +290,11 @@ class Ingest:
     def broker_connected(self) -> bool:
         """Whether the broker is connected and our subscriptions acknowledged."""
         return self._connected.is_set()
+
+    @property
+    def v2_counters(self) -> V2Counters:
+        """What this worker's resolution of v2 beacons has done."""
+        return self.v2.counters
 
     @property
     def gap_counters(self) -> gaps.GapCounters:

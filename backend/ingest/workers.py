@@ -16,9 +16,10 @@ from typing import TypeVar
 
 from backend.ingest import gaps
 from backend.ingest.consumer import Ingest, IngestCounters
+from backend.ingest.v2 import V2Counters
 from backend.settings import BackendSettings
 
-Figures = TypeVar("Figures", IngestCounters, gaps.GapCounters)
+Figures = TypeVar("Figures", IngestCounters, gaps.GapCounters, V2Counters)
 
 
 def client_ids(base: str, workers: int) -> list[str]:
@@ -28,7 +29,7 @@ def client_ids(base: str, workers: int) -> list[str]:
 
 
 def added_up(kind: type[Figures], counters: list[Figures]) -> Figures:
-    """Several workers' counters (IngestCounters, GapCounters: dataclasses of numbers and Counters) added up."""
+    """Several workers' counters (IngestCounters, GapCounters, V2Counters: numbers and Counters) added up."""
     out = kind()
     for c in counters:
         for f in fields(kind):
@@ -58,6 +59,11 @@ class IngestWorkers:
     def gap_counters(self) -> gaps.GapCounters:
         """What all workers' gap checks and flushes have done about missing batches."""
         return added_up(gaps.GapCounters, [w.gap_counters for w in self.workers])
+
+    @property
+    def v2_counters(self) -> V2Counters:
+        """What all workers' resolutions of v2 beacons have done."""
+        return added_up(V2Counters, [w.v2.counters for w in self.workers])
 
     @property
     def batches_missing_now(self) -> dict[str, int]:

@@ -10,8 +10,10 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from prometheus_client.registry import CollectorRegistry
 
 from backend.ingest.v2 import V2Resolution
+from backend.metrics import IngestCollector
 from firmware_sim.clone import CloneAttacker
 from protocol import topics
 from protocol.beacon_v2 import WINDOW_S, AirBeacon, ChipKey, key_check_value, window_of
@@ -88,7 +90,10 @@ def test_a_v2_passage_is_stored_as_its_chips_and_a_v1_one_beside_it_as_before(
         state = conn.execute("SELECT counter, station_id FROM chip_beacon_states WHERE tag_id = %s", (0x00C2B001,))
         assert state.fetchone() == (103, station)
     assert rows == [(0x00C1A001, 1, 0), (0x00C2B001, 4, int(TagFlags.MOTION))]
-    assert ingest.v2.counters.sightings_resolved == 1
+    registry = CollectorRegistry()
+    registry.register(IngestCollector(ingest))
+    assert registry.get_sample_value("bikeguard_ingest_v2_sightings_total", {"outcome": "resolved"}) == 1
+    assert registry.get_sample_value("bikeguard_ingest_v2_beacons_total", {"verdict": "ok"}) == 2
 
 
 def test_a_replayed_and_a_forged_beacon_raise_a_cloned_chip_alarm_and_are_not_the_chips_passages(
