@@ -206,7 +206,7 @@ class Ingest:
         self.window = TimeWindow.of(settings)
         self._theft_lookback = timedelta(seconds=settings.police_theft_lookback_s)
         # v2 chips' beacons resolved to their chips with the keys the vault opens (backend.ingest.v2).
-        self.v2 = V2Resolution(Vault.from_settings(settings))
+        self.v2 = V2Resolution(Vault.from_settings(settings), past_windows=settings.ingest_v2_past_windows)
         # This worker's copy of the zones, for the border crossings of stolen chips' alarms.
         self._zones = ZoneCache()
         # A station sending what is refused (a clock gone wrong sends it all the time) is logged once a minute per

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 UNKNOWN_REFRESH_S: Final = 5.0
 # Chips retired (a replaced chip, a deregistered bike) stop resolving within this long.
 REFRESH_S: Final = 60.0
+# Windows before the current one the table holds (12 bytes a chip each): beacons delivered this late (a station's
+# uplink down for up to two hours) resolve at no extra cost; older ones need a table of their own window.
+DEFAULT_PAST_WINDOWS: Final = 8
+# Tables of older windows kept for beacons delivered late, the least recently used dropped first.
+LATE_TABLES: Final = 4
 # written_at is the fitting transaction's start, which may commit later: look back this far past the last refresh.
 _COMMIT_SLACK_S: Final = 300.0
 
@@ -64,6 +69,7 @@ class V2Counters:
     alerts_resolved: int = 0
     alerts_dropped: int = 0  # unknown or cloned
     keys_unreadable: int = 0  # chip keys the vault could not open (logged): those chips do not resolve
+    late_tables: int = 0  # tables built for beacons heard before the windows held
     malformed: int = 0  # heard bytes that are not a v2 beacon (the row pattern makes this rare)
     refreshes: int = 0
 
@@ -72,11 +78,16 @@ class V2Resolution:
     """One ingest worker's resolution of v2 beacons: the table of eids and the chips' states, loaded from and kept in
     the database. Thread-safe: the worker's sightings and alerts writers share it."""
 
-    def __init__(self, vault: Vault, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, vault: Vault, *, past_windows: int = DEFAULT_PAST_WINDOWS, clock: Callable[[], float] = time.time
+    ) -> None:
         self._vault = vault
         self._clock = clock
+        self._past_windows = past_windows
         self._lock = threading.Lock()
         self._resolver: Resolver | None = None
+        # Resolvers of windows older than the table holds (a spool delivered after a long outage), newest used last.
+        self._late: OrderedDict[int, Resolver] = OrderedDict()
         self._active: set[int] = set()
         self._refreshed_at = 0.0  # by self._clock
         self._since: datetime | None = None  # the database's time of the last refresh
@@ -108,18 +119,46 @@ class V2Resolution:
         if resolver is None:
             at = self._db_now(conn)
             keys = self._decrypted(conn.execute(chip_keys.ACTIVE_KEYS).fetchall())
-            resolver = self._resolver = Resolver(ResolutionTable(keys, window_of(now)))
+            table = ResolutionTable(keys, window_of(now), before=self._past_windows)
+            resolver = self._resolver = Resolver(table)
             self._active = {tag for tag, _ in keys}
             self._since, self._refreshed_at, self._unknown_since_refresh = at, now, False
             self.counters.refreshes += 1
             log.info("v2 resolution built for %d chips (%d bytes)", len(keys), resolver.table.nbytes)
         elif due:
             self._pick_up_changes(conn, resolver)
+            self._late.clear()  # built before the changes: rebuilt when a late beacon needs one
             self._refreshed_at, self._unknown_since_refresh = now, False
             self.counters.refreshes += 1
         if resolver.table.centre != window_of(now):
             resolver.advance(window_of(now))
         return resolver
+
+    def _resolver_for(self, resolver: Resolver, heard_at: datetime) -> Resolver:
+        """The resolver whose windows hold a beacon heard at `heard_at`: the table's, or for a beacon delivered
+        later than its past windows reach, one of the heard window's own (built once, sharing the chips' states)."""
+        w = window_of(heard_at.timestamp())
+        if w - 1 >= resolver.table.windows.start:
+            return resolver
+        late = self._late.get(w)
+        if late is None:
+            started = time.perf_counter()
+            late = Resolver(resolver.table.around(w))
+            log.info(
+                "v2 beacons heard in window %d, older than the %d windows held: resolved with a table of their own"
+                " (%d chips, built in %.1f s)",
+                w,
+                len(resolver.table.windows),
+                len(resolver.table),
+                time.perf_counter() - started,
+            )
+            self.counters.late_tables += 1
+            self._late[w] = late
+            while len(self._late) > LATE_TABLES:
+                self._late.popitem(last=False)
+        self._late.move_to_end(w)
+        late.chips = resolver.chips  # one state per chip, whichever window its beacon was heard in
+        return late
 
     def _db_now(self, conn: psycopg.Connection) -> datetime:
         row = conn.execute("SELECT now()").fetchone()
@@ -163,7 +202,7 @@ class V2Resolution:
         tags: set[int] = set()
         for b in beacons:
             try:
-                tags |= resolver.tags_of(b.payload)
+                tags |= self._resolver_for(resolver, b.heard_at).tags_of(b.payload)
             except BeaconPayloadError:
                 continue
         if not tags:
@@ -213,7 +252,7 @@ class V2Resolution:
         evidence: list[Evidence] = []
         for b in sorted(beacons, key=lambda b: b.heard_at):
             try:
-                b.resolution = r = resolver.resolve(b.payload, b.heard_at, b.station_id)
+                b.resolution = r = self._resolver_for(resolver, b.heard_at).resolve(b.payload, b.heard_at, b.station_id)
             except BeaconPayloadError:
                 self.counters.malformed += 1
                 continue

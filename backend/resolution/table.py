@@ -233,6 +233,17 @@ class ResolutionTable:
                     windows[w] = _Window(old.eids, old.chips, side)
             self._snapshot = _Snapshot(snap.centre, windows)
 
+    def around(self, centre: int) -> ResolutionTable:
+        """The same chips (the retired ones retired) around another window, holding its neighbours and nothing
+        ahead: for beacons delivered long after they were heard (a station's spool after an outage). A key
+        schedule per chip, like a first build."""
+        with self._build_lock:
+            tag_ids, keys, retired = array("Q", self._tag_ids), bytes(self._keys), self._retired
+        chips = ((t, keys[i * KEY_BYTES : (i + 1) * KEY_BYTES]) for i, t in enumerate(tag_ids))
+        other = ResolutionTable(chips, centre, before=1, after=1, ahead=0, key_cache=self._key_cache_size)
+        other._retired = retired
+        return other
+
     def retire(self, tag_id: int) -> None:
         """A chip taken off a bike (replaced, or the bike deregistered): its eids no longer resolve."""
         with self._build_lock:

@@ -234,3 +234,49 @@ def test_a_chip_fitted_after_the_worker_started_resolves_within_seconds(conn: ps
     with conn.transaction():
         assert resolution.resolve_sightings(conn, sighting_of(key, 4)) == [[]]
     assert resolution.chips == 0
+
+
+def test_a_passage_split_by_a_window_change_is_stored_as_one(ingest, publish, database_url, topic_prefix):
+    station = f"{topic_prefix}-v2j"
+    tag = 0x00C2B006
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+        _, key = fit_v2(conn, tag, 7)
+    # The last window change at least a minute ago: the chip's eid changed while it stood at the station.
+    change = (window_of(utcnow().timestamp() - 60)) * WINDOW_S
+    w = window_of(change)
+    before = datetime.fromtimestamp(change - 8, utcnow().tzinfo)
+    after = datetime.fromtimestamp(change + 1, utcnow().tzinfo)
+    old_eid = v2_sighting(key.seal(w - 1, 10, TagFlags(0)), key.seal(w - 1, 13, TagFlags(0)), before, beacons=4)
+    new_eid = v2_sighting(key.seal(w, 14, TagFlags(0)), key.seal(w, 16, TagFlags(0)), after, beacons=3)
+    publish(topics.station_topic(station, "sightings"), batch(station, 1, old_eid, new_eid))
+    wait_until(lambda: ingest.v2.counters.sightings_resolved >= 2)
+    wait_until(lambda: count(database_url, "SELECT count(*) FROM sightings WHERE station_id = %s", station) >= 1)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT tag_id, first_seen_at, last_seen_at, beacons FROM sightings WHERE station_id = %s", (station,)
+        ).fetchall()
+    assert rows == [(tag, before, after + timedelta(seconds=4), 7)], "one passage, as the bike stood there"
+
+
+def test_a_beacon_delivered_hours_late_still_resolves_with_a_table_of_its_window(conn: psycopg.Connection) -> None:
+    """A station's spool after a long outage: its passages are older than the windows the ingest holds."""
+    factories.station(conn, "v2-late")
+    tag = 0x00C2B007
+    _, key = fit_v2(conn, tag, 8)
+    conn.commit()
+    resolution = V2Resolution(factories.VAULT, past_windows=1)
+    heard = utcnow() - timedelta(hours=3)
+    beacon = key.seal(window_of(heard.timestamp()), 40, TagFlags(0))
+    fresh = key.seal(window_of(utcnow().timestamp()), 900, TagFlags(0))
+    with conn.transaction():
+        now_rows = resolution.resolve_sightings(
+            conn, [parse_batch_rows(batch("v2-late", 2, v2_sighting(fresh, None, utcnow(), 1)))]
+        )
+    with conn.transaction():
+        late_rows = resolution.resolve_sightings(
+            conn, [parse_batch_rows(batch("v2-late", 1, v2_sighting(beacon, None, heard, 1)))]
+        )
+    assert [r["tag_id"] for r in now_rows[0] + late_rows[0]] == [format_tag(tag)] * 2
+    assert resolution.counters.late_tables == 1
+    assert resolution.counters.sightings_cloned == 0, "an old counter heard long before the newest is no replay"
