@@ -325,6 +325,7 @@ class Ingest:
             thread.start()
         self._deferred_thread.start()
         self._gap_thread.start()
+        threading.Thread(target=self.v2.prepare, args=(self._pool,), name="ingest-v2-table", daemon=True).start()
         if wait_s is not None:
             self.wait_connected(wait_s)
 

@@ -6,8 +6,9 @@ chips they may be from (chip_beacon_states, shared by every worker: a replay hea
 serves is still compared with the highest counter accepted), resolves every beacon in the order it was heard, writes
 the states back, and hands the writer plain rows with their tag ids. A sighting whose beacon is a replay or a forgery
 is not the chip's passage: it raises a cloned-chip alarm with the evidence and is not stored. A beacon no active chip
-sends (a chip of another county, one fitted a moment ago) is counted and the newest kept for inspection; a chip
-fitted since the table was built is picked up at the next refresh, which an unknown beacon brings forward.
+sends (a chip of another county) is counted and the newest kept for inspection; such a beacon first makes the
+worker look for chips fitted since its last look (an index probe) and resolve it again, so a chip fitted a minute
+ago loses no passage.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from backend import chip_keys
 from backend.alarms import store
@@ -33,8 +36,6 @@ from protocol.messages import Alert, format_tag
 
 log = logging.getLogger(__name__)
 
-# A chip fitted at the counter beacons at once; its first beacons wait at most this long for the ingest to know it.
-UNKNOWN_REFRESH_S: Final = 5.0
 # Chips retired (a replaced chip, a deregistered bike) stop resolving within this long.
 REFRESH_S: Final = 60.0
 # Windows before the current one the table holds (12 bytes a chip each): beacons delivered this late (a station's
@@ -91,7 +92,6 @@ class V2Resolution:
         self._active: set[int] = set()
         self._refreshed_at = 0.0  # by self._clock
         self._since: datetime | None = None  # the database's time of the last refresh
-        self._unknown_since_refresh = False
         self.counters = V2Counters()
 
     @property
@@ -108,6 +108,15 @@ class V2Resolution:
         """The latest beacons no chip resolved, for inspection: (station, heard at, bytes on the air)."""
         return list(self._resolver.unknown) if self._resolver else []
 
+    def prepare(self, pool: ConnectionPool) -> None:
+        """Build the table ahead of the first v2 beacon (a worker's start: seconds for a million chips), so that no
+        flush waits for it; a database that is away leaves it to the first v2 beacon."""
+        try:
+            with self._lock, pool.connection() as conn:
+                self._refresh(conn)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("v2 resolution not built at start (%s); it is built at the first v2 beacon", exc)
+
     # the keys
 
     def _refresh(self, conn: psycopg.Connection) -> Resolver:
@@ -115,20 +124,19 @@ class V2Resolution:
         moved to the current one."""
         now = self._clock()
         resolver = self._resolver
-        due = now - self._refreshed_at >= (UNKNOWN_REFRESH_S if self._unknown_since_refresh else REFRESH_S)
+        due = now - self._refreshed_at >= REFRESH_S
         if resolver is None:
             at = self._db_now(conn)
             keys = self._decrypted(conn.execute(chip_keys.ACTIVE_KEYS).fetchall())
             table = ResolutionTable(keys, window_of(now), before=self._past_windows)
             resolver = self._resolver = Resolver(table)
             self._active = {tag for tag, _ in keys}
-            self._since, self._refreshed_at, self._unknown_since_refresh = at, now, False
+            self._since, self._refreshed_at = at, now
             self.counters.refreshes += 1
             log.info("v2 resolution built for %d chips (%d bytes)", len(keys), resolver.table.nbytes)
         elif due:
             self._pick_up_changes(conn, resolver)
-            self._late.clear()  # built before the changes: rebuilt when a late beacon needs one
-            self._refreshed_at, self._unknown_since_refresh = now, False
+            self._refreshed_at = now
             self.counters.refreshes += 1
         if resolver.table.centre != window_of(now):
             resolver.advance(window_of(now))
@@ -166,7 +174,8 @@ class V2Resolution:
         at: datetime = row[0]
         return at
 
-    def _pick_up_changes(self, conn: psycopg.Connection, resolver: Resolver) -> None:
+    def _pick_up_changes(self, conn: psycopg.Connection, resolver: Resolver) -> int:
+        """Add the chips fitted and retire the chips retired since the last look; returns how many were fitted."""
         at = self._db_now(conn)
         since = datetime.fromtimestamp((self._since or at).timestamp() - _COMMIT_SLACK_S, UTC)
         rows = conn.execute(
@@ -182,7 +191,9 @@ class V2Resolution:
             self._active.discard(tag)
         if fitted or retired:
             log.info("v2 resolution: %d chips fitted, %d retired since the last look", len(fitted), len(retired))
+            self._late.clear()  # built without these changes: rebuilt when a late beacon needs one
         self._since = at
+        return len(fitted)
 
     def _decrypted(self, rows: list[tuple[Any, Any]]) -> list[tuple[int, bytes]]:
         """(tag id, key) of the rows whose key the vault opens; a key that does not open (the vault's key changed,
@@ -198,13 +209,18 @@ class V2Resolution:
 
     # the states
 
-    def _load_states(self, conn: psycopg.Connection, resolver: Resolver, beacons: list[_Beacon]) -> set[int]:
+    def _load_states(
+        self, conn: psycopg.Connection, resolver: Resolver, beacons: list[_Beacon], skip: AbstractSet[int] = frozenset()
+    ) -> set[int]:
+        """Lock and load the states of the chips `beacons` may be from (but those in `skip`, already loaded and
+        perhaps moved on in this flush); returns their tag ids."""
         tags: set[int] = set()
         for b in beacons:
             try:
                 tags |= self._resolver_for(resolver, b.heard_at).tags_of(b.payload)
             except BeaconPayloadError:
                 continue
+        tags -= skip
         if not tags:
             return tags
         rows = conn.execute(
@@ -246,19 +262,26 @@ class V2Resolution:
 
     def _judge(self, conn: psycopg.Connection, beacons: list[_Beacon]) -> list[Evidence]:
         """Resolve `beacons` in the order they were heard, with the chips' shared states locked; raise the
-        cloned-chip alarms their evidence proves."""
+        cloned-chip alarms their evidence proves. Beacons no chip sends make the worker look for chips fitted since
+        (an index probe), and resolve again if there are: a chip's first passage, a minute after its fitting, is
+        not lost."""
         resolver = self._refresh(conn)
         tags = self._load_states(conn, resolver, beacons)
+        self._resolve(resolver, beacons)
+        unknown = [b for b in beacons if b.resolution is not None and b.resolution.verdict is Verdict.UNKNOWN]
+        if unknown and self._pick_up_changes(conn, resolver):
+            for b in unknown:
+                b.resolution = None
+            new_tags = self._load_states(conn, resolver, unknown, skip=tags)
+            tags |= new_tags
+            self._resolve(resolver, unknown)
         evidence: list[Evidence] = []
-        for b in sorted(beacons, key=lambda b: b.heard_at):
-            try:
-                b.resolution = r = self._resolver_for(resolver, b.heard_at).resolve(b.payload, b.heard_at, b.station_id)
-            except BeaconPayloadError:
+        for b in beacons:
+            r = b.resolution
+            if r is None:
                 self.counters.malformed += 1
                 continue
             self.counters.beacons[r.verdict] += 1
-            if r.verdict is Verdict.UNKNOWN:
-                self._unknown_since_refresh = True
             if r.evidence is not None:
                 log.warning("cloned v2 chip %s: %s", format_tag(r.evidence.tag_id), r.evidence.as_dict())
                 evidence.append(r.evidence.as_alarm())
@@ -267,6 +290,13 @@ class V2Resolution:
             with conn.cursor() as cur:
                 store.raise_evidence(cur, evidence)
         return evidence
+
+    def _resolve(self, resolver: Resolver, beacons: list[_Beacon]) -> None:
+        for b in sorted(beacons, key=lambda b: b.heard_at):
+            try:
+                b.resolution = self._resolver_for(resolver, b.heard_at).resolve(b.payload, b.heard_at, b.station_id)
+            except BeaconPayloadError:
+                b.resolution = None
 
     # what the ingest calls
 
