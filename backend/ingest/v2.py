@@ -217,7 +217,7 @@ class V2Resolution:
         tags: set[int] = set()
         for b in beacons:
             try:
-                tags |= self._resolver_for(resolver, b.heard_at).tags_of(b.payload)
+                tags |= self._resolver_for(resolver, b.heard_at).tags_of(b.payload, b.heard_at)
             except BeaconPayloadError:
                 continue
         tags -= skip

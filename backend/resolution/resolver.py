@@ -147,14 +147,25 @@ class Resolver:
             for tag_id, index in list(self._drifted_index.items()):
                 self._place_drifted(tag_id, index, centre)
 
-    def tags_of(self, payload: bytes) -> set[int]:
-        """The chips a v2 air payload may be from (its eid looked up, no key used): whose state to load before
-        resolving it. BeaconPayloadError when the bytes are not a v2 beacon."""
+    def tags_of(self, payload: bytes, heard_at: datetime) -> set[int]:
+        """The chips a v2 air payload heard at `heard_at` may be from (its eid looked up, no key used): whose state
+        to load before resolving it. Near its time first, as resolve() looks; in every window held if no chip
+        beacons it there (a replay of an old capture is judged against its chip's state). BeaconPayloadError when
+        the bytes are not a v2 beacon."""
         eid = AirBeacon.from_bytes(payload).eid
         self._follow_table()
-        tags = {c.tag_id for c in self.table.lookup(eid)}
-        tags.update(c.tag_id for c in self._drifted.entries.get(eid, ()))
-        return tags
+        candidates = self._candidates(eid, heard_at) or self.table.lookup(eid)
+        return {c.tag_id for c in candidates}
+
+    def _candidates(self, eid: bytes, heard_at: datetime) -> list[Candidate]:
+        """The chips that beacon `eid` in the windows next to when it was heard (where nearly every chip's clock
+        is), then the chips drifted far (kept on the side)."""
+        w = window_of(heard_at.timestamp())
+        candidates = self.table.lookup(eid, (w, w - 1, w + 1))
+        drifted = self._drifted.entries.get(eid)
+        if drifted:
+            candidates += [c for c in drifted if not self.table.is_retired(c.key_index)]
+        return candidates
 
     def load(self, states: dict[int, ChipState | None]) -> None:
         """Take these chips' states as the truth (None: the chip has none yet), replacing what this resolver
@@ -173,20 +184,28 @@ class Resolver:
         """
         beacon = AirBeacon.from_bytes(payload)
         self._follow_table()
-        candidates = self.table.lookup(beacon.eid)
-        drifted = self._drifted.entries.get(beacon.eid)
-        if drifted:
-            candidates += [c for c in drifted if not self.table.is_retired(c.key_index)]
-        if not candidates:
-            self.counts[Verdict.UNKNOWN] += 1
-            self.unknown.append((station_id, heard_at, payload))
-            return Resolution(Verdict.UNKNOWN, None, None, beacon.flags, None, station_id, heard_at, payload)
+        candidates = self._candidates(beacon.eid, heard_at)
         for c in candidates:
             try:
                 counter = self.table.chip_key(c.key_index).open(c.window, beacon)
             except MacError:
                 continue
             return self._judge(c, counter, beacon, payload, heard_at, station_id)
+        # Not near its time: a beacon of a window further back (a replay of an old capture; a late delivery is
+        # given a table of its own window) or a collision with another chip's eid there. Every window held.
+        tried = set(candidates)
+        further = [c for c in self.table.lookup(beacon.eid) if c not in tried]
+        for c in further:
+            try:
+                counter = self.table.chip_key(c.key_index).open(c.window, beacon)
+            except MacError:
+                continue
+            return self._judge(c, counter, beacon, payload, heard_at, station_id)
+        candidates += further
+        if not candidates:
+            self.counts[Verdict.UNKNOWN] += 1
+            self.unknown.append((station_id, heard_at, payload))
+            return Resolution(Verdict.UNKNOWN, None, None, beacon.flags, None, station_id, heard_at, payload)
         # No candidate's key made this MAC: someone beacons a known chip's eid without its key.
         c = candidates[0]
         self.counts[Verdict.BAD_MAC] += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -252,8 +253,8 @@ def test_when_two_chips_share_an_eid_the_mac_decides() -> None:
     class Colliding(ResolutionTable):
         """A table whose every lookup also answers a decoy chip first (a real collision is 1 in 10^13)."""
 
-        def lookup(self, eid: bytes) -> list[Candidate]:
-            return [Candidate(decoy_tag, W0, 0), *super().lookup(eid)]
+        def lookup(self, eid: bytes, windows: Iterable[int] | None = None) -> list[Candidate]:
+            return [Candidate(decoy_tag, W0, 0), *super().lookup(eid, windows)]
 
     resolver = Resolver(Colliding(pairs, W0))
     r = resolver.resolve(beacon(key, T0, 5), at(T0), "S1")
@@ -358,3 +359,18 @@ def test_an_air_beacon_round_trip_keeps_its_window() -> None:
     _, key = chips(1)[0]
     payload = beacon(key, T0 + WINDOW_S, 3)
     assert AirBeacon.from_bytes(payload).eid == ChipKey(key).eid(W0 + 1)
+
+
+def test_a_beacon_captured_an_hour_ago_and_played_now_is_a_replay_not_unknown() -> None:
+    """Looked up near its time first (where every genuine beacon is), then in every window held: an old capture
+    played back now is still found, and judged against its chip's counter."""
+    pairs = chips(30)
+    tag_id, key = pairs[7]
+    resolver = Resolver(ResolutionTable(pairs, W0, before=8))
+    hour_ago = T0 - 3600
+    first = resolver.resolve(beacon(key, hour_ago, 100), at(hour_ago), "S1")
+    assert (first.verdict, first.tag_id) == (Verdict.OK, tag_id)
+    assert resolver.resolve(beacon(key, T0, 400), at(T0), "S1").verdict is Verdict.OK
+    replayed = resolver.resolve(beacon(key, hour_ago, 100), at(T0 + 30), "S2")
+    assert (replayed.verdict, replayed.tag_id) == (Verdict.REPLAY, tag_id)
+    assert replayed.evidence is not None and replayed.evidence.previous is not None
