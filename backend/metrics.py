@@ -3,7 +3,7 @@ bookkeeping)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -41,24 +41,21 @@ class IngestCollector(Collector):
         c = self.ingest.counters
         for name, attr, text in _TOTALS:
             yield CounterMetricFamily(name, text, value=getattr(c, attr))
-        rejected = CounterMetricFamily(
-            "bikeguard_ingest_rejected", "Messages refused and kept in rejected_messages, by kind", labels=["kind"]
+        yield _labelled(
+            "bikeguard_ingest_rejected", "Messages refused and kept in rejected_messages, by kind", "kind", c.rejected
         )
-        for kind, n in sorted(c.rejected.items()):
-            rejected.add_metric([kind], n)
-        yield rejected
-        confirmed = CounterMetricFamily(
-            "bikeguard_ingest_station_batches_confirmed", "Batches stored and confirmed, by station", labels=["station"]
+        yield _labelled(
+            "bikeguard_ingest_station_batches_confirmed",
+            "Batches stored and confirmed, by station",
+            "station",
+            c.batches_confirmed_by_station,
         )
-        for station, n in sorted(c.batches_confirmed_by_station.items()):
-            confirmed.add_metric([station], n)
-        yield confirmed
-        conflicts = CounterMetricFamily(
-            "bikeguard_ingest_station_conflicts", "Batches reusing a stored batch_seq, by station", labels=["station"]
+        yield _labelled(
+            "bikeguard_ingest_station_conflicts",
+            "Batches reusing a stored batch_seq, by station",
+            "station",
+            c.conflicts_by_station,
         )
-        for station, n in sorted(c.conflicts_by_station.items()):
-            conflicts.add_metric([station], n)
-        yield conflicts
         queued = GaugeMetricFamily("bikeguard_ingest_queued", "Messages waiting in the ingest's lanes", labels=["lane"])
         for lane, n in self.ingest.queued().items():
             queued.add_metric([lane], n)
@@ -70,25 +67,30 @@ class IngestCollector(Collector):
         )
 
 
+def _labelled(name: str, text: str, label: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """A counter family with one series per value of its one label, in order."""
+    family = CounterMetricFamily(name, text, labels=[label])
+    for value, n in sorted(counts.items()):
+        family.add_metric([value], n)
+    return family
+
+
 def _v2_metrics(ingest: Ingest | IngestWorkers) -> Iterator[Metric]:
     """v2 chips' beacons resolved (backend.ingest.v2): by verdict, and what became of their sightings and alerts."""
     v2 = ingest.v2_counters
-    beacons = CounterMetricFamily("bikeguard_ingest_v2_beacons", "v2 beacons resolved, by verdict", labels=["verdict"])
-    for verdict, n in sorted(v2.beacons.items()):
-        beacons.add_metric([verdict], n)
-    yield beacons
-    sightings = CounterMetricFamily(
+    yield _labelled("bikeguard_ingest_v2_beacons", "v2 beacons resolved, by verdict", "verdict", v2.beacons)
+    yield _labelled(
         "bikeguard_ingest_v2_sightings",
         "v2 sightings: resolved and stored, unknown (no chip sends the eid) or cloned (an alarm, not stored)",
-        labels=["outcome"],
+        "outcome",
+        {"resolved": v2.sightings_resolved, "unknown": v2.sightings_unknown, "cloned": v2.sightings_cloned},
     )
-    for outcome in ("resolved", "unknown", "cloned"):
-        sightings.add_metric([outcome], getattr(v2, f"sightings_{outcome}"))
-    yield sightings
-    alerts = CounterMetricFamily("bikeguard_ingest_v2_alerts", "v2 alerts resolved or dropped", labels=["outcome"])
-    alerts.add_metric(["resolved"], v2.alerts_resolved)
-    alerts.add_metric(["dropped"], v2.alerts_dropped)
-    yield alerts
+    yield _labelled(
+        "bikeguard_ingest_v2_alerts",
+        "v2 alerts resolved or dropped",
+        "outcome",
+        {"resolved": v2.alerts_resolved, "dropped": v2.alerts_dropped},
+    )
     yield CounterMetricFamily(
         "bikeguard_ingest_v2_keys_unreadable", "v2 chip keys the vault could not open", value=v2.keys_unreadable
     )
@@ -118,16 +120,13 @@ def _gap_metrics(ingest: Ingest | IngestWorkers) -> Iterator[Metric]:
         ),
     )
     for name, text, counts in per_station:
-        family = CounterMetricFamily(name, f"{text}, by station", labels=["station"])
-        for station, n in sorted(counts.items()):
-            family.add_metric([station], n)
-        yield family
-    lost = CounterMetricFamily(
-        "bikeguard_ingest_batches_lost", "Missing batches their station no longer holds, by reason", labels=["reason"]
+        yield _labelled(name, f"{text}, by station", "station", counts)
+    yield _labelled(
+        "bikeguard_ingest_batches_lost",
+        "Missing batches their station no longer holds, by reason",
+        "reason",
+        g.lost_by_reason,
     )
-    for reason, n in sorted(g.lost_by_reason.items()):
-        lost.add_metric([reason], n)
-    yield lost
     missing = GaugeMetricFamily(
         "bikeguard_ingest_batches_missing_now",
         "Batches asked for and still missing, by station (as of the last gap check)",

@@ -185,23 +185,16 @@ class Resolver:
         beacon = AirBeacon.from_bytes(payload)
         self._follow_table()
         candidates = self._candidates(beacon.eid, heard_at)
-        for c in candidates:
-            try:
-                counter = self.table.chip_key(c.key_index).open(c.window, beacon)
-            except MacError:
-                continue
-            return self._judge(c, counter, beacon, payload, heard_at, station_id)
-        # Not near its time: a beacon of a window further back (a replay of an old capture; a late delivery is
-        # given a table of its own window) or a collision with another chip's eid there. Every window held.
-        tried = set(candidates)
-        further = [c for c in self.table.lookup(beacon.eid) if c not in tried]
-        for c in further:
-            try:
-                counter = self.table.chip_key(c.key_index).open(c.window, beacon)
-            except MacError:
-                continue
-            return self._judge(c, counter, beacon, payload, heard_at, station_id)
-        candidates += further
+        opened = self._open(candidates, beacon)
+        if opened is None:
+            # Not near its time: a beacon of a window further back (a replay of an old capture; a late delivery is
+            # given a table of its own window) or a collision with another chip's eid there. Every window held.
+            tried = set(candidates)
+            further = [c for c in self.table.lookup(beacon.eid) if c not in tried]
+            opened = self._open(further, beacon)
+            candidates += further
+        if opened is not None:
+            return self._judge(*opened, beacon, payload, heard_at, station_id)
         if not candidates:
             self.counts[Verdict.UNKNOWN] += 1
             self.unknown.append((station_id, heard_at, payload))
@@ -219,6 +212,15 @@ class Resolver:
         return Resolution(
             Verdict.BAD_MAC, c.tag_id, None, beacon.flags, c.window, station_id, heard_at, payload, evidence
         )
+
+    def _open(self, candidates: list[Candidate], beacon: AirBeacon) -> tuple[Candidate, int] | None:
+        """The first candidate whose key makes the beacon's MAC, with the counter it opens; None if none does."""
+        for c in candidates:
+            try:
+                return c, self.table.chip_key(c.key_index).open(c.window, beacon)
+            except MacError:
+                continue
+        return None
 
     def _judge(
         self, c: Candidate, counter: int, beacon: AirBeacon, payload: bytes, heard_at: datetime, station_id: str
