@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -43,6 +43,8 @@ REFRESH_S: Final = 60.0
 DEFAULT_PAST_WINDOWS: Final = 8
 # Tables of older windows kept for beacons delivered late, the least recently used dropped first.
 LATE_TABLES: Final = 4
+# The latest beacons no chip resolved, kept in memory for inspection.
+UNKNOWN_KEPT: Final = 1000
 # written_at is the fitting transaction's start, which may commit later: look back this far past the last refresh.
 _COMMIT_SLACK_S: Final = 300.0
 
@@ -75,9 +77,20 @@ class V2Counters:
     refreshes: int = 0
 
 
+class _Lane(threading.local):
+    """One writer thread's resolvers over the shared tables: each holds the states of the chips its flush locked."""
+
+    resolver: Resolver | None = None
+    late: dict[int, Resolver]
+
+    def __init__(self) -> None:
+        self.late = {}
+
+
 class V2Resolution:
-    """One ingest worker's resolution of v2 beacons: the table of eids and the chips' states, loaded from and kept in
-    the database. Thread-safe: the worker's sightings and alerts writers share it."""
+    """One ingest worker's resolution of v2 beacons: the table of eids (shared by its writer threads) and the chips'
+    states, loaded from and kept in the database. Thread-safe: the sightings and the alerts writer each resolve with
+    a resolver of their own, so a stolen chip's alert never waits for a flush of sightings to be resolved."""
 
     def __init__(
         self, vault: Vault, *, past_windows: int = DEFAULT_PAST_WINDOWS, clock: Callable[[], float] = time.time
@@ -85,13 +98,16 @@ class V2Resolution:
         self._vault = vault
         self._clock = clock
         self._past_windows = past_windows
-        self._lock = threading.Lock()
-        self._resolver: Resolver | None = None
-        # Resolvers of windows older than the table holds (a spool delivered after a long outage), newest used last.
-        self._late: OrderedDict[int, Resolver] = OrderedDict()
+        self._lock = threading.Lock()  # the tables and the keys: built, moved, changed by one thread at a time
+        self._count_lock = threading.Lock()
+        self._table: ResolutionTable | None = None
+        # Tables of windows older than the table holds (a spool delivered after a long outage), newest used last.
+        self._late: OrderedDict[int, ResolutionTable] = OrderedDict()
+        self._lane = _Lane()
         self._active: set[int] = set()
         self._refreshed_at = 0.0  # by self._clock
         self._since: datetime | None = None  # the database's time of the last refresh
+        self._unknown: deque[tuple[str, datetime, bytes]] = deque(maxlen=UNKNOWN_KEPT)
         self.counters = V2Counters()
 
     @property
@@ -101,72 +117,86 @@ class V2Resolution:
 
     @property
     def table_bytes(self) -> int:
-        """Memory of the resolution table (0 before the first v2 beacon)."""
-        return self._resolver.table.nbytes if self._resolver else 0
+        """Memory of the resolution table (0 before it is built)."""
+        return self._table.nbytes if self._table else 0
 
     def unknown(self) -> list[tuple[str, datetime, bytes]]:
         """The latest beacons no chip resolved, for inspection: (station, heard at, bytes on the air)."""
-        return list(self._resolver.unknown) if self._resolver else []
+        return list(self._unknown)
 
     def prepare(self, pool: ConnectionPool) -> None:
         """Build the table ahead of the first v2 beacon (a worker's start: seconds for a million chips), so that no
         flush waits for it; a database that is away leaves it to the first v2 beacon."""
         try:
-            with self._lock, pool.connection() as conn:
+            with pool.connection() as conn:
                 self._refresh(conn)
         except (psycopg.Error, PoolTimeout) as exc:
             log.warning("v2 resolution not built at start (%s); it is built at the first v2 beacon", exc)
 
     # the keys
 
-    def _refresh(self, conn: psycopg.Connection) -> Resolver:
-        """The resolver, built at the first v2 beacon and kept current: chips fitted or retired since, the windows
+    def _refresh(self, conn: psycopg.Connection) -> ResolutionTable:
+        """The table, built at the worker's start and kept current: chips fitted or retired since, the windows
         moved to the current one."""
-        now = self._clock()
-        resolver = self._resolver
-        due = now - self._refreshed_at >= REFRESH_S
-        if resolver is None:
-            at = self._db_now(conn)
-            keys = self._decrypted(conn.execute(chip_keys.ACTIVE_KEYS).fetchall())
-            table = ResolutionTable(keys, window_of(now), before=self._past_windows)
-            resolver = self._resolver = Resolver(table)
-            self._active = {tag for tag, _ in keys}
-            self._since, self._refreshed_at = at, now
-            self.counters.refreshes += 1
-            log.info("v2 resolution built for %d chips (%d bytes)", len(keys), resolver.table.nbytes)
-        elif due:
-            self._pick_up_changes(conn, resolver)
-            self._refreshed_at = now
-            self.counters.refreshes += 1
-        if resolver.table.centre != window_of(now):
-            resolver.advance(window_of(now))
-        return resolver
+        with self._lock:
+            now = self._clock()
+            table = self._table
+            if table is None:
+                at = self._db_now(conn)
+                keys = self._decrypted(conn.execute(chip_keys.ACTIVE_KEYS).fetchall())
+                table = self._table = ResolutionTable(keys, window_of(now), before=self._past_windows)
+                self._active = {tag for tag, _ in keys}
+                self._since, self._refreshed_at = at, now
+                self.counters.refreshes += 1
+                log.info("v2 resolution built for %d chips (%d bytes)", len(keys), table.nbytes)
+            elif now - self._refreshed_at >= REFRESH_S:
+                self._pick_up_changes(conn, table)
+                self._refreshed_at = now
+                self.counters.refreshes += 1
+            if table.centre != window_of(now):
+                table.advance(window_of(now))
+            return table
+
+    def _resolver(self, table: ResolutionTable) -> Resolver:
+        """This thread's resolver over the current table."""
+        lane = self._lane
+        if lane.resolver is None or lane.resolver.table is not table:
+            lane.resolver = Resolver(table)
+        return lane.resolver
 
     def _resolver_for(self, resolver: Resolver, heard_at: datetime) -> Resolver:
-        """The resolver whose windows hold a beacon heard at `heard_at`: the table's, or for a beacon delivered
-        later than its past windows reach, one of the heard window's own (built once, sharing the chips' states)."""
+        """The resolver whose windows hold a beacon heard at `heard_at`: this thread's, or for a beacon delivered
+        later than the past windows reach, one over a table of the heard window's own (built once, sharing the
+        chips' states)."""
         w = window_of(heard_at.timestamp())
         if w - 1 >= resolver.table.windows.start:
             return resolver
-        late = self._late.get(w)
-        if late is None:
-            started = time.perf_counter()
-            late = Resolver(resolver.table.around(w))
-            log.info(
-                "v2 beacons heard in window %d, older than the %d windows held: resolved with a table of their own"
-                " (%d chips, built in %.1f s)",
-                w,
-                len(resolver.table.windows),
-                len(resolver.table),
-                time.perf_counter() - started,
-            )
-            self.counters.late_tables += 1
-            self._late[w] = late
-            while len(self._late) > LATE_TABLES:
-                self._late.popitem(last=False)
-        self._late.move_to_end(w)
+        table = self._late_table(resolver.table, w)
+        late = self._lane.late.get(w)
+        if late is None or late.table is not table:
+            late = self._lane.late[w] = Resolver(table)
         late.chips = resolver.chips  # one state per chip, whichever window its beacon was heard in
         return late
+
+    def _late_table(self, current: ResolutionTable, w: int) -> ResolutionTable:
+        with self._lock:
+            table = self._late.get(w)
+            if table is None:
+                started = time.perf_counter()
+                table = self._late[w] = current.around(w)
+                log.info(
+                    "v2 beacons heard in window %d, older than the %d windows held: resolved with a table of their"
+                    " own (%d chips, built in %.1f s)",
+                    w,
+                    len(current.windows),
+                    len(current),
+                    time.perf_counter() - started,
+                )
+                self.counters.late_tables += 1
+                while len(self._late) > LATE_TABLES:
+                    self._late.popitem(last=False)
+            self._late.move_to_end(w)
+            return table
 
     def _db_now(self, conn: psycopg.Connection) -> datetime:
         row = conn.execute("SELECT now()").fetchone()
@@ -174,7 +204,7 @@ class V2Resolution:
         at: datetime = row[0]
         return at
 
-    def _pick_up_changes(self, conn: psycopg.Connection, resolver: Resolver) -> int:
+    def _pick_up_changes(self, conn: psycopg.Connection, table: ResolutionTable) -> int:
         """Add the chips fitted and retire the chips retired since the last look; returns how many were fitted."""
         at = self._db_now(conn)
         since = datetime.fromtimestamp((self._since or at).timestamp() - _COMMIT_SLACK_S, UTC)
@@ -184,10 +214,10 @@ class V2Resolution:
         fitted = self._decrypted([(t, blob) for t, blob in rows if blob is not None and int(t) not in self._active])
         retired = [int(t) for t, blob in rows if blob is None and int(t) in self._active]
         if fitted:
-            resolver.table.add_chips(fitted)
+            table.add_chips(fitted)
             self._active.update(t for t, _ in fitted)
         for tag in retired:
-            resolver.table.retire(tag)
+            table.retire(tag)
             self._active.discard(tag)
         if fitted or retired:
             log.info("v2 resolution: %d chips fitted, %d retired since the last look", len(fitted), len(retired))
@@ -265,31 +295,37 @@ class V2Resolution:
         cloned-chip alarms their evidence proves. Beacons no chip sends make the worker look for chips fitted since
         (an index probe), and resolve again if there are: a chip's first passage, a minute after its fitting, is
         not lost."""
-        resolver = self._refresh(conn)
+        resolver = self._resolver(self._refresh(conn))
         tags = self._load_states(conn, resolver, beacons)
         self._resolve(resolver, beacons)
         unknown = [b for b in beacons if b.resolution is not None and b.resolution.verdict is Verdict.UNKNOWN]
-        if unknown and self._pick_up_changes(conn, resolver):
+        if unknown and self._look_again(conn, resolver.table):
             for b in unknown:
                 b.resolution = None
-            new_tags = self._load_states(conn, resolver, unknown, skip=tags)
-            tags |= new_tags
+            tags |= self._load_states(conn, resolver, unknown, skip=tags)
             self._resolve(resolver, unknown)
         evidence: list[Evidence] = []
-        for b in beacons:
-            r = b.resolution
-            if r is None:
-                self.counters.malformed += 1
-                continue
-            self.counters.beacons[r.verdict] += 1
-            if r.evidence is not None:
-                log.warning("cloned v2 chip %s: %s", format_tag(r.evidence.tag_id), r.evidence.as_dict())
-                evidence.append(r.evidence.as_alarm())
+        with self._count_lock:
+            for b in beacons:
+                r = b.resolution
+                if r is None:
+                    self.counters.malformed += 1
+                    continue
+                self.counters.beacons[r.verdict] += 1
+                if r.verdict is Verdict.UNKNOWN:
+                    self._unknown.append((b.station_id, b.heard_at, b.payload))
+                if r.evidence is not None:
+                    log.warning("cloned v2 chip %s: %s", format_tag(r.evidence.tag_id), r.evidence.as_dict())
+                    evidence.append(r.evidence.as_alarm())
         self._save_states(conn, resolver, tags)
         if evidence:
             with conn.cursor() as cur:
                 store.raise_evidence(cur, evidence)
         return evidence
+
+    def _look_again(self, conn: psycopg.Connection, table: ResolutionTable) -> int:
+        with self._lock:
+            return self._pick_up_changes(conn, table)
 
     def _resolve(self, resolver: Resolver, beacons: list[_Beacon]) -> None:
         for b in sorted(beacons, key=lambda b: b.heard_at):
@@ -315,8 +351,7 @@ class V2Resolution:
                 passages.append(
                     (s, [_Beacon(bytes.fromhex(h), at, b["station_id"]) for h, at in zip(heard, times, strict=False)])
                 )
-        with self._lock:
-            self._judge(conn, [b for _, beacons in passages for b in beacons])
+        self._judge(conn, [b for _, beacons in passages for b in beacons])
         rows = {id(s): self._row(s, beacons) for s, beacons in passages}
         out: list[list[dict[str, Any]]] = []
         for b, v2 in wanted:
@@ -352,8 +387,7 @@ class V2Resolution:
         v2 = [(a, _Beacon(bytes.fromhex(a.heard), a.seen_at, a.station_id)) for a in alerts if a.heard is not None]
         if not v2:
             return alerts
-        with self._lock:
-            self._judge(conn, [b for _, b in v2])
+        self._judge(conn, [b for _, b in v2])
         resolved: dict[int, Alert] = {}
         for a, b in v2:
             r = b.resolution
