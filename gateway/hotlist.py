@@ -22,6 +22,7 @@ from protocol.signing import SignatureError, verify_hotlist
 # Windows before the station's current one whose eids it still matches: a chip's clock may run minutes slow
 # (hardware/tag-beacon.md, "Clock drift"), and so beacon the eid of the window before the station's.
 EID_WINDOWS_BEHIND: Final = 1
+WINDOW_NUMBER_LIMIT: Final = 2**63
 
 RefusalReason = Literal["too_large", "invalid", "too_many_tags", "no_public_key", "unsigned", "bad_signature"]
 
@@ -48,6 +49,9 @@ def check_hotlist(payload: bytes, key: Ed25519PublicKey | None, *, max_bytes: in
         raise HotlistRefused("too_many_tags", f"{len(message.tags)} tags, more than {max_tags}")
     # A window's eids are one per stolen v2 chip: the bound on tags bounds them too.
     for window, eids in (message.eids or {}).items():
+        # The contract's window numbers run to 20 digits; the spool keeps one in SQLite's signed 64 bits.
+        if int(window) >= WINDOW_NUMBER_LIMIT:
+            raise HotlistRefused("invalid", f"window {window} is beyond any window a chip beacons in")
         if len(eids) > max_tags:
             raise HotlistRefused("too_many_tags", f"{len(eids)} eids in window {window}, more than {max_tags}")
     if key is None:

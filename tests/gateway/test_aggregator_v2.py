@@ -211,6 +211,11 @@ def test_a_signed_list_with_eids_is_taken_and_one_with_an_eid_changed_or_added_i
     with pytest.raises(HotlistRefused) as crowd:
         check_hotlist(crowded.to_json(), public, max_bytes=4096, max_tags=1)
     assert crowd.value.reason == "too_many_tags"
+    # Signed, but for a window no chip will see (and no spool could keep).
+    beyond = _signed(key, {str(2**64): [KEY.eid(window).hex()]})
+    with pytest.raises(HotlistRefused) as far:
+        check_hotlist(beyond.to_json(), public, max_bytes=4096, max_tags=10)
+    assert far.value.reason == "invalid"
 
 
 def test_the_spool_keeps_the_lists_eids_and_a_restart_takes_them_back(tmp_path: Path) -> None:
