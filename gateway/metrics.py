@@ -51,7 +51,10 @@ class StationFigures:
 
 
 _HELP = {
-    "beacons": "Tag beacons received",
+    "beacons": "Tag beacons received (v1 and v2 chips)",
+    "beacons_v2": "v2 chips' beacons received (also counted in beacons)",
+    "hotlist_tags": "Stolen v1 chips' tag ids on the hot list held",
+    "hotlist_eids": "Stolen v2 chips' ephemeral ids on the hot list held, over the windows kept",
     "spool_depth": "Messages held in the spool until confirmed (sightings) or acknowledged (alerts)",
     "spool_unconfirmed": "Sightings batches sent and not yet confirmed by the backend",
     "spool_bytes": "Payload bytes held in the spool",

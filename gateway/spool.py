@@ -23,14 +23,15 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
 from typing import Literal
 
-from gateway.aggregator import Passage
+from gateway.aggregator import Passage, TagKey
+from protocol.beacon_v2 import EID_BYTES
 from protocol.frames import TagFlags
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,26 @@ CREATE TABLE IF NOT EXISTS open_passages (
     flags INTEGER NOT NULL,
     hotlist_alerted INTEGER NOT NULL,
     tamper_alerted INTEGER NOT NULL
+);
+-- A v2 chip's open passages, keyed by the ephemeral id it beacons (8 bytes), with the first and the latest beacon
+-- as they were on the air: what the station knows of a v2 chip, never its key or its tag id.
+CREATE TABLE IF NOT EXISTS open_passages_v2 (
+    eid BLOB PRIMARY KEY,
+    first_seen_at TEXT NOT NULL,
+    last_seen_at TEXT NOT NULL,
+    beacons INTEGER NOT NULL,
+    peak_rssi_dbm INTEGER NOT NULL,
+    antenna INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    hotlist_alerted INTEGER NOT NULL,
+    tamper_alerted INTEGER NOT NULL,
+    first_heard BLOB NOT NULL,
+    last_heard BLOB
+);
+-- The hot list's stolen v2 chips: their ephemeral ids per window, 8 bytes each, concatenated.
+CREATE TABLE IF NOT EXISTS hotlist_eids (
+    window_number INTEGER PRIMARY KEY,
+    eids BLOB NOT NULL
 );
 """
 
@@ -512,33 +533,42 @@ class Spool:
         with self._transaction(durable=False):
             self._db.execute("UPDATE outbox SET resend_at = NULL WHERE resend_at IS NOT NULL")
 
-    def save_passages(self, upsert: Iterable[Passage], delete: Iterable[int]) -> None:
-        """Checkpoint open passages: write (replace) some, forget others by tag id."""
-        self._db.executemany("DELETE FROM open_passages WHERE tag_id = ?", ((t,) for t in delete))
-        self._db.executemany(
-            "INSERT OR REPLACE INTO open_passages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    p.tag_id,
-                    p.first_seen_at.isoformat(),
-                    p.last_seen_at.isoformat(),
-                    p.beacons,
-                    p.peak_rssi_dbm,
-                    p.antenna,
-                    int(p.flags),
-                    p.hotlist_alerted,
-                    p.tamper_alerted,
-                )
-                for p in upsert
-            ),
-        )
+    def save_passages(self, upsert: Iterable[Passage], delete: Iterable[TagKey]) -> None:
+        """Checkpoint open passages: write (replace) some, forget others by tag id or ephemeral id."""
+        gone = list(delete)
+        self._db.executemany("DELETE FROM open_passages WHERE tag_id = ?", ((t,) for t in gone if isinstance(t, int)))
+        self._db.executemany("DELETE FROM open_passages_v2 WHERE eid = ?", ((t,) for t in gone if isinstance(t, bytes)))
+        v1: list[tuple[object, ...]] = []
+        v2: list[tuple[object, ...]] = []
+        for p in upsert:
+            row = (
+                p.tag,
+                p.first_seen_at.isoformat(),
+                p.last_seen_at.isoformat(),
+                p.beacons,
+                p.peak_rssi_dbm,
+                p.antenna,
+                int(p.flags),
+                p.hotlist_alerted,
+                p.tamper_alerted,
+            )
+            if isinstance(p.tag, int):
+                v1.append(row)
+            else:
+                v2.append((*row, p.first_heard, p.last_heard))
+        self._db.executemany("INSERT OR REPLACE INTO open_passages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", v1)
+        self._db.executemany("INSERT OR REPLACE INTO open_passages_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", v2)
 
     def load_passages(self) -> list[Passage]:
-        """The open passages as last checkpointed."""
-        rows = self._db.execute("SELECT * FROM open_passages ORDER BY first_seen_at").fetchall()
+        """The open passages as last checkpointed, v1 and v2 chips', oldest first."""
+        columns = "first_seen_at, last_seen_at, beacons, peak_rssi_dbm, antenna, flags, hotlist_alerted, tamper_alerted"
+        rows = self._db.execute(
+            f"SELECT tag_id, {columns}, NULL, NULL FROM open_passages"
+            f" UNION ALL SELECT eid, {columns}, first_heard, last_heard FROM open_passages_v2 ORDER BY 2"
+        ).fetchall()
         return [
             Passage(
-                tag_id=r[0],
+                tag=r[0],
                 first_seen_at=datetime.fromisoformat(r[1]),
                 last_seen_at=datetime.fromisoformat(r[2]),
                 beacons=r[3],
@@ -547,18 +577,28 @@ class Spool:
                 flags=TagFlags(r[6]),
                 hotlist_alerted=bool(r[7]),
                 tamper_alerted=bool(r[8]),
+                first_heard=r[9],
+                last_heard=r[10],
             )
             for r in rows
         ]
 
-    def save_hotlist(self, version: int, tags: Iterable[int]) -> None:
-        """Keep the hot list so a restarted station flags stolen chips before it reaches the broker."""
+    def save_hotlist(
+        self, version: int, tags: Iterable[int], eids: Mapping[int, Iterable[bytes]] | None = None
+    ) -> None:
+        """Keep the hot list (stolen v1 tag ids, stolen v2 chips' eids per window) so a restarted station flags
+        stolen chips before it reaches the broker."""
         text = ",".join(str(t) for t in sorted(tags))
         with self._transaction():
             self._db.execute(
                 "INSERT INTO hotlist (id, version, tags) VALUES (1, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET version = excluded.version, tags = excluded.tags",
                 (version, text),
+            )
+            self._db.execute("DELETE FROM hotlist_eids")
+            self._db.executemany(
+                "INSERT INTO hotlist_eids (window_number, eids) VALUES (?, ?)",
+                ((w, b"".join(sorted(e))) for w, e in (eids or {}).items()),
             )
 
     def load_hotlist(self) -> tuple[int, list[int]] | None:
@@ -567,6 +607,13 @@ class Spool:
         if row is None:
             return None
         return int(row[0]), [int(t) for t in row[1].split(",") if t]
+
+    def load_hotlist_eids(self) -> dict[int, list[bytes]]:
+        """The last saved hot list's ephemeral ids by window (empty when it had none)."""
+        return {
+            int(window): [blob[i : i + EID_BYTES] for i in range(0, len(blob), EID_BYTES)]
+            for window, blob in self._db.execute("SELECT window_number, eids FROM hotlist_eids ORDER BY window_number")
+        }
 
     def save_command_seq(self, seq: int) -> None:
         """Keep the seq of the last command taken, so a restarted station still refuses a replay of an older one."""

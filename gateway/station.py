@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Protocol
 
 from gateway import metrics
-from gateway.aggregator import Aggregator
+from gateway.aggregator import Aggregator, TagKey
 from gateway.gps import Gps
 from gateway.hotlist import HotList
 from gateway.radio import Radio, Reception
@@ -23,7 +23,7 @@ from gateway.rejected_runs import RejectedRunsFile
 from gateway.settings import GatewaySettings
 from gateway.spool import Spool
 from gateway.uplink import Uplink
-from protocol.frames import Beacon, ModuleStatus
+from protocol.frames import Beacon, BeaconV2
 from protocol.messages import Alert, Sighting, SightingBatch, StationStatus, utcnow
 from protocol.topics import station_topic
 
@@ -86,7 +86,7 @@ class Station:
         self._receiver = receiver  # None: the radio module on settings.serial_url
         self.sightings_topic = station_topic(settings.station_id, "sightings")
         self.alerts_topic = station_topic(settings.station_id, "alerts")
-        self.hotlist = HotList()
+        self.hotlist = HotList(clock=clock)
         # A mobile reader also reads its GPS receiver; each sighting then carries the reader's position.
         self.gps = (
             Gps(
@@ -113,11 +113,11 @@ class Station:
         self.radio: Receiver | None = None
         self.uplink: Uplink | None = None
         self._started = time.monotonic()
-        # What the spool's open-passage checkpoint holds: tag id -> first_seen_at of that passage.
-        self._checkpointed: dict[int, datetime] = {}
+        # What the spool's open-passage checkpoint holds: tag id (v1) or eid (v2) -> first_seen_at of that passage.
+        self._checkpointed: dict[TagKey, datetime] = {}
         self._checkpoint_refreshed = time.monotonic()
         # Tags heard since the last checkpoint, whose passages it rewrites when the receiver acknowledges reads.
-        self._touched: set[int] = set()
+        self._touched: set[TagKey] = set()
         self.restarts = 0  # by the fleet's supervisor, after this station's task failed
 
     async def run(self) -> None:
@@ -134,11 +134,11 @@ class Station:
         )
         saved = spool.load_hotlist()
         if saved is not None:
-            self.hotlist.offer(*saved)
+            self.hotlist.offer(*saved, spool.load_hotlist_eids())
         # Passages open when the last run died (SIGKILL, power cut) go on where they were.
         restored = spool.load_passages()
         self.aggregator.restore(restored)
-        self._checkpointed = {p.tag_id: p.first_seen_at for p in restored}
+        self._checkpointed = {p.tag: p.first_seen_at for p in restored}
         self._checkpoint_refreshed = time.monotonic()
         self.radio = self._receiver or Radio.of_station(s, clock=self.clock)
         self.uplink = Uplink(s, spool, self.hotlist, self.status)
@@ -196,6 +196,9 @@ class Station:
         figures = metrics.StationFigures(self.settings.station_id)
         spool, uplink, radio = self.spool, self.uplink, self.radio
         figures.counters["beacons"] = self.aggregator.beacons_total
+        figures.counters["beacons_v2"] = self.aggregator.beacons_v2_total
+        figures.gauges["hotlist_tags"] = len(self.hotlist.tags)
+        figures.gauges["hotlist_eids"] = self.hotlist.eid_count
         figures.counters["station_restarts"] = self.restarts
         if spool is not None:
             figures.gauges["spool_depth"] = spool.depth
@@ -239,14 +242,20 @@ class Station:
             reception = await radio.get()
             frame = reception.frame
             if isinstance(frame, Beacon):
-                if radio.acknowledges:
-                    self._touched.add(frame.tag_id)
-                for alert in self.aggregator.add(frame, reception.received_at):
-                    self._spool_alert(alert)
-                if self.aggregator.closed_count >= self.settings.batch_max:
-                    self._spool_sightings(self.aggregator.take_closed())
-            elif isinstance(frame, ModuleStatus):
+                tag: TagKey = frame.tag_id
+                alerts = self.aggregator.add(frame, reception.received_at)
+            elif isinstance(frame, BeaconV2):
+                tag = frame.eid
+                alerts = self.aggregator.add_v2(frame, reception.received_at)
+            else:  # the radio module's status, the one other kind of frame
                 self.noise_floor_dbm = frame.noise_floor_dbm
+                continue
+            if radio.acknowledges:
+                self._touched.add(tag)
+            for alert in alerts:
+                self._spool_alert(alert)
+            if self.aggregator.closed_count >= self.settings.batch_max:
+                self._spool_sightings(self.aggregator.take_closed())
 
     async def _batch_every_interval(self) -> None:
         assert self.spool is not None
@@ -256,6 +265,7 @@ class Station:
         while True:
             await asyncio.sleep(self.settings.batch_interval_s)
             refresh = time.monotonic() - self._checkpoint_refreshed >= self.settings.passage_checkpoint_s
+            self.hotlist.drop_past_eids()
             self._spool_sightings(self.aggregator.close_due(), refresh=refresh)
             self.spool.report_drops()
 
@@ -263,7 +273,9 @@ class Station:
         assert self.spool is not None and self.uplink is not None
         self.spool.put_alert(self.alerts_topic, alert.to_json())
         self.uplink.notify()
-        log.info("station %s: alert %s for tag %s", self.settings.station_id, alert.kind, alert.tag_id)
+        # A v2 chip's alert names no tag: the station logs the eid it heard (what any radio hears), bytes 1-8.
+        chip = alert.tag_id or f"eid {alert.heard[2:18] if alert.heard else '?'}"
+        log.info("station %s: alert %s for tag %s", self.settings.station_id, alert.kind, chip)
 
     def _spool_sightings(self, sightings: list[Sighting], *, refresh: bool = False) -> None:
         """Spool closed sightings and checkpoint the open passages, in one transaction.
@@ -282,9 +294,7 @@ class Station:
         touched = self._touched
         gone = [tag for tag in checkpointed if tag not in open_now]
         changed = [
-            p
-            for p in open_now.values()
-            if refresh or p.tag_id in touched or checkpointed.get(p.tag_id) != p.first_seen_at
+            p for p in open_now.values() if refresh or p.tag in touched or checkpointed.get(p.tag) != p.first_seen_at
         ]
         if not (sightings or gone or changed):
             if self.radio is not None:
@@ -306,7 +316,7 @@ class Station:
         touched.clear()
         for tag in gone:
             del checkpointed[tag]
-        checkpointed.update((p.tag_id, p.first_seen_at) for p in changed)
+        checkpointed.update((p.tag, p.first_seen_at) for p in changed)
         if refresh:
             self._checkpoint_refreshed = time.monotonic()
         if self.radio is not None:

@@ -395,8 +395,15 @@ class Uplink:
             )
             return
         if self.hotlist.offer_message(message):
-            self.spool.save_hotlist(self.hotlist.version, self.hotlist.tags)
-            log.info("%s: hot list version %d, %d tags", s.station_id, message.version, len(self.hotlist.tags))
+            self.spool.save_hotlist(self.hotlist.version, self.hotlist.tags, self.hotlist.eids)
+            log.info(
+                "%s: hot list version %d, %d tags, %d v2 eids in %d windows",
+                s.station_id,
+                message.version,
+                len(self.hotlist.tags),
+                self.hotlist.eid_count,
+                len(self.hotlist.eids),
+            )
         else:
             log.debug("%s: hot list version %d not newer than %d", s.station_id, message.version, self.hotlist.version)
 

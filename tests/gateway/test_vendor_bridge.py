@@ -279,7 +279,7 @@ async def test_an_upload_is_acknowledged_once_its_reads_are_spooled_and_a_resend
         [station] = bridge.fleet.stations
         assert station.spool is not None
         # Acknowledged means in the spool: the open passage is checkpointed there.
-        assert [p.tag_id for p in station.spool.load_passages()] == [0x5E000010]
+        assert [p.tag for p in station.spool.load_passages()] == [0x5E000010]
         await raw.send(encode(upload))  # the reply was lost, say: the station sends the same upload again
         reply = await raw.reply()
         assert isinstance(reply, TagUploadReply) and reply.sequence == 7
