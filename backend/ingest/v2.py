@@ -29,7 +29,16 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from backend import chip_keys
 from backend.alarms import store
 from backend.alarms.evidence import Evidence
-from backend.resolution import ChipState, Resolution, ResolutionTable, Resolver, Verdict, join_window_splits
+from backend.resolution import (
+    ChipState,
+    CloneEvidence,
+    Hearing,
+    Resolution,
+    ResolutionTable,
+    Resolver,
+    Verdict,
+    join_window_splits,
+)
 from backend.vault import Vault, VaultError
 from protocol.beacon_v2 import BeaconPayloadError, window_of
 from protocol.messages import Alert, format_tag
@@ -59,6 +68,9 @@ class _Beacon:
     heard_at: datetime
     station_id: str
     resolution: Resolution | None = None
+    # The passage's first beacon when this, its last, is the same bytes: a chip never sends one counter twice, and a
+    # radio module reports each transmission once (hardware/station.md), so it was played again on the air.
+    repeats: _Beacon | None = None
 
 
 @dataclass
@@ -304,6 +316,8 @@ class V2Resolution:
                 b.resolution = None
             tags |= self._load_states(conn, resolver, unknown, skip=tags)
             self._resolve(resolver, unknown)
+        for b in beacons:
+            self._judge_repeat(b)
         evidence: list[Evidence] = []
         with self._count_lock:
             for b in beacons:
@@ -322,6 +336,18 @@ class V2Resolution:
             with conn.cursor() as cur:
                 store.raise_evidence(cur, evidence)
         return evidence
+
+    @staticmethod
+    def _judge_repeat(b: _Beacon) -> None:
+        """A passage's last beacon that repeats its first is a replay, even where either alone passes (the same
+        transmission heard at a second station within seconds is a duplicate, not an alarm)."""
+        r, first = b.resolution, b.repeats
+        if r is None or first is None or r.tag_id is None or r.evidence is not None or r.window is None:
+            return
+        offending = Hearing(b.station_id, b.heard_at, r.counter, r.window, b.payload)
+        earlier = Hearing(first.station_id, first.heard_at, r.counter, r.window, first.payload)
+        evidence = CloneEvidence(r.tag_id, Verdict.REPLAY, offending, earlier)
+        b.resolution = r._replace(verdict=Verdict.REPLAY, evidence=evidence)
 
     def _look_again(self, conn: psycopg.Connection, table: ResolutionTable) -> int:
         with self._lock:
@@ -348,9 +374,10 @@ class V2Resolution:
             for s in v2:
                 heard = s["heard"]
                 times = (s["first_seen_at"], s["last_seen_at"])
-                passages.append(
-                    (s, [_Beacon(bytes.fromhex(h), at, b["station_id"]) for h, at in zip(heard, times, strict=False)])
-                )
+                beacons = [_Beacon(bytes.fromhex(h), at, b["station_id"]) for h, at in zip(heard, times, strict=False)]
+                if len(beacons) == 2 and beacons[0].payload == beacons[1].payload:
+                    beacons[1].repeats = beacons[0]
+                passages.append((s, beacons))
         self._judge(conn, [b for _, beacons in passages for b in beacons])
         rows = {id(s): self._row(s, beacons) for s, beacons in passages}
         out: list[list[dict[str, Any]]] = []

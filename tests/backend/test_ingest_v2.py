@@ -23,9 +23,14 @@ from tests import factories
 from tests.backend.test_ingest import count, wait_until
 
 
+def key_bytes(seed: int) -> bytes:
+    """The 16 bytes of the key fit_v2 writes for this seed (what a simulated chip needs to beacon)."""
+    return random.Random(seed).randbytes(16)
+
+
 def fit_v2(conn: psycopg.Connection, tag_id: int, seed: int) -> tuple[int, ChipKey]:
     """A bike carrying a v2 chip with its key kept as the counter keeps it; returns (bike id, the chip's key)."""
-    key = random.Random(seed).randbytes(16)
+    key = key_bytes(seed)
     bike_id = factories.bike(conn, tag_id)
     conn.execute("UPDATE chips SET kind = 'v2' WHERE tag_id = %s", (tag_id,))
     conn.execute(
