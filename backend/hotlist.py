@@ -20,6 +20,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from backend.broker_client import broker_client
+from backend.chip_keys import active_v2_keys_of
 from backend.settings import BackendSettings
 from backend.vault import Vault, VaultError
 from protocol import topics
@@ -30,10 +31,9 @@ from protocol.signing import sign, sign_hotlist
 log = logging.getLogger(__name__)
 
 
-# Every chip of a bike with an open theft report, with its kind and, for a v2 chip, its key as stored.
+# Every chip of a bike with an open theft report, with its kind.
 _STOLEN = (
-    "SELECT c.tag_id, c.kind, k.key_ciphertext FROM theft_reports t JOIN chips c USING (bike_id)"
-    " LEFT JOIN chip_keys k ON k.tag_id = c.tag_id AND k.retired_at IS NULL"
+    "SELECT c.tag_id, c.kind FROM theft_reports t JOIN chips c USING (bike_id)"
     " WHERE t.recovered_at IS NULL ORDER BY c.tag_id"
 )
 # Whether a renewed list is needed: a v2 chip is stolen now, or the latest list names one (whose eids a new list must
@@ -60,22 +60,14 @@ def eid_windows(now_s: float, count: int) -> list[int]:
     return list(range(first, first + count))
 
 
-def _listed(rows: list[tuple[Any, ...]], vault: Vault, windows: list[int]) -> tuple[list[int], dict[str, list[str]]]:
-    """The v1 chips' tag ids, and every window's eids of the v2 chips (each window's sorted, so a chip's place in one
-    window's list says nothing about its place in the next)."""
-    tags: list[int] = []
+def _eids(keys: dict[int, bytes], windows: list[int]) -> dict[str, list[str]]:
+    """Every window's eids of these chips (each window's sorted, so a chip's place in one window's list says nothing
+    about its place in the next)."""
     by_window: dict[int, list[str]] = {w: [] for w in windows}
-    for tag_id, kind, blob in rows:
-        if kind != "v2":
-            tags.append(int(tag_id))
-        elif blob is None:
-            # A stolen v2 chip without a key cannot be flagged by any station: say so, never list its tag id instead.
-            log.warning("stolen v2 chip %s has no active key: no station can flag it", format_tag(int(tag_id)))
-        else:
-            key = ChipKey(vault.decrypt_chip_key(int(tag_id), bytes(blob)))
-            for window, eid in zip(windows, key.eids(windows), strict=True):
-                by_window[window].append(eid.hex())
-    return tags, {str(w): sorted(eids) for w, eids in by_window.items()}
+    for key in keys.values():
+        for window, eid in zip(windows, ChipKey(key).eids(windows), strict=True):
+            by_window[window].append(eid.hex())
+    return {str(w): sorted(eids) for w, eids in by_window.items()}
 
 
 async def issue_hotlist(
@@ -90,20 +82,23 @@ async def issue_hotlist(
     with `vault`. A list without a stolen v2 chip has no eids at all (byte for byte the list of before)."""
     now_s = time.time() if now_s is None else now_s
     cur = await conn.execute(_STOLEN)
-    rows = await cur.fetchall()
-    windows = eid_windows(now_s, eid_windows_count)
-    tags, eids = _listed(rows, vault, windows)
-    has_v2 = any(e for e in eids.values())
+    rows = [(int(tag_id), kind) for tag_id, kind in await cur.fetchall()]
+    v2 = [tag_id for tag_id, kind in rows if kind == "v2"]
+    keys = dict(await active_v2_keys_of(conn, vault, v2)) if v2 else {}
+    for tag_id in v2:
+        if tag_id not in keys:
+            # No station can flag it: say so, and never list its tag id instead (it does not beacon it).
+            log.warning("stolen v2 chip %s has no active key: no station can flag it", format_tag(tag_id))
+    tags = [tag_id for tag_id, kind in rows if kind != "v2"]
     # tag_ids records every chip this version covers, v2 ones included: the renewal reads it to know whether the
     # list out there still carries eids. It is the backend's own record, never published.
     cur = await conn.execute(
         "INSERT INTO hotlist_versions (issued_at, tag_ids) VALUES (%s, %s) RETURNING version, issued_at",
-        (datetime.fromtimestamp(now_s, UTC), [int(r[0]) for r in rows]),
+        (datetime.fromtimestamp(now_s, UTC), [tag_id for tag_id, _ in rows]),
     )
     version, issued_at = await cur.fetchone()  # type: ignore[misc]
-    return Hotlist(
-        version=version, issued_at=issued_at, tags=[format_tag(t) for t in tags], eids=eids if has_v2 else None
-    )
+    eids = _eids(keys, eid_windows(now_s, eid_windows_count)) if keys else None
+    return Hotlist(version=version, issued_at=issued_at, tags=[format_tag(t) for t in tags], eids=eids)
 
 
 async def renew_hotlist(
