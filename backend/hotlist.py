@@ -60,9 +60,9 @@ def eid_windows(now_s: float, count: int) -> list[int]:
     return list(range(first, first + count))
 
 
-def _eids(keys: dict[int, bytes], windows: list[int]) -> dict[str, list[str]]:
-    """Every window's eids of these chips (each window's sorted, so a chip's place in one window's list says nothing
-    about its place in the next)."""
+def eids_of(keys: dict[int, bytes], windows: list[int]) -> dict[str, list[str]]:
+    """The hot list's eids of these chips (tag id -> key) for these windows, each window's sorted: a chip's place in
+    one window's list says nothing about its place in the next."""
     by_window: dict[int, list[str]] = {w: [] for w in windows}
     for key in keys.values():
         for window, eid in zip(windows, ChipKey(key).eids(windows), strict=True):
@@ -97,7 +97,8 @@ async def issue_hotlist(
         (datetime.fromtimestamp(now_s, UTC), [tag_id for tag_id, _ in rows]),
     )
     version, issued_at = await cur.fetchone()  # type: ignore[misc]
-    eids = _eids(keys, eid_windows(now_s, eid_windows_count)) if keys else None
+    # Off the event loop: about 40 ms of one core per 1,000 stolen v2 chips at 16 windows (docs/benchmarks.md).
+    eids = await asyncio.to_thread(eids_of, keys, eid_windows(now_s, eid_windows_count)) if keys else None
     return Hotlist(version=version, issued_at=issued_at, tags=[format_tag(t) for t in tags], eids=eids)
 
 
