@@ -22,7 +22,7 @@ from backend.api.app import create_app
 from backend.chip_keys import active_v2_keys
 from backend.hotlist import eid_windows
 from backend.settings import BackendSettings
-from bikeguard.services import Broker
+from bikeguard.services import Broker, start_broker
 from protocol import topics
 from protocol.beacon_v2 import WINDOW_S, ChipKey, window_of
 from protocol.ids import parse_tag
@@ -294,3 +294,30 @@ def test_eid_windows_are_the_one_before_the_current_one_and_those_ahead() -> Non
     for count in (2, HOTLIST_EID_WINDOWS_MAX + 1):
         with pytest.raises(ValueError, match="3 to 16 windows"):
             eid_windows(now_s, count)
+
+
+def test_a_list_renewed_while_the_broker_is_away_reaches_it_when_it_is_back(
+    database_url: str, topic_prefix: str, cable: CounterCable
+) -> None:
+    clock = MovableClock()
+    broker = start_broker("amqtt")  # a broker of this test's own, to stop and start again
+    try:
+        with _backend(database_url, broker, f"api-{topic_prefix}", cable, clock) as (client, settings):
+            staff = Staff(client, database_url)
+            v2, key = _fit_v2(staff, cable)
+            _steal(staff, v2)
+            stolen = _latest_version(database_url)
+            broker.stop()
+            window = clock.next_window()
+            wait_until(lambda: _latest_version(database_url) > stolen)  # renewed, with no broker to take it
+            renewed = _latest_version(database_url)
+            # The same address and password, nothing retained: what arrives is what the publisher kept.
+            broker = start_broker("amqtt", port=broker.port, password=broker.password)
+            listener = GatewayListener(broker)
+            try:
+                hotlist = _checked(listener.version(renewed, settings), settings)
+            finally:
+                listener.close()
+            assert hotlist.eids_by_window()[window] == [ChipKey(key).eid(window)]
+    finally:
+        broker.stop()
