@@ -1,5 +1,6 @@
 """v2 chip keys: made and written to the chip at fitting through the programming cable, kept encrypted at rest,
-read back decrypted only by the resolution of ephemeral ids, retired with their chip.
+read back decrypted only to compute ephemeral ids (the resolution, and the hot list's for stolen chips), retired with
+their chip.
 
 A key goes from `secrets` to the cable and, encrypted by the vault, to `chip_keys`; it is never shown, returned by
 the API, logged, exported or audited (tests/backend/test_chip_keys_never_appear.py searches for it). What may be
@@ -145,6 +146,18 @@ async def active_v2_keys_async(conn: psycopg.AsyncConnection[Any], vault: Vault)
     return _decrypted(vault, await cur.fetchall())
 
 
+async def active_v2_keys_of(
+    conn: psycopg.AsyncConnection[Any], vault: Vault, tag_ids: list[int]
+) -> list[tuple[int, bytes]]:
+    """(tag id, key) of these v2 chips whose key is not retired, decrypted, by tag id: what the hot list computes a
+    stolen chip's ephemeral ids from. Raises VaultError when a key does not decrypt."""
+    cur = await conn.execute(
+        "SELECT tag_id, key_ciphertext FROM chip_keys WHERE retired_at IS NULL AND tag_id = ANY (%s) ORDER BY tag_id",
+        (tag_ids,),
+    )
+    return _decrypted(vault, await cur.fetchall())
+
+
 __all__ = [
     "ACTIVE_KEYS",
     "CHIP_KINDS",
@@ -154,6 +167,7 @@ __all__ = [
     "ProgrammedChip",
     "active_v2_keys",
     "active_v2_keys_async",
+    "active_v2_keys_of",
     "program_chip",
     "store_key",
 ]

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from protocol.messages import COMMAND_TTL_MAX_S
+from protocol.messages import COMMAND_TTL_MAX_S, HOTLIST_EID_WINDOWS_MAX
 from protocol.signing import SigningKeyError, generate_signing_key, public_key_of, read_signing_key
 
 # Placeholders that work on a developer's machine and are refused anywhere else.
@@ -124,6 +124,12 @@ class BackendSettings(BaseSettings):
     # every recovery_check_interval_s, off the ingest's path.
     recovery_dwell_s: float = Field(default=7200.0, gt=0)
     recovery_check_interval_s: float = Field(default=300.0, gt=0)
+    # Stolen v2 chips go on the hot list by their ephemeral ids (backend.hotlist) for this many windows of 15 minutes:
+    # the one before, the current one and the rest ahead. The list is renewed at each window's start, so a station
+    # whose uplink goes down still flags them for (windows - 2) * 15 minutes: 3.5 hours with the most a list may carry
+    # (each stolen v2 chip costs about 19 bytes a window in the list). The renewal checks the clock at least this often.
+    hotlist_eid_windows: int = Field(default=HOTLIST_EID_WINDOWS_MAX, ge=3, le=HOTLIST_EID_WINDOWS_MAX)
+    hotlist_renew_check_s: float = Field(default=60.0, gt=0)
     # The time zone the daily hot sheet (page and PDF) prints its times in: the county's.
     hotsheet_time_zone: str = "Asia/Shanghai"
     # How long a command sent to a station stays valid (a station away longer refuses it as expired when it is back).

@@ -71,6 +71,17 @@ def _account(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share(text: str) -> float:
+    """A share between 0 and 1, for argparse."""
+    try:
+        share = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share is between 0 and 1, not {share}")
+    return share
+
+
 def _demo(args: argparse.Namespace) -> int:
     from bikeguard.demo import run_demo
 
@@ -120,6 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="run the N stations nearest the town's centre as MR7901 vendor stations through the vendor bridge "
         "(default 2; 0: none)",
+    )
+    demo.add_argument(
+        "--v2-share",
+        type=_share,
+        default=0.1,
+        help="share of the bikes fitted with v2 chips (rotating ids, keyed at the counter), 0 to 1",
+    )
+    demo.add_argument(
+        "--steal-kind",
+        choices=("v1", "v2", "any"),
+        default="v1",
+        help="the kind of chip the stolen bike carries (default v1: the stations do not flag v2 chips yet)",
     )
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

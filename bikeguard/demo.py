@@ -49,8 +49,10 @@ from bikeguard.services import (
     start_postgres,
     stop_process,
 )
+from firmware_sim.programmer import ChipOnCable
 from firmware_sim.runner import vendor_device_ids
-from firmware_sim.town import Town
+from firmware_sim.tag_v2 import ChipMemory, write_chips
+from firmware_sim.town import Bike, Town, v2_bikes
 from gateway.settings import GatewaySettings
 from gateway.station import run_fleet
 from gateway.vendor.bridge import Bridge, BridgeSettings
@@ -209,9 +211,16 @@ def demo_owner(bike_no: int, name: str) -> dict[str, Any]:
     }
 
 
-def seed_backend(base_url: str, town: Town, admin: Login, workers: int = 4) -> DemoAccounts:
+def seed_backend(
+    base_url: str,
+    town: Town,
+    admin: Login,
+    workers: int = 4,
+    v2_bikes: Sequence[Bike] = (),
+    cable: DemoCable | None = None,
+) -> DemoAccounts:
     """Sign up staff as an admin would, register stations and roads as an installer, and every bike with
-    its owner and chip at the counter as a clerk would."""
+    its owner and chip at the counter as a clerk would: `v2_bikes` with a v2 chip keyed through `cable`."""
     staff = DemoAccounts(
         admin, Login("installer", _password()), Login("clerk", _password()), Login("police", _password())
     )
@@ -238,10 +247,11 @@ def seed_backend(base_url: str, town: Town, admin: Login, workers: int = 4) -> D
         api.put("/api/stations", json=stations).raise_for_status()
         api.put("/api/roads", json=town_roads_geojson(town)).raise_for_status()
 
-    def register(clerk: httpx.Client, bike: Any) -> None:
+    def register(clerk: httpx.Client, bike: Any, chip_kind: str = "v1") -> None:
         r = clerk.post(
             "/api/bikes",
             json={
+                "chip_kind": chip_kind,
                 "owner": demo_owner(bike.bike_no, bike.owner),
                 "plate": bike.plate,
                 "frame_number": f"DEMO{bike.bike_no:06d}F",
@@ -257,9 +267,41 @@ def seed_backend(base_url: str, town: Town, admin: Login, workers: int = 4) -> D
         slip = r.json()["owner_login"]
         staff.owners[bike.plate] = (r.json()["bike"]["bike_id"], Login(slip["username"], slip["initial_password"]))
 
+    v2 = {b.bike_no for b in v2_bikes}
+    if v2 and cable is None:
+        raise ServiceError("v2 chips are fitted through a programming cable, and none was given")
     with sign_in(base_url, staff.clerk) as clerk, ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda b: register(clerk, b), town.bikes))
+        list(pool.map(lambda b: register(clerk, b), [b for b in town.bikes if b.bike_no not in v2]))
+        # One cable at the counter: v2 chips one after the other, each keyed by the backend as the clerk fits it.
+        for bike in v2_bikes:
+            assert cable is not None
+            with cable.chip(bike.tag_id) as chip:
+                register(clerk, bike, "v2")
+                cable.fitted.append(chip.memory())
     return staff
+
+
+class DemoCable:
+    """The fitting counter's programming cable: a fixed port (a symlink, as udev makes /dev/ttyUSB0) on which the
+    chip being fitted answers; keeps what each chip it saw keyed holds, for the town's process to put on its bike."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = str(workdir / "ttyBGCABLE")
+        self.fitted: list[ChipMemory] = []
+
+    @contextlib.contextmanager
+    def chip(self, serial: int) -> Iterator[ChipOnCable]:
+        """A blank simulated chip of this serial on the cable, taken off (and its pty closed) afterwards."""
+        chip = ChipOnCable(serial)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.port)
+            os.symlink(chip.port, self.port)
+            yield chip
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.port)
+            chip.close()
 
 
 def start_demo_broker(backend_password: str, kind: str = "auto") -> Broker:
@@ -473,6 +515,8 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
             "BIKEGUARD_MAINTENANCE_INTERVAL_S": "60",
             # Plain HTTP on this machine, data thrown away: development mode, asked for; random keys all the same.
             "BIKEGUARD_ENVIRONMENT": "development",
+            # The counter's programming cable, on which the demo lays each v2 chip it fits (DemoCable).
+            "BIKEGUARD_COUNTER_PROGRAMMER_URL": str(workdir / "ttyBGCABLE"),
             **random_secrets(),
         }
         with stop_signals.held():
@@ -483,11 +527,15 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         _say("backend up")
 
         town = Town.generate(args.seed, stations=args.stations, bikes=args.bikes)
-        staff = seed_backend(base, town, bootstrap_admin(database_url))
+        cable = DemoCable(workdir)
+        staff = seed_backend(
+            base, town, bootstrap_admin(database_url), v2_bikes=v2_bikes(town, args.v2_share), cable=cable
+        )
         _say(
             f"town registered: {len(town.stations)} stations, {len(town.bikes)} bikes and their owners,"
             f" {len(town.roads)} roads"
         )
+        v2_options = _v2_chips(workdir, cable.fitted)
         vendor_ids = vendor_device_ids(town, vendor_count)
         with sign_in(base, staff.installer) as installer:
             register_vendor_devices(installer, vendor_ids)
@@ -524,6 +572,8 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
                     "--steal-after",
                     str(args.steal_after),
                     *vendor_options,
+                    *v2_options,
+                    *("--steal-kind", args.steal_kind),
                 ],
                 stdout=subprocess.PIPE,
                 text=True,
@@ -569,6 +619,19 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         if pg:
             pg.stop()
         _say("stopped; nothing left running")
+
+
+def _v2_chips(workdir: Path, fitted: list[ChipMemory]) -> list[str]:
+    """Hand the chips fitted at the counter to the town's process (a file only this user reads); its options."""
+    if not fitted:
+        return []
+    path = workdir / "v2-chips.json"
+    write_chips(path, fitted)
+    _say(
+        f"{len(fitted)} bikes fitted with v2 chips through the counter's programming cable: they beacon rotating ids"
+        " that only the backend resolves (until the gateways and the ingest resolve them, their passages do not show)"
+    )
+    return ["--v2-chips", str(path)]
 
 
 def _start_vendor_stations(

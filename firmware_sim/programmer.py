@@ -14,7 +14,7 @@ import threading
 import tty
 from types import TracebackType
 
-from firmware_sim.tag_v2 import TagV2
+from firmware_sim.tag_v2 import ChipMemory, TagV2
 from protocol.beacon_v2 import key_check_value
 from protocol.programming_cable import (
     FIRMWARE,
@@ -78,6 +78,12 @@ class ChipOnCable:
             clock_offset_s=clock_offset_s,
             drift_ppm=drift_ppm,
         )
+
+    def memory(self) -> ChipMemory:
+        """The chip's key and clock as the simulation carries it onto a bike (firmware_sim.tag_v2.ChipMemory)."""
+        if self._key is None or self.clock_set_unix_s is None:
+            raise ProgrammerError(f"chip {self.serial_number} has no key: it cannot beacon v2")
+        return ChipMemory(self.serial_number, self._key, self.clock_set_unix_s)
 
     def _serve(self) -> None:
         while not self._stop.wait(0.002):

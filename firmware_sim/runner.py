@@ -11,19 +11,22 @@ import argparse
 import json
 import logging
 import math
+import random
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Protocol
 
 from firmware_sim.mr7901_station import VendorFleet, VendorStation
 from firmware_sim.radio import RadioClosedError, RadioError, RadioModule
+from firmware_sim.tag_v2 import ChipMemory, read_chips
 from firmware_sim.town import Bike, Town, TownError
-from protocol.frames import Beacon
+from protocol.frames import Beacon, BeaconV2
 from protocol.ids import format_tag
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,19 @@ class SimRunner:
         with self._lock:
             return self.town.theft(bike_no, tamper=tamper)
 
+    def _hand_over(self, station_id: str, beacons: list[Beacon | BeaconV2]) -> int:
+        """Give a station's radio what it heard; a vendor station's reader knows no v2 format, so it hears v1 only."""
+        radio = self.radios.get(station_id)
+        if radio is not None:
+            for beacon in beacons:
+                radio.hear(beacon)
+            return len(beacons)
+        listener = self.listeners[station_id]
+        v1 = [b for b in beacons if isinstance(b, Beacon)]
+        for beacon in v1:
+            listener.hear(beacon)
+        return len(v1)
+
     def _close_radios(self) -> None:
         for radio in self.radios.values():
             radio.close()
@@ -140,10 +156,7 @@ class SimRunner:
                     # After a stall, do not try to catch up with a burst of short steps.
                     next_step = max(next_step + self.step_s, now)
                     for station_id, beacons in heard.items():
-                        listener = self.listeners[station_id]
-                        for beacon in beacons:
-                            listener.hear(beacon)
-                        self.beacons_heard += len(beacons)
+                        self.beacons_heard += self._hand_over(station_id, beacons)
                 for _, radio in radios:
                     radio.pump()
         except RadioError:
@@ -185,9 +198,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--vendor-stations", type=int, default=0, metavar="N")
     parser.add_argument("--vendor-time-zone", default="Asia/Shanghai", help="the vendor stations' local time zone")
     parser.add_argument(
+        "--v2-chips",
+        type=Path,
+        metavar="FILE",
+        help="v2 chips fitted at the counter (firmware_sim.tag_v2.write_chips): each goes on the bike whose chip has "
+        "its serial and beacons v2 from the start",
+    )
+    parser.add_argument(
+        "--steal-kind",
+        choices=("v1", "v2", "any"),
+        default="v1",
+        help="the kind of chip the stolen bike carries (default v1: the stations do not flag v2 chips yet)",
+    )
+    parser.add_argument(
         "--duration", type=float, metavar="SECONDS", help="stop after this long (default: run until killed)"
     )
     args = parser.parse_args(argv)
+    if args.v2_chips and args.speedup != 1.0:
+        # A v2 chip's windows follow its clock, which runs on simulated time: sped up, no backend would resolve it.
+        parser.error("--v2-chips needs --speedup 1 (a v2 chip's ephemeral ids follow true time)")
     if args.vendor_stations and not args.vendor_server:
         parser.error("--vendor-stations needs --vendor-server HOST:PORT")
     if args.vendor_server:
@@ -220,6 +249,25 @@ def vendor_stations(
     }
 
 
+# How far a fitted chip's clock is off when the town starts, and how fast it drifts: a watch crystal's.
+V2_CLOCK_OFFSET_S = 5.0
+V2_DRIFT_PPM = 20.0
+
+
+def fit_v2_chips(town: Town, chips: list[ChipMemory], rng: random.Random) -> None:
+    """Put each fitted v2 chip on its bike, beaconing from now with a clock a few seconds off that drifts a little."""
+    now_s = time.time()
+    for chip in chips:
+        town.fit_v2(
+            chip,
+            epoch_unix_s=now_s,
+            clock_offset_s=rng.uniform(-V2_CLOCK_OFFSET_S, V2_CLOCK_OFFSET_S),
+            drift_ppm=rng.uniform(-V2_DRIFT_PPM, V2_DRIFT_PPM),
+        )
+    if chips:
+        log.info("%d bikes carry v2 chips", len(chips))
+
+
 def _emit(event: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
     sys.stdout.flush()
@@ -230,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     town = Town.generate(args.seed, stations=args.stations, bikes=args.bikes)
+    if args.v2_chips:
+        fit_v2_chips(town, read_chips(args.v2_chips), random.Random(args.seed))
     vendors = (
         vendor_stations(town, args.vendor_stations, args.vendor_host, args.vendor_port, args.vendor_time_zone)
         if args.vendor_server
@@ -258,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 break
             if not stolen and elapsed >= args.steal_after:
                 stolen = True
-                bike = runner.steal(town.bike_to_steal().bike_no)
+                bike = runner.steal(town.bike_to_steal(None if args.steal_kind == "any" else args.steal_kind).bike_no)
                 _emit(
                     {
                         "event": "theft",

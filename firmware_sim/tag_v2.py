@@ -7,8 +7,10 @@ the window of its ephemeral id follows the chip's clock, not the true time, whic
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from firmware_sim.tag import MAX_INTERVAL_S, MIN_INTERVAL_S
 from protocol.beacon_v2 import COUNTER_MAX, AirBeacon, ChipKey, window_of
@@ -76,6 +78,15 @@ class TagV2:
         return f"TagV2(serial={self.serial}, {self.chip_key!r}, counter={self.counter})"
 
     @property
+    def tag_id(self) -> int:
+        """The printed serial: the registry's identity of the chip, never on the air."""
+        return self.serial
+
+    def tamper(self) -> None:
+        """Latch the tamper flag, as opening the case or cutting the mount does."""
+        self.tampered = True
+
+    @property
     def flags(self) -> TagFlags:
         """The status bits the next beacon will carry (in the clear: stations act on them without a key)."""
         flags = TagFlags(0)
@@ -111,3 +122,42 @@ class TagV2:
             self.counter = min(COUNTER_MAX, self.counter + 1)
             self.next_beacon_at_s += self.next_interval_s()
         return sent
+
+
+@dataclass(frozen=True, slots=True)
+class ChipMemory:
+    """What a fitted v2 chip holds: its serial, its key and when its clock was set. The simulation's way to carry a
+    chip keyed at the counter (firmware_sim.programmer) onto a bike in the town's process; a real chip goes on the
+    bike itself, and no real chip gives its key out."""
+
+    serial: int
+    key: bytes
+    clock_set_unix_s: float
+
+    def __repr__(self) -> str:
+        # The key is never printed, also not by a traceback's locals.
+        return f"ChipMemory(serial={self.serial}, kcv={ChipKey(self.key).check_value.hex()})"
+
+    def tag(
+        self, rng: random.Random, *, epoch_unix_s: float, clock_offset_s: float = 0.0, drift_ppm: float = 0.0
+    ) -> TagV2:
+        """The chip beaconing, with simulation time 0 at `epoch_unix_s` (true time), its clock `clock_offset_s` off."""
+        return TagV2(
+            self.serial, self.key, rng, epoch_unix_s=epoch_unix_s, clock_offset_s=clock_offset_s, drift_ppm=drift_ppm
+        )
+
+
+def write_chips(path: Path, chips: list[ChipMemory]) -> None:
+    """Keep fitted chips in a file only its owner may read (the demo hands them to the town's process this way)."""
+    path.touch(mode=0o600)
+    rows = [{"serial": c.serial, "key": c.key.hex(), "clock_set_unix_s": c.clock_set_unix_s} for c in chips]
+    path.write_text(json.dumps(rows), encoding="utf-8")
+
+
+def read_chips(path: Path) -> list[ChipMemory]:
+    """The chips write_chips kept; TagV2Error names what is wrong in a file that is not such a list."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return [ChipMemory(int(r["serial"]), bytes.fromhex(r["key"]), float(r["clock_set_unix_s"])) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TagV2Error(f"{path} is not a list of fitted v2 chips: {exc}") from exc

@@ -6,12 +6,15 @@ import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Literal
 
 from firmware_sim.radio import PathLoss
 from firmware_sim.roads import Point, Projection, RoadNetwork, path_to, point_along, split_at
 from firmware_sim.tag import Tag
-from protocol.frames import Beacon
+from firmware_sim.tag_v2 import ChipMemory, TagBeaconV2, TagV2
+from protocol.frames import Beacon, BeaconV2
 
+ChipKind = Literal["v1", "v2"]
 KMH = 1000.0 / 3600.0
 RIDE_SPEED_KMH = (15.0, 25.0)
 THIEF_SPEED_KMH = 30.0
@@ -88,7 +91,7 @@ class Bike:
     plate: str  # ASCII-safe, e.g. HZ-12345
     plate_cn: str  # as on the plate, e.g. 浙A·12345
     owner: str
-    tag: Tag
+    tag: Tag | TagV2
     projection: Projection = field(repr=False)
     x_m: float = 0.0
     y_m: float = 0.0
@@ -108,6 +111,11 @@ class Bike:
     def tag_id(self) -> int:
         """The 32-bit id of the bike's chip."""
         return self.tag.tag_id
+
+    @property
+    def chip_kind(self) -> ChipKind:
+        """Whether the bike's chip beacons its tag id (v1) or rotating ephemeral ids (v2)."""
+        return "v2" if isinstance(self.tag, TagV2) else "v1"
 
     @property
     def lat(self) -> float:
@@ -256,9 +264,10 @@ class Town:
         except KeyError:
             raise TownError(f"no bike number {bike_no} in this town") from None
 
-    def bike_to_steal(self) -> Bike:
-        """A parked, not yet stolen bike as close to a station as any, so its theft is seen at once."""
-        parked = [b for b in self.bikes if not b.riding and not b.stolen]
+    def bike_to_steal(self, chip_kind: ChipKind | None = None) -> Bike:
+        """A parked, not yet stolen bike (with a chip of that kind, if given) as close to a station as any, so its
+        theft is seen at once."""
+        parked = [b for b in self.bikes if not b.riding and not b.stolen and chip_kind in (None, b.chip_kind)]
         if not parked or not self.stations:
             raise TownError("no parked bike left to steal")
 
@@ -267,9 +276,25 @@ class Town:
 
         return min(parked, key=to_nearest_station)
 
-    def step(self, dt_s: float) -> dict[str, list[Beacon]]:
+    def fit_v2(
+        self, chip: ChipMemory, *, epoch_unix_s: float, clock_offset_s: float = 0.0, drift_ppm: float = 0.0
+    ) -> Bike:
+        """Put the fitted v2 chip on the bike whose chip has its serial, instead of its v1 chip: it beacons from now on,
+        `epoch_unix_s` being the true time now, its clock `clock_offset_s` off and drifting `drift_ppm`."""
+        bike = next((b for b in self.bikes if b.tag_id == chip.serial), None)
+        if bike is None:
+            raise TownError(f"no bike in this town carries chip {chip.serial:08X}")
+        old = bike.tag
+        tag = chip.tag(
+            self._rng, epoch_unix_s=epoch_unix_s - self.now_s, clock_offset_s=clock_offset_s, drift_ppm=drift_ppm
+        )
+        tag.next_beacon_at_s, tag.moving, tag.tampered = old.next_beacon_at_s, old.moving, old.tampered
+        bike.tag = tag
+        return bike
+
+    def step(self, dt_s: float) -> dict[str, list[Beacon | BeaconV2]]:
         """Advance `dt_s` seconds; the beacons each station heard meanwhile (silent stations are absent)."""
-        heard: dict[str, list[Beacon]] = {}
+        heard: dict[str, list[Beacon | BeaconV2]] = {}
         while dt_s > 0:
             dt = min(dt_s, MAX_SUBSTEP_S)
             dt_s -= dt
@@ -311,7 +336,7 @@ class Town:
                 if bike.pause_s <= 0.0 and not bike.stolen:
                     self._start_trip(bike)
 
-    def _listen(self, heard: dict[str, list[Beacon]]) -> None:
+    def _listen(self, heard: dict[str, list[Beacon | BeaconV2]]) -> None:
         rng = self._rng
         loss = self.path_loss
         ax, ay = self._antenna_axis
@@ -328,10 +353,13 @@ class Town:
                 antenna = 1 if dx * ax + dy * ay >= 0 else 0
                 for tb in sent:
                     rssi = loss.rssi_dbm(distance, rng)
-                    if rssi is not None:
-                        heard.setdefault(station.station_id, []).append(
-                            Beacon(tb.tag_id, tb.counter, tb.flags, rssi, antenna)
-                        )
+                    if rssi is None:
+                        continue
+                    if isinstance(tb, TagBeaconV2):
+                        frame: Beacon | BeaconV2 = tb.frame(rssi, antenna)
+                    else:
+                        frame = Beacon(tb.tag_id, tb.counter, tb.flags, rssi, antenna)
+                    heard.setdefault(station.station_id, []).append(frame)
 
     def _arrive(self, bike: Bike) -> None:
         bike.riding = False
@@ -399,6 +427,14 @@ class Town:
         bike.speed_mps = speed_mps or rng.uniform(*RIDE_SPEED_KMH) * KMH
         bike.riding = True
         bike.tag.moving = True
+
+
+def v2_bikes(town: Town, share: float) -> list[Bike]:
+    """The bikes that carry v2 chips when `share` of the town's do: those with the lowest tag ids (the ids are drawn at
+    random, so this is a random pick that the demo and the town's process make alike from the seed)."""
+    if not 0.0 <= share <= 1.0:
+        raise TownError(f"a share of v2 chips is between 0 and 1, not {share}")
+    return sorted(town.bikes, key=lambda b: b.tag_id)[: round(len(town.bikes) * share)]
 
 
 def _key(u: int, v: int) -> tuple[int, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -130,8 +131,9 @@ def server_config(app: FastAPI, host: str, port: int, **limits: Any) -> uvicorn.
     return uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False, **limits)
 
 
-def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
-    """The backend app; with run_ingest it also consumes station messages from the broker."""
+def create_app(settings: BackendSettings, run_ingest: bool = True, clock: hotlist.Clock = time.time) -> FastAPI:
+    """The backend app; with run_ingest it also consumes station messages from the broker. `clock` (Unix seconds)
+    decides the hot list's eid windows (a test moves it instead of waiting for a window to pass)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,11 +154,16 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
         if worker:
             await asyncio.to_thread(worker.start)
 
+        vault: Vault = app.state.registry.vault
+
         async def publish_hotlist() -> None:
             async with pool.connection() as conn:
-                message = await hotlist.issue_hotlist(conn)
+                message = await hotlist.issue_hotlist(
+                    conn, vault, now_s=clock(), eid_windows_count=settings.hotlist_eid_windows
+                )
             publisher.publish(message)
-            log.info("hot list version %d: %d chips", message.version, len(message.tags))
+            v2 = max((len(e) for e in (message.eids or {}).values()), default=0)
+            log.info("hot list version %d: %d chips by tag id, %d by eids", message.version, len(message.tags), v2)
 
         app.state.settings = settings
         app.state.pool = pool
@@ -173,6 +180,10 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
             station_watch.watch_stations(pool, settings.station_watch_interval_s), name="station-watch"
         )
         followup = asyncio.create_task(recovery_followup.follow_up(pool, settings), name="recovery-follow-up")
+        # Stolen v2 chips' eids run out as the windows pass: a new list each window while one is on it.
+        renewal = asyncio.create_task(
+            hotlist.renew_hotlists(pool, vault, publisher.publish, settings, clock), name="hotlist-renewal"
+        )
         # Owners' notifications: the outbox's sender (any number of processes may run one; they share the rows).
         sender = (
             asyncio.create_task(notification_worker.Sender(settings).run(), name="notification-sender")
@@ -185,6 +196,7 @@ def create_app(settings: BackendSettings, run_ingest: bool = True) -> FastAPI:
             maintenance.cancel()
             watch.cancel()
             followup.cancel()
+            renewal.cancel()
             if sender:
                 sender.cancel()
                 # Its own connection closes before the pool's: nothing of the app outlives the lifespan.
