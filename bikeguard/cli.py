@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--steal-kind",
         choices=("v1", "v2", "any"),
-        default="v1",
-        help="the kind of chip the stolen bike carries (default v1: the stations do not flag v2 chips yet)",
+        default="any",
+        help="the kind of chip the stolen bike carries: v1, v2, or any (the town's pick among all bikes)",
     )
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

@@ -629,7 +629,7 @@ def _v2_chips(workdir: Path, fitted: list[ChipMemory]) -> list[str]:
     write_chips(path, fitted)
     _say(
         f"{len(fitted)} bikes fitted with v2 chips through the counter's programming cable: they beacon rotating ids"
-        " that only the backend resolves (until the gateways and the ingest resolve them, their passages do not show)"
+        " that only the backend resolves (the stations aggregate them by ephemeral id, knowing no key)"
     )
     return ["--v2-chips", str(path)]
 

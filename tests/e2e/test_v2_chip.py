@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from backend.api.app import create_app
-from bikeguard.demo import GatewayFleet
+from bikeguard.demo import GatewayFleet, Login, sign_in
 from bikeguard.services import Broker, free_port
 from firmware_sim.clone import CloneAttacker
 from firmware_sim.radio import RadioModule
@@ -108,3 +108,46 @@ def test_a_v2_chip_passing_a_station_is_stored_as_its_bike_and_its_clone_raises_
         finally:
             for fleet in fleets:
                 fleet.stop()
+
+
+def test_a_stolen_v2_chip_is_flagged_at_its_first_beacon_by_the_hot_list_the_backend_publishes(
+    backend: str, broker: Broker, database_url: str, tmp_path: Path, topic_prefix: str
+) -> None:
+    """The owner reports the theft; the backend lists the chip's ephemeral ids (never its tag id) in the signed hot
+    list; the station, which holds no key, flags the chip's first beacon; the ingest resolves the alert to the bike."""
+    station = f"{topic_prefix}-v2-edge"
+    tag_id = 0x00E2E018
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+        bike_id, _ = fit_v2(conn, tag_id, 18)
+        owner_id = conn.execute("SELECT owner_id FROM bikes WHERE bike_id = %s", (bike_id,)).fetchone()[0]
+        username = factories.account(conn, "owner", owner_id=owner_id)
+    now = time.time()
+    middle = window_of(now) * WINDOW_S + WINDOW_S / 2
+    chip = TagV2(tag_id, key_bytes(18), random.Random(3), epoch_unix_s=now, clock_offset_s=middle - now)
+    with RadioModule(status_interval_s=None) as radio:
+        radio.start()
+        fleet = gateway(station, radio, broker, tmp_path)
+        fleet.start()
+        try:
+            online = "SELECT count(*) FROM station_status WHERE station_id = %s AND state = 'online'"
+            wait_until(lambda: count(database_url, online, station) == 1, 30)
+            with sign_in(backend, Login(username, factories.PASSWORD)) as owner:
+                r = owner.post(f"/api/bikes/{bike_id}/theft", json={"place": "at the market", "circumstances": "gone"})
+                assert r.status_code == 201, r.text
+            # The station has the list once its hot-list gauge counts the chip's eids.
+            time.sleep(1.0)
+            chip.next_beacon_at_s = time.time() - chip.epoch_unix_s
+            [sent] = chip.poll(chip.next_beacon_at_s)
+            radio.hear(sent.frame(rssi_dbm=-62, antenna=0))  # one beacon: the passage has not closed yet
+            alerts = (
+                "SELECT count(*) FROM station_alerts WHERE station_id = %s AND tag_id = %s AND kind = 'hotlist_hit'"
+            )
+            wait_until(lambda: count(database_url, alerts, station, tag_id) == 1, 30)
+            with psycopg.connect(database_url) as conn:
+                alarm = conn.execute("SELECT kind, station_id FROM alarms WHERE tag_id = %s", (tag_id,)).fetchone()
+                published = conn.execute("SELECT count(*) FROM sightings WHERE tag_id = %s", (tag_id,)).fetchone()
+            assert alarm == ("stolen_chip_seen", station)
+            assert published == (0,), "flagged at the first beacon, before its passage closed"
+        finally:
+            fleet.stop()
