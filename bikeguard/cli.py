@@ -144,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         default="any",
         help="the kind of chip the stolen bike carries: v1, v2, or any (the town's pick among all bikes)",
     )
+    demo.add_argument(
+        "--clone-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a clone attacker follows a v2 bike and, after this many seconds, plays its beacon back elsewhere (a "
+        "'chip cloned' alarm)",
+    )
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(func=_demo)

@@ -574,6 +574,7 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
                     *vendor_options,
                     *v2_options,
                     *("--steal-kind", args.steal_kind),
+                    *(("--clone-after", str(args.clone_after)) if args.clone_after is not None and v2_options else ()),
                 ],
                 stdout=subprocess.PIPE,
                 text=True,
@@ -687,6 +688,12 @@ def _start_gateways(
 def _report_thefts(events: Iterator[dict[str, Any]], base: str, staff: DemoAccounts) -> None:
     """The owner notices the theft, signs in to the portal and reports it: the chip goes on the hot list."""
     for event in events:
+        if event.get("event") == "clone":
+            _say(
+                f"a clone attacker who followed bike {event['plate']} (v2 chip {event['tag_id']}) plays its beacon back"
+                f" at {event['station_id']} (recorded at {event['captured_at']}): watch for 'chip cloned'"
+            )
+            continue
         if event.get("event") != "theft":
             continue
         time.sleep(3)  # the owner takes a moment to notice

@@ -22,9 +22,10 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Protocol
 
+from firmware_sim.clone import ShadowingClone, Strike
 from firmware_sim.mr7901_station import VendorFleet, VendorStation
 from firmware_sim.radio import RadioClosedError, RadioError, RadioModule
-from firmware_sim.tag_v2 import ChipMemory, read_chips
+from firmware_sim.tag_v2 import ChipMemory, TagV2, read_chips
 from firmware_sim.town import Bike, Town, TownError
 from protocol.frames import Beacon, BeaconV2
 from protocol.ids import format_tag
@@ -89,6 +90,7 @@ class SimRunner:
         self.ports: dict[str, str] = {sid: radio.port for sid, radio in self.radios.items()}
         self.listeners: dict[str, BeaconListener] = {**self.radios, **listeners}
         self.beacons_heard = 0
+        self._shadow: ShadowingClone | None = None
 
     def __enter__(self) -> SimRunner:
         self.start()
@@ -125,6 +127,34 @@ class SimRunner:
         with self._lock:
             return self.town.theft(bike_no, tamper=tamper)
 
+    def shadow(self, bike_no: int, rng: random.Random) -> ShadowingClone:
+        """A clone attacker follows this v2 bike from now on, recording its beacons (see `clone_strike`)."""
+        with self._lock:
+            bike = self.town.bike(bike_no)
+            if not isinstance(bike.tag, TagV2):
+                raise TownError(f"bike {bike_no} carries a v1 chip: anyone can copy its number, no capture needed")
+            tag, town = bike.tag, self.town
+
+            def is_target(frame: BeaconV2) -> bool:
+                # The attacker watches the bike; the simulation tells its beacons by the eids of the windows its
+                # clock may be in (never used to make or check a beacon).
+                w = tag.window(town.now_s)
+                return frame.eid in tag.chip_key.eids(range(w - 1, w + 2))
+
+            self._shadow = ShadowingClone(is_target, rng)
+        return self._shadow
+
+    def clone_strike(self) -> Strike | None:
+        """The shadowing attacker plays a recorded beacon back, and sends a forged one, at a station on a pty other
+        than where it recorded it; None before it recorded anything."""
+        if self._shadow is None:
+            return None
+        strike = self._shadow.strike(sorted(self.radios))
+        if strike is not None:
+            for frame in strike.frames:
+                self.radios[strike.station_id].hear(frame)
+        return strike
+
     def _hand_over(self, station_id: str, beacons: list[Beacon | BeaconV2]) -> int:
         """Give a station's radio what it heard; a vendor station's reader knows no v2 format, so it hears v1 only."""
         radio = self.radios.get(station_id)
@@ -157,6 +187,8 @@ class SimRunner:
                     next_step = max(next_step + self.step_s, now)
                     for station_id, beacons in heard.items():
                         self.beacons_heard += self._hand_over(station_id, beacons)
+                    if self._shadow is not None:
+                        self._shadow.overhear(heard)
                 for _, radio in radios:
                     radio.pump()
         except RadioError:
@@ -207,8 +239,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--steal-kind",
         choices=("v1", "v2", "any"),
-        default="v1",
-        help="the kind of chip the stolen bike carries (default v1: the stations do not flag v2 chips yet)",
+        default="any",
+        help="the kind of chip the stolen bike carries: v1, v2, or any (the town's pick among all bikes)",
+    )
+    parser.add_argument(
+        "--clone-after",
+        type=float,
+        metavar="SECONDS",
+        help="a clone attacker follows a parked v2 bike from the start and, after this many seconds, plays its latest "
+        "beacon back and sends a forged one at another station; prints a JSON line about it (needs --v2-chips)",
     )
     parser.add_argument(
         "--duration", type=float, metavar="SECONDS", help="stop after this long (default: run until killed)"
@@ -217,6 +256,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.v2_chips and args.speedup != 1.0:
         # A v2 chip's windows follow its clock, which runs on simulated time: sped up, no backend would resolve it.
         parser.error("--v2-chips needs --speedup 1 (a v2 chip's ephemeral ids follow true time)")
+    if args.clone_after is not None and not args.v2_chips:
+        parser.error("--clone-after needs --v2-chips (a v1 chip's number needs no capture to copy)")
     if args.vendor_stations and not args.vendor_server:
         parser.error("--vendor-stations needs --vendor-server HOST:PORT")
     if args.vendor_server:
@@ -268,6 +309,41 @@ def fit_v2_chips(town: Town, chips: list[ChipMemory], rng: random.Random) -> Non
         log.info("%d bikes carry v2 chips", len(chips))
 
 
+def _shadow(runner: SimRunner, args: argparse.Namespace) -> Bike | None:
+    """With --clone-after, the v2 bike a clone attacker follows: the second nearest a station of those parked (the
+    nearest is the thief's), so the copy and the theft are two stories."""
+    if args.clone_after is None:
+        return None
+    parked = runner.town.parked_near_stations("v2")
+    if not parked:
+        log.warning("no parked v2 bike for the clone attacker to follow: no clone")
+        return None
+    bike = parked[min(1, len(parked) - 1)]
+    runner.shadow(bike.bike_no, random.Random(args.seed + 1))
+    log.info("a clone attacker follows bike %s (v2 chip %s)", bike.plate, format_tag(bike.tag_id))
+    return bike
+
+
+def _strike(runner: SimRunner, bike: Bike) -> bool:
+    """The clone attacker strikes if it has recorded a beacon of the bike; says whether it did."""
+    strike = runner.clone_strike()
+    if strike is None:
+        return False
+    _emit(
+        {
+            "event": "clone",
+            "at": datetime.now(UTC).isoformat(),
+            "bike_no": bike.bike_no,
+            "plate": bike.plate,
+            "tag_id": format_tag(bike.tag_id),
+            "station_id": strike.station_id,
+            "captured_at": strike.captured_at,
+            "frames": len(strike.frames),
+        }
+    )
+    return True
+
+
 def _emit(event: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
     sys.stdout.flush()
@@ -300,12 +376,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         vendor_ids = {sid: v.device_id for sid, v in vendors.items()}
         _emit({"event": "ports", "seed": args.seed, "ports": runner.ports, "vendor_stations": vendor_ids})
         fleet.start()
+        shadowed = _shadow(runner, args)
         runner.start()
         stolen = args.steal_after is None
         while not done.is_set():
             elapsed = time.monotonic() - started
             if args.duration is not None and elapsed >= args.duration:
                 break
+            if shadowed is not None and elapsed >= args.clone_after and _strike(runner, shadowed):
+                shadowed = None
             if not stolen and elapsed >= args.steal_after:
                 stolen = True
                 bike = runner.steal(town.bike_to_steal(None if args.steal_kind == "any" else args.steal_kind).bike_no)

@@ -267,14 +267,21 @@ class Town:
     def bike_to_steal(self, chip_kind: ChipKind | None = None) -> Bike:
         """A parked, not yet stolen bike (with a chip of that kind, if given) as close to a station as any, so its
         theft is seen at once."""
-        parked = [b for b in self.bikes if not b.riding and not b.stolen and chip_kind in (None, b.chip_kind)]
-        if not parked or not self.stations:
+        parked = self.parked_near_stations(chip_kind)
+        if not parked:
             raise TownError("no parked bike left to steal")
+        return parked[0]
+
+    def parked_near_stations(self, chip_kind: ChipKind | None = None) -> list[Bike]:
+        """The parked, not stolen bikes (with a chip of that kind, if given), the nearest to a station first."""
+        parked = [b for b in self.bikes if not b.riding and not b.stolen and chip_kind in (None, b.chip_kind)]
+        if not self.stations:
+            return []
 
         def to_nearest_station(b: Bike) -> tuple[float, int]:
             return (min(math.hypot(b.x_m - s.x_m, b.y_m - s.y_m) for s in self.stations), b.bike_no)
 
-        return min(parked, key=to_nearest_station)
+        return sorted(parked, key=to_nearest_station)
 
     def fit_v2(
         self, chip: ChipMemory, *, epoch_unix_s: float, clock_offset_s: float = 0.0, drift_ppm: float = 0.0

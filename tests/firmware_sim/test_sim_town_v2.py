@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import serial
 
 from backend.chip_keys import program_chip
 from firmware_sim.programmer import ChipOnCable
@@ -16,7 +17,7 @@ from firmware_sim.runner import SimRunner, fit_v2_chips
 from firmware_sim.tag_v2 import ChipMemory, TagV2Error, read_chips, write_chips
 from firmware_sim.town import Town, TownError, v2_bikes
 from protocol.beacon_v2 import WINDOW_S, ChipKey, heard, window_of
-from protocol.frames import Beacon, BeaconV2
+from protocol.frames import BAUD_RATE, Beacon, BeaconV2, FrameDecoder
 
 KEY = bytes(range(16))
 
@@ -104,3 +105,38 @@ def test_fitted_chips_are_kept_in_a_file_only_their_owner_reads(tmp_path: Path) 
         read_chips(path)
     with pytest.raises(TownError, match="no bike in this town carries chip 00000007"):
         Town.generate(1, stations=2, bikes=3).fit_v2(chips[1], epoch_unix_s=time.time())
+
+
+def test_a_clone_attacker_follows_a_v2_bike_and_plays_its_beacon_back_at_another_station() -> None:
+    """What the demo's --clone-after does: the recorded beacon, byte for byte, several times, then one forged beacon of
+    its eid, all on another station's pty; nothing keyed by the attacker verifies but the replays."""
+    town = Town.generate(5, stations=4, bikes=12, pause_s=(0.0, 1.0))
+    memories = [ChipMemory(b.tag_id, bytes([i]) * 16, time.time()) for i, b in enumerate(v2_bikes(town, 0.5))]
+    fit_v2_chips(town, memories, random.Random(1))
+    target = town.parked_near_stations("v2")[0]
+    with SimRunner(town, step_s=0.02) as runner:
+        shadow = runner.shadow(target.bike_no, random.Random(2))
+        with pytest.raises(TownError, match="v1 chip"):
+            runner.shadow(next(b for b in town.bikes if b.chip_kind == "v1").bike_no, random.Random(2))
+        deadline = time.monotonic() + 30
+        while shadow.last is None:
+            assert time.monotonic() < deadline, "the attacker recorded nothing of a bike parked by a station"
+            time.sleep(0.05)
+        strike = runner.clone_strike()
+        assert strike is not None and strike.station_id != strike.captured_at
+        with serial.serial_for_url(runner.ports[strike.station_id], baudrate=BAUD_RATE, timeout=0.05) as port:
+            decoder = FrameDecoder()
+            frames: list[BeaconV2] = []
+            until = time.monotonic() + 10
+            while time.monotonic() < until and len(frames) < 4:
+                frames += [f for f in decoder.feed(port.read(4096)) if isinstance(f, BeaconV2)]
+    key = ChipKey(next(m.key for m in memories if m.serial == target.tag_id))
+    captured = shadow.last[1]
+    replays = [f for f in frames if heard(f) == captured]
+    assert len(replays) == 3, "the recorded beacon, byte for byte, three times"
+    forged = [heard(f) for f in frames if heard(f) != captured]
+    assert len(forged) == 1 and forged[0].eid == captured.eid
+    window = next(
+        w for w in range(window_of(time.time()) - 2, window_of(time.time()) + 3) if key.eid(w) == captured.eid
+    )
+    assert key.verify(window, captured) and not key.verify(window, forged[0])
