@@ -32,8 +32,10 @@ Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--workers 1 2] 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import multiprocessing as mp
 import os
+import pstats
 import random
 import sys
 import threading
@@ -42,6 +44,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import psutil
@@ -49,6 +52,7 @@ import psycopg
 
 from backend.db.migrate import migrate
 from backend.db.storage import StoragePolicy
+from backend.ingest.v2 import V2Resolution
 from backend.ingest.workers import IngestWorkers
 from backend.ingest.writer import _SIGHTING_COLUMNS, _SIGHTING_TYPES
 from backend.resolution import Verdict, join_window_splits
@@ -393,6 +397,23 @@ class Sections:
                 self.wrap(resolver.table, "chip_key", "ChipKey made or taken from the cache")
 
 
+def profiled(v2: V2Resolution) -> cProfile.Profile:
+    """A cProfile of every call of this worker's resolve_sightings (in its writer thread; the profiler's own cost
+    slows it, so the run's rate is not the figure then)."""
+    profile = cProfile.Profile()
+    inner = v2.resolve_sightings
+
+    def traced(*args: Any) -> Any:
+        profile.enable()
+        try:
+            return inner(*args)
+        finally:
+            profile.disable()
+
+    v2.resolve_sightings = traced
+    return profile
+
+
 def bench_template(server: str, args: argparse.Namespace, tags: list[int]) -> str:
     """A database migrated, with the stations and (unless --unregistered) the chips registered, that every run copies
     (CREATE DATABASE … TEMPLATE): a million chips are registered once, not once a run."""
@@ -531,6 +552,7 @@ def measure(
     earliest = min(s.first_seen_at for b in batches for s in b.sightings)
     warm = warm_up(ingest, broker, kind, tags, keys, earliest - timedelta(seconds=10), base)
     sections = Sections()
+    profile: cProfile.Profile | None = None
     if kind == "v2":
         table = [w.v2.table_bytes for w in ingest.workers]
         print(
@@ -542,6 +564,8 @@ def measure(
             flush=True,
         )
         sections.watch(ingest)
+        if args.profile_v2 and workers == 1:
+            profile = profiled(ingest.workers[0].v2)
     ctx = mp.get_context("spawn")
     ready, go = ctx.Event(), ctx.Event()
     proc = ctx.Process(target=publisher, args=(broker.url, payloads, ready, go))
@@ -586,6 +610,10 @@ def measure(
                 f"{label} {seconds / args.sightings * 1e6:.1f} µs" for label, seconds in sections.seconds.most_common()
             )
         )
+    if profile is not None:
+        profile.dump_stats(args.profile_v2)
+        print(f"  cProfile of the v2 resolution (its writer thread only; saved to {args.profile_v2}), by own time:")
+        pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(18)
     # Per sighting, so that runs of other sizes and on busier machines compare: where the two cores went.
     print(
         "  CPU µs per sighting: "
@@ -628,6 +656,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--chips", type=int, default=None, help="registered chips (default 1,000,000 with v2, else 50,000)"
+    )
+    parser.add_argument(
+        "--profile-v2",
+        type=Path,
+        default=None,
+        help="with one worker: cProfile the v2 resolution into this file and print its top functions (slows the run)",
     )
     args = parser.parse_args()
     if "v2" in args.chips_kind and args.unregistered:
