@@ -29,7 +29,6 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -241,6 +240,14 @@ def v1_alert(station_id: str, tag: int) -> bytes:
     ).to_json()
 
 
+def median(values: list[float]) -> float:
+    """The middle value (not the standard library's statistics.median: run as a script from bench/, `statistics`
+    is bench/statistics.py, which takes bench/ off sys.path when imported and so hid bench/ingest.py)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def percentile(values: list[float], p: float) -> float:
     """The p-th percentile by nearest rank."""
     ordered = sorted(values)
@@ -274,7 +281,7 @@ def report(
     for path in paths:
         if told[path]:
             print(
-                f"owner notification latency, {path}: p50 {statistics.median(told[path]):.0f} ms,"
+                f"owner notification latency, {path}: p50 {median(told[path]):.0f} ms,"
                 f" p99 {percentile(told[path], 99):.0f} ms ({len(told[path])}/{trials} SMS requests;"
                 " trial start → the SMS gateway's request)"
             )
@@ -287,7 +294,7 @@ def report(
             print(f"alarm latency, {path}: no alarm arrived", file=sys.stderr)
             continue
         print(
-            f"alarm latency{'' if paths == [FRAME_V1] else ', ' + path}: p50 {statistics.median(got):.0f} ms,"
+            f"alarm latency{'' if paths == [FRAME_V1] else ', ' + path}: p50 {median(got):.0f} ms,"
             f" p99 {percentile(got, 99):.0f} ms at {background:,.0f} sightings/s background"
             f" ({len(got)}/{trials} alarms; background of {background_kind} chips)"
         )
@@ -440,9 +447,7 @@ def main() -> int:
             f"{arrived_all}/{len(trials)} alarms arrived; ingest stored {health['sightings']:,} background "
             f"sightings ({background_kind} chips); broker {broker.kind}; {engine}"
         )
-        print(
-            f"machine floor: MQTT QoS 1 hop p50 {statistics.median(floor):.2f} ms, p99 {percentile(floor, 99):.2f} ms"
-        )
+        print(f"machine floor: MQTT QoS 1 hop p50 {median(floor):.2f} ms, p99 {percentile(floor, 99):.2f} ms")
         if not arrived_all:
             print("no alarm arrived", file=sys.stderr)
             return 1
