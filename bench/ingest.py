@@ -5,7 +5,7 @@ Pre-builds realistic batches, publishes them from a separate process through a r
 commits them. In the same run it measures the machine's limit: a raw binary COPY of the same rows
 into the same table. Last lines, one per worker count:
 
-    ingest (<W> workers): <N> sightings/s (COPY limit <M> rows/s, ratio <R>)
+    ingest <engine> <kind> (<W> workers): <N> sightings/s (COPY limit <M> rows/s, ratio <R>)
 
 Every chip is fitted to a registered bike (as in a real county), so the alarm engine's per-chip checks (cloned
 chip) are part of the figure; --unregistered leaves them out.
