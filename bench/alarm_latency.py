@@ -10,7 +10,16 @@ same run: the time for an MQTT QoS 1 message to go publisher → broker → subs
 Second-last line:  owner notification latency: p50 <X> ms, p99 <Y> ms (first frame → the SMS gateway's request)
 Last line:  alarm latency: p50 <X> ms, p99 <Y> ms at <Z> sightings/s background
 
-Run: python bench/alarm_latency.py [--trials 200] [--background 20000]
+--chips-kind v2 (issue 17) makes the stolen chips and the background's chips v2 chips (their keys fitted as the
+counter keeps them, the background's sightings carrying sealed beacons that the ingest resolves). The gateway on
+main does not read v2 frames yet, so a v2 trial starts where a v2 station's work ends: this process publishes the
+station's hotlist_hit alert carrying the stolen chip's beacon, and the clock runs from that publish to the alarm on
+the live feed. `--chips-kind v1 v2` runs, interleaved under the same background, the v1 path from the serial line,
+a v1 alert published the same way (the like-for-like figure for the v2 one) and the v2 alert; one line each:
+
+    alarm latency, <path>: p50 <X> ms, p99 <Y> ms at <Z> sightings/s background (<kind> chips)
+
+Run: python bench/alarm_latency.py [--trials 200] [--background 20000] [--chips-kind v1|v2 ...]
 """
 
 from __future__ import annotations
@@ -20,36 +29,59 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
 import psycopg
-from ingest import bench_tags, build_batches, register_chips, register_stations  # bench/ingest.py, beside this
+from ingest import (  # bench/ingest.py, beside this
+    as_v2,
+    bench_keys,
+    bench_tags,
+    build_batches,
+    chip_key_rows,
+    fit_v2_chips,
+    qos1_publisher,
+    register_chips,
+    register_stations,
+)
 
+from backend.settings import BackendSettings
+from backend.vault import Vault
 from bikeguard.demo import bootstrap_admin, seed_backend, sign_in, wait_for_http
 from bikeguard.services import default_engine, engine_preload, free_port, start_broker, start_postgres, stop_process
 from firmware_sim.town import Town
 from protocol import topics
+from protocol.beacon_v2 import ChipKey, window_of
 from protocol.frames import Beacon, TagFlags, encode
-from protocol.messages import format_tag
+from protocol.messages import Alert, format_tag, utcnow
 from protocol.mqtt_address import mqtt_address
 from protocol.signing import generate_signing_key, public_key_of
 
 
 def load_publisher(
-    url: str, rate: int, per_batch: int, seconds: int, ready: mp.Event, stop: mp.Event, sent: mp.Value
+    url: str, rate: int, per_batch: int, seconds: int, ready: mp.Event, stop: mp.Event, sent: mp.Value, kind: str
 ) -> None:
-    """A separate process: ordinary sightings at `rate` per second, in batches, paced every 50 ms."""
-    batches = build_batches(rate * seconds, per_batch, 200, bench_tags(seed=3), seed=3)
+    """A separate process: ordinary sightings at `rate` per second, in batches, paced every 50 ms; from v2 chips
+    (sealed beacons, in the windows around now) when `kind` is v2."""
+    tags = bench_tags(seed=3)
+    if kind == "v2":
+        start = datetime.now(UTC) - timedelta(seconds=30)
+        batches = as_v2(
+            build_batches(rate * seconds, per_batch, 200, tags, seed=3, start=start),
+            bench_keys(tags),
+            time.time() - 3600,
+        )
+    else:
+        batches = build_batches(rate * seconds, per_batch, 200, tags, seed=3)
     payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"load-{uuid.uuid4().hex[:6]}")
     client.max_inflight_messages_set(1000)
@@ -191,23 +223,107 @@ def tell_owners_by_sms(database_url: str) -> dict[str, str]:
     return {format_tag(int(tag)): str(plate) for tag, plate in rows}
 
 
+def v2_alert(station_id: str, key: ChipKey, counter: int) -> bytes:
+    """The hotlist_hit alert a v2 station sends at a stolen chip's first beacon: the beacon, no tag id."""
+    now = utcnow()
+    beacon = key.seal(window_of(now.timestamp()), counter, TagFlags.MOTION)
+    alert = Alert(
+        station_id=station_id, kind="hotlist_hit", heard=beacon.to_bytes().hex(), seen_at=now, rssi_dbm=-60, antenna=0
+    )
+    return alert.to_json()
+
+
+def v1_alert(station_id: str, tag: int) -> bytes:
+    """The hotlist_hit alert a v1 station sends at a stolen chip's first beacon."""
+    return Alert(
+        station_id=station_id, kind="hotlist_hit", tag_id=format_tag(tag), seen_at=utcnow(), rssi_dbm=-60, antenna=0
+    ).to_json()
+
+
+def median(values: list[float]) -> float:
+    """The middle value (not the standard library's statistics.median: run as a script from bench/, `statistics`
+    is bench/statistics.py, which takes bench/ off sys.path when imported and so hid bench/ingest.py)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def percentile(values: list[float], p: float) -> float:
     """The p-th percentile by nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
+# The ways a trial raises its stolen chip's alarm: the v1 frame on the serial line (the gateway flags it), or the
+# station's alert published by this process (v1: the tag id; v2: the chip's beacon, resolved by the ingest).
+FRAME_V1, ALERT_V1, ALERT_V2 = "v1 frame → gateway", "v1 alert published", "v2 alert published"
+
+
+def trial_paths(kinds: list[str]) -> list[str]:
+    """The trial paths for the chip kinds asked for: v1 alone is the bench as it was."""
+    if kinds == ["v1"]:
+        return [FRAME_V1]
+    if kinds == ["v2"]:
+        return [ALERT_V2]
+    return [FRAME_V1, ALERT_V1, ALERT_V2]
+
+
+def report(
+    paths: list[str],
+    latencies: dict[str, list[float]],
+    told: dict[str, list[float]],
+    trials: int,
+    background: float,
+    background_kind: str,
+) -> bool:
+    """Print each path's notification and alarm latencies (the alarm lines last); whether every trial's alarm and
+    SMS arrived."""
+    for path in paths:
+        if told[path]:
+            print(
+                f"owner notification latency, {path}: p50 {median(told[path]):.0f} ms,"
+                f" p99 {percentile(told[path], 99):.0f} ms ({len(told[path])}/{trials} SMS requests;"
+                " trial start → the SMS gateway's request)"
+            )
+        else:
+            print(f"no owner notification arrived, {path}", file=sys.stderr)
+    print(f"load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    for path in paths:
+        got = latencies[path]
+        if not got:
+            print(f"alarm latency, {path}: no alarm arrived", file=sys.stderr)
+            continue
+        print(
+            f"alarm latency{'' if paths == [FRAME_V1] else ', ' + path}: p50 {median(got):.0f} ms,"
+            f" p99 {percentile(got, 99):.0f} ms at {background:,.0f} sightings/s background"
+            f" ({len(got)}/{trials} alarms; background of {background_kind} chips)"
+        )
+    return all(len(latencies[p]) == len(told[p]) == trials for p in paths)
+
+
 def main() -> int:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--trials", type=int, default=200, help="trials per path")
     parser.add_argument("--background", type=int, default=20_000, help="sightings/s of ordinary load")
     parser.add_argument("--broker", default="auto", choices=("auto", "mosquitto", "amqtt"))
     parser.add_argument("--unregistered", action="store_true", help="leave the background's chips unregistered")
+    parser.add_argument(
+        "--chips-kind",
+        nargs="+",
+        default=["v1"],
+        choices=("v1", "v2"),
+        help="the stolen chips' kinds; with v2 the background's chips are v2 chips too",
+    )
     args = parser.parse_args()
+    if "v2" in args.chips_kind and args.unregistered:
+        parser.error("v2 chips resolve only when registered: --unregistered runs v1 chips alone")
+    paths = trial_paths(args.chips_kind)
+    background_kind = "v2" if "v2" in args.chips_kind else "v1"
 
     work = Path(tempfile.mkdtemp(prefix="bikeguard-bench-"))
-    pg = start_postgres(preload=engine_preload(default_engine()))  # TimescaleDB when installed
+    engine = default_engine()
+    pg = start_postgres(preload=engine_preload(engine))  # TimescaleDB when installed
     broker = start_broker(args.broker)
     port = free_port()
     sms = SmsGateway()
@@ -226,6 +342,7 @@ def main() -> int:
     }
     procs: list[subprocess.Popen[bytes]] = []
     stop = mp.get_context("spawn").Event()
+    print(f"load average at the start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}", flush=True)
     try:
         backend = subprocess.Popen([sys.executable, "-m", "bikeguard.cli", "backend"], env=env, start_new_session=True)
         procs.append(backend)
@@ -233,17 +350,26 @@ def main() -> int:
         wait_for_http(f"{base}/api/health", process=backend)
         # Stations and bikes registered through the API as installers and clerks do; then police report
         # every bench bike stolen, so each trial is a fresh chip on the hot list.
-        town = Town.generate(11, stations=5, bikes=args.trials)
+        town = Town.generate(11, stations=5, bikes=args.trials * len(paths))
         staff = seed_backend(base, town, bootstrap_admin(pg.url))
         register_stations(pg.url, 200)  # the stations of the background load
+        vault = Vault.from_settings(BackendSettings(environment="development", database_url=pg.url))
         if not args.unregistered:
-            register_chips(pg.url, bench_tags(seed=3))  # and its chips, registered bikes as in a real county
+            background_tags = bench_tags(seed=3)
+            register_chips(pg.url, background_tags)  # and its chips, registered bikes as in a real county
+            if background_kind == "v2":
+                fit_v2_chips(pg.url, chip_key_rows(bench_keys(background_tags), vault))
         police = sign_in(base, staff.police)
         for bike_id, _first_login in staff.owners.values():
             police.post(
                 f"/api/bikes/{bike_id}/theft", params={"case_number": "BENCH-1"}, json={"place": "bench"}
             ).raise_for_status()
+        # Trials interleaved path by path, so each path sees the same background over time.
         tags = [b.tag_id for b in town.bikes]
+        trials = [(paths[i % len(paths)], tag) for i, tag in enumerate(tags)]
+        v2_keys = bench_keys([tag for path, tag in trials if path == ALERT_V2], seed=29)
+        if v2_keys:
+            fit_v2_chips(pg.url, chip_key_rows(v2_keys, vault))  # fitted before the ingest's table is built
         plates = tell_owners_by_sms(pg.url)
         headers = dict(police.headers)
         station_id = town.stations[0].station_id
@@ -276,60 +402,56 @@ def main() -> int:
         watcher.start()
         watcher.ready.wait(10)
         time.sleep(3)  # the gateway connects and receives the retained hot list
+        alerts = qos1_publisher(broker.url, "bench-station")  # a station's alerts, for the published paths
 
         ctx = mp.get_context("spawn")
         sent, loader_ready = ctx.Value("q", 0), ctx.Event()
-        seconds = int(args.trials * 0.2) + 20
+        seconds = int(len(trials) * 0.2) + 20
         loader = ctx.Process(
             target=load_publisher,
-            args=(broker.url, args.background, 250, seconds, loader_ready, stop, sent),
+            args=(broker.url, args.background, 250, seconds, loader_ready, stop, sent, background_kind),
         )
         loader.start()
-        print(f"building {args.background * seconds:,} background sightings …", flush=True)
-        loader_ready.wait(300)
-        time.sleep(3)  # let the background load settle
+        print(f"building {args.background * seconds:,} background sightings of {background_kind} chips …", flush=True)
+        loader_ready.wait(600)
+        time.sleep(3)  # let the background load settle (a v2 worker builds its resolution table at the first)
         load_started, load_sent = time.perf_counter(), sent.value
 
-        latencies: list[float] = []
-        told: list[float] = []
-        for i, tag in enumerate(tags):
-            frame = encode(Beacon(tag, i, TagFlags.MOTION, -60, 0))
+        latencies: dict[str, list[float]] = {path: [] for path in paths}
+        told: dict[str, list[float]] = {path: [] for path in paths}
+        alert_topic = topics.station_topic(station_id, "alerts")
+        for i, (path, tag) in enumerate(trials):
             t0 = time.perf_counter()
-            os.write(master, frame)
+            if path == FRAME_V1:
+                os.write(master, encode(Beacon(tag, i, TagFlags.MOTION, -60, 0)))
+            elif path == ALERT_V1:
+                alerts.publish(alert_topic, v1_alert(station_id, tag), qos=1)
+            else:
+                alerts.publish(alert_topic, v2_alert(station_id, ChipKey(v2_keys[tag]), i + 1), qos=1)
             arrived = watcher.wait_for(format_tag(tag), timeout_s=10)
             if arrived is not None:
-                latencies.append((arrived - t0) * 1000)
+                latencies[path].append((arrived - t0) * 1000)
             sent_at = sms.wait_for(plates[format_tag(tag)], timeout_s=10)
             if sent_at is not None:
-                told.append((sent_at - t0) * 1000)
+                told[path].append((sent_at - t0) * 1000)
             time.sleep(0.1)
         background = (sent.value - load_sent) / (time.perf_counter() - load_started)
         stop.set()
         loader.join(30)
+        alerts.disconnect()
+        alerts.loop_stop()
         floor = mqtt_floor(broker.url)
         health = police.get("/api/health/ingest").json()["ingest"]
+        arrived_all = sum(len(v) for v in latencies.values())
         print(
-            f"{len(latencies)}/{len(tags)} alarms arrived; ingest stored {health['sightings']:,} background "
-            f"sightings; broker {broker.kind}"
+            f"{arrived_all}/{len(trials)} alarms arrived; ingest stored {health['sightings']:,} background "
+            f"sightings ({background_kind} chips); broker {broker.kind}; {engine}"
         )
-        print(
-            f"machine floor: MQTT QoS 1 hop p50 {statistics.median(floor):.2f} ms, p99 {percentile(floor, 99):.2f} ms"
-        )
-        if not latencies:
+        print(f"machine floor: MQTT QoS 1 hop p50 {median(floor):.2f} ms, p99 {percentile(floor, 99):.2f} ms")
+        if not arrived_all:
             print("no alarm arrived", file=sys.stderr)
             return 1
-        if told:
-            print(
-                f"owner notification latency: p50 {statistics.median(told):.0f} ms, p99 {percentile(told, 99):.0f} ms"
-                f" ({len(told)}/{len(tags)} SMS requests; first frame → the SMS gateway's request)"
-            )
-        else:
-            print("no owner notification arrived", file=sys.stderr)
-        print(
-            f"alarm latency: p50 {statistics.median(latencies):.0f} ms, p99 {percentile(latencies, 99):.0f} ms "
-            f"at {background:,.0f} sightings/s background"
-        )
-        return 0 if len(latencies) == len(told) == len(tags) else 1
+        return 0 if report(paths, latencies, told, args.trials, background, background_kind) else 1
     finally:
         stop.set()
         for p in reversed(procs):

@@ -5,7 +5,7 @@ Pre-builds realistic batches, publishes them from a separate process through a r
 commits them. In the same run it measures the machine's limit: a raw binary COPY of the same rows
 into the same table. Last lines, one per worker count:
 
-    ingest (<W> workers): <N> sightings/s (COPY limit <M> rows/s, ratio <R>)
+    ingest <engine> <kind> (<W> workers): <N> sightings/s (COPY limit <M> rows/s, ratio <R>)
 
 Every chip is fitted to a registered bike (as in a real county), so the alarm engine's per-chip checks (cloned
 chip) are part of the figure; --unregistered leaves them out.
@@ -16,15 +16,26 @@ BIKEGUARD_INGEST_WORKERS runs them in the backend; each count gets a fresh datab
 --engine chooses the storage engine of the embedded server and the bench databases (default: TimescaleDB when it is
 installed into the embedded PostgreSQL, else plain PostgreSQL); every printed figure names it.
 
+--chips-kind v1 v2 runs the same passages twice per worker count (issue 17): once from v1 chips (the tag id in
+the clear) and once from v2 chips, every sighting then carrying its first and last beacons sealed with its chip's
+key (protocol.beacon_v2), which the ingest resolves against all --chips registered v2 chips (default 1,000,000 when
+v2 runs, else 50,000). Before each run the workers get a warm-up batch each, so a v2 worker's resolution table is
+built (and its memory printed) before the clock starts; a v2 run in which any sighting does not resolve to its chip,
+or resolves as a clone, fails. The last lines then add, per worker count:
+
+    ingest v2 (<W> workers): <N> sightings/s beside v1 <M> sightings/s in the same run (ratio <R>)
+
 Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--workers 1 2] [--broker auto|mosquitto|amqtt]
-                            [--engine postgresql|timescaledb] [--unregistered]
+                            [--engine postgresql|timescaledb] [--unregistered] [--chips-kind v1 v2] [--chips N]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import multiprocessing as mp
 import os
+import pstats
 import random
 import sys
 import threading
@@ -33,6 +44,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import psutil
@@ -40,22 +52,32 @@ import psycopg
 
 from backend.db.migrate import migrate
 from backend.db.storage import StoragePolicy
+from backend.ingest.v2 import V2Resolution
 from backend.ingest.workers import IngestWorkers
 from backend.ingest.writer import _SIGHTING_COLUMNS, _SIGHTING_TYPES
+from backend.resolution import Verdict, join_window_splits
 from backend.settings import BackendSettings
+from backend.vault import Vault
 from bikeguard.services import Broker, Postgres, default_engine, engine_preload, start_broker, start_postgres
 from protocol import topics
-from protocol.messages import Sighting, SightingBatch, format_tag, parse_tag
+from protocol.beacon_v2 import ChipKey, key_check_value, window_of
+from protocol.frames import TagFlags
+from protocol.messages import Sighting, SightingBatch, format_tag, parse_batch_rows, parse_tag
 from protocol.mqtt_address import mqtt_address
+
+# A station of its own for the warm-up batches, so the measured stations' batch_seqs start at 1 as before.
+WARMUP_STATION = "st-warmup"
 
 
 def register_stations(url: str, stations: int) -> None:
-    """The bench stations st-000 … as registered rows: the ingest refuses stations it does not know."""
+    """The bench stations st-000 … (and the warm-up station) as registered rows: the ingest refuses stations it does
+    not know."""
+    rows = [(f"st-{i:03d}", f"Bench station {i}", 30.2 + i / 10_000, 120.1 + i / 10_000) for i in range(stations)]
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO stations (station_id, name, lat, lon, lifecycle) VALUES (%s, %s, %s, %s, 'active')"
             " ON CONFLICT (station_id) DO NOTHING",
-            [(f"st-{i:03d}", f"Bench station {i}", 30.2 + i / 10_000, 120.1 + i / 10_000) for i in range(stations)],
+            [*rows, (WARMUP_STATION, "Bench warm-up station", 30.1, 120.0)],
         )
 
 
@@ -89,11 +111,14 @@ def register_chips(url: str, tags: list[int]) -> None:
         )
 
 
-def build_batches(total: int, per_batch: int, stations: int, tags: list[int], seed: int = 1) -> list[SightingBatch]:
+def build_batches(
+    total: int, per_batch: int, stations: int, tags: list[int], seed: int = 1, start: datetime | None = None
+) -> list[SightingBatch]:
     """Ordinary traffic: each chip passes its own station (so no chip looks cloned), at plausible times and signal
-    levels; a third of the sightings felt the bike move and one in a hundred reports a low battery."""
+    levels; a third of the sightings felt the bike move and one in a hundred reports a low battery. The passages
+    begin around `start` (default an hour ago; v2 chips' must lie in the windows the ingest's table holds)."""
     rng = random.Random(seed)
-    start = datetime.now(UTC) - timedelta(hours=1)
+    start = start or datetime.now(UTC) - timedelta(hours=1)
     local = [tags[i::stations] for i in range(stations)]
     batches: list[SightingBatch] = []
     seq = {f"st-{i:03d}": 0 for i in range(stations)}
@@ -122,6 +147,101 @@ def build_batches(total: int, per_batch: int, stations: int, tags: list[int], se
         batches.append(SightingBatch(station_id=station, batch_seq=seq[station], sent_at=at, sightings=sightings))
         made += n
     return batches
+
+
+def bench_keys(tags: list[int], seed: int = 17) -> dict[int, bytes]:
+    """A key per bench chip, the same for the same tags and seed (bench/alarm_latency.py's load publisher seals with
+    the keys its main process fitted)."""
+    raw = random.Random(seed).randbytes(16 * len(tags))
+    return {tag: raw[16 * i : 16 * i + 16] for i, tag in enumerate(tags)}
+
+
+def chip_key_rows(keys: dict[int, bytes], vault: Vault) -> list[tuple[int, bytes, bytes]]:
+    """The chip_keys rows of v2 chips: each key encrypted by the vault as the counter's fitting keeps it, and its
+    key check value."""
+    return [(tag, vault.encrypt_chip_key(tag, key), key_check_value(key)) for tag, key in keys.items()]
+
+
+def fit_v2_chips(url: str, rows: list[tuple[int, bytes, bytes]]) -> None:
+    """Registered chips made v2 chips with these keys (chip_key_rows): their kind, and the keys by COPY (a million
+    fittings through the counter's page would take hours)."""
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE chips SET kind = 'v2' WHERE tag_id = ANY(%s)", ([tag for tag, _, _ in rows],))
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY chip_keys (tag_id, key_ciphertext, key_check) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(["int8", "bytea", "bytea"])
+            for row in rows:
+                copy.write_row(row)
+
+
+def beacon_counter(heard_at: datetime, base: float) -> int:
+    """A bench chip's beacon counter at a time, read off the clock in milliseconds from `base`: every chip's counter
+    moves forward with the time its beacons are heard, whichever passage, batch or worker they are in."""
+    return int((heard_at.timestamp() - base) * 1000)
+
+
+def _heard_times(s: Sighting) -> list[datetime]:
+    """When a passage's forwarded beacons were heard: its first, and its last when it has more than one."""
+    return [s.first_seen_at] if s.beacons == 1 else [s.first_seen_at, s.last_seen_at]
+
+
+def as_v2(batches: list[SightingBatch], keys: dict[int, bytes], counter_base: float) -> list[SightingBatch]:
+    """The same passages from v2 chips, as a v2 gateway sends them: no tag id, the first beacon and (when there is
+    more than one) the last, sealed with the chip's key in the windows of their times."""
+    # One ChipKey (a key schedule, ~1 KB) per chip, made once and dropped: sightings grouped by chip.
+    by_tag: dict[int, list[tuple[int, int]]] = {}
+    for bi, b in enumerate(batches):
+        for si, s in enumerate(b.sightings):
+            assert s.tag_id is not None
+            by_tag.setdefault(parse_tag(s.tag_id), []).append((bi, si))
+    heard: dict[tuple[int, int], list[str]] = {}
+    for tag, places in by_tag.items():
+        key = ChipKey(keys[tag])
+        beacons = sorted(
+            (t, bi, si, j) for bi, si in places for j, t in enumerate(_heard_times(batches[bi].sightings[si]))
+        )
+        # Two beacons of one chip in the same millisecond (two passages a few metres apart) still count up, as the
+        # chip's do: an equal counter with other flags is a replay to the ingest.
+        counter = -1
+        for t, bi, si, _ in beacons:
+            counter = max(counter + 1, beacon_counter(t, counter_base))
+            flags = TagFlags(batches[bi].sightings[si].flags)
+            heard.setdefault((bi, si), []).append(key.seal(window_of(t.timestamp()), counter, flags).to_bytes().hex())
+    return [
+        b.model_copy(
+            update={
+                "sightings": [
+                    s.model_copy(update={"tag_id": None, "heard": heard[bi, si]}) for si, s in enumerate(b.sightings)
+                ]
+            }
+        )
+        for bi, b in enumerate(batches)
+    ]
+
+
+def rows_after_joins(batches: list[SightingBatch]) -> int:
+    """How many rows the v2 ingest stores for these (v1) batches' passages made v2: within a batch, two passages of
+    one chip at one station that a window change split are joined into one (backend.resolution.join_window_splits)."""
+    stored = 0
+    for b in batches:
+        rows = [
+            {
+                "station_id": b.station_id,
+                "tag_id": s.tag_id,
+                "first_seen_at": s.first_seen_at,
+                "last_seen_at": s.last_seen_at,
+                "beacons": s.beacons,
+                "peak_rssi_dbm": s.peak_rssi_dbm,
+                "antenna": s.antenna,
+                "flags": s.flags,
+                "window": window_of((s.first_seen_at if s.beacons == 1 else s.last_seen_at).timestamp()),
+            }
+            for s in b.sightings
+        ]
+        stored += len(join_window_splits(rows))
+    return stored
 
 
 def qos1_publisher(url: str, name: str) -> mqtt.Client:
@@ -246,26 +366,183 @@ def postmaster_pid(pg: Postgres | None) -> int | None:
     return int((Path(pg.data_dir) / "postmaster.pid").read_text().split()[0])
 
 
-def measure(
-    server: str,
-    broker: Broker,
-    workers: int,
-    batches: list[SightingBatch],
-    payloads: list[tuple[str, bytes]],
-    args: argparse.Namespace,
-    tags: list[int],
-    pg: Postgres | None,
-) -> tuple[float, str]:
-    """Sightings/s committed by `workers` ingest workers from a fresh database; also returns that database's URL
-    (the caller drops it)."""
-    name = f"bench_{uuid.uuid4().hex[:8]}"
+class Sections:
+    """Wall time the ingest's writer threads spent in the parts of the v2 resolution: the bench wraps each v2
+    worker's methods (a perf_counter pair per call, about 0.3 µs), as a profile by sections."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def wrap(self, owner: object, name: str, label: str) -> None:
+        """Time every call of owner.name from now on under `label`."""
+        inner = getattr(owner, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - t0
+                with self._lock:
+                    self.seconds[label] += spent
+                    self.calls[label] += 1
+
+        setattr(owner, name, timed)
+
+    def watch(self, ingest: IngestWorkers) -> None:
+        """Time the v2 resolution of every worker (its table already built by the warm-up)."""
+        for w in ingest.workers:
+            v2 = w.v2
+            self.wrap(v2, "resolve_sightings", "resolve_sightings (all)")
+            self.wrap(v2, "_refresh", "table refresh/advance")
+            self.wrap(v2, "_load_states", "eid lookups + states locked and loaded")
+            self.wrap(v2, "_save_states", "states written back")
+            resolver = v2._resolver
+            if resolver is not None:
+                self.wrap(resolver, "resolve", "Resolver.resolve (MAC, counter)")
+                self.wrap(resolver.table, "chip_key", "ChipKey made or taken from the cache")
+
+
+def profiled(v2: V2Resolution) -> cProfile.Profile:
+    """A cProfile of every call of this worker's resolve_sightings (in its writer thread; the profiler's own cost
+    slows it, so the run's rate is not the figure then)."""
+    profile = cProfile.Profile()
+    inner = v2.resolve_sightings
+
+    def traced(*args: Any) -> Any:
+        profile.enable()
+        try:
+            return inner(*args)
+        finally:
+            profile.disable()
+
+    v2.resolve_sightings = traced
+    return profile
+
+
+def bench_template(server: str, args: argparse.Namespace, tags: list[int]) -> str:
+    """A database migrated, with the stations and (unless --unregistered) the chips registered, that every run copies
+    (CREATE DATABASE … TEMPLATE): a million chips are registered once, not once a run."""
+    name = f"bench_tmpl_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = psycopg.conninfo.make_conninfo(server, dbname=name)
+    t = time.perf_counter()
     migrate(url, storage=StoragePolicy(args.engine))
     register_stations(url, args.stations)
     if not args.unregistered:
         register_chips(url, tags)
+    with psycopg.connect(server, autocommit=True) as conn:
+        # Nobody may be connected to a template while it is copied (TimescaleDB's scheduler would be).
+        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    print(f"template database: {len(tags):,} chips registered in {time.perf_counter() - t:.1f} s", flush=True)
+    return url
+
+
+def warm_up(
+    ingest: IngestWorkers, broker: Broker, kind: str, tags: list[int], keys: dict[int, bytes], at: datetime, base: float
+) -> int:
+    """One-sighting batches from the warm-up station until every worker has taken one (a v2 worker builds its
+    resolution table at its first v2 beacon, as a backend does once after it starts), all written before the clock
+    starts; returns how many were sent."""
+    client = qos1_publisher(broker.url, "bench-warmup")
+    sent, deadline = 0, time.perf_counter() + 600
+    try:
+        while not all((w.v2.table_bytes if kind == "v2" else w.counters.messages) > 0 for w in ingest.workers):
+            if time.perf_counter() > deadline:
+                raise TimeoutError("the workers did not all take a warm-up batch within 600 s")
+            tag = tags[sent % len(tags)]
+            seen = at + timedelta(milliseconds=sent)
+            sighting = Sighting(
+                tag_id=format_tag(tag),
+                first_seen_at=seen,
+                last_seen_at=seen,
+                beacons=1,
+                peak_rssi_dbm=-60,
+                antenna=0,
+                flags=0,
+            )
+            batch = SightingBatch(station_id=WARMUP_STATION, batch_seq=sent + 1, sent_at=seen, sightings=[sighting])
+            if kind == "v2":
+                batch = as_v2([batch], {tag: keys[tag]}, base)[0]
+            client.publish(topics.station_topic(WARMUP_STATION, "sightings"), batch.to_json(), qos=1)
+            sent += 1
+            time.sleep(1.0)
+        while ingest.counters.messages < sent:
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return sent
+
+
+def check_v2(ingest: IngestWorkers, warm: int, sightings: int) -> None:
+    """Fail loudly unless every v2 sighting resolved to its chip: a bench whose beacons do not resolve measures
+    nothing."""
+    c = [w.v2.counters for w in ingest.workers]
+    resolved = sum(x.sightings_resolved for x in c) - warm
+    wrong = {
+        "unknown": sum(x.sightings_unknown for x in c),
+        "cloned": sum(x.sightings_cloned for x in c),
+        "malformed": sum(x.malformed for x in c),
+        "keys unreadable": sum(x.keys_unreadable for x in c),
+        **{
+            f"beacons {v.value}": sum(x.beacons[v] for x in c)
+            for v in (Verdict.UNKNOWN, Verdict.BAD_MAC, Verdict.REPLAY)
+        },
+    }
+    beacons = Counter[str]()
+    for x in c:
+        beacons.update(x.beacons)
+    print(f"  v2 resolution: {resolved:,} of {sightings:,} sightings resolved; beacons by verdict {dict(beacons)}")
+    if resolved != sightings or any(wrong.values()):
+        raise SystemExit(f"v2 sightings did not all resolve to their chips: {resolved:,} of {sightings:,}, {wrong}")
+
+
+def measure(
+    server: str,
+    broker: Broker,
+    workers: int,
+    kind: str,
+    batches: list[SightingBatch],
+    args: argparse.Namespace,
+    chips: tuple[str, list[int], dict[int, bytes], list[tuple[int, bytes, bytes]]],
+    pg: Postgres | None,
+) -> tuple[float, str]:
+    """Sightings/s committed by `workers` ingest workers from a fresh copy of the template database, from `kind`
+    chips; also returns that database's URL (the caller drops it)."""
+    template, tags, keys, key_rows = chips
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    t = time.perf_counter()
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{psycopg.conninfo.conninfo_to_dict(template)["dbname"]}"')
+    url = psycopg.conninfo.make_conninfo(server, dbname=name)
+    if kind == "v2":
+        fit_v2_chips(url, key_rows)
+    print(
+        f"{kind} run, {workers} worker(s): database copied{' and chips made v2' * (kind == 'v2')} in"
+        f" {time.perf_counter() - t:.1f} s",
+        flush=True,
+    )
+    base = time.time() - 3600
+    expected = args.sightings
+    if kind == "v2":
+        t = time.perf_counter()
+        expected = rows_after_joins(batches)
+        batches = as_v2(batches, keys, base)
+        print(f"  {len(batches)} batches sealed as v2 beacons in {time.perf_counter() - t:.1f} s", flush=True)
+    payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
+    t = time.perf_counter()
+    for _, payload in payloads:
+        parse_batch_rows(payload)
+    print(
+        f"  {sum(len(p) for _, p in payloads) / len(payloads):.0f} B/message; validation alone (parse_batch_rows, this"
+        f" process, one thread): {(time.perf_counter() - t) / args.sightings * 1e6:.2f} µs per sighting",
+        flush=True,
+    )
     settings = BackendSettings(
         environment="development",
         database_url=url,
@@ -276,7 +553,27 @@ def measure(
         ingest_workers=workers,
     )
     ingest = IngestWorkers(settings)
+    rss_before = psutil.Process().memory_info().rss
     ingest.start()
+    t = time.perf_counter()
+    # Before every measured passage (a chip's counter moves forward with time), in the windows the table holds.
+    earliest = min(s.first_seen_at for b in batches for s in b.sightings)
+    warm = warm_up(ingest, broker, kind, tags, keys, earliest - timedelta(seconds=10), base)
+    sections = Sections()
+    profile: cProfile.Profile | None = None
+    if kind == "v2":
+        table = [w.v2.table_bytes for w in ingest.workers]
+        print(
+            f"  warm-up: {warm} batches in {time.perf_counter() - t:.1f} s; v2 resolution tables of"
+            f" {ingest.workers[0].v2.chips:,} chips: {', '.join(f'{b / 2**20:.0f} MiB' for b in table)} (per worker,"
+            f" V2Resolution.table_bytes; {table[0] / ingest.workers[0].v2.chips:.0f} bytes a chip); this process's"
+            f" resident memory +{(psutil.Process().memory_info().rss - rss_before) / 2**20:.0f} MiB since the"
+            " workers started",
+            flush=True,
+        )
+        sections.watch(ingest)
+        if args.profile_v2 and workers == 1:
+            profile = profiled(ingest.workers[0].v2)
     ctx = mp.get_context("spawn")
     ready, go = ctx.Event(), ctx.Event()
     proc = ctx.Process(target=publisher, args=(broker.url, payloads, ready, go))
@@ -290,27 +587,42 @@ def measure(
     t0 = time.perf_counter()
     go.set()
     last_report = t0
-    while (done := ingest.counters.sightings) < args.sightings:
+    # Messages, not sightings: a v2 passage split by a window change is stored as one row.
+    while (done := ingest.counters.messages) < warm + len(payloads):
         time.sleep(0.02)
         now = time.perf_counter()
         if now - last_report > 5:
-            print(f"  {done} sightings committed after {now - t0:.0f} s", flush=True)
+            print(f"  {ingest.counters.sightings - warm} sightings committed after {now - t0:.0f} s", flush=True)
             last_report = now
-        if now - t0 > 600:
-            raise TimeoutError("gave up after 600 s")
+        if now - t0 > 900:
+            raise TimeoutError(f"gave up after 900 s ({done - warm} of {len(payloads)} messages written)")
     elapsed = time.perf_counter() - t0
     used = cpu.stop()
     proc.join(30)
     counters = [w.counters.sightings for w in ingest.workers]
     ingest.stop()
     with psycopg.connect(url) as conn:
-        stored = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]  # type: ignore[index]
-    assert stored == args.sightings, f"stored {stored}, expected {args.sightings}"
-    chips = "unregistered chips" if args.unregistered else f"{len(tags)} registered chips"
+        stored = conn.execute("SELECT count(*) FROM sightings WHERE station_id <> %s", (WARMUP_STATION,)).fetchone()[0]  # type: ignore[index]
+    if kind == "v2":
+        check_v2(ingest, warm, args.sightings)
+    assert stored == expected, f"stored {stored}, expected {expected}"
+    chips_text = "unregistered chips" if args.unregistered else f"{len(tags)} registered {kind} chips"
     print(
-        f"{workers} worker(s) on {broker.kind}, {args.engine}; {chips}; {elapsed:.2f} s; all {stored} stored once"
-        f" (by worker: {counters})"
+        f"{workers} worker(s) on {broker.kind}, {args.engine}; {chips_text}; {elapsed:.2f} s; all {stored} rows stored"
+        f" once{f' ({args.sightings - stored} passages split by a window change joined)' * (stored != args.sightings)}"
+        f" (by worker, with the warm-up: {counters})"
     )
+    if kind == "v2":
+        print(
+            "  v2 resolution, wall time in the writer threads per sighting: "
+            + ", ".join(
+                f"{label} {seconds / args.sightings * 1e6:.1f} µs" for label, seconds in sections.seconds.most_common()
+            )
+        )
+    if profile is not None:
+        profile.dump_stats(args.profile_v2)
+        print(f"  cProfile of the v2 resolution (its writer thread only; saved to {args.profile_v2}), by own time:")
+        pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(18)
     # Per sighting, so that runs of other sizes and on busier machines compare: where the two cores went.
     print(
         "  CPU µs per sighting: "
@@ -320,7 +632,8 @@ def measure(
             if name in used
         )
         + f"; {sum(used.values()) / elapsed:.2f} cores busy of {os.cpu_count()}"
-        f" (load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)"
+        f" (load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)",
+        flush=True,
     )
     return args.sightings / elapsed, url
 
@@ -343,7 +656,25 @@ def main() -> int:
     parser.add_argument(
         "--unregistered", action="store_true", help="leave the chips unregistered (skips the per-chip alarm checks)"
     )
+    parser.add_argument(
+        "--chips-kind",
+        nargs="+",
+        default=["v1"],
+        choices=("v1", "v2"),
+        help="one run per kind and worker count, from the same passages (v2: every sighting sealed v2 beacons)",
+    )
+    parser.add_argument(
+        "--chips", type=int, default=None, help="registered chips (default 1,000,000 with v2, else 50,000)"
+    )
+    parser.add_argument(
+        "--profile-v2",
+        type=Path,
+        default=None,
+        help="with one worker: cProfile the v2 resolution into this file and print its top functions (slows the run)",
+    )
     args = parser.parse_args()
+    if "v2" in args.chips_kind and args.unregistered:
+        parser.error("v2 chips resolve only when registered: --unregistered runs v1 chips alone")
 
     pg = None if args.database_url else start_postgres(preload=engine_preload(args.engine))
     server = args.database_url or pg.url  # type: ignore[union-attr]
@@ -352,27 +683,51 @@ def main() -> int:
         print(f"{broker.kind} has no shared subscriptions: one worker only", file=sys.stderr)
         args.workers = [1]
     urls: list[str] = []
+    print(f"load average at the start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}", flush=True)
     try:
-        tags = bench_tags()
-        t = time.perf_counter()
-        batches = build_batches(args.sightings, args.batch, args.stations, tags)
-        payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
-        print(
-            f"built {len(batches)} batches of {args.batch} ({args.sightings} sightings, "
-            f"{sum(len(p) for _, p in payloads) / len(payloads):.0f} B/message) in {time.perf_counter() - t:.1f} s"
-        )
-        rates = {}
+        tags = bench_tags(args.chips or (1_000_000 if "v2" in args.chips_kind else 50_000))
+        urls.append(bench_template(server, args, tags))
+        keys: dict[int, bytes] = {}
+        key_rows: list[tuple[int, bytes, bytes]] = []
+        if "v2" in args.chips_kind:
+            t = time.perf_counter()
+            keys = bench_keys(tags)
+            key_rows = chip_key_rows(
+                keys, Vault.from_settings(BackendSettings(environment="development", database_url=server))
+            )
+            print(f"{len(keys):,} chip keys made and encrypted by the vault in {time.perf_counter() - t:.1f} s")
+        rates: dict[tuple[str, int], float] = {}
+        batches: list[SightingBatch] = []
         for workers in args.workers:
-            rates[workers], url = measure(server, broker, workers, batches, payloads, args, tags, pg)
-            urls.append(url)
+            for kind in args.chips_kind:
+                # Built for each run, a couple of minutes before now: a v2 beacon resolves only in the windows
+                # around the ingest's clock (backend.resolution), and the same passages make each kind's run.
+                t = time.perf_counter()
+                batches = build_batches(
+                    args.sightings, args.batch, args.stations, tags, start=datetime.now(UTC) - timedelta(minutes=2)
+                )
+                print(f"built {len(batches)} batches of {args.batch} in {time.perf_counter() - t:.1f} s", flush=True)
+                rates[kind, workers], url = measure(
+                    server, broker, workers, kind, batches, args, (urls[0], tags, keys, key_rows), pg
+                )
+                urls.append(url)
         limit = copy_limit(
             urls[-1], batches, BackendSettings(environment="development", database_url=server).ingest_flush_rows, pg
         )
-        for workers, rate in rates.items():
+        for (kind, workers), rate in rates.items():
             print(
-                f"ingest {args.engine} ({workers} worker{'s' if workers > 1 else ''}): {rate:,.0f} sightings/s"
+                f"ingest {args.engine} {kind} ({workers} worker{'s' if workers > 1 else ''}): {rate:,.0f} sightings/s"
                 f" (COPY limit {limit:,.0f} rows/s, ratio {rate / limit:.2f})"
             )
+        for workers in args.workers:
+            if ("v1", workers) in rates and ("v2", workers) in rates:
+                v1, v2 = rates["v1", workers], rates["v2", workers]
+                print(
+                    f"ingest v2 ({workers} worker{'s' if workers > 1 else ''}): {v2:,.0f} sightings/s beside v1"
+                    f" {v1:,.0f} sightings/s in the same run (ratio {v2 / v1:.2f}; target >= 0.90),"
+                    f" {len(tags):,} registered chips"
+                )
+        print(f"load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
         return 0
     finally:
         broker.stop()
