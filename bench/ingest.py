@@ -399,10 +399,10 @@ class Sections:
             self.wrap(v2, "_refresh", "table refresh/advance")
             self.wrap(v2, "_load_states", "eid lookups + states locked and loaded")
             self.wrap(v2, "_save_states", "states written back")
-            resolver = v2._resolver
-            if resolver is not None:
-                self.wrap(resolver, "resolve", "Resolver.resolve (MAC, counter)")
-                self.wrap(resolver.table, "chip_key", "ChipKey made or taken from the cache")
+            self.wrap(v2, "_resolve", "Resolver.resolve (MAC, counter)")
+            table = v2._table
+            if table is not None:
+                self.wrap(table, "chip_key", "ChipKey made or taken from the cache")
 
 
 def profiled(v2: V2Resolution) -> cProfile.Profile:
