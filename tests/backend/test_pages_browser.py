@@ -323,7 +323,9 @@ def test_marking_a_bike_recovered_ends_its_stolen_alarm_for_owner_and_police(ser
         assert "Your stolen bike was seen" in page.inner_text("#alarms")
         page.click(".bg-bike button[data-act=recovered]")
         page.wait_for_selector(".bg-bike:not(.stolen)")
-        page.wait_for_function("document.querySelectorAll('#alarms li').length === 1")
+        # A function, not an expression: polling an expression evals it, which the page's CSP forbids (CI caught it
+        # once the list took a moment to redraw).
+        page.wait_for_function("() => document.querySelectorAll('#alarms li').length === 1")
         alerts = page.inner_text("#alarms")
         assert "Your stolen bike was seen" not in alerts and "battery is low" in alerts
         assert console_errors(page) == []
