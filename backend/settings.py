@@ -77,7 +77,7 @@ class BackendSettings(BaseSettings):
     ingest_max_clock_skew_s: float = Field(default=300.0, gt=0)
     ingest_max_age_days: float = Field(default=90.0, gt=0)
     # v2 chips (backend.ingest.v2): the 15-minute windows before the current one whose ephemeral ids the ingest
-    # holds (12 bytes a chip each: 8 windows of 1,000,000 chips take 96 MB). A beacon delivered later than these
+    # holds (12 bytes a chip each; a million chips with 8: 191 MiB in all). A beacon delivered later than these
     # reach still resolves, with a table of its own window built then (a key schedule per chip: seconds).
     ingest_v2_past_windows: int = Field(default=8, ge=1, le=96)
     # Messages the ingest holds in memory before paho's thread waits (and the broker keeps the rest): a sightings
