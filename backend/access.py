@@ -84,7 +84,14 @@ class Scope:
         goes), which need a case number; `details_hidden` says which."""
         if not self.hides_details(alarm):
             return {**alarm, "details_hidden": False}
-        hidden: dict[str, Any] = {"plate": None, "tag_id": None, "trail": [], "next_stations": [], "crossings": []}
+        hidden: dict[str, Any] = {
+            "plate": None,
+            "tag_id": None,
+            "trail": [],
+            "next_stations": [],
+            "crossings": [],
+            "evidence": [],  # where the chip's genuine beacon was heard is where the bike was
+        }
         return {**alarm, **hidden, "details_hidden": True}
 
     def under_case(self) -> Scope:

@@ -178,6 +178,9 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
       : row("row_plate", plate) + row("row_tag", esc(a.tag_id)) + station + seen + row("row_sightings", esc(a.sightings)) +
         (a.crossings || []).slice(-3).map(function (c) {
           return row("zones_row_crossed", esc(crossingText(c)) + '<br><small>' + esc(crossingBasis(c)) + "</small>");
+        }).join("") +
+        (a.evidence || []).slice(0, 3).map(function (e) {
+          return row("row_clone_evidence", esc(evidenceText(e)));
         }).join("");
     return '<div class="bg-popup" style="--sev: ' + cfg.severityColours[severity(a)] + '">' +
       '<div class="head"><span>' + esc(sevLabel(a)) + "</span>" + esc(kindLabel(a.kind)) + "</div>" +
@@ -233,6 +236,18 @@ function bikeguardLiveMap(cfg, map, stationRefs, alarmLayer) {
   }
   function assigneeHtml(a) {
     return a.assignee ? '<div class="bg-meta bg-assignee">' + esc(w("assigned_to", { name: a.assignee })) + "</div>" : "";
+  }
+  // A v2 chip's cloned-chip alarm keeps what proves it (backend/ingest/v2.py): the copy heard, and the chip's own
+  // beacon it repeats or falls behind.
+  function evidenceText(e) {
+    var o = e.offending, p = e.previous;
+    if (e.verdict === "bad_mac") {
+      return w("evidence_bad_mac", { station: o.station_id, t: clock(o.heard_at) });
+    }
+    return w("evidence_replay", {
+      station: o.station_id, t: clock(o.heard_at), n: o.counter,
+      prev: p ? p.station_id : "?", pt: p ? clock(p.heard_at) : "?", pn: p ? p.counter : "?"
+    });
   }
   // A stolen bike crossing a zone's border (backend/zones): "Left Xihu county northbound at 14:02", and how the time
   // was found (estimated along the line between two passages, or the passage after the crossing).

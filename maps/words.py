@@ -187,6 +187,10 @@ _EN: dict[str, str] = {
     "zones_time_interpolated": "time estimated between the passages at {from} and {to}",
     "zones_time_passage": "time of the passage at {to}",
     "zones_row_crossed": "Zone border",
+    "row_clone_evidence": "Copy heard",
+    "evidence_replay": "a recording of the chip's beacon played at {station} {t} (counter {n}); the chip itself was"
+    " heard at {prev} {pt} (counter {pn})",
+    "evidence_bad_mac": "a beacon made up without the chip's key, heard at {station} {t}",
     "st_online": "online",
     "st_offline": "offline",
     "st_degraded": "degraded: far fewer passages than usual",
@@ -390,6 +394,10 @@ _ZH: dict[str, str] = {
     "zones_time_interpolated": "时间按 {from} 与 {to} 两次经过推算",
     "zones_time_passage": "{to} 的经过时间",
     "zones_row_crossed": "区域边界",
+    "row_clone_evidence": "复制信号",
+    "evidence_replay": "{t} 在 {station} 听到重放的该芯片录制信号（计数 {n}）；"
+    "芯片本身 {pt} 在 {prev} 被听到（计数 {pn}）",
+    "evidence_bad_mac": "{t} 在 {station} 听到无芯片密钥伪造的信号",
     "st_online": "在线",
     "st_offline": "离线",
     "st_degraded": "异常：经过次数远低于平常",

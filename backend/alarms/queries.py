@@ -124,8 +124,9 @@ async def _complete(
     """The rows as the API gives them, with trails and next stations: two queries for all of them."""
     trails = await _trails(conn, rows, trail_limit)
     next_stations = await _next_stations(conn, rows, trails)
+    evidence = await _evidence(conn, [r["id"] for r in rows if r["kind"] == AlarmKind.CHIP_CLONED])
     return [
-        {**_public(row), "trail": trail, "next_stations": nexts}
+        {**_public(row), "trail": trail, "next_stations": nexts, "evidence": evidence.get(row["id"], [])}
         for row, trail, nexts in zip(rows, trails, next_stations, strict=True)
     ]
 
@@ -142,6 +143,26 @@ async def get_alarm(
         raise AlarmNotFound(f"no alarm {alarm_id}")
     (alarm,) = await _complete(conn, [row], trail_limit)
     return scope.shown(alarm)
+
+
+# The evidence an alarm keeps (a v2 chip's replayed or forged beacons), newest first, at most this many each.
+EVIDENCE_SHOWN = 20
+
+
+async def _evidence(conn: psycopg.AsyncConnection[Any], alarm_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The kept evidence of these cloned-chip alarms, by alarm: one query for all of them."""
+    if not alarm_ids:
+        return {}
+    cur = await conn.execute(
+        "SELECT x.alarm_id, x.evidence FROM unnest(%s::int8[]) AS a(alarm_id),"
+        " LATERAL (SELECT alarm_id, evidence FROM alarm_evidence e WHERE e.alarm_id = a.alarm_id"
+        " ORDER BY evidence_id DESC LIMIT %s) AS x",
+        (alarm_ids, EVIDENCE_SHOWN),
+    )
+    found: dict[int, list[dict[str, Any]]] = {}
+    for alarm_id, evidence in await cur.fetchall():
+        found.setdefault(int(alarm_id), []).append({k: v for k, v in evidence.items() if k != "tag_id"})
+    return found
 
 
 async def get_alarms(conn: psycopg.AsyncConnection[Any], alarm_ids: list[int]) -> list[dict[str, Any]]:

@@ -393,6 +393,26 @@ class AlarmAssign(BaseModel):
     assignee: str = Field(min_length=1, max_length=100, pattern=r"\S")
 
 
+class HearingPublic(BaseModel):
+    """One beacon of a v2 chip as a station heard it: where, when, its counter (None when its MAC failed), its window
+    and its bytes on the air."""
+
+    station_id: str
+    heard_at: datetime
+    counter: int | None
+    window: int
+    payload_hex: str
+
+
+class CloneEvidencePublic(BaseModel):
+    """Why a v2 chip is believed cloned: `replay` (a genuine beacon heard again, its counter not moving forward) or
+    `bad_mac` (a beacon its key did not make); the offending hearing and the chip's earlier one."""
+
+    verdict: str
+    offending: HearingPublic
+    previous: HearingPublic | None
+
+
 class AlarmPublic(BaseModel):
     """An alarm with its trail, as shown to police (and to the owner of the bike)."""
 
@@ -422,6 +442,8 @@ class AlarmPublic(BaseModel):
     next_stations: list[NextStation] = []
     # The zone borders a stolen bike crossed, oldest first.
     crossings: list[ZoneCrossingPublic] = []
+    # A v2 chip's cloned-chip alarm: the evidence of each replayed or forged beacon, newest first (one alarm, GET).
+    evidence: list[CloneEvidencePublic] = []
     # Whether the alarm's bike has an open theft report.
     stolen: bool = False
     # For police: the alarm is about a bike not reported stolen, so its plate, chip and trail are left out; a case

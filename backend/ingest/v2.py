@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from backend import chip_keys
@@ -87,6 +88,16 @@ class V2Counters:
     late_tables: int = 0  # tables built for beacons heard before the windows held
     malformed: int = 0  # heard bytes that are not a v2 beacon (the row pattern makes this rare)
     refreshes: int = 0
+
+
+def _keep_evidence(conn: psycopg.Connection, evidence: list[CloneEvidence]) -> None:
+    """Keep each piece of evidence with the open cloned-chip alarm it raised (a chip on no bike raises none)."""
+    conn.execute(
+        "INSERT INTO alarm_evidence (alarm_id, evidence)"
+        " SELECT a.alarm_id, e.evidence FROM unnest(%s::int8[], %s::jsonb[]) AS e(tag_id, evidence)"
+        " JOIN alarms a ON a.kind = 'chip_cloned' AND a.tag_id = e.tag_id AND a.state <> 'cleared'",
+        ([e.tag_id for e in evidence], [Jsonb(e.as_dict()) for e in evidence]),
+    )
 
 
 class _Lane(threading.local):
@@ -318,7 +329,7 @@ class V2Resolution:
             self._resolve(resolver, unknown)
         for b in beacons:
             self._judge_repeat(b)
-        evidence: list[Evidence] = []
+        evidence: list[CloneEvidence] = []
         with self._count_lock:
             for b in beacons:
                 r = b.resolution
@@ -330,12 +341,13 @@ class V2Resolution:
                     self._unknown.append((b.station_id, b.heard_at, b.payload))
                 if r.evidence is not None:
                     log.warning("cloned v2 chip %s: %s", format_tag(r.evidence.tag_id), r.evidence.as_dict())
-                    evidence.append(r.evidence.as_alarm())
+                    evidence.append(r.evidence)
         self._save_states(conn, resolver, tags)
         if evidence:
             with conn.cursor() as cur:
-                store.raise_evidence(cur, evidence)
-        return evidence
+                store.raise_evidence(cur, [e.as_alarm() for e in evidence])
+            _keep_evidence(conn, evidence)
+        return [e.as_alarm() for e in evidence]
 
     @staticmethod
     def _judge_repeat(b: _Beacon) -> None:

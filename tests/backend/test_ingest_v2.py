@@ -102,7 +102,7 @@ def test_a_v2_passage_is_stored_as_its_chips_and_a_v1_one_beside_it_as_before(
 
 
 def test_a_replayed_and_a_forged_beacon_raise_a_cloned_chip_alarm_and_are_not_the_chips_passages(
-    ingest, publish, database_url, topic_prefix
+    ingest, publish, database_url, topic_prefix, staff
 ):
     home, elsewhere = f"{topic_prefix}-v2h", f"{topic_prefix}-v2e"
     tag = 0x00C2B002
@@ -133,6 +133,23 @@ def test_a_replayed_and_a_forged_beacon_raise_a_cloned_chip_alarm_and_are_not_th
     assert alarms == [("chip_cloned", tag, elsewhere)]
     assert stored == [(home,)], "neither the replay nor the forgery is a passage of the chip"
     assert counter == (505,), "the clone moved nothing forward"
+    # The evidence is kept with the alarm for the police: the bike is not reported stolen, so with a case number.
+    with psycopg.connect(database_url) as conn:
+        [(alarm_id,)] = conn.execute("SELECT alarm_id FROM alarms WHERE tag_id = %s", (tag,)).fetchall()
+    assert staff.police.get(f"/api/alarms/{alarm_id}").json()["evidence"] == [], "where the chip was is the bike's"
+    opened = staff.police.get(f"/api/alarms/{alarm_id}?case_number=HZ-2026-0017").json()
+    forgery, *replays = opened["evidence"]  # newest first: the forgery, then the replayed passage's two beacons
+    assert [r["offending"]["payload_hex"] for r in replays] == [genuine_first.to_bytes().hex()] * 2
+    replay = replays[0]
+    assert (replay["verdict"], replay["offending"]["station_id"], replay["offending"]["counter"]) == (
+        "replay",
+        elsewhere,
+        500,
+    )
+    assert replay["previous"]["station_id"] == home and replay["previous"]["counter"] == 505
+    assert replay["offending"]["payload_hex"] == genuine_first.to_bytes().hex()
+    assert (forgery["verdict"], forgery["offending"]["counter"]) == ("bad_mac", None)
+    assert key.eid(w).hex() in forgery["offending"]["payload_hex"], "a forgery of the chip's eid"
 
 
 def test_a_stolen_v2_chips_alert_from_the_edge_raises_the_stolen_chip_alarm_at_once(

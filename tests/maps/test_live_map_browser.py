@@ -328,3 +328,53 @@ def test_stolen_bikes_sort_first_each_with_a_trail_colour_of_its_own_and_the_his
         assert "60%" in few and "from 3 moves seen (few)" in few
         page.screenshot(path=str(screenshot_path("live-map-two-stolen.png")))
         assert console_errors(page) == []
+
+
+def test_a_v2_chips_cloned_chip_alarm_shows_the_copy_heard_and_the_chips_own_beacon(
+    town: dict[str, Any], alarm_factory: Callable[..., dict[str, Any]], map_server_factory: Callable[..., Any]
+) -> None:
+    """The evidence the ingest keeps with the alarm (backend/ingest/v2.py), in the popup, in both languages."""
+    require_chromium()
+    now = datetime.now(UTC)
+    copy_at, own_at = now - timedelta(seconds=30), now - timedelta(seconds=90)
+    hearing = {"counter": None, "window": 1995565, "payload_hex": "02" + "ab" * 17}
+    clone = alarm_factory(town, alarm_id=77) | {
+        "kind": "chip_cloned",
+        "trail": [],
+        "next_stations": [],
+        "evidence": [
+            {
+                "verdict": "bad_mac",
+                "offending": hearing | {"station_id": "S-010", "heard_at": copy_at.isoformat()},
+                "previous": None,
+            },
+            {
+                "verdict": "replay",
+                "offending": hearing | {"station_id": "S-010", "heard_at": copy_at.isoformat(), "counter": 500},
+                "previous": hearing | {"station_id": "S-002", "heard_at": own_at.isoformat(), "counter": 505},
+            },
+        ],
+    }
+    for lang, words in (
+        (
+            "en",
+            ["Copy heard", "played at S-010", "counter 500", "heard at S-002", "counter 505", "without the chip's key"],
+        ),
+        ("zh", ["复制信号", "在 S-010 听到重放", "计数 500", "在 S-002 被听到", "计数 505", "无芯片密钥伪造"]),
+    ):
+        html = build_live_map(town["stations"], town["roads"], town["activity"], [], lang=lang)
+        server = map_server_factory(html, town["activity"])
+        with browser_page() as page:
+            page.goto(f"{server.url}/")
+            page.wait_for_selector("#bg-live-status.connected")
+            server.send("alarm", clone)
+            page.locator(".bg-alarm[data-alarm-id='77']").wait_for()
+            page.locator(".bg-alarm-icon").first.click()
+            popup = page.locator(".bg-popup")
+            popup.wait_for()
+            text = popup.inner_text()
+            assert all(word in text for word in words), text
+            # Leaflet fades a popup in: the picture once it is there.
+            page.wait_for_function("() => getComputedStyle(document.querySelector('.leaflet-popup')).opacity === '1'")
+            page.screenshot(path=str(screenshot_path(f"live-map-clone-evidence-{lang}.png")))
+            assert console_errors(page) == []
