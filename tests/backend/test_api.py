@@ -39,10 +39,11 @@ def people(client: TestClient, database_url: str) -> Staff:
 
 
 class HotlistWatcher:
-    """Collects hot-list messages from the broker."""
+    """Collects hot-list messages from the broker, as a gateway gets them: each parsed, and its bytes."""
 
     def __init__(self, broker: Broker) -> None:
         self.lists: list[Hotlist] = []
+        self.payloads: list[bytes] = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         self.client.on_message = self._on_message
@@ -56,6 +57,7 @@ class HotlistWatcher:
         if msg.topic != topics.HOTLIST:
             return
         with self._lock:
+            self.payloads.append(bytes(msg.payload))
             self.lists.append(Hotlist.parse(msg.payload))
 
     def latest(self) -> Hotlist | None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +21,6 @@ from backend.chip_keys import active_v2_keys
 from backend.hotlist import eid_windows
 from backend.settings import BackendSettings
 from bikeguard.services import Broker, start_broker
-from protocol import topics
 from protocol.beacon_v2 import WINDOW_S, ChipKey, window_of
 from protocol.ids import parse_tag
 from protocol.messages import HOTLIST_EID_WINDOWS_MAX, Hotlist
@@ -31,6 +28,7 @@ from protocol.signing import SignatureError, generate_signing_key, read_public_k
 from tests import factories
 from tests.backend.conftest import Caller, Staff
 from tests.backend.counter_cable import CounterCable, counter_cable
+from tests.backend.test_api import HotlistWatcher
 from tests.backend.test_chip_keys_never_appear import _found, _needles
 from tests.backend.test_ingest import wait_until
 
@@ -54,23 +52,8 @@ class MovableClock:
         return window_of(self.now_s)
 
 
-class GatewayListener:
+class GatewayListener(HotlistWatcher):
     """Subscribes to the hot list as a gateway does and keeps every payload (raw) the broker delivers."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.payloads: list[bytes] = []
-        self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_message = self._on_message
-        self.client.username_pw_set(broker.username, broker.password)
-        self.client.connect(broker.host, broker.port)
-        self.client.subscribe(topics.HOTLIST, qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == topics.HOTLIST:
-            with self._lock:
-                self.payloads.append(bytes(msg.payload))
 
     def version(self, version: int, settings: BackendSettings) -> bytes:
         """The payload of this version signed with this test's key (the shared broker may also hold an earlier test's
@@ -92,10 +75,6 @@ class GatewayListener:
         payload = found()
         assert payload is not None
         return payload
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _latest_version(database_url: str) -> int:
