@@ -143,6 +143,13 @@ class V2Resolution:
         """Memory of the resolution table (0 before it is built)."""
         return self._table.nbytes if self._table else 0
 
+    @property
+    def states_held(self) -> int:
+        """Chip states this thread's resolver holds between flushes (the database keeps them all): only the chips
+        whose clocks run far off."""
+        resolver = self._lane.resolver
+        return len(resolver.chips) if resolver else 0
+
     def unknown(self) -> list[tuple[str, datetime, bytes]]:
         """The latest beacons no chip resolved, for inspection: (station, heard at, bytes on the air)."""
         return list(self._unknown)
@@ -343,6 +350,7 @@ class V2Resolution:
                     log.warning("cloned v2 chip %s: %s", format_tag(r.evidence.tag_id), r.evidence.as_dict())
                     evidence.append(r.evidence)
         self._save_states(conn, resolver, tags)
+        resolver.forget(tags)  # the database keeps them: this thread's memory holds one flush's chips, not a county's
         if evidence:
             with conn.cursor() as cur:
                 store.raise_evidence(cur, [e.as_alarm() for e in evidence])

@@ -13,6 +13,7 @@ but heard *before* it is consistent, not a replay).
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, NamedTuple
@@ -156,6 +157,14 @@ class Resolver:
         self._follow_table()
         candidates = self._candidates(eid, heard_at) or self.table.lookup(eid)
         return {c.tag_id for c in candidates}
+
+    def forget(self, tag_ids: Iterable[int]) -> None:
+        """Drop these chips' states, kept elsewhere (the ingest keeps them in the database and loads them for each
+        flush), so that memory holds only the chips of the flush at hand; a chip whose clock runs far off keeps its
+        state, which its side entries are placed by."""
+        for tag_id in tag_ids:
+            if tag_id not in self._drifted_index:
+                self.chips.pop(tag_id, None)
 
     def _candidates(self, eid: bytes, heard_at: datetime) -> list[Candidate]:
         """The chips that beacon `eid` in the windows next to when it was heard (where nearly every chip's clock

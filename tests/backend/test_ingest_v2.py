@@ -216,6 +216,7 @@ def test_workers_share_the_chips_counters_so_a_replay_to_another_worker_is_caugh
             conn, [parse_batch_rows(batch("v2-w1", 1, v2_sighting(genuine, None, at, 1)))]
         )
     assert [r["tag_id"] for r in rows[0]] == [format_tag(tag)]
+    assert first_worker.states_held == 0, "the state is the database's: a worker's memory does not grow with a county"
     replay = parse_batch_rows(batch("v2-w2", 1, v2_sighting(genuine, None, at + timedelta(seconds=45), 1)))
     with conn.transaction():
         assert second_worker.resolve_sightings(conn, [replay]) == [[]]
