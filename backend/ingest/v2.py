@@ -34,6 +34,7 @@ from backend.resolution import (
     ChipState,
     CloneEvidence,
     Hearing,
+    Prepared,
     Resolution,
     ResolutionTable,
     Resolver,
@@ -69,6 +70,7 @@ class _Beacon:
     heard_at: datetime
     station_id: str
     resolution: Resolution | None = None
+    prepared: Prepared | None = None  # parsed and looked up once, for the states to lock and then the verdict
     # The passage's first beacon when this, its last, is the same bytes: a chip never sends one counter twice, and a
     # radio module reports each transmission once (hardware/station.md), so it was played again on the air.
     repeats: _Beacon | None = None
@@ -277,9 +279,10 @@ class V2Resolution:
         tags: set[int] = set()
         for b in beacons:
             try:
-                tags |= self._resolver_for(resolver, b.heard_at).tags_of(b.payload, b.heard_at)
+                b.prepared = self._resolver_for(resolver, b.heard_at).prepare(b.payload, b.heard_at)
             except BeaconPayloadError:
                 continue
+            tags |= b.prepared.tags
         tags -= skip
         if not tags:
             return tags
@@ -331,7 +334,7 @@ class V2Resolution:
         unknown = [b for b in beacons if b.resolution is not None and b.resolution.verdict is Verdict.UNKNOWN]
         if unknown and self._look_again(conn, resolver.table):
             for b in unknown:
-                b.resolution = None
+                b.resolution = b.prepared = None  # looked up before the chips just fitted were in the table
             tags |= self._load_states(conn, resolver, unknown, skip=tags)
             self._resolve(resolver, unknown)
         for b in beacons:
@@ -376,7 +379,9 @@ class V2Resolution:
     def _resolve(self, resolver: Resolver, beacons: list[_Beacon]) -> None:
         for b in sorted(beacons, key=lambda b: b.heard_at):
             try:
-                b.resolution = self._resolver_for(resolver, b.heard_at).resolve(b.payload, b.heard_at, b.station_id)
+                b.resolution = self._resolver_for(resolver, b.heard_at).resolve(
+                    b.payload, b.heard_at, b.station_id, b.prepared
+                )
             except BeaconPayloadError:
                 b.resolution = None
 

@@ -6,7 +6,7 @@ the keys (backend.chip_keys), can tell which chip sent a beacon (docs/architectu
 
 from backend.resolution.evidence import CloneEvidence, Hearing, Verdict
 from backend.resolution.passages import join_window_splits
-from backend.resolution.resolver import ChipState, Resolution, Resolver
+from backend.resolution.resolver import ChipState, Prepared, Resolution, Resolver
 from backend.resolution.table import Candidate, ResolutionError, ResolutionTable, TableKeyError, WindowRangeError
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "ChipState",
     "CloneEvidence",
     "Hearing",
+    "Prepared",
     "Resolution",
     "ResolutionError",
     "ResolutionTable",

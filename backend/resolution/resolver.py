@@ -93,6 +93,20 @@ class Resolution(NamedTuple):
         return self.evidence is not None
 
 
+class Prepared(NamedTuple):
+    """A beacon parsed and its eid looked up: the chips it may be from, and whether every window held was looked
+    in (or only those next to when it was heard)."""
+
+    beacon: AirBeacon
+    candidates: list[Candidate]
+    complete: bool
+
+    @property
+    def tags(self) -> set[int]:
+        """The tag ids of the candidates."""
+        return {c.tag_id for c in self.candidates}
+
+
 @dataclass(slots=True)
 class _Drifted:
     """The side entries of chips whose clocks run far from true time: eid → candidates."""
@@ -148,15 +162,17 @@ class Resolver:
             for tag_id, index in list(self._drifted_index.items()):
                 self._place_drifted(tag_id, index, centre)
 
-    def tags_of(self, payload: bytes, heard_at: datetime) -> set[int]:
-        """The chips a v2 air payload heard at `heard_at` may be from (its eid looked up, no key used): whose state
-        to load before resolving it. Near its time first, as resolve() looks; in every window held if no chip
-        beacons it there (a replay of an old capture is judged against its chip's state). BeaconPayloadError when
-        the bytes are not a v2 beacon."""
-        eid = AirBeacon.from_bytes(payload).eid
+    def prepare(self, payload: bytes, heard_at: datetime) -> Prepared:
+        """A v2 air payload heard at `heard_at` parsed and its eid looked up (no key used): the chips it may be
+        from, whose states to load before resolving it. Near its time first, as resolve() looks; in every window
+        held if no chip beacons it there (a replay of an old capture is judged against its chip's state).
+        BeaconPayloadError when the bytes are not a v2 beacon."""
+        beacon = AirBeacon.from_bytes(payload)
         self._follow_table()
-        candidates = self._candidates(eid, heard_at) or self.table.lookup(eid)
-        return {c.tag_id for c in candidates}
+        near = self._candidates(beacon.eid, heard_at)
+        if near:
+            return Prepared(beacon, near, complete=False)
+        return Prepared(beacon, self.table.lookup(beacon.eid), complete=True)
 
     def forget(self, tag_ids: Iterable[int]) -> None:
         """Drop these chips' states, kept elsewhere (the ingest keeps them in the database and loads them for each
@@ -185,17 +201,20 @@ class Resolver:
             else:
                 self.chips[tag_id] = state
 
-    def resolve(self, payload: bytes, heard_at: datetime, station_id: str = "") -> Resolution:
-        """Judge one v2 air payload heard at `heard_at` (timezone-aware) by `station_id`.
+    def resolve(
+        self, payload: bytes, heard_at: datetime, station_id: str = "", prepared: Prepared | None = None
+    ) -> Resolution:
+        """Judge one v2 air payload heard at `heard_at` (timezone-aware) by `station_id`; `prepared` is what
+        prepare() made of it (the ingest prepares every beacon of a flush first, to lock their chips' states).
 
         BeaconPayloadError (from protocol.beacon_v2) when the bytes are not a v2 beacon at all: the caller keeps them
         as a reject, like any malformed input.
         """
-        beacon = AirBeacon.from_bytes(payload)
+        prepared = prepared or self.prepare(payload, heard_at)
+        beacon, candidates = prepared.beacon, list(prepared.candidates)
         self._follow_table()
-        candidates = self._candidates(beacon.eid, heard_at)
         opened = self._open(candidates, beacon)
-        if opened is None:
+        if opened is None and not prepared.complete:
             # Not near its time: a beacon of a window further back (a replay of an old capture; a late delivery is
             # given a table of its own window) or a collision with another chip's eid there. Every window held.
             tried = set(candidates)
