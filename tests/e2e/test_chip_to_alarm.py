@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
-import pytest
 
-from backend.api.app import create_app
 from bikeguard.demo import GatewayFleet, bootstrap_admin, report_theft_as_owner, seed_backend, sign_in
-from bikeguard.services import Broker, free_port
+from bikeguard.services import Broker
 from firmware_sim.runner import SimRunner
 from firmware_sim.town import Town
 from gateway.settings import GatewaySettings
@@ -24,22 +21,6 @@ from protocol.messages import format_tag
 from protocol.signing import public_key_of
 from tests import factories
 from tests.backend.test_ingest import wait_until
-from tests.serving import served
-
-
-@pytest.fixture
-def backend_url(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[str]:
-    """The backend served by uvicorn on a free port, with its ingest on the test's broker."""
-    port = free_port()
-    settings = factories.settings(
-        database_url,
-        mqtt_url=broker.url,
-        mqtt_client_id=f"e2e-{topic_prefix}",
-        mqtt_shared_group=f"e2e-{topic_prefix}" if broker.supports_shared_subscriptions else None,
-        http_port=port,
-    )
-    with served(create_app(settings), port) as url:
-        yield url
 
 
 class LiveFeedReader:

@@ -9,19 +9,16 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
-import pytest
 
 from backend import trajectories
-from backend.api.app import create_app
 from bikeguard.demo import GatewayFleet, bootstrap_admin, report_theft_as_owner, seed_backend, sign_in
-from bikeguard.services import Broker, free_port
+from bikeguard.services import Broker
 from firmware_sim.gps import Route, SimulatedGps, town_route
 from firmware_sim.radio import RadioModule
 from firmware_sim.town import Town
@@ -32,25 +29,9 @@ from protocol.signing import public_key_of
 from protocol.topics import station_topic
 from tests import factories
 from tests.backend.test_ingest import wait_until
-from tests.serving import served
 
 PATROL = "patrol-1"
 SPEED_MPS = 15.0
-
-
-@pytest.fixture
-def backend_url(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[str]:
-    """The backend served by uvicorn on a free port, with its ingest on the test's broker."""
-    port = free_port()
-    settings = factories.settings(
-        database_url,
-        mqtt_url=broker.url,
-        mqtt_client_id=f"e2e-{topic_prefix}",
-        mqtt_shared_group=f"e2e-{topic_prefix}" if broker.supports_shared_subscriptions else None,
-        http_port=port,
-    )
-    with served(create_app(settings), port) as url:
-        yield url
 
 
 def _metres(a: tuple[float, float], b: tuple[float, float]) -> float:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 
-from backend.api.app import create_app
 from bikeguard.demo import GatewayFleet, Login, sign_in
-from bikeguard.services import Broker, free_port
+from bikeguard.services import Broker
 from firmware_sim.clone import CloneAttacker
 from firmware_sim.radio import RadioModule
 from firmware_sim.tag_v2 import TagV2
@@ -23,22 +20,6 @@ from protocol.signing import public_key_of
 from tests import factories
 from tests.backend.test_ingest import count, wait_until
 from tests.backend.test_ingest_v2 import fit_v2, key_bytes
-from tests.serving import served
-
-
-@pytest.fixture
-def backend(database_url: str, broker: Broker, topic_prefix: str) -> Iterator[str]:
-    """The backend served on a free port, its ingest on the test's broker."""
-    port = free_port()
-    settings = factories.settings(
-        database_url,
-        mqtt_url=broker.url,
-        mqtt_client_id=f"e2e-v2-{topic_prefix}",
-        mqtt_shared_group=f"e2e-v2-{topic_prefix}" if broker.supports_shared_subscriptions else None,
-        http_port=port,
-    )
-    with served(create_app(settings), port) as url:
-        yield url
 
 
 def gateway(station: str, radio: RadioModule, broker: Broker, tmp_path: Path) -> GatewayFleet:
@@ -59,7 +40,7 @@ def gateway(station: str, radio: RadioModule, broker: Broker, tmp_path: Path) ->
 
 
 def test_a_v2_chip_passing_a_station_is_stored_as_its_bike_and_its_clone_raises_an_alarm(
-    backend: str, broker: Broker, database_url: str, tmp_path: Path, topic_prefix: str
+    backend_url: str, broker: Broker, database_url: str, tmp_path: Path, topic_prefix: str
 ) -> None:
     home, across_town = f"{topic_prefix}-v2-home", f"{topic_prefix}-v2-far"
     tag_id = 0x00E2E017
@@ -111,7 +92,7 @@ def test_a_v2_chip_passing_a_station_is_stored_as_its_bike_and_its_clone_raises_
 
 
 def test_a_stolen_v2_chip_is_flagged_at_its_first_beacon_by_the_hot_list_the_backend_publishes(
-    backend: str, broker: Broker, database_url: str, tmp_path: Path, topic_prefix: str
+    backend_url: str, broker: Broker, database_url: str, tmp_path: Path, topic_prefix: str
 ) -> None:
     """The owner reports the theft; the backend lists the chip's ephemeral ids (never its tag id) in the signed hot
     list; the station, which holds no key, flags the chip's first beacon; the ingest resolves the alert to the bike."""
@@ -132,7 +113,7 @@ def test_a_stolen_v2_chip_is_flagged_at_its_first_beacon_by_the_hot_list_the_bac
         try:
             online = "SELECT count(*) FROM station_status WHERE station_id = %s AND state = 'online'"
             wait_until(lambda: count(database_url, online, station) == 1, 30)
-            with sign_in(backend, Login(username, factories.PASSWORD)) as owner:
+            with sign_in(backend_url, Login(username, factories.PASSWORD)) as owner:
                 r = owner.post(f"/api/bikes/{bike_id}/theft", json={"place": "at the market", "circumstances": "gone"})
                 assert r.status_code == 201, r.text
             # The station has the list once its hot-list gauge counts the chip's eids.

@@ -32,7 +32,7 @@ from protocol.messages import format_tag
 from protocol.signing import public_key_of
 from tests import factories
 from tests.backend.test_ingest import wait_until
-from tests.e2e.test_chip_to_alarm import LiveFeedReader, backend_url  # noqa: F401 - backend_url is a fixture
+from tests.e2e.test_chip_to_alarm import LiveFeedReader
 
 SHANGHAI = "Asia/Shanghai"
 HOTLIST_PUBLIC_KEY = public_key_of(factories.SECRETS["hotlist_signing_key"].get_secret_value())
@@ -67,7 +67,7 @@ class BridgeThread:
 
 
 def test_a_stolen_bike_passing_a_vendor_station_raises_an_alarm_on_the_live_feed(
-    backend_url: str,  # noqa: F811 - the fixture imported above
+    backend_url: str,
     broker: Broker,
     database_url: str,
     tmp_path: Path,
@@ -144,7 +144,7 @@ def _bridge_process(port: int, devices_file: Path, spool_dir: Path) -> subproces
 
 
 def test_no_acknowledged_read_is_lost_to_a_dropped_connection_or_a_killed_bridge(
-    backend_url: str,  # noqa: F811 - the fixture imported above
+    backend_url: str,
     broker: Broker,
     database_url: str,
     topic_prefix: str,
