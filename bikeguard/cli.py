@@ -138,20 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0.1,
         help="share of the bikes fitted with v2 chips (rotating ids, keyed at the counter), 0 to 1",
     )
-    demo.add_argument(
-        "--steal-kind",
-        choices=("v1", "v2", "any"),
-        default="any",
-        help="the kind of chip the stolen bike carries: v1, v2, or any (the town's pick among all bikes)",
-    )
-    demo.add_argument(
-        "--clone-after",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="a clone attacker follows a v2 bike and, after this many seconds, plays its beacon back elsewhere (a "
-        "'chip cloned' alarm)",
-    )
+    from firmware_sim.runner import add_attack_options  # the simulator's options the demo passes on
+
+    add_attack_options(demo)
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(func=_demo)

@@ -196,6 +196,23 @@ class SimRunner:
                 log.exception("simulated radio failed; the simulation stops")
 
 
+def add_attack_options(parser: argparse.ArgumentParser) -> None:
+    """--steal-kind and --clone-after, as the simulator and the demo (which passes them on) both take them."""
+    parser.add_argument(
+        "--steal-kind",
+        choices=("v1", "v2", "any"),
+        default="any",
+        help="the kind of chip the stolen bike carries: v1, v2, or any (the town's pick among all bikes)",
+    )
+    parser.add_argument(
+        "--clone-after",
+        type=float,
+        metavar="SECONDS",
+        help="a clone attacker follows a parked v2 bike from the start and, after this many seconds, plays its latest "
+        "beacon back and sends a forged one at another station (a 'chip cloned' alarm; needs v2 chips)",
+    )
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m firmware_sim",
@@ -236,19 +253,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="v2 chips fitted at the counter (firmware_sim.tag_v2.write_chips): each goes on the bike whose chip has "
         "its serial and beacons v2 from the start",
     )
-    parser.add_argument(
-        "--steal-kind",
-        choices=("v1", "v2", "any"),
-        default="any",
-        help="the kind of chip the stolen bike carries: v1, v2, or any (the town's pick among all bikes)",
-    )
-    parser.add_argument(
-        "--clone-after",
-        type=float,
-        metavar="SECONDS",
-        help="a clone attacker follows a parked v2 bike from the start and, after this many seconds, plays its latest "
-        "beacon back and sends a forged one at another station; prints a JSON line about it (needs --v2-chips)",
-    )
+    add_attack_options(parser)
     parser.add_argument(
         "--duration", type=float, metavar="SECONDS", help="stop after this long (default: run until killed)"
     )
