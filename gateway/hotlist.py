@@ -9,6 +9,7 @@ past would only match a replay of an old beacon, so it is dropped as its window 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Final, Literal
@@ -41,6 +42,25 @@ def check_hotlist(payload: bytes, key: Ed25519PublicKey | None, *, max_bytes: in
     # Size first, before a byte is parsed: the payload is anyone's who can publish to the broker.
     if len(payload) > max_bytes:
         raise HotlistRefused("too_large", f"{len(payload)} bytes, more than {max_bytes}")
+    if key is None:
+        return _checked(payload, None, max_tags)
+    # The stations of one process (a fleet, the vendor bridge's thousand) all get the same retained list at once:
+    # it is parsed and its signature checked once, not once a station. A refusal is not kept: it is checked again.
+    return _checked_with(payload, key.public_bytes_raw(), max_tags)
+
+
+@functools.lru_cache(maxsize=4)
+def _tag_ids(tags: tuple[str, ...]) -> frozenset[int]:
+    """A list's tag ids as numbers: one set for every station of the process that takes the same list."""
+    return frozenset(parse_tag(t) for t in tags)
+
+
+@functools.lru_cache(maxsize=4)
+def _checked_with(payload: bytes, key: bytes, max_tags: int) -> Hotlist:
+    return _checked(payload, Ed25519PublicKey.from_public_bytes(key), max_tags)
+
+
+def _checked(payload: bytes, key: Ed25519PublicKey | None, max_tags: int) -> Hotlist:
     try:
         message: Hotlist = Hotlist.parse(payload)
     except MessageError as exc:
@@ -104,7 +124,7 @@ class HotList:
 
     def offer_message(self, message: Hotlist) -> bool:
         """`offer` for a validated Hotlist payload."""
-        return self.offer(message.version, (parse_tag(t) for t in message.tags), message.eids_by_window())
+        return self.offer(message.version, _tag_ids(tuple(message.tags)), message.eids_by_window())
 
     def drop_past_eids(self) -> bool:
         """Forget the eids of windows now past (see EID_WINDOWS_BEHIND); say whether any went."""

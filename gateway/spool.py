@@ -217,11 +217,16 @@ class Spool:
         max_bytes: int = DEFAULT_MAX_BYTES,
         first_batch_seq: int = 0,
         drop_log_interval_s: float = 60.0,
+        fsync: bool = True,
     ) -> None:
+        """`fsync=False`: no commit waits for the disk; what is committed is on it only once `sync_spool_file`
+        (gateway.spool_sync) has run for this path after the commit. For many stations in one process, whose owner
+        syncs their spools together before acting on them (the vendor bridge acknowledges an upload only then)."""
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         self.path = path
         self.max_bytes = max_bytes
+        self.fsync = fsync
         self._drop_log = DropLog(path, drop_log_interval_s)
         self._depth = 0
         self._counters: dict[str, int] = {}
@@ -230,8 +235,9 @@ class Spool:
             # isolation_level=None: we open transactions ourselves, so each put is one commit.
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit survives a power cut too, which is when a station loses data otherwise.
-            self._db.execute("PRAGMA synchronous=FULL")
+            # FULL: a commit survives a power cut too, which is when a station loses data otherwise. NORMAL (fsync
+            # False) only writes the WAL at commit: the owner fsyncs it (and SQLite still syncs at each checkpoint).
+            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
             with self._transaction():
                 self._migrate()
@@ -648,7 +654,8 @@ class Spool:
             yield
             return
         depth, counters = self._depth, dict(self._counters)
-        if not durable:
+        switch = not durable and self.fsync  # a spool without fsync commits NORMAL throughout
+        if switch:
             self._db.execute("PRAGMA synchronous=NORMAL")
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -662,5 +669,5 @@ class Spool:
                 raise SpoolError(f"cannot write spool ({exc})", self.path) from exc
             raise
         finally:
-            if not durable:
+            if switch:
                 self._db.execute("PRAGMA synchronous=FULL")

@@ -80,8 +80,12 @@ class Station:
         *,
         clock: Callable[[], datetime] = utcnow,
         receiver: Receiver | None = None,
+        spool_fsync: bool = True,
     ) -> None:
+        """`spool_fsync=False`: the spool's commits do not wait for the disk, and whoever runs the station syncs it
+        (gateway.spool_sync) before relying on what it holds."""
         self.settings = settings
+        self.spool_fsync = spool_fsync
         self.clock = clock
         self._receiver = receiver  # None: the radio module on settings.serial_url
         self.sightings_topic = station_topic(settings.station_id, "sightings")
@@ -131,6 +135,7 @@ class Station:
             max_bytes=s.spool_max_bytes,
             first_batch_seq=first_seq,
             drop_log_interval_s=s.spool_drop_log_interval_s,
+            fsync=self.spool_fsync,
         )
         saved = spool.load_hotlist()
         if saved is not None:
@@ -394,7 +399,13 @@ class Fleet:
     """Several stations in one event loop, each its own port, connection and spool, each supervised: a station
     whose task fails is restarted with backoff, and the others go on meanwhile."""
 
-    def __init__(self, settings: Sequence[GatewaySettings], receivers: Mapping[str, Receiver] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Sequence[GatewaySettings],
+        receivers: Mapping[str, Receiver] | None = None,
+        *,
+        spool_fsync: bool = True,
+    ) -> None:
         ids = [s.station_id for s in settings]
         if len(set(ids)) != len(ids):
             raise ValueError(f"station ids must be unique: {ids}")
@@ -402,7 +413,7 @@ class Fleet:
         if len(set(spools)) != len(spools):
             raise ValueError("each station needs a spool file of its own")
         receivers = receivers or {}
-        self.stations = [Station(s, receiver=receivers.get(s.station_id)) for s in settings]
+        self.stations = [Station(s, receiver=receivers.get(s.station_id), spool_fsync=spool_fsync) for s in settings]
 
     async def run(self) -> None:
         """Run every station until cancelled or SIGTERM/SIGINT."""

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.radio import RejectLog
 from gateway.settings import GatewaySettings
+from gateway.spool_sync import SpoolSync
 from gateway.station import Fleet
 from gateway.vendor.devices import VendorDevice
 from gateway.vendor.link import VendorLink
@@ -139,6 +140,9 @@ class Bridge:
         station_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
+        # The stations' spools are synced to disk together, off the event loop (gateway.spool_sync): an fsync'd
+        # commit per station and tick, on the loop, stalled every station's uploads and alerts.
+        self.spool_sync = SpoolSync()
         # The environment is read once: reading it for each of a thousand stations took half a minute.
         first = [settings.station_settings(d, station_overrides) for d in devices[:1]]
         station_settings = first + [settings.station_settings(d, base=first[0]) for d in devices[1:]]
@@ -148,11 +152,12 @@ class Bridge:
                 s,
                 heartbeat_timeout_s=settings.heartbeat_timeout_s,
                 clock_ahead_max_s=settings.clock_ahead_max_s,
+                spool_sync=self.spool_sync,
             )
             for d, s in zip(devices, station_settings, strict=True)
         }
         by_station = {link.device.station_id: link for link in self.links.values()}
-        self.fleet = Fleet(station_settings, receivers=by_station)
+        self.fleet = Fleet(station_settings, receivers=by_station, spool_fsync=False)
         for station in self.fleet.stations:
             by_station[station.settings.station_id].on_change = station.status_changed
         self.ready = asyncio.Event()
@@ -189,14 +194,16 @@ class Bridge:
         self.port = server.sockets[0].getsockname()[1]
         log.info("vendor bridge: listening on %s:%d for %d stations", host, self.port, len(self.links))
         self.ready.set()
+        syncing = asyncio.create_task(self.spool_sync.run(), name="spool sync")
         try:
             await self.fleet.run()
         finally:
+            syncing.cancel()
             server.close()
             stopping.set()
             for task in list(handlers):
                 task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
+            await asyncio.gather(*handlers, syncing, return_exceptions=True)
             await server.wait_closed()
             self.ready.clear()
 

@@ -4,6 +4,7 @@ refused, and whether it is on the air (logged in, and heard within the heartbeat
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -12,19 +13,28 @@ from datetime import UTC, datetime, timedelta
 from gateway.radio import Reception
 from gateway.rejected_runs import RejectedRunsFile
 from gateway.settings import GatewaySettings
+from gateway.spool_sync import SpoolSync
 from gateway.vendor.devices import VendorDevice
 from protocol.frames import Beacon, FrameError, TagFlags
 from protocol.mr7901 import STATUS_ALARM, STATUS_LOW_BATTERY, TagRead
 
 
+def _flags_of(status: int) -> TagFlags:
+    flags = TagFlags(0)
+    if status & STATUS_ALARM:
+        flags |= TagFlags.TAMPER
+    if status & STATUS_LOW_BATTERY:
+        flags |= TagFlags.LOW_BATTERY
+    return flags
+
+
+# A read's status byte as our tag flags, made once: building the flags per read took as long as the rest of it.
+_FLAGS_OF_STATUS = tuple(_flags_of(status) for status in range(256))
+
+
 def beacon_of(read: TagRead) -> Beacon:
     """The beacon a vendor read stands for: the carried info is the tag's beacon counter."""
-    flags = TagFlags(0)
-    if read.status & STATUS_ALARM:
-        flags |= TagFlags.TAMPER
-    if read.status & STATUS_LOW_BATTERY:
-        flags |= TagFlags.LOW_BATTERY
-    return Beacon(read.tag_id, read.carried_info, flags, read.rssi_dbm, read.antenna)
+    return Beacon(read.tag_id, read.carried_info, _FLAGS_OF_STATUS[read.status], read.rssi_dbm, read.antenna)
 
 
 class VendorLink:
@@ -40,8 +50,13 @@ class VendorLink:
         clock_ahead_max_s: float,
         queue_max: int = 50_000,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        spool_sync: SpoolSync | None = None,
     ) -> None:
+        """With `spool_sync`, the station's spool commits without an fsync (gateway.spool_sync) and an upload is
+        acknowledged only once a pass has synced the spool after its reads were checkpointed."""
         self.device = device
+        self.spool_path = settings.spool_file
+        self.spool_sync = spool_sync
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.clock_ahead_max = timedelta(seconds=clock_ahead_max_s)
         self.clock = clock
@@ -112,9 +127,17 @@ class VendorLink:
         return reception
 
     def spooled(self) -> None:
-        """Every read taken so far is safe in the spool: settle the acknowledgements of the uploads they were."""
+        """Every read taken so far is in the spool: settle the acknowledgements of the uploads they were, at once or
+        (with a spool sync) once the spool is synced to disk."""
+        if self.spool_sync is None:
+            self._settle(self._taken)
+        else:
+            self.spool_sync.after(self.spool_path, functools.partial(self._settle, self._taken))
+
+    def _settle(self, taken: int) -> None:
+        """The first `taken` reads are safe on disk: acknowledge the uploads they were."""
         acks = self._acks
-        while acks and acks[0][0] <= self._taken:
+        while acks and acks[0][0] <= taken:
             _, ack = acks.popleft()
             if not ack.done():
                 ack.set_result(None)

@@ -63,6 +63,25 @@ def test_check_hotlist_refuses_with_a_reason(
     assert info.value.reason == reason
 
 
+def test_a_list_taken_once_is_not_parsed_again_and_a_forgery_of_it_is_still_refused() -> None:
+    # The stations of one process share the check of a list they all get; a forged copy (other bytes, or the same
+    # bytes checked with another key) is checked afresh.
+    key = generate_signing_key()
+    public = read_public_key(public_key_of(key))
+    payload = _signed(key, tags=["DEADBEEF", "00C0FFEE"]).to_json()
+    first = check_hotlist(payload, public, max_bytes=4096, max_tags=10)
+    assert check_hotlist(bytes(payload), public, max_bytes=4096, max_tags=10) is first
+    forged = payload.replace(b"00C0FFEE", b"00BADBAD")
+    with pytest.raises(HotlistRefused, match="bad_signature"):
+        check_hotlist(forged, public, max_bytes=4096, max_tags=10)
+    other = read_public_key(public_key_of(generate_signing_key()))
+    with pytest.raises(HotlistRefused, match="bad_signature"):
+        check_hotlist(payload, other, max_bytes=4096, max_tags=10)
+    a, b = HotList(), HotList()
+    assert a.offer_message(first) and b.offer_message(first)
+    assert a.tags == b.tags == {0xDEADBEEF, 0x00C0FFEE}
+
+
 def test_a_station_without_the_public_key_takes_no_list() -> None:
     with pytest.raises(HotlistRefused) as info:
         check_hotlist(_signed(generate_signing_key()).to_json(), None, max_bytes=4096, max_tags=10)

@@ -67,7 +67,8 @@ def test_the_spool_file_is_in_wal_mode(tmp_path: Path) -> None:
 
 def test_puts_and_checkpoints_stay_fsynced_after_bookkeeping_commits_that_are_not(tmp_path: Path) -> None:
     # PUBACK and confirmation bookkeeping commits without an fsync (losing it only resends); everything else must
-    # still reach the disk at its commit, which is what a vendor station's acknowledgement relies on.
+    # still reach the disk at its commit, which is what a station's checkpoint relies on (a bridge's spools, made
+    # without fsync, are synced together instead: tests/gateway/test_spool_sync.py).
     spool = Spool(tmp_path / "s.spool")
     spool.put_sightings("sightings", lambda seq: b"batch %d" % seq, 1)
     spool.mark_sent(spool.peek(1), timeout_s=10, max_s=60)

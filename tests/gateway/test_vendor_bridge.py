@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -285,6 +286,38 @@ async def test_an_upload_is_acknowledged_once_its_reads_are_spooled_and_a_resend
         assert isinstance(reply, TagUploadReply) and reply.sequence == 7
         link = bridge.links[dev.device_id]
         assert (link.reads, link.uploads, link.uploads_repeated) == (1, 1, 1)
+
+
+async def test_an_upload_is_acknowledged_only_once_its_station_s_spool_is_synced_to_disk(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    # The bridge's spools commit without an fsync each; the station forgets what is acknowledged, so the reply waits
+    # for a pass of the bridge's spool sync over that station's spool.
+    dev = device(f"{topic_prefix}-v", broker)
+    read_at = datetime.now(SHANGHAI).replace(tzinfo=None, microsecond=0)
+    upload = TagUpload(dev.device_id, 9, (TagRead(0, 2, 0x5E000020, 0x4E, 1, 0, -60, read_at),))
+    gate = threading.Event()
+    synced: list[Path] = []
+
+    def slow_disk(path: Path) -> None:
+        gate.wait(timeout=30)
+        synced.append(path)
+
+    async with bridge_running(tmp_path, [dev]) as bridge, raw_station(bridge) as raw:
+        bridge.spool_sync._sync = slow_disk
+        await raw.send(encode(Login(dev.device_id, 1)))
+        assert isinstance(await raw.reply(), LoginReply)
+        await raw.send(encode(upload))
+        [station] = bridge.fleet.stations
+        assert station.spool is not None
+        await eventually(lambda: station.spool and station.spool.load_passages(), what="the read checkpointed")
+        with pytest.raises(TimeoutError):
+            await raw.reply(timeout_s=0.5)  # committed, but not yet on disk: no reply
+        assert station.spool._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        gate.set()
+        reply = await raw.reply()
+        assert isinstance(reply, TagUploadReply) and reply.sequence == 9
+        assert station.spool.path in synced
 
 
 async def test_a_dropped_connection_loses_no_read(broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
