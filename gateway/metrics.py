@@ -194,13 +194,40 @@ class _QuietHandler(WSGIRequestHandler):
         """Log nothing."""
 
 
+class ProcessCollector(Collector):
+    """Figures of the process rather than of a station (the vendor bridge's connections and spool sync), made by
+    `families` on the event loop at scrape time."""
+
+    def __init__(self, families: Callable[[], list[Metric]], loop: asyncio.AbstractEventLoop) -> None:
+        self.families = families
+        self.loop = loop
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, or nothing (logged) when the loop cannot answer."""
+
+        async def snapshot() -> list[Metric]:
+            return self.families()
+
+        try:
+            yield from asyncio.run_coroutine_threadsafe(snapshot(), self.loop).result(SNAPSHOT_TIMEOUT_S)
+        except (FutureTimeout, RuntimeError) as exc:
+            log.warning("metrics scrape: no process figures from the event loop (%s)", type(exc).__name__)
+
+
 def serve(
-    sources: Sequence[Callable[[], StationFigures]], host: str, port: int, rejected: Mapping[str, Path] | None = None
+    sources: Sequence[Callable[[], StationFigures]],
+    host: str,
+    port: int,
+    rejected: Mapping[str, Path] | None = None,
+    process: Callable[[], list[Metric]] | None = None,
 ) -> WSGIServer:
     """Serve the stations' /metrics and /rejected (`rejected`: station id -> its rejected-runs file) on host:port,
-    on a thread of its own; called on the event loop whose stations they are."""
+    on a thread of its own; called on the event loop whose stations they are. `process` adds the process's own
+    figures (ProcessCollector)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StationCollector(sources, asyncio.get_running_loop()))
+    if process is not None:
+        registry.register(ProcessCollector(process, asyncio.get_running_loop()))
     app = RejectedApp(rejected or {}, make_wsgi_app(registry))
 
     class Server(ThreadingWSGIServer):

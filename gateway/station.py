@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from prometheus_client.core import Metric
+
 from gateway import metrics
 from gateway.aggregator import Aggregator, TagKey
 from gateway.gps import Gps
@@ -331,8 +333,9 @@ class Station:
 
 
 @contextlib.contextmanager
-def _metrics_served(stations: Sequence[Station]) -> Iterator[None]:
-    """Serve /metrics for the stations that ask for it (metrics_port), one endpoint per host and port."""
+def _metrics_served(stations: Sequence[Station], process: Callable[[], list[Metric]] | None) -> Iterator[None]:
+    """Serve /metrics for the stations that ask for it (metrics_port), one endpoint per host and port, each with the
+    process's own figures too (`process`)."""
     by_address: dict[tuple[str, int], list[Station]] = {}
     for station in stations:
         if station.settings.metrics_port is not None:
@@ -344,6 +347,7 @@ def _metrics_served(stations: Sequence[Station]) -> Iterator[None]:
             host,
             port,
             {s.settings.station_id: s.settings.rejected_runs_file for s in group},
+            process,
         )
         for (host, port), group in by_address.items()
     ]
@@ -405,6 +409,7 @@ class Fleet:
         receivers: Mapping[str, Receiver] | None = None,
         *,
         spool_fsync: bool = True,
+        process_metrics: Callable[[], list[Metric]] | None = None,
     ) -> None:
         ids = [s.station_id for s in settings]
         if len(set(ids)) != len(ids):
@@ -414,11 +419,12 @@ class Fleet:
             raise ValueError("each station needs a spool file of its own")
         receivers = receivers or {}
         self.stations = [Station(s, receiver=receivers.get(s.station_id), spool_fsync=spool_fsync) for s in settings]
+        self.process_metrics = process_metrics  # the process's own figures, on the stations' /metrics
 
     async def run(self) -> None:
         """Run every station until cancelled or SIGTERM/SIGINT."""
         stop = _SignalStop()
-        with stop.installed(), _metrics_served(self.stations):
+        with stop.installed(), _metrics_served(self.stations, self.process_metrics):
             try:
                 async with asyncio.TaskGroup() as tasks:
                     for station in self.stations:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -157,7 +158,9 @@ class Bridge:
             for d, s in zip(devices, station_settings, strict=True)
         }
         by_station = {link.device.station_id: link for link in self.links.values()}
-        self.fleet = Fleet(station_settings, receivers=by_station, spool_fsync=False)
+        self.fleet = Fleet(
+            station_settings, receivers=by_station, spool_fsync=False, process_metrics=self.metric_families
+        )
         for station in self.fleet.stations:
             by_station[station.settings.station_id].on_change = station.status_changed
         self.ready = asyncio.Event()
@@ -266,6 +269,47 @@ class Bridge:
                     conn.bytes_since_valid,
                 )
                 return False
+
+    def metric_families(self) -> list[Metric]:
+        """The bridge's own figures for its stations' /metrics (on the event loop, at scrape time)."""
+        prefix = "bikeguard_gateway_vendor"
+        connections = CounterMetricFamily(f"{prefix}_connections", "TCP connections vendor stations opened")
+        connections.add_metric([], self.connections)
+        open_now = GaugeMetricFamily(f"{prefix}_connections_open", "TCP connections of vendor stations open now")
+        open_now.add_metric([], len(self._open))
+        unknown = CounterMetricFamily(
+            f"{prefix}_unknown_devices",
+            "Register and login refused because the device id is registered to no station of this bridge",
+            labels=["device"],
+        )
+        for device_id, n in sorted(self.unknown_devices.items()):
+            unknown.add_metric([device_id], n)
+        closed = CounterMetricFamily(
+            f"{prefix}_disconnects", "Connections the bridge closed, by reason", labels=["reason"]
+        )
+        closed.add_metric(["garbage"], self.garbage_disconnects)
+        closed.add_metric(["silent"], self.silent_disconnects)
+        unidentified = CounterMetricFamily(
+            f"{prefix}_unidentified_rejected",
+            "Frames refused on connections that never logged in, by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self.unidentified_rejected.items()):
+            unidentified.add_metric([reason], n)
+        sync = self.spool_sync
+        passes = CounterMetricFamily(
+            "bikeguard_gateway_spool_sync_passes", "Passes that synced the stations' spools to disk together"
+        )
+        passes.add_metric([], sync.passes)
+        files = CounterMetricFamily("bikeguard_gateway_spool_sync_files", "Spools synced to disk, over all passes")
+        files.add_metric([], sync.files_synced)
+        errors = CounterMetricFamily(
+            "bikeguard_gateway_spool_sync_errors", "Spools that could not be synced (their uploads left unacknowledged)"
+        )
+        errors.add_metric([], sync.errors)
+        last = GaugeMetricFamily("bikeguard_gateway_spool_sync_last_pass_seconds", "How long the last pass took")
+        last.add_metric([], sync.last_pass_s)
+        return [connections, open_now, unknown, closed, unidentified, passes, files, errors, last]
 
     def _who(self, conn: _Connection) -> str:
         return "not logged in" if conn.link is None else f"device {conn.link.device.device_id!r}"

@@ -7,6 +7,7 @@ import contextlib
 import os
 import time
 import tty
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bikeguard.services import Broker, free_port
 from gateway.settings import GatewaySettings
@@ -242,3 +244,19 @@ class TcpHop:
             w.transport.abort()
         self._writers.clear()
         await self.freeze()
+
+
+async def scrape_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A gateway's /metrics on this host, by (sample name, sorted labels). Scraped from a thread: the collector asks
+    this event loop for its snapshot, which must stay free."""
+
+    def get() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    text = await asyncio.to_thread(get)
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bikeguard.services import Broker
 from gateway.settings import GatewaySettings
 from gateway.station import run_fleet
 from protocol.frames import encode
-from tests.gateway.harness import FakeModule, beacon, eventually, fast_settings, watching
+from tests.gateway.harness import FakeModule, beacon, eventually, fast_settings, scrape_metrics, watching
 
 pytestmark = pytest.mark.anyio
 
@@ -24,21 +22,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Scrape from a thread: the collector asks this event loop for its snapshot, which must stay free."""
-
-    def get() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            return response.read().decode()
-
-    text = await asyncio.to_thread(get)
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_station_metrics_are_off_unless_a_port_is_given() -> None:
@@ -62,10 +45,10 @@ async def test_a_station_serves_its_spool_uplink_and_radio_counters_on_localhost
 
             # The confirmation comes back through the broker: scrape until it has (as eventually() does).
             async with asyncio.timeout(15):
-                samples = await _scrape(port)
+                samples = await scrape_metrics(port)
                 while samples.get(("bikeguard_gateway_batches_confirmed_total", station), 0) < 1:
                     await asyncio.sleep(0.05)
-                    samples = await _scrape(port)
+                    samples = await scrape_metrics(port)
             assert samples[("bikeguard_gateway_batches_confirmed_total", station)] == 1
             assert samples[("bikeguard_gateway_frames_decoded_total", station)] >= 1
             assert samples[("bikeguard_gateway_beacons_total", station)] == 1

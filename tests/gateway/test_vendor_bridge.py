@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import SecretStr
 
-from bikeguard.services import Broker
+from bikeguard.services import Broker, free_port
 from firmware_sim.mr7901_station import VendorStation
 from gateway.vendor.bridge import Bridge, BridgeSettings
 from gateway.vendor.devices import DevicesFileError, VendorDevice, devices_toml, load_devices
@@ -37,7 +37,7 @@ from protocol.mr7901 import (
     TagUploadReply,
     encode,
 )
-from tests.gateway.harness import beacon, eventually, watching
+from tests.gateway.harness import beacon, eventually, scrape_metrics, watching
 
 pytestmark = pytest.mark.anyio
 
@@ -52,12 +52,15 @@ def device(station_id: str, broker: Broker, device_id: str | None = None) -> Ven
 
 
 @contextlib.asynccontextmanager
-async def bridge_running(tmp_path: Path, devices: list[VendorDevice], **settings: Any) -> AsyncIterator[Bridge]:
-    """A bridge on a free port in the background; cancelled (a clean stop) on the way out."""
+async def bridge_running(
+    tmp_path: Path, devices: list[VendorDevice], stations: dict[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[Bridge]:
+    """A bridge on a free port in the background (its stations' settings FAST, then `stations`); cancelled (a clean
+    stop) on the way out."""
     bridge = Bridge(
         BridgeSettings(listen="127.0.0.1:0", devices_file=tmp_path / "devices.toml", spool_dir=tmp_path, **settings),
         devices,
-        station_overrides=FAST,
+        station_overrides={**FAST, **(stations or {})},
     )
     task = asyncio.create_task(bridge.run())
     try:
@@ -175,7 +178,7 @@ async def test_a_stolen_chip_s_first_read_goes_out_at_once_as_an_alert(
 
 async def test_an_unknown_device_is_refused_and_counted(broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
     dev = device(f"{topic_prefix}-v", broker)
-    async with bridge_running(tmp_path, [dev]) as bridge, raw_station(bridge) as raw:
+    async with bridge_running(tmp_path, [dev], {"metrics_port": free_port()}) as bridge, raw_station(bridge) as raw:
         await raw.send(encode(Register("MR-STRANGER", 1)))
         reply = await raw.reply()
         assert isinstance(reply, RegisterReply) and reply.result != 0
@@ -186,6 +189,13 @@ async def test_an_unknown_device_is_refused_and_counted(broker: Broker, topic_pr
             reply = await again.reply()
             assert isinstance(reply, LoginReply) and reply.result != 0
         assert bridge.unknown_devices == {"MR-STRANGER": 2}
+        # The installer sees it on the bridge's /metrics, beside its stations' figures.
+        assert bridge.fleet.stations[0].settings.metrics_port is not None
+        figures = await scrape_metrics(bridge.fleet.stations[0].settings.metrics_port)
+        assert figures["bikeguard_gateway_vendor_unknown_devices_total", (("device", "MR-STRANGER"),)] == 2
+        assert figures["bikeguard_gateway_vendor_connections_total", ()] == 2
+        assert ("bikeguard_gateway_beacons_total", (("station", dev.station_id),)) in figures
+        assert figures["bikeguard_gateway_spool_sync_errors_total", ()] == 0
 
 
 async def test_a_bad_frame_is_counted_with_its_bytes_and_the_connection_goes_on(
