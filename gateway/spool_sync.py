@@ -77,6 +77,12 @@ class SpoolSync:
                 failed.add(path)
                 self.errors += 1
                 log.warning("spool %s: cannot sync it to disk (%s): what waited on it is not done", path, exc)
+            # Deliberately broad, and only here: whatever else one spool's sync raises fails that spool alone, never
+            # the passes every other station's acknowledgements wait on. Cancellation is not an Exception.
+            except Exception:
+                failed.add(path)
+                self.errors += 1
+                log.exception("spool %s: its sync failed: what waited on it is not done", path)
             else:
                 self.files_synced += 1
         return failed

@@ -129,6 +129,8 @@ class VendorLink:
     def spooled(self) -> None:
         """Every read taken so far is in the spool: settle the acknowledgements of the uploads they were, at once or
         (with a spool sync) once the spool is synced to disk."""
+        if not self._acks:
+            return  # nothing waits to be acknowledged: no sync needed for it
         if self.spool_sync is None:
             self._settle(self._taken)
         else:

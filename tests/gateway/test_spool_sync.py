@@ -69,17 +69,20 @@ async def test_what_waits_on_a_spool_runs_only_after_a_pass_synced_it(tmp_path: 
 
 
 async def test_a_spool_that_cannot_be_synced_runs_nothing_of_its_own_and_the_others_go_on(tmp_path: Path) -> None:
-    bad, good = tmp_path / "bad.spool", tmp_path / "good.spool"
+    bad, worse, good = tmp_path / "bad.spool", tmp_path / "worse.spool", tmp_path / "good.spool"
     ran: list[str] = []
 
     def sync(path: Path) -> None:
         if path == bad:
             raise OSError(5, "Input/output error")
+        if path == worse:
+            raise RuntimeError("a bug in one spool's sync")
 
     async with running(SpoolSync(sync)) as spool_sync:
         spool_sync.after(bad, lambda: ran.append("bad"))
+        spool_sync.after(worse, lambda: ran.append("worse"))
         spool_sync.after(good, lambda: ran.append("good"))
-        await eventually(lambda: ran == ["good"] and spool_sync.errors == 1, what="the good spool's waiter")
+        await eventually(lambda: ran == ["good"] and spool_sync.errors == 2, what="the good spool's waiter")
         spool_sync.after(good, lambda: ran.append("good again"))  # a later pass still works
         await eventually(lambda: ran == ["good", "good again"], what="the next pass")
-    assert "bad" not in ran
+    assert "bad" not in ran and "worse" not in ran
