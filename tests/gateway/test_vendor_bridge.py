@@ -275,15 +275,25 @@ async def test_heartbeats_drive_the_station_s_status(broker: Broker, topic_prefi
         assert bridge.silent_disconnects == 1
 
 
+def one_read_upload(dev: VendorDevice, sequence: int, tag_id: int) -> TagUpload:
+    """An upload of one read of `tag_id`, stamped now by the station's clock."""
+    read_at = datetime.now(SHANGHAI).replace(tzinfo=None, microsecond=0)
+    return TagUpload(dev.device_id, sequence, (TagRead(0, 2, tag_id, 0x4E, 1, 0, -60, read_at),))
+
+
+async def log_in(raw: RawStation, dev: VendorDevice) -> None:
+    """Log the raw station in as `dev`."""
+    await raw.send(encode(Login(dev.device_id, 1)))
+    assert isinstance(await raw.reply(), LoginReply)
+
+
 async def test_an_upload_is_acknowledged_once_its_reads_are_spooled_and_a_resend_is_not_taken_twice(
     broker: Broker, topic_prefix: str, tmp_path: Path
 ) -> None:
     dev = device(f"{topic_prefix}-v", broker)
-    read_at = datetime.now(SHANGHAI).replace(tzinfo=None, microsecond=0)
-    upload = TagUpload(dev.device_id, 7, (TagRead(0, 2, 0x5E000010, 0x4E, 1, 0, -60, read_at),))
+    upload = one_read_upload(dev, 7, 0x5E000010)
     async with bridge_running(tmp_path, [dev]) as bridge, raw_station(bridge) as raw:
-        await raw.send(encode(Login(dev.device_id, 1)))
-        assert isinstance(await raw.reply(), LoginReply)
+        await log_in(raw, dev)
         await raw.send(encode(upload))
         reply = await raw.reply()
         assert isinstance(reply, TagUploadReply) and reply.sequence == 7
@@ -304,8 +314,7 @@ async def test_an_upload_is_acknowledged_only_once_its_station_s_spool_is_synced
     # The bridge's spools commit without an fsync each; the station forgets what is acknowledged, so the reply waits
     # for a pass of the bridge's spool sync over that station's spool.
     dev = device(f"{topic_prefix}-v", broker)
-    read_at = datetime.now(SHANGHAI).replace(tzinfo=None, microsecond=0)
-    upload = TagUpload(dev.device_id, 9, (TagRead(0, 2, 0x5E000020, 0x4E, 1, 0, -60, read_at),))
+    upload = one_read_upload(dev, 9, 0x5E000020)
     gate = threading.Event()
     synced: list[Path] = []
 
@@ -315,8 +324,7 @@ async def test_an_upload_is_acknowledged_only_once_its_station_s_spool_is_synced
 
     async with bridge_running(tmp_path, [dev]) as bridge, raw_station(bridge) as raw:
         bridge.spool_sync._sync = slow_disk
-        await raw.send(encode(Login(dev.device_id, 1)))
-        assert isinstance(await raw.reply(), LoginReply)
+        await log_in(raw, dev)
         await raw.send(encode(upload))
         [station] = bridge.fleet.stations
         assert station.spool is not None
