@@ -477,10 +477,12 @@ def run_step(
         control.send("hot")
         # /metrics is answered on the bridge's event loop: when the loop lags, so does the answer; each counter's
         # time is when its answer came (the loop's lag at both ends is alike).
+        # Emptied before the first report, which starts the hot reads measured: an alert that came between the two
+        # would be taken for missing.
+        backend.take()
         first, proc0, t0 = ask(control, "report"), process_sample(bridge.pid), time.time()
         waited0 = runqueue_wait_s(bridge.pid)
         counters0, scraped0 = scrape(metrics_port), time.time()
-        backend.take()
         time.sleep(args.seconds)
         last, proc1, t1 = ask(control, "report"), process_sample(bridge.pid), time.time()
         waited1 = runqueue_wait_s(bridge.pid)
