@@ -234,39 +234,43 @@ class Spool:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we open transactions ourselves, so each put is one commit.
             self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            # One cursor for every statement: Connection.execute makes a cursor a statement, and (Python 3.11) the
+            # connection keeps a weak reference to each until its next 200th; a bridge of a thousand spools held
+            # some 100,000 of them, which the garbage collector then walked through at every full collection.
+            self._sql = self._db.cursor()
+            self._sql.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit survives a power cut too, which is when a station loses data otherwise. NORMAL (fsync
             # False) only writes the WAL at commit: the owner fsyncs it (and SQLite still syncs at each checkpoint).
-            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            self._sql.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
             with self._transaction():
                 self._migrate()
                 # A new process: what was sent and not confirmed goes again at once.
-                self._db.execute("UPDATE outbox SET resend_at = NULL WHERE resend_at IS NOT NULL")
+                self._sql.execute("UPDATE outbox SET resend_at = NULL WHERE resend_at IS NOT NULL")
             self._db.executescript(_INDEXES)
             with self._transaction():
                 # The first seq of a new spool file, so that it can tell a backend asking for an older one that it
                 # never gave that seq out (an older file, replaced, did). Unknown for files made before this.
-                self._db.execute(
+                self._sql.execute(
                     "INSERT INTO meta (key, value) SELECT 'first_batch_seq', ?"
                     " WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'next_batch_seq')",
                     (first_batch_seq,),
                 )
-                self._db.execute(
+                self._sql.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('next_batch_seq', ?),"
                     " ('dropped_batches', 0), ('dropped_sightings', 0), ('dropped_alerts', 0)",
                     (first_batch_seq,),
                 )
                 # The byte count is kept up to date on disk: summing a full spool would read all of it.
-                self._db.execute(
+                self._sql.execute(
                     "INSERT OR IGNORE INTO meta (key, value)"
                     " SELECT 'bytes', coalesce(sum(length(payload)), 0) FROM outbox"
                 )
-            self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'first_batch_seq'").fetchone()
+            self._depth = self._sql.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            row = self._sql.execute("SELECT value FROM meta WHERE key = 'first_batch_seq'").fetchone()
             self.first_batch_seq: int | None = None if row is None else int(row[0])
             self._counters = dict(
-                self._db.execute(
+                self._sql.execute(
                     f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(_COUNTERS))})", _COUNTERS
                 ).fetchall()
             )
@@ -275,14 +279,14 @@ class Spool:
 
     def _migrate(self) -> None:
         """Bring a spool file of an older version to this one, in place: its waiting batches get their batch_seq."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        columns = {row[1] for row in self._sql.execute("PRAGMA table_info(outbox)")}
         if "batch_seq" in columns:
             return
-        self._db.execute("ALTER TABLE outbox ADD COLUMN batch_seq INTEGER")
-        self._db.execute("ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
-        self._db.execute("ALTER TABLE outbox ADD COLUMN resend_at REAL")
+        self._sql.execute("ALTER TABLE outbox ADD COLUMN batch_seq INTEGER")
+        self._sql.execute("ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+        self._sql.execute("ALTER TABLE outbox ADD COLUMN resend_at REAL")
         # The payload is the batch as published, so its batch_seq is in it.
-        self._db.execute(
+        self._sql.execute(
             "UPDATE outbox SET batch_seq = json_extract(CAST(payload AS TEXT), '$.batch_seq') WHERE priority = ?",
             (int(Priority.SIGHTINGS),),
         )
@@ -302,7 +306,7 @@ class Spool:
     def unconfirmed(self) -> int:
         """Sightings batches sent at least once and not yet confirmed by the backend."""
         # Counted on its partial index: a full spool's table is hundreds of MB of SD card.
-        row = self._db.execute("SELECT count(*) FROM outbox WHERE attempts > 0").fetchone()
+        row = self._sql.execute("SELECT count(*) FROM outbox WHERE attempts > 0").fetchone()
         return int(row[0])
 
     @property
@@ -336,7 +340,7 @@ class Spool:
         return self._counters["next_batch_seq"]
 
     def _bump(self, key: str, by: int) -> None:
-        self._db.execute("UPDATE meta SET value = value + ? WHERE key = ?", (by, key))
+        self._sql.execute("UPDATE meta SET value = value + ? WHERE key = ?", (by, key))
         self._counters[key] += by
 
     def put_alert(self, topic: str, payload: bytes) -> None:
@@ -364,7 +368,7 @@ class Spool:
         if not self._make_room(len(payload), priority):
             self._count_drop(priority, sightings)
             return False
-        self._db.execute(
+        self._sql.execute(
             "INSERT INTO outbox (priority, topic, payload, sightings, batch_seq) VALUES (?, ?, ?, ?, ?)",
             (int(priority), topic, payload, sightings, batch_seq),
         )
@@ -380,7 +384,7 @@ class Spool:
         for victim in victims:
             while self.size_bytes + size > self.max_bytes:
                 # One priority at a time, so the (priority, id) index serves the scan.
-                rows = self._db.execute(
+                rows = self._sql.execute(
                     "SELECT id, length(payload), sightings, batch_seq FROM outbox WHERE priority = ?"
                     " ORDER BY id LIMIT 64",
                     (int(victim),),
@@ -390,7 +394,7 @@ class Spool:
                 for entry_id, entry_size, entry_sightings, entry_seq in rows:
                     if self.size_bytes + size <= self.max_bytes:
                         break
-                    self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+                    self._sql.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
                     self._depth -= 1
                     self._bump("bytes", -entry_size)
                     self._count_drop(victim, entry_sightings)
@@ -409,14 +413,14 @@ class Spool:
 
     def _remember_dropped(self, seq: int) -> None:
         """Add a dropped batch_seq to the run it follows (or start one), forgetting the oldest runs past the bound."""
-        row = self._db.execute(
+        row = self._sql.execute(
             "SELECT first_seq FROM dropped_seqs WHERE last_seq = ? ORDER BY first_seq DESC LIMIT 1", (seq - 1,)
         ).fetchone()
         if row is not None:
-            self._db.execute("UPDATE dropped_seqs SET last_seq = ? WHERE first_seq = ?", (seq, row[0]))
+            self._sql.execute("UPDATE dropped_seqs SET last_seq = ? WHERE first_seq = ?", (seq, row[0]))
             return
-        self._db.execute("INSERT OR REPLACE INTO dropped_seqs (first_seq, last_seq) VALUES (?, ?)", (seq, seq))
-        self._db.execute(
+        self._sql.execute("INSERT OR REPLACE INTO dropped_seqs (first_seq, last_seq) VALUES (?, ?)", (seq, seq))
+        self._sql.execute(
             "DELETE FROM dropped_seqs WHERE first_seq NOT IN"
             " (SELECT first_seq FROM dropped_seqs ORDER BY first_seq DESC LIMIT ?)",
             (_MAX_DROPPED_RUNS,),
@@ -439,12 +443,12 @@ class Spool:
                 if below >= first:
                     seqs = [
                         int(r[0])
-                        for r in self._db.execute(
+                        for r in self._sql.execute(
                             "SELECT batch_seq FROM outbox WHERE batch_seq BETWEEN ? AND ? ORDER BY batch_seq",
                             (first, below),
                         )
                     ]
-                    self._db.execute(
+                    self._sql.execute(
                         "UPDATE outbox SET resend_at = NULL WHERE batch_seq BETWEEN ? AND ? AND resend_at IS NOT NULL",
                         (first, below),
                     )
@@ -457,7 +461,7 @@ class Spool:
 
     def _why_gone(self, first: int, last: int) -> list[tuple[int, int, GoneReason]]:
         """Cut a range of seqs this spool gave out and no longer holds into the runs it dropped and the rest."""
-        runs = self._db.execute(
+        runs = self._sql.execute(
             "SELECT max(first_seq, ?), min(last_seq, ?) FROM dropped_seqs WHERE first_seq <= ? AND last_seq >= ?"
             " ORDER BY first_seq",
             (first, last, last, first),
@@ -478,10 +482,10 @@ class Spool:
         now = time.monotonic() if now is None else now
         columns = "id, priority, topic, payload, sightings, batch_seq, attempts"
         # Two queries, each served by its partial index, so batches waiting for a confirmation are never scanned.
-        rows = self._db.execute(
+        rows = self._sql.execute(
             f"SELECT {columns} FROM outbox WHERE resend_at IS NULL ORDER BY priority, id LIMIT ?", (limit,)
         ).fetchall()
-        rows += self._db.execute(
+        rows += self._sql.execute(
             f"SELECT {columns} FROM outbox WHERE resend_at IS NOT NULL AND resend_at <= ? ORDER BY resend_at LIMIT ?",
             (now, limit),
         ).fetchall()
@@ -491,7 +495,7 @@ class Spool:
     def next_resend_at(self, now: float | None = None) -> float | None:
         """When the next sent batch falls overdue after `now` (monotonic), or None if none is waiting for that."""
         now = time.monotonic() if now is None else now
-        row = self._db.execute("SELECT min(resend_at) FROM outbox WHERE resend_at > ?", (now,)).fetchone()
+        row = self._sql.execute("SELECT min(resend_at) FROM outbox WHERE resend_at > ?", (now,)).fetchone()
         return None if row[0] is None else float(row[0])
 
     def ack(self, ids: Iterable[int]) -> None:
@@ -504,7 +508,7 @@ class Spool:
 
     def _delete(self, where: str, args: list[int]) -> tuple[int, int]:
         """Delete the matching messages; return how many, and the sightings they held."""
-        rows = self._db.execute(
+        rows = self._sql.execute(
             f"DELETE FROM outbox WHERE {where} RETURNING length(payload), sightings", args
         ).fetchall()
         self._depth -= len(rows)
@@ -524,7 +528,7 @@ class Spool:
                 sent.append((e.attempts + 1, now + resend_delay_s(e.attempts + 1, timeout_s, max_s), e.id))
         with self._transaction(durable=False):
             self.ack(alerts)
-            self._db.executemany("UPDATE outbox SET attempts = ?, resend_at = ? WHERE id = ?", sent)
+            self._sql.executemany("UPDATE outbox SET attempts = ?, resend_at = ? WHERE id = ?", sent)
 
     def confirm(self, batch_seqs: Iterable[int]) -> tuple[int, int]:
         """The backend has stored these batches: delete them; return how many were still here, and their sightings."""
@@ -537,13 +541,14 @@ class Spool:
     def resend_all(self) -> None:
         """Make every sent, unconfirmed batch due at once (a new connection: the broker may have lost them)."""
         with self._transaction(durable=False):
-            self._db.execute("UPDATE outbox SET resend_at = NULL WHERE resend_at IS NOT NULL")
+            self._sql.execute("UPDATE outbox SET resend_at = NULL WHERE resend_at IS NOT NULL")
 
     def save_passages(self, upsert: Iterable[Passage], delete: Iterable[TagKey]) -> None:
         """Checkpoint open passages: write (replace) some, forget others by tag id or ephemeral id."""
         gone = list(delete)
-        self._db.executemany("DELETE FROM open_passages WHERE tag_id = ?", ((t,) for t in gone if isinstance(t, int)))
-        self._db.executemany("DELETE FROM open_passages_v2 WHERE eid = ?", ((t,) for t in gone if isinstance(t, bytes)))
+        sql = self._sql
+        sql.executemany("DELETE FROM open_passages WHERE tag_id = ?", ((t,) for t in gone if isinstance(t, int)))
+        sql.executemany("DELETE FROM open_passages_v2 WHERE eid = ?", ((t,) for t in gone if isinstance(t, bytes)))
         v1: list[tuple[object, ...]] = []
         v2: list[tuple[object, ...]] = []
         for p in upsert:
@@ -562,13 +567,13 @@ class Spool:
                 v1.append(row)
             else:
                 v2.append((*row, p.first_heard, p.last_heard))
-        self._db.executemany("INSERT OR REPLACE INTO open_passages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", v1)
-        self._db.executemany("INSERT OR REPLACE INTO open_passages_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", v2)
+        self._sql.executemany("INSERT OR REPLACE INTO open_passages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", v1)
+        self._sql.executemany("INSERT OR REPLACE INTO open_passages_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", v2)
 
     def load_passages(self) -> list[Passage]:
         """The open passages as last checkpointed, v1 and v2 chips', oldest first."""
         columns = "first_seen_at, last_seen_at, beacons, peak_rssi_dbm, antenna, flags, hotlist_alerted, tamper_alerted"
-        rows = self._db.execute(
+        rows = self._sql.execute(
             f"SELECT tag_id, {columns}, NULL, NULL FROM open_passages"
             f" UNION ALL SELECT eid, {columns}, first_heard, last_heard FROM open_passages_v2 ORDER BY 2"
         ).fetchall()
@@ -596,20 +601,20 @@ class Spool:
         stolen chips before it reaches the broker."""
         text = ",".join(str(t) for t in sorted(tags))
         with self._transaction():
-            self._db.execute(
+            self._sql.execute(
                 "INSERT INTO hotlist (id, version, tags) VALUES (1, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET version = excluded.version, tags = excluded.tags",
                 (version, text),
             )
-            self._db.execute("DELETE FROM hotlist_eids")
-            self._db.executemany(
+            self._sql.execute("DELETE FROM hotlist_eids")
+            self._sql.executemany(
                 "INSERT INTO hotlist_eids (window_number, eids) VALUES (?, ?)",
                 ((w, b"".join(sorted(e))) for w, e in (eids or {}).items()),
             )
 
     def load_hotlist(self) -> tuple[int, list[int]] | None:
         """The last saved hot list as (version, tag ids), or None."""
-        row = self._db.execute("SELECT version, tags FROM hotlist WHERE id = 1").fetchone()
+        row = self._sql.execute("SELECT version, tags FROM hotlist WHERE id = 1").fetchone()
         if row is None:
             return None
         return int(row[0]), [int(t) for t in row[1].split(",") if t]
@@ -618,13 +623,13 @@ class Spool:
         """The last saved hot list's ephemeral ids by window (empty when it had none)."""
         return {
             int(window): [blob[i : i + EID_BYTES] for i in range(0, len(blob), EID_BYTES)]
-            for window, blob in self._db.execute("SELECT window_number, eids FROM hotlist_eids ORDER BY window_number")
+            for window, blob in self._sql.execute("SELECT window_number, eids FROM hotlist_eids ORDER BY window_number")
         }
 
     def save_command_seq(self, seq: int) -> None:
         """Keep the seq of the last command taken, so a restarted station still refuses a replay of an older one."""
         with self._transaction():
-            self._db.execute(
+            self._sql.execute(
                 "INSERT INTO meta (key, value) VALUES ('command_seq', ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
                 (seq,),
@@ -632,7 +637,7 @@ class Spool:
 
     def load_command_seq(self) -> int:
         """The seq of the last command taken (0: none yet)."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'command_seq'").fetchone()
+        row = self._sql.execute("SELECT value FROM meta WHERE key = 'command_seq'").fetchone()
         return 0 if row is None else int(row[0])
 
     @contextlib.contextmanager
@@ -656,18 +661,18 @@ class Spool:
         depth, counters = self._depth, dict(self._counters)
         switch = not durable and self.fsync  # a spool without fsync commits NORMAL throughout
         if switch:
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._sql.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._sql.execute("BEGIN IMMEDIATE")
             yield
-            self._db.execute("COMMIT")
+            self._sql.execute("COMMIT")
         except BaseException as exc:
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+                self._sql.execute("ROLLBACK")
             self._depth, self._counters = depth, counters
             if isinstance(exc, sqlite3.Error):
                 raise SpoolError(f"cannot write spool ({exc})", self.path) from exc
             raise
         finally:
             if switch:
-                self._db.execute("PRAGMA synchronous=FULL")
+                self._sql.execute("PRAGMA synchronous=FULL")
