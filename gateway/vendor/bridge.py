@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway import heap
 from gateway.radio import RejectLog
 from gateway.settings import GatewaySettings
 from gateway.spool_sync import SpoolSync
@@ -139,8 +140,13 @@ class Bridge:
         settings: BridgeSettings,
         devices: Sequence[VendorDevice],
         station_overrides: Mapping[str, Any] | None = None,
+        *,
+        settle_heap_s: float | None = None,
     ) -> None:
+        """`settle_heap_s`: freeze the process's heap that long after start (gateway.heap.settle); the bridge's own
+        process does, one in a test or the demo need not."""
         self.settings = settings
+        self.settle_heap_s = settle_heap_s
         # The stations' spools are synced to disk together, off the event loop (gateway.spool_sync): an fsync'd
         # commit per station and tick, on the loop, stalled every station's uploads and alerts.
         self.spool_sync = SpoolSync()
@@ -197,16 +203,19 @@ class Bridge:
         self.port = server.sockets[0].getsockname()[1]
         log.info("vendor bridge: listening on %s:%d for %d stations", host, self.port, len(self.links))
         self.ready.set()
-        syncing = asyncio.create_task(self.spool_sync.run(), name="spool sync")
+        background = [asyncio.create_task(self.spool_sync.run(), name="spool sync")]
+        if self.settle_heap_s is not None:
+            background.append(asyncio.create_task(heap.settle(self.settle_heap_s), name="heap settle"))
         try:
             await self.fleet.run()
         finally:
-            syncing.cancel()
+            for task in background:
+                task.cancel()
             server.close()
             stopping.set()
             for task in list(handlers):
                 task.cancel()
-            await asyncio.gather(*handlers, syncing, return_exceptions=True)
+            await asyncio.gather(*handlers, *background, return_exceptions=True)
             await server.wait_closed()
             self.ready.clear()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from gateway import heap
 from gateway.vendor.bridge import Bridge, BridgeSettings
 from gateway.vendor.devices import DevicesFileError, load_devices
 
@@ -45,5 +46,5 @@ def vendor_main(argv: Sequence[str]) -> int:
         parser.error(f"invalid settings:\n{exc}")
     except (ValueError, DevicesFileError) as exc:
         parser.error(str(exc))
-    asyncio.run(Bridge(settings, devices).run())
+    asyncio.run(Bridge(settings, devices, settle_heap_s=heap.SETTLE_AFTER_S).run())
     return 0
