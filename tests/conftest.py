@@ -11,10 +11,16 @@ from typing import NamedTuple
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from bikeguard.services import Broker, Postgres, create_login_role, mosquitto_path, start_broker, start_postgres
 from tests.engine import ENGINE, PRELOAD, STORAGE
 from tests.gateway.harness import FakeModule, TcpHop
+
+# No property test is timed: an example that a loaded machine (CI, a garbage collection) makes slower than Hypothesis's
+# default 200 ms deadline is not a failure. Speed is measured in bench/.
+hypothesis_settings.register_profile("bikeguard", deadline=None)
+hypothesis_settings.load_profile("bikeguard")
 
 # Every backend the tests make (in this process or another) makes its new databases on that engine.
 os.environ["BIKEGUARD_STORAGE_ENGINE"] = ENGINE
