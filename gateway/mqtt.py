@@ -109,6 +109,9 @@ class SocketWatch:
         self._thread = threading.get_ident()  # built in the loop's thread
         self._stopped = False
         self._watched: Any = None
+        self._write_wanted = False  # paho has bytes it could not send yet
+        self._writes_watched = False  # the loop watches for the socket to take more
+        self._write_check_due = False
 
     def opened(self, sock: Any) -> None:
         """paho opened its socket: read when there is something to read."""
@@ -120,11 +123,22 @@ class SocketWatch:
         self._in_loop(self._unwatch, sock)
 
     def want_write(self, sock: Any) -> None:
-        """paho has bytes to send: write when the socket can take them."""
-        self._in_loop(self._watch_writes, sock)
+        """paho has bytes to send: write when the socket can take them.
+
+        From the loop's thread the socket is watched only if paho still has bytes at the end of this turn of the
+        loop: the Connection writes them at once (a publish, a PUBACK), and watching and unwatching the socket for
+        each message cost two calls into the selector a message."""
+        if threading.get_ident() != self._thread:
+            self.loop.call_soon_threadsafe(self._watch_writes, sock)
+            return
+        self._write_wanted = True
+        if not self._write_check_due:
+            self._write_check_due = True
+            self.loop.call_soon(self._watch_writes_if_wanted, sock)
 
     def written(self, sock: Any) -> None:
         """paho has nothing more to send."""
+        self._write_wanted = False
         self._in_loop(self._unwatch_writes, sock)
 
     def stop(self) -> None:
@@ -148,13 +162,20 @@ class SocketWatch:
         self._watched = sock
         self.loop.add_reader(sock, self._read)
 
+    def _watch_writes_if_wanted(self, sock: Any) -> None:
+        self._write_check_due = False
+        if self._write_wanted:
+            self._watch_writes(sock)
+
     def _watch_writes(self, sock: Any) -> None:
-        if sock.fileno() >= 0 and not self._stopped:
+        if sock.fileno() >= 0 and not self._stopped and not self._writes_watched:
             self.loop.add_writer(sock, self._write)
+            self._writes_watched = True
 
     def _unwatch_writes(self, sock: Any) -> None:
-        if sock.fileno() >= 0:
+        if sock.fileno() >= 0 and self._writes_watched:
             self.loop.remove_writer(sock)
+        self._writes_watched = False
 
     def _unwatch(self, sock: Any) -> None:
         if sock is self._watched:
@@ -162,6 +183,7 @@ class SocketWatch:
         if sock.fileno() >= 0:
             self.loop.remove_reader(sock)
             self.loop.remove_writer(sock)
+        self._writes_watched = False
 
 
 class Connection:
@@ -291,6 +313,7 @@ class Connection:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise ConnectionLost(f"cannot publish to {self.endpoint}: {paho.error_string(info.rc)}")
+        self._send_now()
         if qos > 0:
             await self._answer(info.mid, "PUBACK")
 
@@ -300,6 +323,7 @@ class Connection:
         rc, mid = self._client.subscribe(topic, qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise ConnectionLost(f"cannot subscribe on {self.endpoint}: {paho.error_string(rc)}")
+        self._send_now()
         return await self._answer(mid, "SUBACK")
 
     async def messages(self) -> AsyncIterator[Message]:
@@ -338,9 +362,16 @@ class Connection:
         while isinstance(sock, ssl.SSLSocket) and sock.fileno() >= 0 and sock.pending():
             if self._client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
+        self._send_now()  # the PUBACKs of what was read
 
     def _write(self) -> None:
         self._client.loop_write()
+
+    def _send_now(self) -> None:
+        """Write what paho has queued now, in this turn of the loop rather than the next (what the socket will not
+        take yet waits for the socket's writer)."""
+        if self._client.want_write():
+            self._client.loop_write()
 
     def _check_keepalive(self) -> None:
         if self._client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS and not self._gone.is_set():
