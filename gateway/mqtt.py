@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import threading
@@ -309,13 +310,24 @@ class Connection:
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish; with QoS 1, return once the broker's PUBACK came."""
+        await self._answered(self.publish_nowait(topic, payload, qos=qos, retain=retain), "PUBACK")
+
+    def publish_nowait(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[list[int]]:
+        """Publish, and return at once: the future is done at the broker's PUBACK (already, for QoS 0) and fails
+        with ConnectionLost if the connection ends first. Nothing bounds the wait: the caller does (timeout_s)."""
         self._check_up()
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise ConnectionLost(f"cannot publish to {self.endpoint}: {paho.error_string(info.rc)}")
+        if qos == 0:
+            done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
+        answer = self._expect(info.mid)
         self._send_now()
-        if qos > 0:
-            await self._answer(info.mid, "PUBACK")
+        return answer
 
     async def subscribe(self, topic: str, qos: int = 1) -> list[int]:
         """Subscribe; the SUBACK's reason codes (0-2 granted, 128 or more refused)."""
@@ -323,8 +335,9 @@ class Connection:
         rc, mid = self._client.subscribe(topic, qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise ConnectionLost(f"cannot subscribe on {self.endpoint}: {paho.error_string(rc)}")
+        answer = self._expect(mid)
         self._send_now()
-        return await self._answer(mid, "SUBACK")
+        return await self._answered(answer, "SUBACK")
 
     async def messages(self) -> AsyncIterator[Message]:
         """Messages on our subscriptions, until the connection ends (ConnectionLost if it dropped)."""
@@ -337,20 +350,34 @@ class Connection:
                 return
             yield message
 
-    async def _answer(self, mid: int, what: str) -> list[int]:
+    def _expect(self, mid: int) -> asyncio.Future[list[int]]:
+        """The future of the broker's answer to message `mid` (registered before the message is written: a write
+        that fails ends the connection, which fails every future registered)."""
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        if self._gone.is_set():
+            future.set_exception(self._lost_error())
+            return future
         self._answers[mid] = future
+        future.add_done_callback(functools.partial(self._forget, mid))
+        return future
+
+    def _forget(self, mid: int, future: asyncio.Future[list[int]]) -> None:
+        if self._answers.get(mid) is future:
+            del self._answers[mid]
+
+    async def _answered(self, answer: asyncio.Future[list[int]], what: str) -> list[int]:
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await future
+                return await answer
         except TimeoutError:
             raise NoAnswer(f"no {what} from {self.endpoint} in {self.timeout_s:g} s") from None
-        finally:
-            self._answers.pop(mid, None)
+
+    def _lost_error(self) -> ConnectionLost:
+        return ConnectionLost(f"connection to {self.endpoint} {'lost: ' + self._lost if self._lost else 'closed'}")
 
     def _check_up(self) -> None:
         if self._gone.is_set():
-            raise ConnectionLost(f"connection to {self.endpoint} {'lost: ' + self._lost if self._lost else 'closed'}")
+            raise self._lost_error()
 
     # paho's callbacks: all in the loop's thread (paho reads, writes and checks keepalive only there).
 
@@ -411,8 +438,8 @@ class Connection:
         self._connack.set()
         if self._keepalive is not None:
             self._keepalive.cancel()
-        error = ConnectionLost(f"connection to {self.endpoint} {'lost: ' + lost if lost else 'closed'}")
-        for future in self._answers.values():
+        error = self._lost_error()
+        for future in list(self._answers.values()):
             if not future.done():
                 future.set_exception(error)
         self._inbox.put_nowait(None)

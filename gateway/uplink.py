@@ -20,11 +20,10 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 from gateway.commands import CommandRefused, check_command
 from gateway.hotlist import HotList, HotlistRefused, check_hotlist
-from gateway.mqtt import Connection, Message, MqttError, Will
+from gateway.mqtt import Connection, Message, MqttError, NoAnswer, Will
 from gateway.publish_window import PublishWindow
 from gateway.settings import GatewaySettings
 from gateway.spool import Entry, Spool
@@ -92,13 +91,15 @@ class Uplink:
         self.requests_rejected = 0
         self.batches_requested_held = 0  # requested batches still spooled, sent again at once
         self.batches_requested_gone = 0  # requested batches no longer held, answered as gone
-        self._spooled = asyncio.Event()
+        self._spooled = asyncio.Event()  # something new in the spool
+        self._woken = asyncio.Event()  # something for the drain to do: new in the spool, a PUBACK, a failure
         self._status_due = asyncio.Event()
         self._window = PublishWindow(settings.inflight_max)
 
     def notify(self) -> None:
         """Tell the drain something new is in the spool."""
         self._spooled.set()
+        self._woken.set()
 
     def _connection(self) -> Connection:
         host, port, username, password = self.settings.mqtt_address
@@ -201,56 +202,65 @@ class Uplink:
             await self._publish_status(mqtt)
 
     async def _drain(self, mqtt: Connection) -> None:
-        """Publish the spool in send order through the publish window; delete what is acknowledged."""
+        """Publish the spool in send order through the publish window; delete what is acknowledged.
+
+        No task a publish: each PUBACK's future wakes the drain (as a new message in the spool does), and a PUBACK
+        not come within publish_timeout_s ends the session like any other lost connection."""
         window = self._window
-        sending: dict[asyncio.Task[None], Entry] = {}
-        wake: asyncio.Task[bool] | None = None
+        woken = self._woken
+        sending: dict[asyncio.Future[list[int]], tuple[Entry, float]] = {}  # in send order: (entry, its deadline)
+        timeout_s = self.settings.publish_timeout_s
         try:
             while True:
+                woken.clear()
+                failed = self._settle(sending)
+                if failed is not None:
+                    raise failed
                 if window.needs_reading(self._spooled.is_set()):
                     # No await between clear and peek: a put after the peek sets the event again.
                     self._spooled.clear()
                     window.read(self.spool.peek(window.read_limit))
                 for entry in window.send():
                     self.batches_resent += entry.attempts > 0
-                    sending[asyncio.create_task(mqtt.publish(entry.topic, entry.payload, qos=1))] = entry
+                    answer = mqtt.publish_nowait(entry.topic, entry.payload, qos=1)
+                    answer.add_done_callback(self._wake)
+                    sending[answer] = (entry, time.monotonic() + timeout_s)
                 self._ack(window.take_acknowledged())
-                if wake is None or wake.done():
-                    wake = asyncio.create_task(self._spooled.wait())
-                waits: list[asyncio.Future[Any]] = [*sending]
-                if window.has_room or not sending:
-                    waits.append(wake)  # something new may fill the window meanwhile
-                # The next batch whose confirmation falls overdue wakes us like a new message would.
+                # The next batch whose confirmation falls overdue wakes us like a new message would; the oldest
+                # PUBACK awaited, when it falls due.
                 resend_at = self.spool.next_resend_at()
-                timeout = None if resend_at is None else max(resend_at - time.monotonic(), 0.0)
-                done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if resend_at is not None and time.monotonic() >= resend_at:
+                oldest = next(iter(sending.items()), None)  # (its answer, (entry, deadline))
+                due = [at for at in (resend_at, oldest and oldest[1][1]) if at is not None]
+                if not woken.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(min(due) - time.monotonic(), 0.0) if due else None):
+                            await woken.wait()
+                now = time.monotonic()
+                if resend_at is not None and now >= resend_at:
                     self._spooled.set()
-                failed = self._settle(sending, done)
-                if failed is not None:
-                    raise failed
+                if oldest is not None and not oldest[0].done() and now >= oldest[1][1]:
+                    raise NoAnswer(f"no PUBACK from {mqtt.endpoint} in {timeout_s:g} s")
         finally:
-            for task in sending:
-                task.cancel()
-            if sending:
-                await asyncio.wait(sending)
-            self._settle(sending, {*sending})  # what was acknowledged meanwhile; failures are the session's end
+            for answer in sending:
+                answer.cancel()
+            self._settle(sending)  # what was acknowledged meanwhile; failures are the session's end
             self._ack(window.take_acknowledged(all_now=True))
-            if wake is not None:
-                wake.cancel()
 
-    def _settle(self, sending: dict[asyncio.Task[None], Entry], done: set[asyncio.Future[Any]]) -> BaseException | None:
+    def _wake(self, _: object = None) -> None:
+        self._woken.set()
+
+    def _settle(self, sending: dict[asyncio.Future[list[int]], tuple[Entry, float]]) -> BaseException | None:
         """Take the finished publishes out of `sending` in send order (so the spool deletes and counts them in
         order too); return the first failure."""
         failed: BaseException | None = None
-        for task in [t for t in sending if t in done]:
-            entry = sending.pop(task)
-            if task.cancelled():
+        for answer in [a for a in sending if a.done()]:
+            entry, _ = sending.pop(answer)
+            if answer.cancelled():
                 continue
-            if task.exception() is None:
+            if answer.exception() is None:
                 self._window.acknowledge(entry)
             else:
-                failed = failed or task.exception()
+                failed = failed or answer.exception()
         return failed
 
     def _ack(self, entries: list[Entry]) -> None:

@@ -40,7 +40,16 @@ from protocol.messages import (
 from protocol.signing import generate_signing_key, public_key_of, read_signing_key, sign_hotlist
 from protocol.topics import HOTLIST, station_topic
 from tests.backend.test_provisioning import require_mosquitto
-from tests.gateway.harness import FakeModule, TcpHop, beacon, fast_settings, mqtt_client, retained, watching
+from tests.gateway.harness import (
+    FakeModule,
+    TcpHop,
+    beacon,
+    eventually,
+    fast_settings,
+    mqtt_client,
+    retained,
+    watching,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -401,7 +410,13 @@ async def test_failed_step_carries_its_advice_and_a_failed_run_says_so(
 ) -> None:
     async with hotlist_on(broker), watching(broker, topic_prefix) as watcher:
         report, _ = await run(selftest(topic_prefix, str(tmp_path / "ttyUSB9"), broker.url, tmp_path))
-        messages = [parse_selftest(p) for p in await watcher.wait("selftest", 9)]
+        # Up to the summary, the last message: the run ends at its PUBACK, maybe before the watcher has them all.
+        payloads = await eventually(
+            lambda: (got := watcher.of("selftest")) and isinstance(parse_selftest(got[-1]), SelfTestSummary) and got,
+            15.0,
+            "the self-test's summary",
+        )
+        messages = [parse_selftest(p) for p in payloads]
         messages = [m for m in messages if not isinstance(m, SelfTestStepStarted)]
     serial_step, summary = messages[0], messages[-1]
     assert isinstance(serial_step, SelfTestStep) and isinstance(summary, SelfTestSummary)

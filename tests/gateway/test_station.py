@@ -105,6 +105,26 @@ async def test_hot_listed_tag_alerts_at_its_first_beacon_long_before_the_passage
             await backend.publish(HOTLIST, b"", qos=1, retain=True)
 
 
+async def test_a_batch_whose_puback_never_comes_goes_again_on_a_new_connection_after_the_publish_timeout(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path, hop: TcpHop
+) -> None:
+    await hop.open()
+    settings = fast_settings(topic_prefix, module.path, hop.url, tmp_path / "s.spool", publish_timeout_s=1)
+    async with watching(broker, topic_prefix) as watcher, running(Station(settings)) as station:
+        await eventually(lambda: station.uplink is not None and station.uplink.connected, what="connected")
+        await hop.freeze()  # the broker hangs: the connection stays open, and no PUBACK comes back
+        frozen_at = time.monotonic()
+        module.send(beacon(0x0BADCAFE))
+
+        [raw] = await watcher.wait("sightings")
+        assert time.monotonic() - frozen_at >= settings.publish_timeout_s
+        [sighting] = SightingBatch.parse(raw).sightings
+        assert sighting.tag_id == "0BADCAFE"
+        assert station.uplink is not None and station.uplink.connects == 2
+        # Acknowledged on the new connection; kept until the backend confirms it.
+        await eventually(lambda: station.status().spool_unconfirmed == 1, what="the batch acknowledged")
+
+
 async def test_batch_seq_increases_and_survives_a_restart(
     broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
 ) -> None:
