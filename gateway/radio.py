@@ -169,6 +169,10 @@ class Radio:
         """The next decoded frame."""
         return await self._queue.get()
 
+    async def receive(self) -> list[Reception]:
+        """The decoded frames waiting now, in order: at least one (waits for it)."""
+        return [await self.get(), *self.take()]
+
     def take(self) -> list[Reception]:
         """Every decoded frame waiting now, without waiting."""
         taken: list[Reception] = []

@@ -65,11 +65,11 @@ class Receiver(Protocol):
     async def run(self) -> None:
         """Receive until cancelled."""
 
-    async def get(self) -> Reception:
-        """The next frame."""
+    async def receive(self) -> list[Reception]:
+        """The frames that came since the last call, in order: at least one (waits for it)."""
 
     def spooled(self) -> None:
-        """Every frame taken with `get` so far is safe in the spool (its passage checkpointed or its sighting
+        """Every frame taken with `receive` so far is safe in the spool (its passage checkpointed or its sighting
         spooled)."""
 
 
@@ -246,23 +246,28 @@ class Station:
 
     async def _consume(self, radio: Receiver) -> None:
         while True:
-            reception = await radio.get()
-            frame = reception.frame
-            if isinstance(frame, Beacon):
-                tag: TagKey = frame.tag_id
-                alerts = self.aggregator.add(frame, reception.received_at)
-            elif isinstance(frame, BeaconV2):
-                tag = frame.eid
-                alerts = self.aggregator.add_v2(frame, reception.received_at)
-            else:  # the radio module's status, the one other kind of frame
-                self.noise_floor_dbm = frame.noise_floor_dbm
-                continue
-            if radio.acknowledges:
-                self._touched.add(tag)
-            for alert in alerts:
-                self._spool_alert(alert)
+            for reception in await radio.receive():
+                self._take(reception, touched=radio.acknowledges)
+            # After the whole lot, not inside it: spooling tells the receiver that all it handed over is safe.
             if self.aggregator.closed_count >= self.settings.batch_max:
                 self._spool_sightings(self.aggregator.take_closed())
+
+    def _take(self, reception: Reception, *, touched: bool) -> None:
+        """One frame into the aggregator, and its alerts to the spool."""
+        frame = reception.frame
+        if isinstance(frame, Beacon):
+            tag: TagKey = frame.tag_id
+            alerts = self.aggregator.add(frame, reception.received_at)
+        elif isinstance(frame, BeaconV2):
+            tag = frame.eid
+            alerts = self.aggregator.add_v2(frame, reception.received_at)
+        else:  # the radio module's status, the one other kind of frame
+            self.noise_floor_dbm = frame.noise_floor_dbm
+            return
+        if touched:
+            self._touched.add(tag)
+        for alert in alerts:
+            self._spool_alert(alert)
 
     async def _batch_every_interval(self) -> None:
         assert self.spool is not None

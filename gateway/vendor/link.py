@@ -73,7 +73,10 @@ class VendorLink:
         self.uploads_repeated = 0  # resends of an upload already taken: acknowledged again, not counted twice
         self.reads_clock_ahead = 0  # reads stamped in the future by the station's clock: taken at the bridge's time
         self._rejected: Counter[str] = Counter()
-        self._queue: asyncio.Queue[Reception] = asyncio.Queue(maxsize=queue_max)
+        self.queue_max = queue_max
+        self._uploads: deque[list[Reception]] = deque()  # the reads of the uploads not yet taken, upload by upload
+        self._waiting = 0  # reads in them
+        self._arrived = asyncio.Event()
         self._connection: object | None = None  # the connection logged in as this device, if any
         self._heard_at = 0.0
         self._last_upload: int | None = None
@@ -106,7 +109,7 @@ class VendorLink:
     @property
     def room(self) -> int:
         """Reads the station's queue can take now."""
-        return self._queue.maxsize - self._queue.qsize()
+        return self.queue_max - self._waiting
 
     async def run(self) -> None:
         """Keep the rejected-runs file open until cancelled; the connection handler does the receiving."""
@@ -120,11 +123,17 @@ class VendorLink:
     # The station resends what is not acknowledged: reads are acknowledged once spooled (gateway.station.Receiver).
     acknowledges = True
 
-    async def get(self) -> Reception:
-        """The next read, as a beacon stamped with its read time in UTC."""
-        reception = await self._queue.get()
-        self._taken += 1
-        return reception
+    async def receive(self) -> list[Reception]:
+        """The reads of the uploads taken since the last call, in order, each a beacon stamped with its read time in
+        UTC: at least one (waits for it). An upload's reads come together, not one by one through a queue."""
+        while not self._uploads:
+            self._arrived.clear()
+            await self._arrived.wait()
+        receptions = [reception for upload in self._uploads for reception in upload]
+        self._uploads.clear()
+        self._waiting = 0
+        self._taken += len(receptions)
+        return receptions
 
     def spooled(self) -> None:
         """Every read taken so far is in the spool: settle the acknowledgements of the uploads they were, at once or
@@ -191,6 +200,7 @@ class VendorLink:
         now = self.clock()
         zone = self.device.time_zone
         in_utc: dict[datetime, datetime] = {}  # an upload's reads share a few times: each converted once
+        receptions: list[Reception] = []
         for read in reads:
             local = read.read_at_local
             read_at = in_utc.get(local)
@@ -200,7 +210,11 @@ class VendorLink:
             if read_at - now > self.clock_ahead_max:
                 self.reads_clock_ahead += 1
                 read_at = now
-            self._queue.put_nowait(Reception(read_at, beacon_of(read)))
+            receptions.append(Reception(read_at, beacon_of(read)))
+        if receptions:
+            self._uploads.append(receptions)
+            self._waiting += len(receptions)
+            self._arrived.set()
         self._last_upload = sequence
         self._queued += len(reads)
         self._acks.append((self._queued, ack))
