@@ -7,7 +7,8 @@ already connected stay connected (their next publish, subscription or delivery i
 
 amqtt 0.12.1 itself cannot read `$7$` hashes (only argon2 and `$6$`), checks no will topic and, on every connection,
 sends the new client the retained messages matching *every* client's subscriptions, unchecked; the plugins and the
-broker class below close those three gaps, so the rules hold for publishes, wills, subscriptions and deliveries.
+broker class below close those three gaps, so the rules hold for publishes, wills, subscriptions and deliveries. The
+broker class also keeps delivering to a session that a new connection took over from one still open.
 """
 
 from __future__ import annotations
@@ -188,7 +189,18 @@ class AclFileTopics(BaseTopicPlugin):  # type: ignore[misc]  # amqtt has no type
 
 
 class EmbeddedBroker(AmqttBroker):  # type: ignore[misc]  # amqtt has no type hints
-    """amqtt's broker, sending retained messages only for the client's own subscriptions, and only readable ones."""
+    """amqtt's broker, sending retained messages only for the client's own subscriptions, and only readable ones, and
+    still delivering to a session taken over by a new connection."""
+
+    async def _handle_disconnect(self, client_session: Any, handler: Any, disconnect_waiter: Any) -> None:
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+        # A client that connects again with its client id while its old connection is still open (a station that
+        # gave up on a broker that hung) takes its session over. amqtt 0.12.1 then ends the old connection, and its
+        # end marks the shared session disconnected though the new connection holds it: every message for the client
+        # was kept for a reconnection that never came, and a station never heard a confirmation or hot list again.
+        current = self._sessions.get(client_session.client_id)
+        if current is not None and current[0] is client_session and current[1] is not handler:
+            client_session.transitions.connect()
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Any) -> None:
         # amqtt 0.12.1 calls this on each connection for every client's filters, not only the new client's.
