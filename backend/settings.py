@@ -26,7 +26,8 @@ _MIN_SECRET_CHARS = 32
 class BackendSettings(BaseSettings):
     """Everything the backend reads from its environment."""
 
-    model_config = SettingsConfigDict(env_prefix="BIKEGUARD_", extra="ignore")
+    # hide_input_in_errors: a refused setting is named and explained, never echoed with the secrets beside it.
+    model_config = SettingsConfigDict(env_prefix="BIKEGUARD_", extra="ignore", hide_input_in_errors=True)
 
     # "production" (the default) refuses to start with the placeholder secrets below, or weak ones; "development"
     # accepts them, and must be asked for: an install left with defaults would otherwise sign certificate tokens

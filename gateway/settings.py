@@ -29,7 +29,10 @@ def _default_firmware() -> str:
 class GatewaySettings(BaseSettings):
     """Everything one station's gateway needs; env vars are `BIKEGUARD_GATEWAY_<FIELD>`."""
 
-    model_config = SettingsConfigDict(env_prefix="BIKEGUARD_GATEWAY_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused setting is named and explained, never echoed (a URL may carry a password).
+    model_config = SettingsConfigDict(
+        env_prefix="BIKEGUARD_GATEWAY_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     station_id: str
     serial_url: str = Field(description="anything serial.serial_for_url takes: /dev/ttyUSB0, a pty, socket://")

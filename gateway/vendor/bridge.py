@@ -69,7 +69,9 @@ class BridgeSettings(BaseSettings):
     """The bridge's own settings (`BIKEGUARD_VENDOR_<FIELD>`); each station's other settings are the gateway's
     (`BIKEGUARD_GATEWAY_*`: hot-list key, intervals, spool size, …), the same for every vendor station."""
 
-    model_config = SettingsConfigDict(env_prefix="BIKEGUARD_VENDOR_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="BIKEGUARD_VENDOR_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     listen: str = Field(description="HOST:PORT the vendor stations connect to (their configured server)")
     devices_file: Path = Field(description="TOML: one [[device]] block per station (docs/installer.md)")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from protocol.mqtt_address import MqttAddress, MqttUrlError, mqtt_address, uses_tls
+from gateway.settings import GatewaySettings
+from protocol.mqtt_address import MqttAddress, MqttUrlError, mqtt_address, redacted, uses_tls
 
 
 def test_url_with_credentials_gives_all_four_parts() -> None:
@@ -39,3 +41,31 @@ def test_mqtts_is_tls_on_port_8883_by_default() -> None:
     assert mqtt_address("mqtts://gw:pw@broker") == MqttAddress("broker", 8883, "gw", "pw")
     assert uses_tls("mqtts://broker:9883") and uses_tls("ssl://broker")
     assert not uses_tls("mqtt://broker:8883")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://gw:hunter2@broker",  # a wrong scheme
+        "mqtt://gw:hunter2@broker:99999",  # a port out of range
+        "mqtt://gw:hunter2@broker:abc",  # a port that is no number
+        "mqtt://gw:hunt/er@2@broker:abc",  # a password with an unescaped / and @
+        "mqtt://gw:hunter2@[::1:1883",  # a broken IPv6 host
+    ],
+)
+def test_a_bad_url_is_refused_without_showing_its_password(url: str) -> None:
+    # An attack on the logs: an installer's typo must not put the broker password into an error message, a log line
+    # or a settings error (which the gateway prints at start).
+    password = url.split("@")[0].split(":", 2)[2] if url.count("@") == 1 else "hunt/er@2"
+    with pytest.raises(MqttUrlError) as refused:
+        mqtt_address(url)
+    assert password not in str(refused.value) and "gw:***@" in str(refused.value)
+    with pytest.raises(ValidationError) as invalid:
+        GatewaySettings(station_id="st-001", serial_url="loop://", mqtt_url=url)
+    assert password not in str(invalid.value)
+
+
+def test_redacted_keeps_everything_but_the_password() -> None:
+    assert redacted("mqtts://gw:hunter2@broker:8883") == "mqtts://gw:***@broker:8883"
+    assert redacted("mqtt://broker:1883") == "mqtt://broker:1883"
+    assert redacted("mqtt://gw@broker") == "mqtt://gw@broker"

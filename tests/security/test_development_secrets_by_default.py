@@ -59,3 +59,25 @@ def test_placeholder_secrets_need_development_mode_asked_for(monkeypatch: pytest
         BackendSettings()  # type: ignore[call-arg]
     monkeypatch.setenv("BIKEGUARD_ENVIRONMENT", "development")
     assert BackendSettings().certificate_signing_key.get_secret_value() == DEFAULT_SECRET  # type: ignore[call-arg]
+
+
+def test_a_refused_setting_never_echoes_the_secrets_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A key too short is refused; the error (which a supervisor or a library may log whole) names it, never shows
+    # it or the other secrets and passwords given beside it.
+    for name in list(os.environ):
+        if name.startswith("BIKEGUARD_"):
+            monkeypatch.delenv(name)
+    secrets = {
+        "BIKEGUARD_DATABASE_URL": "postgresql://app:db-pass-0n3@localhost/bikeguard",
+        "BIKEGUARD_MQTT_URL": "mqtt://backend:mqtt-pass-tw0@broker:1883",
+        "BIKEGUARD_ID_ENCRYPTION_KEY": "short-k3y",
+        "BIKEGUARD_ENVIRONMENT": "production",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
+    text = str(refused.value)
+    assert "BIKEGUARD_ID_ENCRYPTION_KEY" in text and "too short" in text
+    for leaked in ("db-pass-0n3", "mqtt-pass-tw0", "short-k3y"):
+        assert leaked not in text
