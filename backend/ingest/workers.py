@@ -4,7 +4,8 @@ Each worker is a whole `Ingest`: its own MQTT client in the shared subscription 
 and connection pool. The broker hands each station message to one of them; a message that reaches two (a
 redelivery after a broker restart, a worker killed before its acknowledgement) is stored once, because a batch is
 written once per (station_id, batch_seq) and the writers lock rows in key order. More workers than cores gain
-little (validation is Python); for more cores, run more `bikeguard ingest` processes with distinct client ids.
+little (validation is Python); for more cores, run more `bikeguard backend` processes, each with its own
+`BIKEGUARD_MQTT_CLIENT_ID` in the same shared subscription group (docs/deploy.md).
 """
 
 from __future__ import annotations
