@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
@@ -124,8 +125,10 @@ def test_only_police_and_admins_see_the_results(staff: Staff, url: str) -> None:
     r = staff.anonymous.get(url, params=PERIOD, follow_redirects=False)
     if url.startswith("/api/"):
         assert r.status_code == 401
-    else:  # a page sends the browser to sign in first
+    else:  # a page sends the browser to sign in first, and back to the same period after it
         assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
+        back = parse_qs(urlsplit(r.headers["location"]).query)["next"][0]
+        assert urlsplit(back).path == url and parse_qs(urlsplit(back).query) == {k: [v] for k, v in PERIOD.items()}
 
 
 def test_an_account_that_must_change_its_password_sees_no_results(app_client: object, database_url: str) -> None:

@@ -75,6 +75,9 @@ def _redirect(url: str, lang: str) -> RedirectResponse:
     return _remember_language(RedirectResponse(url, status_code=303), lang)
 
 
+NEXT_MAX = 200  # characters of a sign-in's `next`: where the browser goes after it
+
+
 def same_site_path(next_path: str) -> str:
     """`next_path` if it is a path on this site, else /home: where a page may send the browser after a sign-in.
 
@@ -96,8 +99,14 @@ def _map_page(request: Request, html: str, lang: str | None = None) -> HTMLRespo
 
 
 def gate(request: Request, user: User | None, roles: tuple[Role, ...], lang: str) -> Response | None:
-    """None if the user may see the page; else where to go instead (sign in, change password, or a 403)."""
-    here = quote(request.url.path)
+    """None if the user may see the page; else where to go instead (sign in, change password, or a 403).
+
+    After the sign-in the browser comes back to this very page, its query too (a statistics period, a replay's
+    bike), unless that would not fit the sign-in page's `next` (then to the page alone)."""
+    query = request.url.query
+    here = quote(
+        f"{request.url.path}?{query}" if query and len(request.url.path) + len(query) < NEXT_MAX else request.url.path
+    )
     refusal = access.admission(user, roles)
     if refusal == "sign in" or user is None:
         return _redirect(f"/login?next={here}", lang)
@@ -183,7 +192,7 @@ async def zone_editor(
 
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(
-    request: Request, user: OptionalUser, lang: str | None = None, next: str = Query("/home", max_length=200)
+    request: Request, user: OptionalUser, lang: str | None = None, next: str = Query("/home", max_length=NEXT_MAX)
 ) -> Response:  # noqa: A002 - the usual name
     """Anyone: the sign-in form (a signed-in user goes straight on)."""
     chosen = page_language(request, lang)
@@ -199,7 +208,7 @@ async def password_page(
     user: OptionalUser,
     settings: Settings,
     lang: str | None = None,
-    next: str = Query("/home", max_length=200),
+    next: str = Query("/home", max_length=NEXT_MAX),
 ) -> Response:  # noqa: A002
     """Any signed-in account: choose a new password (forced after a first sign-in with a one-time one)."""
     chosen = page_language(request, lang)
