@@ -10,7 +10,7 @@ range at a time, each beaconing every 2 s for a stay of 10-30 s, so passages for
 Per step, over --seconds after a warm-up: stations logged in (their status on the broker says online), reads/s the
 bridge took (its /metrics) beside those the stations heard and had acknowledged, the bridge's share of its core
 and its RSS, upload -> acknowledgement latency (the station writes an upload; the bridge replies once the reads are
-checkpointed in the station's spool, at its next batch tick), and two publish latencies:
+checkpointed in the station's spool and that spool is synced to disk), and two publish latencies:
 
 - read -> publish (alert): a sighting goes out only when its passage closes (passage gap), so the latency of
   what goes out at once is measured: a hot-listed chip's alert. A real signed hot list (retained, as the backend

@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 
 RESULT_OK = 0
 RESULT_REFUSED = 1  # the device id is not registered to a station of this bridge
+# A vendor station's batch tick, unless BIKEGUARD_GATEWAY_BATCH_INTERVAL_S says otherwise. It no longer paces the
+# uploads' acknowledgements (those go once their reads are checkpointed), only how often closed passages are sent:
+# each batch costs a publish, a PUBACK, a confirmation and three spool commits, which a thousand stations pay each
+# interval on one core (docs/benchmarks.md, "Vendor bridge").
+BATCH_INTERVAL_S = 3.0
 UNKNOWN_DEVICES_KEPT = 1000  # distinct unknown device ids counted by name; the rest together
 EARLY_ERRORS_KEPT = 100  # refused frames of a connection not yet logged in, handed to its station at login
 
@@ -105,8 +110,9 @@ class BridgeSettings(BaseSettings):
         base: GatewaySettings | None = None,
     ) -> GatewaySettings:
         """The settings of the Station a device feeds: BIKEGUARD_GATEWAY_* ones, then `overrides`, then the
-        device's own (station id, broker URL, spool). With `base` (another station's), its settings stand for the
-        first two and the environment is not read again."""
+        device's own (station id, broker URL, spool); the batch interval is BATCH_INTERVAL_S unless one of the
+        first two sets it. With `base` (another station's), its settings stand for the first two and the
+        environment is not read again."""
         own = {
             "station_id": device.station_id,
             "serial_url": f"mr7901://{device.device_id}",
@@ -115,7 +121,10 @@ class BridgeSettings(BaseSettings):
         }
         if base is not None:
             return GatewaySettings.model_validate({**base.model_dump(), **(overrides or {}), **own})
-        return GatewaySettings(**{**(overrides or {}), **own})
+        settings = GatewaySettings(**{**(overrides or {}), **own})
+        if "batch_interval_s" in settings.model_fields_set:
+            return settings
+        return GatewaySettings.model_validate({**settings.model_dump(), "batch_interval_s": BATCH_INTERVAL_S})
 
 
 class _Connection:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydantic import SecretStr
 
 from bikeguard.services import Broker, free_port
 from firmware_sim.mr7901_station import VendorStation
-from gateway.vendor.bridge import Bridge, BridgeSettings
+from gateway.vendor.bridge import BATCH_INTERVAL_S, Bridge, BridgeSettings
 from gateway.vendor.devices import DevicesFileError, VendorDevice, devices_toml, load_devices
 from protocol.frames import TagFlags
 from protocol.messages import HOTLIST_VERSION_MAX, SightingBatch, StationStatus, format_tag
@@ -275,9 +276,9 @@ async def test_heartbeats_drive_the_station_s_status(broker: Broker, topic_prefi
         assert bridge.silent_disconnects == 1
 
 
-def one_read_upload(dev: VendorDevice, sequence: int, tag_id: int) -> TagUpload:
-    """An upload of one read of `tag_id`, stamped now by the station's clock."""
-    read_at = datetime.now(SHANGHAI).replace(tzinfo=None, microsecond=0)
+def one_read_upload(dev: VendorDevice, sequence: int, tag_id: int, read_at: datetime | None = None) -> TagUpload:
+    """An upload of one read of `tag_id`, stamped `read_at` (station-local, naive) or now by the station's clock."""
+    read_at = read_at or datetime.now(SHANGHAI).replace(tzinfo=None, microsecond=0)
     return TagUpload(dev.device_id, sequence, (TagRead(0, 2, tag_id, 0x4E, 1, 0, -60, read_at),))
 
 
@@ -306,6 +307,34 @@ async def test_an_upload_is_acknowledged_once_its_reads_are_spooled_and_a_resend
         assert isinstance(reply, TagUploadReply) and reply.sequence == 7
         link = bridge.links[dev.device_id]
         assert (link.reads, link.uploads, link.uploads_repeated) == (1, 1, 1)
+
+
+async def test_an_upload_is_acknowledged_without_waiting_for_the_batch_tick_and_what_its_reads_closed_is_spooled(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    # A vendor station sends nothing more until its upload is acknowledged, so a stolen chip heard meanwhile waits on
+    # that acknowledgement: the bridge gives it once the reads are checkpointed, not at the station's next batch tick
+    # (here a minute away). A read that closes a passage (the same tag after the gap) has that passage's sighting
+    # spooled in the same commit, so nothing acknowledged lives only in the bridge's memory.
+    dev = device(f"{topic_prefix}-v", broker)
+    tag = 0x5E000030
+    now = datetime.now(SHANGHAI).replace(tzinfo=None, microsecond=0)
+    earlier = now - timedelta(seconds=10)  # more than the gap (2 s) before
+    slow_ticks = {"batch_interval_s": 60.0}
+    async with bridge_running(tmp_path, [dev], stations=slow_ticks) as bridge, raw_station(bridge) as raw:
+        await log_in(raw, dev)
+        for sequence, read_at in ((1, earlier), (2, now)):
+            await raw.send(encode(one_read_upload(dev, sequence, tag, read_at)))
+            reply = await raw.reply(timeout_s=5.0)
+            assert isinstance(reply, TagUploadReply) and reply.sequence == sequence
+        [station] = bridge.fleet.stations
+        assert station.spool is not None
+        [passage] = station.spool.load_passages()
+        assert passage.tag == tag and passage.first_seen_at == now.replace(tzinfo=SHANGHAI).astimezone(UTC)
+        [batch] = [e for e in station.spool.peek(10, now=time.monotonic() + 3600) if e.batch_seq is not None]
+        [closed] = SightingBatch.parse(batch.payload).sightings
+        assert closed.tag_id == format_tag(tag)
+        assert closed.first_seen_at == earlier.replace(tzinfo=SHANGHAI).astimezone(UTC)
 
 
 async def test_an_upload_is_acknowledged_only_once_its_station_s_spool_is_synced_to_disk(
@@ -397,6 +426,18 @@ def test_a_devices_file_written_by_devices_toml_reads_back_the_same(tmp_path: Pa
     path = tmp_path / "devices.toml"
     path.write_text(devices_toml(devices), encoding="utf-8")
     assert load_devices(path) == devices
+
+
+def test_a_vendor_station_batches_every_three_seconds_unless_the_gateway_settings_say_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BIKEGUARD_GATEWAY_BATCH_INTERVAL_S", raising=False)
+    settings = BridgeSettings(listen="127.0.0.1:0", devices_file=tmp_path / "devices.toml", spool_dir=tmp_path)
+    dev = VendorDevice("MR-1", "st-v1", SHANGHAI, SecretStr("mqtt://broker:1883"))
+    assert settings.station_settings(dev).batch_interval_s == BATCH_INTERVAL_S == 3.0
+    assert settings.station_settings(dev, {"batch_interval_s": 0.2}).batch_interval_s == 0.2
+    monkeypatch.setenv("BIKEGUARD_GATEWAY_BATCH_INTERVAL_S", "1.5")
+    assert settings.station_settings(dev).batch_interval_s == 1.5
 
 
 def test_each_station_gets_the_gateway_settings_of_the_environment_and_its_own_ids(
