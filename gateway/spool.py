@@ -109,6 +109,9 @@ _COUNTERS = ("next_batch_seq", "bytes", "dropped_batches", "dropped_sightings", 
 # held"); drops take the oldest batches first, so a long outage is one run. The oldest runs are forgotten first.
 _MAX_DROPPED_RUNS = 1000
 
+# Times whose text a spool keeps (about a station's open passages' first and last times, a few times over).
+_ISOFORMATS_KEPT = 512
+
 GoneReason = Literal["dropped", "not_issued", "not_held"]
 
 
@@ -229,6 +232,9 @@ class Spool:
         self.fsync = fsync
         self._drop_log = DropLog(path, drop_log_interval_s)
         self._depth = 0
+        # The text of the times checkpointed lately: a passage's first_seen_at is written again at every checkpoint
+        # of it, and an upload's reads share their times (isoformat was half of a vendor station's checkpoint).
+        self._isoformats: dict[datetime, str] = {}
         self._counters: dict[str, int] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -547,15 +553,23 @@ class Spool:
         """Checkpoint open passages: write (replace) some, forget others by tag id or ephemeral id."""
         gone = list(delete)
         sql = self._sql
-        sql.executemany("DELETE FROM open_passages WHERE tag_id = ?", ((t,) for t in gone if isinstance(t, int)))
-        sql.executemany("DELETE FROM open_passages_v2 WHERE eid = ?", ((t,) for t in gone if isinstance(t, bytes)))
+        # Only the statements with rows: a vendor station checkpoints every upload, mostly one table's rows.
+        if gone_v1 := [(t,) for t in gone if isinstance(t, int)]:
+            sql.executemany("DELETE FROM open_passages WHERE tag_id = ?", gone_v1)
+        if gone_v2 := [(t,) for t in gone if isinstance(t, bytes)]:
+            sql.executemany("DELETE FROM open_passages_v2 WHERE eid = ?", gone_v2)
         v1: list[tuple[object, ...]] = []
         v2: list[tuple[object, ...]] = []
+        iso = self._isoformats
+        if len(iso) > _ISOFORMATS_KEPT:
+            iso.clear()
         for p in upsert:
+            # Keyed by the instant: a station's times are all UTC, so one instant has one text.
+            first, last = p.first_seen_at, p.last_seen_at
             row = (
                 p.tag,
-                p.first_seen_at.isoformat(),
-                p.last_seen_at.isoformat(),
+                iso.get(first) or iso.setdefault(first, first.isoformat()),
+                iso.get(last) or iso.setdefault(last, last.isoformat()),
                 p.beacons,
                 p.peak_rssi_dbm,
                 p.antenna,
@@ -567,8 +581,10 @@ class Spool:
                 v1.append(row)
             else:
                 v2.append((*row, p.first_heard, p.last_heard))
-        self._sql.executemany("INSERT OR REPLACE INTO open_passages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", v1)
-        self._sql.executemany("INSERT OR REPLACE INTO open_passages_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", v2)
+        if v1:
+            sql.executemany("INSERT OR REPLACE INTO open_passages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", v1)
+        if v2:
+            sql.executemany("INSERT OR REPLACE INTO open_passages_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", v2)
 
     def load_passages(self) -> list[Passage]:
         """The open passages as last checkpointed, v1 and v2 chips', oldest first."""
