@@ -39,8 +39,11 @@ def mqtt_address(url: str) -> MqttAddress:
     try:
         parts = urlsplit(url)
         port = parts.port  # a ValueError for a port out of range or not a number
-    except ValueError as exc:
-        raise MqttUrlError(f"MQTT URL {redacted(url)!r}: {exc}") from None
+    except ValueError:
+        # Not the error's own text: it quotes the part it took for a port, which may be a piece of the password.
+        raise MqttUrlError(
+            f"MQTT URL {redacted(url)!r}: the host is malformed or the port is not a number from 0 to 65535"
+        ) from None
     if parts.scheme not in _PLAIN + _TLS:
         raise MqttUrlError(f"MQTT URL must start with mqtt:// or mqtts:// : {redacted(url)!r}")
     port = port or (DEFAULT_TLS_PORT if parts.scheme in _TLS else DEFAULT_PORT)

@@ -44,25 +44,24 @@ def test_mqtts_is_tls_on_port_8883_by_default() -> None:
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "password"),
     [
-        "http://gw:hunter2@broker",  # a wrong scheme
-        "mqtt://gw:hunter2@broker:99999",  # a port out of range
-        "mqtt://gw:hunter2@broker:abc",  # a port that is no number
-        "mqtt://gw:hunt/er@2@broker:abc",  # a password with an unescaped / and @
-        "mqtt://gw:hunter2@[::1:1883",  # a broken IPv6 host
+        ("http://gw:hunter2@broker", "hunter2"),  # a wrong scheme
+        ("mqtt://gw:hunter2@broker:99999", "hunter2"),  # a port out of range
+        ("mqtt://gw:hunter2@broker:abc", "hunter2"),  # a port that is no number
+        ("mqtt://gw:hunt/er@2@broker:abc", "hunt/er@2"),  # a password with an unescaped / and @
+        ("mqtt://gw:hunter2@[::1:1883", "hunter2"),  # a broken IPv6 host
     ],
 )
-def test_a_bad_url_is_refused_without_showing_its_password(url: str) -> None:
-    # An attack on the logs: an installer's typo must not put the broker password into an error message, a log line
-    # or a settings error (which the gateway prints at start).
-    password = url.split("@")[0].split(":", 2)[2] if url.count("@") == 1 else "hunt/er@2"
+def test_a_bad_url_is_refused_without_showing_its_password(url: str, password: str) -> None:
+    # An attack on the logs: an installer's typo must not put the broker password, or a piece of it, into an error
+    # message, a log line or a settings error (which the gateway prints at start).
     with pytest.raises(MqttUrlError) as refused:
         mqtt_address(url)
-    assert password not in str(refused.value) and "gw:***@" in str(refused.value)
+    assert password[:4] not in str(refused.value) and "gw:***@" in str(refused.value)
     with pytest.raises(ValidationError) as invalid:
         GatewaySettings(station_id="st-001", serial_url="loop://", mqtt_url=url)
-    assert password not in str(invalid.value)
+    assert password[:4] not in str(invalid.value)
 
 
 def test_redacted_keeps_everything_but_the_password() -> None:
