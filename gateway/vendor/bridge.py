@@ -141,6 +141,7 @@ class _Connection:
         self.valid_at = time.monotonic()
         self.bytes_since_valid = 0
         self.early_errors: list[FrameError] = []
+        self.silent = False  # closed by the bridge for sending nothing valid for the heartbeat timeout
 
 
 class Bridge:
@@ -179,7 +180,9 @@ class Bridge:
             station_settings, receivers=by_station, spool_fsync=False, process_metrics=self.metric_families
         )
         for station in self.fleet.stations:
-            by_station[station.settings.station_id].on_change = station.status_changed
+            link = by_station[station.settings.station_id]
+            link.on_change = station.status_changed
+            link.on_upload = station.take_now
         self.ready = asyncio.Event()
         self.port: int | None = None  # the port listened on (known once ready)
         self.connections = 0
@@ -214,7 +217,10 @@ class Bridge:
         self.port = server.sockets[0].getsockname()[1]
         log.info("vendor bridge: listening on %s:%d for %d stations", host, self.port, len(self.links))
         self.ready.set()
-        background = [asyncio.create_task(self.spool_sync.run(), name="spool sync")]
+        background = [
+            asyncio.create_task(self.spool_sync.run(), name="spool sync"),
+            asyncio.create_task(self._close_silent(), name="silent connections"),
+        ]
         if self.settle_heap_s is not None:
             background.append(asyncio.create_task(heap.settle(self.settle_heap_s), name="heap settle"))
         try:
@@ -251,24 +257,27 @@ class Bridge:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _converse(self, reader: asyncio.StreamReader, conn: _Connection) -> bool:
-        """Read, answer and hand over until the connection ends; True if the station closed it itself."""
+    async def _close_silent(self) -> None:
+        """Close every connection that sent nothing valid for the heartbeat timeout: one task for them all, checking
+        ten times a timeout, rather than a timeout scope (a timer set and cancelled) on every read of every socket."""
         timeout_s = self.settings.heartbeat_timeout_s
         while True:
-            left = conn.valid_at + timeout_s - time.monotonic()
-            try:
-                # Not wait_for: on Python 3.11 it swallows a cancellation that comes as data arrives, and the bridge
-                # could not stop while a station sends.
-                async with asyncio.timeout(max(left, 0.0)):
-                    data = await reader.read(65536)
-            except TimeoutError:
+            await asyncio.sleep(min(max(timeout_s / 10, 0.05), 5.0))
+            now = time.monotonic()
+            for conn in [c for c in self._open if now - c.valid_at >= timeout_s and not c.silent]:
+                conn.silent = True
                 self.silent_disconnects += 1
                 log.warning(
                     "vendor connection %s (%s): nothing valid for %.0f s: closed", conn.peer, self._who(conn), timeout_s
                 )
-                return False
+                conn.writer.close()  # its handler's read then ends
+
+    async def _converse(self, reader: asyncio.StreamReader, conn: _Connection) -> bool:
+        """Read, answer and hand over until the connection ends; True if the station closed it itself."""
+        while True:
+            data = await reader.read(65536)
             if not data:
-                return True
+                return not conn.silent
             conn.bytes_since_valid += len(data)
             replies: list[Message] = []
             for message in conn.decoder.feed(data):
@@ -449,9 +458,10 @@ class Bridge:
             self.unknown_devices["(others)"] += 1
 
 
-def _send_reply(writer: asyncio.StreamWriter, reply: bytes, _: object) -> None:
-    """Write a reply whose time came, unless its connection has ended meanwhile."""
-    if not writer.is_closing():
+def _send_reply(writer: asyncio.StreamWriter, reply: bytes, ack: asyncio.Future[None]) -> None:
+    """Write a reply whose time came, unless the station forgot the upload (its run ended first: the reply is never
+    sent, and the vendor station sends the upload again) or the connection has ended meanwhile."""
+    if not ack.cancelled() and not writer.is_closing():
         writer.write(reply)
 
 

@@ -85,6 +85,7 @@ class VendorLink:
         # Acknowledgements waiting for the station's spool: (reads queued up to the upload's last, the future).
         self._acks: deque[tuple[int, asyncio.Future[None]]] = deque()
         self.on_change: Callable[[], None] = lambda: None  # the bridge points this at the station's status_changed
+        self.on_upload: Callable[[], None] = lambda: None  # and this at the station's take_now
 
     @property
     def frames(self) -> int:
@@ -112,13 +113,27 @@ class VendorLink:
         return self.queue_max - self._waiting
 
     async def run(self) -> None:
-        """Keep the rejected-runs file open until cancelled; the connection handler does the receiving."""
+        """Keep the rejected-runs file open until cancelled (the station stops or fails); the connection handler does
+        the receiving."""
         assert self.rejected_runs is not None
         self.rejected_runs.start()
         try:
             await asyncio.Event().wait()
         finally:
+            self._forget_unacknowledged()
             await asyncio.to_thread(self.rejected_runs.close)
+
+    def _forget_unacknowledged(self) -> None:
+        """The station's run ended: what it was handed and has not spooled may be gone with it (a failure takes the
+        open passages' last reads along). Nothing of it is acknowledged, then: the vendor station sends its upload
+        in flight (it has one at a time) again, and that resend is taken afresh, not as a repeat."""
+        for _, ack in self._acks:
+            ack.cancel()
+        self._acks.clear()
+        self._uploads.clear()
+        self._waiting = 0
+        self._queued = self._taken
+        self._last_upload = None
 
     # The station resends what is not acknowledged: reads are acknowledged once spooled (gateway.station.Receiver).
     acknowledges = True
@@ -129,6 +144,10 @@ class VendorLink:
         while not self._uploads:
             self._arrived.clear()
             await self._arrived.wait()
+        return self.take()
+
+    def take(self) -> list[Reception]:
+        """The reads of the uploads taken since the last call, without waiting (perhaps none)."""
         receptions = [reception for upload in self._uploads for reception in upload]
         self._uploads.clear()
         self._waiting = 0
@@ -220,4 +239,5 @@ class VendorLink:
         self._acks.append((self._queued, ack))
         self.uploads += 1
         self.reads += len(reads)
+        self.on_upload()  # the station takes the reads in this turn of the loop (and may settle the ack already)
         return ack

@@ -337,6 +337,36 @@ async def test_an_upload_is_acknowledged_without_waiting_for_the_batch_tick_and_
         assert closed.first_seen_at == earlier.replace(tzinfo=SHANGHAI).astimezone(UTC)
 
 
+async def test_a_station_that_fails_taking_an_upload_is_restarted_and_its_resend_is_taken_not_acknowledged_blind(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    # The bridge hands an upload to its station in the connection's own turn. What goes wrong there (here the
+    # station's spool, closed under it as a dying disk would) fails the station, not the connection: its supervisor
+    # restarts it. The reads it was handed may be lost with it, so that upload is not acknowledged: the vendor
+    # station sends it again, and the resend is taken afresh (not as a repeat of an upload already taken).
+    dev = device(f"{topic_prefix}-v", broker)
+    tag = 0x5E000040
+    async with (
+        bridge_running(tmp_path, [dev], stations={"station_restart_min_s": 0.1}) as bridge,
+        vendor_station(bridge, dev.device_id, reply_timeout_s=1.0) as sim,
+    ):
+        [station] = bridge.fleet.stations
+        await eventually(lambda: sim.stats.logins >= 1 and station._taking_now, what="the station logged in")
+        assert station.spool is not None
+        station.spool._db.close()
+        sim.hear(beacon(tag))
+        await eventually(lambda: station.restarts >= 1, what="the station restarted")
+        await eventually(lambda: sim.stats.uploads_acked >= 1, what="the upload acknowledged")
+        assert sim.stats.uploads_resent >= 1
+        link = bridge.links[dev.device_id]
+        assert link.uploads_repeated == 0  # the resend was taken, not acknowledged as a repeat
+        assert station.spool is not None
+        await eventually(
+            lambda: station.spool is not None and tag in {p.tag for p in station.spool.load_passages()},
+            what="the read in the restarted station's spool",
+        )
+
+
 async def test_an_upload_is_acknowledged_only_once_its_station_s_spool_is_synced_to_disk(
     broker: Broker, topic_prefix: str, tmp_path: Path
 ) -> None:
