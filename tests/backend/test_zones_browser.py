@@ -130,7 +130,7 @@ def test_the_zone_editor_is_for_police_and_admins_only(server: str, database_url
     with browser_page() as page:
         page.goto(f"{server}/police/zones?lang=en")
         _sign_in(page, clerk, factories.PASSWORD)
-        page.wait_for_url("**/police/zones")
+        page.wait_for_url("**/police/zones?lang=en")  # back to the page asked for, its query too
         page.get_by_text("Not for your account").wait_for()
         assert page.locator("#zone-map").count() == 0
         assert "this page is for: police, admin" in page.inner_text("main")
