@@ -340,10 +340,10 @@ async def test_an_upload_is_acknowledged_without_waiting_for_the_batch_tick_and_
 async def test_a_station_that_fails_taking_an_upload_is_restarted_and_its_resend_is_taken_not_acknowledged_blind(
     broker: Broker, topic_prefix: str, tmp_path: Path
 ) -> None:
-    # The bridge hands an upload to its station in the connection's own turn. What goes wrong there (here the
-    # station's spool, closed under it as a dying disk would) fails the station, not the connection: its supervisor
-    # restarts it. The reads it was handed may be lost with it, so that upload is not acknowledged: the vendor
-    # station sends it again, and the resend is taken afresh (not as a repeat of an upload already taken).
+    # What goes wrong while a station takes an upload (here its spool, closed under it as a dying disk would) fails
+    # the station, and its supervisor restarts it. The reads it was handed may be lost with it (the open passages'
+    # last reads cannot be spooled on the way down), so that upload is not acknowledged: the vendor station sends it
+    # again, and the resend is taken afresh (not as a repeat of an upload already taken).
     dev = device(f"{topic_prefix}-v", broker)
     tag = 0x5E000040
     async with (
@@ -351,7 +351,7 @@ async def test_a_station_that_fails_taking_an_upload_is_restarted_and_its_resend
         vendor_station(bridge, dev.device_id, reply_timeout_s=1.0) as sim,
     ):
         [station] = bridge.fleet.stations
-        await eventually(lambda: sim.stats.logins >= 1 and station._taking_now, what="the station logged in")
+        await eventually(lambda: sim.stats.logins >= 1 and station.uplink is not None, what="the station logged in")
         assert station.spool is not None
         station.spool._db.close()
         sim.hear(beacon(tag))
