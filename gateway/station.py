@@ -249,11 +249,9 @@ class Station:
             for reception in await radio.receive():
                 self._take(reception, touched=radio.acknowledges)
             # After the whole lot, not inside it: spooling tells the receiver that all it handed over is safe.
-            if radio.acknowledges:
-                # The sender sends no more until it is acknowledged (a vendor station): checkpoint what it handed
-                # over now, not at the next batch tick, with the sightings its reads closed (none only in memory).
-                self._spool_sightings(self.aggregator.take_closed())
-            elif self.aggregator.closed_count >= self.settings.batch_max:
+            # A sender that sends no more until it is acknowledged (a vendor station) has what it handed over
+            # checkpointed now, not at the next batch tick, with the sightings its reads closed (none only in memory).
+            if radio.acknowledges or self.aggregator.closed_count >= self.settings.batch_max:
                 self._spool_sightings(self.aggregator.take_closed())
 
     def _take(self, reception: Reception, *, touched: bool) -> None:

@@ -20,12 +20,13 @@ from pydantic import SecretStr
 
 from bikeguard.services import Broker, free_port
 from firmware_sim.mr7901_station import VendorStation
+from gateway.spool import Spool
 from gateway.station import Station
 from gateway.vendor.bridge import BATCH_INTERVAL_S, Bridge, BridgeSettings
 from gateway.vendor.devices import DevicesFileError, VendorDevice, devices_toml, load_devices
 from protocol.frames import TagFlags
 from protocol.ids import parse_tag
-from protocol.messages import HOTLIST_VERSION_MAX, SightingBatch, StationStatus, format_tag
+from protocol.messages import HOTLIST_VERSION_MAX, Sighting, SightingBatch, StationStatus, format_tag
 from protocol.mr7901 import (
     Heartbeat,
     HeartbeatReply,
@@ -278,14 +279,19 @@ async def test_heartbeats_drive_the_station_s_status(broker: Broker, topic_prefi
         assert bridge.silent_disconnects == 1
 
 
+def outbox_sightings(spool: Spool) -> list[Sighting]:
+    """The sightings waiting in a spool's outbox, sent or not."""
+    batches = [e for e in spool.peek(1000, now=time.monotonic() + 3600) if e.batch_seq is not None]
+    return [s for e in batches for s in SightingBatch.parse(e.payload).sightings]
+
+
 def spooled_tags(station: Station) -> set[int]:
     """The tags a station's spool holds: its open passages, and the sightings waiting in its outbox (a passage may
     have closed by the time a test looks)."""
     spool = station.spool
     if spool is None:
         return set()
-    batches = [e for e in spool.peek(1000, now=time.monotonic() + 3600) if e.batch_seq is not None]
-    closed = {parse_tag(s.tag_id) for e in batches for s in SightingBatch.parse(e.payload).sightings if s.tag_id}
+    closed = {parse_tag(s.tag_id) for s in outbox_sightings(spool) if s.tag_id}
     return {p.tag for p in spool.load_passages() if isinstance(p.tag, int)} | closed
 
 
@@ -344,8 +350,7 @@ async def test_an_upload_is_acknowledged_without_waiting_for_the_batch_tick_and_
         assert station.spool is not None
         [passage] = station.spool.load_passages()
         assert passage.tag == tag and passage.first_seen_at == now.replace(tzinfo=SHANGHAI).astimezone(UTC)
-        [batch] = [e for e in station.spool.peek(10, now=time.monotonic() + 3600) if e.batch_seq is not None]
-        [closed] = SightingBatch.parse(batch.payload).sightings
+        [closed] = outbox_sightings(station.spool)
         assert closed.tag_id == format_tag(tag)
         assert closed.first_seen_at == earlier.replace(tzinfo=SHANGHAI).astimezone(UTC)
 
