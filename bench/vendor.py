@@ -9,8 +9,9 @@ range at a time, each beaconing every 2 s for a stay of 10-30 s, so passages for
 
 Per step, over --seconds after a warm-up: stations logged in (their status on the broker says online), reads/s the
 bridge took (its /metrics) beside those the stations heard and had acknowledged, the bridge's share of its core
-and its RSS, upload -> acknowledgement latency (the station writes an upload; the bridge replies once the reads are
-checkpointed in the station's spool and that spool is synced to disk), and two publish latencies:
+and how much of the wall time its garbage collector ran (its /metrics), its RSS, upload -> acknowledgement latency
+(the station writes an upload; the bridge replies once the reads are checkpointed in the station's spool and that
+spool is synced to disk), and two publish latencies:
 
 - read -> publish (alert): a sighting goes out only when its passage closes (passage gap), so the latency of
   what goes out at once is measured: a hot-listed chip's alert. A real signed hot list (retained, as the backend
@@ -78,6 +79,7 @@ TAGS_IN_RANGE = READS_PER_S * BEACON_INTERVAL_S
 STAY_BEACONS = (5, 15)  # a tag stays 10-30 s in range, then a new one takes its place
 HOT_BASE = 0x7F000000  # hot-listed tags; ordinary tags are below
 HOT_TAGS = 2000
+GC_SECONDS = "bikeguard_gateway_gc_seconds_total"  # summed over the generations by scrape()
 PASSAGE_GAP_S = GatewaySettings.model_fields["passage_gap_s"].default
 
 
@@ -434,6 +436,7 @@ class Step:
     taken_rps: float
     cpu_pct: float
     waited_pct: float
+    gc_pct: float  # of wall time, the bridge's garbage collector (its /metrics)
     rss_mb: float
     hwm_mb: float
     sim_cpu_pct: float
@@ -521,6 +524,7 @@ def run_step(
         taken_rps=taken / (scraped1 - scraped0),
         cpu_pct=100 * (proc1[0] - proc0[0]) / wall,
         waited_pct=100 * (waited1 - waited0) / wall,
+        gc_pct=100 * (counters1.get(GC_SECONDS, 0) - counters0.get(GC_SECONDS, 0)) / (scraped1 - scraped0),
         rss_mb=proc1[1],
         hwm_mb=proc1[2],
         sim_cpu_pct=100 * (last["cpu_s"] - first["cpu_s"]) / (last["at"] - first["at"]),
@@ -678,14 +682,15 @@ def print_summary(results: list[Step], broker_kind: str, decoder: float, commits
     )
     print(
         "stations | logged in / online | reads/s heard / acked / taken by the bridge | bridge core (waited for it)"
-        " | RSS (peak) MB"
+        " | of it GC | RSS (peak) MB"
         " | upload->ack p50/p99 ms | read->alert p50/p99 ms (n, missing) | sighting after gap p50/p99 ms"
         " | resent | backlog growth (reads) | stations' core"
     )
     for s in results:
         print(
             f"{s.stations} | {s.logged_in} / {s.online} | {s.offered_rps:,.0f} / {s.acked_rps:,.0f} /"
-            f" {taken(s)} | {s.cpu_pct:.0f} % ({s.waited_pct:.0f} %) | {s.rss_mb:.0f} ({s.hwm_mb:.0f})"
+            f" {taken(s)} | {s.cpu_pct:.0f} % ({s.waited_pct:.0f} %) | {s.gc_pct:.1f} %"
+            f" | {s.rss_mb:.0f} ({s.hwm_mb:.0f})"
             f" | {ms(s.ack_s, 50)} / {ms(s.ack_s, 99)} | {ms(s.alert_s, 50)} / {ms(s.alert_s, 99)}"
             f" ({len(s.alert_s)}, {s.alerts_missing})"
             f" | {ms(s.sighting_s, 50)} / {ms(s.sighting_s, 99)} | {s.resent} | {s.backlog_growth:,}"

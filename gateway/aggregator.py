@@ -153,7 +153,9 @@ class Aggregator:
             # A comparison rather than max(): the builtin's call cost v1 beacons what sharing _account with v2 added.
             if seen_at > passage.last_seen_at:
                 passage.last_seen_at = seen_at
-            passage.flags |= beacon.flags
+            # Most beacons carry no flags: an enum's | (half a microsecond) only for those that do.
+            if beacon.flags:
+                passage.flags |= beacon.flags
             if beacon.rssi_dbm > passage.peak_rssi_dbm:
                 passage.peak_rssi_dbm = beacon.rssi_dbm
                 passage.antenna = beacon.antenna
@@ -170,7 +172,7 @@ class Aggregator:
         if not passage.hotlist_alerted and passage.tag in self.hotlist:
             passage.hotlist_alerted = True
             alerts.append(self._alert("hotlist_hit", beacon, seen_at, self.hotlist.version))
-        if not passage.tamper_alerted and TagFlags.TAMPER in beacon.flags:
+        if beacon.flags and not passage.tamper_alerted and TagFlags.TAMPER in beacon.flags:
             passage.tamper_alerted = True
             alerts.append(self._alert("tamper", beacon, seen_at, None))
         return alerts

@@ -190,6 +190,7 @@ class Bridge:
         self.unidentified_rejected: Counter[str] = Counter()  # refused frames of connections never logged in
         self._reject_log = RejectLog("vendor bridge")
         self._open: set[_Connection] = set()
+        self.gc_time = heap.CollectorTime()  # counting while the bridge runs
 
     async def run(self) -> None:
         """Listen and run every station until cancelled."""
@@ -222,7 +223,8 @@ class Bridge:
         if self.settle_heap_s is not None:
             background.append(asyncio.create_task(heap.settle(self.settle_heap_s), name="heap settle"))
         try:
-            await self.fleet.run()
+            with self.gc_time:
+                await self.fleet.run()
         finally:
             for task in background:
                 task.cancel()
@@ -276,16 +278,11 @@ class Bridge:
             data = await reader.read(65536)
             if not data:
                 return not conn.silent
-            conn.bytes_since_valid += len(data)
-            replies: list[Message] = []
-            for message in conn.decoder.feed(data):
-                reply = self._answer(conn, message)
-                if reply is None:
-                    return False  # refused: the answer (if any) is written below
-                replies += reply
-            self._take_rejections(conn)
+            replies = self._answer_all(conn, data)
+            if replies is None:
+                return False  # refused: the answer (if any) is written
             if replies:
-                conn.writer.write(b"".join(encode(r) for r in replies))
+                conn.writer.write(replies)
                 await conn.writer.drain()
             if conn.bytes_since_valid > self.settings.garbage_max_bytes:
                 self.garbage_disconnects += 1
@@ -296,6 +293,22 @@ class Bridge:
                     conn.bytes_since_valid,
                 )
                 return False
+
+    def _answer_all(self, conn: _Connection, data: bytes) -> bytes | None:
+        """Answer the messages in `data`: the replies to write now; None when the connection is to be closed.
+
+        A function of its own so that nothing of an upload outlives its handling: a message the reading loop kept
+        until the next read (a second) lived long enough to reach the collector's oldest generation, and 20,000
+        reads a second there made a full collection (100-250 ms on the loop) every second or two."""
+        conn.bytes_since_valid += len(data)
+        replies: list[Message] = []
+        for message in conn.decoder.feed(data):
+            reply = self._answer(conn, message)
+            if reply is None:
+                return None
+            replies += reply
+        self._take_rejections(conn)
+        return b"".join(encode(r) for r in replies)
 
     def metric_families(self) -> list[Metric]:
         """The bridge's own figures for its stations' /metrics (on the event loop, at scrape time)."""
@@ -336,7 +349,14 @@ class Bridge:
         errors.add_metric([], sync.errors)
         last = GaugeMetricFamily("bikeguard_gateway_spool_sync_last_pass_seconds", "How long the last pass took")
         last.add_metric([], sync.last_pass_s)
-        return [connections, open_now, unknown, closed, unidentified, passes, files, errors, last]
+        gc_seconds = CounterMetricFamily(
+            "bikeguard_gateway_gc_seconds",
+            "Time the process's cyclic garbage collector ran while the bridge did, by generation (2: full)",
+            labels=["generation"],
+        )
+        for generation, seconds in enumerate(self.gc_time.seconds):
+            gc_seconds.add_metric([str(generation)], seconds)
+        return [connections, open_now, unknown, closed, unidentified, passes, files, errors, last, gc_seconds]
 
     def _who(self, conn: _Connection) -> str:
         return "not logged in" if conn.link is None else f"device {conn.link.device.device_id!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import threading
@@ -200,6 +201,10 @@ async def test_an_unknown_device_is_refused_and_counted(broker: Broker, topic_pr
         assert figures["bikeguard_gateway_vendor_connections_total", ()] == 2
         assert ("bikeguard_gateway_beacons_total", (("station", dev.station_id),)) in figures
         assert figures["bikeguard_gateway_spool_sync_errors_total", ()] == 0
+        # The time the garbage collector takes from the stations, counted while the bridge runs.
+        gc.collect(0)
+        figures = await scrape_metrics(bridge.fleet.stations[0].settings.metrics_port)
+        assert figures["bikeguard_gateway_gc_seconds_total", (("generation", "0"),)] > 0
 
 
 async def test_a_bad_frame_is_counted_with_its_bytes_and_the_connection_goes_on(
