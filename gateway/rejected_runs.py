@@ -2,7 +2,8 @@
 
 One JSON object a line (`at`, `station_id`, `reason`, `detail`, `length`, `raw_hex`, `truncated`), appended by a
 writer thread of its own so that a slow or full disk never holds up the serial reader: the reader hands runs over
-through a bounded queue and counts what it could not hand over. The file is rotated to one previous file
+through a bounded queue and counts what it could not hand over. The thread starts with the first run refused, so
+a station whose line is clean (most of a vendor bridge's thousand) has none. The file is rotated to one previous file
 (`<file>.1`) when it would pass its size bound, so the two together never hold much more than twice that.
 """
 
@@ -115,7 +116,8 @@ class RejectedRun:
 class RejectedRunsFile:
     """Appends rejected runs to one bounded file from a writer thread; `add` never blocks and never raises.
 
-    `start()` the writer, `add()` from the reader thread, `close()` to write what is queued and stop.
+    `start()` to take runs, `add()` from the reader thread (the first starts the writer thread), `close()` to write
+    what is queued and stop.
     Counters: `written`, `dropped` (the queue was full), `write_errors` (the disk refused: full, read-only, gone).
     """
 
@@ -130,6 +132,8 @@ class RejectedRunsFile:
         self.rotations = 0
         self._queue: queue.Queue[RejectedRun | None] = queue.Queue(maxsize=QUEUE_MAX)
         self._thread: threading.Thread | None = None
+        self._taking = False  # between start() and close(): a run added starts the writer if it is not running
+        self._lock = threading.Lock()  # add() (the reader's thread) and close() (another) start and stop the writer
         self._file: IO[bytes] | None = None
         self._warned_at = -WARN_INTERVAL_S
         self._unwarned = 0
@@ -139,22 +143,40 @@ class RejectedRunsFile:
         """Runs that never reached the file: the writer was behind, or the disk refused them."""
         return self.dropped + self.write_errors
 
+    @property
+    def writing(self) -> bool:
+        """Whether the writer thread runs (from the first run added after start() until close())."""
+        return self._thread is not None
+
     def start(self) -> None:
-        """Start the writer thread (once; again after close)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._write_forever, name=f"rejected runs {self.path}", daemon=True)
-            self._thread.start()
+        """Take runs from now on (again after close); the writer thread starts with the first, or now if runs
+        added meanwhile wait."""
+        self._taking = True
+        if not self._queue.empty():
+            self._start_writer()
 
     def add(self, error: FrameError, at: datetime) -> None:
         """Queue one rejected run for the file; counted in `dropped` if the writer is that far behind."""
+        if self._thread is None and self._taking:
+            self._start_writer()
         try:
             self._queue.put_nowait(RejectedRun.of(error, at, self.station_id, self.run_max_bytes))
         except queue.Full:
             self.dropped += 1
 
+    def _start_writer(self) -> None:
+        with self._lock:
+            if self._thread is None and self._taking:
+                self._thread = threading.Thread(
+                    target=self._write_forever, name=f"rejected runs {self.path}", daemon=True
+                )
+                self._thread.start()
+
     def close(self) -> None:
         """Write what is queued, stop the writer thread and close the file (blocks until then)."""
-        thread, self._thread = self._thread, None
+        with self._lock:
+            self._taking = False
+            thread, self._thread = self._thread, None
         if thread is None:
             return
         # The stop mark waits for room like a run would not: close() is not the reader's path.

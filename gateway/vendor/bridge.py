@@ -298,8 +298,8 @@ class Bridge:
         """Answer the messages in `data`: the replies to write now; None when the connection is to be closed.
 
         A function of its own so that nothing of an upload outlives its handling: a message the reading loop kept
-        until the next read (a second) lived long enough to reach the collector's oldest generation, and 20,000
-        reads a second there made a full collection (100-250 ms on the loop) every second or two."""
+        until the next read (a second) lived long enough to reach the garbage collector's oldest generation, where
+        at 1,000 stations some 40,000 reads waited to be freed and every full collection walked them."""
         conn.bytes_since_valid += len(data)
         replies: list[Message] = []
         for message in conn.decoder.feed(data):

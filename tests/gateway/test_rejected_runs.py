@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from gateway.radio import Radio
 from gateway.rejected_runs import RejectedRun, RejectedRunsFile, parse_since, previous_path, read_runs
 from gateway.settings import GatewaySettings
 from gateway.station import Station, run_fleet
-from protocol.frames import SYNC, crc16, encode
+from protocol.frames import SYNC, CrcError, GarbageError, crc16, encode
 from protocol.messages import SightingBatch, utcnow
 from tests.gateway.harness import FakeModule, beacon, eventually, fast_settings, running, watching
 
@@ -311,3 +312,27 @@ def test_rejected_run_settings_default_beside_the_spool_and_are_bounded() -> Non
     assert (settings.rejected_runs_max_bytes, settings.rejected_run_max_bytes) == (1 << 20, 256)
     with pytest.raises(ValueError, match="rejected_runs_max_bytes"):
         GatewaySettings(station_id="st-9", serial_url="/dev/null", rejected_runs_max_bytes=10)
+
+
+def test_a_station_with_nothing_rejected_has_no_writer_thread_and_its_first_run_starts_one(tmp_path: Path) -> None:
+    # A vendor bridge runs a thousand stations, most of them with a clean line: a thread each would be a thousand
+    # idle threads in one process.
+    path = tmp_path / "rejected.jsonl"
+    runs = RejectedRunsFile(path, "st-1", max_bytes=1 << 20, run_max_bytes=64)
+    runs.start()
+    try:
+        assert not runs.writing
+        assert not any(t.name == f"rejected runs {path}" for t in threading.enumerate())
+        runs.add(CrcError("CRC mismatch", bytes.fromhex("aa55010203")), utcnow())
+        assert runs.writing
+        assert any(t.name == f"rejected runs {path}" for t in threading.enumerate())
+    finally:
+        runs.close()
+    assert not runs.writing
+    assert [(run.reason, run.raw_hex) for run in read_runs(path)] == [("crc", "aa55010203")]
+    # Once closed it takes no more; started again, what was added meanwhile is written.
+    runs.add(GarbageError("no sync", b"\x00\x01"), utcnow())
+    assert not runs.writing
+    runs.start()
+    runs.close()
+    assert [run.reason for run in read_runs(path)] == ["crc", "garbage"]
