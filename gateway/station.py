@@ -68,6 +68,9 @@ class Receiver(Protocol):
     async def receive(self) -> list[Reception]:
         """The frames that came since the last call, in order: at least one (waits for it)."""
 
+    def take(self) -> list[Reception]:
+        """The frames that came since the last call, in order, without waiting (perhaps none)."""
+
     def spooled(self) -> None:
         """Every frame taken with `receive` so far is safe in the spool (its passage checkpointed or its sighting
         spooled)."""
@@ -125,6 +128,10 @@ class Station:
         # Tags heard since the last checkpoint, whose passages it rewrites when the receiver acknowledges reads.
         self._touched: set[TagKey] = set()
         self.restarts = 0  # by the fleet's supervisor, after this station's task failed
+        # Whether `take_now` may take the receiver's frames (the station runs and its consume task is started), and
+        # what a failure there fails the station's run with.
+        self._taking_now = False
+        self._failure: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         """Run until cancelled; then spool the open passages and say offline."""
@@ -160,10 +167,12 @@ class Station:
             len(restored),
             self.hotlist.version,
         )
+        self._failure = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.radio.run())
                 tasks.create_task(self._consume(self.radio))
+                tasks.create_task(self._failed(self._failure))
                 tasks.create_task(self._batch_every_interval())
                 tasks.create_task(self.uplink.run())
                 if self.gps is not None:
@@ -244,15 +253,49 @@ class Station:
                 figures.counters["rejected_runs_unsaved"] = radio.rejected_runs.unsaved
         return figures
 
+    def take_now(self) -> None:
+        """Take what the receiver has waiting in the caller's turn of the event loop rather than in the consume
+        task's next one: the vendor bridge calls it as soon as an upload is taken, so a stolen chip's alert is
+        spooled and published in the connection handler's turn. Nothing while the station is not running (its
+        consume task takes what waits when it is). A failure here fails the station's run, as one in its own task
+        would, and its supervisor restarts it."""
+        if not self._taking_now or self.radio is None:
+            return
+        try:
+            self._intake(self.radio.take())
+        # Deliberately broad: whatever the intake raises is the station's failure, not the caller's (a connection
+        # of the bridge); it ends the station's run below, where its supervisor sees it.
+        except Exception as exc:
+            self._taking_now = False
+            if self._failure is not None and not self._failure.done():
+                self._failure.set_exception(exc)
+
+    @staticmethod
+    async def _failed(failure: asyncio.Future[None]) -> None:
+        """Raise what `take_now` failed with, in the station's own task group."""
+        await failure
+
     async def _consume(self, radio: Receiver) -> None:
-        while True:
-            for reception in await radio.receive():
-                self._take(reception, touched=radio.acknowledges)
-            # After the whole lot, not inside it: spooling tells the receiver that all it handed over is safe.
-            # A sender that sends no more until it is acknowledged (a vendor station) has what it handed over
-            # checkpointed now, not at the next batch tick, with the sightings its reads closed (none only in memory).
-            if radio.acknowledges or self.aggregator.closed_count >= self.settings.batch_max:
-                self._spool_sightings(self.aggregator.take_closed())
+        self._taking_now = True
+        try:
+            while True:
+                self._intake(await radio.receive())
+        finally:
+            self._taking_now = False
+
+    def _intake(self, receptions: list[Reception]) -> None:
+        """Frames into the aggregator (alerts spooled and published at once); then what they close or touch to
+        the spool."""
+        radio = self.radio
+        if not receptions or radio is None:
+            return
+        for reception in receptions:
+            self._take(reception, touched=radio.acknowledges)
+        # After the whole lot, not inside it: spooling tells the receiver that all it handed over is safe.
+        # A sender that sends no more until it is acknowledged (a vendor station) has what it handed over
+        # checkpointed now, not at the next batch tick, with the sightings its reads closed (none only in memory).
+        if radio.acknowledges or self.aggregator.closed_count >= self.settings.batch_max:
+            self._spool_sightings(self.aggregator.take_closed())
 
     def _take(self, reception: Reception, *, touched: bool) -> None:
         """One frame into the aggregator, and its alerts to the spool."""
@@ -287,6 +330,7 @@ class Station:
         assert self.spool is not None and self.uplink is not None
         self.spool.put_alert(self.alerts_topic, alert.to_json())
         self.uplink.notify()
+        self.uplink.send_now()
         # A v2 chip's alert names no tag: the station logs the eid it heard (what any radio hears), bytes 1-8.
         chip = alert.tag_id or f"eid {alert.heard[2:18] if alert.heard else '?'}"
         log.info("station %s: alert %s for tag %s", self.settings.station_id, alert.kind, chip)

@@ -95,11 +95,37 @@ class Uplink:
         self._woken = asyncio.Event()  # something for the drain to do: new in the spool, a PUBACK, a failure
         self._status_due = asyncio.Event()
         self._window = PublishWindow(settings.inflight_max)
+        # The drain's connection and its publishes awaiting PUBACK while it runs, for send_now.
+        self._mqtt: Connection | None = None
+        self._sending: dict[asyncio.Future[list[int]], tuple[Entry, float]] | None = None
 
     def notify(self) -> None:
         """Tell the drain something new is in the spool."""
         self._spooled.set()
         self._woken.set()
+
+    def send_now(self) -> None:
+        """Publish what is new in the spool in the caller's turn of the event loop, as far as the publish window has
+        room, rather than in the drain's next turn: a station calls it for an alert. Nothing while no session is up
+        (the drain sends it when one is); a connection found gone here is the session's to notice."""
+        mqtt, sending = self._mqtt, self._sending
+        if mqtt is None or sending is None:
+            return
+        with contextlib.suppress(MqttError):
+            self._send(mqtt, sending)
+
+    def _send(self, mqtt: Connection, sending: dict[asyncio.Future[list[int]], tuple[Entry, float]]) -> None:
+        """Read the spool if the window wants it, and publish what the window lets go now."""
+        window = self._window
+        if window.needs_reading(self._spooled.is_set()):
+            # No await between clear and peek: a put after the peek sets the event again.
+            self._spooled.clear()
+            window.read(self.spool.peek(window.read_limit))
+        for entry in window.send():
+            self.batches_resent += entry.attempts > 0
+            answer = mqtt.publish_nowait(entry.topic, entry.payload, qos=1)
+            answer.add_done_callback(self._wake)
+            sending[answer] = (entry, time.monotonic() + self.settings.publish_timeout_s)
 
     def _connection(self) -> Connection:
         host, port, username, password = self.settings.mqtt_address
@@ -210,21 +236,14 @@ class Uplink:
         woken = self._woken
         sending: dict[asyncio.Future[list[int]], tuple[Entry, float]] = {}  # in send order: (entry, its deadline)
         timeout_s = self.settings.publish_timeout_s
+        self._mqtt, self._sending = mqtt, sending
         try:
             while True:
                 woken.clear()
                 failed = self._settle(sending)
                 if failed is not None:
                     raise failed
-                if window.needs_reading(self._spooled.is_set()):
-                    # No await between clear and peek: a put after the peek sets the event again.
-                    self._spooled.clear()
-                    window.read(self.spool.peek(window.read_limit))
-                for entry in window.send():
-                    self.batches_resent += entry.attempts > 0
-                    answer = mqtt.publish_nowait(entry.topic, entry.payload, qos=1)
-                    answer.add_done_callback(self._wake)
-                    sending[answer] = (entry, time.monotonic() + timeout_s)
+                self._send(mqtt, sending)
                 self._ack(window.take_acknowledged())
                 # The next batch whose confirmation falls overdue wakes us like a new message would; the oldest
                 # PUBACK awaited, when it falls due.
@@ -241,6 +260,7 @@ class Uplink:
                 if oldest is not None and not oldest[0].done() and now >= oldest[1][1]:
                     raise NoAnswer(f"no PUBACK from {mqtt.endpoint} in {timeout_s:g} s")
         finally:
+            self._mqtt = self._sending = None
             for answer in sending:
                 answer.cancel()
             self._settle(sending)  # what was acknowledged meanwhile; failures are the session's end

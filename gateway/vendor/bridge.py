@@ -180,7 +180,9 @@ class Bridge:
             station_settings, receivers=by_station, spool_fsync=False, process_metrics=self.metric_families
         )
         for station in self.fleet.stations:
-            by_station[station.settings.station_id].on_change = station.status_changed
+            link = by_station[station.settings.station_id]
+            link.on_change = station.status_changed
+            link.on_upload = station.take_now
         self.ready = asyncio.Event()
         self.port: int | None = None  # the port listened on (known once ready)
         self.connections = 0

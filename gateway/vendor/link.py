@@ -85,6 +85,7 @@ class VendorLink:
         # Acknowledgements waiting for the station's spool: (reads queued up to the upload's last, the future).
         self._acks: deque[tuple[int, asyncio.Future[None]]] = deque()
         self.on_change: Callable[[], None] = lambda: None  # the bridge points this at the station's status_changed
+        self.on_upload: Callable[[], None] = lambda: None  # and this at the station's take_now
 
     @property
     def frames(self) -> int:
@@ -143,6 +144,10 @@ class VendorLink:
         while not self._uploads:
             self._arrived.clear()
             await self._arrived.wait()
+        return self.take()
+
+    def take(self) -> list[Reception]:
+        """The reads of the uploads taken since the last call, without waiting (perhaps none)."""
         receptions = [reception for upload in self._uploads for reception in upload]
         self._uploads.clear()
         self._waiting = 0
@@ -234,4 +239,5 @@ class VendorLink:
         self._acks.append((self._queued, ack))
         self.uploads += 1
         self.reads += len(reads)
+        self.on_upload()  # the station takes the reads in this turn of the loop (and may settle the ack already)
         return ack
