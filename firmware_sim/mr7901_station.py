@@ -291,13 +291,20 @@ class VendorStation:
         await self._log_in(writer)
         loop = asyncio.get_running_loop()
         tick_s = max(0.005, min(self.upload_interval_s, self.heartbeat_interval_s, self.reply_timeout_s) / 4)
-        timers = _Timers(loop.time())
+        # Ticks and uploads at phases of the station's own, as its clock has them: stations simulated together, or
+        # logged in by one reply of a busy server, do not tick or upload in step (docs/benchmarks.md, "Vendor bridge").
+        start = loop.time()
+        timers = _Timers(start, next_upload_at=start + self._rng.uniform(0, self.upload_interval_s))
+        tick_at = start + self._rng.uniform(0, tick_s)
+        await asyncio.sleep(tick_at - start)
         while True:
             now = loop.time()
             due = self._heartbeat_due(now, timers) + self._upload_due(now, timers)
             if due:
                 await self._write(writer, due)
-            await asyncio.sleep(tick_s)
+            # A tick that came late (a busy simulator) does not move the next ones.
+            tick_at += tick_s * max(1, int((loop.time() - tick_at) // tick_s) + 1)
+            await asyncio.sleep(tick_at - loop.time())
 
     def _heartbeat_due(self, now: float, timers: _Timers) -> list[Request]:
         if timers.heartbeat is not None and not timers.heartbeat.done() and now >= timers.heartbeat_deadline:
