@@ -222,8 +222,8 @@ class Spool:
         drop_log_interval_s: float = 60.0,
         fsync: bool = True,
     ) -> None:
-        """`fsync=False`: no commit waits for the disk; what is committed is on it only once `sync_spool_file`
-        (gateway.spool_sync) has run for this path after the commit. For many stations in one process, whose owner
+        """`fsync=False`: no commit waits for the disk; what is committed is on it only once `sync_spools`
+        (gateway.spool_sync) has put this path on disk after the commit. For many stations in one process, whose owner
         syncs their spools together before acting on them (the vendor bridge acknowledges an upload only then)."""
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")

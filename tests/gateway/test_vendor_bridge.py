@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -396,9 +396,10 @@ async def test_an_upload_is_acknowledged_only_once_its_station_s_spool_is_synced
     gate = threading.Event()
     synced: list[Path] = []
 
-    def slow_disk(path: Path) -> None:
+    def slow_disk(paths: Sequence[Path]) -> set[Path]:
         gate.wait(timeout=30)
-        synced.append(path)
+        synced.extend(paths)
+        return set()
 
     async with bridge_running(tmp_path, [dev]) as bridge, raw_station(bridge) as raw:
         bridge.spool_sync._sync = slow_disk
