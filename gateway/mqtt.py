@@ -11,6 +11,11 @@ and paho's quirks stay in this module, fixed where they arise:
   never drops a cancellation: a gateway told to stop stops, whether the broker answers, hangs or goes.
 - A dropped connection fails every wait and ends the message stream with `ConnectionLost`; nobody has to read
   a library's private state to learn why.
+- Every message goes to one callback. paho matches each message it receives against its per-topic callbacks
+  (`message_callback_add`, which we do not use), and its matcher's recursive closure leaves a reference cycle per
+  message: at 1,000 vendor stations some 9,000 objects of cyclic garbage a second, most of what the garbage
+  collector found and so why it ran, on the event loop (docs/benchmarks.md, "Vendor bridge"). `NoTopicCallbacks`
+  stands in for that matcher.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import functools
 import logging
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -90,6 +95,17 @@ class Message:
     def matches(self, subscription: str) -> bool:
         """True if the topic falls under a subscription filter (`+` and `#` wildcards)."""
         return paho.topic_matches_sub(subscription, self.topic)
+
+
+class NoTopicCallbacks:
+    """paho's per-topic callbacks (`Client._on_message_filtered`), of which we have none: no message matches one,
+    at no cost and without the garbage paho's own matcher makes for each message."""
+
+    def iter_match(self, _topic: str) -> Iterator[Any]:
+        return iter(())
+
+    def __setitem__(self, _topic_filter: str, _callback: Any) -> None:
+        raise NotImplementedError("gateway.mqtt.Connection sends every message to one callback: no per-topic ones")
 
 
 class SocketWatch:
@@ -236,6 +252,9 @@ class Connection:
         client.on_publish = self._on_ack
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        if not hasattr(client, "_on_message_filtered"):
+            raise RuntimeError("paho no longer has _on_message_filtered: see NoTopicCallbacks in gateway/mqtt.py")
+        client._on_message_filtered = NoTopicCallbacks()  # type: ignore[assignment]
         self._client = client
         self._watch: SocketWatch | None = None
         self._keepalive: asyncio.TimerHandle | None = None

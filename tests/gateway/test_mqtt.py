@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
+import types
 
 import pytest
 
@@ -46,6 +48,36 @@ async def test_a_publish_returns_at_its_puback_and_a_subscriber_receives_it(brok
     assert message == Message(topic, b"hello", retain=False)
     assert message.matches(everything_of(topic_prefix)) and not message.matches(everything_of("other"))
     assert not mqtt.connected
+
+
+async def test_receiving_messages_leaves_no_garbage_cycles_of_paho_s_topic_matcher(
+    broker: Broker, topic_prefix: str
+) -> None:
+    # paho matched every message against per-topic callbacks with a recursive closure that is a reference cycle: a
+    # vendor bridge's thousand stations made its garbage collector run for it, on the event loop.
+    topic = station_topic(topic_prefix, "status")
+    count = 50
+    gc.collect()
+    gc.disable()
+    try:
+        async with connection(broker, broker.port, f"{topic_prefix}-gc") as mqtt:
+            await mqtt.subscribe(topic, qos=1)
+            for i in range(count):
+                await mqtt.publish(topic, b"%d" % i, qos=1)
+            received = 0
+            async with asyncio.timeout(10):
+                async for _message in mqtt.messages():
+                    received += 1
+                    if received == count:
+                        break
+        matchers = [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, types.FunctionType) and o.__qualname__ == "MQTTMatcher.iter_match.<locals>.rec"
+        ]
+        assert received == count and matchers == []
+    finally:
+        gc.enable()
 
 
 async def test_a_broker_that_hangs_is_no_answer_within_the_timeout(
