@@ -256,7 +256,7 @@ class Station:
     def take_now(self) -> None:
         """Take what the receiver has waiting in the caller's turn of the event loop rather than in the consume
         task's next one: the vendor bridge calls it as soon as an upload is taken, so a stolen chip's alert is
-        spooled and published in the connection handler's turn. Nothing while the station is not running (its
+        spooled and published in the turn that read the upload. Nothing while the station is not running (its
         consume task takes what waits when it is). A failure here fails the station's run, as one in its own task
         would, and its supervisor restarts it."""
         if not self._taking_now or self.radio is None:

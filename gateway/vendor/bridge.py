@@ -2,17 +2,16 @@
 station it is registered to.
 
 Each registered device gets a full Station (aggregator, hot-list check, spool, confirmed delivery, status) whose
-receiver is a VendorLink instead of a radio module; the connection handler decodes the stream, answers the
-station as the protocol requires and hands upload reads to the link. A device id not in the devices file is
-refused (register and login answered with result 1) and counted. Refused frames are counted with their bytes and
-the connection goes on; a connection that sends nothing valid for `garbage_max_bytes`, or nothing at all for
-`heartbeat_timeout_s`, is closed.
+receiver is a VendorLink instead of a radio module; each connection (an asyncio protocol) decodes what it reads,
+answers the station as the protocol requires and hands upload reads to the link, in the turn that reads them. A
+device id not in the devices file is refused (register and login answered with result 1) and counted. Refused
+frames are counted with their bytes and the connection goes on; a connection that sends nothing valid for
+`garbage_max_bytes`, or nothing at all for `heartbeat_timeout_s`, is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -127,13 +126,18 @@ class BridgeSettings(BaseSettings):
         return GatewaySettings.model_validate({**settings.model_dump(), "batch_interval_s": BATCH_INTERVAL_S})
 
 
-class _Connection:
-    """One TCP connection: its decoder, and the device it logged in as."""
+class _Connection(asyncio.Protocol):
+    """One TCP connection: its decoder, and the device it logged in as.
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+    A protocol of the bridge's own, not a stream: what a read brings is decoded and answered, and an upload's reads
+    handed to its station (a stolen chip's alert published), in the turn of the event loop that reads it. A stream's
+    handler woke a turn later, which at 1,000 stations cost an alert up to 50 ms (docs/benchmarks.md, "Vendor
+    bridge")."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
         self.decoder = Mr7901Decoder()
         # Unbounded while one read is decoded, so every refused frame reaches its count and file; emptied after.
         self.decoder.recent_errors = deque()
@@ -142,6 +146,46 @@ class _Connection:
         self.bytes_since_valid = 0
         self.early_errors: list[FrameError] = []
         self.silent = False  # closed by the bridge for sending nothing valid for the heartbeat timeout
+        self.clean = False  # the station closed it itself
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.bridge._opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.bridge._received(self, data)
+
+    def eof_received(self) -> bool:
+        self.clean = not self.silent
+        return False  # the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.bridge._closed(self, exc)
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def pause_writing(self) -> None:
+        """The station does not read its replies: it is not read either until it does (as a stream's drain)."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        """Write to the station, unless the connection is closing."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Close the connection once what is written has gone."""
+        if self.transport is not None:
+            self.transport.close()
 
 
 class Bridge:
@@ -197,24 +241,7 @@ class Bridge:
     async def run(self) -> None:
         """Listen and run every station until cancelled."""
         host, port = self.settings.listen_address
-        handlers: set[asyncio.Task[None]] = set()
-        stopping = asyncio.Event()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            handlers.add(task)
-            try:
-                await self._serve(reader, writer)
-            except asyncio.CancelledError:
-                # Cancelled by our own stop below: end normally, because Python 3.11's streams call
-                # task.exception() on a finished connection handler, which raises for a cancelled one (an error log).
-                if not stopping.is_set():
-                    raise
-            finally:
-                handlers.discard(task)
-
-        server = await asyncio.start_server(handle, host, port)
+        server = await asyncio.get_running_loop().create_server(lambda: _Connection(self), host, port)
         self.port = server.sockets[0].getsockname()[1]
         log.info("vendor bridge: listening on %s:%d for %d stations", host, self.port, len(self.links))
         self.ready.set()
@@ -231,33 +258,62 @@ class Bridge:
             for task in background:
                 task.cancel()
             server.close()
-            stopping.set()
-            for task in list(handlers):
-                task.cancel()
-            await asyncio.gather(*handlers, *background, return_exceptions=True)
+            await self._close_all()
+            await asyncio.gather(*background, return_exceptions=True)
             await server.wait_closed()
             self.ready.clear()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Connection(writer)
+    async def _close_all(self, flush_s: float = 2.0) -> None:
+        """Close every connection, letting what is written go for up to `flush_s`; then drop what still waits (a
+        station that does not read: what it was not told is acknowledged, it sends again)."""
+        open_now = list(self._open)
+        for conn in open_now:
+            conn.close()
+        for _ in range(2):
+            waiting = [c.ended for c in open_now if not c.ended.done()]
+            if not waiting:
+                return
+            await asyncio.wait(waiting, timeout=flush_s)
+            for conn in open_now:
+                if not conn.ended.done() and conn.transport is not None:
+                    conn.transport.abort()
+
+    def _opened(self, conn: _Connection) -> None:
         self.connections += 1
         self._open.add(conn)
-        clean = False
+
+    def _received(self, conn: _Connection, data: bytes) -> None:
+        """Answer what a read of `conn` brought, in this turn of the loop; close the connection if it is refused,
+        sends garbage for long, or its handling fails."""
         try:
-            clean = await self._converse(reader, conn)
-        except ConnectionError as exc:
-            log.info("vendor connection %s: %s", conn.peer, exc)
+            replies = self._answer_all(conn, data)
         # Deliberately broad, and only here: whatever one connection's handling raises (a bug, a poisoned frame)
         # ends that connection, never the bridge and its other stations. Cancellation is not an Exception.
         except Exception:
             log.exception("vendor connection %s (%s) failed: closed", conn.peer, self._who(conn))
-        finally:
-            self._open.discard(conn)
-            if conn.link is not None:
-                conn.link.lost(conn, clean=clean)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            conn.close()
+            return
+        if replies is None:
+            conn.close()  # refused: the answer (if any) is written, and goes before the connection closes
+            return
+        if replies:
+            conn.write(replies)
+        if conn.bytes_since_valid > self.settings.garbage_max_bytes:
+            self.garbage_disconnects += 1
+            log.warning(
+                "vendor connection %s (%s): %d bytes without a valid frame: closed",
+                conn.peer,
+                self._who(conn),
+                conn.bytes_since_valid,
+            )
+            conn.close()
+
+    def _closed(self, conn: _Connection, exc: Exception | None) -> None:
+        if exc is not None:
+            log.info("vendor connection %s: %s", conn.peer, exc)
+        self._open.discard(conn)
+        if conn.link is not None:
+            conn.link.lost(conn, clean=conn.clean)
 
     async def _close_silent(self) -> None:
         """Close every connection that sent nothing valid for the heartbeat timeout: one task for them all, checking
@@ -272,36 +328,14 @@ class Bridge:
                 log.warning(
                     "vendor connection %s (%s): nothing valid for %.0f s: closed", conn.peer, self._who(conn), timeout_s
                 )
-                conn.writer.close()  # its handler's read then ends
-
-    async def _converse(self, reader: asyncio.StreamReader, conn: _Connection) -> bool:
-        """Read, answer and hand over until the connection ends; True if the station closed it itself."""
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                return not conn.silent
-            replies = self._answer_all(conn, data)
-            if replies is None:
-                return False  # refused: the answer (if any) is written
-            if replies:
-                conn.writer.write(replies)
-                await conn.writer.drain()
-            if conn.bytes_since_valid > self.settings.garbage_max_bytes:
-                self.garbage_disconnects += 1
-                log.warning(
-                    "vendor connection %s (%s): %d bytes without a valid frame: closed",
-                    conn.peer,
-                    self._who(conn),
-                    conn.bytes_since_valid,
-                )
-                return False
+                conn.close()
 
     def _answer_all(self, conn: _Connection, data: bytes) -> bytes | None:
         """Answer the messages in `data`: the replies to write now; None when the connection is to be closed.
 
-        A function of its own so that nothing of an upload outlives its handling: a message the reading loop kept
-        until the next read (a second) lived long enough to reach the garbage collector's oldest generation, where
-        at 1,000 stations some 40,000 reads waited to be freed and every full collection walked them."""
+        Nothing of an upload outlives this call: a message kept until the connection's next read (a second) lived
+        long enough to reach the garbage collector's oldest generation, where at 1,000 stations some 40,000 reads
+        waited to be freed and every full collection walked them."""
         conn.bytes_since_valid += len(data)
         replies: list[Message] = []
         for message in conn.decoder.feed(data):
@@ -387,7 +421,7 @@ class Bridge:
             ack = link.take_upload(message.sequence, message.reads)
             if ack is not None:
                 # The reply goes once the reads are in the spool: the station forgets what is acknowledged.
-                ack.add_done_callback(functools.partial(_send_reply, conn.writer, encode(tag_upload_reply(message))))
+                ack.add_done_callback(functools.partial(_send_reply, conn, encode(tag_upload_reply(message))))
                 return []
             log.warning(
                 "station %s: no room for %d reads: upload %d left unacknowledged for a resend",
@@ -416,7 +450,7 @@ class Bridge:
                 if isinstance(message, Register)
                 else login_reply(message, RESULT_REFUSED)
             )
-            conn.writer.write(encode(refusal))
+            conn.write(encode(refusal))
             return None
         if conn.link is not None and conn.link is not link:
             link.refuse(
@@ -444,13 +478,13 @@ class Bridge:
                 conn.peer,
                 replaced.peer,
             )
-            replaced.writer.close()
+            replaced.close()
         log.info("station %s: vendor device %r logged in from %s", link.device.station_id, message.device_id, conn.peer)
         return [login_reply(message, RESULT_OK)]
 
     def _address_of(self, conn: _Connection) -> tuple[str, int]:
         """Where the station reached us: what a register reply tells it to connect to."""
-        local = conn.writer.get_extra_info("sockname")
+        local = conn.transport.get_extra_info("sockname") if conn.transport is not None else None
         host, port = (str(local[0]), int(local[1])) if isinstance(local, tuple) else ("", 0)
         # An IPv6 address may not fit the reply's 32 characters: then the one we were told to listen on.
         return (host if 0 < len(host) <= SERVER_IP_SIZE else self.settings.listen_address[0]), port
@@ -478,11 +512,11 @@ class Bridge:
             self.unknown_devices["(others)"] += 1
 
 
-def _send_reply(writer: asyncio.StreamWriter, reply: bytes, ack: asyncio.Future[None]) -> None:
+def _send_reply(conn: _Connection, reply: bytes, ack: asyncio.Future[None]) -> None:
     """Write a reply whose time came, unless the station forgot the upload (its run ended first: the reply is never
     sent, and the vendor station sends the upload again) or the connection has ended meanwhile."""
-    if not ack.cancelled() and not writer.is_closing():
-        writer.write(reply)
+    if not ack.cancelled():
+        conn.write(reply)
 
 
 class DeviceMismatchError(FrameError):

@@ -113,8 +113,8 @@ class VendorLink:
         return self.queue_max - self._waiting
 
     async def run(self) -> None:
-        """Keep the rejected-runs file open until cancelled (the station stops or fails); the connection handler does
-        the receiving."""
+        """Keep the rejected-runs file open until cancelled (the station stops or fails); the bridge's connection
+        does the receiving."""
         assert self.rejected_runs is not None
         self.rejected_runs.start()
         try:

@@ -428,7 +428,7 @@ async def test_a_dropped_connection_loses_no_read(broker: Broker, topic_prefix: 
                 if i % 20 == 19:
                     await asyncio.sleep(0.1)
                     for conn in list(bridge._open):
-                        conn.writer.transport.abort()  # the line drops: no goodbye on either side
+                        conn.transport.abort()  # the line drops: no goodbye on either side
             await eventually(lambda: sim.pending_reads == 0 and sim._unacked is None, what="every read acknowledged")
             seen = await eventually(
                 lambda: (
