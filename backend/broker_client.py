@@ -1,7 +1,8 @@
 """The backend's MQTT clients (the ingest workers, the hot-list publisher): one way to make them.
 
 Credentials from BIKEGUARD_MQTT_URL, TLS for an mqtts:// URL (the broker's CA, and a client certificate when the
-broker asks for one), and TCP_NODELAY so that acknowledgements and confirmations leave at once.
+broker asks for one), TCP_NODELAY so that acknowledgements and confirmations leave at once, and every message to the
+one `on_message` without paho's per-topic matching (protocol.mqtt_socket.one_callback).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.settings import BackendSettings
 from protocol.mqtt_address import mqtt_address, uses_tls
-from protocol.mqtt_socket import no_delay
+from protocol.mqtt_socket import no_delay, one_callback
 
 
 def broker_client(settings: BackendSettings, client_id: str, **options: Any) -> tuple[mqtt.Client, tuple[str, int]]:
@@ -33,4 +34,5 @@ def broker_client(settings: BackendSettings, client_id: str, **options: Any) -> 
         )
     client.reconnect_delay_set(0.5, 30)  # type: ignore[arg-type]  # paho waits float seconds; its hint says int
     client.on_socket_open = lambda _c, _u, sock: no_delay(sock)
+    one_callback(client)
     return client, (host, port)

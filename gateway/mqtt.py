@@ -14,8 +14,7 @@ and paho's quirks stay in this module, fixed where they arise:
 - Every message goes to one callback. paho matches each message it receives against its per-topic callbacks
   (`message_callback_add`, which we do not use), and its matcher's recursive closure leaves a reference cycle per
   message: at 1,000 vendor stations some 9,000 objects of cyclic garbage a second, most of what the garbage
-  collector found and so why it ran, on the event loop (docs/benchmarks.md, "Vendor bridge"). `NoTopicCallbacks`
-  stands in for that matcher.
+  collector found and so why it ran, on the event loop (docs/benchmarks.md, "Vendor bridge"): `one_callback`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import functools
 import logging
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +35,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from protocol.mqtt_socket import no_delay
+from protocol.mqtt_socket import no_delay, one_callback
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +94,6 @@ class Message:
     def matches(self, subscription: str) -> bool:
         """True if the topic falls under a subscription filter (`+` and `#` wildcards)."""
         return paho.topic_matches_sub(subscription, self.topic)
-
-
-class NoTopicCallbacks:
-    """paho's per-topic callbacks (`Client._on_message_filtered`), of which we have none: no message matches one,
-    at no cost and without the garbage paho's own matcher makes for each message."""
-
-    def iter_match(self, _topic: str) -> Iterator[Any]:
-        return iter(())
-
-    def __setitem__(self, _topic_filter: str, _callback: Any) -> None:
-        raise NotImplementedError("gateway.mqtt.Connection sends every message to one callback: no per-topic ones")
 
 
 class SocketWatch:
@@ -252,9 +240,7 @@ class Connection:
         client.on_publish = self._on_ack
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        if not hasattr(client, "_on_message_filtered"):
-            raise RuntimeError("paho no longer has _on_message_filtered: see NoTopicCallbacks in gateway/mqtt.py")
-        client._on_message_filtered = NoTopicCallbacks()  # type: ignore[assignment]
+        one_callback(client)
         self._client = client
         self._watch: SocketWatch | None = None
         self._keepalive: asyncio.TimerHandle | None = None
