@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from protocol.mqtt_socket import no_delay, one_callback
+from protocol.topics import topic_matches
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Message:
 
     def matches(self, subscription: str) -> bool:
         """True if the topic falls under a subscription filter (`+` and `#` wildcards)."""
-        return paho.topic_matches_sub(subscription, self.topic)
+        return topic_matches(subscription, self.topic)
 
 
 class SocketWatch:

@@ -22,6 +22,23 @@ class TopicError(ValueError):
     """A topic or station id that does not follow the contract."""
 
 
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether `topic` falls under a subscription filter, as a broker decides (MQTT 3.1.1 section 4.7): `+` is one
+    level, `#` (last) this level and all below it, and a topic starting with `$` only under a filter that names its
+    first level. paho's topic_matches_sub says the same, but builds a matcher whose closure is a reference cycle for
+    each call: garbage for the cyclic collector, for every message a station receives."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    levels = topic.split("/")
+    wanted = topic_filter.split("/")
+    for i, level in enumerate(wanted):
+        if level == "#":
+            return True
+        if i >= len(levels) or (level != "+" and level != levels[i]):
+            return False
+    return len(levels) == len(wanted)
+
+
 def _station(station_id: str) -> str:
     """The station id as a topic level; an invalid one is a TopicError, with protocol.ids' reason."""
     try:

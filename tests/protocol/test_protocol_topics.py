@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.client import topic_matches_sub as paho_topic_matches_sub
 
 from protocol.ids import IdError, check_station_id
 from protocol.topics import (
@@ -16,6 +17,7 @@ from protocol.topics import (
     parse_station_topic,
     station_filter,
     station_topic,
+    topic_matches,
 )
 
 station_ids = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}", fullmatch=True)
@@ -120,3 +122,36 @@ def test_filter_without_its_share_prefix_matches_built_topics(kind: str) -> None
     topic = station_topic("st-042", kind).split("/")
     assert len(pattern) == len(topic)
     assert all(p in ("+", t) for p, t in zip(pattern, topic, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "topic", "expected"),
+    [
+        ("bikeguard/v1/hotlist", "bikeguard/v1/hotlist", True),
+        ("bikeguard/v1/hotlist", "bikeguard/v1/hotlist/x", False),
+        ("bikeguard/v1/stations/+/confirmations", "bikeguard/v1/stations/st-1/confirmations", True),
+        ("bikeguard/v1/stations/+/confirmations", "bikeguard/v1/stations/st-1/requests", False),
+        ("bikeguard/v1/stations/+/confirmations", "bikeguard/v1/stations/confirmations", False),
+        ("bikeguard/v1/stations/st-1/#", "bikeguard/v1/stations/st-1", True),  # # is the parent level too
+        ("bikeguard/v1/stations/st-1/#", "bikeguard/v1/stations/st-1/commands/x", True),
+        ("#", "$SYS/broker/uptime", False),  # $ topics only under a filter naming their first level
+        ("+/broker/uptime", "$SYS/broker/uptime", False),
+        ("$SYS/#", "$SYS/broker/uptime", True),
+        ("a/+", "a/", True),  # an empty level is a level
+        ("a/+", "a", False),
+    ],
+)
+def test_a_topic_matches_a_filter_as_a_broker_decides(topic_filter: str, topic: str, expected: bool) -> None:
+    assert topic_matches(topic_filter, topic) is expected
+    assert paho_topic_matches_sub(topic_filter, topic) is expected  # the reference it replaces
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "b", "+", "", "$x"]), min_size=1, max_size=4),
+    st.booleans(),
+    st.lists(st.sampled_from(["a", "b", "", "$x"]), min_size=1, max_size=5),
+)
+def test_topic_matching_agrees_with_paho(levels: list[str], hash_last: bool, topic: list[str]) -> None:
+    topic_filter = "/".join([*levels, "#"] if hash_last else levels)
+    assert topic_matches(topic_filter, "/".join(topic)) == paho_topic_matches_sub(topic_filter, "/".join(topic))
