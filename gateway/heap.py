@@ -1,4 +1,5 @@
-"""The heap of a long-running gateway process with many stations (the vendor bridge)."""
+"""The heap of a long-running gateway process with many stations (the vendor bridge): settled once its stations
+have started, then collected on a schedule rather than every few hundred new objects."""
 
 from __future__ import annotations
 
@@ -11,20 +12,27 @@ log = logging.getLogger(__name__)
 
 # How long after start the heap is settled: by then the stations have opened their spools and connected.
 SETTLE_AFTER_S = 10.0
-# Objects the cyclic collector lets pile up before it looks at the youngest (Python's default is 700). A bridge of a
-# thousand stations makes tens of thousands of short-lived objects a second (an upload's reads; paho's topic matcher
-# leaves a cycle for every message received): at 700 the young collections ran about 70 times a second and promoted
-# what lived a fraction of a second to the oldest generation, which brought a full collection (70-160 ms on the
-# loop) every second or two. Measured by the bridge's own bikeguard_gateway_gc_seconds_total at 1,000 stations, the
-# collector ran 6.2-6.8 % of the time at 700 and 4.8 % at 5,000, with a full collection about every 20 s
-# (docs/benchmarks.md, "Vendor bridge"; the alerts' latency did not move beyond the run-to-run noise).
-YOUNG_THRESHOLD = 5000
+# Once settled, the cyclic collector runs on a schedule rather than on allocation counts: a full collection this
+# often, or sooner once this many more objects are tracked than after the last one (a storm of reconnects, say).
+# A bridge's steady state makes next to no cyclic garbage (with gateway.mqtt's fixes for paho, 32 objects in 10 s at
+# 1,000 stations, by gc.DEBUG_SAVEALL), so the collections Python starts by itself found nothing and cost every
+# station's alerts their pauses: young ones every 0.3 s (up to 35 ms), middle ones every few seconds (40-57 ms) and a
+# full one every 20-30 s (about 200 ms). Measured in docs/benchmarks.md, "Vendor bridge".
+COLLECT_EVERY_S = 600.0
+COLLECT_AFTER_OBJECTS = 500_000
+_CHECK_EVERY_S = 1.0
 
 
-async def settle(after_s: float = SETTLE_AFTER_S) -> None:
+async def settle(
+    after_s: float = SETTLE_AFTER_S,
+    *,
+    collect_every_s: float = COLLECT_EVERY_S,
+    collect_after_objects: int = COLLECT_AFTER_OBJECTS,
+) -> None:
     """After `after_s`, collect the garbage once and freeze what lives on (modules, settings, spools, connections)
-    out of the cyclic collector's sight; it is still freed when its last reference goes. From then on, the youngest
-    generation is collected every YOUNG_THRESHOLD objects rather than every 700.
+    out of the cyclic collector's sight; it is still freed when its last reference goes. Then, until cancelled, the
+    collector runs only every `collect_every_s`, or once `collect_after_objects` more objects are tracked than after
+    its last run; automatic collection is back on when cancelled.
 
     A full collection walks every object the collector tracks, on the event loop's thread: in a bridge of 500 vendor
     stations each took 65-230 ms (p50 176 ms), a dozen times a minute, and every station's uploads and alerts
@@ -32,13 +40,24 @@ async def settle(after_s: float = SETTLE_AFTER_S) -> None:
     await asyncio.sleep(after_s)
     gc.collect()
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
+    gc.disable()
     log.info(
-        "heap settled: %d objects frozen out of the garbage collector's passes, young ones collected every %d",
+        "heap settled: %d objects frozen out of the garbage collector's passes; it runs every %.0f s, or after %d more"
+        " objects",
         gc.get_freeze_count(),
-        YOUNG_THRESHOLD,
+        collect_every_s,
+        collect_after_objects,
     )
+    try:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(min(_CHECK_EVERY_S, collect_every_s))
+            # With automatic collection off, the youngest generation's count is the objects tracked since the last run.
+            if time.monotonic() - last >= collect_every_s or gc.get_count()[0] >= collect_after_objects:
+                gc.collect()
+                last = time.monotonic()
+    finally:
+        gc.enable()
 
 
 class CollectorTime:

@@ -199,8 +199,8 @@ class Bridge:
         *,
         settle_heap_s: float | None = None,
     ) -> None:
-        """`settle_heap_s`: freeze the process's heap that long after start (gateway.heap.settle); the bridge's own
-        process does, one in a test or the demo need not."""
+        """`settle_heap_s`: freeze the process's heap that long after start, then collect it on a schedule
+        (gateway.heap.settle); the bridge's own process does, one in a test or the demo need not."""
         self.settings = settings
         self.settle_heap_s = settle_heap_s
         # The stations' spools are synced to disk together, off the event loop (gateway.spool_sync): an fsync'd

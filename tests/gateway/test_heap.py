@@ -1,13 +1,17 @@
-"""gateway.heap: a long-running bridge's heap, settled once its stations have started."""
+"""gateway.heap: a long-running bridge's heap, settled once its stations have started, then collected on a schedule."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import weakref
+from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway import heap
+from tests.gateway.harness import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -18,15 +22,34 @@ class _Node:
     other: _Node | None = None
 
 
+def cycle() -> weakref.ref[_Node]:
+    """A reference cycle nothing else refers to (only the collector frees it); a weak reference to it."""
+    node = _Node()
+    node.other = node
+    return weakref.ref(node)
+
+
+@contextlib.asynccontextmanager
+async def settled(**schedule: float) -> AsyncIterator[asyncio.Task[None]]:
+    """heap.settle running with `schedule`; the process's collector as it was afterwards."""
+    thresholds = gc.get_threshold()
+    task = asyncio.create_task(heap.settle(0, **schedule))  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: not gc.isenabled(), what="the heap settled")
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        gc.enable()
+
+
 async def test_settling_frees_the_startup_garbage_and_freezes_only_what_lives_on() -> None:
     kept = _Node()
-    garbage = _Node()
-    garbage.other = garbage  # a cycle: only the collector frees it
-    freed = weakref.ref(garbage)
-    del garbage
-    thresholds = gc.get_threshold()
-    try:
-        await heap.settle(0)
+    freed = cycle()
+    async with settled():
         # Garbage frozen would never be freed: it is collected first.
         assert freed() is None
         # What lives on is out of the collector's passes, which walk only what is made afterwards.
@@ -34,14 +57,19 @@ async def test_settling_frees_the_startup_garbage_and_freezes_only_what_lives_on
         assert not any(o is kept for o in gc.get_objects())
         made_after = _Node()
         assert any(o is made_after for o in gc.get_objects())
-        # The young generation is collected less often, not never: a cycle made now is still freed by its pass.
-        assert gc.get_threshold()[0] == heap.YOUNG_THRESHOLD
-        cycle = _Node()
-        cycle.other = cycle
-        cycle_freed = weakref.ref(cycle)
-        del cycle
-        gc.collect(0)
-        assert cycle_freed() is None
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
+
+
+async def test_once_settled_the_collector_runs_on_its_schedule_not_on_every_few_hundred_objects() -> None:
+    async with settled(collect_every_s=0.3, collect_after_objects=10**9) as task:
+        garbage = cycle()
+        for _ in range(5000):  # ten times what starts a young collection by default
+            _Node()
+        assert garbage() is not None, "collected before its time"
+        await eventually(lambda: garbage() is None, what="the scheduled collection")
+    assert task.done() and gc.isenabled()  # stopped: Python collects by itself again
+
+
+async def test_a_storm_of_new_objects_is_collected_before_its_time() -> None:
+    async with settled(collect_every_s=3600, collect_after_objects=2000):
+        garbage = [cycle() for _ in range(3000)]  # more than collect_after_objects tracked since the last run
+        await eventually(lambda: all(g() is None for g in garbage), what="a collection brought forward")
