@@ -77,25 +77,23 @@ def sync_spools(paths: Sequence[Path]) -> set[Path]:
     """Put the spools at `paths` on disk: one syncfs for the spools of each directory, or (without syncfs) an fsync
     of each spool's WAL; the paths that could not be, logged."""
     failed: set[Path] = set()
-    by_directory: dict[Path, list[Path]] = {}
-    for path in paths:
-        by_directory.setdefault(path.parent, []).append(path)
-    for directory, spools in by_directory.items():
-        if _SYNCFS is not None:
-            try:
-                sync_filesystem(directory)
-            except OSError as exc:
-                failed.update(spools)
-                log.warning(
-                    "spools in %s: cannot sync them to disk (%s): what waited on them is not done", directory, exc
-                )
-            continue
-        for path in spools:
+    if _SYNCFS is None:
+        for path in paths:
             try:
                 sync_spool_file(path)
             except OSError as exc:
                 failed.add(path)
                 log.warning("spool %s: cannot sync it to disk (%s): what waited on it is not done", path, exc)
+        return failed
+    by_directory: dict[Path, list[Path]] = {}
+    for path in paths:
+        by_directory.setdefault(path.parent, []).append(path)
+    for directory, spools in by_directory.items():
+        try:
+            sync_filesystem(directory)
+        except OSError as exc:
+            failed.update(spools)
+            log.warning("spools in %s: cannot sync them to disk (%s): what waited on them is not done", directory, exc)
     return failed
 
 

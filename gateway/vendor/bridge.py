@@ -269,14 +269,14 @@ class Bridge:
         open_now = list(self._open)
         for conn in open_now:
             conn.close()
-        for _ in range(2):
-            waiting = [c.ended for c in open_now if not c.ended.done()]
-            if not waiting:
-                return
-            await asyncio.wait(waiting, timeout=flush_s)
-            for conn in open_now:
-                if not conn.ended.done() and conn.transport is not None:
-                    conn.transport.abort()
+        if not open_now:
+            return
+        _, late = await asyncio.wait([c.ended for c in open_now], timeout=flush_s)
+        for conn in open_now:
+            if not conn.ended.done() and conn.transport is not None:
+                conn.transport.abort()
+        if late:
+            await asyncio.wait(late, timeout=flush_s)
 
     def _opened(self, conn: _Connection) -> None:
         self.connections += 1
