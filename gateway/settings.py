@@ -55,7 +55,12 @@ class GatewaySettings(BaseSettings):
     )
     batch_max: int = Field(default=500, ge=1, le=10_000)
     batch_interval_s: float = Field(default=1.0, gt=0)
-    status_interval_s: float = Field(default=30.0, gt=0)
+    status_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="the longest wait between two statuses (each wait is a random 0-20 % shorter: stations started"
+        " together drift apart)",
+    )
     firmware: str = Field(default_factory=_default_firmware)
 
     # A mobile reader (issue 16): the GPS receiver's serial port; each sighting then carries the reader's position.

@@ -67,6 +67,21 @@ async def test_beacons_of_one_tag_become_one_sighting_and_status_is_online(
         assert (now.spool_depth, now.frames_rejected) == (0, 0)
 
 
+async def test_a_stations_status_comes_at_least_every_interval_at_a_drifting_phase(
+    broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
+) -> None:
+    # Stations of one process started together (a vendor bridge's thousand) must not publish their statuses in the
+    # same moment every interval: each wait is a random 0-20 % shorter than status_interval_s, never longer.
+    interval = 0.2
+    settings = fast_settings(topic_prefix, module.path, broker.url, tmp_path / "s.spool", status_interval_s=interval)
+    async with watching(broker, topic_prefix) as watcher, running(Station(settings)):
+        statuses = await watcher.wait("status", count=13)
+    sent = [StationStatus.parse(raw).sent_at.timestamp() for raw in statuses[1:13]]
+    gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+    assert all(0.8 * interval - 0.02 <= gap <= interval + 0.1 for gap in gaps), gaps
+    assert max(gaps) - min(gaps) > 0.005, gaps  # 11 waits drawn from 40 ms of spread are not all alike
+
+
 async def test_hot_listed_tag_alerts_at_its_first_beacon_long_before_the_passage_closes(
     broker: Broker, module: FakeModule, topic_prefix: str, tmp_path: Path
 ) -> None:
