@@ -124,7 +124,7 @@ def render_stations(figures: Sequence[StationFigures]) -> str:
     """The stations' figures in the Prometheus text format, one family per figure and a sample per station.
 
     Written here rather than through prometheus_client's metric families: at 1,000 stations (27,000 samples) making
-    and formatting those objects took 109 ms of the interpreter against about 10 ms, on the metrics server's thread,
+    and formatting those objects took 109-167 ms of the interpreter against 9-14 ms, on the metrics server's thread,
     while the event loop that serves every station waited for the interpreter's lock (docs/benchmarks.md, "Vendor
     bridge")."""
     out: list[str] = []
