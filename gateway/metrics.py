@@ -128,7 +128,8 @@ def render_stations(figures: Sequence[StationFigures]) -> str:
     while the event loop that serves every station waited for the interpreter's lock (docs/benchmarks.md, "Vendor
     bridge")."""
     out: list[str] = []
-    stations = [f'{{station="{_label(f.station_id)}"}} ' for f in figures]
+    ids = [_label(f.station_id) for f in figures]
+    stations = [f'{{station="{station}"}} ' for station in ids]
     for field_name, suffix, kind in (("counters", "_total", "counter"), ("gauges", "", "gauge")):
         by_station = [getattr(f, field_name) for f in figures]
         for name in dict.fromkeys(name for values in by_station for name in values):
@@ -142,8 +143,7 @@ def render_stations(figures: Sequence[StationFigures]) -> str:
     for name, text, label, field_name in _LABELLED:
         full = f"bikeguard_gateway_{name}_total"
         out.append(f"# HELP {full} {_help(text)}\n# TYPE {full} counter\n")
-        for f in figures:
-            station = _label(f.station_id)
+        for f, station in zip(figures, ids, strict=True):
             out.extend(
                 f'{full}{{station="{station}",{label}="{_label(key)}"}} {n}\n'
                 for key, n in sorted(getattr(f, field_name).items())
