@@ -86,23 +86,17 @@ _HELP = {
 }
 
 
-# The families labelled by something besides the station: (name, help, second label, the figures' field).
+# The families labelled by something besides the station: (name, which is also the figures' field, help, label).
 _LABELLED = (
-    ("frames_rejected", "Rejected radio byte runs by reason", "reason", "frames_rejected"),
-    ("hotlist_rejected", "Hot-list messages refused (the last good list kept) by reason", "reason", "hotlist_rejected"),
+    ("frames_rejected", "Rejected radio byte runs by reason", "reason"),
+    ("hotlist_rejected", "Hot-list messages refused (the last good list kept) by reason", "reason"),
     (
         "commands_refused",
         "Commands not acted on (unsigned, forged, for another station, expired, replayed…) by reason",
         "reason",
-        "commands_refused",
     ),
-    ("commands_done", "Signed commands of the backend acted on", "command", "commands_done"),
-    (
-        "gps_rejected",
-        "NMEA sentences refused (checksum, unparsable, no_fix, too_long) by reason",
-        "reason",
-        "gps_rejected",
-    ),
+    ("commands_done", "Signed commands of the backend acted on", "command"),
+    ("gps_rejected", "NMEA sentences refused (checksum, unparsable, no_fix, too_long) by reason", "reason"),
 )
 
 # The text exposition format these are written in (prometheus_client's own, and the one every scraper reads).
@@ -140,13 +134,13 @@ def render_stations(figures: Sequence[StationFigures]) -> str:
                 for station, values in zip(stations, by_station, strict=True)
                 if name in values
             )
-    for name, text, label, field_name in _LABELLED:
+    for name, text, label in _LABELLED:
         full = f"bikeguard_gateway_{name}_total"
         out.append(f"# HELP {full} {_help(text)}\n# TYPE {full} counter\n")
         for f, station in zip(figures, ids, strict=True):
             out.extend(
                 f'{full}{{station="{station}",{label}="{_label(key)}"}} {n}\n'
-                for key, n in sorted(getattr(f, field_name).items())
+                for key, n in sorted(getattr(f, name).items())
             )
     return "".join(out)
 

@@ -106,10 +106,10 @@ def test_the_stations_text_reads_as_prometheus_clients_own_rendering_of_the_same
                     if n in getattr(f, field):
                         family.add_metric([f.station_id], getattr(f, field)[n])
                 yield family
-        for n, text, label, field in metrics._LABELLED:
+        for n, text, label in metrics._LABELLED:
             family = CounterMetricFamily(f"bikeguard_gateway_{n}", text, labels=["station", label])
             for f in figures:
-                for key, value in getattr(f, field).items():
+                for key, value in getattr(f, n).items():
                     family.add_metric([f.station_id, key], value)
             yield family
 
