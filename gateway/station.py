@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -86,11 +87,14 @@ class Station:
         clock: Callable[[], datetime] = utcnow,
         receiver: Receiver | None = None,
         spool_fsync: bool = True,
+        pace: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         """`spool_fsync=False`: the spool's commits do not wait for the disk, and whoever runs the station syncs it
-        (gateway.spool_sync) before relying on what it holds."""
+        (gateway.spool_sync) before relying on what it holds. `pace`: the slot its batch ticks and its uplink's work
+        wait for, in a process of many stations (gateway.pacer); by default none."""
         self.settings = settings
         self.spool_fsync = spool_fsync
+        self.pace = pace
         self.clock = clock
         self._receiver = receiver  # None: the radio module on settings.serial_url
         self.sightings_topic = station_topic(settings.station_id, "sightings")
@@ -155,7 +159,7 @@ class Station:
         self._checkpointed = {p.tag: p.first_seen_at for p in restored}
         self._checkpoint_refreshed = time.monotonic()
         self.radio = self._receiver or Radio.of_station(s, clock=self.clock)
-        self.uplink = Uplink(s, spool, self.hotlist, self.status)
+        self.uplink = Uplink(s, spool, self.hotlist, self.status, self.pace)
         self._started = time.monotonic()
         log.info(
             "station %s: serial %s, broker %s, spool %s (%d waiting, %d open passages restored), hot list v%d",
@@ -321,10 +325,11 @@ class Station:
         await asyncio.sleep(random.uniform(0, self.settings.batch_interval_s))
         while True:
             await asyncio.sleep(self.settings.batch_interval_s)
-            refresh = time.monotonic() - self._checkpoint_refreshed >= self.settings.passage_checkpoint_s
-            self.hotlist.drop_past_eids()
-            self._spool_sightings(self.aggregator.close_due(), refresh=refresh)
-            self.spool.report_drops()
+            async with self.pace():
+                refresh = time.monotonic() - self._checkpoint_refreshed >= self.settings.passage_checkpoint_s
+                self.hotlist.drop_past_eids()
+                self._spool_sightings(self.aggregator.close_due(), refresh=refresh)
+                self.spool.report_drops()
 
     def _spool_alert(self, alert: Alert) -> None:
         assert self.spool is not None and self.uplink is not None
@@ -461,6 +466,7 @@ class Fleet:
         *,
         spool_fsync: bool = True,
         process_metrics: Callable[[], list[Metric]] | None = None,
+        pace: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         ids = [s.station_id for s in settings]
         if len(set(ids)) != len(ids):
@@ -469,7 +475,9 @@ class Fleet:
         if len(set(spools)) != len(spools):
             raise ValueError("each station needs a spool file of its own")
         receivers = receivers or {}
-        self.stations = [Station(s, receiver=receivers.get(s.station_id), spool_fsync=spool_fsync) for s in settings]
+        self.stations = [
+            Station(s, receiver=receivers.get(s.station_id), spool_fsync=spool_fsync, pace=pace) for s in settings
+        ]
         self.process_metrics = process_metrics  # the process's own figures, on the stations' /metrics
 
     async def run(self) -> None:

@@ -20,6 +20,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from gateway.commands import CommandRefused, check_command
 from gateway.hotlist import HotList, HotlistRefused, check_hotlist
@@ -56,8 +57,12 @@ class Uplink:
         spool: Spool,
         hotlist: HotList,
         status: Callable[[], StationStatus],
+        pace: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
     ) -> None:
+        """`pace`: the slot the drain and the received messages' handling wait for, in a process of many stations
+        (gateway.pacer); by default none."""
         self.settings = settings
+        self._pace = pace
         self.spool = spool
         self.hotlist = hotlist
         self.status = status
@@ -243,17 +248,18 @@ class Uplink:
         self._mqtt, self._sending = mqtt, sending
         try:
             while True:
-                woken.clear()
-                failed = self._settle(sending)
-                if failed is not None:
-                    raise failed
-                self._send(mqtt, sending)
-                self._ack(window.take_acknowledged())
-                # The next batch whose confirmation falls overdue wakes us like a new message would; the oldest
-                # PUBACK awaited, when it falls due.
-                resend_at = self.spool.next_resend_at()
-                oldest = next(iter(sending.items()), None)  # (its answer, (entry, deadline))
-                due = [at for at in (resend_at, oldest and oldest[1][1]) if at is not None]
+                async with self._pace():
+                    woken.clear()
+                    failed = self._settle(sending)
+                    if failed is not None:
+                        raise failed
+                    self._send(mqtt, sending)
+                    self._ack(window.take_acknowledged())
+                    # The next batch whose confirmation falls overdue wakes us like a new message would; the oldest
+                    # PUBACK awaited, when it falls due.
+                    resend_at = self.spool.next_resend_at()
+                    oldest = next(iter(sending.items()), None)  # (its answer, (entry, deadline))
+                    due = [at for at in (resend_at, oldest and oldest[1][1]) if at is not None]
                 if not woken.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(max(min(due) - time.monotonic(), 0.0) if due else None):
@@ -299,16 +305,20 @@ class Uplink:
     async def _receive(self, mqtt: Connection) -> None:
         commands = command_topic(self.settings.station_id, "+")
         async for message in mqtt.messages():
-            if message.matches(self.requests_topic):
-                for answer in self._take_request(message.payload):
-                    # Not spooled: a lost answer costs only the backend's next request.
-                    await mqtt.publish(self.gone_topic, answer, qos=1)
-            elif message.matches(commands):
-                command = self._take_command(message)
-                if command is not None:
-                    await self._act(mqtt, command)
-            else:
-                self._take(message)
+            answers: list[bytes] = []
+            command: StationCommand | None = None
+            async with self._pace():
+                if message.matches(self.requests_topic):
+                    answers = self._take_request(message.payload)
+                elif message.matches(commands):
+                    command = self._take_command(message)
+                else:
+                    self._take(message)
+            for answer in answers:
+                # Not spooled: a lost answer costs only the backend's next request.
+                await mqtt.publish(self.gone_topic, answer, qos=1)
+            if command is not None:
+                await self._act(mqtt, command)
 
     def _take_command(self, message: Message) -> StationCommand | None:
         """The command in a message if the station may act on it (its seq is then kept); None after counting and

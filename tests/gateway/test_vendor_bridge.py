@@ -201,6 +201,11 @@ async def test_an_unknown_device_is_refused_and_counted(broker: Broker, topic_pr
         assert figures["bikeguard_gateway_vendor_connections_total", ()] == 2
         assert ("bikeguard_gateway_beacons_total", (("station", dev.station_id),)) in figures
         assert figures["bikeguard_gateway_spool_sync_errors_total", ()] == 0
+        # The stations' background work (here the station's drain, once its uplink is up), paced by the bridge.
+        await eventually(lambda: bridge.pacer.jobs > 0, what="a background job")
+        figures = await scrape_metrics(bridge.fleet.stations[0].settings.metrics_port)
+        assert figures["bikeguard_gateway_vendor_background_jobs_total", ()] > 0
+        assert figures["bikeguard_gateway_vendor_background_waiting", ()] >= 0
         # The time the garbage collector takes from the stations, counted while the bridge runs.
         gc.collect(0)
         figures = await scrape_metrics(bridge.fleet.stations[0].settings.metrics_port)
