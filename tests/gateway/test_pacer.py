@@ -62,7 +62,8 @@ async def _burst_then_read(pace: Pace, jobs: int = 300, job_s: float = 0.0005) -
 async def test_a_connection_is_read_after_a_slice_of_a_burst_of_background_work_not_after_all_of_it() -> None:
     pacer = Pacer(slice_s=0.002)
     before_read, order = await _burst_then_read(pacer.slot)
-    # A slice is about four of these jobs (0.5 ms each), and the running mean starts lower (0.2 ms): at most a few
+    # A slice is about four of these jobs (0.5 ms each; the running mean starts lower, at 0.2 ms): the first ones
+    # run at once, the next slice is started for the turn after, and then the connection is read. At most a few
     # slices' worth ran before the read, where without the pacer all 300 did (below).
     assert before_read <= 30
     assert order == list(range(300))  # every job ran, in the order it asked
@@ -86,8 +87,8 @@ async def test_a_job_cancelled_while_it_waits_takes_no_slot_and_the_others_run_i
             done.append(n)
 
     tasks = [asyncio.create_task(job(n)) for n in range(100)]
-    await asyncio.sleep(0)  # every job has asked
-    assert pacer.waiting == 100
+    await asyncio.sleep(0)  # every job has asked: the first few ran at once (a slice), the rest wait
+    assert 80 < pacer.waiting < 100
     for n in range(10, 100, 10):
         tasks[n].cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
