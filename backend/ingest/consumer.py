@@ -1,7 +1,9 @@
 """MQTT ingest: takes station messages from the broker and writes them in batched transactions.
 
-One worker: paho's network thread validates what arrives and puts it in a lane (alerts have their own, so a
-stolen chip never waits behind sightings); a writer thread per lane sleeps until messages come, writes a whole
+One worker: paho's network thread validates what arrives and puts it in a lane. Alerts (a stolen chip's first
+beacon) come on a broker connection, a lane and a writer of their own, so a stolen chip never waits behind sightings:
+one connection delivers its messages in order, and while the sightings' lane is full (the backpressure) its thread
+reads nothing more. A writer thread per lane sleeps until messages come, writes a whole
 flush (many batches) in one transaction with a connection from the worker's pool, in which the alarm engine
 judges what was new, then tells each station which of its batches are now stored (a confirmation, new and repeated
 batches alike: the gateway keeps a batch until confirmed), and only then acknowledges the messages (manual PUBACK),
@@ -109,6 +111,8 @@ class Incoming:
     mid: int
     qos: int
     checked: tuple[str, Message] | str | None = None
+    # The broker connection it came on, which acknowledges it (a message id is the connection's own).
+    via: mqtt.Client | None = None
 
 
 @dataclass
@@ -224,7 +228,6 @@ class Ingest:
         self._alerts: Lane[Incoming] = Lane(settings.ingest_max_queued_alerts)
         self._count_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._connected = threading.Event()
         self._threads = [
             threading.Thread(target=self._write_loop, args=(self._sightings,), name="ingest-writer", daemon=True),
             threading.Thread(target=self._write_loop, args=(self._alerts,), name="ingest-alerts", daemon=True),
@@ -242,54 +245,31 @@ class Ingest:
             target=self.gaps.run, args=(self._stopping,), name="ingest-gaps", daemon=True
         )
         self.client_id = client_id or settings.mqtt_client_id
-        client, self._address = broker_client(
-            settings,
-            self.client_id,
-            clean_session=False,  # the broker keeps our QoS 1 messages while we are away
-            manual_ack=True,
-        )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        self.client = client
+        group = settings.mqtt_shared_group or None
+        # Two connections to the broker, each with its subscriptions and its lane: the alerts' own keeps a stolen
+        # chip's alert from waiting behind a backlog of sightings batches (a drain after an outage, a flood of v2
+        # beacons to resolve), which the broker sends on one connection in order and paho reads no further while
+        # their lane is full.
+        self._receivers = [
+            _Receiver(self, self.client_id, [k for k in topics.STATION_KINDS if k != "alerts"], group, self._sightings),
+            _Receiver(self, f"{self.client_id}-alerts", ["alerts"], group, self._alerts),
+        ]
+        # The main connection publishes (confirmations, requests for missing batches); tests reach its subscriptions.
+        self.client = self._receivers[0].client
 
-    # MQTT side (paho's network thread)
-
-    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
-        if getattr(reason, "is_failure", False):
-            log.error("broker refused the ingest connection: %s", reason)
-            return
-        group = self.settings.mqtt_shared_group or None
-        client.subscribe([(topics.station_filter(kind, group), 1) for kind in topics.STATION_KINDS])
-        log.info("ingest %s connected to %s:%d (shared group %s)", self.client_id, *self._address, group)
-
-    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[Any], _p: object) -> None:
-        failed = [r for r in reasons if getattr(r, "is_failure", False)]
-        if failed:
-            log.error("broker refused the ingest subscriptions: %s", failed)
-            return
-        # Only now does the broker route station messages to us.
-        self._connected.set()
-
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
-        self._connected.clear()
-        if not self._stopping.is_set():
-            log.warning("ingest lost the broker (%s); paho reconnects", reason)
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        lane = self._alerts if msg.topic.endswith("/alerts") else self._sightings
+    def _take(self, via: mqtt.Client, lane: Lane[Incoming], msg: mqtt.MQTTMessage) -> None:
+        """A message from the broker (on paho's network thread of its connection): validated, into its lane."""
         payload = bytes(msg.payload)
         # Waits while the lane is full (the backpressure); refused only once stop() closed it: unacknowledged,
         # the message is the broker's to redeliver.
-        lane.put(Incoming(msg.topic, payload, msg.mid, msg.qos, validate(msg.topic, payload, self.window)))
+        lane.put(Incoming(msg.topic, payload, msg.mid, msg.qos, validate(msg.topic, payload, self.window), via))
 
     # what operators see (/api/health, /metrics)
 
     @property
     def broker_connected(self) -> bool:
-        """Whether the broker is connected and our subscriptions acknowledged."""
-        return self._connected.is_set()
+        """Whether the broker is connected and our subscriptions acknowledged, on both connections."""
+        return all(r.connected.is_set() for r in self._receivers)
 
     @property
     def v2_counters(self) -> V2Counters:
@@ -319,8 +299,8 @@ class Ingest:
     def start(self, wait_s: float | None = 10.0) -> None:
         """Connect to the broker and start writing; waits until the subscriptions are acknowledged (None: not)."""
         self._pool.open(wait=False)  # connects in the background; a database that is down is retried
-        self.client.connect_async(*self._address, keepalive=30)
-        self.client.loop_start()
+        for receiver in self._receivers:
+            receiver.start()
         for thread in self._threads:
             thread.start()
         self._deferred_thread.start()
@@ -331,7 +311,8 @@ class Ingest:
 
     def wait_connected(self, wait_s: float) -> bool:
         """Wait until the broker acknowledged our subscriptions; False (and a warning) after wait_s."""
-        if self._connected.wait(wait_s):
+        deadline = time.monotonic() + wait_s
+        if all(r.connected.wait(max(deadline - time.monotonic(), 0.0)) for r in self._receivers):
             return True
         log.warning("ingest %s not connected to the broker after %.0f s; still trying", self.client_id, wait_s)
         return False
@@ -347,8 +328,8 @@ class Ingest:
         self._deferred_thread.join(timeout=30)
         self.gaps.wake()
         self._gap_thread.join(timeout=30)
-        self.client.disconnect()
-        self.client.loop_stop()
+        for receiver in self._receivers:
+            receiver.stop()
         self._pool.close()
 
     # database side (the writer threads)
@@ -403,8 +384,8 @@ class Ingest:
                 backoff = min(backoff * 2, 30.0)
         self._confirm(flush)
         for item in flush.messages:
-            if item.qos > 0:
-                self.client.ack(item.mid, item.qos)
+            if item.qos > 0 and item.via is not None:
+                item.via.ack(item.mid, item.qos)
         # Only the passages: no deferred detector reads alerts, and a round without passages costs nothing.
         self._deferred.add(Committed(flush.result.committed.passages))
 
@@ -567,3 +548,58 @@ class Ingest:
                     " earliest): its gateway reused a batch_seq, e.g. after its spool was replaced",
                     reason,
                 )
+
+
+class _Receiver:
+    """One of a worker's broker connections: the station kinds it subscribes to, and the lane they go to."""
+
+    def __init__(
+        self, ingest: Ingest, client_id: str, kinds: list[str], group: str | None, lane: Lane[Incoming]
+    ) -> None:
+        self.client_id = client_id
+        self.filters = [topics.station_filter(kind, group) for kind in kinds]
+        # What a session of the same client id subscribed to before (the worker had one connection for every kind
+        # until alerts got their own): the broker would go on sending those here too.
+        self.others = [topics.station_filter(k, group) for k in topics.STATION_KINDS if k not in kinds]
+        self.connected = threading.Event()
+        self._stopping = ingest._stopping
+        client, self.address = broker_client(
+            ingest.settings,
+            client_id,
+            clean_session=False,  # the broker keeps our QoS 1 messages while we are away
+            manual_ack=True,
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = lambda _c, _u, msg: ingest._take(client, lane, msg)
+        client.on_subscribe = self._on_subscribe
+        self.client = client
+
+    def start(self) -> None:
+        self.client.connect_async(*self.address, keepalive=30)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("broker refused the ingest connection %s: %s", self.client_id, reason)
+            return
+        client.unsubscribe(self.others)
+        client.subscribe([(f, 1) for f in self.filters])
+        log.info("ingest %s connected to %s:%d (%s)", self.client_id, *self.address, ", ".join(self.filters))
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[Any], _p: object) -> None:
+        failed = [r for r in reasons if getattr(r, "is_failure", False)]
+        if failed:
+            log.error("broker refused the ingest subscriptions of %s: %s", self.client_id, failed)
+            return
+        # Only now does the broker route station messages to us.
+        self.connected.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        self.connected.clear()
+        if not self._stopping.is_set():
+            log.warning("ingest %s lost the broker (%s); paho reconnects", self.client_id, reason)

@@ -1,0 +1,73 @@
+"""A stolen chip's alert is not held up by a backlog of sightings batches (an outage's spools draining at once, v2
+beacons arriving faster than they resolve): it comes on a broker connection of its own, through the real broker and
+database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from backend.ingest.consumer import Ingest
+from bikeguard.services import Broker
+from protocol import topics
+from protocol.messages import Alert, format_tag, utcnow
+from tests import factories
+from tests.backend.test_ingest import count, wait_until
+
+
+@contextmanager
+def sightings_held(database_url: str) -> Iterator[None]:
+    """The sightings' writes wait (their batch ids' table locked by another session, as a long lock or a slow disk
+    holds a writer) while anything else still writes."""
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        conn.execute("LOCK TABLE ingested_batches IN EXCLUSIVE MODE")
+        yield
+
+
+def test_a_stolen_chips_alert_raises_its_alarm_while_a_backlog_of_sightings_waits(
+    database_url: str, broker: Broker, topic_prefix: str, publish
+) -> None:
+    settings = factories.settings(
+        database_url,
+        mqtt_url=broker.url,
+        mqtt_client_id=f"backlog-{topic_prefix}",
+        mqtt_shared_group=f"backlog-{topic_prefix}" if broker.supports_shared_subscriptions else None,
+        ingest_max_queued_messages=2,  # the sightings' lane is full at once: paho's reader waits for room
+        ingest_flush_rows=1,
+    )
+    station, tag = f"{topic_prefix}-b", 0x5B0001
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+        factories.theft(conn, factories.bike(conn, tag))
+    ingest = Ingest(settings)
+    ingest.start()
+    try:
+        assert ingest.broker_connected
+        batches = topics.station_topic(station, "sightings")
+        with sightings_held(database_url):
+            for seq in range(1, 21):
+                publish(batches, factories.batch(station, seq, [0x5B1000 + seq]).to_json())
+            wait_until(lambda: ingest.queued()["sightings"] == 2)  # full: the rest waits at the broker
+            alert = Alert(
+                station_id=station,
+                kind="hotlist_hit",
+                tag_id=format_tag(tag),
+                seen_at=utcnow(),
+                rssi_dbm=-58,
+                antenna=0,
+                hotlist_version=1,
+            )
+            publish(topics.station_topic(station, "alerts"), alert.to_json())
+            # The alarm is raised while the sightings still wait (with one connection, it waited behind them).
+            wait_until(lambda: count(database_url, "SELECT count(*) FROM alarms WHERE tag_id = %s", tag) == 1)
+            assert count(database_url, "SELECT count(*) FROM sightings WHERE station_id = %s", station) == 0
+        # Let go, the backlog is stored, each batch once, and every message acknowledged on its own connection.
+        wait_until(lambda: count(database_url, "SELECT count(*) FROM sightings WHERE station_id = %s", station) == 20)
+        with psycopg.connect(database_url) as conn:
+            alarm = conn.execute("SELECT kind, station_id FROM alarms WHERE tag_id = %s", (tag,)).fetchall()
+        assert alarm == [("stolen_chip_seen", station)]
+        assert ingest.counters.batches_new == 20 and ingest.counters.alerts == 1
+    finally:
+        ingest.stop()
