@@ -47,7 +47,7 @@ from bikeguard.services import (
     engine_preload,
     start_broker,
     start_postgres,
-    stop_process,
+    stop_processes,
 )
 from firmware_sim.programmer import ChipOnCable
 from firmware_sim.runner import vendor_device_ids
@@ -612,9 +612,8 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         _say("stopping")
         if fleet:
             fleet.stop()
-        for proc in (sim, backend):
-            if proc is not None:
-                stop_process(proc)  # type: ignore[arg-type]
+        # Side by side: each may take up to its timeout (the backend's ingest waits for its broker connections).
+        stop_processes([p for p in (sim, backend) if p is not None])  # type: ignore[misc]  # text and bytes alike
         if broker:
             broker.stop()
         if pg:

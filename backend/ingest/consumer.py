@@ -328,8 +328,12 @@ class Ingest:
         self._deferred_thread.join(timeout=30)
         self.gaps.wake()
         self._gap_thread.join(timeout=30)
+        # Both told first, then waited for: a connection's thread waiting to reconnect to a broker that is gone
+        # notices within a second, and the two then take one second, not two.
         for receiver in self._receivers:
-            receiver.stop()
+            receiver.client.disconnect()
+        for receiver in self._receivers:
+            receiver.client.loop_stop()
         self._pool.close()
 
     # database side (the writer threads)
@@ -578,10 +582,6 @@ class _Receiver:
     def start(self) -> None:
         self.client.connect_async(*self.address, keepalive=30)
         self.client.loop_start()
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if getattr(reason, "is_failure", False):
