@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -110,9 +111,9 @@ class Incoming:
     payload: bytes
     mid: int
     qos: int
-    checked: tuple[str, Message] | str | None = None
     # The broker connection it came on, which acknowledges it (a message id is the connection's own).
-    via: mqtt.Client | None = None
+    via: mqtt.Client
+    checked: tuple[str, Message] | str | None = None
 
 
 @dataclass
@@ -251,8 +252,18 @@ class Ingest:
         # beacons to resolve), which the broker sends on one connection in order and paho reads no further while
         # their lane is full.
         self._receivers = [
-            _Receiver(self, self.client_id, [k for k in topics.STATION_KINDS if k != "alerts"], group, self._sightings),
-            _Receiver(self, f"{self.client_id}-alerts", ["alerts"], group, self._alerts),
+            _Receiver(
+                settings,
+                self._stopping,
+                self._take,
+                self.client_id,
+                [k for k in topics.STATION_KINDS if k != "alerts"],
+                group,
+                self._sightings,
+            ),
+            _Receiver(
+                settings, self._stopping, self._take, f"{self.client_id}-alerts", ["alerts"], group, self._alerts
+            ),
         ]
         # The main connection publishes (confirmations, requests for missing batches); tests reach its subscriptions.
         self.client = self._receivers[0].client
@@ -262,7 +273,7 @@ class Ingest:
         payload = bytes(msg.payload)
         # Waits while the lane is full (the backpressure); refused only once stop() closed it: unacknowledged,
         # the message is the broker's to redeliver.
-        lane.put(Incoming(msg.topic, payload, msg.mid, msg.qos, validate(msg.topic, payload, self.window), via))
+        lane.put(Incoming(msg.topic, payload, msg.mid, msg.qos, via, validate(msg.topic, payload, self.window)))
 
     # what operators see (/api/health, /metrics)
 
@@ -388,7 +399,7 @@ class Ingest:
                 backoff = min(backoff * 2, 30.0)
         self._confirm(flush)
         for item in flush.messages:
-            if item.qos > 0 and item.via is not None:
+            if item.qos > 0:
                 item.via.ack(item.mid, item.qos)
         # Only the passages: no deferred detector reads alerts, and a round without passages costs nothing.
         self._deferred.add(Committed(flush.result.committed.passages))
@@ -558,7 +569,14 @@ class _Receiver:
     """One of a worker's broker connections: the station kinds it subscribes to, and the lane they go to."""
 
     def __init__(
-        self, ingest: Ingest, client_id: str, kinds: list[str], group: str | None, lane: Lane[Incoming]
+        self,
+        settings: BackendSettings,
+        stopping: threading.Event,
+        take: Callable[[mqtt.Client, Lane[Incoming], mqtt.MQTTMessage], None],
+        client_id: str,
+        kinds: list[str],
+        group: str | None,
+        lane: Lane[Incoming],
     ) -> None:
         self.client_id = client_id
         self.filters = [topics.station_filter(kind, group) for kind in kinds]
@@ -566,16 +584,16 @@ class _Receiver:
         # until alerts got their own): the broker would go on sending those here too.
         self.others = [topics.station_filter(k, group) for k in topics.STATION_KINDS if k not in kinds]
         self.connected = threading.Event()
-        self._stopping = ingest._stopping
+        self._stopping = stopping
         client, self.address = broker_client(
-            ingest.settings,
+            settings,
             client_id,
             clean_session=False,  # the broker keeps our QoS 1 messages while we are away
             manual_ack=True,
         )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = lambda _c, _u, msg: ingest._take(client, lane, msg)
+        client.on_message = lambda _c, _u, msg: take(client, lane, msg)
         client.on_subscribe = self._on_subscribe
         self.client = client
 
