@@ -32,7 +32,10 @@ Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--workers 1 2] 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import cProfile
+import gc
 import multiprocessing as mp
 import os
 import pstats
@@ -59,9 +62,10 @@ from backend.resolution import Verdict, join_window_splits
 from backend.settings import BackendSettings
 from backend.vault import Vault
 from bikeguard.services import Broker, Postgres, default_engine, engine_preload, start_broker, start_postgres
-from protocol import topics
+from protocol import heap, topics
 from protocol.beacon_v2 import ChipKey, key_check_value, window_of
 from protocol.frames import TagFlags
+from protocol.heap import CollectorTime
 from protocol.messages import Sighting, SightingBatch, format_tag, parse_batch_rows, parse_tag
 from protocol.mqtt_address import mqtt_address
 
@@ -504,6 +508,29 @@ def check_v2(ingest: IngestWorkers, warm: int, sightings: int) -> None:
         raise SystemExit(f"v2 sightings did not all resolve to their chips: {resolved:,} of {sightings:,}, {wrong}")
 
 
+class SettledHeap:
+    """protocol.heap.settle, as `bikeguard backend` runs it, on a thread of its own (the ingest workers run in this
+    process): the heap frozen now, then collected on the backend's schedule until close()."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._task = self._loop.create_task(heap.settle(0))
+        self._thread = threading.Thread(target=self._run, name="heap settle", daemon=True)
+        self._thread.start()
+        while gc.isenabled():
+            time.sleep(0.01)
+
+    def _run(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(self._task)
+        self._loop.close()
+
+    def close(self) -> None:
+        """The collector back on, as before."""
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
+
+
 def measure(
     server: str,
     broker: Broker,
@@ -556,6 +583,9 @@ def measure(
     )
     ingest = IngestWorkers(settings)
     rss_before = psutil.Process().memory_info().rss
+    # The backend's process settles its heap (protocol.heap); so does this one, which also takes the bench's own
+    # data (the messages, the chips' keys) out of the collector's passes: a backend process has none of it.
+    settled = SettledHeap()
     ingest.start()
     t = time.perf_counter()
     # Before every measured passage (a chip's counter moves forward with time), in the windows the table holds.
@@ -585,6 +615,7 @@ def measure(
         {"ingest": os.getpid(), "postgresql": postmaster_pid(pg), "broker": broker.process.pid, "publisher": proc.pid}
     )
     load_before = os.getloadavg()[0]
+    collector = CollectorTime().__enter__()
     cpu.start()
     t0 = time.perf_counter()
     go.set()
@@ -600,9 +631,11 @@ def measure(
             raise TimeoutError(f"gave up after 900 s ({done - warm} of {len(payloads)} messages written)")
     elapsed = time.perf_counter() - t0
     used = cpu.stop()
+    collector.__exit__()
     proc.join(30)
     counters = [w.counters.sightings for w in ingest.workers]
     ingest.stop()
+    settled.close()
     with psycopg.connect(url) as conn:
         stored = conn.execute("SELECT count(*) FROM sightings WHERE station_id <> %s", (WARMUP_STATION,)).fetchone()[0]  # type: ignore[index]
     if kind == "v2":
@@ -635,6 +668,15 @@ def measure(
         )
         + f"; {sum(used.values()) / elapsed:.2f} cores busy of {os.cpu_count()}"
         f" (load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)",
+        flush=True,
+    )
+    print(
+        "  the ingest process's garbage collector: "
+        + ", ".join(
+            f"generation {g} {n} runs {s:.2f} s"
+            for g, (n, s) in enumerate(zip(collector.collections, collector.seconds, strict=True))
+        )
+        + f" ({sum(collector.seconds) / args.sightings * 1e6:.1f} µs per sighting)",
         flush=True,
     )
     return args.sightings / elapsed, url

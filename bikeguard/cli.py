@@ -14,9 +14,10 @@ def _backend(args: argparse.Namespace) -> int:
     from backend.api.app import create_app, server_config
     from backend.api.middleware.limits import server_options
     from backend.settings import BackendSettings
+    from protocol import heap
 
     settings = BackendSettings()  # type: ignore[call-arg]  # database_url comes from the environment
-    app = create_app(settings, run_ingest=not args.no_ingest)
+    app = create_app(settings, run_ingest=not args.no_ingest, settle_heap_s=heap.SETTLE_AFTER_S)
     uvicorn.Server(server_config(app, settings.http_host, settings.http_port, **server_options(settings))).run()
     return 0
 

@@ -7,4 +7,5 @@
 - `topics`: MQTT topic names and subscription filters, built and parsed
 - `messages`: the MQTT payloads (contract v1), validated at the backend's edge
 - `mqtt_address`: a broker's host, port and credentials from its URL
+- `heap`: a long-running process's garbage collector settled after start (the vendor bridge's, the backend's)
 """

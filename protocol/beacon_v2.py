@@ -29,9 +29,13 @@ __all__ = [
     "AIR_BYTES",
     "COUNTER_MAX",
     "EID_BYTES",
+    "EID_LABEL",
     "FORMAT_VERSION",
     "KEY_BYTES",
     "MAC_BYTES",
+    "MAC_KEY_BLOCK",
+    "MAC_LABEL",
+    "PAD_LABEL",
     "WINDOW_S",
     "AirBeacon",
     "BeaconPayloadError",
@@ -54,12 +58,13 @@ COUNTER_MAX: Final = 2**32 - 1
 MAC_BYTES: Final = 4
 FORMAT_VERSION: Final = 0x02
 
-# Each derived value is AES_k of one block that starts with its own 8-byte label, so no two ever share an input.
-_EID_LABEL: Final = b"BGv2-eid"
-_PAD_LABEL: Final = b"BGv2-ctr"
-_MAC_KEY_BLOCK: Final = b"BGv2-mac-subkey\x00"
+# Each derived value is AES_k of one block that starts with its own 8-byte label, so no two ever share an input
+# (public for the resolution's bulk forms of the same derivations, backend.resolution).
+EID_LABEL: Final = b"BGv2-eid"
+PAD_LABEL: Final = b"BGv2-ctr"
+MAC_KEY_BLOCK: Final = b"BGv2-mac-subkey\x00"
 _KCV_BLOCK: Final = b"BGv2-key-check\x00\x00"
-_MAC_LABEL: Final = b"BGv2-mac"
+MAC_LABEL: Final = b"BGv2-mac"
 _WINDOW: Final = struct.Struct(">Q")
 # version, eid, sealed counter, flags, MAC: the bytes on the air after the radio's own preamble, sync and CRC.
 _AIR: Final = struct.Struct(">B8s4sB4s")
@@ -150,7 +155,7 @@ class ChipKey:
         if len(key) != KEY_BYTES:
             raise ChipKeyError(f"a chip key is {KEY_BYTES} bytes, not {len(key)}")
         self._aes: CipherContext = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-        self._mac_key = self._aes.update(_MAC_KEY_BLOCK)
+        self._mac_key = self._aes.update(MAC_KEY_BLOCK)
         self.check_value = self._aes.update(_KCV_BLOCK)[:3]
 
     def __repr__(self) -> str:
@@ -158,20 +163,20 @@ class ChipKey:
 
     def eid(self, window: int) -> bytes:
         """The ephemeral id the chip beacons in `window`."""
-        return self._aes.update(_block(_EID_LABEL, window))[:EID_BYTES]
+        return self._aes.update(_block(EID_LABEL, window))[:EID_BYTES]
 
     def eids(self, windows: Iterable[int]) -> list[bytes]:
         """The ephemeral ids of several windows in one call to the cipher."""
-        out = self._aes.update(b"".join(_block(_EID_LABEL, w) for w in windows))
+        out = self._aes.update(b"".join(_block(EID_LABEL, w) for w in windows))
         return [out[i : i + EID_BYTES] for i in range(0, len(out), 16)]
 
     def _pad(self, window: int) -> bytes:
-        return self._aes.update(_block(_PAD_LABEL, window))[:COUNTER_BYTES]
+        return self._aes.update(_block(PAD_LABEL, window))[:COUNTER_BYTES]
 
     def mac(self, window: int, signed_part: bytes) -> bytes:
         """The truncated AES-CMAC of a beacon's bytes in `window`."""
         cmac = CMAC(algorithms.AES(self._mac_key))
-        cmac.update(_MAC_LABEL + _WINDOW.pack(window) + signed_part)
+        cmac.update(MAC_LABEL + _WINDOW.pack(window) + signed_part)
         return cmac.finalize()[:MAC_BYTES]
 
     def seal(self, window: int, counter: int, flags: TagFlags) -> AirBeacon:
@@ -246,7 +251,7 @@ class EidTable:
 def eid_table(chips: Iterable[tuple[int, bytes]], windows: range) -> EidTable:
     """The resolution table of `chips` ((chip id, key) pairs) over `windows`: one AES call per chip for all windows."""
     ids = array("Q")
-    blocks = b"".join(_block(_EID_LABEL, w) for w in windows)
+    blocks = b"".join(_block(EID_LABEL, w) for w in windows)
     n = len(windows)
     # Each entry packed as eid << 32 | slot: one sort of plain ints orders by eid (then slot), with no key function.
     packed: list[int] = []

@@ -57,6 +57,7 @@ from backend.vault import Vault
 from backend.web import STATIC_DIR
 from backend.zones import registry as zone_registry
 from maps.assets import LEAFLET_DIR
+from protocol import heap
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,21 @@ def server_config(app: FastAPI, host: str, port: int, **limits: Any) -> uvicorn.
     return uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False, **limits)
 
 
-def create_app(settings: BackendSettings, run_ingest: bool = True, clock: hotlist.Clock = time.time) -> FastAPI:
+def create_app(
+    settings: BackendSettings,
+    run_ingest: bool = True,
+    clock: hotlist.Clock = time.time,
+    settle_heap_s: float | None = None,
+) -> FastAPI:
     """The backend app; with run_ingest it also consumes station messages from the broker. `clock` (Unix seconds)
-    decides the hot list's eid windows (a test moves it instead of waiting for a window to pass)."""
+    decides the hot list's eid windows (a test moves it instead of waiting for a window to pass).
+
+    `settle_heap_s`: freeze the process's heap that long after start, then collect it on a schedule
+    (protocol.heap.settle). The backend's own process does (`bikeguard backend`): a flush of v2 beacons keeps a
+    few objects per beacon alive until it commits, and the full collections they set off, each walking every
+    message waiting in the ingest's lane, took more of a v2 sighting's time than its resolution did. An app in a
+    test need not.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -175,6 +188,9 @@ def create_app(settings: BackendSettings, run_ingest: bool = True, clock: hotlis
         app.state.publish_hotlist = publish_hotlist
         app.state.publisher = publisher
         await publish_hotlist()
+        settling = (
+            asyncio.create_task(heap.settle(settle_heap_s), name="heap-settle") if settle_heap_s is not None else None
+        )
         maintenance = asyncio.create_task(_maintain_storage(settings, pool), name="storage-maintenance")
         watch = asyncio.create_task(
             station_watch.watch_stations(pool, settings.station_watch_interval_s), name="station-watch"
@@ -193,6 +209,10 @@ def create_app(settings: BackendSettings, run_ingest: bool = True, clock: hotlis
         try:
             yield
         finally:
+            if settling:
+                settling.cancel()  # the collector back on as it was
+                with contextlib.suppress(asyncio.CancelledError):
+                    await settling
             maintenance.cancel()
             watch.cancel()
             followup.cancel()

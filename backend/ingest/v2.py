@@ -60,6 +60,12 @@ UNKNOWN_KEPT: Final = 1000
 _COMMIT_SLACK_S: Final = 300.0
 
 _STATE_COLUMNS: Final = 'tag_id, counter, heard_at, station_id, "window", payload, offset_lo_s, offset_hi_s, offset_at'
+_STATE_TYPES: Final = ["int8", "int8", "timestamptz", "text", "int8", "bytea", "float8", "float8", "timestamptz"]
+# A flush's states on their way back (the rows are gone at commit).
+_FLUSH_STATES: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS flush_beacon_states (LIKE chip_beacon_states INCLUDING DEFAULTS)"
+    " ON COMMIT DELETE ROWS"
+)
 
 
 @dataclass(slots=True)
@@ -277,12 +283,17 @@ class V2Resolution:
         """Lock and load the states of the chips `beacons` may be from (but those in `skip`, already loaded and
         perhaps moved on in this flush); returns their tag ids."""
         tags: set[int] = set()
+        # By resolver (a late beacon's is one over its own window's table), to prepare each one's beacons at once.
+        groups: dict[int, tuple[Resolver, list[_Beacon]]] = {}
         for b in beacons:
-            try:
-                b.prepared = self._resolver_for(resolver, b.heard_at).prepare(b.payload, b.heard_at)
-            except BeaconPayloadError:
-                continue
-            tags |= b.prepared.tags
+            r = self._resolver_for(resolver, b.heard_at)
+            groups.setdefault(id(r), (r, []))[1].append(b)
+        for r, group in groups.values():
+            prepared = r.prepare_all([b.payload for b in group], [b.heard_at for b in group])
+            for b, p in zip(group, prepared, strict=True):
+                b.prepared = p
+                if p is not None:
+                    tags |= p.tags
         tags -= skip
         if not tags:
             return tags
@@ -302,26 +313,36 @@ class V2Resolution:
         states = [(tag, resolver.chips[tag]) for tag in sorted(tags) if tag in resolver.chips]
         if not states:
             return
-        conn.execute(
-            f"INSERT INTO chip_beacon_states ({_STATE_COLUMNS})"
-            " SELECT * FROM unnest(%s::int8[], %s::int8[], %s::timestamptz[], %s::text[], %s::int8[], %s::bytea[],"
-            " %s::float8[], %s::float8[], %s::timestamptz[])"
-            " ON CONFLICT (tag_id) DO UPDATE SET counter = EXCLUDED.counter, heard_at = EXCLUDED.heard_at,"
-            ' station_id = EXCLUDED.station_id, "window" = EXCLUDED."window", payload = EXCLUDED.payload,'
-            " offset_lo_s = EXCLUDED.offset_lo_s, offset_hi_s = EXCLUDED.offset_hi_s, offset_at = EXCLUDED.offset_at"
-            " WHERE EXCLUDED.counter >= chip_beacon_states.counter",
-            (
-                [t for t, _ in states],
-                [s.counter for _, s in states],
-                [datetime.fromtimestamp(s.heard_at, UTC) for _, s in states],
-                [s.station_id for _, s in states],
-                [s.window for _, s in states],
-                [s.payload for _, s in states],
-                [s.offset_lo_s for _, s in states],
-                [s.offset_hi_s for _, s in states],
-                [datetime.fromtimestamp(s.offset_at, UTC) for _, s in states],
-            ),
-        )
+        # By COPY into a temporary table, then one upsert: array parameters cost a Python call per element. The
+        # temporary rows live until this commits (or the flush's transaction does).
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_FLUSH_STATES)
+            cur.execute("DELETE FROM flush_beacon_states")  # empty unless called twice in one transaction
+            with cur.copy(f"COPY flush_beacon_states ({_STATE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_STATE_TYPES)
+                for tag, s in states:
+                    copy.write_row(
+                        (
+                            tag,
+                            s.counter,
+                            datetime.fromtimestamp(s.heard_at, UTC),
+                            s.station_id,
+                            s.window,
+                            s.payload,
+                            s.offset_lo_s,
+                            s.offset_hi_s,
+                            datetime.fromtimestamp(s.offset_at, UTC),
+                        )
+                    )
+            cur.execute(
+                f"INSERT INTO chip_beacon_states ({_STATE_COLUMNS}) SELECT {_STATE_COLUMNS} FROM flush_beacon_states"
+                " ORDER BY tag_id"
+                " ON CONFLICT (tag_id) DO UPDATE SET counter = EXCLUDED.counter, heard_at = EXCLUDED.heard_at,"
+                ' station_id = EXCLUDED.station_id, "window" = EXCLUDED."window", payload = EXCLUDED.payload,'
+                " offset_lo_s = EXCLUDED.offset_lo_s, offset_hi_s = EXCLUDED.offset_hi_s,"
+                " offset_at = EXCLUDED.offset_at"
+                " WHERE EXCLUDED.counter >= chip_beacon_states.counter"
+            )
 
     def _judge(self, conn: psycopg.Connection, beacons: list[_Beacon]) -> list[Evidence]:
         """Resolve `beacons` in the order they were heard, with the chips' shared states locked; raise the

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, NamedTuple
 
+import numpy as np
+
 from backend.resolution.evidence import CloneEvidence, Hearing, Verdict
+from backend.resolution.opening import open_many
 from backend.resolution.table import Candidate, ResolutionTable
-from protocol.beacon_v2 import WINDOW_S, AirBeacon, MacError, window_of
+from protocol.beacon_v2 import AIR_BYTES, WINDOW_S, AirBeacon, BeaconPayloadError, MacError, window_of
 from protocol.frames import TagFlags
 
 # The same transmission heard by stations whose zones overlap reaches the backend with their own clocks and
@@ -34,6 +37,8 @@ MAX_DRIFT_PPM: Final = 100.0
 # A chip's clock is taken to read within this margin of its learned offset when choosing the windows it beacons.
 OFFSET_MARGIN_S: Final = 60.0
 DEFAULT_UNKNOWN_KEPT: Final = 1000
+# From this many (beacon, candidate) pairs on, MACs are checked by arrays rather than key by key (Resolver.open_all).
+OPEN_MANY_FROM: Final = 32
 
 
 @dataclass(slots=True)
@@ -95,11 +100,14 @@ class Resolution(NamedTuple):
 
 class Prepared(NamedTuple):
     """A beacon parsed and its eid looked up: the chips it may be from, and whether every window held was looked
-    in (or only those next to when it was heard)."""
+    in (or only those next to when it was heard). Once `checked` (Resolver.open_all), `opened` is the first
+    candidate whose key makes its MAC, with the counter it unseals, or None if none does."""
 
     beacon: AirBeacon
     candidates: list[Candidate]
     complete: bool
+    checked: bool = False
+    opened: tuple[Candidate, int] | None = None
 
     @property
     def tags(self) -> set[int]:
@@ -163,16 +171,70 @@ class Resolver:
                 self._place_drifted(tag_id, index, centre)
 
     def prepare(self, payload: bytes, heard_at: datetime) -> Prepared:
-        """A v2 air payload heard at `heard_at` parsed and its eid looked up (no key used): the chips it may be
-        from, whose states to load before resolving it. Near its time first, as resolve() looks; in every window
-        held if no chip beacons it there (a replay of an old capture is judged against its chip's state).
-        BeaconPayloadError when the bytes are not a v2 beacon."""
-        beacon = AirBeacon.from_bytes(payload)
+        """A v2 air payload heard at `heard_at` parsed and its eid looked up: the chips it may be from, whose
+        states to load before resolving it. Near its time first, as resolve() looks; in every window held if no
+        chip beacons it there (a replay of an old capture is judged against its chip's state). Its MAC is checked
+        against them (see prepare_all). BeaconPayloadError when the bytes are not a v2 beacon."""
+        AirBeacon.from_bytes(payload)
+        prepared = self.prepare_all([payload], [heard_at])[0]
+        assert prepared is not None
+        return prepared
+
+    def prepare_all(self, payloads: list[bytes], heard_at: list[datetime]) -> list[Prepared | None]:
+        """prepare() of a flush's beacons at once, their MACs then checked against every candidate (open_all):
+        what resolve() judges without a key of its own. None for bytes that are not a v2 beacon."""
         self._follow_table()
-        near = self._candidates(beacon.eid, heard_at)
-        if near:
-            return Prepared(beacon, near, complete=False)
-        return Prepared(beacon, self.table.lookup(beacon.eid), complete=True)
+        parsed: list[AirBeacon | None] = []
+        for payload in payloads:
+            try:
+                parsed.append(AirBeacon.from_bytes(payload))
+            except BeaconPayloadError:
+                parsed.append(None)
+        good = [i for i, b in enumerate(parsed) if b is not None]
+        eids = np.frombuffer(b"".join([b.eid for b in parsed if b is not None]), dtype=">u8").astype(np.uint64)
+        heard = np.array([window_of(heard_at[i].timestamp()) for i in good], dtype=np.int64)
+        near: list[list[Candidate]] = [[] for _ in good]
+        for step in (0, -1, 1):  # near its time: the window it was heard in, then the one before, the one after
+            for j, found in enumerate(self.table.lookup_many(eids, heard + step)):
+                if found:
+                    near[j] += found
+        out: list[Prepared | None] = [None] * len(payloads)
+        drifted = self._drifted.entries
+        for j, i in enumerate(good):
+            beacon = parsed[i]
+            assert beacon is not None
+            candidates = near[j]
+            if drifted and beacon.eid in drifted:
+                candidates += [c for c in drifted[beacon.eid] if not self.table.is_retired(c.key_index)]
+            if candidates:
+                out[i] = Prepared(beacon, candidates, complete=False)
+            else:
+                out[i] = Prepared(beacon, self.table.lookup(beacon.eid), complete=True)
+        return self.open_all(out, payloads)
+
+    def open_all(self, prepared: list[Prepared | None], payloads: list[bytes]) -> list[Prepared | None]:
+        """The beacons' MACs checked against all their candidates, in the order the candidates are tried one by
+        one; `payloads` are their bytes on the air. Many at once by arrays (backend.resolution.opening), a few
+        with each chip's own key (the arrays' fixed cost, about a millisecond, is that of some 30 keys)."""
+        pairs = [(i, c) for i, p in enumerate(prepared) if p is not None for c in p.candidates]
+        opened: dict[int, tuple[Candidate, int]] = {}
+        if len(pairs) < OPEN_MANY_FROM:
+            for i, p in enumerate(prepared):
+                if p is not None and (found := self._open(p.candidates, p.beacon)) is not None:
+                    opened[i] = found
+        else:
+            ok, counters = open_many(
+                self.table.keys_of([c.key_index for _, c in pairs]),
+                np.array([c.window for _, c in pairs], dtype=np.uint64),
+                np.frombuffer(b"".join([payloads[i] for i, _ in pairs]), dtype=np.uint8).reshape(-1, AIR_BYTES),
+            )
+            for (i, c), verified, counter in zip(pairs, ok.tolist(), counters.tolist(), strict=True):
+                if verified and i not in opened:
+                    opened[i] = (c, counter)
+        return [
+            None if p is None else Prepared(p.beacon, p.candidates, p.complete, True, opened.get(i))
+            for i, p in enumerate(prepared)
+        ]
 
     def forget(self, tag_ids: Iterable[int]) -> None:
         """Drop these chips' states, kept elsewhere (the ingest keeps them in the database and loads them for each
@@ -181,16 +243,6 @@ class Resolver:
         for tag_id in tag_ids:
             if tag_id not in self._drifted_index:
                 self.chips.pop(tag_id, None)
-
-    def _candidates(self, eid: bytes, heard_at: datetime) -> list[Candidate]:
-        """The chips that beacon `eid` in the windows next to when it was heard (where nearly every chip's clock
-        is), then the chips drifted far (kept on the side)."""
-        w = window_of(heard_at.timestamp())
-        candidates = self.table.lookup(eid, (w, w - 1, w + 1))
-        drifted = self._drifted.entries.get(eid)
-        if drifted:
-            candidates += [c for c in drifted if not self.table.is_retired(c.key_index)]
-        return candidates
 
     def load(self, states: dict[int, ChipState | None]) -> None:
         """Take these chips' states as the truth (None: the chip has none yet), replacing what this resolver
@@ -213,7 +265,7 @@ class Resolver:
         prepared = prepared or self.prepare(payload, heard_at)
         beacon, candidates = prepared.beacon, list(prepared.candidates)
         self._follow_table()
-        opened = self._open(candidates, beacon)
+        opened = prepared.opened if prepared.checked else self._open(candidates, beacon)
         if opened is None and not prepared.complete:
             # Not near its time: a beacon of a window further back (a replay of an old capture; a late delivery is
             # given a table of its own window) or a collision with another chip's eid there. Every window held.

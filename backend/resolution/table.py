@@ -23,11 +23,8 @@ from typing import Final, NamedTuple
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol.beacon_v2 import KEY_BYTES, ChipKey
+from protocol.beacon_v2 import EID_LABEL, KEY_BYTES, ChipKey
 
-# The label of an ephemeral id's AES block (hardware/tag-beacon.md, "The key"); a test checks these eids are
-# ChipKey.eid's, so the two cannot drift apart.
-_EID_LABEL: Final = b"BGv2-eid"
 # A ChipKey (its encryptor and MAC subkey) takes about 1.1 KB; the MAC check needs one, so the chips seen lately
 # keep theirs.
 DEFAULT_KEY_CACHE: Final = 65_536
@@ -77,7 +74,7 @@ def _blocks(windows: range) -> bytes:
     for w in (windows.start, windows.stop - 1):
         if not 0 <= w < 2**64:
             raise WindowRangeError(f"window {w} is not a 64-bit unsigned number")
-    return b"".join(_EID_LABEL + w.to_bytes(8, "big") for w in windows)
+    return b"".join(EID_LABEL + w.to_bytes(8, "big") for w in windows)
 
 
 def derive_eids(keys: bytes | bytearray | memoryview, windows: range) -> np.ndarray:
@@ -127,12 +124,14 @@ class ResolutionTable:
             raise ResolutionError(f"before={before}, after={after}, ahead={ahead}: none may be negative")
         self.before, self.after, self.ahead = before, after, ahead
         self._tag_ids = array("Q")
-        self._keys = bytearray()
+        keys = bytearray()
         for tag_id, key in chips:
             if len(key) != KEY_BYTES:
                 raise TableKeyError(f"tag {tag_id}: a chip key is {KEY_BYTES} bytes, not {len(key)}")
             self._tag_ids.append(tag_id)
-            self._keys += key
+            keys += key
+        # Immutable, replaced whole when chips are added: a reader's array over it (keys_of) stays valid.
+        self._keys = bytes(keys)
         self._retired: frozenset[int] = frozenset()
         self._build_lock = threading.Lock()  # one builder at a time; readers never take it
         self._key_lock = threading.Lock()
@@ -214,7 +213,7 @@ class ResolutionTable:
                 added += key
             if not added:
                 return
-            self._keys += added
+            self._keys = self._keys + added
             snap = self._snapshot
             wanted = sorted(set(snap.windows) | set(self._pending))
             span = range(wanted[0], wanted[-1] + 1)
@@ -280,6 +279,33 @@ class ResolutionTable:
                     out.append(Candidate(tag_ids[index], w, index))
         return out
 
+    def lookup_many(self, eids: np.ndarray, windows: np.ndarray) -> list[list[Candidate]]:
+        """For each eid (uint64, big-endian as numbers) the chips that beacon it in the window beside it (int64),
+        if that window is held: `lookup(eid, [window])` for a whole flush at once, one sorted search a window."""
+        out: list[list[Candidate]] = [[] for _ in range(len(eids))]
+        tag_ids, retired = self._tag_ids, self._retired
+        held = self._snapshot.windows
+        for w in np.unique(windows).tolist():
+            table = held.get(w)
+            if table is None:
+                continue
+            at = np.flatnonzero(windows == w)
+            sorted_eids = np.frombuffer(table.eids, dtype=np.uint64)
+            wanted = eids[at]
+            start = np.searchsorted(sorted_eids, wanted, side="left")
+            stop = np.searchsorted(sorted_eids, wanted, side="right")
+            found = np.flatnonzero(stop > start)
+            for j, lo, hi in zip(at[found].tolist(), start[found].tolist(), stop[found].tolist(), strict=True):
+                for index in table.chips[lo:hi]:
+                    if index not in retired:
+                        out[j].append(Candidate(tag_ids[index], w, index))
+            if table.side:
+                for j, eid in zip(at.tolist(), wanted.tolist(), strict=True):
+                    for index in table.side.get(eid, ()):
+                        if index not in retired:
+                            out[j].append(Candidate(tag_ids[index], w, index))
+        return out
+
     def chip_key(self, index: int) -> ChipKey:
         """The ready ChipKey of the chip at `index` (cached for the chips seen lately)."""
         with self._key_lock:
@@ -287,12 +313,18 @@ class ResolutionTable:
             if chip_key is not None:
                 self._key_cache.move_to_end(index)
                 return chip_key
-        chip_key = ChipKey(bytes(self._keys[index * KEY_BYTES : (index + 1) * KEY_BYTES]))
+        chip_key = ChipKey(self._keys[index * KEY_BYTES : (index + 1) * KEY_BYTES])
         with self._key_lock:
             self._key_cache[index] = chip_key
             if len(self._key_cache) > self._key_cache_size:
                 self._key_cache.popitem(last=False)
         return chip_key
+
+    def keys_of(self, indices: list[int]) -> np.ndarray:
+        """The keys of the chips at `indices`, (n, 16) uint8, for opening their beacons in bulk
+        (backend.resolution.opening)."""
+        every = np.frombuffer(self._keys, dtype=np.uint8).reshape(-1, KEY_BYTES)
+        return every[np.asarray(indices, dtype=np.intp)]
 
     def tag_id(self, index: int) -> int:
         """The tag id of the chip at `index`."""

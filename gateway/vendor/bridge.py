@@ -25,7 +25,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway import heap
 from gateway.pacer import Pacer
 from gateway.radio import RejectLog
 from gateway.settings import GatewaySettings
@@ -33,6 +32,7 @@ from gateway.spool_sync import SpoolSync
 from gateway.station import Fleet
 from gateway.vendor.devices import VendorDevice
 from gateway.vendor.link import VendorLink
+from protocol import heap
 from protocol.frames import FrameError
 from protocol.mr7901 import (
     SERVER_IP_SIZE,
@@ -201,7 +201,7 @@ class Bridge:
         settle_heap_s: float | None = None,
     ) -> None:
         """`settle_heap_s`: freeze the process's heap that long after start, then collect it on a schedule
-        (gateway.heap.settle); the bridge's own process does, one in a test or the demo need not."""
+        (protocol.heap.settle); the bridge's own process does, one in a test or the demo need not."""
         self.settings = settings
         self.settle_heap_s = settle_heap_s
         # The stations' spools are synced to disk together, off the event loop (gateway.spool_sync): an fsync'd

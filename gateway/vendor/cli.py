@@ -10,9 +10,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway import heap
 from gateway.vendor.bridge import Bridge, BridgeSettings
 from gateway.vendor.devices import DevicesFileError, load_devices
+from protocol import heap
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -1,5 +1,7 @@
-"""The heap of a long-running gateway process with many stations (the vendor bridge): settled once its stations
-have started, then collected on a schedule rather than every few hundred new objects."""
+"""The heap of a long-running process: settled once it has started, then collected on a schedule rather than every
+few hundred new objects. The vendor bridge (many stations' connections and spools) and the backend (its ingest
+workers resolving v2 beacons) both run it; what it saves each is in docs/benchmarks.md ("Vendor bridge", "v2
+resolution in the backend")."""
 
 from __future__ import annotations
 

@@ -1,16 +1,22 @@
-"""gateway.heap: a long-running bridge's heap, settled once its stations have started, then collected on a schedule."""
+"""protocol.heap: a long-running process's heap (the vendor bridge's, the backend's), settled once it has started, then
+collected on a schedule."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import time
 import weakref
 from collections.abc import AsyncIterator
 
 import pytest
+from fastapi.testclient import TestClient
 
-from gateway import heap
+from backend.api.app import create_app
+from bikeguard.services import Broker
+from protocol import heap
+from tests import factories
 from tests.gateway.harness import eventually
 
 pytestmark = pytest.mark.anyio
@@ -73,3 +79,20 @@ async def test_a_storm_of_new_objects_is_collected_before_its_time() -> None:
     async with settled(collect_every_s=3600, collect_after_objects=2000):
         garbage = [cycle() for _ in range(3000)]  # more than collect_after_objects tracked since the last run
         await eventually(lambda: all(g() is None for g in garbage), what="a collection brought forward")
+
+
+def test_the_backend_process_settles_its_heap_and_gives_the_collector_back_when_it_stops(
+    database_url: str, broker: Broker, topic_prefix: str
+) -> None:
+    """`bikeguard backend` passes settle_heap_s (bikeguard.cli): its ingest's flushes of v2 beacons set off full
+    collections otherwise (docs/benchmarks.md)."""
+    settings = factories.settings(database_url, mqtt_url=broker.url, mqtt_client_id=f"api-{topic_prefix}")
+    assert gc.isenabled()
+    with TestClient(create_app(settings, run_ingest=False, settle_heap_s=0.0)) as client:
+        deadline = time.monotonic() + 10
+        while gc.isenabled() and time.monotonic() < deadline:
+            client.get("/api/health")  # the app's loop runs its tasks between requests
+            time.sleep(0.05)
+        assert not gc.isenabled(), "the backend's heap was not settled"
+        assert client.get("/api/health").status_code == 200
+    assert gc.isenabled()
