@@ -15,7 +15,7 @@ from typing import Final
 import numpy as np
 
 from backend.resolution import aes_many
-from protocol.beacon_v2 import AIR_BYTES, MAC_BYTES, MAC_KEY_BLOCK, MAC_LABEL, PAD_LABEL
+from protocol.beacon_v2 import AIR_BYTES, COUNTER_BYTES, EID_BYTES, MAC_BYTES, MAC_KEY_BLOCK, MAC_LABEL, PAD_LABEL
 
 _MAC_KEY_WORDS: Final = aes_many.words(np.frombuffer(MAC_KEY_BLOCK, dtype=np.uint8).reshape(1, 16))
 _MAC_LABEL_WORDS: Final = np.frombuffer(MAC_LABEL, dtype=">u4").astype(np.uint32)
@@ -23,6 +23,8 @@ _PAD_LABEL_WORDS: Final = np.frombuffer(PAD_LABEL, dtype=">u4").astype(np.uint32
 # The CMAC's last block: the 14 signed bytes, then the padding 0x80 0x00 (RFC 4493, 2.4).
 _SIGNED_BYTES: Final = AIR_BYTES - MAC_BYTES
 _PADDING: Final = np.array([0x80] + [0] * (15 - _SIGNED_BYTES), dtype=np.uint8)
+# The sealed counter's bytes: after the format version and the eid (protocol.beacon_v2.AirBeacon).
+_SEALED: Final = slice(1 + EID_BYTES, 1 + EID_BYTES + COUNTER_BYTES)
 
 
 def _labelled(label: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -62,5 +64,5 @@ def open_many(keys: np.ndarray, windows: np.ndarray, payloads: np.ndarray) -> tu
     last[:, _SIGNED_BYTES:] = _PADDING
     tag = aes_many.encrypt(mac_rounds, x1 ^ aes_many.words(last) ^ k2)[0]
     mac = np.ascontiguousarray(payloads[:, _SIGNED_BYTES:]).view(">u4").reshape(n).astype(np.uint32)
-    sealed = np.ascontiguousarray(payloads[:, 9:13]).view(">u4").reshape(n).astype(np.uint32)
+    sealed = np.ascontiguousarray(payloads[:, _SEALED]).view(">u4").reshape(n).astype(np.uint32)
     return tag == mac, sealed ^ pad
