@@ -95,12 +95,14 @@ class Radio:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop writing and close the module."""
+        """Stop writing and, once the gateway has read what was written, close the module (closing a pty discards
+        what its other end has not read: the last beacons would be lost by the test, not by the gateway)."""
         self._stop.set()
         if self._thread.ident is not None:  # started
             self._thread.join(timeout=10)
         with self._lock:
             if self.module is not None:
+                self.module.wait_read()
                 self.module.close()
 
     def tags(self, since: float = 0.0, until: float = float("inf")) -> set[int]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import struct
+import termios
 import time
 import tty
 import urllib.request
@@ -43,6 +46,25 @@ class FakeModule:
     def send_raw(self, data: bytes) -> None:
         """Write raw bytes (garbage included)."""
         os.write(self.master, data)
+
+    def unread(self) -> int:
+        """Bytes written here that the gateway has not read yet (the serial port's input queue); 0 once closed."""
+        if self.closed:
+            return 0
+        count: int = struct.unpack("i", fcntl.ioctl(self.slave, termios.FIONREAD, b"\0\0\0\0"))[0]
+        return count
+
+    def wait_read(self, timeout_s: float = 5.0) -> bool:
+        """Wait until the gateway has read everything written (twice nothing queued 20 ms apart: the pty hands
+        written bytes over a moment later); False if it did not within timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        empty = 0
+        while time.monotonic() < deadline:
+            empty = empty + 1 if self.unread() == 0 else 0
+            if empty >= 2:
+                return True
+            time.sleep(0.02)
+        return False
 
     def close(self) -> None:
         """Unplug: close both ends, so the gateway's reads fail and the device node goes away."""
