@@ -615,23 +615,22 @@ def measure(
         {"ingest": os.getpid(), "postgresql": postmaster_pid(pg), "broker": broker.process.pid, "publisher": proc.pid}
     )
     load_before = os.getloadavg()[0]
-    collector = CollectorTime().__enter__()
-    cpu.start()
-    t0 = time.perf_counter()
-    go.set()
-    last_report = t0
-    # Messages, not sightings: a v2 passage split by a window change is stored as one row.
-    while (done := ingest.counters.messages) < warm + len(payloads):
-        time.sleep(0.02)
-        now = time.perf_counter()
-        if now - last_report > 5:
-            print(f"  {ingest.counters.sightings - warm} sightings committed after {now - t0:.0f} s", flush=True)
-            last_report = now
-        if now - t0 > 900:
-            raise TimeoutError(f"gave up after 900 s ({done - warm} of {len(payloads)} messages written)")
-    elapsed = time.perf_counter() - t0
-    used = cpu.stop()
-    collector.__exit__()
+    with CollectorTime() as collector:
+        cpu.start()
+        t0 = time.perf_counter()
+        go.set()
+        last_report = t0
+        # Messages, not sightings: a v2 passage split by a window change is stored as one row.
+        while (done := ingest.counters.messages) < warm + len(payloads):
+            time.sleep(0.02)
+            now = time.perf_counter()
+            if now - last_report > 5:
+                print(f"  {ingest.counters.sightings - warm} sightings committed after {now - t0:.0f} s", flush=True)
+                last_report = now
+            if now - t0 > 900:
+                raise TimeoutError(f"gave up after 900 s ({done - warm} of {len(payloads)} messages written)")
+        elapsed = time.perf_counter() - t0
+        used = cpu.stop()
     proc.join(30)
     counters = [w.counters.sightings for w in ingest.workers]
     ingest.stop()

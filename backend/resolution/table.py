@@ -258,15 +258,14 @@ class ResolutionTable:
         """Whether the chip at `index` was retired."""
         return index in self._retired
 
-    def lookup(self, eid: bytes, windows: Iterable[int] | None = None) -> list[Candidate]:
-        """Every chip (with its window) that beacons `eid` in the windows held, or in those of `windows` held; empty
-        if none."""
+    def lookup(self, eid: bytes) -> list[Candidate]:
+        """Every chip (with its window) that beacons `eid` in any window held; empty if none. (A flush's beacons
+        are looked up near their own times by lookup_many.)"""
         key = int.from_bytes(eid, "big")
         out: list[Candidate] = []
         tag_ids, retired = self._tag_ids, self._retired
         held = self._snapshot.windows
-        for w in held if windows is None else (w for w in windows if w in held):
-            table = held[w]
+        for w, table in held.items():
             eids = table.eids
             i = bisect_left(eids, key)
             while i < len(eids) and eids[i] == key:
