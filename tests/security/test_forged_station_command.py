@@ -146,7 +146,8 @@ async def test_forged_commands_are_refused_and_counted_and_the_station_keeps_wor
         # The backend's command is acted on: a status now.
         sent = await _send(backend, sid, "status")
         await eventually(lambda: len(listener.online_statuses()) == 2, what="the status the command asked for")
-        assert _done(station) == {"status": 1}
+        # Counted once the station's publish is acknowledged, which may be a moment after the listener has it.
+        await eventually(lambda: _done(station) == {"status": 1}, what="the command counted as done")
         [genuine] = listener.on(listener.commands)
         assert StationCommand.parse(genuine).seq == sent["seq"]
 
@@ -177,7 +178,7 @@ async def test_forged_commands_are_refused_and_counted_and_the_station_keeps_wor
         await eventually(lambda: listener.on(listener.sightings_topic), what="a sightings batch")
         await _send(backend, sid, "status")
         await eventually(lambda: len(listener.online_statuses()) == 3, what="the next command's status")
-        assert _done(station) == {"status": 2}
+        await eventually(lambda: _done(station) == {"status": 2}, what="the next command counted as done")
     module.close()
 
 
