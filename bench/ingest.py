@@ -11,7 +11,8 @@ Every chip is fitted to a registered bike (as in a real county), so the alarm en
 chip) are part of the figure; --unregistered leaves them out.
 
 Several workers (--workers 1 2, the default) share the traffic through the broker's shared subscription, as
-BIKEGUARD_INGEST_WORKERS runs them in the backend; each count gets a fresh database.
+BIKEGUARD_INGEST_WORKERS runs them in the backend (one in the bench's own process; several each in a process of
+its own); each count gets a fresh database.
 
 --engine chooses the storage engine of the embedded server and the bench databases (default: TimescaleDB when it is
 installed into the embedded PostgreSQL, else plain PostgreSQL); every printed figure names it.
@@ -32,8 +33,6 @@ Run: python bench/ingest.py [--sightings 1000000] [--batch 250] [--workers 1 2] 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import cProfile
 import gc
 import multiprocessing as mp
@@ -55,6 +54,7 @@ import psycopg
 
 from backend.db.migrate import migrate
 from backend.db.storage import StoragePolicy
+from backend.ingest.consumer import Ingest
 from backend.ingest.v2 import V2Resolution
 from backend.ingest.workers import IngestWorkers
 from backend.ingest.writer import _SIGHTING_COLUMNS, _SIGHTING_TYPES
@@ -294,7 +294,7 @@ def copy_limit(url: str, batches: list[SightingBatch], chunk: int, pg: Postgres 
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE sightings")
         conn.commit()
-        cpu = CpuMeter({"client": os.getpid(), "postgresql": postmaster_pid(pg)})
+        cpu = CpuMeter({"client": [os.getpid()], "postgresql": [postmaster_pid(pg)]})
         cpu.start()
         t0 = time.perf_counter()
         for i in range(0, len(rows), chunk):
@@ -316,21 +316,21 @@ def copy_limit(url: str, batches: list[SightingBatch], chunk: int, pg: Postgres 
 
 
 class CpuMeter:
-    """CPU seconds each part of the run used while it was measured: the ingest (this process), PostgreSQL (the
-    postmaster and every backend and worker it starts), the broker and the publisher. Polled once a second, so a
-    short-lived process (an autovacuum worker) counts with what it had used when last seen. The meter runs in the
-    ingest's own process: only PostgreSQL's processes are looked for (a scan of /proc, which took about 3 % of the
-    ingest's CPU when every part's were, twice a second)."""
+    """CPU seconds each part of the run used while it was measured: the ingest (this process, or its worker
+    processes), PostgreSQL (the postmaster and every backend and worker it starts), the broker and the publisher.
+    Polled once a second, so a short-lived process (an autovacuum worker) counts with what it had used when last seen.
+    The meter runs in the bench's own process: only PostgreSQL's processes are looked for (a scan of /proc, which took
+    about 3 % of the ingest's CPU when every part's were, twice a second)."""
 
-    def __init__(self, parts: dict[str, int | None]) -> None:
-        self.parts = {name: psutil.Process(pid) for name, pid in parts.items() if pid is not None}
+    def __init__(self, parts: dict[str, list[int | None]]) -> None:
+        self.parts = [(name, psutil.Process(pid)) for name, pids in parts.items() for pid in pids if pid is not None]
         self._first: dict[int, float] = {}
         self._last: dict[int, tuple[str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="bench-cpu", daemon=True)
 
     def _sample(self, baseline: bool = False) -> None:
-        for name, root in self.parts.items():
+        for name, root in self.parts:
             try:
                 family = [root, *(root.children(recursive=True) if name == "postgresql" else [])]
             except psutil.NoSuchProcess:
@@ -398,8 +398,10 @@ class Sections:
         setattr(owner, name, timed)
 
     def watch(self, ingest: IngestWorkers) -> None:
-        """Time the v2 resolution of every worker (its table already built by the warm-up)."""
+        """Time the v2 resolution of every worker in this process (its table already built by the warm-up)."""
         for w in ingest.workers:
+            if not isinstance(w, Ingest):
+                continue  # a worker process of its own: not timed
             v2 = w.v2
             self.wrap(v2, "resolve_sightings", "resolve_sightings (all)")
             self.wrap(v2, "_refresh", "table refresh/advance")
@@ -457,7 +459,7 @@ def warm_up(
     client = qos1_publisher(broker.url, "bench-warmup")
     sent, deadline = 0, time.perf_counter() + 600
     try:
-        while not all((w.v2.table_bytes if kind == "v2" else w.counters.messages) > 0 for w in ingest.workers):
+        while not all((f.v2_table_bytes if kind == "v2" else f.counters.messages) > 0 for f in ingest.figures()):
             if time.perf_counter() > deadline:
                 raise TimeoutError("the workers did not all take a warm-up batch within 600 s")
             tag = tags[sent % len(tags)]
@@ -488,7 +490,7 @@ def warm_up(
 def check_v2(ingest: IngestWorkers, warm: int, sightings: int) -> None:
     """Fail loudly unless every v2 sighting resolved to its chip: a bench whose beacons do not resolve measures
     nothing."""
-    c = [w.v2.counters for w in ingest.workers]
+    c = [f.v2_counters for f in ingest.figures()]
     resolved = sum(x.sightings_resolved for x in c) - warm
     wrong = {
         "unknown": sum(x.sightings_unknown for x in c),
@@ -506,29 +508,6 @@ def check_v2(ingest: IngestWorkers, warm: int, sightings: int) -> None:
     print(f"  v2 resolution: {resolved:,} of {sightings:,} sightings resolved; beacons by verdict {dict(beacons)}")
     if resolved != sightings or any(wrong.values()):
         raise SystemExit(f"v2 sightings did not all resolve to their chips: {resolved:,} of {sightings:,}, {wrong}")
-
-
-class SettledHeap:
-    """protocol.heap.settle, as `bikeguard backend` runs it, on a thread of its own (the ingest workers run in this
-    process): the heap frozen now, then collected on the backend's schedule until close()."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._task = self._loop.create_task(heap.settle(0))
-        self._thread = threading.Thread(target=self._run, name="heap settle", daemon=True)
-        self._thread.start()
-        while gc.isenabled():
-            time.sleep(0.01)
-
-    def _run(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(self._task)
-        self._loop.close()
-
-    def close(self) -> None:
-        """The collector back on, as before."""
-        self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(10)
 
 
 def measure(
@@ -581,11 +560,14 @@ def measure(
         mqtt_shared_group=f"bench-{name}" if broker.supports_shared_subscriptions else None,
         ingest_workers=workers,
     )
-    ingest = IngestWorkers(settings)
+    # Worker processes settle their heaps at once: the clock starts after their warm-up.
+    ingest = IngestWorkers(settings, settle_heap_s=0)
     rss_before = psutil.Process().memory_info().rss
     # The backend's process settles its heap (protocol.heap); so does this one, which also takes the bench's own
     # data (the messages, the chips' keys) out of the collector's passes: a backend process has none of it.
-    settled = SettledHeap()
+    settled = heap.SettlingThread(0)
+    while gc.isenabled():  # settled before the clock starts
+        time.sleep(0.01)
     ingest.start()
     t = time.perf_counter()
     # Before every measured passage (a chip's counter moves forward with time), in the windows the table holds.
@@ -594,17 +576,19 @@ def measure(
     sections = Sections()
     profile: cProfile.Profile | None = None
     if kind == "v2":
-        table = [w.v2.table_bytes for w in ingest.workers]
+        figures = ingest.figures()
+        table, chips = [f.v2_table_bytes for f in figures], figures[0].v2_chips
+        rss = sum(psutil.Process(pid).memory_info().rss for pid in ingest.pids())
         print(
             f"  warm-up: {warm} batches in {time.perf_counter() - t:.1f} s; v2 resolution tables of"
-            f" {ingest.workers[0].v2.chips:,} chips: {', '.join(f'{b / 2**20:.0f} MiB' for b in table)} (per worker,"
-            f" V2Resolution.table_bytes; {table[0] / ingest.workers[0].v2.chips:.0f} bytes a chip); this process's"
-            f" resident memory +{(psutil.Process().memory_info().rss - rss_before) / 2**20:.0f} MiB since the"
-            " workers started",
+            f" {chips:,} chips: {', '.join(f'{b / 2**20:.0f} MiB' for b in table)} (per worker,"
+            f" V2Resolution.table_bytes; {table[0] / chips:.0f} bytes a chip); resident memory of the ingest's"
+            f" process{'es' * (workers > 1)}: {rss / 2**20:.0f} MiB"
+            + (f" (+{(rss - rss_before) / 2**20:.0f} MiB since the worker started)" if workers == 1 else ""),
             flush=True,
         )
         sections.watch(ingest)
-        if args.profile_v2 and workers == 1:
+        if args.profile_v2 and isinstance(ingest.workers[0], Ingest):
             profile = profiled(ingest.workers[0].v2)
     ctx = mp.get_context("spawn")
     ready, go = ctx.Event(), ctx.Event()
@@ -612,7 +596,12 @@ def measure(
     proc.start()
     ready.wait(30)
     cpu = CpuMeter(
-        {"ingest": os.getpid(), "postgresql": postmaster_pid(pg), "broker": broker.process.pid, "publisher": proc.pid}
+        {
+            "ingest": list(ingest.pids()),
+            "postgresql": [postmaster_pid(pg)],
+            "broker": [broker.process.pid],
+            "publisher": [proc.pid],
+        }
     )
     load_before = os.getloadavg()[0]
     with CollectorTime() as collector:
@@ -632,7 +621,7 @@ def measure(
         elapsed = time.perf_counter() - t0
         used = cpu.stop()
     proc.join(30)
-    counters = [w.counters.sightings for w in ingest.workers]
+    counters = [f.counters.sightings for f in ingest.figures()]
     ingest.stop()
     settled.close()
     with psycopg.connect(url) as conn:
@@ -670,7 +659,11 @@ def measure(
         flush=True,
     )
     print(
-        "  the ingest process's garbage collector: "
+        (
+            "  the ingest process's garbage collector: "
+            if workers == 1
+            else "  this process's garbage collector (the workers run in processes of their own, their heaps settled): "
+        )
         + ", ".join(
             f"generation {g} {n} runs {s:.2f} s"
             for g, (n, s) in enumerate(zip(collector.collections, collector.seconds, strict=True))

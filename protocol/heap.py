@@ -6,8 +6,10 @@ resolution in the backend")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,27 @@ async def settle(
                 last = time.monotonic()
     finally:
         gc.enable()
+
+
+class SettlingThread:
+    """`settle` for a process without an event loop of its own (an ingest worker process, a benchmark): run on a
+    thread of its own until close(), which gives the collector back as it was."""
+
+    def __init__(self, after_s: float = SETTLE_AFTER_S) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._task = self._loop.create_task(settle(after_s))
+        self._thread = threading.Thread(target=self._run, name="heap-settle", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(self._task)
+        self._loop.close()
+
+    def close(self) -> None:
+        """Stop settling; automatic collection is back on."""
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
 
 
 class CollectorTime:

@@ -163,7 +163,7 @@ def create_app(
         # that does not ingest publishes it all the same.
         publisher = hotlist.HotlistPublisher(settings)
         publisher.start()
-        worker = IngestWorkers(settings) if run_ingest else None
+        worker = IngestWorkers(settings, settle_heap_s) if run_ingest else None
         if worker:
             await asyncio.to_thread(worker.start)
 

@@ -1,26 +1,33 @@
-"""Several ingest workers in one process, seen from outside as one (health, metrics, start and stop).
+"""The backend's ingest workers, seen from outside as one (health, metrics, start and stop).
 
 Each worker is a whole `Ingest`: its own MQTT client in the shared subscription group, its own lanes, writer threads
 and connection pool. The broker hands each station message to one of them; a message that reaches two (a
 redelivery after a broker restart, a worker killed before its acknowledgement) is stored once, because a batch is
-written once per (station_id, batch_seq) and the writers lock rows in key order. More workers than cores gain
-little (validation is Python); for more cores, run more `bikeguard backend` processes, each with its own
-`BIKEGUARD_MQTT_CLIENT_ID` in the same shared subscription group (docs/deploy.md).
+written once per (station_id, batch_seq) and the writers lock rows in key order.
+
+One worker runs in the backend's own process. Several run each in a process of its own (backend.ingest.process):
+as threads of one process they took turns under its interpreter lock, and a worker's work is mostly Python. The
+backend's process then serves the API and reads the workers' figures. For more cores than one machine has, run
+more `bikeguard backend` processes, each with its own `BIKEGUARD_MQTT_CLIENT_ID` in the same shared subscription
+group (docs/deploy.md).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from typing import TypeVar
 
 from backend.ingest import gaps
 from backend.ingest.consumer import Ingest, IngestCounters
+from backend.ingest.process import Figures, WorkerProcess, figures_of
 from backend.ingest.v2 import V2Counters
 from backend.settings import BackendSettings
 
-Figures = TypeVar("Figures", IngestCounters, gaps.GapCounters, V2Counters)
+Tally = TypeVar("Tally", IngestCounters, gaps.GapCounters, V2Counters)
 
 
 def client_ids(base: str, workers: int) -> list[str]:
@@ -29,7 +36,7 @@ def client_ids(base: str, workers: int) -> list[str]:
     return [base if i == 0 else f"{base}-{i + 1}" for i in range(workers)]
 
 
-def added_up(kind: type[Figures], counters: list[Figures]) -> Figures:
+def added_up(kind: type[Tally], counters: list[Tally]) -> Tally:
     """Several workers' counters (IngestCounters, GapCounters, V2Counters: numbers and Counters) added up."""
     out = kind()
     for c in counters:
@@ -43,54 +50,69 @@ def added_up(kind: type[Figures], counters: list[Figures]) -> Figures:
 
 
 class IngestWorkers:
-    """`settings.ingest_workers` ingest workers started and stopped together, with their figures added up."""
+    """`settings.ingest_workers` ingest workers started and stopped together, with their figures added up: one in
+    this process, or each in a process of its own when there are several."""
 
-    def __init__(self, settings: BackendSettings) -> None:
+    def __init__(self, settings: BackendSettings, settle_heap_s: float | None = None) -> None:
         self.settings = settings
-        self.workers = [
-            Ingest(settings, client_id) for client_id in client_ids(settings.mqtt_client_id, settings.ingest_workers)
-        ]
+        ids = client_ids(settings.mqtt_client_id, settings.ingest_workers)
+        self.workers: list[Ingest] | list[WorkerProcess] = (
+            [Ingest(settings, ids[0])]
+            if len(ids) == 1
+            else [WorkerProcess(settings, client_id, settle_heap_s) for client_id in ids]
+        )
+
+    def figures(self) -> list[Figures]:
+        """Each worker's figures now."""
+        return [figures_of(w) if isinstance(w, Ingest) else w.figures() for w in self.workers]
+
+    def pids(self) -> list[int]:
+        """The processes the ingest runs in: this one, or the workers' own."""
+        return [os.getpid()] if isinstance(self.workers[0], Ingest) else [w.pid for w in self.workers if w.pid]
 
     @property
     def counters(self) -> IngestCounters:
         """What all workers have done since they started."""
-        return added_up(IngestCounters, [w.counters for w in self.workers])
+        return added_up(IngestCounters, [f.counters for f in self.figures()])
 
     @property
     def gap_counters(self) -> gaps.GapCounters:
         """What all workers' gap checks and flushes have done about missing batches."""
-        return added_up(gaps.GapCounters, [w.gap_counters for w in self.workers])
+        return added_up(gaps.GapCounters, [f.gap_counters for f in self.figures()])
 
     @property
     def v2_counters(self) -> V2Counters:
         """What all workers' resolutions of v2 beacons have done."""
-        return added_up(V2Counters, [w.v2.counters for w in self.workers])
+        return added_up(V2Counters, [f.v2_counters for f in self.figures()])
 
     @property
     def batches_missing_now(self) -> dict[str, int]:
         """Batches asked for and still missing, per station (every worker reads it from the database)."""
-        return self.workers[0].batches_missing_now
+        return self.figures()[0].batches_missing_now
 
     @property
     def broker_connected(self) -> bool:
         """Whether every worker is connected and subscribed."""
-        return all(w.broker_connected for w in self.workers)
+        return all(f.broker_connected for f in self.figures())
 
     def queued(self) -> dict[str, int]:
         """Messages waiting in each lane, over all workers."""
         out: Counter[str] = Counter()
-        for w in self.workers:
-            out.update(w.queued())
+        for f in self.figures():
+            out.update(f.queued)
         return dict(out)
 
     def threads(self) -> dict[str, bool]:
-        """Whether each worker's threads are alive (named with the worker's number when there are several)."""
-        if len(self.workers) == 1:
-            return self.workers[0].threads()
-        return {f"{name}-{i + 1}": alive for i, w in enumerate(self.workers) for name, alive in w.threads().items()}
+        """Whether each worker's threads (and process) are alive, named with the worker's number when there are
+        several."""
+        figures = self.figures()
+        if len(figures) == 1:
+            return figures[0].threads
+        return {f"{name}-{i + 1}": alive for i, f in enumerate(figures) for name, alive in f.threads.items()}
 
     def start(self, wait_s: float = 10.0) -> None:
-        """Start every worker; waits (at most wait_s in all) until each has its subscriptions."""
+        """Start every worker; waits (at most wait_s in all, plus the processes' start) until each has its
+        subscriptions."""
         for w in self.workers:
             w.start(wait_s=None)
         deadline = time.monotonic() + wait_s
@@ -98,6 +120,10 @@ class IngestWorkers:
             w.wait_connected(max(0.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
-        """Stop every worker: each finishes what it holds, then disconnects."""
-        for w in self.workers:
-            w.stop()
+        """Stop every worker: each finishes what it holds, then disconnects. Worker processes are told all at once and
+        then waited for."""
+        if isinstance(self.workers[0], Ingest):
+            self.workers[0].stop()
+            return
+        with ThreadPoolExecutor(len(self.workers)) as pool:
+            list(pool.map(WorkerProcess.stop, self.workers))

@@ -1,15 +1,20 @@
-"""Several ingest workers on one shared subscription: the work is shared, and every batch is stored once."""
+"""Several ingest workers on one shared subscription, each in a process of its own: the work is shared, every batch
+is stored once, and a worker process that dies or loses the backend's process is seen to."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
+import psutil
 import psycopg
 import pytest
 from pydantic import ValidationError
 
+from backend.ingest.process import WorkerProcess
 from backend.ingest.workers import IngestWorkers, client_ids
 from backend.settings import BackendSettings
 from bikeguard.services import Broker, start_broker
@@ -96,3 +101,66 @@ def test_two_workers_share_the_traffic_and_store_each_batch_once_even_when_sent_
     assert all(n > 0 for n in per_worker), f"one worker did all the work: {per_worker}"
     assert sum(per_worker) == 800 and workers.counters.messages == 800
     assert workers.counters.batches_confirmed == 800  # each copy confirmed: the gateway may wait for either
+
+
+@pytest.fixture
+def two_workers(database_url: str, mosquitto: Broker, topic_prefix: str) -> Iterator[IngestWorkers]:
+    """Two ingest workers, started (each in a process of its own); stopped at the end whatever the test did."""
+    settings = BackendSettings(
+        environment="development",
+        database_url=database_url,
+        mqtt_url=mosquitto.url,
+        mqtt_client_id=f"ingest-{topic_prefix}",
+        mqtt_shared_group=f"ingest-{topic_prefix}",
+        ingest_workers=2,
+    )
+    workers = IngestWorkers(settings)
+    workers.start()
+    try:
+        yield workers
+    finally:
+        workers.stop()
+
+
+def _wait_gone(worker: WorkerProcess, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while worker.alive:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.mosquitto
+def test_several_workers_run_each_in_a_process_of_its_own(two_workers: IngestWorkers) -> None:
+    # As threads of one process they took turns under its interpreter lock: each worker now has its own.
+    pids = two_workers.pids()
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    assert two_workers.broker_connected
+    threads = two_workers.threads()
+    assert threads["ingest-writer-1"] and threads["ingest-writer-2"] and all(threads.values()), threads
+    two_workers.stop()
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+
+
+@pytest.mark.mosquitto
+def test_a_dead_worker_process_shows_in_health_and_the_others_stop_cleanly(two_workers: IngestWorkers) -> None:
+    dead = two_workers.workers[1]
+    assert isinstance(dead, WorkerProcess) and dead.pid is not None
+    os.kill(dead.pid, signal.SIGKILL)
+    _wait_gone(dead, "SIGKILL did not end the worker")
+    threads = two_workers.threads()
+    # What /api/health/ingest and /metrics show: the process and its threads are gone, the broker is not ours.
+    assert threads["ingest-process-2"] is False and threads["ingest-writer-2"] is False
+    assert threads["ingest-writer-1"] is True
+    assert two_workers.broker_connected is False
+    started = time.monotonic()
+    two_workers.stop()
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.mosquitto
+def test_a_worker_process_stops_when_the_backend_process_is_gone(two_workers: IngestWorkers) -> None:
+    orphan = two_workers.workers[0]
+    assert isinstance(orphan, WorkerProcess)
+    # The backend's end of the pipe closes, as when its process dies: the worker finishes and goes.
+    orphan._conn.close()
+    _wait_gone(orphan, "the worker outlived the backend's process")
