@@ -201,11 +201,18 @@ def screen(conn: psycopg.Connection, flush: _Flush, known: KnownStations) -> Non
     flush.origins = [(item, sid) for item, sid in flush.origins if sid not in refused]
 
 
-class Ingest:
-    """The MQTT→PostgreSQL ingest worker; several may run at once against one shared subscription."""
+# A worker's lanes: "sightings" (sightings batches, statuses, self-tests, batches gone) and "alerts".
+LANES = ("sightings", "alerts")
 
-    def __init__(self, settings: BackendSettings, client_id: str | None = None) -> None:
+
+class Ingest:
+    """The MQTT→PostgreSQL ingest worker; several may run at once against one shared subscription. By default it
+    takes both lanes; `lanes` may name one (the backend's own process takes only the alerts when its workers are
+    processes of their own, backend.ingest.workers)."""
+
+    def __init__(self, settings: BackendSettings, client_id: str | None = None, lanes: tuple[str, ...] = LANES) -> None:
         self.settings = settings
+        self.lanes = lanes
         self.counters = IngestCounters()
         self.known = KnownStations(settings.ingest_station_refresh_s)
         self.window = TimeWindow.of(settings)
@@ -230,8 +237,12 @@ class Ingest:
         self._count_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads = [
-            threading.Thread(target=self._write_loop, args=(self._sightings,), name="ingest-writer", daemon=True),
-            threading.Thread(target=self._write_loop, args=(self._alerts,), name="ingest-alerts", daemon=True),
+            threading.Thread(target=self._write_loop, args=(lane,), name=name, daemon=True)
+            for lane, name, kind in (
+                (self._sightings, "ingest-writer", "sightings"),
+                (self._alerts, "ingest-alerts", "alerts"),
+            )
+            if kind in lanes
         ]
         # The detectors whose cost is mostly per query (cloned chips) judge many flushes' passages at once, on a
         # thread of their own: a clone's alarm may take a second where a stolen chip's may not. Once a second, not
@@ -251,20 +262,20 @@ class Ingest:
         # chip's alert from waiting behind a backlog of sightings batches (a drain after an outage, a flood of v2
         # beacons to resolve), which the broker sends on one connection in order and paho reads no further while
         # their lane is full.
-        self._receivers = [
-            _Receiver(
-                settings,
-                self._stopping,
-                self._take,
-                self.client_id,
-                [k for k in topics.STATION_KINDS if k != "alerts"],
-                group,
-                self._sightings,
-            ),
-            _Receiver(
-                settings, self._stopping, self._take, f"{self.client_id}-alerts", ["alerts"], group, self._alerts
-            ),
-        ]
+        self._receivers = []
+        if "sightings" in lanes:
+            kinds = [k for k in topics.STATION_KINDS if k != "alerts"]
+            self._receivers.append(
+                _Receiver(settings, self._stopping, self._take, self.client_id, kinds, group, self._sightings)
+            )
+        if "alerts" in lanes:
+            self._receivers.append(
+                _Receiver(
+                    settings, self._stopping, self._take, f"{self.client_id}-alerts", ["alerts"], group, self._alerts
+                )
+            )
+        # The passages' own threads: the deferred detectors and the gap check.
+        self._background = [self._deferred_thread, self._gap_thread] if "sightings" in lanes else []
         # The main connection publishes (confirmations, requests for missing batches); tests reach its subscriptions.
         self.client = self._receivers[0].client
 
@@ -298,12 +309,16 @@ class Ingest:
         return self.gaps.missing_now
 
     def queued(self) -> dict[str, int]:
-        """Messages waiting in each lane."""
-        return {"sightings": len(self._sightings), "alerts": len(self._alerts)}
+        """Messages waiting in each of its lanes."""
+        return {
+            kind: len(lane)
+            for kind, lane in (("sightings", self._sightings), ("alerts", self._alerts))
+            if kind in self.lanes
+        }
 
     def threads(self) -> dict[str, bool]:
         """Whether each of the ingest's threads is alive."""
-        return {t.name: t.is_alive() for t in (*self._threads, self._deferred_thread, self._gap_thread)}
+        return {t.name: t.is_alive() for t in (*self._threads, *self._background)}
 
     # life cycle
 
@@ -312,10 +327,8 @@ class Ingest:
         self._pool.open(wait=False)  # connects in the background; a database that is down is retried
         for receiver in self._receivers:
             receiver.start()
-        for thread in self._threads:
+        for thread in (*self._threads, *self._background):
             thread.start()
-        self._deferred_thread.start()
-        self._gap_thread.start()
         threading.Thread(target=self.v2.prepare, args=(self._pool,), name="ingest-v2-table", daemon=True).start()
         if wait_s is not None:
             self.wait_connected(wait_s)
@@ -336,9 +349,9 @@ class Ingest:
         for thread in self._threads:
             thread.join(timeout=30)
         self._deferred.close()  # after the writers: it judges what they handed it last
-        self._deferred_thread.join(timeout=30)
         self.gaps.wake()
-        self._gap_thread.join(timeout=30)
+        for thread in self._background:
+            thread.join(timeout=30)
         # Both told first, then waited for: a connection's thread waiting to reconnect to a broker that is gone
         # notices within a second, and the two then take one second, not two.
         for receiver in self._receivers:

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from backend.ingest import gaps
-from backend.ingest.consumer import Ingest, IngestCounters
+from backend.ingest.consumer import LANES, Ingest, IngestCounters
 from backend.ingest.v2 import V2Counters
 from backend.settings import BackendSettings
 from protocol import heap
@@ -83,13 +83,19 @@ class WorkerProcess:
     """One ingest worker (a whole `Ingest`: its broker connections, lanes, writers and connection pool) in a process
     of its own, seen from the backend's process: started, asked for its figures, stopped."""
 
-    def __init__(self, settings: BackendSettings, client_id: str, settle_heap_s: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: BackendSettings,
+        client_id: str,
+        settle_heap_s: float | None = None,
+        lanes: tuple[str, ...] = LANES,
+    ) -> None:
         self.client_id = client_id
         ctx = mp.get_context("spawn")  # the backend's process has threads (uvicorn, pools): no fork
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(
             target=_serve,
-            args=(settings, client_id, child, logging.getLogger().getEffectiveLevel(), settle_heap_s),
+            args=(settings, client_id, lanes, child, logging.getLogger().getEffectiveLevel(), settle_heap_s),
             name=f"ingest {client_id}",
             daemon=True,  # ended with the backend's process, however that ends
         )
@@ -181,7 +187,12 @@ class WorkerProcess:
 
 
 def _serve(
-    settings: BackendSettings, client_id: str, conn: Connection, log_level: int, settle_heap_s: float | None
+    settings: BackendSettings,
+    client_id: str,
+    lanes: tuple[str, ...],
+    conn: Connection,
+    log_level: int,
+    settle_heap_s: float | None,
 ) -> None:
     """The worker process: run one Ingest and answer the backend's process until told to stop or left alone."""
     # Ctrl-C, and a service manager's SIGTERM, reach every process of the group: the backend's process stops its
@@ -189,7 +200,7 @@ def _serve(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=_LOG_FORMAT)
-    ingest = Ingest(settings, client_id)
+    ingest = Ingest(settings, client_id, lanes)
     settled = heap.SettlingThread(settle_heap_s) if settle_heap_s is not None else None
     ingest.start(wait_s=None)
     try:

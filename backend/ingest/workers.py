@@ -51,7 +51,9 @@ def added_up(kind: type[Tally], counters: list[Tally]) -> Tally:
 
 class IngestWorkers:
     """`settings.ingest_workers` ingest workers started and stopped together, with their figures added up: one in
-    this process, or each in a process of its own when there are several."""
+    this process, or each in a process of its own when there are several. These then take the sightings lane, and
+    this process the alerts: a stolen chip's alert waits for no interpreter that is resolving a flush of v2
+    beacons."""
 
     def __init__(self, settings: BackendSettings, settle_heap_s: float | None = None) -> None:
         self.settings = settings
@@ -59,21 +61,26 @@ class IngestWorkers:
         self.workers: list[Ingest] | list[WorkerProcess] = (
             [Ingest(settings, ids[0])]
             if len(ids) == 1
-            else [WorkerProcess(settings, client_id, settle_heap_s) for client_id in ids]
+            else [WorkerProcess(settings, client_id, settle_heap_s, lanes=("sightings",)) for client_id in ids]
         )
+        # Its broker connection keeps the client id the first worker's alerts had (<id>-alerts).
+        self.alerts = Ingest(settings, ids[0], lanes=("alerts",)) if len(ids) > 1 else None
 
     def figures(self) -> list[Figures]:
-        """Each worker's figures now."""
+        """Each worker's figures now (not those of this process's alerts, if the workers are processes)."""
         return [figures_of(w) if isinstance(w, Ingest) else w.figures() for w in self.workers]
 
+    def _all_figures(self) -> list[Figures]:
+        return self.figures() + ([figures_of(self.alerts)] if self.alerts else [])
+
     def pids(self) -> list[int]:
-        """The processes the ingest runs in: this one, or the workers' own."""
+        """The processes the ingest's sightings run in: this one, or the workers' own."""
         return [os.getpid()] if isinstance(self.workers[0], Ingest) else [w.pid for w in self.workers if w.pid]
 
     @property
     def counters(self) -> IngestCounters:
         """What all workers have done since they started."""
-        return added_up(IngestCounters, [f.counters for f in self.figures()])
+        return added_up(IngestCounters, [f.counters for f in self._all_figures()])
 
     @property
     def gap_counters(self) -> gaps.GapCounters:
@@ -83,7 +90,7 @@ class IngestWorkers:
     @property
     def v2_counters(self) -> V2Counters:
         """What all workers' resolutions of v2 beacons have done."""
-        return added_up(V2Counters, [f.v2_counters for f in self.figures()])
+        return added_up(V2Counters, [f.v2_counters for f in self._all_figures()])
 
     @property
     def batches_missing_now(self) -> dict[str, int]:
@@ -93,30 +100,32 @@ class IngestWorkers:
     @property
     def broker_connected(self) -> bool:
         """Whether every worker is connected and subscribed."""
-        return all(f.broker_connected for f in self.figures())
+        return all(f.broker_connected for f in self._all_figures())
 
     def queued(self) -> dict[str, int]:
         """Messages waiting in each lane, over all workers."""
         out: Counter[str] = Counter()
-        for f in self.figures():
+        for f in self._all_figures():
             out.update(f.queued)
         return dict(out)
 
     def threads(self) -> dict[str, bool]:
         """Whether each worker's threads (and process) are alive, named with the worker's number when there are
-        several."""
+        several (then this process's alerts thread too)."""
         figures = self.figures()
         if len(figures) == 1:
             return figures[0].threads
-        return {f"{name}-{i + 1}": alive for i, f in enumerate(figures) for name, alive in f.threads.items()}
+        threads = {f"{name}-{i + 1}": alive for i, f in enumerate(figures) for name, alive in f.threads.items()}
+        return threads | (self.alerts.threads() if self.alerts else {})
 
     def start(self, wait_s: float = 10.0) -> None:
         """Start every worker; waits (at most wait_s in all, plus the processes' start) until each has its
         subscriptions."""
-        for w in self.workers:
+        everyone = [*self.workers, *([self.alerts] if self.alerts else [])]
+        for w in everyone:
             w.start(wait_s=None)
         deadline = time.monotonic() + wait_s
-        for w in self.workers:
+        for w in everyone:
             w.wait_connected(max(0.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
@@ -125,5 +134,9 @@ class IngestWorkers:
         if isinstance(self.workers[0], Ingest):
             self.workers[0].stop()
             return
-        with ThreadPoolExecutor(len(self.workers)) as pool:
-            list(pool.map(WorkerProcess.stop, self.workers))
+        with ThreadPoolExecutor(len(self.workers) + 1) as pool:
+            stopping = [pool.submit(w.stop) for w in self.workers]
+            if self.alerts:
+                stopping.append(pool.submit(self.alerts.stop))
+            for done in stopping:
+                done.result()

@@ -19,6 +19,7 @@ from backend.ingest.workers import IngestWorkers, client_ids
 from backend.settings import BackendSettings
 from bikeguard.services import Broker, start_broker
 from protocol import topics
+from protocol.messages import Alert, utcnow
 from tests import factories
 from tests.backend.test_provisioning import require_mosquitto
 
@@ -164,3 +165,37 @@ def test_a_worker_process_stops_when_the_backend_process_is_gone(two_workers: In
     # The backend's end of the pipe closes, as when its process dies: the worker finishes and goes.
     orphan._conn.close()
     _wait_gone(orphan, "the worker outlived the backend's process")
+
+
+@pytest.mark.mosquitto
+def test_with_worker_processes_the_backend_process_takes_the_alerts_and_they_the_sightings(
+    two_workers: IngestWorkers, mosquitto: Broker, database_url: str, topic_prefix: str
+) -> None:
+    # A stolen chip's alert waits for no worker resolving a flush: the backend's own process takes every alert.
+    station = f"{topic_prefix}-alerts"
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    publisher.username_pw_set(mosquitto.username, mosquitto.password)
+    publisher.connect(mosquitto.host, mosquitto.port)
+    publisher.loop_start()
+    try:
+        for n in range(10):
+            alert = Alert(
+                station_id=station, kind="tamper", tag_id=f"{n + 1:08X}", seen_at=utcnow(), rssi_dbm=-60, antenna=0
+            )
+            publisher.publish(topics.station_topic(station, "alerts"), alert.to_json(), qos=1).wait_for_publish(5)
+            batch = factories.batch(station, n + 1, [n + 1])
+            publisher.publish(topics.station_topic(station, "sightings"), batch.to_json(), qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 30
+        while two_workers.counters.alerts < 10 or two_workers.counters.batches_new < 10:
+            assert time.monotonic() < deadline, f"only {two_workers.counters} after 30 s"
+            time.sleep(0.05)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+    assert two_workers.alerts is not None and two_workers.alerts.counters.alerts == 10
+    assert [f.counters.alerts for f in two_workers.figures()] == [0, 0]
+    assert sum(f.counters.batches_new for f in two_workers.figures()) == 10
+    assert two_workers.alerts.counters.batches_new == 0
+    assert set(two_workers.queued()) == {"sightings", "alerts"}
