@@ -635,7 +635,7 @@ def measure(
         f" once{f' ({args.sightings - stored} passages split by a window change joined)' * (stored != args.sightings)}"
         f" (by worker, with the warm-up: {counters})"
     )
-    if kind == "v2":
+    if kind == "v2" and sections.seconds:
         print(
             "  v2 resolution, wall time in the writer threads per sighting: "
             + ", ".join(

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backend.accounts import STAFF_ROLES
 from backend.api.deps import allow, anyone
+from backend.ingest.workers import IngestWorkers
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +30,30 @@ async def health() -> dict[str, str]:
 async def ingest_health(request: Request) -> dict[str, Any]:
     """Staff: the ingest's threads and counters, live viewers (no personal data). The session is looked up in the
     database; /metrics gives the same figures without it, for operators on the internal network."""
-    ingest = request.app.state.ingest
     live = getattr(request.app.state, "live", None)
-    c = ingest.counters if ingest else None
+    # Read in a thread: worker processes answer over a pipe, which must not hold up the event loop.
+    ingest = await asyncio.to_thread(_ingest_figures, request.app.state.ingest)
+    return {"status": "ok", "live_viewers": live.viewers if live else 0, "ingest": ingest}
+
+
+def _ingest_figures(ingest: IngestWorkers | None) -> dict[str, Any] | None:
+    if ingest is None:
+        return None
+    c = ingest.counters
     return {
-        "status": "ok",
-        "live_viewers": live.viewers if live else 0,
-        "ingest": None
-        if c is None
-        else {
-            "broker_connected": ingest.broker_connected,
-            "threads": ingest.threads(),
-            "queued": ingest.queued(),
-            "messages": c.messages,
-            "sightings": c.sightings,
-            "batches_new": c.batches_new,
-            "batches_repeated": c.batches_repeated,
-            "batches_conflicting": c.batches_conflicting,
-            "batches_confirmed": c.batches_confirmed,
-            "confirmations": c.confirmations,
-            "alerts": c.alerts,
-            "rejected": dict(c.rejected),
-            "db_retries": c.db_retries,
-        },
+        "broker_connected": ingest.broker_connected,
+        "threads": ingest.threads(),
+        "queued": ingest.queued(),
+        "messages": c.messages,
+        "sightings": c.sightings,
+        "batches_new": c.batches_new,
+        "batches_repeated": c.batches_repeated,
+        "batches_conflicting": c.batches_conflicting,
+        "batches_confirmed": c.batches_confirmed,
+        "confirmations": c.confirmations,
+        "alerts": c.alerts,
+        "rejected": dict(c.rejected),
+        "db_retries": c.db_retries,
     }
 
 
@@ -97,4 +99,6 @@ async def database_refusal(database_url: str, timeout_s: float) -> str | None:
 @router.get("/metrics", dependencies=[anyone()], include_in_schema=False)
 async def metrics(request: Request) -> Response:
     """Anyone who can reach it (operators on the internal network): the Prometheus text format, no personal data."""
-    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+    # In a thread, as above: the ingest's figures may come from worker processes.
+    body = await asyncio.to_thread(generate_latest, request.app.state.metrics)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
