@@ -502,6 +502,8 @@ class Ingest:
             self.counters.flushes += 1
 
     def _write_all(self, conn: psycopg.Connection, flush: _Flush) -> None:
+        if flush.gone:
+            gaps.wait_for_round(conn)  # before any row is locked: the answers are closed against the gaps as they are
         screen(conn, flush, self.known)
         flush.result = writer.write_alerts(conn, self.v2.resolve_alerts(conn, flush.alerts))
         flush.result.add(writer.write_batches(conn, flush.batches, self.v2.resolve_sightings))

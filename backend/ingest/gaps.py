@@ -188,9 +188,19 @@ def _stored_in(conn: psycopg.Connection, station_id: str, first: int, last: int)
     return [r[0] for r in conn.execute(_STORED_IN, (station_id, first, last))]
 
 
+def wait_for_round(conn: psycopg.Connection) -> None:
+    """Wait for a gap round in progress (any process's) to end, and keep the next one from starting until the
+    caller's transaction ends: its round lock, taken by a flush that carries stations' answers before it locks any
+    row (a round never waits for a flush's rows, so the two cannot deadlock). A round cuts the batches stored into a
+    gap out of it by deleting the gap and inserting its parts; an answer closed beside it locked the deleted gap,
+    skipped it, and found its parts only after, so the station's answer was lost."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
+
+
 def close_lost(conn: psycopg.Connection, answers: Iterable[BatchesGone]) -> list[Lost]:
     """Close as lost the asked-for open gaps (or their parts) that the stations' answers name, unless stored meanwhile;
-    in the caller's transaction (the flush that carries the answers). Returns what was closed."""
+    in the caller's transaction (the flush that carries the answers), which has waited for the gap round first
+    (wait_for_round). Returns what was closed."""
     named: dict[str, list[tuple[int, int, str]]] = {}
     for answer in answers:
         named.setdefault(answer.station_id, []).extend((r.first, r.last, r.reason) for r in answer.ranges)
