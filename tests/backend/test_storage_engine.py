@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
@@ -257,3 +258,37 @@ def test_the_other_engine_on_this_server(empty_database: str) -> None:
         why = "not preloaded" if timescaledb_installed() else "not installed"
         with pytest.raises(StorageEngineError, match=why):
             migrate(empty_database, storage=StoragePolicy("timescaledb"))
+
+
+def test_storage_maintenance_run_by_two_backends_at_once_is_refused_to_neither(database_url: str) -> None:
+    """Every backend makes the coming days' partitions now and then, and a migration makes them too: two at the same
+    moment each took a lock on the default partition that the other then waited for, and PostgreSQL refused one of
+    them as a deadlock (a CI run saw it). Two callers making days in turn, as fast as they can."""
+    first = datetime.now(UTC).date() - timedelta(days=400)
+    barrier = threading.Barrier(2)
+    refused: list[BaseException] = []
+
+    def make(days: list[date]) -> None:
+        try:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                barrier.wait(10)
+                for day in days:
+                    conn.execute("SELECT bikeguard_ensure_partitions(%s, %s)", (day, day))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            refused.append(exc)
+
+    days = [first + timedelta(days=i) for i in range(60)]
+    callers = [threading.Thread(target=make, args=(days[i::2],)) for i in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(60)
+    assert refused == []
+    if ENGINE == "postgresql":
+        with psycopg.connect(database_url) as conn:
+            made = conn.execute(
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'sightings'::regclass"
+                " AND inhrelid::regclass::text BETWEEN %s AND %s",
+                (f"sightings_{days[0]:%Y%m%d}", f"sightings_{days[-1]:%Y%m%d}"),
+            ).fetchone()
+        assert made == (len(days),)
