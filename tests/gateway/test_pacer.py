@@ -68,7 +68,9 @@ async def test_a_connection_is_read_after_a_slice_of_a_burst_of_background_work_
     assert before_read <= 30
     assert order == list(range(300))  # every job ran, in the order it asked
     assert pacer.jobs == 300 and pacer.waiting == 0
-    assert 0.0002 < pacer.job_s < 0.002
+    # The mean is of a job's own time (0.5 ms, more when the machine preempts it; a CI run saw 2.4 ms), not of the
+    # time it waited for its slot (up to the whole burst, 150 ms).
+    assert 0.0002 < pacer.job_s < 0.02
 
 
 async def test_without_a_pacer_the_burst_runs_before_the_connection_is_read() -> None:
