@@ -91,6 +91,12 @@ def _v2_metrics(ingest: Ingest | IngestWorkers) -> Iterator[Metric]:
         "outcome",
         {"resolved": v2.alerts_resolved, "dropped": v2.alerts_dropped},
     )
+    yield _labelled(
+        "bikeguard_ingest_v2_table_moves",
+        "v2 resolution tables moved to the next window: in the background, or by a flush that found one behind",
+        "by",
+        {"background": v2.table_moves_background, "flush": v2.table_moves_in_flush},
+    )
     yield CounterMetricFamily(
         "bikeguard_ingest_v2_keys_unreadable", "v2 chip keys the vault could not open", value=v2.keys_unreadable
     )

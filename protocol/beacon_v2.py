@@ -69,6 +69,9 @@ _WINDOW: Final = struct.Struct(">Q")
 # version, eid, sealed counter, flags, MAC: the bytes on the air after the radio's own preamble, sync and CRC.
 _AIR: Final = struct.Struct(">B8s4sB4s")
 AIR_BYTES: Final = _AIR.size
+# The flags byte's 256 values, made once: the backend parses every beacon of a flush, and an IntFlag made from an int
+# costs a call into enum's machinery each time.
+_FLAGS: Final = tuple(TagFlags(b) for b in range(256))
 
 
 class BeaconV2Error(ValueError):
@@ -131,7 +134,7 @@ class AirBeacon:
         if version != FORMAT_VERSION:
             raise BeaconPayloadError(f"beacon format version {version}, expected {FORMAT_VERSION}", raw)
         # Reserved flag bits stay in the object as sent: they are under the MAC, so dropping them would break it.
-        return cls(eid, sealed, TagFlags(flags), mac, version)
+        return cls(eid, sealed, _FLAGS[flags], mac, version)
 
     def frame(self, rssi_dbm: int, antenna: int) -> BeaconV2:
         """The reader frame a radio module writes when it hears this beacon."""

@@ -135,6 +135,9 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Tell the worker to finish what it holds and disconnect; kill it if it has not within STOP_TIMEOUT_S."""
+        if self._process.pid is None:  # never started
+            self._conn.close()
+            return
         answer = self._ask(("stop", None), timeout_s=STOP_TIMEOUT_S)
         if isinstance(answer, Figures):
             self._last = answer

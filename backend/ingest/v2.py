@@ -52,6 +52,11 @@ REFRESH_S: Final = 60.0
 # Windows before the current one the table holds (12 bytes a chip each): beacons delivered this late (a station's
 # uplink down for up to two hours) resolve at no extra cost; older ones need a table of their own window.
 DEFAULT_PAST_WINDOWS: Final = 8
+# Windows after the current one the table holds: one more than a beacon's lookup needs (the next window, a fast
+# clock's), so that when the clock passes into the next window the table moves there in the background (a sort of
+# a million eids, and every `ahead` windows a key schedule per chip: seconds) while flushes and alerts resolve with
+# it as it is; a flush moves it itself only when it is more than a window behind.
+AFTER_WINDOWS: Final = 2
 # Tables of older windows kept for beacons delivered late, the least recently used dropped first.
 LATE_TABLES: Final = 4
 # The latest beacons no chip resolved, kept in memory for inspection.
@@ -75,6 +80,7 @@ class _Beacon:
     payload: bytes
     heard_at: datetime
     station_id: str
+    window: int  # the window it was heard in (by the station's clock)
     resolution: Resolution | None = None
     prepared: Prepared | None = None  # parsed and looked up once, for the states to lock and then the verdict
     # The passage's first beacon when this, its last, is the same bytes: a chip never sends one counter twice, and a
@@ -96,6 +102,17 @@ class V2Counters:
     late_tables: int = 0  # tables built for beacons heard before the windows held
     malformed: int = 0  # heard bytes that are not a v2 beacon (the row pattern makes this rare)
     refreshes: int = 0
+    table_moves_background: int = 0  # the table moved to the next window by its background thread
+    table_moves_in_flush: int = 0  # moved by a flush that found it more than a window behind (its start, a pause)
+
+
+def _beacon(heard: str, at: datetime, station_id: str) -> _Beacon:
+    """A beacon as a station forwards it (its bytes in hex), heard at `at` by `station_id`."""
+    return _Beacon(bytes.fromhex(heard), at, station_id, window_of(at.timestamp()))
+
+
+def _heard_at(b: _Beacon) -> datetime:
+    return b.heard_at
 
 
 def _keep_evidence(conn: psycopg.Connection, evidence: list[CloneEvidence]) -> None:
@@ -138,6 +155,7 @@ class V2Resolution:
         self._active: set[int] = set()
         self._refreshed_at = 0.0  # by self._clock
         self._since: datetime | None = None  # the database's time of the last refresh
+        self._mover: threading.Thread | None = None  # moving the table to the next window, while it runs
         self._unknown: deque[tuple[str, datetime, bytes]] = deque(maxlen=UNKNOWN_KEPT)
         self.counters = V2Counters()
 
@@ -182,18 +200,44 @@ class V2Resolution:
             if table is None:
                 at = self._db_now(conn)
                 keys = self._decrypted(conn.execute(chip_keys.ACTIVE_KEYS).fetchall())
-                table = self._table = ResolutionTable(keys, window_of(now), before=self._past_windows)
+                table = self._table = ResolutionTable(
+                    keys, window_of(now), before=self._past_windows, after=AFTER_WINDOWS
+                )
                 self._active = {tag for tag, _ in keys}
                 self._since, self._refreshed_at = at, now
                 self.counters.refreshes += 1
                 log.info("v2 resolution built for %d chips (%d bytes)", len(keys), table.nbytes)
-            elif now - self._refreshed_at >= REFRESH_S:
-                self._pick_up_changes(conn, table)
+            elif now - self._refreshed_at >= REFRESH_S and not self._moving():
+                self._pick_up_changes(conn, table)  # while the table moves, at the next flush: it would wait for it
                 self._refreshed_at = now
                 self.counters.refreshes += 1
-            if table.centre != window_of(now):
-                table.advance(window_of(now))
+            current = window_of(now)
+            if table.centre == current or self._moving():
+                return table
+            if current == table.centre + 1:
+                self._mover = threading.Thread(
+                    target=self._move, args=(table, current), name="v2-table-move", daemon=True
+                )
+                self._mover.start()
+                return table
+            table.advance(current)
+            self.counters.table_moves_in_flush += 1
             return table
+
+    def _moving(self) -> bool:
+        return self._mover is not None and self._mover.is_alive()
+
+    def _move(self, table: ResolutionTable, window: int) -> None:
+        """The table moved to `window`, on a thread of its own: readers go on with the windows it holds."""
+        started = time.perf_counter()
+        try:
+            table.advance(window)
+        except Exception:  # the next flush tries again (and a flush more than a window on moves it itself)
+            log.exception("v2 resolution could not move to window %d", window)
+            return
+        with self._count_lock:
+            self.counters.table_moves_background += 1
+        log.info("v2 resolution moved to window %d in %.2f s", window, time.perf_counter() - started)
 
     def _resolver(self, table: ResolutionTable) -> Resolver:
         """This thread's resolver over the current table."""
@@ -202,13 +246,14 @@ class V2Resolution:
             lane.resolver = Resolver(table)
         return lane.resolver
 
-    def _resolver_for(self, resolver: Resolver, heard_at: datetime) -> Resolver:
-        """The resolver whose windows hold a beacon heard at `heard_at`: this thread's, or for a beacon delivered
-        later than the past windows reach, one over a table of the heard window's own (built once, sharing the
-        chips' states)."""
-        w = window_of(heard_at.timestamp())
-        if w - 1 >= resolver.table.windows.start:
-            return resolver
+    def _resolvers(self, resolver: Resolver, beacons: list[_Beacon]) -> list[Resolver]:
+        """For each beacon the resolver whose windows hold the window it was heard in: this thread's, or for a
+        beacon delivered later than the past windows reach, one over a table of the heard window's own (built
+        once, sharing the chips' states)."""
+        oldest = resolver.table.windows.start + 1  # a beacon's lookup also looks in the window before its own
+        return [resolver if b.window >= oldest else self._late_resolver(resolver, b.window) for b in beacons]
+
+    def _late_resolver(self, resolver: Resolver, w: int) -> Resolver:
         table = self._late_table(resolver.table, w)
         late = self._lane.late.get(w)
         if late is None or late.table is not table:
@@ -285,11 +330,10 @@ class V2Resolution:
         tags: set[int] = set()
         # By resolver (a late beacon's is one over its own window's table), to prepare each one's beacons at once.
         groups: dict[int, tuple[Resolver, list[_Beacon]]] = {}
-        for b in beacons:
-            r = self._resolver_for(resolver, b.heard_at)
+        for b, r in zip(beacons, self._resolvers(resolver, beacons), strict=True):
             groups.setdefault(id(r), (r, []))[1].append(b)
         for r, group in groups.values():
-            prepared = r.prepare_all([b.payload for b in group], [b.heard_at for b in group])
+            prepared = r.prepare_all([b.payload for b in group], [b.heard_at for b in group], [b.window for b in group])
             for b, p in zip(group, prepared, strict=True):
                 b.prepared = p
                 if p is not None:
@@ -303,6 +347,8 @@ class V2Resolution:
         ).fetchall()
         states: dict[int, ChipState | None] = dict.fromkeys(tags)
         for tag, counter, heard_at, station, window, payload, lo, hi, offset_at in rows:
+            if counter is None:
+                continue  # the row its fitting made (migration 0032): never heard yet
             states[int(tag)] = ChipState(
                 int(counter), heard_at.timestamp(), station, int(window), bytes(payload), lo, hi, offset_at.timestamp()
             )
@@ -341,7 +387,7 @@ class V2Resolution:
                 ' station_id = EXCLUDED.station_id, "window" = EXCLUDED."window", payload = EXCLUDED.payload,'
                 " offset_lo_s = EXCLUDED.offset_lo_s, offset_hi_s = EXCLUDED.offset_hi_s,"
                 " offset_at = EXCLUDED.offset_at"
-                " WHERE EXCLUDED.counter >= chip_beacon_states.counter"
+                " WHERE chip_beacon_states.counter IS NULL OR EXCLUDED.counter >= chip_beacon_states.counter"
             )
 
     def _judge(self, conn: psycopg.Connection, beacons: list[_Beacon]) -> list[Evidence]:
@@ -359,7 +405,8 @@ class V2Resolution:
             tags |= self._load_states(conn, resolver, unknown, skip=tags)
             self._resolve(resolver, unknown)
         for b in beacons:
-            self._judge_repeat(b)
+            if b.repeats is not None:
+                self._judge_repeat(b)
         evidence: list[CloneEvidence] = []
         with self._count_lock:
             for b in beacons:
@@ -398,11 +445,10 @@ class V2Resolution:
             return self._pick_up_changes(conn, table)
 
     def _resolve(self, resolver: Resolver, beacons: list[_Beacon]) -> None:
-        for b in sorted(beacons, key=lambda b: b.heard_at):
+        beacons = sorted(beacons, key=_heard_at)
+        for b, r in zip(beacons, self._resolvers(resolver, beacons), strict=True):
             try:
-                b.resolution = self._resolver_for(resolver, b.heard_at).resolve(
-                    b.payload, b.heard_at, b.station_id, b.prepared
-                )
+                b.resolution = r.resolve(b.payload, b.heard_at, b.station_id, b.prepared)
             except BeaconPayloadError:
                 b.resolution = None
 
@@ -420,7 +466,7 @@ class V2Resolution:
             for s in v2:
                 heard = s["heard"]
                 times = (s["first_seen_at"], s["last_seen_at"])
-                beacons = [_Beacon(bytes.fromhex(h), at, b["station_id"]) for h, at in zip(heard, times, strict=False)]
+                beacons = [_beacon(h, at, b["station_id"]) for h, at in zip(heard, times, strict=False)]
                 if len(beacons) == 2 and beacons[0].payload == beacons[1].payload:
                     beacons[1].repeats = beacons[0]
                 passages.append((s, beacons))
@@ -437,19 +483,30 @@ class V2Resolution:
         return out
 
     def _row(self, sighting: dict[str, Any], beacons: list[_Beacon]) -> dict[str, Any] | None:
-        results = [b.resolution for b in beacons]
-        if any(r is not None and r.evidence is not None for r in results):
-            self.counters.sightings_cloned += 1
-            return None
-        tags = {r.tag_id for r in results if r is not None and r.tag_id is not None}
-        if not all(r is not None and r.verdict in (Verdict.OK, Verdict.DUPLICATE) for r in results) or len(tags) != 1:
+        tag_id: int | None = None
+        passes = True  # every beacon resolved, ok or a duplicate, all to one chip
+        for b in beacons:
+            r = b.resolution
+            if r is None:
+                passes = False
+                continue
+            if r.evidence is not None:
+                self.counters.sightings_cloned += 1
+                return None
+            if r.verdict is not Verdict.OK and r.verdict is not Verdict.DUPLICATE:
+                passes = False
+            elif tag_id is None:
+                tag_id = r.tag_id
+            elif r.tag_id != tag_id:
+                passes = False
+        last = beacons[-1].resolution
+        if not passes or tag_id is None or last is None:
             self.counters.sightings_unknown += 1
             return None
         self.counters.sightings_resolved += 1
-        last = results[-1]
-        assert last is not None
-        row = {k: v for k, v in sighting.items() if k != "heard"}
-        row["tag_id"] = format_tag(tags.pop())
+        row = dict(sighting)
+        del row["heard"]
+        row["tag_id"] = format_tag(tag_id)
         row["window"] = last.window
         return row
 
@@ -457,7 +514,7 @@ class V2Resolution:
         """The alerts with the v2 ones given their chip's tag id; an alert whose beacon resolves to no chip, or is
         a replay or forgery (its alarm raised), is left out and counted. v1 alerts pass as they are."""
         alerts = list(alerts)
-        v2 = [(a, _Beacon(bytes.fromhex(a.heard), a.seen_at, a.station_id)) for a in alerts if a.heard is not None]
+        v2 = [(a, _beacon(a.heard, a.seen_at, a.station_id)) for a in alerts if a.heard is not None]
         if not v2:
             return alerts
         self._judge(conn, [b for _, b in v2])

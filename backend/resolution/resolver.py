@@ -180,9 +180,12 @@ class Resolver:
         assert prepared is not None
         return prepared
 
-    def prepare_all(self, payloads: list[bytes], heard_at: list[datetime]) -> list[Prepared | None]:
+    def prepare_all(
+        self, payloads: list[bytes], heard_at: list[datetime], windows: list[int] | None = None
+    ) -> list[Prepared | None]:
         """prepare() of a flush's beacons at once, their MACs then checked against every candidate (open_all):
-        what resolve() judges without a key of its own. None for bytes that are not a v2 beacon."""
+        what resolve() judges without a key of its own. None for bytes that are not a v2 beacon. `windows`, when
+        the caller has them, are the windows the beacons were heard in (window_of(heard_at))."""
         self._follow_table()
         parsed: list[AirBeacon | None] = []
         for payload in payloads:
@@ -192,13 +195,15 @@ class Resolver:
                 parsed.append(None)
         good = [i for i, b in enumerate(parsed) if b is not None]
         eids = np.frombuffer(b"".join([b.eid for b in parsed if b is not None]), dtype=">u8").astype(np.uint64)
-        heard = np.array([window_of(heard_at[i].timestamp()) for i in good], dtype=np.int64)
+        if windows is None:
+            windows = [window_of(at.timestamp()) for at in heard_at]
+        heard = np.array([windows[i] for i in good], dtype=np.int64)
         near: list[list[Candidate]] = [[] for _ in good]
         for step in (0, -1, 1):  # near its time: the window it was heard in, then the one before, the one after
             for j, found in enumerate(self.table.lookup_many(eids, heard + step)):
                 if found:
                     near[j] += found
-        out: list[Prepared | None] = [None] * len(payloads)
+        looked: list[tuple[AirBeacon, list[Candidate], bool] | None] = [None] * len(payloads)
         drifted = self._drifted.entries
         for j, i in enumerate(good):
             beacon = parsed[i]
@@ -207,34 +212,43 @@ class Resolver:
             if drifted and beacon.eid in drifted:
                 candidates += [c for c in drifted[beacon.eid] if not self.table.is_retired(c.key_index)]
             if candidates:
-                out[i] = Prepared(beacon, candidates, complete=False)
+                looked[i] = (beacon, candidates, False)
             else:
-                out[i] = Prepared(beacon, self.table.lookup(beacon.eid), complete=True)
-        return self.open_all(out, payloads)
+                looked[i] = (beacon, self.table.lookup(beacon.eid), True)
+        opened = self._open_pairs([None if x is None else (x[0], x[1]) for x in looked], payloads)
+        return [None if x is None else Prepared(*x, True, opened.get(i)) for i, x in enumerate(looked)]
 
     def open_all(self, prepared: list[Prepared | None], payloads: list[bytes]) -> list[Prepared | None]:
         """The beacons' MACs checked against all their candidates, in the order the candidates are tried one by
-        one; `payloads` are their bytes on the air. Many at once by arrays (backend.resolution.opening), a few
-        with each chip's own key (the arrays' fixed cost, about a millisecond, is that of some 30 keys)."""
-        pairs = [(i, c) for i, p in enumerate(prepared) if p is not None for c in p.candidates]
-        opened: dict[int, tuple[Candidate, int]] = {}
-        if len(pairs) < OPEN_MANY_FROM:
-            for i, p in enumerate(prepared):
-                if p is not None and (found := self._open(p.candidates, p.beacon)) is not None:
-                    opened[i] = found
-        else:
-            ok, counters = open_many(
-                self.table.keys_of([c.key_index for _, c in pairs]),
-                np.array([c.window for _, c in pairs], dtype=np.uint64),
-                np.frombuffer(b"".join([payloads[i] for i, _ in pairs]), dtype=np.uint8).reshape(-1, AIR_BYTES),
-            )
-            for (i, c), verified, counter in zip(pairs, ok.tolist(), counters.tolist(), strict=True):
-                if verified and i not in opened:
-                    opened[i] = (c, counter)
+        one; `payloads` are their bytes on the air."""
+        opened = self._open_pairs([None if p is None else (p.beacon, p.candidates) for p in prepared], payloads)
         return [
             None if p is None else Prepared(p.beacon, p.candidates, p.complete, True, opened.get(i))
             for i, p in enumerate(prepared)
         ]
+
+    def _open_pairs(
+        self, beacons: list[tuple[AirBeacon, list[Candidate]] | None], payloads: list[bytes]
+    ) -> dict[int, tuple[Candidate, int]]:
+        """For each beacon (its index) the first candidate whose key makes its MAC, with the counter it unseals.
+        Many at once by arrays (backend.resolution.opening), a few with each chip's own key (the arrays' fixed
+        cost, about a millisecond, is that of some 30 keys)."""
+        pairs = [(i, c) for i, x in enumerate(beacons) if x is not None for c in x[1]]
+        opened: dict[int, tuple[Candidate, int]] = {}
+        if len(pairs) < OPEN_MANY_FROM:
+            for i, x in enumerate(beacons):
+                if x is not None and (found := self._open(x[1], x[0])) is not None:
+                    opened[i] = found
+            return opened
+        ok, counters = open_many(
+            self.table.keys_of([c.key_index for _, c in pairs]),
+            np.array([c.window for _, c in pairs], dtype=np.uint64),
+            np.frombuffer(b"".join([payloads[i] for i, _ in pairs]), dtype=np.uint8).reshape(-1, AIR_BYTES),
+        )
+        for (i, c), verified, counter in zip(pairs, ok.tolist(), counters.tolist(), strict=True):
+            if verified and i not in opened:
+                opened[i] = (c, counter)
+        return opened
 
     def forget(self, tag_ids: Iterable[int]) -> None:
         """Drop these chips' states, kept elsewhere (the ingest keeps them in the database and loads them for each

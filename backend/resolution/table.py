@@ -1,10 +1,11 @@
 """The resolution table: every active v2 chip's ephemeral ids for the windows around now, eid → candidate chips.
 
-Most of a table's build is the chips' AES key schedules (one per chip, ~10-30 µs each; the AES blocks themselves
-are a fraction of a µs). So one key schedule computes a chip's eids for the windows held *and* `ahead` windows
-after them; those wait unsorted (8 bytes a chip a window) until `advance` takes them, which then only sorts. A
-million key schedules are paid once every `ahead` windows, not at every advance (docs/benchmarks.md, "v2 resolution
-in the backend", measures this against keeping a million encryptors alive, which takes about 1 KB a chip).
+Most of a table's build is the chips' AES key schedules, one per chip; derive_eids computes them for many chips at
+once in numpy (backend.resolution.aes_many) and, with them, the chip's eids for the windows held *and* `ahead`
+windows after them. Those wait unsorted (8 bytes a chip a window) until `advance` takes them, which then only sorts.
+A million key schedules are paid once every `ahead` windows, not at every advance (docs/benchmarks.md, "v2
+resolution in the backend", measures this against keeping a million encryptors alive, which takes about 1 KB a
+chip).
 
 Readers never lock: what they read is one immutable snapshot, swapped in whole by whoever advances the table (a
 background builder), so a lookup sees either the old windows or the new ones, never a half-built one.
@@ -21,13 +22,15 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from backend.resolution import aes_many
 from protocol.beacon_v2 import EID_LABEL, KEY_BYTES, ChipKey
 
 # A ChipKey (its encryptor and MAC subkey) takes about 1.1 KB; the MAC check needs one, so the chips seen lately
 # keep theirs.
 DEFAULT_KEY_CACHE: Final = 65_536
+# Chips whose eids derive_eids computes in one go (about 3 MiB of round keys and state each).
+DERIVE_CHUNK: Final = 16_384
 
 
 class ResolutionError(ValueError):
@@ -80,24 +83,22 @@ def _blocks(windows: range) -> bytes:
 def derive_eids(keys: bytes | bytearray | memoryview, windows: range) -> np.ndarray:
     """The eids (as big-endian 64-bit numbers) of chips with these concatenated keys over `windows`: chips × windows.
 
-    One key schedule per chip for all the windows; the eids are cut out of the AES output by numpy, so no Python
-    object is made per eid.
+    AES-128 with a key per row (backend.resolution.aes_many), `DERIVE_CHUNK` chips at a time: one key schedule per
+    chip for all the windows, and no Python object made per chip or eid. Its array operations leave the
+    interpreter's lock to the other threads while they run, so a table moving in the background (backend.ingest.v2)
+    holds up no flush or alert for long.
     """
-    n = len(keys) // KEY_BYTES
-    blocks = _blocks(windows)
-    out = bytearray()
-    view = memoryview(keys)
-    for i in range(n):
-        out += (
-            Cipher(algorithms.AES(bytes(view[i * KEY_BYTES : (i + 1) * KEY_BYTES])), modes.ECB())
-            .encryptor()
-            .update(blocks)
-        )
-    if n == 0:
-        return np.zeros((0, len(windows)), dtype=np.uint64)
-    # Each block of output is 16 bytes; its first 8 (EID_BYTES) are the eid: one big-endian 64-bit word of two.
-    words = np.frombuffer(bytes(out), dtype=">u8").reshape(n, len(windows), 2)
-    return words[:, :, 0].astype(np.uint64)
+    every = np.frombuffer(keys, dtype=np.uint8).reshape(-1, KEY_BYTES)
+    blocks = aes_many.words(np.frombuffer(_blocks(windows), dtype=np.uint8).reshape(-1, 16))
+    out = np.empty((len(every), len(windows)), dtype=np.uint64)
+    for start in range(0, len(every), DERIVE_CHUNK):
+        round_keys = aes_many.expand(every[start : start + DERIVE_CHUNK])
+        n = round_keys.shape[2]
+        for j in range(len(windows)):
+            s = aes_many.encrypt(round_keys, np.repeat(blocks[:, j : j + 1], n, axis=1))
+            # The eid is the block's first 8 bytes (EID_BYTES): its first two big-endian words.
+            out[start : start + n, j] = (s[0].astype(np.uint64) << np.uint64(32)) | s[1]
+    return out
 
 
 def _sorted_window(eids: np.ndarray) -> _Window:

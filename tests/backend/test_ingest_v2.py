@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -125,7 +126,10 @@ def test_a_replayed_and_a_forged_beacon_raise_a_cloned_chip_alarm_and_are_not_th
     topic = topics.station_topic(elsewhere, "sightings")
     publish(topic, batch(elsewhere, 1, v2_sighting(replayed, replayed, later)))
     publish(topic, batch(elsewhere, 2, v2_sighting(forged, None, later + timedelta(seconds=20), beacons=1)))
+    # The counters move as the flush judges, before it commits: wait for what the police see, the evidence.
     wait_until(lambda: ingest.v2.counters.sightings_cloned >= 2)
+    evidence = "SELECT count(*) FROM alarm_evidence JOIN alarms USING (alarm_id) WHERE tag_id = %s"
+    wait_until(lambda: count(database_url, evidence, tag) >= 3)
     with psycopg.connect(database_url) as conn:
         alarms = conn.execute("SELECT kind, tag_id, station_id FROM alarms WHERE tag_id = %s", (tag,)).fetchall()
         stored = conn.execute("SELECT station_id FROM sightings WHERE tag_id = %s", (tag,)).fetchall()
@@ -224,6 +228,42 @@ def test_workers_share_the_chips_counters_so_a_replay_to_another_worker_is_caugh
     assert conn.execute("SELECT kind FROM alarms WHERE tag_id = %s", (tag,)).fetchall() == [("chip_cloned",)]
 
 
+def test_two_workers_hearing_chips_for_the_first_time_at_once_never_deadlock(database_url: str) -> None:
+    """Two workers' flushes of chips never heard before, overlapping, in concurrent transactions. A chip's state row
+    exists from its fitting, so each flush locks all of its chips in tag order; rows made at a flush's write-back
+    once let two workers wait for each other (PostgreSQL refuses one as a deadlock: a flush retried, an error log)."""
+    tags = list(range(0x00C2C000, 0x00C2C000 + 120))
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, "v2-d1")
+        factories.station(conn, "v2-d2", lat=30.31)
+        keys = {tag: fit_v2(conn, tag, 1000 + i)[1] for i, tag in enumerate(tags)}
+        empty = conn.execute(
+            "SELECT count(*) FROM chip_beacon_states WHERE tag_id = ANY(%s) AND counter IS NULL", (tags,)
+        ).fetchone()
+    assert empty == (len(tags),), "a fitted chip's state row is there, empty, before its first beacon"
+    at = now_in_window()
+    w = window_of(at.timestamp())
+
+    def worker(station: str, seed: int) -> int:
+        resolution, rng = V2Resolution(factories.VAULT), random.Random(seed)
+        resolved = 0
+        with psycopg.connect(database_url) as conn:
+            for flush in range(30):
+                chosen = rng.sample(tags, 12)
+                sightings = [
+                    v2_sighting(keys[t].seal(w, 10 + 2 * flush + seed, TagFlags(0)), None, at, 1) for t in chosen
+                ]
+                with conn.transaction():
+                    [rows] = resolution.resolve_sightings(conn, [parse_batch_rows(batch(station, flush, *sightings))])
+                    conn.execute("SELECT pg_sleep(0.005)")  # the rest of the flush: the locks are held till commit
+                resolved += len(rows)
+        return resolved
+
+    with ThreadPoolExecutor(2) as pool:
+        done = [pool.submit(worker, "v2-d1", 0), pool.submit(worker, "v2-d2", 1)]
+        assert [f.result(timeout=120) for f in done] == [30 * 12, 30 * 12], "every beacon resolved, none refused"
+
+
 def test_a_chip_fitted_after_the_worker_started_resolves_at_its_first_beacon(conn: psycopg.Connection) -> None:
     clock = [utcnow().timestamp()]
     resolution = V2Resolution(factories.VAULT, clock=lambda: clock[0])
@@ -300,3 +340,46 @@ def test_a_beacon_delivered_hours_late_still_resolves_with_a_table_of_its_window
     assert [r["tag_id"] for r in now_rows[0] + late_rows[0]] == [format_tag(tag)] * 2
     assert resolution.counters.late_tables == 1
     assert resolution.counters.sightings_cloned == 0, "an old counter heard long before the newest is no replay"
+
+
+def test_at_a_window_change_the_table_moves_in_the_background_and_no_flush_waits_for_it(
+    conn: psycopg.Connection,
+) -> None:
+    """Moving the table to the next window takes seconds for a million chips (a sort of their eids, and every few
+    hours a key schedule per chip): the flushes and alerts of those seconds resolve with the table as it is, a
+    chip whose clock runs fast into the window after included."""
+    factories.station(conn, "v2-move")
+    tag = 0x00C2B008
+    _, key = fit_v2(conn, tag, 9)
+    conn.commit()
+    start = window_of(utcnow().timestamp()) - 3  # in the past, as the ingest's time window wants
+    clock = [(start + 1) * WINDOW_S - 30.0]  # 30 s before the window changes
+    resolution = V2Resolution(factories.VAULT, clock=lambda: clock[0])
+
+    def resolve(window: int, counter: int) -> list[list[dict[str, Any]]]:
+        heard = datetime.fromtimestamp(clock[0], UTC)
+        sighting = v2_sighting(key.seal(window, counter, TagFlags(0)), None, heard, 1)
+        with conn.transaction():
+            return resolution.resolve_sightings(conn, [parse_batch_rows(batch("v2-move", counter, sighting))])
+
+    assert [r["tag_id"] for r in resolve(start, 1)[0]] == [format_tag(tag)]  # the table built at `start`
+    table = resolution._table
+    assert table is not None and table.centre == start
+    table._build_lock.acquire()  # the move under way for as long as the test holds it
+    try:
+        clock[0] += 14 * 60  # 13.5 min into the next window; the chip's clock 2 min fast: it beacons the one after
+        with ThreadPoolExecutor(1) as pool:
+            rows = pool.submit(resolve, start + 2, 2).result(timeout=10)
+        assert [r["tag_id"] for r in rows[0]] == [format_tag(tag)], "resolved while the table moves"
+        assert table.centre == start and resolution.counters.table_moves_background == 0
+    finally:
+        table._build_lock.release()
+    mover = resolution._mover
+    assert mover is not None
+    mover.join(10)
+    assert table.centre == start + 1 and resolution.counters.table_moves_background == 1
+    assert resolution.counters.table_moves_in_flush == 0
+    # A worker that slept through more than a window (a paused VM): the flush moves the table before resolving.
+    clock[0] += 2 * WINDOW_S
+    assert [r["tag_id"] for r in resolve(start + 3, 3)[0]] == [format_tag(tag)]
+    assert table.centre == start + 3 and resolution.counters.table_moves_in_flush == 1

@@ -19,6 +19,7 @@ from backend.resolution import (
     Verdict,
     join_window_splits,
 )
+from backend.resolution import table as table_module
 from backend.resolution.table import derive_eids
 from firmware_sim.clone import CloneAttacker
 from firmware_sim.tag_v2 import TagV2
@@ -48,12 +49,15 @@ def beacon(key: bytes, unix_s: float, counter: int, flags: TagFlags = NO_FLAGS) 
     return ChipKey(key).seal(window_of(unix_s), counter, flags).to_bytes()
 
 
-def test_derived_eids_are_the_chips_own() -> None:
+@pytest.mark.parametrize("chunk", [table_module.DERIVE_CHUNK, 2])
+def test_derived_eids_are_the_chips_own(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table_module, "DERIVE_CHUNK", chunk)  # 2: five chips in three chunks
     pairs = chips(5)
     windows = range(W0 - 1, W0 + 3)
     eids = derive_eids(b"".join(k for _, k in pairs), windows)
     for row, (_, key) in zip(eids.tolist(), pairs, strict=True):
         assert [e.to_bytes(8, "big") for e in row] == ChipKey(key).eids(windows)
+    assert derive_eids(b"", windows).shape == (0, len(windows))
 
 
 def test_every_chip_is_found_in_every_window_held_and_nothing_else() -> None:
