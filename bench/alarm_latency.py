@@ -66,6 +66,9 @@ from protocol.messages import Alert, format_tag, utcnow
 from protocol.mqtt_address import mqtt_address
 from protocol.signing import generate_signing_key, public_key_of
 
+# The background load's stations, bg-000 …: not the town's st-001 … (its gateway numbers its batches itself).
+BACKGROUND_STATIONS = "bg"
+
 
 def load_publisher(
     url: str, rate: int, per_batch: int, seconds: int, ready: mp.Event, stop: mp.Event, sent: mp.Value, kind: str
@@ -76,12 +79,12 @@ def load_publisher(
     if kind == "v2":
         start = datetime.now(UTC) - timedelta(seconds=30)
         batches = as_v2(
-            build_batches(rate * seconds, per_batch, 200, tags, seed=3, start=start),
+            build_batches(rate * seconds, per_batch, 200, tags, seed=3, start=start, prefix=BACKGROUND_STATIONS),
             bench_keys(tags),
             time.time() - 3600,
         )
     else:
-        batches = build_batches(rate * seconds, per_batch, 200, tags, seed=3)
+        batches = build_batches(rate * seconds, per_batch, 200, tags, seed=3, prefix=BACKGROUND_STATIONS)
     payloads = [(topics.station_topic(b.station_id, "sightings"), b.to_json()) for b in batches]
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"load-{uuid.uuid4().hex[:6]}")
     client.max_inflight_messages_set(1000)
@@ -241,8 +244,7 @@ def v1_alert(station_id: str, tag: int) -> bytes:
 
 
 def median(values: list[float]) -> float:
-    """The middle value (not the standard library's statistics.median: run as a script from bench/, `statistics`
-    is bench/statistics.py, which takes bench/ off sys.path when imported and so hid bench/ingest.py)."""
+    """The middle value."""
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
@@ -266,6 +268,33 @@ def trial_paths(kinds: list[str]) -> list[str]:
     if kinds == ["v2"]:
         return [ALERT_V2]
     return [FRAME_V1, ALERT_V1, ALERT_V2]
+
+
+def split_at_transaction(database_url: str, walls: dict[int, tuple[str, float, float]], paths: list[str]) -> None:
+    """Print, per path, each alarm's latency split where the backend's transaction that raised it began: the trial's
+    start → that transaction (station, broker, the ingest's lanes and resolution), and that transaction → the live
+    feed (the transaction itself, its commit, the NOTIFY and the feed)."""
+    with psycopg.connect(database_url) as conn:
+        raised = dict(
+            conn.execute(
+                "SELECT tag_id, min(raised_at) FROM alarms WHERE kind = 'stolen_chip_seen' AND tag_id = ANY(%s)"
+                " GROUP BY tag_id",
+                (list(walls),),
+            ).fetchall()
+        )
+    for path in paths:
+        before, after = [], []
+        for tag, (p, start, arrived) in walls.items():
+            if p == path and tag in raised:
+                at = raised[tag].timestamp()
+                before.append((at - start) * 1000)
+                after.append((arrived - at) * 1000)
+        if before:
+            print(
+                f"  {path}: start → the alarm's transaction p50 {median(before):.0f} ms, p99"
+                f" {percentile(before, 99):.0f} ms; that transaction → the live feed p50 {median(after):.0f} ms,"
+                f" p99 {percentile(after, 99):.0f} ms"
+            )
 
 
 def report(
@@ -352,7 +381,7 @@ def main() -> int:
         # every bench bike stolen, so each trial is a fresh chip on the hot list.
         town = Town.generate(11, stations=5, bikes=args.trials * len(paths))
         staff = seed_backend(base, town, bootstrap_admin(pg.url))
-        register_stations(pg.url, 200)  # the stations of the background load
+        register_stations(pg.url, 200, BACKGROUND_STATIONS)  # the stations of the background load
         vault = Vault.from_settings(BackendSettings(environment="development", database_url=pg.url))
         if not args.unregistered:
             background_tags = bench_tags(seed=3)
@@ -420,9 +449,12 @@ def main() -> int:
 
         latencies: dict[str, list[float]] = {path: [] for path in paths}
         told: dict[str, list[float]] = {path: [] for path in paths}
+        # Each trial's start and its alarm's arrival by the wall clock, to split its latency where the backend's
+        # transaction that raised the alarm began (alarms.raised_at; one machine, one clock).
+        walls: dict[int, tuple[str, float, float]] = {}
         alert_topic = topics.station_topic(station_id, "alerts")
         for i, (path, tag) in enumerate(trials):
-            t0 = time.perf_counter()
+            t0, wall0 = time.perf_counter(), time.time()
             if path == FRAME_V1:
                 os.write(master, encode(Beacon(tag, i, TagFlags.MOTION, -60, 0)))
             elif path == ALERT_V1:
@@ -432,6 +464,7 @@ def main() -> int:
             arrived = watcher.wait_for(format_tag(tag), timeout_s=10)
             if arrived is not None:
                 latencies[path].append((arrived - t0) * 1000)
+                walls[tag] = (path, wall0, wall0 + arrived - t0)
             sent_at = sms.wait_for(plates[format_tag(tag)], timeout_s=10)
             if sent_at is not None:
                 told[path].append((sent_at - t0) * 1000)
@@ -456,6 +489,7 @@ def main() -> int:
         if not arrived_all:
             print("no alarm arrived", file=sys.stderr)
             return 1
+        split_at_transaction(pg.url, walls, paths)
         return 0 if report(paths, latencies, told, args.trials, background, background_kind) else 1
     finally:
         stop.set()

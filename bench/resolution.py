@@ -23,6 +23,7 @@ import gc
 import os
 import random
 import statistics
+import threading
 import time
 from datetime import UTC, datetime
 from functools import partial
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from backend.resolution import ResolutionTable, Resolver, Verdict
+from backend.resolution import Resolution, ResolutionTable, Resolver, Verdict
 from protocol.beacon_v2 import WINDOW_S, ChipKey, window_of
 from protocol.frames import TagFlags
 
@@ -66,22 +67,52 @@ def beacons(chips: list[tuple[int, bytes]], count: int, centre: int, rng: random
     return out
 
 
+def _resolve_timed(resolver: Resolver, beacon: tuple[float, bytes]) -> tuple[float, Resolution]:
+    """One beacon (heard at, bytes) resolved: how long it took, and the resolution."""
+    at = datetime.fromtimestamp(beacon[0], UTC)
+    t0 = time.perf_counter()
+    r = resolver.resolve(beacon[1], at, "S1")
+    return time.perf_counter() - t0, r
+
+
 def run_resolves(resolver: Resolver, heard: list[tuple[float, bytes]], label: str) -> None:
     """Resolve each beacon, time each call, print the rate and the percentiles."""
     times: list[float] = []
     ok = 0
-    clock = time.perf_counter
-    for t, payload in heard:
-        at = datetime.fromtimestamp(t, UTC)
-        t0 = clock()
-        r = resolver.resolve(payload, at, "S1")
-        times.append(clock() - t0)
+    for beacon in heard:
+        took, r = _resolve_timed(resolver, beacon)
+        times.append(took)
         ok += r.verdict is Verdict.OK
     total = sum(times)
     q = statistics.quantiles(times, n=100)
     print(
         f"  resolve(), {label}: {len(heard) / total:,.0f} beacons/s on one core, p50 {q[49] * 1e6:.1f} µs,"
         f" p99 {q[98] * 1e6:.1f} µs ({ok:,} of {len(heard):,} ok)"
+    )
+
+
+def resolves_beside(table: ResolutionTable, heard: list[tuple[float, bytes]], move_to: int | None, label: str) -> None:
+    """resolve() timed call by call while a thread moves `table` to the window `move_to` (as backend.ingest.v2 moves
+    it when the clock passes into the next window), or, with None, for as long with nothing moving; prints the move's
+    time (what a flush waited for when it moved the table itself) and the resolves' percentiles meanwhile."""
+    times: list[float] = []
+    resolver = Resolver(table)
+    started = time.perf_counter()
+    mover = None
+    if move_to is not None:
+        mover = threading.Thread(target=table.advance, args=(move_to,), name="move")
+        mover.start()
+    i = 0
+    while mover.is_alive() if mover is not None else time.perf_counter() - started < 2.0:
+        if i % len(heard) == 0:
+            resolver = Resolver(table)  # every beacon once per resolver: none a replay of the last round
+        times.append(_resolve_timed(resolver, heard[i % len(heard)])[0])
+        i += 1
+    took = time.perf_counter() - started
+    q = statistics.quantiles(times, n=100) if len(times) > 1 else times * 99
+    print(
+        f"  {label}: {took:.2f} s, {len(times):,} resolves meanwhile: p50 {q[49] * 1e6:.0f} µs, p99 {q[98] * 1e6:.0f}"
+        f" µs, longest {max(times) * 1e3:.1f} ms"
     )
 
 
@@ -125,6 +156,11 @@ def main() -> None:
         " key schedules alone"
     )
     timed("advance one window with nothing ahead (a key schedule per chip)", partial(table.advance, centre + 1))
+    print("resolve() beside a move of the table on another thread (backend.ingest.v2 moves it so; a flush once waited")
+    print("for the whole move):")
+    during = beacons(chips, 20_000, centre + 1, random.Random(3))
+    resolves_beside(table, during, None, "nothing moving, for comparison")
+    resolves_beside(table, during, centre + 2, "moving one window with nothing ahead (a key schedule per chip)")
     table = None
     gc.collect()
 
@@ -143,6 +179,9 @@ def main() -> None:
     )
     timed("advance one window from the windows ahead (a sort, no AES)", partial(ahead.advance, centre + 1))
     timed("advance one more window", partial(ahead.advance, centre + 2))
+    during = beacons(chips, 20_000, centre + 2, random.Random(4))
+    resolves_beside(ahead, during, None, "resolve() with nothing moving, for comparison")
+    resolves_beside(ahead, during, centre + 3, "resolve() beside a move from the windows ahead on another thread")
 
     print(f"keeping every chip's encryptor instead (measured on {sample:,}, scaled to {n:,}):")
     gc.collect()

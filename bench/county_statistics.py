@@ -12,21 +12,16 @@ the PDF use — for the year's period. Beside it, the machine's floor measured i
 
     statistics (<engine>): p95 <X> ms for a year of <N> theft reports, target < 1000 ms
 
-Run: python bench/statistics.py [--timescaledb] [--background 10000000] [--queries 30] [--database-url URL]
+Run: python bench/county_statistics.py [--timescaledb] [--background 10000000] [--queries 30] [--database-url URL]
 """
 
 from __future__ import annotations
-
-import sys
-
-# Run as a script (python bench/statistics.py), this file's folder is first on sys.path, and its name would shadow the
-# standard library's statistics module for everything imported after it (backend.statistics included): taken off.
-sys.path.pop(0)
 
 import argparse
 import asyncio
 import os
 import statistics as stats
+import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
