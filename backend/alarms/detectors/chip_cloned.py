@@ -35,11 +35,14 @@ _ROUND_PASSAGE_TYPES = ["int8", "text", "timestamptz", "timestamptz"]
 # (no lead), and that one becomes its position (moved) when it is one of this round's. What the evidence reads of
 # chip_positions is from before the move, as in any statement with a WITH ... INSERT. Evidence: consecutive passages
 # of a registered chip at two stations further apart than a bike could ride in the time between them; only a passage
-# of this round is judged.
+# of this round is judged. reg looks each passage's chip up by its key (LATERAL ... LIMIT 1): with a plain join the
+# planner hashed the whole registry from rounds of a few thousand passages on, 300-500 ms a round for a million
+# chips, where the lookups of 4,000 passages take about 100 ms (docs/benchmarks.md, "The cloned-chip round").
 _EVIDENCE = f"""
     WITH reg AS MATERIALIZED (
         SELECT f.tag_id, f.station_id, f.first_seen_at, f.last_seen_at
-        FROM flush_passages f JOIN chips c ON c.tag_id = f.tag_id AND c.bike_id IS NOT NULL
+        FROM flush_passages f
+        CROSS JOIN LATERAL (SELECT FROM chips c WHERE c.tag_id = f.tag_id AND c.bike_id IS NOT NULL LIMIT 1) c
     ), ordered AS (
         SELECT q.*, lag(q.station_id) OVER w AS prev_station_id, lag(q.last_seen_at) OVER w AS prev_last_seen_at,
                lead(q.tag_id) OVER w IS NULL AS latest
