@@ -236,16 +236,14 @@ def v2_alert(station_id: str, key: ChipKey, counter: int) -> bytes:
     return alert.to_json()
 
 
-def warm_up_v2_alerts(
-    database_url: str, alerts: mqtt.Client, topic: str, station_id: str, keys: dict[int, bytes]
-) -> None:
+def warm_up_v2_alert(database_url: str, alerts: mqtt.Client, topic: str, station_id: str, key: bytes) -> None:
     """One v2 alert of a background chip (fitted, not stolen: no alarm) before the trials, waited for until stored.
     The backend was started before the bench fitted its chips, so its alerts lane's first v2 beacon makes it pick up
     every chip fitted since (a key schedule each, about a second for 50,000 chips): a county's backend did that
     when they were fitted, not at a theft, and the first v2 trial measured it (one trial in a run, 1.1-1.5 s)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         before = conn.execute("SELECT count(*) FROM station_alerts").fetchone()
-        alerts.publish(topic, v2_alert(station_id, ChipKey(next(iter(keys.values()))), 1), qos=1)
+        alerts.publish(topic, v2_alert(station_id, ChipKey(key), 1), qos=1)
         deadline = time.monotonic() + 60
         while conn.execute("SELECT count(*) FROM station_alerts").fetchone() == before:
             if time.monotonic() > deadline:
@@ -452,7 +450,8 @@ def main() -> int:
         time.sleep(3)  # the gateway connects and receives the retained hot list
         alerts = qos1_publisher(broker.url, "bench-station")  # a station's alerts, for the published paths
         if background_keys:
-            warm_up_v2_alerts(pg.url, alerts, topics.station_topic(station_id, "alerts"), station_id, background_keys)
+            key = next(iter(background_keys.values()))
+            warm_up_v2_alert(pg.url, alerts, topics.station_topic(station_id, "alerts"), station_id, key)
 
         ctx = mp.get_context("spawn")
         sent, loader_ready = ctx.Value("q", 0), ctx.Event()

@@ -37,7 +37,8 @@ _ROUND_PASSAGE_TYPES = ["int8", "text", "timestamptz", "timestamptz"]
 # of a registered chip at two stations further apart than a bike could ride in the time between them; only a passage
 # of this round is judged. reg looks each passage's chip up by its key (LATERAL ... LIMIT 1): with a plain join the
 # planner hashed the whole registry from rounds of a few thousand passages on, 300-500 ms a round for a million
-# chips, where the lookups of 4,000 passages take about 100 ms (docs/benchmarks.md, "The cloned-chip round").
+# chips, where the lookups of 4,000 passages take about 100 ms (docs/benchmarks.md, "the cloned-chip round hashed
+# the whole registry").
 _EVIDENCE = f"""
     WITH reg AS MATERIALIZED (
         SELECT f.tag_id, f.station_id, f.first_seen_at, f.last_seen_at
