@@ -155,6 +155,21 @@ def test_ride_a_bike_can_make_and_unregistered_chips_are_not_clones(conn):
     assert [a[0] for a in _alarms(conn)] == ["chip_cloned"]
 
 
+def test_a_chip_retired_after_its_last_passage_is_no_clone_wherever_it_turns_up(conn):
+    factories.station(conn, "st-west", lat=30.25, lon=120.10)
+    factories.station(conn, "st-east", lat=30.25, lon=120.20)  # ~9.6 km apart
+    factories.bike(conn, 0xF4)
+    at = utcnow() - timedelta(minutes=5)
+    _write(conn, factories.batch("st-west", 1, [0xF4], at=at))
+    # The bike is scrapped (as the registry retires a chip); the old chip is still on the air, far away a minute on.
+    conn.execute(
+        "UPDATE chips SET bike_id = NULL, retired_at = now(), retired_reason = 'bike scrapped' WHERE tag_id = %s",
+        (0xF4,),
+    )
+    _write(conn, factories.batch("st-east", 1, [0xF4], at=at + timedelta(minutes=1)))
+    assert _alarms(conn) == []
+
+
 def test_tampered_chip_published_to_the_broker_raises_an_alarm(
     ingest: Ingest,
     publish,

@@ -30,28 +30,32 @@ _ROUND_PASSAGES = (
     " first_seen_at timestamptz NOT NULL, last_seen_at timestamptz NOT NULL) ON COMMIT DELETE ROWS"
 )
 _ROUND_PASSAGE_TYPES = ["int8", "text", "timestamptz", "timestamptz"]
-# The round's passages of registered chips (reg), put in time order per chip together with each such chip's position
-# from before this round: one sort, which gives each passage its predecessor (lag) and each chip its latest passage
-# (no lead), and that one becomes its position (moved) when it is one of this round's. What the evidence reads of
-# chip_positions is from before the move, as in any statement with a WITH ... INSERT. Evidence: consecutive passages
-# of a registered chip at two stations further apart than a bike could ride in the time between them; only a passage
-# of this round is judged. reg looks each passage's chip up by its key (LATERAL ... LIMIT 1): with a plain join the
-# planner hashed the whole registry from rounds of a few thousand passages on, 300-500 ms a round for a million
-# chips, where the lookups of 4,000 passages take about 100 ms (docs/benchmarks.md, "the cloned-chip round hashed
-# the whole registry").
+# The round's chips that are judged (judged): each distinct chip of the round with its position from before this
+# round, looked up by key; a chip with a position was registered when it got it, and only a chip without one is looked
+# up in the registry (one lookup per new chip, not one per passage: the registry lookup of every passage was a third of
+# the round). Their passages and positions are put in time order per chip: one sort, which gives each passage its
+# predecessor (lag) and each chip its latest passage (no lead), and that one becomes its position (moved) when it is
+# one of this round's. What the evidence reads of chip_positions is from before the move, as in any statement with a
+# WITH ... INSERT. Evidence: consecutive passages of a chip at two stations further apart than a bike could ride in the
+# time between them; only a passage of this round is judged. A chip retired after it got a position keeps it and
+# moves it, and raises nothing: the alarm store counts only chips bound to a bike. The registry check is a scalar
+# subquery, evaluated row by row, so the planner never answers it by hashing the whole registry (300-500 ms a round
+# for a million chips: docs/benchmarks.md, "the cloned-chip round hashed the whole registry").
 _EVIDENCE = f"""
-    WITH reg AS MATERIALIZED (
-        SELECT f.tag_id, f.station_id, f.first_seen_at, f.last_seen_at
-        FROM flush_passages f
-        CROSS JOIN LATERAL (SELECT FROM chips c WHERE c.tag_id = f.tag_id AND c.bike_id IS NOT NULL LIMIT 1) c
+    WITH judged AS MATERIALIZED (
+        SELECT d.tag_id, cp.station_id, cp.first_seen_at, cp.last_seen_at
+        FROM (SELECT DISTINCT tag_id FROM flush_passages) d
+        LEFT JOIN chip_positions cp ON cp.tag_id = d.tag_id
+        WHERE cp.tag_id IS NOT NULL OR (SELECT c.bike_id IS NOT NULL FROM chips c WHERE c.tag_id = d.tag_id)
     ), ordered AS (
         SELECT q.*, lag(q.station_id) OVER w AS prev_station_id, lag(q.last_seen_at) OVER w AS prev_last_seen_at,
                lead(q.tag_id) OVER w IS NULL AS latest
         FROM (
-            SELECT r.*, true AS new FROM reg r
+            SELECT f.tag_id, f.station_id, f.first_seen_at, f.last_seen_at, true AS new
+            FROM flush_passages f JOIN judged j ON j.tag_id = f.tag_id
             UNION ALL
-            SELECT cp.tag_id, cp.station_id, cp.first_seen_at, cp.last_seen_at, false FROM chip_positions cp
-            WHERE cp.tag_id IN (SELECT tag_id FROM reg)
+            SELECT j.tag_id, j.station_id, j.first_seen_at, j.last_seen_at, false FROM judged j
+            WHERE j.station_id IS NOT NULL
         ) q
         WINDOW w AS (PARTITION BY q.tag_id ORDER BY q.first_seen_at, q.last_seen_at)
     ), moved AS (
