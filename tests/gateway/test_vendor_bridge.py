@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -368,10 +369,12 @@ async def test_an_upload_is_acknowledged_without_waiting_for_the_batch_tick_and_
 async def test_a_station_that_fails_taking_an_upload_is_restarted_and_its_resend_is_taken_not_acknowledged_blind(
     broker: Broker, topic_prefix: str, tmp_path: Path
 ) -> None:
-    # What goes wrong while a station takes an upload (here its spool, closed under it as a dying disk would) fails
+    # What goes wrong while a station takes an upload (here its spool's writes, failing as on a dying disk) fails
     # the station, and its supervisor restarts it. The reads it was handed may be lost with it (the open passages'
     # last reads cannot be spooled on the way down), so that upload is not acknowledged: the vendor station sends it
-    # again, and the resend is taken afresh (not as a repeat of an upload already taken).
+    # again, and the resend is taken afresh (not as a repeat of an upload already taken). Only the writes fail:
+    # closing the whole spool let the uplink, reading it at its session's start, fail the station before the upload
+    # came, and the upload was then taken by the restarted station at once, with nothing to resend.
     dev = device(f"{topic_prefix}-v", broker)
     tag = 0x5E000040
     async with (
@@ -381,7 +384,11 @@ async def test_a_station_that_fails_taking_an_upload_is_restarted_and_its_resend
         [station] = bridge.fleet.stations
         await eventually(lambda: sim.stats.logins >= 1 and station.uplink is not None, what="the station logged in")
         assert station.spool is not None
-        station.spool._db.close()
+
+        def dying_disk() -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        station.spool.atomic = dying_disk  # type: ignore[method-assign]
         sim.hear(beacon(tag))
         await eventually(lambda: station.restarts >= 1, what="the station restarted")
         await eventually(lambda: sim.stats.uploads_acked >= 1, what="the upload acknowledged")
