@@ -65,11 +65,18 @@ UNKNOWN_KEPT: Final = 1000
 _COMMIT_SLACK_S: Final = 300.0
 
 _STATE_COLUMNS: Final = 'tag_id, counter, heard_at, station_id, "window", payload, offset_lo_s, offset_hi_s, offset_at'
-_STATE_TYPES: Final = ["int8", "int8", "timestamptz", "text", "int8", "bytea", "float8", "float8", "timestamptz"]
+# The states as the resolver keeps them, times as seconds since the epoch (a datetime made and read back for each of
+# two times a state, both ways, was a tenth of a flush's resolution).
+_STATE_READ: Final = (
+    "SELECT tag_id, counter, date_part('epoch', heard_at), station_id, \"window\", payload, offset_lo_s, offset_hi_s,"
+    " date_part('epoch', offset_at) FROM chip_beacon_states WHERE tag_id = ANY(%s) ORDER BY tag_id FOR UPDATE"
+)
+_STATE_TYPES: Final = ["int8", "int8", "float8", "text", "int8", "bytea", "float8", "float8", "float8"]
 # A flush's states on their way back (the rows are gone at commit).
 _FLUSH_STATES: Final = (
-    "CREATE TEMP TABLE IF NOT EXISTS flush_beacon_states (LIKE chip_beacon_states INCLUDING DEFAULTS)"
-    " ON COMMIT DELETE ROWS"
+    "CREATE TEMP TABLE IF NOT EXISTS flush_beacon_states_s (tag_id int8 NOT NULL, counter int8 NOT NULL,"
+    ' heard_at float8 NOT NULL, station_id text NOT NULL, "window" int8 NOT NULL, payload bytea NOT NULL,'
+    " offset_lo_s float8 NOT NULL, offset_hi_s float8 NOT NULL, offset_at float8 NOT NULL) ON COMMIT DELETE ROWS"
 )
 
 
@@ -341,17 +348,12 @@ class V2Resolution:
         tags -= skip
         if not tags:
             return tags
-        rows = conn.execute(
-            f"SELECT {_STATE_COLUMNS} FROM chip_beacon_states WHERE tag_id = ANY(%s) ORDER BY tag_id FOR UPDATE",
-            (sorted(tags),),
-        ).fetchall()
+        rows = conn.execute(_STATE_READ, (sorted(tags),)).fetchall()
         states: dict[int, ChipState | None] = dict.fromkeys(tags)
         for tag, counter, heard_at, station, window, payload, lo, hi, offset_at in rows:
             if counter is None:
                 continue  # the row its fitting made (migration 0032): never heard yet
-            states[int(tag)] = ChipState(
-                int(counter), heard_at.timestamp(), station, int(window), bytes(payload), lo, hi, offset_at.timestamp()
-            )
+            states[tag] = ChipState(counter, heard_at, station, window, bytes(payload), lo, hi, offset_at)
         resolver.load(states)
         return tags
 
@@ -363,25 +365,27 @@ class V2Resolution:
         # temporary rows live until this commits (or the flush's transaction does).
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(_FLUSH_STATES)
-            cur.execute("DELETE FROM flush_beacon_states")  # empty unless called twice in one transaction
-            with cur.copy(f"COPY flush_beacon_states ({_STATE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            cur.execute("DELETE FROM flush_beacon_states_s")  # empty unless called twice in one transaction
+            with cur.copy(f"COPY flush_beacon_states_s ({_STATE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_STATE_TYPES)
                 for tag, s in states:
                     copy.write_row(
                         (
                             tag,
                             s.counter,
-                            datetime.fromtimestamp(s.heard_at, UTC),
+                            s.heard_at,
                             s.station_id,
                             s.window,
                             s.payload,
                             s.offset_lo_s,
                             s.offset_hi_s,
-                            datetime.fromtimestamp(s.offset_at, UTC),
+                            s.offset_at,
                         )
                     )
             cur.execute(
-                f"INSERT INTO chip_beacon_states ({_STATE_COLUMNS}) SELECT {_STATE_COLUMNS} FROM flush_beacon_states"
+                f"INSERT INTO chip_beacon_states ({_STATE_COLUMNS})"
+                ' SELECT tag_id, counter, to_timestamp(heard_at), station_id, "window", payload, offset_lo_s,'
+                " offset_hi_s, to_timestamp(offset_at) FROM flush_beacon_states_s"
                 " ORDER BY tag_id"
                 " ON CONFLICT (tag_id) DO UPDATE SET counter = EXCLUDED.counter, heard_at = EXCLUDED.heard_at,"
                 ' station_id = EXCLUDED.station_id, "window" = EXCLUDED."window", payload = EXCLUDED.payload,'

@@ -156,6 +156,10 @@ class Resolver:
         self._drifted = _Drifted()
         self._drifted_index: dict[int, int] = {}  # tag id → table index, for the drifted chips
         self._drifted_centre = table.centre  # the table's centre the side eids were chosen for
+        # A chip whose learned offset lies within these bounds beacons, during the table's centre window, only
+        # windows the table holds: it needs no side entries.
+        self._near_lo_s = -table.before * WINDOW_S + OFFSET_MARGIN_S
+        self._near_hi_s = table.after * WINDOW_S - OFFSET_MARGIN_S
 
     def advance(self, to_window: int) -> None:
         """Move the table to `to_window` (a background builder may call the table's own advance instead)."""
@@ -277,9 +281,11 @@ class Resolver:
         as a reject, like any malformed input.
         """
         prepared = prepared or self.prepare(payload, heard_at)
-        beacon, candidates = prepared.beacon, list(prepared.candidates)
         self._follow_table()
-        opened = prepared.opened if prepared.checked else self._open(candidates, beacon)
+        if prepared.opened is not None:  # the usual beacon: its chip's key made its MAC when it was prepared
+            return self._judge(*prepared.opened, prepared.beacon, payload, heard_at, station_id)
+        beacon, candidates = prepared.beacon, list(prepared.candidates)
+        opened = None if prepared.checked else self._open(candidates, beacon)
         if opened is None and not prepared.complete:
             # Not near its time: a beacon of a window further back (a replay of an old capture; a late delivery is
             # given a table of its own window) or a collision with another chip's eid there. Every window held.
@@ -354,18 +360,16 @@ class Resolver:
             if counter > state.counter:
                 state.counter, state.heard_at, state.station_id = counter, t, station_id
                 state.window, state.payload = c.window, payload
-        self._place_drifted(c.tag_id, c.key_index, self._drifted_centre)
+        # The usual chip, whose clock is near true time, needs no side entries: decided here without a call.
+        if c.tag_id in self._drifted_index or not self._near_lo_s <= state.offset_s <= self._near_hi_s:
+            self._place_drifted(c.tag_id, c.key_index, self._drifted_centre)
 
     def _place_drifted(self, tag_id: int, index: int, centre: int) -> None:
         """Put on the side the eids of the windows a chip's clock reads during the table's centre window that the
         table does not hold (none for a chip whose clock is near true time: most chips)."""
         state = self.chips[tag_id]
         offset = state.offset_s
-        table = self.table
-        if (
-            tag_id not in self._drifted_index
-            and -table.before * WINDOW_S + OFFSET_MARGIN_S <= offset <= table.after * WINDOW_S - OFFSET_MARGIN_S
-        ):
+        if tag_id not in self._drifted_index and self._near_lo_s <= offset <= self._near_hi_s:
             return  # the usual case, decided without a window computed: the neighbouring windows held cover it
         first = window_of(centre * WINDOW_S + offset - OFFSET_MARGIN_S)
         last = window_of((centre + 1) * WINDOW_S + offset + OFFSET_MARGIN_S)
