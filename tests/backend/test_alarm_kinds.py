@@ -40,6 +40,12 @@ def _alarms(conn: psycopg.Connection) -> list[tuple[object, ...]]:
     ).fetchall()
 
 
+def _west_and_east(conn: psycopg.Connection, west: str = "st-west", east: str = "st-east") -> None:
+    """Two stations on one street, about 9.6 km apart: too far for a bike to ride in a minute or two."""
+    factories.station(conn, west, lat=30.25, lon=120.10)
+    factories.station(conn, east, lat=30.25, lon=120.20)
+
+
 @pytest.fixture
 def conn(database_url: str):
     with psycopg.connect(database_url, autocommit=True) as c:
@@ -114,8 +120,7 @@ def test_tamper_alert_from_a_station_raises_the_same_tamper_alarm(conn):
 
 
 def test_chip_at_two_far_stations_within_one_flush_is_cloned(conn):
-    factories.station(conn, "st-west", lat=30.25, lon=120.10)
-    factories.station(conn, "st-east", lat=30.25, lon=120.20)  # ~9.6 km apart
+    _west_and_east(conn)
     factories.bike(conn, 0xD1)
     factories.bike(conn, 0xD2)
     at = utcnow()
@@ -129,8 +134,7 @@ def test_chip_at_two_far_stations_within_one_flush_is_cloned(conn):
 
 
 def test_chip_seen_against_its_previous_sighting_too_fast_is_cloned_once(conn):
-    factories.station(conn, "st-west", lat=30.25, lon=120.10)
-    factories.station(conn, "st-east", lat=30.25, lon=120.20)
+    _west_and_east(conn)
     factories.bike(conn, 0xE1)
     at = utcnow() - timedelta(minutes=6)
     _write(conn, factories.batch("st-west", 1, [0xE1], at=at))
@@ -156,8 +160,7 @@ def test_ride_a_bike_can_make_and_unregistered_chips_are_not_clones(conn):
 
 
 def test_a_chip_retired_after_its_last_passage_is_no_clone_wherever_it_turns_up(conn):
-    factories.station(conn, "st-west", lat=30.25, lon=120.10)
-    factories.station(conn, "st-east", lat=30.25, lon=120.20)  # ~9.6 km apart
+    _west_and_east(conn)
     factories.bike(conn, 0xF4)
     at = utcnow() - timedelta(minutes=5)
     _write(conn, factories.batch("st-west", 1, [0xF4], at=at))
@@ -187,8 +190,7 @@ def test_tampered_chip_published_to_the_broker_raises_an_alarm(
 
 
 def test_a_late_batch_from_a_spool_does_not_move_the_chip_back(conn):
-    factories.station(conn, "st-west", lat=30.25, lon=120.10)
-    factories.station(conn, "st-east", lat=30.25, lon=120.20)
+    _west_and_east(conn)
     factories.bike(conn, 0xF2)
     at = utcnow()
     _write(conn, factories.batch("st-west", 1, [0xF2], at=at))
@@ -200,8 +202,7 @@ def test_a_late_batch_from_a_spool_does_not_move_the_chip_back(conn):
 
 
 def test_a_round_of_passages_in_any_order_is_judged_in_time_order_and_moves_the_chip_to_its_latest(conn):
-    factories.station(conn, "st-west", lat=30.25, lon=120.10)
-    factories.station(conn, "st-east", lat=30.25, lon=120.20)  # ~9.6 km apart
+    _west_and_east(conn)
     factories.bike(conn, 0xF3)
     at = utcnow() - timedelta(hours=2)
     _write(conn, factories.batch("st-west", 1, [0xF3], at=at))
@@ -234,8 +235,7 @@ def test_the_ingest_judges_clones_within_a_second_or_two_after_traffic_stops(
 ):
     west, east = f"{topic_prefix}-w", f"{topic_prefix}-e"
     with psycopg.connect(database_url) as c:
-        factories.station(c, west, lat=30.25, lon=120.10)
-        factories.station(c, east, lat=30.25, lon=120.20)  # ~9.6 km apart
+        _west_and_east(c, west, east)
         factories.bike(c, 0x7A7A02)
     at = utcnow()
     publish(topics.station_topic(west, "sightings"), factories.batch(west, 1, [0x7A7A02], at=at).to_json())
