@@ -367,10 +367,7 @@ class Resolver:
     def _place_drifted(self, tag_id: int, index: int, centre: int) -> None:
         """Put on the side the eids of the windows a chip's clock reads during the table's centre window that the
         table does not hold (none for a chip whose clock is near true time: most chips)."""
-        state = self.chips[tag_id]
-        offset = state.offset_s
-        if tag_id not in self._drifted_index and self._near_lo_s <= offset <= self._near_hi_s:
-            return  # the usual case, decided without a window computed: the neighbouring windows held cover it
+        offset = self.chips[tag_id].offset_s  # callers leave out the usual chip (near true time, not drifted)
         first = window_of(centre * WINDOW_S + offset - OFFSET_MARGIN_S)
         last = window_of((centre + 1) * WINDOW_S + offset + OFFSET_MARGIN_S)
         held = self.table.windows
