@@ -13,6 +13,7 @@ tables of 256 words).
 
 from __future__ import annotations
 
+import sys
 from typing import Final
 
 import numpy as np
@@ -49,6 +50,8 @@ _S: Final = _sbox()
 _T0: Final = (_xtime(_S) << 24) | (_S << 16) | (_S << 8) | (_xtime(_S) ^ _S)
 _T: Final = np.stack([_T0, _ror(_T0, 8), _ror(_T0, 16), _ror(_T0, 24)]).astype(np.uint32)
 _S_SHIFTED: Final = np.stack([_S << 24, _S << 16, _S << 8, _S]).astype(np.uint32)
+# Where a word's bytes sit in its native bytes, the most significant first.
+_BYTE: Final = (3, 2, 1, 0) if sys.byteorder == "little" else (0, 1, 2, 3)
 _RCON: Final = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1B, 0x36]
 # Row j of the state takes its bytes from rows j, j+1, j+2, j+3 (ShiftRows on columns of words).
 _ROWS: Final = [np.array([(j + k) % 4 for j in range(4)]) for k in range(4)]
@@ -90,20 +93,15 @@ def expand(keys: np.ndarray) -> np.ndarray:
 
 def encrypt(round_keys: np.ndarray, state: np.ndarray) -> np.ndarray:
     """AES-128 of each column of `state` ((4, n) uint32 words, see `words`) under its own round keys (`expand`)."""
-    s = state ^ round_keys[0]
-    for r in range(1, 10):
+    s: np.ndarray = state ^ round_keys[0]
+    for r in range(1, 11):
+        b = np.ascontiguousarray(s).view(np.uint8).reshape(4, -1, 4)  # each word's bytes as a view: no shift, no mask
+        t = _T if r < 10 else _S_SHIFTED  # the last round has no MixColumns
         s = (
-            _T[0][s[_ROWS[0]] >> 24]
-            ^ _T[1][(s[_ROWS[1]] >> 16) & 0xFF]
-            ^ _T[2][(s[_ROWS[2]] >> 8) & 0xFF]
-            ^ _T[3][s[_ROWS[3]] & 0xFF]
+            np.take(t[0], b[_ROWS[0], :, _BYTE[0]])
+            ^ np.take(t[1], b[_ROWS[1], :, _BYTE[1]])
+            ^ np.take(t[2], b[_ROWS[2], :, _BYTE[2]])
+            ^ np.take(t[3], b[_ROWS[3], :, _BYTE[3]])
             ^ round_keys[r]
         )
-    out: np.ndarray = (
-        _S_SHIFTED[0][s[_ROWS[0]] >> 24]
-        ^ _S_SHIFTED[1][(s[_ROWS[1]] >> 16) & 0xFF]
-        ^ _S_SHIFTED[2][(s[_ROWS[2]] >> 8) & 0xFF]
-        ^ _S_SHIFTED[3][s[_ROWS[3]] & 0xFF]
-        ^ round_keys[10]
-    )
-    return out
+    return s
