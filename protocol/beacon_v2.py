@@ -30,6 +30,8 @@ __all__ = [
     "COUNTER_MAX",
     "EID_BYTES",
     "EID_LABEL",
+    "FLAG_VALUES",
+    "FLAGS_AT",
     "FORMAT_VERSION",
     "KEY_BYTES",
     "MAC_BYTES",
@@ -71,7 +73,9 @@ _AIR: Final = struct.Struct(">B8s4sB4s")
 AIR_BYTES: Final = _AIR.size
 # The flags byte's 256 values, made once: the backend parses every beacon of a flush, and an IntFlag made from an int
 # costs a call into enum's machinery each time.
-_FLAGS: Final = tuple(TagFlags(b) for b in range(256))
+FLAG_VALUES: Final = tuple(TagFlags(b) for b in range(256))
+# Where the flags byte sits in the bytes on the air (after the version, the eid and the sealed counter).
+FLAGS_AT: Final = 1 + EID_BYTES + COUNTER_BYTES
 
 
 class BeaconV2Error(ValueError):
@@ -134,7 +138,7 @@ class AirBeacon:
         if version != FORMAT_VERSION:
             raise BeaconPayloadError(f"beacon format version {version}, expected {FORMAT_VERSION}", raw)
         # Reserved flag bits stay in the object as sent: they are under the MAC, so dropping them would break it.
-        return cls(eid, sealed, _FLAGS[flags], mac, version)
+        return cls(eid, sealed, FLAG_VALUES[flags], mac, version)
 
     def frame(self, rssi_dbm: int, antenna: int) -> BeaconV2:
         """The reader frame a radio module writes when it hears this beacon."""

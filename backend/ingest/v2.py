@@ -86,6 +86,7 @@ class _Beacon:
 
     payload: bytes
     heard_at: datetime
+    t: float  # heard_at as seconds since the epoch
     station_id: str
     window: int  # the window it was heard in (by the station's clock)
     resolution: Resolution | None = None
@@ -115,7 +116,8 @@ class V2Counters:
 
 def _beacon(heard: str, at: datetime, station_id: str) -> _Beacon:
     """A beacon as a station forwards it (its bytes in hex), heard at `at` by `station_id`."""
-    return _Beacon(bytes.fromhex(heard), at, station_id, window_of(at.timestamp()))
+    t = at.timestamp()
+    return _Beacon(bytes.fromhex(heard), at, t, station_id, window_of(t))
 
 
 def _heard_at(b: _Beacon) -> datetime:
@@ -452,7 +454,7 @@ class V2Resolution:
         beacons = sorted(beacons, key=_heard_at)
         for b, r in zip(beacons, self._resolvers(resolver, beacons), strict=True):
             try:
-                b.resolution = r.resolve(b.payload, b.heard_at, b.station_id, b.prepared)
+                b.resolution = r.resolve(b.payload, b.heard_at, b.station_id, b.prepared, b.t)
             except BeaconPayloadError:
                 b.resolution = None
 

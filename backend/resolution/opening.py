@@ -45,24 +45,33 @@ def _double(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def open_many(keys: np.ndarray, windows: np.ndarray, payloads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For n pairs: chip keys (n, 16) uint8, windows (n,) int, beacon payloads (n, AIR_BYTES) uint8. Returns
-    whether each beacon's MAC is its chip's for its window (bool, n) and the counter it unseals (uint32, n; only
-    meaningful where the MAC verified)."""
-    n = len(windows)
+def open_many(
+    keys: np.ndarray, windows: np.ndarray, payloads: np.ndarray, under: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """For m (chip key, window) pairs, chip keys (m, 16) uint8 and windows (m,) int, and n beacon payloads (n,
+    AIR_BYTES) uint8, each checked under the pair `under` names (n,) (by default n = m, payload i under pair i).
+    Returns whether each beacon's MAC is its chip's for its window (bool, n) and the counter it unseals (uint32, n;
+    only meaningful where the MAC verified).
+
+    What depends on the chip and window alone (the key schedules, the pad, the MAC subkeys, the CMAC's first block)
+    is computed once a pair: a passage's first and last beacons are mostly of one chip in one window."""
+    n = len(payloads)
     if n == 0:
         return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.uint32)
+    m = len(windows)
     w = np.asarray(windows, dtype=np.uint64)
     chip_rounds = aes_many.expand(keys)
     pad = aes_many.encrypt(chip_rounds, _labelled(_PAD_LABEL_WORDS, w))[0]
-    mac_key = aes_many.encrypt(chip_rounds, np.repeat(_MAC_KEY_WORDS, n, axis=1))
+    mac_key = aes_many.encrypt(chip_rounds, np.repeat(_MAC_KEY_WORDS, m, axis=1))
     mac_rounds = aes_many.expand(aes_many.block_bytes(mac_key))
-    k2 = _double(_double(aes_many.encrypt(mac_rounds, np.zeros((4, n), dtype=np.uint32))))
-    x1 = aes_many.encrypt(mac_rounds, _labelled(_MAC_LABEL_WORDS, w))
+    k2 = _double(_double(aes_many.encrypt(mac_rounds, np.zeros((4, m), dtype=np.uint32))))
+    first = aes_many.encrypt(mac_rounds, _labelled(_MAC_LABEL_WORDS, w)) ^ k2  # x1, with the last block's subkey
+    if under is not None:
+        pad, mac_rounds, first = pad[under], np.take(mac_rounds, under, axis=2), first[:, under]
     last = np.empty((n, 16), dtype=np.uint8)
     last[:, :_SIGNED_BYTES] = payloads[:, :_SIGNED_BYTES]
     last[:, _SIGNED_BYTES:] = _PADDING
-    tag = aes_many.encrypt(mac_rounds, x1 ^ aes_many.words(last) ^ k2)[0]
+    tag = aes_many.encrypt(mac_rounds, first ^ aes_many.words(last))[0]
     mac = np.ascontiguousarray(payloads[:, _SIGNED_BYTES:]).view(">u4").reshape(n).astype(np.uint32)
     sealed = np.ascontiguousarray(payloads[:, _SEALED]).view(">u4").reshape(n).astype(np.uint32)
     return tag == mac, sealed ^ pad

@@ -23,7 +23,17 @@ import numpy as np
 from backend.resolution.evidence import CloneEvidence, Hearing, Verdict
 from backend.resolution.opening import open_many
 from backend.resolution.table import Candidate, ResolutionTable
-from protocol.beacon_v2 import AIR_BYTES, WINDOW_S, AirBeacon, BeaconPayloadError, MacError, window_of
+from protocol.beacon_v2 import (
+    AIR_BYTES,
+    EID_BYTES,
+    FLAG_VALUES,
+    FLAGS_AT,
+    FORMAT_VERSION,
+    WINDOW_S,
+    AirBeacon,
+    MacError,
+    window_of,
+)
 from protocol.frames import TagFlags
 
 # The same transmission heard by stations whose zones overlap reaches the backend with their own clocks and
@@ -39,6 +49,8 @@ OFFSET_MARGIN_S: Final = 60.0
 DEFAULT_UNKNOWN_KEPT: Final = 1000
 # From this many (beacon, candidate) pairs on, MACs are checked by arrays rather than key by key (Resolver.open_all).
 OPEN_MANY_FROM: Final = 32
+# The eid's bytes in a beacon on the air (after the format version).
+_EID: Final = slice(1, 1 + EID_BYTES)
 
 
 @dataclass(slots=True)
@@ -62,9 +74,16 @@ class ChipState:
 
     def learn(self, window: int, heard_at: float) -> None:
         """Narrow the offset by a beacon of `window` heard at `heard_at` (widened first by the drift since)."""
-        lo, hi = _observed(window, heard_at)
-        grow = MAX_DRIFT_PPM * 1e-6 * max(0.0, heard_at - self.offset_at)
-        new_lo, new_hi = max(self.offset_lo_s - grow, lo), min(self.offset_hi_s + grow, hi)
+        # _observed() and the widening written out: this runs for every beacon accepted.
+        lo = window * WINDOW_S - heard_at - HEARD_SLACK_S
+        hi = (window + 1) * WINDOW_S - heard_at + HEARD_SLACK_S
+        since = heard_at - self.offset_at
+        grow = MAX_DRIFT_PPM * 1e-6 * since if since > 0.0 else 0.0
+        new_lo, new_hi = self.offset_lo_s - grow, self.offset_hi_s + grow
+        if new_lo < lo:
+            new_lo = lo
+        if new_hi > hi:
+            new_hi = hi
         if new_lo > new_hi:  # the clock was set again (a service visit), or the old interval was wrong: start over
             new_lo, new_hi = lo, hi
         self.offset_lo_s, self.offset_hi_s, self.offset_at = new_lo, new_hi, heard_at
@@ -99,11 +118,12 @@ class Resolution(NamedTuple):
 
 
 class Prepared(NamedTuple):
-    """A beacon parsed and its eid looked up: the chips it may be from, and whether every window held was looked
-    in (or only those next to when it was heard). Once `checked` (Resolver.open_all), `opened` is the first
-    candidate whose key makes its MAC, with the counter it unseals, or None if none does."""
+    """A beacon parsed and its eid looked up: its flags, the chips it may be from, and whether every window held was
+    looked in (or only those next to when it was heard). Once `checked` (prepare_all, open_all), `opened` is the
+    first candidate whose key makes its MAC, with the counter it unseals, or None if none does; an opened beacon's
+    candidates are that chip alone (the others' states are not needed to judge it)."""
 
-    beacon: AirBeacon
+    flags: TagFlags
     candidates: list[Candidate]
     complete: bool
     checked: bool = False
@@ -117,12 +137,12 @@ class Prepared(NamedTuple):
 
 @dataclass(slots=True)
 class _Drifted:
-    """The side entries of chips whose clocks run far from true time: eid → candidates."""
+    """The side entries of chips whose clocks run far from true time: eid (a big-endian number) → candidates."""
 
-    entries: dict[bytes, list[Candidate]] = field(default_factory=dict)
-    by_tag: dict[int, list[bytes]] = field(default_factory=dict)
+    entries: dict[int, list[Candidate]] = field(default_factory=dict)
+    by_tag: dict[int, list[int]] = field(default_factory=dict)
 
-    def put(self, tag_id: int, candidates: list[tuple[bytes, Candidate]]) -> None:
+    def put(self, tag_id: int, candidates: list[tuple[int, Candidate]]) -> None:
         self.drop(tag_id)
         for eid, c in candidates:
             self.entries.setdefault(eid, []).append(c)
@@ -187,71 +207,126 @@ class Resolver:
     def prepare_all(
         self, payloads: list[bytes], heard_at: list[datetime], windows: list[int] | None = None
     ) -> list[Prepared | None]:
-        """prepare() of a flush's beacons at once, their MACs then checked against every candidate (open_all):
-        what resolve() judges without a key of its own. None for bytes that are not a v2 beacon. `windows`, when
-        the caller has them, are the windows the beacons were heard in (window_of(heard_at))."""
+        """prepare() of a flush's beacons at once, their MACs then checked against every candidate: what resolve()
+        judges without a key of its own. None for bytes that are not a v2 beacon. `windows`, when the caller has
+        them, are the windows the beacons were heard in (window_of(heard_at)).
+
+        As arrays from the bytes to the opened MACs (parsed, looked up, opened), so that the usual beacon costs one
+        candidate and one Prepared in Python; only beacons that no key opens get their candidate lists."""
         self._follow_table()
-        parsed: list[AirBeacon | None] = []
-        for payload in payloads:
-            try:
-                parsed.append(AirBeacon.from_bytes(payload))
-            except BeaconPayloadError:
-                parsed.append(None)
-        good = [i for i, b in enumerate(parsed) if b is not None]
-        eids = np.frombuffer(b"".join([b.eid for b in parsed if b is not None]), dtype=">u8").astype(np.uint64)
+        good = [i for i, p in enumerate(payloads) if len(p) == AIR_BYTES]
+        air = np.frombuffer(b"".join([payloads[i] for i in good]), dtype=np.uint8).reshape(-1, AIR_BYTES)
+        versioned = air[:, 0] == FORMAT_VERSION
+        if not versioned.all():
+            kept = np.flatnonzero(versioned)
+            good, air = [good[k] for k in kept.tolist()], air[kept]
+        n = len(good)
+        eids = np.ascontiguousarray(air[:, _EID]).view(">u8").reshape(n).astype(np.uint64)
         if windows is None:
             windows = [window_of(at.timestamp()) for at in heard_at]
         heard = np.array([windows[i] for i in good], dtype=np.int64)
-        near: list[list[Candidate]] = [[] for _ in good]
-        for step in (0, -1, 1):  # near its time: the window it was heard in, then the one before, the one after
-            for j, found in enumerate(self.table.lookup_many(eids, heard + step)):
-                if found:
-                    near[j] += found
-        looked: list[tuple[AirBeacon, list[Candidate], bool] | None] = [None] * len(payloads)
+        # Near its time: the window it was heard in; for the few beacons no chip sends there (a chip's clock on the
+        # other side of a window's edge), the one before and the one after.
+        pairs = [self.table.lookup_pairs(eids, heard)]
+        looked = np.zeros(n, dtype=bool)
+        looked[pairs[0][0]] = True
+        aside = np.flatnonzero(~looked)
+        if len(aside):
+            row, chip, window = self.table.lookup_pairs(
+                np.tile(eids[aside], 2), np.concatenate([heard[aside] - 1, heard[aside] + 1])
+            )
+            pairs.append((aside[row % len(aside)], chip, window))
+            looked[pairs[-1][0]] = True
+        extra: list[tuple[int, int, int]] = []
         drifted = self._drifted.entries
+        if drifted:
+            for j, eid in enumerate(eids.tolist()):
+                for c in drifted.get(eid, ()):
+                    if not self.table.is_retired(c.key_index):
+                        extra.append((j, c.key_index, c.window))
+        looked[[j for j, _, _ in extra]] = True
+        complete = np.flatnonzero(~looked).tolist()  # nothing near its time: looked for in every window held
+        for j in complete:
+            extra += [(j, c.key_index, c.window) for c in self.table.lookup(air[j, _EID].tobytes())]
+        if extra:
+            extra.sort(key=_first)  # stable: a beacon's own order kept
+            extra_rows, extra_chips, extra_windows = (np.array(c, dtype=np.int64) for c in zip(*extra, strict=True))
+            pairs.append((extra_rows, extra_chips, extra_windows))
+        if len(pairs) > 1:
+            row, chip, window = (np.concatenate(column) for column in zip(*pairs, strict=True))
+            order = np.argsort(row, kind="stable")
+            row, chip, window = row[order], chip[order], window[order]
+        else:
+            row, chip, window = pairs[0]
+        opened = self._open_pairs(row, chip, window, air)
+        flags = air[:, FLAGS_AT].tolist()
+        tag_ids = self.table.tag_ids_of(chip)
+        is_complete = set(complete)
+        out: list[Prepared | None] = [None] * len(payloads)
+        starts = np.searchsorted(row, np.arange(n + 1)).tolist()
+        chip_list, window_list = chip.tolist(), window.tolist()
         for j, i in enumerate(good):
-            beacon = parsed[i]
-            assert beacon is not None
-            candidates = near[j]
-            if drifted and beacon.eid in drifted:
-                candidates += [c for c in drifted[beacon.eid] if not self.table.is_retired(c.key_index)]
-            if candidates:
-                looked[i] = (beacon, candidates, False)
-            else:
-                looked[i] = (beacon, self.table.lookup(beacon.eid), True)
-        opened = self._open_pairs([None if x is None else (x[0], x[1]) for x in looked], payloads)
-        return [None if x is None else Prepared(*x, True, opened.get(i)) for i, x in enumerate(looked)]
+            found = opened.get(j)
+            if found is not None:
+                at, counter = found
+                c = Candidate(tag_ids[at], window_list[at], chip_list[at])
+                out[i] = Prepared(FLAG_VALUES[flags[j]], [c], j in is_complete, True, (c, counter))
+                continue
+            candidates = [Candidate(tag_ids[k], window_list[k], chip_list[k]) for k in range(starts[j], starts[j + 1])]
+            out[i] = Prepared(FLAG_VALUES[flags[j]], candidates, j in is_complete, True, None)
+        return out
 
     def open_all(self, prepared: list[Prepared | None], payloads: list[bytes]) -> list[Prepared | None]:
         """The beacons' MACs checked against all their candidates, in the order the candidates are tried one by
         one; `payloads` are their bytes on the air."""
-        opened = self._open_pairs([None if p is None else (p.beacon, p.candidates) for p in prepared], payloads)
-        return [
-            None if p is None else Prepared(p.beacon, p.candidates, p.complete, True, opened.get(i))
-            for i, p in enumerate(prepared)
-        ]
+        pairs = [(j, c) for j, p in enumerate(prepared) if p is not None for c in p.candidates]
+        air = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(-1, AIR_BYTES)
+        opened = self._open_pairs(
+            np.array([j for j, _ in pairs], dtype=np.int64),
+            np.array([c.key_index for _, c in pairs], dtype=np.int64),
+            np.array([c.window for _, c in pairs], dtype=np.int64),
+            air,
+        )
+        out: list[Prepared | None] = []
+        for j, p in enumerate(prepared):
+            found = opened.get(j)
+            if p is None:
+                out.append(None)
+            elif found is None:
+                out.append(p._replace(checked=True, opened=None))
+            else:
+                c = pairs[found[0]][1]
+                out.append(p._replace(candidates=[c], checked=True, opened=(c, found[1])))
+        return out
 
     def _open_pairs(
-        self, beacons: list[tuple[AirBeacon, list[Candidate]] | None], payloads: list[bytes]
-    ) -> dict[int, tuple[Candidate, int]]:
-        """For each beacon (its index) the first candidate whose key makes its MAC, with the counter it unseals.
-        Many at once by arrays (backend.resolution.opening), a few with each chip's own key (the arrays' fixed
-        cost, about a millisecond, is that of some 30 keys)."""
-        pairs = [(i, c) for i, x in enumerate(beacons) if x is not None for c in x[1]]
-        opened: dict[int, tuple[Candidate, int]] = {}
-        if len(pairs) < OPEN_MANY_FROM:
-            for i, x in enumerate(beacons):
-                if x is not None and (found := self._open(x[1], x[0])) is not None:
-                    opened[i] = found
+        self, row: np.ndarray, chip: np.ndarray, window: np.ndarray, air: np.ndarray
+    ) -> dict[int, tuple[int, int]]:
+        """(beacon `row[k]`, chip `chip[k]` in `window[k]`) pairs, grouped by beacon in the order they are tried;
+        `air` the beacons' bytes, (n, AIR_BYTES). For each beacon some key opens: the first such pair and the
+        counter it unseals. Many at once by arrays (backend.resolution.opening), a few with each chip's own key (the
+        arrays' fixed cost, about a millisecond, is that of some 30 keys)."""
+        opened: dict[int, tuple[int, int]] = {}
+        if len(row) < OPEN_MANY_FROM:
+            for k, (j, index, w) in enumerate(zip(row.tolist(), chip.tolist(), window.tolist(), strict=True)):
+                if j in opened:
+                    continue
+                try:
+                    counter = self.table.chip_key(index).open(w, AirBeacon.from_bytes(air[j].tobytes()))
+                except MacError:
+                    continue
+                opened[j] = (k, counter)
             return opened
-        ok, counters = open_many(
-            self.table.keys_of([c.key_index for _, c in pairs]),
-            np.array([c.window for _, c in pairs], dtype=np.uint64),
-            np.frombuffer(b"".join([payloads[i] for i, _ in pairs]), dtype=np.uint8).reshape(-1, AIR_BYTES),
-        )
-        for (i, c), verified, counter in zip(pairs, ok.tolist(), counters.tolist(), strict=True):
-            if verified and i not in opened:
-                opened[i] = (c, counter)
+        # Each (chip, window) once: a passage's two beacons are mostly of one chip in one window.
+        pair = (chip.astype(np.uint64) << np.uint64(32)) | window.astype(np.uint64)
+        _, once, under = np.unique(pair, return_index=True, return_inverse=True)
+        ok, counters = open_many(self.table.keys_of(chip[once]), window[once], air[row], under)
+        verified = np.flatnonzero(ok)
+        # A beacon's first pair that verifies (the pairs are grouped by beacon, in the order tried).
+        beacons, first = np.unique(row[verified], return_index=True)
+        at = verified[first]
+        for j, k, counter in zip(beacons.tolist(), at.tolist(), counters[at].tolist(), strict=True):
+            opened[j] = (k, counter)
         return opened
 
     def forget(self, tag_ids: Iterable[int]) -> None:
@@ -272,19 +347,30 @@ class Resolver:
                 self.chips[tag_id] = state
 
     def resolve(
-        self, payload: bytes, heard_at: datetime, station_id: str = "", prepared: Prepared | None = None
+        self,
+        payload: bytes,
+        heard_at: datetime,
+        station_id: str = "",
+        prepared: Prepared | None = None,
+        heard_s: float | None = None,
     ) -> Resolution:
         """Judge one v2 air payload heard at `heard_at` (timezone-aware) by `station_id`; `prepared` is what
-        prepare() made of it (the ingest prepares every beacon of a flush first, to lock their chips' states).
+        prepare() made of it (the ingest prepares every beacon of a flush first, to lock their chips' states), and
+        `heard_s` the same time as seconds since the epoch, when the caller has it.
 
         BeaconPayloadError (from protocol.beacon_v2) when the bytes are not a v2 beacon at all: the caller keeps them
         as a reject, like any malformed input.
         """
+        t = heard_at.timestamp() if heard_s is None else heard_s
+        if prepared is not None and prepared.opened is not None:
+            # The usual beacon: its chip's key made its MAC when it was prepared; nothing left to look up.
+            c, counter = prepared.opened
+            return self._judge(c, counter, prepared.flags, payload, heard_at, t, station_id)
         prepared = prepared or self.prepare(payload, heard_at)
         self._follow_table()
-        if prepared.opened is not None:  # the usual beacon: its chip's key made its MAC when it was prepared
-            return self._judge(*prepared.opened, prepared.beacon, payload, heard_at, station_id)
-        beacon, candidates = prepared.beacon, list(prepared.candidates)
+        if prepared.opened is not None:
+            return self._judge(*prepared.opened, prepared.flags, payload, heard_at, t, station_id)
+        beacon, candidates = AirBeacon.from_bytes(payload), list(prepared.candidates)
         opened = None if prepared.checked else self._open(candidates, beacon)
         if opened is None and not prepared.complete:
             # Not near its time: a beacon of a window further back (a replay of an old capture; a late delivery is
@@ -294,7 +380,7 @@ class Resolver:
             opened = self._open(further, beacon)
             candidates += further
         if opened is not None:
-            return self._judge(*opened, beacon, payload, heard_at, station_id)
+            return self._judge(*opened, beacon.flags, payload, heard_at, t, station_id)
         if not candidates:
             self.counts[Verdict.UNKNOWN] += 1
             self.unknown.append((station_id, heard_at, payload))
@@ -323,9 +409,15 @@ class Resolver:
         return None
 
     def _judge(
-        self, c: Candidate, counter: int, beacon: AirBeacon, payload: bytes, heard_at: datetime, station_id: str
+        self,
+        c: Candidate,
+        counter: int,
+        flags: TagFlags,
+        payload: bytes,
+        heard_at: datetime,
+        t: float,
+        station_id: str,
     ) -> Resolution:
-        t = heard_at.timestamp()
         state = self.chips.get(c.tag_id)
         verdict = Verdict.OK
         if state is not None and counter <= state.counter:
@@ -346,7 +438,7 @@ class Resolver:
             )
         elif verdict is Verdict.OK:
             self._accept(c, counter, payload, t, station_id, state)
-        return Resolution(verdict, c.tag_id, counter, beacon.flags, c.window, station_id, heard_at, payload, evidence)
+        return Resolution(verdict, c.tag_id, counter, flags, c.window, station_id, heard_at, payload, evidence)
 
     def _accept(
         self, c: Candidate, counter: int, payload: bytes, t: float, station_id: str, state: ChipState | None
@@ -379,12 +471,19 @@ class Resolver:
             return
         self._drifted_index[tag_id] = index
         eids = self.table.chip_key(index).eids(wanted)
-        self._drifted.put(tag_id, [(eid, Candidate(tag_id, w, index)) for eid, w in zip(eids, wanted, strict=True)])
+        self._drifted.put(
+            tag_id,
+            [(int.from_bytes(eid, "big"), Candidate(tag_id, w, index)) for eid, w in zip(eids, wanted, strict=True)],
+        )
 
     def offset_s(self, tag_id: int) -> float | None:
         """The learned clock offset of a chip (its clock minus true time), None for a chip not seen yet."""
         state = self.chips.get(tag_id)
         return None if state is None else state.offset_s
+
+
+def _first(pair: tuple[int, int, int]) -> int:
+    return pair[0]
 
 
 def _hearing(state: ChipState, like: datetime) -> Hearing:

@@ -261,7 +261,7 @@ class ResolutionTable:
 
     def lookup(self, eid: bytes) -> list[Candidate]:
         """Every chip (with its window) that beacons `eid` in any window held; empty if none. (A flush's beacons
-        are looked up near their own times by lookup_many.)"""
+        are looked up near their own times by lookup_pairs.)"""
         key = int.from_bytes(eid, "big")
         out: list[Candidate] = []
         tag_ids, retired = self._tag_ids, self._retired
@@ -279,12 +279,14 @@ class ResolutionTable:
                     out.append(Candidate(tag_ids[index], w, index))
         return out
 
-    def lookup_many(self, eids: np.ndarray, windows: np.ndarray) -> list[list[Candidate]]:
-        """For each eid (uint64, big-endian as numbers) the chips that beacon it in the window beside it (int64),
-        if that window is held: `lookup(eid, [window])` for a whole flush at once, one sorted search a window."""
-        out: list[list[Candidate]] = [[] for _ in range(len(eids))]
-        tag_ids, retired = self._tag_ids, self._retired
-        held = self._snapshot.windows
+    def lookup_pairs(self, eids: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every chip that beacons each eid (uint64, big-endian as numbers) in the window beside it (int64), if that
+        window is held: `lookup` for a whole flush at once, one sorted search a window and no object per chip. As
+        three arrays of the same length: which eid (its place in `eids`), the chip's index, the window. An eid's
+        chips come in the table's order (the sorted ones, then those added later); retired chips are left out."""
+        rows: list[np.ndarray] = []
+        chips: list[np.ndarray] = []
+        held, retired = self._snapshot.windows, self._retired
         for w in np.unique(windows).tolist():
             table = held.get(w)
             if table is None:
@@ -293,18 +295,31 @@ class ResolutionTable:
             sorted_eids = np.frombuffer(table.eids, dtype=np.uint64)
             wanted = eids[at]
             start = np.searchsorted(sorted_eids, wanted, side="left")
-            stop = np.searchsorted(sorted_eids, wanted, side="right")
-            found = np.flatnonzero(stop > start)
-            for j, lo, hi in zip(at[found].tolist(), start[found].tolist(), stop[found].tolist(), strict=True):
-                for index in table.chips[lo:hi]:
-                    if index not in retired:
-                        out[j].append(Candidate(tag_ids[index], w, index))
+            count = np.searchsorted(sorted_eids, wanted, side="right") - start
+            hit = np.flatnonzero(count)
+            found = count[hit]
+            # One chip an eid but for the rare collision: the k-th chip of an eid is `start + k`.
+            step = np.arange(int(found.sum())) - np.repeat(np.cumsum(found) - found, found)
+            rows.append(np.repeat(at[hit], found))
+            chips.append(np.frombuffer(table.chips, dtype=np.uint32)[np.repeat(start[hit], found) + step])
             if table.side:
-                for j, eid in zip(at.tolist(), wanted.tolist(), strict=True):
-                    for index in table.side.get(eid, ()):
-                        if index not in retired:
-                            out[j].append(Candidate(tag_ids[index], w, index))
-        return out
+                side = [
+                    (j, index)
+                    for j, eid in zip(at.tolist(), wanted.tolist(), strict=True)
+                    for index in table.side.get(eid, ())
+                ]
+                rows.append(np.array([j for j, _ in side], dtype=np.intp))
+                chips.append(np.array([index for _, index in side], dtype=np.uint32))
+        if not rows:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        row, chip = np.concatenate(rows).astype(np.intp), np.concatenate(chips).astype(np.int64)
+        # By eid, each one's chips in the order found (side entries after the sorted ones of the same window).
+        order = np.argsort(row, kind="stable")
+        row, chip = row[order], chip[order]
+        if retired:
+            kept = ~np.isin(chip, np.fromiter(retired, dtype=np.int64))
+            row, chip = row[kept], chip[kept]
+        return row, chip, windows[row]
 
     def chip_key(self, index: int) -> ChipKey:
         """The ready ChipKey of the chip at `index` (cached for the chips seen lately)."""
@@ -320,11 +335,16 @@ class ResolutionTable:
                 self._key_cache.popitem(last=False)
         return chip_key
 
-    def keys_of(self, indices: list[int]) -> np.ndarray:
+    def keys_of(self, indices: list[int] | np.ndarray) -> np.ndarray:
         """The keys of the chips at `indices`, (n, 16) uint8, for opening their beacons in bulk
         (backend.resolution.opening)."""
         every = np.frombuffer(self._keys, dtype=np.uint8).reshape(-1, KEY_BYTES)
         return every[np.asarray(indices, dtype=np.intp)]
+
+    def tag_ids_of(self, indices: np.ndarray) -> list[int]:
+        """The tag ids of the chips at `indices`."""
+        ids: list[int] = np.frombuffer(self._tag_ids, dtype=np.uint64)[indices].tolist()
+        return ids
 
     def tag_id(self, index: int) -> int:
         """The tag id of the chip at `index`."""

@@ -77,6 +77,32 @@ def test_opening_in_bulk_agrees_with_chipkey_open_on_good_and_spoiled_beacons() 
     assert sum(g for g, _ in got) == 600  # two cases in five are left as sealed
 
 
+def test_beacons_sharing_a_chip_and_window_are_opened_as_each_would_be_alone() -> None:
+    """A passage's first and last beacons are mostly of one chip in one window: open_many computes that pair's
+    keys, pad and MAC subkeys once (`under`), and each beacon still gets its own verdict and counter."""
+    rng = random.Random(13)
+    keys = [rng.randbytes(16) for _ in range(40)]
+    windows = [W0 + rng.randrange(3) for _ in keys]
+    under: list[int] = []
+    payloads: list[bytes] = []
+    for i in range(400):
+        k = rng.randrange(len(keys))
+        payload = bytearray(ChipKey(keys[k]).seal(windows[k], i, TagFlags(i % 8)).to_bytes())
+        if i % 7 == 0:
+            payload[rng.randrange(1, AIR_BYTES)] ^= 1 << rng.randrange(8)  # spoiled: no longer this chip's MAC
+        under.append(k)
+        payloads.append(bytes(payload))
+    ok, counters = open_many(
+        _rows(b"".join(keys)),
+        np.array(windows, dtype=np.uint64),
+        np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(-1, AIR_BYTES),
+        np.array(under, dtype=np.intp),
+    )
+    got = [(bool(g), int(c) if g else None) for g, c in zip(ok, counters, strict=True)]
+    assert got == [_one_by_one(keys[k], windows[k], p) for k, p in zip(under, payloads, strict=True)]
+    assert 0 < sum(g for g, _ in got) < len(got)
+
+
 @pytest.mark.parametrize("by_arrays", [True, False], ids=["by arrays", "key by key"])
 def test_open_all_takes_the_first_candidate_whose_key_makes_the_mac(
     by_arrays: bool, monkeypatch: pytest.MonkeyPatch
@@ -88,9 +114,9 @@ def test_open_all_takes_the_first_candidate_whose_key_makes_the_mac(
     sealed = ChipKey(pairs[2][1]).seal(W0, 77, TagFlags(0))
     wrong, right = Candidate(0x101, W0, 1), Candidate(0x102, W0, 2)
     prepared = [
-        Prepared(sealed, [wrong, right, Candidate(0x102, W0, 2)], complete=False),
-        Prepared(sealed, [wrong], complete=False),
-        Prepared(sealed, [], complete=True),
+        Prepared(sealed.flags, [wrong, right, Candidate(0x102, W0, 2)], complete=False),
+        Prepared(sealed.flags, [wrong], complete=False),
+        Prepared(sealed.flags, [], complete=True),
         None,  # bytes that were no v2 beacon
     ]
     first, none, empty, malformed = resolver.open_all(prepared, [sealed.to_bytes()] * 4)
