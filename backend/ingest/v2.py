@@ -484,11 +484,12 @@ class V2Resolution:
                 out.append(b["sightings"])
                 continue
             plain = [s for s in b["sightings"] if "heard" not in s]
-            resolved = [r for s in v2 if (r := rows[id(s)]) is not None]
-            out.append(plain + join_window_splits({**r, "station_id": b["station_id"]} for r in resolved))
+            out.append(plain + join_window_splits(r for s in v2 if (r := rows[id(s)]) is not None))
         return out
 
     def _row(self, sighting: dict[str, Any], beacons: list[_Beacon]) -> dict[str, Any] | None:
+        """The sighting as the writer stores it (with its station, its chip's tag id and the window its beacons
+        resolved in), or None when it is not the chip's passage (counted)."""
         tag_id: int | None = None
         passes = True  # every beacon resolved, ok or a duplicate, all to one chip
         for b in beacons:
@@ -514,6 +515,7 @@ class V2Resolution:
         del row["heard"]
         row["tag_id"] = format_tag(tag_id)
         row["window"] = last.window
+        row["station_id"] = beacons[0].station_id
         return row
 
     def resolve_alerts(self, conn: psycopg.Connection, alerts: Iterable[Alert]) -> list[Alert]:

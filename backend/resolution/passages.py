@@ -6,7 +6,7 @@ moves to the next window leaves two sightings: one per eid. Once both resolve to
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, Final
 
@@ -15,9 +15,10 @@ DEFAULT_PASSAGE_GAP_S: Final = 8.0
 
 
 def join_window_splits(
-    sightings: Iterable[Mapping[str, Any]], passage_gap_s: float = DEFAULT_PASSAGE_GAP_S
+    sightings: Iterable[dict[str, Any]], passage_gap_s: float = DEFAULT_PASSAGE_GAP_S
 ) -> list[dict[str, Any]]:
-    """Join resolved sightings of one chip at one station that a window change split; keep every other one as is.
+    """Join resolved sightings of one chip at one station that a window change split; keep every other one as is
+    (the same dict: a joined row is a new one).
 
     Rows have the writer's fields (first_seen_at, last_seen_at, station_id, tag_id, beacons, peak_rssi_dbm, antenna,
     flags, and batch_seq if present) plus `window`, the window their beacons resolved in. Two rows are joined when
@@ -30,10 +31,13 @@ def join_window_splits(
     gap = timedelta(seconds=passage_gap_s)
     groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for s in sightings:
-        groups.setdefault((s["station_id"], s["tag_id"]), []).append(dict(s))
+        groups.setdefault((s["station_id"], s["tag_id"]), []).append(s)
     out: list[dict[str, Any]] = []
     for rows in groups.values():
-        rows.sort(key=lambda r: r["first_seen_at"])
+        if len(rows) == 1:  # most chips pass a station once in a flush
+            out.append(rows[0])
+            continue
+        rows.sort(key=_first_seen_at)
         current = rows[0]
         for row in rows[1:]:
             if _split_by_window(current, row, gap):
@@ -45,7 +49,11 @@ def join_window_splits(
     return out
 
 
-def _split_by_window(a: Mapping[str, Any], b: Mapping[str, Any], gap: timedelta) -> bool:
+def _first_seen_at(row: dict[str, Any]) -> Any:
+    return row["first_seen_at"]
+
+
+def _split_by_window(a: dict[str, Any], b: dict[str, Any], gap: timedelta) -> bool:
     wa, wb = a.get("window"), b.get("window")
     return wa is not None and wb is not None and wa != wb and b["first_seen_at"] - a["last_seen_at"] <= gap
 
