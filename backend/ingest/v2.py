@@ -346,7 +346,7 @@ class V2Resolution:
             for b, p in zip(group, prepared, strict=True):
                 b.prepared = p
                 if p is not None:
-                    tags |= p.tags
+                    tags.update([c.tag_id for c in p.candidates])  # one chip for the usual beacon, whose MAC opened
         tags -= skip
         if not tags:
             return tags

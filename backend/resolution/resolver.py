@@ -129,11 +129,6 @@ class Prepared(NamedTuple):
     checked: bool = False
     opened: tuple[Candidate, int] | None = None
 
-    @property
-    def tags(self) -> set[int]:
-        """The tag ids of the candidates."""
-        return {c.tag_id for c in self.candidates}
-
 
 @dataclass(slots=True)
 class _Drifted:
