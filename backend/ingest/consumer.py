@@ -217,15 +217,18 @@ class Ingest:
         self.known = KnownStations(settings.ingest_station_refresh_s)
         self.window = TimeWindow.of(settings)
         self._theft_lookback = timedelta(seconds=settings.police_theft_lookback_s)
-        # v2 chips' beacons resolved to their chips with the keys the vault opens (backend.ingest.v2).
-        self.v2 = V2Resolution(Vault.from_settings(settings), past_windows=settings.ingest_v2_past_windows)
         # This worker's copy of the zones, for the border crossings of stolen chips' alarms.
         self._zones = ZoneCache()
         # A station sending what is refused (a clock gone wrong sends it all the time) is logged once a minute per
         # kind and topic; every refused message is still kept and counted.
         self._reject_notices = StationNotices(60.0)
-        # One connection per writer thread and one for the deferred detectors, kept open; opened in start().
-        self._pool = ConnectionPool(settings.database_url, min_size=3, max_size=4, open=False, name="ingest")
+        # One connection per writer thread and one for the deferred detectors, kept open, and one for a flush's v2
+        # chip states (their own short transaction, beside the flush's); opened in start().
+        self._pool = ConnectionPool(settings.database_url, min_size=4, max_size=6, open=False, name="ingest")
+        # v2 chips' beacons resolved to their chips with the keys the vault opens (backend.ingest.v2).
+        self.v2 = V2Resolution(
+            Vault.from_settings(settings), past_windows=settings.ingest_v2_past_windows, states=self._pool
+        )
         # Bounded: when the writer falls behind (a slow or lost database), paho's thread waits for room and the
         # broker keeps the backlog (it stops sending once our window of unacknowledged messages is full).
         self._sightings: Lane[Incoming] = Lane(settings.ingest_max_queued_messages)

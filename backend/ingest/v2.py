@@ -150,9 +150,18 @@ class V2Resolution:
     a resolver of their own, so a stolen chip's alert never waits for a flush of sightings to be resolved."""
 
     def __init__(
-        self, vault: Vault, *, past_windows: int = DEFAULT_PAST_WINDOWS, clock: Callable[[], float] = time.time
+        self,
+        vault: Vault,
+        *,
+        past_windows: int = DEFAULT_PAST_WINDOWS,
+        clock: Callable[[], float] = time.time,
+        states: ConnectionPool | None = None,
     ) -> None:
         self._vault = vault
+        # Where a flush of sightings locks, judges and writes back its chips' states: in a short transaction of its
+        # own on a connection of this pool, so that another worker's flush of the same chips waits for that, not
+        # for this flush's whole transaction. None: in the caller's transaction (and always so for alerts).
+        self._states = states
         self._clock = clock
         self._past_windows = past_windows
         self._lock = threading.Lock()  # the tables and the keys: built, moved, changed by one thread at a time
@@ -396,11 +405,36 @@ class V2Resolution:
                 " WHERE chip_beacon_states.counter IS NULL OR EXCLUDED.counter >= chip_beacon_states.counter"
             )
 
-    def _judge(self, conn: psycopg.Connection, beacons: list[_Beacon]) -> list[Evidence]:
+    def _judge(self, conn: psycopg.Connection, beacons: list[_Beacon], *, states_apart: bool = False) -> list[Evidence]:
         """Resolve `beacons` in the order they were heard, with the chips' shared states locked; raise the
-        cloned-chip alarms their evidence proves. Beacons no chip sends make the worker look for chips fitted since
-        (an index probe), and resolve again if there are: a chip's first passage, a minute after its fitting, is
-        not lost."""
+        cloned-chip alarms their evidence proves (in `conn`'s transaction).
+
+        With `states_apart` (a flush of sightings) and a pool for the states, the states are locked, judged and
+        written back in a transaction of their own that commits before the flush's does, so two workers' flushes of
+        the same chips queue for the judging only, not for each other's COPY and commit. Should the flush then fail,
+        its beacons come again (the broker redelivers what was not acknowledged) and are judged against states
+        that already hold them: a beacon heard before the one accepted is consistent and the accepted one a
+        duplicate of itself (Resolver), so the same rows are stored and no alarm is raised. Its commit need not
+        wait for the disk: the flush's commit, later in the same log, does."""
+        if not states_apart or self._states is None:
+            return self._raise(conn, self._judge_states(conn, beacons))
+        with self._states.connection() as states, states.transaction():
+            states.execute("SET LOCAL synchronous_commit = off")
+            evidence = self._judge_states(states, beacons)
+        return self._raise(conn, evidence)
+
+    def _raise(self, conn: psycopg.Connection, evidence: list[CloneEvidence]) -> list[Evidence]:
+        if evidence:
+            with conn.cursor() as cur:
+                store.raise_evidence(cur, [e.as_alarm() for e in evidence])
+            _keep_evidence(conn, evidence)
+        return [e.as_alarm() for e in evidence]
+
+    def _judge_states(self, conn: psycopg.Connection, beacons: list[_Beacon]) -> list[CloneEvidence]:
+        """Resolve `beacons` in the order they were heard, with the chips' states locked in `conn`'s transaction and
+        written back; returns the clone evidence found. Beacons no chip sends make the worker look for chips fitted
+        since (an index probe), and resolve again if there are: a chip's first passage, a minute after its fitting,
+        is not lost."""
         resolver = self._resolver(self._refresh(conn))
         tags = self._load_states(conn, resolver, beacons)
         self._resolve(resolver, beacons)
@@ -428,11 +462,7 @@ class V2Resolution:
                     evidence.append(r.evidence)
         self._save_states(conn, resolver, tags)
         resolver.forget(tags)  # the database keeps them: this thread's memory holds one flush's chips, not a county's
-        if evidence:
-            with conn.cursor() as cur:
-                store.raise_evidence(cur, [e.as_alarm() for e in evidence])
-            _keep_evidence(conn, evidence)
-        return [e.as_alarm() for e in evidence]
+        return evidence
 
     @staticmethod
     def _judge_repeat(b: _Beacon) -> None:
@@ -476,7 +506,7 @@ class V2Resolution:
                 if len(beacons) == 2 and beacons[0].payload == beacons[1].payload:
                     beacons[1].repeats = beacons[0]
                 passages.append((s, beacons))
-        self._judge(conn, [b for _, beacons in passages for b in beacons])
+        self._judge(conn, [b for _, beacons in passages for b in beacons], states_apart=True)
         rows = {id(s): self._row(s, beacons) for s, beacons in passages}
         out: list[list[dict[str, Any]]] = []
         for b, v2 in wanted:

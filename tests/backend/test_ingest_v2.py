@@ -12,7 +12,9 @@ import orjson
 import psycopg
 import pytest
 from prometheus_client.registry import CollectorRegistry
+from psycopg_pool import ConnectionPool
 
+from backend.ingest import writer
 from backend.ingest.v2 import V2Resolution
 from backend.metrics import IngestCollector
 from firmware_sim.clone import CloneAttacker
@@ -226,6 +228,52 @@ def test_workers_share_the_chips_counters_so_a_replay_to_another_worker_is_caugh
         assert second_worker.resolve_sightings(conn, [replay]) == [[]]
     assert second_worker.counters.sightings_cloned == 1
     assert conn.execute("SELECT kind FROM alarms WHERE tag_id = %s", (tag,)).fetchall() == [("chip_cloned",)]
+
+
+def test_a_flush_holds_its_chips_states_only_while_it_judges_them(database_url: str) -> None:
+    """As the ingest runs it (a pool for the states), a flush of sightings writes its chips' states back in a
+    transaction of its own: another worker's flush of the same chip goes on while the first flush's transaction is
+    still open, and still catches a replay of what the first accepted. The first flush then fails; its redelivery
+    stores the same passage and raises no alarm."""
+    waits = "-c lock_timeout=5s"  # waiting for the other flush's commit fails the test instead of hanging it
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, "v2-s1")
+        factories.station(conn, "v2-s2", lat=30.31)
+        tag = 0x00C2D001
+        _, key = fit_v2(conn, tag, 77)
+        conn.commit()
+    at = now_in_window()
+    w = window_of(at.timestamp())
+    first, last, later = (key.seal(w, counter, TagFlags(0)) for counter in (1000, 1003, 1010))
+    flush = batch("v2-s1", 1, v2_sighting(first, last, at))
+    elsewhere = batch(
+        "v2-s2",
+        1,
+        v2_sighting(later, None, at + timedelta(seconds=30), 1),
+        v2_sighting(last, None, at + timedelta(seconds=45), 1),  # the first flush's last beacon played again
+    )
+    with (
+        ConnectionPool(database_url, min_size=1, max_size=2, kwargs={"options": waits}) as states,
+        psycopg.connect(database_url, options=waits) as a,
+        psycopg.connect(database_url, options=waits) as b,
+    ):
+        first_worker = V2Resolution(factories.VAULT, states=states)
+        second_worker = V2Resolution(factories.VAULT, states=states)
+        stored = writer.write_batches(a, [parse_batch_rows(flush)], first_worker.resolve_sightings)
+        assert stored.sightings == 1  # and the first flush's transaction stays open
+        assert writer.write_batches(b, [parse_batch_rows(elsewhere)], second_worker.resolve_sightings).sightings == 1
+        b.commit()
+        assert second_worker.counters.sightings_cloned == 1
+        a.rollback()  # the first flush failed: its messages come again
+        again = writer.write_batches(a, [parse_batch_rows(flush)], first_worker.resolve_sightings)
+        a.commit()
+        assert (again.sightings, first_worker.counters.sightings_cloned) == (1, 0)
+        passages = a.execute(
+            "SELECT station_id, first_seen_at FROM sightings WHERE tag_id = %s ORDER BY first_seen_at", (tag,)
+        ).fetchall()
+        assert passages == [("v2-s1", at), ("v2-s2", at + timedelta(seconds=30))]
+        alarms = a.execute("SELECT kind FROM alarms WHERE tag_id = %s", (tag,)).fetchall()
+        assert alarms == [("chip_cloned",)]
 
 
 def test_two_workers_hearing_chips_for_the_first_time_at_once_never_deadlock(database_url: str) -> None:
