@@ -1,10 +1,11 @@
 """v2 chips in the ingest: each v2 sighting and alert resolved to its chip before anything stores it.
 
-A station forwards a v2 passage's first and last beacons (`heard`, protocol.messages) without knowing the chip. In
-the flush's transaction this module looks their eids up (backend.resolution), locks and loads the states of the
-chips they may be from (chip_beacon_states, shared by every worker: a replay heard by a station another worker
-serves is still compared with the highest counter accepted), resolves every beacon in the order it was heard, writes
-the states back, and hands the writer plain rows with their tag ids. A sighting whose beacon is a replay or a forgery
+A station forwards a v2 passage's first and last beacons (`heard`, protocol.messages) without knowing the chip. For
+each flush this module looks their eids up (backend.resolution); in a short transaction of its own it locks and loads
+the states of the chips they may be from (chip_beacon_states, shared by every worker: a replay heard by a station
+another worker serves is still compared with the highest counter accepted), resolves every beacon in the order it
+was heard and writes the states back; then it hands the writer, in the flush's transaction, plain rows with their tag
+ids. A sighting whose beacon is a replay or a forgery
 is not the chip's passage: it raises a cloned-chip alarm with the evidence and is not stored. A beacon no active chip
 sends (a chip of another county) is counted and the newest kept for inspection; such a beacon first makes the
 worker look for chips fitted since its last look (an index probe) and resolve it again, so a chip fitted a minute
@@ -158,9 +159,9 @@ class V2Resolution:
         states: ConnectionPool | None = None,
     ) -> None:
         self._vault = vault
-        # Where a flush of sightings locks, judges and writes back its chips' states: in a short transaction of its
-        # own on a connection of this pool, so that another worker's flush of the same chips waits for that, not
-        # for this flush's whole transaction. None: in the caller's transaction (and always so for alerts).
+        # Where a flush locks, judges and writes back its chips' states: in a short transaction of its own on a
+        # connection of this pool, so that another flush of the same chips waits for that, not for this flush's
+        # whole transaction. None: in the caller's transaction.
         self._states = states
         self._clock = clock
         self._past_windows = past_windows
@@ -405,18 +406,19 @@ class V2Resolution:
                 " WHERE chip_beacon_states.counter IS NULL OR EXCLUDED.counter >= chip_beacon_states.counter"
             )
 
-    def _judge(self, conn: psycopg.Connection, beacons: list[_Beacon], *, states_apart: bool = False) -> list[Evidence]:
+    def _judge(self, conn: psycopg.Connection, beacons: list[_Beacon]) -> list[Evidence]:
         """Resolve `beacons` in the order they were heard, with the chips' shared states locked; raise the
         cloned-chip alarms their evidence proves (in `conn`'s transaction).
 
-        With `states_apart` (a flush of sightings) and a pool for the states, the states are locked, judged and
-        written back in a transaction of their own that commits before the flush's does, so two workers' flushes of
-        the same chips queue for the judging only, not for each other's COPY and commit. Should the flush then fail,
+        With a pool for the states, they are locked, judged and written back in a transaction of their own that
+        commits before the flush's does, so two flushes of the same chips (two workers', or an alert's and the
+        sightings') queue for the judging only, not for each other's COPY and commit; and no flush's transaction
+        holds a state's lock while its states wait for another's. Should the flush then fail,
         its beacons come again (the broker redelivers what was not acknowledged) and are judged against states
         that already hold them: a beacon heard before the one accepted is consistent and the accepted one a
         duplicate of itself (Resolver), so the same rows are stored and no alarm is raised. Its commit need not
         wait for the disk: the flush's commit, later in the same log, does."""
-        if not states_apart or self._states is None:
+        if self._states is None:
             return self._raise(conn, self._judge_states(conn, beacons))
         with self._states.connection() as states, states.transaction():
             states.execute("SET LOCAL synchronous_commit = off")
@@ -506,7 +508,7 @@ class V2Resolution:
                 if len(beacons) == 2 and beacons[0].payload == beacons[1].payload:
                     beacons[1].repeats = beacons[0]
                 passages.append((s, beacons))
-        self._judge(conn, [b for _, beacons in passages for b in beacons], states_apart=True)
+        self._judge(conn, [b for _, beacons in passages for b in beacons])
         rows = {id(s): self._row(s, beacons) for s, beacons in passages}
         out: list[list[dict[str, Any]]] = []
         for b, v2 in wanted:
