@@ -252,6 +252,12 @@ def test_a_flush_holds_its_chips_states_only_while_it_judges_them(database_url: 
         v2_sighting(later, None, at + timedelta(seconds=30), 1),
         v2_sighting(last, None, at + timedelta(seconds=45), 1),  # the first flush's last beacon played again
     )
+    # The time's partition (a TimescaleDB chunk) exists, as after the day's first flush: a flush that makes one holds
+    # it until it commits, and another flush into it waits for that whatever the chips' states do.
+    v1 = {"tag_id": format_tag(0x00C2D0FF), "first_seen_at": at.isoformat(), "last_seen_at": at.isoformat()}
+    v1 |= {"beacons": 1, "peak_rssi_dbm": -60, "antenna": 1, "flags": 0}
+    with psycopg.connect(database_url) as conn:
+        writer.write_batches(conn, [parse_batch_rows(batch("v2-s1", 99, v1))])
     with (
         ConnectionPool(database_url, min_size=1, max_size=2, kwargs={"options": waits}) as states,
         psycopg.connect(database_url, options=waits) as a,
