@@ -206,15 +206,23 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
         yield c
 
 
-def test_workers_share_the_chips_counters_so_a_replay_to_another_worker_is_caught(conn: psycopg.Connection) -> None:
-    """Two ingest workers (two resolutions) on one database: the second compares with what the first accepted."""
-    factories.station(conn, "v2-w1")
-    factories.station(conn, "v2-w2", lat=30.31)
-    tag = 0x00C2B004
-    _, key = fit_v2(conn, tag, 5)
+def _two_stations_and_a_chip(
+    conn: psycopg.Connection, stations: tuple[str, str], tag: int, seed: int
+) -> tuple[ChipKey, datetime, int]:
+    """Two stations far enough apart for a replay between them to be no duplicate, and a bike with a v2 chip,
+    committed; returns the chip's key, a time clear of a window change, and its window."""
+    factories.station(conn, stations[0])
+    factories.station(conn, stations[1], lat=30.31)
+    _, key = fit_v2(conn, tag, seed)
     conn.commit()
     at = now_in_window()
-    w = window_of(at.timestamp())
+    return key, at, window_of(at.timestamp())
+
+
+def test_workers_share_the_chips_counters_so_a_replay_to_another_worker_is_caught(conn: psycopg.Connection) -> None:
+    """Two ingest workers (two resolutions) on one database: the second compares with what the first accepted."""
+    tag = 0x00C2B004
+    key, at, w = _two_stations_and_a_chip(conn, ("v2-w1", "v2-w2"), tag, 5)
     genuine = key.seal(w, 900, TagFlags(0))
     first_worker, second_worker = V2Resolution(factories.VAULT), V2Resolution(factories.VAULT)
     with conn.transaction():
@@ -236,14 +244,9 @@ def test_a_flush_holds_its_chips_states_only_while_it_judges_them(database_url: 
     still open, and still catches a replay of what the first accepted. The first flush then fails; its redelivery
     stores the same passage and raises no alarm."""
     waits = "-c lock_timeout=5s"  # waiting for the other flush's commit fails the test instead of hanging it
+    tag = 0x00C2D001
     with psycopg.connect(database_url) as conn:
-        factories.station(conn, "v2-s1")
-        factories.station(conn, "v2-s2", lat=30.31)
-        tag = 0x00C2D001
-        _, key = fit_v2(conn, tag, 77)
-        conn.commit()
-    at = now_in_window()
-    w = window_of(at.timestamp())
+        key, at, w = _two_stations_and_a_chip(conn, ("v2-s1", "v2-s2"), tag, 77)
     first, last, later = (key.seal(w, counter, TagFlags(0)) for counter in (1000, 1003, 1010))
     flush = batch("v2-s1", 1, v2_sighting(first, last, at))
     elsewhere = batch(
