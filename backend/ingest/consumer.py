@@ -7,7 +7,10 @@ reads nothing more. A writer thread per lane sleeps until messages come, writes 
 flush (many batches) in one transaction with a connection from the worker's pool, in which the alarm engine
 judges what was new, then tells each station which of its batches are now stored (a confirmation, new and repeated
 batches alike: the gateway keeps a batch until confirmed), and only then acknowledges the messages (manual PUBACK),
-so a crash before commit means the broker (or the gateway) redelivers, and the batch ids make that harmless.
+so a crash before commit means the broker (or the gateway) redelivers, and the batch ids make that harmless. A flush
+of alerts commits without waiting for the disk, so that its alarms reach the police at once rather than behind the
+sightings' log, and waits for the disk after: a crash in between loses an alarm already shown, and the redelivered
+alert raises it again.
 Self-test steps are stored the same way (backend.selftests); after the commit, a passing run commissions its station
 if it is installed. The detectors whose cost is per query (cloned chips) judge the committed passages on a thread of
 their own, about once a second.
@@ -182,6 +185,13 @@ def classify(item: Incoming, flush: _Flush, window: TimeWindow = DEFAULT_WINDOW)
         flush.gone.append(msg)
     else:
         flush.selftest_messages.append(msg)
+
+
+def _wait_for_disk(conn: psycopg.Connection) -> None:
+    """Return once every commit made so far on `conn` has reached the disk: the commit of a transaction with an id
+    waits for the log up to its own record, and so past every earlier one."""
+    with conn.transaction():
+        conn.execute("SELECT pg_current_xact_id()")
 
 
 def screen(conn: psycopg.Connection, flush: _Flush, known: KnownStations) -> None:
@@ -465,6 +475,12 @@ class Ingest:
         if not flush.written:
             self._store(conn, flush)
             flush.written = True
+            if flush.alerts:
+                try:
+                    _wait_for_disk(conn)
+                except psycopg.OperationalError:
+                    flush.written = False  # its commit may be lost with the server: written again (idempotent)
+                    raise
         for part in flush.parts:
             self._commission(conn, part)
 
@@ -473,6 +489,11 @@ class Ingest:
         flush.parts = [flush]
         try:
             with conn.transaction():
+                if flush.alerts:
+                    # A stolen chip's alarm is on the police's screen at its commit, not once the commit has
+                    # reached the disk behind the sightings' log (the tail of its latency): _write waits for the
+                    # disk after, and only then are the messages acknowledged.
+                    conn.execute("SET LOCAL synchronous_commit = off")
                 self._write_all(conn, flush)
             self._count(flush)
         except psycopg.OperationalError:

@@ -417,7 +417,8 @@ class V2Resolution:
         its beacons come again (the broker redelivers what was not acknowledged) and are judged against states
         that already hold them: a beacon heard before the one accepted is consistent and the accepted one a
         duplicate of itself (Resolver), so the same rows are stored and no alarm is raised. Its commit need not
-        wait for the disk: the flush's commit, later in the same log, does."""
+        wait for the disk: the flush's commit (an alerts flush's wait for the disk after it), later in the same
+        log, does."""
         if self._states is None:
             return self._raise(conn, self._judge_states(conn, beacons))
         with self._states.connection() as states, states.transaction():

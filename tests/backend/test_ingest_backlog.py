@@ -1,14 +1,18 @@
 """A stolen chip's alert is not held up by a backlog of sightings batches (an outage's spools draining at once, v2
 beacons arriving faster than they resolve): it comes on a broker connection of its own, through the real broker and
-database."""
+database; nor by the sightings' log on its way to the disk: its alarm is shown at its commit, and the alert is
+acknowledged once that commit is on the disk."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+import pytest
 
+from backend.ingest import consumer
 from backend.ingest.consumer import Ingest
 from bikeguard.services import Broker
 from protocol import topics
@@ -69,5 +73,56 @@ def test_a_stolen_chips_alert_raises_its_alarm_while_a_backlog_of_sightings_wait
             alarm = conn.execute("SELECT kind, station_id FROM alarms WHERE tag_id = %s", (tag,)).fetchall()
         assert alarm == [("stolen_chip_seen", station)]
         assert ingest.counters.batches_new == 20 and ingest.counters.alerts == 1
+    finally:
+        ingest.stop()
+
+
+def test_an_alarm_is_shown_before_its_commit_reaches_the_disk_and_written_again_if_the_server_is_lost_meanwhile(
+    database_url: str, broker: Broker, topic_prefix: str, publish, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = factories.settings(
+        database_url,
+        mqtt_url=broker.url,
+        mqtt_client_id=f"disk-{topic_prefix}",
+        mqtt_shared_group=f"disk-{topic_prefix}" if broker.supports_shared_subscriptions else None,
+    )
+    station, tag = f"{topic_prefix}-d", 0x5D0001
+    with psycopg.connect(database_url) as conn:
+        factories.station(conn, station)
+        factories.theft(conn, factories.bike(conn, tag))
+    # The first wait for the disk is held, then fails as it would if the server went away before the log reached
+    # the disk (the alarm committed without waiting for it may then be lost); the next one waits for real.
+    held, waits = threading.Event(), []
+    wait_for_disk = consumer._wait_for_disk
+
+    def lost_once(conn: psycopg.Connection) -> None:
+        waits.append(conn)
+        if len(waits) == 1:
+            held.wait(10)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        wait_for_disk(conn)
+
+    monkeypatch.setattr(consumer, "_wait_for_disk", lost_once)
+    ingest = Ingest(settings)
+    ingest.start()
+    try:
+        alert = Alert(
+            station_id=station,
+            kind="hotlist_hit",
+            tag_id=format_tag(tag),
+            seen_at=utcnow(),
+            rssi_dbm=-58,
+            antenna=0,
+            hotlist_version=1,
+        )
+        publish(topics.station_topic(station, "alerts"), alert.to_json())
+        wait_until(lambda: len(waits) == 1)
+        # Committed and visible while its commit is not known to be on the disk.
+        assert count(database_url, "SELECT count(*) FROM alarms WHERE tag_id = %s", tag) == 1
+        held.set()
+        # Written again (the same rows: nothing doubled), and the disk waited for.
+        wait_until(lambda: len(waits) == 2 and ingest.counters.db_retries == 1)
+        assert count(database_url, "SELECT count(*) FROM alarms WHERE tag_id = %s", tag) == 1
+        assert count(database_url, "SELECT count(*) FROM station_alerts WHERE station_id = %s", station) == 1
     finally:
         ingest.stop()
