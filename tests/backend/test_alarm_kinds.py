@@ -227,6 +227,29 @@ def test_a_round_of_passages_in_any_order_is_judged_in_time_order_and_moves_the_
     assert conn.execute(position, (0xF3,)).fetchone() == ("st-west", at + timedelta(minutes=25))
 
 
+def test_a_mobile_readers_passages_are_judged_against_no_other_in_a_round_or_across_rounds(conn):
+    _west_and_east(conn)
+    factories.station(conn, "car-1", lat=30.25, lon=120.30)  # a patrol car's reader, last registered 9.6 km on east
+    conn.execute("UPDATE stations SET mobile = true WHERE station_id = 'car-1'")
+    factories.bike(conn, 0xF5)
+    at = utcnow() - timedelta(minutes=30)
+    # One round: west, the car a minute later, west again a minute after that. Where the car was when it heard the
+    # chip is not where its registry row says, so neither of its passage's neighbours is judged against it.
+    _write(
+        conn,
+        factories.batch("st-west", 1, [0xF5], at=at),
+        factories.batch("car-1", 1, [0xF5], at=at + timedelta(minutes=1)),
+        factories.batch("st-west", 2, [0xF5], at=at + timedelta(minutes=2)),
+    )
+    # Rounds of their own: the car last, then east a minute on (the car's stored position is not judged either).
+    _write(conn, factories.batch("car-1", 2, [0xF5], at=at + timedelta(minutes=10)))
+    _write(conn, factories.batch("st-east", 1, [0xF5], at=at + timedelta(minutes=11)))
+    assert _alarms(conn) == []
+    # The fixed stations still are, in a round or across: east to west in a minute.
+    _write(conn, factories.batch("st-west", 3, [0xF5], at=at + timedelta(minutes=12)))
+    assert _alarms(conn) == [("chip_cloned", "critical", 0xF5, "st-west", 1, "active")]
+
+
 def test_the_ingest_judges_clones_within_a_second_or_two_after_traffic_stops(
     ingest: Ingest,
     publish,
