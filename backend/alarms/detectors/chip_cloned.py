@@ -31,7 +31,7 @@ KIND = AlarmKind.CHIP_CLONED
 SLACK_M = 200.0
 _EARTH_RADIUS_M = 6_371_000
 # A row of the round's chips (flush_chips): the chip, its earliest passage of the round (station, first and last seen)
-# and its latest when it had more than one (or three None).
+# and its latest (the same, or three None, when it passed once).
 _ChipRow = tuple[int, str, datetime, datetime, str | None, datetime | None, datetime | None]
 # The round's chips, copied in, one row each: its earliest passage of the round and, when it had more than one, its
 # latest (COPY is ten times cheaper than array parameters).
@@ -133,12 +133,19 @@ def _round_chips(p: Passages) -> tuple[list[_ChipRow], list[tuple[int, int, int]
     starts = np.flatnonzero(np.concatenate(([True], ~same_chip)))
     ends = np.concatenate((starts[1:], [n])) - 1
     earliest, latest = order[starts].tolist(), order[ends].tolist()
-    rows: list[_ChipRow] = [
-        (tag_ids[a], station_ids[a], firsts[a], lasts[a], None, None, None)
-        if a == b
-        else (tag_ids[a], station_ids[a], firsts[a], lasts[a], station_ids[b], firsts[b], lasts[b])
-        for a, b in zip(earliest, latest, strict=True)
-    ]
+    # Column by column (a chip that passed once has its passage as its latest too).
+    rows: list[_ChipRow] = list(
+        zip(
+            [tag_ids[i] for i in earliest],
+            [station_ids[i] for i in earliest],
+            [firsts[i] for i in earliest],
+            [lasts[i] for i in earliest],
+            [station_ids[i] for i in latest],
+            [firsts[i] for i in latest],
+            [lasts[i] for i in latest],
+            strict=True,
+        )
+    )
     stations = np.array(station_ids, dtype=object)[order]
     moved_on = np.flatnonzero(same_chip & (stations[1:] != stations[:-1]))
     pairs = [(tag_ids[a], a, b) for a, b in zip(order[moved_on].tolist(), order[moved_on + 1].tolist(), strict=True)]
