@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import random
+from collections import Counter
 from datetime import timedelta
 
 import psycopg
 import pytest
 
 from backend.alarms import engine
+from backend.alarms.evidence import Committed, Passages
 from backend.alarms.kinds import (
     HIDDEN_FROM_POLICE,
     INSTALLER_KINDS,
@@ -124,10 +128,11 @@ def test_chip_at_two_far_stations_within_one_flush_is_cloned(conn):
     factories.bike(conn, 0xD1)
     factories.bike(conn, 0xD2)
     at = utcnow()
+    # 0xD9 is nobody's chip: as far and as fast, it raises nothing.
     alarm_ids = _write(
         conn,
-        factories.batch("st-west", 1, [0xD1, 0xD2], at=at),
-        factories.batch("st-east", 1, [0xD1], at=at + timedelta(minutes=2)),
+        factories.batch("st-west", 1, [0xD1, 0xD2, 0xD9], at=at),
+        factories.batch("st-east", 1, [0xD1, 0xD9], at=at + timedelta(minutes=2)),
     )
     assert _alarms(conn) == [("chip_cloned", "critical", 0xD1, "st-east", 1, "active")]
     assert len(alarm_ids) == 1
@@ -248,6 +253,68 @@ def test_a_mobile_readers_passages_are_judged_against_no_other_in_a_round_or_acr
     # The fixed stations still are, in a round or across: east to west in a minute.
     _write(conn, factories.batch("st-west", 3, [0xF5], at=at + timedelta(minutes=12)))
     assert _alarms(conn) == [("chip_cloned", "critical", 0xF5, "st-west", 1, "active")]
+
+
+# Four fixed stations: two 1 km apart, one 9.6 km east, one 30 km north.
+_PLACES = {"st-a": (30.250, 120.10), "st-b": (30.259, 120.10), "st-c": (30.250, 120.20), "st-d": (30.520, 120.10)}
+
+
+def _too_fast(here: str, there: str, gap_s: float, max_speed_kmh: float) -> bool:
+    """The rule, written out once more: further apart than 200 m plus what a bike rides in the gap."""
+    (a_lat, a_lon), (b_lat, b_lon) = _PLACES[here], _PLACES[there]
+    h = (
+        math.sin(math.radians(a_lat - b_lat) / 2) ** 2
+        + math.cos(math.radians(a_lat)) * math.cos(math.radians(b_lat)) * math.sin(math.radians(a_lon - b_lon) / 2) ** 2
+    )
+    return 2 * 6_371_000 * math.asin(math.sqrt(h)) > 200 + max_speed_kmh / 3.6 * max(gap_s, 0.0)
+
+
+def test_rounds_of_shuffled_passages_raise_what_judging_every_consecutive_pair_in_time_order_raises(conn):
+    """However a round's passages are grouped (a row a chip, its own passages judged in memory), a chip's passages
+    in time order are judged pair by pair: the same clones, as often, as a plain reading of the rule finds."""
+    for station, (lat, lon) in _PLACES.items():
+        factories.station(conn, station, lat=lat, lon=lon)
+    rng = random.Random(17)
+    chips = list(range(0xAB000, 0xAB000 + 12))
+    for tag in chips:
+        factories.bike(conn, tag)
+    start = utcnow() - timedelta(hours=3)
+    # Each chip's day: passages at random stations, 20 s to 15 min apart (some too fast for the distance).
+    timeline: dict[int, list[tuple[str, float, float]]] = {}
+    for tag in chips:
+        at, passages = 0.0, []
+        for _ in range(rng.randint(3, 14)):
+            at += rng.uniform(20, 900)
+            passages.append((rng.choice(list(_PLACES)), at, at + rng.uniform(0, 15)))
+            at = passages[-1][2]
+        timeline[tag] = passages
+    expected: Counter[int] = Counter()
+    for tag, passages in timeline.items():
+        for (there, _, left), (here, came, _) in zip(passages, passages[1:], strict=False):
+            if here != there and _too_fast(here, there, came - left, 60.0):
+                expected[tag] += 1
+    # Rounds of half an hour, each passage in the round of the time it began, in any order within it.
+    for round_start in range(0, 3 * 3600, 1800):
+        rows = [
+            (tag, station, first, last)
+            for tag, passages in timeline.items()
+            for station, first, last in passages
+            if round_start <= first < round_start + 1800
+        ]
+        rng.shuffle(rows)
+        committed = Committed(
+            Passages(
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                [start + timedelta(seconds=r[2]) for r in rows],
+                [start + timedelta(seconds=r[3]) for r in rows],
+                [0] * len(rows),
+            )
+        )
+        engine.raise_alarms(conn, committed, engine.deferred(60.0))
+    raised = conn.execute("SELECT tag_id, sightings FROM alarms WHERE kind = 'chip_cloned'").fetchall()
+    assert sum(expected.values()) > 5  # the draw has clones worth the name
+    assert dict(raised) == dict(expected)
 
 
 def test_the_ingest_judges_clones_within_a_second_or_two_after_traffic_stops(

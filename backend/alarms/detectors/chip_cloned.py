@@ -33,8 +33,7 @@ _EARTH_RADIUS_M = 6_371_000
 # A row of the round's chips (flush_chips): the chip, its earliest passage of the round (station, first and last seen)
 # and its latest (the same, or three None, when it passed once).
 _ChipRow = tuple[int, str, datetime, datetime, str | None, datetime | None, datetime | None]
-# The round's chips, copied in, one row each: its earliest passage of the round and, when it had more than one, its
-# latest (COPY is ten times cheaper than array parameters).
+# The round's chips, copied in, one row each (COPY is ten times cheaper than array parameters).
 _ROUND_CHIPS = (
     "CREATE TEMP TABLE IF NOT EXISTS flush_chips (tag_id int8 NOT NULL, station_id text NOT NULL,"
     " first_seen_at timestamptz NOT NULL, last_seen_at timestamptz NOT NULL, latest_station_id text,"
