@@ -14,6 +14,7 @@ import pytest
 
 from backend.ingest import consumer
 from backend.ingest.consumer import Ingest
+from backend.settings import BackendSettings
 from bikeguard.services import Broker
 from protocol import topics
 from protocol.messages import Alert, format_tag, utcnow
@@ -30,14 +31,38 @@ def sightings_held(database_url: str) -> Iterator[None]:
         yield
 
 
+def _settings(database_url: str, broker: Broker, name: str, **extra: object) -> BackendSettings:
+    """A worker of its own on the test's broker (its own shared group where the broker has them)."""
+    return factories.settings(
+        database_url,
+        mqtt_url=broker.url,
+        mqtt_client_id=name,
+        mqtt_shared_group=name if broker.supports_shared_subscriptions else None,
+        **extra,
+    )
+
+
+def _stolen_chip_heard(station: str, tag: int) -> bytes:
+    """The station's alert that a chip on its hot list is heard now."""
+    alert = Alert(
+        station_id=station,
+        kind="hotlist_hit",
+        tag_id=format_tag(tag),
+        seen_at=utcnow(),
+        rssi_dbm=-58,
+        antenna=0,
+        hotlist_version=1,
+    )
+    return alert.to_json()
+
+
 def test_a_stolen_chips_alert_raises_its_alarm_while_a_backlog_of_sightings_waits(
     database_url: str, broker: Broker, topic_prefix: str, publish
 ) -> None:
-    settings = factories.settings(
+    settings = _settings(
         database_url,
-        mqtt_url=broker.url,
-        mqtt_client_id=f"backlog-{topic_prefix}",
-        mqtt_shared_group=f"backlog-{topic_prefix}" if broker.supports_shared_subscriptions else None,
+        broker,
+        f"backlog-{topic_prefix}",
         ingest_max_queued_messages=2,  # the sightings' lane is full at once: paho's reader waits for room
         ingest_flush_rows=1,
     )
@@ -54,16 +79,7 @@ def test_a_stolen_chips_alert_raises_its_alarm_while_a_backlog_of_sightings_wait
             for seq in range(1, 21):
                 publish(batches, factories.batch(station, seq, [0x5B1000 + seq]).to_json())
             wait_until(lambda: ingest.queued()["sightings"] == 2)  # full: the rest waits at the broker
-            alert = Alert(
-                station_id=station,
-                kind="hotlist_hit",
-                tag_id=format_tag(tag),
-                seen_at=utcnow(),
-                rssi_dbm=-58,
-                antenna=0,
-                hotlist_version=1,
-            )
-            publish(topics.station_topic(station, "alerts"), alert.to_json())
+            publish(topics.station_topic(station, "alerts"), _stolen_chip_heard(station, tag))
             # The alarm is raised while the sightings still wait (with one connection, it waited behind them).
             wait_until(lambda: count(database_url, "SELECT count(*) FROM alarms WHERE tag_id = %s", tag) == 1)
             assert count(database_url, "SELECT count(*) FROM sightings WHERE station_id = %s", station) == 0
@@ -80,12 +96,7 @@ def test_a_stolen_chips_alert_raises_its_alarm_while_a_backlog_of_sightings_wait
 def test_an_alarm_is_shown_before_its_commit_reaches_the_disk_and_written_again_if_the_server_is_lost_meanwhile(
     database_url: str, broker: Broker, topic_prefix: str, publish, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = factories.settings(
-        database_url,
-        mqtt_url=broker.url,
-        mqtt_client_id=f"disk-{topic_prefix}",
-        mqtt_shared_group=f"disk-{topic_prefix}" if broker.supports_shared_subscriptions else None,
-    )
+    settings = _settings(database_url, broker, f"disk-{topic_prefix}")
     station, tag = f"{topic_prefix}-d", 0x5D0001
     with psycopg.connect(database_url) as conn:
         factories.station(conn, station)
@@ -106,16 +117,7 @@ def test_an_alarm_is_shown_before_its_commit_reaches_the_disk_and_written_again_
     ingest = Ingest(settings)
     ingest.start()
     try:
-        alert = Alert(
-            station_id=station,
-            kind="hotlist_hit",
-            tag_id=format_tag(tag),
-            seen_at=utcnow(),
-            rssi_dbm=-58,
-            antenna=0,
-            hotlist_version=1,
-        )
-        publish(topics.station_topic(station, "alerts"), alert.to_json())
+        publish(topics.station_topic(station, "alerts"), _stolen_chip_heard(station, tag))
         wait_until(lambda: len(waits) == 1)
         # Committed and visible while its commit is not known to be on the disk.
         assert count(database_url, "SELECT count(*) FROM alarms WHERE tag_id = %s", tag) == 1
