@@ -180,6 +180,9 @@ class _Flush:
     # parts written (themselves, or one by one) with their self-tests.
     written: bool = False
     parts: list[_Flush] = field(default_factory=list)
+    # Committed once already, and written again because that commit was not known to have reached the disk: the
+    # counters keep what the first write stored (the same rows, whether its commit was lost or not).
+    counted: bool = False
 
 
 def classify(item: Incoming, flush: _Flush, window: TimeWindow = DEFAULT_WINDOW) -> None:
@@ -439,6 +442,9 @@ class Ingest:
                 self.counters.db_retries += 1
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+        with self._count_lock:
+            self.counters.messages += len(flush.messages)
+            self.counters.flushes += 1
         self._confirm(flush)
         for item in flush.messages:
             if item.qos > 0:
@@ -495,7 +501,8 @@ class Ingest:
                 try:
                     _wait_for_disk(conn)
                 except psycopg.OperationalError:
-                    flush.written = False  # its commit may be lost with the server: written again (idempotent)
+                    # Its commit may be lost with the server: written again (idempotent), and counted once.
+                    flush.written, flush.counted = False, True
                     raise
         for part in flush.parts:
             self._commission(conn, part)
@@ -520,7 +527,7 @@ class Ingest:
             flush.parts = []
             flush.result = writer.WriteResult()  # what the refused transaction wrote is gone
             for item in flush.messages:
-                single = _Flush()
+                single = _Flush(counted=flush.counted)
                 classify(item, single, self.window)
                 try:
                     with conn.transaction():
@@ -536,10 +543,8 @@ class Ingest:
                         writer.write_rejects(
                             conn, [(item.topic, reason[:500], item.payload)], self.settings.ingest_reject_max_raw_bytes
                         )
-                    self.counters.rejected["database"] += 1
-        with self._count_lock:
-            self.counters.messages += len(flush.messages)
-            self.counters.flushes += 1
+                    if not flush.counted:
+                        self.counters.rejected["database"] += 1
 
     def _write_all(self, conn: psycopg.Connection, flush: _Flush) -> None:
         if flush.gone:
@@ -578,7 +583,9 @@ class Ingest:
                     self.counters.stations_commissioned += 1
 
     def _count(self, flush: _Flush) -> None:
-        """Count a committed flush."""
+        """Count a committed flush (unless it was counted when it was first written)."""
+        if flush.counted:
+            return
         with self._count_lock:
             self._count_locked(flush)
         self.gaps.counted(flush.lost)

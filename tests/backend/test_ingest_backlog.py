@@ -126,5 +126,8 @@ def test_an_alarm_is_shown_before_its_commit_reaches_the_disk_and_written_again_
         wait_until(lambda: len(waits) == 2 and ingest.counters.db_retries == 1)
         assert count(database_url, "SELECT count(*) FROM alarms WHERE tag_id = %s", tag) == 1
         assert count(database_url, "SELECT count(*) FROM station_alerts WHERE station_id = %s", station) == 1
+        # Counted once: one message, one flush, the one alert that the first write stored.
+        wait_until(lambda: ingest.counters.messages == 1)
+        assert (ingest.counters.flushes, ingest.counters.alerts) == (1, 1)
     finally:
         ingest.stop()
